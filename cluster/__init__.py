@@ -1,0 +1,1 @@
+"""Cluster plumbing: configuration, Redis (external or embedded), Ray start-up and the CLI."""

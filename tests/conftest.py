@@ -1,0 +1,60 @@
+"""Shared fixtures: one real Ray cluster and one real Redis server for the whole run.
+
+Every test gets its own Redis key prefix, so tests share the server without
+seeing each other's keys. Ray is started once per run, sized for a 2-core
+machine, and reused by every test that asks for it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from cluster.redis_server import ensure_redis
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A reachable Redis: $REDIS_URL, the local one at 6379, or an embedded server."""
+    server = ensure_redis(os.environ.get("REDIS_URL", ""))
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    """A Redis key prefix of this test's own; its keys are deleted afterwards."""
+    p = f"lltest-{uuid.uuid4().hex[:10]}:"
+    yield p
+    r = redis.Redis.from_url(redis_url)
+    keys = list(r.scan_iter(match=p + "*", count=1000))
+    if keys:
+        r.delete(*keys)
+    r.close()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(redis_url: str) -> Iterator[None]:
+    """One local Ray cluster for the whole test run (ray.init takes seconds)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level="WARNING",
+            log_to_driver=False,
+            namespace="lifeline-tests",
+        )
+    yield None
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:  # Serve may never have started
+        pass
+    ray.shutdown()

@@ -1,0 +1,1 @@
+"""Journey simulator, data loaders, feature replay, model training, evaluation and registry."""
