@@ -45,7 +45,8 @@ _DICT = (dict,)
 # type -> {field: (accepted python types, required)}. Every event also has
 # "type", "seq" (int >= 1, per session, contiguous) and "ts" (ms since epoch).
 FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
-    "page_view": {"path": (_STR, True), "page_type": (_STR, False), "ref": (_STR, False)},
+    # "item": the product id when the page shows one product (for recommendations).
+    "page_view": {"path": (_STR, True), "page_type": (_STR, False), "ref": (_STR, False), "item": (_STR, False)},
     "click": {
         "selector": (_STR, True),
         "x": (_NUM, True),

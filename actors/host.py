@@ -1,0 +1,187 @@
+"""The virtual-actor host: many sessions in one process, processed in batches.
+
+A :class:`SessionHost` keeps the sessions placed on one shard. Given a batch
+(all events that reached the shard in the last millisecond or two, grouped
+by session, each group in sequence order) it:
+
+1. applies every event to its session, in order, collecting one feature row
+   per event, computed right after that event;
+2. scores all rows of the batch with a single call to the model;
+3. runs the policy on each event's own view and score, in order.
+
+Batching is across sessions, never across time: each event keeps its own row
+and score. Idle sessions are compacted to bytes in memory after a minute
+(a few hundred bytes instead of a few kilobytes), and handed back for
+snapshotting and removal after the deactivation timeout.
+
+Pure: no Ray, Redis or network imports. The Ray actor in
+:mod:`actors.shard` is a thin shell that feeds it and does the I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from actors.detectors import DetectorConfig
+from actors.policy import Decision, PolicyConfig, decide
+from actors.session import EventView, Session
+
+# (sid, site, consent, normalised events in seq order)
+BatchItem = tuple[str, str, Sequence[str], Sequence[dict[str, Any]]]
+ScoreFn = Callable[[list[list[float]]], Sequence[float]]
+SegmentFn = Callable[[list[float]], int | None]
+RulesFn = Callable[[str], tuple[DetectorConfig, PolicyConfig]]
+
+
+@dataclass
+class SessionResult:
+    """What one batch did for one session."""
+
+    sid: str
+    seqs: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    skipped: int = 0  # events at or below the session's last seq (already applied)
+
+
+def _default_rules(site: str) -> tuple[DetectorConfig, PolicyConfig]:
+    return DetectorConfig(), PolicyConfig()
+
+
+class SessionHost:
+    """Hosts sessions, activates them on demand, compacts and retires idle ones."""
+
+    def __init__(self, rules: RulesFn = _default_rules, compact_after_ms: float = 60_000,
+                 deactivate_after_ms: float = 30 * 60_000) -> None:
+        self.rules = rules
+        self.compact_after_ms = compact_after_ms
+        self.deactivate_after_ms = deactivate_after_ms
+        self.active: dict[str, Session] = {}
+        self.dormant: dict[str, tuple[bytes, int, str]] = {}  # sid -> (state, last_ts, site)
+        self.dirty: set[str] = set()  # changed since their last snapshot
+
+    def __contains__(self, sid: str) -> bool:
+        return sid in self.active or sid in self.dormant
+
+    def __len__(self) -> int:
+        return len(self.active) + len(self.dormant)
+
+    def missing(self, items: Sequence[BatchItem]) -> list[str]:
+        """Sessions in ``items`` this host does not hold: the shell must activate them."""
+        return [sid for sid, *_ in items if sid not in self.active and sid not in self.dormant]
+
+    def activate(self, sid: str, site: str, snapshot: list[Any] | None,
+                 log_events: Sequence[dict[str, Any]], before_seq: int) -> Session:
+        """Bring a session back from its snapshot plus the logged events after it.
+
+        Only logged events with ``seq < before_seq`` are replayed: the batch
+        being activated for carries the rest, and processes them itself (so
+        they get their scores and decisions). Replaying the same events
+        through the same code gives exactly the features an uninterrupted
+        session would have.
+        """
+        detectors, _ = self.rules(site)
+        session = Session.from_state(snapshot, detectors) if snapshot else Session(sid, site, detectors)
+        for ev in log_events:
+            if session.last_seq < ev["seq"] < before_seq:
+                session.apply(ev)
+        self.active[sid] = session
+        return session
+
+    def _get(self, sid: str, site: str) -> Session:
+        session = self.active.get(sid)
+        if session is not None:
+            return session
+        packed = self.dormant.pop(sid, None)
+        detectors, _ = self.rules(site)
+        if packed is not None:
+            session = Session.from_state(msgpack.unpackb(packed[0]), detectors)
+        else:  # a brand-new session: nothing was ever logged for it before this batch
+            session = Session(sid, site, detectors)
+        self.active[sid] = session
+        return session
+
+    def get(self, sid: str) -> Session | None:
+        """The session if this host holds it (waking it if dormant), else None."""
+        if sid in self.active:
+            return self.active[sid]
+        if sid in self.dormant:
+            return self._get(sid, self.dormant[sid][2])
+        return None
+
+    def process(self, items: Sequence[BatchItem], score: ScoreFn,
+                segment: SegmentFn | None = None) -> list[SessionResult]:
+        """Apply, score and decide for a whole batch; one result per session, in order."""
+        results: dict[str, SessionResult] = {}
+        sessions: list[Session] = []
+        views: list[EventView] = []
+        for sid, site, consent, events in items:
+            session = self._get(sid, site)
+            session.consent = list(consent)
+            result = results.get(sid)
+            if result is None:
+                result = results[sid] = SessionResult(sid)
+            for ev in events:
+                if ev["seq"] <= session.last_seq:
+                    result.skipped += 1  # a resend after a retry: never counted twice
+                    continue
+                views.append(session.view(session.apply(ev)))
+                sessions.append(session)
+            self.dirty.add(sid)
+        if not views:
+            return list(results.values())
+        scores = score([v.row for v in views])
+        for session, view, s in zip(sessions, views, scores, strict=True):
+            result = results[session.sid]
+            s = float(s)
+            result.seqs.append(view.seq)
+            result.scores.append(s)
+            _, policy = self.rules(session.site)
+            seg = segment(view.row) if segment is not None else None
+            decision = decide(session, view, s, policy, seg)
+            if decision is not None:
+                result.decisions.append(decision)
+        return list(results.values())
+
+    def snapshot(self, sid: str) -> list[Any] | None:
+        """The state to persist for ``sid`` (active or dormant), or None if unknown."""
+        session = self.active.get(sid)
+        if session is not None:
+            return session.to_state()
+        packed = self.dormant.get(sid)
+        return msgpack.unpackb(packed[0]) if packed else None
+
+    def take_dirty(self) -> list[tuple[str, list[Any]]]:
+        """States of sessions changed since the last call, for periodic snapshots."""
+        out = []
+        for sid in self.dirty:
+            state = self.snapshot(sid)
+            if state is not None:
+                out.append((sid, state))
+        self.dirty.clear()
+        return out
+
+    def sweep(self, now_ms: float) -> list[tuple[str, list[Any]]]:
+        """Compact sessions idle for a minute; retire (and return) those idle past the timeout."""
+        retired: list[tuple[str, list[Any]]] = []
+        for sid, session in list(self.active.items()):
+            idle = now_ms - session.last_ts
+            if idle >= self.compact_after_ms:
+                del self.active[sid]
+                self.dormant[sid] = (msgpack.packb(session.to_state()), session.last_ts, session.site)
+        for sid, (packed, last_ts, _site) in list(self.dormant.items()):
+            if now_ms - last_ts >= self.deactivate_after_ms:
+                del self.dormant[sid]
+                self.dirty.discard(sid)
+                retired.append((sid, msgpack.unpackb(packed)))
+        return retired
+
+    def forget(self, sid: str) -> None:
+        """Drop a session from memory (consent withdrawn)."""
+        self.active.pop(sid, None)
+        self.dormant.pop(sid, None)
+        self.dirty.discard(sid)

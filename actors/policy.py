@@ -1,0 +1,186 @@
+"""The intervention policy: when to step in, with what, and why.
+
+Defaults come from a published user-journey analytics design: intervene when
+the exit risk is at least 0.75, or when 4 or more struggle signals are at
+strength 0.70 or more. The kind follows the context (form struggle: a hint
+at that field; video drop-off: a content suggestion; a hesitating or
+leaving cart: recommendations, or a help offer without personalisation
+consent; otherwise a help offer). A cooldown and a per-session cap keep it
+polite; a holdout share of sessions gets decisions recorded but not shown,
+so uplift can be measured against them.
+
+Pure: no Ray, Redis or network imports. Rules are per site, from the sites
+file (see :mod:`cluster.sites`).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from actors.detectors import SIGNALS
+from actors.features import FEATURE_INDEX
+from actors.session import EventView, Session
+
+_N_EVENTS = FEATURE_INDEX["n_events"]
+_PURCHASED = FEATURE_INDEX["purchased"]
+_CART_ITEMS = FEATURE_INDEX["cart_items"]
+_SIG = slice(FEATURE_INDEX[f"sig_{SIGNALS[0]}"], FEATURE_INDEX[f"sig_{SIGNALS[-1]}"] + 1)
+
+HELP_OFFER = "help_offer"
+FORM_HINT = "form_hint"
+CONTENT_SUGGESTION = "content_suggestion"
+RECOMMENDATIONS = "recommendations"
+KINDS = (HELP_OFFER, FORM_HINT, CONTENT_SUGGESTION, RECOMMENDATIONS)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """One site's intervention rules."""
+
+    risk_threshold: float = 0.75
+    min_signals: int = 4
+    signal_strength: float = 0.70
+    cooldown_s: float = 60.0
+    max_per_session: int = 3
+    holdout: float = 0.10
+    # No intervention before the visitor has done this much: a first page
+    # view says little, and a pop-up on arrival is the opposite of help.
+    min_events: int = 3
+    kinds: tuple[str, ...] = KINDS  # the kinds this site allows
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any] | None) -> PolicyConfig:
+        """Build from a site's [policy] table; unknown keys are an error."""
+        if not data:
+            return cls()
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown policy settings: {sorted(unknown)}")
+        values = dict(data)
+        if "kinds" in values:
+            bad = set(values["kinds"]) - set(KINDS)
+            if bad:
+                raise ValueError(f"unknown intervention kinds: {sorted(bad)}")
+            values["kinds"] = tuple(values["kinds"])
+        if not 0.0 <= float(values.get("holdout", 0.0)) < 1.0:
+            raise ValueError("holdout must be in [0, 1)")
+        return replace(cls(), **values)
+
+
+DEFAULT_POLICY = PolicyConfig()
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One thing that pushed the decision: a signal and its strength."""
+
+    signal: str
+    strength: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An intervention decided for a session, shown or (holdout) only recorded."""
+
+    iid: str
+    sid: str
+    seq: int  # the event that triggered it
+    ts: int  # that event's time (server clock, ms)
+    kind: str
+    score: float
+    trigger: str  # "risk", "signals" or "risk+signals"
+    reasons: tuple[Reason, ...]
+    holdout: bool
+    target: str | None = None  # form_hint: the field to point at
+    personalized: bool = False
+    segment: int | None = None
+    page_path: str = ""
+    page_type: str = ""
+    signals: dict[str, float] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["reasons"] = [asdict(r) for r in self.reasons]
+        return d
+
+
+def in_holdout(sid: str, share: float) -> bool:
+    """Deterministic session-level assignment: the same sid always lands the same way."""
+    if share <= 0:
+        return False
+    return (zlib.crc32(b"holdout:" + sid.encode()) % 10_000) < share * 10_000
+
+
+def decide(session: Session, view: EventView, score: float, cfg: PolicyConfig = DEFAULT_POLICY,
+           segment: int | None = None) -> Decision | None:
+    """Decide whether the event behind ``view`` warrants an intervention.
+
+    ``view`` is the session as it was right after that event (the host may
+    have applied later events of the same batch since). On a decision, the
+    session's policy state (count, last time) is updated here, holdout or
+    not, so holdout sessions follow the same schedule they would have had.
+    """
+    row = view.row
+    if row[_N_EVENTS] < cfg.min_events or row[_PURCHASED] > 0:
+        return None
+    if session.iv_count >= cfg.max_per_session:
+        return None
+    now = view.ts
+    if session.iv_count and now - session.iv_last_ts < cfg.cooldown_s * 1000.0:
+        return None
+    sig = dict(zip(SIGNALS, row[_SIG], strict=True))
+    strong = sorted(
+        ((name, s) for name, s in sig.items() if s >= cfg.signal_strength),
+        key=lambda kv: -kv[1],
+    )
+    by_risk = score >= cfg.risk_threshold
+    by_signals = len(strong) >= cfg.min_signals
+    if not (by_risk or by_signals):
+        return None
+    personalized = "personalization" in session.consent
+    kind, target = _choose_kind(view, sig, cfg, personalized)
+    if kind is None:
+        return None
+    reasons = tuple(Reason(n, round(s, 3)) for n, s in strong) + (Reason("exit_risk", round(score, 3)),)
+    trigger = "risk+signals" if by_risk and by_signals else ("risk" if by_risk else "signals")
+    session.iv_count += 1
+    session.iv_last_ts = now
+    return Decision(
+        iid=f"i-{session.sid[-12:]}-{view.seq}",
+        sid=session.sid,
+        seq=view.seq,
+        ts=now,
+        kind=kind,
+        score=round(score, 4),
+        trigger=trigger,
+        reasons=reasons,
+        holdout=in_holdout(session.sid, cfg.holdout),
+        target=target,
+        personalized=personalized,
+        segment=segment,
+        page_path=view.page_path,
+        page_type=view.page_type,
+        signals={n: round(s, 3) for n, s in sig.items() if s > 0},
+    )
+
+
+def _choose_kind(view: EventView, sig: dict[str, float], cfg: PolicyConfig,
+                 personalized: bool) -> tuple[str | None, str | None]:
+    """The most specific help for the context, among the kinds the site allows."""
+    strong = cfg.signal_strength
+    candidates: list[tuple[str, str | None]] = []
+    if sig["form_struggle"] >= strong and view.error_field:
+        candidates.append((FORM_HINT, view.error_field))
+    if sig["video_dropoff"] >= strong:
+        candidates.append((CONTENT_SUGGESTION, None))
+    if view.row[_CART_ITEMS] > 0 and (sig["cart_hesitation"] >= strong or view.page_type in ("cart", "checkout")):
+        candidates.append((RECOMMENDATIONS if personalized else HELP_OFFER, None))
+    candidates.append((HELP_OFFER, None))
+    for kind, target in candidates:
+        if kind in cfg.kinds:
+            return kind, target
+    return None, None
+

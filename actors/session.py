@@ -1,0 +1,601 @@
+"""One visitor's session: its rolling features, struggle signals and phase.
+
+A :class:`Session` is the state of a virtual actor. It consumes normalised
+events (from :func:`actors.events.validate_event`) strictly in sequence order
+and, after each one, yields that event's feature row. The live shards and
+training's replay call the same :meth:`Session.apply`, so serving and
+training cannot disagree about a feature.
+
+Short windows are exponentially decayed counts (a count that halves every
+half-life) rather than lists of timestamps: O(1) memory and time per event,
+and a snapshot of a few hundred bytes. Features never depend on the
+policy's decisions, only on events, so rows can be computed for a whole
+batch before any of it is scored.
+
+Pure: no Ray, Redis or network imports.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable
+from enum import Enum
+from typing import Any, NamedTuple
+
+from actors.detectors import (
+    DEFAULT_DETECTORS,
+    RAGE_EXEMPT_TARGETS,
+    SIGNALS,
+    DetectorConfig,
+    decay,
+    is_rage_step,
+    is_thrash,
+)
+from actors.features import N_FEATURES, PAGE_TYPES, STRONG_SIGNAL, page_type_of
+
+MAX_UNIQUE_PAGES = 64  # beyond this, n_unique_pages saturates (bounded memory)
+MAX_ERROR_FIELDS = 16
+EVENTS_HALF_LIFE_S = 30.0
+CLICKS_HALF_LIFE_S = 15.0
+
+
+class Phase(str, Enum):
+    """Where a session stands, as the policy sees it."""
+
+    BROWSING = "browsing"
+    STRUGGLING = "struggling"
+    CONVERTED = "converted"
+
+
+class EventView(NamedTuple):
+    """A session as it was right after one event: what the policy decides on."""
+
+    seq: int
+    ts: int
+    row: list[float]
+    page_path: str
+    page_type: str
+    error_field: str
+
+
+# Decayed counters, by index into Session.decayed.
+_EV, _CLK, _RAGE, _DEAD, _FORM, _UTURN, _THRASH, _JS, _SCROLL, _CART_RM = range(10)
+_N_DECAYED = 10
+
+# Plain counters, by index into Session.counts; their order is the order of
+# the matching features.
+_COUNTED = (
+    "n_clicks",
+    "rage_clicks",
+    "dead_clicks",
+    "form_focuses",
+    "form_inputs",
+    "form_errors",
+    "form_reedits",
+    "form_submits",
+    "cursor_thrash",
+    "scroll_reversals",
+    "idle_gaps",
+    "video_plays",
+    "video_pauses",
+    "video_seeks",
+    "video_seek_back",
+    "js_errors",
+    "uturns",
+    "hidden_count",
+    "cart_adds",
+    "cart_removes",
+    "iv_shown",
+    "iv_dismissed",
+    "iv_accepted",
+)
+(
+    C_CLICKS,
+    C_RAGE,
+    C_DEAD,
+    C_FOCUS,
+    C_INPUT,
+    C_FORM_ERR,
+    C_REEDIT,
+    C_SUBMIT,
+    C_THRASH,
+    C_SCROLL_REV,
+    C_IDLE,
+    C_PLAYS,
+    C_PAUSES,
+    C_SEEKS,
+    C_SEEK_BACK,
+    C_JS,
+    C_UTURN,
+    C_HIDDEN,
+    C_CART_ADD,
+    C_CART_RM,
+    C_IV_SHOWN,
+    C_IV_DISMISSED,
+    C_IV_ACCEPTED,
+) = range(len(_COUNTED))
+
+_IV_COUNTERS = {
+    "intervention_shown": C_IV_SHOWN,
+    "intervention_dismissed": C_IV_DISMISSED,
+    "intervention_accepted": C_IV_ACCEPTED,
+}
+
+
+class Session:
+    """The state of one visitor's session and the rules that update it.
+
+    Limits: events must arrive in sequence order (the host guarantees it);
+    a session tracks one "current" video per page, not each media element.
+    """
+
+    __slots__ = (
+        "sid",
+        "site",
+        "cfg",
+        "last_seq",
+        "n_events",
+        "start_ts",
+        "last_ts",
+        "gap_ms",
+        "max_idle_ms",
+        "counts",
+        "decayed",
+        "n_pages",
+        "pages_seen",
+        "page_path",
+        "prev_path",
+        "page_type",
+        "page_start_ts",
+        "dwell_done_ms",
+        "pages_done",
+        "scroll_page",
+        "scroll_max",
+        "scroll_dir",
+        "last_click",
+        "burst",
+        "error_fields",
+        "last_error_field",
+        "hover_ms",
+        "video_ratio",
+        "video_playing",
+        "video_ended",
+        "dropoff_strength",
+        "dropoff_ts",
+        "cart_items",
+        "cart_value",
+        "cart_item_ids",
+        "recent_items",
+        "purchased",
+        "iv_count",
+        "iv_last_ts",
+        "consent",
+    )
+
+    def __init__(self, sid: str, site: str = "default", cfg: DetectorConfig = DEFAULT_DETECTORS) -> None:
+        self.sid = sid
+        self.site = site
+        self.cfg = cfg
+        self.last_seq = 0
+        self.n_events = 0
+        self.start_ts = 0
+        self.last_ts = 0
+        self.gap_ms = 0
+        self.max_idle_ms = 0
+        self.counts = [0] * len(_COUNTED)
+        self.decayed = [0.0] * _N_DECAYED
+        self.n_pages = 0
+        self.pages_seen: list[int] = []
+        self.page_path = ""
+        self.prev_path = ""
+        self.page_type = "other"
+        self.page_start_ts = 0
+        self.dwell_done_ms = 0
+        self.pages_done = 0
+        self.scroll_page = 0.0
+        self.scroll_max = 0.0
+        self.scroll_dir = ""
+        self.last_click: tuple[int, float, float] | None = None
+        self.burst = 0
+        self.error_fields: list[str] = []
+        self.last_error_field = ""
+        self.hover_ms = 0.0
+        self.video_ratio = 0.0
+        self.video_playing = False
+        self.video_ended = False
+        self.dropoff_strength = 0.0
+        self.dropoff_ts = 0
+        self.cart_items = 0
+        self.cart_value = 0.0
+        self.cart_item_ids: list[str] = []
+        self.recent_items: list[str] = []
+        self.purchased = False
+        # Policy state: decisions, not events, change these; they are not features.
+        self.iv_count = 0
+        self.iv_last_ts = 0
+        self.consent: list[str] = []
+
+    # -- events -------------------------------------------------------------
+
+    def apply(self, ev: dict[str, Any]) -> list[float]:
+        """Consume one normalised event and return its feature row."""
+        ts = ev["ts"]
+        if self.n_events == 0:
+            self.start_ts = self.last_ts = ts
+            self.page_start_ts = ts
+        # Client clocks can step backwards a little; features use a monotonic clock.
+        ts = max(ts, self.last_ts)
+        gap = ts - self.last_ts
+        self._decay(gap)
+        self.gap_ms = gap
+        if gap >= self.cfg.idle_gap_ms:
+            self.counts[C_IDLE] += 1
+        if gap > self.max_idle_ms:
+            self.max_idle_ms = gap
+        self.last_ts = ts
+        self.last_seq = ev["seq"]
+        self.n_events += 1
+        self.decayed[_EV] += 1.0
+        handler = _HANDLERS.get(ev["type"])
+        if handler is not None:
+            handler(self, ev, ts)
+        return self.row()
+
+    def _decay(self, gap_ms: int) -> None:
+        if gap_ms <= 0:
+            return
+        d = self.decayed
+        d[_EV] = decay(d[_EV], gap_ms, EVENTS_HALF_LIFE_S)
+        d[_CLK] = decay(d[_CLK], gap_ms, CLICKS_HALF_LIFE_S)
+        factor = 0.5 ** (gap_ms / (self.cfg.half_life_s * 1000.0))
+        for i in range(_RAGE, _N_DECAYED):
+            d[i] *= factor
+
+    def _page_view(self, ev: dict[str, Any], ts: int) -> None:
+        path = ev["path"]
+        if self.n_pages:
+            self._leave_page(ts)
+            # A u-turn: straight back to the page before this one, within seconds.
+            if path == self.prev_path and ts - self.page_start_ts <= self.cfg.uturn_window_ms:
+                self.counts[C_UTURN] += 1
+                self.decayed[_UTURN] += 1.0
+            self.dwell_done_ms += ts - self.page_start_ts
+            self.pages_done += 1
+        self.prev_path = self.page_path
+        self.page_path = path
+        self.page_type = page_type_of(path, ev.get("page_type"))
+        self.page_start_ts = ts
+        self.n_pages += 1
+        h = zlib.crc32(path.encode())
+        if h not in self.pages_seen and len(self.pages_seen) < MAX_UNIQUE_PAGES:
+            self.pages_seen.append(h)
+        if ev.get("item"):
+            self._saw_item(ev["item"])
+        self.scroll_page = 0.0
+        self.scroll_dir = ""
+        self.last_click = None
+        self.burst = 0
+        self.video_ratio = 0.0
+        self.video_playing = False
+        self.video_ended = False
+
+    def _leave_page(self, ts: int) -> None:
+        """Leaving the page (or hiding it) while a video is unfinished is a drop-off."""
+        if self.video_playing and not self.video_ended and self.video_ratio < self.cfg.video_dropoff_ratio:
+            self.dropoff_strength = 1.0 - self.video_ratio / self.cfg.video_dropoff_ratio
+            self.dropoff_ts = ts
+            self.video_playing = False
+
+    def _click(self, ev: dict[str, Any], ts: int) -> None:
+        c = self.counts
+        c[C_CLICKS] += 1
+        self.decayed[_CLK] += 1.0
+        if not ev["reacted"]:
+            c[C_DEAD] += 1
+            self.decayed[_DEAD] += 1.0
+        x, y = float(ev["x"]), float(ev["y"])
+        if ev.get("target") in RAGE_EXEMPT_TARGETS:
+            self.last_click = None
+            self.burst = 0
+            return
+        last = self.last_click
+        if last is not None and is_rage_step(last[0], last[1], last[2], ts, x, y, self.cfg):
+            self.burst += 1
+        else:
+            self.burst = 1
+        # One rage click per burst, counted when the burst reaches the threshold.
+        if self.burst == self.cfg.rage_clicks:
+            c[C_RAGE] += 1
+            self.decayed[_RAGE] += 1.0
+        self.last_click = (ts, x, y)
+
+    def _scroll(self, ev: dict[str, Any], ts: int) -> None:
+        depth = float(ev["depth"])
+        if depth > 1.0:  # a percentage
+            depth = depth / 100.0
+        depth = min(max(depth, 0.0), 1.0)
+        self.scroll_page = max(self.scroll_page, depth)
+        self.scroll_max = max(self.scroll_max, depth)
+        direction = ev["dir"]
+        if self.scroll_dir and direction != self.scroll_dir:
+            self.counts[C_SCROLL_REV] += 1
+            self.decayed[_SCROLL] += 1.0
+        self.scroll_dir = direction
+
+    def _form_focus(self, ev: dict[str, Any], ts: int) -> None:
+        self.counts[C_FOCUS] += 1
+
+    def _form_input(self, ev: dict[str, Any], ts: int) -> None:
+        self.counts[C_INPUT] += int(ev.get("count") or 1)
+        field = ev["field"]
+        # Editing a field again after it was rejected is a re-edit; each
+        # rejection counts once.
+        if field in self.error_fields:
+            self.error_fields.remove(field)
+            self.counts[C_REEDIT] += 1
+            self.decayed[_FORM] += 0.5
+
+    def _form_error(self, ev: dict[str, Any], ts: int) -> None:
+        self.counts[C_FORM_ERR] += 1
+        self.decayed[_FORM] += 1.0
+        field = ev["field"]
+        self.last_error_field = field
+        if field not in self.error_fields:
+            if len(self.error_fields) >= MAX_ERROR_FIELDS:
+                self.error_fields.pop(0)
+            self.error_fields.append(field)
+
+    def _form_submit(self, ev: dict[str, Any], ts: int) -> None:
+        self.counts[C_SUBMIT] += 1
+
+    def _mouse(self, ev: dict[str, Any], ts: int) -> None:
+        if is_thrash(ev["turns"], self.cfg):
+            self.counts[C_THRASH] += 1
+            self.decayed[_THRASH] += 1.0
+
+    def _hover(self, ev: dict[str, Any], ts: int) -> None:
+        self.hover_ms += max(float(ev["dwell"]), 0.0)
+
+    def _video_progress(self, ev: dict[str, Any]) -> None:
+        dur = ev.get("dur")
+        t = ev.get("t", ev.get("to"))
+        if dur and t is not None and dur > 0:
+            self.video_ratio = max(self.video_ratio, min(float(t) / float(dur), 1.0))
+
+    def _video_play(self, ev: dict[str, Any], ts: int) -> None:
+        self.counts[C_PLAYS] += 1
+        self.video_playing = True
+        self._video_progress(ev)
+
+    def _video_pause(self, ev: dict[str, Any], ts: int) -> None:
+        self.counts[C_PAUSES] += 1
+        self._video_progress(ev)
+
+    def _video_seek(self, ev: dict[str, Any], ts: int) -> None:
+        self.counts[C_SEEKS] += 1
+        if ev["to"] < ev["from"]:
+            self.counts[C_SEEK_BACK] += 1
+        self._video_progress(ev)
+
+    def _video_ended(self, ev: dict[str, Any], ts: int) -> None:
+        self.video_ended = True
+        self.video_ratio = 1.0
+
+    def _visibility(self, ev: dict[str, Any], ts: int) -> None:
+        if ev["state"] == "hidden":
+            self.counts[C_HIDDEN] += 1
+            self._leave_page(ts)
+
+    def _js_error(self, ev: dict[str, Any], ts: int) -> None:
+        self.counts[C_JS] += 1
+        self.decayed[_JS] += 1.0
+
+    def _add_to_cart(self, ev: dict[str, Any], ts: int) -> None:
+        qty = max(int(ev.get("qty") or 1), 1)
+        self.cart_items += qty
+        self.cart_value += qty * float(ev.get("price") or 0.0)
+        self.counts[C_CART_ADD] += 1
+        item = ev["item"]
+        if item not in self.cart_item_ids and len(self.cart_item_ids) < 32:
+            self.cart_item_ids.append(item)
+        self._saw_item(item)
+
+    def _remove_from_cart(self, ev: dict[str, Any], ts: int) -> None:
+        qty = max(int(ev.get("qty") or 1), 1)
+        self.cart_items = max(self.cart_items - qty, 0)
+        if self.cart_items == 0:
+            self.cart_value = 0.0
+        item = ev["item"]
+        if item in self.cart_item_ids:
+            self.cart_item_ids.remove(item)
+        self.counts[C_CART_RM] += 1
+        self.decayed[_CART_RM] += 1.0
+
+    def _purchase(self, ev: dict[str, Any], ts: int) -> None:
+        self.purchased = True
+        self.cart_items = 0
+        self.cart_value = 0.0
+        self.cart_item_ids = []
+
+    def _intervention(self, ev: dict[str, Any], ts: int) -> None:
+        self.counts[_IV_COUNTERS[ev["type"]]] += 1
+
+    def _saw_item(self, item: str) -> None:
+        """Remember the last few items seen, for recommendations (ids, never personal data)."""
+        if item in self.recent_items:
+            self.recent_items.remove(item)
+        self.recent_items.append(item)
+        if len(self.recent_items) > 8:
+            self.recent_items.pop(0)
+
+    def view(self, row: list[float]) -> EventView:
+        """Capture what the policy needs about the event just applied (``row`` is its row)."""
+        return EventView(self.last_seq, self.last_ts, row, self.page_path, self.page_type,
+                         self.last_error_field)
+
+    # -- derived ------------------------------------------------------------
+
+    def signals(self) -> dict[str, float]:
+        """Struggle signal strengths (0..1) as of the last event."""
+        return dict(zip(SIGNALS, self._signal_values(), strict=True))
+
+    def _signal_values(self) -> list[float]:
+        cfg, d = self.cfg, self.decayed
+        dropoff = 0.0
+        if self.dropoff_strength:
+            dropoff = decay(self.dropoff_strength, self.last_ts - self.dropoff_ts, cfg.half_life_s)
+        cart = 0.0
+        if self.cart_items > 0 and not self.purchased:
+            if self.page_type in ("cart", "checkout"):
+                cart = (self.last_ts - self.page_start_ts) / 1000.0 / cfg.cart_hesitation_s
+            cart = max(cart, d[_CART_RM])
+        idle = 0.0
+        if self.gap_ms >= cfg.idle_gap_ms:
+            idle = self.gap_ms / 1000.0 / cfg.idle_full_s
+        return [
+            min(d[_RAGE] / cfg.full_rage, 1.0),
+            min(d[_DEAD] / cfg.full_dead, 1.0),
+            min(d[_FORM] / cfg.full_form, 1.0),
+            min(d[_UTURN] / cfg.full_uturn, 1.0),
+            min(d[_THRASH] / cfg.full_thrash, 1.0),
+            min(dropoff, 1.0),
+            min(cart, 1.0),
+            min(d[_JS] / cfg.full_js, 1.0),
+            min(d[_SCROLL] / cfg.full_scroll, 1.0),
+            min(idle, 1.0),
+        ]
+
+    @property
+    def phase(self) -> Phase:
+        if self.purchased:
+            return Phase.CONVERTED
+        if any(s >= STRONG_SIGNAL for s in self._signal_values()):
+            return Phase.STRUGGLING
+        return Phase.BROWSING
+
+    def row(self) -> list[float]:
+        """The feature row as of the last event, in ``FEATURE_NAMES`` order."""
+        c = self.counts
+        ts = self.last_ts
+        clicks = c[C_CLICKS]
+        page_flags = [1.0 if self.page_type == p else 0.0 for p in PAGE_TYPES]
+        sig = self._signal_values()
+        row = [
+            float(self.n_events),
+            (ts - self.start_ts) / 1000.0,
+            self.gap_ms / 1000.0,
+            float(self.n_pages),
+            float(len(self.pages_seen)),
+            (ts - self.page_start_ts) / 1000.0,
+            self.dwell_done_ms / 1000.0 / self.pages_done if self.pages_done else 0.0,
+            self.scroll_page,
+            self.scroll_max,
+            float(clicks),
+            self.decayed[_EV],
+            self.decayed[_CLK],
+            float(c[C_RAGE]),
+            float(c[C_DEAD]),
+            c[C_DEAD] / clicks if clicks else 0.0,
+            float(c[C_FOCUS]),
+            float(c[C_INPUT]),
+            float(c[C_FORM_ERR]),
+            float(c[C_REEDIT]),
+            float(c[C_SUBMIT]),
+            float(c[C_THRASH]),
+            float(c[C_SCROLL_REV]),
+            float(c[C_IDLE]),
+            self.max_idle_ms / 1000.0,
+            self.hover_ms / 1000.0,
+            float(c[C_PLAYS]),
+            float(c[C_PAUSES]),
+            float(c[C_SEEKS]),
+            float(c[C_SEEK_BACK]),
+            self.video_ratio,
+            1.0 if self.video_ended else 0.0,
+            float(c[C_JS]),
+            float(c[C_UTURN]),
+            float(c[C_HIDDEN]),
+            float(self.cart_items),
+            self.cart_value,
+            float(c[C_CART_ADD]),
+            float(c[C_CART_RM]),
+            1.0 if self.purchased else 0.0,
+            *page_flags,
+            float(c[C_IV_SHOWN]),
+            float(c[C_IV_DISMISSED]),
+            float(c[C_IV_ACCEPTED]),
+            *sig,
+            float(sum(1 for s in sig if s >= STRONG_SIGNAL)),
+        ]
+        assert len(row) == N_FEATURES
+        return row
+
+    # -- snapshots ----------------------------------------------------------
+
+    def to_state(self) -> list[Any]:
+        """Everything but the config, as a list of plain values (msgpack-friendly)."""
+        return [
+            _pack(getattr(self, name))
+            for name in self.__slots__
+            if name != "cfg"
+        ]
+
+    @classmethod
+    def from_state(cls, state: list[Any], cfg: DetectorConfig = DEFAULT_DETECTORS) -> Session:
+        """Rebuild a session from :meth:`to_state`; the inverse, exactly."""
+        s = cls.__new__(cls)
+        s.cfg = cfg
+        names = [n for n in cls.__slots__ if n != "cfg"]
+        if len(state) != len(names):
+            raise ValueError(f"snapshot has {len(state)} fields, expected {len(names)}")
+        for name, value in zip(names, state, strict=True):
+            setattr(s, name, _unpack(name, value))
+        return s
+
+
+def _pack(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, list):
+        return list(value)
+    return value
+
+
+def _unpack(name: str, value: Any) -> Any:
+    if name == "last_click" and value is not None:
+        return tuple(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+_HANDLERS = {
+    "page_view": Session._page_view,
+    "click": Session._click,
+    "scroll": Session._scroll,
+    "form_focus": Session._form_focus,
+    "form_input": Session._form_input,
+    "form_error": Session._form_error,
+    "form_submit": Session._form_submit,
+    "mouse": Session._mouse,
+    "hover": Session._hover,
+    "video_play": Session._video_play,
+    "video_pause": Session._video_pause,
+    "video_seek": Session._video_seek,
+    "video_ended": Session._video_ended,
+    "visibility": Session._visibility,
+    "js_error": Session._js_error,
+    "add_to_cart": Session._add_to_cart,
+    "remove_from_cart": Session._remove_from_cart,
+    "purchase": Session._purchase,
+    "intervention_shown": Session._intervention,
+    "intervention_accepted": Session._intervention,
+    "intervention_dismissed": Session._intervention,
+}
+
+
+def replay(events: Iterable[dict[str, Any]], sid: str = "replay", site: str = "default",
+           cfg: DetectorConfig = DEFAULT_DETECTORS) -> list[list[float]]:
+    """Feature rows for normalised events, one per event: what training uses."""
+    session = Session(sid, site, cfg)
+    return [session.apply(ev) for ev in events]

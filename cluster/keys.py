@@ -1,0 +1,47 @@
+"""Every Redis key Lifeline uses, in one place.
+
+| key | type | holds |
+|---|---|---|
+| ``{p}ev:{sid}`` | stream | the session's event log; entry fields f, l (first/last seq), ev (msgpack list of events) |
+| ``{p}s:{sid}`` | hash | seq (last durable seq), site, consent, iv_count, iv_last |
+| ``{p}snap:{sid}`` | string | msgpack session snapshot |
+| ``{p}iv:{iid}`` | hash | one intervention decision and its outcome |
+| ``{p}ivlog`` | stream | every decision, for operators and uplift analysis |
+| ``{p}consentlog`` | stream | consent grants and withdrawals |
+| ``{p}push:{gateway}`` | pub/sub channel | intervention updates for one gateway's sockets |
+| ``{p}model:*`` | see training/registry.py | model registry |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SESSION_TTL_S = 7 * 24 * 3600  # event logs and snapshots are kept a week for training export
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "ll:"
+
+    def events(self, sid: str) -> str:
+        return f"{self.prefix}ev:{sid}"
+
+    def session(self, sid: str) -> str:
+        return f"{self.prefix}s:{sid}"
+
+    def snapshot(self, sid: str) -> str:
+        return f"{self.prefix}snap:{sid}"
+
+    def intervention(self, iid: str) -> str:
+        return f"{self.prefix}iv:{iid}"
+
+    @property
+    def intervention_log(self) -> str:
+        return f"{self.prefix}ivlog"
+
+    @property
+    def consent_log(self) -> str:
+        return f"{self.prefix}consentlog"
+
+    def push(self, gateway_id: str) -> str:
+        return f"{self.prefix}push:{gateway_id}"

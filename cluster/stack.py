@@ -1,0 +1,161 @@
+"""Start the whole service in one process tree: Redis, Ray, shards, Serve, gateway, HTTP.
+
+``lifeline up`` calls :func:`run`; the test suite calls :meth:`Stack.start`
+inside its own event loop on the shared Ray cluster. Either way the parts
+are the real ones: a Redis server (configured, local, or embedded), a Ray
+cluster (joined if one is running, else started), SessionShard actors, and
+the ``websockets`` + aiohttp servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from aiohttp import web
+
+from actors.shard import SessionShard
+from actors.sites import Site, load_sites
+from cluster.config import Settings
+from cluster.redis_server import RedisServer, ensure_redis
+from serve.gateway import Gateway
+from serve.http import build_app
+from serve.protocol import Limits
+
+log = logging.getLogger("lifeline")
+
+RAY_NAMESPACE = "lifeline"
+
+
+def shard_count(settings: Settings) -> int:
+    """One shard per CPU Ray has, unless configured."""
+    if settings.shards > 0:
+        return settings.shards
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+@dataclass
+class Stack:
+    """A running Lifeline: what the CLI serves and what the tests talk to."""
+
+    settings: Settings
+    redis: RedisServer | None = None
+    shards: list[Any] = field(default_factory=list)
+    gateway: Gateway | None = None
+    sites: dict[str, Site] = field(default_factory=dict)
+    runner: web.AppRunner | None = None
+    http_port: int = 0
+    ws_port: int = 0
+    serve_handles: dict[str, Any] = field(default_factory=dict)
+    extra: list[Any] = field(default_factory=list)  # things to stop (LLM stand-in server, ...)
+
+    @property
+    def redis_url(self) -> str:
+        assert self.redis is not None
+        return self.redis.url
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.settings.host}:{self.http_port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.settings.host}:{self.ws_port}/ws"
+
+    async def start(self, limits: Limits | None = None, with_serve: bool = False,
+                    shard_name_suffix: str = "") -> Stack:
+        s = self.settings
+        self.redis = ensure_redis(s.redis_url)
+        if self.redis.embedded:
+            log.warning("no Redis configured or answering at 127.0.0.1:6379: started an embedded one at %s "
+                        "(data is lost when Lifeline stops)", self.redis.url)
+        self.sites = load_sites(s.sites_file)
+        if not ray.is_initialized():
+            ray.init(address=os.environ.get("RAY_ADDRESS") or None, namespace=RAY_NAMESPACE,
+                     logging_level="WARNING", include_dashboard=None)
+        if with_serve:
+            from serve.deployments import deploy
+
+            self.serve_handles = await asyncio.to_thread(deploy, s, self.redis.url, s.prefix)
+        n = shard_count(s)
+        self.shards = [
+            SessionShard.options(name=f"lifeline-shard-{i}{shard_name_suffix}", lifetime=None).remote(
+                i, self.redis.url, s.prefix, s.sites_file, s.idle_deactivate_s, with_serve)
+            for i in range(n)
+        ]
+        # Wait until every shard has loaded its model: the first batch must not pay for it.
+        await asyncio.gather(*(sh.ping.remote() for sh in self.shards))
+        self.gateway = Gateway(self.redis.url, s.prefix, self.shards, self.sites, s.secret,
+                               limits=limits, batch_window_ms=s.batch_window_ms)
+        self.ws_port = await self.gateway.start(s.host, s.ws_port)
+        app = build_app(self.gateway, self.ws_url, extra_status=self._status)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, s.host, s.http_port)
+        await site.start()
+        self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    def _status(self) -> dict[str, Any]:
+        return {"redis_url": self.redis_url.split("@")[-1], "embedded_redis": bool(self.redis and self.redis.embedded)}
+
+    async def shard_info(self) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(sh.ping.remote() for sh in self.shards)))
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.gateway is not None:
+            await self.gateway.stop()
+        for sh in self.shards:
+            try:
+                ray.kill(sh)
+            except Exception:  # already gone
+                pass
+        for thing in self.extra:
+            stop = getattr(thing, "stop", None)
+            if stop is not None:
+                result = stop()
+                if asyncio.iscoroutine(result):
+                    await result
+        if self.redis is not None:
+            self.redis.stop()
+
+
+async def run(settings: Settings, with_serve: bool = True, llm_stub: bool = False) -> None:
+    """Serve until interrupted (the ``lifeline up`` command)."""
+    stack = Stack(settings)
+    if llm_stub and not settings.anthropic_api_key:
+        from serve.llm_stub import start_stub_server
+
+        stub = await start_stub_server("127.0.0.1", 0)
+        stack.extra.append(stub)
+        os.environ["ANTHROPIC_BASE_URL"] = stub.url
+        os.environ["ANTHROPIC_API_KEY"] = "local-stand-in"
+        settings = Settings()
+        stack.settings = settings
+        log.warning("LLM nudges come from the local Messages API stand-in at %s (no real key set)", stub.url)
+    await stack.start(with_serve=with_serve)
+    info = await stack.shard_info()
+    print(f"""
+Lifeline is running.
+  demo shop     {stack.http_url}/
+  client script {stack.http_url}/lifeline.js
+  WebSocket     {stack.ws_url}?site=demo
+  health        {stack.http_url}/healthz   metrics {stack.http_url}/metrics
+  Redis         {stack.redis_url}{' (embedded)' if stack.redis and stack.redis.embedded else ''}
+  shards        {len(info)} (model {info[0]['model'] if info else '?'})
+  Ray dashboard {ray.get_runtime_context().gcs_address and 'see `ray status`; http://127.0.0.1:8265 when the dashboard is installed'}
+Press Ctrl-C to stop.
+""", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await stack.stop()

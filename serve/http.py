@@ -1,0 +1,98 @@
+"""The gateway's HTTP side (aiohttp): client script, demo shop, beacon, health, metrics.
+
+The WebSocket endpoint is served by the ``websockets`` library on its own
+port (:mod:`serve.gateway`); everything a browser fetches over plain HTTP is
+here, including ``POST /beacon``, which ``sendBeacon`` needs (a WebSocket
+server only speaks GET).
+
+HTML pages of the demo carry placeholders filled in per request:
+``{{LIFELINE_WS}}`` (the WebSocket URL) and ``{{LIFELINE_SITE}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from serve.gateway import Gateway
+
+log = logging.getLogger("lifeline.http")
+
+STATIC = Path(__file__).resolve().parent / "static"
+DEMO = STATIC / "demo"
+BEACON_MAX_BYTES = 64 * 1024
+_TYPES = {".html": "text/html", ".js": "application/javascript", ".css": "text/css",
+          ".json": "application/json", ".webm": "video/webm", ".mp4": "video/mp4",
+          ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon"}
+
+
+def build_app(gateway: Gateway, ws_url: str, demo_site: str = "demo",
+              extra_status: Any = None) -> web.Application:
+    """The aiohttp application; ``ws_url`` is what pages are told to connect to."""
+    app = web.Application(client_max_size=BEACON_MAX_BYTES)
+
+    async def client_js(request: web.Request) -> web.Response:
+        path = STATIC / "lifeline.js"
+        return web.Response(body=path.read_bytes(), content_type="application/javascript",
+                            headers={"Cache-Control": "no-cache"})
+
+    async def demo(request: web.Request) -> web.StreamResponse:
+        name = request.match_info.get("name") or "index.html"
+        path = (DEMO / name).resolve()
+        if DEMO.resolve() not in path.parents or not path.is_file():
+            raise web.HTTPNotFound(text="no such page\n")
+        if path.suffix == ".html":
+            html = path.read_text().replace("{{LIFELINE_WS}}", ws_url).replace("{{LIFELINE_SITE}}", demo_site)
+            return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-cache"})
+        return web.FileResponse(path, headers={"Content-Type": _TYPES.get(path.suffix, "application/octet-stream")})
+
+    async def beacon(request: web.Request) -> web.Response:
+        site = gateway.site_for(request.query_string, request.headers.get("Origin"))
+        if isinstance(site, str):
+            return web.json_response({"code": "forbidden", "detail": site}, status=403)
+        raw = await request.read()
+        if len(raw) > BEACON_MAX_BYTES:
+            return web.json_response({"code": "frame_too_large", "detail": "beacon over 64 KiB"}, status=413)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return web.json_response({"code": "bad_frame", "detail": "body is not JSON"}, status=400)
+        if not isinstance(body, dict):
+            return web.json_response({"code": "bad_frame", "detail": "body must be a JSON object"}, status=400)
+        status, reply = await gateway.beacon(site, body)
+        return web.json_response(reply, status=status)
+
+    async def healthz(request: web.Request) -> web.Response:
+        try:
+            redis_ok = bool(await gateway.redis.ping())
+        except Exception:
+            redis_ok = False
+        body = {"ok": redis_ok, "redis": redis_ok, "gateway": gateway.id, "shards": len(gateway.shards),
+                "connections": gateway.stats.connections}
+        if extra_status is not None:
+            body.update(extra_status())
+        return web.json_response(body, status=200 if redis_ok else 503)
+
+    async def metrics(request: web.Request) -> web.Response:
+        """Prometheus text format, from the gateway's counters."""
+        lines = []
+        for key, value in gateway.stats.snapshot().items():
+            lines.append(f"# TYPE lifeline_gateway_{key} gauge")
+            lines.append(f"lifeline_gateway_{key} {float(value)}")
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(gateway.stats.snapshot())
+
+    app.router.add_get("/lifeline.js", client_js)
+    app.router.add_post("/beacon", beacon)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/stats", stats)
+    app.router.add_get("/", demo)
+    app.router.add_get("/{name:[A-Za-z0-9_.-]+}", demo)
+    return app

@@ -1,0 +1,306 @@
+"""The gateway's protocol core, without I/O (the sans-I/O pattern of ``websockets``).
+
+A :class:`Connection` turns decoded frames into plans (what to append, what
+to answer) and turns completed appends into acks. It never touches a socket
+or Redis: :mod:`serve.gateway` does, and feeds the results back. That keeps
+every protocol rule (sequence numbers, deduplication, limits, tokens,
+consent) testable in microseconds. See docs/PROTOCOL.md for the wire format.
+
+Sequence rule: a session's events are numbered 1, 2, 3, ... A refused event
+still consumes its number (its error frame says so), so one bad event never
+blocks or loses the ones after it; numbers at or below the next expected
+one are resends and are acknowledged again but never appended twice; a
+number above it is a gap and is refused, so the client resends from the
+expected number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from actors.events import SEQUENCE_GAP, EventError, validate_event
+
+PROTOCOL_VERSION = 1
+CONSENT_CATEGORIES = ("necessary", "analytics", "personalization", "marketing")
+SID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+
+# Close codes (docs/PROTOCOL.md).
+CLOSE_BAD_FRAMES = 4400
+CLOSE_FORBIDDEN = 4403
+CLOSE_HELLO_TIMEOUT = 4408
+CLOSE_TAKEN_OVER = 4409
+CLOSE_RATE_ABUSE = 4429
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-connection limits; sent to the client in the welcome frame."""
+
+    frame_bytes: int = 64 * 1024
+    hard_frame_bytes: int = 1024 * 1024  # above this the socket closes with 1009
+    batch: int = 100  # events per frame
+    sessions: int = 4  # sessions per connection
+    events_per_s: float = 300.0  # sustained, per connection
+    burst: float = 600.0
+    abuse_strikes: int = 20  # rate-limit refusals within abuse_window_s before closing
+    abuse_window_s: float = 10.0
+    bad_frames: int = 50  # undecodable frames before closing
+    hello_timeout_s: float = 10.0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"frame_bytes": self.frame_bytes, "batch": self.batch, "sessions": self.sessions,
+                "events_per_s": self.events_per_s}
+
+
+def error(code: str, detail: str, **extra: Any) -> dict[str, Any]:
+    frame = {"t": "error", "code": code, "detail": detail}
+    frame.update({k: v for k, v in extra.items() if v is not None})
+    return frame
+
+
+def sign_token(secret: bytes, site: str, sid: str) -> str:
+    """The resume token for a session: only whoever got the welcome can resume it."""
+    return hmac.new(secret, f"{site}|{sid}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def decode(message: str | bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """A frame as a map, or (None, reason). JSON for text frames, msgpack for binary."""
+    try:
+        frame = msgpack.unpackb(message, raw=False) if isinstance(message, bytes) else json.loads(message)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        return None, f"undecodable frame: {type(exc).__name__}"
+    if not isinstance(frame, dict):
+        return None, "a frame must be a map"
+    return frame, None
+
+
+def encode(frame: dict[str, Any], binary: bool) -> str | bytes:
+    return msgpack.packb(frame) if binary else json.dumps(frame, separators=(",", ":"))
+
+
+class TokenBucket:
+    """Events-per-second limiter: ``rate`` sustained, ``burst`` at once."""
+
+    __slots__ = ("rate", "burst", "tokens", "ts")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate, self.burst, self.tokens, self.ts = rate, burst, burst, now
+
+    def take(self, n: float, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.ts) * self.rate)
+        self.ts = now
+        if n > self.tokens:
+            return False
+        self.tokens -= n
+        return True
+
+
+@dataclass
+class Cursor:
+    """Where one session on this connection stands."""
+
+    sid: str
+    site: str
+    consent: list[str]
+    acked: int  # highest seq known durable (or refused), as last acknowledged
+    next: int  # next seq this connection will accept (appends may be in flight below it)
+
+
+@dataclass
+class HelloRequest:
+    """A hello that passed the local checks; the shell looks the sid up in Redis."""
+
+    sid: str
+    token: str | None
+    consent: list[str]
+
+
+@dataclass
+class EventsPlan:
+    """What to do with one events frame."""
+
+    sid: str
+    append: list[dict[str, Any]] = field(default_factory=list)  # validated, new, in order
+    first: int = 0  # first seq this plan consumes
+    last: int = 0  # last seq it consumes (refused events included); 0: nothing new
+    replies: list[dict[str, Any]] = field(default_factory=list)  # errors, or an ack for resends
+
+
+class Connection:
+    """One WebSocket connection's protocol state, for one site."""
+
+    def __init__(self, site: str, secret: bytes, limits: Limits = Limits(), now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.site = site
+        self.secret = secret
+        self.limits = limits
+        self.sessions: dict[str, Cursor] = {}
+        self.binary = False
+        self.bucket = TokenBucket(limits.events_per_s, limits.burst, now)
+        self.strikes: list[float] = []
+        self.bad_frames = 0
+        self.close: tuple[int, str] | None = None  # set when the connection must close
+
+    # -- frames -------------------------------------------------------------
+
+    def receive(self, message: str | bytes) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """Decode one frame: (frame, None) or (None, error frame to send)."""
+        self.binary = isinstance(message, bytes)
+        if len(message) > self.limits.frame_bytes:
+            return None, self._bad(error("frame_too_large", f"frame over {self.limits.frame_bytes} bytes"))
+        frame, why = decode(message)
+        if frame is None:
+            return None, self._bad(error("bad_frame", why or "bad frame"))
+        if frame.get("t") not in ("hello", "events", "consent", "ping"):
+            return None, self._bad(error("bad_frame", "unknown frame type 't'"))
+        return frame, None
+
+    def _bad(self, err: dict[str, Any]) -> dict[str, Any]:
+        self.bad_frames += 1
+        if self.bad_frames > self.limits.bad_frames:
+            self.close = (CLOSE_BAD_FRAMES, "too many bad frames")
+        return err
+
+    def encode(self, frame: dict[str, Any]) -> str | bytes:
+        """In the encoding the client last used."""
+        return encode(frame, self.binary)
+
+    # -- hello --------------------------------------------------------------
+
+    def hello(self, frame: dict[str, Any]) -> HelloRequest | dict[str, Any]:
+        """Check a hello locally; returns the request to look up, or an error frame."""
+        if frame.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
+            return error("bad_frame", f"unsupported protocol version {frame.get('v')!r}")
+        sid = frame.get("sid")
+        if not isinstance(sid, str) or not SID_RE.match(sid):
+            return error("bad_sid", "sid must be 8 to 64 characters of [A-Za-z0-9_-]")
+        consent = frame.get("consent")
+        if not isinstance(consent, list) or not all(isinstance(c, str) for c in consent):
+            return error("bad_frame", "consent must be a list of categories", sid=sid)
+        consent = [c for c in consent if c in CONSENT_CATEGORIES]
+        if "analytics" not in consent:
+            return error("consent_required", "no analytics consent: nothing may be collected", sid=sid)
+        if sid not in self.sessions and len(self.sessions) >= self.limits.sessions:
+            return error("too_many_sessions", f"at most {self.limits.sessions} sessions per connection", sid=sid)
+        token = frame.get("token")
+        if token is not None and not isinstance(token, str):
+            return error("bad_token", "token must be a string", sid=sid)
+        return HelloRequest(sid, token, consent)
+
+    def accept_hello(self, req: HelloRequest, known: bool, stored_seq: int) -> dict[str, Any]:
+        """Finish a hello once the shell knows whether the sid exists and its durable seq."""
+        expected = sign_token(self.secret, self.site, req.sid)
+        if req.token is not None and not hmac.compare_digest(req.token, expected):
+            return error("bad_token", "token does not match this session", sid=req.sid)
+        if known and req.token is None:
+            return error("bad_token", "this session exists: resuming needs its token", sid=req.sid)
+        self.sessions[req.sid] = Cursor(req.sid, self.site, req.consent, stored_seq, stored_seq + 1)
+        return {"t": "welcome", "v": PROTOCOL_VERSION, "sid": req.sid, "token": expected,
+                "acked": stored_seq, "limits": self.limits.to_wire()}
+
+    # -- events -------------------------------------------------------------
+
+    def _session_of(self, frame: dict[str, Any]) -> Cursor | dict[str, Any]:
+        sid = frame.get("sid")
+        if sid is None and len(self.sessions) == 1:
+            return next(iter(self.sessions.values()))
+        cursor = self.sessions.get(sid) if isinstance(sid, str) else None
+        if cursor is None:
+            return error("unknown_session", "send a hello for this sid first",
+                         sid=sid if isinstance(sid, str) else None)
+        return cursor
+
+    def events(self, frame: dict[str, Any], now_ms: int, now: float | None = None) -> EventsPlan | dict[str, Any]:
+        """Validate an events frame against the session's cursor; returns a plan or an error frame."""
+        cursor = self._session_of(frame)
+        if isinstance(cursor, dict):
+            return cursor
+        raw_events = frame.get("events")
+        if not isinstance(raw_events, list):
+            return error("bad_frame", "'events' must be a list", sid=cursor.sid)
+        if len(raw_events) > self.limits.batch:
+            return error("too_large", f"at most {self.limits.batch} events per frame", sid=cursor.sid)
+        now = time.monotonic() if now is None else now
+        if not self.bucket.take(len(raw_events), now):
+            self.strikes = [t for t in self.strikes if now - t < self.limits.abuse_window_s] + [now]
+            if len(self.strikes) >= self.limits.abuse_strikes:
+                self.close = (CLOSE_RATE_ABUSE, "event rate limit exceeded repeatedly")
+            return error("rate_limited", f"over {self.limits.events_per_s:g} events/s: resend later",
+                         sid=cursor.sid)
+        client_now = frame.get("now")
+        offset = now_ms - int(client_now) if isinstance(client_now, (int, float)) and not isinstance(client_now, bool) else 0
+        plan = EventsPlan(cursor.sid)
+        expected = cursor.next
+        for raw in raw_events:
+            seq = raw.get("seq") if isinstance(raw, dict) else None
+            if isinstance(seq, int) and not isinstance(seq, bool) and seq < expected:
+                continue  # a resend of something already consumed
+            ev = validate_event(raw, now_ms, offset)
+            if isinstance(ev, EventError):
+                if ev.seq is None:
+                    # Without a usable number it cannot consume one; nothing else is affected.
+                    plan.replies.append({"t": "error", "sid": cursor.sid, **ev.to_wire()})
+                    continue
+                ev_seq = ev.seq
+            else:
+                ev_seq = ev["seq"]
+            if ev_seq != expected:
+                plan.replies.append(error(SEQUENCE_GAP, f"expected seq {expected}, got {ev_seq}",
+                                          sid=cursor.sid, seq=ev_seq, expected=expected))
+                break  # everything after a gap is a gap too
+            if isinstance(ev, EventError):
+                plan.replies.append({"t": "error", "sid": cursor.sid, **ev.to_wire()})
+            else:
+                plan.append.append(ev)
+            expected += 1
+        if expected > cursor.next:
+            plan.first, plan.last = cursor.next, expected - 1
+            cursor.next = expected
+        elif cursor.acked == cursor.next - 1:
+            # Only resends (or nothing usable): re-acknowledge what is durable.
+            plan.replies.append({"t": "ack", "sid": cursor.sid, "seq": cursor.acked})
+        return plan
+
+    def appended(self, sid: str, upto: int) -> dict[str, Any] | None:
+        """The store made everything up to ``upto`` durable: the ack to send."""
+        cursor = self.sessions.get(sid)
+        if cursor is None:
+            return None
+        cursor.acked = max(cursor.acked, upto)
+        return {"t": "ack", "sid": sid, "seq": cursor.acked}
+
+    def append_failed(self, sid: str, durable: int, code: str) -> dict[str, Any]:
+        """The store refused (``sequence_gap``: it holds ``durable``) or failed (``overloaded``).
+
+        Rewind to what is durable; the error tells the client where to resend from.
+        """
+        expected = durable + 1
+        cursor = self.sessions.get(sid)
+        if cursor is not None:
+            cursor.acked = max(cursor.acked, durable)
+            cursor.next = expected = cursor.acked + 1
+        return error(code, f"not stored: resend from seq {expected}", sid=sid, expected=expected)
+
+    # -- consent ------------------------------------------------------------
+
+    def consent(self, frame: dict[str, Any]) -> tuple[Cursor | None, dict[str, Any]]:
+        """Update a session's consent; without analytics the session leaves this connection."""
+        cursor = self._session_of(frame)
+        if isinstance(cursor, dict):
+            return None, cursor
+        consent = frame.get("consent")
+        if not isinstance(consent, list) or not all(isinstance(c, str) for c in consent):
+            return None, error("bad_frame", "consent must be a list of categories", sid=cursor.sid)
+        cursor.consent = [c for c in consent if c in CONSENT_CATEGORIES]
+        if "analytics" not in cursor.consent:
+            del self.sessions[cursor.sid]
+        return cursor, {"t": "consent", "sid": cursor.sid, "consent": cursor.consent}
+
