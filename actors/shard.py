@@ -79,6 +79,8 @@ class ShardCore:
         self._started = False
         self.enrich = enrich
         self._handles: dict[str, Any] | None = None
+        self._model_swapped = asyncio.Event()
+        self.refused: set[str] = set()  # model versions this shard will not load
         self.stats = {"batches": 0, "events": 0, "skipped": 0, "decisions": 0, "activations": 0,
                       "model_swaps": 0, "model_refusals": 0, "enrich_ok": 0, "enrich_failed": 0}
 
@@ -105,7 +107,6 @@ class ShardCore:
     async def _watch_model(self) -> None:
         """Swap in a newly promoted model between batches; refuse a mismatched one."""
         live_key = f"{self.prefix}model:live"
-        refused: str | None = None
         while True:
             await asyncio.sleep(MODEL_POLL_S)  # a GET a second: cheaper than a pub/sub connection per shard
             try:
@@ -113,24 +114,27 @@ class ShardCore:
             except redis.RedisError:
                 continue
             version = raw.decode() if raw else None
-            if not version or version == self.scorer.version or version == refused:
+            if not version or version == self.scorer.version or version in self.refused:
                 continue
             try:
                 scorer = await asyncio.to_thread(self._load_version, version)
             except SchemaMismatch as exc:
-                refused = version
+                self.refused.add(version)
                 self.stats["model_refusals"] += 1
                 log.error("shard %d: refusing model %s: %s; keeping %s", self.index, version, exc,
                           self.scorer.version)
+                self._model_swapped.set()  # wake waiters: the decision on this version is made
                 continue
             except Exception as exc:  # a broken blob must not take the shard down
-                refused = version
+                self.refused.add(version)
                 self.stats["model_refusals"] += 1
+                self._model_swapped.set()
                 log.error("shard %d: cannot load model %s (%s); keeping %s", self.index, version, exc,
                           self.scorer.version)
                 continue
             # One assignment on the event loop: a batch uses either the old or the new model.
             self.scorer = scorer
+            self._model_swapped.set()
             self.stats["model_swaps"] += 1
             log.warning("shard %d: now scoring with model %s", self.index, version)
 
@@ -361,6 +365,22 @@ class SessionShard(ShardCore):
             session = self.host.active.get(sid)
             session = self.host.get(sid)
             return session.row() if session else None
+
+    async def wait_model_decision(self, version: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until the shard has acted on model ``version``: scoring with it, or refused it."""
+        self._start()
+
+        async def decided() -> None:
+            while self.scorer.version != version and version not in self.refused:
+                self._model_swapped.clear()
+                await self._model_swapped.wait()
+
+        await asyncio.wait_for(decided(), timeout)
+        return self.info()
+
+    async def flush(self) -> int:
+        """Write snapshots of every changed session now."""
+        return await self.flush_snapshots()
 
     async def stop_tasks(self) -> None:
         for task in list(self._tasks):

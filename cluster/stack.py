@@ -10,6 +10,7 @@ the ``websockets`` + aiohttp servers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -104,6 +105,20 @@ class Stack:
     def _status(self) -> dict[str, Any]:
         return {"redis_url": self.redis_url.split("@")[-1], "embedded_redis": bool(self.redis and self.redis.embedded)}
 
+    @property
+    def prefix(self) -> str:
+        return self.settings.prefix
+
+    async def event_count(self, sid: str) -> int:
+        """Events durably logged for a session."""
+        assert self.gateway is not None
+        return len(await self.gateway.store.read_events(sid))
+
+    def shard_for(self, sid: str) -> Any:
+        """The SessionShard actor that hosts ``sid``."""
+        assert self.gateway is not None
+        return self.shards[self.gateway.ring.shard_of(sid)]
+
     async def shard_info(self) -> list[dict[str, Any]]:
         return list(await asyncio.gather(*(sh.ping.remote() for sh in self.shards)))
 
@@ -113,10 +128,8 @@ class Stack:
         if self.gateway is not None:
             await self.gateway.stop()
         for sh in self.shards:
-            try:
+            with contextlib.suppress(Exception):  # already gone
                 ray.kill(sh)
-            except Exception:  # already gone
-                pass
         for thing in self.extra:
             stop = getattr(thing, "stop", None)
             if stop is not None:

@@ -147,6 +147,7 @@ class Gateway:
         self._pending: list[list[tuple]] = [[] for _ in shards]
         self._pending_events = 0
         self._wake = [asyncio.Event() for _ in shards]
+        self._scored_waiters: dict[str, list[tuple[int, asyncio.Future]]] = {}
         self._tasks: list[asyncio.Task] = []
         self._server: websockets.asyncio.server.Server | None = None
         self.port = 0
@@ -406,13 +407,46 @@ class Gateway:
             self.stats.shard_calls += 1
             for sid, seqs, _scores, frames in results:
                 self.stats.events_scored += len(seqs)
-                if not frames:
-                    continue
                 peer = self.peers_by_sid.get(sid)
                 for f in frames:
                     self.stats.interventions += 1
                     if peer is not None:
                         peer.send(f)
+                cursor = peer.conn.sessions.get(sid) if peer is not None else None
+                if cursor is not None and seqs:
+                    cursor.scored = max(cursor.scored, seqs[-1])
+                if self._scored_waiters and seqs:
+                    self._wake_scored(sid, seqs[-1])
+
+    def _wake_scored(self, sid: str, seq: int) -> None:
+        waiters = self._scored_waiters.get(sid)
+        if not waiters:
+            return
+        keep = []
+        for want, fut in waiters:
+            if seq >= want:
+                if not fut.done():
+                    fut.set_result(seq)
+            else:
+                keep.append((want, fut))
+        if keep:
+            self._scored_waiters[sid] = keep
+        else:
+            del self._scored_waiters[sid]
+
+    async def wait_scored(self, sid: str, seq: int, timeout: float = 30.0) -> None:
+        """Resolve once event ``seq`` of ``sid`` has been scored and its interventions queued.
+
+        Knows the past only for sessions connected to this gateway. For tests and tools that must know processing finished (for instance
+        to assert that a calm journey got *no* intervention).
+        """
+        peer = self.peers_by_sid.get(sid)
+        cursor = peer.conn.sessions.get(sid) if peer is not None else None
+        if cursor is not None and cursor.scored >= seq:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._scored_waiters.setdefault(sid, []).append((seq, fut))
+        await asyncio.wait_for(fut, timeout)
 
     async def _call_shard(self, i: int, shard: Any, items: list[tuple]) -> list[tuple] | None:
         """Call a shard, retrying while Ray restarts it; the batch is durable meanwhile."""

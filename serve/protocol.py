@@ -112,6 +112,7 @@ class Cursor:
     consent: list[str]
     acked: int  # highest seq known durable (or refused), as last acknowledged
     next: int  # next seq this connection will accept (appends may be in flight below it)
+    scored: int = 0  # highest seq the shard has scored (and queued interventions for)
 
 
 @dataclass

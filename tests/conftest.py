@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import pytest_asyncio
 import redis
 
 from cluster.redis_server import ensure_redis
@@ -58,3 +59,25 @@ def ray_cluster(redis_url: str) -> Iterator[None]:
     except Exception:  # Serve may never have started
         pass
     ray.shutdown()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def lifeline_stack(ray_cluster: None, redis_url: str):
+    """The whole service (shards, gateway, HTTP), started once in the tests' event loop.
+
+    Attributes: ``http_url``, ``ws_url``, ``redis_url``, ``prefix``, ``gateway``,
+    ``shards``; ``await event_count(sid)``; ``shard_for(sid)``.
+    """
+    from cluster.config import Settings
+    from cluster.stack import Stack
+
+    prefix = f"lltest-stack-{uuid.uuid4().hex[:8]}:"
+    stack = Stack(Settings(redis_url=redis_url, prefix=prefix, ws_port=0, http_port=0))
+    await stack.start(shard_name_suffix=f"-{uuid.uuid4().hex[:6]}")
+    yield stack
+    await stack.stop()
+    r = redis.Redis.from_url(redis_url)
+    keys = list(r.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        r.delete(*keys)
+    r.close()

@@ -1,0 +1,89 @@
+"""The ``lifeline`` command.
+
+``lifeline up`` starts everything (Redis if none, Ray, shards, Serve,
+gateway, demo shop) and prints where to point a browser; ``lifeline config``
+prints every setting; training adds ``train``, ``evaluate``, ``models``,
+``promote``, ``export`` and ``paper`` (see ``lifeline COMMAND --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+
+def _up(args: argparse.Namespace) -> int:
+    if args.ws_port is not None:
+        os.environ["LIFELINE_WS_PORT"] = str(args.ws_port)
+    if args.http_port is not None:
+        os.environ["LIFELINE_HTTP_PORT"] = str(args.http_port)
+    from cluster.config import Settings
+    from cluster.stack import run
+
+    asyncio.run(run(Settings(), with_serve=not args.no_serve, llm_stub=not args.no_llm_stub))
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    from cluster.config import Settings
+
+    width = max(len(env) for env, _, _ in Settings.describe())
+    for env, value, help_ in Settings.describe():
+        shown = "(set)" if "KEY" in env or "SECRET" in env else value
+        print(f"{env:<{width}}  {shown:<28}  {help_}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lifeline",
+        description="Real-time exit-risk scoring and in-page interventions for live web sessions.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    up = sub.add_parser("up", help="start the service with its demo shop and print the URLs",
+                        description="Start Redis (embedded if none answers), a local Ray cluster, the "
+                                    "session shards, the Serve deployments, the WebSocket gateway and "
+                                    "the demo shop. Runs until Ctrl-C.")
+    up.add_argument("--ws-port", type=int, help="WebSocket port (default $LIFELINE_WS_PORT or 8765)")
+    up.add_argument("--http-port", type=int, help="HTTP port (default $LIFELINE_HTTP_PORT or 8080)")
+    up.add_argument("--no-serve", action="store_true",
+                    help="do not start the Serve deployments (templated interventions only)")
+    up.add_argument("--no-llm-stub", action="store_true",
+                    help="without ANTHROPIC_API_KEY, do not start the local Messages API stand-in "
+                         "(nudges stay templated)")
+    up.set_defaults(func=_up)
+
+    cfg = sub.add_parser("config", help="print every setting, its current value and meaning")
+    cfg.set_defaults(func=_config)
+
+    try:
+        from training.cli import add_commands
+    except ImportError as exc:  # training's extras missing: the service still runs
+        logging.getLogger("lifeline").debug("training commands unavailable: %s", exc)
+    else:
+        add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("lifeline").setLevel(logging.INFO)
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per socket is noise at scale
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

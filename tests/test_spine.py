@@ -1,0 +1,286 @@
+"""The real-time spine end to end: real Ray, real Redis, real WebSocket connections."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import aiohttp
+import msgpack
+import pytest
+import ray
+import websockets
+
+from actors.events import validate_event
+from actors.policy import KINDS
+from actors.session import replay
+from serve.pyclient import LifelineClient
+from training.simulator import scripted
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+ORIGIN = "http://127.0.0.1:8080"
+
+
+def new_sid(tag: str) -> str:
+    return f"t-{tag}-{uuid.uuid4().hex[:12]}"
+
+
+async def connect(stack, sid: str, **kw) -> LifelineClient:
+    client = LifelineClient(stack.ws_url, "demo", sid, ORIGIN, **kw)
+    welcome = await client.connect()
+    assert welcome["t"] == "welcome", welcome
+    return client
+
+
+async def send_all(client: LifelineClient, events: list[dict], batch: int = 5) -> None:
+    for i in range(0, len(events), batch):
+        await client.send_events(events[i:i + batch])
+
+
+def journey(kind: str, sid: str) -> list[dict]:
+    # Recent timestamps: the gateway refuses events more than a day old.
+    return scripted(kind, sid, int(time.time() * 1000) - 120_000)
+
+
+async def test_struggling_journey_gets_help_pushed(lifeline_stack):
+    sid = new_sid("struggle")
+    events = journey("struggling", sid)
+    client = await connect(lifeline_stack, sid)
+    await send_all(client, events)
+    iv = await client.wait_for(lambda f: f["t"] == "intervention", timeout=15)
+    await client.wait_acked(len(events))
+    assert iv["sid"] == sid and iv["kind"] in KINDS
+    assert iv["text"], "the templated text goes out at once"
+    # Every decision carries why: the score, and any strong signals; one rule must hold.
+    strong = [r for r in iv["reasons"] if r["signal"] != "exit_risk"]
+    assert iv["reasons"][-1] == {"signal": "exit_risk", "strength": round(iv["score"], 3)}
+    assert iv["score"] >= 0.75 or len(strong) >= 4, iv["reasons"]
+    assert 1 <= iv["seq"] <= len(events)
+    assert await lifeline_stack.event_count(sid) == len(events)
+    await client.close()
+
+
+async def test_calm_journey_gets_no_intervention(lifeline_stack):
+    sid = new_sid("calm")
+    events = journey("calm", sid)
+    client = await connect(lifeline_stack, sid)
+    await send_all(client, events)
+    await client.wait_acked(len(events))
+    await lifeline_stack.gateway.wait_scored(sid, len(events))
+    await client.roundtrip()  # anything queued for this socket has now arrived
+    assert client.of_type("intervention") == []
+    row = await lifeline_stack.shard_for(sid).session_row.remote(sid)
+    assert row is not None and row[0] == len(events), "every event was applied to the session"
+    await client.close()
+
+
+async def test_bad_input_gets_errors_and_loses_nothing_else(lifeline_stack):
+    sid = new_sid("bad")
+    good = journey("calm", sid)[:6]
+    client = await connect(lifeline_stack, sid, binary=False)
+    now = int(time.time() * 1000)
+    await client.send_raw("{not json")
+    await client.send_raw(json.dumps([1, 2, 3]))
+    await client.send_raw(json.dumps({"t": "launch_rockets"}))
+    await client.send_events(good[:2])
+    bad = [
+        {"type": "teleport", "seq": 3, "ts": now},  # unknown type
+        {"type": "click", "seq": 4, "ts": now, "x": 1, "y": 2, "reacted": True},  # missing selector
+        {"type": "scroll", "seq": 5, "ts": now, "depth": "deep", "dir": "down"},  # mistyped
+        {"type": "js_error", "seq": 6, "ts": now, "msg": "x" * 5000},  # too large
+        {"type": "visibility", "seq": 7, "ts": now + 3_600_000, "state": "hidden"},  # clock skew
+    ]
+    await client.send_events(bad)
+    rest = [dict(ev, seq=8 + i) for i, ev in enumerate(good[2:])]
+    await client.send_events(rest)
+    await client.send_events([dict(good[2], seq=40)])  # a gap
+    last = 7 + len(rest)
+    await client.wait_acked(last)
+    await client.roundtrip()
+    codes = [f["code"] for f in client.of_type("error")]
+    assert codes[:3] == ["bad_frame", "bad_frame", "bad_frame"]
+    assert codes[3:8] == ["unknown_type", "missing_field", "bad_type", "too_large", "clock_skew"]
+    assert codes[8] == "sequence_gap"
+    by_seq = {f["seq"]: f for f in client.of_type("error") if "seq" in f}
+    assert by_seq[4]["field"] == "selector" and by_seq[5]["field"] == "depth"
+    stored = await lifeline_stack.gateway.store.read_events(sid)
+    assert [e["seq"] for e in stored] == [1, 2, *range(8, last + 1)]
+    assert client.closed is None, "bad input never closes the connection"
+    await lifeline_stack.gateway.wait_scored(sid, last)
+    row = await lifeline_stack.shard_for(sid).session_row.remote(sid)
+    assert row[0] == 2 + len(rest)
+    await client.close()
+
+
+async def test_resume_after_drop_neither_loses_nor_duplicates(lifeline_stack):
+    sid = new_sid("resume")
+    events = journey("struggling", sid)
+    n = len(events)
+    client = await connect(lifeline_stack, sid)
+    await send_all(client, events[: n // 2])
+    await client.wait_acked(n // 2)
+    await client.send_events(events[n // 2: n // 2 + 4])
+    await client.abort()  # cut mid-stream: these four may or may not have been stored
+    assert client.acked < n
+
+    resumed = LifelineClient(lifeline_stack.ws_url, "demo", sid, ORIGIN)
+    resumed.token = client.token
+    resumed.unacked = dict(client.unacked)
+    welcome = await resumed.connect()
+    assert welcome["t"] == "welcome" and welcome["acked"] >= n // 2
+    # Resend everything from the start: the server must drop what it already has.
+    await resumed.send_events(events[:10])
+    await send_all(resumed, events[10:])
+    await resumed.wait_acked(n)
+    stored = await lifeline_stack.gateway.store.read_events(sid)
+    assert [e["seq"] for e in stored] == list(range(1, n + 1))
+    await lifeline_stack.gateway.wait_scored(sid, n)
+    row = await lifeline_stack.shard_for(sid).session_row.remote(sid)
+    assert row[0] == n, "each event applied exactly once"
+    await resumed.close()
+
+
+async def test_resume_needs_the_token(lifeline_stack):
+    sid = new_sid("token")
+    client = await connect(lifeline_stack, sid)
+    await client.send_events(journey("calm", sid)[:2])
+    await client.wait_acked(2)
+    await client.close()
+    thief = LifelineClient(lifeline_stack.ws_url, "demo", sid, ORIGIN)
+    reply = await thief.connect()
+    assert reply["t"] == "error" and reply["code"] == "bad_token"
+    thief.token = "0" * 32
+    await thief.close()
+    reply = await thief.connect()
+    assert reply["code"] == "bad_token"
+    await thief.close()
+
+
+async def test_handshake_refuses_unknown_site_and_origin(lifeline_stack):
+    with pytest.raises(websockets.InvalidStatus) as bad_origin:
+        await websockets.connect(lifeline_stack.ws_url + "?site=demo", origin="http://evil.example")
+    assert bad_origin.value.response.status_code == 403
+    with pytest.raises(websockets.InvalidStatus) as bad_site:
+        await websockets.connect(lifeline_stack.ws_url + "?site=nope", origin=ORIGIN)
+    assert bad_site.value.response.status_code == 403
+
+
+async def test_hello_without_analytics_consent_is_refused(lifeline_stack):
+    client = LifelineClient(lifeline_stack.ws_url, "demo", new_sid("noconsent"), ORIGIN,
+                            consent=("necessary",))
+    reply = await client.connect()
+    assert reply["code"] == "consent_required"
+    await client.close()
+
+
+async def test_oversized_frames(lifeline_stack):
+    sid = new_sid("big")
+    client = await connect(lifeline_stack, sid)
+    await client.send_raw(msgpack.packb({"t": "events", "sid": sid, "events": [], "pad": "x" * 70_000}))
+    err = await client.wait_for(lambda f: f["t"] == "error")
+    assert err["code"] == "frame_too_large"
+    await client.send_events(journey("calm", sid)[:1])
+    await client.wait_acked(1)  # still usable
+    await client.send_raw(b"\x00" * (1024 * 1024 + 10))
+    with pytest.raises(ConnectionError):
+        await client.wait_for(lambda f: False, timeout=10)
+    assert client.closed[0] == 1009
+
+
+async def test_beacon_flush_is_validated_and_stored(lifeline_stack):
+    sid = new_sid("beacon")
+    events = journey("calm", sid)
+    client = await connect(lifeline_stack, sid)
+    await client.send_events(events[:3])
+    await client.wait_acked(3)
+    url = f"{lifeline_stack.http_url}/beacon?site=demo"
+    body = {"sid": sid, "token": client.token, "now": int(time.time() * 1000),
+            "events": events[2:6] + [{"type": "nope", "seq": 7, "ts": events[5]["ts"]}]}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, data=json.dumps(body), headers={"Origin": ORIGIN,
+                             "Content-Type": "text/plain"}) as resp:
+            assert resp.status == 200
+            reply = await resp.json()
+        async with http.post(url, data=json.dumps({**body, "token": "f" * 32}),
+                             headers={"Origin": ORIGIN}) as resp:
+            assert resp.status == 403
+    assert reply["acked"] == 7
+    assert [e["code"] for e in reply["errors"]] == ["unknown_type"]
+    stored = await lifeline_stack.gateway.store.read_events(sid)
+    assert [e["seq"] for e in stored] == [1, 2, 3, 4, 5, 6]
+    await client.close()
+
+
+async def test_shard_crash_recovery_keeps_exact_features(lifeline_stack):
+    """Kill the shard mid-journey; its sessions continue exactly as if nothing happened."""
+    stack = lifeline_stack
+    shard = stack.shards[0]
+    sids = []
+    while len(sids) < 3:  # sessions that all live on shard 0
+        sid = new_sid("crash")
+        if stack.gateway.ring.shard_of(sid) == 0:
+            sids.append(sid)
+    journeys = {sid: journey("struggling" if i % 2 else "calm", sid) for i, sid in enumerate(sids)}
+    clients = {sid: await connect(stack, sid) for sid in sids}
+    # First part, then a snapshot, then more events that only the log holds.
+    for sid, evs in journeys.items():
+        await send_all(clients[sid], evs[:4])
+        await stack.gateway.wait_scored(sid, 4)
+    assert await shard.flush.remote() >= len(sids)
+    for sid, evs in journeys.items():
+        await send_all(clients[sid], evs[4:8])
+        await stack.gateway.wait_scored(sid, 8)
+
+    before = await shard.ping.remote()
+    ray.kill(shard, no_restart=False)
+    for sid, evs in journeys.items():
+        await send_all(clients[sid], evs[8:])
+    for sid, evs in journeys.items():
+        await clients[sid].wait_acked(len(evs))
+        await stack.gateway.wait_scored(sid, len(evs), timeout=60)
+    after = await shard.ping.remote()
+    assert after["activations"] >= len(sids), "sessions were rebuilt from Redis"
+    assert after["batches"] < before["batches"] + 10, "this is a fresh actor"
+
+    for sid, evs in journeys.items():
+        live = await shard.session_row.remote(sid)
+        stored = await stack.gateway.store.read_events(sid)
+        uninterrupted = replay([validate_event(e, now_ms=e["ts"]) for e in stored], sid=sid, site="demo")
+        assert live == uninterrupted[-1]
+        assert live[0] == len(evs)
+        await clients[sid].close()
+
+
+async def test_model_hot_reload_and_refusal(lifeline_stack):
+    """A promoted model is picked up between batches; a mismatched one is refused."""
+    import redis
+
+    from actors.scoring import BUNDLED_META, BUNDLED_MODEL
+    from training.registry import ModelRegistry
+
+    stack = lifeline_stack
+    reg = ModelRegistry(redis.Redis.from_url(stack.redis_url), stack.prefix)
+    meta = json.loads(BUNDLED_META.read_text())
+    good = reg.save(BUNDLED_MODEL.read_bytes(), {**meta, "note": "hot-reload test"})
+    bad = reg.save(BUNDLED_MODEL.read_bytes(), {**meta, "feature_schema": "0000000000000000"})
+
+    sid = new_sid("reload")
+    events = journey("calm", sid)
+    client = await connect(stack, sid)
+    await send_all(client, events[:5])
+    reg.promote(good)
+    infos = await asyncio.gather(*(s.wait_model_decision.remote(good) for s in stack.shards))
+    assert all(i["model"] == good for i in infos)
+    await send_all(client, events[5:])
+    await client.wait_acked(len(events))
+    await stack.gateway.wait_scored(sid, len(events))
+
+    reg.promote(bad)  # without expected_schema the registry lets it through: the shards must refuse
+    infos = await asyncio.gather(*(s.wait_model_decision.remote(bad) for s in stack.shards))
+    assert all(i["model"] == good and i["model_refusals"] >= 1 for i in infos)
+    row = await stack.shard_for(sid).session_row.remote(sid)
+    assert row[0] == len(events), "no event was dropped across the swaps"
+    await client.close()
