@@ -138,8 +138,10 @@ class EventsPlan:
 class Connection:
     """One WebSocket connection's protocol state, for one site."""
 
-    def __init__(self, site: str, secret: bytes, limits: Limits = Limits(), now: float | None = None) -> None:
+    def __init__(self, site: str, secret: bytes, limits: Limits | None = None,
+                 now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
+        limits = limits or Limits()
         self.site = site
         self.secret = secret
         self.limits = limits

@@ -1,0 +1,105 @@
+"""The virtual-actor host: batch scoring across sessions, per-event rows, idle handling."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from actors.events import validate_event
+from actors.host import SessionHost
+from actors.placement import HashRing
+from actors.session import replay
+
+T0 = 1_700_000_000_000
+
+
+def events(n: int, start: int = 1, t0: int = T0) -> list[dict]:
+    out = [validate_event({"type": "page_view", "seq": start, "ts": t0, "path": "/"}, t0)] if start == 1 else []
+    for seq in range(start + len(out), start + n):
+        out.append(validate_event({"type": "click", "seq": seq, "ts": t0 + seq * 100, "selector": "#b",
+                                   "x": seq * 50, "y": 0, "reacted": True}, t0 + seq * 100))
+    return out
+
+
+class CountingScorer:
+    """Scores each row by its event count, and remembers how it was called."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(self, rows):
+        self.calls.append(len(rows))
+        return [row[0] / 100 for row in rows]
+
+
+def test_one_score_call_per_batch_and_one_score_per_event():
+    host = SessionHost()
+    scorer = CountingScorer()
+    items = [("a-session", "demo", ["analytics"], events(3)), ("b-session", "demo", ["analytics"], events(5))]
+    results = host.process(items, scorer)
+    assert scorer.calls == [8]
+    by_sid = {r.sid: r for r in results}
+    assert by_sid["a-session"].seqs == [1, 2, 3]
+    # Each event's score comes from its own row, computed right after it.
+    assert by_sid["b-session"].scores == [0.01, 0.02, 0.03, 0.04, 0.05]
+
+
+def test_rows_match_a_sequential_replay():
+    host = SessionHost()
+    seen: list[list[float]] = []
+
+    def score(rows):
+        seen.extend(rows)
+        return [0.0] * len(rows)
+
+    evs = events(6)
+    host.process([("a-session", "demo", [], evs[:2]), ("b-session", "demo", [], events(2))], score)
+    host.process([("a-session", "demo", [], evs[2:])], score)
+    a_rows = seen[:2] + seen[4:]
+    assert a_rows == replay(evs, sid="a-session", site="demo")
+
+
+def test_resent_events_are_skipped():
+    host = SessionHost()
+    evs = events(4)
+    host.process([("a-session", "demo", [], evs[:3])], CountingScorer())
+    (r,) = host.process([("a-session", "demo", [], evs)], CountingScorer())
+    assert r.seqs == [4] and r.skipped == 3
+    assert host.active["a-session"].n_events == 4
+
+
+def test_activation_replays_only_what_precedes_the_batch():
+    host = SessionHost()
+    evs = events(6)
+    host.activate("a-session", "demo", None, evs, before_seq=4)
+    assert host.active["a-session"].last_seq == 3
+    (r,) = host.process([("a-session", "demo", [], evs[3:])], CountingScorer())
+    assert r.seqs == [4, 5, 6]
+    assert host.active["a-session"].row() == replay(evs)[-1]
+
+
+def test_idle_sessions_are_compacted_then_retired():
+    host = SessionHost(compact_after_ms=60_000, deactivate_after_ms=1_800_000)
+    host.process([("a-session", "demo", [], events(3))], CountingScorer())
+    row = host.active["a-session"].row()
+    assert host.sweep(T0 + 30_000) == [] and "a-session" in host.active
+    assert host.sweep(T0 + 120_000) == [] and "a-session" in host.dormant
+    packed, _, _ = host.dormant["a-session"]
+    assert len(packed) < 600
+    assert host.get("a-session").row() == row  # wakes with exactly its state
+    host.sweep(T0 + 120_000)
+    retired = host.sweep(T0 + 2_000_000)
+    assert [sid for sid, _ in retired] == ["a-session"] and "a-session" not in host
+
+
+def test_hash_ring_is_stable_and_even():
+    ring = HashRing(4)
+    sids = [f"session-{i}" for i in range(20_000)]
+    owners = [ring.shard_of(s) for s in sids]
+    again = HashRing(4)
+    assert owners == [again.shard_of(s) for s in sids]  # same in every process
+    counts = Counter(owners)
+    assert max(counts.values()) / min(counts.values()) < 1.6
+    # Growing the pool moves only about a fifth of the sessions.
+    bigger = HashRing(5)
+    moved = sum(a != b for a, b in zip(owners, (bigger.shard_of(s) for s in sids), strict=True))
+    assert moved / len(sids) < 0.3

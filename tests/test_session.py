@@ -1,0 +1,197 @@
+"""Session features: hand-computed cases for each detector and rolling feature."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from actors.detectors import DetectorConfig
+from actors.events import validate_event
+from actors.features import FEATURE_INDEX, FEATURE_NAMES, N_FEATURES, page_type_of
+from actors.session import Session, replay
+
+T0 = 1_700_000_000_000
+
+
+class J:
+    """Builds a normalised journey: each call appends one event at T0 + t ms."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+
+    def add(self, at: int, etype: str, **fields) -> J:
+        raw = {"type": etype, "seq": len(self.events) + 1, "ts": T0 + at, **fields}
+        ev = validate_event(raw, T0 + at)
+        assert isinstance(ev, dict), ev
+        self.events.append(ev)
+        return self
+
+    def click(self, t: int, x: float = 100, y: float = 100, reacted: bool = True, **kw) -> J:
+        return self.add(t, "click", selector="#b", x=x, y=y, reacted=reacted, **kw)
+
+    def run(self, cfg: DetectorConfig | None = None) -> tuple[Session, list[float]]:
+        s = Session("s1", "demo", cfg or DetectorConfig())
+        row: list[float] = []
+        for ev in self.events:
+            row = s.apply(ev)
+        return s, row
+
+
+def f(row: list[float], name: str) -> float:
+    return row[FEATURE_INDEX[name]]
+
+
+def test_row_has_every_feature():
+    _, row = J().add(0, "page_view", path="/").run()
+    assert len(row) == N_FEATURES == len(FEATURE_NAMES)
+    assert f(row, "n_events") == 1 and f(row, "page_home") == 1
+
+
+def test_rage_click_is_three_close_quick_clicks_counted_once_per_burst():
+    j = J().add(0, "page_view", path="/p")
+    for i, t in enumerate((1000, 1900, 2800, 3700)):  # 4 clicks, 900 ms apart, 10 px apart
+        j.click(t, x=100 + 10 * i)
+    _, row = j.run()
+    assert f(row, "rage_clicks") == 1
+    assert f(row, "sig_rage_click") == pytest.approx(1.0 * 0.5 ** (900 / 60_000))
+
+
+def test_rage_click_needs_each_click_close_to_the_previous():
+    j = J().add(0, "page_view", path="/p").click(1000).click(1500).click(2600)  # third is 1100 ms late
+    _, row = j.run()
+    assert f(row, "rage_clicks") == 0
+    j = J().add(0, "page_view", path="/p").click(1000, x=0).click(1100, x=25).click(1200, x=60)  # 35 px jump
+    assert f(j.run()[1], "rage_clicks") == 0
+
+
+def test_rage_click_skips_text_inputs_and_steppers():
+    j = J().add(0, "page_view", path="/p")
+    for t in (1000, 1100, 1200, 1300):
+        j.click(t, target="stepper")
+    assert f(j.run()[1], "rage_clicks") == 0
+    assert f(j.run()[1], "n_clicks") == 4
+
+
+def test_rage_threshold_is_configurable():
+    j = J().add(0, "page_view", path="/p").click(1000).click(1100).click(1200)
+    assert f(j.run(DetectorConfig(rage_clicks=4))[1], "rage_clicks") == 0
+
+
+def test_dead_clicks_and_ratio():
+    j = J().add(0, "page_view", path="/p").click(1000, reacted=False).click(5000, reacted=True)
+    j.click(9000, reacted=False)
+    _, row = j.run()
+    assert f(row, "dead_clicks") == 2 and f(row, "dead_click_ratio") == pytest.approx(2 / 3)
+
+
+def test_form_errors_and_reedits():
+    j = J().add(0, "page_view", path="/calculator.html")
+    j.add(100, "form_focus", form="calc", field="amount")
+    j.add(200, "form_input", form="calc", field="amount", count=5)  # before any error: not a re-edit
+    j.add(300, "form_error", form="calc", field="amount", code="range")
+    j.add(400, "form_input", form="calc", field="amount")  # a re-edit
+    j.add(500, "form_input", form="calc", field="amount")  # same error: counted once
+    j.add(600, "form_error", form="calc", field="term")
+    s, row = j.run()
+    assert (f(row, "form_errors"), f(row, "form_reedits"), f(row, "form_inputs")) == (2, 1, 7)
+    assert s.last_error_field == "term"
+    assert f(row, "page_form") == 1
+
+
+def test_uturn_is_back_to_the_previous_page_within_the_window():
+    j = J().add(0, "page_view", path="/a").add(10_000, "page_view", path="/b")
+    j.add(14_000, "page_view", path="/a")  # back within 4 s: a u-turn
+    j.add(30_000, "page_view", path="/b")  # back after 16 s: not one
+    _, row = j.run()
+    assert f(row, "uturns") == 1
+    assert f(row, "n_pages") == 4 and f(row, "n_unique_pages") == 2
+    assert f(row, "mean_page_dwell_s") == pytest.approx((10 + 4 + 16) / 3)
+
+
+def test_scroll_reversals_and_depth():
+    j = J().add(0, "page_view", path="/p")
+    for t, depth, d in ((1000, 30, "down"), (2000, 0.6, "down"), (3000, 0.4, "up"), (4000, 0.8, "down")):
+        j.add(t, "scroll", depth=depth, dir=d)
+    _, row = j.run()
+    assert f(row, "scroll_reversals") == 2
+    assert f(row, "scroll_depth_page") == pytest.approx(0.8)
+
+
+def test_cursor_thrash():
+    j = J().add(0, "page_view", path="/p")
+    j.add(1000, "mouse", dur=300, dist=800, turns=[0, 40, 80, 120, 160])
+    j.add(2000, "mouse", dur=300, dist=800, turns=[0, 100, 200])
+    assert f(j.run()[1], "cursor_thrash") == 1
+
+
+def test_idle_gaps_and_time_features():
+    j = J().add(0, "page_view", path="/p").add(45_000, "scroll", depth=0.2, dir="down")
+    j.add(46_000, "scroll", depth=0.3, dir="down")
+    _, row = j.run()
+    assert f(row, "idle_gaps") == 1 and f(row, "max_idle_s") == 45
+    assert f(row, "gap_s") == 1 and f(row, "session_age_s") == 46
+
+
+def test_video_dropoff_when_leaving_early():
+    j = J().add(0, "page_view", path="/product.html")
+    j.add(1000, "video_play", media="v", t=0, dur=60)
+    j.add(10_000, "video_pause", media="v", t=9, dur=60)
+    j.add(11_000, "page_view", path="/")  # left at 15 %: below the 50 % line
+    _, row = j.run()
+    assert f(row, "sig_video_dropoff") == pytest.approx(1 - 0.15 / 0.5)
+    watched = J().add(0, "page_view", path="/p").add(1000, "video_play", media="v", t=0, dur=10)
+    watched.add(11_000, "video_ended", media="v").add(12_000, "page_view", path="/")
+    assert f(watched.run()[1], "sig_video_dropoff") == 0
+
+
+def test_cart_state_and_purchase():
+    j = J().add(0, "page_view", path="/product.html?id=p-1", item="p-1")
+    j.add(1000, "add_to_cart", item="p-1", qty=2, price=10.0)
+    j.add(2000, "add_to_cart", item="p-2", price=5.0)
+    j.add(3000, "remove_from_cart", item="p-2")
+    j.add(4000, "page_view", path="/cart.html")
+    j.add(49_000, "scroll", depth=0.1, dir="down")  # 45 s on the cart page with items
+    s, row = j.run()
+    assert f(row, "cart_items") == 2 and f(row, "cart_adds") == 2 and f(row, "cart_removes") == 1
+    assert f(row, "sig_cart_hesitation") == pytest.approx(1.0)
+    assert s.cart_item_ids == ["p-1"] and s.recent_items == ["p-1", "p-2"]
+    j.add(50_000, "purchase", value=20.0)
+    s, row = j.run()
+    assert f(row, "purchased") == 1 and f(row, "cart_items") == 0 and f(row, "sig_cart_hesitation") == 0
+
+
+def test_client_clock_stepping_back_does_not_go_negative():
+    j = J().add(5000, "page_view", path="/").add(4000, "scroll", depth=0.1, dir="down")
+    _, row = j.run()
+    assert f(row, "gap_s") == 0 and f(row, "session_age_s") == 0
+
+
+def test_snapshot_roundtrip_is_exact():
+    j = J().add(0, "page_view", path="/p").click(100).click(200).click(300, reacted=False)
+    j.add(400, "form_error", form="f", field="x").add(500, "mouse", dur=1, dist=1, turns=[1, 2, 3, 4, 5])
+    s, row = j.run()
+    packed = msgpack.packb(s.to_state())
+    assert len(packed) < 1024
+    back = Session.from_state(msgpack.unpackb(packed))
+    assert back.row() == row
+    # and it keeps evolving identically
+    nxt = validate_event({"type": "click", "seq": 99, "ts": T0 + 600, "selector": "#b", "x": 100,
+                          "y": 100, "reacted": True}, T0 + 600)
+    assert back.apply(dict(nxt)) == s.apply(dict(nxt))
+
+
+def test_replay_equals_event_by_event():
+    j = J().add(0, "page_view", path="/p").click(100).add(500, "scroll", depth=0.5, dir="down")
+    s = Session("replay")
+    rows = [s.apply(ev) for ev in j.events]
+    assert replay(j.events) == rows
+
+
+@pytest.mark.parametrize(
+    ("path", "declared", "kind"),
+    [("/", None, "home"), ("/cart.html", None, "cart"), ("/checkout", None, "checkout"),
+     ("/product.html?id=1", None, "product"), ("/x", "calculator", "form"), ("/x", "help", "help"),
+     ("/about", None, "other")],
+)
+def test_page_type(path, declared, kind):
+    assert page_type_of(path, declared) == kind
