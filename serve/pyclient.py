@@ -43,6 +43,8 @@ class LifelineClient:
         self.ws: websockets.ClientConnection | None = None
         self._reader: asyncio.Task | None = None
         self._changed = asyncio.Condition()
+        self._waiters = 0  # notify only when somebody waits: the load generator never does
+        self.keep_frames = True  # False: keep only interventions, updates and errors (long load runs)
         self.closed: tuple[int | None, str] | None = None
 
     # -- connection -------------------------------------------------------------
@@ -111,9 +113,11 @@ class LifelineClient:
                 elif frame.get("t") == "error" and frame.get("code") == "sequence_gap":
                     # Everything below the expected number is settled on the server.
                     self._on_ack(int(frame.get("expected", 1)) - 1, now)
-                self.frames.append((now, frame))
-                async with self._changed:
-                    self._changed.notify_all()
+                if self.keep_frames or frame.get("t") not in ("ack", "pong"):
+                    self.frames.append((now, frame))
+                if self._waiters:
+                    async with self._changed:
+                        self._changed.notify_all()
         except websockets.ConnectionClosed:
             pass
         finally:
@@ -147,7 +151,14 @@ class LifelineClient:
                         raise ConnectionError(f"connection closed {self.closed} while waiting")
                     await self._changed.wait()
 
-        return await asyncio.wait_for(find(), timeout)
+        return await self._waiting(find(), timeout)
+
+    async def _waiting(self, coro, timeout: float):
+        self._waiters += 1
+        try:
+            return await asyncio.wait_for(coro, timeout)
+        finally:
+            self._waiters -= 1
 
     async def wait_acked(self, seq: int, timeout: float = 10.0) -> None:
         async def done() -> None:
@@ -157,7 +168,7 @@ class LifelineClient:
                         raise ConnectionError(f"connection closed {self.closed} at ack {self.acked}")
                     await self._changed.wait()
 
-        await asyncio.wait_for(done(), timeout)
+        await self._waiting(done(), timeout)
 
     async def roundtrip(self, timeout: float = 10.0) -> None:
         """Ping and await the pong: every frame the server queued before it has arrived."""

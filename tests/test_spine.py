@@ -14,7 +14,7 @@ import ray
 import websockets
 
 from actors.events import validate_event
-from actors.policy import KINDS
+from actors.policy import KINDS, in_holdout
 from actors.session import replay
 from serve.pyclient import LifelineClient
 from training.simulator import scripted
@@ -26,6 +26,14 @@ ORIGIN = "http://127.0.0.1:8080"
 
 def new_sid(tag: str) -> str:
     return f"t-{tag}-{uuid.uuid4().hex[:12]}"
+
+
+def treated_sid(tag: str) -> str:
+    """A sid outside the demo site's 10 % holdout: its interventions are shown."""
+    while True:
+        sid = new_sid(tag)
+        if not in_holdout(sid, 0.10):
+            return sid
 
 
 async def connect(stack, sid: str, **kw) -> LifelineClient:
@@ -46,7 +54,7 @@ def journey(kind: str, sid: str) -> list[dict]:
 
 
 async def test_struggling_journey_gets_help_pushed(lifeline_stack):
-    sid = new_sid("struggle")
+    sid = treated_sid("struggle")
     events = journey("struggling", sid)
     client = await connect(lifeline_stack, sid)
     await send_all(client, events)
@@ -63,8 +71,42 @@ async def test_struggling_journey_gets_help_pushed(lifeline_stack):
     await client.close()
 
 
+async def test_holdout_session_gets_decision_recorded_but_not_shown(lifeline_stack):
+    import redis.asyncio as aioredis
+
+    while True:
+        sid = new_sid("holdout")
+        if in_holdout(sid, 0.10):
+            break
+    events = journey("struggling", sid)
+    client = await connect(lifeline_stack, sid)
+    await send_all(client, events)
+    await client.wait_acked(len(events))
+    await lifeline_stack.gateway.wait_scored(sid, len(events))
+    await client.roundtrip()
+    assert client.of_type("intervention") == []
+    r = aioredis.from_url(lifeline_stack.redis_url)
+    log = await r.xrange(f"{lifeline_stack.prefix}ivlog")
+    mine = [fields for _, fields in log if fields[b"sid"] == sid.encode()]
+    # Recorded asynchronously after the reply: the decision may still be on its way.
+    if not mine:
+        last = log[-1][0] if log else b"0-0"
+        for _ in range(20):
+            got = await r.xread({f"{lifeline_stack.prefix}ivlog": last}, block=500)
+            for _, entries in got:
+                for eid, fields in entries:
+                    last = eid
+                    if fields[b"sid"] == sid.encode():
+                        mine.append(fields)
+            if mine:
+                break
+    await r.aclose()
+    assert mine and mine[0][b"holdout"] == b"1"
+    await client.close()
+
+
 async def test_calm_journey_gets_no_intervention(lifeline_stack):
-    sid = new_sid("calm")
+    sid = treated_sid("calm")  # a holdout session would get none whatever the journey
     events = journey("calm", sid)
     client = await connect(lifeline_stack, sid)
     await send_all(client, events)
