@@ -1,0 +1,318 @@
+"""Training end to end: replay equals live, train, evaluate, register, promote, segments, paper."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from actors.features import FEATURE_NAMES, FEATURE_SCHEMA_HASH
+from actors.host import SessionHost
+from actors.scoring import BUNDLED_META, BUNDLED_MODEL, Scorer
+from training.bundle import build_bundled_model
+from training.cli import main
+from training.dataset import (
+    append_to_redis_log,
+    export_redis,
+    from_journeys,
+    normalise,
+    rows_frame,
+    rows_frame_ray,
+)
+from training.evaluate import write_report
+from training.loaders import SessionEvents, load_diginetica
+from training.online_shoppers import PUBLISHED, run_paper_protocol
+from training.registry import ModelRegistry
+from training.segments import Segments, fit_segments, nearest_segment, session_table
+from training.simulator import scripted, simulate
+from training.train import XGBParams, load_booster, train_and_evaluate
+
+FAST = XGBParams(max_depth=4, eta=0.15, num_boost_round=80, early_stopping_rounds=10)
+
+
+@pytest.fixture(scope="module")
+def sim_rows():
+    return rows_frame(from_journeys(simulate(500, seed=3)))
+
+
+def _live_rows(sessions, seed: int = 0) -> dict[tuple[str, int], list[float]]:
+    """Feed sessions through the live host the way shards do, capturing each event's row.
+
+    Batches interleave sessions and cut them at random points; between
+    batches idle sessions are compacted to msgpack and some are recovered
+    into a fresh host from a snapshot or from the event log alone.
+    """
+    rng = random.Random(seed)
+    cursors = {s.sid: 0 for s in sessions}
+    by_sid = {s.sid: s for s in sessions}
+    captured: list[list[float]] = []
+
+    def score(rows):
+        # Scores are indices into ``captured``: they come back with each event's seq.
+        start = len(captured)
+        captured.extend(list(r) for r in rows)
+        return [float(start + i) for i in range(len(rows))]
+
+    out: dict[tuple[str, int], list[float]] = {}
+    host = SessionHost()
+    retired: dict[str, list] = {}  # what the shard would have snapshotted to Redis
+    batch_no = 0
+    while any(cursors[s] < len(by_sid[s].events) for s in cursors):
+        items = []
+        for sid in rng.sample(sorted(cursors), k=min(5, len(cursors))):
+            i = cursors[sid]
+            evs = by_sid[sid].events
+            if i >= len(evs):
+                continue
+            j = min(len(evs), i + rng.randint(1, 7))
+            items.append((sid, "default", ["necessary", "analytics"], evs[i:j]))
+            cursors[sid] = j
+        for sid, _site, _consent, evs in items:
+            if sid in host.missing(items) and sid in retired:  # reactivate, as the shard does
+                before = evs[0]["seq"]
+                host.activate(
+                    sid, "default", retired.pop(sid), by_sid[sid].events[: before - 1], before
+                )
+        for res in host.process(items, score):
+            for seq, idx in zip(res.seqs, res.scores, strict=True):
+                out[(res.sid, seq)] = captured[int(idx)]
+        batch_no += 1
+        if batch_no % 3 == 0:
+            # Compact everything idle for a minute; retire what is idle past the timeout.
+            now = max(s.events[-1]["ts"] for s in sessions) + 61_000
+            retired.update(host.sweep(now_ms=now))
+        if batch_no % 7 == 0:  # a shard restarts: sessions come back from snapshots or the log
+            fresh = SessionHost()
+            for sid in list(cursors):
+                if sid not in host:
+                    continue  # retired: comes back from ``retired`` when its next batch arrives
+                done = cursors[sid]
+                if rng.random() < 0.5:
+                    fresh.activate(sid, "default", host.snapshot(sid), [], done + 1)
+                else:
+                    fresh.activate(sid, "default", None, by_sid[sid].events[:done], done + 1)
+            host = fresh
+    return out
+
+
+def test_replay_from_redis_with_ray_data_equals_live(
+    ray_cluster, redis_url: str, prefix: str
+) -> None:
+    journeys = simulate(40, seed=21)
+    sessions = from_journeys(journeys) + load_diginetica(limit_sessions=10)
+    t0 = 1_732_400_000_000
+    sessions += [
+        SessionEvents(f"scripted-{k}", normalise(scripted(k, "x", t0)), False, "scripted", t0)
+        for k in ("struggling", "calm", "cart_hesitation")
+    ]
+    live = _live_rows(sessions)
+    assert len(live) == sum(len(s.events) for s in sessions)
+
+    # What the live system recorded, exported from the Redis event log and replayed with ray.data.
+    r = redis.Redis.from_url(redis_url)
+    for s in sessions:
+        append_to_redis_log(r, prefix, s.sid, s.events, chunk=random.Random(s.sid).randint(1, 9))
+    exported = export_redis(r, prefix)
+    r.close()
+    assert {s.sid for s in exported} == {s.sid for s in sessions}
+    df = rows_frame_ray(exported, include_after_purchase=True, num_blocks=4)
+    assert len(df) == len(live)
+    X = df[list(FEATURE_NAMES)].to_numpy()
+    for i, (sid, seq) in enumerate(zip(df["sid"], df["seq"], strict=True)):
+        assert np.array_equal(X[i], np.asarray(live[(sid, int(seq))], dtype=np.float64)), (sid, seq)
+    # The local replay gives the very same rows.
+    local = rows_frame(exported, include_after_purchase=True)
+    assert np.array_equal(local[list(FEATURE_NAMES)].to_numpy(), X)
+    assert (local["sid"].to_numpy() == df["sid"].to_numpy()).all()
+
+
+def test_rows_labels_and_prefixes(sim_rows) -> None:
+    df = sim_rows
+    assert list(df.columns[:7]) == [
+        "sid",
+        "seq",
+        "ts_ms",
+        "start_ms",
+        "prefix_len",
+        "prefix_ms",
+        "label",
+    ]
+    assert set(df["label"].unique()) == {0, 1}
+    assert (df["purchased"] == 0).all(), "rows from the purchase on are left out"
+    first = df.groupby("sid").head(1)
+    assert (first["prefix_len"] == 1).all() and (first["prefix_ms"] == 0).all()
+    assert (df["prefix_len"] == df["n_events"]).all()
+    conv = {j.sid: j.converted for j in simulate(500, seed=3)}
+    assert all(lab == (0 if conv[s] else 1) for s, lab in zip(df["sid"], df["label"], strict=True))
+
+
+def test_train_evaluate_register_promote(
+    sim_rows, tmp_path: Path, redis_url: str, prefix: str
+) -> None:
+    run = train_and_evaluate(
+        sim_rows, name="test", data={"source": "sim"}, params=FAST, bootstrap=20
+    )
+    m = run.metrics
+    assert set(m) == {"xgboost", "logreg", "events_so_far"}
+    assert (
+        m["xgboost"]["roc_auc"] > 0.65 and m["xgboost"]["roc_auc"] > m["events_so_far"]["roc_auc"]
+    )
+    assert m["xgboost"]["brier"] < 0.25
+    for k in m:
+        assert 0 <= m[k]["f1_at_threshold"] <= 1 and m[k]["threshold"] == 0.75
+    # The time split is session-disjoint and ordered.
+    sp = run.split
+    assert not set(sp.train["sid"]) & set(sp.test["sid"])
+    assert (
+        sp.train.groupby("sid")["start_ms"].first().max()
+        <= sp.test.groupby("sid")["start_ms"].first().min()
+    )
+    # Prior correction keeps the probabilities calibrated on average.
+    assert abs(run.predictions["xgboost"].mean() - sp.test["label"].mean()) < 0.1
+
+    report = write_report(
+        run, tmp_path / "rep", title="test", segments=fit_segments(sim_rows).to_dict()
+    )
+    text = report.read_text()
+    assert "| XGBoost |" in text and "events so far" in text and "## Segments" in text
+    for png in ("roc.png", "pr.png", "calibration.png", "auc_by_events.png", "importance.png"):
+        data = (tmp_path / "rep" / png).read_bytes()
+        assert data[:4] == b"\x89PNG" and 5_000 < len(data) < 150_000
+
+    reg = ModelRegistry(redis.Redis.from_url(redis_url), prefix)
+    version = reg.save(run.xgb_model.to_bytes(), run.meta())
+    reg.promote(version, expected_schema=FEATURE_SCHEMA_HASH)
+    raw, meta = reg.load(reg.live())
+    # What a shard would load scores exactly like the trained model.
+    scorer = Scorer.from_bytes(raw, meta, version)
+    X = sp.test[list(FEATURE_NAMES)].to_numpy(dtype=np.float32)[:300]
+    assert np.allclose(scorer(X), run.xgb_model.predict(X), atol=1e-6)
+    assert meta["split"]["test"]["sessions"] == sp.test["sid"].nunique()
+    assert meta["params"]["max_depth"] == 4 and meta["data"] == {"source": "sim"}
+
+
+def test_segments_choose_k_and_lookup_matches(sim_rows) -> None:
+    seg = fit_segments(sim_rows, k_range=range(2, 7), seed=1)
+    assert 2 <= seg.k <= 6 and set(seg.scores) == {str(k) for k in range(2, 7)}
+    assert seg.scores[str(seg.k)] == max(seg.scores.values())
+    assert len(seg.centroids) == len(seg.names) == len(set(seg.names)) == seg.k
+    d = json.loads(json.dumps(seg.to_dict()))
+    assert d["format"] == "lifeline-segments/1" and d["feature_schema"] == FEATURE_SCHEMA_HASH
+    again = Segments.from_dict(d)
+    rows = session_table(sim_rows)[list(FEATURE_NAMES)].to_numpy().tolist()
+    assigned = [nearest_segment(again, row) for row in rows]
+    # The cheap lookup reproduces the clustering it was fitted with.
+    assert sorted(np.bincount(assigned, minlength=seg.k).tolist()) == sorted(seg.sizes)
+
+
+def test_paper_protocol_small() -> None:
+    res = run_paper_protocol(folds=3, limit=3000, progress=False)
+    s = res.summary()
+    assert set(s) == {"xgb_oversampled", "xgb_plain", "logreg"}
+    assert s["xgb_plain"]["roc_auc"][0] > 0.85 and len(res.variants["xgb_plain"]["roc_auc"]) == 3
+    assert "0.937" in res.markdown() and PUBLISHED["accuracy"] == 0.9065
+
+
+def test_bundled_model(tmp_path: Path) -> None:
+    meta = build_bundled_model(tmp_path, n_journeys=300, seed=2)
+    raw = (tmp_path / "bundled.ubj").read_bytes()
+    assert len(raw) < 1_000_000
+    assert json.loads((tmp_path / "bundled.json").read_text()) == meta
+    assert meta["feature_schema"] == FEATURE_SCHEMA_HASH and meta["segments"]["k"] >= 2
+    assert load_booster(raw).num_features() == len(FEATURE_NAMES)
+    # The shipped bundled model must match the code, or shards fall back to nothing.
+    shipped = json.loads(BUNDLED_META.read_text())
+    assert shipped["feature_schema"] == FEATURE_SCHEMA_HASH, (
+        "rebuild: lifeline train --bundle actors/models"
+    )
+    assert BUNDLED_MODEL.stat().st_size < 1_000_000
+
+
+def test_cli_train_models_promote_export(
+    tmp_path: Path, redis_url: str, prefix: str, capsys
+) -> None:
+    common = ["--redis-url", redis_url, "--prefix", prefix]
+    rc = main(
+        [
+            "train",
+            "--source",
+            "sim",
+            "--journeys",
+            "300",
+            "--engine",
+            "local",
+            "--rounds",
+            "60",
+            "--report-dir",
+            str(tmp_path / "rep"),
+            "--promote",
+            *common,
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "registered model v0001-" in out and "promoted v0001-" in out
+    assert (tmp_path / "rep" / "report.md").is_file() and (
+        tmp_path / "rep" / "segments.json"
+    ).is_file()
+
+    assert main(["models", *common]) == 0
+    listing = capsys.readouterr().out
+    assert re.search(r"^\* +v0001-[0-9a-f]{8} .* ok$", listing, re.M), listing
+
+    assert main(["promote", "v7", *common]) == 2
+    assert "lifeline promote: error: no model version 'v7'" in capsys.readouterr().err
+
+    # The loop closes: sessions recorded in the live event log are exported and trained on.
+    r = redis.Redis.from_url(redis_url)
+    for s in from_journeys(simulate(250, seed=9)):
+        append_to_redis_log(r, prefix, s.sid, s.events)
+    r.close()
+    out_file = tmp_path / "events.jsonl"
+    assert main(["export", "--out", str(out_file), *common]) == 0
+    assert "wrote 250 sessions" in capsys.readouterr().out
+    rc = main(
+        [
+            "train",
+            "--source",
+            "jsonl",
+            "--file",
+            str(out_file),
+            "--engine",
+            "local",
+            "--rounds",
+            "40",
+            "--report-dir",
+            str(tmp_path / "rep2"),
+            *common,
+        ]
+    )
+    assert rc == 0
+    assert "registered model v0002-" in capsys.readouterr().out
+    reg = ModelRegistry(redis.Redis.from_url(redis_url), prefix)
+    assert reg.load(reg.resolve("v2"))[1]["data"]["sessions"] == 250 and reg.live().startswith(
+        "v0001-"
+    )
+
+    assert (
+        main(
+            [
+                "train",
+                "--source",
+                "jsonl",
+                "--file",
+                str(tmp_path / "nope.jsonl"),
+                "--no-register",
+                "--engine",
+                "local",
+                *common,
+            ]
+        )
+        == 2
+    )
+    assert "nope.jsonl: file not found" in capsys.readouterr().err

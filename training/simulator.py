@@ -1,0 +1,856 @@
+"""Seeded journey simulator: synthetic browser sessions that look like real traffic.
+
+What it is for: the bundled demo model, tests and load generation. Each
+journey is a list of RAW client-form events (exactly what the tracking
+client would send: ``type``, ``seq``, ``ts`` and the type's fields from
+``actors.events.FIELDS``), each accepted by ``validate_event(e, now_ms=e["ts"])``.
+
+The generative story (how a journey and its labels come about):
+
+1. An archetype is drawn from ``mix`` (browser, comparer, searcher, converter,
+   calm_converter, rage_clicker, form_struggler, uturner, video_dropoff,
+   cart_abandoner). Each has a base purchase propensity.
+2. A struggle level in [0, 1] is drawn: high for the struggle archetypes, and
+   a small chance of a mild episode for everyone else (a converter can hit a
+   form error too).
+3. Struggle raises the exit probability: ``p_convert = base * (1 - 0.75 * struggle)``.
+   The outcome is drawn from that probability *before* the events are
+   written, so labels come from this story and never from the detectors.
+4. The archetype's body is written with realistic timing (log-normal page
+   dwell, scroll/mouse/hover activity while reading, rage clicks 80-250 ms
+   apart, seconds-long form editing). Intent leaks into behaviour only
+   mildly: buyers read ~20% longer (noisy) and switch tabs less often.
+   Converters then go through cart and checkout to a ``purchase``; everyone
+   else leaves (sometimes with a trailing ``visibility: hidden``).
+
+Interventions are not simulated (no ``intervention_*`` events): the data is
+what a site looks like without Lifeline, which is what the exit-risk model
+must learn from.
+
+Limits: the catalogue is the demo shop's (40 products ``p-001``..``p-040`` in
+5 categories); paths other than ``/product.html?id=...`` are plausible demo
+paths, not a contract. Timing distributions are hand-tuned to look like
+published clickstream statistics (median page dwell ~10 s, sessions of tens
+of events), not fitted to any data set. Pure: stdlib only, no Ray, Redis or
+network, so it is usable anywhere (including the load generator).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+# A fixed epoch for ``start_ms=None`` so that a seed alone determines the output.
+DEFAULT_START_MS = 1_732_200_000_000  # 2024-11-21T14:40:00Z
+
+PRODUCTS: tuple[str, ...] = tuple(f"p-{i:03d}" for i in range(1, 41))
+CATEGORIES: tuple[str, ...] = ("loans", "cards", "savings", "insurance", "accessories")
+# Products are laid out in category blocks of 8: p-001..p-008 are "loans", ...
+PRODUCT_CATEGORY: dict[str, str] = {p: CATEGORIES[i // 8] for i, p in enumerate(PRODUCTS)}
+PRODUCT_PRICE: dict[str, float] = {
+    p: round(9.0 + ((i * 37) % 41) * 7.5, 2) for i, p in enumerate(PRODUCTS)
+}
+PAGE_TYPES: tuple[str, ...] = (
+    "home",
+    "listing",
+    "product",
+    "cart",
+    "checkout",
+    "calculator",
+    "help",
+)
+
+CALC_FORM = "calculator"
+CALC_FIELDS: tuple[str, ...] = ("loan-amount", "term-months", "interest-rate", "income")
+CALC_SUBMIT = "#calc-submit"
+CHECKOUT_FORM = "checkout"
+CHECKOUT_FIELDS: tuple[str, ...] = (
+    "name",
+    "email",
+    "address",
+    "postcode",
+    "card-number",
+    "card-expiry",
+)
+SEARCH_FORM = "search"
+SEARCH_TERMS: tuple[str, ...] = (
+    "loan",
+    "credit card",
+    "fixed rate",
+    "travel insurance",
+    "savings account",
+    "mortgage calculator",
+    "cashback",
+    "low interest",
+    "phone case",
+    "isa",
+)
+EXTERNAL_REFS: tuple[str, ...] = (
+    "",
+    "https://www.google.com/",
+    "https://www.bing.com/",
+    "https://t.co/x",
+    "https://news.example/",
+)
+# Elements that look clickable but do nothing: the classic rage-click targets.
+DEAD_TARGETS: tuple[str, ...] = (
+    "#promo-banner",
+    "img.product-image",
+    "#calc-submit",
+    ".price-badge",
+)
+
+# Struggle is an episode, independent of intent: it can happen to anyone who
+# came to buy something, and when it does it lowers the chance of a purchase.
+EPISODES: tuple[str, ...] = ("rage", "form", "uturn", "video", "cart")
+# How often each kind is drawn for an episode that is not forced by the archetype.
+EPISODE_WEIGHTS: dict[str, float] = {
+    "rage": 0.25,
+    "form": 0.20,
+    "uturn": 0.20,
+    "video": 0.15,
+    "cart": 0.20,
+}
+# The struggle archetypes: a visitor with purchase intent plus one forced
+# episode of their kind (so a rage_clicker always rage-clicks, and so on).
+FORCED_EPISODE: dict[str, str] = {
+    "rage_clicker": "rage",
+    "form_struggler": "form",
+    "uturner": "uturn",
+    "video_dropoff": "video",
+    "cart_abandoner": "cart",
+}
+STRUGGLE_ARCHETYPES = frozenset(FORCED_EPISODE)
+# Base purchase intent of each archetype: the probability of a purchase
+# without struggle. The struggle archetypes' intent is that of an ordinary
+# interested visitor; it is the episode that makes them leave.
+BASE_CONVERT: dict[str, float] = {
+    "browser": 0.06,
+    "comparer": 0.40,
+    "searcher": 0.40,
+    "converter": 0.90,
+    "calm_converter": 0.92,
+    "rage_clicker": 0.40,
+    "form_struggler": 0.45,
+    "uturner": 0.35,
+    "video_dropoff": 0.40,
+    "cart_abandoner": 0.55,
+}
+ARCHETYPES: tuple[str, ...] = tuple(BASE_CONVERT)
+# Probability of an independent struggle episode (forced archetypes: always).
+EPISODE_RATE: dict[str, float] = {
+    "browser": 0.15,
+    "comparer": 0.35,
+    "searcher": 0.35,
+    "converter": 0.35,
+    "calm_converter": 0.35,
+    **{a: 1.0 for a in FORCED_EPISODE},
+}
+# p_convert = base intent * (1 - STRUGGLE_EFFECT * struggle), struggle ~ Beta(4, 2).
+STRUGGLE_EFFECT = 0.85
+# Where an independent episode happens: right after landing with this probability.
+EARLY_EPISODE = 0.35
+# Interested visitors sometimes use the loan calculator without any trouble.
+CALCULATOR_USERS = frozenset({"comparer", "searcher", "converter", "calm_converter"})
+CALCULATOR_USE = 0.12
+DEFAULT_MIX: dict[str, float] = {
+    "browser": 0.35,
+    "comparer": 0.15,
+    "searcher": 0.17,
+    "converter": 0.12,
+    "calm_converter": 0.085,
+    "rage_clicker": 0.025,
+    "form_struggler": 0.025,
+    "uturner": 0.025,
+    "video_dropoff": 0.025,
+    "cart_abandoner": 0.025,
+}
+
+
+@dataclass
+class Journey:
+    """One simulated session: its raw events and the labels of its generative story.
+
+    ``converted``: the journey ends in a ``purchase`` event. ``struggling``: at
+    least one struggle episode (rage clicks, failing form, u-turns, video
+    drop-off, cart hesitation, cursor thrash) was written into it.
+    """
+
+    sid: str
+    archetype: str
+    converted: bool
+    struggling: bool
+    start_ms: int
+    events: list[dict] = field(default_factory=list)
+
+
+def product_path(item: str) -> str:
+    """The demo catalogue's page for one product."""
+    return f"/product.html?id={item}"
+
+
+class _Writer:
+    """Appends raw events with contiguous seq and strictly increasing ts."""
+
+    def __init__(self, rng: random.Random, start_ms: int) -> None:
+        self.rng = rng
+        self.t = start_ms
+        self.events: list[dict[str, Any]] = []
+        self.path = ""  # current page, used as the next page's referrer
+        self.page_type = ""
+        self.cart: list[str] = []
+        self.struggled = False
+        # Purchase intent shows in behaviour: buyers read a little longer (set per journey).
+        self.engaged = 1.0
+
+    # -- low level -------------------------------------------------------------------------
+    def emit(self, etype: str, **fields: Any) -> dict[str, Any]:
+        if self.events and self.t <= self.events[-1]["ts"]:
+            self.t = self.events[-1]["ts"] + 1
+        ev: dict[str, Any] = {"type": etype, "seq": len(self.events) + 1, "ts": int(self.t)}
+        ev.update({k: v for k, v in fields.items() if v is not None})
+        self.events.append(ev)
+        return ev
+
+    def wait(self, ms: float) -> None:
+        self.t += max(1, int(ms))
+
+    def think(self, median_ms: float, sigma: float = 0.6) -> None:
+        """Wait a log-normal time (human pauses are heavy-tailed)."""
+        self.wait(median_ms * math.exp(self.rng.gauss(0.0, sigma)))
+
+    # -- building blocks ---------------------------------------------------------------------
+    def page(
+        self, path: str, page_type: str, ref: str | None = None, item: str | None = None
+    ) -> None:
+        self.think(700, 0.4)  # navigation / load time
+        self.emit(
+            "page_view",
+            path=path,
+            page_type=page_type,
+            ref=self.path if ref is None else ref,
+            item=item,
+        )
+        self.path, self.page_type = path, page_type
+
+    def mouse(self, thrash: bool = False) -> None:
+        rng = self.rng
+        dur = rng.uniform(300, 2000)
+        if thrash:  # fast back-and-forth: a direction change every 25-70 ms
+            dist = rng.uniform(1500, 4500)
+            turns, t = [], rng.uniform(0, 200)
+            for _ in range(rng.randint(8, 24)):
+                turns.append(round(t, 1))
+                t += rng.uniform(25, 70)
+            dur = max(dur, t)
+        else:
+            n = rng.choice((0, 0, 1, 1, 2, 3))
+            dist = rng.uniform(80, 900)
+            turns = sorted(round(rng.uniform(0, dur), 1) for _ in range(n))
+        self.emit("mouse", dur=round(dur, 1), dist=round(dist, 1), turns=turns)
+        if thrash:
+            self.struggled = True
+
+    def hover(self, selector: str, median_dwell: float = 900) -> None:
+        dwell = median_dwell * math.exp(self.rng.gauss(0, 0.5))
+        self.wait(dwell)  # a hover is reported when it ends
+        self.emit("hover", selector=selector, dwell=round(dwell, 1))
+
+    def click(self, selector: str, reacted: bool = True, target: str = "button") -> None:
+        self.emit(
+            "click",
+            selector=selector,
+            x=round(self.rng.uniform(40, 1200), 1),
+            y=round(self.rng.uniform(60, 800), 1),
+            reacted=reacted,
+            target=target,
+        )
+
+    def read(self, seconds: float, hovers: tuple[str, ...] = ()) -> None:
+        """Spend roughly ``seconds`` on the page: scrolls, mouse summaries, hovers."""
+        rng = self.rng
+        end = self.t + seconds * 1000
+        depth = 0.0
+        while self.t < end:
+            self.think(2200, 0.7)
+            r = rng.random()
+            if r < 0.45:
+                if depth < 1.0 and rng.random() < 0.85:
+                    depth = min(1.0, depth + rng.uniform(0.08, 0.3))
+                    self.emit("scroll", depth=round(depth, 3), dir="down")
+                else:
+                    depth = max(0.0, depth - rng.uniform(0.05, 0.3))
+                    self.emit("scroll", depth=round(depth, 3), dir="up")
+            elif r < 0.8:
+                self.mouse()
+            elif hovers:
+                self.hover(rng.choice(hovers))
+            else:
+                self.mouse()
+
+    def dwell(self, median_s: float, hovers: tuple[str, ...] = ()) -> None:
+        """Read a page for a log-normally distributed time around ``median_s``."""
+        median_s *= self.engaged
+        self.read(min(240.0, median_s * math.exp(self.rng.gauss(0, 0.7))), hovers)
+
+    def rage(self, selector: str) -> None:
+        """A burst of 3-8 clicks on one element that does not react."""
+        self.struggled = True
+        rng = self.rng
+        x, y = rng.uniform(100, 1100), rng.uniform(100, 700)
+        for _ in range(rng.randint(3, 8)):
+            self.emit(
+                "click",
+                selector=selector,
+                x=round(x + rng.gauss(0, 4), 1),
+                y=round(y + rng.gauss(0, 4), 1),
+                reacted=False,
+                target="button" if selector.startswith("#") else "other",
+            )
+            self.wait(rng.uniform(80, 250))
+
+    def fill(self, form: str, fields: tuple[str, ...], slow: float = 1.0) -> None:
+        for f in fields:
+            self.think(900 * slow, 0.5)
+            self.emit("form_focus", form=form, field=f)
+            self.think(2500 * slow, 0.6)
+            self.emit("form_input", form=form, field=f, count=self.rng.randint(2, 24))
+
+    def submit(self, form: str, selector: str, ok: bool) -> None:
+        self.think(800, 0.5)
+        self.click(selector, reacted=ok, target="button")
+        self.wait(self.rng.uniform(30, 200))
+        self.emit("form_submit", form=form, ok=ok)
+
+    def form_errors(self, form: str, fields: tuple[str, ...], code: str = "invalid") -> None:
+        self.struggled = True
+        for f in fields:
+            self.wait(self.rng.uniform(20, 120))
+            self.emit("form_error", form=form, field=f, code=code)
+
+    def video(self, media: str, dur: float, watch_frac: float, seek: bool = False) -> None:
+        """Play a video and stop at ``watch_frac`` of it (>= 1.0: watched to the end)."""
+        rng = self.rng
+        self.think(1200, 0.5)
+        self.click(f"#{media}", reacted=True, target="other")
+        self.emit("video_play", media=media, t=0.0, dur=dur)
+        t = 0.0
+        if seek:
+            # Impatient skimming: jump ahead twice, then give up.
+            for _ in range(2):
+                self.wait(rng.uniform(1500, 4000))
+                t_from = t + rng.uniform(1.5, 4.0)
+                t = min(dur - 1, t_from + rng.uniform(5, dur / 3))
+                self.emit(
+                    "video_seek",
+                    media=media,
+                    **{"from": round(t_from, 2), "to": round(t, 2)},
+                    dur=dur,
+                )
+        stop = min(dur, dur * watch_frac)
+        if stop > t:
+            # Activity while the video plays (people move the mouse, scroll a bit).
+            end = self.t + (stop - t) * 1000
+            while self.t + 4000 < end:
+                self.think(4000, 0.5)
+                self.mouse()
+            self.t = max(self.t, int(end))
+            t = stop
+        if watch_frac >= 1.0:
+            self.emit("video_ended", media=media, t=round(dur, 2), dur=dur)
+        else:
+            self.emit("video_pause", media=media, t=round(t, 2), dur=dur)
+
+    def add(self, item: str) -> None:
+        self.think(900, 0.5)
+        self.click("#add-to-cart", reacted=True, target="button")
+        self.wait(self.rng.uniform(50, 250))
+        self.emit("add_to_cart", item=item, qty=1, price=PRODUCT_PRICE[item])
+        self.cart.append(item)
+
+    def leave(self) -> None:
+        """End of a non-converting journey: the tab is hidden or simply closed."""
+        if self.rng.random() < 0.5:
+            self.think(2000, 0.8)
+            self.emit("visibility", state="hidden")
+
+
+# -- archetype bodies --------------------------------------------------------------------------
+def _pick(rng: random.Random, cat: str | None = None) -> str:
+    pool = [p for p in PRODUCTS if cat is None or PRODUCT_CATEGORY[p] == cat]
+    return rng.choice(pool)
+
+
+def _listing(w: _Writer, cat: str) -> None:
+    w.page(f"/list.html?cat={cat}", "listing")
+    w.dwell(8, hovers=(".product-card", ".filter-bar"))
+
+
+def _product(w: _Writer, item: str, median_s: float = 12) -> None:
+    w.page(product_path(item), "product", item=item)
+    w.dwell(median_s, hovers=(".price", ".spec-table", "#add-to-cart", "img.product-image"))
+
+
+def _browser(w: _Writer, rng: random.Random, converted: bool, s: float) -> str:
+    w.dwell(6, hovers=("#hero", ".nav-menu"))
+    cat = rng.choice(CATEGORIES)
+    for _ in range(rng.randint(1, 4)):
+        if rng.random() < 0.4:
+            cat = rng.choice(CATEGORIES)
+            _listing(w, cat)
+        else:
+            _product(w, _pick(rng, cat), 8)
+    return _pick(rng, cat)
+
+
+def _comparer(w: _Writer, rng: random.Random, converted: bool, s: float) -> str:
+    cat = rng.choice(CATEGORIES)
+    _listing(w, cat)
+    items = rng.sample([p for p in PRODUCTS if PRODUCT_CATEGORY[p] == cat], rng.randint(2, 4))
+    # Back and forth between the candidates, reading specs and prices.
+    for _ in range(rng.randint(4, 8)):
+        _product(w, rng.choice(items), 14)
+        if rng.random() < 0.3:
+            _listing(w, cat)
+    return rng.choice(items)
+
+
+def _searcher(w: _Writer, rng: random.Random, converted: bool, s: float) -> str:
+    item = _pick(rng)
+    for _ in range(rng.randint(1, 3)):
+        w.think(1500)
+        w.click("#search-input", target="text_input")
+        w.emit("form_focus", form=SEARCH_FORM, field="q")
+        w.think(2500)
+        w.emit("form_input", form=SEARCH_FORM, field="q", count=rng.randint(3, 18))
+        w.submit(SEARCH_FORM, "#search-go", ok=True)
+        term = rng.choice(SEARCH_TERMS).replace(" ", "+")
+        w.page(f"/search.html?q={term}", "listing")
+        w.dwell(6, hovers=(".product-card",))
+        item = _pick(rng, PRODUCT_CATEGORY[item] if rng.random() < 0.6 else None)
+        _product(w, item, 10)
+    return item
+
+
+def _converter(w: _Writer, rng: random.Random, converted: bool, s: float) -> str:
+    cat = rng.choice(CATEGORIES)
+    _listing(w, cat)
+    item = _pick(rng, cat)
+    _product(w, item, 9)
+    return item
+
+
+def _calm_converter(w: _Writer, rng: random.Random, converted: bool, s: float) -> str:
+    w.dwell(10, hovers=("#hero", ".nav-menu"))
+    cat = rng.choice(CATEGORIES)
+    _listing(w, cat)
+    item = _pick(rng, cat)
+    _product(w, item, 20)
+    w.video(f"video-{item}", dur=round(rng.uniform(30, 90), 1), watch_frac=1.0)
+    w.dwell(8, hovers=(".spec-table", ".reviews"))
+    return item
+
+
+def _calculator_ok(w: _Writer, rng: random.Random) -> None:
+    """The calculator used without trouble: fill, submit, read the result."""
+    if w.page_type != "calculator":
+        w.page("/calculator.html", "calculator")
+        w.dwell(5, hovers=(".calc-intro",))
+    w.fill(CALC_FORM, CALC_FIELDS)
+    w.submit(CALC_FORM, CALC_SUBMIT, ok=True)
+    w.dwell(8, hovers=(".calc-result",))
+
+
+# -- struggle episodes -----------------------------------------------------------------------------
+# Each writes one episode of its kind at the current point of the journey
+# (navigating to where it happens if need be), with an intensity that grows
+# with the struggle level ``s``, and returns the item the visitor is after.
+def _on_product(w: _Writer, rng: random.Random, cat: str, median_s: float = 8) -> str:
+    if w.page_type == "product" and w.path.startswith("/product.html?id="):
+        return w.path.rsplit("=", 1)[1]
+    item = _pick(rng, cat)
+    _product(w, item, median_s)
+    return item
+
+
+def _ep_rage(w: _Writer, rng: random.Random, converted: bool, s: float, cat: str) -> str:
+    """Something that looks clickable does nothing: bursts of rage clicks."""
+    item = _on_product(w, rng, cat)
+    if rng.random() < 0.2:  # the page script broke, so the button is dead
+        w.think(1500)
+        w.emit(
+            "js_error", msg="TypeError: cannot read properties of undefined", src="/static/app.js"
+        )
+    for _ in range(1 + int(s * 3)):
+        w.think(2500)
+        w.rage(rng.choice(("#promo-banner", "img.product-image", ".price-badge")))
+        if rng.random() < s:
+            w.mouse(thrash=True)
+        w.dwell(4)
+    return item
+
+
+def _ep_form(w: _Writer, rng: random.Random, converted: bool, s: float, cat: str) -> str:
+    """The loan/price calculator scenario: the form refuses, again and again."""
+    if w.page_type != "calculator":
+        w.page("/calculator.html", "calculator")
+    w.dwell(5, hovers=(".calc-intro",))
+    w.fill(CALC_FORM, CALC_FIELDS, slow=1.3)
+    for attempt in range(2 + int(s * 3)):
+        bad = tuple(rng.sample(CALC_FIELDS, rng.randint(1, 2)))
+        w.submit(CALC_FORM, CALC_SUBMIT, ok=False)
+        w.form_errors(CALC_FORM, bad, code=rng.choice(("range", "format", "required")))
+        if attempt >= 1 and rng.random() < 0.7:
+            w.rage(CALC_SUBMIT)  # the button stays disabled: dead clicks
+        if rng.random() < s:
+            w.mouse(thrash=True)
+        w.fill(CALC_FORM, bad, slow=1.6)  # re-edit the refused fields
+    if converted or rng.random() < 0.3:
+        w.submit(CALC_FORM, CALC_SUBMIT, ok=True)
+        w.dwell(6, hovers=(".calc-result",))
+    elif rng.random() < 0.4:
+        w.page("/help.html", "help")
+        w.dwell(6)
+    return _pick(rng, "loans")
+
+
+def _ep_uturn(w: _Writer, rng: random.Random, converted: bool, s: float, cat: str) -> str:
+    """Nothing on the listing is what was hoped for: product, straight back, again."""
+    if w.page_type != "listing":
+        _listing(w, cat)
+    list_path = w.path
+    item = _pick(rng, cat)
+    for _ in range(2 + int(s * 4)):
+        item = _pick(rng, cat if rng.random() < 0.7 else None)
+        w.page(product_path(item), "product", item=item)
+        w.think(1800, 0.5)  # a glance, then straight back: a u-turn
+        if rng.random() < 0.5:
+            w.mouse()
+        w.page(list_path, "listing")
+        w.struggled = True
+        w.think(1500)
+    _product(w, item, 8)
+    return item
+
+
+def _ep_video(w: _Writer, rng: random.Random, converted: bool, s: float, cat: str) -> str:
+    """The product video does not answer the question: skimmed, then abandoned."""
+    item = _on_product(w, rng, cat, 6)
+    dur = round(rng.uniform(45, 150), 1)
+    w.video(f"video-{item}", dur=dur, watch_frac=rng.uniform(0.05, 0.35), seek=rng.random() < 0.6)
+    w.struggled = True
+    w.dwell(4)
+    if rng.random() < 0.4:
+        item = _pick(rng, cat)
+        _product(w, item, 5)
+    return item
+
+
+def _ep_cart(w: _Writer, rng: random.Random, converted: bool, s: float, cat: str) -> str:
+    """Second thoughts at the cart: lingering on totals and shipping, maybe a failed checkout."""
+    item = _on_product(w, rng, cat, 10)
+    w.add(item)
+    w.page("/cart.html", "cart")
+    w.dwell(15 + 25 * s, hovers=(".cart-total", ".shipping-cost", "#checkout"))
+    w.struggled = True
+    if rng.random() < 0.5:
+        w.page("/checkout.html", "checkout")
+        w.fill(CHECKOUT_FORM, CHECKOUT_FIELDS[: rng.randint(1, 4)])
+        if rng.random() < s:
+            w.submit(CHECKOUT_FORM, "#checkout-submit", ok=False)
+            w.form_errors(CHECKOUT_FORM, ("postcode",), code="format")
+        w.dwell(6, hovers=(".shipping-cost",))
+        w.page("/cart.html", "cart")
+    if not converted and rng.random() < 0.6:
+        w.think(3000)
+        w.emit("remove_from_cart", item=item, qty=1)
+        w.cart.remove(item)
+        _listing(w, cat)
+    return item
+
+
+_EPISODE_WRITERS = {
+    "rage": _ep_rage,
+    "form": _ep_form,
+    "uturn": _ep_uturn,
+    "video": _ep_video,
+    "cart": _ep_cart,
+}
+
+
+# The struggle archetypes' own lead-in, before their forced episode.
+def _lead_in(w: _Writer, rng: random.Random, converted: bool, s: float) -> str:
+    cat = rng.choice(CATEGORIES)
+    _listing(w, cat)
+    item = _pick(rng, cat)
+    _product(w, item, 8)
+    return item
+
+
+def _form_lead_in(w: _Writer, rng: random.Random, converted: bool, s: float) -> str:
+    return _pick(rng, "loans")  # straight into the calculator (it lands there)
+
+
+_BODIES = {
+    "browser": _browser,
+    "comparer": _comparer,
+    "searcher": _searcher,
+    "converter": _converter,
+    "calm_converter": _calm_converter,
+    "rage_clicker": _lead_in,
+    "form_struggler": _form_lead_in,
+    "uturner": _lead_in,
+    "video_dropoff": _lead_in,
+    "cart_abandoner": _lead_in,
+}
+
+
+def _checkout(w: _Writer, rng: random.Random, item: str) -> None:
+    """The converting end: cart, checkout form (maybe one fixed error), purchase."""
+    if item not in w.cart:
+        if w.path != product_path(item):
+            _product(w, item, 6)
+        w.add(item)
+    w.page("/cart.html", "cart")
+    w.dwell(5, hovers=(".cart-total",))
+    w.think(1200)
+    w.click("#checkout", reacted=True)
+    w.page("/checkout.html", "checkout")
+    w.fill(CHECKOUT_FORM, CHECKOUT_FIELDS)
+    if rng.random() < 0.15:  # a typo, fixed at once
+        struggled = w.struggled  # one fixed typo is not a struggle episode
+        w.submit(CHECKOUT_FORM, "#checkout-submit", ok=False)
+        w.form_errors(CHECKOUT_FORM, ("card-number",), code="format")
+        w.fill(CHECKOUT_FORM, ("card-number",))
+        w.struggled = struggled
+    w.submit(CHECKOUT_FORM, "#checkout-submit", ok=True)
+    w.wait(rng.uniform(300, 1500))
+    w.emit(
+        "purchase",
+        value=round(sum(PRODUCT_PRICE[p] for p in w.cart), 2),
+        items=list(w.cart),
+    )
+    w.page("/thanks.html", "checkout")
+    w.dwell(3)
+
+
+def _draw_episode(rng: random.Random, archetype: str) -> str | None:
+    forced = FORCED_EPISODE.get(archetype)
+    if forced is not None:
+        return forced
+    if rng.random() < EPISODE_RATE[archetype]:
+        return rng.choices(EPISODES, [EPISODE_WEIGHTS[k] for k in EPISODES])[0]
+    return None
+
+
+def _journey(rng: random.Random, sid: str, archetype: str, start_ms: int) -> Journey:
+    w = _Writer(rng, start_ms)
+    episode = _draw_episode(rng, archetype)
+    struggle = rng.betavariate(4, 2) if episode else 0.0
+    p_convert = BASE_CONVERT[archetype] * (1.0 - STRUGGLE_EFFECT * struggle)
+    converted = rng.random() < p_convert
+    # Intent leaks into behaviour only mildly (dwell +-20%, noisy), so that
+    # early in a journey buyers and leavers of one archetype look alike.
+    w.engaged = (1.2 if converted else 0.85) * math.exp(rng.gauss(0.0, 0.25))
+    # An independent episode comes early (right after landing) or late (after
+    # browsing); a struggle archetype's comes after its short lead-in.
+    early = episode is not None and archetype not in FORCED_EPISODE and rng.random() < EARLY_EPISODE
+    calculator = (
+        episode != "form" and archetype in CALCULATOR_USERS and rng.random() < CALCULATOR_USE
+    )
+    landing = rng.random()
+    ref = rng.choice(EXTERNAL_REFS)
+    deep = (
+        archetype == "form_struggler"
+        or (early and episode == "form" and landing < 0.5)
+        or (calculator and landing < 0.4)
+        or landing < 0.1
+    )
+    if not deep:
+        w.page("/", "home", ref=ref)
+        ref = None
+    if ref is not None:
+        w.path = ref  # so the first page_view's ref is the external referrer
+    if calculator and w.page_type == "":
+        _calculator_ok(w, rng)  # landed on the calculator from a search ad
+        calculator = False
+    if early:
+        assert episode is not None
+        item = _EPISODE_WRITERS[episode](w, rng, converted, struggle, rng.choice(CATEGORIES))
+        if converted or rng.random() < 0.5:  # keeps going; otherwise leaves soon after
+            w.dwell(3)
+            item = _BODIES[archetype](w, rng, converted, struggle)
+    else:
+        item = _BODIES[archetype](w, rng, converted, struggle)
+        if calculator:
+            _calculator_ok(w, rng)
+        if episode is not None:
+            item = _EPISODE_WRITERS[episode](
+                w, rng, converted, struggle, PRODUCT_CATEGORY.get(item, rng.choice(CATEGORIES))
+            )
+    if rng.random() < (0.1 if converted else 0.3):
+        # Switching to another tab for a while (comparing elsewhere, distracted).
+        w.think(3000, 0.8)
+        w.emit("visibility", state="hidden")
+        w.think(25_000, 1.0)
+        w.emit("visibility", state="visible")
+        w.dwell(4)
+    if converted:
+        _checkout(w, rng, item)
+    else:
+        w.leave()
+    return Journey(sid, archetype, converted, w.struggled, w.events[0]["ts"], w.events)
+
+
+def simulate(
+    n: int,
+    seed: int = 0,
+    start_ms: int | None = None,
+    mix: dict[str, float] | None = None,
+    *,
+    mean_gap_ms: float = 20_000.0,
+) -> list[Journey]:
+    """Simulate ``n`` journeys, deterministically for a given ``seed``.
+
+    Journeys start one after another with exponential gaps (mean
+    ``mean_gap_ms``, default 20 s) from ``start_ms`` (default a fixed epoch,
+    so output depends on the seed only); pass ``mean_gap_ms=0`` to start them
+    all at once (load generation). ``mix`` maps archetype to weight (need not
+    sum to 1; archetypes left out are not drawn). sids are ``sim-<seed>-<i>``.
+    """
+    if n < 0:
+        raise ValueError("n must be >= 0")
+    weights = dict(DEFAULT_MIX if mix is None else mix)
+    unknown = set(weights) - set(ARCHETYPES)
+    if unknown:
+        raise ValueError(f"unknown archetypes in mix: {sorted(unknown)}; known: {list(ARCHETYPES)}")
+    if not weights or sum(weights.values()) <= 0 or min(weights.values()) < 0:
+        raise ValueError("mix needs non-negative weights with a positive sum")
+    names = list(weights)
+    probs = [weights[a] for a in names]
+    rng = random.Random(seed)
+    t0 = DEFAULT_START_MS if start_ms is None else int(start_ms)
+    out: list[Journey] = []
+    for i in range(n):
+        archetype = rng.choices(names, probs)[0]
+        # Each journey has its own generator seeded from the master one, so a
+        # journey's events do not depend on how many random draws came before.
+        jrng = random.Random(rng.getrandbits(64))
+        out.append(_journey(jrng, f"sim-{seed}-{i:06d}", archetype, t0))
+        if mean_gap_ms > 0:
+            t0 += max(1, int(rng.expovariate(1.0 / mean_gap_ms)))
+    return out
+
+
+# -- short deterministic scripts for tests --------------------------------------------------------
+SCRIPTED_KINDS = ("struggling", "calm", "cart_hesitation")
+
+
+def scripted(kind: str, sid: str, start_ms: int) -> list[dict]:
+    """A short, fully deterministic raw-event journey of a named kind (for tests).
+
+    ``struggling``: on the calculator page, rage clicks on the dead submit
+    button, three failing submits with form errors, cursor thrash, all within
+    ~15 s. ``calm``: a few page views, scrolls and hovers and a product video
+    watched to the end, ~60 s, no struggle. ``cart_hesitation``: add to cart,
+    linger on the cart page, remove the item, back to the listing. ``sid`` is
+    not part of the events (the wire frame carries it); it is accepted so the
+    call reads like the session it builds.
+    """
+    del sid  # events do not carry the session id
+    w = _Writer(random.Random(0), start_ms)
+    if kind == "struggling":
+        w.emit("page_view", path="/calculator.html", page_type="calculator", ref="/")
+        w.path, w.page_type = "/calculator.html", "calculator"
+        w.wait(800)
+        w.emit("form_focus", form=CALC_FORM, field="loan-amount")
+        w.wait(600)
+        w.emit("form_input", form=CALC_FORM, field="loan-amount", count=6)
+        for i in range(3):
+            w.wait(700)
+            w.emit("click", selector=CALC_SUBMIT, x=512.0, y=640.0, reacted=False, target="button")
+            w.wait(60)
+            w.emit("form_submit", form=CALC_FORM, ok=False)
+            w.wait(40)
+            w.emit("form_error", form=CALC_FORM, field="loan-amount", code="range")
+            if i < 2:
+                w.wait(500)
+                w.emit("form_focus", form=CALC_FORM, field="loan-amount")
+                w.wait(700)
+                w.emit("form_input", form=CALC_FORM, field="loan-amount", count=5 + i)
+        w.wait(300)
+        for k in range(6):  # rage: 6 clicks ~150 ms apart, same spot, no reaction
+            w.emit(
+                "click",
+                selector=CALC_SUBMIT,
+                x=512.0 + k,
+                y=640.0 - k,
+                reacted=False,
+                target="button",
+            )
+            w.wait(150)
+        turns = [float(40 * i + 15) for i in range(24)]
+        w.emit("mouse", dur=1000.0, dist=3600.0, turns=turns)
+        w.wait(400)
+        w.emit("mouse", dur=900.0, dist=3100.0, turns=turns[:20])
+    elif kind == "calm":
+        w.emit("page_view", path="/", page_type="home", ref="https://www.google.com/")
+        w.path = "/"
+        w.wait(4000)
+        w.emit("scroll", depth=0.3, dir="down")
+        w.wait(3000)
+        w.emit("hover", selector=".nav-menu", dwell=700.0)
+        w.wait(2500)
+        w.emit("page_view", path="/list.html?cat=loans", page_type="listing", ref="/")
+        w.wait(3500)
+        w.emit("scroll", depth=0.4, dir="down")
+        w.wait(2000)
+        w.emit("mouse", dur=800.0, dist=420.0, turns=[300.0])
+        w.wait(2500)
+        w.emit(
+            "page_view",
+            path=product_path("p-003"),
+            page_type="product",
+            ref="/list.html?cat=loans",
+            item="p-003",
+        )
+        w.wait(3000)
+        w.emit("hover", selector=".spec-table", dwell=1500.0)
+        w.wait(1500)
+        w.emit("click", selector="#video-p-003", x=400.0, y=300.0, reacted=True, target="other")
+        w.emit("video_play", media="video-p-003", t=0.0, dur=30.0)
+        w.wait(30_000)
+        w.emit("video_ended", media="video-p-003", t=30.0, dur=30.0)
+        w.wait(3000)
+        w.emit("scroll", depth=0.8, dir="down")
+        w.wait(2000)
+        w.emit("hover", selector=".price", dwell=900.0)
+    elif kind == "cart_hesitation":
+        w.emit(
+            "page_view",
+            path=product_path("p-012"),
+            page_type="product",
+            ref="/list.html?cat=cards",
+            item="p-012",
+        )
+        w.wait(6000)
+        w.emit("click", selector="#add-to-cart", x=900.0, y=420.0, reacted=True, target="button")
+        w.wait(120)
+        w.emit("add_to_cart", item="p-012", qty=1, price=PRODUCT_PRICE["p-012"])
+        w.wait(1500)
+        w.emit("page_view", path="/cart.html", page_type="cart", ref=product_path("p-012"))
+        w.wait(8000)
+        w.emit("hover", selector=".cart-total", dwell=2500.0)
+        w.wait(9000)
+        w.emit("hover", selector=".shipping-cost", dwell=3000.0)
+        w.wait(7000)
+        w.emit("mouse", dur=1500.0, dist=300.0, turns=[700.0])
+        w.wait(5000)
+        w.emit("remove_from_cart", item="p-012", qty=1)
+        w.wait(1500)
+        w.emit("page_view", path="/list.html?cat=cards", page_type="listing", ref="/cart.html")
+    else:
+        raise ValueError(f"unknown scripted kind {kind!r}; known: {list(SCRIPTED_KINDS)}")
+    return w.events

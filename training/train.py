@@ -1,0 +1,429 @@
+"""Exit-risk model training: time-ordered split, XGBoost, baselines and their metrics.
+
+What it is for: turning a rows frame (``training.dataset``) into an XGBoost
+booster the shards can load, plus the figures that say whether it is any
+good, with simple baselines measured in the same run on the same split:
+
+* ``xgboost``: the model the live path uses;
+* ``logreg``: logistic regression on the same features (log1p-scaled, standardised);
+* ``events_so_far``: logistic regression on the number of events seen so far only.
+
+Decisions, and why:
+
+* Split by time, by session: sessions are ordered by start time; the last
+  ``test_frac`` are the test set, the ``valid_frac`` before them drive early
+  stopping. No session is in two parts, and the model never sees the future.
+* Class imbalance: the classes are re-weighted to equal total weight
+  (``scale_pos_weight`` = negatives / positives), which keeps the trees from
+  ignoring the minority class. Re-weighting shifts the model's log-odds by
+  exactly ``log(scale_pos_weight)``, so that shift is taken off again in the
+  booster's base score (a prior correction): the shipped model outputs
+  calibrated probabilities, which is what the policy's fixed 0.75 threshold
+  and the Brier score assume. Logistic regression gets the same treatment.
+* Rows: one per event before the purchase (see ``training.dataset``), the
+  label is 1 when the session ends without a conversion.
+
+Limits: metrics are per event (every prefix of every test session is a
+row), so long sessions weigh more, as they do in live scoring; the ROC AUC
+interval is a session-level bootstrap and only describes sampling noise of
+the test set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+from actors.features import FEATURE_NAMES, FEATURE_SCHEMA_HASH
+from training.progress import Progress
+
+POLICY_THRESHOLD = 0.75  # the intervention policy acts above this exit risk
+FEATURES: list[str] = list(FEATURE_NAMES)
+MODELS = ("xgboost", "logreg", "events_so_far")
+
+
+@dataclass
+class XGBParams:
+    """Hyperparameters of the exit-risk booster (recorded with every model)."""
+
+    max_depth: int = 5
+    eta: float = 0.08
+    num_boost_round: int = 400
+    early_stopping_rounds: int = 30
+    subsample: float = 0.8
+    colsample_bytree: float = 0.8
+    min_child_weight: float = 5.0
+    reg_lambda: float = 1.0
+    nthread: int = 2
+    seed: int = 0
+    balance_classes: bool = True
+
+    def booster_params(self) -> dict[str, Any]:
+        return {
+            "objective": "binary:logistic",
+            "eval_metric": ["aucpr", "logloss"],  # early stopping follows the last one
+            "tree_method": "hist",
+            "max_depth": self.max_depth,
+            "eta": self.eta,
+            "subsample": self.subsample,
+            "colsample_bytree": self.colsample_bytree,
+            "min_child_weight": self.min_child_weight,
+            "lambda": self.reg_lambda,
+            "nthread": self.nthread,
+            "seed": self.seed,
+        }
+
+
+@dataclass
+class Split:
+    """A time-ordered, session-disjoint train / validation / test split of a rows frame."""
+
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+    test_from_ms: int
+    valid_from_ms: int
+
+    def describe(self) -> dict[str, Any]:
+        def part(df: pd.DataFrame) -> dict[str, Any]:
+            return {
+                "sessions": int(df["sid"].nunique()),
+                "rows": len(df),
+                "exit_rate_rows": round(float(df["label"].mean()), 4) if len(df) else None,
+                "exit_rate_sessions": round(float(df.groupby("sid")["label"].first().mean()), 4)
+                if len(df)
+                else None,
+            }
+
+        return {
+            "train": part(self.train),
+            "valid": part(self.valid),
+            "test": part(self.test),
+            "valid_from_ms": self.valid_from_ms,
+            "test_from_ms": self.test_from_ms,
+        }
+
+
+def time_split(df: pd.DataFrame, test_frac: float = 0.2, valid_frac: float = 0.15) -> Split:
+    """Split by session start time: oldest sessions train, then validation, newest test."""
+    if "label" not in df or (df["label"] < 0).any():
+        raise ValueError("rows without a purchase label cannot train an exit-risk model")
+    starts = df.groupby("sid", sort=False)["start_ms"].first().reset_index()
+    starts = starts.sort_values(["start_ms", "sid"], kind="stable")
+    n = len(starts)
+    n_test = max(1, int(round(n * test_frac)))
+    n_valid = max(1, int(round(n * valid_frac)))
+    if n - n_test - n_valid < 2:
+        raise ValueError(f"only {n} sessions: too few for a train/validation/test split")
+    order = starts["sid"].tolist()
+    train_ids = set(order[: n - n_test - n_valid])
+    valid_ids = set(order[n - n_test - n_valid : n - n_test])
+    part = df["sid"].map(lambda s: 0 if s in train_ids else (1 if s in valid_ids else 2))
+    return Split(
+        df[part == 0].reset_index(drop=True),
+        df[part == 1].reset_index(drop=True),
+        df[part == 2].reset_index(drop=True),
+        int(starts["start_ms"].iloc[n - n_test]),
+        int(starts["start_ms"].iloc[n - n_test - n_valid]),
+    )
+
+
+def _x(df: pd.DataFrame) -> np.ndarray:
+    return df[FEATURES].to_numpy(dtype=np.float32)
+
+
+def _balance(y: np.ndarray) -> float:
+    pos = float((y == 1).sum())
+    neg = float((y == 0).sum())
+    if pos == 0 or neg == 0:
+        raise ValueError("the training rows hold only one class; cannot learn exit risk")
+    return neg / pos
+
+
+def _set_base_margin_shift(booster: xgb.Booster, shift: float) -> xgb.Booster:
+    """Add ``shift`` to every output log-odds by rewriting the booster's base score."""
+    model = json.loads(booster.save_raw("json"))
+    param = model["learner"]["learner_model_param"]
+    base = float(str(param["base_score"]).strip("[]"))
+    base = min(max(base, 1e-7), 1 - 1e-7)
+    logit = math.log(base / (1.0 - base)) + shift
+    param["base_score"] = f"[{1.0 / (1.0 + math.exp(-logit)):.9E}]"
+    out = xgb.Booster()
+    out.load_model(bytearray(json.dumps(model).encode()))
+    return out
+
+
+@dataclass
+class TrainedXGB:
+    """A trained, prior-corrected booster and how it was obtained."""
+
+    booster: xgb.Booster
+    best_iteration: int
+    scale_pos_weight: float
+    eval_history: dict[str, list[float]] = field(default_factory=dict)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        # inplace_predict is what the shards use (DMatrix per call is ~40x slower).
+        return np.asarray(self.booster.inplace_predict(X), dtype=np.float64)
+
+    def to_bytes(self) -> bytes:
+        return bytes(self.booster.save_raw("ubj"))
+
+
+class _ProgressCallback(xgb.callback.TrainingCallback):
+    """Advances a progress bar once per boosting round."""
+
+    def __init__(self, bar: Progress) -> None:
+        super().__init__()
+        self.bar = bar
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+        self.bar.update()
+        return False  # never asks training to stop; early stopping does that
+
+
+def fit_xgb(
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    params: XGBParams | None = None,
+    *,
+    progress: bool = False,
+) -> TrainedXGB:
+    """Train with early stopping on the validation rows; return a calibrated booster."""
+    params = params or XGBParams()
+    ytr = train["label"].to_numpy()
+    yva = valid["label"].to_numpy()
+    spw = _balance(ytr) if params.balance_classes else 1.0
+    wtr = np.where(ytr == 1, spw, 1.0)
+    wva = np.where(yva == 1, spw, 1.0)
+    dtrain = xgb.DMatrix(_x(train), label=ytr, weight=wtr, feature_names=FEATURES)
+    dvalid = xgb.DMatrix(_x(valid), label=yva, weight=wva, feature_names=FEATURES)
+    history: dict[str, dict[str, list[float]]] = {}
+    bar = Progress(params.num_boost_round, "boosting", enabled=progress)
+    booster = xgb.train(
+        params.booster_params(),
+        dtrain,
+        num_boost_round=params.num_boost_round,
+        evals=[(dvalid, "valid")],
+        early_stopping_rounds=params.early_stopping_rounds,
+        evals_result=history,
+        verbose_eval=False,
+        callbacks=[_ProgressCallback(bar)],
+    )
+    bar.close()
+    best = int(getattr(booster, "best_iteration", booster.num_boosted_rounds() - 1))
+    booster = booster[: best + 1]  # ship only the trees early stopping kept
+    if spw != 1.0:
+        booster = _set_base_margin_shift(booster, -math.log(spw))
+    return TrainedXGB(booster, best, spw, {k: list(v) for k, v in history.get("valid", {}).items()})
+
+
+def load_booster(model_bytes: bytes) -> xgb.Booster:
+    """A booster from registry / bundle bytes (``save_raw("ubj")``)."""
+    b = xgb.Booster()
+    b.load_model(bytearray(model_bytes))
+    return b
+
+
+def _log1p_pos(X: np.ndarray) -> np.ndarray:
+    return np.log1p(np.clip(X, 0.0, None))
+
+
+def fit_logreg(train: pd.DataFrame, balance_classes: bool = True) -> Any:
+    """Logistic regression on the same features, prior-corrected like the booster."""
+    y = train["label"].to_numpy()
+    spw = _balance(y) if balance_classes else 1.0
+    model = make_pipeline(
+        FunctionTransformer(_log1p_pos),  # counts and durations are heavy-tailed
+        StandardScaler(),
+        LogisticRegression(C=1.0, max_iter=2000, class_weight={0: 1.0, 1: spw}),
+    )
+    model.fit(_x(train), y)
+    model[-1].intercept_ = model[-1].intercept_ - math.log(spw)
+    return model
+
+
+def fit_events_so_far(train: pd.DataFrame) -> LogisticRegression:
+    """The simplest credible baseline: exit risk from the number of events seen so far."""
+    model = LogisticRegression(max_iter=1000)
+    model.fit(np.log1p(train[["prefix_len"]].to_numpy(dtype=np.float64)), train["label"].to_numpy())
+    return model
+
+
+def predict_events_so_far(model: LogisticRegression, df: pd.DataFrame) -> np.ndarray:
+    return model.predict_proba(np.log1p(df[["prefix_len"]].to_numpy(dtype=np.float64)))[:, 1]
+
+
+def metrics(y: np.ndarray, p: np.ndarray, threshold: float = POLICY_THRESHOLD) -> dict[str, float]:
+    """ROC AUC, PR AUC (average precision, exit class and purchase class), F1 / precision /
+    recall of the exit class at ``threshold``, Brier score."""
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, dtype=np.float64)
+    pred = (p >= threshold).astype(int)
+    two = len(np.unique(y)) == 2
+    return {
+        "roc_auc": float(roc_auc_score(y, p)) if two else float("nan"),
+        "pr_auc": float(average_precision_score(y, p)) if two else float("nan"),
+        # The same for the other class (a purchase), informative when exits dominate.
+        "pr_auc_purchase": float(average_precision_score(1 - y, 1.0 - p)) if two else float("nan"),
+        "f1_at_threshold": float(f1_score(y, pred, zero_division=0)),
+        "precision_at_threshold": float(precision_score(y, pred, zero_division=0)),
+        "recall_at_threshold": float(recall_score(y, pred, zero_division=0)),
+        "brier": float(brier_score_loss(y, p)),
+        "threshold": threshold,
+        "base_rate": float(y.mean()) if len(y) else float("nan"),
+        "rows": int(len(y)),
+    }
+
+
+def bootstrap_auc_ci(
+    df: pd.DataFrame, p: np.ndarray, n_boot: int = 200, seed: int = 0
+) -> tuple[float, float]:
+    """95% interval of the ROC AUC, resampling whole test sessions."""
+    rng = np.random.default_rng(seed)
+    codes, uniques = pd.factorize(df["sid"])
+    y = df["label"].to_numpy()
+    idx_by_session = pd.Series(np.arange(len(df))).groupby(codes).apply(np.asarray).tolist()
+    aucs = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(uniques), len(uniques))
+        idx = np.concatenate([idx_by_session[i] for i in pick])
+        if len(np.unique(y[idx])) == 2:
+            aucs.append(roc_auc_score(y[idx], p[idx]))
+    if not aucs:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(aucs, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+@dataclass
+class RunResult:
+    """Everything one train-and-evaluate run produced (models, test predictions, metrics)."""
+
+    name: str
+    split: Split
+    xgb_model: TrainedXGB
+    logreg: Any
+    events_model: LogisticRegression
+    predictions: dict[str, np.ndarray]  # model name -> test-set probabilities
+    metrics: dict[str, dict[str, float]]
+    params: XGBParams
+    data: dict[str, Any]
+
+    def meta(self) -> dict[str, Any]:
+        """Registry metadata for the booster of this run."""
+        return {
+            "feature_schema": FEATURE_SCHEMA_HASH,
+            "feature_names": FEATURES,
+            "kind": "exit_risk",
+            "label": "1 = session ended without a purchase",
+            "threshold": POLICY_THRESHOLD,
+            "metrics": {k: {m: _round(v) for m, v in d.items()} for k, d in self.metrics.items()},
+            "params": asdict(self.params),
+            "best_iteration": self.xgb_model.best_iteration,
+            "scale_pos_weight": round(self.xgb_model.scale_pos_weight, 6),
+            "prior_correction": "base score shifted by -log(scale_pos_weight)",
+            "split": self.split.describe(),
+            "data": self.data,
+            "run": self.name,
+        }
+
+
+def _round(v: Any) -> Any:
+    return round(v, 5) if isinstance(v, float) and math.isfinite(v) else v
+
+
+def train_and_evaluate(
+    df: pd.DataFrame,
+    *,
+    name: str,
+    data: dict[str, Any] | None = None,
+    params: XGBParams | None = None,
+    test_frac: float = 0.2,
+    valid_frac: float = 0.15,
+    bootstrap: int = 200,
+    progress: bool = False,
+) -> RunResult:
+    """Split by time, fit the booster and both baselines, and measure all three on the test rows."""
+    params = params or XGBParams()
+    split = time_split(df, test_frac, valid_frac)
+    model = fit_xgb(split.train, split.valid, params, progress=progress)
+    # The baselines have no early stopping, so they may learn from validation rows too.
+    base_train = pd.concat([split.train, split.valid], ignore_index=True)
+    lr = fit_logreg(base_train, params.balance_classes)
+    ev = fit_events_so_far(base_train)
+    Xte = _x(split.test)
+    preds = {
+        "xgboost": model.predict(Xte),
+        "logreg": lr.predict_proba(Xte)[:, 1],
+        "events_so_far": predict_events_so_far(ev, split.test),
+    }
+    y = split.test["label"].to_numpy()
+    results = {}
+    for k, p in preds.items():
+        m = metrics(y, p)
+        if bootstrap:
+            m["roc_auc_ci_low"], m["roc_auc_ci_high"] = bootstrap_auc_ci(split.test, p, bootstrap)
+        results[k] = m
+    return RunResult(name, split, model, lr, ev, preds, results, params, dict(data or {}))
+
+
+def evaluate_booster(
+    df: pd.DataFrame,
+    booster: xgb.Booster,
+    meta: dict[str, Any],
+    *,
+    name: str,
+    data: dict[str, Any] | None = None,
+    test_frac: float = 0.2,
+    valid_frac: float = 0.15,
+    bootstrap: int = 200,
+) -> RunResult:
+    """Measure an existing booster on the test part of ``df``, next to freshly fitted baselines.
+
+    The split is the same time-ordered one :func:`train_and_evaluate` uses;
+    the baselines learn from its train and validation parts. If the booster
+    was trained on rows that fall in this test part, its figures are
+    optimistic: evaluate on data recorded after its training data.
+    """
+    split = time_split(df, test_frac, valid_frac)
+    base_train = pd.concat([split.train, split.valid], ignore_index=True)
+    balance = bool(meta.get("params", {}).get("balance_classes", True))
+    lr = fit_logreg(base_train, balance)
+    ev = fit_events_so_far(base_train)
+    model = TrainedXGB(
+        booster, booster.num_boosted_rounds() - 1, float(meta.get("scale_pos_weight", 1.0))
+    )
+    Xte = _x(split.test)
+    preds = {
+        "xgboost": model.predict(Xte),
+        "logreg": lr.predict_proba(Xte)[:, 1],
+        "events_so_far": predict_events_so_far(ev, split.test),
+    }
+    y = split.test["label"].to_numpy()
+    results = {}
+    for k, p in preds.items():
+        m = metrics(y, p)
+        if bootstrap:
+            m["roc_auc_ci_low"], m["roc_auc_ci_high"] = bootstrap_auc_ci(split.test, p, bootstrap)
+        results[k] = m
+    known = {f.name for f in XGBParams.__dataclass_fields__.values()}
+    params = XGBParams(**{k: v for k, v in meta.get("params", {}).items() if k in known})
+    return RunResult(name, split, model, lr, ev, preds, results, params, dict(data or {}))
