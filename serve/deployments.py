@@ -1,0 +1,561 @@
+"""The Ray Serve deployments the session shards call, their start-up, and the shard-side helper.
+
+* :class:`NudgeWriter` (app ``nudge``): ``write(ctx)`` returns an
+  LLM-written nudge (``source`` ``"llm"`` or ``"cache"``) grounded in the
+  site's help articles, or the template when the LLM is off, slow, failing
+  or says something the output check refuses.
+* :class:`Recommender` (app ``recommender``): ``recommend(ctx)``
+  answers from the site's session-kNN model, batched across concurrent
+  callers with ``@serve.batch``; models are published to Redis by
+  ``training/recommender_data.py``.
+* :func:`deploy` starts both as named Serve applications (options from
+  ``serve/serve_config.yaml``) and returns their handles.
+* :class:`FollowUps` is what a shard uses to call them without ever waiting:
+  it schedules the call and pushes an ``update`` frame if (and only if) the
+  answer arrives within the 2.5 s budget of the triggering event.
+
+Replicas ask for no CPU (``num_cpus: 0``): they mostly wait on the network or
+do sub-millisecond lookups, and the 2-core machine's CPUs belong to the
+session shards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import yaml
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve.knowledge import KB_ROOT, KnowledgeBase
+from serve.llm import LLMSettings, NudgeLLM
+from serve.nudge import (
+    KINDS,
+    build_prompt,
+    cache_key,
+    check_output,
+    personalization_allowed,
+    render_template,
+)
+from serve.recommender import (
+    RecommenderService,
+    SessionKNN,
+    catalog_from_json,
+    catalog_key,
+    cold_start_model,
+    model_key,
+)
+
+log = logging.getLogger("lifeline.serve")
+
+# App names; the shards look the deployments up by these (actors/shard.py).
+APP_NUDGE = "nudge"
+APP_RECOMMENDER = "recommender"
+CONFIG_PATH = Path(__file__).with_name("serve_config.yaml")
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+BUDGET_S = 2.5  # trigger -> text in the browser (issue 5)
+
+
+def load_serve_config(path: Path | str | None = None) -> dict[str, Any]:
+    """The Serve config file as a dict (``applications`` keyed as in the file)."""
+    with open(path or CONFIG_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def deployment_options(config: Mapping[str, Any], app: str, deployment: str) -> dict[str, Any]:
+    """``.options(...)`` kwargs for one deployment from the Serve config file."""
+    for a in config.get("applications", []):
+        if a.get("name") == app:
+            for d in a.get("deployments", []):
+                if d.get("name") == deployment:
+                    return {k: v for k, v in d.items() if k != "name"}
+    return {}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def _metrics_text(reader: Any) -> str:
+    """Prometheus text exposition of an OpenTelemetry in-memory reader's current data."""
+    data = reader.get_metrics_data()
+    lines: list[str] = []
+    if data is None:
+        return ""
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                for p in metric.data.data_points:
+                    labels = ",".join(f'{k}="{v}"' for k, v in sorted(p.attributes.items()))
+                    lab = "{" + labels + "}" if labels else ""
+                    if hasattr(p, "sum") and hasattr(p, "count"):  # histogram
+                        lines.append(f"{metric.name}_count{lab} {p.count}")
+                        lines.append(f"{metric.name}_sum{lab} {p.sum}")
+                    else:
+                        lines.append(f"{metric.name}{lab} {p.value}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+@serve.deployment(name="NudgeWriter", ray_actor_options={"num_cpus": 0})
+class NudgeWriter:
+    """Writes LLM nudges within the budget; falls back to the template on any trouble.
+
+    ``llm``: :class:`serve.llm.LLMSettings` fields as a dict. ``site_hosts``:
+    per site, the host names links may point to (site-relative paths are
+    always allowed). ``prefix`` namespaces the Redis cache keys.
+    """
+
+    def __init__(
+        self,
+        llm: dict[str, Any],
+        redis_url: str,
+        prefix: str,
+        site_hosts: dict[str, list[str]] | None = None,
+        kb_root: str | None = None,
+    ) -> None:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        self.settings = LLMSettings.from_mapping(llm)
+        self.prefix = prefix
+        self.site_hosts = {k: list(v) for k, v in (site_hosts or {}).items()}
+        self.kb_root = Path(kb_root) if kb_root else KB_ROOT
+        self._kbs: dict[str, KnowledgeBase] = {}
+        self.redis = None
+        if redis_url:
+            import redis.asyncio as aioredis
+
+            self.redis = aioredis.Redis.from_url(redis_url, socket_timeout=1.0)
+        # Our own meter provider: the replica's metrics are read by `metrics()`
+        # (the gateway's /metrics can append them) whatever the global setup is.
+        self._reader = InMemoryMetricReader()
+        self.llm = NudgeLLM(
+            self.settings, self.redis, meter_provider=MeterProvider(metric_readers=[self._reader])
+        )
+        log.warning("NudgeWriter replica: %s", self.settings.describe())
+
+    def _kb(self, site: str) -> KnowledgeBase:
+        kb = self._kbs.get(site)
+        if kb is None:
+            kb = self._kbs[site] = KnowledgeBase.load(site, self.kb_root)
+        return kb
+
+    async def write(self, ctx: dict[str, Any]) -> dict[str, Any] | None:
+        """A nudge for one intervention context, by the budget's end.
+
+        Returns None when no LLM nudge may be written for it (no
+        personalisation consent, malformed context): the shard keeps its
+        template. Otherwise ``{"text", "source", "reason"}`` with source
+        ``"llm"``, ``"cache"`` or ``"template"`` (reason: why not the LLM).
+        """
+        if not isinstance(ctx, dict) or ctx.get("kind") not in KINDS:
+            return None
+        if not personalization_allowed(ctx.get("consent")):
+            return None
+        site = ctx.get("site") if isinstance(ctx.get("site"), str) else ""
+        template = ctx.get("template")
+        if not isinstance(template, str) or not template:
+            template = render_template(ctx["kind"], ctx.get("signals"), ctx.get("page_type"))
+        trigger_ms = ctx.get("trigger_ms")
+        if not isinstance(trigger_ms, (int, float)) or isinstance(trigger_ms, bool):
+            return {"text": template, "source": "template", "reason": "no_trigger_time"}
+        if not self.llm.enabled:
+            return {"text": template, "source": "template", "reason": "disabled"}
+        if self.llm.breaker.state == "open":
+            # Checked here too so an outage costs no retrieval or prompt work.
+            return {"text": template, "source": "template", "reason": "breaker_open"}
+        articles = self._kb(site).grounding(ctx, k=2)
+        system, user = build_prompt(ctx, articles)
+        sources = [template] + [f"{a.title} {a.url} {a.text}" for a in articles]
+        hosts = self.site_hosts.get(site, [])
+        result = await self.llm.generate(
+            system,
+            user,
+            trigger_ms=int(trigger_ms),
+            check=lambda text: check_output(text, hosts, sources),
+            cache_key=cache_key(self.prefix, ctx),
+        )
+        if result.text is None:
+            return {"text": template, "source": "template", "reason": result.outcome}
+        return {"text": result.text, "source": result.source, "reason": result.outcome}
+
+    async def stats(self) -> dict[str, Any]:
+        """This replica's counters: requests, outcomes, tokens, cost, cache, breaker."""
+        return self.llm.stats()
+
+    async def metrics(self) -> str:
+        """This replica's OpenTelemetry metrics as Prometheus text."""
+        return _metrics_text(self._reader)
+
+    async def llm_enabled(self) -> bool:
+        return self.llm.enabled
+
+
+@serve.deployment(name="Recommender", ray_actor_options={"num_cpus": 0})
+class Recommender:
+    """Session-kNN recommendations per site, batched across concurrent requests.
+
+    Models and catalogs are read from Redis (``serve.recommender.model_key``
+    / ``catalog_key``) on a site's first request and re-read when the
+    published version changes (checked at most every ``refresh_s``, in the
+    background). ``models``: optional preloaded ``{site: model bytes}`` (for
+    benchmarks and tests without a published model). ``max_batch_size`` and
+    ``batch_wait_s`` tune ``@serve.batch``. ``catalog_files``: ``{site: path}``
+    of catalog JSON (relative paths from the repository root); until a model
+    is published for such a site, a cold-start model from its catalog
+    (categories, no co-visits) answers.
+    """
+
+    LATENCY_WINDOW = 10_000
+
+    def __init__(
+        self,
+        redis_url: str,
+        prefix: str,
+        refresh_s: float = 60.0,
+        models: dict[str, bytes] | None = None,
+        catalogs: dict[str, dict[str, dict[str, Any]]] | None = None,
+        max_batch_size: int = 32,
+        batch_wait_s: float = 0.0,
+        catalog_files: dict[str, str] | None = None,
+    ) -> None:
+        self.prefix = prefix
+        self.refresh_s = refresh_s
+        # A batch is whatever queued while the previous one ran (wait 0): a
+        # request costs ~0.1 ms of model time, so waiting for company would
+        # only add latency at low load, and under load batches form anyway.
+        self._batched.set_max_batch_size(max_batch_size)
+        self._batched.set_batch_wait_timeout_s(batch_wait_s)
+        self.redis = None
+        if redis_url:
+            import redis.asyncio as aioredis
+
+            self.redis = aioredis.Redis.from_url(redis_url, socket_timeout=2.0)
+        self.service = RecommenderService(
+            {s: SessionKNN.from_bytes(b) for s, b in (models or {}).items()}, catalogs or {}
+        )
+        self._pinned = set(self.service.models)  # preloaded: never replaced from Redis
+        for site, path in (catalog_files or {}).items():
+            full = Path(path) if Path(path).is_absolute() else PACKAGE_ROOT / path
+            catalog = catalog_from_json(json.loads(full.read_text(encoding="utf-8")))
+            self.service.catalogs[site] = catalog
+            self.service.models.setdefault(site, cold_start_model(catalog))
+        self._versions: dict[str, int] = {}
+        self._checked: dict[str, float] = {}
+        self._refreshing: set[str] = set()
+        self._latency_ms: deque[float] = deque(maxlen=self.LATENCY_WINDOW)
+        self._batch_sizes: deque[int] = deque(maxlen=self.LATENCY_WINDOW)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def _load(self, site: str) -> None:
+        if self.redis is None or site in self._pinned:
+            return
+        raw_version = await self.redis.get(model_key(self.prefix, site) + ":version")
+        version = int(raw_version) if raw_version is not None else 0
+        self._checked[site] = time.monotonic()
+        if version and version == self._versions.get(site):
+            return
+        data = await self.redis.get(model_key(self.prefix, site))
+        if data is None:
+            return
+        model = SessionKNN.from_bytes(data)
+        raw_cat = await self.redis.hgetall(catalog_key(self.prefix, site))
+        self.service.models[site] = model
+        if raw_cat:  # else keep the catalog file's, if any
+            self.service.catalogs[site] = {
+                k.decode(): msgpack.unpackb(v, raw=False) for k, v in raw_cat.items()
+            }
+        self._versions[site] = version
+        log.info("recommender model for %s: version %s, %s items", site, version, model.items)
+
+    async def _refresh(self, site: str) -> None:
+        try:
+            await self._load(site)
+        except Exception:
+            log.exception("recommender model refresh for %s failed; keeping the old one", site)
+        finally:
+            self._refreshing.discard(site)
+
+    async def _ensure(self, site: str) -> None:
+        if site in self._pinned:
+            return
+        if site not in self._checked:
+            # First request for this site: wait for the load, there is nothing to serve yet.
+            with contextlib.suppress(Exception):
+                await self._load(site)
+            self._checked.setdefault(site, time.monotonic())
+        elif (
+            time.monotonic() - self._checked[site] > self.refresh_s and site not in self._refreshing
+        ):
+            self._refreshing.add(site)
+            task = asyncio.create_task(self._refresh(site))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    async def _batched(self, ctxs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # One call for all requests queued meanwhile: the per-call overhead is
+        # paid once per batch (the model lookups themselves are ~0.1 ms).
+        self._batch_sizes.append(len(ctxs))
+        return self.service.recommend_many(ctxs)
+
+    async def recommend(self, ctx: dict[str, Any]) -> dict[str, Any]:
+        """``{"items": [{"id", "name", "url", "score"}]}`` for ``{"site", "recent_items", "cart_items", "k"}``."""
+        t0 = time.perf_counter()
+        site = ctx.get("site") if isinstance(ctx, dict) else None
+        if not isinstance(site, str):
+            return {"items": []}
+        await self._ensure(site)
+        out = await self._batched(ctx)
+        self._latency_ms.append((time.perf_counter() - t0) * 1000.0)
+        return out
+
+    async def reload(self, site: str) -> int:
+        """Re-read a site's model now; returns the version loaded (0: none published)."""
+        await self._load(site)
+        return self._versions.get(site, 0)
+
+    async def latency(self, reset: bool = False) -> dict[str, Any]:
+        """p50/p99 of the last requests' time inside this replica, and batch sizes."""
+        lat = list(self._latency_ms)
+        sizes = list(self._batch_sizes)
+        out = {
+            "requests": len(lat),
+            "p50_ms": _percentile(lat, 0.50),
+            "p99_ms": _percentile(lat, 0.99),
+            "batches": len(sizes),
+            "mean_batch": (sum(sizes) / len(sizes)) if sizes else 0.0,
+            "max_batch": max(sizes) if sizes else 0,
+        }
+        if reset:
+            self._latency_ms.clear()
+            self._batch_sizes.clear()
+        return out
+
+
+def llm_settings(settings: Any, overrides: Mapping[str, Any] | None = None) -> LLMSettings:
+    """LLM settings from the process :class:`cluster.config.Settings` plus config-file overrides."""
+    base = {
+        "api_key": getattr(settings, "anthropic_api_key", ""),
+        "base_url": getattr(settings, "anthropic_base_url", ""),
+        "model": getattr(settings, "llm_model", LLMSettings.model),
+    }
+    base.update({k: v for k, v in (overrides or {}).items() if k not in ("api_key",)})
+    return LLMSettings.from_mapping(base)
+
+
+def nudge_app(args: dict[str, Any]) -> Any:
+    """Application builder for ``serve run`` / ``serve deploy`` with serve_config.yaml."""
+    from cluster.config import Settings
+
+    s = Settings()
+    return NudgeWriter.bind(
+        asdict(llm_settings(s, args.get("llm"))),
+        args.get("redis_url", s.redis_url),
+        args.get("prefix", s.prefix),
+        args.get("site_hosts"),
+    )
+
+
+def recommender_app(args: dict[str, Any]) -> Any:
+    """Application builder for ``serve run`` / ``serve deploy`` with serve_config.yaml."""
+    from cluster.config import Settings
+
+    s = Settings()
+    rest = {k: v for k, v in args.items() if k not in ("redis_url", "prefix")}
+    return Recommender.bind(
+        args.get("redis_url", s.redis_url), args.get("prefix", s.prefix), **rest
+    )
+
+
+def _app_args(config: Mapping[str, Any], app: str) -> dict[str, Any]:
+    for a in config.get("applications", []):
+        if a.get("name") == app:
+            return dict(a.get("args") or {})
+    return {}
+
+
+def deploy(
+    settings: Any,
+    redis_url: str,
+    prefix: str,
+    *,
+    site_hosts: dict[str, list[str]] | None = None,
+    config_path: Path | str | None = None,
+    recommender_models: dict[str, bytes] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, DeploymentHandle]:
+    """Start both deployments as named Serve apps; returns ``{"nudge", "recommender"}`` handles.
+
+    Call from a process connected to the Ray cluster (after ``ray.init``).
+    Replica counts and autoscaling come from ``serve_config.yaml``; no HTTP
+    proxy is started (shards use the handles). Logs whether LLM nudges are
+    enabled or templates only. ``overrides``: per app name, args that
+    replace the config file's (e.g. ``{"lifeline-recommender": {"batch_wait_s": 0.002}}``).
+    """
+    config = load_serve_config(config_path)
+    serve.start(proxy_location=config.get("proxy_location", "Disabled"))
+    nudge_args = _app_args(config, APP_NUDGE) | dict((overrides or {}).get(APP_NUDGE, {}))
+    llm = llm_settings(settings, nudge_args.get("llm"))
+    log.warning("Lifeline nudge writer: %s", llm.describe())
+    rec_args = _app_args(config, APP_RECOMMENDER) | dict((overrides or {}).get(APP_RECOMMENDER, {}))
+    nudge_app_ = NudgeWriter.options(**deployment_options(config, APP_NUDGE, "NudgeWriter")).bind(
+        asdict(llm), redis_url, prefix, site_hosts or nudge_args.get("site_hosts")
+    )
+    rec_app_ = Recommender.options(
+        **deployment_options(config, APP_RECOMMENDER, "Recommender")
+    ).bind(redis_url, prefix, models=recommender_models, **rec_args)
+    # Both apps in one call: their replicas start in parallel (seconds saved at start-up).
+    nudge, recommender = serve.run_many(
+        [
+            serve.RunTarget(nudge_app_, name=APP_NUDGE, route_prefix=None),
+            serve.RunTarget(rec_app_, name=APP_RECOMMENDER, route_prefix=None),
+        ]
+    )
+    return {"nudge": nudge, "recommender": recommender}
+
+
+def get_handles() -> dict[str, DeploymentHandle]:
+    """Handles to the running apps, for code inside actors (e.g. a shard's __init__)."""
+    return {
+        "nudge": serve.get_app_handle(APP_NUDGE),
+        "recommender": serve.get_app_handle(APP_RECOMMENDER),
+    }
+
+
+Push = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class FollowUps:
+    """Shard-side: call the deployments in the background, push updates that arrive in time.
+
+    ``nudge()`` and ``recommend()`` only schedule a task and return at once,
+    so an event's ack and score never wait for a deployment. The task awaits
+    the deployment for what is left of the budget (2.5 s from the trigger),
+    cancels the request if time runs out, and calls ``push`` with an
+    ``update`` frame only for an answer that arrived in time and differs from
+    the template. At most ``max_in_flight`` calls run at once; beyond that new
+    ones are dropped (counted), so a stuck deployment cannot pile up tasks.
+    Must be used from within a running event loop.
+    """
+
+    def __init__(
+        self,
+        nudge: DeploymentHandle | None,
+        recommender: DeploymentHandle | None,
+        budget_s: float = BUDGET_S,
+        max_in_flight: int = 256,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.nudge_handle = nudge
+        self.recommender_handle = recommender
+        self.budget_s = budget_s
+        self.max_in_flight = max_in_flight
+        self._clock = clock
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.counts: dict[str, int] = {
+            "scheduled": 0,
+            "pushed": 0,
+            "template_only": 0,
+            "late": 0,
+            "failed": 0,
+            "dropped": 0,
+        }
+
+    async def _push(self, push: Push, frame: dict[str, Any]) -> None:
+        try:
+            await push(frame)
+        except Exception as exc:  # the socket may be gone by now; nothing to do
+            self.counts["failed"] += 1
+            log.debug("pushing an update failed: %s", type(exc).__name__)
+            return
+        self.counts["pushed"] += 1
+
+    def _spawn(self, coro: Awaitable[Any]) -> bool:
+        if len(self._tasks) >= self.max_in_flight:
+            self.counts["dropped"] += 1
+            close = getattr(coro, "close", None)
+            if close is not None:
+                close()
+            return False
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self.counts["scheduled"] += 1
+        return True
+
+    async def _call(self, method: Any, ctx: dict[str, Any], trigger_ms: int) -> Any:
+        remaining = trigger_ms / 1000.0 + self.budget_s - self._clock()
+        if remaining <= 0:
+            self.counts["late"] += 1
+            return None
+        response = method.remote(ctx)
+
+        async def _result() -> Any:
+            return await response
+
+        try:
+            return await asyncio.wait_for(_result(), remaining)
+        except asyncio.TimeoutError:
+            response.cancel()
+            self.counts["late"] += 1
+        except Exception as exc:  # a failed replica must never hurt the shard
+            self.counts["failed"] += 1
+            log.debug("deployment call failed: %s", type(exc).__name__)
+        return None
+
+    def nudge(self, sid: str, ctx: dict[str, Any], push: Push) -> bool:
+        """Ask the NudgeWriter for a richer text; push ``{"t": "update", ..., "text", "source"}``."""
+        if self.nudge_handle is None:
+            return False
+
+        async def run() -> None:
+            out = await self._call(self.nudge_handle.write, ctx, int(ctx.get("trigger_ms", 0)))
+            if not out or out.get("source") not in ("llm", "cache"):
+                if out is not None:
+                    self.counts["template_only"] += 1
+                return
+            frame = {"t": "update", "sid": sid, "iid": ctx.get("iid"), "text": out["text"]}
+            frame["source"] = out["source"]
+            await self._push(push, frame)
+
+        return self._spawn(run())
+
+    def recommend(
+        self, sid: str, iid: str, ctx: dict[str, Any], trigger_ms: int, push: Push
+    ) -> bool:
+        """Ask the Recommender for items; push ``{"t": "update", ..., "items": [{"id", "name", "url"}]}``."""
+        if self.recommender_handle is None:
+            return False
+
+        async def run() -> None:
+            out = await self._call(self.recommender_handle.recommend, ctx, trigger_ms)
+            items = (out or {}).get("items") or []
+            if not items:
+                return
+            frame_items = [{"id": i["id"], "name": i["name"], "url": i["url"]} for i in items]
+            await self._push(push, {"t": "update", "sid": sid, "iid": iid, "items": frame_items})
+
+        return self._spawn(run())
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self, timeout: float = BUDGET_S + 0.5) -> None:
+        """Wait for the calls in flight (e.g. before a shard deactivates)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
