@@ -38,7 +38,7 @@ class LifelineClient:
         self.acked = 0
         self.unacked: dict[int, dict[str, Any]] = {}
         self.frames: list[tuple[float, dict[str, Any]]] = []  # (perf_counter at arrival, frame)
-        self.sent_at: dict[int, float] = {}  # seq -> perf_counter when sent
+        self.sent_at: dict[int, float] = {}  # seq -> perf_counter when first sent
         self.ack_latency: list[float] = []  # seconds, per acked event
         self.ws: websockets.ClientConnection | None = None
         self._reader: asyncio.Task | None = None
@@ -131,7 +131,7 @@ class LifelineClient:
             return
         for s in [s for s in self.unacked if s <= seq]:
             del self.unacked[s]
-            sent = self.sent_at.pop(s, None)
+            sent = self.sent_at.get(s)
             if sent is not None and now is not None:
                 self.ack_latency.append(now - sent)
         self.acked = seq
@@ -175,6 +175,16 @@ class LifelineClient:
         start = len(self.frames)
         await self.send_frame({"t": "ping"})
         await self.wait_for(lambda f: f["t"] == "pong", timeout, start)
+
+    def intervention_latency(self) -> list[tuple[float, float]]:
+        """(arrival, seconds from sending the triggering event to the intervention's arrival)."""
+        out = []
+        for arrived, frame in self.frames:
+            if frame.get("t") == "intervention":
+                sent = self.sent_at.get(frame.get("seq", -1))
+                if sent is not None:
+                    out.append((arrived, arrived - sent))
+        return out
 
     def of_type(self, t: str) -> list[dict[str, Any]]:
         return [f for _, f in self.frames if f.get("t") == t]

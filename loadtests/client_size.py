@@ -1,0 +1,83 @@
+"""Measure the tracking client's size: minified and gzipped, against the 8 KB budget.
+
+    python loadtests/client_size.py            # minify with terser if it is at hand, then measure
+    python loadtests/client_size.py --check    # measure the committed lifeline.min.js only
+
+Minifying needs terser from npm at development time only (``npx terser``, or
+TERSER=/path/to/terser); the service itself serves serve/static/lifeline.js as
+written and needs no build step and no node. Exits 1 when over budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "serve" / "static" / "lifeline.js"
+MIN = ROOT / "serve" / "static" / "lifeline.min.js"
+BUDGET = 8 * 1024
+TERSER_ARGS = ["--ecma", "2020", "--compress", "passes=3", "--mangle", "--comments", "/^!/"]
+
+
+def terser_command() -> list[str] | None:
+    if os.environ.get("TERSER"):
+        return [os.environ["TERSER"]]
+    if shutil.which("terser"):
+        return ["terser"]
+    if shutil.which("npx"):
+        probe = subprocess.run(
+            ["npx", "--no-install", "terser", "--version"], capture_output=True, text=True
+        )
+        if probe.returncode == 0:
+            return ["npx", "--no-install", "terser"]
+    return None
+
+
+def minify() -> bool:
+    cmd = terser_command()
+    if cmd is None:
+        return False
+    subprocess.run([*cmd, str(SRC), *TERSER_ARGS, "-o", str(MIN)], check=True)
+    return True
+
+
+def gz(data: bytes) -> int:
+    return len(gzip.compress(data, compresslevel=9, mtime=0))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--check", action="store_true", help="do not minify; measure the committed min file"
+    )
+    args = ap.parse_args()
+    fresh = False if args.check else minify()
+    if not MIN.exists():
+        print("no lifeline.min.js and no terser to make one (npm install terser)", file=sys.stderr)
+        return 2
+    if MIN.stat().st_mtime < SRC.stat().st_mtime and not fresh:
+        print(
+            "warning: lifeline.min.js is older than lifeline.js; rerun without --check",
+            file=sys.stderr,
+        )
+    src, mini = SRC.read_bytes(), MIN.read_bytes()
+    size = gz(mini)
+    print(f"lifeline.js      {len(src):6d} B source, {gz(src):5d} B gzipped")
+    print(
+        f"lifeline.min.js  {len(mini):6d} B minified, {size:5d} B minified+gzipped (gzip -9)"
+        f"{' (freshly minified)' if fresh else ''}"
+    )
+    print(
+        f"budget           {BUDGET:6d} B: {'within' if size <= BUDGET else 'OVER'} ({BUDGET - size:+d} B)"
+    )
+    return 0 if size <= BUDGET else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
