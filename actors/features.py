@@ -101,6 +101,19 @@ _PATH_RULES: tuple[tuple[str, str], ...] = (
 )
 
 
+def item_of_path(path: str) -> str | None:
+    """The product id in a product page's path (``?id=`` or ``/product/<id>``), if any."""
+    base, _, query = path.partition("?")
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if key in ("id", "item", "pid") and 0 < len(value) <= 64:
+            return value
+    parts = [p for p in base.split("/") if p]
+    if len(parts) >= 2 and parts[-2] in ("product", "products", "p", "item"):
+        return parts[-1][:64]
+    return None
+
+
 def page_type_of(path: str, declared: str | None = None) -> str:
     """The page type: the one the page declared if known, else inferred from the path."""
     if declared in PAGE_TYPES:

@@ -31,7 +31,7 @@ from actors.detectors import (
     is_rage_step,
     is_thrash,
 )
-from actors.features import N_FEATURES, PAGE_TYPES, STRONG_SIGNAL, page_type_of
+from actors.features import N_FEATURES, PAGE_TYPES, STRONG_SIGNAL, item_of_path, page_type_of
 
 MAX_UNIQUE_PAGES = 64  # beyond this, n_unique_pages saturates (bounded memory)
 MAX_ERROR_FIELDS = 16
@@ -269,8 +269,9 @@ class Session:
         h = zlib.crc32(path.encode())
         if h not in self.pages_seen and len(self.pages_seen) < MAX_UNIQUE_PAGES:
             self.pages_seen.append(h)
-        if ev.get("item"):
-            self._saw_item(ev["item"])
+        item = ev.get("item") or (item_of_path(path) if self.page_type == "product" else None)
+        if item:
+            self._saw_item(item)
         self.scroll_page = 0.0
         self.scroll_dir = ""
         self.last_click = None

@@ -26,13 +26,13 @@ from typing import Any
 import msgpack
 import ray
 import redis
-import redis.asyncio as aioredis
 
 from actors.host import BatchItem, SessionHost
 from actors.policy import RECOMMENDATIONS, Decision
 from actors.scoring import SchemaMismatch, Scorer
 from actors.sites import Site, load_sites
 from cluster.keys import SESSION_TTL_S, Keys
+from cluster.redis_server import async_client
 
 log = logging.getLogger("lifeline.shard")
 
@@ -72,17 +72,17 @@ class ShardCore:
         self.sites: dict[str, Site] = load_sites(sites_file)
         self.host = SessionHost(self._rules, deactivate_after_ms=idle_deactivate_s * 1000.0)
         self.redis_url = redis_url
-        self.redis = aioredis.from_url(redis_url)
+        self.redis = async_client(redis_url)
         self.scorer = self._initial_model()
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
         self._started = False
         self.enrich = enrich
-        self._handles: dict[str, Any] | None = None
+        self._followups = None  # serve.deployments.FollowUps, made on first use
         self._model_swapped = asyncio.Event()
         self.refused: set[str] = set()  # model versions this shard will not load
         self.stats = {"batches": 0, "events": 0, "skipped": 0, "decisions": 0, "activations": 0,
-                      "model_swaps": 0, "model_refusals": 0, "enrich_ok": 0, "enrich_failed": 0}
+                      "model_swaps": 0, "model_refusals": 0}
 
     # -- model ----------------------------------------------------------------
 
@@ -186,7 +186,7 @@ class ShardCore:
             if self.enrich and gateway_id:
                 for d in decisions:
                     if not d.holdout and d.personalized:
-                        self._spawn(self._enrich(d, gateway_id))
+                        self._enrich(d, gateway_id)
         return out
 
     @staticmethod
@@ -288,59 +288,69 @@ class ShardCore:
         await self._write_snapshots(states)
         return len(states)
 
-    async def _enrich(self, d: Decision, gateway_id: str) -> None:
-        """Ask Serve for the LLM nudge or recommendations; publish an update if in time."""
-        handles = self._serve_handles()
-        if not handles:
-            return
-        deadline = d.ts / 1000.0 + ENRICH_BUDGET_S
-        try:
-            if d.kind == RECOMMENDATIONS:
-                session = self.host.active.get(d.sid)
-                ctx = {"site": "", "recent_items": list(session.recent_items) if session else [],
-                       "cart_items": list(session.cart_item_ids) if session else [], "k": 4}
-                reply = await asyncio.wait_for(handles["recommender"].recommend.remote(ctx),
-                                               max(deadline - time.time(), 0.05))
-                update = {"items": reply.get("items", [])}
-            else:
-                session = self.host.active.get(d.sid)
-                ctx = {
-                    "site": session.site if session else "", "iid": d.iid, "kind": d.kind,
-                    "page_path": d.page_path, "page_type": d.page_type, "signals": d.signals,
-                    "segment": d.segment,
-                    "cart": {"items": session.cart_items if session else 0,
-                             "value": session.cart_value if session else 0.0},
-                    "consent": list(session.consent) if session else [],
-                    "template": self._template(d), "trigger_ms": d.ts,
-                }
-                reply = await asyncio.wait_for(handles["nudge"].write.remote(ctx),
-                                               max(deadline - time.time(), 0.05))
-                if not reply or reply.get("source") == "template" or not reply.get("text"):
-                    return
-                update = {"text": reply["text"], "source": reply.get("source", "llm")}
-            if time.time() > deadline:
-                return
-            frame = {"t": "update", "sid": d.sid, "iid": d.iid, **update}
-            await self.redis.publish(self.keys.push(gateway_id), msgpack.packb(frame))
-            self.stats["enrich_ok"] += 1
-        except Exception as exc:  # a slow or failed deployment only costs the richer content
-            self.stats["enrich_failed"] += 1
-            log.info("shard %d: enrichment for %s skipped: %s", self.index, d.iid, type(exc).__name__)
+    def _enrich(self, d: Decision, gateway_id: str) -> None:
+        """Ask Serve for the LLM nudge or recommendations; an update follows if in time.
 
-    def _serve_handles(self) -> dict[str, Any]:
-        if self._handles is None:
+        Runs in the background (:class:`serve.deployments.FollowUps`): the
+        intervention with its templated text has already gone out.
+        """
+        follow = self._follow_ups()
+        session = self.host.active.get(d.sid)
+        if follow is None or session is None:
+            return
+        channel = self.keys.push(gateway_id)
+
+        async def push(frame: dict[str, Any]) -> None:
+            await self.redis.publish(channel, msgpack.packb(frame))
+
+        if d.kind == RECOMMENDATIONS:
+            ctx = {"site": session.site, "recent_items": list(session.recent_items),
+                   "cart_items": list(session.cart_item_ids), "k": 4}
+            follow.recommend(d.sid, d.iid, ctx, d.ts, push)
+        else:
+            ctx = {
+                "site": session.site, "iid": d.iid, "kind": d.kind, "page_path": d.page_path,
+                "page_type": d.page_type, "signals": d.signals, "segment": d.segment,
+                "cart": {"items": session.cart_items, "value": session.cart_value},
+                "consent": list(session.consent), "template": self._template(d), "trigger_ms": d.ts,
+            }
+            follow.nudge(d.sid, ctx, push)
+
+    async def warm_up(self, timeout: float = 60.0) -> bool:
+        """Start background tasks and open the Serve handles before any visitor needs them.
+
+        A handle's first call sets up its routing, which takes seconds: paid
+        here, at start-up, rather than out of the first intervention's 2.5 s.
+        """
+        self._start()
+        if not self.enrich:
+            return False
+        follow = self._follow_ups()
+        if follow.nudge_handle is None or follow.recommender_handle is None:
+            return False
+        try:
+            await asyncio.wait_for(asyncio.gather(follow.nudge_handle.llm_enabled.remote(),
+                                                  follow.recommender_handle.latency.remote()), timeout)
+        except Exception as exc:
+            log.warning("shard %d: Serve deployments did not answer at start-up (%s)", self.index, exc)
+            return False
+        return True
+
+    def _follow_ups(self):
+        if self._followups is None:
+            from serve.deployments import FollowUps
+
             try:
                 from ray import serve
 
-                self._handles = {
-                    "nudge": serve.get_deployment_handle("NudgeWriter", app_name="nudge"),
-                    "recommender": serve.get_deployment_handle("Recommender", app_name="recommender"),
-                }
+                nudge = serve.get_deployment_handle("NudgeWriter", app_name="nudge")
+                rec = serve.get_deployment_handle("Recommender", app_name="recommender")
             except Exception as exc:
                 log.warning("shard %d: Serve deployments not available (%s): templates only",
                             self.index, exc)
-                self._handles = {}
-        return self._handles
+                nudge = rec = None
+            self._followups = FollowUps(nudge, rec, budget_s=ENRICH_BUDGET_S)
+        return self._followups
 
     def info(self) -> dict[str, Any]:
         return {
@@ -349,6 +359,7 @@ class ShardCore:
             "sessions_dormant": len(self.host.dormant),
             "model": self.scorer.version,
             **self.stats,
+            **({f"followups_{k}": v for k, v in self._followups.counts.items()} if self._followups else {}),
         }
 
 

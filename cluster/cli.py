@@ -23,6 +23,12 @@ def _up(args: argparse.Namespace) -> int:
     from cluster.config import Settings
     from cluster.stack import run
 
+    try:
+        import uvloop  # the C event loop: socket writes and callbacks cost much less than in asyncio's
+
+        uvloop.install()
+    except ImportError:
+        pass
     asyncio.run(run(Settings(), with_serve=not args.no_serve, llm_stub=not args.no_llm_stub))
     return 0
 

@@ -50,6 +50,19 @@ class RedisServer:
             self._tmp = None
 
 
+def async_client(url: str, max_connections: int = 64):
+    """An asyncio Redis client whose pool waits for a free connection instead of failing.
+
+    The default pool raises "Too many connections" when a burst of sockets
+    (hundreds of hellos at once) needs more than its limit; waiting a few
+    milliseconds for a connection is the right answer under load.
+    """
+    import redis.asyncio as aioredis
+
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10)
+    return aioredis.Redis(connection_pool=pool)
+
+
 def answers(url: str, timeout: float = 0.5) -> bool:
     """True if a Redis at ``url`` answers PING."""
     try:

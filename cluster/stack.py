@@ -89,8 +89,9 @@ class Stack:
                 i, self.redis.url, s.prefix, s.sites_file, s.idle_deactivate_s, with_serve)
             for i in range(n)
         ]
-        # Wait until every shard has loaded its model: the first batch must not pay for it.
-        await asyncio.gather(*(sh.ping.remote() for sh in self.shards))
+        # Wait until every shard has loaded its model and opened its Serve handles:
+        # the first visitor must not pay for either.
+        await asyncio.gather(*(sh.warm_up.remote() for sh in self.shards))
         self.gateway = Gateway(self.redis.url, s.prefix, self.shards, self.sites, s.secret,
                                limits=limits, batch_window_ms=s.batch_window_ms)
         self.ws_port = await self.gateway.start(s.host, s.ws_port)

@@ -36,13 +36,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import msgpack
 import ray
-import redis.asyncio as aioredis
 import websockets
 from websockets.asyncio.server import ServerConnection
 
 from actors.placement import HashRing
 from actors.sites import Site
 from cluster.keys import Keys
+from cluster.redis_server import async_client
 from serve.protocol import (
     CLOSE_HELLO_TIMEOUT,
     CLOSE_TAKEN_OVER,
@@ -132,7 +132,7 @@ class Gateway:
                  max_pending: int = 50_000) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.keys = Keys(prefix)
-        self.redis = aioredis.from_url(redis_url)
+        self.redis = async_client(redis_url)
         self.store = EventStore(self.redis, self.keys)
         self.shards = shards
         self.ring = HashRing(len(shards))

@@ -50,6 +50,15 @@ def build_app(gateway: Gateway, ws_url: str, demo_site: str = "demo",
             return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-cache"})
         return web.FileResponse(path, headers={"Content-Type": _TYPES.get(path.suffix, "application/octet-stream")})
 
+    async def help_article(request: web.Request) -> web.Response:
+        """The help articles nudges link to (the site's knowledge base)."""
+        from serve.knowledge import article_html
+
+        html = article_html(demo_site, request.match_info["article"])
+        if html is None:
+            raise web.HTTPNotFound(text="no such help article\n")
+        return web.Response(text=html, content_type="text/html")
+
     async def beacon(request: web.Request) -> web.Response:
         site = gateway.site_for(request.query_string, request.headers.get("Origin"))
         if isinstance(site, str):
@@ -93,6 +102,7 @@ def build_app(gateway: Gateway, ws_url: str, demo_site: str = "demo",
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/stats", stats)
+    app.router.add_get("/help/{article:[A-Za-z0-9_-]+}", help_article)
     app.router.add_get("/", demo)
     app.router.add_get("/{name:[A-Za-z0-9_.-]+}", demo)
     return app

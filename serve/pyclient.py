@@ -39,7 +39,7 @@ class LifelineClient:
         self.unacked: dict[int, dict[str, Any]] = {}
         self.frames: list[tuple[float, dict[str, Any]]] = []  # (perf_counter at arrival, frame)
         self.sent_at: dict[int, float] = {}  # seq -> perf_counter when first sent
-        self.ack_latency: list[float] = []  # seconds, per acked event
+        self.ack_latency: list[tuple[float, float]] = []  # (arrival, seconds from send), per acked event
         self.ws: websockets.ClientConnection | None = None
         self._reader: asyncio.Task | None = None
         self._changed = asyncio.Condition()
@@ -133,7 +133,7 @@ class LifelineClient:
             del self.unacked[s]
             sent = self.sent_at.get(s)
             if sent is not None and now is not None:
-                self.ack_latency.append(now - sent)
+                self.ack_latency.append((now, now - sent))
         self.acked = seq
 
     async def wait_for(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0,
