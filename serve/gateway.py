@@ -326,25 +326,31 @@ class Gateway:
                                "consent": consent})
         if not isinstance(req, HelloRequest):
             return (403 if req["code"] in ("consent_required", "bad_token") else 400), req
-        known, seq = await self.store.session_info(req.sid)
-        welcome = peer.conn.accept_hello(req, known, seq)
-        if welcome["t"] != "welcome":
-            return 403, welcome
-        if not known:
-            await self.store.record_hello(req.sid, site.key, req.consent)
-        plan = peer.conn.events({"t": "events", "sid": req.sid, "now": body.get("now"),
-                                 "events": body.get("events")}, int(time.time() * 1000))
-        if isinstance(plan, dict):
-            return 400, plan
-        errors = [r for r in plan.replies if r["t"] == "error"]
-        if not plan.last:
-            return 200, {"acked": peer.conn.sessions[req.sid].acked, "errors": errors}
-        future = asyncio.get_running_loop().create_future()
-        self._appends.put_nowait((AppendSink(peer, future), plan))
-        reply = await future
-        if reply["t"] == "error":
-            return 409, {"acked": peer.conn.sessions[req.sid].acked, "errors": errors + [reply]}
-        return 200, {"acked": reply["seq"], "errors": errors}
+        frame = {"t": "events", "sid": req.sid, "now": body.get("now"), "events": body.get("events")}
+        # A beacon can race the page's own socket, or another beacon, for the same
+        # session: when the store says it already holds more, plan again from there.
+        for _attempt in range(3):
+            known, seq = await self.store.session_info(req.sid)
+            peer.conn.sessions.pop(req.sid, None)
+            welcome = peer.conn.accept_hello(req, known, seq)
+            if welcome["t"] != "welcome":
+                return 403, welcome
+            if not known:
+                await self.store.record_hello(req.sid, site.key, req.consent)
+            plan = peer.conn.events(frame, int(time.time() * 1000))
+            if isinstance(plan, dict):
+                return 400, plan
+            errors = [r for r in plan.replies if r["t"] == "error"]
+            if not plan.last:
+                return 200, {"acked": peer.conn.sessions[req.sid].acked, "errors": errors}
+            future = asyncio.get_running_loop().create_future()
+            self._appends.put_nowait((AppendSink(peer, future), plan))
+            reply = await future
+            if reply["t"] == "ack":
+                return 200, {"acked": reply["seq"], "errors": errors}
+            if reply.get("code") != "sequence_gap":
+                return 503, {"acked": seq, "errors": errors + [reply]}
+        return 409, {"acked": seq, "errors": errors + [reply]}
 
     # -- append pipeline ------------------------------------------------------------
 

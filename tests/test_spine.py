@@ -326,3 +326,28 @@ async def test_model_hot_reload_and_refusal(lifeline_stack):
     row = await stack.shard_for(sid).session_row.remote(sid)
     assert row[0] == len(events), "no event was dropped across the swaps"
     await client.close()
+
+
+async def test_racing_beacons_store_everything_once(lifeline_stack):
+    """A page-hide beacon racing another (or the socket) loses and duplicates nothing."""
+    sid = new_sid("beaconrace")
+    events = journey("calm", sid)
+    client = await connect(lifeline_stack, sid)
+    await client.send_events(events[:2])
+    await client.wait_acked(2)
+    url = f"{lifeline_stack.http_url}/beacon?site=demo"
+    now = int(time.time() * 1000)
+    bodies = [{"sid": sid, "token": client.token, "now": now, "events": events[2:8]},
+              {"sid": sid, "token": client.token, "now": now, "events": events[4:10]}]
+    async with aiohttp.ClientSession() as http:
+
+        async def post(body):
+            async with http.post(url, data=json.dumps(body), headers={"Origin": ORIGIN}) as resp:
+                return resp.status, await resp.json()
+
+        replies = await asyncio.gather(*(post(b) for b in bodies))
+    assert [status for status, _ in replies] == [200, 200], replies
+    assert max(r["acked"] for _, r in replies) == 10
+    stored = await lifeline_stack.gateway.store.read_events(sid)
+    assert [e["seq"] for e in stored] == list(range(1, 11))
+    await client.close()
