@@ -377,6 +377,25 @@ class SessionShard(ShardCore):
             session = self.host.get(sid)
             return session.row() if session else None
 
+    async def memory(self) -> dict[str, int]:
+        """Resident memory of this actor's process (benchmarks, operators)."""
+        import psutil
+
+        return {"rss": psutil.Process().memory_info().rss}
+
+    async def compact_idle(self) -> int:
+        """Compact every session now, as a minute of idleness would; returns how many are dormant."""
+        import ctypes
+        import gc
+
+        async with self._lock:
+            latest = max((sess.last_ts for sess in self.host.active.values()), default=0)
+            self.host.sweep(latest + self.host.compact_after_ms)
+        gc.collect()
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed pages back to the OS
+        return len(self.host.dormant)
+
     async def wait_model_decision(self, version: str, timeout: float = 30.0) -> dict[str, Any]:
         """Wait until the shard has acted on model ``version``: scoring with it, or refused it."""
         self._start()
