@@ -81,6 +81,7 @@ class ShardCore:
         self._followups = None  # serve.deployments.FollowUps, made on first use
         self._model_swapped = asyncio.Event()
         self.refused: set[str] = set()  # model versions this shard will not load
+        self._metrics = _ShardMetrics(index)
         self.stats = {"batches": 0, "events": 0, "skipped": 0, "decisions": 0, "activations": 0,
                       "model_swaps": 0, "model_refusals": 0}
 
@@ -163,6 +164,7 @@ class ShardCore:
     async def handle(self, items: Sequence[BatchItem], gateway_id: str = "") -> list[tuple]:
         """Process one batch; returns (sid, seqs, scores, intervention frames) per session."""
         self._start()
+        started = time.perf_counter()
         async with self._lock:
             await self._activate(items)
             results = self.host.process(items, self.scorer)
@@ -178,6 +180,7 @@ class ShardCore:
             self.stats["events"] += len(r.seqs)
             self.stats["skipped"] += r.skipped
         self.stats["batches"] += 1
+        self._metrics.batch(sum(len(r[1]) for r in out), time.perf_counter() - started, decisions)
         outcomes = [(ev["type"], ev["iid"], ev["ts"]) for *_, events in items for ev in events
                     if ev["type"].startswith("intervention_")]
         if decisions or outcomes:
@@ -361,6 +364,34 @@ class ShardCore:
             **self.stats,
             **({f"followups_{k}": v for k, v in self._followups.counts.items()} if self._followups else {}),
         }
+
+
+class _ShardMetrics:
+    """What operators see for the shards in Ray's metrics (dashboard, Prometheus)."""
+
+    def __init__(self, index: int) -> None:
+        from ray.util import metrics
+
+        tags = {"shard": str(index)}
+        self.events = metrics.Counter("lifeline_shard_events_scored", "events scored", tag_keys=("shard",))
+        self.events.set_default_tags(tags)
+        self.decisions = metrics.Counter("lifeline_shard_decisions", "intervention decisions",
+                                         tag_keys=("shard", "kind", "holdout"))
+        self.decisions.set_default_tags(tags)
+        self.batch_size = metrics.Histogram("lifeline_shard_batch_events", "events per batch",
+                                            boundaries=[1, 4, 16, 64, 256, 1024], tag_keys=("shard",))
+        self.batch_size.set_default_tags(tags)
+        self.latency = metrics.Histogram("lifeline_shard_batch_ms", "time to apply, score and decide a batch",
+                                         boundaries=[0.5, 1, 2, 5, 10, 25, 50, 100], tag_keys=("shard",))
+        self.latency.set_default_tags(tags)
+
+    def batch(self, events: int, seconds: float, decisions: list[Decision]) -> None:
+        if events:
+            self.events.inc(events)
+        self.batch_size.observe(events)
+        self.latency.observe(seconds * 1000.0)
+        for d in decisions:
+            self.decisions.inc(1, tags={"kind": d.kind, "holdout": str(d.holdout).lower()})
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)

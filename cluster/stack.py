@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -54,6 +55,7 @@ class Stack:
     ws_port: int = 0
     serve_handles: dict[str, Any] = field(default_factory=dict)
     extra: list[Any] = field(default_factory=list)  # things to stop (LLM stand-in server, ...)
+    dashboard_url: str = ""
 
     @property
     def redis_url(self) -> str:
@@ -77,8 +79,9 @@ class Stack:
                         "(data is lost when Lifeline stops)", self.redis.url)
         self.sites = load_sites(s.sites_file)
         if not ray.is_initialized():
-            ray.init(address=os.environ.get("RAY_ADDRESS") or None, namespace=RAY_NAMESPACE,
-                     logging_level="WARNING", include_dashboard=None)
+            ctx = ray.init(address=os.environ.get("RAY_ADDRESS") or None, namespace=RAY_NAMESPACE,
+                           logging_level="WARNING", include_dashboard=None)
+            self.dashboard_url = ctx.dashboard_url or ""
         if with_serve:
             from serve.deployments import deploy
 
@@ -141,6 +144,12 @@ class Stack:
             self.redis.stop()
 
 
+def dashboard_auth() -> str:
+    """How an operator signs in to the dashboard, when Ray's token authentication is on."""
+    token = Path.home() / ".ray" / "auth_token"
+    return f"  (sign in with the token in {token}, or `ray get-auth-token`)" if token.exists() else ""
+
+
 async def run(settings: Settings, with_serve: bool = True, llm_stub: bool = False) -> None:
     """Serve until interrupted (the ``lifeline up`` command)."""
     stack = Stack(settings)
@@ -164,7 +173,7 @@ Lifeline is running.
   health        {stack.http_url}/healthz   metrics {stack.http_url}/metrics
   Redis         {stack.redis_url}{' (embedded)' if stack.redis and stack.redis.embedded else ''}
   shards        {len(info)} (model {info[0]['model'] if info else '?'})
-  Ray dashboard {ray.get_runtime_context().gcs_address and 'see `ray status`; http://127.0.0.1:8265 when the dashboard is installed'}
+  Ray dashboard {'http://' + stack.dashboard_url if stack.dashboard_url else 'not running (see `ray status`)'}{dashboard_auth()}
 Press Ctrl-C to stop.
 """, flush=True)
     stop = asyncio.Event()

@@ -147,6 +147,8 @@ class Gateway:
         self._pending: list[list[tuple]] = [[] for _ in shards]
         self._pending_events = 0
         self._wake = [asyncio.Event() for _ in shards]
+        self._appending = False
+        self._round_done = asyncio.Event()
         self._scored_waiters: dict[str, list[tuple[int, asyncio.Future]]] = {}
         self._tasks: list[asyncio.Task] = []
         self._server: websockets.asyncio.server.Server | None = None
@@ -341,6 +343,13 @@ class Gateway:
             if isinstance(plan, dict):
                 return 400, plan
             errors = [r for r in plan.replies if r["t"] == "error"]
+            gap = any(r.get("code") == "sequence_gap" for r in errors)
+            if gap and not plan.last and self._append_busy:
+                # The events before ours may be in this very append round (the
+                # page's other beacon, or its socket): wait for it, then plan again.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._round_done.wait(), 2.0)
+                continue
             if not plan.last:
                 return 200, {"acked": peer.conn.sessions[req.sid].acked, "errors": errors}
             future = asyncio.get_running_loop().create_future()
@@ -354,9 +363,14 @@ class Gateway:
 
     # -- append pipeline ------------------------------------------------------------
 
+    @property
+    def _append_busy(self) -> bool:
+        return self._appending or not self._appends.empty()
+
     async def _append_loop(self) -> None:
         while True:
             batch = [await self._appends.get()]
+            self._appending = True
             while not self._appends.empty():
                 batch.append(self._appends.get_nowait())
             runs = [Append(plan.sid, plan.first, plan.last, plan.append) for _, plan in batch]
@@ -381,6 +395,10 @@ class Gateway:
                         sink.future.set_result(reply)
                 elif reply is not None:
                     sink.peer.send(reply)
+            self._appending = False
+            # Wake whoever waits for this round, and arm a fresh event for the next.
+            self._round_done.set()
+            self._round_done = asyncio.Event()
 
     # -- shard dispatch --------------------------------------------------------------
 

@@ -42,6 +42,7 @@ class LifelineClient:
         self.ack_latency: list[tuple[float, float]] = []  # (arrival, seconds from send), per acked event
         self.ws: websockets.ClientConnection | None = None
         self._reader: asyncio.Task | None = None
+        self._resend: asyncio.Task | None = None
         self._changed = asyncio.Condition()
         self._waiters = 0  # notify only when somebody waits: the load generator never does
         self.keep_frames = True  # False: keep only interventions, updates and errors (long load runs)
@@ -110,9 +111,13 @@ class LifelineClient:
                 now = time.perf_counter()
                 if frame.get("t") == "ack":
                     self._on_ack(frame["seq"], now)
-                elif frame.get("t") == "error" and frame.get("code") == "sequence_gap":
-                    # Everything below the expected number is settled on the server.
-                    self._on_ack(int(frame.get("expected", 1)) - 1, now)
+                elif frame.get("t") == "error" and frame.get("code") in ("sequence_gap", "overloaded"):
+                    # Everything below the expected number is settled on the server;
+                    # resend the rest (e.g. a resumed socket raced the old one's last append).
+                    expected = int(frame.get("expected", 1))
+                    self._on_ack(expected - 1, now)
+                    if expected in self.unacked:
+                        self._resend = asyncio.get_running_loop().create_task(self.resend_unacked())
                 if self.keep_frames or frame.get("t") not in ("ack", "pong"):
                     self.frames.append((now, frame))
                 if self._waiters:
