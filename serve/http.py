@@ -90,8 +90,12 @@ def build_app(gateway: Gateway, ws_url: str, demo_site: str = "demo",
         """Prometheus text format, from the gateway's counters."""
         lines = []
         for key, value in gateway.stats.snapshot().items():
-            lines.append(f"# TYPE lifeline_gateway_{key} gauge")
-            lines.append(f"lifeline_gateway_{key} {float(value)}")
+            if key in ("connections", "mean_shard_batch"):
+                name, kind = f"lifeline_gateway_{key}", "gauge"
+            else:
+                name, kind = f"lifeline_gateway_{key}_total", "counter"
+            lines.append(f"# TYPE {name} {kind}")
+            lines.append(f"{name} {float(value)}")
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
     async def stats(request: web.Request) -> web.Response:
