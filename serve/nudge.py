@@ -29,20 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-KINDS: tuple[str, ...] = ("help_offer", "form_hint", "content_suggestion", "recommendations")
-
-SIGNALS: tuple[str, ...] = (
-    "rage_click",
-    "dead_click",
-    "form_struggle",
-    "uturn",
-    "cursor_thrash",
-    "video_dropoff",
-    "cart_hesitation",
-    "js_error",
-    "scroll_thrash",
-    "idle",
-)
+from actors.policy import KINDS  # the one definition of intervention kinds
 
 MAX_TEXT_CHARS = 240  # fits a small in-page card on a phone without scrolling
 MIN_TEXT_CHARS = 12

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from actors.detectors import SIGNALS
 from serve import knowledge
 from serve.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from serve.knowledge import KnowledgeBase, best_method, measure
@@ -11,7 +12,6 @@ from serve.llm_stub import UNSAFE_TEXT, demo_nudge
 from serve.nudge import (
     KINDS,
     MAX_TEXT_CHARS,
-    SIGNALS,
     TEMPLATES,
     build_prompt,
     cache_key,
