@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import redis
 
@@ -24,13 +25,20 @@ from training.dataset import (
     rows_frame,
     rows_frame_ray,
 )
-from training.evaluate import write_report
+from training.evaluate import max_score_table, write_report
 from training.loaders import SessionEvents, load_diginetica
 from training.online_shoppers import PUBLISHED, run_paper_protocol
 from training.registry import ModelRegistry
 from training.segments import Segments, fit_segments, nearest_segment, session_table
 from training.simulator import scripted, simulate
-from training.train import XGBParams, load_booster, train_and_evaluate
+from training.train import (
+    XGBParams,
+    balanced,
+    calibrated,
+    load_booster,
+    predict_events_so_far,
+    train_and_evaluate,
+)
 
 FAST = XGBParams(max_depth=4, eta=0.15, num_boost_round=80, early_stopping_rounds=10)
 
@@ -172,8 +180,45 @@ def test_train_evaluate_register_promote(
         sp.train.groupby("sid")["start_ms"].first().max()
         <= sp.test.groupby("sid")["start_ms"].first().min()
     )
-    # Prior correction keeps the probabilities calibrated on average.
-    assert abs(run.predictions["xgboost"].mean() - sp.test["label"].mean()) < 0.1
+    # The score is the class-balanced exit risk (no prior correction): on the
+    # training rows, weighted like the classes were, it averages 0.5 ...
+    meta = run.meta()
+    assert meta["score"] == "balanced" and "prior_correction" not in meta
+    assert meta["base_rate"] == pytest.approx(sp.train["label"].mean(), abs=1e-6)
+    assert meta["calibration"] == "p = sigmoid(logit(score) + logit(base_rate))"
+    ytr = sp.train["label"].to_numpy()
+    wtr = np.where(ytr == 1, run.xgb_model.scale_pos_weight, 1.0)
+    p_train = run.xgb_model.predict(sp.train[list(FEATURE_NAMES)].to_numpy(dtype=np.float32))
+    assert abs(np.average(p_train, weights=wtr) - 0.5) < 0.02
+    # ... and the probability recovered from it is calibrated on average: on the
+    # test rows for the booster, on its own training rows for every model.
+    y = sp.test["label"].to_numpy()
+    assert abs(run.calibrated("xgboost").mean() - y.mean()) < 0.1
+    fit_rows = pd.concat([sp.train, sp.valid], ignore_index=True)
+    X_fit = fit_rows[list(FEATURE_NAMES)].to_numpy(dtype=np.float32)
+    on_fit = {
+        "xgboost": (p_train, ytr),
+        "logreg": (run.logreg.predict_proba(X_fit)[:, 1], fit_rows["label"].to_numpy()),
+        "events_so_far": (
+            predict_events_so_far(run.events_model, fit_rows),
+            fit_rows["label"].to_numpy(),
+        ),
+    }
+    for k, (p_fit, y_fit) in on_fit.items():
+        assert run.base_rates[k] == pytest.approx(y_fit.mean())
+        assert abs(calibrated(p_fit, run.base_rates[k]).mean() - y_fit.mean()) < 0.03, k
+    for k in m:
+        # Brier on the recovered probability; F1 / recall at 0.75 on the score itself.
+        p_cal = run.calibrated(k)
+        assert m[k]["brier"] == pytest.approx(float(np.mean((p_cal - y) ** 2)), abs=1e-9)
+        caught = (run.predictions[k] >= 0.75)[y == 1].mean()
+        assert m[k]["recall_at_threshold"] == pytest.approx(caught, abs=1e-9)
+    score = run.predictions["xgboost"]
+    b = meta["base_rate"]
+    expect = 1 / (1 + np.exp(-(np.log(score / (1 - score)) + np.log(b / (1 - b)))))
+    assert np.allclose(calibrated(score, b), expect) and np.allclose(balanced(expect, b), score)
+    Xte = sp.test[list(FEATURE_NAMES)].to_numpy(dtype=np.float32)
+    assert np.allclose(run.xgb_model.predict_calibrated(Xte), run.calibrated("xgboost"))
 
     report = write_report(
         run, tmp_path / "rep", title="test", segments=fit_segments(sim_rows).to_dict()
@@ -224,13 +269,52 @@ def test_bundled_model(tmp_path: Path) -> None:
     assert len(raw) < 1_000_000
     assert json.loads((tmp_path / "bundled.json").read_text()) == meta
     assert meta["feature_schema"] == FEATURE_SCHEMA_HASH and meta["segments"]["k"] >= 2
+    assert meta["score"] == "balanced" and 0 < meta["base_rate"] < 1
     assert load_booster(raw).num_features() == len(FEATURE_NAMES)
     # The shipped bundled model must match the code, or shards fall back to nothing.
     shipped = json.loads(BUNDLED_META.read_text())
     assert shipped["feature_schema"] == FEATURE_SCHEMA_HASH, (
         "rebuild: lifeline train --bundle actors/models"
     )
+    assert shipped["score"] == "balanced" and 0 < shipped["base_rate"] < 1
     assert BUNDLED_MODEL.stat().st_size < 1_000_000
+
+
+def _scores(scorer: Scorer, kind: str) -> np.ndarray:
+    from actors.events import validate_event
+    from actors.session import Session
+
+    s = Session("s-scripted-0001")
+    rows = [
+        s.apply(validate_event(e, now_ms=e["ts"])) for e in scripted(kind, "x", 1_732_300_000_000)
+    ]
+    return np.asarray(scorer(rows), dtype=np.float64)
+
+
+def test_shipped_model_separates_struggle_from_calm() -> None:
+    """The policy's 0.75 on the shipped score: never for a calm visitor, soon for a struggling one."""
+    scorer = Scorer.bundled()
+    calm = _scores(scorer, "calm")
+    assert calm.max() < 0.75, calm.round(3)
+    struggling = _scores(scorer, "struggling")
+    # By the first dead clicks / second form error (event 11), the risk rule fires.
+    assert struggling[:12].max() >= 0.75, struggling.round(3)
+    assert struggling[3:].mean() > calm[3:].mean() + 0.15
+    # Over simulated journeys (not the training seed): interested visitors who
+    # struggle reach the threshold far more often than those who do not.
+    table = max_score_table(scorer, simulate(300, seed=5))
+    intent = table[table["archetype"] != "browser"]
+
+    def flagged(part) -> float:
+        return float((part["flagged"] * part["sessions"]).sum() / part["sessions"].sum())
+
+    calm_share = flagged(intent[~intent["struggling"]])
+    struggle_share = flagged(intent[intent["struggling"]])
+    assert struggle_share > calm_share + 0.3, (calm_share, struggle_share)
+    # The score is on the class-balanced scale: the recovered probability is lower
+    # whenever the training rows were mostly exits.
+    p = calibrated(struggling, scorer.meta["base_rate"])
+    assert ((p > struggling) == (scorer.meta["base_rate"] > 0.5)).all()
 
 
 def test_cli_train_models_promote_export(

@@ -6,10 +6,16 @@ session code, trains a small XGBoost exit-risk model and writes
 metadata the registry stores, plus the segment centroids). The shards load
 ``actors/models/bundled.ubj`` when the registry has no live model.
 
+The model's output is the class-balanced exit risk (``meta["score"] ==
+"balanced"``): 0.5 = the exit odds of an average training row, the policy's
+0.75 = three times those odds. The calibrated probability is
+``sigmoid(logit(score) + logit(meta["base_rate"]))`` (``training.train.calibrated``).
+
 Limits: trained on synthetic traffic only, so its scores mean "looks like the
 simulator's abandoning journeys"; train on recorded traffic (``lifeline
-train --source redis``) for a real site. Runs locally without Ray in well
-under 30 s on 2 cores (1,500 journeys, ~55k rows).
+train --source redis``) for a real site. 6,000 journeys (~300k rows) because
+the scores of short, specific journeys are noisy with fewer; runs locally
+without Ray in ~25 s on 2 cores (replay ~half of it), well under a minute.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from training.train import XGBParams, train_and_evaluate
 BUNDLED_PARAMS = XGBParams(max_depth=4, eta=0.1, num_boost_round=300, early_stopping_rounds=25)
 
 
-def build_bundled_model(out_dir: Path, n_journeys: int = 1500, seed: int = 7) -> dict:
+def build_bundled_model(out_dir: Path, n_journeys: int = 6000, seed: int = 7) -> dict:
     """Simulate, replay, train; write ``out_dir/bundled.{ubj,json}``; return the metadata."""
     from training.segments import fit_segments  # local: keeps import of this module light
 

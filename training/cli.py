@@ -299,7 +299,9 @@ def _add_train(sub: Any) -> None:
     g.add_argument(
         "--no-balance",
         action="store_true",
-        help="do not re-weight the classes (by default they are balanced, then the prior is corrected)",
+        help="do not re-weight the classes (by default they are balanced, and the model outputs the "
+        "class-balanced score the policy thresholds; the calibrated probability is recoverable from "
+        "the base rate in its metadata)",
     )
     g.add_argument(
         "--test-frac",

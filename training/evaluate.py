@@ -6,6 +6,12 @@ of the booster and of both baselines measured on the same test rows, and
 five small plots (ROC, precision-recall, calibration, ROC AUC by number of
 events seen, feature importance).
 
+Scores: every model outputs the class-balanced exit risk the policy
+thresholds (see ``training.train``). ROC and PR AUC do not depend on that
+scale; F1 / precision / recall are taken at the policy threshold on the
+score; the Brier score and the calibration plot use the calibrated
+probability recovered from it, ``sigmoid(logit(score) + logit(base_rate))``.
+
 Limits: plots are drawn with matplotlib's Agg backend at 80 dpi to keep
 committed PNGs small (~20-40 kB each); calibration uses 10 equal-width bins.
 """
@@ -22,7 +28,14 @@ import pandas as pd
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
-from training.train import MODELS, POLICY_THRESHOLD, RunResult
+from training.train import (
+    CALIBRATION_FORMULA,
+    MODELS,
+    POLICY_THRESHOLD,
+    SCORE_BALANCED,
+    RunResult,
+    calibrated,
+)
 
 PREFIX_BUCKETS: tuple[tuple[int, int, str], ...] = (
     (1, 1, "1"),
@@ -100,7 +113,8 @@ def _plots(run: RunResult, out: Path, title: str) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(4.6, 4.0))
     for k in MODELS:
-        frac, mean_p = calibration_curve(y, run.predictions[k], n_bins=10, strategy="uniform")
+        # On the calibrated probability recovered from the (class-balanced) score.
+        frac, mean_p = calibration_curve(y, run.calibrated(k), n_bins=10, strategy="uniform")
         ax.plot(
             mean_p,
             frac,
@@ -110,8 +124,13 @@ def _plots(run: RunResult, out: Path, title: str) -> list[str]:
             label=f"{_LABELS[k]} (Brier {run.metrics[k]['brier']:.3f})",
         )
     ax.plot([0, 1], [0, 1], ":", color="#aaa")
-    ax.axvline(POLICY_THRESHOLD, ls="--", lw=0.8, color="#999")
-    ax.set(xlabel="predicted exit risk", ylabel="observed exit rate", title=f"Calibration: {title}")
+    # Where the policy threshold on the score falls on the probability scale (booster).
+    cut = float(calibrated(np.array([POLICY_THRESHOLD]), run.base_rates["xgboost"], run.score)[0])
+    ax.axvline(cut, ls="--", lw=0.8, color="#999")
+    xlabel = "predicted exit probability"
+    if run.score == SCORE_BALANCED:
+        xlabel += " (recovered from the score)"
+    ax.set(xlabel=xlabel, ylabel="observed exit rate", title=f"Calibration: {title}")
     ax.legend(loc="upper left", fontsize=8)
     save(fig, "calibration.png")
 
@@ -146,8 +165,10 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 def metrics_table(run: RunResult) -> str:
     """The headline table: one line per model, same test rows."""
+    t = f"{POLICY_THRESHOLD:g}"
     lines = [
-        "| model | ROC AUC (95% CI) | PR AUC | PR AUC (purchase) | F1 @ 0.75 | precision @ 0.75 | recall @ 0.75 | Brier |",
+        f"| model | ROC AUC (95% CI) | PR AUC | PR AUC (purchase) | F1 @ {t} | precision @ {t} "
+        f"| recall @ {t} | Brier |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for k in MODELS:
@@ -204,15 +225,35 @@ def write_report(
             f"| {part} | {p['sessions']} | {p['rows']} | {_fmt(p['exit_rate_rows'])} | {_fmt(p['exit_rate_sessions'])} |"
         )
     lines += ["", f"Source: `{json.dumps(run.data, sort_keys=True)}`", ""]
+    if run.score == SCORE_BALANCED:
+        cut = calibrated(np.array([POLICY_THRESHOLD]), run.base_rates["xgboost"])[0]
+        score_text = (
+            "Scores: every model outputs the class-balanced exit risk (trained with the classes "
+            "re-weighted to equal total weight, no prior correction): 0.5 = the exit odds of an "
+            f"average training row, {POLICY_THRESHOLD} = three times those odds. The policy "
+            f"thresholds this score, so F1, precision and recall are taken on it at {POLICY_THRESHOLD}. "
+            "The Brier score and the calibration plot use the calibrated probability recovered "
+            f"from the score, `{CALIBRATION_FORMULA}`, with each model's training base rate "
+            f"(XGBoost: {_fmt(run.base_rates['xgboost'])}; baselines, fitted on train + validation: "
+            f"{_fmt(run.base_rates['logreg'])}); for XGBoost the threshold {POLICY_THRESHOLD} is "
+            f"a probability of {_fmt(float(cut))}. ROC AUC and PR AUC are the same on either scale."
+        )
+    else:
+        score_text = (
+            "Scores: calibrated probabilities (no class re-weighting, or a model from before the "
+            "class-balanced score); every metric uses them as they are."
+        )
     lines += [
         "## Test metrics (same rows for every model)",
         "",
         metrics_table(run),
         "",
+        score_text,
+        "",
         f"Base rate of the exit label on the test rows: {_fmt(run.metrics['xgboost']['base_rate'])}. "
         "PR AUC is for the exit class, so it starts at the base rate; PR AUC (purchase) ranks the "
-        "other way round and starts at one minus the base rate. F1, precision and recall (of the exit class) "
-        f"use the policy threshold {POLICY_THRESHOLD}; the ROC AUC interval is a 95% bootstrap over test sessions.",
+        "other way round and starts at one minus the base rate. F1, precision and recall are of the "
+        "exit class; the ROC AUC interval is a 95% bootstrap over test sessions.",
         "",
         "## ROC AUC by number of events seen",
         "",
@@ -228,8 +269,13 @@ def write_report(
     lines += [
         f"- feature schema `{meta['feature_schema']}`, {len(meta['feature_names'])} features",
         f"- trees kept by early stopping: {meta['best_iteration'] + 1} (of at most {run.params.num_boost_round})",
-        f"- class balance: scale_pos_weight {meta['scale_pos_weight']:.4f}, then the prior correction "
-        "(base score shifted by -log(scale_pos_weight)) so the output is a calibrated probability",
+        f"- output: `{meta['score']}` score; class balance: scale_pos_weight "
+        f"{meta['scale_pos_weight']:.4f}, training base rate {meta['base_rate']:.4f}"
+        + (
+            f"; calibrated probability: `{CALIBRATION_FORMULA}`"
+            if run.score == SCORE_BALANCED
+            else ""
+        ),
         f"- hyperparameters: `{json.dumps(meta['params'], sort_keys=True)}`",
         "",
         "Top features by total gain:",
@@ -260,8 +306,179 @@ def write_report(
     path.write_text("\n".join(lines))
     (out / "metrics.json").write_text(
         json.dumps(
-            {"metrics": meta["metrics"], "split": split, "data": run.data}, indent=1, default=str
+            {
+                "score": meta["score"],
+                "base_rate": meta["base_rate"],
+                "calibration": meta.get("calibration"),
+                "metrics": meta["metrics"],
+                "split": split,
+                "data": run.data,
+            },
+            indent=1,
+            default=str,
         )
         + "\n"
     )
+    return path
+
+
+# -- the shipped model against the policy threshold ----------------------------------------------
+def scripted_scores(scorer: Any, start_ms: int = 1_732_300_000_000) -> dict[str, pd.DataFrame]:
+    """Per-event scores of each ``training.simulator.scripted`` journey under ``scorer``."""
+    from actors.events import validate_event
+    from actors.session import Session
+    from training.simulator import SCRIPTED_KINDS, scripted
+
+    out = {}
+    for kind in SCRIPTED_KINDS:
+        events = scripted(kind, f"s-{kind}", start_ms)
+        session = Session(f"s-{kind}")
+        rows = [session.apply(validate_event(e, now_ms=e["ts"])) for e in events]
+        out[kind] = pd.DataFrame(
+            {
+                "event": range(1, len(events) + 1),
+                "type": [e["type"] for e in events],
+                "score": np.asarray(scorer(rows), dtype=np.float64),
+            }
+        )
+    return out
+
+
+def max_scores(scorer: Any, journeys: list, min_events: int = 3) -> pd.DataFrame:
+    """One row per simulated journey: its labels and its highest score where the policy acts.
+
+    Only the rows the policy acts on count: from event ``min_events`` on and
+    before any purchase (the policy's defaults).
+    """
+    from actors.events import validate_event
+    from actors.session import Session
+
+    rows, owner = [], []
+    for k, j in enumerate(journeys):
+        session = Session(j.sid)
+        for i, e in enumerate(j.events):
+            if e["type"] == "purchase":
+                break
+            row = session.apply(validate_event(e, now_ms=e["ts"]))
+            if i + 1 >= min_events:
+                rows.append(row)
+                owner.append(k)
+    top = np.full(len(journeys), -np.inf)
+    np.maximum.at(top, np.asarray(owner, dtype=np.int64), np.asarray(scorer(rows)))
+    return pd.DataFrame(
+        {
+            "archetype": [j.archetype for j in journeys],
+            "struggling": [j.struggling for j in journeys],
+            "converted": [j.converted for j in journeys],
+            "max_score": top,
+        }
+    )
+
+
+def max_score_table(
+    scorer: Any, journeys: list, min_events: int = 3, threshold: float = POLICY_THRESHOLD
+) -> pd.DataFrame:
+    """Per archetype and struggling flag: the share of journeys whose score reaches ``threshold``."""
+    df = max_scores(scorer, journeys, min_events)
+    df["flagged"] = df["max_score"] >= threshold
+    return (
+        df.groupby(["archetype", "struggling"])
+        .agg(
+            sessions=("flagged", "size"),
+            converted=("converted", "mean"),
+            flagged=("flagged", "mean"),
+        )
+        .reset_index()
+    )
+
+
+def write_bundled_report(
+    out_dir: Path, scorer: Any = None, *, journeys: int = 2000, seed: int = 3
+) -> Path:
+    """``out_dir/report.md``: the shipped model on the scripted journeys and per archetype."""
+    from actors.scoring import Scorer
+    from training.simulator import simulate
+
+    scorer = scorer or Scorer.bundled()
+    meta = scorer.meta
+    t = POLICY_THRESHOLD
+    lines = [
+        f"# The shipped exit-risk model against the policy threshold {t}",
+        "",
+        f"Model `{scorer.version}`: score `{meta.get('score', 'calibrated')}`, training base rate "
+        f"{_fmt(meta.get('base_rate', math.nan))}, {meta['best_iteration'] + 1} trees. Reproduce with "
+        '`python -c "from pathlib import Path; from training.evaluate import write_bundled_report as w; '
+        "w(Path('reports/bundled'))\"`.",
+        "",
+        "## Scripted journeys (`training.simulator.scripted`), score after every event",
+        "",
+    ]
+    for kind, df in scripted_scores(scorer).items():
+        first = df.loc[df["score"] >= t, "event"]
+        lines += [
+            f"**{kind}**: max {_fmt(df['score'].max())}, first event at or above {t}: "
+            f"{int(first.iloc[0]) if len(first) else 'none'}",
+            "",
+            "| event | " + " | ".join(str(e) for e in df["event"]) + " |",
+            "|---|" + "---|" * len(df),
+            "| type | " + " | ".join(df["type"]) + " |",
+            "| score | " + " | ".join(f"{v:.2f}" for v in df["score"]) + " |",
+            "",
+        ]
+    per_journey = max_scores(scorer, simulate(journeys, seed=seed))
+    per_journey["flagged"] = per_journey["max_score"] >= t
+    table = (
+        per_journey.groupby(["archetype", "struggling"])
+        .agg(
+            sessions=("flagged", "size"),
+            converted=("converted", "mean"),
+            flagged=("flagged", "mean"),
+        )
+        .reset_index()
+    )
+    lines += [
+        f"## Simulated journeys: share whose score reaches {t}",
+        "",
+        f"`simulate({journeys}, seed={seed})` (not the model's training seed); rows the policy "
+        "acts on only (from event 3, before any purchase); a journey counts when its highest "
+        f"score reaches {t}.",
+        "",
+        "| archetype | struggling | sessions | converted | max score >= 0.75 |",
+        "|---|---|---|---|---|",
+    ]
+    for _, r in table.iterrows():
+        lines.append(
+            f"| {r['archetype']} | {'yes' if r['struggling'] else 'no'} | {r['sessions']} "
+            f"| {r['converted']:.0%} | {r['flagged']:.1%} |"
+        )
+    intent = table[table["archetype"] != "browser"]
+    for name, part in (
+        ("all but browser", intent),
+        ("browser", table[table["archetype"] == "browser"]),
+    ):
+        for flag in (False, True):
+            p = part[part["struggling"] == flag]
+            n = int(p["sessions"].sum())
+            if n:
+                share = float((p["flagged"] * p["sessions"]).sum() / n)
+                lines.append(
+                    f"| **{name}** | {'yes' if flag else 'no'} | {n} "
+                    f"| {float((p['converted'] * p['sessions']).sum() / n):.0%} | {share:.1%} |"
+                )
+    lines += [
+        "",
+        "By outcome (what the journey went on to do):",
+        "",
+        "| converted | struggling | sessions | max score >= 0.75 |",
+        "|---|---|---|---|",
+    ]
+    for (conv, flag), p in per_journey.groupby(["converted", "struggling"]):
+        lines.append(
+            f"| {'yes' if conv else 'no'} | {'yes' if flag else 'no'} | {len(p)} "
+            f"| {p['flagged'].mean():.1%} |"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
     return path

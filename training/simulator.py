@@ -7,21 +7,34 @@ client would send: ``type``, ``seq``, ``ts`` and the type's fields from
 
 The generative story (how a journey and its labels come about):
 
-1. An archetype is drawn from ``mix`` (browser, comparer, searcher, converter,
-   calm_converter, rage_clicker, form_struggler, uturner, video_dropoff,
-   cart_abandoner). Each has a base purchase propensity.
-2. A struggle level in [0, 1] is drawn: high for the struggle archetypes, and
-   a small chance of a mild episode for everyone else (a converter can hit a
-   form error too).
-3. Struggle raises the exit probability: ``p_convert = base * (1 - 0.75 * struggle)``.
-   The outcome is drawn from that probability *before* the events are
-   written, so labels come from this story and never from the detectors.
-4. The archetype's body is written with realistic timing (log-normal page
-   dwell, scroll/mouse/hover activity while reading, rage clicks 80-250 ms
-   apart, seconds-long form editing). Intent leaks into behaviour only
-   mildly: buyers read ~20% longer (noisy) and switch tabs less often.
-   Converters then go through cart and checkout to a ``purchase``; everyone
-   else leaves (sometimes with a trailing ``visibility: hidden``).
+1. An archetype is drawn from ``mix``. Five have their own way of browsing
+   and a base purchase intent: browser (0.06), comparer and searcher (0.5),
+   converter (0.9), calm_converter (0.92). The other five (rage_clicker,
+   form_struggler, uturner, video_dropoff, cart_abandoner) are an ordinary
+   interested visitor (intent 0.45-0.6) with a *forced* struggle episode of
+   their kind.
+2. Struggle is an episode, independent of intent: any intent archetype has
+   one with probability 0.30 (a browser 0.12), of a kind drawn from rage
+   clicks, a calculator form that keeps refusing, u-turns, a product video
+   dropped early and second thoughts at the cart (forced archetypes: always,
+   their own kind). About 36% of journeys struggle. Its level is
+   ``struggle ~ Beta(4, 2)``, and the more severe it is, the more refusals,
+   dead-click bursts, thrashing and hurry the episode shows.
+3. Struggle lowers conversion strongly: ``p_convert = intent * (1 - 0.85 * struggle)``
+   (about 0.43 x on average). The outcome is drawn from that probability
+   *before* any event is written, so labels come from this story and never
+   from the detectors.
+4. The journey is written with realistic timing (log-normal page dwell,
+   scroll/mouse/hover activity while reading, rage clicks 80-250 ms apart,
+   seconds-long form editing): the landing page (home, or for 10% a product
+   page; 60% for browsers, who come from search and social more often), the
+   archetype's body, and the episode, either right after landing (35%; a
+   visitor who will not buy then often leaves soon) or after browsing.
+   Intent leaks into behaviour only mildly: buyers read ~20% longer (noisy)
+   and switch tabs less often. Converters then go through cart and checkout
+   to a ``purchase``; everyone else leaves (sometimes with a trailing
+   ``visibility: hidden``). Some interested visitors use the calculator
+   without trouble, so a form page alone does not mean struggle.
 
 Interventions are not simulated (no ``intervention_*`` events): the data is
 what a site looks like without Lifeline, which is what the exit-risk model
@@ -128,44 +141,49 @@ STRUGGLE_ARCHETYPES = frozenset(FORCED_EPISODE)
 # interested visitor; it is the episode that makes them leave.
 BASE_CONVERT: dict[str, float] = {
     "browser": 0.06,
-    "comparer": 0.40,
-    "searcher": 0.40,
+    "comparer": 0.50,
+    "searcher": 0.50,
     "converter": 0.90,
     "calm_converter": 0.92,
-    "rage_clicker": 0.40,
-    "form_struggler": 0.45,
-    "uturner": 0.35,
-    "video_dropoff": 0.40,
-    "cart_abandoner": 0.55,
+    "rage_clicker": 0.50,
+    "form_struggler": 0.55,
+    "uturner": 0.45,
+    "video_dropoff": 0.50,
+    "cart_abandoner": 0.60,
 }
 ARCHETYPES: tuple[str, ...] = tuple(BASE_CONVERT)
 # Probability of an independent struggle episode (forced archetypes: always).
 EPISODE_RATE: dict[str, float] = {
-    "browser": 0.15,
-    "comparer": 0.35,
-    "searcher": 0.35,
-    "converter": 0.35,
-    "calm_converter": 0.35,
+    "browser": 0.12,
+    "comparer": 0.30,
+    "searcher": 0.30,
+    "converter": 0.30,
+    "calm_converter": 0.30,
     **{a: 1.0 for a in FORCED_EPISODE},
 }
 # p_convert = base intent * (1 - STRUGGLE_EFFECT * struggle), struggle ~ Beta(4, 2).
 STRUGGLE_EFFECT = 0.85
 # Where an independent episode happens: right after landing with this probability.
 EARLY_EPISODE = 0.35
+# Share of journeys that land on a product page rather than the home page
+# (search and social traffic; low-intent visitors arrive that way more often).
+DEEP_LANDING: dict[str, float] = {"browser": 0.6}
+# Median seconds on the home page after landing there (everyone reads it a little).
+HOME_DWELL: dict[str, float] = {"browser": 6, "calm_converter": 10}
 # Interested visitors sometimes use the loan calculator without any trouble.
 CALCULATOR_USERS = frozenset({"comparer", "searcher", "converter", "calm_converter"})
 CALCULATOR_USE = 0.12
 DEFAULT_MIX: dict[str, float] = {
-    "browser": 0.35,
-    "comparer": 0.15,
-    "searcher": 0.17,
-    "converter": 0.12,
-    "calm_converter": 0.085,
-    "rage_clicker": 0.025,
-    "form_struggler": 0.025,
-    "uturner": 0.025,
-    "video_dropoff": 0.025,
-    "cart_abandoner": 0.025,
+    "browser": 0.30,
+    "comparer": 0.16,
+    "searcher": 0.18,
+    "converter": 0.13,
+    "calm_converter": 0.09,
+    "rage_clicker": 0.028,
+    "form_struggler": 0.028,
+    "uturner": 0.028,
+    "video_dropoff": 0.028,
+    "cart_abandoner": 0.028,
 }
 
 
@@ -175,7 +193,9 @@ class Journey:
 
     ``converted``: the journey ends in a ``purchase`` event. ``struggling``: at
     least one struggle episode (rage clicks, failing form, u-turns, video
-    drop-off, cart hesitation, cursor thrash) was written into it.
+    drop-off, cart hesitation; cursor thrash comes with the first two) was
+    written into it. ``archetype`` is the way of browsing drawn for it; any
+    archetype may struggle, the struggle archetypes always do.
     """
 
     sid: str
@@ -318,8 +338,8 @@ class _Writer:
             self.think(2500 * slow, 0.6)
             self.emit("form_input", form=form, field=f, count=self.rng.randint(2, 24))
 
-    def submit(self, form: str, selector: str, ok: bool) -> None:
-        self.think(800, 0.5)
+    def submit(self, form: str, selector: str, ok: bool, pace: float = 1.0) -> None:
+        self.think(800 * pace, 0.5)
         self.click(selector, reacted=ok, target="button")
         self.wait(self.rng.uniform(30, 200))
         self.emit("form_submit", form=form, ok=ok)
@@ -351,9 +371,11 @@ class _Writer:
                 )
         stop = min(dur, dur * watch_frac)
         if stop > t:
-            # Activity while the video plays (people move the mouse, scroll a bit).
+            # Activity while the video plays: some move the mouse now and then,
+            # others sit back and just watch (a long gap with no events).
             end = self.t + (stop - t) * 1000
-            while self.t + 4000 < end:
+            still = rng.random() < 0.4
+            while not still and self.t + 4000 < end:
                 self.think(4000, 0.5)
                 self.mouse()
             self.t = max(self.t, int(end))
@@ -394,9 +416,8 @@ def _product(w: _Writer, item: str, median_s: float = 12) -> None:
 
 
 def _browser(w: _Writer, rng: random.Random, converted: bool, s: float) -> str:
-    w.dwell(6, hovers=("#hero", ".nav-menu"))
     cat = rng.choice(CATEGORIES)
-    for _ in range(rng.randint(1, 4)):
+    for _ in range(rng.randint(2, 7)):
         if rng.random() < 0.4:
             cat = rng.choice(CATEGORIES)
             _listing(w, cat)
@@ -443,7 +464,6 @@ def _converter(w: _Writer, rng: random.Random, converted: bool, s: float) -> str
 
 
 def _calm_converter(w: _Writer, rng: random.Random, converted: bool, s: float) -> str:
-    w.dwell(10, hovers=("#hero", ".nav-menu"))
     cat = rng.choice(CATEGORIES)
     _listing(w, cat)
     item = _pick(rng, cat)
@@ -461,6 +481,9 @@ def _calculator_ok(w: _Writer, rng: random.Random) -> None:
     w.fill(CALC_FORM, CALC_FIELDS)
     w.submit(CALC_FORM, CALC_SUBMIT, ok=True)
     w.dwell(8, hovers=(".calc-result",))
+
+
+_PAGE_DEAD_TARGETS = tuple(t for t in DEAD_TARGETS if t != CALC_SUBMIT)
 
 
 # -- struggle episodes -----------------------------------------------------------------------------
@@ -485,7 +508,7 @@ def _ep_rage(w: _Writer, rng: random.Random, converted: bool, s: float, cat: str
         )
     for _ in range(1 + int(s * 3)):
         w.think(2500)
-        w.rage(rng.choice(("#promo-banner", "img.product-image", ".price-badge")))
+        w.rage(rng.choice(_PAGE_DEAD_TARGETS))
         if rng.random() < s:
             w.mouse(thrash=True)
         w.dwell(4)
@@ -494,19 +517,28 @@ def _ep_rage(w: _Writer, rng: random.Random, converted: bool, s: float, cat: str
 
 def _ep_form(w: _Writer, rng: random.Random, converted: bool, s: float, cat: str) -> str:
     """The loan/price calculator scenario: the form refuses, again and again."""
+    # The harder the struggle, the more refusals, dead-click bursts and
+    # thrashing, and the more hurried: at the worst, fields are re-typed and
+    # re-submitted within a second or two.
+    pace = min(1.0, max(0.15, 1.3 - 1.2 * s))
     if w.page_type != "calculator":
         w.page("/calculator.html", "calculator")
-    w.dwell(5, hovers=(".calc-intro",))
-    w.fill(CALC_FORM, CALC_FIELDS, slow=1.3)
+    if rng.random() < pace:
+        w.dwell(5, hovers=(".calc-intro",))
+    else:
+        w.think(1200 * pace)  # knows what to do: straight into the first field
+    # Some press the button after a field or two (the rest is then "required").
+    filled = CALC_FIELDS[: rng.randint(1, len(CALC_FIELDS))] if rng.random() < 0.4 else CALC_FIELDS
+    w.fill(CALC_FORM, filled, slow=1.3 * pace)
     for attempt in range(2 + int(s * 3)):
         bad = tuple(rng.sample(CALC_FIELDS, rng.randint(1, 2)))
-        w.submit(CALC_FORM, CALC_SUBMIT, ok=False)
+        w.submit(CALC_FORM, CALC_SUBMIT, ok=False, pace=pace)
         w.form_errors(CALC_FORM, bad, code=rng.choice(("range", "format", "required")))
-        if attempt >= 1 and rng.random() < 0.7:
+        if attempt >= 1 and rng.random() < 0.4 + 0.5 * s:
             w.rage(CALC_SUBMIT)  # the button stays disabled: dead clicks
         if rng.random() < s:
             w.mouse(thrash=True)
-        w.fill(CALC_FORM, bad, slow=1.6)  # re-edit the refused fields
+        w.fill(CALC_FORM, bad, slow=1.6 * pace)  # re-edit the refused fields
     if converted or rng.random() < 0.3:
         w.submit(CALC_FORM, CALC_SUBMIT, ok=True)
         w.dwell(6, hovers=(".calc-result",))
@@ -653,7 +685,7 @@ def _journey(rng: random.Random, sid: str, archetype: str, start_ms: int) -> Jou
     converted = rng.random() < p_convert
     # Intent leaks into behaviour only mildly (dwell +-20%, noisy), so that
     # early in a journey buyers and leavers of one archetype look alike.
-    w.engaged = (1.2 if converted else 0.85) * math.exp(rng.gauss(0.0, 0.25))
+    w.engaged = (1.1 if converted else 0.92) * math.exp(rng.gauss(0.0, 0.25))
     # An independent episode comes early (right after landing) or late (after
     # browsing); a struggle archetype's comes after its short lead-in.
     early = episode is not None and archetype not in FORCED_EPISODE and rng.random() < EARLY_EPISODE
@@ -662,26 +694,32 @@ def _journey(rng: random.Random, sid: str, archetype: str, start_ms: int) -> Jou
     )
     landing = rng.random()
     ref = rng.choice(EXTERNAL_REFS)
-    deep = (
+    on_calculator = (
         archetype == "form_struggler"
         or (early and episode == "form" and landing < 0.5)
         or (calculator and landing < 0.4)
-        or landing < 0.1
     )
-    if not deep:
+    if on_calculator:
+        w.path = ref  # the calculator's page_view carries the external referrer
+        if calculator:
+            _calculator_ok(w, rng)  # landed on the calculator from a search ad
+            calculator = False
+    elif landing < DEEP_LANDING.get(archetype, 0.1):
+        # Straight onto a product page from a search engine or a shared link.
+        item = _pick(rng)
+        w.page(product_path(item), "product", ref=ref, item=item)
+        w.dwell(8, hovers=(".price", ".spec-table", "img.product-image"))
+    else:
         w.page("/", "home", ref=ref)
-        ref = None
-    if ref is not None:
-        w.path = ref  # so the first page_view's ref is the external referrer
-    if calculator and w.page_type == "":
-        _calculator_ok(w, rng)  # landed on the calculator from a search ad
-        calculator = False
+        w.dwell(HOME_DWELL.get(archetype, 5), hovers=("#hero", ".nav-menu"))
     if early:
         assert episode is not None
         item = _EPISODE_WRITERS[episode](w, rng, converted, struggle, rng.choice(CATEGORIES))
         if converted or rng.random() < 0.5:  # keeps going; otherwise leaves soon after
             w.dwell(3)
             item = _BODIES[archetype](w, rng, converted, struggle)
+            if calculator:
+                _calculator_ok(w, rng)
     else:
         item = _BODIES[archetype](w, rng, converted, struggle)
         if calculator:

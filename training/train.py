@@ -13,13 +13,21 @@ Decisions, and why:
 * Split by time, by session: sessions are ordered by start time; the last
   ``test_frac`` are the test set, the ``valid_frac`` before them drive early
   stopping. No session is in two parts, and the model never sees the future.
-* Class imbalance: the classes are re-weighted to equal total weight
-  (``scale_pos_weight`` = negatives / positives), which keeps the trees from
-  ignoring the minority class. Re-weighting shifts the model's log-odds by
-  exactly ``log(scale_pos_weight)``, so that shift is taken off again in the
-  booster's base score (a prior correction): the shipped model outputs
-  calibrated probabilities, which is what the policy's fixed 0.75 threshold
-  and the Brier score assume. Logistic regression gets the same treatment.
+* The score is a class-balanced exit risk. The classes are re-weighted to
+  equal total weight (``scale_pos_weight`` = negatives / positives) and the
+  shift this puts on the log-odds is deliberately *kept*: the model's output
+  is ``sigmoid(logit(p) - logit(base_rate))``, where ``p`` is the calibrated
+  probability and ``base_rate`` the share of exit rows in training. 0.5 means
+  the exit odds of an average training row; the policy's 0.75 means three
+  times those odds, whatever the site's base exit rate (with most sessions ending without
+  a purchase, a calibrated probability sits near the base rate for everyone,
+  and a fixed 0.75 on it would fire for calm visitors). The metadata records
+  ``"score": "balanced"`` and ``base_rate``; :func:`calibrated` recovers
+  ``p = sigmoid(logit(score) + logit(base_rate))``. F1 / precision / recall at
+  the threshold are measured on the score (what the policy thresholds); the
+  Brier score and the calibration plot on the recovered probability; ROC and
+  PR AUC are the same on either. Both baselines are trained class-balanced
+  (``class_weight="balanced"``) and measured the same way.
 * Rows: one per event before the purchase (see ``training.dataset``), the
   label is 1 when the session ends without a conversion.
 
@@ -31,7 +39,6 @@ the test set.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -55,6 +62,9 @@ from actors.features import FEATURE_NAMES, FEATURE_SCHEMA_HASH
 from training.progress import Progress
 
 POLICY_THRESHOLD = 0.75  # the intervention policy acts above this exit risk
+SCORE_BALANCED = "balanced"  # output = class-balanced exit risk (see the module docstring)
+SCORE_CALIBRATED = "calibrated"  # output = calibrated probability (no re-weighting)
+CALIBRATION_FORMULA = "p = sigmoid(logit(score) + logit(base_rate))"
 FEATURES: list[str] = list(FEATURE_NAMES)
 MODELS = ("xgboost", "logreg", "events_so_far")
 
@@ -157,27 +167,41 @@ def _balance(y: np.ndarray) -> float:
     return neg / pos
 
 
-def _set_base_margin_shift(booster: xgb.Booster, shift: float) -> xgb.Booster:
-    """Add ``shift`` to every output log-odds by rewriting the booster's base score."""
-    model = json.loads(booster.save_raw("json"))
-    param = model["learner"]["learner_model_param"]
-    base = float(str(param["base_score"]).strip("[]"))
-    base = min(max(base, 1e-7), 1 - 1e-7)
-    logit = math.log(base / (1.0 - base)) + shift
-    param["base_score"] = f"[{1.0 / (1.0 + math.exp(-logit)):.9E}]"
-    out = xgb.Booster()
-    out.load_model(bytearray(json.dumps(model).encode()))
-    return out
+def _logit(p: np.ndarray | float) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1.0 - p))
+
+
+def calibrated(score: np.ndarray, base_rate: float, kind: str = SCORE_BALANCED) -> np.ndarray:
+    """The calibrated exit probability behind a score: ``sigmoid(logit(score) + logit(base_rate))``.
+
+    ``base_rate`` is the share of exit rows the model was trained on (``meta["base_rate"]``);
+    a ``"calibrated"`` score is returned as it is.
+    """
+    score = np.asarray(score, dtype=np.float64)
+    if kind != SCORE_BALANCED:
+        return score
+    return 1.0 / (1.0 + np.exp(-(_logit(score) + _logit(base_rate))))
+
+
+def balanced(p: np.ndarray, base_rate: float) -> np.ndarray:
+    """The inverse of :func:`calibrated`: a calibrated probability as a class-balanced score."""
+    return 1.0 / (1.0 + np.exp(-(_logit(p) - _logit(base_rate))))
 
 
 @dataclass
 class TrainedXGB:
-    """A trained, prior-corrected booster and how it was obtained."""
+    """A trained booster (its output: a class-balanced exit risk) and how it was obtained."""
 
     booster: xgb.Booster
     best_iteration: int
     scale_pos_weight: float
     eval_history: dict[str, list[float]] = field(default_factory=dict)
+    base_rate: float = 0.5  # share of exit rows in its training rows
+    score: str = SCORE_BALANCED  # what the output means: "balanced" or "calibrated"
+
+    def predict_calibrated(self, X: np.ndarray) -> np.ndarray:
+        return calibrated(self.predict(X), self.base_rate, self.score)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         # inplace_predict is what the shards use (DMatrix per call is ~40x slower).
@@ -206,7 +230,11 @@ def fit_xgb(
     *,
     progress: bool = False,
 ) -> TrainedXGB:
-    """Train with early stopping on the validation rows; return a calibrated booster."""
+    """Train with early stopping on the validation rows; the booster outputs the balanced score.
+
+    With ``balance_classes`` off nothing is re-weighted and the output is a
+    calibrated probability (``score`` = ``"calibrated"``).
+    """
     params = params or XGBParams()
     ytr = train["label"].to_numpy()
     yva = valid["label"].to_numpy()
@@ -230,9 +258,15 @@ def fit_xgb(
     bar.close()
     best = int(getattr(booster, "best_iteration", booster.num_boosted_rounds() - 1))
     booster = booster[: best + 1]  # ship only the trees early stopping kept
-    if spw != 1.0:
-        booster = _set_base_margin_shift(booster, -math.log(spw))
-    return TrainedXGB(booster, best, spw, {k: list(v) for k, v in history.get("valid", {}).items()})
+    # No prior correction: the class-balanced log-odds are the live score.
+    return TrainedXGB(
+        booster,
+        best,
+        spw,
+        {k: list(v) for k, v in history.get("valid", {}).items()},
+        base_rate=float(ytr.mean()),
+        score=SCORE_BALANCED if params.balance_classes else SCORE_CALIBRATED,
+    )
 
 
 def load_booster(model_bytes: bytes) -> xgb.Booster:
@@ -247,22 +281,23 @@ def _log1p_pos(X: np.ndarray) -> np.ndarray:
 
 
 def fit_logreg(train: pd.DataFrame, balance_classes: bool = True) -> Any:
-    """Logistic regression on the same features, prior-corrected like the booster."""
+    """Logistic regression on the same features, class-balanced like the booster."""
     y = train["label"].to_numpy()
-    spw = _balance(y) if balance_classes else 1.0
+    _balance(y)  # both classes present
     model = make_pipeline(
         FunctionTransformer(_log1p_pos),  # counts and durations are heavy-tailed
         StandardScaler(),
-        LogisticRegression(C=1.0, max_iter=2000, class_weight={0: 1.0, 1: spw}),
+        LogisticRegression(
+            C=1.0, max_iter=2000, class_weight="balanced" if balance_classes else None
+        ),
     )
     model.fit(_x(train), y)
-    model[-1].intercept_ = model[-1].intercept_ - math.log(spw)
     return model
 
 
-def fit_events_so_far(train: pd.DataFrame) -> LogisticRegression:
+def fit_events_so_far(train: pd.DataFrame, balance_classes: bool = True) -> LogisticRegression:
     """The simplest credible baseline: exit risk from the number of events seen so far."""
-    model = LogisticRegression(max_iter=1000)
+    model = LogisticRegression(max_iter=1000, class_weight="balanced" if balance_classes else None)
     model.fit(np.log1p(train[["prefix_len"]].to_numpy(dtype=np.float64)), train["label"].to_numpy())
     return model
 
@@ -271,11 +306,22 @@ def predict_events_so_far(model: LogisticRegression, df: pd.DataFrame) -> np.nda
     return model.predict_proba(np.log1p(df[["prefix_len"]].to_numpy(dtype=np.float64)))[:, 1]
 
 
-def metrics(y: np.ndarray, p: np.ndarray, threshold: float = POLICY_THRESHOLD) -> dict[str, float]:
+def metrics(
+    y: np.ndarray,
+    p: np.ndarray,
+    threshold: float = POLICY_THRESHOLD,
+    p_calibrated: np.ndarray | None = None,
+) -> dict[str, float]:
     """ROC AUC, PR AUC (average precision, exit class and purchase class), F1 / precision /
-    recall of the exit class at ``threshold``, Brier score."""
+    recall of the exit class at ``threshold``, Brier score.
+
+    ``p`` is the score the policy thresholds (ranks and the threshold use it);
+    the Brier score uses ``p_calibrated``, the calibrated probability behind
+    it (default: ``p`` itself).
+    """
     y = np.asarray(y).astype(int)
     p = np.asarray(p, dtype=np.float64)
+    pc = p if p_calibrated is None else np.asarray(p_calibrated, dtype=np.float64)
     pred = (p >= threshold).astype(int)
     two = len(np.unique(y)) == 2
     return {
@@ -286,7 +332,7 @@ def metrics(y: np.ndarray, p: np.ndarray, threshold: float = POLICY_THRESHOLD) -
         "f1_at_threshold": float(f1_score(y, pred, zero_division=0)),
         "precision_at_threshold": float(precision_score(y, pred, zero_division=0)),
         "recall_at_threshold": float(recall_score(y, pred, zero_division=0)),
-        "brier": float(brier_score_loss(y, p)),
+        "brier": float(brier_score_loss(y, pc)),
         "threshold": threshold,
         "base_rate": float(y.mean()) if len(y) else float("nan"),
         "rows": int(len(y)),
@@ -315,39 +361,85 @@ def bootstrap_auc_ci(
 
 @dataclass
 class RunResult:
-    """Everything one train-and-evaluate run produced (models, test predictions, metrics)."""
+    """Everything one train-and-evaluate run produced (models, test predictions, metrics).
+
+    ``predictions`` are each model's scores as the policy would see them
+    (class-balanced unless the run was not balanced); :meth:`calibrated`
+    turns them back into calibrated probabilities with the model's
+    training base rate (``base_rates``).
+    """
 
     name: str
     split: Split
     xgb_model: TrainedXGB
     logreg: Any
     events_model: LogisticRegression
-    predictions: dict[str, np.ndarray]  # model name -> test-set probabilities
+    predictions: dict[str, np.ndarray]  # model name -> test-set scores
     metrics: dict[str, dict[str, float]]
     params: XGBParams
     data: dict[str, Any]
+    base_rates: dict[str, float] = field(default_factory=dict)  # model -> training exit share
+    score: str = SCORE_BALANCED
+
+    def calibrated(self, model: str) -> np.ndarray:
+        """The test-set calibrated probabilities of ``model`` (recovered from its scores)."""
+        return calibrated(self.predictions[model], self.base_rates[model], self.score)
 
     def meta(self) -> dict[str, Any]:
         """Registry metadata for the booster of this run."""
-        return {
+        meta = {
             "feature_schema": FEATURE_SCHEMA_HASH,
             "feature_names": FEATURES,
             "kind": "exit_risk",
             "label": "1 = session ended without a purchase",
             "threshold": POLICY_THRESHOLD,
+            "score": self.xgb_model.score,
+            "base_rate": round(self.xgb_model.base_rate, 6),
             "metrics": {k: {m: _round(v) for m, v in d.items()} for k, d in self.metrics.items()},
             "params": asdict(self.params),
             "best_iteration": self.xgb_model.best_iteration,
             "scale_pos_weight": round(self.xgb_model.scale_pos_weight, 6),
-            "prior_correction": "base score shifted by -log(scale_pos_weight)",
             "split": self.split.describe(),
             "data": self.data,
             "run": self.name,
         }
+        if self.xgb_model.score == SCORE_BALANCED:
+            meta["score_note"] = (
+                "class-balanced exit risk: 0.5 = the exit odds of an average training row, "
+                "0.75 = three times those odds; calibrated probability: " + CALIBRATION_FORMULA
+            )
+            meta["calibration"] = CALIBRATION_FORMULA
+        return meta
 
 
 def _round(v: Any) -> Any:
     return round(v, 5) if isinstance(v, float) and math.isfinite(v) else v
+
+
+def _measure(
+    test: pd.DataFrame,
+    preds: dict[str, np.ndarray],
+    base_rates: dict[str, float],
+    score: str,
+    bootstrap: int,
+) -> dict[str, dict[str, float]]:
+    y = test["label"].to_numpy()
+    results = {}
+    for k, p in preds.items():
+        m = metrics(y, p, p_calibrated=calibrated(p, base_rates[k], score))
+        m["train_base_rate"] = float(base_rates[k])
+        if bootstrap:
+            m["roc_auc_ci_low"], m["roc_auc_ci_high"] = bootstrap_auc_ci(test, p, bootstrap)
+        results[k] = m
+    return results
+
+
+def _baselines(split: Split, balance: bool) -> tuple[Any, LogisticRegression, float]:
+    # The baselines have no early stopping, so they may learn from validation rows too.
+    base_train = pd.concat([split.train, split.valid], ignore_index=True)
+    lr = fit_logreg(base_train, balance)
+    ev = fit_events_so_far(base_train, balance)
+    return lr, ev, float(base_train["label"].mean())
 
 
 def train_and_evaluate(
@@ -365,24 +457,18 @@ def train_and_evaluate(
     params = params or XGBParams()
     split = time_split(df, test_frac, valid_frac)
     model = fit_xgb(split.train, split.valid, params, progress=progress)
-    # The baselines have no early stopping, so they may learn from validation rows too.
-    base_train = pd.concat([split.train, split.valid], ignore_index=True)
-    lr = fit_logreg(base_train, params.balance_classes)
-    ev = fit_events_so_far(base_train)
+    lr, ev, base_rate = _baselines(split, params.balance_classes)
     Xte = _x(split.test)
     preds = {
         "xgboost": model.predict(Xte),
         "logreg": lr.predict_proba(Xte)[:, 1],
         "events_so_far": predict_events_so_far(ev, split.test),
     }
-    y = split.test["label"].to_numpy()
-    results = {}
-    for k, p in preds.items():
-        m = metrics(y, p)
-        if bootstrap:
-            m["roc_auc_ci_low"], m["roc_auc_ci_high"] = bootstrap_auc_ci(split.test, p, bootstrap)
-        results[k] = m
-    return RunResult(name, split, model, lr, ev, preds, results, params, dict(data or {}))
+    rates = {"xgboost": model.base_rate, "logreg": base_rate, "events_so_far": base_rate}
+    results = _measure(split.test, preds, rates, model.score, bootstrap)
+    return RunResult(
+        name, split, model, lr, ev, preds, results, params, dict(data or {}), rates, model.score
+    )
 
 
 def evaluate_booster(
@@ -402,14 +488,25 @@ def evaluate_booster(
     the baselines learn from its train and validation parts. If the booster
     was trained on rows that fall in this test part, its figures are
     optimistic: evaluate on data recorded after its training data.
+
+    A booster's score is read from ``meta["score"]``: ``"balanced"`` (with
+    ``meta["base_rate"]``) or, for models from before that field existed,
+    a calibrated probability. The baselines' scores are put on the same
+    scale, so F1 at the threshold compares like with like.
     """
     split = time_split(df, test_frac, valid_frac)
-    base_train = pd.concat([split.train, split.valid], ignore_index=True)
     balance = bool(meta.get("params", {}).get("balance_classes", True))
-    lr = fit_logreg(base_train, balance)
-    ev = fit_events_so_far(base_train)
+    lr, ev, base_rate = _baselines(split, balance)
+    kind = SCORE_BALANCED if meta.get("score") == SCORE_BALANCED else SCORE_CALIBRATED
+    spw = float(meta.get("scale_pos_weight", 1.0))
+    if "base_rate" in meta:
+        model_base_rate = float(meta["base_rate"])
+    elif "scale_pos_weight" in meta:  # older models: negatives / positives of their training rows
+        model_base_rate = 1.0 / (1.0 + spw)
+    else:
+        model_base_rate = float(split.train["label"].mean())
     model = TrainedXGB(
-        booster, booster.num_boosted_rounds() - 1, float(meta.get("scale_pos_weight", 1.0))
+        booster, booster.num_boosted_rounds() - 1, spw, base_rate=model_base_rate, score=kind
     )
     Xte = _x(split.test)
     preds = {
@@ -417,13 +514,15 @@ def evaluate_booster(
         "logreg": lr.predict_proba(Xte)[:, 1],
         "events_so_far": predict_events_so_far(ev, split.test),
     }
-    y = split.test["label"].to_numpy()
-    results = {}
-    for k, p in preds.items():
-        m = metrics(y, p)
-        if bootstrap:
-            m["roc_auc_ci_low"], m["roc_auc_ci_high"] = bootstrap_auc_ci(split.test, p, bootstrap)
-        results[k] = m
+    if kind == SCORE_CALIBRATED and balance:
+        # An older, prior-corrected booster: its output is calibrated, so the
+        # (balanced) baselines are turned into calibrated probabilities too.
+        for k in ("logreg", "events_so_far"):
+            preds[k] = calibrated(preds[k], base_rate)
+    rates = {"xgboost": model.base_rate, "logreg": base_rate, "events_so_far": base_rate}
+    results = _measure(split.test, preds, rates, kind, bootstrap)
     known = {f.name for f in XGBParams.__dataclass_fields__.values()}
     params = XGBParams(**{k: v for k, v in meta.get("params", {}).items() if k in known})
-    return RunResult(name, split, model, lr, ev, preds, results, params, dict(data or {}))
+    return RunResult(
+        name, split, model, lr, ev, preds, results, params, dict(data or {}), rates, kind
+    )
