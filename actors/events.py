@@ -82,6 +82,7 @@ FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
 }
 
 EVENT_TYPES: tuple[str, ...] = tuple(FIELDS)
+_UNBOUNDED = frozenset(t for t, spec in FIELDS.items() if any(_LIST[0] in ty or _DICT[0] in ty for ty, _ in spec.values()))
 _ENUMS = {
     ("scroll", "dir"): {"up", "down"},
     ("visibility", "state"): {"hidden", "visible"},
@@ -160,7 +161,9 @@ def validate_event(raw: Any, now_ms: int, clock_offset_ms: int = 0) -> dict[str,
     ts = int(ts) + clock_offset_ms
     if ts > now_ms + MAX_FUTURE_MS or ts < now_ms - MAX_PAST_MS:
         return EventError(CLOCK_SKEW, f"ts is {(ts - now_ms) // 1000}s from server time", seq, "ts")
-    if _approx_size(raw, MAX_EVENT_BYTES) > MAX_EVENT_BYTES:
+    # Only events with list or map fields can grow past the limit: every other
+    # field is a number, a bool or a string capped at MAX_STR below.
+    if etype in _UNBOUNDED and _approx_size(raw, MAX_EVENT_BYTES) > MAX_EVENT_BYTES:
         return EventError(TOO_LARGE, f"event exceeds {MAX_EVENT_BYTES} bytes", seq)
     out: dict[str, Any] = {"type": etype, "seq": seq, "ts": ts}
     for name, (types, required) in spec.items():

@@ -21,7 +21,7 @@ Pure: no Ray, Redis or network imports. The Ray actor in
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
@@ -141,9 +141,10 @@ class SessionHost:
             result.seqs.append(view.seq)
             result.scores.append(s)
             _, policy = self.rules(session.site)
-            seg = segment(view.row) if segment is not None else None
-            decision = decide(session, view, s, policy, seg)
+            decision = decide(session, view, s, policy)
             if decision is not None:
+                if segment is not None:  # looked up only when there is a decision to inform
+                    decision = replace(decision, segment=segment(view.row))
                 result.decisions.append(decision)
         return list(results.values())
 

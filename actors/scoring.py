@@ -21,6 +21,7 @@ import numpy as np
 import xgboost as xgb
 
 from actors.features import FEATURE_SCHEMA_HASH, N_FEATURES
+from actors.segments import SegmentLookup
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "models"
 BUNDLED_MODEL = BUNDLED_DIR / "bundled.ubj"
@@ -38,6 +39,8 @@ class Scorer:
         self.booster = booster
         self.version = version
         self.meta = meta
+        # The visitor segments trained with this model, if any (see actors/segments.py).
+        self.segments = SegmentLookup.from_meta(meta.get("segments"))
 
     @classmethod
     def from_bytes(cls, raw: bytes, meta: dict[str, Any], version: str | None = None) -> Scorer:

@@ -167,7 +167,9 @@ class ShardCore:
         started = time.perf_counter()
         async with self._lock:
             await self._activate(items)
-            results = self.host.process(items, self.scorer)
+            scorer = self.scorer
+            segment = scorer.segments.nearest if scorer.segments is not None else None
+            results = self.host.process(items, scorer, segment)
         out = []
         decisions: list[Decision] = []
         for r in results:

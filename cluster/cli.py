@@ -29,7 +29,8 @@ def _up(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(run(Settings(), with_serve=not args.no_serve, llm_stub=not args.no_llm_stub))
+    asyncio.run(run(Settings(), with_serve=not args.no_serve, llm_stub=not args.no_llm_stub,
+                    gateways=args.gateways))
     return 0
 
 
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "the demo shop. Runs until Ctrl-C.")
     up.add_argument("--ws-port", type=int, help="WebSocket port (default $LIFELINE_WS_PORT or 8765)")
     up.add_argument("--http-port", type=int, help="HTTP port (default $LIFELINE_HTTP_PORT or 8080)")
+    up.add_argument("--gateways", type=int, default=1,
+                    help="gateway processes sharing the WebSocket port (SO_REUSEPORT); one event loop "
+                         "saturates first, so use one per core the gateway may have (default 1)")
     up.add_argument("--no-serve", action="store_true",
                     help="do not start the Serve deployments (templated interventions only)")
     up.add_argument("--no-llm-stub", action="store_true",

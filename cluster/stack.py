@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ class Stack:
     serve_handles: dict[str, Any] = field(default_factory=dict)
     extra: list[Any] = field(default_factory=list)  # things to stop (LLM stand-in server, ...)
     dashboard_url: str = ""
+    processes: list[Any] = field(default_factory=list)  # extra gateway processes
 
     @property
     def redis_url(self) -> str:
@@ -71,7 +73,7 @@ class Stack:
         return f"ws://{self.settings.host}:{self.ws_port}/ws"
 
     async def start(self, limits: Limits | None = None, with_serve: bool = False,
-                    shard_name_suffix: str = "") -> Stack:
+                    shard_name_suffix: str = "", gateways: int = 1) -> Stack:
         s = self.settings
         self.redis = ensure_redis(s.redis_url)
         if self.redis.embedded:
@@ -87,17 +89,20 @@ class Stack:
 
             self.serve_handles = await asyncio.to_thread(deploy, s, self.redis.url, s.prefix)
         n = shard_count(s)
+        names = [f"lifeline-shard-{i}{shard_name_suffix}" for i in range(n)]
         self.shards = [
-            SessionShard.options(name=f"lifeline-shard-{i}{shard_name_suffix}", lifetime=None).remote(
+            SessionShard.options(name=name, lifetime=None).remote(
                 i, self.redis.url, s.prefix, s.sites_file, s.idle_deactivate_s, with_serve)
-            for i in range(n)
+            for i, name in enumerate(names)
         ]
         # Wait until every shard has loaded its model and opened its Serve handles:
         # the first visitor must not pay for either.
         await asyncio.gather(*(sh.warm_up.remote() for sh in self.shards))
         self.gateway = Gateway(self.redis.url, s.prefix, self.shards, self.sites, s.secret,
                                limits=limits, batch_window_ms=s.batch_window_ms)
-        self.ws_port = await self.gateway.start(s.host, s.ws_port)
+        self.ws_port = await self.gateway.start(s.host, s.ws_port, reuse_port=gateways > 1)
+        for _ in range(gateways - 1):
+            await self._start_extra_gateway(names)
         app = build_app(self.gateway, self.ws_url, extra_status=self._status)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
@@ -105,6 +110,20 @@ class Stack:
         await site.start()
         self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self
+
+    async def _start_extra_gateway(self, shard_names: list[str]) -> None:
+        """One more gateway process on the same WebSocket port (see cluster/gateway_worker.py)."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cluster.gateway_worker",
+            "--ray-address", ray.get_runtime_context().gcs_address, "--redis-url", self.redis_url,
+            "--port", str(self.ws_port), "--shards", ",".join(shard_names),
+            stdout=asyncio.subprocess.PIPE, cwd=str(Path(__file__).resolve().parent.parent))
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 120)
+        if line.strip() != b"ready":
+            proc.kill()
+            raise RuntimeError(f"extra gateway did not start (said {line!r})")
+        self.processes.append(proc)
 
     def _status(self) -> dict[str, Any]:
         return {"redis_url": self.redis_url.split("@")[-1], "embedded_redis": bool(self.redis and self.redis.embedded)}
@@ -127,6 +146,11 @@ class Stack:
         return list(await asyncio.gather(*(sh.ping.remote() for sh in self.shards)))
 
     async def stop(self) -> None:
+        for proc in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.wait(), 15)
         if self.runner is not None:
             await self.runner.cleanup()
         if self.gateway is not None:
@@ -150,7 +174,7 @@ def dashboard_auth() -> str:
     return f"  (sign in with the token in {token}, or `ray get-auth-token`)" if token.exists() else ""
 
 
-async def run(settings: Settings, with_serve: bool = True, llm_stub: bool = False) -> None:
+async def run(settings: Settings, with_serve: bool = True, llm_stub: bool = False, gateways: int = 1) -> None:
     """Serve until interrupted (the ``lifeline up`` command)."""
     stack = Stack(settings)
     if llm_stub and not settings.anthropic_api_key:
@@ -163,13 +187,13 @@ async def run(settings: Settings, with_serve: bool = True, llm_stub: bool = Fals
         settings = Settings()
         stack.settings = settings
         log.warning("LLM nudges come from the local Messages API stand-in at %s (no real key set)", stub.url)
-    await stack.start(with_serve=with_serve)
+    await stack.start(with_serve=with_serve, gateways=gateways)
     info = await stack.shard_info()
     print(f"""
 Lifeline is running.
   demo shop     {stack.http_url}/
   client script {stack.http_url}/lifeline.js
-  WebSocket     {stack.ws_url}?site=demo
+  WebSocket     {stack.ws_url}?site=demo  ({gateways} gateway process{'es' if gateways > 1 else ''})
   health        {stack.http_url}/healthz   metrics {stack.http_url}/metrics
   Redis         {stack.redis_url}{' (embedded)' if stack.redis and stack.redis.embedded else ''}
   shards        {len(info)} (model {info[0]['model'] if info else '?'})

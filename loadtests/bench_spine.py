@@ -9,8 +9,8 @@ for each run, drives both from separate load-generator processes:
 * **Lifeline**: each connection is a visitor replaying a journey (simulated,
   Diginetica or YOOCHOOSE, rotating), with Poisson event times at ``--rate``
   events/s and the real client's batching (flush 100 ms after the first
-  pending event, at once for urgent events). New journey, new session, new
-  socket, as page loads would.
+  pending event, at once for urgent events). Each visitor keeps one socket
+  and one session for the whole run and replays journeys back to back.
 
 Reports medians over the runs: events/s acknowledged, p50/p95/p99 from an
 event's send to its ack and from a triggering event's send to the
@@ -84,69 +84,76 @@ def load_journeys(source: str, n: int, seed: int) -> list[list[dict[str, Any]]]:
 
 async def _visitor(ws_url: str, journeys: list[list[dict]], rate: float, t_end: float,
                    t_measure: float, res: dict[str, Any], rng: random.Random) -> None:
+    """One visitor: one socket and one session for the whole run, replaying journeys back to back.
+
+    Events come at Poisson times (``rate`` per second) and are batched as the
+    real client batches them: flushed 100 ms after the first pending event,
+    or at once for urgent events.
+    """
     from serve.pyclient import LifelineClient
 
-    j = rng.randrange(len(journeys))
-    while time.perf_counter() < t_end:
-        events = journeys[j % len(journeys)]
-        j += 1
-        client = LifelineClient(ws_url, "loadtest", f"lt-{uuid.uuid4().hex[:16]}", ORIGIN)
-        client.keep_frames = False
+    client = LifelineClient(ws_url, "loadtest", f"lt-{uuid.uuid4().hex[:16]}", ORIGIN)
+    client.keep_frames = False
+    for _attempt in range(5):
         try:
             welcome = await client.connect()
+            break
         except Exception as exc:
             res["connect_errors"] += 1
             res["errors"][type(exc).__name__] = res["errors"].get(type(exc).__name__, 0) + 1
-            await asyncio.sleep(0.5)  # back off before retrying, as the real client does
-            continue
-        if welcome.get("t") != "welcome":
-            res["connect_errors"] += 1
-            res["errors"][welcome.get("code", "?")] = res["errors"].get(welcome.get("code", "?"), 0) + 1
-            await client.close()
-            continue
-        pending: list[dict] = []
-        flush_at: float | None = None
-        seq = 0
-        next_at = time.perf_counter() + rng.expovariate(rate)
-        idx = 0
-        while time.perf_counter() < t_end and (idx < len(events) or pending):
+            await asyncio.sleep(0.5 + rng.random())  # back off with jitter, as the real client does
+    else:
+        return
+    if welcome.get("t") != "welcome":
+        res["connect_errors"] += 1
+        return
+    j = rng.randrange(len(journeys))
+    events = journeys[j]
+    idx = 0
+    pending: list[dict] = []
+    flush_at: float | None = None
+    seq = 0
+    next_at = time.perf_counter() + rng.expovariate(rate)
+    while time.perf_counter() < t_end:
+        now = time.perf_counter()
+        due = min(next_at, flush_at or float("inf"))
+        if due > now:
+            await asyncio.sleep(due - now)
             now = time.perf_counter()
-            due = min(next_at if idx < len(events) else float("inf"), flush_at or float("inf"))
-            if due > now:
-                await asyncio.sleep(due - now)
-                now = time.perf_counter()
-            if idx < len(events) and now >= next_at:
-                seq += 1
-                ev = dict(events[idx], seq=seq, ts=int(time.time() * 1000))
-                idx += 1
-                pending.append(ev)
-                next_at = now + rng.expovariate(rate)
-                if flush_at is None:
-                    flush_at = now + FLUSH_S
-                if ev["type"] in URGENT_TYPES:
-                    flush_at = now
-            if flush_at is not None and now >= flush_at and pending:
-                try:
-                    await client.send_events(pending)
-                except Exception:
-                    break
-                if now >= t_measure:
-                    res["sent"] += len(pending)
-                pending, flush_at = [], None
-        # Let the last acks arrive, then account.
-        if client.unacked and time.perf_counter() < t_end:
-            with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
-                await client.wait_acked(max(client.unacked), timeout=max(0.1, t_end - time.perf_counter()))
-        _account(client, res, t_measure)
-        await client.close()
+        if now >= next_at:
+            if idx >= len(events):  # the next journey, same visitor
+                j += 1
+                events, idx = journeys[j % len(journeys)], 0
+            seq += 1
+            ev = dict(events[idx], seq=seq, ts=int(time.time() * 1000))
+            idx += 1
+            pending.append(ev)
+            next_at = now + rng.expovariate(rate)
+            if flush_at is None:
+                flush_at = now + FLUSH_S
+            if ev["type"] in URGENT_TYPES:
+                flush_at = now
+        if flush_at is not None and now >= flush_at and pending:
+            try:
+                await client.send_events(pending)
+            except Exception:
+                break
+            if now >= t_measure:
+                res["sent"] += len(pending)
+            pending, flush_at = [], None
+    if client.unacked:
+        with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
+            await client.wait_acked(max(client.unacked), timeout=5.0)
+    _account(client, res, t_measure, t_end)
+    await client.close()
 
 
-def _account(client: Any, res: dict[str, Any], t_measure: float) -> None:
-    in_window = [lat for arrived, lat in client.ack_latency if arrived >= t_measure]
+def _account(client: Any, res: dict[str, Any], t_measure: float, t_end: float) -> None:
+    in_window = [lat for arrived, lat in client.ack_latency if t_measure <= arrived <= t_end]
     res["ack_lat"].extend(in_window)
     res["acked"] += len(in_window)
     res["interventions"] += len(client.of_type("intervention"))
-    res["iv_lat"].extend(lat for arrived, lat in client.intervention_latency() if arrived >= t_measure)
+    res["iv_lat"].extend(lat for arrived, lat in client.intervention_latency() if t_measure <= arrived <= t_end)
     for frame in client.of_type("error"):
         res["errors"][frame.get("code", "?")] = res["errors"].get(frame.get("code", "?"), 0) + 1
 
@@ -231,12 +238,20 @@ def wait_http(url: str, timeout: float = 120.0) -> dict[str, Any]:
 
 
 def server_processes(server: subprocess.Popen) -> dict[str, psutil.Process]:
-    """The gateway process and the Ray workers hosting shards."""
-    procs = {"gateway": psutil.Process(server.pid)}
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if "SessionShard" in cmd:
+    """The gateway processes, the shard actors and Redis: the server's own process tree only."""
+    root = psutil.Process(server.pid)
+    procs = {"gateway": root}
+    for p in root.children(recursive=True):
+        try:
+            cmd = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        if "cluster.gateway_worker" in cmd:
+            procs[f"gateway-{len([k for k in procs if k.startswith('gateway')])}"] = p
+        elif "SessionShard" in cmd:
             procs[f"shard-{len([k for k in procs if k.startswith('shard')])}"] = p
+        elif "raylet" in cmd or "gcs_server" in cmd:
+            procs[p.name()[:20]] = p
     for p in psutil.process_iter(["name"]):
         if p.info["name"] == "redis-server":
             procs["redis"] = p
@@ -316,6 +331,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=8.0, help="seconds before measuring")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--procs", type=int, default=2, help="load generator processes")
+    ap.add_argument("--gateways", type=int, default=2, help="gateway processes sharing the WebSocket port")
     ap.add_argument("--source", choices=["sim", "real", "mix"], default="mix")
     ap.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "spine.json")
     args = ap.parse_args()
@@ -328,7 +344,8 @@ def main() -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     server_log = log_path.open("w")
     server = subprocess.Popen([sys.executable, "-m", "cluster.cli", "up", "--no-serve", "--no-llm-stub",
-                               "--ws-port", str(ws_port), "--http-port", str(http_port)],
+                               "--ws-port", str(ws_port), "--http-port", str(http_port),
+                               "--gateways", str(args.gateways)],
                               cwd=ROOT, env=env, stdout=server_log, stderr=subprocess.STDOUT)
     echo = subprocess.Popen([sys.executable, str(ROOT / "loadtests" / "echo_server.py"), str(echo_port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -156,7 +156,8 @@ class Gateway:
 
     # -- lifecycle ------------------------------------------------------------
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
+        """Listen; with ``reuse_port`` several gateway processes share one port."""
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._append_loop())]
         self._tasks += [loop.create_task(self._shard_loop(i)) for i in range(len(self.shards))]
@@ -167,6 +168,7 @@ class Gateway:
             max_size=self.limits.hard_frame_bytes,
             compression=None,  # frames are small msgpack; deflate costs more CPU than it saves
             ping_interval=20, ping_timeout=20,
+            reuse_port=reuse_port,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("gateway %s listening on ws://%s:%d/ws", self.id, host, self.port)

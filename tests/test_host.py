@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from actors.detectors import DetectorConfig
 from actors.events import validate_event
 from actors.host import SessionHost
 from actors.placement import HashRing
@@ -103,3 +104,24 @@ def test_hash_ring_is_stable_and_even():
     bigger = HashRing(5)
     moved = sum(a != b for a, b in zip(owners, (bigger.shard_of(s) for s in sids), strict=True))
     assert moved / len(sids) < 0.3
+
+
+def test_segment_is_looked_up_only_for_decisions():
+    from actors.policy import PolicyConfig
+    from actors.scoring import Scorer
+    from actors.segments import SegmentLookup
+
+    lookup = SegmentLookup.from_meta(Scorer.bundled().meta["segments"])
+    assert lookup is not None and len(lookup.centroids) == len(lookup.names) >= 3
+    calls: list[list[float]] = []
+
+    def segment(row):
+        calls.append(row)
+        return lookup.nearest(row)
+
+    host = SessionHost(lambda site: (DetectorConfig(), PolicyConfig(holdout=0.0)))
+    (r,) = host.process([("a-session", "demo", [], events(6))], lambda rows: [0.9] * len(rows), segment)
+    assert len(r.decisions) == 1 and len(calls) == 1  # six events, one decision, one lookup
+    d = r.decisions[0]
+    # The segment of the triggering event's own row, not of the session's latest one.
+    assert d.segment == lookup.nearest(replay(events(6))[d.seq - 1])

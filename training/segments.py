@@ -38,7 +38,6 @@ are refitted with every model.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,7 +47,7 @@ import pandas as pd
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
-from actors.features import FEATURE_INDEX, FEATURE_SCHEMA_HASH
+from actors.features import FEATURE_SCHEMA_HASH
 
 SEGMENT_FEATURES: tuple[str, ...] = (
     "session_age_s",
@@ -218,20 +217,15 @@ def fit_segments(
 
 
 def nearest_segment(seg: Segments | dict[str, Any], row: Sequence[float]) -> int:
-    """Reference lookup: the index of the centroid nearest to a feature row.
+    """The index of the centroid nearest to a feature row: the live path's own lookup.
 
     ``row`` is a full feature row in ``FEATURE_NAMES`` order (what
-    ``Session.apply`` returns). Plain Python, O(k * features): the live
-    path's pure implementation must give the same answer.
+    ``Session.apply`` returns). Delegates to :class:`actors.segments.SegmentLookup`,
+    so training and the shards cannot disagree about a session's segment.
     """
-    s = seg if isinstance(seg, Segments) else Segments.from_dict(seg)
-    z = [
-        (math.log1p(max(row[FEATURE_INDEX[f]], 0.0)) - c) / sc
-        for f, c, sc in zip(s.features, s.center, s.scale, strict=True)
-    ]
-    best, best_d = 0, math.inf
-    for j, cen in enumerate(s.centroids):
-        d = sum((a - b) ** 2 for a, b in zip(z, cen, strict=True))
-        if d < best_d:
-            best, best_d = j, d
-    return best
+    from actors.segments import SegmentLookup
+
+    data = seg.to_dict() if isinstance(seg, Segments) else seg
+    lookup = SegmentLookup.from_meta(data)
+    assert lookup is not None, "no centroids"
+    return lookup.nearest(row)

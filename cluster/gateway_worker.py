@@ -1,0 +1,65 @@
+"""An extra gateway process: same WebSocket port (SO_REUSEPORT), same shards, same Redis.
+
+``lifeline up --gateways N`` starts N-1 of these next to the main process,
+which also serves HTTP. Each joins the running Ray cluster, looks the shards
+up by name, and accepts sockets on the shared port; the kernel spreads new
+connections over the processes. A session lives on whichever process holds
+its socket; the Lua append keeps its sequence numbers exact even when a
+resume lands on another process.
+
+Started by :mod:`cluster.stack`, not by hand: it prints ``ready`` on stdout
+once it listens, and stops on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+
+async def serve(args: argparse.Namespace) -> None:
+    import ray
+
+    from actors.sites import load_sites
+    from cluster.config import Settings
+    from cluster.stack import RAY_NAMESPACE
+    from serve.gateway import Gateway
+
+    settings = Settings()
+    ray.init(address=args.ray_address, namespace=RAY_NAMESPACE, logging_level="WARNING")
+    shards = [ray.get_actor(name) for name in args.shards.split(",")]
+    gateway = Gateway(args.redis_url, settings.prefix, shards, load_sites(settings.sites_file),
+                      settings.secret, batch_window_ms=settings.batch_window_ms)
+    await gateway.start(settings.host, args.port, reuse_port=True)
+    print("ready", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await gateway.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ray-address", required=True)
+    ap.add_argument("--redis-url", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--shards", required=True, help="comma-separated shard actor names")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
