@@ -83,7 +83,7 @@ class ShardCore:
         self.refused: set[str] = set()  # model versions this shard will not load
         self._metrics = _ShardMetrics(index)
         self.stats = {"batches": 0, "events": 0, "skipped": 0, "decisions": 0, "activations": 0,
-                      "model_swaps": 0, "model_refusals": 0}
+                      "model_swaps": 0, "model_refusals": 0, "busy_ms": 0.0, "lock_wait_ms": 0.0}
 
     # -- model ----------------------------------------------------------------
 
@@ -166,6 +166,7 @@ class ShardCore:
         self._start()
         started = time.perf_counter()
         async with self._lock:
+            locked = time.perf_counter()
             await self._activate(items)
             scorer = self.scorer
             segment = scorer.segments.nearest if scorer.segments is not None else None
@@ -182,6 +183,8 @@ class ShardCore:
             self.stats["events"] += len(r.seqs)
             self.stats["skipped"] += r.skipped
         self.stats["batches"] += 1
+        self.stats["busy_ms"] += (time.perf_counter() - locked) * 1000.0
+        self.stats["lock_wait_ms"] += (locked - started) * 1000.0
         self._metrics.batch(sum(len(r[1]) for r in out), time.perf_counter() - started, decisions)
         outcomes = [(ev["type"], ev["iid"], ev["ts"]) for *_, events in items for ev in events
                     if ev["type"].startswith("intervention_")]
@@ -327,7 +330,10 @@ class ShardCore:
         A handle's first call sets up its routing, which takes seconds: paid
         here, at start-up, rather than out of the first intervention's 2.5 s.
         """
+        from cluster.gc_tuning import tune_for_throughput
+
         self._start()
+        tune_for_throughput()
         if not self.enrich:
             return False
         follow = self._follow_ups()

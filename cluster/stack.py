@@ -103,7 +103,7 @@ class Stack:
         self.ws_port = await self.gateway.start(s.host, s.ws_port, reuse_port=gateways > 1)
         for _ in range(gateways - 1):
             await self._start_extra_gateway(names)
-        app = build_app(self.gateway, self.ws_url, extra_status=self._status)
+        app = build_app(self.gateway, self.ws_url, extra_status=self._status, shard_info=self.shard_info)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, s.host, s.http_port)

@@ -366,6 +366,7 @@ def main() -> int:
             print(f"run {run}: {json.dumps({k: v for k, v in lf.items() if k != 'procs'})}")
             print("   procs:", json.dumps(lf["procs"]))
         stats = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/stats").read())
+        stats["shards"] = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz").read()).get("shard_info")
         keys = ["events_per_s", "sent_per_s", "ack_p50_ms", "ack_p95_ms", "ack_p99_ms", "iv_p50_ms",
                 "iv_p95_ms", "iv_p99_ms", "echo_msgs_per_s_200", "echo_msgs_per_s_all", "ratio_to_echo"]
         summary = {k: statistics.median(r[k] for r in runs) for k in keys}

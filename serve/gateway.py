@@ -75,6 +75,7 @@ class Stats:
     shard_calls: int = 0
     shard_retries: int = 0
     append_rounds: int = 0
+    shard_call_ms: float = 0.0  # summed round trips of shard calls
     batch_events: list[int] = field(default_factory=list)
 
     def snapshot(self) -> dict[str, Any]:
@@ -171,6 +172,9 @@ class Gateway:
             reuse_port=reuse_port,
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        from cluster.gc_tuning import tune_for_throughput
+
+        tune_for_throughput()
         log.info("gateway %s listening on ws://%s:%d/ws", self.id, host, self.port)
         return self.port
 
@@ -426,7 +430,9 @@ class Gateway:
             self.stats.batch_events.append(n)
             if len(self.stats.batch_events) > 10_000:
                 del self.stats.batch_events[:5_000]
+            t_call = time.perf_counter()
             results = await self._call_shard(i, shard, items)
+            self.stats.shard_call_ms += (time.perf_counter() - t_call) * 1000.0
             self._pending_events -= n
             if results is None:
                 continue

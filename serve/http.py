@@ -11,6 +11,7 @@ HTML pages of the demo carry placeholders filled in per request:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -31,7 +32,7 @@ _TYPES = {".html": "text/html", ".js": "application/javascript", ".css": "text/c
 
 
 def build_app(gateway: Gateway, ws_url: str, demo_site: str = "demo",
-              extra_status: Any = None) -> web.Application:
+              extra_status: Any = None, shard_info: Any = None) -> web.Application:
     """The aiohttp application; ``ws_url`` is what pages are told to connect to."""
     app = web.Application(client_max_size=BEACON_MAX_BYTES)
 
@@ -84,6 +85,11 @@ def build_app(gateway: Gateway, ws_url: str, demo_site: str = "demo",
                 "connections": gateway.stats.connections}
         if extra_status is not None:
             body.update(extra_status())
+        if shard_info is not None:
+            try:
+                body["shard_info"] = await asyncio.wait_for(shard_info(), 5.0)
+            except Exception as exc:  # a shard restarting: health says so rather than hanging
+                body["shard_info"] = f"unavailable: {type(exc).__name__}"
         return web.json_response(body, status=200 if redis_ok else 503)
 
     async def metrics(request: web.Request) -> web.Response:
