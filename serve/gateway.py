@@ -350,11 +350,12 @@ class Gateway:
                 return 400, plan
             errors = [r for r in plan.replies if r["t"] == "error"]
             gap = any(r.get("code") == "sequence_gap" for r in errors)
-            if gap and not plan.last and self._append_busy:
-                # The events before ours may be in this very append round (the
-                # page's other beacon, or its socket): wait for it, then plan again.
+            if gap and not plan.last and _attempt < 2:
+                # The events before ours may be on their way (the page's other
+                # beacon, or its socket's last frames): wait for the next append
+                # round, briefly (the page is gone; nobody waits on this reply).
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._round_done.wait(), 2.0)
+                    await asyncio.wait_for(self._round_done.wait(), 0.5 if self._append_busy else 0.25)
                 continue
             if not plan.last:
                 return 200, {"acked": peer.conn.sessions[req.sid].acked, "errors": errors}
