@@ -165,8 +165,10 @@ async def test_without_analytics_consent_no_event_reaches_the_server(browser, li
     await page.click("a.card >> nth=0")
     await page.wait_for_load_state()
     after = lifeline_stack.gateway.stats.snapshot()
+    # The page opened no socket and posted nothing (exact); and no event reached the
+    # server (frames from earlier tests' closing pages may still arrive, events do not).
     assert sockets == [] and posts == []
-    assert after["frames"] == before["frames"] and after["events_acked"] == before["events_acked"]
+    assert after["events_acked"] == before["events_acked"]
     assert await page.evaluate("lifeline.stats().active") is False
     assert errors == []
     await context.close()
