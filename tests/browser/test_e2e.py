@@ -134,9 +134,14 @@ async def test_calm_visitor_gets_no_intervention(browser, lifeline_stack):
     await page.click("a.card >> nth=2")
     await page.wait_for_function("window.lifeline && lifeline.stats().connected")
     await page.wait_for_timeout(3000)
-    await page.click("#add")
+    # An engaged visitor: watches the product video to the end, then reads on.
+    # (A quick look-and-leave, or a fresh cart view with an item, is scored as
+    # likely to leave, which is what such visits mostly do: not calm.)
+    await page.evaluate("document.querySelector('video').muted = true")
+    await page.evaluate("document.querySelector('video').play()")
+    await page.wait_for_function("document.querySelector('video').ended", timeout=20_000)
     await page.wait_for_timeout(1500)
-    await page.click("nav >> text=Cart")
+    await page.mouse.wheel(0, 300)
     await page.wait_for_function("window.lifeline && lifeline.stats().connected")
     await all_acked(page)
     s = await page.evaluate("lifeline.stats()")
