@@ -71,13 +71,21 @@ class DetectorConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown detector settings: {sorted(unknown)}")
-        return replace(cls(), **{k: float(v) if k not in ("rage_clicks", "thrash_turns") else int(v) for k, v in data.items()})
+        return replace(
+            cls(),
+            **{
+                k: float(v) if k not in ("rage_clicks", "thrash_turns") else int(v)
+                for k, v in data.items()
+            },
+        )
 
 
 DEFAULT_DETECTORS = DetectorConfig()
 
 
-def is_rage_step(prev_ts: float, prev_x: float, prev_y: float, ts: float, x: float, y: float, cfg: DetectorConfig) -> bool:
+def is_rage_step(
+    prev_ts: float, prev_x: float, prev_y: float, ts: float, x: float, y: float, cfg: DetectorConfig
+) -> bool:
     """True if a click continues a burst started by the previous click."""
     if ts - prev_ts > cfg.rage_interval_ms:
         return False
@@ -94,7 +102,10 @@ def is_thrash(turns: list[float], cfg: DetectorConfig) -> bool:
     if len(turns) < need:
         return False
     ordered = sorted(turns)
-    return any(ordered[i + need - 1] - ordered[i] <= cfg.thrash_window_ms for i in range(len(ordered) - need + 1))
+    return any(
+        ordered[i + need - 1] - ordered[i] <= cfg.thrash_window_ms
+        for i in range(len(ordered) - need + 1)
+    )
 
 
 def decay(value: float, elapsed_ms: float, half_life_s: float) -> float:

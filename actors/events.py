@@ -46,7 +46,12 @@ _DICT = (dict,)
 # "type", "seq" (int >= 1, per session, contiguous) and "ts" (ms since epoch).
 FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     # "item": the product id when the page shows one product (for recommendations).
-    "page_view": {"path": (_STR, True), "page_type": (_STR, False), "ref": (_STR, False), "item": (_STR, False)},
+    "page_view": {
+        "path": (_STR, True),
+        "page_type": (_STR, False),
+        "ref": (_STR, False),
+        "item": (_STR, False),
+    },
     "click": {
         "selector": (_STR, True),
         "x": (_NUM, True),
@@ -67,7 +72,12 @@ FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "hover": {"selector": (_STR, True), "dwell": (_NUM, True)},
     "video_play": {"media": (_STR, True), "t": (_NUM, True), "dur": (_NUM, False)},
     "video_pause": {"media": (_STR, True), "t": (_NUM, True), "dur": (_NUM, False)},
-    "video_seek": {"media": (_STR, True), "from": (_NUM, True), "to": (_NUM, True), "dur": (_NUM, False)},
+    "video_seek": {
+        "media": (_STR, True),
+        "from": (_NUM, True),
+        "to": (_NUM, True),
+        "dur": (_NUM, False),
+    },
     "video_ended": {"media": (_STR, True), "t": (_NUM, False), "dur": (_NUM, False)},
     "video_rate": {"media": (_STR, True), "rate": (_NUM, True), "t": (_NUM, False)},
     "visibility": {"state": (_STR, True)},
@@ -82,7 +92,11 @@ FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
 }
 
 EVENT_TYPES: tuple[str, ...] = tuple(FIELDS)
-_UNBOUNDED = frozenset(t for t, spec in FIELDS.items() if any(_LIST[0] in ty or _DICT[0] in ty for ty, _ in spec.values()))
+_UNBOUNDED = frozenset(
+    t
+    for t, spec in FIELDS.items()
+    if any(_LIST[0] in ty or _DICT[0] in ty for ty, _ in spec.values())
+)
 _ENUMS = {
     ("scroll", "dir"): {"up", "down"},
     ("visibility", "state"): {"hidden", "visible"},
@@ -157,7 +171,9 @@ def validate_event(raw: Any, now_ms: int, clock_offset_ms: int = 0) -> dict[str,
         return EventError(BAD_TYPE, "'seq' must be an integer >= 1", None, "seq")
     ts = raw.get("ts")
     if not isinstance(ts, (int, float)) or isinstance(ts, bool):
-        return EventError(MISSING_FIELD if ts is None else BAD_TYPE, "'ts' must be ms since epoch", seq, "ts")
+        return EventError(
+            MISSING_FIELD if ts is None else BAD_TYPE, "'ts' must be ms since epoch", seq, "ts"
+        )
     ts = int(ts) + clock_offset_ms
     if ts > now_ms + MAX_FUTURE_MS or ts < now_ms - MAX_PAST_MS:
         return EventError(CLOCK_SKEW, f"ts is {(ts - now_ms) // 1000}s from server time", seq, "ts")
@@ -186,7 +202,9 @@ def validate_event(raw: Any, now_ms: int, clock_offset_ms: int = 0) -> dict[str,
         if len(turns) > MAX_TURNS or not all(
             isinstance(t, (int, float)) and not isinstance(t, bool) for t in turns
         ):
-            return EventError(BAD_TYPE, f"'turns' must be at most {MAX_TURNS} numbers", seq, "turns")
+            return EventError(
+                BAD_TYPE, f"'turns' must be at most {MAX_TURNS} numbers", seq, "turns"
+            )
         out["turns"] = [float(t) for t in turns]
     return out
 

@@ -55,8 +55,12 @@ def _default_rules(site: str) -> tuple[DetectorConfig, PolicyConfig]:
 class SessionHost:
     """Hosts sessions, activates them on demand, compacts and retires idle ones."""
 
-    def __init__(self, rules: RulesFn = _default_rules, compact_after_ms: float = 60_000,
-                 deactivate_after_ms: float = 30 * 60_000) -> None:
+    def __init__(
+        self,
+        rules: RulesFn = _default_rules,
+        compact_after_ms: float = 60_000,
+        deactivate_after_ms: float = 30 * 60_000,
+    ) -> None:
         self.rules = rules
         self.compact_after_ms = compact_after_ms
         self.deactivate_after_ms = deactivate_after_ms
@@ -74,8 +78,14 @@ class SessionHost:
         """Sessions in ``items`` this host does not hold: the shell must activate them."""
         return [sid for sid, *_ in items if sid not in self.active and sid not in self.dormant]
 
-    def activate(self, sid: str, site: str, snapshot: list[Any] | None,
-                 log_events: Sequence[dict[str, Any]], before_seq: int) -> Session:
+    def activate(
+        self,
+        sid: str,
+        site: str,
+        snapshot: list[Any] | None,
+        log_events: Sequence[dict[str, Any]],
+        before_seq: int,
+    ) -> Session:
         """Bring a session back from its snapshot plus the logged events after it.
 
         Only logged events with ``seq < before_seq`` are replayed: the batch
@@ -85,7 +95,9 @@ class SessionHost:
         session would have.
         """
         detectors, _ = self.rules(site)
-        session = Session.from_state(snapshot, detectors) if snapshot else Session(sid, site, detectors)
+        session = (
+            Session.from_state(snapshot, detectors) if snapshot else Session(sid, site, detectors)
+        )
         for ev in log_events:
             if session.last_seq < ev["seq"] < before_seq:
                 session.apply(ev)
@@ -113,8 +125,9 @@ class SessionHost:
             return self._get(sid, self.dormant[sid][2])
         return None
 
-    def process(self, items: Sequence[BatchItem], score: ScoreFn,
-                segment: SegmentFn | None = None) -> list[SessionResult]:
+    def process(
+        self, items: Sequence[BatchItem], score: ScoreFn, segment: SegmentFn | None = None
+    ) -> list[SessionResult]:
         """Apply, score and decide for a whole batch; one result per session, in order."""
         results: dict[str, SessionResult] = {}
         sessions: list[Session] = []
@@ -173,7 +186,11 @@ class SessionHost:
             idle = now_ms - session.last_ts
             if idle >= self.compact_after_ms:
                 del self.active[sid]
-                self.dormant[sid] = (msgpack.packb(session.to_state()), session.last_ts, session.site)
+                self.dormant[sid] = (
+                    msgpack.packb(session.to_state()),
+                    session.last_ts,
+                    session.site,
+                )
         for sid, (packed, last_ts, _site) in list(self.dormant.items()):
             if now_ms - last_ts >= self.deactivate_after_ms:
                 del self.dormant[sid]

@@ -114,8 +114,13 @@ def in_holdout(sid: str, share: float) -> bool:
     return (zlib.crc32(b"holdout:" + sid.encode()) % 10_000) < share * 10_000
 
 
-def decide(session: Session, view: EventView, score: float, cfg: PolicyConfig = DEFAULT_POLICY,
-           segment: int | None = None) -> Decision | None:
+def decide(
+    session: Session,
+    view: EventView,
+    score: float,
+    cfg: PolicyConfig = DEFAULT_POLICY,
+    segment: int | None = None,
+) -> Decision | None:
     """Decide whether the event behind ``view`` warrants an intervention.
 
     ``view`` is the session as it was right after that event (the host may
@@ -144,7 +149,9 @@ def decide(session: Session, view: EventView, score: float, cfg: PolicyConfig = 
     kind, target = _choose_kind(view, sig, cfg, personalized)
     if kind is None:
         return None
-    reasons = tuple(Reason(n, round(s, 3)) for n, s in strong) + (Reason("exit_risk", round(score, 3)),)
+    reasons = tuple(Reason(n, round(s, 3)) for n, s in strong) + (
+        Reason("exit_risk", round(score, 3)),
+    )
     trigger = "risk+signals" if by_risk and by_signals else ("risk" if by_risk else "signals")
     session.iv_count += 1
     session.iv_last_ts = now
@@ -167,8 +174,9 @@ def decide(session: Session, view: EventView, score: float, cfg: PolicyConfig = 
     )
 
 
-def _choose_kind(view: EventView, sig: dict[str, float], cfg: PolicyConfig,
-                 personalized: bool) -> tuple[str | None, str | None]:
+def _choose_kind(
+    view: EventView, sig: dict[str, float], cfg: PolicyConfig, personalized: bool
+) -> tuple[str | None, str | None]:
     """The most specific help for the context, among the kinds the site allows."""
     strong = cfg.signal_strength
     candidates: list[tuple[str, str | None]] = []
@@ -176,11 +184,12 @@ def _choose_kind(view: EventView, sig: dict[str, float], cfg: PolicyConfig,
         candidates.append((FORM_HINT, view.error_field))
     if sig["video_dropoff"] >= strong:
         candidates.append((CONTENT_SUGGESTION, None))
-    if view.row[_CART_ITEMS] > 0 and (sig["cart_hesitation"] >= strong or view.page_type in ("cart", "checkout")):
+    if view.row[_CART_ITEMS] > 0 and (
+        sig["cart_hesitation"] >= strong or view.page_type in ("cart", "checkout")
+    ):
         candidates.append((RECOMMENDATIONS if personalized else HELP_OFFER, None))
     candidates.append((HELP_OFFER, None))
     for kind, target in candidates:
         if kind in cfg.kinds:
             return kind, target
     return None, None
-

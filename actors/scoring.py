@@ -56,7 +56,9 @@ class Scorer:
         # a batch of a few hundred rows is too small to gain from more.
         booster.set_param({"nthread": 1})
         if booster.num_features() != N_FEATURES:
-            raise SchemaMismatch(f"model expects {booster.num_features()} features, rows have {N_FEATURES}")
+            raise SchemaMismatch(
+                f"model expects {booster.num_features()} features, rows have {N_FEATURES}"
+            )
         return cls(booster, version or str(meta.get("version", "unknown")), meta)
 
     @classmethod

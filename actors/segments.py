@@ -46,7 +46,10 @@ class SegmentLookup:
 
     def nearest(self, row: Sequence[float]) -> int:
         """The index of the centroid nearest to a feature row (``FEATURE_NAMES`` order)."""
-        z = [(math.log1p(max(row[i], 0.0)) - c) / s for i, c, s in zip(self.indices, self.center, self.scale, strict=True)]
+        z = [
+            (math.log1p(max(row[i], 0.0)) - c) / s
+            for i, c, s in zip(self.indices, self.center, self.scale, strict=True)
+        ]
         best, best_d = 0, math.inf
         for j, cen in enumerate(self.centroids):
             d = sum((a - b) ** 2 for a, b in zip(z, cen, strict=True))

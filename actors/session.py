@@ -172,7 +172,9 @@ class Session:
         "consent",
     )
 
-    def __init__(self, sid: str, site: str = "default", cfg: DetectorConfig = DEFAULT_DETECTORS) -> None:
+    def __init__(
+        self, sid: str, site: str = "default", cfg: DetectorConfig = DEFAULT_DETECTORS
+    ) -> None:
         self.sid = sid
         self.site = site
         self.cfg = cfg
@@ -282,7 +284,11 @@ class Session:
 
     def _leave_page(self, ts: int) -> None:
         """Leaving the page (or hiding it) while a video is unfinished is a drop-off."""
-        if self.video_playing and not self.video_ended and self.video_ratio < self.cfg.video_dropoff_ratio:
+        if (
+            self.video_playing
+            and not self.video_ended
+            and self.video_ratio < self.cfg.video_dropoff_ratio
+        ):
             self.dropoff_strength = 1.0 - self.video_ratio / self.cfg.video_dropoff_ratio
             self.dropoff_ts = ts
             self.video_playing = False
@@ -431,8 +437,9 @@ class Session:
 
     def view(self, row: list[float]) -> EventView:
         """Capture what the policy needs about the event just applied (``row`` is its row)."""
-        return EventView(self.last_seq, self.last_ts, row, self.page_path, self.page_type,
-                         self.last_error_field)
+        return EventView(
+            self.last_seq, self.last_ts, row, self.page_path, self.page_type, self.last_error_field
+        )
 
     # -- derived ------------------------------------------------------------
 
@@ -535,11 +542,7 @@ class Session:
 
     def to_state(self) -> list[Any]:
         """Everything but the config, as a list of plain values (msgpack-friendly)."""
-        return [
-            _pack(getattr(self, name))
-            for name in self.__slots__
-            if name != "cfg"
-        ]
+        return [_pack(getattr(self, name)) for name in self.__slots__ if name != "cfg"]
 
     @classmethod
     def from_state(cls, state: list[Any], cfg: DetectorConfig = DEFAULT_DETECTORS) -> Session:
@@ -595,8 +598,12 @@ _HANDLERS = {
 }
 
 
-def replay(events: Iterable[dict[str, Any]], sid: str = "replay", site: str = "default",
-           cfg: DetectorConfig = DEFAULT_DETECTORS) -> list[list[float]]:
+def replay(
+    events: Iterable[dict[str, Any]],
+    sid: str = "replay",
+    site: str = "default",
+    cfg: DetectorConfig = DEFAULT_DETECTORS,
+) -> list[list[float]]:
     """Feature rows for normalised events, one per event: what training uses."""
     session = Session(sid, site, cfg)
     return [session.apply(ev) for ev in events]

@@ -64,8 +64,15 @@ def decision_frame(d: Decision, text: str) -> dict[str, Any]:
 class ShardCore:
     """Everything a shard does, without the Ray decorator (so tests can host one in-process)."""
 
-    def __init__(self, index: int, redis_url: str, prefix: str, sites_file: str,
-                 idle_deactivate_s: float = 1800.0, enrich: bool = True) -> None:
+    def __init__(
+        self,
+        index: int,
+        redis_url: str,
+        prefix: str,
+        sites_file: str,
+        idle_deactivate_s: float = 1800.0,
+        enrich: bool = True,
+    ) -> None:
         self.index = index
         self.keys = Keys(prefix)
         self.prefix = prefix
@@ -82,8 +89,17 @@ class ShardCore:
         self._model_swapped = asyncio.Event()
         self.refused: set[str] = set()  # model versions this shard will not load
         self._metrics = _ShardMetrics(index)
-        self.stats = {"batches": 0, "events": 0, "skipped": 0, "decisions": 0, "activations": 0,
-                      "model_swaps": 0, "model_refusals": 0, "busy_ms": 0.0, "lock_wait_ms": 0.0}
+        self.stats = {
+            "batches": 0,
+            "events": 0,
+            "skipped": 0,
+            "decisions": 0,
+            "activations": 0,
+            "model_swaps": 0,
+            "model_refusals": 0,
+            "busy_ms": 0.0,
+            "lock_wait_ms": 0.0,
+        }
 
     # -- model ----------------------------------------------------------------
 
@@ -98,7 +114,9 @@ class ShardCore:
             if version:
                 return self._load_version(version)
         except (SchemaMismatch, redis.RedisError, KeyError) as exc:
-            log.error("shard %d: live model not usable (%s); using the bundled model", self.index, exc)
+            log.error(
+                "shard %d: live model not usable (%s); using the bundled model", self.index, exc
+            )
         return Scorer.bundled()
 
     def _load_version(self, version: str) -> Scorer:
@@ -109,7 +127,9 @@ class ShardCore:
         """Swap in a newly promoted model between batches; refuse a mismatched one."""
         live_key = f"{self.prefix}model:live"
         while True:
-            await asyncio.sleep(MODEL_POLL_S)  # a GET a second: cheaper than a pub/sub connection per shard
+            await asyncio.sleep(
+                MODEL_POLL_S
+            )  # a GET a second: cheaper than a pub/sub connection per shard
             try:
                 raw = await self.redis.get(live_key)
             except redis.RedisError:
@@ -122,16 +142,26 @@ class ShardCore:
             except SchemaMismatch as exc:
                 self.refused.add(version)
                 self.stats["model_refusals"] += 1
-                log.error("shard %d: refusing model %s: %s; keeping %s", self.index, version, exc,
-                          self.scorer.version)
+                log.error(
+                    "shard %d: refusing model %s: %s; keeping %s",
+                    self.index,
+                    version,
+                    exc,
+                    self.scorer.version,
+                )
                 self._model_swapped.set()  # wake waiters: the decision on this version is made
                 continue
             except Exception as exc:  # a broken blob must not take the shard down
                 self.refused.add(version)
                 self.stats["model_refusals"] += 1
                 self._model_swapped.set()
-                log.error("shard %d: cannot load model %s (%s); keeping %s", self.index, version, exc,
-                          self.scorer.version)
+                log.error(
+                    "shard %d: cannot load model %s (%s); keeping %s",
+                    self.index,
+                    version,
+                    exc,
+                    self.scorer.version,
+                )
                 continue
             # One assignment on the event loop: a batch uses either the old or the new model.
             self.scorer = scorer
@@ -186,8 +216,12 @@ class ShardCore:
         self.stats["busy_ms"] += (time.perf_counter() - locked) * 1000.0
         self.stats["lock_wait_ms"] += (locked - started) * 1000.0
         self._metrics.batch(sum(len(r[1]) for r in out), time.perf_counter() - started, decisions)
-        outcomes = [(ev["type"], ev["iid"], ev["ts"]) for *_, events in items for ev in events
-                    if ev["type"].startswith("intervention_")]
+        outcomes = [
+            (ev["type"], ev["iid"], ev["ts"])
+            for *_, events in items
+            for ev in events
+            if ev["type"].startswith("intervention_")
+        ]
         if decisions or outcomes:
             self.stats["decisions"] += len(decisions)
             self._spawn(self._record(decisions, outcomes))
@@ -213,7 +247,9 @@ class ShardCore:
         for sid, site, _consent, events in items:
             if sid not in first_seq and events:
                 first_seq[sid] = (site, events[0]["seq"])
-        need = [sid for sid in self.host.missing(items) if sid in first_seq and first_seq[sid][1] > 1]
+        need = [
+            sid for sid in self.host.missing(items) if sid in first_seq and first_seq[sid][1] > 1
+        ]
         if not need:
             return
         pipe = self.redis.pipeline(transaction=False)
@@ -223,7 +259,7 @@ class ShardCore:
             pipe.hmget(self.keys.session(sid), "iv_count", "iv_last")
         replies = await pipe.execute()
         for i, sid in enumerate(need):
-            snap, entries, (iv_count, iv_last) = replies[3 * i: 3 * i + 3]
+            snap, entries, (iv_count, iv_last) = replies[3 * i : 3 * i + 3]
             site, before = first_seq[sid]
             state = msgpack.unpackb(snap) if snap else None
             events: list[dict[str, Any]] = []
@@ -241,21 +277,33 @@ class ShardCore:
 
     # -- background I/O ----------------------------------------------------------
 
-    async def _record(self, decisions: list[Decision], outcomes: list[tuple[str, str, int]]) -> None:
+    async def _record(
+        self, decisions: list[Decision], outcomes: list[tuple[str, str, int]]
+    ) -> None:
         """Append decisions to the intervention log and record outcomes; never raises."""
         try:
             pipe = self.redis.pipeline(transaction=False)
             for d in decisions:
                 fields = {
-                    "sid": d.sid, "seq": d.seq, "ts": d.ts, "kind": d.kind, "score": d.score,
-                    "trigger": d.trigger, "holdout": int(d.holdout), "page_type": d.page_type,
+                    "sid": d.sid,
+                    "seq": d.seq,
+                    "ts": d.ts,
+                    "kind": d.kind,
+                    "score": d.score,
+                    "trigger": d.trigger,
+                    "holdout": int(d.holdout),
+                    "page_type": d.page_type,
                     "reasons": json.dumps([[r.signal, r.strength] for r in d.reasons]),
                     "model": self.scorer.version,
                 }
                 pipe.hset(self.keys.intervention(d.iid), mapping=fields)
                 pipe.expire(self.keys.intervention(d.iid), SESSION_TTL_S)
-                pipe.xadd(self.keys.intervention_log, {"iid": d.iid, **fields}, maxlen=100_000,
-                          approximate=True)
+                pipe.xadd(
+                    self.keys.intervention_log,
+                    {"iid": d.iid, **fields},
+                    maxlen=100_000,
+                    approximate=True,
+                )
                 # The running count, so a session activated elsewhere keeps its cap and cooldown.
                 session = self.host.active.get(d.sid)
                 iv_count = session.iv_count if session is not None else 1
@@ -265,7 +313,9 @@ class ShardCore:
                 pipe.hset(self.keys.intervention(iid), mapping={outcome: ts, "outcome": outcome})
             await pipe.execute()
         except redis.RedisError as exc:
-            log.error("shard %d: could not record %d decisions: %s", self.index, len(decisions), exc)
+            log.error(
+                "shard %d: could not record %d decisions: %s", self.index, len(decisions), exc
+            )
 
     async def _snapshot_loop(self) -> None:
         last_sweep = time.monotonic()
@@ -287,7 +337,9 @@ class ShardCore:
             await pipe.execute()
         except redis.RedisError as exc:
             # Snapshots only shorten recovery; the event log alone is enough to rebuild.
-            log.error("shard %d: snapshot write failed for %d sessions: %s", self.index, len(states), exc)
+            log.error(
+                "shard %d: snapshot write failed for %d sessions: %s", self.index, len(states), exc
+            )
 
     async def flush_snapshots(self) -> int:
         """Write every changed session's snapshot now (tests, graceful shutdown)."""
@@ -312,15 +364,26 @@ class ShardCore:
             await self.redis.publish(channel, msgpack.packb(frame))
 
         if d.kind == RECOMMENDATIONS:
-            ctx = {"site": session.site, "recent_items": list(session.recent_items),
-                   "cart_items": list(session.cart_item_ids), "k": 4}
+            ctx = {
+                "site": session.site,
+                "recent_items": list(session.recent_items),
+                "cart_items": list(session.cart_item_ids),
+                "k": 4,
+            }
             follow.recommend(d.sid, d.iid, ctx, d.ts, push)
         else:
             ctx = {
-                "site": session.site, "iid": d.iid, "kind": d.kind, "page_path": d.page_path,
-                "page_type": d.page_type, "signals": d.signals, "segment": d.segment,
+                "site": session.site,
+                "iid": d.iid,
+                "kind": d.kind,
+                "page_path": d.page_path,
+                "page_type": d.page_type,
+                "signals": d.signals,
+                "segment": d.segment,
                 "cart": {"items": session.cart_items, "value": session.cart_value},
-                "consent": list(session.consent), "template": self._template(d), "trigger_ms": d.ts,
+                "consent": list(session.consent),
+                "template": self._template(d),
+                "trigger_ms": d.ts,
             }
             follow.nudge(d.sid, ctx, push)
 
@@ -340,10 +403,17 @@ class ShardCore:
         if follow.nudge_handle is None or follow.recommender_handle is None:
             return False
         try:
-            await asyncio.wait_for(asyncio.gather(follow.nudge_handle.llm_enabled.remote(),
-                                                  follow.recommender_handle.latency.remote()), timeout)
+            await asyncio.wait_for(
+                asyncio.gather(
+                    follow.nudge_handle.llm_enabled.remote(),
+                    follow.recommender_handle.latency.remote(),
+                ),
+                timeout,
+            )
         except Exception as exc:
-            log.warning("shard %d: Serve deployments did not answer at start-up (%s)", self.index, exc)
+            log.warning(
+                "shard %d: Serve deployments did not answer at start-up (%s)", self.index, exc
+            )
             return False
         return True
 
@@ -357,8 +427,11 @@ class ShardCore:
                 nudge = serve.get_deployment_handle("NudgeWriter", app_name="nudge")
                 rec = serve.get_deployment_handle("Recommender", app_name="recommender")
             except Exception as exc:
-                log.warning("shard %d: Serve deployments not available (%s): templates only",
-                            self.index, exc)
+                log.warning(
+                    "shard %d: Serve deployments not available (%s): templates only",
+                    self.index,
+                    exc,
+                )
                 nudge = rec = None
             self._followups = FollowUps(nudge, rec, budget_s=ENRICH_BUDGET_S)
         return self._followups
@@ -370,7 +443,11 @@ class ShardCore:
             "sessions_dormant": len(self.host.dormant),
             "model": self.scorer.version,
             **self.stats,
-            **({f"followups_{k}": v for k, v in self._followups.counts.items()} if self._followups else {}),
+            **(
+                {f"followups_{k}": v for k, v in self._followups.counts.items()}
+                if self._followups
+                else {}
+            ),
         }
 
 
@@ -381,16 +458,29 @@ class _ShardMetrics:
         from ray.util import metrics
 
         tags = {"shard": str(index)}
-        self.events = metrics.Counter("lifeline_shard_events_scored", "events scored", tag_keys=("shard",))
+        self.events = metrics.Counter(
+            "lifeline_shard_events_scored", "events scored", tag_keys=("shard",)
+        )
         self.events.set_default_tags(tags)
-        self.decisions = metrics.Counter("lifeline_shard_decisions", "intervention decisions",
-                                         tag_keys=("shard", "kind", "holdout"))
+        self.decisions = metrics.Counter(
+            "lifeline_shard_decisions",
+            "intervention decisions",
+            tag_keys=("shard", "kind", "holdout"),
+        )
         self.decisions.set_default_tags(tags)
-        self.batch_size = metrics.Histogram("lifeline_shard_batch_events", "events per batch",
-                                            boundaries=[1, 4, 16, 64, 256, 1024], tag_keys=("shard",))
+        self.batch_size = metrics.Histogram(
+            "lifeline_shard_batch_events",
+            "events per batch",
+            boundaries=[1, 4, 16, 64, 256, 1024],
+            tag_keys=("shard",),
+        )
         self.batch_size.set_default_tags(tags)
-        self.latency = metrics.Histogram("lifeline_shard_batch_ms", "time to apply, score and decide a batch",
-                                         boundaries=[0.5, 1, 2, 5, 10, 25, 50, 100], tag_keys=("shard",))
+        self.latency = metrics.Histogram(
+            "lifeline_shard_batch_ms",
+            "time to apply, score and decide a batch",
+            boundaries=[0.5, 1, 2, 5, 10, 25, 50, 100],
+            tag_keys=("shard",),
+        )
         self.latency.set_default_tags(tags)
 
     def batch(self, events: int, seconds: float, decisions: list[Decision]) -> None:

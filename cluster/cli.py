@@ -29,8 +29,14 @@ def _up(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(run(Settings(), with_serve=not args.no_serve, llm_stub=not args.no_llm_stub,
-                    gateways=args.gateways))
+    asyncio.run(
+        run(
+            Settings(),
+            with_serve=not args.no_serve,
+            llm_stub=not args.no_llm_stub,
+            gateways=args.gateways,
+        )
+    )
     return 0
 
 
@@ -52,20 +58,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    up = sub.add_parser("up", help="start the service with its demo shop and print the URLs",
-                        description="Start Redis (embedded if none answers), a local Ray cluster, the "
-                                    "session shards, the Serve deployments, the WebSocket gateway and "
-                                    "the demo shop. Runs until Ctrl-C.")
-    up.add_argument("--ws-port", type=int, help="WebSocket port (default $LIFELINE_WS_PORT or 8765)")
+    up = sub.add_parser(
+        "up",
+        help="start the service with its demo shop and print the URLs",
+        description="Start Redis (embedded if none answers), a local Ray cluster, the "
+        "session shards, the Serve deployments, the WebSocket gateway and "
+        "the demo shop. Runs until Ctrl-C.",
+    )
+    up.add_argument(
+        "--ws-port", type=int, help="WebSocket port (default $LIFELINE_WS_PORT or 8765)"
+    )
     up.add_argument("--http-port", type=int, help="HTTP port (default $LIFELINE_HTTP_PORT or 8080)")
-    up.add_argument("--gateways", type=int, default=1,
-                    help="gateway processes sharing the WebSocket port (SO_REUSEPORT); one event loop "
-                         "saturates first, so use one per core the gateway may have (default 1)")
-    up.add_argument("--no-serve", action="store_true",
-                    help="do not start the Serve deployments (templated interventions only)")
-    up.add_argument("--no-llm-stub", action="store_true",
-                    help="without ANTHROPIC_API_KEY, do not start the local Messages API stand-in "
-                         "(nudges stay templated)")
+    up.add_argument(
+        "--gateways",
+        type=int,
+        default=1,
+        help="gateway processes sharing the WebSocket port (SO_REUSEPORT); one event loop "
+        "saturates first, so use one per core the gateway may have (default 1)",
+    )
+    up.add_argument(
+        "--no-serve",
+        action="store_true",
+        help="do not start the Serve deployments (templated interventions only)",
+    )
+    up.add_argument(
+        "--no-llm-stub",
+        action="store_true",
+        help="without ANTHROPIC_API_KEY, do not start the local Messages API stand-in "
+        "(nudges stay templated)",
+    )
     up.set_defaults(func=_up)
 
     cfg = sub.add_parser("config", help="print every setting, its current value and meaning")
@@ -88,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("lifeline").setLevel(logging.INFO)
-    logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per socket is noise at scale
+    logging.getLogger("websockets").setLevel(
+        logging.WARNING
+    )  # one line per socket is noise at scale
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

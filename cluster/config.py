@@ -24,11 +24,17 @@ class Settings:
 
     redis_url: str = field(
         default_factory=lambda: _env("REDIS_URL", ""),
-        metadata={"env": "REDIS_URL", "help": "Redis to use; empty: 127.0.0.1:6379 if it answers, else an embedded server"},
+        metadata={
+            "env": "REDIS_URL",
+            "help": "Redis to use; empty: 127.0.0.1:6379 if it answers, else an embedded server",
+        },
     )
     prefix: str = field(
         default_factory=lambda: _env("LIFELINE_PREFIX", "ll:"),
-        metadata={"env": "LIFELINE_PREFIX", "help": "prefix of every Redis key (tests use their own)"},
+        metadata={
+            "env": "LIFELINE_PREFIX",
+            "help": "prefix of every Redis key (tests use their own)",
+        },
     )
     host: str = field(
         default_factory=lambda: _env("LIFELINE_HOST", "127.0.0.1"),
@@ -40,11 +46,19 @@ class Settings:
     )
     http_port: int = field(
         default_factory=lambda: int(_env("LIFELINE_HTTP_PORT", "8080")),
-        metadata={"env": "LIFELINE_HTTP_PORT", "help": "HTTP port: client script, beacon, demo, metrics (0: any free port)"},
+        metadata={
+            "env": "LIFELINE_HTTP_PORT",
+            "help": "HTTP port: client script, beacon, demo, metrics (0: any free port)",
+        },
     )
     sites_file: str = field(
-        default_factory=lambda: _env("LIFELINE_SITES", str(PACKAGE_ROOT / "cluster" / "sites.toml")),
-        metadata={"env": "LIFELINE_SITES", "help": "per-site keys, origins and policy rules (TOML)"},
+        default_factory=lambda: _env(
+            "LIFELINE_SITES", str(PACKAGE_ROOT / "cluster" / "sites.toml")
+        ),
+        metadata={
+            "env": "LIFELINE_SITES",
+            "help": "per-site keys, origins and policy rules (TOML)",
+        },
     )
     secret: str = field(
         default_factory=lambda: _env("LIFELINE_SECRET", "dev-secret-change-me"),
@@ -56,11 +70,17 @@ class Settings:
     )
     batch_window_ms: float = field(
         default_factory=lambda: float(_env("LIFELINE_BATCH_WINDOW_MS", "1.5")),
-        metadata={"env": "LIFELINE_BATCH_WINDOW_MS", "help": "how long the gateway gathers events for one shard call"},
+        metadata={
+            "env": "LIFELINE_BATCH_WINDOW_MS",
+            "help": "how long the gateway gathers events for one shard call",
+        },
     )
     idle_deactivate_s: float = field(
         default_factory=lambda: float(_env("LIFELINE_IDLE_DEACTIVATE_S", "1800")),
-        metadata={"env": "LIFELINE_IDLE_DEACTIVATE_S", "help": "idle time after which a session is snapshotted and dropped from memory"},
+        metadata={
+            "env": "LIFELINE_IDLE_DEACTIVATE_S",
+            "help": "idle time after which a session is snapshotted and dropped from memory",
+        },
     )
     anthropic_api_key: str = field(
         default_factory=lambda: _env("ANTHROPIC_API_KEY", ""),
@@ -68,7 +88,10 @@ class Settings:
     )
     anthropic_base_url: str = field(
         default_factory=lambda: _env("ANTHROPIC_BASE_URL", ""),
-        metadata={"env": "ANTHROPIC_BASE_URL", "help": "Messages API endpoint (a local stand-in in tests)"},
+        metadata={
+            "env": "ANTHROPIC_BASE_URL",
+            "help": "Messages API endpoint (a local stand-in in tests)",
+        },
     )
     llm_model: str = field(
         default_factory=lambda: _env("LIFELINE_LLM_MODEL", "claude-haiku-4-5"),

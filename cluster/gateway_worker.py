@@ -31,8 +31,14 @@ async def serve(args: argparse.Namespace) -> None:
     settings = Settings()
     ray.init(address=args.ray_address, namespace=RAY_NAMESPACE, logging_level="WARNING")
     shards = [ray.get_actor(name) for name in args.shards.split(",")]
-    gateway = Gateway(args.redis_url, settings.prefix, shards, load_sites(settings.sites_file),
-                      settings.secret, batch_window_ms=settings.batch_window_ms)
+    gateway = Gateway(
+        args.redis_url,
+        settings.prefix,
+        shards,
+        load_sites(settings.sites_file),
+        settings.secret,
+        batch_window_ms=settings.batch_window_ms,
+    )
     await gateway.start(settings.host, args.port, reuse_port=True)
     print("ready", flush=True)
     stop = asyncio.Event()
@@ -50,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--shards", required=True, help="comma-separated shard actor names")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         import uvloop
 

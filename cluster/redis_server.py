@@ -59,7 +59,9 @@ def async_client(url: str, max_connections: int = 64):
     """
     import redis.asyncio as aioredis
 
-    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=10
+    )
     return aioredis.Redis(connection_pool=pool)
 
 
@@ -103,9 +105,23 @@ def start_embedded() -> RedisServer:
     tmp = tempfile.TemporaryDirectory(prefix="lifeline-redis-")
     port = _free_port()
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", tmp.name, "--logfile", str(Path(tmp.name) / "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            tmp.name,
+            "--logfile",
+            str(Path(tmp.name) / "redis.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10

@@ -72,17 +72,29 @@ class Stack:
     def ws_url(self) -> str:
         return f"ws://{self.settings.host}:{self.ws_port}/ws"
 
-    async def start(self, limits: Limits | None = None, with_serve: bool = False,
-                    shard_name_suffix: str = "", gateways: int = 1) -> Stack:
+    async def start(
+        self,
+        limits: Limits | None = None,
+        with_serve: bool = False,
+        shard_name_suffix: str = "",
+        gateways: int = 1,
+    ) -> Stack:
         s = self.settings
         self.redis = ensure_redis(s.redis_url)
         if self.redis.embedded:
-            log.warning("no Redis configured or answering at 127.0.0.1:6379: started an embedded one at %s "
-                        "(data is lost when Lifeline stops)", self.redis.url)
+            log.warning(
+                "no Redis configured or answering at 127.0.0.1:6379: started an embedded one at %s "
+                "(data is lost when Lifeline stops)",
+                self.redis.url,
+            )
         self.sites = load_sites(s.sites_file)
         if not ray.is_initialized():
-            ctx = ray.init(address=os.environ.get("RAY_ADDRESS") or None, namespace=RAY_NAMESPACE,
-                           logging_level="WARNING", include_dashboard=None)
+            ctx = ray.init(
+                address=os.environ.get("RAY_ADDRESS") or None,
+                namespace=RAY_NAMESPACE,
+                logging_level="WARNING",
+                include_dashboard=None,
+            )
             self.dashboard_url = ctx.dashboard_url or ""
         if with_serve:
             from serve.deployments import deploy
@@ -92,18 +104,28 @@ class Stack:
         names = [f"lifeline-shard-{i}{shard_name_suffix}" for i in range(n)]
         self.shards = [
             SessionShard.options(name=name, lifetime=None).remote(
-                i, self.redis.url, s.prefix, s.sites_file, s.idle_deactivate_s, with_serve)
+                i, self.redis.url, s.prefix, s.sites_file, s.idle_deactivate_s, with_serve
+            )
             for i, name in enumerate(names)
         ]
         # Wait until every shard has loaded its model and opened its Serve handles:
         # the first visitor must not pay for either.
         await asyncio.gather(*(sh.warm_up.remote() for sh in self.shards))
-        self.gateway = Gateway(self.redis.url, s.prefix, self.shards, self.sites, s.secret,
-                               limits=limits, batch_window_ms=s.batch_window_ms)
+        self.gateway = Gateway(
+            self.redis.url,
+            s.prefix,
+            self.shards,
+            self.sites,
+            s.secret,
+            limits=limits,
+            batch_window_ms=s.batch_window_ms,
+        )
         self.ws_port = await self.gateway.start(s.host, s.ws_port, reuse_port=gateways > 1)
         for _ in range(gateways - 1):
             await self._start_extra_gateway(names)
-        app = build_app(self.gateway, self.ws_url, extra_status=self._status, shard_info=self.shard_info)
+        app = build_app(
+            self.gateway, self.ws_url, extra_status=self._status, shard_info=self.shard_info
+        )
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, s.host, s.http_port)
@@ -114,10 +136,20 @@ class Stack:
     async def _start_extra_gateway(self, shard_names: list[str]) -> None:
         """One more gateway process on the same WebSocket port (see cluster/gateway_worker.py)."""
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cluster.gateway_worker",
-            "--ray-address", ray.get_runtime_context().gcs_address, "--redis-url", self.redis_url,
-            "--port", str(self.ws_port), "--shards", ",".join(shard_names),
-            stdout=asyncio.subprocess.PIPE, cwd=str(Path(__file__).resolve().parent.parent))
+            sys.executable,
+            "-m",
+            "cluster.gateway_worker",
+            "--ray-address",
+            ray.get_runtime_context().gcs_address,
+            "--redis-url",
+            self.redis_url,
+            "--port",
+            str(self.ws_port),
+            "--shards",
+            ",".join(shard_names),
+            stdout=asyncio.subprocess.PIPE,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 120)
         if line.strip() != b"ready":
@@ -126,7 +158,10 @@ class Stack:
         self.processes.append(proc)
 
     def _status(self) -> dict[str, Any]:
-        return {"redis_url": self.redis_url.split("@")[-1], "embedded_redis": bool(self.redis and self.redis.embedded)}
+        return {
+            "redis_url": self.redis_url.split("@")[-1],
+            "embedded_redis": bool(self.redis and self.redis.embedded),
+        }
 
     @property
     def prefix(self) -> str:
@@ -171,10 +206,14 @@ class Stack:
 def dashboard_auth() -> str:
     """How an operator signs in to the dashboard, when Ray's token authentication is on."""
     token = Path.home() / ".ray" / "auth_token"
-    return f"  (sign in with the token in {token}, or `ray get-auth-token`)" if token.exists() else ""
+    return (
+        f"  (sign in with the token in {token}, or `ray get-auth-token`)" if token.exists() else ""
+    )
 
 
-async def run(settings: Settings, with_serve: bool = True, llm_stub: bool = False, gateways: int = 1) -> None:
+async def run(
+    settings: Settings, with_serve: bool = True, llm_stub: bool = False, gateways: int = 1
+) -> None:
     """Serve until interrupted (the ``lifeline up`` command)."""
     stack = Stack(settings)
     if llm_stub and not settings.anthropic_api_key:
@@ -186,20 +225,25 @@ async def run(settings: Settings, with_serve: bool = True, llm_stub: bool = Fals
         os.environ["ANTHROPIC_API_KEY"] = "local-stand-in"
         settings = Settings()
         stack.settings = settings
-        log.warning("LLM nudges come from the local Messages API stand-in at %s (no real key set)", stub.url)
+        log.warning(
+            "LLM nudges come from the local Messages API stand-in at %s (no real key set)", stub.url
+        )
     await stack.start(with_serve=with_serve, gateways=gateways)
     info = await stack.shard_info()
-    print(f"""
+    print(
+        f"""
 Lifeline is running.
   demo shop     {stack.http_url}/
   client script {stack.http_url}/lifeline.js
-  WebSocket     {stack.ws_url}?site=demo  ({gateways} gateway process{'es' if gateways > 1 else ''})
+  WebSocket     {stack.ws_url}?site=demo  ({gateways} gateway process{"es" if gateways > 1 else ""})
   health        {stack.http_url}/healthz   metrics {stack.http_url}/metrics
-  Redis         {stack.redis_url}{' (embedded)' if stack.redis and stack.redis.embedded else ''}
-  shards        {len(info)} (model {info[0]['model'] if info else '?'})
-  Ray dashboard {'http://' + stack.dashboard_url if stack.dashboard_url else 'not running (see `ray status`)'}{dashboard_auth()}
+  Redis         {stack.redis_url}{" (embedded)" if stack.redis and stack.redis.embedded else ""}
+  shards        {len(info)} (model {info[0]["model"] if info else "?"})
+  Ray dashboard {"http://" + stack.dashboard_url if stack.dashboard_url else "not running (see `ray status`)"}{dashboard_auth()}
 Press Ctrl-C to stop.
-""", flush=True)
+""",
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

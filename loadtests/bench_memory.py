@@ -47,9 +47,22 @@ def session_events(i: int) -> list[dict]:
     raw = [
         {"type": "page_view", "seq": 1, "ts": t, "path": "/", "page_type": "home"},
         {"type": "scroll", "seq": 2, "ts": t + 2000, "depth": 0.4, "dir": "down"},
-        {"type": "click", "seq": 3, "ts": t + 4000, "selector": "a.card", "x": 100, "y": 200, "reacted": True},
-        {"type": "page_view", "seq": 4, "ts": t + 4200, "path": f"/product.html?id=p{i % 40:02d}",
-         "page_type": "product"},
+        {
+            "type": "click",
+            "seq": 3,
+            "ts": t + 4000,
+            "selector": "a.card",
+            "x": 100,
+            "y": 200,
+            "reacted": True,
+        },
+        {
+            "type": "page_view",
+            "seq": 4,
+            "ts": t + 4200,
+            "path": f"/product.html?id=p{i % 40:02d}",
+            "page_type": "product",
+        },
     ]
     return [validate_event(e, now_ms=e["ts"]) for e in raw]
 
@@ -64,7 +77,10 @@ def measure_host(n: int) -> dict[str, float]:
     base = tracemalloc.get_traced_memory()[0]
     host = SessionHost()
     for start in range(0, n, 1000):
-        items = [(f"s-{i:08d}", "demo", ["analytics"], session_events(i)) for i in range(start, min(n, start + 1000))]
+        items = [
+            (f"s-{i:08d}", "demo", ["analytics"], session_events(i))
+            for i in range(start, min(n, start + 1000))
+        ]
         host.process(items, zero_scores)
     gc.collect()
     active = tracemalloc.get_traced_memory()[0] - base
@@ -73,8 +89,12 @@ def measure_host(n: int) -> dict[str, float]:
     idle = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
     snapshot = len(msgpack.packb(next(iter(host.dormant.values()))[0])) if host.dormant else 0
-    return {"active_bytes": active / n, "idle_bytes": idle / n, "dormant": len(host.dormant),
-            "snapshot_bytes": snapshot}
+    return {
+        "active_bytes": active / n,
+        "idle_bytes": idle / n,
+        "dormant": len(host.dormant),
+        "snapshot_bytes": snapshot,
+    }
 
 
 async def measure_shard(n: int, redis_url: str) -> dict[str, float]:
@@ -88,7 +108,10 @@ async def measure_shard(n: int, redis_url: str) -> dict[str, float]:
     await shard.warm_up.remote()
     before = await shard.memory.remote()
     for start in range(0, n, 2000):
-        items = [(f"s-{i:08d}", "demo", ["analytics"], session_events(i)) for i in range(start, min(n, start + 2000))]
+        items = [
+            (f"s-{i:08d}", "demo", ["analytics"], session_events(i))
+            for i in range(start, min(n, start + 2000))
+        ]
         await shard.handle.remote(items, "")
     info = await shard.ping.remote()
     active = await shard.memory.remote()
@@ -101,7 +124,7 @@ async def measure_shard(n: int, redis_url: str) -> dict[str, float]:
     r = redis.Redis.from_url(redis_url)
     keys = list(r.scan_iter(match=prefix + "*", count=5000))
     for i in range(0, len(keys), 5000):
-        r.delete(*keys[i:i + 5000])
+        r.delete(*keys[i : i + 5000])
     return {
         "sessions_held": held["sessions_active"] + held["sessions_dormant"],
         "events": info["events"],
@@ -112,10 +135,14 @@ async def measure_shard(n: int, redis_url: str) -> dict[str, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sessions", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--host-runs", type=int, default=1, help="the in-process measurement is deterministic")
+    ap.add_argument(
+        "--host-runs", type=int, default=1, help="the in-process measurement is deterministic"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "memory.json")
     args = ap.parse_args()
 
@@ -138,13 +165,17 @@ def main() -> int:
         "host_idle_bytes_per_session": statistics.median(h["idle_bytes"] for h in hosts),
         "snapshot_bytes": statistics.median(h["snapshot_bytes"] for h in hosts),
         "shard_sessions_held": min(s["sessions_held"] for s in shards),
-        "shard_active_bytes_per_session_rss": statistics.median(s["active_bytes_rss"] for s in shards),
+        "shard_active_bytes_per_session_rss": statistics.median(
+            s["active_bytes_rss"] for s in shards
+        ),
         "shard_idle_bytes_per_session_rss": statistics.median(s["idle_bytes_rss"] for s in shards),
         "shard_rss_before_mb": statistics.median(s["rss_before_mb"] for s in shards),
         "host_runs": hosts,
         "shard_runs": shards,
     }
-    summary["idle_to_snapshot_ratio"] = summary["host_idle_bytes_per_session"] / summary["snapshot_bytes"]
+    summary["idle_to_snapshot_ratio"] = (
+        summary["host_idle_bytes_per_session"] / summary["snapshot_bytes"]
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1))
     for k, v in summary.items():

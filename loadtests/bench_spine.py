@@ -82,8 +82,15 @@ def load_journeys(source: str, n: int, seed: int) -> list[list[dict[str, Any]]]:
 # -- load generator processes ---------------------------------------------------------
 
 
-async def _visitor(ws_url: str, journeys: list[list[dict]], rate: float, t_end: float,
-                   t_measure: float, res: dict[str, Any], rng: random.Random) -> None:
+async def _visitor(
+    ws_url: str,
+    journeys: list[list[dict]],
+    rate: float,
+    t_end: float,
+    t_measure: float,
+    res: dict[str, Any],
+    rng: random.Random,
+) -> None:
     """One visitor: one socket and one session for the whole run, replaying journeys back to back.
 
     Events come at Poisson times (``rate`` per second) and are batched as the
@@ -153,21 +160,39 @@ def _account(client: Any, res: dict[str, Any], t_measure: float, t_end: float) -
     res["ack_lat"].extend(in_window)
     res["acked"] += len(in_window)
     res["interventions"] += len(client.of_type("intervention"))
-    res["iv_lat"].extend(lat for arrived, lat in client.intervention_latency() if t_measure <= arrived <= t_end)
+    res["iv_lat"].extend(
+        lat for arrived, lat in client.intervention_latency() if t_measure <= arrived <= t_end
+    )
     for frame in client.of_type("error"):
         res["errors"][frame.get("code", "?")] = res["errors"].get(frame.get("code", "?"), 0) + 1
 
 
-def lifeline_worker(ws_url: str, sessions: int, rate: float, warmup: float, duration: float,
-                    journeys: list[list[dict]], seed: int, q: mp.Queue, start_at: float) -> None:
+def lifeline_worker(
+    ws_url: str,
+    sessions: int,
+    rate: float,
+    warmup: float,
+    duration: float,
+    journeys: list[list[dict]],
+    seed: int,
+    q: mp.Queue,
+    start_at: float,
+) -> None:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    res: dict[str, Any] = {"sent": 0, "acked": 0, "ack_lat": [], "iv_lat": [], "interventions": 0,
-                           "errors": {}, "connect_errors": 0}
+    res: dict[str, Any] = {
+        "sent": 0,
+        "acked": 0,
+        "ack_lat": [],
+        "iv_lat": [],
+        "interventions": 0,
+        "errors": {},
+        "connect_errors": 0,
+    }
 
     async def main() -> None:
         await asyncio.sleep(max(0.0, start_at - time.time()))
@@ -177,8 +202,13 @@ def lifeline_worker(ws_url: str, sessions: int, rate: float, warmup: float, dura
         # Ramp connections over the first second rather than in one burst.
         tasks = []
         for i in range(sessions):
-            tasks.append(asyncio.create_task(_visitor(ws_url, journeys, rate, t_end, t_measure, res,
-                                                      random.Random(rng.random()))))
+            tasks.append(
+                asyncio.create_task(
+                    _visitor(
+                        ws_url, journeys, rate, t_end, t_measure, res, random.Random(rng.random())
+                    )
+                )
+            )
             if i % 50 == 49:
                 await asyncio.sleep(0.02)
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -202,8 +232,24 @@ def echo_worker(url: str, conns: int, duration: float, q: mp.Queue, start_at: fl
 
     count = [0]
     lat: list[float] = []
-    payload = msgpack.packb({"t": "events", "sid": "x" * 20, "now": 0, "events": [
-        {"type": "click", "seq": 1, "ts": 0, "selector": "#calc-submit", "x": 1, "y": 2, "reacted": False}]})
+    payload = msgpack.packb(
+        {
+            "t": "events",
+            "sid": "x" * 20,
+            "now": 0,
+            "events": [
+                {
+                    "type": "click",
+                    "seq": 1,
+                    "ts": 0,
+                    "selector": "#calc-submit",
+                    "x": 1,
+                    "y": 2,
+                    "reacted": False,
+                }
+            ],
+        }
+    )
 
     async def one(t_end: float) -> None:
         async with websockets.connect(url, compression=None) as ws:
@@ -277,8 +323,10 @@ def split(n: int, k: int) -> list[int]:
 def run_echo(port: int, conns: int, duration: float, procs: int) -> dict[str, Any]:
     q: mp.Queue = mp.Queue()
     start_at = time.time() + 1.0
-    ps = [mp.Process(target=echo_worker, args=(f"ws://127.0.0.1:{port}/", c, duration, q, start_at))
-          for c in split(conns, procs)]
+    ps = [
+        mp.Process(target=echo_worker, args=(f"ws://127.0.0.1:{port}/", c, duration, q, start_at))
+        for c in split(conns, procs)
+    ]
     for p in ps:
         p.start()
     results = [q.get() for _ in ps]
@@ -288,14 +336,33 @@ def run_echo(port: int, conns: int, duration: float, procs: int) -> dict[str, An
     return {"msgs_per_s": sum(r["msgs"] for r in results) / duration, "p99_ms": pct(lat, 99) * 1000}
 
 
-def run_lifeline(ws_url: str, server_procs: dict[str, psutil.Process], args: argparse.Namespace,
-                 journeys: list[list[dict]], run: int) -> dict[str, Any]:
+def run_lifeline(
+    ws_url: str,
+    server_procs: dict[str, psutil.Process],
+    args: argparse.Namespace,
+    journeys: list[list[dict]],
+    run: int,
+) -> dict[str, Any]:
     q: mp.Queue = mp.Queue()
     start_at = time.time() + 2.0
     shares = split(args.sessions, args.procs)
-    ps = [mp.Process(target=lifeline_worker, args=(ws_url, n, args.rate, args.warmup, args.duration,
-                                                   journeys, 1000 * run + i, q, start_at))
-          for i, n in enumerate(shares)]
+    ps = [
+        mp.Process(
+            target=lifeline_worker,
+            args=(
+                ws_url,
+                n,
+                args.rate,
+                args.warmup,
+                args.duration,
+                journeys,
+                1000 * run + i,
+                q,
+                start_at,
+            ),
+        )
+        for i, n in enumerate(shares)
+    ]
     for p in ps:
         p.start()
     time.sleep(2.0 + args.warmup)  # into the measurement window
@@ -313,42 +380,74 @@ def run_lifeline(ws_url: str, server_procs: dict[str, psutil.Process], args: arg
         usage[f"loadgen-{i}"] = {"cpu_percent": r["cpu_percent"], "rss_mb": r["rss_mb"]}
     sent = sum(r["sent"] for r in results)
     return {
-        "events_per_s": sum(r["acked"] for r in results) / args.duration,  # acknowledged in the window
+        "events_per_s": sum(r["acked"] for r in results)
+        / args.duration,  # acknowledged in the window
         "sent_per_s": sent / args.duration,
-        "ack_p50_ms": pct(ack, 50) * 1000, "ack_p95_ms": pct(ack, 95) * 1000, "ack_p99_ms": pct(ack, 99) * 1000,
-        "iv_p50_ms": pct(iv, 50) * 1000, "iv_p95_ms": pct(iv, 95) * 1000, "iv_p99_ms": pct(iv, 99) * 1000,
-        "interventions": sum(r["interventions"] for r in results), "iv_samples": len(iv),
-        "errors": errors, "connect_errors": sum(r["connect_errors"] for r in results),
+        "ack_p50_ms": pct(ack, 50) * 1000,
+        "ack_p95_ms": pct(ack, 95) * 1000,
+        "ack_p99_ms": pct(ack, 99) * 1000,
+        "iv_p50_ms": pct(iv, 50) * 1000,
+        "iv_p95_ms": pct(iv, 95) * 1000,
+        "iv_p99_ms": pct(iv, 99) * 1000,
+        "interventions": sum(r["interventions"] for r in results),
+        "iv_samples": len(iv),
+        "errors": errors,
+        "connect_errors": sum(r["connect_errors"] for r in results),
         "procs": usage,
     }
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sessions", type=int, default=2000, help="concurrent visitors (sockets)")
     ap.add_argument("--rate", type=float, default=5.0, help="events/s per visitor")
     ap.add_argument("--duration", type=float, default=30.0, help="measured seconds per run")
     ap.add_argument("--warmup", type=float, default=8.0, help="seconds before measuring")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--procs", type=int, default=2, help="load generator processes")
-    ap.add_argument("--gateways", type=int, default=2, help="gateway processes sharing the WebSocket port")
+    ap.add_argument(
+        "--gateways", type=int, default=2, help="gateway processes sharing the WebSocket port"
+    )
     ap.add_argument("--source", choices=["sim", "real", "mix"], default="mix")
     ap.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "spine.json")
     args = ap.parse_args()
 
     journeys = load_journeys(args.source, 2000, seed=1)
-    print(f"{len(journeys)} journeys ({args.source}), mean {statistics.mean(map(len, journeys)):.1f} events")
+    print(
+        f"{len(journeys)} journeys ({args.source}), mean {statistics.mean(map(len, journeys)):.1f} events"
+    )
     env = dict(os.environ, LIFELINE_PREFIX=f"llbench-{uuid.uuid4().hex[:6]}:", PYTHONUNBUFFERED="1")
     ws_port, http_port, echo_port = 18765, 18080, 18766
     log_path = args.out.parent / "spine-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     server_log = log_path.open("w")
-    server = subprocess.Popen([sys.executable, "-m", "cluster.cli", "up", "--no-serve", "--no-llm-stub",
-                               "--ws-port", str(ws_port), "--http-port", str(http_port),
-                               "--gateways", str(args.gateways)],
-                              cwd=ROOT, env=env, stdout=server_log, stderr=subprocess.STDOUT)
-    echo = subprocess.Popen([sys.executable, str(ROOT / "loadtests" / "echo_server.py"), str(echo_port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cluster.cli",
+            "up",
+            "--no-serve",
+            "--no-llm-stub",
+            "--ws-port",
+            str(ws_port),
+            "--http-port",
+            str(http_port),
+            "--gateways",
+            str(args.gateways),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=server_log,
+        stderr=subprocess.STDOUT,
+    )
+    echo = subprocess.Popen(
+        [sys.executable, str(ROOT / "loadtests" / "echo_server.py"), str(echo_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         health = wait_http(f"http://127.0.0.1:{http_port}/healthz")
         print("server up:", health)
@@ -366,15 +465,30 @@ def main() -> int:
             print(f"run {run}: {json.dumps({k: v for k, v in lf.items() if k != 'procs'})}")
             print("   procs:", json.dumps(lf["procs"]))
         stats = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/stats").read())
-        stats["shards"] = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz").read()).get("shard_info")
-        keys = ["events_per_s", "sent_per_s", "ack_p50_ms", "ack_p95_ms", "ack_p99_ms", "iv_p50_ms",
-                "iv_p95_ms", "iv_p99_ms", "echo_msgs_per_s_200", "echo_msgs_per_s_all", "ratio_to_echo"]
+        stats["shards"] = json.loads(
+            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz").read()
+        ).get("shard_info")
+        keys = [
+            "events_per_s",
+            "sent_per_s",
+            "ack_p50_ms",
+            "ack_p95_ms",
+            "ack_p99_ms",
+            "iv_p50_ms",
+            "iv_p95_ms",
+            "iv_p99_ms",
+            "echo_msgs_per_s_200",
+            "echo_msgs_per_s_all",
+            "ratio_to_echo",
+        ]
         summary = {k: statistics.median(r[k] for r in runs) for k in keys}
         busy_rss = statistics.median(r["procs"]["gateway"]["rss_mb"] for r in runs) * 2**20
         summary["gateway_rss_per_connection_kb"] = (busy_rss - idle_rss) / args.sessions / 1024
         summary["gateway_stats"] = stats
         summary["args"] = vars(args) | {"out": str(args.out)}
-        summary["machine"] = f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
+        summary["machine"] = (
+            f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
+        )
         summary["gateway_idle_rss_mb"] = idle_rss / 2**20
         summary["runs"] = runs
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """A bare ``websockets`` echo server: the ceiling the gateway is measured against.
 
-    python loadtests/echo_server.py PORT
+python loadtests/echo_server.py PORT
 """
 
 from __future__ import annotations

@@ -128,9 +128,17 @@ class AppendSink:
 class Gateway:
     """Accepts sockets for the configured sites and moves their events through the system."""
 
-    def __init__(self, redis_url: str, prefix: str, shards: list[Any], sites: dict[str, Site],
-                 secret: str, limits: Limits | None = None, batch_window_ms: float = 0.0,
-                 max_pending: int = 50_000) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        prefix: str,
+        shards: list[Any],
+        sites: dict[str, Site],
+        secret: str,
+        limits: Limits | None = None,
+        batch_window_ms: float = 0.0,
+        max_pending: int = 50_000,
+    ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.keys = Keys(prefix)
         self.redis = async_client(redis_url)
@@ -164,11 +172,14 @@ class Gateway:
         self._tasks += [loop.create_task(self._shard_loop(i)) for i in range(len(self.shards))]
         self._tasks.append(loop.create_task(self._push_loop()))
         self._server = await websockets.serve(
-            self._handle, host, port,
+            self._handle,
+            host,
+            port,
             process_request=self._check_request,
             max_size=self.limits.hard_frame_bytes,
             compression=None,  # frames are small msgpack; deflate costs more CPU than it saves
-            ping_interval=20, ping_timeout=20,
+            ping_interval=20,
+            ping_timeout=20,
             reuse_port=reuse_port,
         )
         self.port = self._server.sockets[0].getsockname()[1]
@@ -220,7 +231,8 @@ class Gateway:
         peer.writer = asyncio.get_running_loop().create_task(peer.write_loop())
         self.stats.connections += 1
         hello_timer = asyncio.get_running_loop().call_later(
-            self.limits.hello_timeout_s, self._hello_timeout, peer)
+            self.limits.hello_timeout_s, self._hello_timeout, peer
+        )
         try:
             async for message in ws:
                 await self._on_message(peer, message)
@@ -245,7 +257,9 @@ class Gateway:
     def _hello_timeout(self, peer: Peer) -> None:
         if not peer.conn.sessions:
             peer.conn.close = (CLOSE_HELLO_TIMEOUT, "no hello in time")
-            asyncio.get_running_loop().create_task(self._close(peer, CLOSE_HELLO_TIMEOUT, "no hello in time"))
+            asyncio.get_running_loop().create_task(
+                self._close(peer, CLOSE_HELLO_TIMEOUT, "no hello in time")
+            )
 
     async def _close(self, peer: Peer, code: int, reason: str) -> None:
         if peer.ws is None:
@@ -300,7 +314,8 @@ class Gateway:
             # The newest connection wins: a reloaded tab, or a resume after a drop.
             previous.conn.sessions.pop(req.sid, None)
             asyncio.get_running_loop().create_task(
-                self._close(previous, CLOSE_TAKEN_OVER, "session resumed on another connection"))
+                self._close(previous, CLOSE_TAKEN_OVER, "session resumed on another connection")
+            )
         self.peers_by_sid[req.sid] = peer
         peer.send(reply)
 
@@ -330,11 +345,17 @@ class Gateway:
         consent = ["necessary", "analytics"]
         if stored_consent:
             consent = json.loads(stored_consent)
-        req = peer.conn.hello({"t": "hello", "sid": body.get("sid"), "token": body.get("token"),
-                               "consent": consent})
+        req = peer.conn.hello(
+            {"t": "hello", "sid": body.get("sid"), "token": body.get("token"), "consent": consent}
+        )
         if not isinstance(req, HelloRequest):
             return (403 if req["code"] in ("consent_required", "bad_token") else 400), req
-        frame = {"t": "events", "sid": req.sid, "now": body.get("now"), "events": body.get("events")}
+        frame = {
+            "t": "events",
+            "sid": req.sid,
+            "now": body.get("now"),
+            "events": body.get("events"),
+        }
         # A beacon can race the page's own socket, or another beacon, for the same
         # session: when the store says it already holds more, plan again from there.
         for _attempt in range(3):
@@ -355,7 +376,9 @@ class Gateway:
                 # beacon, or its socket's last frames): wait for the next append
                 # round, briefly (the page is gone; nobody waits on this reply).
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._round_done.wait(), 0.5 if self._append_busy else 0.25)
+                    await asyncio.wait_for(
+                        self._round_done.wait(), 0.5 if self._append_busy else 0.25
+                    )
                 continue
             if not plan.last:
                 return 200, {"acked": peer.conn.sessions[req.sid].acked, "errors": errors}
@@ -490,8 +513,13 @@ class Gateway:
                 return await shard.handle.remote(items, self.id)
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
                 if time.monotonic() > deadline:
-                    log.error("shard %d unavailable for %.0f s; %d events stay in the log only: %s",
-                              i, SHARD_RETRY_S, sum(len(it[3]) for it in items), exc)
+                    log.error(
+                        "shard %d unavailable for %.0f s; %d events stay in the log only: %s",
+                        i,
+                        SHARD_RETRY_S,
+                        sum(len(it[3]) for it in items),
+                        exc,
+                    )
                     return None
                 self.stats.shard_retries += 1
                 log.warning("shard %d call failed (%s); retrying", i, type(exc).__name__)

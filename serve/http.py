@@ -26,20 +26,36 @@ log = logging.getLogger("lifeline.http")
 STATIC = Path(__file__).resolve().parent / "static"
 DEMO = STATIC / "demo"
 BEACON_MAX_BYTES = 64 * 1024
-_TYPES = {".html": "text/html", ".js": "application/javascript", ".css": "text/css",
-          ".json": "application/json", ".webm": "video/webm", ".mp4": "video/mp4",
-          ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon"}
+_TYPES = {
+    ".html": "text/html",
+    ".js": "application/javascript",
+    ".css": "text/css",
+    ".json": "application/json",
+    ".webm": "video/webm",
+    ".mp4": "video/mp4",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+}
 
 
-def build_app(gateway: Gateway, ws_url: str, demo_site: str = "demo",
-              extra_status: Any = None, shard_info: Any = None) -> web.Application:
+def build_app(
+    gateway: Gateway,
+    ws_url: str,
+    demo_site: str = "demo",
+    extra_status: Any = None,
+    shard_info: Any = None,
+) -> web.Application:
     """The aiohttp application; ``ws_url`` is what pages are told to connect to."""
     app = web.Application(client_max_size=BEACON_MAX_BYTES)
 
     async def client_js(request: web.Request) -> web.Response:
         path = STATIC / "lifeline.js"
-        return web.Response(body=path.read_bytes(), content_type="application/javascript",
-                            headers={"Cache-Control": "no-cache"})
+        return web.Response(
+            body=path.read_bytes(),
+            content_type="application/javascript",
+            headers={"Cache-Control": "no-cache"},
+        )
 
     async def demo(request: web.Request) -> web.StreamResponse:
         name = request.match_info.get("name") or "index.html"
@@ -47,9 +63,17 @@ def build_app(gateway: Gateway, ws_url: str, demo_site: str = "demo",
         if DEMO.resolve() not in path.parents or not path.is_file():
             raise web.HTTPNotFound(text="no such page\n")
         if path.suffix == ".html":
-            html = path.read_text().replace("{{LIFELINE_WS}}", ws_url).replace("{{LIFELINE_SITE}}", demo_site)
-            return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-cache"})
-        return web.FileResponse(path, headers={"Content-Type": _TYPES.get(path.suffix, "application/octet-stream")})
+            html = (
+                path.read_text()
+                .replace("{{LIFELINE_WS}}", ws_url)
+                .replace("{{LIFELINE_SITE}}", demo_site)
+            )
+            return web.Response(
+                text=html, content_type="text/html", headers={"Cache-Control": "no-cache"}
+            )
+        return web.FileResponse(
+            path, headers={"Content-Type": _TYPES.get(path.suffix, "application/octet-stream")}
+        )
 
     async def help_article(request: web.Request) -> web.Response:
         """The help articles nudges link to (the site's knowledge base)."""
@@ -66,13 +90,19 @@ def build_app(gateway: Gateway, ws_url: str, demo_site: str = "demo",
             return web.json_response({"code": "forbidden", "detail": site}, status=403)
         raw = await request.read()
         if len(raw) > BEACON_MAX_BYTES:
-            return web.json_response({"code": "frame_too_large", "detail": "beacon over 64 KiB"}, status=413)
+            return web.json_response(
+                {"code": "frame_too_large", "detail": "beacon over 64 KiB"}, status=413
+            )
         try:
             body = json.loads(raw)
         except ValueError:
-            return web.json_response({"code": "bad_frame", "detail": "body is not JSON"}, status=400)
+            return web.json_response(
+                {"code": "bad_frame", "detail": "body is not JSON"}, status=400
+            )
         if not isinstance(body, dict):
-            return web.json_response({"code": "bad_frame", "detail": "body must be a JSON object"}, status=400)
+            return web.json_response(
+                {"code": "bad_frame", "detail": "body must be a JSON object"}, status=400
+            )
         status, reply = await gateway.beacon(site, body)
         return web.json_response(reply, status=status)
 
@@ -81,8 +111,13 @@ def build_app(gateway: Gateway, ws_url: str, demo_site: str = "demo",
             redis_ok = bool(await gateway.redis.ping())
         except Exception:
             redis_ok = False
-        body = {"ok": redis_ok, "redis": redis_ok, "gateway": gateway.id, "shards": len(gateway.shards),
-                "connections": gateway.stats.connections}
+        body = {
+            "ok": redis_ok,
+            "redis": redis_ok,
+            "gateway": gateway.id,
+            "shards": len(gateway.shards),
+            "connections": gateway.stats.connections,
+        }
         if extra_status is not None:
             body.update(extra_status())
         if shard_info is not None:

@@ -56,8 +56,12 @@ class Limits:
     hello_timeout_s: float = 10.0
 
     def to_wire(self) -> dict[str, Any]:
-        return {"frame_bytes": self.frame_bytes, "batch": self.batch, "sessions": self.sessions,
-                "events_per_s": self.events_per_s}
+        return {
+            "frame_bytes": self.frame_bytes,
+            "batch": self.batch,
+            "sessions": self.sessions,
+            "events_per_s": self.events_per_s,
+        }
 
 
 def error(code: str, detail: str, **extra: Any) -> dict[str, Any]:
@@ -74,7 +78,11 @@ def sign_token(secret: bytes, site: str, sid: str) -> str:
 def decode(message: str | bytes) -> tuple[dict[str, Any] | None, str | None]:
     """A frame as a map, or (None, reason). JSON for text frames, msgpack for binary."""
     try:
-        frame = msgpack.unpackb(message, raw=False) if isinstance(message, bytes) else json.loads(message)
+        frame = (
+            msgpack.unpackb(message, raw=False)
+            if isinstance(message, bytes)
+            else json.loads(message)
+        )
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         return None, f"undecodable frame: {type(exc).__name__}"
     if not isinstance(frame, dict):
@@ -138,8 +146,9 @@ class EventsPlan:
 class Connection:
     """One WebSocket connection's protocol state, for one site."""
 
-    def __init__(self, site: str, secret: bytes, limits: Limits | None = None,
-                 now: float | None = None) -> None:
+    def __init__(
+        self, site: str, secret: bytes, limits: Limits | None = None, now: float | None = None
+    ) -> None:
         now = time.monotonic() if now is None else now
         limits = limits or Limits()
         self.site = site
@@ -158,7 +167,9 @@ class Connection:
         """Decode one frame: (frame, None) or (None, error frame to send)."""
         self.binary = isinstance(message, bytes)
         if len(message) > self.limits.frame_bytes:
-            return None, self._bad(error("frame_too_large", f"frame over {self.limits.frame_bytes} bytes"))
+            return None, self._bad(
+                error("frame_too_large", f"frame over {self.limits.frame_bytes} bytes")
+            )
         frame, why = decode(message)
         if frame is None:
             return None, self._bad(error("bad_frame", why or "bad frame"))
@@ -190,9 +201,15 @@ class Connection:
             return error("bad_frame", "consent must be a list of categories", sid=sid)
         consent = [c for c in consent if c in CONSENT_CATEGORIES]
         if "analytics" not in consent:
-            return error("consent_required", "no analytics consent: nothing may be collected", sid=sid)
+            return error(
+                "consent_required", "no analytics consent: nothing may be collected", sid=sid
+            )
         if sid not in self.sessions and len(self.sessions) >= self.limits.sessions:
-            return error("too_many_sessions", f"at most {self.limits.sessions} sessions per connection", sid=sid)
+            return error(
+                "too_many_sessions",
+                f"at most {self.limits.sessions} sessions per connection",
+                sid=sid,
+            )
         token = frame.get("token")
         if token is not None and not isinstance(token, str):
             return error("bad_token", "token must be a string", sid=sid)
@@ -206,8 +223,14 @@ class Connection:
         if known and req.token is None:
             return error("bad_token", "this session exists: resuming needs its token", sid=req.sid)
         self.sessions[req.sid] = Cursor(req.sid, self.site, req.consent, stored_seq, stored_seq + 1)
-        return {"t": "welcome", "v": PROTOCOL_VERSION, "sid": req.sid, "token": expected,
-                "acked": stored_seq, "limits": self.limits.to_wire()}
+        return {
+            "t": "welcome",
+            "v": PROTOCOL_VERSION,
+            "sid": req.sid,
+            "token": expected,
+            "acked": stored_seq,
+            "limits": self.limits.to_wire(),
+        }
 
     # -- events -------------------------------------------------------------
 
@@ -217,11 +240,16 @@ class Connection:
             return next(iter(self.sessions.values()))
         cursor = self.sessions.get(sid) if isinstance(sid, str) else None
         if cursor is None:
-            return error("unknown_session", "send a hello for this sid first",
-                         sid=sid if isinstance(sid, str) else None)
+            return error(
+                "unknown_session",
+                "send a hello for this sid first",
+                sid=sid if isinstance(sid, str) else None,
+            )
         return cursor
 
-    def events(self, frame: dict[str, Any], now_ms: int, now: float | None = None) -> EventsPlan | dict[str, Any]:
+    def events(
+        self, frame: dict[str, Any], now_ms: int, now: float | None = None
+    ) -> EventsPlan | dict[str, Any]:
         """Validate an events frame against the session's cursor; returns a plan or an error frame."""
         cursor = self._session_of(frame)
         if isinstance(cursor, dict):
@@ -230,16 +258,25 @@ class Connection:
         if not isinstance(raw_events, list):
             return error("bad_frame", "'events' must be a list", sid=cursor.sid)
         if len(raw_events) > self.limits.batch:
-            return error("too_large", f"at most {self.limits.batch} events per frame", sid=cursor.sid)
+            return error(
+                "too_large", f"at most {self.limits.batch} events per frame", sid=cursor.sid
+            )
         now = time.monotonic() if now is None else now
         if not self.bucket.take(len(raw_events), now):
             self.strikes = [t for t in self.strikes if now - t < self.limits.abuse_window_s] + [now]
             if len(self.strikes) >= self.limits.abuse_strikes:
                 self.close = (CLOSE_RATE_ABUSE, "event rate limit exceeded repeatedly")
-            return error("rate_limited", f"over {self.limits.events_per_s:g} events/s: resend later",
-                         sid=cursor.sid)
+            return error(
+                "rate_limited",
+                f"over {self.limits.events_per_s:g} events/s: resend later",
+                sid=cursor.sid,
+            )
         client_now = frame.get("now")
-        offset = now_ms - int(client_now) if isinstance(client_now, (int, float)) and not isinstance(client_now, bool) else 0
+        offset = (
+            now_ms - int(client_now)
+            if isinstance(client_now, (int, float)) and not isinstance(client_now, bool)
+            else 0
+        )
         plan = EventsPlan(cursor.sid)
         expected = cursor.next
         for raw in raw_events:
@@ -256,8 +293,15 @@ class Connection:
             else:
                 ev_seq = ev["seq"]
             if ev_seq != expected:
-                plan.replies.append(error(SEQUENCE_GAP, f"expected seq {expected}, got {ev_seq}",
-                                          sid=cursor.sid, seq=ev_seq, expected=expected))
+                plan.replies.append(
+                    error(
+                        SEQUENCE_GAP,
+                        f"expected seq {expected}, got {ev_seq}",
+                        sid=cursor.sid,
+                        seq=ev_seq,
+                        expected=expected,
+                    )
+                )
                 break  # everything after a gap is a gap too
             if isinstance(ev, EventError):
                 plan.replies.append({"t": "error", "sid": cursor.sid, **ev.to_wire()})
@@ -306,4 +350,3 @@ class Connection:
         if "analytics" not in cursor.consent:
             del self.sessions[cursor.sid]
         return cursor, {"t": "consent", "sid": cursor.sid, "consent": cursor.consent}
-

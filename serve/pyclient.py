@@ -25,9 +25,15 @@ import websockets
 class LifelineClient:
     """One session over one WebSocket."""
 
-    def __init__(self, ws_url: str, site: str, sid: str, origin: str,
-                 consent: tuple[str, ...] = ("necessary", "analytics", "personalization"),
-                 binary: bool = True) -> None:
+    def __init__(
+        self,
+        ws_url: str,
+        site: str,
+        sid: str,
+        origin: str,
+        consent: tuple[str, ...] = ("necessary", "analytics", "personalization"),
+        binary: bool = True,
+    ) -> None:
         self.url = f"{ws_url}?site={site}"
         self.site = site
         self.sid = sid
@@ -39,13 +45,17 @@ class LifelineClient:
         self.unacked: dict[int, dict[str, Any]] = {}
         self.frames: list[tuple[float, dict[str, Any]]] = []  # (perf_counter at arrival, frame)
         self.sent_at: dict[int, float] = {}  # seq -> perf_counter when first sent
-        self.ack_latency: list[tuple[float, float]] = []  # (arrival, seconds from send), per acked event
+        self.ack_latency: list[
+            tuple[float, float]
+        ] = []  # (arrival, seconds from send), per acked event
         self.ws: websockets.ClientConnection | None = None
         self._reader: asyncio.Task | None = None
         self._resend: asyncio.Task | None = None
         self._changed = asyncio.Condition()
         self._waiters = 0  # notify only when somebody waits: the load generator never does
-        self.keep_frames = True  # False: keep only interventions, updates and errors (long load runs)
+        self.keep_frames = (
+            True  # False: keep only interventions, updates and errors (long load runs)
+        )
         self.closed: tuple[int | None, str] | None = None
 
     # -- connection -------------------------------------------------------------
@@ -53,11 +63,20 @@ class LifelineClient:
     async def connect(self) -> dict[str, Any]:
         """Open the socket and say hello (resuming if a token is held); returns the welcome."""
         self.closed = None
-        self.ws = await websockets.connect(self.url, origin=self.origin, compression=None,
-                                           max_size=2**22, open_timeout=30)
+        self.ws = await websockets.connect(
+            self.url, origin=self.origin, compression=None, max_size=2**22, open_timeout=30
+        )
         self._reader = asyncio.get_running_loop().create_task(self._read())
-        await self.send_frame({"t": "hello", "v": 1, "sid": self.sid, "token": self.token,
-                               "consent": self.consent, "now": int(time.time() * 1000)})
+        await self.send_frame(
+            {
+                "t": "hello",
+                "v": 1,
+                "sid": self.sid,
+                "token": self.token,
+                "consent": self.consent,
+                "now": int(time.time() * 1000),
+            }
+        )
         welcome = await self.wait_for(lambda f: f["t"] in ("welcome", "error"))
         if welcome["t"] == "welcome":
             self.token = welcome["token"]
@@ -80,13 +99,14 @@ class LifelineClient:
             if isinstance(seq, int):
                 self.unacked[seq] = ev
                 self.sent_at.setdefault(seq, now)
-        await self.send_frame({"t": "events", "sid": self.sid, "now": int(time.time() * 1000),
-                               "events": events})
+        await self.send_frame(
+            {"t": "events", "sid": self.sid, "now": int(time.time() * 1000), "events": events}
+        )
 
     async def resend_unacked(self, batch: int = 50) -> None:
         pending = [self.unacked[s] for s in sorted(self.unacked)]
         for i in range(0, len(pending), batch):
-            await self.send_events(pending[i:i + batch])
+            await self.send_events(pending[i : i + batch])
 
     async def abort(self) -> None:
         """Drop the connection without a closing handshake, as a network cut would."""
@@ -107,11 +127,16 @@ class LifelineClient:
         assert self.ws is not None
         try:
             async for message in self.ws:
-                frame = msgpack.unpackb(message) if isinstance(message, bytes) else json.loads(message)
+                frame = (
+                    msgpack.unpackb(message) if isinstance(message, bytes) else json.loads(message)
+                )
                 now = time.perf_counter()
                 if frame.get("t") == "ack":
                     self._on_ack(frame["seq"], now)
-                elif frame.get("t") == "error" and frame.get("code") in ("sequence_gap", "overloaded"):
+                elif frame.get("t") == "error" and frame.get("code") in (
+                    "sequence_gap",
+                    "overloaded",
+                ):
                     # Everything below the expected number is settled on the server;
                     # resend the rest (e.g. a resumed socket raced the old one's last append).
                     expected = int(frame.get("expected", 1))
@@ -141,9 +166,11 @@ class LifelineClient:
                 self.ack_latency.append((now, now - sent))
         self.acked = seq
 
-    async def wait_for(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0,
-                       start: int = 0) -> dict[str, Any]:
+    async def wait_for(
+        self, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0, start: int = 0
+    ) -> dict[str, Any]:
         """The first frame (from index ``start``) matching ``pred``; waits for it if needed."""
+
         async def find() -> dict[str, Any]:
             i = start
             async with self._changed:
@@ -170,7 +197,9 @@ class LifelineClient:
             async with self._changed:
                 while self.acked < seq:
                     if self.closed is not None:
-                        raise ConnectionError(f"connection closed {self.closed} at ack {self.acked}")
+                        raise ConnectionError(
+                            f"connection closed {self.closed} at ack {self.acked}"
+                        )
                     await self._changed.wait()
 
         await self._waiting(done(), timeout)

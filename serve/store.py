@@ -87,15 +87,33 @@ class EventStore:
         pipe.hsetnx(key, "created", int(time.time() * 1000))
         pipe.hset(key, mapping={"site": site, "consent": json.dumps(consent)})
         pipe.expire(key, SESSION_TTL_S)
-        pipe.xadd(self.keys.consent_log, {"sid": sid, "site": site, "consent": json.dumps(consent),
-                                          "ts": int(time.time() * 1000)}, maxlen=100_000, approximate=True)
+        pipe.xadd(
+            self.keys.consent_log,
+            {
+                "sid": sid,
+                "site": site,
+                "consent": json.dumps(consent),
+                "ts": int(time.time() * 1000),
+            },
+            maxlen=100_000,
+            approximate=True,
+        )
         await pipe.execute()
 
     async def record_consent(self, sid: str, site: str, consent: list[str]) -> None:
         pipe = self.r.pipeline(transaction=False)
         pipe.hset(self.keys.session(sid), "consent", json.dumps(consent))
-        pipe.xadd(self.keys.consent_log, {"sid": sid, "site": site, "consent": json.dumps(consent),
-                                          "ts": int(time.time() * 1000)}, maxlen=100_000, approximate=True)
+        pipe.xadd(
+            self.keys.consent_log,
+            {
+                "sid": sid,
+                "site": site,
+                "consent": json.dumps(consent),
+                "ts": int(time.time() * 1000),
+            },
+            maxlen=100_000,
+            approximate=True,
+        )
         await pipe.execute()
 
     async def append_many(self, runs: Sequence[Append]) -> list[tuple[int, bool]]:
@@ -112,8 +130,13 @@ class EventStore:
         for run in runs:
             keys += [self.keys.events(run.sid), self.keys.session(run.sid)]
             if run.events:
-                args += [run.first, run.last, msgpack.packb(list(run.events)),
-                         run.events[0]["seq"], run.events[-1]["seq"]]
+                args += [
+                    run.first,
+                    run.last,
+                    msgpack.packb(list(run.events)),
+                    run.events[0]["seq"],
+                    run.events[-1]["seq"],
+                ]
             else:
                 args += [run.first, run.last, b"", 0, 0]
         flat = await self._append(keys=keys, args=args)

@@ -30,7 +30,15 @@ def ev(**kw):
 
 def test_valid_click_is_normalised_and_extra_fields_dropped():
     out = validate_event(ev(extra="dropped", value="typed text"), NOW)
-    assert out == {"type": "click", "seq": 1, "ts": NOW, "selector": "#b", "x": 1, "y": 2, "reacted": True}
+    assert out == {
+        "type": "click",
+        "seq": 1,
+        "ts": NOW,
+        "selector": "#b",
+        "x": 1,
+        "y": 2,
+        "reacted": True,
+    }
 
 
 @pytest.mark.parametrize(
@@ -52,8 +60,16 @@ def test_valid_click_is_normalised_and_extra_fields_dropped():
         (ev(ts=NOW + 3_600_000), CLOCK_SKEW, "ts"),
         (ev(ts=NOW - 2 * 24 * 3_600_000), CLOCK_SKEW, "ts"),
         ({"type": "scroll", "seq": 1, "ts": NOW, "depth": 0.5, "dir": "sideways"}, BAD_TYPE, "dir"),
-        ({"type": "mouse", "seq": 1, "ts": NOW, "dur": 1, "dist": 1, "turns": ["a"]}, BAD_TYPE, "turns"),
-        ({"type": "mouse", "seq": 1, "ts": NOW, "dur": 1, "dist": 1, "turns": list(range(99))}, BAD_TYPE, "turns"),
+        (
+            {"type": "mouse", "seq": 1, "ts": NOW, "dur": 1, "dist": 1, "turns": ["a"]},
+            BAD_TYPE,
+            "turns",
+        ),
+        (
+            {"type": "mouse", "seq": 1, "ts": NOW, "dur": 1, "dist": 1, "turns": list(range(99))},
+            BAD_TYPE,
+            "turns",
+        ),
     ],
 )
 def test_refusals_carry_codes(raw, code, field):
@@ -87,8 +103,17 @@ def test_every_type_has_a_valid_minimal_form():
 
 
 def test_form_events_cannot_carry_values():
-    out = validate_event({"type": "form_input", "seq": 1, "ts": NOW, "form": "f", "field": "email",
-                          "value": "me@example.com"}, NOW)
+    out = validate_event(
+        {
+            "type": "form_input",
+            "seq": 1,
+            "ts": NOW,
+            "form": "f",
+            "field": "email",
+            "value": "me@example.com",
+        },
+        NOW,
+    )
     assert "value" not in out and "me@example.com" not in repr(out)
 
 

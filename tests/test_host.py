@@ -14,10 +14,26 @@ T0 = 1_700_000_000_000
 
 
 def events(n: int, start: int = 1, t0: int = T0) -> list[dict]:
-    out = [validate_event({"type": "page_view", "seq": start, "ts": t0, "path": "/"}, t0)] if start == 1 else []
+    out = (
+        [validate_event({"type": "page_view", "seq": start, "ts": t0, "path": "/"}, t0)]
+        if start == 1
+        else []
+    )
     for seq in range(start + len(out), start + n):
-        out.append(validate_event({"type": "click", "seq": seq, "ts": t0 + seq * 100, "selector": "#b",
-                                   "x": seq * 50, "y": 0, "reacted": True}, t0 + seq * 100))
+        out.append(
+            validate_event(
+                {
+                    "type": "click",
+                    "seq": seq,
+                    "ts": t0 + seq * 100,
+                    "selector": "#b",
+                    "x": seq * 50,
+                    "y": 0,
+                    "reacted": True,
+                },
+                t0 + seq * 100,
+            )
+        )
     return out
 
 
@@ -35,7 +51,10 @@ class CountingScorer:
 def test_one_score_call_per_batch_and_one_score_per_event():
     host = SessionHost()
     scorer = CountingScorer()
-    items = [("a-session", "demo", ["analytics"], events(3)), ("b-session", "demo", ["analytics"], events(5))]
+    items = [
+        ("a-session", "demo", ["analytics"], events(3)),
+        ("b-session", "demo", ["analytics"], events(5)),
+    ]
     results = host.process(items, scorer)
     assert scorer.calls == [8]
     by_sid = {r.sid: r for r in results}
@@ -120,7 +139,9 @@ def test_segment_is_looked_up_only_for_decisions():
         return lookup.nearest(row)
 
     host = SessionHost(lambda site: (DetectorConfig(), PolicyConfig(holdout=0.0)))
-    (r,) = host.process([("a-session", "demo", [], events(6))], lambda rows: [0.9] * len(rows), segment)
+    (r,) = host.process(
+        [("a-session", "demo", [], events(6))], lambda rows: [0.9] * len(rows), segment
+    )
     assert len(r.decisions) == 1 and len(calls) == 1  # six events, one decision, one lookup
     d = r.decisions[0]
     # The segment of the triggering event's own row, not of the session's latest one.

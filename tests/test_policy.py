@@ -40,7 +40,15 @@ def session(consent=("analytics",)) -> Session:
 
 
 def test_no_intervention_below_both_thresholds():
-    assert decide(session(), view(**signals("rage_click", "dead_click", "form_struggle")), 0.74, NO_HOLDOUT) is None
+    assert (
+        decide(
+            session(),
+            view(**signals("rage_click", "dead_click", "form_struggle")),
+            0.74,
+            NO_HOLDOUT,
+        )
+        is None
+    )
 
 
 def test_risk_threshold_triggers_with_reasons():
@@ -64,7 +72,10 @@ def test_kind_follows_context():
     d = decide(session(), view(**signals("video_dropoff")), 0.9, NO_HOLDOUT)
     assert d.kind == CONTENT_SUGGESTION
     cart = view(page_type="cart", cart_items=2, **signals("cart_hesitation"))
-    assert decide(session(("analytics", "personalization")), cart, 0.9, NO_HOLDOUT).kind == RECOMMENDATIONS
+    assert (
+        decide(session(("analytics", "personalization")), cart, 0.9, NO_HOLDOUT).kind
+        == RECOMMENDATIONS
+    )
     # Without personalisation consent: generic help, never recommendations.
     d = decide(session(), cart, 0.9, NO_HOLDOUT)
     assert d.kind == HELP_OFFER and not d.personalized
@@ -105,8 +116,16 @@ def test_holdout_is_recorded_not_hidden_from_the_schedule():
 
 
 def test_site_rules_parse_and_reject_typos():
-    sites = parse_sites({"sites": {"shop": {"origins": ["https://shop.example"],
-                                            "policy": {"cooldown_s": 30, "kinds": ["help_offer"]}}}})
+    sites = parse_sites(
+        {
+            "sites": {
+                "shop": {
+                    "origins": ["https://shop.example"],
+                    "policy": {"cooldown_s": 30, "kinds": ["help_offer"]},
+                }
+            }
+        }
+    )
     assert sites["shop"].policy.cooldown_s == 30
     assert sites["shop"].origin_allowed("https://shop.example")
     assert not sites["shop"].origin_allowed(None)

@@ -29,8 +29,11 @@ def connected(limits: Limits | None = None, acked: int = 0) -> Connection:
     c = Connection("demo", SECRET, limits or Limits(), now=0.0)
     req = c.hello({"t": "hello", "v": 1, "sid": SID, "consent": ["analytics"]})
     assert isinstance(req, HelloRequest)
-    welcome = c.accept_hello(HelloRequest(SID, sign_token(SECRET, "demo", SID) if acked else None,
-                                          ["analytics"]), known=bool(acked), stored_seq=acked)
+    welcome = c.accept_hello(
+        HelloRequest(SID, sign_token(SECRET, "demo", SID) if acked else None, ["analytics"]),
+        known=bool(acked),
+        stored_seq=acked,
+    )
     assert welcome["t"] == "welcome", welcome
     return c
 
@@ -58,8 +61,12 @@ def test_too_many_bad_frames_close():
 def test_hello_rules():
     c = Connection("demo", SECRET, Limits(sessions=1))
     assert c.hello({"t": "hello", "sid": "short", "consent": ["analytics"]})["code"] == "bad_sid"
-    assert c.hello({"t": "hello", "sid": SID, "consent": ["necessary"]})["code"] == "consent_required"
-    assert c.hello({"t": "hello", "v": 2, "sid": SID, "consent": ["analytics"]})["code"] == "bad_frame"
+    assert (
+        c.hello({"t": "hello", "sid": SID, "consent": ["necessary"]})["code"] == "consent_required"
+    )
+    assert (
+        c.hello({"t": "hello", "v": 2, "sid": SID, "consent": ["analytics"]})["code"] == "bad_frame"
+    )
     req = c.hello({"t": "hello", "sid": SID, "consent": ["analytics", "bogus"]})
     assert req.consent == ["analytics"]
     # A known session needs its token; a wrong token is refused.
@@ -109,8 +116,16 @@ def test_gap_is_refused_with_the_expected_number():
     c = connected()
     plan = c.events(frame(ev(1), ev(3), ev(4)), NOW)
     assert [e["seq"] for e in plan.append] == [1]
-    assert plan.replies == [{"t": "error", "code": "sequence_gap", "detail": "expected seq 2, got 3",
-                             "sid": SID, "seq": 3, "expected": 2}]
+    assert plan.replies == [
+        {
+            "t": "error",
+            "code": "sequence_gap",
+            "detail": "expected seq 2, got 3",
+            "sid": SID,
+            "seq": 3,
+            "expected": 2,
+        }
+    ]
 
 
 def test_store_refusal_rewinds_the_cursor():
@@ -138,12 +153,17 @@ def test_frame_limits():
     c = connected(Limits(frame_bytes=100, batch=2))
     assert c.receive("x" * 101)[1]["code"] == "frame_too_large"
     assert c.events(frame(ev(1), ev(2), ev(3)), NOW)["code"] == "too_large"
-    assert c.events({"t": "events", "sid": "sess-9999", "events": []}, NOW)["code"] == "unknown_session"
+    assert (
+        c.events({"t": "events", "sid": "sess-9999", "events": []}, NOW)["code"]
+        == "unknown_session"
+    )
 
 
 def test_clock_offset_from_frame():
     c = connected()
-    plan = c.events({"t": "events", "sid": SID, "now": NOW - 60_000, "events": [ev(1, ts=NOW - 60_000)]}, NOW)
+    plan = c.events(
+        {"t": "events", "sid": SID, "now": NOW - 60_000, "events": [ev(1, ts=NOW - 60_000)]}, NOW
+    )
     assert plan.append[0]["ts"] == NOW
 
 

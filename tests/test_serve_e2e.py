@@ -47,9 +47,18 @@ async def serve_stack(ray_cluster, redis_url, tmp_path_factory):
     stub = StubLLM(api_key="test-key", seed=5)
     await stub.start()
     prefix = f"lltest-serve-{uuid.uuid4().hex[:8]}:"
-    settings = Settings(redis_url=redis_url, prefix=prefix, ws_port=0, http_port=0, sites_file=str(sites),
-                        anthropic_api_key="test-key", anthropic_base_url=stub.url)
-    stack = await Stack(settings).start(with_serve=True, shard_name_suffix=f"-{uuid.uuid4().hex[:6]}")
+    settings = Settings(
+        redis_url=redis_url,
+        prefix=prefix,
+        ws_port=0,
+        http_port=0,
+        sites_file=str(sites),
+        anthropic_api_key="test-key",
+        anthropic_base_url=stub.url,
+    )
+    stack = await Stack(settings).start(
+        with_serve=True, shard_name_suffix=f"-{uuid.uuid4().hex[:6]}"
+    )
     yield stack, stub
     await stack.stop()
     await stub.close()
@@ -61,7 +70,9 @@ async def serve_stack(ray_cluster, redis_url, tmp_path_factory):
 
 
 async def open_session(stack, consent: tuple[str, ...] = CONSENT) -> LifelineClient:
-    client = LifelineClient(stack.ws_url, "demo", f"t-serve-{uuid.uuid4().hex[:12]}", ORIGIN, consent=consent)
+    client = LifelineClient(
+        stack.ws_url, "demo", f"t-serve-{uuid.uuid4().hex[:12]}", ORIGIN, consent=consent
+    )
     assert (await client.connect())["t"] == "welcome"
     return client
 
@@ -74,9 +85,19 @@ async def send_now(client: LifelineClient, events: list[dict], ahead_ms: int = 0
 
 def cart_journey() -> list[dict]:
     events = [
-        {"type": "page_view", "path": "/product.html?id=p03", "page_type": "product", "item": "p03"},
+        {
+            "type": "page_view",
+            "path": "/product.html?id=p03",
+            "page_type": "product",
+            "item": "p03",
+        },
         {"type": "add_to_cart", "item": "p03", "qty": 1, "price": 89.0},
-        {"type": "page_view", "path": "/product.html?id=p07", "page_type": "product", "item": "p07"},
+        {
+            "type": "page_view",
+            "path": "/product.html?id=p07",
+            "page_type": "product",
+            "item": "p07",
+        },
         {"type": "page_view", "path": "/cart.html", "page_type": "cart"},
     ]
     return [dict(ev, seq=i + 1) for i, ev in enumerate(events)]
@@ -91,10 +112,12 @@ async def test_struggling_journey_gets_template_then_llm_text(serve_stack):
     client = await open_session(stack)
     events = scripted("struggling", client.sid, 0)
     for i in range(0, len(events), 4):
-        await send_now(client, events[i:i + 4])
+        await send_now(client, events[i : i + 4])
     iv = await client.wait_for(lambda f: f["t"] == "intervention", timeout=20)
     assert iv["text"], "the templated text never waits for the LLM"
-    update = await client.wait_for(lambda f: f["t"] == "update" and f["iid"] == iv["iid"], timeout=10)
+    update = await client.wait_for(
+        lambda f: f["t"] == "update" and f["iid"] == iv["iid"], timeout=10
+    )
     assert update["source"] in ("llm", "cache") and update["text"] != iv["text"]
     # The LLM was asked, and nothing that identifies the visitor reached it.
     prompts = [str(r) for r in stub.requests[calls_before:]]
@@ -112,7 +135,9 @@ async def test_cart_hesitation_gets_recommendations(serve_stack):
     await send_now(client, LINGER, ahead_ms=2500)  # the next event comes 2.5 s later
     iv = await client.wait_for(lambda f: f["t"] == "intervention", timeout=20)
     assert iv["kind"] == RECOMMENDATIONS, iv
-    update = await client.wait_for(lambda f: f["t"] == "update" and f["iid"] == iv["iid"], timeout=10)
+    update = await client.wait_for(
+        lambda f: f["t"] == "update" and f["iid"] == iv["iid"], timeout=10
+    )
     items = update["items"]
     assert items and all({"id", "name", "url"} <= set(i) for i in items)
     assert "p03" not in {i["id"] for i in items}, "never recommends what is already in the cart"

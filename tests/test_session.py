@@ -57,10 +57,14 @@ def test_rage_click_is_three_close_quick_clicks_counted_once_per_burst():
 
 
 def test_rage_click_needs_each_click_close_to_the_previous():
-    j = J().add(0, "page_view", path="/p").click(1000).click(1500).click(2600)  # third is 1100 ms late
+    j = (
+        J().add(0, "page_view", path="/p").click(1000).click(1500).click(2600)
+    )  # third is 1100 ms late
     _, row = j.run()
     assert f(row, "rage_clicks") == 0
-    j = J().add(0, "page_view", path="/p").click(1000, x=0).click(1100, x=25).click(1200, x=60)  # 35 px jump
+    j = (
+        J().add(0, "page_view", path="/p").click(1000, x=0).click(1100, x=25).click(1200, x=60)
+    )  # 35 px jump
     assert f(j.run()[1], "rage_clicks") == 0
 
 
@@ -87,7 +91,9 @@ def test_dead_clicks_and_ratio():
 def test_form_errors_and_reedits():
     j = J().add(0, "page_view", path="/calculator.html")
     j.add(100, "form_focus", form="calc", field="amount")
-    j.add(200, "form_input", form="calc", field="amount", count=5)  # before any error: not a re-edit
+    j.add(
+        200, "form_input", form="calc", field="amount", count=5
+    )  # before any error: not a re-edit
     j.add(300, "form_error", form="calc", field="amount", code="range")
     j.add(400, "form_input", form="calc", field="amount")  # a re-edit
     j.add(500, "form_input", form="calc", field="amount")  # same error: counted once
@@ -110,7 +116,12 @@ def test_uturn_is_back_to_the_previous_page_within_the_window():
 
 def test_scroll_reversals_and_depth():
     j = J().add(0, "page_view", path="/p")
-    for t, depth, d in ((1000, 30, "down"), (2000, 0.6, "down"), (3000, 0.4, "up"), (4000, 0.8, "down")):
+    for t, depth, d in (
+        (1000, 30, "down"),
+        (2000, 0.6, "down"),
+        (3000, 0.4, "up"),
+        (4000, 0.8, "down"),
+    ):
         j.add(t, "scroll", depth=depth, dir=d)
     _, row = j.run()
     assert f(row, "scroll_reversals") == 2
@@ -157,7 +168,11 @@ def test_cart_state_and_purchase():
     assert s.cart_item_ids == ["p-1"] and s.recent_items == ["p-1", "p-2"]
     j.add(50_000, "purchase", value=20.0)
     s, row = j.run()
-    assert f(row, "purchased") == 1 and f(row, "cart_items") == 0 and f(row, "sig_cart_hesitation") == 0
+    assert (
+        f(row, "purchased") == 1
+        and f(row, "cart_items") == 0
+        and f(row, "sig_cart_hesitation") == 0
+    )
 
 
 def test_client_clock_stepping_back_does_not_go_negative():
@@ -168,15 +183,27 @@ def test_client_clock_stepping_back_does_not_go_negative():
 
 def test_snapshot_roundtrip_is_exact():
     j = J().add(0, "page_view", path="/p").click(100).click(200).click(300, reacted=False)
-    j.add(400, "form_error", form="f", field="x").add(500, "mouse", dur=1, dist=1, turns=[1, 2, 3, 4, 5])
+    j.add(400, "form_error", form="f", field="x").add(
+        500, "mouse", dur=1, dist=1, turns=[1, 2, 3, 4, 5]
+    )
     s, row = j.run()
     packed = msgpack.packb(s.to_state())
     assert len(packed) < 1024
     back = Session.from_state(msgpack.unpackb(packed))
     assert back.row() == row
     # and it keeps evolving identically
-    nxt = validate_event({"type": "click", "seq": 99, "ts": T0 + 600, "selector": "#b", "x": 100,
-                          "y": 100, "reacted": True}, T0 + 600)
+    nxt = validate_event(
+        {
+            "type": "click",
+            "seq": 99,
+            "ts": T0 + 600,
+            "selector": "#b",
+            "x": 100,
+            "y": 100,
+            "reacted": True,
+        },
+        T0 + 600,
+    )
     assert back.apply(dict(nxt)) == s.apply(dict(nxt))
 
 
@@ -189,9 +216,15 @@ def test_replay_equals_event_by_event():
 
 @pytest.mark.parametrize(
     ("path", "declared", "kind"),
-    [("/", None, "home"), ("/cart.html", None, "cart"), ("/checkout", None, "checkout"),
-     ("/product.html?id=1", None, "product"), ("/x", "calculator", "form"), ("/x", "help", "help"),
-     ("/about", None, "other")],
+    [
+        ("/", None, "home"),
+        ("/cart.html", None, "cart"),
+        ("/checkout", None, "checkout"),
+        ("/product.html?id=1", None, "product"),
+        ("/x", "calculator", "form"),
+        ("/x", "help", "help"),
+        ("/about", None, "other"),
+    ],
 )
 def test_page_type(path, declared, kind):
     assert page_type_of(path, declared) == kind

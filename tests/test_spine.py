@@ -45,7 +45,7 @@ async def connect(stack, sid: str, **kw) -> LifelineClient:
 
 async def send_all(client: LifelineClient, events: list[dict], batch: int = 5) -> None:
     for i in range(0, len(events), batch):
-        await client.send_events(events[i:i + batch])
+        await client.send_events(events[i : i + batch])
 
 
 def journey(kind: str, sid: str) -> list[dict]:
@@ -167,7 +167,7 @@ async def test_resume_after_drop_neither_loses_nor_duplicates(lifeline_stack):
     client = await connect(lifeline_stack, sid)
     await send_all(client, events[: n // 2])
     await client.wait_acked(n // 2)
-    await client.send_events(events[n // 2: n // 2 + 4])
+    await client.send_events(events[n // 2 : n // 2 + 4])
     await client.abort()  # cut mid-stream: these four may or may not have been stored
     assert client.acked < n
 
@@ -214,8 +214,9 @@ async def test_handshake_refuses_unknown_site_and_origin(lifeline_stack):
 
 
 async def test_hello_without_analytics_consent_is_refused(lifeline_stack):
-    client = LifelineClient(lifeline_stack.ws_url, "demo", new_sid("noconsent"), ORIGIN,
-                            consent=("necessary",))
+    client = LifelineClient(
+        lifeline_stack.ws_url, "demo", new_sid("noconsent"), ORIGIN, consent=("necessary",)
+    )
     reply = await client.connect()
     assert reply["code"] == "consent_required"
     await client.close()
@@ -224,7 +225,9 @@ async def test_hello_without_analytics_consent_is_refused(lifeline_stack):
 async def test_oversized_frames(lifeline_stack):
     sid = new_sid("big")
     client = await connect(lifeline_stack, sid)
-    await client.send_raw(msgpack.packb({"t": "events", "sid": sid, "events": [], "pad": "x" * 70_000}))
+    await client.send_raw(
+        msgpack.packb({"t": "events", "sid": sid, "events": [], "pad": "x" * 70_000})
+    )
     err = await client.wait_for(lambda f: f["t"] == "error")
     assert err["code"] == "frame_too_large"
     await client.send_events(journey("calm", sid)[:1])
@@ -242,15 +245,21 @@ async def test_beacon_flush_is_validated_and_stored(lifeline_stack):
     await client.send_events(events[:3])
     await client.wait_acked(3)
     url = f"{lifeline_stack.http_url}/beacon?site=demo"
-    body = {"sid": sid, "token": client.token, "now": int(time.time() * 1000),
-            "events": events[2:6] + [{"type": "nope", "seq": 7, "ts": events[5]["ts"]}]}
+    body = {
+        "sid": sid,
+        "token": client.token,
+        "now": int(time.time() * 1000),
+        "events": events[2:6] + [{"type": "nope", "seq": 7, "ts": events[5]["ts"]}],
+    }
     async with aiohttp.ClientSession() as http:
-        async with http.post(url, data=json.dumps(body), headers={"Origin": ORIGIN,
-                             "Content-Type": "text/plain"}) as resp:
+        async with http.post(
+            url, data=json.dumps(body), headers={"Origin": ORIGIN, "Content-Type": "text/plain"}
+        ) as resp:
             assert resp.status == 200
             reply = await resp.json()
-        async with http.post(url, data=json.dumps({**body, "token": "f" * 32}),
-                             headers={"Origin": ORIGIN}) as resp:
+        async with http.post(
+            url, data=json.dumps({**body, "token": "f" * 32}), headers={"Origin": ORIGIN}
+        ) as resp:
             assert resp.status == 403
     assert reply["acked"] == 7
     assert [e["code"] for e in reply["errors"]] == ["unknown_type"]
@@ -293,7 +302,9 @@ async def test_shard_crash_recovery_keeps_exact_features(lifeline_stack):
     for sid, evs in journeys.items():
         live = await shard.session_row.remote(sid)
         stored = await stack.gateway.store.read_events(sid)
-        uninterrupted = replay([validate_event(e, now_ms=e["ts"]) for e in stored], sid=sid, site="demo")
+        uninterrupted = replay(
+            [validate_event(e, now_ms=e["ts"]) for e in stored], sid=sid, site="demo"
+        )
         assert live == uninterrupted[-1]
         assert live[0] == len(evs)
         await clients[sid].close()
@@ -340,8 +351,10 @@ async def test_racing_beacons_store_everything_once(lifeline_stack):
     await client.wait_acked(2)
     url = f"{lifeline_stack.http_url}/beacon?site=demo"
     now = int(time.time() * 1000)
-    bodies = [{"sid": sid, "token": client.token, "now": now, "events": events[2:8]},
-              {"sid": sid, "token": client.token, "now": now, "events": events[4:10]}]
+    bodies = [
+        {"sid": sid, "token": client.token, "now": now, "events": events[2:8]},
+        {"sid": sid, "token": client.token, "now": now, "events": events[4:10]},
+    ]
     async with aiohttp.ClientSession() as http:
 
         async def post(body):
