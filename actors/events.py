@@ -207,18 +207,3 @@ def validate_event(raw: Any, now_ms: int, clock_offset_ms: int = 0) -> dict[str,
             )
         out["turns"] = [float(t) for t in turns]
     return out
-
-
-def check_sequence(expected_next: int, seqs: list[int]) -> EventError | None:
-    """Refuse a batch whose first new sequence number skips ahead.
-
-    Sequence numbers are per session and contiguous; numbers below
-    ``expected_next`` are resends (deduplicated by the caller, not errors).
-    """
-    for seq in seqs:
-        if seq < expected_next:
-            continue
-        if seq != expected_next:
-            return EventError(SEQUENCE_GAP, f"expected seq {expected_next}, got {seq}", seq, "seq")
-        expected_next += 1
-    return None

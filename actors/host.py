@@ -197,9 +197,3 @@ class SessionHost:
                 self.dirty.discard(sid)
                 retired.append((sid, msgpack.unpackb(packed)))
         return retired
-
-    def forget(self, sid: str) -> None:
-        """Drop a session from memory (consent withdrawn)."""
-        self.active.pop(sid, None)
-        self.dormant.pop(sid, None)
-        self.dirty.discard(sid)

@@ -1,4 +1,4 @@
-"""One visitor's session: its rolling features, struggle signals and phase.
+"""One visitor's session: its rolling features, struggle signals and policy state.
 
 A :class:`Session` is the state of a virtual actor. It consumes normalised
 events (from :func:`actors.events.validate_event`) strictly in sequence order
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable
-from enum import Enum
 from typing import Any, NamedTuple
 
 from actors.detectors import (
@@ -37,14 +36,6 @@ MAX_UNIQUE_PAGES = 64  # beyond this, n_unique_pages saturates (bounded memory)
 MAX_ERROR_FIELDS = 16
 EVENTS_HALF_LIFE_S = 30.0
 CLICKS_HALF_LIFE_S = 15.0
-
-
-class Phase(str, Enum):
-    """Where a session stands, as the policy sees it."""
-
-    BROWSING = "browsing"
-    STRUGGLING = "struggling"
-    CONVERTED = "converted"
 
 
 class EventView(NamedTuple):
@@ -472,14 +463,6 @@ class Session:
             min(d[_SCROLL] / cfg.full_scroll, 1.0),
             min(idle, 1.0),
         ]
-
-    @property
-    def phase(self) -> Phase:
-        if self.purchased:
-            return Phase.CONVERTED
-        if any(s >= STRONG_SIGNAL for s in self._signal_values()):
-            return Phase.STRUGGLING
-        return Phase.BROWSING
 
     def row(self) -> list[float]:
         """The feature row as of the last event, in ``FEATURE_NAMES`` order."""

@@ -540,9 +540,3 @@ class SessionShard(ShardCore):
     async def flush(self) -> int:
         """Write snapshots of every changed session now."""
         return await self.flush_snapshots()
-
-    async def stop_tasks(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task

@@ -29,7 +29,6 @@ import json
 import logging
 import time
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -545,9 +544,3 @@ class Gateway:
                     peer.send(frame)
         finally:
             await pubsub.aclose()
-
-    def sessions_by_shard(self) -> dict[int, int]:
-        counts: dict[int, int] = defaultdict(int)
-        for sid in self.peers_by_sid:
-            counts[self.ring.shard_of(sid)] += 1
-        return dict(counts)

@@ -11,11 +11,9 @@ from actors.events import (
     EVENT_TYPES,
     FIELDS,
     MISSING_FIELD,
-    SEQUENCE_GAP,
     TOO_LARGE,
     UNKNOWN_TYPE,
     EventError,
-    check_sequence,
     validate_event,
 )
 
@@ -115,9 +113,3 @@ def test_form_events_cannot_carry_values():
         NOW,
     )
     assert "value" not in out and "me@example.com" not in repr(out)
-
-
-def test_check_sequence():
-    assert check_sequence(5, [3, 4, 5, 6]) is None
-    gap = check_sequence(5, [5, 7])
-    assert gap is not None and gap.code == SEQUENCE_GAP and gap.seq == 7
