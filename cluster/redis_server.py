@@ -65,6 +65,18 @@ def async_client(url: str, max_connections: int = 64):
     return aioredis.Redis(connection_pool=pool)
 
 
+def delete_prefix(url: str, prefix: str, batch: int = 5000) -> int:
+    """Delete every key under ``prefix`` (tests and benchmarks clean up their own); returns how many."""
+    r = redis.Redis.from_url(url)
+    try:
+        keys = list(r.scan_iter(match=prefix + "*", count=batch))
+        for i in range(0, len(keys), batch):
+            r.delete(*keys[i : i + batch])
+        return len(keys)
+    finally:
+        r.close()
+
+
 def answers(url: str, timeout: float = 0.5) -> bool:
     """True if a Redis at ``url`` answers PING."""
     try:

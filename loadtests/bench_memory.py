@@ -102,6 +102,7 @@ async def measure_shard(n: int, redis_url: str) -> dict[str, float]:
 
     from actors.shard import SessionShard
     from cluster.config import Settings
+    from cluster.redis_server import delete_prefix
 
     prefix = f"llbenchmem-{uuid.uuid4().hex[:6]}:"
     shard = SessionShard.remote(0, redis_url, prefix, Settings().sites_file, 1800.0, False)
@@ -119,12 +120,7 @@ async def measure_shard(n: int, redis_url: str) -> dict[str, float]:
     idle = await shard.memory.remote()
     held = await shard.ping.remote()
     ray.kill(shard)
-    import redis
-
-    r = redis.Redis.from_url(redis_url)
-    keys = list(r.scan_iter(match=prefix + "*", count=5000))
-    for i in range(0, len(keys), 5000):
-        r.delete(*keys[i : i + 5000])
+    delete_prefix(redis_url, prefix)
     return {
         "sessions_held": held["sessions_active"] + held["sessions_dormant"],
         "events": info["events"],

@@ -87,22 +87,18 @@ class EventStore:
         pipe.hsetnx(key, "created", int(time.time() * 1000))
         pipe.hset(key, mapping={"site": site, "consent": json.dumps(consent)})
         pipe.expire(key, SESSION_TTL_S)
-        pipe.xadd(
-            self.keys.consent_log,
-            {
-                "sid": sid,
-                "site": site,
-                "consent": json.dumps(consent),
-                "ts": int(time.time() * 1000),
-            },
-            maxlen=100_000,
-            approximate=True,
-        )
+        self._log_consent(pipe, sid, site, consent)
         await pipe.execute()
 
     async def record_consent(self, sid: str, site: str, consent: list[str]) -> None:
+        """A consent change: the session's current consent, and an entry in the consent log."""
         pipe = self.r.pipeline(transaction=False)
         pipe.hset(self.keys.session(sid), "consent", json.dumps(consent))
+        self._log_consent(pipe, sid, site, consent)
+        await pipe.execute()
+
+    def _log_consent(self, pipe: Any, sid: str, site: str, consent: list[str]) -> None:
+        """Queue a consent-log entry: who granted what, when (grants and withdrawals alike)."""
         pipe.xadd(
             self.keys.consent_log,
             {
@@ -114,7 +110,6 @@ class EventStore:
             maxlen=100_000,
             approximate=True,
         )
-        await pipe.execute()
 
     async def append_many(self, runs: Sequence[Append]) -> list[tuple[int, bool]]:
         """Append every run in one round trip and one script call; (durable seq, appended?) each.

@@ -13,9 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 import pytest_asyncio
-import redis
 
-from cluster.redis_server import ensure_redis
+from cluster.redis_server import delete_prefix, ensure_redis
 
 
 @pytest.fixture(scope="session")
@@ -31,11 +30,7 @@ def prefix(redis_url: str) -> Iterator[str]:
     """A Redis key prefix of this test's own; its keys are deleted afterwards."""
     p = f"lltest-{uuid.uuid4().hex[:10]}:"
     yield p
-    r = redis.Redis.from_url(redis_url)
-    keys = list(r.scan_iter(match=p + "*", count=1000))
-    if keys:
-        r.delete(*keys)
-    r.close()
+    delete_prefix(redis_url, p)
 
 
 @pytest.fixture(scope="session")
@@ -76,8 +71,4 @@ async def lifeline_stack(ray_cluster: None, redis_url: str):
     await stack.start(shard_name_suffix=f"-{uuid.uuid4().hex[:6]}")
     yield stack
     await stack.stop()
-    r = redis.Redis.from_url(redis_url)
-    keys = list(r.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        r.delete(*keys)
-    r.close()
+    delete_prefix(redis_url, prefix)

@@ -11,9 +11,9 @@ import uuid
 
 import pytest
 import pytest_asyncio
-import redis
 
 from actors.policy import RECOMMENDATIONS
+from cluster.redis_server import delete_prefix
 from serve.llm_stub import StubLLM
 from serve.pyclient import LifelineClient
 from training.simulator import scripted
@@ -62,11 +62,7 @@ async def serve_stack(ray_cluster, redis_url, tmp_path_factory):
     yield stack, stub
     await stack.stop()
     await stub.close()
-    r = redis.Redis.from_url(redis_url)
-    keys = list(r.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        r.delete(*keys)
-    r.close()
+    delete_prefix(redis_url, prefix)
 
 
 async def open_session(stack, consent: tuple[str, ...] = CONSENT) -> LifelineClient:
