@@ -38,6 +38,8 @@ def ray_cluster(redis_url: str) -> Iterator[None]:
     """One local Ray cluster for the whole test run (ray.init takes seconds)."""
     import ray
 
+    from cluster.stack import RAY_SYSTEM_CONFIG
+
     if not ray.is_initialized():
         ray.init(
             num_cpus=2,
@@ -45,6 +47,7 @@ def ray_cluster(redis_url: str) -> Iterator[None]:
             logging_level="WARNING",
             log_to_driver=False,
             namespace="lifeline-tests",
+            _system_config=RAY_SYSTEM_CONFIG,
         )
     yield None
     try:
