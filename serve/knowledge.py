@@ -256,6 +256,12 @@ class KnowledgeBase:
                 raise ValueError(f"unknown retrieval method {method!r}")
         return self._index[method]
 
+    def prepare(self, method: str = WINNER) -> KnowledgeBase:
+        """Build the retrieval index now (at replica start) rather than on the first query."""
+        if self.articles:
+            self._retriever(method)
+        return self
+
     def search(self, query: str, k: int = 3, method: str = WINNER) -> list[tuple[Article, float]]:
         """Up to ``k`` articles with a positive score, best first."""
         if not self.articles or not query.strip():
