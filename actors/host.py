@@ -32,6 +32,25 @@ from actors.session import EventView, Session
 
 # (sid, site, consent, normalised events in seq order)
 BatchItem = tuple[str, str, Sequence[str], Sequence[dict[str, Any]]]
+
+
+def pack_batch(items: Sequence[tuple[str, str, Sequence[str], bytes]]) -> bytes:
+    """A shard call's wire form: (sid, site, consent, events as the msgpack bytes the log holds).
+
+    The gateway packs each run of events once, for the event log, and the
+    shard call carries the same bytes: cheaper than Ray pickling the dicts
+    (about 0.4 ms per 256 events on each side).
+    """
+    return msgpack.packb(items)
+
+
+def unpack_batch(data: bytes) -> list[BatchItem]:
+    return [
+        (sid, site, consent, msgpack.unpackb(ev))
+        for sid, site, consent, ev in msgpack.unpackb(data)
+    ]
+
+
 ScoreFn = Callable[[list[list[float]]], Sequence[float]]
 SegmentFn = Callable[[list[float]], int | None]
 RulesFn = Callable[[str], tuple[DetectorConfig, PolicyConfig]]

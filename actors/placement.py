@@ -11,6 +11,7 @@ Pure: no Ray, Redis or network imports.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 
 VNODES = 64  # points per shard: evens out the load to a few percent
@@ -30,7 +31,10 @@ class HashRing:
         points = sorted((_point(f"shard-{s}#{v}"), s) for s in range(n) for v in range(vnodes))
         self._keys = [p for p, _ in points]
         self._owners = [s for _, s in points]
+        # A live session's shard is asked for on every frame: remember recent answers.
+        self.shard_of = functools.lru_cache(maxsize=1 << 16)(self._shard_of)
 
-    def shard_of(self, sid: str) -> int:
+    def _shard_of(self, sid: str) -> int:
+        """The shard that owns ``sid``."""
         i = bisect.bisect(self._keys, _point(sid))
         return self._owners[i % len(self._owners)]

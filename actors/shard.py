@@ -27,7 +27,7 @@ import msgpack
 import ray
 import redis
 
-from actors.host import BatchItem, SessionHost
+from actors.host import BatchItem, SessionHost, unpack_batch
 from actors.policy import RECOMMENDATIONS, Decision
 from actors.scoring import SchemaMismatch, Scorer
 from actors.sites import Site, load_sites
@@ -191,8 +191,12 @@ class ShardCore:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def handle(self, items: Sequence[BatchItem], gateway_id: str = "") -> list[tuple]:
-        """Process one batch; returns (sid, seqs, scores, intervention frames) per session."""
+    async def handle(self, batch: bytes, gateway_id: str = "") -> bytes:
+        """Process one batch (:func:`actors.host.pack_batch`).
+
+        Returns, msgpack-packed, (sid, seqs, scores, intervention frames) per session.
+        """
+        items = unpack_batch(batch)
         self._start()
         started = time.perf_counter()
         async with self._lock:
@@ -229,7 +233,7 @@ class ShardCore:
                 for d in decisions:
                     if not d.holdout and d.personalized:
                         self._enrich(d, gateway_id)
-        return out
+        return msgpack.packb(out)
 
     @staticmethod
     def _template(d: Decision) -> str:

@@ -1,11 +1,17 @@
 """The WebSocket gateway: browsers in, durable appends, shard batches, interventions out.
 
-The I/O shell around :class:`serve.protocol.Connection`. Per connection it
-reads frames and answers in order; across connections it runs two pipelines
-that batch whatever arrived while the previous round trip was in flight:
+The I/O shell around :class:`serve.protocol.Connection`. Each socket is a
+:class:`Peer`: the ``websockets`` library's sans-I/O ``ServerProtocol``
+driven straight from asyncio's protocol callbacks. Frames are handled in
+``data_received`` and replies are written to the transport at once; there is
+no task per socket. (The library's own asyncio layer, with a reader task, a
+message assembler and an async generator per send, cost 37-56 us per echoed
+frame against 19 us for this shape; BENCHMARKS.md.) Across
+connections the gateway runs two pipelines that batch whatever arrived while
+the previous round trip was in flight:
 
-* the **append pipeline** makes events durable in Redis (one pipelined round
-  trip for all connections) and only then acknowledges them;
+* the **append pipeline** makes events durable in Redis (one script call
+  for all connections) and only then acknowledges them;
 * one **dispatcher per shard** hands that shard every durable event that
   arrived since its last call, in one Ray call, and pushes back the
   interventions it decides. One call in flight per shard keeps each
@@ -18,7 +24,9 @@ Redis pub/sub channel of its own and goes out as ``update`` frames.
 Backpressure: when the shards fall behind by more than ``max_pending``
 events, new frames are refused with ``overloaded`` (not acknowledged: the
 client resends later) instead of queueing without bound; a client that does
-not read its socket is disconnected rather than buffered forever.
+not read its socket is disconnected once ``OUTBOX_BYTES`` wait for it,
+rather than buffered forever; while a hello or consent change awaits Redis,
+the socket's reading is paused so its later frames wait in the kernel.
 """
 
 from __future__ import annotations
@@ -29,15 +37,19 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import msgpack
 import ray
-import websockets
-from websockets.asyncio.server import ServerConnection
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
+from actors.host import pack_batch
 from actors.placement import HashRing
 from actors.sites import Site
 from cluster.keys import Keys
@@ -55,8 +67,13 @@ from serve.store import Append, EventStore
 
 log = logging.getLogger("lifeline.gateway")
 
-OUTBOX_FRAMES = 1024  # frames queued for one slow client before it is disconnected
+OUTBOX_BYTES = 1 << 20  # unsent bytes one slow client may hold before it is disconnected
 SHARD_RETRY_S = 120.0  # how long a batch is retried while Ray restarts a shard
+PING_INTERVAL_S = 20.0  # a socket silent this long is pinged; silent for two, dropped
+CLOSE_TIMEOUT_S = 5.0  # how long a closing handshake may take before the socket is cut
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_KEEPALIVE = 1011
 
 
 @dataclass
@@ -84,36 +101,216 @@ class Stats:
         return d
 
 
-class Peer:
-    """One socket: its protocol state and a bounded outbox drained by a writer task."""
+class Peer(asyncio.Protocol):
+    """One socket: the WebSocket protocol state, the Lifeline protocol state, the transport.
 
-    def __init__(self, ws: ServerConnection | None, conn: Connection) -> None:
-        self.ws = ws
-        self.conn = conn
-        self.outbox: asyncio.Queue[str | bytes | None] = asyncio.Queue(OUTBOX_FRAMES)
-        self.writer: asyncio.Task | None = None
+    A beacon request uses a Peer without a transport: the same protocol
+    checks, nothing to write to.
+    """
+
+    def __init__(self, gateway: Gateway | None, conn: Connection | None = None) -> None:
+        self.gw = gateway
+        self.conn = conn  # set once the handshake names the site
+        self.ws: ServerProtocol | None = None
+        self.transport: asyncio.Transport | None = None
+        self.backlog: deque[str | bytes] = deque()  # frames that wait for a hello or consent
+        self.busy = False
+        self.fragments: list[bytes] = []
+        self.fragments_text = False
+        self.last_rx = 0.0
+        self.pinged = False
+        self.hello_timer: asyncio.TimerHandle | None = None
+        self.close_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio callbacks ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert self.gw is not None
+        self.transport = transport  # type: ignore[assignment]
+        self.ws = ServerProtocol(
+            max_size=self.gw.limits.hard_frame_bytes, logger=logging.getLogger("websockets.server")
+        )
+        self.last_rx = time.monotonic()
+
+    def data_received(self, data: bytes) -> None:
+        ws = self.ws
+        assert ws is not None
+        self.last_rx = time.monotonic()
+        self.pinged = False
+        ws.receive_data(data)
+        for event in ws.events_received():
+            if isinstance(event, Request):
+                self._handshake(event)
+            elif ws.state is State.OPEN:
+                self._frame(event)
+        self.flush()
+
+    def eof_received(self) -> bool:
+        assert self.ws is not None
+        self.ws.receive_eof()
+        self.flush()
+        return False  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.ws is not None:
+            self.ws.receive_eof()
+        for timer in (self.hello_timer, self.close_timer):
+            if timer is not None:
+                timer.cancel()
+        if self.gw is not None and self.conn is not None:
+            self.gw.detach(self)
+
+    # -- frames ---------------------------------------------------------------
+
+    def _handshake(self, request: Request) -> None:
+        ws, gw = self.ws, self.gw
+        assert ws is not None and gw is not None
+        parts = urlsplit(request.path)
+        if parts.path != "/ws":
+            ws.send_response(ws.reject(404, "not found: the WebSocket endpoint is /ws\n"))
+            return
+        site = gw.site_for(parts.query, request.headers.get("Origin"))
+        if isinstance(site, str):
+            log.warning("refused handshake: %s", site)
+            ws.send_response(ws.reject(403, site + "\n"))
+            return
+        response = ws.accept(request)
+        ws.send_response(response)
+        if ws.state is not State.OPEN:  # not a valid WebSocket upgrade: answered and closed
+            log.info("failed handshake: %s", ws.handshake_exc)
+            return
+        self.conn = Connection(site.key, gw.secret, gw.limits)
+        gw.attach(self)
+        self.hello_timer = asyncio.get_running_loop().call_later(
+            gw.limits.hello_timeout_s, self._hello_timeout
+        )
+
+    def _frame(self, frame: Frame) -> None:
+        op = frame.opcode
+        if op is Opcode.TEXT or op is Opcode.BINARY:
+            if frame.fin:
+                self._message(frame.data, op is Opcode.TEXT)
+                return
+            self.fragments, self.fragments_text = [bytes(frame.data)], op is Opcode.TEXT
+        elif op is Opcode.CONT and self.fragments:
+            self.fragments.append(bytes(frame.data))  # the protocol enforces max_size overall
+            if frame.fin:
+                data, self.fragments = b"".join(self.fragments), []
+                self._message(data, self.fragments_text)
+        # Ping, pong and close frames are answered by the protocol itself.
+
+    def _message(self, data: bytes | bytearray | memoryview, text: bool) -> None:
+        message: str | bytes
+        if text:
+            try:
+                message = bytes(data).decode()
+            except UnicodeDecodeError:
+                self.send(error("bad_frame", "a text frame must be UTF-8"))
+                return
+        else:
+            message = data if isinstance(data, bytes) else bytes(data)
+        if self.busy:
+            self.backlog.append(message)
+        else:
+            self._dispatch(message)
+
+    def _dispatch(self, message: str | bytes) -> None:
+        assert self.gw is not None and self.conn is not None
+        if self.conn.close:
+            return  # closing: frames after the one that closed it are not read
+        slow = self.gw.on_message(self, message)
+        if slow is not None:
+            # A hello or consent change awaits Redis: later frames wait behind it.
+            self.busy = True
+            if self.transport is not None:
+                self.transport.pause_reading()
+            asyncio.get_running_loop().create_task(self._finish(slow))
+        if self.conn.close:
+            self.close(*self.conn.close)
+
+    async def _finish(self, slow: Any) -> None:
+        try:
+            await slow
+        except Exception:  # e.g. Redis unreachable: the client hears nothing and retries
+            log.exception("handling a frame failed")
+        finally:
+            self.busy = False
+            while self.backlog and not self.busy:
+                self._dispatch(self.backlog.popleft())
+            if not self.busy and self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+            self.flush()
+        if self.conn is not None and self.conn.sessions and self.hello_timer is not None:
+            self.hello_timer.cancel()  # said hello: the hello timeout is over
+            self.hello_timer = None
+
+    # -- writing --------------------------------------------------------------
 
     def send(self, frame: dict[str, Any]) -> None:
-        if self.ws is None:
+        """Queue a frame for the client and write it (unless the client is too slow to read)."""
+        ws, transport = self.ws, self.transport
+        if ws is None or transport is None or ws.state is not State.OPEN:
             return
-        try:
-            self.outbox.put_nowait(self.conn.encode(frame))
-        except asyncio.QueueFull:
+        assert self.conn is not None
+        data = self.conn.encode(frame)
+        if isinstance(data, bytes):
+            ws.send_binary(data)
+        else:
+            ws.send_text(data.encode())
+        self.flush()
+        if transport.get_write_buffer_size() > OUTBOX_BYTES:
             # A client that does not read is dropped, not buffered without bound.
-            self.conn.close = (1008, "client too slow to read its frames")
-            if self.ws.transport is not None:
-                self.ws.transport.abort()
+            self.conn.close = (CLOSE_POLICY, "client too slow to read its frames")
+            transport.abort()
 
-    async def write_loop(self) -> None:
-        assert self.ws is not None
-        while True:
-            msg = await self.outbox.get()
-            if msg is None:
-                return
-            try:
-                await self.ws.send(msg)
-            except websockets.ConnectionClosed:
-                return
+    def flush(self) -> None:
+        """Write what the protocol has to send; its end-of-stream closes the socket."""
+        ws, transport = self.ws, self.transport
+        if ws is None or transport is None:
+            return
+        for data in ws.data_to_send():
+            if data:
+                transport.write(data)
+            else:
+                transport.close()  # the server closes TCP first (RFC 6455, 7.1.1)
+        if ws.close_expected() and self.close_timer is None:
+            self.close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self.abort)
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake; queued frames (the error that explains it) go first."""
+        ws = self.ws
+        if ws is None or ws.state is not State.OPEN:
+            return
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
+            self.hello_timer = None
+        ws.send_close(code, reason)
+        self.flush()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def ping(self) -> None:
+        """Keepalive: ping a quiet socket; drop it if the last ping got no answer."""
+        ws = self.ws
+        if ws is None or ws.state is not State.OPEN:
+            return
+        if self.pinged:
+            log.info("dropping a socket that answered no keepalive ping")
+            ws.fail(CLOSE_KEEPALIVE, "keepalive ping timeout")
+            self.flush()
+            self.abort()
+            return
+        self.pinged = True
+        ws.send_ping(b"")
+        self.flush()
+
+    def _hello_timeout(self) -> None:
+        self.hello_timer = None
+        if self.conn is not None and not self.conn.sessions and not self.busy:
+            self.conn.close = (CLOSE_HELLO_TIMEOUT, "no hello in time")
+            self.close(*self.conn.close)
 
 
 class AppendSink:
@@ -137,6 +334,7 @@ class Gateway:
         limits: Limits | None = None,
         batch_window_ms: float = 0.0,
         max_pending: int = 50_000,
+        ping_interval_s: float = PING_INTERVAL_S,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.keys = Keys(prefix)
@@ -149,6 +347,7 @@ class Gateway:
         self.limits = limits or Limits()
         self.window_s = batch_window_ms / 1000.0
         self.max_pending = max_pending
+        self.ping_interval_s = ping_interval_s
         self.stats = Stats()
         self.peers_by_sid: dict[str, Peer] = {}
         self._appends: asyncio.Queue[tuple[AppendSink, EventsPlan]] = asyncio.Queue()
@@ -159,7 +358,8 @@ class Gateway:
         self._round_done = asyncio.Event()
         self._scored_waiters: dict[str, list[tuple[int, asyncio.Future]]] = {}
         self._tasks: list[asyncio.Task] = []
-        self._server: websockets.asyncio.server.Server | None = None
+        self._server: asyncio.Server | None = None
+        self.peers: set[Peer] = set()
         self.port = 0
 
     # -- lifecycle ------------------------------------------------------------
@@ -170,16 +370,9 @@ class Gateway:
         self._tasks = [loop.create_task(self._append_loop())]
         self._tasks += [loop.create_task(self._shard_loop(i)) for i in range(len(self.shards))]
         self._tasks.append(loop.create_task(self._push_loop()))
-        self._server = await websockets.serve(
-            self._handle,
-            host,
-            port,
-            process_request=self._check_request,
-            max_size=self.limits.hard_frame_bytes,
-            compression=None,  # frames are small msgpack; deflate costs more CPU than it saves
-            ping_interval=20,
-            ping_timeout=20,
-            reuse_port=reuse_port,
+        self._tasks.append(loop.create_task(self._keepalive_loop()))
+        self._server = await loop.create_server(
+            lambda: Peer(self), host, port, reuse_port=reuse_port, backlog=2048
         )
         self.port = self._server.sockets[0].getsockname()[1]
         from cluster.gc_tuning import tune_for_throughput
@@ -191,6 +384,8 @@ class Gateway:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+            for peer in list(self.peers):
+                peer.close(CLOSE_GOING_AWAY, "server shutting down")
             await self._server.wait_closed()
         for t in self._tasks:
             t.cancel()
@@ -199,7 +394,7 @@ class Gateway:
                 await t
         await self.redis.aclose()
 
-    # -- handshake --------------------------------------------------------------
+    # -- sockets ------------------------------------------------------------------
 
     def site_for(self, query: str, origin: str | None) -> Site | str:
         """The site a request belongs to, or why it is refused."""
@@ -211,91 +406,62 @@ class Gateway:
             return f"origin {origin!r} not allowed for site {site.key}"
         return site
 
-    async def _check_request(self, connection: ServerConnection, request: Any):
-        parts = urlsplit(request.path)
-        if parts.path != "/ws":
-            return connection.respond(404, "not found: the WebSocket endpoint is /ws\n")
-        site = self.site_for(parts.query, request.headers.get("Origin"))
-        if isinstance(site, str):
-            log.warning("refused handshake: %s", site)
-            return connection.respond(403, site + "\n")
-        return None
-
-    # -- one socket ---------------------------------------------------------------
-
-    async def _handle(self, ws: ServerConnection) -> None:
-        site = self.site_for(urlsplit(ws.request.path).query, ws.request.headers.get("Origin"))
-        assert isinstance(site, Site)  # _check_request refused the others
-        peer = Peer(ws, Connection(site.key, self.secret, self.limits))
-        peer.writer = asyncio.get_running_loop().create_task(peer.write_loop())
+    def attach(self, peer: Peer) -> None:
+        """A socket finished its handshake."""
+        self.peers.add(peer)
         self.stats.connections += 1
-        hello_timer = asyncio.get_running_loop().call_later(
-            self.limits.hello_timeout_s, self._hello_timeout, peer
-        )
-        try:
-            async for message in ws:
-                await self._on_message(peer, message)
-                if peer.conn.close:
-                    await self._close(peer, *peer.conn.close)
-                    break
-                if peer.conn.sessions and hello_timer is not None:
-                    hello_timer.cancel()
-                    hello_timer = None
-        except websockets.ConnectionClosed:
-            pass
-        finally:
-            if hello_timer is not None:
-                hello_timer.cancel()
-            self.stats.connections -= 1
-            for sid in list(peer.conn.sessions):
-                if self.peers_by_sid.get(sid) is peer:
-                    del self.peers_by_sid[sid]
-            if peer.writer is not None:
-                peer.writer.cancel()
 
-    def _hello_timeout(self, peer: Peer) -> None:
-        if not peer.conn.sessions:
-            peer.conn.close = (CLOSE_HELLO_TIMEOUT, "no hello in time")
-            asyncio.get_running_loop().create_task(
-                self._close(peer, CLOSE_HELLO_TIMEOUT, "no hello in time")
-            )
-
-    async def _close(self, peer: Peer, code: int, reason: str) -> None:
-        if peer.ws is None:
+    def detach(self, peer: Peer) -> None:
+        """A socket is gone: its sessions stop receiving pushes here."""
+        if peer not in self.peers:
             return
-        # Let queued frames (the error that explains the close) go out first.
-        writer = peer.writer
-        if writer is not None and not writer.done():
-            with contextlib.suppress(asyncio.QueueFull):
-                peer.outbox.put_nowait(None)
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(writer), 1.0)
-        await peer.ws.close(code, reason)
+        self.peers.discard(peer)
+        self.stats.connections -= 1
+        assert peer.conn is not None
+        for sid in list(peer.conn.sessions):
+            if self.peers_by_sid.get(sid) is peer:
+                del self.peers_by_sid[sid]
 
-    async def _on_message(self, peer: Peer, message: str | bytes) -> None:
+    async def _keepalive_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.ping_interval_s)  # one sweep for all sockets, not a timer each
+            quiet = time.monotonic() - self.ping_interval_s
+            for peer in list(self.peers):
+                if peer.last_rx < quiet:
+                    peer.ping()
+
+    def on_message(self, peer: Peer, message: str | bytes) -> Any:
+        """Handle one message; returns an awaitable when it must wait for Redis."""
+        assert peer.conn is not None
         self.stats.frames += 1
         frame, err = peer.conn.receive(message)
         if err is not None:
             self.stats.errors += 1
             peer.send(err)
-            return
+            return None
         assert frame is not None
         kind = frame["t"]
         if kind == "events":
-            await self._on_events(peer, frame)
+            self._on_events(peer, frame)
         elif kind == "hello":
-            await self._on_hello(peer, frame)
+            return self._on_hello(peer, frame)
         elif kind == "consent":
-            cursor, reply = peer.conn.consent(frame)
-            if cursor is not None:
-                await self.store.record_consent(cursor.sid, cursor.site, cursor.consent)
-                if "analytics" not in cursor.consent:
-                    self.peers_by_sid.pop(cursor.sid, None)
-            peer.send(reply)
+            return self._on_consent(peer, frame)
         else:
             peer.send({"t": "pong", "now": int(time.time() * 1000)})
+        return None
+
+    async def _on_consent(self, peer: Peer, frame: dict[str, Any]) -> None:
+        assert peer.conn is not None
+        cursor, reply = peer.conn.consent(frame)
+        if cursor is not None:
+            await self.store.record_consent(cursor.sid, cursor.site, cursor.consent)
+            if "analytics" not in cursor.consent:
+                self.peers_by_sid.pop(cursor.sid, None)
+        peer.send(reply)
 
     async def _on_hello(self, peer: Peer, frame: dict[str, Any]) -> None:
+        assert peer.conn is not None
         req = peer.conn.hello(frame)
         if not isinstance(req, HelloRequest):
             self.stats.errors += 1
@@ -309,16 +475,15 @@ class Gateway:
             return
         await self.store.record_hello(req.sid, peer.conn.site, req.consent)
         previous = self.peers_by_sid.get(req.sid)
-        if previous is not None and previous is not peer:
+        if previous is not None and previous is not peer and previous.conn is not None:
             # The newest connection wins: a reloaded tab, or a resume after a drop.
             previous.conn.sessions.pop(req.sid, None)
-            asyncio.get_running_loop().create_task(
-                self._close(previous, CLOSE_TAKEN_OVER, "session resumed on another connection")
-            )
+            previous.close(CLOSE_TAKEN_OVER, "session resumed on another connection")
         self.peers_by_sid[req.sid] = peer
         peer.send(reply)
 
-    async def _on_events(self, peer: Peer, frame: dict[str, Any]) -> None:
+    def _on_events(self, peer: Peer, frame: dict[str, Any]) -> None:
+        assert peer.conn is not None
         if self._pending_events >= self.max_pending:
             self.stats.overloaded += 1
             peer.send(error("overloaded", "server busy: resend later", sid=frame.get("sid")))
@@ -340,6 +505,7 @@ class Gateway:
     async def beacon(self, site: Site, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """Take a page-hide flush through the same checks and durable append as the socket."""
         peer = Peer(None, Connection(site.key, self.secret, self.limits))
+        assert peer.conn is not None
         stored_consent = await self.redis.hget(self.keys.session(str(body.get("sid"))), "consent")
         consent = ["necessary", "analytics"]
         if stored_consent:
@@ -402,20 +568,20 @@ class Gateway:
             self._appending = True
             while not self._appends.empty():
                 batch.append(self._appends.get_nowait())
-            runs = [Append(plan.sid, plan.first, plan.last, plan.append) for _, plan in batch]
+            runs = [Append.of(plan.sid, plan.first, plan.last, plan.append) for _, plan in batch]
             try:
                 results = await self.store.append_many(runs)
             except Exception as exc:  # Redis down: nothing was acked, the clients resend
                 log.error("append of %d runs failed: %s", len(runs), exc)
                 results = [(-1, False)] * len(runs)
             self.stats.append_rounds += 1
-            for (sink, plan), (durable, ok) in zip(batch, results, strict=True):
+            for (sink, plan), run, (durable, ok) in zip(batch, runs, results, strict=True):
                 conn = sink.peer.conn
                 if ok:
                     reply = conn.appended(plan.sid, plan.last)
                     self.stats.events_acked += len(plan.append)
                     if plan.append:
-                        self._to_shard(plan, conn)
+                        self._to_shard(plan, run.payload, conn)
                 else:
                     code = "sequence_gap" if durable >= 0 else "overloaded"
                     reply = conn.append_failed(plan.sid, durable, code)
@@ -431,11 +597,11 @@ class Gateway:
 
     # -- shard dispatch --------------------------------------------------------------
 
-    def _to_shard(self, plan: EventsPlan, conn: Connection) -> None:
+    def _to_shard(self, plan: EventsPlan, payload: bytes, conn: Connection) -> None:
         cursor = conn.sessions.get(plan.sid)
         consent = cursor.consent if cursor is not None else []
         i = self.ring.shard_of(plan.sid)
-        self._pending[i].append((plan.sid, conn.site, consent, plan.append))
+        self._pending[i].append((plan.sid, conn.site, consent, payload, len(plan.append)))
         self._pending_events += len(plan.append)
         self._wake[i].set()
 
@@ -449,7 +615,7 @@ class Gateway:
             items, self._pending[i] = self._pending[i], []
             if not items:
                 continue
-            n = sum(len(it[3]) for it in items)
+            n = sum(it[4] for it in items)
             self.stats.batch_events.append(n)
             if len(self.stats.batch_events) > 10_000:
                 del self.stats.batch_events[:5_000]
@@ -509,14 +675,15 @@ class Gateway:
         delay = 0.05
         while True:
             try:
-                return await shard.handle.remote(items, self.id)
+                packed = pack_batch([it[:4] for it in items])
+                return msgpack.unpackb(await shard.handle.remote(packed, self.id))
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
                 if time.monotonic() > deadline:
                     log.error(
                         "shard %d unavailable for %.0f s; %d events stay in the log only: %s",
                         i,
                         SHARD_RETRY_S,
-                        sum(len(it[3]) for it in items),
+                        sum(it[4] for it in items),
                         exc,
                     )
                     return None

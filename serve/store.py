@@ -63,7 +63,16 @@ class Append:
     sid: str
     first: int  # first seq consumed (refused events consume numbers too)
     last: int
-    events: Sequence[dict[str, Any]]  # the accepted ones, normalised, in order
+    payload: bytes  # the accepted events, normalised, in order, as msgpack ('' for none)
+    ev_first: int = 0  # seq of the first and last accepted event (0: none)
+    ev_last: int = 0
+
+    @classmethod
+    def of(cls, sid: str, first: int, last: int, events: Sequence[dict[str, Any]]) -> Append:
+        """Pack the events once: the same bytes go to the log and to the shard."""
+        if not events:
+            return cls(sid, first, last, b"")
+        return cls(sid, first, last, msgpack.packb(events), events[0]["seq"], events[-1]["seq"])
 
 
 class EventStore:
@@ -124,16 +133,7 @@ class EventStore:
         args: list[Any] = [SESSION_TTL_S]
         for run in runs:
             keys += [self.keys.events(run.sid), self.keys.session(run.sid)]
-            if run.events:
-                args += [
-                    run.first,
-                    run.last,
-                    msgpack.packb(list(run.events)),
-                    run.events[0]["seq"],
-                    run.events[-1]["seq"],
-                ]
-            else:
-                args += [run.first, run.last, b"", 0, 0]
+            args += [run.first, run.last, run.payload, run.ev_first, run.ev_last]
         flat = await self._append(keys=keys, args=args)
         return [(int(flat[i]), bool(flat[i + 1])) for i in range(0, len(flat), 2)]
 

@@ -1,0 +1,140 @@
+"""The gateway's socket layer: handshakes, fragments, timeouts and keepalive, over real sockets.
+
+A second gateway with short timers runs next to the shared stack (same shards,
+same Redis), so timeouts are awaited in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from urllib.parse import urlsplit
+
+import msgpack
+import pytest
+import pytest_asyncio
+import websockets
+from websockets.client import ClientProtocol
+from websockets.frames import Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+from serve.gateway import Gateway
+from serve.protocol import CLOSE_HELLO_TIMEOUT, Limits
+from serve.pyclient import LifelineClient
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+ORIGIN = "http://127.0.0.1:8080"
+
+
+def hello(sid: str) -> bytes:
+    return msgpack.packb(
+        {"t": "hello", "v": 1, "sid": sid, "consent": ["necessary", "analytics"], "now": 0}
+    )
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def quick_gateway(lifeline_stack):
+    """A gateway whose hello timeout is 0.3 s and keepalive interval 0.2 s."""
+    s = lifeline_stack.settings
+    gw = Gateway(
+        lifeline_stack.redis.url,
+        s.prefix,
+        lifeline_stack.shards,
+        lifeline_stack.sites,
+        s.secret,
+        limits=Limits(hello_timeout_s=0.3),
+        ping_interval_s=0.2,
+    )
+    port = await gw.start("127.0.0.1", 0)
+    yield gw, f"ws://127.0.0.1:{port}/ws"
+    await gw.stop()
+
+
+async def http_get(url: str, path: str, headers: str = "") -> bytes:
+    """A raw HTTP/1.1 request; returns everything the server sent before closing."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{headers}\r\n".encode())
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)  # until the server closes
+    writer.close()
+    return data
+
+
+async def test_plain_http_and_wrong_paths_get_http_errors(lifeline_stack):
+    url = lifeline_stack.ws_url
+    not_upgrade = await http_get(url, "/ws?site=demo", f"Origin: {ORIGIN}\r\n")
+    assert not_upgrade.startswith(b"HTTP/1.1 426") or not_upgrade.startswith(b"HTTP/1.1 400")
+    wrong_path = await http_get(url, "/other?site=demo", f"Origin: {ORIGIN}\r\n")
+    assert wrong_path.startswith(b"HTTP/1.1 404")
+    garbage = await http_get(url, "\x00\x01 nonsense")
+    assert not garbage.startswith(b"HTTP/1.1 101")
+
+
+async def test_fragmented_and_text_messages_are_assembled(lifeline_stack):
+    sid = f"t-frag-{uuid.uuid4().hex[:12]}"
+    url = lifeline_stack.ws_url + "?site=demo"
+    async with websockets.connect(url, origin=ORIGIN, compression=None) as ws:
+        whole = hello(sid)
+        # An iterable is sent as one message in several frames.
+        await ws.send([whole[:5], whole[5:11], whole[11:]])
+        welcome = msgpack.unpackb(await ws.recv())
+        assert welcome["t"] == "welcome" and welcome["sid"] == sid
+        await ws.send('{"t":"ping"}')  # a JSON text frame: answered in JSON
+        assert '"pong"' in await ws.recv()
+
+
+async def test_a_socket_without_hello_is_closed(quick_gateway):
+    _, url = quick_gateway
+    async with websockets.connect(url + "?site=demo", origin=ORIGIN) as ws:
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+    assert ws.close_code == CLOSE_HELLO_TIMEOUT
+
+
+async def test_hello_in_time_keeps_the_socket_and_pings_are_answered(quick_gateway):
+    gw, url = quick_gateway
+    client = LifelineClient(url, "demo", f"t-alive-{uuid.uuid4().hex[:12]}", ORIGIN)
+    assert (await client.connect())["t"] == "welcome"
+    # The websockets client answers the gateway's pings: several intervals pass,
+    # the socket stays open and the session still works.
+    await client.send_events([{"type": "page_view", "seq": 1, "ts": 0, "path": "/"}])
+    await client.wait_acked(1)
+    for _ in range(4):
+        await client.roundtrip()
+        await asyncio.sleep(gw.ping_interval_s)  # let keepalive sweeps run between roundtrips
+    assert client.closed is None
+    await client.close()
+
+
+async def test_a_socket_that_answers_no_ping_is_dropped(quick_gateway):
+    """A peer that vanished without closing (no pong) is cut after two quiet intervals."""
+    gw, url = quick_gateway
+    proto = ClientProtocol(parse_uri(url + "?site=demo"), origin=ORIGIN)
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    proto.send_request(proto.connect())
+    for data in proto.data_to_send():
+        writer.write(data)
+    while proto.state is not State.OPEN:
+        proto.receive_data(await asyncio.wait_for(reader.read(4096), 10))
+        proto.events_received()
+    sockets = gw.stats.connections
+    assert sockets >= 1
+    # Say hello, then read what comes but never answer: no pong goes back.
+    proto.send_binary(hello(f"t-mute-{uuid.uuid4().hex[:12]}"))
+    for data in proto.data_to_send():
+        writer.write(data)
+    pings = 0
+    while True:
+        data = await asyncio.wait_for(reader.read(4096), 10)
+        if not data:
+            break  # the gateway closed the connection
+        proto.receive_data(data)
+        pings += sum(1 for e in proto.events_received() if e.opcode is Opcode.PING)
+        proto.data_to_send()  # the automatic pong is thrown away, never written
+    assert pings >= 1
+    writer.close()
+    assert gw.stats.connections == sockets - 1
