@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import heapq
 import json
 import multiprocessing as mp
 import os
@@ -46,9 +47,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from actors.events import URGENT_TYPES  # noqa: E402
+from loadtests.wsload import WsClient  # noqa: E402
 
 ORIGIN = "http://loadtest.local"
 FLUSH_S = 0.1
+TICK_S = 0.002
+SENT_KEPT = 200  # send times kept per visitor after their ack
 
 
 def pct(values: list[float], p: float) -> float:
@@ -82,89 +86,158 @@ def load_journeys(source: str, n: int, seed: int) -> list[list[dict[str, Any]]]:
 # -- load generator processes ---------------------------------------------------------
 
 
-async def _visitor(
-    ws_url: str,
-    journeys: list[list[dict]],
-    rate: float,
-    t_end: float,
-    t_measure: float,
-    res: dict[str, Any],
-    rng: random.Random,
-) -> None:
+class Visitor:
     """One visitor: one socket and one session for the whole run, replaying journeys back to back.
 
-    Events come at Poisson times (``rate`` per second) and are batched as the
-    real client batches them: flushed 100 ms after the first pending event,
-    or at once for urgent events.
+    Events come at Poisson times (``rate`` per second) and are batched and
+    resent as the browser client does it (serve/static/lifeline.js): flushed
+    100 ms after the first pending event, at once for urgent events; after a
+    ``sequence_gap`` everything unacknowledged is resent 30 ms later, after
+    ``overloaded`` or ``rate_limited`` 1-3 s later. Not a task: the process's
+    scheduler calls :meth:`step` when the visitor is due.
     """
-    from serve.pyclient import LifelineClient
 
-    client = LifelineClient(ws_url, "loadtest", f"lt-{uuid.uuid4().hex[:16]}", ORIGIN)
-    client.keep_frames = False
-    for _attempt in range(5):
-        try:
-            welcome = await client.connect()
-            break
-        except Exception as exc:
-            res["connect_errors"] += 1
-            res["errors"][type(exc).__name__] = res["errors"].get(type(exc).__name__, 0) + 1
-            await asyncio.sleep(0.5 + rng.random())  # back off with jitter, as the real client does
-    else:
-        return
-    if welcome.get("t") != "welcome":
-        res["connect_errors"] += 1
-        return
-    j = rng.randrange(len(journeys))
-    events = journeys[j]
-    idx = 0
-    pending: list[dict] = []
-    flush_at: float | None = None
-    seq = 0
-    next_at = time.perf_counter() + rng.expovariate(rate)
-    while time.perf_counter() < t_end:
+    def __init__(
+        self,
+        journeys: list[list[dict]],
+        rate: float,
+        res: dict[str, Any],
+        window: tuple[float, float],
+        rng: random.Random,
+    ) -> None:
+        self.sid = f"lt-{uuid.uuid4().hex[:16]}"
+        self.journeys, self.rate, self.res, self.window, self.rng = journeys, rate, res, window, rng
+        self.j = rng.randrange(len(journeys))
+        self.events, self.idx = journeys[self.j], 0
+        self.seq = self.acked = 0
+        self.unacked: dict[int, dict] = {}
+        self.sent_at: dict[int, float] = {}  # seq -> when first sent
+        self.pending: list[dict] = []
+        self.next_at = self.flush_at = self.resend_at = float("inf")
+        self.ws: WsClient | None = None
+        self.welcome: asyncio.Future | None = None
+
+    async def connect(self, ws_url: str) -> None:
+        self.welcome = asyncio.get_running_loop().create_future()
+        self.ws = await WsClient.connect(f"{ws_url}?site=loadtest", ORIGIN, self.on_message)
+        hello = {
+            "t": "hello",
+            "v": 1,
+            "sid": self.sid,
+            "token": None,
+            "consent": ["necessary", "analytics", "personalization"],
+            "now": int(time.time() * 1000),
+        }
+        self.ws.send(msgpack.packb(hello))
+        welcome = await asyncio.wait_for(self.welcome, 30)
+        if welcome.get("t") != "welcome":
+            raise ConnectionError(f"refused: {welcome}")
+        self.next_at = time.perf_counter() + self.rng.expovariate(self.rate)
+
+    def in_window(self, t: float) -> bool:
+        return self.window[0] <= t <= self.window[1]
+
+    def on_message(self, data: bytes) -> None:
+        frame = msgpack.unpackb(data)
         now = time.perf_counter()
-        due = min(next_at, flush_at or float("inf"))
-        if due > now:
-            await asyncio.sleep(due - now)
-            now = time.perf_counter()
-        if now >= next_at:
-            if idx >= len(events):  # the next journey, same visitor
-                j += 1
-                events, idx = journeys[j % len(journeys)], 0
-            seq += 1
-            ev = dict(events[idx], seq=seq, ts=int(time.time() * 1000))
-            idx += 1
-            pending.append(ev)
-            next_at = now + rng.expovariate(rate)
-            if flush_at is None:
-                flush_at = now + FLUSH_S
-            if ev["type"] in URGENT_TYPES:
-                flush_at = now
-        if flush_at is not None and now >= flush_at and pending:
-            try:
-                await client.send_events(pending)
-            except Exception:
-                break
-            if now >= t_measure:
-                res["sent"] += len(pending)
-            pending, flush_at = [], None
-    if client.unacked:
-        with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
-            await client.wait_acked(max(client.unacked), timeout=5.0)
-    _account(client, res, t_measure, t_end)
-    await client.close()
+        t = frame.get("t")
+        if t == "ack":
+            self.ack(frame["seq"], now)
+        elif t == "intervention":
+            self.res["interventions"] += 1
+            sent = self.sent_at.get(frame.get("seq", -1))
+            if sent is not None and self.in_window(now):
+                self.res["iv_lat"].append(now - sent)
+        elif t in ("welcome", "error") and self.welcome is not None and not self.welcome.done():
+            self.welcome.set_result(frame)
+        elif t == "error":
+            code = frame.get("code", "?")
+            self.res["errors"][code] = self.res["errors"].get(code, 0) + 1
+            expected = frame.get("expected")
+            if expected:
+                self.ack(int(expected) - 1, now)  # everything below it is settled
+            if expected or code in ("sequence_gap", "rate_limited", "overloaded"):
+                delay = 0.03 if code == "sequence_gap" else 1.0 + 2.0 * self.rng.random()
+                self.resend_at = min(self.resend_at, now + delay)
+
+    def ack(self, seq: int, now: float) -> None:
+        if seq <= self.acked:
+            return
+        record = self.in_window(now)
+        for s in range(self.acked + 1, seq + 1):
+            if self.unacked.pop(s, None) is not None and record:
+                self.res["ack_lat"].append(now - self.sent_at[s])
+                self.res["acked"] += 1
+        # Send times are kept a while after the ack: the intervention an event
+        # triggers arrives after its ack.
+        for s in range(self.acked - SENT_KEPT + 1, seq - SENT_KEPT + 1):
+            self.sent_at.pop(s, None)
+        self.acked = seq
+
+    def step(self, now: float) -> float | None:
+        """Do what is due at ``now``; returns when the visitor is next due (None: gone)."""
+        if now >= self.next_at:
+            if self.idx >= len(self.events):  # the next journey, same visitor
+                self.j += 1
+                self.events, self.idx = self.journeys[self.j % len(self.journeys)], 0
+            self.seq += 1
+            ev = dict(self.events[self.idx], seq=self.seq, ts=int(time.time() * 1000))
+            self.idx += 1
+            self.pending.append(ev)
+            self.next_at = now + self.rng.expovariate(self.rate)
+            self.flush_at = now if ev["type"] in URGENT_TYPES else min(self.flush_at, now + FLUSH_S)
+        if now >= self.resend_at:
+            self.resend_at = float("inf")
+            self.pending = [self.unacked[s] for s in sorted(self.unacked)] + self.pending
+            self.flush_at = now
+        if now >= self.flush_at:
+            self.flush_at = float("inf")
+            if not self.flush(now):
+                return None
+        return min(self.next_at, self.flush_at, self.resend_at)
+
+    def flush(self, now: float) -> bool:
+        assert self.ws is not None
+        for i in range(0, len(self.pending), 100):  # the server's per-frame limit
+            batch = self.pending[i : i + 100]
+            fresh = 0
+            for ev in batch:
+                if ev["seq"] not in self.sent_at:
+                    self.sent_at[ev["seq"]] = now
+                    fresh += 1
+                self.unacked[ev["seq"]] = ev
+            frame = {
+                "t": "events",
+                "sid": self.sid,
+                "now": int(time.time() * 1000),
+                "events": batch,
+            }
+            if not self.ws.send(msgpack.packb(frame)):
+                return False
+            if self.in_window(now):
+                self.res["sent"] += fresh
+        self.pending = []
+        return True
 
 
-def _account(client: Any, res: dict[str, Any], t_measure: float, t_end: float) -> None:
-    in_window = [lat for arrived, lat in client.ack_latency if t_measure <= arrived <= t_end]
-    res["ack_lat"].extend(in_window)
-    res["acked"] += len(in_window)
-    res["interventions"] += len(client.of_type("intervention"))
-    res["iv_lat"].extend(
-        lat for arrived, lat in client.intervention_latency() if t_measure <= arrived <= t_end
-    )
-    for frame in client.of_type("error"):
-        res["errors"][frame.get("code", "?")] = res["errors"].get(frame.get("code", "?"), 0) + 1
+async def drive(visitors: list[Visitor], t_end: float) -> None:
+    """Call each visitor when it is due: one scheduler for the process, not a task per visitor."""
+    heap = [(v.next_at, i) for i, v in enumerate(visitors)]
+    heapq.heapify(heap)
+    while heap:
+        now = time.perf_counter()
+        if now >= t_end:
+            return
+        while heap and heap[0][0] <= now:
+            _, i = heapq.heappop(heap)
+            due = visitors[i].step(now)
+            if due is not None:
+                heapq.heappush(heap, (due, i))
+        if heap:
+            # Ticks of at least 2 ms: a sleep per due visitor (10,000/s) cost the
+            # generator more CPU than its sockets did. Send times are taken when
+            # sending, so the tick adds no latency to what is measured.
+            await asyncio.sleep(max(TICK_S, heap[0][0] - time.perf_counter()))
 
 
 def lifeline_worker(
@@ -197,21 +270,41 @@ def lifeline_worker(
     async def main() -> None:
         await asyncio.sleep(max(0.0, start_at - time.time()))
         t0 = time.perf_counter()
-        t_measure, t_end = t0 + warmup, t0 + warmup + duration
+        window = (t0 + warmup, t0 + warmup + duration)
         rng = random.Random(seed)
+        visitors = [
+            Visitor(journeys, rate, res, window, random.Random(rng.random()))
+            for _ in range(sessions)
+        ]
+
+        async def connect(v: Visitor) -> Visitor | None:
+            for _attempt in range(5):
+                try:
+                    await v.connect(ws_url)
+                    return v
+                except Exception as exc:
+                    res["connect_errors"] += 1
+                    name = type(exc).__name__
+                    res["errors"][name] = res["errors"].get(name, 0) + 1
+                    await asyncio.sleep(
+                        0.5 + v.rng.random()
+                    )  # back off with jitter, as browsers do
+            return None
+
         # Ramp connections over the first second rather than in one burst.
         tasks = []
-        for i in range(sessions):
-            tasks.append(
-                asyncio.create_task(
-                    _visitor(
-                        ws_url, journeys, rate, t_end, t_measure, res, random.Random(rng.random())
-                    )
-                )
-            )
+        for i, v in enumerate(visitors):
+            tasks.append(asyncio.create_task(connect(v)))
             if i % 50 == 49:
                 await asyncio.sleep(0.02)
-        await asyncio.gather(*tasks, return_exceptions=True)
+        connected = [v for v in await asyncio.gather(*tasks) if v is not None]
+        await drive(connected, window[1])
+        deadline = time.perf_counter() + 5.0
+        while any(v.unacked for v in connected) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.05)  # the last acks: nothing to await across 1,000 sockets
+        for v in connected:
+            assert v.ws is not None
+            v.ws.close()
 
     proc = psutil.Process()
     proc.cpu_percent()
@@ -228,8 +321,6 @@ def echo_worker(url: str, conns: int, duration: float, q: mp.Queue, start_at: fl
         uvloop.install()
     except ImportError:
         pass
-    import websockets
-
     count = [0]
     lat: list[float] = []
     payload = msgpack.packb(
@@ -251,19 +342,41 @@ def echo_worker(url: str, conns: int, duration: float, q: mp.Queue, start_at: fl
         }
     )
 
-    async def one(t_end: float) -> None:
-        async with websockets.connect(url, compression=None) as ws:
-            while time.perf_counter() < t_end:
-                t = time.perf_counter()
-                await ws.send(payload)
-                await ws.recv()
-                count[0] += 1
-                lat.append(time.perf_counter() - t)
-
     async def main() -> None:
         await asyncio.sleep(max(0.0, start_at - time.time()))
-        t_end = time.perf_counter() + duration
-        await asyncio.gather(*(one(t_end) for _ in range(conns)), return_exceptions=True)
+        t_end = float("inf")  # set once every client is connected
+        done = asyncio.get_running_loop().create_future()
+        clients: list[WsClient] = []
+
+        def closed_loop(i: int) -> Any:
+            sent = [0.0]
+
+            def on_message(_data: bytes) -> None:
+                now = time.perf_counter()
+                count[0] += 1
+                lat.append(now - sent[0])
+                if now >= t_end:
+                    if count[0] and not done.done():
+                        done.set_result(None)
+                    return
+                sent[0] = now
+                clients[i].send(payload)
+
+            return on_message, sent
+
+        starters = []
+        for i in range(conns):
+            on_message, sent = closed_loop(i)
+            clients.append(await WsClient.connect(url, None, on_message))
+            starters.append(sent)
+        t0 = time.perf_counter()
+        t_end = t0 + duration
+        for c, sent in zip(clients, starters, strict=True):
+            sent[0] = t0
+            c.send(payload)
+        await asyncio.wait_for(done, duration + 30)
+        for c in clients:
+            c.close()
 
     asyncio.run(main())
     q.put({"msgs": count[0], "lat": lat[::10]})
