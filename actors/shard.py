@@ -99,6 +99,7 @@ class ShardCore:
             "model_refusals": 0,
             "busy_ms": 0.0,
             "lock_wait_ms": 0.0,
+            "inbound_ms": 0.0,  # from the gateway's send to this batch's start (Ray's call path)
         }
 
     # -- model ----------------------------------------------------------------
@@ -191,11 +192,13 @@ class ShardCore:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def handle(self, batch: bytes, gateway_id: str = "") -> bytes:
-        """Process one batch (:func:`actors.host.pack_batch`).
+    async def handle(self, batch: bytes, gateway_id: str = "", sent_at: float = 0.0) -> bytes:
+        """Process one batch (:func:`actors.host.pack_batch`); ``sent_at``: the caller's time.time().
 
         Returns, msgpack-packed, (sid, seqs, scores, intervention frames) per session.
         """
+        if sent_at:
+            self.stats["inbound_ms"] += (time.time() - sent_at) * 1000.0
         items = unpack_batch(batch)
         self._start()
         started = time.perf_counter()

@@ -92,6 +92,8 @@ class Stats:
     shard_retries: int = 0
     append_rounds: int = 0
     shard_call_ms: float = 0.0  # summed round trips of shard calls
+    acks: int = 0
+    ack_ms: float = 0.0  # summed time from reading a frame to acknowledging it
     batch_events: list[int] = field(default_factory=list)
 
     def snapshot(self) -> dict[str, Any]:
@@ -316,9 +318,12 @@ class Peer(asyncio.Protocol):
 class AppendSink:
     """Where an append's outcome goes: a socket (ack it) or a beacon request (await it)."""
 
+    __slots__ = ("peer", "future", "since")
+
     def __init__(self, peer: Peer, future: asyncio.Future | None = None) -> None:
         self.peer = peer
         self.future = future
+        self.since = time.perf_counter()  # when the frame was read
 
 
 class Gateway:
@@ -590,6 +595,9 @@ class Gateway:
                         sink.future.set_result(reply)
                 elif reply is not None:
                     sink.peer.send(reply)
+            done = time.perf_counter()
+            self.stats.ack_ms += sum(done - sink.since for sink, _ in batch) * 1000.0
+            self.stats.acks += len(batch)
             self._appending = False
             # Wake whoever waits for this round, and arm a fresh event for the next.
             self._round_done.set()
@@ -676,7 +684,7 @@ class Gateway:
         while True:
             try:
                 packed = pack_batch([it[:4] for it in items])
-                return msgpack.unpackb(await shard.handle.remote(packed, self.id))
+                return msgpack.unpackb(await shard.handle.remote(packed, self.id, time.time()))
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
                 if time.monotonic() > deadline:
                     log.error(
