@@ -15,7 +15,12 @@ import msgpack
 ROOT = Path(__file__).resolve().parents[2]
 STATIC = ROOT / "serve" / "static"
 DEMO = STATIC / "demo"
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+# Where the tests write screenshots and measured figures: a scratch folder by
+# default, so a test run leaves the checkout clean; LIFELINE_ARTIFACTS=. writes
+# them over the committed ones (docs/screenshots, loadtests/results).
+ARTIFACTS = Path(os.environ.get("LIFELINE_ARTIFACTS", ROOT / "build" / "test-artifacts"))
+SCREENSHOTS = ARTIFACTS / "docs" / "screenshots"
+RESULTS = ARTIFACTS / "loadtests" / "results"
 CHROMIUM = os.environ.get("LIFELINE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless=new",

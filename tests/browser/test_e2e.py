@@ -14,16 +14,14 @@ import re
 import statistics
 import time
 import uuid
-from pathlib import Path
 
 import pytest
-from lifeline_browser import PROBE, VIEWPORT
+from lifeline_browser import PROBE, RESULTS, VIEWPORT
 
 from actors.policy import DEFAULT_POLICY, in_holdout
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.browser]
 
-RESULTS = Path(__file__).resolve().parents[2] / "loadtests" / "results"
 HELP_KINDS = {"help_offer", "form_hint"}
 
 
