@@ -531,7 +531,8 @@ def main() -> int:
     print(
         f"{len(journeys)} journeys ({args.source}), mean {statistics.mean(map(len, journeys)):.1f} events"
     )
-    env = dict(os.environ, LIFELINE_PREFIX=f"llbench-{uuid.uuid4().hex[:6]}:", PYTHONUNBUFFERED="1")
+    prefix = f"llbench-{uuid.uuid4().hex[:6]}:"
+    env = dict(os.environ, LIFELINE_PREFIX=prefix, PYTHONUNBUFFERED="1")
     ws_port, http_port, echo_port = 18765, 18080, 18766
     log_path = args.out.parent / "spine-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -617,6 +618,11 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             server.kill()
         server_log.close()
+        # The run's sessions, logs and snapshots would otherwise stay in Redis for a week.
+        from cluster.redis_server import delete_prefix
+
+        with contextlib.suppress(Exception):  # an embedded Redis is gone with the server
+            delete_prefix(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0", prefix)
         print(f"server log: {log_path}")
     return 0
 
