@@ -93,6 +93,12 @@ class SessionHost:
     def __len__(self) -> int:
         return len(self.active) + len(self.dormant)
 
+    def forget(self, sid: str) -> None:
+        """Drop everything held about ``sid`` (its visitor withdrew analytics consent)."""
+        self.active.pop(sid, None)
+        self.dormant.pop(sid, None)
+        self.dirty.discard(sid)
+
     def missing(self, items: Sequence[BatchItem]) -> list[str]:
         """Sessions in ``items`` this host does not hold: the shell must activate them."""
         return [sid for sid, *_ in items if sid not in self.active and sid not in self.dormant]

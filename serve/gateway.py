@@ -315,6 +315,14 @@ class Peer(asyncio.Protocol):
             self.close(*self.conn.close)
 
 
+@dataclass(frozen=True)
+class Forget:
+    """A session whose visitor withdrew analytics consent: the shard must drop it."""
+
+    sid: str
+    site: str
+
+
 class AppendSink:
     """Where an append's outcome goes: a socket (ack it) or a beacon request (await it)."""
 
@@ -355,7 +363,7 @@ class Gateway:
         self.ping_interval_s = ping_interval_s
         self.stats = Stats()
         self.peers_by_sid: dict[str, Peer] = {}
-        self._appends: asyncio.Queue[tuple[AppendSink, EventsPlan]] = asyncio.Queue()
+        self._appends: asyncio.Queue[tuple[Any, EventsPlan | None]] = asyncio.Queue()
         self._pending: list[list[tuple]] = [[] for _ in shards]
         self._pending_events = 0
         self._wake = [asyncio.Event() for _ in shards]
@@ -463,6 +471,9 @@ class Gateway:
             await self.store.record_consent(cursor.sid, cursor.site, cursor.consent)
             if "analytics" not in cursor.consent:
                 self.peers_by_sid.pop(cursor.sid, None)
+                # Behind this session's events still on their way to Redis, so
+                # the shard drops the session after its last events, not before.
+                self._appends.put_nowait((Forget(cursor.sid, cursor.site), None))
         peer.send(reply)
 
     async def _on_hello(self, peer: Peer, frame: dict[str, Any]) -> None:
@@ -573,14 +584,20 @@ class Gateway:
             self._appending = True
             while not self._appends.empty():
                 batch.append(self._appends.get_nowait())
-            runs = [Append.of(plan.sid, plan.first, plan.last, plan.append) for _, plan in batch]
+            appends = [(sink, plan) for sink, plan in batch if plan is not None]
+            runs = [Append.of(plan.sid, plan.first, plan.last, plan.append) for _, plan in appends]
             try:
-                results = await self.store.append_many(runs)
+                results = await self.store.append_many(runs) if runs else []
             except Exception as exc:  # Redis down: nothing was acked, the clients resend
                 log.error("append of %d runs failed: %s", len(runs), exc)
                 results = [(-1, False)] * len(runs)
             self.stats.append_rounds += 1
-            for (sink, plan), run, (durable, ok) in zip(batch, runs, results, strict=True):
+            outcomes = iter(zip(runs, results, strict=True))
+            for sink, plan in batch:  # in arrival order: a withdrawal goes behind earlier events
+                if plan is None:
+                    self._forget(sink)
+                    continue
+                run, (durable, ok) = next(outcomes)
                 conn = sink.peer.conn
                 if ok:
                     reply = conn.appended(plan.sid, plan.last)
@@ -596,14 +613,20 @@ class Gateway:
                 elif reply is not None:
                     sink.peer.send(reply)
             done = time.perf_counter()
-            self.stats.ack_ms += sum(done - sink.since for sink, _ in batch) * 1000.0
-            self.stats.acks += len(batch)
+            self.stats.ack_ms += sum(done - sink.since for sink, _ in appends) * 1000.0
+            self.stats.acks += len(appends)
             self._appending = False
             # Wake whoever waits for this round, and arm a fresh event for the next.
             self._round_done.set()
             self._round_done = asyncio.Event()
 
     # -- shard dispatch --------------------------------------------------------------
+
+    def _forget(self, forget: Forget) -> None:
+        """Queue the shard's forget of a session, behind that session's events."""
+        i = self.ring.shard_of(forget.sid)
+        self._pending[i].append((forget.sid, forget.site, [], msgpack.packb([]), 0))
+        self._wake[i].set()
 
     def _to_shard(self, plan: EventsPlan, payload: bytes, conn: Connection) -> None:
         cursor = conn.sessions.get(plan.sid)

@@ -122,6 +122,41 @@ async def test_calm_journey_gets_no_intervention(lifeline_stack):
     await client.close()
 
 
+async def test_withdrawn_consent_erases_the_session_from_its_shard_and_log(lifeline_stack):
+    stack = lifeline_stack
+    sid = new_sid("withdraw")
+    events = journey("calm", sid)
+    client = await connect(stack, sid)
+    await send_all(client, events[:6])
+    await client.wait_acked(6)
+    await stack.gateway.wait_scored(sid, 6)
+    assert await stack.shard_for(sid).flush.remote() >= 1  # a snapshot exists too
+    r = stack.gateway.redis
+    assert await r.exists(stack.gateway.keys.snapshot(sid), stack.gateway.keys.events(sid)) == 2
+
+    await client.send_frame({"t": "consent", "sid": sid, "consent": ["necessary"]})
+    reply = await client.wait_for(lambda f: f["t"] == "consent")
+    assert reply["consent"] == ["necessary"]
+    # A session on the same shard whose events come after the withdrawal: once they
+    # are scored, the shard has handled the withdrawal (one queue per shard, in order).
+    other = new_sid("after")
+    while stack.gateway.ring.shard_of(other) != stack.gateway.ring.shard_of(sid):
+        other = new_sid("after")
+    later = await connect(stack, other)
+    await later.send_events(journey("calm", other)[:1])
+    await stack.gateway.wait_scored(other, 1)
+
+    assert await stack.shard_for(sid).session_row.remote(sid) is None
+    assert await r.exists(stack.gateway.keys.snapshot(sid), stack.gateway.keys.events(sid)) == 0
+    assert json.loads(await r.hget(stack.gateway.keys.session(sid), "consent")) == ["necessary"]
+    await client.send_events([dict(events[6], seq=7)])
+    refused = await client.wait_for(lambda f: f["t"] == "error")
+    assert refused["code"] == "unknown_session"  # nothing more is collected
+    assert await stack.event_count(sid) == 0
+    await client.close()
+    await later.close()
+
+
 async def test_bad_input_gets_errors_and_loses_nothing_else(lifeline_stack):
     sid = new_sid("bad")
     good = journey("calm", sid)[:6]
