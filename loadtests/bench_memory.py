@@ -148,9 +148,15 @@ def main() -> int:
     import ray
 
     from cluster.redis_server import ensure_redis
+    from cluster.stack import RAY_SYSTEM_CONFIG
 
     server = ensure_redis(os.environ.get("REDIS_URL", ""))
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="WARNING",
+        _system_config=RAY_SYSTEM_CONFIG,  # as `lifeline up` runs them
+    )
     shards = [asyncio.run(measure_shard(args.sessions, server.url)) for _ in range(args.runs)]
     ray.shutdown()
     server.stop()
