@@ -37,6 +37,13 @@ SIGNALS: tuple[str, ...] = (
 RAGE_EXEMPT_TARGETS = frozenset({"text_input", "stepper"})
 
 
+def refuse_unknown(cls: type, data: dict[str, Any], what: str) -> None:
+    """Raise if ``data`` has keys that are not fields of the dataclass ``cls`` (a typo in a site file)."""
+    unknown = set(data) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {what}: {sorted(unknown)}")
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
     """Thresholds for the struggle detectors and the decay of their signals."""
@@ -67,10 +74,7 @@ class DetectorConfig:
         """Build from a site's config table; unknown keys are an error, not ignored."""
         if not data:
             return cls()
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown detector settings: {sorted(unknown)}")
+        refuse_unknown(cls, data, "detector settings")
         return replace(
             cls(),
             **{

@@ -16,10 +16,10 @@ file (see :mod:`cluster.sites`).
 from __future__ import annotations
 
 import zlib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from actors.detectors import SIGNALS
+from actors.detectors import SIGNALS, refuse_unknown
 from actors.features import FEATURE_INDEX
 from actors.session import EventView, Session
 
@@ -55,10 +55,7 @@ class PolicyConfig:
         """Build from a site's [policy] table; unknown keys are an error."""
         if not data:
             return cls()
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown policy settings: {sorted(unknown)}")
+        refuse_unknown(cls, data, "policy settings")
         values = dict(data)
         if "kinds" in values:
             bad = set(values["kinds"]) - set(KINDS)

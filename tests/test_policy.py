@@ -137,3 +137,14 @@ def test_site_rules_parse_and_reject_typos():
 
 def test_signal_names_are_stable():
     assert SIGNALS[:3] == ("rage_click", "dead_click", "form_struggle")
+
+
+def test_site_rules_with_a_typo_are_refused_not_ignored():
+    from actors.detectors import DetectorConfig
+
+    with pytest.raises(ValueError, match=r"unknown policy settings: \['risk_treshold'\]"):
+        PolicyConfig.from_mapping({"risk_treshold": 0.8})
+    with pytest.raises(ValueError, match=r"unknown detector settings: \['rage_click'\]"):
+        DetectorConfig.from_mapping({"rage_click": 3})
+    assert PolicyConfig.from_mapping({"risk_threshold": 0.8}).risk_threshold == 0.8
+    assert DetectorConfig.from_mapping({"rage_clicks": 4}).rage_clicks == 4
