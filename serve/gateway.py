@@ -260,7 +260,8 @@ class Peer(asyncio.Protocol):
         else:
             ws.send_text(data.encode())
         self.flush()
-        if transport.get_write_buffer_size() > OUTBOX_BYTES:
+        assert self.gw is not None
+        if transport.get_write_buffer_size() > self.gw.outbox_bytes:
             # A client that does not read is dropped, not buffered without bound.
             self.conn.close = (CLOSE_POLICY, "client too slow to read its frames")
             transport.abort()
@@ -348,6 +349,7 @@ class Gateway:
         batch_window_ms: float = 0.0,
         max_pending: int = 50_000,
         ping_interval_s: float = PING_INTERVAL_S,
+        outbox_bytes: int = OUTBOX_BYTES,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.keys = Keys(prefix)
@@ -361,6 +363,7 @@ class Gateway:
         self.window_s = batch_window_ms / 1000.0
         self.max_pending = max_pending
         self.ping_interval_s = ping_interval_s
+        self.outbox_bytes = outbox_bytes
         self.stats = Stats()
         self.peers_by_sid: dict[str, Peer] = {}
         self._appends: asyncio.Queue[tuple[Any, EventsPlan | None]] = asyncio.Queue()

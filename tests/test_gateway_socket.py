@@ -7,6 +7,7 @@ same Redis), so timeouts are awaited in a fraction of a second.
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from urllib.parse import urlsplit
 
@@ -138,3 +139,54 @@ async def test_a_socket_that_answers_no_ping_is_dropped(quick_gateway):
     assert pings >= 1
     writer.close()
     assert gw.stats.connections == sockets - 1
+
+
+async def test_a_client_that_does_not_read_is_disconnected(lifeline_stack):
+    """Frames pile up for a client that never reads; past the outbox limit the socket is cut."""
+    s = lifeline_stack.settings
+    gw = Gateway(
+        lifeline_stack.redis.url,
+        s.prefix,
+        lifeline_stack.shards,
+        lifeline_stack.sites,
+        s.secret,
+        outbox_bytes=16 * 1024,
+    )
+    port = await gw.start("127.0.0.1", 0)
+    try:
+        url = f"ws://127.0.0.1:{port}/ws?site=demo"
+        proto = ClientProtocol(parse_uri(url), origin=ORIGIN)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills fast
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        proto.send_request(proto.connect())
+        for data in proto.data_to_send():
+            writer.write(data)
+        while proto.state is not State.OPEN:
+            proto.receive_data(await asyncio.wait_for(reader.read(4096), 10))
+            proto.events_received()
+        proto.send_binary(hello(f"t-deaf-{uuid.uuid4().hex[:12]}"))
+        # Unknown-session errors: each ~150 bytes out for ~100 in, none of them a bad frame.
+        stray = msgpack.packb({"t": "events", "sid": "s" * 64, "events": []})
+        cut = False
+        for _ in range(2000):  # each round queues 100 answers the client never reads
+            for _ in range(100):
+                proto.send_binary(stray)
+            try:
+                for data in proto.data_to_send():
+                    writer.write(data)
+                await writer.drain()
+            except ConnectionError:
+                cut = True
+                break
+            if gw.stats.connections == 0:
+                cut = True
+                break
+            await asyncio.sleep(0)  # let the gateway read and answer
+        assert cut, "the gateway kept buffering for a client that does not read"
+        assert gw.stats.connections == 0
+        writer.close()
+    finally:
+        await gw.stop()
