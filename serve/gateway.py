@@ -311,9 +311,13 @@ class Peer(asyncio.Protocol):
 
     def _hello_timeout(self) -> None:
         self.hello_timer = None
-        if self.conn is not None and not self.conn.sessions and not self.busy:
-            self.conn.close = (CLOSE_HELLO_TIMEOUT, "no hello in time")
-            self.close(*self.conn.close)
+        if self.conn is None or self.conn.sessions:
+            return
+        if self.busy:  # a hello is being looked up: judge it when it is done
+            self.hello_timer = asyncio.get_running_loop().call_later(1.0, self._hello_timeout)
+            return
+        self.conn.close = (CLOSE_HELLO_TIMEOUT, "no hello in time")
+        self.close(*self.conn.close)
 
 
 @dataclass(frozen=True)
@@ -493,6 +497,8 @@ class Gateway:
             peer.send(reply)
             return
         await self.store.record_hello(req.sid, peer.conn.site, req.consent)
+        if peer not in self.peers:
+            return  # the socket went away while Redis answered
         previous = self.peers_by_sid.get(req.sid)
         if previous is not None and previous is not peer and previous.conn is not None:
             # The newest connection wins: a reloaded tab, or a resume after a drop.
