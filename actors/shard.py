@@ -550,6 +550,30 @@ class ShardCore:
             self._followups = FollowUps(nudge, rec, budget_s=ENRICH_BUDGET_S)
         return self._followups
 
+    def session_row(self, sid: str) -> list[float] | None:
+        """The current feature row of one session, or None if this shard does not hold it."""
+        with self._lock:
+            session = self.host.get(sid)
+            return session.row() if session else None
+
+    def compact_all(self) -> int:
+        """Compact every session now, as a minute of idleness would; returns how many are dormant."""
+        with self._lock:
+            latest = max((sess.last_ts for sess in self.host.active.values()), default=0)
+            self.host.sweep(latest + self.host.compact_after_ms)
+            return len(self.host.dormant)
+
+    def wait_model_decision(self, version: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Block until the shard scores with model ``version`` or has refused it; returns info()."""
+        self._start()
+        with self._model_swapped:
+            decided = self._model_swapped.wait_for(
+                lambda: self.scorer.version == version or version in self.refused, timeout
+            )
+        if not decided:
+            raise TimeoutError(f"shard {self.index} did not act on model {version} in {timeout} s")
+        return self.info()
+
     def info(self) -> dict[str, Any]:
         return {
             "index": self.index,
@@ -617,8 +641,16 @@ class SessionShard:
     ~1.9 ms of CPU per call.
     """
 
-    def __init__(self, *args: Any) -> None:
-        self.core = ShardCore(*args)
+    def __init__(
+        self,
+        index: int,
+        redis_url: str,
+        prefix: str,
+        sites_file: str,
+        idle_deactivate_s: float = 1800.0,
+        enrich: bool = True,
+    ) -> None:
+        self.core = ShardCore(index, redis_url, prefix, sites_file, idle_deactivate_s, enrich)
 
     def handle(self, batch: bytes, gateway_id: str = "", sent_at: float = 0.0) -> bytes:
         return self.core.handle(batch, gateway_id, sent_at)
@@ -631,9 +663,7 @@ class SessionShard:
 
     def session_row(self, sid: str) -> list[float] | None:
         """The current feature row of one session (tests and operators)."""
-        with self.core._lock:
-            session = self.core.host.get(sid)
-            return session.row() if session else None
+        return self.core.session_row(sid)
 
     def memory(self) -> dict[str, int]:
         """Resident memory of this actor's process (benchmarks, operators)."""
@@ -646,14 +676,11 @@ class SessionShard:
         import ctypes
         import gc
 
-        host = self.core.host
-        with self.core._lock:
-            latest = max((sess.last_ts for sess in host.active.values()), default=0)
-            host.sweep(latest + host.compact_after_ms)
+        dormant = self.core.compact_all()
         gc.collect()
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed pages back to the OS
-        return len(host.dormant)
+        return dormant
 
     def wait_model_decision(self, version: str, timeout: float = 30.0) -> dict[str, Any]:
         """Wait until the shard has acted on model ``version``: scoring with it, or refused it.
@@ -661,15 +688,7 @@ class SessionShard:
         Batches wait meanwhile (one call at a time): for tests and operators,
         and the model poll decides within a second.
         """
-        core = self.core
-        core._start()
-        with core._model_swapped:
-            decided = core._model_swapped.wait_for(
-                lambda: core.scorer.version == version or version in core.refused, timeout
-            )
-        if not decided:
-            raise TimeoutError(f"shard {core.index} did not act on model {version} in {timeout} s")
-        return core.info()
+        return self.core.wait_model_decision(version, timeout)
 
     def flush(self) -> int:
         """Write snapshots of every changed session now."""
