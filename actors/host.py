@@ -100,8 +100,9 @@ class SessionHost:
         self.dirty.discard(sid)
 
     def missing(self, items: Sequence[BatchItem]) -> list[str]:
-        """Sessions in ``items`` this host does not hold: the shell must activate them."""
-        return [sid for sid, *_ in items if sid not in self.active and sid not in self.dormant]
+        """Sessions in ``items`` this host does not hold, each once: the shell must activate them."""
+        new = (sid for sid, *_ in items if sid not in self.active and sid not in self.dormant)
+        return list(dict.fromkeys(new))
 
     def activate(
         self,

@@ -551,7 +551,9 @@ def _pack(value: Any) -> Any:
 def _unpack(name: str, value: Any) -> Any:
     if name == "last_click" and value is not None:
         return tuple(value)
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
+        # A copy, as _pack makes one: a session must not share its counters with
+        # the state it came from, or a second session built from it starts ahead.
         return list(value)
     return value
 

@@ -146,3 +146,24 @@ def test_segment_is_looked_up_only_for_decisions():
     d = r.decisions[0]
     # The segment of the triggering event's own row, not of the session's latest one.
     assert d.segment == lookup.nearest(replay(events(6))[d.seq - 1])
+
+
+def test_missing_names_each_session_once_and_activation_does_not_share_state():
+    """A session with two runs in one batch is activated once, from a state nobody else holds."""
+    host = SessionHost()
+    first = events(4)
+    host.process([("s1", "demo", ["analytics"], first)], CountingScorer())
+    state = host.snapshot("s1")
+    later = events(3, start=5)
+    items = [
+        ("s1", "demo", ["analytics"], later[:1]),
+        ("s2", "demo", ["analytics"], events(1)),
+        ("s1", "demo", ["analytics"], later[1:]),
+    ]
+    assert SessionHost().missing(items) == ["s1", "s2"]
+    # Two sessions rebuilt from one state: the first one's events must not leak into the second.
+    other = SessionHost()
+    a = other.activate("s1", "demo", state, [], 5)
+    a.apply(later[0])
+    b = other.activate("s1", "demo", state, [], 5)
+    assert b.row() == replay(first, sid="s1", site="demo")[-1]
