@@ -48,6 +48,15 @@ MODEL_POLL_S = 1.0
 ENRICH_BUDGET_S = 2.5  # LLM text later than this after the trigger is dropped (issue 5)
 
 
+def first_events(items: Sequence[BatchItem]) -> dict[str, tuple[str, int]]:
+    """(site, seq of its first event in the batch) per session that sends events here."""
+    firsts: dict[str, tuple[str, int]] = {}
+    for sid, site, consent, events in items:
+        if sid not in firsts and events and "analytics" in consent:
+            firsts[sid] = (site, events[0]["seq"])
+    return firsts
+
+
 def forgotten(items: Sequence[BatchItem]) -> list[str]:
     """Sessions whose batch item says analytics consent was withdrawn (the gateway's forget)."""
     return [sid for sid, _site, consent, _events in items if "analytics" not in consent]
@@ -231,17 +240,21 @@ class ShardCore:
         items = unpack_batch(batch)
         self._start()
         started = time.perf_counter()
+        firsts = first_events(items)
         loaded: dict[str, tuple] = {}
         while True:
             with self._lock:
-                need = [sid for sid in self._to_load(items) if sid not in loaded]
+                missing = self._to_load(items, firsts)
+                need = [sid for sid in missing if sid not in loaded]
                 if not need:
                     locked = time.perf_counter()
-                    out, decisions, follow_ups, iv_counts = self._process(items, loaded, gateway_id)
+                    out, decisions, follow_ups, iv_counts = self._process(
+                        items, loaded, missing, gateway_id
+                    )
                     break
             # Sessions are read from Redis without the lock; the loop checks again
             # what is missing, in case the sweep retired a session meanwhile.
-            loaded.update(self._run(self._load(need, items)))
+            loaded.update(self._run(self._load(need, firsts)))
         self.stats["batches"] += 1
         self.stats["busy_ms"] += (time.perf_counter() - locked) * 1000.0
         self.stats["lock_wait_ms"] += (locked - started) * 1000.0
@@ -271,13 +284,18 @@ class ShardCore:
         return render_template(d.kind, d.signals, d.page_type)
 
     def _process(
-        self, items: Sequence[BatchItem], loaded: dict[str, tuple], gateway_id: str
+        self,
+        items: Sequence[BatchItem],
+        loaded: dict[str, tuple],
+        missing: list[str],
+        gateway_id: str,
     ) -> tuple[list[tuple], list[Decision], list[tuple[Decision, dict[str, Any]]], dict[str, int]]:
-        """Activate what was loaded, then apply, score and decide (with the lock held)."""
-        missing = set(self._to_load(items))
-        for sid, (site, state, events, before, ivs) in loaded.items():
-            if sid in missing:
-                self._activate(sid, site, state, events, before, ivs)
+        """Activate the missing sessions from what was loaded, then apply, score and decide.
+
+        Called with the lock held; ``missing`` is :meth:`_to_load` under that same lock.
+        """
+        for sid in missing:
+            self._activate(sid, *loaded[sid])
         scorer = self.scorer
         segment = scorer.segments.nearest if scorer.segments is not None else None
         out = []
@@ -316,24 +334,16 @@ class ShardCore:
             results += self.host.process(live, scorer, segment)
         return results
 
-    def _to_load(self, items: Sequence[BatchItem]) -> list[str]:
+    def _to_load(self, items: Sequence[BatchItem], firsts: dict[str, tuple[str, int]]) -> list[str]:
         """Sessions of ``items`` this shard does not hold and that have a past in Redis.
 
         A batch whose first event of a session is seq 1 starts that session:
         nothing was logged before it, so there is nothing to load.
         """
-        first: dict[str, int] = {}
-        for sid, _site, consent, events in items:
-            if sid not in first and events and "analytics" in consent:
-                first[sid] = events[0]["seq"]
-        return [sid for sid in self.host.missing(items) if first.get(sid, 0) > 1]
+        return [sid for sid in self.host.missing(items) if firsts.get(sid, ("", 0))[1] > 1]
 
-    async def _load(self, need: list[str], items: Sequence[BatchItem]) -> dict[str, tuple]:
+    async def _load(self, need: list[str], firsts: dict[str, tuple[str, int]]) -> dict[str, tuple]:
         """Read snapshots, logged events and decision counts of ``need`` (on the I/O loop)."""
-        first: dict[str, tuple[str, int]] = {}
-        for sid, site, _consent, events in items:
-            if sid not in first and events:
-                first[sid] = (site, events[0]["seq"])
         pipe = self.redis.pipeline(transaction=False)
         for sid in need:
             pipe.get(self.keys.snapshot(sid))
@@ -343,7 +353,7 @@ class ShardCore:
         out: dict[str, tuple] = {}
         for i, sid in enumerate(need):
             snap, entries, ivs = replies[3 * i : 3 * i + 3]
-            site, before = first[sid]
+            site, before = firsts[sid]
             state = msgpack.unpackb(snap) if snap else None
             events: list[dict[str, Any]] = []
             for _eid, fields in entries:
