@@ -35,22 +35,42 @@ def hello(sid: str) -> bytes:
     )
 
 
+def side_gateway(stack, **options) -> Gateway:
+    """Another gateway over the shared stack's shards and Redis, with its own settings."""
+    s = stack.settings
+    return Gateway(stack.redis.url, s.prefix, stack.shards, stack.sites, s.secret, **options)
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def quick_gateway(lifeline_stack):
     """A gateway whose hello timeout is 0.3 s and keepalive interval 0.2 s."""
-    s = lifeline_stack.settings
-    gw = Gateway(
-        lifeline_stack.redis.url,
-        s.prefix,
-        lifeline_stack.shards,
-        lifeline_stack.sites,
-        s.secret,
-        limits=Limits(hello_timeout_s=0.3),
-        ping_interval_s=0.2,
-    )
+    gw = side_gateway(lifeline_stack, limits=Limits(hello_timeout_s=0.3), ping_interval_s=0.2)
     port = await gw.start("127.0.0.1", 0)
     yield gw, f"ws://127.0.0.1:{port}/ws"
     await gw.stop()
+
+
+async def raw_client(
+    url: str, addr: tuple[str, int], rcvbuf: int = 0
+) -> tuple[ClientProtocol, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket client that reads and writes only when the test says so (site demo).
+
+    ``rcvbuf``: a small receive buffer, so what the client does not read fills it fast.
+    """
+    proto = ClientProtocol(parse_uri(url + "?site=demo"), origin=ORIGIN)
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, addr)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    proto.send_request(proto.connect())
+    for data in proto.data_to_send():
+        writer.write(data)
+    while proto.state is not State.OPEN:
+        proto.receive_data(await asyncio.wait_for(reader.read(4096), 10))
+        proto.events_received()
+    return proto, reader, writer
 
 
 async def http_get(url: str, path: str, headers: str = "") -> bytes:
@@ -113,15 +133,8 @@ async def test_hello_in_time_keeps_the_socket_and_pings_are_answered(quick_gatew
 async def test_a_socket_that_answers_no_ping_is_dropped(quick_gateway):
     """A peer that vanished without closing (no pong) is cut after two quiet intervals."""
     gw, url = quick_gateway
-    proto = ClientProtocol(parse_uri(url + "?site=demo"), origin=ORIGIN)
     parts = urlsplit(url)
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    proto.send_request(proto.connect())
-    for data in proto.data_to_send():
-        writer.write(data)
-    while proto.state is not State.OPEN:
-        proto.receive_data(await asyncio.wait_for(reader.read(4096), 10))
-        proto.events_received()
+    proto, reader, writer = await raw_client(url, (parts.hostname, parts.port))
     sockets = gw.stats.connections
     assert sockets >= 1
     # Say hello, then read what comes but never answer: no pong goes back.
@@ -143,30 +156,11 @@ async def test_a_socket_that_answers_no_ping_is_dropped(quick_gateway):
 
 async def test_a_client_that_does_not_read_is_disconnected(lifeline_stack):
     """Frames pile up for a client that never reads; past the outbox limit the socket is cut."""
-    s = lifeline_stack.settings
-    gw = Gateway(
-        lifeline_stack.redis.url,
-        s.prefix,
-        lifeline_stack.shards,
-        lifeline_stack.sites,
-        s.secret,
-        outbox_bytes=16 * 1024,
-    )
+    gw = side_gateway(lifeline_stack, outbox_bytes=16 * 1024)
     port = await gw.start("127.0.0.1", 0)
     try:
-        url = f"ws://127.0.0.1:{port}/ws?site=demo"
-        proto = ClientProtocol(parse_uri(url), origin=ORIGIN)
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills fast
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-        reader, writer = await asyncio.open_connection(sock=sock)
-        proto.send_request(proto.connect())
-        for data in proto.data_to_send():
-            writer.write(data)
-        while proto.state is not State.OPEN:
-            proto.receive_data(await asyncio.wait_for(reader.read(4096), 10))
-            proto.events_received()
+        url = f"ws://127.0.0.1:{port}/ws"
+        proto, reader, writer = await raw_client(url, ("127.0.0.1", port), rcvbuf=4096)
         proto.send_binary(hello(f"t-deaf-{uuid.uuid4().hex[:12]}"))
         # Unknown-session errors: each ~150 bytes out for ~100 in, none of them a bad frame.
         stray = msgpack.packb({"t": "events", "sid": "s" * 64, "events": []})
