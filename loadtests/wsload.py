@@ -1,25 +1,34 @@
-"""A lean WebSocket load client: ``websockets``' sans-I/O ClientProtocol on asyncio callbacks.
+"""A lean WebSocket load client: ``websockets`` for the handshake, hand-made frames after it.
 
 The load generator shares the two cores with the server, so every microsecond
 it spends is taken from the system under test. ``websockets``' asyncio client
 costs a reader task per socket and an async generator per send; this client
-has neither: frames are parsed in ``data_received`` and written at once. Both
-the echo ceiling and the Lifeline runs use it, so the ratio compares servers,
-not clients.
+has neither: frames are parsed in ``data_received`` and written at once. Once
+the socket is open it also leaves the sans-I/O protocol: building a frame
+through it (and drawing its mask from ``secrets``, a system call per frame)
+and parsing replies with its generator-based reader were ~25 % of a load
+generator's CPU (py-spy, 2026-11-21); here a frame is a header, a mask from
+``random`` and ``websockets``' C ``apply_mask``. Both the echo ceiling and the
+Lifeline runs use it, so the ratio compares servers, not clients.
 
-Limits: no TLS, no fragmented messages (the servers it talks to send none),
-no reconnection.
+Limits: a load tool, not a general client: no TLS, no fragmented messages
+(the servers it talks to send none), no reconnection, masks from a
+non-cryptographic generator (RFC 6455 wants unpredictable ones; they only
+matter against proxies, and there are none here), pings answered, a close
+frame just closes the socket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
+import struct
 from collections.abc import Callable
 
 from websockets.client import ClientProtocol
-from websockets.frames import Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
+from websockets.speedups import apply_mask
 from websockets.typing import Origin
 from websockets.uri import parse_uri
 
@@ -36,6 +45,7 @@ class WsClient(asyncio.Protocol):
         self.opened: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
         self.transport: asyncio.Transport | None = None
+        self.buf: bytearray | None = None  # set once open: frames are parsed here from then on
 
     @classmethod
     async def connect(
@@ -55,20 +65,55 @@ class WsClient(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
+        if self.buf is not None:
+            self.buf += data
+            self._frames()
+            return
         proto = self.proto
         proto.receive_data(data)
         for event in proto.events_received():
             if isinstance(event, Response):
                 if proto.state is State.OPEN:
+                    # Open: what the reader holds past the response is the first frames.
+                    self.buf = bytearray(proto.reader.buffer)
                     self.opened.set_result(None)
                 elif not self.opened.done():
                     self.opened.set_exception(proto.handshake_exc or ConnectionError("refused"))
-            elif event.opcode is Opcode.BINARY or event.opcode is Opcode.TEXT:
-                self.on_message(event.data)
         self._flush()
+        if self.buf:
+            self._frames()
+
+    def _frames(self) -> None:
+        """Deliver every whole frame in the buffer (server frames are unmasked)."""
+        buf = self.buf
+        assert buf is not None
+        while len(buf) >= 2:
+            n, pos = buf[1] & 0x7F, 2
+            if n == 126:
+                if len(buf) < 4:
+                    return
+                n, pos = struct.unpack_from("!H", buf, 2)[0], 4
+            elif n == 127:
+                if len(buf) < 10:
+                    return
+                n, pos = struct.unpack_from("!Q", buf, 2)[0], 10
+            if len(buf) < pos + n:
+                return
+            op = buf[0] & 0x0F
+            payload = bytes(buf[pos : pos + n])
+            del buf[: pos + n]
+            if op == 1 or op == 2:
+                self.on_message(payload)
+            elif op == 9:  # ping: answer with the same payload
+                self._write(0x8A, payload)
+            elif op == 8:  # close: no closing handshake, just go
+                if self.transport is not None:
+                    self.transport.close()
+                return
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.proto.receive_eof()
+        self.buf = None
         if not self.opened.done():
             self.opened.set_exception(exc or ConnectionError("closed during handshake"))
         if not self.closed.done():
@@ -76,18 +121,29 @@ class WsClient(asyncio.Protocol):
 
     def send(self, data: bytes) -> bool:
         """Send one binary message; False once the socket is no longer open."""
-        if self.proto.state is not State.OPEN:
+        if self.buf is None or self.transport is None or self.transport.is_closing():
             return False
-        self.proto.send_binary(data)
-        self._flush()
+        self._write(0x82, data)
         return True
 
+    def _write(self, head: int, data: bytes) -> None:
+        assert self.transport is not None
+        n = len(data)
+        if n < 126:
+            header = struct.pack("!BB", head, 0x80 | n)
+        elif n < 65536:
+            header = struct.pack("!BBH", head, 0xFE, n)
+        else:
+            header = struct.pack("!BBQ", head, 0xFF, n)
+        mask = random.getrandbits(32).to_bytes(4, "big")
+        self.transport.write(header + mask + apply_mask(data, mask))
+
     def close(self) -> None:
-        if self.proto.state is State.OPEN:
-            self.proto.send_close(1000)
-            self._flush()
-        if self.transport is not None:
+        if self.transport is not None and not self.transport.is_closing():
+            if self.buf is not None:
+                self._write(0x88, struct.pack("!H", 1000))
             self.transport.close()
+        self.buf = None
 
     def _flush(self) -> None:
         assert self.transport is not None
