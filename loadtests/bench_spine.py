@@ -418,11 +418,29 @@ def server_processes(server: subprocess.Popen) -> dict[str, psutil.Process]:
 
 
 def measure_procs(procs: dict[str, psutil.Process], seconds: float) -> dict[str, dict[str, float]]:
+    """CPU and RSS of each process over a window; ``machine``: busy and stolen shares of all CPUs.
+
+    Steal is time the hypervisor ran something else on this VM's virtual
+    CPUs: the machine is shared, and a vCPU taken away mid-call stalls
+    whatever ran on it, so runs are only comparable with their steal beside them.
+    """
     for p in procs.values():
         with contextlib.suppress(psutil.Error):
             p.cpu_percent()
+    before = psutil.cpu_times()
     time.sleep(seconds)  # sampling window for CPU percentages
-    out = {}
+    after = psutil.cpu_times()
+    # Linux counts guest time inside user time: leave it out of the total.
+    fields = [f for f in after._fields if not f.startswith("guest")]
+    delta = {k: getattr(after, k) - getattr(before, k) for k in fields}
+    total = sum(delta.values()) or 1.0
+    idle = delta["idle"] + delta.get("iowait", 0.0) + delta.get("steal", 0.0)
+    out: dict[str, dict[str, float]] = {
+        "machine": {
+            "busy_percent": 100.0 * (total - idle) / total,
+            "steal_percent": 100.0 * delta.get("steal", 0.0) / total,
+        }
+    }
     for name, p in procs.items():
         with contextlib.suppress(psutil.Error):
             out[name] = {"cpu_percent": p.cpu_percent(), "rss_mb": p.memory_info().rss / 2**20}
@@ -506,6 +524,7 @@ def run_lifeline(
         "iv_samples": len(iv),
         "errors": errors,
         "connect_errors": sum(r["connect_errors"] for r in results),
+        "steal_percent": usage["machine"]["steal_percent"],
         "procs": usage,
     }
 
@@ -594,6 +613,7 @@ def main() -> int:
             "echo_msgs_per_s_200",
             "echo_msgs_per_s_all",
             "ratio_to_echo",
+            "steal_percent",
         ]
         summary = {k: statistics.median(r[k] for r in runs) for k in keys}
         busy_rss = statistics.median(r["procs"]["gateway"]["rss_mb"] for r in runs) * 2**20
