@@ -35,6 +35,7 @@ import redis
 
 from actors.host import BatchItem, SessionHost, unpack_batch
 from actors.policy import RECOMMENDATIONS, Decision
+from actors.records import InterventionRecords
 from actors.scoring import SchemaMismatch, Scorer
 from actors.sites import Site, load_sites
 from cluster.keys import SESSION_TTL_S, Keys
@@ -100,6 +101,7 @@ class ShardCore:
         self.host = SessionHost(self._rules, deactivate_after_ms=idle_deactivate_s * 1000.0)
         self.redis_url = redis_url
         self.redis = async_client(redis_url)  # used on the I/O loop only
+        self.records = InterventionRecords(self.redis, self.keys)
         self.scorer = self._initial_model()
         self._lock = (
             threading.Lock()
@@ -107,6 +109,7 @@ class ShardCore:
         self._io = asyncio.new_event_loop()
         threading.Thread(target=self._io.run_forever, name="shard-io", daemon=True).start()
         self._tasks: set[asyncio.Task] = set()
+        self._recording: set[asyncio.Task] = set()  # intervention records being written
         self._started = False
         self.enrich = enrich
         self._followups = None  # serve.deployments.FollowUps, made on first use
@@ -216,13 +219,18 @@ class ShardCore:
         for coro in (self._watch_model(), self._snapshot_loop()):
             self._spawn(coro)
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run ``coro`` on the I/O loop in the background (callable from any thread)."""
+    def _spawn(self, coro: Coroutine[Any, Any, Any], also: set[asyncio.Task] | None = None) -> None:
+        """Run ``coro`` on the I/O loop in the background (callable from any thread).
+
+        ``also``: a set that holds the task too while it runs.
+        """
 
         def start() -> None:
             task = self._io.create_task(coro)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            for tasks in (self._tasks, also):
+                if tasks is not None:
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
 
         self._io.call_soon_threadsafe(start)
 
@@ -267,7 +275,7 @@ class ShardCore:
         ]
         if decisions or outcomes:
             self.stats["decisions"] += len(decisions)
-            self._spawn(self._record(decisions, outcomes, iv_counts))
+            self._spawn(self._record(decisions, outcomes, iv_counts), self._recording)
         if follow_ups:
             channel = self.keys.push(gateway_id)
             self._io.call_soon_threadsafe(self._enrich, follow_ups, channel)
@@ -383,54 +391,41 @@ class ShardCore:
         outcomes: list[tuple[str, str, int]],
         iv_counts: dict[str, int],
     ) -> None:
-        """Append decisions to the intervention log and record outcomes; never raises."""
+        """Write decisions to the intervention log and record outcomes; never raises."""
+        fields = [
+            {
+                "sid": d.sid,
+                "seq": d.seq,
+                "ts": d.ts,
+                "kind": d.kind,
+                "score": d.score,
+                "trigger": d.trigger,
+                "holdout": int(d.holdout),
+                "page_type": d.page_type,
+                "reasons": json.dumps([[r.signal, r.strength] for r in d.reasons]),
+                "model": self.scorer.version,
+            }
+            for d in decisions
+        ]
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for d in decisions:
-                fields = {
-                    "sid": d.sid,
-                    "seq": d.seq,
-                    "ts": d.ts,
-                    "kind": d.kind,
-                    "score": d.score,
-                    "trigger": d.trigger,
-                    "holdout": int(d.holdout),
-                    "page_type": d.page_type,
-                    "reasons": json.dumps([[r.signal, r.strength] for r in d.reasons]),
-                    "model": self.scorer.version,
-                }
-                pipe.hset(self.keys.intervention(d.iid), mapping=fields)
-                pipe.expire(self.keys.intervention(d.iid), SESSION_TTL_S)
-                pipe.xadd(
-                    self.keys.intervention_log,
-                    {"iid": d.iid, **fields},
-                    maxlen=100_000,
-                    approximate=True,
-                )
-                # The running count, so a session activated elsewhere keeps its cap and cooldown.
-                pipe.hset(
-                    self.keys.session(d.sid),
-                    mapping={"iv_count": iv_counts.get(d.sid, 1), "iv_last": d.ts},
-                )
-            for etype, iid, ts in outcomes:
-                outcome = etype.removeprefix("intervention_")
-                pipe.hset(self.keys.intervention(iid), mapping={outcome: ts, "outcome": outcome})
-            await pipe.execute()
+            await self.records.record(decisions, fields, iv_counts, outcomes)
         except redis.RedisError as exc:
             log.error(
                 "shard %d: could not record %d decisions: %s", self.index, len(decisions), exc
             )
 
     async def _erase(self, sids: list[str]) -> None:
-        """Delete the event logs and snapshots of sessions whose analytics consent was withdrawn.
+        """Delete what sessions whose analytics consent was withdrawn left in Redis.
 
-        The session hash (with the consent) and the consent log stay: they
-        are the record of the withdrawal.
+        Their event logs, snapshots and intervention records go; the session
+        hash (with the consent) and the consent log stay: they are the record
+        of the withdrawal. Records still being written go first, so none is
+        written after the erase.
         """
+        if self._recording:
+            await asyncio.wait(list(self._recording))
         try:
-            await self.redis.delete(
-                *[k for sid in sids for k in (self.keys.events(sid), self.keys.snapshot(sid))]
-            )
+            await self.records.erase(sids)
         except redis.RedisError as exc:
             log.error(
                 "shard %d: could not erase %d withdrawn sessions: %s", self.index, len(sids), exc
@@ -462,11 +457,21 @@ class ShardCore:
             )
 
     def flush_snapshots(self) -> int:
-        """Write every changed session's snapshot now (tests, graceful shutdown)."""
+        """Write every changed session's snapshot now, after the records being written.
+
+        For tests and a graceful shutdown: once it returns, Redis holds
+        everything this shard has decided and applied. Returns how many
+        snapshots were written.
+        """
         with self._lock:
             states = self.host.take_dirty()
-        self._run(self._write_snapshots(states))
+        self._run(self._flush(states))
         return len(states)
+
+    async def _flush(self, states: list[tuple[str, list[Any]]]) -> None:
+        if self._recording:
+            await asyncio.wait(list(self._recording))
+        await self._write_snapshots(states)
 
     def _enrich_context(self, d: Decision, session: Any) -> dict[str, Any]:
         """What the deployment needs about the session, read while the batch holds the lock."""

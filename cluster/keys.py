@@ -5,7 +5,8 @@
 | ``{p}ev:{sid}`` | stream | the session's event log; entry fields f, l (first/last seq), ev (msgpack list of events) |
 | ``{p}s:{sid}`` | hash | seq (last durable seq), site, consent, iv_count, iv_last |
 | ``{p}snap:{sid}`` | string | msgpack session snapshot |
-| ``{p}iv:{iid}`` | hash | one intervention decision and its outcome |
+| ``{p}iv:{iid}`` | hash | one intervention decision, its outcome and its ``log_id`` in ivlog |
+| ``{p}ivs:{sid}`` | set | the iids of a session's decisions (to erase them with the session) |
 | ``{p}ivlog`` | stream | every decision, for operators and uplift analysis |
 | ``{p}consentlog`` | stream | consent grants and withdrawals |
 | ``{p}push:{gateway}`` | pub/sub channel | intervention updates for one gateway's sockets |
@@ -34,6 +35,9 @@ class Keys:
 
     def intervention(self, iid: str) -> str:
         return f"{self.prefix}iv:{iid}"
+
+    def interventions_of(self, sid: str) -> str:
+        return f"{self.prefix}ivs:{sid}"
 
     @property
     def intervention_log(self) -> str:

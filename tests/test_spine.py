@@ -124,15 +124,23 @@ async def test_calm_journey_gets_no_intervention(lifeline_stack):
 
 async def test_withdrawn_consent_erases_the_session_from_its_shard_and_log(lifeline_stack):
     stack = lifeline_stack
-    sid = new_sid("withdraw")
-    events = journey("calm", sid)
-    client = await connect(stack, sid)
-    await send_all(client, events[:6])
-    await client.wait_acked(6)
-    await stack.gateway.wait_scored(sid, 6)
-    assert await stack.shard_for(sid).flush.remote() >= 1  # a snapshot exists too
+    keys = stack.gateway.keys
     r = stack.gateway.redis
-    assert await r.exists(stack.gateway.keys.snapshot(sid), stack.gateway.keys.events(sid)) == 2
+    sid = treated_sid("withdraw")
+    events = journey("struggling", sid)
+    client = await connect(stack, sid)
+    await send_all(client, events)
+    iv = await client.wait_for(lambda f: f["t"] == "intervention", timeout=15)
+    shown = {"type": "intervention_shown", "iid": iv["iid"], "ts": events[-1]["ts"] + 500}
+    await client.send_events([dict(shown, seq=len(events) + 1)])
+    await client.wait_acked(len(events) + 1)
+    await stack.gateway.wait_scored(sid, len(events) + 1)
+    assert await stack.shard_for(sid).flush.remote() >= 1  # records and a snapshot written
+    # What the withdrawal must take away: the log, the snapshot, the decision and its outcome.
+    assert await r.exists(keys.snapshot(sid), keys.events(sid), keys.interventions_of(sid)) == 3
+    assert await r.hget(keys.intervention(iv["iid"]), "outcome") == b"shown"
+    logged = await r.xrange(keys.intervention_log)
+    assert [e for _, e in logged if e[b"sid"] == sid.encode()]
 
     await client.send_frame({"t": "consent", "sid": sid, "consent": ["necessary"]})
     reply = await client.wait_for(lambda f: f["t"] == "consent")
@@ -147,9 +155,12 @@ async def test_withdrawn_consent_erases_the_session_from_its_shard_and_log(lifel
     await stack.gateway.wait_scored(other, 1)
 
     assert await stack.shard_for(sid).session_row.remote(sid) is None
-    assert await r.exists(stack.gateway.keys.snapshot(sid), stack.gateway.keys.events(sid)) == 0
-    assert json.loads(await r.hget(stack.gateway.keys.session(sid), "consent")) == ["necessary"]
-    await client.send_events([dict(events[6], seq=7)])
+    gone = [keys.snapshot(sid), keys.events(sid), keys.interventions_of(sid)]
+    assert await r.exists(*gone, keys.intervention(iv["iid"])) == 0
+    logged = await r.xrange(keys.intervention_log)
+    assert not [e for _, e in logged if e[b"sid"] == sid.encode()]
+    assert json.loads(await r.hget(keys.session(sid), "consent")) == ["necessary"]
+    await client.send_events([dict(events[0], seq=len(events) + 2)])
     refused = await client.wait_for(lambda f: f["t"] == "error")
     assert refused["code"] == "unknown_session"  # nothing more is collected
     assert await stack.event_count(sid) == 0

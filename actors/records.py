@@ -1,0 +1,133 @@
+"""A shard's writes of intervention records, and their erasure when consent is withdrawn.
+
+Each decision leaves three things in Redis: its hash (``{p}iv:{iid}``, with
+the id of its intervention-log entry in ``log_id``), an entry in the
+intervention log (``{p}ivlog``), and its iid in the session's set
+(``{p}ivs:{sid}``), so that everything a session left can be found and
+deleted without scanning the log. One script writes all three atomically,
+and one erases a session's records with its event log and snapshot.
+
+The scripts name their keys themselves from the prefixes they are given, so
+they need a standalone Redis (as the append script does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+import redis.asyncio as aioredis
+
+from actors.policy import Decision
+from cluster.keys import SESSION_TTL_S, Keys
+
+INTERVENTION_LOG_MAXLEN = 100_000
+
+# ARGV[1]: a msgpack map: p (prefixes), ttl, maxlen, d (decisions: sid, iid,
+# flat field list, running count, last ts), o (outcomes: iid, outcome, ts).
+# An outcome for a record that no longer exists is dropped, not written as a
+# new hash without an expiry.
+RECORD_LUA = """
+local a = cmsgpack.unpack(ARGV[1])
+local p = a.p
+for _, d in ipairs(a.d) do
+  local sid, iid, fields = d[1], d[2], d[3]
+  local key = p.iv .. iid
+  redis.call('HSET', key, unpack(fields))
+  local entry = {p.log, 'MAXLEN', '~', a.maxlen, '*', 'iid', iid}
+  for i = 1, #fields do entry[#entry + 1] = fields[i] end
+  local id = redis.call('XADD', unpack(entry))
+  redis.call('HSET', key, 'log_id', id)
+  redis.call('EXPIRE', key, a.ttl)
+  redis.call('SADD', p.ivs .. sid, iid)
+  redis.call('EXPIRE', p.ivs .. sid, a.ttl)
+  -- The running count, so a session activated elsewhere keeps its cap and cooldown.
+  redis.call('HSET', p.s .. sid, 'iv_count', d[4], 'iv_last', d[5])
+end
+for _, o in ipairs(a.o) do
+  local key = p.iv .. o[1]
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('HSET', key, o[2], o[3], 'outcome', o[2])
+  end
+end
+return #a.d
+"""
+
+# ARGV[1]: a msgpack map: p (prefixes), sids. Deletes each session's event log,
+# snapshot, intervention records and log entries, and its running intervention
+# count; the session hash keeps the consent (the record of the withdrawal).
+ERASE_LUA = """
+local a = cmsgpack.unpack(ARGV[1])
+local p = a.p
+local n = 0
+for _, sid in ipairs(a.sids) do
+  local set = p.ivs .. sid
+  for _, iid in ipairs(redis.call('SMEMBERS', set)) do
+    local key = p.iv .. iid
+    local id = redis.call('HGET', key, 'log_id')
+    if id then
+      n = n + redis.call('XDEL', p.log, id)
+    end
+    redis.call('DEL', key)
+  end
+  redis.call('DEL', set, p.ev .. sid, p.snap .. sid)
+  redis.call('HDEL', p.s .. sid, 'iv_count', 'iv_last')
+end
+return n
+"""
+
+
+def _prefixes(keys: Keys) -> dict[str, str]:
+    return {
+        "iv": keys.intervention(""),
+        "ivs": keys.interventions_of(""),
+        "s": keys.session(""),
+        "ev": keys.events(""),
+        "snap": keys.snapshot(""),
+        "log": keys.intervention_log,
+    }
+
+
+class InterventionRecords:
+    """Writes decisions and outcomes, and erases a session's records; one per shard."""
+
+    def __init__(self, r: aioredis.Redis, keys: Keys) -> None:
+        self._record = r.register_script(RECORD_LUA)
+        self._erase = r.register_script(ERASE_LUA)
+        self._p = _prefixes(keys)
+
+    async def record(
+        self,
+        decisions: Sequence[Decision],
+        fields: Sequence[dict[str, Any]],
+        iv_counts: dict[str, int],
+        outcomes: Sequence[tuple[str, str, int]],
+    ) -> None:
+        """Write ``decisions`` (with their ``fields``, in order) and intervention ``outcomes``.
+
+        ``outcomes`` are (event type, iid, ts) of intervention_shown/accepted/dismissed.
+        """
+        arg = {
+            "p": self._p,
+            "ttl": SESSION_TTL_S,
+            "maxlen": INTERVENTION_LOG_MAXLEN,
+            "d": [
+                [
+                    d.sid,
+                    d.iid,
+                    [str(x) for kv in f.items() for x in kv],
+                    iv_counts.get(d.sid, 1),
+                    d.ts,
+                ]
+                for d, f in zip(decisions, fields, strict=True)
+            ],
+            "o": [[iid, etype.removeprefix("intervention_"), ts] for etype, iid, ts in outcomes],
+        }
+        # use_bin_type=False: Redis's Lua cmsgpack predates msgpack's bin types.
+        await self._record(args=[msgpack.packb(arg, use_bin_type=False)])
+
+    async def erase(self, sids: Sequence[str]) -> int:
+        """Delete all ``sids`` left here but their consent record; returns log entries removed."""
+        arg = {"p": self._p, "sids": list(sids)}
+        return int(await self._erase(args=[msgpack.packb(arg, use_bin_type=False)]))

@@ -1,0 +1,74 @@
+"""Intervention records against a real Redis: decisions, outcomes, and erasure on withdrawal."""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio as aioredis
+
+from actors.policy import Decision, Reason
+from actors.records import InterventionRecords
+from cluster.keys import Keys
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def decision(iid: str, sid: str, seq: int) -> Decision:
+    return Decision(
+        iid=iid,
+        sid=sid,
+        seq=seq,
+        ts=1_000 + seq,
+        kind="help_offer",
+        score=0.81,
+        trigger="risk",
+        reasons=(Reason("exit_risk", 0.81),),
+        holdout=False,
+        page_type="cart",
+    )
+
+
+def fields(d: Decision) -> dict:
+    return {"sid": d.sid, "seq": d.seq, "kind": d.kind, "score": d.score}
+
+
+async def test_decisions_and_outcomes_are_recorded_and_a_withdrawal_erases_only_its_session(
+    redis_url, prefix
+):
+    r = aioredis.Redis.from_url(redis_url)
+    keys = Keys(prefix)
+    records = InterventionRecords(r, keys)
+    try:
+        mine = [decision("i-a1", "gone", 4), decision("i-a2", "gone", 9)]
+        other = decision("i-b1", "stays", 3)
+        ds = [*mine, other]
+        await records.record(ds, [fields(d) for d in ds], {"gone": 2, "stays": 1}, [])
+        await r.hset(keys.session("gone"), mapping={"consent": '["necessary"]', "seq": 9})
+        await r.set(keys.snapshot("gone"), b"state")
+        await r.xadd(keys.events("gone"), {"ev": b"events"})
+
+        # Outcomes land on their record; one for an unknown iid creates nothing.
+        await records.record(
+            [], [], {}, [("intervention_shown", "i-a1", 5), ("intervention_accepted", "i-zz", 6)]
+        )
+        iv = await r.hgetall(keys.intervention("i-a1"))
+        assert iv[b"outcome"] == b"shown" and iv[b"shown"] == b"5" and iv[b"kind"] == b"help_offer"
+        assert await r.ttl(keys.intervention("i-a1")) > 0
+        assert not await r.exists(keys.intervention("i-zz"))
+        log = await r.xrange(keys.intervention_log)
+        assert [e[b"iid"] for _, e in log] == [b"i-a1", b"i-a2", b"i-b1"]
+        assert iv[b"log_id"] == log[0][0]
+        assert await r.hmget(keys.session("gone"), "iv_count", "iv_last") == [b"2", b"1009"]
+
+        assert await records.erase(["gone"]) == 2  # its two log entries
+        assert [e[b"iid"] for _, e in await r.xrange(keys.intervention_log)] == [b"i-b1"]
+        left = [keys.intervention(d.iid) for d in mine]
+        left += [keys.interventions_of("gone"), keys.snapshot("gone"), keys.events("gone")]
+        assert await r.exists(*left) == 0
+        # The consent (the record of the withdrawal) stays; what the visitor did goes.
+        assert await r.hgetall(keys.session("gone")) == {
+            b"consent": b'["necessary"]',
+            b"seq": b"9",
+        }
+        assert await r.exists(keys.intervention("i-b1"), keys.interventions_of("stays")) == 2
+    finally:
+        await r.aclose()
