@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Coroutine, Sequence
@@ -681,10 +682,10 @@ class SessionShard:
         return self.core.session_row(sid)
 
     def memory(self) -> dict[str, int]:
-        """Resident memory of this actor's process (benchmarks, operators)."""
+        """Resident memory and pid of this actor's process (benchmarks, operators)."""
         import psutil
 
-        return {"rss": psutil.Process().memory_info().rss}
+        return {"rss": psutil.Process().memory_info().rss, "pid": os.getpid()}
 
     def compact_idle(self) -> int:
         """Compact every session now, as a minute of idleness would; returns how many are dormant."""

@@ -1,0 +1,242 @@
+"""Where an event's CPU goes, stage by stage, without the noise of a full load test.
+
+Three in-process measurements on the spine benchmark's journeys (simulated,
+Diginetica and YOOCHOOSE, as visitors send them), each a median over
+``--runs``:
+
+* **gateway**: the protocol work per events frame of 1-2 events, as
+  ``serve.gateway`` does it: decode and check the frame, validate and
+  sequence its events, pack them once for the log and the shard, encode the
+  ack. No sockets, no Redis (their cost is the rest of a gateway's CPU).
+* **core**: the shard's pure core (``SessionHost.process``: apply, one
+  ``inplace_predict`` per batch, policy) per event, on batches of
+  ``--batch`` events from 1,000 sessions.
+* **call**: a ``SessionShard`` call of ``--batch`` events through Ray (CPU
+  of the actor's process and of the caller) against ``ShardCore.handle`` on
+  the same batches in-process: what a Ray call adds. Needs Redis
+  ($REDIS_URL or 127.0.0.1:6379); starts its own small Ray cluster.
+
+    python loadtests/bench_stages.py --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from actors.events import validate_event  # noqa: E402
+from actors.host import pack_batch  # noqa: E402
+from loadtests.bench_spine import load_journeys  # noqa: E402
+from serve.store import Append  # noqa: E402
+
+SESSIONS = 1000
+
+
+class Replay:
+    """Visitors stepping through their journeys: the next 1-2 events of a random one."""
+
+    def __init__(self, journeys: list[list[dict[str, Any]]], seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.journeys = journeys
+        self.sids = [f"st-{uuid.uuid4().hex[:16]}" for _ in range(SESSIONS)]
+        self.seqs = [0] * SESSIONS
+        self.ts = int(time.time() * 1000) - 3_600_000
+
+    def next(self) -> tuple[int, list[dict[str, Any]]]:
+        i = self.rng.randrange(SESSIONS)
+        journey = self.journeys[i % len(self.journeys)]
+        out = []
+        for _ in range(self.rng.choice((1, 1, 2))):  # ~1.35 events per frame, as measured
+            self.seqs[i] += 1
+            self.ts += 7
+            out.append(dict(journey[self.seqs[i] % len(journey)], seq=self.seqs[i], ts=self.ts))
+        return i, out
+
+    def batch(self, n: int) -> list[tuple[str, str, list[str], list[dict[str, Any]]]]:
+        """About ``n`` validated events from many sessions, grouped as the gateway groups them."""
+        items, count = [], 0
+        while count < n:
+            i, raw = self.next()
+            events = [validate_event(e, e["ts"]) for e in raw]
+            assert all(isinstance(e, dict) for e in events), events
+            items.append((self.sids[i], "loadtest", ["necessary", "analytics"], events))
+            count += len(events)
+        return items
+
+
+def gateway_stage(journeys: list, frames: int) -> dict[str, float]:
+    """us per frame for each step of the gateway's protocol work."""
+    import msgpack
+
+    from serve.protocol import Connection, Limits
+
+    replay = Replay(journeys, seed=1)
+    limits = Limits(events_per_s=1e9, burst=1e9)
+    conns = []
+    for sid in replay.sids:
+        c = Connection("loadtest", b"secret", limits)
+        c.accept_hello(
+            c.hello({"t": "hello", "v": 1, "sid": sid, "consent": ["analytics"]}), False, 0
+        )
+        conns.append(c)
+    wire = []
+    for _ in range(frames):
+        i, events = replay.next()
+        wire.append((i, msgpack.packb({"t": "events", "sid": replay.sids[i], "events": events})))
+    spent = dict.fromkeys(("decode", "validate", "pack", "ack"), 0.0)
+    now_ms = replay.ts
+    for i, message in wire:
+        c = conns[i]
+        t0 = time.perf_counter()
+        frame, err = c.receive(message)
+        t1 = time.perf_counter()
+        plan = c.events(frame, now_ms)
+        t2 = time.perf_counter()
+        Append.of(plan.sid, plan.first, plan.last, plan.append)
+        t3 = time.perf_counter()
+        c.encode(c.appended(plan.sid, plan.last))
+        t4 = time.perf_counter()
+        assert err is None and plan.last and not plan.replies
+        spent["decode"] += t1 - t0
+        spent["validate"] += t2 - t1
+        spent["pack"] += t3 - t2
+        spent["ack"] += t4 - t3
+    out = {k: v / frames * 1e6 for k, v in spent.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
+def core_stage(journeys: list, batch: int, events: int) -> float:
+    """us per event of SessionHost.process."""
+    from actors.detectors import DetectorConfig
+    from actors.host import SessionHost
+    from actors.policy import PolicyConfig
+    from actors.scoring import Scorer
+
+    rules = (DetectorConfig(), PolicyConfig())
+    host = SessionHost(lambda _site: rules)
+    scorer = Scorer.bundled()
+    replay = Replay(journeys, seed=2)
+    batches = [replay.batch(batch) for _ in range(events // batch)]
+    n = sum(len(evs) for b in batches for *_, evs in b)
+    t0 = time.perf_counter()
+    for b in batches:
+        host.process(b, scorer)
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def _packed(items: list) -> bytes:
+    return pack_batch(
+        [
+            (sid, site, consent, Append.of(sid, evs[0]["seq"], evs[-1]["seq"], evs).payload)
+            for sid, site, consent, evs in items
+        ]
+    )
+
+
+def call_stage(
+    journeys: list, batch: int, calls: int, runs: int, redis_url: str
+) -> list[dict[str, float]]:
+    """ms of CPU per shard call, per run: through Ray (actor, caller) and in-process."""
+    import ray
+
+    from actors.shard import SessionShard, ShardCore
+    from cluster.config import Settings
+    from cluster.redis_server import delete_prefix
+    from cluster.stack import RAY_SYSTEM_CONFIG
+
+    sites = Settings().sites_file
+    prefix = f"llstages-{uuid.uuid4().hex[:6]}:"
+    me = psutil.Process()
+
+    def cpu(p: psutil.Process) -> float:
+        t = p.cpu_times()
+        return t.user + t.system
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level="WARNING",
+            _system_config=RAY_SYSTEM_CONFIG,
+        )
+    core = ShardCore(0, redis_url, prefix, sites, 1800.0, False)
+    core.warm_up(60)
+    shard = SessionShard.remote(1, redis_url, prefix, sites, 1800.0, False)
+    ray.get(shard.warm_up.remote())
+    actor = psutil.Process(ray.get(shard.memory.remote())["pid"])
+    # The same sessions and batches go to both: each replay starts them afresh.
+    local, remote = Replay(journeys, seed=3), Replay(journeys, seed=3)
+    for _ in range(20):
+        core.handle(_packed(local.batch(batch)))
+        ray.get(shard.handle.remote(_packed(remote.batch(batch))))
+    out = []
+    try:
+        for _ in range(runs):
+            work = [_packed(local.batch(batch)) for _ in range(calls)]
+            t0 = cpu(me)
+            for b in work:
+                core.handle(b)
+            in_process = (cpu(me) - t0) / calls * 1e3
+            work = [_packed(remote.batch(batch)) for _ in range(calls)]
+            a0, c0 = cpu(actor), cpu(me)
+            for b in work:
+                ray.get(shard.handle.remote(b))
+            out.append(
+                {
+                    "in_process_ms": in_process,
+                    "actor_ms": (cpu(actor) - a0) / calls * 1e3,
+                    "caller_ms": (cpu(me) - c0) / calls * 1e3,
+                }
+            )
+    finally:
+        ray.kill(shard)
+        delete_prefix(redis_url, prefix)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=64, help="events per shard batch")
+    ap.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "stages.json")
+    args = ap.parse_args()
+    redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    journeys = load_journeys("mix", 2000, seed=1)
+    from cluster.gc_tuning import tune_for_throughput
+
+    tune_for_throughput()  # the collector settings the gateways and shards run with
+    gateway = [gateway_stage(journeys, 20_000) for _ in range(args.runs)]
+    core = [core_stage(journeys, args.batch, 20_000) for _ in range(args.runs)]
+    calls = call_stage(journeys, args.batch, 200, args.runs, redis_url)
+    summary = {
+        "gateway_us_per_frame": {k: statistics.median(g[k] for g in gateway) for k in gateway[0]},
+        "core_us_per_event": statistics.median(core),
+        "shard_call_cpu_ms": {k: statistics.median(c[k] for c in calls) for k in calls[0]},
+        "args": vars(args) | {"out": str(args.out)},
+        "machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "runs": {"gateway": gateway, "core": core, "calls": calls},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
