@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import msgpack
 import redis.asyncio as aioredis
 
 from actors.policy import Decision
 from cluster.keys import SESSION_TTL_S, Keys
+from cluster.redis_server import script_arg
 
 INTERVENTION_LOG_MAXLEN = 100_000
 
@@ -124,10 +124,9 @@ class InterventionRecords:
             ],
             "o": [[iid, etype.removeprefix("intervention_"), ts] for etype, iid, ts in outcomes],
         }
-        # use_bin_type=False: Redis's Lua cmsgpack predates msgpack's bin types.
-        await self._record(args=[msgpack.packb(arg, use_bin_type=False)])
+        await self._record(args=[script_arg(arg)])
 
     async def erase(self, sids: Sequence[str]) -> int:
         """Delete all ``sids`` left here but their consent record; returns log entries removed."""
         arg = {"p": self._p, "sids": list(sids)}
-        return int(await self._erase(args=[msgpack.packb(arg, use_bin_type=False)]))
+        return int(await self._erase(args=[script_arg(arg)]))

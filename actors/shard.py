@@ -423,8 +423,7 @@ class ShardCore:
         of the withdrawal. Records still being written go first, so none is
         written after the erase.
         """
-        if self._recording:
-            await asyncio.wait(list(self._recording))
+        await self._records_written()
         try:
             await self.records.erase(sids)
         except redis.RedisError as exc:
@@ -470,9 +469,13 @@ class ShardCore:
         return len(states)
 
     async def _flush(self, states: list[tuple[str, list[Any]]]) -> None:
+        await self._records_written()
+        await self._write_snapshots(states)
+
+    async def _records_written(self) -> None:
+        """Wait for the intervention records already being written (on the I/O loop)."""
         if self._recording:
             await asyncio.wait(list(self._recording))
-        await self._write_snapshots(states)
 
     def _enrich_context(self, d: Decision, session: Any) -> dict[str, Any]:
         """What the deployment needs about the session, read while the batch holds the lock."""

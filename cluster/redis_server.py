@@ -18,7 +18,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import msgpack
 import redis
 
 DEFAULT_LOCAL = "redis://127.0.0.1:6379/0"
@@ -63,6 +65,16 @@ def async_client(url: str, max_connections: int = 64):
         url, max_connections=max_connections, timeout=10
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+def script_arg(value: Any) -> bytes:
+    """``value`` packed for a Lua script that reads it with ``cmsgpack.unpack(ARGV[1])``.
+
+    One packed argument instead of many: redis-py builds and encodes every
+    argument in Python. Bytes go as msgpack strings, because Redis's Lua
+    cmsgpack predates msgpack's bin types.
+    """
+    return msgpack.packb(value, use_bin_type=False)
 
 
 def delete_prefix(url: str, prefix: str, batch: int = 5000) -> int:

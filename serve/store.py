@@ -6,7 +6,7 @@ appends a run of events and advances ``seq`` atomically, and only if the run
 starts right after ``seq``: two connections racing for one session, or a
 retry after a lost reply, can never append the same events twice or leave a
 hole. Appends from every connection that arrive together go to Redis in one
-pipeline (one round trip).
+script call (one round trip).
 
 Durability is Redis's: run it with AOF (``appendfsync everysec`` or
 ``always``) where losing the last second of acknowledged events matters.
@@ -24,6 +24,7 @@ import msgpack
 import redis.asyncio as aioredis
 
 from cluster.keys import SESSION_TTL_S, Keys
+from cluster.redis_server import script_arg
 
 # One call appends the runs of many sessions (one append round of the gateway).
 # ARGV[1] is one msgpack array: ttl, the event-log key prefix, the session-hash
@@ -151,8 +152,7 @@ class EventStore:
         arg: list[Any] = [SESSION_TTL_S, self.keys.events(""), self.keys.session("")]
         for run in runs:
             arg += [run.sid, run.first, run.last, run.payload, run.ev_first, run.ev_last]
-        # use_bin_type=False: Redis's Lua cmsgpack predates msgpack's bin types.
-        flat = await self._append(args=[msgpack.packb(arg, use_bin_type=False)])
+        flat = await self._append(args=[script_arg(arg)])
         return [(int(flat[i]), bool(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     async def read_events(self, sid: str) -> list[dict[str, Any]]:
