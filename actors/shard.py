@@ -35,6 +35,7 @@ import ray
 import redis
 
 from actors.host import BatchItem, SessionHost, unpack_batch
+from actors.link import LinkServer
 from actors.policy import RECOMMENDATIONS, Decision
 from actors.records import InterventionRecords
 from actors.scoring import SchemaMismatch, Scorer
@@ -127,7 +128,7 @@ class ShardCore:
             "model_refusals": 0,
             "busy_ms": 0.0,
             "lock_wait_ms": 0.0,
-            "inbound_ms": 0.0,  # from the gateway's send to this batch's start (Ray's call path)
+            "inbound_ms": 0.0,  # from the gateway's send to this batch's start (the link and queueing)
             "forgotten": 0,  # sessions dropped on a withdrawal of analytics consent
         }
 
@@ -670,9 +671,18 @@ class SessionShard:
         enrich: bool = True,
     ) -> None:
         self.core = ShardCore(index, redis_url, prefix, sites_file, idle_deactivate_s, enrich)
+        # Batches come over the link's thread (gateways) or as Ray calls (tools, benchmarks):
+        # one at a time either way, so each session's events stay in order.
+        self._batch = threading.Lock()
+        self.link = LinkServer(self.handle, ray.util.get_node_ip_address())
 
     def handle(self, batch: bytes, gateway_id: str = "", sent_at: float = 0.0) -> bytes:
-        return self.core.handle(batch, gateway_id, sent_at)
+        with self._batch:
+            return self.core.handle(batch, gateway_id, sent_at)
+
+    def link_address(self) -> tuple[str, int, str]:
+        """(host, port, token) of this shard's link, where gateways send their batches."""
+        return self.link.address()
 
     def warm_up(self, timeout: float = 60.0) -> bool:
         return self.core.warm_up(timeout)

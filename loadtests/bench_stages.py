@@ -11,9 +11,10 @@ Diginetica and YOOCHOOSE, as visitors send them), each a median over
 * **core**: the shard's pure core (``SessionHost.process``: apply, one
   ``inplace_predict`` per batch, policy) per event, on batches of
   ``--batch`` events from 1,000 sessions.
-* **call**: a ``SessionShard`` call of ``--batch`` events through Ray (CPU
-  of the actor's process and of the caller) against ``ShardCore.handle`` on
-  the same batches in-process: what a Ray call adds. Needs Redis
+* **call**: a ``SessionShard`` call of ``--batch`` events through Ray and
+  over the shard's link (CPU of the actor's process and of the caller)
+  against ``ShardCore.handle`` on the same batches in-process: what each
+  path adds. Needs Redis
   ($REDIS_URL or 127.0.0.1:6379); starts its own small Ray cluster.
 
     python loadtests/bench_stages.py --runs 5
@@ -22,6 +23,7 @@ Diginetica and YOOCHOOSE, as visitors send them), each a median over
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import random
@@ -153,6 +155,7 @@ def call_stage(
     """ms of CPU per shard call, per run: through Ray (actor, caller) and in-process."""
     import ray
 
+    from actors.link import ShardLink
     from actors.shard import SessionShard, ShardCore
     from cluster.config import Settings
     from cluster.redis_server import delete_prefix
@@ -180,9 +183,17 @@ def call_stage(
     actor = psutil.Process(ray.get(shard.memory.remote())["pid"])
     # The same sessions and batches go to both: each replay starts them afresh.
     local, remote = Replay(journeys, seed=3), Replay(journeys, seed=3)
+    link = ShardLink(shard, "bench")
+
+    async def over_link(work: list[bytes]) -> None:
+        for b in work:
+            await link.call(b, time.time())
+        link.close()  # the next run's loop makes its own connection
+
     for _ in range(20):
         core.handle(_packed(local.batch(batch)))
         ray.get(shard.handle.remote(_packed(remote.batch(batch))))
+    asyncio.run(over_link([_packed(remote.batch(batch)) for _ in range(20)]))
     out = []
     try:
         for _ in range(runs):
@@ -195,11 +206,17 @@ def call_stage(
             a0, c0 = cpu(actor), cpu(me)
             for b in work:
                 ray.get(shard.handle.remote(b))
+            ray_actor, ray_caller = cpu(actor) - a0, cpu(me) - c0
+            work = [_packed(remote.batch(batch)) for _ in range(calls)]
+            a0, c0 = cpu(actor), cpu(me)
+            asyncio.run(over_link(work))
             out.append(
                 {
                     "in_process_ms": in_process,
-                    "actor_ms": (cpu(actor) - a0) / calls * 1e3,
-                    "caller_ms": (cpu(me) - c0) / calls * 1e3,
+                    "actor_ms": ray_actor / calls * 1e3,
+                    "caller_ms": ray_caller / calls * 1e3,
+                    "link_actor_ms": (cpu(actor) - a0) / calls * 1e3,
+                    "link_caller_ms": (cpu(me) - c0) / calls * 1e3,
                 }
             )
     finally:

@@ -13,7 +13,8 @@ the previous round trip was in flight:
 * the **append pipeline** makes events durable in Redis (one script call
   for all connections) and only then acknowledges them;
 * one **dispatcher per shard** hands that shard every durable event that
-  arrived since its last call, in one Ray call, and pushes back the
+  arrived since its last call, in one call over the shard's link
+  (:mod:`actors.link`, not a Ray call), and pushes back the
   interventions it decides. One call in flight per shard keeps each
   session's events in order; a crashed shard's batch is retried once Ray
   has restarted it (the events are durable, so nothing is lost).
@@ -50,6 +51,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from actors.host import pack_batch
+from actors.link import LinkDown, ShardFailed, ShardLink
 from actors.placement import HashRing
 from actors.sites import Site
 from cluster.keys import Keys
@@ -360,6 +362,7 @@ class Gateway:
         self.redis = async_client(redis_url)
         self.store = EventStore(self.redis, self.keys)
         self.shards = shards
+        self.links = [ShardLink(shard, self.id) for shard in shards]
         self.ring = HashRing(len(shards))
         self.sites = sites
         self.secret = secret.encode()
@@ -412,6 +415,8 @@ class Gateway:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        for link in self.links:
+            link.close()
         await self.redis.aclose()
 
     # -- sockets ------------------------------------------------------------------
@@ -646,7 +651,6 @@ class Gateway:
         self._wake[i].set()
 
     async def _shard_loop(self, i: int) -> None:
-        shard = self.shards[i]
         while True:
             await self._wake[i].wait()
             if self.window_s:
@@ -660,7 +664,7 @@ class Gateway:
             if len(self.stats.batch_events) > 10_000:
                 del self.stats.batch_events[:5_000]
             t_call = time.perf_counter()
-            results = await self._call_shard(i, shard, items)
+            results = await self._call_shard(i, items)
             self.stats.shard_call_ms += (time.perf_counter() - t_call) * 1000.0
             self._pending_events -= n
             if results is None:
@@ -709,15 +713,28 @@ class Gateway:
         self._scored_waiters.setdefault(sid, []).append((seq, fut))
         await asyncio.wait_for(fut, timeout)
 
-    async def _call_shard(self, i: int, shard: Any, items: list[tuple]) -> list[tuple] | None:
-        """Call a shard, retrying while Ray restarts it; the batch is durable meanwhile."""
+    async def _call_shard(self, i: int, items: list[tuple]) -> list[tuple] | None:
+        """Hand a shard a batch over its link, retrying while Ray restarts it.
+
+        The batch is durable meanwhile; a resent batch's events that the shard
+        already applied are skipped by sequence number.
+        """
         deadline = time.monotonic() + SHARD_RETRY_S
         delay = 0.05
         while True:
             try:
                 packed = pack_batch([it[:4] for it in items])
-                return msgpack.unpackb(await shard.handle.remote(packed, self.id, time.time()))
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                return msgpack.unpackb(await self.links[i].call(packed, time.time()))
+            except ShardFailed as exc:  # a bug in the shard, not a restart: retrying won't help
+                log.error(
+                    "shard %d failed a batch of %d events: %s", i, sum(it[4] for it in items), exc
+                )
+                return None
+            except (
+                ray.exceptions.RayActorError,
+                ray.exceptions.ActorUnavailableError,
+                LinkDown,
+            ) as exc:
                 if time.monotonic() > deadline:
                     log.error(
                         "shard %d unavailable for %.0f s; %d events stay in the log only: %s",

@@ -9,8 +9,8 @@ import uuid
 
 import aiohttp
 import msgpack
+import psutil
 import pytest
-import ray
 import websockets
 
 from actors.events import validate_event
@@ -335,7 +335,12 @@ async def test_shard_crash_recovery_keeps_exact_features(lifeline_stack):
         await stack.gateway.wait_scored(sid, 8)
 
     before = await shard.ping.remote()
-    ray.kill(shard, no_restart=False)
+    # A crash, not a polite stop: the shard's process dies at once, mid-stream, and Ray
+    # restarts the actor. (ray.kill returns before the process is gone, and the link
+    # would keep serving the old actor meanwhile.)
+    process = psutil.Process((await shard.memory.remote())["pid"])
+    process.kill()
+    await asyncio.to_thread(process.wait, 30)
     for sid, evs in journeys.items():
         await send_all(clients[sid], evs[8:])
     for sid, evs in journeys.items():
