@@ -36,7 +36,7 @@ import logging
 import secrets
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import msgpack
@@ -57,6 +57,24 @@ class LinkDown(ConnectionError):
 
 class ShardFailed(RuntimeError):
     """The shard raised while handling the batch (a bug, not bad input: input is validated)."""
+
+
+def messages(buf: bytearray, header: struct.Struct) -> Iterator[tuple[tuple, bytes]]:
+    """The complete messages at the front of ``buf`` (removed as they are read).
+
+    Raises ValueError for a length over ``MAX_FRAME``, before waiting for its bytes.
+    """
+    size = header.size
+    while len(buf) >= size:
+        fields = header.unpack_from(buf)
+        length = fields[0]
+        if length > MAX_FRAME:
+            raise ValueError(f"frame of {length} bytes refused")
+        if len(buf) < size + length:
+            return
+        payload = bytes(buf[size : size + length])
+        del buf[: size + length]
+        yield fields, payload
 
 
 # -- the shard's end ------------------------------------------------------------------
@@ -118,25 +136,24 @@ class _ServerSide(asyncio.Protocol):
         self.server._conns.discard(self)
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        size = REQUEST.size
-        while len(buf) >= size:
-            length, call, sent_at = REQUEST.unpack_from(buf)
-            if length > MAX_FRAME:
-                log.error("shard link: frame of %d bytes refused; closing", length)
-                self.close()
-                return
-            if len(buf) < size + length:
-                return
-            payload = bytes(buf[size : size + length])
-            del buf[: size + length]
-            if self.gateway is None:
-                if not self._hello(call, payload):
-                    self.close()
+        self.buf += data
+        try:
+            for (_, call, sent_at), payload in messages(self.buf, REQUEST):
+                if not self._request(call, sent_at, payload):
                     return
-                continue
+        except ValueError as exc:  # a frame over the limit
+            log.error("shard link: %s; closing", exc)
+            self.close()
+
+    def _request(self, call: int, sent_at: float, payload: bytes) -> bool:
+        """Handle one message; False when it closed the connection (a wrong hello)."""
+        if self.gateway is not None:
             self._reply(call, payload, sent_at)
+            return True
+        if self._hello(call, payload):
+            return True
+        self.close()
+        return False
 
     def _hello(self, call: int, payload: bytes) -> bool:
         try:
@@ -219,15 +236,8 @@ class _ClientSide(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        size = REPLY.size
-        while len(buf) >= size:
-            length, call, status = REPLY.unpack_from(buf)
-            if len(buf) < size + length:
-                return
-            payload = bytes(buf[size : size + length])
-            del buf[: size + length]
+        self.buf += data
+        for (_, call, status), payload in messages(self.buf, REPLY):
             fut = self.pending.pop(call, None)
             if fut is None or fut.done():
                 continue

@@ -6,9 +6,11 @@ event log after it), writing snapshots and the intervention log, loading
 and hot-swapping the model, and asking the Serve deployments for richer
 content after an intervention has already gone out.
 
-The actor is a plain (not asyncio) Ray actor: a batch runs on the thread
-that received the call, one batch at a time, so a session's events are
-applied in the order the gateway sent them. All Redis and Serve I/O runs on
+The actor is a plain (not asyncio) Ray actor. Gateways send batches over
+the shard's link (:mod:`actors.link`), whose thread runs them; Ray calls of
+``handle`` (tools, benchmarks) run on Ray's thread; a lock keeps it to one
+batch at a time either way, so a session's events are applied in the order
+the gateway sent them. All Redis and Serve I/O runs on
 a private event loop in a background thread: snapshots, the intervention
 log, model polling and enrichment never delay the reply that carries the
 scores and decisions back to the gateway, and a batch waits for I/O only to
@@ -654,8 +656,9 @@ class _ShardMetrics:
 class SessionShard:
     """The Ray actor around a :class:`ShardCore`: restarted by Ray when it dies.
 
-    Sessions come back from Redis after a restart. One call at a time, on the
-    thread that received it. The actor class itself has no ``async def``:
+    Sessions come back from Redis after a restart. Batches arrive over its
+    link (``link_address`` tells gateways where) or as ``handle`` calls, one
+    at a time. The actor class itself has no ``async def``:
     Ray runs an actor with any coroutine method (even a private one) as an
     asyncio actor and hands every call to its event loop's thread, which cost
     ~1.9 ms of CPU per call.
