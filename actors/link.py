@@ -195,13 +195,13 @@ class ShardLink:
         self.shard = shard
         self.gateway_id = gateway_id
         self._side: _ClientSide | None = None
-        self._ids = itertools.count(1)
+        self._ids = itertools.cycle(range(1, 2**32))  # a u32 on the wire; 0 is the hello
 
     async def call(self, batch: bytes, sent_at: float) -> bytes:
         side = self._side
         if side is None or side.closed:
             side = await self._connect()
-        call = next(self._ids) & 0xFFFFFFFF or next(self._ids)
+        call = next(self._ids)
         fut = asyncio.get_running_loop().create_future()
         side.pending[call] = fut
         side.transport.write(REQUEST.pack(len(batch), call, sent_at) + batch)
