@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import secrets
 import struct
@@ -195,13 +194,14 @@ class ShardLink:
         self.shard = shard
         self.gateway_id = gateway_id
         self._side: _ClientSide | None = None
-        self._ids = itertools.cycle(range(1, 2**32))  # a u32 on the wire; 0 is the hello
+        self._last_call = 0
 
     async def call(self, batch: bytes, sent_at: float) -> bytes:
         side = self._side
         if side is None or side.closed:
             side = await self._connect()
-        call = next(self._ids)
+        # 1 .. 2**32-1, then 1 again: a u32 on the wire, and 0 is the hello.
+        call = self._last_call = self._last_call % 0xFFFFFFFF + 1
         fut = asyncio.get_running_loop().create_future()
         side.pending[call] = fut
         side.transport.write(REQUEST.pack(len(batch), call, sent_at) + batch)
