@@ -721,9 +721,9 @@ class Gateway:
         """
         deadline = time.monotonic() + SHARD_RETRY_S
         delay = 0.05
+        packed = pack_batch([it[:4] for it in items])
         while True:
             try:
-                packed = pack_batch([it[:4] for it in items])
                 return msgpack.unpackb(await self.links[i].call(packed, time.time()))
             except ShardFailed as exc:  # a bug in the shard, not a restart: retrying won't help
                 log.error(
