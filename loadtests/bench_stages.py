@@ -9,7 +9,7 @@ Diginetica and YOOCHOOSE, as visitors send them), each a median over
   sequence its events, pack them once for the log and the shard, encode the
   ack. No sockets, no Redis (their cost is the rest of a gateway's CPU).
 * **core**: the shard's pure core (``SessionHost.process``: apply, one
-  ``inplace_predict`` per batch, policy) per event, on batches of
+  in-place prediction per batch, policy) per event, on batches of
   ``--batch`` events from 1,000 sessions.
 * **call**: a ``SessionShard`` call of ``--batch`` events through Ray and
   over the shard's link (CPU of the actor's process and of the caller)
