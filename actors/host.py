@@ -79,13 +79,19 @@ class SessionHost:
         rules: RulesFn = _default_rules,
         compact_after_ms: float = 60_000,
         deactivate_after_ms: float = 30 * 60_000,
+        snapshot_ticks: int = 1,
     ) -> None:
         self.rules = rules
         self.compact_after_ms = compact_after_ms
         self.deactivate_after_ms = deactivate_after_ms
         self.active: dict[str, Session] = {}
         self.dormant: dict[str, tuple[bytes, int, str]] = {}  # sid -> (state, last_ts, site)
-        self.dirty: set[str] = set()  # changed since their last snapshot
+        # Sessions changed since their last snapshot, by their turn among the
+        # snapshot ticks. The turn is the id's hash: sessions that start together
+        # (a load test, a campaign) still spread evenly over the ticks. The
+        # built-in hash is salted per process, which is fine for a turn.
+        self.dirty: list[set[str]] = [set() for _ in range(snapshot_ticks)]
+        self.ticks = 0  # calls of take_dirty so far
 
     def __contains__(self, sid: str) -> bool:
         return sid in self.active or sid in self.dormant
@@ -97,7 +103,7 @@ class SessionHost:
         """Drop everything held about ``sid`` (its visitor withdrew analytics consent)."""
         self.active.pop(sid, None)
         self.dormant.pop(sid, None)
-        self.dirty.discard(sid)
+        self._turn(sid).discard(sid)
 
     def missing(self, items: Sequence[BatchItem]) -> list[str]:
         """Sessions in ``items`` this host does not hold, each once: the shell must activate them."""
@@ -170,7 +176,7 @@ class SessionHost:
                     continue
                 views.append(session.view(session.apply(ev)))
                 sessions.append(session)
-            self.dirty.add(sid)
+            self._turn(sid).add(sid)
         if not views:
             return list(results.values())
         scores = score([v.row for v in views])
@@ -195,31 +201,49 @@ class SessionHost:
         packed = self.dormant.get(sid)
         return msgpack.unpackb(packed[0]) if packed else None
 
-    def take_dirty(self) -> list[tuple[str, list[Any]]]:
-        """States of sessions changed since the last call, for periodic snapshots."""
+    def _turn(self, sid: str) -> set[str]:
+        return self.dirty[hash(sid) % len(self.dirty)]
+
+    def take_dirty(self, everything: bool = False) -> list[tuple[str, bytes]]:
+        """Packed states of the changed sessions whose snapshot tick this is.
+
+        Called once per snapshot tick. A changed session is taken within
+        ``snapshot_ticks`` calls, and each call takes only about that share of
+        the changed sessions: the work spreads evenly over the ticks instead
+        of every session at once. ``everything`` takes them all (a flush).
+        """
+        turns = self.dirty if everything else [self.dirty[self.ticks % len(self.dirty)]]
+        self.ticks += 1
         out = []
-        for sid in self.dirty:
-            state = self.snapshot(sid)
-            if state is not None:
-                out.append((sid, state))
-        self.dirty.clear()
+        for turn in turns:
+            for sid in turn:
+                packed = self._packed(sid)
+                if packed is not None:
+                    out.append((sid, packed))
+            turn.clear()
         return out
 
-    def sweep(self, now_ms: float) -> list[tuple[str, list[Any]]]:
-        """Compact sessions idle for a minute; retire (and return) those idle past the timeout."""
-        retired: list[tuple[str, list[Any]]] = []
+    def _packed(self, sid: str) -> bytes | None:
+        session = self.active.get(sid)
+        if session is not None:
+            return session.packed()
+        dormant = self.dormant.get(sid)
+        return dormant[0] if dormant else None
+
+    def sweep(self, now_ms: float) -> list[tuple[str, bytes]]:
+        """Compact sessions idle for a minute; retire those idle past the timeout.
+
+        Returns the retired sessions' packed states, for a last snapshot.
+        """
+        retired: list[tuple[str, bytes]] = []
         for sid, session in list(self.active.items()):
             idle = now_ms - session.last_ts
             if idle >= self.compact_after_ms:
                 del self.active[sid]
-                self.dormant[sid] = (
-                    msgpack.packb(session.to_state()),
-                    session.last_ts,
-                    session.site,
-                )
+                self.dormant[sid] = (session.packed(), session.last_ts, session.site)
         for sid, (packed, last_ts, _site) in list(self.dormant.items()):
             if now_ms - last_ts >= self.deactivate_after_ms:
                 del self.dormant[sid]
-                self.dirty.discard(sid)
-                retired.append((sid, msgpack.unpackb(packed)))
+                self._turn(sid).discard(sid)
+                retired.append((sid, packed))
         return retired

@@ -1,11 +1,12 @@
-"""A shard's writes of intervention records, and their erasure when consent is withdrawn.
+"""A shard's writes to Redis: intervention records, session snapshots, and their erasure.
 
 Each decision leaves three things in Redis: its hash (``{p}iv:{iid}``, with
 the id of its intervention-log entry in ``log_id``), an entry in the
 intervention log (``{p}ivlog``), and its iid in the session's set
 (``{p}ivs:{sid}``), so that everything a session left can be found and
 deleted without scanning the log. One script writes all three atomically,
-and one erases a session's records with its event log and snapshot.
+one writes a tick's session snapshots, and one erases a session's records
+with its event log and snapshot.
 
 The scripts name their keys themselves from the prefixes they are given, so
 they need a standalone Redis (as the append script does).
@@ -78,6 +79,18 @@ return n
 """
 
 
+# ARGV[1]: a msgpack map: p (the snapshot key prefix), ttl, s (sid, packed state
+# pairs). One call instead of a pipeline of SETs: redis-py spent ~35 us of the
+# shard's CPU on each pipelined command, the script ~4.
+SNAPSHOT_LUA = """
+local a = cmsgpack.unpack(ARGV[1])
+for _, s in ipairs(a.s) do
+  redis.call('SET', a.p .. s[1], s[2], 'EX', a.ttl)
+end
+return #a.s
+"""
+
+
 def _prefixes(keys: Keys) -> dict[str, str]:
     return {
         "iv": keys.intervention(""),
@@ -89,11 +102,12 @@ def _prefixes(keys: Keys) -> dict[str, str]:
     }
 
 
-class InterventionRecords:
-    """Writes decisions and outcomes, and erases a session's records; one per shard."""
+class ShardRecords:
+    """Writes decisions, outcomes and snapshots, and erases a session's records; one per shard."""
 
     def __init__(self, r: aioredis.Redis, keys: Keys) -> None:
         self._record = r.register_script(RECORD_LUA)
+        self._snapshots = r.register_script(SNAPSHOT_LUA)
         self._erase = r.register_script(ERASE_LUA)
         self._p = _prefixes(keys)
 
@@ -125,6 +139,11 @@ class InterventionRecords:
             "o": [[iid, etype.removeprefix("intervention_"), ts] for etype, iid, ts in outcomes],
         }
         await self._record(args=[script_arg(arg)])
+
+    async def snapshots(self, states: Sequence[tuple[str, bytes]]) -> None:
+        """Write (sid, packed state) snapshots, each expiring with the session's other keys."""
+        arg = {"p": self._p["snap"], "ttl": SESSION_TTL_S, "s": [list(x) for x in states]}
+        await self._snapshots(args=[script_arg(arg)])
 
     async def erase(self, sids: Sequence[str]) -> int:
         """Delete all ``sids`` left here but their consent record; returns log entries removed."""

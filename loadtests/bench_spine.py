@@ -168,6 +168,7 @@ class Visitor:
         for s in range(self.acked + 1, seq + 1):
             if self.unacked.pop(s, None) is not None and record:
                 self.res["ack_lat"].append(now - self.sent_at[s])
+                self.res["ack_at"].append(now - self.window[0])
                 self.res["acked"] += 1
         # Send times are kept a while after the ack: the intervention an event
         # triggers arrives after its ack.
@@ -262,6 +263,7 @@ def lifeline_worker(
         "sent": 0,
         "acked": 0,
         "ack_lat": [],
+        "ack_at": [],  # when each of ack_lat arrived, s into the window (perf_counter)
         "iv_lat": [],
         "interventions": 0,
         "errors": {},
@@ -520,6 +522,10 @@ def run_lifeline(
     for p in ps:
         p.join()
     ack = [x for r in results for x in r["ack_lat"]]
+    by_second: list[list[float]] = [[] for _ in range(int(args.duration) + 1)]
+    for r in results:  # every generator's window opens at the same wall-clock moment
+        for at, lat in zip(r["ack_at"], r["ack_lat"], strict=True):
+            by_second[min(int(at), len(by_second) - 1)].append(lat)
     iv = [x for r in results for x in r["iv_lat"]]
     errors: dict[str, int] = {}
     for r in results:
@@ -548,6 +554,8 @@ def run_lifeline(
         "connect_errors": sum(r["connect_errors"] for r in results),
         "steal_percent": usage["machine"]["steal_percent"],
         "procs": usage,
+        # Is the tail spread over the run or a few stalls? p99 of each second's acks.
+        "ack_p99_ms_by_second": [round(pct(b, 99) * 1000, 1) for b in by_second if b],
     }
 
 

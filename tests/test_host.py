@@ -8,7 +8,7 @@ from actors.detectors import DetectorConfig
 from actors.events import validate_event
 from actors.host import SessionHost
 from actors.placement import HashRing
-from actors.session import replay
+from actors.session import Session, replay
 
 T0 = 1_700_000_000_000
 
@@ -167,3 +167,26 @@ def test_missing_names_each_session_once_and_activation_does_not_share_state():
     a.apply(later[0])
     b = other.activate("s1", "demo", state, [], 5)
     assert b.row() == replay(first, sid="s1", site="demo")[-1]
+
+
+def test_snapshots_are_spread_over_ticks_and_each_changed_session_gets_its_turn():
+    import msgpack
+
+    host = SessionHost(snapshot_ticks=10)
+    sids = [f"s{i}" for i in range(1000)]
+    host.process([(sid, "demo", [], events(2)) for sid in sids], CountingScorer())  # all at once
+    taken = [host.take_dirty() for _ in range(10)]
+    # Each changed session exactly once in ten ticks, and no tick takes a crowd.
+    assert sorted(sid for tick in taken for sid, _ in tick) == sorted(sids)
+    assert max(len(tick) for tick in taken) < 200
+    sid, packed = taken[0][0]
+    assert packed == msgpack.packb(host.snapshot(sid))
+    assert Session.from_state(msgpack.unpackb(packed)).last_seq == 2
+    assert all(host.take_dirty() == [] for _ in range(10))  # nothing changed since
+
+    host.process([("s1", "demo", [], events(1, start=3))], CountingScorer())
+    turns = [[s for s, _ in host.take_dirty()] for _ in range(10)]
+    assert sum(turns, []) == ["s1"]  # within ten ticks, once
+    host.process([("s2", "demo", [], events(1, start=3))], CountingScorer())
+    host.sweep(T0 + 120_000)  # s2 goes dormant: its snapshot comes from the packed form
+    assert host.take_dirty(everything=True) == [("s2", host.dormant["s2"][0])]  # a flush

@@ -6,7 +6,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from actors.policy import Decision, Reason
-from actors.records import InterventionRecords
+from actors.records import ShardRecords
 from cluster.keys import Keys
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -36,7 +36,7 @@ async def test_decisions_and_outcomes_are_recorded_and_a_withdrawal_erases_only_
 ):
     r = aioredis.Redis.from_url(redis_url)
     keys = Keys(prefix)
-    records = InterventionRecords(r, keys)
+    records = ShardRecords(r, keys)
     try:
         mine = [decision("i-a1", "gone", 4), decision("i-a2", "gone", 9)]
         other = decision("i-b1", "stays", 3)
@@ -70,5 +70,18 @@ async def test_decisions_and_outcomes_are_recorded_and_a_withdrawal_erases_only_
             b"seq": b"9",
         }
         assert await r.exists(keys.intervention("i-b1"), keys.interventions_of("stays")) == 2
+    finally:
+        await r.aclose()
+
+
+async def test_snapshots_are_written_in_one_call_and_expire(redis_url, prefix):
+    r = aioredis.Redis.from_url(redis_url)
+    keys = Keys(prefix)
+    try:
+        states = [("s1", b"\x93\xa2s1\x00\xff"), ("s2", bytes(range(256)))]  # any bytes survive
+        await ShardRecords(r, keys).snapshots(states)
+        for sid, packed in states:
+            assert await r.get(keys.snapshot(sid)) == packed
+            assert await r.ttl(keys.snapshot(sid)) > 0
     finally:
         await r.aclose()

@@ -7,6 +7,7 @@ import random
 import re
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pandas as pd
 import pytest
@@ -68,7 +69,7 @@ def _live_rows(sessions, seed: int = 0) -> dict[tuple[str, int], list[float]]:
 
     out: dict[tuple[str, int], list[float]] = {}
     host = SessionHost()
-    retired: dict[str, list] = {}  # what the shard would have snapshotted to Redis
+    retired: dict[str, bytes] = {}  # what the shard would have snapshotted to Redis
     batch_no = 0
     while any(cursors[s] < len(by_sid[s].events) for s in cursors):
         items = []
@@ -84,7 +85,11 @@ def _live_rows(sessions, seed: int = 0) -> dict[tuple[str, int], list[float]]:
             if sid in host.missing(items) and sid in retired:  # reactivate, as the shard does
                 before = evs[0]["seq"]
                 host.activate(
-                    sid, "default", retired.pop(sid), by_sid[sid].events[: before - 1], before
+                    sid,
+                    "default",
+                    msgpack.unpackb(retired.pop(sid)),
+                    by_sid[sid].events[: before - 1],
+                    before,
                 )
         for res in host.process(items, score):
             for seq, idx in zip(res.seqs, res.scores, strict=True):
