@@ -195,11 +195,8 @@ class SessionHost:
 
     def snapshot(self, sid: str) -> list[Any] | None:
         """The state to persist for ``sid`` (active or dormant), or None if unknown."""
-        session = self.active.get(sid)
-        if session is not None:
-            return session.to_state()
-        packed = self.dormant.get(sid)
-        return msgpack.unpackb(packed[0]) if packed else None
+        packed = self._packed(sid)
+        return msgpack.unpackb(packed) if packed is not None else None
 
     def _turn(self, sid: str) -> set[str]:
         return self.dirty[hash(sid) % len(self.dirty)]

@@ -526,23 +526,18 @@ class Session:
 
     # -- snapshots ----------------------------------------------------------
 
-    def to_state(self) -> list[Any]:
-        """Everything but the config, as a list of plain values (msgpack-friendly)."""
-        return [_pack(getattr(self, name)) for name in self.__slots__ if name != "cfg"]
-
     def packed(self) -> bytes:
-        """:meth:`to_state` as msgpack bytes, the form snapshots are kept and written in.
+        """Everything but the config, as msgpack bytes: the form snapshots are kept in.
 
-        Packs the fields as they are, without :meth:`to_state`'s copies (msgpack
-        writes a tuple as it writes a list, so the bytes are the same): a third
-        of the cost, which matters because a shard snapshots every live session
-        every few seconds while holding its batch lock.
+        Packs the fields as they are, without copying them first (msgpack
+        writes a tuple as it writes a list), because a shard snapshots every
+        live session every few seconds while holding its batch lock.
         """
         return msgpack.packb(_STATE_FIELDS(self))
 
     @classmethod
     def from_state(cls, state: list[Any], cfg: DetectorConfig = DEFAULT_DETECTORS) -> Session:
-        """Rebuild a session from :meth:`to_state`; the inverse, exactly."""
+        """Rebuild a session from its unpacked :meth:`packed` state; the inverse, exactly."""
         s = cls.__new__(cls)
         s.cfg = cfg
         names = [n for n in cls.__slots__ if n != "cfg"]
@@ -556,20 +551,12 @@ class Session:
 _STATE_FIELDS = operator.attrgetter(*(name for name in Session.__slots__ if name != "cfg"))
 
 
-def _pack(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return list(value)
-    if isinstance(value, list):
-        return list(value)
-    return value
-
-
 def _unpack(name: str, value: Any) -> Any:
     if name == "last_click" and value is not None:
         return tuple(value)
     if isinstance(value, (tuple, list)):
-        # A copy, as _pack makes one: a session must not share its counters with
-        # the state it came from, or a second session built from it starts ahead.
+        # A copy: a session must not share its counters with the state it came
+        # from, or a second session built from the same state starts ahead.
         return list(value)
     return value
 

@@ -187,7 +187,7 @@ def test_snapshot_roundtrip_is_exact():
         500, "mouse", dur=1, dist=1, turns=[1, 2, 3, 4, 5]
     )
     s, row = j.run()
-    packed = msgpack.packb(s.to_state())
+    packed = s.packed()
     assert len(packed) < 1024
     back = Session.from_state(msgpack.unpackb(packed))
     assert back.row() == row
