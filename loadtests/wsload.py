@@ -7,8 +7,9 @@ has neither: frames are parsed in ``data_received`` and written at once. Once
 the socket is open it also leaves the sans-I/O protocol: building a frame
 through it (and drawing its mask from ``secrets``, a system call per frame)
 and parsing replies with its generator-based reader were ~25 % of a load
-generator's CPU (py-spy, 2026-11-21); here a frame is a header, a mask from
-``random`` and ``websockets``' C ``apply_mask``. Both the echo ceiling and the
+generator's CPU (py-spy, 2026-11-21); here frames are built by
+:func:`serve.wire.frame` (a header, a mask from ``random`` and
+``websockets``' C ``apply_mask``). Both the echo ceiling and the
 Lifeline runs use it, so the ratio compares servers, not clients.
 
 Limits: a load tool, not a general client: no TLS, no fragmented messages
@@ -21,16 +22,16 @@ frame just closes the socket.
 from __future__ import annotations
 
 import asyncio
-import random
 import struct
 from collections.abc import Callable
 
 from websockets.client import ClientProtocol
 from websockets.http11 import Response
 from websockets.protocol import State
-from websockets.speedups import apply_mask
 from websockets.typing import Origin
 from websockets.uri import parse_uri
+
+from serve import wire
 
 
 class WsClient(asyncio.Protocol):
@@ -128,15 +129,7 @@ class WsClient(asyncio.Protocol):
 
     def _write(self, head: int, data: bytes) -> None:
         assert self.transport is not None
-        n = len(data)
-        if n < 126:
-            header = struct.pack("!BB", head, 0x80 | n)
-        elif n < 65536:
-            header = struct.pack("!BBH", head, 0xFE, n)
-        else:
-            header = struct.pack("!BBQ", head, 0xFF, n)
-        mask = random.getrandbits(32).to_bytes(4, "big")
-        self.transport.write(header + mask + apply_mask(data, mask))
+        self.transport.write(wire.frame(head, data, masked=True))
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

@@ -56,6 +56,7 @@ from actors.placement import HashRing
 from actors.sites import Site
 from cluster.keys import Keys
 from cluster.redis_server import async_client
+from serve import wire
 from serve.protocol import (
     CLOSE_HELLO_TIMEOUT,
     CLOSE_TAKEN_OVER,
@@ -121,6 +122,9 @@ class Peer(asyncio.Protocol):
         self.busy = False
         self.fragments: list[bytes] = []
         self.fragments_text = False
+        # Once open, plain frames are parsed here (serve.wire); the first frame
+        # that is not plain hands the socket to websockets' parser for good.
+        self.rx: bytearray | None = None
         self.last_rx = 0.0
         self.pinged = False
         self.hello_timer: asyncio.TimerHandle | None = None
@@ -137,14 +141,40 @@ class Peer(asyncio.Protocol):
         self.last_rx = time.monotonic()
 
     def data_received(self, data: bytes) -> None:
-        ws = self.ws
-        assert ws is not None
         self.last_rx = time.monotonic()
         self.pinged = False
+        rx = self.rx
+        if rx is None:
+            self._receive(data)
+            return
+        rx += data
+        assert self.gw is not None and self.ws is not None
+        frames, used, other = wire.plain_frames(rx, True, self.gw.limits.hard_frame_bytes)
+        ws = self.ws
+        for head, payload in frames:
+            # A pong needs no answer; data after our close frame is not read.
+            if head != wire.PONG and ws.state is State.OPEN:
+                self._message(payload, head == wire.TEXT)
+        if other:
+            # Close, ping, fragments, protocol errors: websockets takes over. Its
+            # parser has seen nothing since the handshake, so it starts at this frame.
+            rest = bytes(rx[used:])
+            self.rx = None
+            self._receive(rest)
+        else:
+            del rx[:used]
+
+    def _receive(self, data: bytes) -> None:
+        ws = self.ws
+        assert ws is not None
         ws.receive_data(data)
-        for event in ws.events_received():
+        events = ws.events_received()
+        for event in events:
             if isinstance(event, Request):
-                self._handshake(event)
+                # Parsing frames here is safe only if the library's parser is
+                # between frames: nothing came after the request (a client must
+                # wait for the 101 before sending frames, RFC 6455 4.1).
+                self._handshake(event, len(events) == 1 and data.endswith(b"\r\n\r\n"))
             elif ws.state is State.OPEN:
                 self._frame(event)
         self.flush()
@@ -166,7 +196,7 @@ class Peer(asyncio.Protocol):
 
     # -- frames ---------------------------------------------------------------
 
-    def _handshake(self, request: Request) -> None:
+    def _handshake(self, request: Request, between_frames: bool) -> None:
         ws, gw = self.ws, self.gw
         assert ws is not None and gw is not None
         parts = urlsplit(request.path)
@@ -184,6 +214,8 @@ class Peer(asyncio.Protocol):
             log.info("failed handshake: %s", ws.handshake_exc)
             return
         self.conn = Connection(site.key, gw.secret, gw.limits)
+        if between_frames:
+            self.rx = bytearray()  # frames are parsed here until one is not plain
         gw.attach(self)
         self.hello_timer = asyncio.get_running_loop().call_later(
             gw.limits.hello_timeout_s, self._hello_timeout
@@ -257,11 +289,12 @@ class Peer(asyncio.Protocol):
             return
         assert self.conn is not None
         data = self.conn.encode(frame)
+        # Written directly (serve.wire), not through ws.send_binary: the library
+        # flushes its own frames as it makes them, so none can be overtaken.
         if isinstance(data, bytes):
-            ws.send_binary(data)
+            transport.write(wire.frame(wire.BINARY, data))
         else:
-            ws.send_text(data.encode())
-        self.flush()
+            transport.write(wire.frame(wire.TEXT, data.encode()))
         assert self.gw is not None
         if transport.get_write_buffer_size() > self.gw.outbox_bytes:
             # A client that does not read is dropped, not buffered without bound.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 import uuid
 from urllib.parse import urlsplit
 
@@ -20,6 +21,7 @@ from websockets.frames import Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from serve import wire
 from serve.gateway import Gateway
 from serve.protocol import CLOSE_HELLO_TIMEOUT, Limits
 from serve.pyclient import LifelineClient
@@ -184,3 +186,73 @@ async def test_a_client_that_does_not_read_is_disconnected(lifeline_stack):
         writer.close()
     finally:
         await gw.stop()
+
+
+async def test_pings_fragments_and_close_between_plain_frames(lifeline_stack):
+    """Plain frames are parsed by the gateway itself; the first other frame hands the socket
+    to websockets mid-stream, and nothing before or after it is lost or reordered."""
+    url = lifeline_stack.ws_url
+    parts = urlsplit(url)
+    proto, reader, writer = await raw_client(url, (parts.hostname, parts.port))
+    sid = f"t-mixed-{uuid.uuid4().hex[:12]}"
+
+    def events(seq: int) -> bytes:
+        ev = {"type": "page_view", "seq": seq, "ts": int(time.time() * 1000), "path": f"/p{seq}"}
+        return msgpack.packb({"t": "events", "sid": sid, "events": [ev]})
+
+    got: list = []
+
+    async def read_until(pred) -> None:
+        while not pred():
+            data = await asyncio.wait_for(reader.read(65536), 10)
+            assert data, f"closed early; got {got}"
+            proto.receive_data(data)
+            for f in proto.events_received():
+                got.append(
+                    (f.opcode, msgpack.unpackb(f.data) if f.opcode is Opcode.BINARY else f.data)
+                )
+
+    proto.send_binary(hello(sid))
+    writer.write(b"".join(proto.data_to_send()))
+    await read_until(lambda: any(m[1].get("t") == "welcome" for m in got if isinstance(m[1], dict)))
+    peer = lifeline_stack.gateway.peers_by_sid[sid]
+    assert peer.rx is not None  # the gateway parses this socket's frames itself
+    # One write: a plain frame, a ping, a plain frame, a message in three fragments.
+    proto.send_binary(events(1))
+    proto.send_ping(b"are you there")
+    proto.send_binary(events(2))
+    third = events(3)
+    proto.send_binary(third[:4], fin=False)
+    proto.send_continuation(third[4:9], fin=False)
+    proto.send_continuation(third[9:], fin=True)
+    writer.write(b"".join(proto.data_to_send()))
+    acks = lambda: [m[1]["seq"] for m in got if isinstance(m[1], dict) and m[1].get("t") == "ack"]  # noqa: E731
+    await read_until(lambda: 3 in acks())
+    assert acks() == [1, 2, 3]
+    assert (Opcode.PONG, b"are you there") in got
+    assert peer.rx is None  # handed to websockets at the ping
+    # Plain frames after the hand-over go through websockets: still acknowledged.
+    proto.send_binary(events(4))
+    writer.write(b"".join(proto.data_to_send()))
+    await read_until(lambda: 4 in acks())
+    stored = await lifeline_stack.gateway.store.read_events(sid)
+    assert [(e["seq"], e["path"]) for e in stored] == [(n, f"/p{n}") for n in (1, 2, 3, 4)]
+    proto.send_close(1000, "done")
+    writer.write(b"".join(proto.data_to_send()))
+    await read_until(lambda: any(m[0] is Opcode.CLOSE for m in got))
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # the server closed TCP
+    writer.close()
+
+
+async def test_an_unmasked_client_frame_is_a_protocol_error(lifeline_stack):
+    url = lifeline_stack.ws_url
+    parts = urlsplit(url)
+    proto, reader, writer = await raw_client(url, (parts.hostname, parts.port))
+    writer.write(wire.frame(wire.BINARY, hello(f"t-unmasked-{uuid.uuid4().hex[:12]}")))
+    data = b""
+    while chunk := await asyncio.wait_for(reader.read(4096), 10):
+        data += chunk
+    proto.receive_data(data)
+    closes = [f for f in proto.events_received() if f.opcode is Opcode.CLOSE]
+    assert closes and int.from_bytes(closes[0].data[:2], "big") == 1002
+    writer.close()
