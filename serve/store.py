@@ -17,8 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 import redis.asyncio as aioredis
@@ -76,9 +75,12 @@ return out
 """
 
 
-@dataclass(frozen=True)
-class Append:
-    """One run of a session's events to make durable."""
+class Append(NamedTuple):
+    """One run of a session's events to make durable.
+
+    A named tuple, not a frozen dataclass: one is made per events frame, and a
+    frozen dataclass's ``__init__`` cost more than packing the events.
+    """
 
     sid: str
     first: int  # first seq consumed (refused events consume numbers too)
