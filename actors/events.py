@@ -41,6 +41,7 @@ _NUM = (int, float)
 _BOOL = (bool,)
 _LIST = (list, tuple)
 _DICT = (dict,)
+_NUM_EXACT = frozenset(_NUM)
 
 # type -> {field: (accepted python types, required)}. Every event also has
 # "type", "seq" (int >= 1, per session, contiguous) and "ts" (ms since epoch).
@@ -101,6 +102,24 @@ _ENUMS = {
     ("scroll", "dir"): {"up", "down"},
     ("visibility", "state"): {"hidden", "visible"},
 }
+# FIELDS compiled for validate_event, which runs on every event: per type, each
+# field as (name, accepted types, the exact types that pass without the
+# isinstance checks, required, is a string, allowed values or None).
+_Spec = tuple[str, tuple[type, ...], frozenset[type], bool, bool, "frozenset[str] | None"]
+_SPECS: dict[str, tuple[_Spec, ...]] = {
+    etype: tuple(
+        (
+            name,
+            types,
+            frozenset(types),  # bool is never in it unless accepted: type(True) is bool
+            required,
+            types is _STR,
+            frozenset(_ENUMS[(etype, name)]) if (etype, name) in _ENUMS else None,
+        )
+        for name, (types, required) in spec.items()
+    )
+    for etype, spec in FIELDS.items()
+}
 # Events the client flushes at once instead of waiting for the batch timer.
 URGENT_TYPES = frozenset(
     {"form_error", "form_submit", "add_to_cart", "purchase", "js_error", "visibility"}
@@ -159,18 +178,19 @@ def validate_event(raw: Any, now_ms: int, clock_offset_ms: int = 0) -> dict[str,
     if not isinstance(raw, dict):
         return EventError(BAD_EVENT, "an event must be a map")
     seq = raw.get("seq")
-    seq_ok = isinstance(seq, int) and not isinstance(seq, bool) and seq >= 1
+    # ``type(x) is int`` first: the decoders make exact ints, and it is the cheap test.
+    seq_ok = (type(seq) is int or (isinstance(seq, int) and not isinstance(seq, bool))) and seq >= 1
     seq_out = seq if seq_ok else None
     etype = raw.get("type")
     if not isinstance(etype, str):
         return EventError(MISSING_FIELD, "event has no string 'type'", seq_out, "type")
-    spec = FIELDS.get(etype)
+    spec = _SPECS.get(etype)
     if spec is None:
         return EventError(UNKNOWN_TYPE, f"unknown event type {etype[:40]!r}", seq_out, "type")
     if not seq_ok:
         return EventError(BAD_TYPE, "'seq' must be an integer >= 1", None, "seq")
     ts = raw.get("ts")
-    if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+    if type(ts) not in _NUM_EXACT and (not isinstance(ts, (int, float)) or isinstance(ts, bool)):
         return EventError(
             MISSING_FIELD if ts is None else BAD_TYPE, "'ts' must be ms since epoch", seq, "ts"
         )
@@ -182,18 +202,19 @@ def validate_event(raw: Any, now_ms: int, clock_offset_ms: int = 0) -> dict[str,
     if etype in _UNBOUNDED and _approx_size(raw, MAX_EVENT_BYTES) > MAX_EVENT_BYTES:
         return EventError(TOO_LARGE, f"event exceeds {MAX_EVENT_BYTES} bytes", seq)
     out: dict[str, Any] = {"type": etype, "seq": seq, "ts": ts}
-    for name, (types, required) in spec.items():
+    for name, types, exact, required, is_str, allowed in spec:
         value = raw.get(name)
         if value is None:
             if required:
                 return EventError(MISSING_FIELD, f"{etype} needs '{name}'", seq, name)
             continue
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        if type(value) not in exact and (
+            not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+        ):
             return EventError(BAD_TYPE, f"'{name}' has the wrong type", seq, name)
-        if isinstance(value, str):
+        if is_str:
             if len(value) > MAX_STR:
                 return EventError(TOO_LARGE, f"'{name}' is longer than {MAX_STR}", seq, name)
-            allowed = _ENUMS.get((etype, name))
             if allowed is not None and value not in allowed:
                 return EventError(BAD_TYPE, f"'{name}' must be one of {sorted(allowed)}", seq, name)
         out[name] = value
