@@ -8,6 +8,10 @@ Diginetica and YOOCHOOSE, as visitors send them), each a median over
   ``serve.gateway`` does it: decode and check the frame, validate and
   sequence its events, pack them once for the log and the shard, encode the
   ack. No sockets, no Redis (their cost is the rest of a gateway's CPU).
+* **socket**: a gateway's whole in-process path per events frame: masked
+  WebSocket frames into ``Peer.data_received``, the append loop against a
+  store that is always durable, acks to a transport that only counts (no
+  Redis, no shards, no system calls).
 * **core**: the shard's pure core (``SessionHost.process``: apply, one
   in-place prediction per batch, policy) per event, on batches of
   ``--batch`` events from 1,000 sessions.
@@ -119,6 +123,100 @@ def gateway_stage(journeys: list, frames: int) -> dict[str, float]:
     out = {k: v / frames * 1e6 for k, v in spent.items()}
     out["total"] = sum(out.values())
     return out
+
+
+class _Transport:
+    """Where a Peer writes in :func:`socket_stage`: counts the frames, sends nothing."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+def socket_stage(journeys: list, frames: int) -> float:
+    """us of CPU per events frame through a gateway's socket layer, in-process.
+
+    Masked WebSocket frames go into ``Peer.data_received`` as the kernel hands
+    them over; the gateway's append loop runs against a store that makes
+    every run durable at once (no Redis) and acknowledges each frame to a
+    transport that only counts. Shard batches are queued and dropped (no
+    shards). So: WebSocket parsing, the protocol work, the append round's
+    bookkeeping and the ack writes, without system calls.
+    """
+    import msgpack
+
+    from actors.sites import Site
+    from serve import wire
+    from serve.gateway import Gateway, Peer
+    from serve.protocol import Limits
+
+    async def run() -> float:
+        site = Site("loadtest", origins=("http://loadtest.local",))
+        limits = Limits(events_per_s=1e9, burst=1e9)
+        gw = Gateway(
+            "redis://127.0.0.1:1/0", "stages:", [None, None], {site.key: site}, "s", limits
+        )
+
+        async def durable(runs: list) -> list[tuple[int, bool]]:
+            return [(r.last, True) for r in runs]
+
+        gw.store.append_many = durable  # type: ignore[method-assign]
+        replay = Replay(journeys, seed=3)
+        peers = []
+        for sid in replay.sids:
+            peer = Peer(gw)
+            peer.connection_made(_Transport())  # type: ignore[arg-type]
+            peer.data_received(
+                b"GET /ws?site=loadtest HTTP/1.1\r\nHost: x\r\n"
+                b"Origin: http://loadtest.local\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            )
+            assert peer.conn is not None and peer.hello_timer is not None
+            peer.hello_timer.cancel()
+            req = peer.conn.hello({"t": "hello", "sid": sid, "consent": ["analytics"]})
+            peer.conn.accept_hello(req, False, 0)  # type: ignore[arg-type]
+            gw.peers_by_sid[sid] = peer
+            peers.append(peer)
+        for peer in peers:
+            peer.transport.writes = 0  # type: ignore[union-attr]  # not the handshake's
+        wire_frames = []
+        for _ in range(frames):
+            i, events = replay.next()
+            frame = {"t": "events", "sid": replay.sids[i], "events": events}
+            wire_frames.append((peers[i], wire.frame(wire.BINARY, msgpack.packb(frame), True)))
+        appender = asyncio.get_running_loop().create_task(gw._append_loop())
+        t0 = time.process_time()
+        for k in range(0, frames, 100):  # ~100 frames per append round, as under load
+            for peer, data in wire_frames[k : k + 100]:
+                peer.data_received(data)
+            while not gw._appends.empty() or gw._appending:
+                await asyncio.sleep(0)
+            gw._pending = [[] for _ in gw._pending]
+            gw._pending_events = 0
+        spent = time.process_time() - t0
+        appender.cancel()
+        acks = sum(p.transport.writes for p in peers)  # type: ignore[union-attr]
+        assert acks == frames and gw.stats.errors == 0, (acks, gw.stats.errors)
+        return spent / frames * 1e6
+
+    return asyncio.run(run())
 
 
 def core_stage(journeys: list, batch: int, events: int) -> float:
@@ -239,15 +337,17 @@ def main() -> int:
 
     tune_for_throughput()  # the collector settings the gateways and shards run with
     gateway = [gateway_stage(journeys, 20_000) for _ in range(args.runs)]
+    sockets = [socket_stage(journeys, 20_000) for _ in range(args.runs)]
     core = [core_stage(journeys, args.batch, 20_000) for _ in range(args.runs)]
     calls = call_stage(journeys, args.batch, 200, args.runs, redis_url)
     summary = {
         "gateway_us_per_frame": {k: statistics.median(g[k] for g in gateway) for k in gateway[0]},
+        "socket_us_per_frame": statistics.median(sockets),
         "core_us_per_event": statistics.median(core),
         "shard_call_cpu_ms": {k: statistics.median(c[k] for c in calls) for k in calls[0]},
         "args": vars(args) | {"out": str(args.out)},
         "machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
-        "runs": {"gateway": gateway, "core": core, "calls": calls},
+        "runs": {"gateway": gateway, "socket": sockets, "core": core, "calls": calls},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1))
