@@ -149,7 +149,7 @@ class Peer(asyncio.Protocol):
             return
         rx += data
         assert self.gw is not None and self.ws is not None
-        frames, used, other = wire.plain_frames(rx, True, self.gw.limits.hard_frame_bytes)
+        frames, used, other = wire.plain_frames(rx, self.gw.limits.hard_frame_bytes)
         ws = self.ws
         for head, payload in frames:
             # A pong needs no answer; data after our close frame is not read.

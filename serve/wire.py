@@ -8,15 +8,15 @@ batch, one per ack) that machinery was ~30 % of a gateway's Python time
 
 * :func:`frame` builds an unfragmented frame (the server's unmasked, a
   client's masked);
-* :func:`plain_frames` parses the leading run of *plain* frames in a buffer
-  and says where the first frame that is not plain starts, so that frame
+* :func:`plain_frames` parses the leading run of *plain* client frames in a
+  buffer and says where the first frame that is not plain starts, so that frame
   and everything after it can go to ``websockets``, which handles the rest
   of RFC 6455 (close handshake, pings, fragmentation, protocol errors and
   their close codes).
 
 Limits: a frame is *plain* when it is final, has no reserved bits (no
 extension is ever negotiated here), carries text, binary or pong, is masked
-exactly when ``masked`` says, and its payload is at most ``max_size`` bytes
+(as every client frame must be, RFC 6455 5.1), and its payload is at most ``max_size`` bytes
 and under 64 KiB. Text payloads are returned as bytes; UTF-8 is the
 caller's to check (``websockets`` does not check it either).
 """
@@ -33,7 +33,6 @@ except ImportError:  # the library's pure-Python fallback
 
 TEXT = 0x81  # first header byte of a final text frame
 BINARY = 0x82
-PING = 0x89
 PONG = 0x8A
 
 
@@ -55,10 +54,8 @@ def frame(head: int, data: bytes, masked: bool = False) -> bytes:
     return header + mask + apply_mask(data, mask)
 
 
-def plain_frames(
-    buf: bytearray, masked: bool, max_size: int
-) -> tuple[list[tuple[int, bytes]], int, bool]:
-    """Parse the plain frames at the start of ``buf``.
+def plain_frames(buf: bytearray, max_size: int) -> tuple[list[tuple[int, bytes]], int, bool]:
+    """Parse the plain client frames at the start of ``buf``.
 
     Returns ``(frames, used, other)``: each frame as ``(head, payload)``,
     unmasked; how many bytes of ``buf`` they took; and whether a frame that is
@@ -67,12 +64,10 @@ def plain_frames(
     """
     out: list[tuple[int, bytes]] = []
     pos, end = 0, len(buf)
-    want = 0x80 if masked else 0
-    extra = 4 if masked else 0
     while end - pos >= 2:
         head, b2 = buf[pos], buf[pos + 1]
         n, hdr = b2 & 0x7F, 2
-        if n == 127 or b2 & 0x80 != want:  # a 64-bit length (over 64 KiB), or wrong masking
+        if n == 127 or not b2 & 0x80:  # a 64-bit length (over 64 KiB), or not masked
             return out, pos, True
         if n == 126:
             if end - pos < 4:
@@ -80,13 +75,11 @@ def plain_frames(
             n, hdr = (buf[pos + 2] << 8) | buf[pos + 3], 4
         if n > max_size or not (head in (BINARY, TEXT) or (head == PONG and n <= 125)):
             return out, pos, True
-        start = pos + hdr + extra
+        start = pos + hdr + 4  # after the mask
         stop = start + n
         if stop > end:
             break
-        payload = bytes(buf[start:stop])
-        if masked:
-            payload = apply_mask(payload, bytes(buf[start - 4 : start]))
+        payload = apply_mask(bytes(buf[start:stop]), bytes(buf[start - 4 : start]))
         out.append((head, payload))
         pos = stop
     return out, pos, False

@@ -36,14 +36,14 @@ def test_server_frames_parse_in_websockets(size):
 def test_client_frames_from_websockets_are_plain(size):
     payload = bytes(i % 251 for i in range(size))
     data = client_frames(lambda p: (p.send_binary(payload), p.send_text(b"hi"), p.send_pong(b"")))
-    frames, used, other = wire.plain_frames(bytearray(data), True, 1 << 20)
+    frames, used, other = wire.plain_frames(bytearray(data), 1 << 20)
     assert frames == [(wire.BINARY, payload), (wire.TEXT, b"hi"), (wire.PONG, b"")]
     assert used == len(data) and not other
 
 
 def test_masked_frames_we_make_are_plain_to_ourselves():
     data = wire.frame(wire.BINARY, b"x" * 300, masked=True)
-    assert wire.plain_frames(bytearray(data), True, 1 << 20) == (
+    assert wire.plain_frames(bytearray(data), 1 << 20) == (
         [(wire.BINARY, b"x" * 300)],
         len(data),
         False,
@@ -54,7 +54,7 @@ def test_an_incomplete_frame_waits_for_its_bytes():
     first = client_frames(lambda p: p.send_binary(b"a" * 10))
     second = client_frames(lambda p: p.send_binary(b"b" * 200))
     for cut in (1, 2, 3, 5, 8, len(second) - 1):
-        frames, used, other = wire.plain_frames(bytearray(first + second[:cut]), True, 1 << 20)
+        frames, used, other = wire.plain_frames(bytearray(first + second[:cut]), 1 << 20)
         assert frames == [(wire.BINARY, b"a" * 10)] and used == len(first) and not other
 
 
@@ -71,15 +71,15 @@ def test_an_incomplete_frame_waits_for_its_bytes():
 def test_frames_that_are_not_plain_are_left_at_their_start(send):
     plain = client_frames(lambda p: p.send_binary(b"first"))
     rest = client_frames(send) + plain
-    frames, used, other = wire.plain_frames(bytearray(plain + rest), True, 1 << 20)
+    frames, used, other = wire.plain_frames(bytearray(plain + rest), 1 << 20)
     assert frames == [(wire.BINARY, b"first")] and used == len(plain) and other
 
 
 def test_unmasked_reserved_bits_and_oversize_are_not_plain():
     unmasked = wire.frame(wire.BINARY, b"abc")
-    assert wire.plain_frames(bytearray(unmasked), True, 1 << 20) == ([], 0, True)
+    assert wire.plain_frames(bytearray(unmasked), 1 << 20) == ([], 0, True)
     rsv = bytearray(wire.frame(wire.BINARY, b"abc", masked=True))
     rsv[0] |= 0x40
-    assert wire.plain_frames(rsv, True, 1 << 20) == ([], 0, True)
+    assert wire.plain_frames(rsv, 1 << 20) == ([], 0, True)
     big = wire.frame(wire.BINARY, b"y" * 200, masked=True)
-    assert wire.plain_frames(bytearray(big), True, 100) == ([], 0, True)
+    assert wire.plain_frames(bytearray(big), 100) == ([], 0, True)
