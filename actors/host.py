@@ -180,12 +180,15 @@ class SessionHost:
         if not views:
             return list(results.values())
         scores = score([v.row for v in views])
+        policies: dict[str, PolicyConfig] = {}  # the rules are looked up once per site and batch
         for session, view, s in zip(sessions, views, scores, strict=True):
             result = results[session.sid]
             s = float(s)
             result.seqs.append(view.seq)
             result.scores.append(s)
-            _, policy = self.rules(session.site)
+            policy = policies.get(session.site)
+            if policy is None:
+                policy = policies[session.site] = self.rules(session.site)[1]
             decision = decide(session, view, s, policy)
             if decision is not None:
                 if segment is not None:  # looked up only when there is a decision to inform

@@ -133,12 +133,21 @@ def decide(
     now = view.ts
     if session.iv_count and now - session.iv_last_ts < cfg.cooldown_s * 1000.0:
         return None
+    by_risk = score >= cfg.risk_threshold
+    if not by_risk:
+        # Most events end here; count before building the reasons (a fifth of
+        # a shard's per-event cost when every event built them).
+        strength, n_strong = cfg.signal_strength, 0
+        for s in row[_SIG]:
+            if s >= strength:
+                n_strong += 1
+        if n_strong < cfg.min_signals:
+            return None
     sig = dict(zip(SIGNALS, row[_SIG], strict=True))
     strong = sorted(
         ((name, s) for name, s in sig.items() if s >= cfg.signal_strength),
         key=lambda kv: -kv[1],
     )
-    by_risk = score >= cfg.risk_threshold
     by_signals = len(strong) >= cfg.min_signals
     if not (by_risk or by_signals):
         return None

@@ -109,6 +109,10 @@ _COUNTED = (
     C_IV_ACCEPTED,
 ) = range(len(_COUNTED))
 
+# One-hot page-type flags, one constant tuple per page type ("other": none set).
+_PAGE_FLAGS = {p: tuple(1.0 if p == q else 0.0 for q in PAGE_TYPES) for p in PAGE_TYPES}
+_NO_PAGE = (0.0,) * len(PAGE_TYPES)
+
 _IV_COUNTERS = {
     "intervention_shown": C_IV_SHOWN,
     "intervention_dismissed": C_IV_DISMISSED,
@@ -245,7 +249,8 @@ class Session:
         d[_CLK] = decay(d[_CLK], gap_ms, CLICKS_HALF_LIFE_S)
         factor = 0.5 ** (gap_ms / (self.cfg.half_life_s * 1000.0))
         for i in range(_RAGE, _N_DECAYED):
-            d[i] *= factor
+            if d[i]:  # most sessions never struggle: their counters stay exactly 0
+                d[i] *= factor
 
     def _page_view(self, ev: dict[str, Any], ts: int) -> None:
         path = ev["path"]
@@ -454,72 +459,82 @@ class Session:
         idle = 0.0
         if self.gap_ms >= cfg.idle_gap_ms:
             idle = self.gap_ms / 1000.0 / cfg.idle_full_s
-        return [
-            min(d[_RAGE] / cfg.full_rage, 1.0),
-            min(d[_DEAD] / cfg.full_dead, 1.0),
-            min(d[_FORM] / cfg.full_form, 1.0),
-            min(d[_UTURN] / cfg.full_uturn, 1.0),
-            min(d[_THRASH] / cfg.full_thrash, 1.0),
-            min(dropoff, 1.0),
-            min(cart, 1.0),
-            min(d[_JS] / cfg.full_js, 1.0),
-            min(d[_SCROLL] / cfg.full_scroll, 1.0),
-            min(idle, 1.0),
-        ]
+        raw = (
+            d[_RAGE] / cfg.full_rage,
+            d[_DEAD] / cfg.full_dead,
+            d[_FORM] / cfg.full_form,
+            d[_UTURN] / cfg.full_uturn,
+            d[_THRASH] / cfg.full_thrash,
+            dropoff,
+            cart,
+            d[_JS] / cfg.full_js,
+            d[_SCROLL] / cfg.full_scroll,
+            idle,
+        )
+        return [v if v < 1.0 else 1.0 for v in raw]  # capped at 1 (min() per value cost more)
 
     def row(self) -> list[float]:
-        """The feature row as of the last event, in ``FEATURE_NAMES`` order."""
+        """The feature row as of the last event, in ``FEATURE_NAMES`` order.
+
+        Built once per event on the shards' hot path, so it avoids what does
+        not change the values: counts go in as ints (every consumer, NumPy's
+        float32 conversion included, reads them as the same numbers) and the
+        page flags are a constant tuple per page type.
+        """
         c = self.counts
         ts = self.last_ts
         clicks = c[C_CLICKS]
-        page_flags = [1.0 if self.page_type == p else 0.0 for p in PAGE_TYPES]
         sig = self._signal_values()
+        strong = 0
+        for s in sig:
+            if s >= STRONG_SIGNAL:
+                strong += 1
         row = [
-            float(self.n_events),
+            self.n_events,
             (ts - self.start_ts) / 1000.0,
             self.gap_ms / 1000.0,
-            float(self.n_pages),
-            float(len(self.pages_seen)),
+            self.n_pages,
+            len(self.pages_seen),
             (ts - self.page_start_ts) / 1000.0,
             self.dwell_done_ms / 1000.0 / self.pages_done if self.pages_done else 0.0,
             self.scroll_page,
             self.scroll_max,
-            float(clicks),
+            clicks,
             self.decayed[_EV],
             self.decayed[_CLK],
-            float(c[C_RAGE]),
-            float(c[C_DEAD]),
+            c[C_RAGE],
+            c[C_DEAD],
             c[C_DEAD] / clicks if clicks else 0.0,
-            float(c[C_FOCUS]),
-            float(c[C_INPUT]),
-            float(c[C_FORM_ERR]),
-            float(c[C_REEDIT]),
-            float(c[C_SUBMIT]),
-            float(c[C_THRASH]),
-            float(c[C_SCROLL_REV]),
-            float(c[C_IDLE]),
+            c[C_FOCUS],
+            c[C_INPUT],
+            c[C_FORM_ERR],
+            c[C_REEDIT],
+            c[C_SUBMIT],
+            c[C_THRASH],
+            c[C_SCROLL_REV],
+            c[C_IDLE],
             self.max_idle_ms / 1000.0,
             self.hover_ms / 1000.0,
-            float(c[C_PLAYS]),
-            float(c[C_PAUSES]),
-            float(c[C_SEEKS]),
-            float(c[C_SEEK_BACK]),
+            c[C_PLAYS],
+            c[C_PAUSES],
+            c[C_SEEKS],
+            c[C_SEEK_BACK],
             self.video_ratio,
             1.0 if self.video_ended else 0.0,
-            float(c[C_JS]),
-            float(c[C_UTURN]),
-            float(c[C_HIDDEN]),
-            float(self.cart_items),
+            c[C_JS],
+            c[C_UTURN],
+            c[C_HIDDEN],
+            self.cart_items,
             self.cart_value,
-            float(c[C_CART_ADD]),
-            float(c[C_CART_RM]),
+            c[C_CART_ADD],
+            c[C_CART_RM],
             1.0 if self.purchased else 0.0,
-            *page_flags,
-            float(c[C_IV_SHOWN]),
-            float(c[C_IV_DISMISSED]),
-            float(c[C_IV_ACCEPTED]),
+            *_PAGE_FLAGS.get(self.page_type, _NO_PAGE),
+            c[C_IV_SHOWN],
+            c[C_IV_DISMISSED],
+            c[C_IV_ACCEPTED],
             *sig,
-            float(sum(1 for s in sig if s >= STRONG_SIGNAL)),
+            strong,
         ]
         assert len(row) == N_FEATURES
         return row

@@ -7,7 +7,14 @@ import pytest
 
 from actors.detectors import DetectorConfig
 from actors.events import validate_event
-from actors.features import FEATURE_INDEX, FEATURE_NAMES, N_FEATURES, page_type_of
+from actors.features import (
+    FEATURE_INDEX,
+    FEATURE_NAMES,
+    N_FEATURES,
+    PAGE_TYPES,
+    STRONG_SIGNAL,
+    page_type_of,
+)
 from actors.session import Session, replay
 
 T0 = 1_700_000_000_000
@@ -45,6 +52,34 @@ def test_row_has_every_feature():
     _, row = J().add(0, "page_view", path="/").run()
     assert len(row) == N_FEATURES == len(FEATURE_NAMES)
     assert f(row, "n_events") == 1 and f(row, "page_home") == 1
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/shop", "/product/7", "/cart", "/checkout", "/apply", "/help", "/about"]
+)
+def test_page_flags_are_one_hot_and_other_pages_set_none(path):
+    _, row = J().add(0, "page_view", path=path).run()
+    flags = {p: f(row, f"page_{p}") for p in PAGE_TYPES}
+    kind = page_type_of(path)
+    assert flags == {p: (1.0 if p == kind else 0.0) for p in PAGE_TYPES}
+    assert kind != "other" or not any(flags.values())
+
+
+def test_strong_signal_count_matches_the_signals_on_every_event():
+    j = J().add(0, "page_view", path="/apply")
+    for i, t in enumerate(range(500, 6000, 400)):  # rage and dead clicks, then form errors
+        j.click(t, x=100 + i, reacted=False)
+        j.add(t + 100, "form_error", form="apply", field="email")
+    s = Session("s1", "demo", DetectorConfig())
+    counts = set()
+    for ev in j.events:
+        row = s.apply(ev)
+        strong = sum(
+            1 for name in FEATURE_NAMES if name.startswith("sig_") and f(row, name) >= STRONG_SIGNAL
+        )
+        assert f(row, "n_strong_signals") == strong
+        counts.add(strong)
+    assert len(counts) >= 3  # the journey went from none to several strong signals
 
 
 def test_rage_click_is_three_close_quick_clicks_counted_once_per_burst():
