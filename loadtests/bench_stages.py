@@ -15,6 +15,9 @@ Diginetica and YOOCHOOSE, as visitors send them), each a median over
 * **core**: the shard's pure core (``SessionHost.process``: apply, one
   in-place prediction per batch, policy) per event, on batches of
   ``--batch`` events from 1,000 sessions.
+* **append**: client CPU per append round (~8 sessions' runs) on the
+  gateway's own Redis connection (``serve.resp``), against the same script
+  called through redis-py in the same run. Needs Redis.
 * **call**: a ``SessionShard`` call of ``--batch`` events through Ray and
   over the shard's link (CPU of the actor's process and of the caller)
   against ``ShardCore.handle`` on the same batches in-process: what each
@@ -323,6 +326,62 @@ def call_stage(
     return out
 
 
+def append_stage(journeys: list, rounds: int, runs: int, redis_url: str) -> list[dict[str, float]]:
+    """us of client CPU per append round (``EventStore.append_many``), per run.
+
+    The gateway's call (its own connection, ``serve.resp.ScriptCaller``)
+    against the same script called through redis-py, the baseline, on the
+    same rounds of ~8 sessions' runs each, alternated within each run. The
+    CPU includes the system calls and the loopback's share of the kernel.
+    """
+    import redis.asyncio as aioredis
+
+    from cluster.keys import Keys
+    from cluster.redis_server import delete_prefix, script_arg
+    from serve.store import APPEND_LUA, EventStore
+
+    prefix = f"llstages-{uuid.uuid4().hex[:6]}:"
+
+    async def run() -> list[dict[str, float]]:
+        r = aioredis.Redis.from_url(redis_url)
+        store = EventStore(r, Keys(prefix))
+        baseline = r.register_script(APPEND_LUA)
+
+        async def via_redis_py(arg: bytes) -> object:
+            return await baseline(args=[arg])
+
+        arms = {"gateway_us": store._append, "redis_py_us": via_redis_py}
+        replay = Replay(journeys, seed=4)
+        out = []
+        try:
+            for _ in range(runs):
+                result = {}
+                for name, call in arms.items():
+                    args = []
+                    for _ in range(rounds):
+                        a: list[Any] = [3600, store.keys.events(""), store.keys.session("")]
+                        for sid, _site, _consent, evs in replay.batch(11):
+                            run_ = Append.of(sid, evs[0]["seq"], evs[-1]["seq"], evs)
+                            a += [run_.sid, run_.first, run_.last, run_.payload]
+                            a += [run_.ev_first, run_.ev_last]
+                        args.append(script_arg(a))
+                    await call(args[0])
+                    t0 = time.process_time()
+                    for arg in args:
+                        await call(arg)
+                    result[name] = (time.process_time() - t0) / rounds * 1e6
+                out.append(result)
+        finally:
+            store.close()
+            await r.aclose()
+        return out
+
+    try:
+        return asyncio.run(run())
+    finally:
+        delete_prefix(redis_url, prefix)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -339,15 +398,23 @@ def main() -> int:
     gateway = [gateway_stage(journeys, 20_000) for _ in range(args.runs)]
     sockets = [socket_stage(journeys, 20_000) for _ in range(args.runs)]
     core = [core_stage(journeys, args.batch, 20_000) for _ in range(args.runs)]
+    appends = append_stage(journeys, 2000, args.runs, redis_url)
     calls = call_stage(journeys, args.batch, 200, args.runs, redis_url)
     summary = {
         "gateway_us_per_frame": {k: statistics.median(g[k] for g in gateway) for k in gateway[0]},
         "socket_us_per_frame": statistics.median(sockets),
         "core_us_per_event": statistics.median(core),
+        "append_call_cpu_us": {k: statistics.median(a[k] for a in appends) for k in appends[0]},
         "shard_call_cpu_ms": {k: statistics.median(c[k] for c in calls) for k in calls[0]},
         "args": vars(args) | {"out": str(args.out)},
         "machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
-        "runs": {"gateway": gateway, "socket": sockets, "core": core, "calls": calls},
+        "runs": {
+            "gateway": gateway,
+            "socket": sockets,
+            "core": core,
+            "appends": appends,
+            "calls": calls,
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1))

@@ -450,6 +450,7 @@ class Gateway:
                 await t
         for link in self.links:
             link.close()
+        self.store.close()
         await self.redis.aclose()
 
     # -- sockets ------------------------------------------------------------------

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 
 from cluster.keys import SESSION_TTL_S, Keys
 from cluster.redis_server import script_arg
+from serve.resp import ScriptCaller
 
 # One call appends the runs of many sessions (one append round of the gateway).
 # ARGV[1] is one msgpack array: ttl, the event-log key prefix, the session-hash
@@ -103,7 +104,8 @@ class EventStore:
     def __init__(self, r: aioredis.Redis, keys: Keys) -> None:
         self.r = r
         self.keys = keys
-        self._append = r.register_script(APPEND_LUA)
+        # The hot path's one call, on a connection of its own (serve/resp.py says why).
+        self._append = ScriptCaller(r, APPEND_LUA)
 
     async def session_info(self, sid: str) -> tuple[bool, int]:
         """(whether the session exists, its durable seq)."""
@@ -154,8 +156,12 @@ class EventStore:
         arg: list[Any] = [SESSION_TTL_S, self.keys.events(""), self.keys.session("")]
         for run in runs:
             arg += [run.sid, run.first, run.last, run.payload, run.ev_first, run.ev_last]
-        flat = await self._append(args=[script_arg(arg)])
+        flat = await self._append(script_arg(arg))
         return [(int(flat[i]), bool(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    def close(self) -> None:
+        """Close the append connection (the redis-py client is its owner's to close)."""
+        self._append.close()
 
     async def read_events(self, sid: str) -> list[dict[str, Any]]:
         """Every logged event of a session, in order (tests, export, recovery checks)."""

@@ -49,4 +49,5 @@ async def test_runs_append_in_order_once_and_every_key_expires(redis_url, prefix
         assert await r.ttl(keys.session("sa")) > 100
         assert await r.ttl(keys.events("sa")) > 100
     finally:
+        store.close()
         await r.aclose()

@@ -1,0 +1,123 @@
+"""The append round's own Redis connection (serve/resp.py), against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from serve.resp import ScriptCaller, command
+
+aio = pytest.mark.asyncio(loop_scope="session")
+
+ECHO = "return {ARGV[1], #ARGV[1], 'ok'}"
+
+
+def test_commands_are_resp_arrays_of_bulk_strings():
+    assert command(b"SELECT", 5) == b"*2\r\n$6\r\nSELECT\r\n$1\r\n5\r\n"
+    assert command(b"EVAL", b"a\r\nb", 0) == b"*3\r\n$4\r\nEVAL\r\n$4\r\na\r\nb\r\n$1\r\n0\r\n"
+
+
+@aio
+async def test_calls_return_the_script_reply_and_survive_script_errors(redis_url):
+    r = aioredis.Redis.from_url(redis_url)
+    # A script Redis has never seen: the first call meets NOSCRIPT and sends it in full.
+    fresh = ScriptCaller(r, ECHO + f" -- {uuid.uuid4().hex}")
+    failing = ScriptCaller(r, "return redis.error_reply('BAD ' .. ARGV[1])")
+    try:
+        assert await fresh(b"\x00bin\r\n") == [b"\x00bin\r\n", 6, b"ok"]
+        assert await fresh(b"again") == [b"again", 5, b"ok"]  # now by its hash
+        with pytest.raises(ResponseError, match="BAD input"):
+            await failing(b"input")
+        conn = failing._conn
+        with pytest.raises(ResponseError, match="BAD again"):
+            await failing(b"again")
+        assert failing._conn is conn  # an error reply does not cost the connection
+    finally:
+        fresh.close()
+        failing.close()
+        await r.aclose()
+
+
+@aio
+async def test_a_killed_connection_is_reopened_by_the_next_call(redis_url):
+    r = aioredis.Redis.from_url(redis_url)
+    caller = ScriptCaller(r, ECHO)
+    try:
+        assert await caller(b"a") == [b"a", 1, b"ok"]
+        first = caller._conn
+        assert first is not None and first.transport is not None
+        host, port = first.transport.get_extra_info("sockname")[:2]
+        assert await r.client_kill(f"{host}:{port}")
+        try:
+            reply = await caller(b"b")  # may meet the dead socket, or a new one
+        except RedisConnectionError:
+            reply = await caller(b"b")
+        assert reply == [b"b", 1, b"ok"]
+        assert caller._conn is not first
+    finally:
+        caller.close()
+        await r.aclose()
+
+
+@aio
+async def test_the_database_in_the_url_is_selected(redis_url, prefix):
+    base = redis_url.rsplit("/", 1)[0]
+    other = aioredis.Redis.from_url(f"{base}/5")
+    zero = aioredis.Redis.from_url(f"{base}/0")
+    caller = ScriptCaller(other, "redis.call('SET', ARGV[1], 'x', 'EX', 60) return 1")
+    key = f"{prefix}db5"
+    try:
+        assert await caller(key.encode()) == 1
+        assert await other.get(key) == b"x"
+        assert await zero.get(key) is None
+    finally:
+        caller.close()
+        await other.delete(key)
+        await other.aclose()
+        await zero.aclose()
+
+
+@aio
+async def test_a_refused_login_is_a_connection_error(redis_url):
+    if "@" in redis_url:
+        pytest.skip("this Redis has a password: the refusal below is not what it would answer")
+    host = redis_url.split("//", 1)[1]
+    r = aioredis.Redis.from_url(f"redis://:wrong-password@{host}")
+    caller = ScriptCaller(r, ECHO)
+    try:
+        with pytest.raises(RedisConnectionError, match="refused"):
+            await caller(b"a")
+    finally:
+        caller.close()
+        await r.aclose()
+
+
+@aio
+async def test_a_call_without_reply_times_out_and_drops_the_connection():
+    accepted: asyncio.Queue = asyncio.Queue()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accepted.put((reader, writer))  # answers nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    r = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=0.2)
+    caller = ScriptCaller(r, ECHO)
+    try:
+        with pytest.raises(RedisTimeoutError):
+            await caller(b"a")
+        reader, writer = await accepted.get()
+        # The call reached the server, then the caller hung up (read() ends at EOF).
+        assert (await reader.read()).startswith(b"*4\r\n$7\r\nEVALSHA\r\n")
+        writer.close()
+    finally:
+        caller.close()
+        server.close()
+        await server.wait_closed()
+        await r.aclose()
