@@ -3,9 +3,10 @@
 Why not redis-py for this one call: the gateway makes one append call per
 round, ~450 rounds per second each at 10,000 events/s, and redis-py's
 layers (connection pool, retries, command encoding, observability hooks,
-response callbacks) cost ~115-125 us of client CPU per call against ~50-55
-for one write of a pre-encoded ``EVALSHA`` and a hiredis parse of the reply
-(``loadtests/bench_stages.py``, its ``append_call`` stage, measures both).
+response callbacks) cost about twice the client CPU per call of one write
+of a pre-encoded ``EVALSHA`` and a hiredis parse of the reply: 153 against
+67 us, system calls included (``loadtests/bench_stages.py``, its
+``append`` stage, measures both in one run).
 Everything else the gateway asks of Redis still goes through redis-py.
 
 The connection settings (host, port or unix socket, TLS, user, password,
