@@ -337,34 +337,37 @@ def append_stage(journeys: list, rounds: int, runs: int, redis_url: str) -> list
     import redis.asyncio as aioredis
 
     from cluster.keys import Keys
-    from cluster.redis_server import delete_prefix, script_arg
+    from cluster.redis_server import delete_prefix
+    from serve.resp import ScriptCaller
     from serve.store import APPEND_LUA, EventStore
 
     prefix = f"llstages-{uuid.uuid4().hex[:6]}:"
 
     async def run() -> list[dict[str, float]]:
         r = aioredis.Redis.from_url(redis_url)
-        store = EventStore(r, Keys(prefix))
+        store = EventStore(r, Keys(prefix))  # encodes the rounds, as the gateway does
+        own = ScriptCaller(r, APPEND_LUA)
         baseline = r.register_script(APPEND_LUA)
 
         async def via_redis_py(arg: bytes) -> object:
             return await baseline(args=[arg])
 
-        arms = {"gateway_us": store._append, "redis_py_us": via_redis_py}
+        arms = {"gateway_us": own, "redis_py_us": via_redis_py}
         replay = Replay(journeys, seed=4)
         out = []
         try:
             for _ in range(runs):
                 result = {}
                 for name, call in arms.items():
-                    args = []
-                    for _ in range(rounds):
-                        a: list[Any] = [3600, store.keys.events(""), store.keys.session("")]
-                        for sid, _site, _consent, evs in replay.batch(11):
-                            run_ = Append.of(sid, evs[0]["seq"], evs[-1]["seq"], evs)
-                            a += [run_.sid, run_.first, run_.last, run_.payload]
-                            a += [run_.ev_first, run_.ev_last]
-                        args.append(script_arg(a))
+                    args = [
+                        store.append_arg(
+                            [
+                                Append.of(sid, evs[0]["seq"], evs[-1]["seq"], evs)
+                                for sid, _site, _consent, evs in replay.batch(11)
+                            ]
+                        )
+                        for _ in range(rounds)
+                    ]
                     await call(args[0])
                     t0 = time.process_time()
                     for arg in args:
@@ -372,6 +375,7 @@ def append_stage(journeys: list, rounds: int, runs: int, redis_url: str) -> list
                     result[name] = (time.process_time() - t0) / rounds * 1e6
                 out.append(result)
         finally:
+            own.close()
             store.close()
             await r.aclose()
         return out

@@ -84,9 +84,10 @@ class ScriptCaller:
         )
         self._script = script.encode()
         self._sha = hashlib.sha1(self._script).hexdigest().encode()
+        # EVALSHA sha 0 <arg>: the array header and first three strings, encoded once.
         self._evalsha = b"*4\r\n$7\r\nEVALSHA\r\n$40\r\n" + self._sha + b"\r\n$1\r\n0\r\n"
         self._conn: _Replies | None = None
-        self._connecting: asyncio.Lock | None = None
+        self._connecting = asyncio.Lock()
         self.timeout_s = float(self._settings.get("socket_timeout") or 10.0)
 
     async def __call__(self, arg: bytes) -> Any:
@@ -122,8 +123,6 @@ class ScriptCaller:
                 conn.transport.abort()
 
     async def _connect(self) -> _Replies:
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
         async with self._connecting:
             if self._conn is not None and not self._conn.closed:
                 return self._conn
@@ -145,12 +144,8 @@ class ScriptCaller:
                 raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
             setup = []
             if s.get("password"):
-                user = s.get("username")
-                setup.append(
-                    command(b"AUTH", user, s["password"])
-                    if user
-                    else command(b"AUTH", s["password"])
-                )
+                login = (s["username"], s["password"]) if s.get("username") else (s["password"],)
+                setup.append(command(b"AUTH", *login))
             if s.get("db"):
                 setup.append(command(b"SELECT", s["db"]))
             for step in setup:

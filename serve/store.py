@@ -153,11 +153,15 @@ class EventStore:
         them). Limit: all keys in one call, so on Redis Cluster the session keys
         would need a shared hash tag.
         """
+        flat = await self._append(self.append_arg(runs))
+        return [(int(flat[i]), bool(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    def append_arg(self, runs: Sequence[Append]) -> bytes:
+        """The append script's one argument for ``runs`` (see ``APPEND_LUA``)."""
         arg: list[Any] = [SESSION_TTL_S, self.keys.events(""), self.keys.session("")]
         for run in runs:
             arg += [run.sid, run.first, run.last, run.payload, run.ev_first, run.ev_last]
-        flat = await self._append(script_arg(arg))
-        return [(int(flat[i]), bool(flat[i + 1])) for i in range(0, len(flat), 2)]
+        return script_arg(arg)
 
     def close(self) -> None:
         """Close the append connection (the redis-py client is its owner's to close)."""
