@@ -27,6 +27,27 @@ def test_scores_equal_inplace_predict(scorer, rows):
     np.testing.assert_array_equal(got, expected)
 
 
+def test_rows_of_ints_and_floats_score_as_numpy_reads_them(scorer):
+    """Rows are packed to float32 without NumPy: the same values, even past float32's range."""
+    rng = np.random.default_rng(5)
+    rows = [
+        [int(v) if j % 3 == 0 else float(v) for j, v in enumerate(r)]
+        for r in (rng.random((9, N_FEATURES)) * 400).tolist()
+    ]
+    rows[1][2] = 0.1 + 1e-9  # not exact in float32: rounded the same way
+    expected = scorer.booster.inplace_predict(
+        np.asarray(rows, dtype=np.float32), validate_features=False
+    )
+    np.testing.assert_array_equal(scorer(rows), expected)
+    rows[4][5] = 1e300  # NumPy makes this inf; struct would refuse it
+    with np.errstate(over="ignore"):
+        expected = scorer.booster.inplace_predict(
+            np.asarray(rows, dtype=np.float32), validate_features=False
+        )
+    np.testing.assert_array_equal(scorer(rows), expected)
+    assert scorer(np.asarray(rows[:3], dtype=np.float32)).shape == (3,)
+
+
 def test_an_empty_batch_scores_nothing(scorer):
     assert scorer([]).shape == (0,)
 
