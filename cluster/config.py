@@ -69,7 +69,12 @@ class Settings:
         metadata={"env": "LIFELINE_SHARDS", "help": "SessionShard actors (0: one per CPU Ray has)"},
     )
     batch_window_ms: float = field(
-        default_factory=lambda: float(_env("LIFELINE_BATCH_WINDOW_MS", "1.5")),
+        # 4 ms, measured (BENCHMARKS.md, session 8): at 10k events/s a shard's CPU
+        # fell from ~30 to ~26.5 % of a core against 1.5 ms, with no worse tail.
+        # A call has a fixed cost (an XGBoost prediction ~85 us plus the call's own
+        # work, run on cold caches), so fewer, larger calls save CPU; the window adds
+        # directly to the intervention latency, within its 50 ms budget.
+        default_factory=lambda: float(_env("LIFELINE_BATCH_WINDOW_MS", "4")),
         metadata={
             "env": "LIFELINE_BATCH_WINDOW_MS",
             "help": "how long the gateway gathers events for one shard call",
