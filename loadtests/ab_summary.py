@@ -1,0 +1,88 @@
+"""Sum up an A/B of ``bench_spine.py`` runs: medians per arm, pooled intervention latencies.
+
+On a shared VM whose speed drifts, a fair comparison alternates single runs
+of each arm (A, B, B, A, ...) and compares the arms' medians; see
+BENCHMARKS.md. Each arm is a glob of the ``--out`` JSON files of its runs:
+
+    python loadtests/ab_summary.py [--out=ab.json] before='ab/before-*.json' after='ab/after-*.json'
+
+Per arm it prints the medians of the per-run figures, the intervention
+latency percentiles pooled over all the arm's samples (a run sees only
+~100-200 interventions, so a run's own p99 is nearly its maximum), and each
+process's CPU also as a ratio to the load generators' (their work per event
+is fixed, so the ratio moves less with the VM's speed than the raw figure).
+Limits: reads files written by this version of ``bench_spine.py`` (``iv_ms``
+per run); runs without it count in the medians but not in the pooled figures.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from loadtests.bench_spine import pct  # noqa: E402
+
+FIGURES = ["events_per_s", "ack_p50_ms", "ack_p99_ms", "iv_p50_ms", "iv_p99_ms"]
+
+
+def arm_summary(paths: list[str]) -> dict[str, Any]:
+    runs = [run for p in sorted(paths) for run in json.loads(Path(p).read_text())["runs"]]
+    if not runs:
+        raise SystemExit(f"no runs in {paths}")
+    out: dict[str, Any] = {"runs": len(runs)}
+    for k in FIGURES:
+        out[k] = statistics.median(r[k] for r in runs)
+        out[f"{k}_each"] = [round(r[k], 1) for r in runs]
+    pooled = [x for r in runs for x in r.get("iv_ms", [])]
+    out["iv_pooled_samples"] = len(pooled)
+    for p in (50, 95, 99):
+        out[f"iv_pooled_p{p}_ms"] = pct(pooled, p)
+    out["busy_percent"] = statistics.median(r["procs"]["machine"]["busy_percent"] for r in runs)
+    cpu: dict[str, list[float]] = {}
+    for r in runs:
+        procs = r["procs"]
+        load = statistics.mean(
+            v["cpu_percent"] for k, v in procs.items() if k.startswith("loadgen")
+        )
+        for name, v in procs.items():
+            if "cpu_percent" in v:
+                cpu.setdefault(name, []).append(v["cpu_percent"])
+                cpu.setdefault(f"{name}/loadgen", []).append(v["cpu_percent"] / load)
+    out["cpu_percent"] = {k: round(statistics.median(v), 3) for k, v in cpu.items()}
+    return out
+
+
+def main(argv: list[str]) -> int:
+    out = None
+    if argv and argv[0].startswith("--out="):
+        out, argv = Path(argv[0].removeprefix("--out=")), argv[1:]
+    if not argv or any("=" not in a for a in argv):
+        print(__doc__)
+        return 2
+    arms = {
+        name: arm_summary(glob.glob(pattern)) for name, pattern in (a.split("=", 1) for a in argv)
+    }
+    for name, s in arms.items():
+        print(f"{name}: {s['runs']} runs, machine busy {s['busy_percent']:.1f} %")
+        for k in FIGURES:
+            print(f"  {k:>14}: median {s[k]:8.1f}   each {s[f'{k}_each']}")
+        print(
+            f"  intervention latency pooled over {s['iv_pooled_samples']} samples: p50 / p95 / p99 "
+            + " / ".join(f"{s[f'iv_pooled_p{p}_ms']:.1f}" for p in (50, 95, 99))
+            + " ms"
+        )
+        shown = {k: v for k, v in s["cpu_percent"].items() if not k.startswith("loadgen")}
+        print("  CPU, % of a core (and per load generator):", json.dumps(shown))
+    if out is not None:
+        out.write_text(json.dumps(arms, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
