@@ -1,7 +1,7 @@
 """The virtual-actor host: many sessions in one process, processed in batches.
 
 A :class:`SessionHost` keeps the sessions placed on one shard. Given a batch
-(all events that reached the shard in the last millisecond or two, grouped
+(all events that reached the shard in the last few milliseconds, grouped
 by session, each group in sequence order) it:
 
 1. applies every event to its session, in order, collecting one feature row

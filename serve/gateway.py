@@ -688,7 +688,7 @@ class Gateway:
         while True:
             await self._wake[i].wait()
             if self.window_s:
-                await asyncio.sleep(self.window_s)  # gather what arrives in the next ms or two
+                await asyncio.sleep(self.window_s)  # gather what arrives in the next few ms
             self._wake[i].clear()
             items, self._pending[i] = self._pending[i], []
             if not items:
