@@ -80,6 +80,13 @@ class Settings:
             "help": "how long the gateway gathers events for one shard call",
         },
     )
+    append_window_ms: float = field(
+        default_factory=lambda: float(_env("LIFELINE_APPEND_WINDOW_MS", "0")),
+        metadata={
+            "env": "LIFELINE_APPEND_WINDOW_MS",
+            "help": "how long the gateway gathers frames for one append round to Redis",
+        },
+    )
     idle_deactivate_s: float = field(
         default_factory=lambda: float(_env("LIFELINE_IDLE_DEACTIVATE_S", "1800")),
         metadata={

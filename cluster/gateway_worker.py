@@ -38,6 +38,7 @@ async def serve(args: argparse.Namespace) -> None:
         load_sites(settings.sites_file),
         settings.secret,
         batch_window_ms=settings.batch_window_ms,
+        append_window_ms=settings.append_window_ms,
     )
     await gateway.start(settings.host, args.port, reuse_port=True)
     print("ready", flush=True)

@@ -128,6 +128,7 @@ class Stack:
             s.secret,
             limits=limits,
             batch_window_ms=s.batch_window_ms,
+            append_window_ms=s.append_window_ms,
         )
         self.ws_port = await self.gateway.start(s.host, s.ws_port, reuse_port=gateways > 1)
         for _ in range(gateways - 1):

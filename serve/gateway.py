@@ -386,6 +386,7 @@ class Gateway:
         secret: str,
         limits: Limits | None = None,
         batch_window_ms: float = 0.0,
+        append_window_ms: float = 0.0,
         max_pending: int = 50_000,
         ping_interval_s: float = PING_INTERVAL_S,
         outbox_bytes: int = OUTBOX_BYTES,
@@ -401,6 +402,7 @@ class Gateway:
         self.secret = secret.encode()
         self.limits = limits or Limits()
         self.window_s = batch_window_ms / 1000.0
+        self.append_window_s = append_window_ms / 1000.0
         self.max_pending = max_pending
         self.ping_interval_s = ping_interval_s
         self.outbox_bytes = outbox_bytes
@@ -630,6 +632,8 @@ class Gateway:
         while True:
             batch = [await self._appends.get()]
             self._appending = True
+            if self.append_window_s:
+                await asyncio.sleep(self.append_window_s)  # gather the frames of the next few ms
             while not self._appends.empty():
                 batch.append(self._appends.get_nowait())
             appends = [(sink, plan) for sink, plan in batch if plan is not None]
