@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtests.bench_spine import pct  # noqa: E402
+from loadtests.bench_spine import pooled_iv, pooled_line  # noqa: E402
 
 FIGURES = ["events_per_s", "ack_p50_ms", "ack_p99_ms", "iv_p50_ms", "iv_p99_ms"]
 
@@ -39,10 +39,7 @@ def arm_summary(paths: list[str]) -> dict[str, Any]:
     for k in FIGURES:
         out[k] = statistics.median(r[k] for r in runs)
         out[f"{k}_each"] = [round(r[k], 1) for r in runs]
-    pooled = [x for r in runs for x in r.get("iv_ms", [])]
-    out["iv_pooled_samples"] = len(pooled)
-    for p in (50, 95, 99):
-        out[f"iv_pooled_p{p}_ms"] = pct(pooled, p)
+    out |= pooled_iv(runs)
     out["busy_percent"] = statistics.median(r["procs"]["machine"]["busy_percent"] for r in runs)
     cpu: dict[str, list[float]] = {}
     for r in runs:
@@ -72,11 +69,7 @@ def main(argv: list[str]) -> int:
         print(f"{name}: {s['runs']} runs, machine busy {s['busy_percent']:.1f} %")
         for k in FIGURES:
             print(f"  {k:>14}: median {s[k]:8.1f}   each {s[f'{k}_each']}")
-        print(
-            f"  intervention latency pooled over {s['iv_pooled_samples']} samples: p50 / p95 / p99 "
-            + " / ".join(f"{s[f'iv_pooled_p{p}_ms']:.1f}" for p in (50, 95, 99))
-            + " ms"
-        )
+        print("  pooled:", pooled_line(s))
         shown = {k: v for k, v in s["cpu_percent"].items() if not k.startswith("loadgen")}
         print("  CPU, % of a core (and per load generator):", json.dumps(shown))
     if out is not None:

@@ -64,6 +64,21 @@ def pct(values: list[float], p: float) -> float:
     return values[k]
 
 
+def pooled_iv(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Intervention latency percentiles over the samples of all ``runs`` (a run sees ~130)."""
+    pooled = [x for r in runs for x in r.get("iv_ms", [])]
+    out: dict[str, Any] = {"iv_pooled_samples": len(pooled)}
+    for p in (50, 95, 99):
+        out[f"iv_pooled_p{p}_ms"] = pct(pooled, p)
+    return out
+
+
+def pooled_line(summary: dict[str, Any]) -> str:
+    """One line for a :func:`pooled_iv` result."""
+    ps = " / ".join(f"{summary[f'iv_pooled_p{p}_ms']:.1f}" for p in (50, 95, 99))
+    return f"intervention p50 / p95 / p99 over {summary['iv_pooled_samples']} samples: {ps} ms"
+
+
 # -- journeys -----------------------------------------------------------------------
 
 
@@ -650,10 +665,7 @@ def main() -> int:
             "steal_percent",
         ]
         summary = {k: statistics.median(r[k] for r in runs) for k in keys}
-        pooled = [x for r in runs for x in r["iv_ms"]]
-        for p in (50, 95, 99):
-            summary[f"iv_pooled_p{p}_ms"] = pct(pooled, p)
-        summary["iv_pooled_samples"] = len(pooled)
+        summary |= pooled_iv(runs)
         busy_rss = statistics.median(r["procs"]["gateway"]["rss_mb"] for r in runs) * 2**20
         summary["gateway_rss_per_connection_kb"] = (busy_rss - idle_rss) / args.sessions / 1024
         summary["gateway_stats"] = stats
@@ -668,11 +680,7 @@ def main() -> int:
         print("\nmedian of", args.runs, "runs:")
         for k in keys:
             print(f"  {k:>22}: {summary[k]:.2f}")
-        print(
-            f"  iv p50/p95/p99 pooled over {len(pooled)} samples of all runs: "
-            + " / ".join(f"{summary[f'iv_pooled_p{p}_ms']:.1f}" for p in (50, 95, 99))
-            + " ms"
-        )
+        print("  pooled over all runs:", pooled_line(summary))
     finally:
         echo.terminate()
         server.terminate()
