@@ -81,6 +81,9 @@ class Settings:
         },
     )
     append_window_ms: float = field(
+        # Off by default: at 10k events/s, 2 ms took Redis ~2 points of a core less,
+        # but the A/B fell in a slow spell of the VM and did not show the acks' tail
+        # better or worse (BENCHMARKS.md, session 8); it adds to every ack's latency.
         default_factory=lambda: float(_env("LIFELINE_APPEND_WINDOW_MS", "0")),
         metadata={
             "env": "LIFELINE_APPEND_WINDOW_MS",

@@ -256,3 +256,36 @@ async def test_an_unmasked_client_frame_is_a_protocol_error(lifeline_stack):
     closes = [f for f in proto.events_received() if f.opcode is Opcode.CLOSE]
     assert closes and int.from_bytes(closes[0].data[:2], "big") == 1002
     writer.close()
+
+
+@pytest.mark.parametrize("window_ms", [0, 400])
+async def test_an_append_window_gathers_frames_into_one_round(lifeline_stack, window_ms):
+    """With an append window, a frame that arrives while a round gathers goes in that round."""
+    gw = side_gateway(lifeline_stack, append_window_ms=window_ms)
+    port = await gw.start("127.0.0.1", 0)
+    url = f"ws://127.0.0.1:{port}/ws?site=demo"
+    sids = [f"t-window-{uuid.uuid4().hex[:12]}" for _ in range(2)]
+
+    def events(sid: str) -> bytes:
+        ev = {"type": "page_view", "seq": 1, "ts": int(time.time() * 1000), "path": "/"}
+        return msgpack.packb({"t": "events", "sid": sid, "events": [ev]})
+
+    try:
+        async with (
+            websockets.connect(url, origin=ORIGIN) as a,
+            websockets.connect(url, origin=ORIGIN) as b,
+        ):
+            for ws, sid in zip((a, b), sids, strict=True):
+                await ws.send(hello(sid))
+                assert msgpack.unpackb(await ws.recv())["t"] == "welcome"
+            rounds = gw.stats.append_rounds
+            await a.send(events(sids[0]))
+            while not gw._appending:  # the first frame's round has begun (yielding, not waiting)
+                await asyncio.sleep(0)
+            await b.send(events(sids[1]))
+            for ws in (a, b):
+                assert msgpack.unpackb(await asyncio.wait_for(ws.recv(), 10))["t"] == "ack"
+            # Without a window the first round is already at Redis when the second frame comes.
+            assert gw.stats.append_rounds - rounds == (1 if window_ms else 2)
+    finally:
+        await gw.stop()
