@@ -169,9 +169,7 @@ class Visitor:
         elif t == "error":
             code = frame.get("code", "?")
             self.res["errors"][code] = self.res["errors"].get(code, 0) + 1
-            expected = frame.get("expected")
-            if expected:
-                self.ack(int(expected) - 1, now)  # everything below it is settled
+            expected = frame.get("expected")  # where to resend from; not an ack
             if expected or code in ("sequence_gap", "rate_limited", "overloaded"):
                 delay = 0.03 if code == "sequence_gap" else 1.0 + 2.0 * self.rng.random()
                 self.resend_at = min(self.resend_at, now + delay)

@@ -137,10 +137,10 @@ class LifelineClient:
                     "sequence_gap",
                     "overloaded",
                 ):
-                    # Everything below the expected number is settled on the server;
-                    # resend the rest (e.g. a resumed socket raced the old one's last append).
+                    # Resend from the expected number (e.g. a resumed socket raced the old
+                    # one's last append). Not an ack: the events below it may still be on
+                    # their way to the store; their acks follow.
                     expected = int(frame.get("expected", 1))
-                    self._on_ack(expected - 1, now)
                     if expected in self.unacked:
                         self._resend = asyncio.get_running_loop().create_task(self.resend_unacked())
                 if self.keep_frames or frame.get("t") not in ("ack", "pong"):
