@@ -81,10 +81,10 @@ class Settings:
         },
     )
     append_window_ms: float = field(
-        # Off by default: at 10k events/s, 2 ms took Redis ~2 points of a core less,
-        # but the A/B fell in a slow spell of the VM and did not show the acks' tail
-        # better or worse (BENCHMARKS.md, session 8); it adds to every ack's latency.
-        default_factory=lambda: float(_env("LIFELINE_APPEND_WINDOW_MS", "0")),
+        # 2 ms, measured (BENCHMARKS.md, session 8): at 10k events/s, in a slow spell
+        # of the VM, Redis took ~2 points of a core less and ack p99 fell in 6 of 7
+        # alternated pairs (median 125 -> 77 ms). It adds up to 2 ms to every ack.
+        default_factory=lambda: float(_env("LIFELINE_APPEND_WINDOW_MS", "2")),
         metadata={
             "env": "LIFELINE_APPEND_WINDOW_MS",
             "help": "how long the gateway gathers frames for one append round to Redis",
