@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from actors.events import URGENT_TYPES  # noqa: E402
+from loadtests.journeys import SOURCES, load_journeys  # noqa: E402
 from loadtests.wsload import WsClient  # noqa: E402
 
 ORIGIN = "http://loadtest.local"
@@ -77,26 +78,6 @@ def pooled_line(summary: dict[str, Any]) -> str:
     """One line for a :func:`pooled_iv` result."""
     ps = " / ".join(f"{summary[f'iv_pooled_p{p}_ms']:.1f}" for p in (50, 95, 99))
     return f"intervention p50 / p95 / p99 over {summary['iv_pooled_samples']} samples: {ps} ms"
-
-
-# -- journeys -----------------------------------------------------------------------
-
-
-def load_journeys(source: str, n: int, seed: int) -> list[list[dict[str, Any]]]:
-    """Raw event journeys (client form) from the simulator and/or the real click data."""
-    out: list[list[dict[str, Any]]] = []
-    if source in ("sim", "mix"):
-        from training.simulator import simulate
-
-        out += [j.events for j in simulate(n if source == "sim" else n // 2, seed=seed)]
-    if source in ("real", "mix"):
-        from training.loaders import load_diginetica, load_yoochoose
-
-        k = n if source == "real" else n - len(out)
-        out += [s.events for s in load_diginetica(limit_sessions=k // 2) if len(s.events) >= 2]
-        out += [s.events for s in load_yoochoose(limit_sessions=k - k // 2) if len(s.events) >= 2]
-    random.Random(seed).shuffle(out)
-    return [j for j in out if j]
 
 
 # -- load generator processes ---------------------------------------------------------
@@ -588,7 +569,7 @@ def main() -> int:
     ap.add_argument(
         "--gateways", type=int, default=2, help="gateway processes sharing the WebSocket port"
     )
-    ap.add_argument("--source", choices=["sim", "real", "mix"], default="mix")
+    ap.add_argument("--source", choices=SOURCES, default="mix")
     ap.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "spine.json")
     args = ap.parse_args()
 

@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from actors.events import validate_event  # noqa: E402
 from actors.host import pack_batch  # noqa: E402
-from loadtests.bench_spine import load_journeys  # noqa: E402
+from loadtests.journeys import load_journeys  # noqa: E402
 from serve.store import Append  # noqa: E402
 
 SESSIONS = 1000
