@@ -26,6 +26,12 @@ The server handles one batch at a time, in arrival order, on a thread of
 its own: a batch blocks that thread, never the shard's I/O loop. Limits:
 one connection per gateway and shard; a frame over ``MAX_FRAME`` closes the
 connection.
+
+Encryption follows Ray's: with ``RAY_USE_TLS=1`` the link is mutual TLS
+with the same certificate, key and CA as Ray's own connections
+(``RAY_TLS_SERVER_CERT``, ``RAY_TLS_SERVER_KEY``, ``RAY_TLS_CA_CERT``), see
+:class:`LinkTLS`; without it the link is plain TCP, as Ray's gRPC is then,
+and the token is what keeps strangers out.
 """
 
 from __future__ import annotations
@@ -33,10 +39,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
+import ssl
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import msgpack
@@ -57,6 +66,49 @@ class LinkDown(ConnectionError):
 
 class ShardFailed(RuntimeError):
     """The shard raised while handling the batch (a bug, not bad input: input is validated)."""
+
+
+@dataclass(frozen=True)
+class LinkTLS:
+    """Mutual TLS for the link: both ends show a certificate signed by ``ca``.
+
+    The files are Ray's own (one certificate and key per node, used as
+    server and client certificate alike). The host name is not checked:
+    shards move between nodes and are reached by IP, and the CA already
+    proves the peer is part of the cluster (Ray's gRPC checks no more).
+    """
+
+    cert: str
+    key: str
+    ca: str
+
+    ENV = ("RAY_TLS_SERVER_CERT", "RAY_TLS_SERVER_KEY", "RAY_TLS_CA_CERT")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> LinkTLS | None:
+        """The cluster's TLS settings, or None when Ray runs without TLS.
+
+        Raises ValueError when ``RAY_USE_TLS`` is on but a file is not named:
+        a link that silently fell back to plain TCP would be worse.
+        """
+        if env.get("RAY_USE_TLS", "0").strip().lower() not in ("1", "true"):
+            return None
+        missing = [name for name in cls.ENV if not env.get(name)]
+        if missing:
+            raise ValueError(f"RAY_USE_TLS is on but {', '.join(missing)} not set")
+        return cls(*(env[name] for name in cls.ENV))
+
+    def server_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.ca)
+        ctx.load_cert_chain(self.cert, self.key)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca)
+        ctx.load_cert_chain(self.cert, self.key)
+        ctx.check_hostname = False
+        return ctx
 
 
 def messages(buf: bytearray, header: struct.Struct) -> Iterator[tuple[tuple, bytes]]:
@@ -83,9 +135,12 @@ def messages(buf: bytearray, header: struct.Struct) -> Iterator[tuple[tuple, byt
 class LinkServer:
     """Listens for gateways on behalf of one shard and runs ``handler`` for each batch."""
 
-    def __init__(self, handler: Handler, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, handler: Handler, host: str = "127.0.0.1", tls: LinkTLS | None = None
+    ) -> None:
         self.handler = handler
         self.host = host
+        self._ssl = tls.server_context() if tls is not None else None
         self.token = secrets.token_hex(16)
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -99,7 +154,7 @@ class LinkServer:
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._server = self._loop.run_until_complete(
-            self._loop.create_server(lambda: _ServerSide(self), self.host, 0)
+            self._loop.create_server(lambda: _ServerSide(self), self.host, 0, ssl=self._ssl)
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._listening.set()
@@ -191,9 +246,10 @@ class ShardLink:
     which the caller handles as before); the caller decides about retrying.
     """
 
-    def __init__(self, shard: Any, gateway_id: str) -> None:
+    def __init__(self, shard: Any, gateway_id: str, tls: LinkTLS | None = None) -> None:
         self.shard = shard
         self.gateway_id = gateway_id
+        self._ssl = tls.client_context() if tls is not None else None
         self._side: _ClientSide | None = None
         self._last_call = 0
 
@@ -212,8 +268,8 @@ class ShardLink:
         host, port, token = await self.shard.link_address.remote()
         loop = asyncio.get_running_loop()
         try:
-            _, side = await loop.create_connection(_ClientSide, host, port)
-        except OSError as exc:
+            _, side = await loop.create_connection(_ClientSide, host, port, ssl=self._ssl)
+        except OSError as exc:  # ssl.SSLError included: a certificate the other end refused
             raise LinkDown(f"cannot connect to the shard at {host}:{port}: {exc}") from exc
         hello = msgpack.packb([token, self.gateway_id])
         side.transport.write(REQUEST.pack(len(hello), 0, 0.0) + hello)

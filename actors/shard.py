@@ -37,7 +37,7 @@ import ray
 import redis
 
 from actors.host import BatchItem, SessionHost, unpack_batch
-from actors.link import LinkServer
+from actors.link import LinkServer, LinkTLS
 from actors.policy import RECOMMENDATIONS, Decision
 from actors.records import ShardRecords
 from actors.scoring import SchemaMismatch, Scorer
@@ -682,7 +682,7 @@ class SessionShard:
         # Batches come over the link's thread (gateways) or as Ray calls (tools, benchmarks):
         # one at a time either way, so each session's events stay in order.
         self._batch = threading.Lock()
-        self.link = LinkServer(self.handle, ray.util.get_node_ip_address())
+        self.link = LinkServer(self.handle, ray.util.get_node_ip_address(), LinkTLS.from_env())
 
     def handle(self, batch: bytes, gateway_id: str = "", sent_at: float = 0.0) -> bytes:
         with self._batch:

@@ -51,7 +51,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from actors.host import pack_batch
-from actors.link import LinkDown, ShardFailed, ShardLink
+from actors.link import LinkDown, LinkTLS, ShardFailed, ShardLink
 from actors.placement import HashRing
 from actors.sites import Site
 from cluster.keys import Keys
@@ -396,7 +396,8 @@ class Gateway:
         self.redis = async_client(redis_url)
         self.store = EventStore(self.redis, self.keys)
         self.shards = shards
-        self.links = [ShardLink(shard, self.id) for shard in shards]
+        tls = LinkTLS.from_env()  # the cluster's, as the shards read it
+        self.links = [ShardLink(shard, self.id, tls) for shard in shards]
         self.ring = HashRing(len(shards))
         self.sites = sites
         self.secret = secret.encode()

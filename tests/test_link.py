@@ -8,12 +8,24 @@ and restarted by Ray mid-stream, is tested in ``test_spine.py``.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import threading
+from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
 
-from actors.link import MAX_FRAME, REQUEST, LinkDown, LinkServer, ShardFailed, ShardLink
+from actors.link import (
+    MAX_FRAME,
+    REQUEST,
+    LinkDown,
+    LinkServer,
+    LinkTLS,
+    ShardFailed,
+    ShardLink,
+)
 
 
 class _Address:
@@ -117,3 +129,104 @@ async def test_an_oversized_frame_closes_the_connection():
     finally:
         writer.close()
         server.close()
+
+
+# -- TLS, as Ray's own TLS settings ask for it --------------------------------------------
+
+
+def _ca(name: str, tmp: Path) -> tuple[Path, Any, Any]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path = tmp / f"{name}.crt"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path, cert, key
+
+
+def _node_tls(ca: tuple[Path, Any, Any], name: str, tmp: Path) -> LinkTLS:
+    """A node certificate and key signed by ``ca``, as Ray's TLS set-up makes one per node."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_path, ca_cert, ca_key = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    (tmp / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp / f"{name}.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return LinkTLS(str(tmp / f"{name}.crt"), str(tmp / f"{name}.key"), str(ca_path))
+
+
+async def test_with_rays_tls_settings_the_link_is_mutual_tls_and_refuses_other_clients(tmp_path):
+    cluster = _ca("cluster-ca", tmp_path)
+    server = LinkServer(echo, tls=_node_tls(cluster, "shard-node", tmp_path))
+    shard = FakeShard(server)
+    links = {
+        "ok": ShardLink(shard, "gw-tls", _node_tls(cluster, "gateway-node", tmp_path)),
+        "plain": ShardLink(shard, "gw-plain"),
+        "stranger": ShardLink(
+            shard, "gw-other", _node_tls(_ca("other-ca", tmp_path), "intruder", tmp_path)
+        ),
+    }
+    try:
+        reply = msgpack.unpackb(await links["ok"].call(b"over tls", 5.0))
+        # A plain-TCP client, and one whose certificate another CA signed, get no reply.
+        for name in ("plain", "stranger"):
+            with pytest.raises(LinkDown):
+                await asyncio.wait_for(links[name].call(b"let me in", 6.0), 10)
+        # The refusals did not touch the good connection.
+        again = msgpack.unpackb(await links["ok"].call(b"still here", 7.0))
+    finally:
+        for link in links.values():
+            link.close()
+        server.close()
+    assert reply == [b"over tls", "gw-tls", 5.0, "shard-link"]
+    assert again[:3] == [b"still here", "gw-tls", 7.0]
+
+
+def test_tls_settings_come_from_rays_environment_and_a_half_set_up_refuses_to_start():
+    assert LinkTLS.from_env({}) is None
+    assert LinkTLS.from_env({"RAY_USE_TLS": "0", "RAY_TLS_CA_CERT": "ca"}) is None
+    names = {"RAY_TLS_SERVER_CERT": "c", "RAY_TLS_SERVER_KEY": "k", "RAY_TLS_CA_CERT": "ca"}
+    assert LinkTLS.from_env({"RAY_USE_TLS": "1", **names}) == LinkTLS("c", "k", "ca")
+    with pytest.raises(ValueError, match="RAY_TLS_SERVER_KEY"):
+        LinkTLS.from_env(
+            {"RAY_USE_TLS": "true", "RAY_TLS_SERVER_CERT": "c", "RAY_TLS_CA_CERT": "a"}
+        )
