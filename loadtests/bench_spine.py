@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 from actors.events import URGENT_TYPES  # noqa: E402
 from loadtests.journeys import SOURCES, load_journeys  # noqa: E402
 from loadtests.wsload import WsClient  # noqa: E402
+from serve.pyclient import events_frame, hello_frame  # noqa: E402
 
 ORIGIN = "http://loadtest.local"
 FLUSH_S = 0.1
@@ -117,15 +118,7 @@ class Visitor:
     async def connect(self, ws_url: str) -> None:
         self.welcome = asyncio.get_running_loop().create_future()
         self.ws = await WsClient.connect(f"{ws_url}?site=loadtest", ORIGIN, self.on_message)
-        hello = {
-            "t": "hello",
-            "v": 1,
-            "sid": self.sid,
-            "token": None,
-            "consent": ["necessary", "analytics", "personalization"],
-            "now": int(time.time() * 1000),
-        }
-        self.ws.send(msgpack.packb(hello))
+        self.ws.send(msgpack.packb(hello_frame(self.sid)))
         welcome = await asyncio.wait_for(self.welcome, 30)
         if welcome.get("t") != "welcome":
             raise ConnectionError(f"refused: {welcome}")
@@ -202,13 +195,7 @@ class Visitor:
                     self.sent_at[ev["seq"]] = now
                     fresh += 1
                 self.unacked[ev["seq"]] = ev
-            frame = {
-                "t": "events",
-                "sid": self.sid,
-                "now": int(time.time() * 1000),
-                "events": batch,
-            }
-            if not self.ws.send(msgpack.packb(frame)):
+            if not self.ws.send(msgpack.packb(events_frame(self.sid, batch))):
                 return False
             if self.in_window(now):
                 self.res["sent"] += fresh

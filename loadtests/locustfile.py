@@ -70,6 +70,7 @@ from actors.events import (  # noqa: E402
     URGENT_TYPES,
 )
 from loadtests.journeys import SOURCES, load_journeys  # noqa: E402
+from serve.pyclient import events_frame, hello_frame  # noqa: E402
 
 log = logging.getLogger("lifeline.locust")
 
@@ -192,16 +193,7 @@ class Visitor(User):
             self._fire("connect", started, exc)
             raise StopUser() from exc
         self.reader = gevent.spawn(self._read)
-        self._send(
-            {
-                "t": "hello",
-                "v": 1,
-                "sid": self.sid,
-                "token": None,
-                "consent": ["necessary", "analytics", "personalization"],
-                "now": int(time.time() * 1000),
-            }
-        )
+        self._send(hello_frame(self.sid))
         welcome = self.welcome.get(timeout=30)
         if welcome.get("t") != "welcome":
             self._fire("connect", started, ServerError(welcome.get("code", "refused")))
@@ -258,8 +250,7 @@ class Visitor(User):
             for ev in batch:
                 self.sent_at.setdefault(ev["seq"], now)
                 self.unacked[ev["seq"]] = ev
-            frame = {"t": "events", "sid": self.sid, "now": int(time.time() * 1000)}
-            self._send(frame | {"events": batch})
+            self._send(events_frame(self.sid, batch))
 
     def _read(self) -> None:
         assert self.ws is not None

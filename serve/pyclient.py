@@ -15,11 +15,32 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
 import websockets
+
+FULL_CONSENT = ("necessary", "analytics", "personalization")
+
+
+def hello_frame(
+    sid: str, token: str | None = None, consent: Sequence[str] = FULL_CONSENT
+) -> dict[str, Any]:
+    """The frame that opens (or, with a token, resumes) a session (docs/PROTOCOL.md)."""
+    return {
+        "t": "hello",
+        "v": 1,
+        "sid": sid,
+        "token": token,
+        "consent": list(consent),
+        "now": int(time.time() * 1000),
+    }
+
+
+def events_frame(sid: str, events: list[dict[str, Any]]) -> dict[str, Any]:
+    """A batch of events, each with its own ``seq`` and ``ts``, stamped with the client's clock."""
+    return {"t": "events", "sid": sid, "now": int(time.time() * 1000), "events": events}
 
 
 class LifelineClient:
@@ -31,7 +52,7 @@ class LifelineClient:
         site: str,
         sid: str,
         origin: str,
-        consent: tuple[str, ...] = ("necessary", "analytics", "personalization"),
+        consent: tuple[str, ...] = FULL_CONSENT,
         binary: bool = True,
     ) -> None:
         self.url = f"{ws_url}?site={site}"
@@ -67,16 +88,7 @@ class LifelineClient:
             self.url, origin=self.origin, compression=None, max_size=2**22, open_timeout=30
         )
         self._reader = asyncio.get_running_loop().create_task(self._read())
-        await self.send_frame(
-            {
-                "t": "hello",
-                "v": 1,
-                "sid": self.sid,
-                "token": self.token,
-                "consent": self.consent,
-                "now": int(time.time() * 1000),
-            }
-        )
+        await self.send_frame(hello_frame(self.sid, self.token, self.consent))
         welcome = await self.wait_for(lambda f: f["t"] in ("welcome", "error"))
         if welcome["t"] == "welcome":
             self.token = welcome["token"]
@@ -99,9 +111,7 @@ class LifelineClient:
             if isinstance(seq, int):
                 self.unacked[seq] = ev
                 self.sent_at.setdefault(seq, now)
-        await self.send_frame(
-            {"t": "events", "sid": self.sid, "now": int(time.time() * 1000), "events": events}
-        )
+        await self.send_frame(events_frame(self.sid, events))
 
     async def resend_unacked(self, batch: int = 50) -> None:
         pending = [self.unacked[s] for s in sorted(self.unacked)]
