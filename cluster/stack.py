@@ -40,6 +40,9 @@ RAY_NAMESPACE = "lifeline"
 # (batches of 5,000 events took 1.4 s for ~0.1 s of work). Only applies to a
 # cluster this process starts; a joined cluster keeps its own setting.
 RAY_SYSTEM_CONFIG = {"worker_niceness": 0}
+# The embedded Redis keeps nothing past the process (cluster/redis_server.py): say so where
+# an operator reads the address, so nobody mistakes the demo store for a durable one.
+EMBEDDED_NOTE = " (embedded: its data goes when Lifeline stops; set REDIS_URL to keep it)"
 
 
 def shard_count(settings: Settings) -> int:
@@ -247,7 +250,7 @@ Lifeline is running.
   client script {stack.http_url}/lifeline.js
   WebSocket     {stack.ws_url}?site=demo  ({gateways} gateway process{"es" if gateways > 1 else ""})
   health        {stack.http_url}/healthz   metrics {stack.http_url}/metrics
-  Redis         {stack.redis_url}{" (embedded)" if stack.redis and stack.redis.embedded else ""}
+  Redis         {stack.redis_url}{EMBEDDED_NOTE if stack.redis and stack.redis.embedded else ""}
   shards        {len(info)} (model {info[0]["model"] if info else "?"})
   Ray dashboard {"http://" + stack.dashboard_url if stack.dashboard_url else "not running (see `ray status`)"}{dashboard_auth()}
 Press Ctrl-C to stop.
