@@ -44,6 +44,7 @@ from serve.nudge import (
     build_prompt,
     cache_key,
     check_output,
+    link_guide,
     personalization_allowed,
     render_template,
 )
@@ -164,7 +165,9 @@ class NudgeWriter:
         Returns None when no LLM nudge may be written for it (no
         personalisation consent, malformed context): the shard keeps its
         template. Otherwise ``{"text", "source", "reason"}`` with source
-        ``"llm"``, ``"cache"`` or ``"template"`` (reason: why not the LLM).
+        ``"llm"``, ``"cache"`` or ``"template"`` (reason: why not the LLM),
+        and ``"link"`` (``{"url", "title"}``) when the text names one of the
+        site's help articles: the text then shows its title, not its path.
         """
         if not isinstance(ctx, dict) or ctx.get("kind") not in KINDS:
             return None
@@ -195,7 +198,12 @@ class NudgeWriter:
         )
         if result.text is None:
             return {"text": template, "source": "template", "reason": result.outcome}
-        return {"text": result.text, "source": result.source, "reason": result.outcome}
+        # After the check and the cache: a cached text gets its link the same way.
+        text, link = link_guide(result.text, ((a.title, a.url) for a in self._kb(site).articles))
+        out = {"text": text, "source": result.source, "reason": result.outcome}
+        if link is not None:
+            out["link"] = link
+        return out
 
     async def stats(self) -> dict[str, Any]:
         """This replica's counters: requests, outcomes, tokens, cost, cache, breaker."""
@@ -523,7 +531,7 @@ class FollowUps:
         return None
 
     def nudge(self, sid: str, ctx: dict[str, Any], push: Push) -> bool:
-        """Ask the NudgeWriter for a richer text; push ``{"t": "update", ..., "text", "source"}``."""
+        """Ask the NudgeWriter for a richer text; push ``{"t": "update", ..., "text", "source"[, "link"]}``."""
         if self.nudge_handle is None:
             return False
 
@@ -535,6 +543,8 @@ class FollowUps:
                 return
             frame = {"t": "update", "sid": sid, "iid": ctx.get("iid"), "text": out["text"]}
             frame["source"] = out["source"]
+            if out.get("link"):
+                frame["link"] = out["link"]  # the help guide the text names, for the client to link
             await self._push(push, frame)
 
         return self._spawn(run())

@@ -521,3 +521,38 @@ def check_output(
         if n not in allowed_numbers:
             return CheckResult(False, text, "ungrounded_number")
     return CheckResult(True, text, None)
+
+
+# --- the guide a nudge names --------------------------------------------------
+
+
+def link_guide(text: str, articles: Iterable[tuple[str, str]]) -> tuple[str, dict[str, str] | None]:
+    """Turn the help-article path a checked nudge names into a titled link: ``(text, link)``.
+
+    The LLM names its article by site path ("More in our guide:
+    /help/calculator-errors"), which is no text to show a visitor. The path is
+    replaced by the article's title, or, when the text already names that title
+    ("Our guide "X" explains it: /help/x"), dropped with its lead-in; ``link``
+    (``{"url", "title"}``, in the update frame) tells the client to make that
+    title in the text a link. ``articles``: the site's (title, url) pairs. A
+    text naming no known article comes back as it is, with ``None``.
+    """
+    titles = {url: title for title, url in articles if title and url}
+    for m in _SITE_PATH.finditer(text):
+        url = m.group(1).rstrip(".!?:")  # the sentence's own full stop is not the path's
+        title = titles.get(url)
+        if title is None:
+            continue
+        start, end = m.start(1), m.start(1) + len(url)
+        rest = text[:start] + text[end:]
+        path = re.escape(url)
+        # The path in brackets, or ending the text: it can go without breaking the sentence.
+        drop = re.compile(rf"\s*\(\s*{path}\s*\)|(?:\s*:)?\s+{path}(?=[.!?]?$)")
+        if title in rest and drop.search(text):
+            text = drop.sub("", text, count=1).rstrip()
+            if text and text[-1] not in ".!?":
+                text += "."
+        else:
+            text = text[:start] + title + text[end:]
+        return text, {"url": url, "title": title}
+    return text, None

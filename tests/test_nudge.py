@@ -17,6 +17,7 @@ from serve.nudge import (
     cache_key,
     check_output,
     derive_intent,
+    link_guide,
     page_section,
     render_template,
     retrieval_query,
@@ -206,6 +207,58 @@ def test_demo_stub_writes_checkable_grounded_nudges():
         assert res.ok, (text, res.reason)
         if arts and c["kind"] != "recommendations":
             assert arts[0].url in text
+
+
+ERRORS = ('"Invalid value" on the financing form', "/help/calculator-errors")
+SHIPPING = ("Delivery options and times", "/help/shipping")
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        # the path is replaced by the article's title...
+        (
+            "The form is strict. More in our guide: /help/calculator-errors",
+            'The form is strict. More in our guide: "Invalid value" on the financing form',
+        ),
+        ("See /help/shipping.", "See Delivery options and times."),
+        (
+            "Read our guide (/help/shipping) first.",
+            "Read our guide (Delivery options and times) first.",
+        ),
+        # ...or dropped with its lead-in when the text already names the title
+        (
+            "Tip: Our guide \u201cDelivery options and times\u201d explains it: /help/shipping",
+            "Tip: Our guide \u201cDelivery options and times\u201d explains it.",
+        ),
+        (
+            "Delivery options and times are explained (/help/shipping).",
+            "Delivery options and times are explained.",
+        ),
+    ],
+)
+def test_a_named_help_article_becomes_its_titled_link(raw, shown):
+    text, link = link_guide(raw, [ERRORS, SHIPPING])
+    assert text == shown
+    assert link is not None and link["url"] in raw and link["title"] in text
+    assert "/help/" not in text  # what the visitor reads is the title, never the path
+
+
+def test_text_without_a_known_article_keeps_its_words_and_gets_no_link():
+    for raw in ("Need a hand? We're here.", "See /help/nope or https://shop.example/help/shipping"):
+        assert link_guide(raw, [ERRORS, SHIPPING]) == (raw, None)
+
+
+def test_the_demo_stubs_nudges_link_their_article_by_title():
+    import random
+
+    kb = KnowledgeBase.load("demo")
+    rng, pairs = random.Random(3), [(a.title, a.url) for a in kb.articles]
+    for _ in range(20):
+        arts = kb.grounding(ctx(), k=2)
+        text, link = link_guide(demo_nudge(*build_prompt(ctx(), arts), rng), pairs)
+        assert link == {"url": arts[0].url, "title": arts[0].title}
+        assert text.count(arts[0].title) >= 1 and arts[0].url not in text
 
 
 def test_breaker_opens_half_opens_and_closes():

@@ -114,13 +114,20 @@ async def test_nudge_writer_grounded_llm_text_then_cache(env):
     before = len(stub.requests)
     out = await nudge.write.remote(ctx)
     assert out["source"] == "llm", out
-    assert "/help/calculator" in out["text"]  # grounded in the calculator article
+    # grounded in a calculator article, which the text names by its title, linked, not by path
+    assert out["link"]["url"].startswith("/help/calculator"), out
+    assert out["link"]["title"] in out["text"] and "/help/" not in out["text"]
     sent = stub.requests[before]
     prompt = sent["messages"][0]["content"]
     assert "12345" not in prompt and "i-" not in prompt  # no typed values, no ids
     assert "financing form" in prompt  # the calculator's help articles were retrieved
     again = await nudge.write.remote(nudge_ctx(iid="i-other"))
-    assert again == {"text": out["text"], "source": "cache", "reason": "cache_hit"}
+    assert again == {
+        "text": out["text"],
+        "source": "cache",
+        "reason": "cache_hit",
+        "link": out["link"],
+    }
     assert len(stub.requests) == before + 1
     stats = await nudge.stats.remote()
     assert stats["llm_texts"] >= 1 and stats["cache_hits"] >= 1 and stats["input_tokens"] > 0
@@ -191,6 +198,7 @@ async def test_follow_ups_never_block_and_push_in_time_updates(env):
     f = frames[0]
     assert (f["t"], f["sid"], f["iid"], f["source"]) == ("update", "s-abcdefgh", ctx["iid"], "llm")
     assert f["text"] and f["text"] != ctx["template"]
+    assert f["link"]["title"] in f["text"]  # the help article it names, for the client to link
 
     got.clear()
     assert fu.recommend(

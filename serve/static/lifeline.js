@@ -266,7 +266,6 @@
     mo = mo || new MutationObserver(safe((ms) => ms.some((m) => !host || !(host.contains(m.target) || m.addedNodes[0] == host)) && reaction()));
     mo.observe(root, { childList: true, subtree: true, attributes: true, characterData: true });
   });
-  on(W, "scroll", () => { reaction(); scrolled(); });
   on(D, "focusin", (e) => {
     const f = e.target;
     if (pend && !f.contains(lastEl)) reaction(); // focusing the clicked control itself is no reaction
@@ -413,12 +412,22 @@
     ".s{background:#eef;color:#43c}.x{position:absolute;top:6px;right:0;background:none;color:#667;font-size:20px}" +
     ":focus-visible{outline:3px solid #88f}" +
     ".f{width:340px;padding-right:36px;background:#ffe;border:1px solid #eb5}.f p{margin-bottom:8px}" +
-    ".f:before{content:'';position:absolute;left:22px;width:12px;height:12px;background:inherit;border:inherit;transform:rotate(45deg)}" +
-    ".d:before{top:-7px;border-width:1px 0 0 1px}.u:before{bottom:-7px;border-width:0 1px 1px 0}" +
+    ".f:before{position:absolute;left:22px;width:12px;height:12px;background:inherit;border:inherit;transform:rotate(45deg)}" +
+    // the arrow (content) only for a hint right under (d) or over (u) its field, not beside it or in a corner
+    ".d:before{content:'';top:-7px;border-width:1px 0 0 1px}.u:before{content:'';bottom:-7px;border-width:0 1px 1px 0}" +
     ".r{width:auto;right:0;max-width:none;border-radius:16px 16px 0 0}ul{display:flex;gap:10px;overflow:auto;list-style:none;margin:0;padding:2px}" +
-    "a{display:block;min-width:150px;padding:10px;border:1px solid #dde;border-radius:10px;color:inherit;text-decoration:none}" +
+    "li a{display:block;min-width:150px;padding:10px;border:1px solid #dde;border-radius:10px;color:inherit;text-decoration:none}" +
     "li span{display:block;color:#43c}.sr{position:absolute;clip:rect(0 0 0 0)}";
-  const esc = (s) => str(s, 300).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+  const esc = (s) => str(s, 600).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+  const href = (u) => esc(/^(https?:|\/|\?)/.test(u) ? u : "#"); // no javascript: or data: links
+  // A card's text as HTML, with the help guide it names as a link: an update's `link` carries
+  // the guide's url and title, and the server has put that title into the text (a visitor
+  // reads a title, not a path). The guide opens in a new tab, so a half-filled form is not
+  // lost; opening it counts as taking the help (data-a: accepted).
+  const html = (iv) => {
+    const g = iv.link, t = esc(iv.text);
+    return g ? t.replace(esc(g.title), `<a data-a href="${href(g.url)}" target=_blank>$&</a>`) : t;
+  };
   // kind: [role, heading, accept label, dismiss label]
   const KINDS = {
     help_offer: ["dialog", "We're here to help", "Chat with us", "No thanks"],
@@ -459,14 +468,13 @@
     shown.filter((o) => o.kind == iv.kind).forEach(remove); // one of each kind at a time: the newer replaces the older
     ui.insertAdjacentHTML("beforeend", `<div class="c ${k[0]}" data-kind=${k} role=${role} aria-describedby=${id}t ` +
       (title ? `aria-labelledby=${id}><h2 id=${id}>${title}</h2>` : "aria-label=Hint>") +
-      (k[0] == "r" ? "<ul>" + iv.items.slice(0, 8).map((it) => `<li><a data-a href="${esc(/^(https?:|\/|\?)/.test(it.url) ? it.url : "#")}">${esc(it.name)}` +
+      (k[0] == "r" ? "<ul>" + iv.items.slice(0, 8).map((it) => `<li><a data-a href="${href(it.url)}">${esc(it.name)}` +
         (it.price > 0 ? `<span>${(+it.price).toFixed(2)}</span>` : "") + "</a>").join("") + "</ul>" :
-      `<p id=${id}t aria-live=polite></p>` + (yes ? `<button data-a>${yes}</button>` : "") + (no ? `<button class=s data-d>${no}</button>` : "")) +
+      `<p id=${id}t aria-live=polite>${html(iv)}</p>` + (yes ? `<button data-a>${yes}</button>` : "") + (no ? `<button class=s data-d>${no}</button>` : "")) +
       "<button class=x data-d aria-label=Dismiss>×</button></div>");
-    const el = ui.lastChild, p = $("p", el);
-    if (p) p.textContent = str(iv.text, 600);
+    const el = ui.lastChild;
     el.addEventListener("click", safe((e) => { const b = e.target.closest("[data-a],[data-d]"); b && report(iv, b.hasAttribute("data-a") ? "accepted" : "dismissed"); }));
-    Object.assign(iv, { el, k, f: k == "form_hint" && f, prev: D.activeElement });
+    Object.assign(iv, { el, k, f: k[0] == "f" && f, prev: D.activeElement }); // f: a form hint's field
     shown.push(iv);
     layout();
     ui.previousSibling.textContent = (title || "Hint") + ": " + str(iv.text, 300); // announced by screen readers
@@ -475,33 +483,35 @@
     fire("render", iv, el);
     report(iv, "shown");
   };
-  const rect = (el) => el && el != D.body && el.getBoundingClientRect && el.getBoundingClientRect();
-  const hit = (a, b) => a.left < b.right + 8 && b.left < a.right + 8 && a.top < b.bottom + 8 && b.top < a.bottom + 8;
+  const rect = (el) => el && el != D.body && el.getBoundingClientRect(); // elements only: the focused one, the clicked one, fields
   const relayout = () => shown.length && !layT && (layT = requestAnimationFrame(safe(() => { layT = 0; layout(); })));
   // Place every card where it covers neither the element in use nor another card: a hint
-  // under its field (else above, else beside), the strip at the bottom (else the top),
-  // the other cards in a bottom corner (else a top corner).
-  const ORDER = ["form_hint", "recommendations", "help_offer", "content_suggestion"];
+  // under its field (else above, else beside, else in a corner), and clear of the page's
+  // other fields and buttons too (over the field the visitor typed into, or the next one,
+  // it hides what it is about); with no such place, under its field, which it then still
+  // never hides. The strip at the bottom (else the top), the other cards in a bottom
+  // corner (else a top corner).
   const layout = () => {
-    const busy = rect(D.activeElement) || rect(lastEl), taken = busy ? [busy] : [], vw = root.clientWidth, vh = W.innerHeight;
-    shown.slice().sort((a, b) => ORDER.indexOf(a.k) - ORDER.indexOf(b.k)).forEach((iv) => {
+    // taken: what a card must not cover ({} when nothing is in use: it hits nothing)
+    const taken = [rect(D.activeElement) || rect(lastEl) || {}], vw = root.clientWidth, vh = W.innerHeight;
+    // placed in this order: form_hint, recommendations, help_offer, content_suggestion
+    shown.slice().sort((a, b) => "frhc".indexOf(a.k[0]) - "frhc".indexOf(b.k[0])).forEach((iv) => {
       const el = iv.el, fr = rect(iv.f), w = el.offsetWidth, h = el.offsetHeight, R = vw - w - 16;
-      const box = ([x, y]) => ({ left: x, top: y, right: x + w, bottom: y + h });
-      let c;
+      const box = ([x, y]) => new DOMRect(x, y, w, h);
+      let c = iv.k[0] == "r" ? [[0, vh - h], [0, 0]] : [[R, vh - h - 16], [16, vh - h - 16], [R, 16], [16, 16]];
       if (fr) {
         const x = Math.max(8, Math.min(fr.left, vw - w - 8));
-        taken.push(fr);
-        c = [[x, fr.bottom + 10, "d"], [x, fr.top - h - 10, "u"], [fr.right + 12, fr.top]];
-      } else if (iv.k == "recommendations") c = [[0, vh - h], [0, 0]];
-      else c = [[R, vh - h - 16], [16, vh - h - 16], [R, 16], [16, 16]];
-      const best = c.find((p) => { const r = box(p); return r.left >= 0 && r.top >= 0 && r.right <= vw && r.bottom <= vh && !taken.some((t) => hit(r, t)); }) || c[0];
+        taken.push(fr, ...Array.from(D.querySelectorAll("button,input,select,textarea"), rect));
+        c = [[x, fr.bottom + 10, "d"], [x, fr.top - h - 10, "u"], [fr.right + 10, fr.top], ...c];
+      }
+      const best = c.find((p) => { const r = box(p); return r.left >= 0 && r.top >= 0 && r.right <= vw && r.bottom <= vh && !taken.some((t) => r.left < t.right + 8 && t.left < r.right + 8 && r.top < t.bottom + 8 && t.top < r.bottom + 8); }) || c[0];
       el.style.left = best[0] + "px"; el.style.top = best[1] + "px";
-      el.classList.toggle("d", best[2] == "d"); el.classList.toggle("u", best[2] == "u");
+      el.className = `c ${iv.k[0]} ${best[2] || ""}`; // + d / u: the arrow's side
       taken.push(box(best));
     });
   };
   on(W, "resize", relayout, 1);
-  on(W, "scroll", relayout, 1);
+  on(W, "scroll", () => { active && (reaction(), scrolled()); relayout(); }, 1); // capture (when on) and placement
   on(D, "keydown", (e) => e.key == "Escape" && shown.length && report(shown[shown.length - 1], "dismissed"), 1); // Esc dismisses the newest
   const intervene = (f) => {
     if (!f.iid || ivs[f.iid] || !KINDS[f.kind] || (f.kind == "recommendations" && !granted("personalization"))) return;
@@ -516,12 +526,12 @@
   const update = (f) => {
     const iv = ivs[f.iid];
     if (!iv || (f.source == "llm" && !granted("personalization"))) return; // LLM-written text is personalization
-    if (typeof f.text == "string") iv.text = f.text;
+    if (typeof f.text == "string") iv.text = f.text, iv.link = f.link; // a new text brings its own link, or none
     if (Array.isArray(f.items) && granted("personalization")) iv.items = f.items;
     fire("update", iv);
     if (iv.el) {
       const p = $("p", iv.el);
-      if (p && typeof f.text == "string") p.textContent = str(f.text, 600);
+      if (p && typeof f.text == "string") p.innerHTML = html(iv);
       else if (f.items) { remove(iv); render(iv); }
       relayout();
     }
