@@ -28,7 +28,7 @@ import msgpack
 
 from actors.detectors import DetectorConfig
 from actors.policy import Decision, PolicyConfig, decide
-from actors.session import EventView, Session
+from actors.session import EventView, Session, SnapshotMismatch
 
 # (sid, site, consent, normalised events in seq order)
 BatchItem = tuple[str, str, Sequence[str], Sequence[dict[str, Any]]]
@@ -92,6 +92,7 @@ class SessionHost:
         # built-in hash is salted per process, which is fine for a turn.
         self.dirty: list[set[str]] = [set() for _ in range(snapshot_ticks)]
         self.ticks = 0  # calls of take_dirty so far
+        self.unreadable_snapshots = 0  # of another release's layout: rebuilt from the log
 
     def __contains__(self, sid: str) -> bool:
         return sid in self.active or sid in self.dormant
@@ -124,12 +125,19 @@ class SessionHost:
         being activated for carries the rest, and processes them itself (so
         they get their scores and decisions). Replaying the same events
         through the same code gives exactly the features an uninterrupted
-        session would have.
+        session would have. ``log_events`` must be the whole log below
+        ``before_seq``: a snapshot another release wrote (another layout) is
+        set aside, and the session is rebuilt from the log alone.
         """
         detectors, _ = self.rules(site)
-        session = (
-            Session.from_state(snapshot, detectors) if snapshot else Session(sid, site, detectors)
-        )
+        session = Session(sid, site, detectors)
+        if snapshot:
+            try:
+                session = Session.from_state(snapshot, detectors)
+            except SnapshotMismatch:
+                # After an upgrade that changed the session's state: snapshots only
+                # shorten recovery, the log alone gives the same features.
+                self.unreadable_snapshots += 1
         for ev in log_events:
             if session.last_seq < ev["seq"] < before_seq:
                 session.apply(ev)

@@ -33,7 +33,14 @@ from actors.detectors import (
     is_rage_step,
     is_thrash,
 )
-from actors.features import N_FEATURES, PAGE_TYPES, STRONG_SIGNAL, item_of_path, page_type_of
+from actors.features import (
+    FEATURE_SCHEMA_HASH,
+    N_FEATURES,
+    PAGE_TYPES,
+    STRONG_SIGNAL,
+    item_of_path,
+    page_type_of,
+)
 
 MAX_UNIQUE_PAGES = 64  # beyond this, n_unique_pages saturates (bounded memory)
 MAX_ERROR_FIELDS = 16
@@ -154,6 +161,7 @@ class Session:
         "burst",
         "error_fields",
         "last_error_field",
+        "last_input_field",
         "hover_ms",
         "video_ratio",
         "video_playing",
@@ -198,7 +206,8 @@ class Session:
         self.last_click: tuple[int, float, float] | None = None
         self.burst = 0
         self.error_fields: list[str] = []
-        self.last_error_field = ""
+        self.last_error_field = ""  # the rejected field a form hint points at
+        self.last_input_field = ""  # the field the visitor last typed into
         self.hover_ms = 0.0
         self.video_ratio = 0.0
         self.video_playing = False
@@ -334,6 +343,7 @@ class Session:
     def _form_input(self, ev: dict[str, Any], ts: int) -> None:
         self.counts[C_INPUT] += int(ev.get("count") or 1)
         field = ev["field"]
+        self.last_input_field = field
         # Editing a field again after it was rejected is a re-edit; each
         # rejection counts once.
         if field in self.error_fields:
@@ -345,7 +355,17 @@ class Session:
         self.counts[C_FORM_ERR] += 1
         self.decayed[_FORM] += 1.0
         field = ev["field"]
-        self.last_error_field = field
+        # A failed submit rejects every invalid field at once, in page order.
+        # The hint points at the one the visitor typed into, if it is among
+        # them, rather than at whichever came last (often one left empty); it
+        # stays there while that field is still rejected (not edited since).
+        held = self.last_error_field
+        if (
+            field == self.last_input_field
+            or held != self.last_input_field
+            or held not in self.error_fields
+        ):
+            self.last_error_field = field
         if field not in self.error_fields:
             if len(self.error_fields) >= MAX_ERROR_FIELDS:
                 self.error_fields.pop(0)
@@ -544,26 +564,46 @@ class Session:
     def packed(self) -> bytes:
         """Everything but the config, as msgpack bytes: the form snapshots are kept in.
 
-        Packs the fields as they are, without copying them first (msgpack
-        writes a tuple as it writes a list), because a shard snapshots every
-        live session every few seconds while holding its batch lock.
+        ``[SNAPSHOT_LAYOUT, fields]``. Packs the fields as they are, without
+        copying them first (msgpack writes a tuple as it writes a list),
+        because a shard snapshots every live session every few seconds while
+        holding its batch lock.
         """
-        return msgpack.packb(_STATE_FIELDS(self))
+        return msgpack.packb((SNAPSHOT_LAYOUT, _STATE_FIELDS(self)))
 
     @classmethod
     def from_state(cls, state: list[Any], cfg: DetectorConfig = DEFAULT_DETECTORS) -> Session:
-        """Rebuild a session from its unpacked :meth:`packed` state; the inverse, exactly."""
+        """Rebuild a session from its unpacked :meth:`packed` state; the inverse, exactly.
+
+        Raises :class:`SnapshotMismatch` for a state of another layout (a
+        snapshot written by an older or newer release).
+        """
+        if not (isinstance(state, list) and len(state) == 2 and state[0] == SNAPSHOT_LAYOUT):
+            raise SnapshotMismatch("the snapshot was written by code with another session layout")
+        fields = state[1]
+        if not isinstance(fields, list) or len(fields) != len(_STATE_NAMES):
+            raise SnapshotMismatch(
+                f"snapshot has {len(fields)} fields, expected {len(_STATE_NAMES)}"
+            )
         s = cls.__new__(cls)
         s.cfg = cfg
-        names = [n for n in cls.__slots__ if n != "cfg"]
-        if len(state) != len(names):
-            raise ValueError(f"snapshot has {len(state)} fields, expected {len(names)}")
-        for name, value in zip(names, state, strict=True):
+        for name, value in zip(_STATE_NAMES, fields, strict=True):
             setattr(s, name, _unpack(name, value))
         return s
 
 
-_STATE_FIELDS = operator.attrgetter(*(name for name in Session.__slots__ if name != "cfg"))
+class SnapshotMismatch(ValueError):
+    """A snapshot this code cannot read: the session is rebuilt from its event log instead."""
+
+
+_STATE_NAMES = tuple(name for name in Session.__slots__ if name != "cfg")
+_STATE_FIELDS = operator.attrgetter(*_STATE_NAMES)
+# What a snapshot's fields mean: their names and order, the counters' and decayed
+# signals' layout, and the feature schema. A release that changes any of them reads
+# no snapshot of an older one (and vice versa): those sessions replay their event log.
+SNAPSHOT_LAYOUT = format(
+    zlib.crc32(repr((_STATE_NAMES, _COUNTED, _N_DECAYED, FEATURE_SCHEMA_HASH)).encode()), "08x"
+)
 
 
 def _unpack(name: str, value: Any) -> Any:

@@ -607,6 +607,7 @@ class ShardCore:
             "sessions_active": len(self.host.active),
             "sessions_dormant": len(self.host.dormant),
             "model": self.scorer.version,
+            "unreadable_snapshots": self.host.unreadable_snapshots,
             **self.stats,
             **(
                 {f"followups_{k}": v for k, v in self._followups.counts.items()}

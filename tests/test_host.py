@@ -97,6 +97,30 @@ def test_activation_replays_only_what_precedes_the_batch():
     assert host.active["a-session"].row() == replay(evs)[-1]
 
 
+def test_a_snapshot_another_release_wrote_is_set_aside_and_the_log_rebuilds_the_session():
+    # After an upgrade that changed the session's state, a snapshot in the old
+    # layout must not fail the batch nor be misread: the whole log is replayed.
+    evs = events(8)
+    host = SessionHost()
+    host.process([("s1", "demo", ["analytics"], evs[:5])], CountingScorer())
+    current = host.snapshot("s1")
+    assert current is not None
+    older_release = [current[1][:-1]]  # untagged, one field fewer
+    other_layout = ["0000beef", current[1]]  # tagged by another layout
+    for stale in (older_release, other_layout):
+        fresh = SessionHost()
+        session = fresh.activate("s1", "demo", stale, evs[:5], before_seq=6)
+        assert fresh.unreadable_snapshots == 1
+        assert session.last_seq == 5
+        (r,) = fresh.process([("s1", "demo", ["analytics"], evs[5:])], CountingScorer())
+        assert r.seqs == [6, 7, 8]
+        assert session.row() == replay(evs, sid="s1", site="demo")[-1]
+    # A snapshot of this release is still used: only what follows it is replayed.
+    fresh = SessionHost()
+    assert fresh.activate("s1", "demo", current, [], before_seq=6).last_seq == 5
+    assert fresh.unreadable_snapshots == 0
+
+
 def test_idle_sessions_are_compacted_then_retired():
     host = SessionHost(compact_after_ms=60_000, deactivate_after_ms=1_800_000)
     host.process([("a-session", "demo", [], events(3))], CountingScorer())

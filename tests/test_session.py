@@ -15,7 +15,7 @@ from actors.features import (
     STRONG_SIGNAL,
     page_type_of,
 )
-from actors.session import Session, replay
+from actors.session import SNAPSHOT_LAYOUT, Session, SnapshotMismatch, replay
 
 T0 = 1_700_000_000_000
 
@@ -214,6 +214,41 @@ def test_client_clock_stepping_back_does_not_go_negative():
     j = J().add(5000, "page_view", path="/").add(4000, "scroll", depth=0.1, dir="down")
     _, row = j.run()
     assert f(row, "gap_s") == 0 and f(row, "session_age_s") == 0
+
+
+def test_a_form_hint_points_at_the_rejected_field_the_visitor_typed_into():
+    # The visitor types into amount and zip; the submit rejects every invalid
+    # field in page order, including ones left empty (income, dob).
+    j = J().add(0, "page_view", path="/calculator.html")
+    j.add(100, "form_input", form="calc", field="amount")
+    j.add(200, "form_input", form="calc", field="zip")
+    j.add(300, "form_submit", form="calc", ok=False)
+    for i, field in enumerate(("amount", "income", "zip", "dob")):
+        j.add(310 + i, "form_error", form="calc", field=field)
+    s, _ = j.run()
+    assert s.last_error_field == "zip"
+    # Once zip is edited again, the next rejection moves the hint: zip may be fine now.
+    j.add(400, "form_input", form="calc", field="zip")
+    j.add(500, "form_error", form="calc", field="income")
+    s, _ = j.run()
+    assert s.last_error_field == "income"
+    # Nothing typed into a rejected field: the latest rejection, as before.
+    k = J().add(0, "page_view", path="/calculator.html")
+    k.add(100, "form_input", form="calc", field="amount")
+    k.add(200, "form_error", form="calc", field="term").add(
+        201, "form_error", form="calc", field="dob"
+    )
+    s, _ = k.run()
+    assert s.last_error_field == "dob"
+
+
+def test_a_snapshot_of_another_layout_is_refused_not_misread():
+    s, _ = J().add(0, "page_view", path="/p").click(100).run()
+    layout, fields = msgpack.unpackb(s.packed())
+    assert layout == SNAPSHOT_LAYOUT
+    for state in (fields, ["0000beef", fields], [layout, fields[:-1]], [layout]):
+        with pytest.raises(SnapshotMismatch):
+            Session.from_state(state)
 
 
 def test_snapshot_roundtrip_is_exact():
