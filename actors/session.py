@@ -161,7 +161,7 @@ class Session:
         "burst",
         "error_fields",
         "last_error_field",
-        "last_input_field",
+        "edited_fields",
         "hover_ms",
         "video_ratio",
         "video_playing",
@@ -207,7 +207,7 @@ class Session:
         self.burst = 0
         self.error_fields: list[str] = []
         self.last_error_field = ""  # the rejected field a form hint points at
-        self.last_input_field = ""  # the field the visitor last typed into
+        self.edited_fields: list[str] = []  # fields the visitor typed into (bounded)
         self.hover_ms = 0.0
         self.video_ratio = 0.0
         self.video_playing = False
@@ -343,7 +343,10 @@ class Session:
     def _form_input(self, ev: dict[str, Any], ts: int) -> None:
         self.counts[C_INPUT] += int(ev.get("count") or 1)
         field = ev["field"]
-        self.last_input_field = field
+        if field not in self.edited_fields:
+            if len(self.edited_fields) >= MAX_ERROR_FIELDS:
+                self.edited_fields.pop(0)
+            self.edited_fields.append(field)
         # Editing a field again after it was rejected is a re-edit; each
         # rejection counts once.
         if field in self.error_fields:
@@ -355,16 +358,13 @@ class Session:
         self.counts[C_FORM_ERR] += 1
         self.decayed[_FORM] += 1.0
         field = ev["field"]
-        # A failed submit rejects every invalid field at once, in page order.
-        # The hint points at the one the visitor typed into, if it is among
-        # them, rather than at whichever came last (often one left empty); it
-        # stays there while that field is still rejected (not edited since).
-        held = self.last_error_field
-        if (
-            field == self.last_input_field
-            or held != self.last_input_field
-            or held not in self.error_fields
-        ):
+        # A failed submit rejects every invalid field at once, in page order,
+        # and the policy may decide before the last of them arrives. The hint
+        # points at a rejected field the visitor typed into rather than at one
+        # left empty, and stays on it while it is still rejected (not edited
+        # since).
+        held, edited = self.last_error_field, self.edited_fields
+        if field in edited or held not in edited or held not in self.error_fields:
             self.last_error_field = field
         if field not in self.error_fields:
             if len(self.error_fields) >= MAX_ERROR_FIELDS:
