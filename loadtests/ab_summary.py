@@ -11,6 +11,8 @@ latency percentiles pooled over all the arm's samples (a run sees only
 ~100-200 interventions, so a run's own p99 is nearly its maximum), and each
 process's CPU also as a ratio to the load generators' (their work per event
 is fixed, so the ratio moves less with the VM's speed than the raw figure).
+Steal (time the hypervisor gave this VM's CPUs to others) is shown per run:
+runs with several percent of it have the worst tails.
 Limits: reads files written by this version of ``bench_spine.py`` (``iv_ms``
 per run); runs without it count in the medians but not in the pooled figures.
 """
@@ -28,14 +30,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loadtests.bench_spine import pooled_iv, pooled_line  # noqa: E402
 
-FIGURES = ["events_per_s", "ack_p50_ms", "ack_p99_ms", "iv_p50_ms", "iv_p99_ms"]
+FIGURES = ["events_per_s", "ack_p50_ms", "ack_p99_ms", "iv_p50_ms", "iv_p99_ms", "steal_percent"]
 
 
 def arm_summary(paths: list[str]) -> dict[str, Any]:
-    runs = [run for p in sorted(paths) for run in json.loads(Path(p).read_text())["runs"]]
+    files = [json.loads(Path(p).read_text()) for p in sorted(paths)]
+    runs = [run for f in files for run in f["runs"]]
     if not runs:
         raise SystemExit(f"no runs in {paths}")
     out: dict[str, Any] = {"runs": len(runs)}
+    # The gateway's own mean from reading a frame to writing its ack, warm-up
+    # included (its counters cover the whole file): the server's share of an ack.
+    gw = [f["gateway_stats"] for f in files if f.get("gateway_stats", {}).get("acks")]
+    if gw:
+        each = [g["ack_ms"] / g["acks"] for g in gw]
+        out["gateway_ack_mean_ms"] = statistics.median(each)
+        out["gateway_ack_mean_ms_each"] = [round(x, 1) for x in each]
     for k in FIGURES:
         out[k] = statistics.median(r[k] for r in runs)
         out[f"{k}_each"] = [round(r[k], 1) for r in runs]
@@ -69,6 +79,11 @@ def main(argv: list[str]) -> int:
         print(f"{name}: {s['runs']} runs, machine busy {s['busy_percent']:.1f} %")
         for k in FIGURES:
             print(f"  {k:>14}: median {s[k]:8.1f}   each {s[f'{k}_each']}")
+        if "gateway_ack_mean_ms" in s:
+            print(
+                f"  gateway's frame -> ack, mean: median {s['gateway_ack_mean_ms']:.1f} ms"
+                f"   each {s['gateway_ack_mean_ms_each']}"
+            )
         print("  pooled:", pooled_line(s))
         shown = {k: v for k, v in s["cpu_percent"].items() if not k.startswith("loadgen")}
         print("  CPU, % of a core (and per load generator):", json.dumps(shown))

@@ -13,11 +13,19 @@ The connection settings (host, port or unix socket, TLS, user, password,
 database, timeouts) are taken from a redis-py client, so there is one place
 where a ``REDIS_URL`` is understood.
 
+Calls can be pipelined: :meth:`ScriptCaller.start` writes a call at once
+and hands back an awaitable of its reply, so a second call can be on its
+way while Redis runs the first. Redis runs them in the order they were
+written, which is what lets the gateway keep two append rounds in flight.
+
 Limits: one script per instance; RESP2 replies; replies are matched to
 calls in order, so a call that times out closes the connection (the next
-call opens a new one); a script Redis no longer knows (``NOSCRIPT``: a
-restart or ``SCRIPT FLUSH``) is sent once in full with ``EVAL``, which
-caches it again.
+call opens a new one). The script is loaded (``SCRIPT LOAD``) whenever a
+connection opens. If Redis forgets it on a live connection (``SCRIPT
+FLUSH``), a call with nothing written behind it is sent once more in full
+with ``EVAL``; a call with later calls already written behind it fails
+with a connection error and closes the connection instead, because sending
+it again would run it after them.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any
 
 import hiredis
@@ -51,6 +60,13 @@ class _Replies(asyncio.Protocol):
         self.waiting: deque[asyncio.Future] = deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.written = 0  # calls written so far: a call's own number tells what came after it
+
+    def drop(self) -> None:
+        """Close at once: no call may be written on it from now on."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -71,9 +87,13 @@ class _Replies(asyncio.Protocol):
 
 
 class ScriptCaller:
-    """``await caller(arg)``: run ``script`` with no keys and one argument, return its reply."""
+    """``await caller(arg)``: run ``script`` with no keys and one argument, return its reply.
 
-    def __init__(self, client: aioredis.Redis, script: str) -> None:
+    ``preload``: load the script whenever a connection opens (off only to
+    test what happens when Redis does not know it).
+    """
+
+    def __init__(self, client: aioredis.Redis, script: str, preload: bool = True) -> None:
         pool = client.connection_pool
         self._settings = pool.connection_kwargs
         # For TLS, redis-py's own connection builds the context from the URL's ssl_* options.
@@ -86,41 +106,55 @@ class ScriptCaller:
         self._sha = hashlib.sha1(self._script).hexdigest().encode()
         # EVALSHA sha 0 <arg>: the array header and first three strings, encoded once.
         self._evalsha = b"*4\r\n$7\r\nEVALSHA\r\n$40\r\n" + self._sha + b"\r\n$1\r\n0\r\n"
+        self._preload = preload
         self._conn: _Replies | None = None
         self._connecting = asyncio.Lock()
         self.timeout_s = float(self._settings.get("socket_timeout") or 10.0)
 
     async def __call__(self, arg: bytes) -> Any:
+        return await (await self.start(arg))
+
+    async def start(self, arg: bytes) -> Awaitable[Any]:
+        """Write the call now (connecting first if need be); returns an awaitable of its reply.
+
+        Calls are run by Redis in the order they were started.
+        """
         conn = self._conn
         if conn is None or conn.closed:
             conn = await self._connect()
-        reply = await self._send(conn, b"%s$%d\r\n%s\r\n" % (self._evalsha, len(arg), arg))
+        fut = self._write(conn, b"%s$%d\r\n%s\r\n" % (self._evalsha, len(arg), arg))
+        return self._reply(conn, fut, arg, conn.written)
+
+    async def _reply(self, conn: _Replies, fut: asyncio.Future, arg: bytes, number: int) -> Any:
+        reply = await fut
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-            reply = await self._send(conn, command(b"EVAL", self._script, 0, arg))
+            if conn.written != number:
+                # Calls written after this one have run already, or will before a
+                # resend would: this one cannot keep its place. Fail it and them.
+                conn.drop()
+                raise RedisConnectionError("Redis lost the script with calls in flight")
+            reply = await self._write(conn, command(b"EVAL", self._script, 0, arg))
         if isinstance(reply, hiredis.ReplyError):
             raise ResponseError(str(reply))
         return reply
 
-    async def _send(self, conn: _Replies, data: bytes) -> Any:
+    def _write(self, conn: _Replies, data: bytes) -> asyncio.Future:
         if conn.closed:
             raise RedisConnectionError("connection to Redis lost")
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         conn.waiting.append(fut)
+        conn.written += 1
         assert conn.transport is not None
         conn.transport.write(data)
         timer = loop.call_later(self.timeout_s, self._expire, conn, fut)
-        try:
-            return await fut
-        finally:
-            timer.cancel()
+        fut.add_done_callback(lambda _f: timer.cancel())
+        return fut
 
     def _expire(self, conn: _Replies, fut: asyncio.Future) -> None:
         if not fut.done():
             fut.set_exception(RedisTimeoutError(f"no reply from Redis in {self.timeout_s:g} s"))
-            # Later replies would answer the wrong calls: this connection is done.
-            if conn.transport is not None:
-                conn.transport.abort()
+            conn.drop()  # later replies would answer the wrong calls: this connection is done
 
     async def _connect(self) -> _Replies:
         async with self._connecting:
@@ -148,8 +182,10 @@ class ScriptCaller:
                 setup.append(command(b"AUTH", *login))
             if s.get("db"):
                 setup.append(command(b"SELECT", s["db"]))
+            if self._preload:
+                setup.append(command(b"SCRIPT", b"LOAD", self._script))
             for step in setup:
-                reply = await self._send(conn, step)
+                reply = await self._write(conn, step)
                 if isinstance(reply, hiredis.ReplyError):
                     assert conn.transport is not None
                     conn.transport.close()

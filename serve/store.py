@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, NamedTuple
 
 import msgpack
@@ -153,7 +153,21 @@ class EventStore:
         them). Limit: all keys in one call, so on Redis Cluster the session keys
         would need a shared hash tag.
         """
-        flat = await self._append(self.append_arg(runs))
+        return await (await self.start_append(runs))
+
+    async def start_append(self, runs: Sequence[Append]) -> Awaitable[list[tuple[int, bool]]]:
+        """Send :meth:`append_many`'s call now; returns an awaitable of its outcome.
+
+        Redis runs calls in the order they were started, so a round can be
+        on its way while the one before it runs: the runs of a session in
+        the later round start where the earlier round left its seq.
+        """
+        reply = await self._append.start(self.append_arg(runs))
+        return self._outcome(reply)
+
+    @staticmethod
+    async def _outcome(reply: Awaitable[Any]) -> list[tuple[int, bool]]:
+        flat = await reply
         return [(int(flat[i]), bool(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     def append_arg(self, runs: Sequence[Append]) -> bytes:

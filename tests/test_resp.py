@@ -26,8 +26,9 @@ def test_commands_are_resp_arrays_of_bulk_strings():
 @aio
 async def test_calls_return_the_script_reply_and_survive_script_errors(redis_url):
     r = aioredis.Redis.from_url(redis_url)
-    # A script Redis has never seen: the first call meets NOSCRIPT and sends it in full.
-    fresh = ScriptCaller(r, ECHO + f" -- {uuid.uuid4().hex}")
+    # A script Redis has never seen, not loaded on connect: the first call meets
+    # NOSCRIPT, with nothing behind it, and sends the script in full.
+    fresh = ScriptCaller(r, ECHO + f" -- {uuid.uuid4().hex}", preload=False)
     failing = ScriptCaller(r, "return redis.error_reply('BAD ' .. ARGV[1])")
     try:
         assert await fresh(b"\x00bin\r\n") == [b"\x00bin\r\n", 6, b"ok"]
@@ -107,7 +108,9 @@ async def test_a_call_without_reply_times_out_and_drops_the_connection():
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     r = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=0.2)
-    caller = ScriptCaller(r, ECHO)
+    caller = ScriptCaller(
+        r, ECHO, preload=False
+    )  # the call itself, not the SCRIPT LOAD, meets silence
     try:
         with pytest.raises(RedisTimeoutError):
             await caller(b"a")
@@ -119,4 +122,57 @@ async def test_a_call_without_reply_times_out_and_drops_the_connection():
         caller.close()
         server.close()
         await server.wait_closed()
+        await r.aclose()
+
+
+COUNT = "return {redis.call('INCR', ARGV[1]), ARGV[1]}"
+
+
+@aio
+async def test_a_new_connection_loads_the_script(redis_url):
+    r = aioredis.Redis.from_url(redis_url)
+    caller = ScriptCaller(r, ECHO + f" -- {uuid.uuid4().hex}")
+    try:
+        await caller._connect()
+        assert await r.script_exists(caller._sha.decode()) == [True]
+    finally:
+        caller.close()
+        await r.aclose()
+
+
+@aio
+async def test_started_calls_run_in_the_order_they_were_started(redis_url, prefix):
+    r = aioredis.Redis.from_url(redis_url)
+    caller = ScriptCaller(r, COUNT)
+    key = f"{prefix}pipelined".encode()
+    try:
+        started = [await caller.start(key) for _ in range(5)]  # all written before any reply
+        assert len(caller._conn.waiting) >= 1
+        assert [await reply for reply in started] == [[n, key] for n in range(1, 6)]
+    finally:
+        caller.close()
+        await r.delete(key)
+        await r.aclose()
+
+
+@aio
+async def test_a_script_lost_with_calls_in_flight_fails_them_and_the_next_call_recovers(
+    redis_url, prefix
+):
+    # Redis does not know the script (as after SCRIPT FLUSH) and two calls are out:
+    # resending the first would run it after the second, so both fail, and neither ran.
+    r = aioredis.Redis.from_url(redis_url)
+    caller = ScriptCaller(r, COUNT + f" -- {uuid.uuid4().hex}", preload=False)
+    key = f"{prefix}lost".encode()
+    try:
+        first, second = await caller.start(key), await caller.start(key)
+        for reply in (first, second):
+            with pytest.raises(RedisConnectionError):
+                await reply
+        assert await r.get(key) is None
+        assert await caller(key) == [1, key]  # a new connection; alone, so sent in full
+        assert await r.get(key) == b"1"
+    finally:
+        caller.close()
+        await r.delete(key)
         await r.aclose()
