@@ -554,7 +554,11 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--procs", type=int, default=2, help="load generator processes")
     ap.add_argument(
-        "--gateways", type=int, default=2, help="gateway processes sharing the WebSocket port"
+        "--gateways",
+        type=int,
+        default=1,
+        help="gateway processes sharing the WebSocket port (1, as lifeline up: on 2 cores at "
+        "10,000 events/s a second one cost 11 points of the machine; BENCHMARKS.md)",
     )
     ap.add_argument("--source", choices=SOURCES, default="mix")
     ap.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "spine.json")
