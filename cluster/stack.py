@@ -241,7 +241,29 @@ async def run(
         log.warning(
             "LLM nudges come from the local Messages API stand-in at %s (no real key set)", stub.url
         )
-    await stack.start(with_serve=with_serve, gateways=gateways)
+    # Ctrl-C or SIGTERM from the first moment, start-up included (which takes
+    # ~25 s): the start is cancelled and whatever already runs is stopped.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def listen() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+    listen()
+    starting = asyncio.ensure_future(stack.start(with_serve=with_serve, gateways=gateways))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await starting
+        print("Stopping: interrupted during start-up.", flush=True)
+        await stack.stop()
+        return
+    stopping.cancel()
+    starting.result()  # a failed start raises here
+    listen()  # again: ray.init put in a SIGTERM handler of its own
     info = await stack.shard_info()
     print(
         f"""
@@ -257,9 +279,5 @@ Press Ctrl-C to stop.
 """,
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await stack.stop()
