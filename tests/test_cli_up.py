@@ -43,13 +43,8 @@ def test_ctrl_c_during_start_up_stops_everything(redis_url):
         os.environ, LIFELINE_PREFIX=f"lltest-up-{uuid.uuid4().hex[:8]}:", REDIS_URL=redis_url
     )
     env.pop("RAY_ADDRESS", None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "cluster.cli",
-        "up",
-        "--no-llm-stub",
-    ]  # with Serve, as the quick start
+    # With Serve, as the quick start runs it (a Ctrl-C was lost there).
+    cmd = [sys.executable, "-m", "cluster.cli", "up", "--no-llm-stub"]
     cmd += ["--ws-port", str(free_port()), "--http-port", str(free_port())]
     up = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

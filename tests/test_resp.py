@@ -108,9 +108,8 @@ async def test_a_call_without_reply_times_out_and_drops_the_connection():
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     r = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=0.2)
-    caller = ScriptCaller(
-        r, ECHO, preload=False
-    )  # the call itself, not the SCRIPT LOAD, meets silence
+    # Not preloaded: the call itself, not a SCRIPT LOAD, meets the silence.
+    caller = ScriptCaller(r, ECHO, preload=False)
     try:
         with pytest.raises(RedisTimeoutError):
             await caller(b"a")
@@ -146,8 +145,8 @@ async def test_started_calls_run_in_the_order_they_were_started(redis_url, prefi
     caller = ScriptCaller(r, COUNT)
     key = f"{prefix}pipelined".encode()
     try:
-        started = [await caller.start(key) for _ in range(5)]  # all written before any reply
-        assert len(caller._conn.waiting) >= 1
+        started = [await caller.start(key) for _ in range(5)]
+        assert len(caller._conn.waiting) == 5  # all written before any reply was read
         assert [await reply for reply in started] == [[n, key] for n in range(1, 6)]
     finally:
         caller.close()
