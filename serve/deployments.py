@@ -269,6 +269,7 @@ class Recommender:
         self._versions: dict[str, int] = {}
         self._checked: dict[str, float] = {}
         self._refreshing: set[str] = set()
+        self._first_loads: dict[str, asyncio.Future[None]] = {}
         self._latency_ms: deque[float] = deque(maxlen=self.LATENCY_WINDOW)
         self._batch_sizes: deque[int] = deque(maxlen=self.LATENCY_WINDOW)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -286,6 +287,8 @@ class Recommender:
             return
         model = SessionKNN.from_bytes(data)
         raw_cat = await self.redis.hgetall(catalog_key(self.prefix, site))
+        # Model and catalog swap together, with no await between: a request
+        # never sees a new model with the old catalog (or none).
         self.service.models[site] = model
         if raw_cat:  # else keep the catalog file's, if any
             self.service.catalogs[site] = {
@@ -305,10 +308,17 @@ class Recommender:
     async def _ensure(self, site: str) -> None:
         if site in self._pinned:
             return
-        if site not in self._checked:
-            # First request for this site: wait for the load, there is nothing to serve yet.
+        first = self._first_loads.get(site)
+        if first is None and site not in self._checked:
+            # First request for this site: there is nothing to serve yet. One
+            # load, awaited by every request that arrives before it ends (else
+            # those served meanwhile got an empty or half-loaded answer).
+            first = asyncio.ensure_future(self._load(site))
+            self._first_loads[site] = first
+            first.add_done_callback(lambda _: self._first_loads.pop(site, None))
+        if first is not None:
             with contextlib.suppress(Exception):
-                await self._load(site)
+                await asyncio.shield(first)
             self._checked.setdefault(site, time.monotonic())
         elif (
             time.monotonic() - self._checked[site] > self.refresh_s and site not in self._refreshing
