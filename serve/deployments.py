@@ -287,8 +287,6 @@ class Recommender:
             return
         model = SessionKNN.from_bytes(data)
         raw_cat = await self.redis.hgetall(catalog_key(self.prefix, site))
-        # Model and catalog swap together, with no await between: a request
-        # never sees a new model with the old catalog (or none).
         self.service.models[site] = model
         if raw_cat:  # else keep the catalog file's, if any
             self.service.catalogs[site] = {
