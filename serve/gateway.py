@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -57,6 +56,7 @@ from actors.placement import HashRing
 from actors.sites import Site
 from cluster.keys import Keys
 from cluster.redis_server import async_client
+from cluster.supervise import Supervisor
 from serve import wire
 from serve.protocol import (
     CLOSE_HELLO_TIMEOUT,
@@ -65,6 +65,7 @@ from serve.protocol import (
     EventsPlan,
     HelloRequest,
     Limits,
+    TokenBucket,
     error,
 )
 from serve.store import Append, EventStore
@@ -76,6 +77,10 @@ SHARD_RETRY_S = 120.0  # how long a batch is retried while Ray restarts a shard
 ROUNDS_IN_FLIGHT = 2  # append rounds on their way to Redis at once (see _append_loop)
 PING_INTERVAL_S = 20.0  # a socket silent this long is pinged; silent for two, dropped
 CLOSE_TIMEOUT_S = 5.0  # how long a closing handshake may take before the socket is cut
+HANDSHAKE_TIMEOUT_S = 10.0  # from TCP accept to a complete HTTP upgrade request
+HALF_OPEN_PER_IP = 256  # sockets of one address still in their handshake, at once
+BEACON_SITE_RATE = 50.0  # a site's beacons may carry this many times one connection's events/s
+BEACON_BUCKETS = 100_000  # sessions whose beacon rate is remembered (oldest forgotten first)
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_KEEPALIVE = 1011
@@ -89,20 +94,35 @@ class Stats:
     frames: int = 0
     events_acked: int = 0
     events_scored: int = 0
-    errors: int = 0
+    errors: int = 0  # error frames sent (and beacon errors answered), all codes
     interventions: int = 0
     updates: int = 0
-    overloaded: int = 0
     shard_calls: int = 0
     shard_retries: int = 0
     append_rounds: int = 0
     shard_call_ms: float = 0.0  # summed round trips of shard calls
     acks: int = 0
     ack_ms: float = 0.0  # summed time from reading a frame to acknowledging it
+    handshake_timeouts: int = 0
+    half_open_refused: int = 0
     batch_events: list[int] = field(default_factory=list)
+    errors_by_code: dict[str, int] = field(default_factory=dict)  # every error frame, by code
+    loop_failures: dict[str, int] = field(default_factory=dict)  # set by the gateway's supervisor
+
+    def error(self, code: str) -> None:
+        """Count one error frame sent (or beacon error answered)."""
+        self.errors += 1
+        self.errors_by_code[code] = self.errors_by_code.get(code, 0) + 1
+
+    @property
+    def overloaded(self) -> int:
+        return self.errors_by_code.get("overloaded", 0)
 
     def snapshot(self) -> dict[str, Any]:
+        """Counters as JSON; the maps (by code, by loop) become labelled series in /metrics."""
         d = {k: v for k, v in self.__dict__.items() if k != "batch_events"}
+        d["errors_by_code"] = dict(self.errors_by_code)
+        d["overloaded"] = self.overloaded
         b = self.batch_events[-1000:]
         d["mean_shard_batch"] = sum(b) / len(b) if b else 0.0
         return d
@@ -131,6 +151,8 @@ class Peer(asyncio.Protocol):
         self.pinged = False
         self.hello_timer: asyncio.TimerHandle | None = None
         self.close_timer: asyncio.TimerHandle | None = None
+        self.handshake_timer: asyncio.TimerHandle | None = None
+        self.half_open_ip: str | None = None  # counted among its address's half-open sockets
 
     # -- asyncio callbacks ------------------------------------------------------
 
@@ -141,6 +163,19 @@ class Peer(asyncio.Protocol):
             max_size=self.gw.limits.hard_frame_bytes, logger=logging.getLogger("websockets.server")
         )
         self.last_rx = time.monotonic()
+        # Until its upgrade request is complete, a socket holds a slot of its
+        # address, for at most HANDSHAKE_TIMEOUT_S: a client that trickles its
+        # request (or opens thousands and says nothing) cannot hold sockets open.
+        peer = transport.get_extra_info("peername")
+        ip = peer[0] if isinstance(peer, tuple) and peer else "?"
+        if not self.gw.half_open_take(ip):
+            self.gw.stats.half_open_refused += 1
+            transport.abort()
+            return
+        self.half_open_ip = ip
+        self.handshake_timer = asyncio.get_running_loop().call_later(
+            self.gw.handshake_timeout_s, self._handshake_timeout
+        )
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
@@ -190,17 +225,36 @@ class Peer(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.ws is not None:
             self.ws.receive_eof()
-        for timer in (self.hello_timer, self.close_timer):
+        for timer in (self.hello_timer, self.close_timer, self.handshake_timer):
             if timer is not None:
                 timer.cancel()
+        self._handshake_over()
         if self.gw is not None and self.conn is not None:
             self.gw.detach(self)
 
     # -- frames ---------------------------------------------------------------
 
+    def _handshake_over(self) -> None:
+        """The upgrade request is complete (or the socket gone): free the address's slot."""
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+            self.handshake_timer = None
+        if self.half_open_ip is not None and self.gw is not None:
+            self.gw.half_open_release(self.half_open_ip)
+            self.half_open_ip = None
+
+    def _handshake_timeout(self) -> None:
+        self.handshake_timer = None
+        if self.ws is not None and self.ws.state is State.CONNECTING:
+            assert self.gw is not None
+            self.gw.stats.handshake_timeouts += 1
+            self._handshake_over()
+            self.abort()
+
     def _handshake(self, request: Request, between_frames: bool) -> None:
         ws, gw = self.ws, self.gw
         assert ws is not None and gw is not None
+        self._handshake_over()
         parts = urlsplit(request.path)
         if parts.path != "/ws":
             ws.send_response(ws.reject(404, "not found: the WebSocket endpoint is /ws\n"))
@@ -285,7 +339,12 @@ class Peer(asyncio.Protocol):
     # -- writing --------------------------------------------------------------
 
     def send(self, frame: dict[str, Any]) -> None:
-        """Queue a frame for the client and write it (unless the client is too slow to read)."""
+        """Queue a frame for the client and write it (unless the client is too slow to read).
+
+        Every error frame is counted by its code here, the one place they all pass.
+        """
+        if frame["t"] == "error" and self.gw is not None:
+            self.gw.stats.error(frame["code"])
         ws, transport = self.ws, self.transport
         if ws is None or transport is None or ws.state is not State.OPEN:
             return
@@ -392,6 +451,8 @@ class Gateway:
         max_pending: int = 50_000,
         ping_interval_s: float = PING_INTERVAL_S,
         outbox_bytes: int = OUTBOX_BYTES,
+        handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+        half_open_per_ip: int = HALF_OPEN_PER_IP,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.keys = Keys(prefix)
@@ -409,7 +470,14 @@ class Gateway:
         self.max_pending = max_pending
         self.ping_interval_s = ping_interval_s
         self.outbox_bytes = outbox_bytes
+        self.handshake_timeout_s = handshake_timeout_s
+        self.half_open_per_ip = half_open_per_ip
+        self._half_open: dict[str, int] = {}
         self.stats = Stats()
+        self.loops = Supervisor(log, f"gateway {self.id}")
+        self.stats.loop_failures = self.loops.counts
+        # Beacons come without a socket; their rate limits live here, per session and per site.
+        self._beacon_buckets: dict[str, TokenBucket] = {}
         self.peers_by_sid: dict[str, Peer] = {}
         self._appends: asyncio.Queue[tuple[Any, EventsPlan | None]] = asyncio.Queue()
         self._pending: list[list[tuple]] = [[] for _ in shards]
@@ -420,7 +488,6 @@ class Gateway:
         self._rounds: asyncio.Queue[tuple[list, list, list, Any]] = asyncio.Queue()
         self._round_done = asyncio.Event()
         self._scored_waiters: dict[str, list[tuple[int, asyncio.Future]]] = {}
-        self._tasks: list[asyncio.Task] = []
         self._server: asyncio.Server | None = None
         self.peers: set[Peer] = set()
         self.port = 0
@@ -430,10 +497,13 @@ class Gateway:
     async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
         """Listen; with ``reuse_port`` several gateway processes share one port."""
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._append_loop()), loop.create_task(self._settle_loop())]
-        self._tasks += [loop.create_task(self._shard_loop(i)) for i in range(len(self.shards))]
-        self._tasks.append(loop.create_task(self._push_loop()))
-        self._tasks.append(loop.create_task(self._keepalive_loop()))
+        # Supervised: a loop that fails is restarted, logged, counted and shown by health.
+        self.loops.start("append", self._append_loop)
+        self.loops.start("settle", self._settle_loop)
+        for i in range(len(self.shards)):
+            self.loops.start(f"shard{i}", lambda i=i: self._shard_loop(i))
+        self.loops.start("push", self._push_loop)
+        self.loops.start("keepalive", self._keepalive_loop)
         self._server = await loop.create_server(
             lambda: Peer(self), host, port, reuse_port=reuse_port, backlog=2048
         )
@@ -450,11 +520,7 @@ class Gateway:
             for peer in list(self.peers):
                 peer.close(CLOSE_GOING_AWAY, "server shutting down")
             await self._server.wait_closed()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await self.loops.stop()
         for link in self.links:
             link.close()
         self.store.close()
@@ -471,6 +537,25 @@ class Gateway:
         if not site.origin_allowed(origin):
             return f"origin {origin!r} not allowed for site {site.key}"
         return site
+
+    def half_open_take(self, ip: str) -> bool:
+        """Count a socket of ``ip`` in its handshake; False if the address has too many."""
+        n = self._half_open.get(ip, 0)
+        if n >= self.half_open_per_ip:
+            return False
+        self._half_open[ip] = n + 1
+        return True
+
+    def half_open_release(self, ip: str) -> None:
+        n = self._half_open.get(ip, 0) - 1
+        if n > 0:
+            self._half_open[ip] = n
+        else:
+            self._half_open.pop(ip, None)
+
+    def health(self) -> dict[str, Any]:
+        """The gateway's own part of /healthz: whether every background loop is running."""
+        return {"ok": self.loops.healthy, "loops": self.loops.health()}
 
     def attach(self, peer: Peer) -> None:
         """A socket finished its handshake."""
@@ -502,7 +587,6 @@ class Gateway:
         self.stats.frames += 1
         frame, err = peer.conn.receive(message)
         if err is not None:
-            self.stats.errors += 1
             peer.send(err)
             return None
         assert frame is not None
@@ -533,16 +617,34 @@ class Gateway:
         assert peer.conn is not None
         req = peer.conn.hello(frame)
         if not isinstance(req, HelloRequest):
-            self.stats.errors += 1
             peer.send(req)
             return
-        known, seq = await self.store.session_info(req.sid)
-        reply = peer.conn.accept_hello(req, known, seq)
+        info = await self.store.session_info(req.sid)
+        if info.known and info.site != peer.conn.site:
+            peer.send(error("bad_token", "this session belongs to another site", sid=req.sid))
+            return
+        reply = peer.conn.accept_hello(req, info.known, info.seq)
         if reply["t"] != "welcome":
-            self.stats.errors += 1
             peer.send(reply)
             return
-        await self.store.record_hello(req.sid, peer.conn.site, req.consent)
+        # Atomic in Redis: of two hellos racing for a fresh id (two sites, or two
+        # tabs without a token) one creates the session and the other is refused.
+        status, seq = await self.store.claim(
+            req.sid, peer.conn.site, req.consent, req.token is not None
+        )
+        if status != "ok":
+            peer.conn.sessions.pop(req.sid, None)
+            why = (
+                "this session belongs to another site"
+                if status == "other_site"
+                else "this session exists: resuming needs its token"
+            )
+            peer.send(error("bad_token", why, sid=req.sid))
+            return
+        if seq != info.seq:  # another connection appended meanwhile: start from what is durable
+            cursor = peer.conn.sessions[req.sid]
+            cursor.acked, cursor.next = seq, seq + 1
+            reply["acked"] = seq
         if peer not in self.peers:
             return  # the socket went away while Redis answered
         previous = self.peers_by_sid.get(req.sid)
@@ -556,17 +658,14 @@ class Gateway:
     def _on_events(self, peer: Peer, frame: dict[str, Any]) -> None:
         assert peer.conn is not None
         if self._pending_events >= self.max_pending:
-            self.stats.overloaded += 1
-            peer.send(error("overloaded", "server busy: resend later", sid=frame.get("sid")))
+            sid = frame.get("sid")
+            peer.send(error("overloaded", "server busy: resend later", sid=sid))
             return
         plan = peer.conn.events(frame, int(time.time() * 1000))
         if isinstance(plan, dict):
-            self.stats.errors += 1
             peer.send(plan)
             return
         for reply in plan.replies:
-            if reply["t"] == "error":
-                self.stats.errors += 1
             peer.send(reply)
         if plan.last:
             self._appends.put_nowait((AppendSink(peer), plan))
@@ -574,35 +673,79 @@ class Gateway:
     # -- beacon (called by the HTTP server) ----------------------------------------
 
     async def beacon(self, site: Site, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        """Take a page-hide flush through the same checks and durable append as the socket."""
-        peer = Peer(None, Connection(site.key, self.secret, self.limits))
-        assert peer.conn is not None
-        stored_consent = await self.redis.hget(self.keys.session(str(body.get("sid"))), "consent")
-        consent = ["necessary", "analytics"]
-        if stored_consent:
-            consent = json.loads(stored_consent)
-        req = peer.conn.hello(
-            {"t": "hello", "sid": body.get("sid"), "token": body.get("token"), "consent": consent}
+        """Take a page-hide flush through the same checks and durable append as the socket.
+
+        A beacon must name a session that this site created, whose stored
+        consent includes analytics, and carry its resume token: it can add to
+        a session, never start one or grant consent. Each beacon arrives
+        without a socket, so its rate limits are kept here, per session and
+        per site, with the same events/s as a connection's.
+        """
+        status, reply = await self._beacon(site, body)
+        if "code" in reply:
+            self.stats.error(reply["code"])
+        for err in reply.get("errors", ()):
+            self.stats.error(err.get("code", "bad_event"))
+        return status, reply
+
+    def _beacon_allowed(self, site: str, sid: str, events: Any) -> bool:
+        """Take the beacon's events from its session's and its site's buckets."""
+        n = max(1, len(events)) if isinstance(events, list) else 1
+        now = time.monotonic()
+        buckets = self._beacon_buckets
+        allowed = True
+        for key, scale in ((f"{site}|{sid}", 1.0), (site, BEACON_SITE_RATE)):
+            bucket = buckets.pop(key, None)  # re-inserted: the dict stays in order of last use
+            if bucket is None:
+                lim = self.limits
+                bucket = TokenBucket(lim.events_per_s * scale, lim.burst * scale, now)
+            buckets[key] = bucket
+            allowed = allowed and bucket.take(n, now)
+        while len(buckets) > BEACON_BUCKETS:
+            del buckets[next(iter(buckets))]
+        return allowed
+
+    async def _beacon(self, site: Site, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        conn = Connection(site.key, self.secret, self.limits)
+        peer = Peer(None, conn)
+        token = body.get("token")
+        if not isinstance(token, str):
+            return 403, error("bad_token", "a beacon needs its session's resume token")
+        # The consent here only passes the local checks; the stored one is used below.
+        req = conn.hello(
+            {"t": "hello", "sid": body.get("sid"), "token": token, "consent": ["analytics"]}
         )
         if not isinstance(req, HelloRequest):
             return (403 if req["code"] in ("consent_required", "bad_token") else 400), req
+        info = await self.store.session_info(req.sid)
+        if not info.known or info.site != site.key:
+            return 403, error("unknown_session", "no such session for this site", sid=req.sid)
+        if "analytics" not in info.consent:
+            return 403, error(
+                "consent_required", "no analytics consent: nothing may be collected", sid=req.sid
+            )
+        if not self._beacon_allowed(site.key, req.sid, body.get("events")):
+            return 429, error("rate_limited", "too many beacon events: resend later", sid=req.sid)
+        req = HelloRequest(req.sid, token, info.consent)
         frame = {
             "t": "events",
             "sid": req.sid,
             "now": body.get("now"),
             "events": body.get("events"),
         }
+        seq = info.seq
         # A beacon can race the page's own socket, or another beacon, for the same
         # session: when the store says it already holds more, plan again from there.
         for _attempt in range(3):
-            known, seq = await self.store.session_info(req.sid)
-            peer.conn.sessions.pop(req.sid, None)
-            welcome = peer.conn.accept_hello(req, known, seq)
+            if _attempt:
+                seq = (await self.store.session_info(req.sid)).seq
+            conn.sessions.pop(req.sid, None)
+            welcome = conn.accept_hello(req, True, seq)
             if welcome["t"] != "welcome":
                 return 403, welcome
-            if not known:
-                await self.store.record_hello(req.sid, site.key, req.consent)
-            plan = peer.conn.events(frame, int(time.time() * 1000))
+            # The session's own bucket was taken above; the connection's must not refuse again.
+            conn.bucket = TokenBucket(float("inf"), float("inf"), time.monotonic())
+            plan = conn.events(frame, int(time.time() * 1000))
             if isinstance(plan, dict):
                 return 400, plan
             errors = [r for r in plan.replies if r["t"] == "error"]
@@ -617,7 +760,7 @@ class Gateway:
                     )
                 continue
             if not plan.last:
-                return 200, {"acked": peer.conn.sessions[req.sid].acked, "errors": errors}
+                return 200, {"acked": conn.sessions[req.sid].acked, "errors": errors}
             future = asyncio.get_running_loop().create_future()
             self._appends.put_nowait((AppendSink(peer, future), plan))
             reply = await future
@@ -653,60 +796,100 @@ class Gateway:
             batch = [await self._appends.get()]
             await self._slots.acquire()  # bounded: at most ROUNDS_IN_FLIGHT rounds out
             self._rounds_open += 1
-            if self.append_window_s:
-                await asyncio.sleep(self.append_window_s)  # gather the frames of the next few ms
-            while not self._appends.empty():
-                batch.append(self._appends.get_nowait())
-            appends = [(sink, plan) for sink, plan in batch if plan is not None]
-            runs = [Append.of(plan.sid, plan.first, plan.last, plan.append) for _, plan in appends]
             outcome: Any = None
-            if runs:
-                try:
+            runs: list[Append] = []
+            appends: list[tuple[Any, EventsPlan]] = []
+            try:
+                if self.append_window_s:
+                    await asyncio.sleep(self.append_window_s)  # gather the next few ms' frames
+                while not self._appends.empty():
+                    batch.append(self._appends.get_nowait())
+                appends = [(sink, plan) for sink, plan in batch if plan is not None]
+                runs = [self._run_of(sink, plan) for sink, plan in appends]
+                if runs:
                     outcome = await self.store.start_append(runs)
-                except Exception as exc:  # cannot reach Redis: settled as failed
-                    outcome = exc
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # cannot reach Redis, or a bug: settled as failed
+                outcome = exc
+            # Always handed on, so the settle loop frees the round's slot.
             self._rounds.put_nowait((batch, appends, runs, outcome))
+
+    def _run_of(self, sink: AppendSink, plan: EventsPlan) -> Append:
+        """The store's run for a plan; events that cannot be packed consume their numbers.
+
+        Validation bounds every value to what msgpack and Redis store, so this
+        is a second line: one frame that slipped through must not stop the
+        round of every other visitor. Its events are refused, each with an
+        error frame, as validation would have refused them.
+        """
+        try:
+            return Append.of(plan.sid, plan.first, plan.last, plan.append)
+        except (ValueError, TypeError, OverflowError) as exc:
+            log.error("events of one frame could not be packed (%s): refused", type(exc).__name__)
+            for ev in plan.append:
+                sink.peer.send(
+                    error("bad_event", "event could not be stored", sid=plan.sid, seq=ev["seq"])
+                )
+            plan.append = []
+            return Append.of(plan.sid, plan.first, plan.last, [])
 
     async def _settle_loop(self) -> None:
         """Acknowledge (or refuse) each round's frames once Redis has answered, in send order."""
         while True:
             batch, appends, runs, outcome = await self._rounds.get()
             try:
-                if isinstance(outcome, Exception):
-                    raise outcome
-                results = await outcome if runs else []
-            except Exception as exc:  # Redis down: nothing was acked, the clients resend
-                log.error("append of %d runs failed: %s", len(runs), exc)
-                results = [(-1, False)] * len(runs)
-            self.stats.append_rounds += 1
-            outcomes = iter(zip(runs, results, strict=True))
-            for sink, plan in batch:  # in arrival order: a withdrawal goes behind earlier events
-                if plan is None:
-                    self._forget(sink)
-                    continue
-                run, (durable, ok) = next(outcomes)
-                conn = sink.peer.conn
-                if ok:
-                    reply = conn.appended(plan.sid, plan.last)
-                    self.stats.events_acked += len(plan.append)
-                    if plan.append:
-                        self._to_shard(plan, run.payload, conn)
-                else:
-                    code = "sequence_gap" if durable >= 0 else "overloaded"
-                    reply = conn.append_failed(plan.sid, durable, code)
-                if sink.future is not None:
-                    if not sink.future.done():
-                        sink.future.set_result(reply)
-                elif reply is not None:
-                    sink.peer.send(reply)
-            done = time.perf_counter()
-            self.stats.ack_ms += sum(done - sink.since for sink, _ in appends) * 1000.0
-            self.stats.acks += len(appends)
-            self._rounds_open -= 1
-            self._slots.release()
-            # Wake whoever waits for this round, and arm a fresh event for the next.
-            self._round_done.set()
-            self._round_done = asyncio.Event()
+                await self._settle(batch, appends, runs, outcome)
+            finally:
+                self._rounds_open -= 1
+                self._slots.release()
+                # Wake whoever waits for this round, and arm a fresh event for the next.
+                self._round_done.set()
+                self._round_done = asyncio.Event()
+
+    async def _settle(self, batch: list, appends: list, runs: list[Append], outcome: Any) -> None:
+        try:
+            if isinstance(outcome, Exception):
+                raise outcome
+            results = await outcome if runs else []
+        except Exception as exc:  # Redis down: nothing was acked, the clients resend
+            log.error("append of %d runs failed: %s", len(runs), exc)
+            results = [(-1, False)] * len(runs)
+        if len(results) != len(runs):  # never acknowledge what the reply does not cover
+            log.error("append reply has %d results for %d runs", len(results), len(runs))
+            results = [(-1, False)] * len(runs)
+        self.stats.append_rounds += 1
+        outcomes = iter(zip(runs, results, strict=True))
+        for sink, plan in batch:  # in arrival order: a withdrawal goes behind earlier events
+            if plan is None:
+                self._forget(sink)
+                continue
+            run, (durable, ok) = next(outcomes)
+            try:
+                self._settle_one(sink, plan, run, durable, ok)
+            except Exception as exc:  # one frame's bug must not leave the others unsettled
+                self.loops.failed(self.loops.loops["settle"], exc, time.monotonic())
+        done = time.perf_counter()
+        self.stats.ack_ms += sum(done - sink.since for sink, _ in appends) * 1000.0
+        self.stats.acks += len(appends)
+
+    def _settle_one(
+        self, sink: AppendSink, plan: EventsPlan, run: Append, durable: int, ok: bool
+    ) -> None:
+        conn = sink.peer.conn
+        if ok:
+            reply = conn.appended(plan.sid, plan.last)
+            self.stats.events_acked += len(plan.append)
+            if plan.append:
+                self._to_shard(plan, run.payload, conn)
+        else:
+            code = "sequence_gap" if durable >= 0 else "overloaded"
+            reply = conn.append_failed(plan.sid, durable, code)
+        if sink.future is not None:
+            if not sink.future.done():
+                sink.future.set_result(reply)
+        elif reply is not None:
+            sink.peer.send(reply)
 
     # -- shard dispatch --------------------------------------------------------------
 
@@ -738,24 +921,33 @@ class Gateway:
             if len(self.stats.batch_events) > 10_000:
                 del self.stats.batch_events[:5_000]
             t_call = time.perf_counter()
-            results = await self._call_shard(i, items)
+            try:
+                results = await self._call_shard(i, items)
+            finally:  # however the call ends, these events no longer wait for the shard
+                self._pending_events -= n
             self.stats.shard_call_ms += (time.perf_counter() - t_call) * 1000.0
-            self._pending_events -= n
             if results is None:
                 continue
             self.stats.shard_calls += 1
             for sid, seqs, _scores, frames in results:
-                self.stats.events_scored += len(seqs)
-                peer = self.peers_by_sid.get(sid)
-                for f in frames:
-                    self.stats.interventions += 1
-                    if peer is not None:
-                        peer.send(f)
-                cursor = peer.conn.sessions.get(sid) if peer is not None else None
-                if cursor is not None and seqs:
-                    cursor.scored = max(cursor.scored, seqs[-1])
-                if self._scored_waiters and seqs:
-                    self._wake_scored(sid, seqs[-1])
+                try:
+                    self._deliver(sid, seqs, frames)
+                except Exception as exc:  # one session's bug must not cost the others theirs
+                    self.loops.failed(self.loops.loops[f"shard{i}"], exc, time.monotonic())
+
+    def _deliver(self, sid: str, seqs: list[int], frames: list[dict[str, Any]]) -> None:
+        """Push a session's interventions from a shard reply and note how far it is scored."""
+        self.stats.events_scored += len(seqs)
+        peer = self.peers_by_sid.get(sid)
+        for f in frames:
+            self.stats.interventions += 1
+            if peer is not None:
+                peer.send(f)
+        cursor = peer.conn.sessions.get(sid) if peer is not None else None
+        if cursor is not None and seqs:
+            cursor.scored = max(cursor.scored, seqs[-1])
+        if self._scored_waiters and seqs:
+            self._wake_scored(sid, seqs[-1])
 
     def _wake_scored(self, sid: str, seq: int) -> None:
         waiters = self._scored_waiters.get(sid)

@@ -111,10 +111,12 @@ def build_app(
             redis_ok = bool(await gateway.redis.ping())
         except Exception:
             redis_ok = False
+        own = gateway.health()  # its background loops: one that keeps failing turns health red
         body = {
-            "ok": redis_ok,
+            "ok": redis_ok and own["ok"],
             "redis": redis_ok,
             "gateway": gateway.id,
+            "loops": own["loops"],
             "shards": len(gateway.shards),
             "connections": gateway.stats.connections,
         }
@@ -125,12 +127,22 @@ def build_app(
                 body["shard_info"] = await asyncio.wait_for(shard_info(), 5.0)
             except Exception as exc:  # a shard restarting: health says so rather than hanging
                 body["shard_info"] = f"unavailable: {type(exc).__name__}"
-        return web.json_response(body, status=200 if redis_ok else 503)
+        return web.json_response(body, status=200 if body["ok"] else 503)
 
     async def metrics(request: web.Request) -> web.Response:
         """Prometheus text format, from the gateway's counters."""
         lines = []
+        labels = {
+            "errors_by_code": ("errors_by_code", "code"),
+            "loop_failures": ("loop_failures", "loop"),
+        }
         for key, value in gateway.stats.snapshot().items():
+            if key in labels:  # a map: one labelled series per entry
+                base, label = labels[key]
+                name = f"lifeline_gateway_{base}_total"
+                lines.append(f"# TYPE {name} counter")
+                lines += [f'{name}{{{label}="{k}"}} {float(v)}' for k, v in sorted(value.items())]
+                continue
             if key in ("connections", "mean_shard_batch"):
                 name, kind = f"lifeline_gateway_{key}", "gauge"
             else:

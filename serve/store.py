@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import msgpack
 import redis.asyncio as aioredis
 
-from cluster.keys import SESSION_TTL_S, Keys
+from cluster.keys import CONSENT_RECORDS_MAX, CONSENT_TTL_S, SESSION_TTL_S, Keys
 from cluster.redis_server import script_arg
 from serve.resp import ScriptCaller
 
@@ -76,6 +76,50 @@ return out
 """
 
 
+# A session's hello or consent change. ARGV: session hash, consent-record stream,
+# site, consent (JSON), now (ms), session TTL, consent-record TTL, records kept,
+# mode ('hello' or 'change'), whether the hello carried a (valid) token. The
+# session belongs to the site that created it: its 'site' is set once, here.
+SESSION_LUA = """
+local h, cl, site, consent, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local st = redis.call('HMGET', h, 'site', 'seq', 'consent')
+local owner, seq, stored = st[1], st[2], st[3]
+if owner and owner ~= site then
+  return {'other_site', 0}
+end
+if ARGV[9] == 'hello' then
+  if seq and ARGV[10] == '0' then
+    return {'needs_token', tonumber(seq)}
+  end
+  if not seq then
+    seq = '0'
+    redis.call('HSET', h, 'seq', 0, 'created', now)
+  end
+  if not owner then
+    redis.call('HSET', h, 'site', site)
+  end
+  redis.call('EXPIRE', h, ARGV[6])
+elseif not seq then
+  return {'unknown', 0}
+end
+if stored ~= consent then
+  redis.call('HSET', h, 'consent', consent)
+  redis.call('XADD', cl, 'MAXLEN', '~', ARGV[8], '*', 'consent', consent, 'ts', now, 'site', site, 'via', ARGV[9])
+  redis.call('EXPIRE', cl, ARGV[7])
+end
+return {'ok', tonumber(seq)}
+"""
+
+
+class SessionInfo(NamedTuple):
+    """A session's record in the store."""
+
+    known: bool
+    site: str | None  # the site that created it
+    seq: int  # highest durable seq
+    consent: list[str]
+
+
 class Append(NamedTuple):
     """One run of a session's events to make durable.
 
@@ -106,43 +150,53 @@ class EventStore:
         self.keys = keys
         # The hot path's one call, on a connection of its own (serve/resp.py says why).
         self._append = ScriptCaller(r, APPEND_LUA)
+        self._session_script = r.register_script(SESSION_LUA)
 
-    async def session_info(self, sid: str) -> tuple[bool, int]:
-        """(whether the session exists, its durable seq)."""
-        seq = await self.r.hget(self.keys.session(sid), "seq")
-        return (seq is not None, int(seq) if seq is not None else 0)
+    async def session_info(self, sid: str) -> SessionInfo:
+        """What the store holds of a session: whether it exists, its site, durable seq, consent."""
+        site, seq, consent = await self.r.hmget(self.keys.session(sid), "site", "seq", "consent")
+        return SessionInfo(
+            seq is not None,
+            site.decode() if site is not None else None,
+            int(seq) if seq is not None else 0,
+            json.loads(consent) if consent is not None else [],
+        )
 
-    async def record_hello(self, sid: str, site: str, consent: list[str]) -> None:
-        """Create or refresh the session record and log the consent it came with."""
-        pipe = self.r.pipeline(transaction=False)
-        key = self.keys.session(sid)
-        pipe.hsetnx(key, "seq", 0)
-        pipe.hsetnx(key, "created", int(time.time() * 1000))
-        pipe.hset(key, mapping={"site": site, "consent": json.dumps(consent)})
-        pipe.expire(key, SESSION_TTL_S)
-        self._log_consent(pipe, sid, site, consent)
-        await pipe.execute()
+    async def claim(self, sid: str, site: str, consent: list[str], token: bool) -> tuple[str, int]:
+        """Open ``sid`` for ``site`` on a hello, atomically: ("ok", durable seq) or a refusal.
+
+        Creates the session if it does not exist, for ``site``. Refuses with
+        ("other_site", 0) a session another site created, and with
+        ("needs_token", seq) one that exists when the hello carried no token
+        (``token``: the hello carried one, already checked): two hellos
+        racing for a fresh id get one welcome between them. Records the
+        consent if it changed (see :meth:`record_consent`).
+        """
+        status, seq = await self._session_script(
+            args=[*self._consent_args(sid, site, consent), "hello", int(token)]
+        )
+        return (status.decode() if isinstance(status, bytes) else status), int(seq)
 
     async def record_consent(self, sid: str, site: str, consent: list[str]) -> None:
-        """A consent change: the session's current consent, and an entry in the consent log."""
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hset(self.keys.session(sid), "consent", json.dumps(consent))
-        self._log_consent(pipe, sid, site, consent)
-        await pipe.execute()
+        """A consent change on a live session: its current consent, and a consent record.
 
-    def _log_consent(self, pipe: Any, sid: str, site: str, consent: list[str]) -> None:
-        """Queue a consent-log entry: who granted what, when (grants and withdrawals alike)."""
-        pipe.xadd(
-            self.keys.consent_log,
-            {
-                "sid": sid,
-                "site": site,
-                "consent": json.dumps(consent),
-                "ts": int(time.time() * 1000),
-            },
-            maxlen=100_000,
-            approximate=True,
-        )
+        A record is appended only when the consent differs from the stored one,
+        to the session's own capped stream: one visitor's traffic can never
+        evict another's proof.
+        """
+        await self._session_script(args=[*self._consent_args(sid, site, consent), "change", 1])
+
+    def _consent_args(self, sid: str, site: str, consent: list[str]) -> list[Any]:
+        return [
+            self.keys.session(sid),
+            self.keys.consent_records(sid),
+            site,
+            json.dumps(consent),
+            int(time.time() * 1000),
+            SESSION_TTL_S,
+            CONSENT_TTL_S,
+            CONSENT_RECORDS_MAX,
+        ]
 
     async def append_many(self, runs: Sequence[Append]) -> list[tuple[int, bool]]:
         """Append every run in one round trip and one script call; (durable seq, appended?) each.

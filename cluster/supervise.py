@@ -1,0 +1,134 @@
+"""Background loops that cannot die silently: restarted, logged, counted, and seen by health.
+
+A gateway or a shard runs a few endless asyncio loops (the append pipeline,
+shard dispatch, pub/sub pushes, snapshots, model polling). If one of them
+raised and ended, the process would go on looking healthy while a part of
+the service had stopped for everyone. :class:`Supervisor` runs each loop in
+a task that restarts it after a failure, with a backoff, logs the first
+failure with its traceback and later ones as one line each (a loop that
+fails on every pass would otherwise flood the log), counts every failure,
+and reports a loop as unhealthy while it is down or failing repeatedly.
+
+Limits: a restart starts the loop's coroutine afresh; whatever it held in
+local variables is gone, so a loop must keep state it cannot lose on its
+owner (the gateway's queues, the shard's host), not in its own frame. A
+loop that returns is treated as a failure: these loops are meant to run
+until their task is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+RESTART_DELAY_S = 0.05  # first restart; doubled on each failure in a row, up to the cap
+RESTART_DELAY_MAX_S = 5.0
+FAILING_WINDOW_S = 60.0  # this many failures within this window: unhealthy
+FAILING_COUNT = 3
+LOG_AGAIN_S = 60.0  # after the first traceback, at most one line per loop this often
+
+
+@dataclass
+class LoopState:
+    """What health and metrics show of one supervised loop."""
+
+    name: str
+    running: bool = False
+    failures: int = 0
+    last_error: str = ""
+    recent: list[float] = field(default_factory=list)  # monotonic times of recent failures
+    logged_at: float = -1e18
+
+    def healthy(self, now: float) -> bool:
+        recent = [t for t in self.recent if now - t < FAILING_WINDOW_S]
+        return self.running and len(recent) < FAILING_COUNT
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        return {
+            "running": self.running,
+            "healthy": self.healthy(now),
+            "failures": self.failures,
+            "last_error": self.last_error,
+        }
+
+
+class Supervisor:
+    """Runs named loops on the current event loop and restarts the ones that fail."""
+
+    def __init__(self, log: logging.Logger, owner: str = "") -> None:
+        self.log = log
+        self.owner = owner  # who runs the loops, for log lines ("gateway 3fa2...")
+        self.loops: dict[str, LoopState] = {}
+        self.counts: dict[str, int] = {}  # failures per loop, live (a metrics source)
+        self.tasks: list[asyncio.Task] = []
+
+    def start(self, name: str, loop: Callable[[], Coroutine[Any, Any, Any]]) -> asyncio.Task:
+        """Run ``loop()`` as ``name`` until cancelled, restarting it whenever it fails."""
+        state = self.loops[name] = LoopState(name)
+        self.counts[name] = 0
+        task = asyncio.get_running_loop().create_task(self._run(state, loop), name=name)
+        self.tasks.append(task)
+        return task
+
+    async def _run(self, state: LoopState, loop: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        delay = RESTART_DELAY_S
+        while True:
+            state.running = True
+            started = time.monotonic()
+            try:
+                await loop()
+                raise RuntimeError("the loop returned")
+            except asyncio.CancelledError:
+                state.running = False
+                raise
+            except Exception as exc:
+                state.running = False
+                now = time.monotonic()
+                if now - started > FAILING_WINDOW_S:
+                    delay = RESTART_DELAY_S  # it had been running fine: start the backoff over
+                self.failed(state, exc, now)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESTART_DELAY_MAX_S)
+
+    def failed(self, state: LoopState, exc: BaseException, now: float) -> None:
+        """Count and log one failure of ``state``'s loop (also for loops that catch their own)."""
+        state.failures += 1
+        self.counts[state.name] = state.failures
+        state.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        state.recent = [t for t in state.recent if now - t < FAILING_WINDOW_S] + [now]
+        who = f"{self.owner}: " if self.owner else ""
+        if state.failures == 1:
+            self.log.error("%sloop %r failed; restarting it", who, state.name, exc_info=exc)
+            state.logged_at = now
+        elif now - state.logged_at >= LOG_AGAIN_S:
+            self.log.error(
+                "%sloop %r failed again (%d failures so far, last: %s); restarting it",
+                who,
+                state.name,
+                state.failures,
+                state.last_error,
+            )
+            state.logged_at = now
+
+    @property
+    def healthy(self) -> bool:
+        now = time.monotonic()
+        return all(s.healthy(now) for s in self.loops.values())
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        now = time.monotonic()
+        return {name: s.to_json(now) for name, s in self.loops.items()}
+
+    async def stop(self) -> None:
+        """Cancel every loop and wait for them to end."""
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self.tasks = []
