@@ -58,6 +58,9 @@ return #a.d
 # ARGV[1]: a msgpack map: p (prefixes), sids. Deletes each session's event log,
 # snapshot, intervention records and log entries, and its running intervention
 # count; the session hash keeps the consent (the record of the withdrawal).
+# 'log_ttl' goes with the log it described: the append script sets the TTL of a
+# stream only when that flag is absent, so a log the same id starts again after
+# the erase would otherwise never expire.
 ERASE_LUA = """
 local a = cmsgpack.unpack(ARGV[1])
 local p = a.p
@@ -73,7 +76,7 @@ for _, sid in ipairs(a.sids) do
     redis.call('DEL', key)
   end
   redis.call('DEL', set, p.ev .. sid, p.snap .. sid)
-  redis.call('HDEL', p.s .. sid, 'iv_count', 'iv_last')
+  redis.call('HDEL', p.s .. sid, 'iv_count', 'iv_last', 'log_ttl')
 end
 return n
 """
