@@ -137,6 +137,7 @@ class ShardCore:
             "lock_wait_ms": 0.0,
             "inbound_ms": 0.0,  # from the gateway's send to this batch's start (the link and queueing)
             "forgotten": 0,  # sessions dropped on a withdrawal of analytics consent
+            "outcomes_refused": 0,  # intervention outcomes naming another session's record
         }
 
     # -- model ----------------------------------------------------------------
@@ -276,15 +277,18 @@ class ShardCore:
         self.stats["busy_ms"] += (time.perf_counter() - locked) * 1000.0
         self.stats["lock_wait_ms"] += (locked - started) * 1000.0
         self._metrics.batch(sum(len(r[1]) for r in out), time.perf_counter() - started, decisions)
+        # With the session and site that sent each: the record script refuses an
+        # outcome for another session's intervention.
         outcomes = [
-            (ev["type"], ev["iid"], ev["ts"])
-            for *_, events in items
+            (ev["type"], ev["iid"], ev["ts"], sid, site)
+            for sid, site, _consent, events in items
             for ev in events
             if ev["type"].startswith("intervention_")
         ]
         if decisions or outcomes:
             self.stats["decisions"] += len(decisions)
-            self._spawn(self._record(decisions, outcomes, iv_counts), self._recording)
+            sites = {item[0]: item[1] for item in items} if decisions else {}
+            self._spawn(self._record(decisions, outcomes, iv_counts, sites), self._recording)
         if follow_ups:
             channel = self.keys.push(gateway_id)
             self._io.call_soon_threadsafe(self._enrich, follow_ups, channel)
@@ -397,13 +401,19 @@ class ShardCore:
     async def _record(
         self,
         decisions: list[Decision],
-        outcomes: list[tuple[str, str, int]],
+        outcomes: list[tuple[str, str, int, str, str]],
         iv_counts: dict[str, int],
+        sites: dict[str, str],
     ) -> None:
-        """Write decisions to the intervention log and record outcomes; never raises."""
+        """Write decisions to the intervention log and record outcomes; never raises.
+
+        ``sites``: the site of each deciding session, stored in its records so
+        that an outcome from another site's session can be refused.
+        """
         fields = [
             {
                 "sid": d.sid,
+                "site": sites.get(d.sid, ""),
                 "seq": d.seq,
                 "ts": d.ts,
                 "kind": d.kind,
@@ -417,11 +427,15 @@ class ShardCore:
             for d in decisions
         ]
         try:
-            await self.records.record(decisions, fields, iv_counts, outcomes)
+            refused = await self.records.record(decisions, fields, iv_counts, outcomes)
         except redis.RedisError as exc:
             log.error(
                 "shard %d: could not record %d decisions: %s", self.index, len(decisions), exc
             )
+            return
+        if refused:
+            # Another session's intervention id: a forged or confused client. Dropped.
+            self.stats["outcomes_refused"] += refused
 
     async def _erase(self, sids: list[str]) -> None:
         """Delete what sessions whose analytics consent was withdrawn left in Redis.
