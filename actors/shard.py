@@ -36,7 +36,7 @@ import msgpack
 import ray
 import redis
 
-from actors.host import BatchItem, SessionHost, unpack_batch
+from actors.host import BatchItem, Forget, SessionHost, unpack_batch
 from actors.link import LinkServer, LinkTLS
 from actors.policy import RECOMMENDATIONS, Decision
 from actors.records import ShardRecords
@@ -54,18 +54,23 @@ MODEL_POLL_S = 1.0
 ENRICH_BUDGET_S = 2.5  # LLM text later than this after the trigger is dropped (issue 5)
 
 
-def first_events(items: Sequence[BatchItem]) -> dict[str, tuple[str, int]]:
+def first_events(items: Sequence[BatchItem | Forget]) -> dict[str, tuple[str, int]]:
     """(site, seq of its first event in the batch) per session that sends events here."""
     firsts: dict[str, tuple[str, int]] = {}
-    for sid, site, consent, events in items:
-        if sid not in firsts and events and "analytics" in consent:
+    for sid, site, _consent, events in items:
+        if sid not in firsts and events:  # a Forget has no events
             firsts[sid] = (site, events[0]["seq"])
     return firsts
 
 
-def forgotten(items: Sequence[BatchItem]) -> list[str]:
-    """Sessions whose batch item says analytics consent was withdrawn (the gateway's forget)."""
-    return [sid for sid, _site, consent, _events in items if "analytics" not in consent]
+def forgotten(items: Sequence[BatchItem | Forget]) -> list[str]:
+    """Sessions the batch withdraws: its explicit :class:`Forget` items, and nothing else.
+
+    Never inferred from an events item's consent: events whose session left
+    its connection while they were on their way carry the consent they were
+    validated with, and even an empty one erases nothing.
+    """
+    return [item.sid for item in items if type(item) is Forget]
 
 
 def decision_frame(d: Decision, text: str) -> dict[str, Any]:
@@ -306,7 +311,7 @@ class ShardCore:
 
     def _process(
         self,
-        items: Sequence[BatchItem],
+        items: Sequence[BatchItem | Forget],
         loaded: dict[str, tuple],
         missing: list[str],
         gateway_id: str,
@@ -338,12 +343,14 @@ class ShardCore:
             self.stats["skipped"] += r.skipped
         return out, decisions, follow_ups, iv_counts
 
-    def _apply(self, items: Sequence[BatchItem], scorer: Scorer, segment: Any) -> list[Any]:
+    def _apply(
+        self, items: Sequence[BatchItem | Forget], scorer: Scorer, segment: Any
+    ) -> list[Any]:
         """Run the host over the batch; a withdrawal forgets its session where it stands in it."""
         results: list[Any] = []
         live: list[BatchItem] = []
         for item in items:
-            if "analytics" in item[2]:
+            if type(item) is not Forget:
                 live.append(item)
                 continue
             if live:  # the session's events before the withdrawal are applied first
@@ -355,7 +362,9 @@ class ShardCore:
             results += self.host.process(live, scorer, segment)
         return results
 
-    def _to_load(self, items: Sequence[BatchItem], firsts: dict[str, tuple[str, int]]) -> list[str]:
+    def _to_load(
+        self, items: Sequence[BatchItem | Forget], firsts: dict[str, tuple[str, int]]
+    ) -> list[str]:
         """Sessions of ``items`` this shard does not hold and that have a past in Redis.
 
         A batch whose first event of a session is seq 1 starts that session:
@@ -477,6 +486,24 @@ class ShardCore:
             log.error(
                 "shard %d: snapshot write failed for %d sessions: %s", self.index, len(states), exc
             )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the records being written, cancel the background loops, close Redis, end the I/O loop.
+
+        For tests and tools that host a core in-process; snapshots not yet
+        written are not written (:meth:`flush_snapshots` first for that).
+        """
+
+        async def stop_all() -> None:
+            await self._records_written()
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.redis.aclose()
+
+        self._run(stop_all(), timeout)
+        self._io.call_soon_threadsafe(self._io.stop)
 
     def flush_snapshots(self) -> int:
         """Write every changed session's snapshot now, after the records being written.

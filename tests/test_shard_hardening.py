@@ -1,21 +1,168 @@
 """Shard hardening (issue 18), each defect tested at the depth where it lived.
 
+* 3: a resume on a new connection while the old connection's append round is
+  still in flight must not erase the session (real gateway, Ray shards, Redis);
+  only an explicit withdrawal erases (a shard hosted in-process, real Redis).
 * 9: an intervention outcome reaches only its own session's record (real Redis).
 * 17: an erased session's log expires again once the same id resumes (real Redis).
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+import uuid
+
+import msgpack
 import pytest
 import redis.asyncio as aioredis
 
 from actors.events import validate_event
-from actors.policy import Decision, Reason
+from actors.host import EVENTS, FORGET, pack_batch
+from actors.policy import Decision, Reason, in_holdout
 from actors.records import ShardRecords
+from actors.shard import ShardCore
+from cluster.config import Settings
 from cluster.keys import Keys
+from serve.gateway import ROUNDS_IN_FLIGHT, Gateway
+from serve.pyclient import LifelineClient
 from serve.store import Append, EventStore
+from training.simulator import scripted
 
 aio = pytest.mark.asyncio(loop_scope="session")  # the shared stack lives in the session loop
+
+ORIGIN = "http://127.0.0.1:8080"
+
+
+def treated_sid(tag: str) -> str:
+    """A sid outside the demo site's 10 % holdout: its interventions are shown."""
+    while True:
+        sid = f"t-{tag}-{uuid.uuid4().hex[:12]}"
+        if not in_holdout(sid, 0.10):
+            return sid
+
+
+def journey(kind: str, sid: str) -> list[dict]:
+    return scripted(kind, sid, int(time.time() * 1000) - 120_000)
+
+
+def side_gateway(stack) -> Gateway:
+    """Another gateway over the shared stack's shards and Redis (this test holds its rounds)."""
+    s = stack.settings
+    return Gateway(stack.redis.url, s.prefix, stack.shards, stack.sites, s.secret)
+
+
+# -- 3: a resume must not erase a consenting visitor's data --------------------------------
+
+
+@aio
+async def test_a_resume_while_the_old_round_is_in_flight_erases_nothing(lifeline_stack):
+    stack = lifeline_stack
+    gw = side_gateway(stack)
+    port = await gw.start("127.0.0.1", 0)
+    url = f"ws://127.0.0.1:{port}/ws"
+    keys, r = gw.keys, gw.redis
+    held = 0
+    old = new = later = None
+    try:
+        sid = treated_sid("race")
+        events = journey("struggling", sid)
+        n = len(events)
+        old = LifelineClient(url, "demo", sid, ORIGIN)
+        assert (await old.connect())["t"] == "welcome"
+        for i in range(0, n, 5):
+            await old.send_events(events[i : i + 5])
+        iv = await old.wait_for(lambda f: f["t"] == "intervention", timeout=15)
+        await old.wait_acked(n)
+        await gw.wait_scored(sid, n)
+        assert await stack.shard_for(sid).flush.remote() >= 1  # records and a snapshot written
+        assert await r.exists(keys.snapshot(sid), keys.events(sid), keys.interventions_of(sid)) == 3
+
+        # Hold the append loop: the next round waits for a slot, its frame validated.
+        for _ in range(ROUNDS_IN_FLIGHT):
+            await gw._slots.acquire()
+            held += 1
+        shown = {"type": "intervention_shown", "iid": iv["iid"], "ts": events[-1]["ts"] + 500}
+        await old.send_events([dict(shown, seq=n + 1)])
+        await old.roundtrip()  # the frame before the pong is validated and queued
+        # The visitor resumes on a new connection: the session leaves the old one.
+        new = LifelineClient(url, "demo", sid, ORIGIN)
+        new.token = old.token
+        welcome = await new.connect()
+        assert welcome["t"] == "welcome" and welcome["acked"] == n  # n + 1 is not durable yet
+        for _ in range(held):
+            gw._slots.release()
+        held = 0
+
+        # A session on the same shard whose events come after: once they are
+        # scored, the shard has handled the old round (one queue per shard, in order).
+        other = treated_sid("after")
+        while gw.ring.shard_of(other) != gw.ring.shard_of(sid):
+            other = treated_sid("after")
+        later = LifelineClient(url, "demo", other, ORIGIN)
+        assert (await later.connect())["t"] == "welcome"
+        await later.send_events(journey("calm", other)[:1])
+        await gw.wait_scored(other, 1)
+
+        # Nothing of the consenting visitor was erased, and the old round's event was applied.
+        assert len(await gw.store.read_events(sid)) == n + 1
+        assert await r.exists(keys.snapshot(sid), keys.events(sid), keys.interventions_of(sid)) == 3
+        row = await stack.shard_for(sid).session_row.remote(sid)
+        assert row is not None and row[0] == n + 1
+        await stack.shard_for(sid).flush.remote()  # the outcome's record is written
+        assert await r.hget(keys.intervention(iv["iid"]), "outcome") == b"shown"
+    finally:
+        for _ in range(held):
+            gw._slots.release()
+        for client in (old, new, later):
+            if client is not None:
+                await client.close()
+        await gw.stop()
+
+
+def _events_item(sid: str, consent: list[str], evs: list[dict]) -> tuple:
+    return (EVENTS, sid, "demo", consent, msgpack.packb(evs))
+
+
+@pytest.fixture
+def core(ray_cluster, redis_url, prefix):
+    """A shard hosted in this process (its metrics need Ray), over the real Redis."""
+    shard = ShardCore(0, redis_url, prefix, Settings().sites_file, enrich=False)
+    yield shard
+    shard.stop()
+
+
+@aio
+async def test_only_an_explicit_forget_erases_a_session(core, redis_url, prefix):
+    keys = Keys(prefix)
+    r = aioredis.Redis.from_url(redis_url)
+    store = EventStore(r, keys)
+    try:
+        sid = "s-consenting"
+        evs = _calm(1, 4, _recent())
+        await store.append_many([Append.of(sid, 1, 4, evs)])
+        await asyncio.to_thread(core.handle, pack_batch([_events_item(sid, ["analytics"], evs)]))
+        await asyncio.to_thread(core.flush_snapshots)
+        assert await r.exists(keys.snapshot(sid), keys.events(sid)) == 2
+
+        # Events whose consent reads empty (their session left its connection
+        # meanwhile, say) are events: applied, never a withdrawal.
+        more = [dict(evs[-1], seq=5)]
+        await store.append_many([Append.of(sid, 5, 5, more)])
+        await asyncio.to_thread(core.handle, pack_batch([_events_item(sid, [], more)]))
+        assert core.info()["forgotten"] == 0
+        assert core.session_row(sid)[0] == 5
+        assert await r.exists(keys.snapshot(sid), keys.events(sid)) == 2
+
+        # The explicit withdrawal erases.
+        await asyncio.to_thread(core.handle, pack_batch([(FORGET, sid, "demo", (), b"")]))
+        assert core.info()["forgotten"] == 1
+        assert core.session_row(sid) is None
+        assert await r.exists(keys.snapshot(sid), keys.events(sid)) == 0
+    finally:
+        store.close()
+        await r.aclose()
+
 
 T0 = 1_700_000_000_000
 
@@ -28,6 +175,11 @@ def _calm(start: int, n: int, t0: int = T0) -> list[dict]:
         )
         for s in range(start, start + n)
     ]
+
+
+def _recent() -> int:
+    """A start time a shard will not retire as idle during a test."""
+    return int(time.time() * 1000) - 60_000
 
 
 # -- 9: outcomes reach only their own session's record -------------------------------------
