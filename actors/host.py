@@ -128,6 +128,10 @@ class SessionHost:
         self.dirty: list[set[str]] = [set() for _ in range(snapshot_ticks)]
         self.ticks = 0  # calls of take_dirty so far
         self.unreadable_snapshots = 0  # of another release's layout: rebuilt from the log
+        # Times a session's state could not be packed (a value msgpack cannot hold):
+        # that session is skipped, never the others; the shell logs and reports it.
+        self.unpackable = 0
+        self.last_pack_error = ""  # the latest of those failures, for the shell's log
 
     def __contains__(self, sid: str) -> bool:
         return sid in self.active or sid in self.dormant
@@ -260,11 +264,34 @@ class SessionHost:
         out = []
         for turn in turns:
             for sid in turn:
-                packed = self._packed(sid)
+                packed = self._try_packed(sid)
                 if packed is not None:
                     out.append((sid, packed))
             turn.clear()
         return out
+
+    def _try_packed(self, sid: str) -> bytes | None:
+        """:meth:`_packed`, but a state that cannot be packed is counted and skipped (None)."""
+        session = self.active.get(sid)
+        if session is not None:
+            return self._try_packed_session(sid, session)
+        dormant = self.dormant.get(sid)
+        return dormant[0] if dormant else None
+
+    def _try_packed_session(self, sid: str, session: Session) -> bytes | None:
+        """``session.packed()``, or None (counted) if its state cannot be packed.
+
+        One session's unpackable state (say a number beyond 64 bits that got
+        past validation) must not stop the snapshots of every other session
+        on the shard. Its event log still holds everything: it loses only
+        the shortcut a snapshot gives its recovery.
+        """
+        try:
+            return session.packed()
+        except Exception as exc:  # msgpack raises OverflowError, TypeError or ValueError
+            self.unpackable += 1
+            self.last_pack_error = f"session {sid}: {type(exc).__name__}: {exc}"
+            return None
 
     def _packed(self, sid: str) -> bytes | None:
         session = self.active.get(sid)
@@ -283,7 +310,13 @@ class SessionHost:
             idle = now_ms - session.last_ts
             if idle >= self.compact_after_ms:
                 del self.active[sid]
-                self.dormant[sid] = (session.packed(), session.last_ts, session.site)
+                packed = self._try_packed_session(sid, session)
+                if packed is None:
+                    # It cannot be compacted: let it go without a last snapshot (its log
+                    # rebuilds it if it comes back) rather than hold it, failing, forever.
+                    self._turn(sid).discard(sid)
+                    continue
+                self.dormant[sid] = (packed, session.last_ts, session.site)
         for sid, (packed, last_ts, _site) in list(self.dormant.items()):
             if now_ms - last_ts >= self.deactivate_after_ms:
                 del self.dormant[sid]

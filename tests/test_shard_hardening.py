@@ -1,8 +1,11 @@
-"""Shard hardening (issue 18), each defect tested at the depth where it lived.
+"""Shard hardening (issue 18, items 2, 3, 9, 17), each at the depth where its defect lived.
 
 * 3: a resume on a new connection while the old connection's append round is
   still in flight must not erase the session (real gateway, Ray shards, Redis);
   only an explicit withdrawal erases (a shard hosted in-process, real Redis).
+* 2: a session whose state cannot be packed must not stop the other sessions'
+  snapshots (the pure host, and a shard's real snapshot loop), and a failing
+  background iteration is counted, logged once and survived.
 * 9: an intervention outcome reaches only its own session's record (real Redis).
 * 17: an erased session's log expires again once the same id resumes (real Redis).
 """
@@ -10,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 
@@ -18,10 +22,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from actors.events import validate_event
-from actors.host import EVENTS, FORGET, pack_batch
+from actors.host import EVENTS, FORGET, SessionHost, pack_batch
 from actors.policy import Decision, Reason, in_holdout
 from actors.records import ShardRecords
-from actors.shard import ShardCore
+from actors.shard import LoopGuard, ShardCore
 from cluster.config import Settings
 from cluster.keys import Keys
 from serve.gateway import ROUNDS_IN_FLIGHT, Gateway
@@ -164,6 +168,9 @@ async def test_only_an_explicit_forget_erases_a_session(core, redis_url, prefix)
         await r.aclose()
 
 
+# -- 2: one session's unpackable state, and failing loop iterations ---------------------------
+
+
 T0 = 1_700_000_000_000
 
 
@@ -180,6 +187,108 @@ def _calm(start: int, n: int, t0: int = T0) -> list[dict]:
 def _recent() -> int:
     """A start time a shard will not retire as idle during a test."""
     return int(time.time() * 1000) - 60_000
+
+
+def _overflowing(start: int, t0: int = T0) -> list[dict]:
+    """Two add_to_cart events whose quantities sum past what msgpack can hold.
+
+    Built here, not validated: validation is to refuse such numbers (issue 18,
+    item 1); the host must survive such a state whichever way it got in.
+    """
+    add = validate_event(
+        {"type": "add_to_cart", "seq": start, "ts": t0 + start * 100, "item": "x", "qty": 1},
+        t0 + start * 100,
+    )
+    return [dict(add, seq=start + i, ts=add["ts"] + i, qty=2**64 - 1) for i in range(2)]
+
+
+def _zero(rows):
+    return [0.0] * len(rows)
+
+
+def test_a_session_that_cannot_be_packed_does_not_stop_the_others_snapshots():
+    host = SessionHost(snapshot_ticks=1)
+    goods = [f"good-{i}" for i in range(5)]
+    items = [(sid, "demo", ["analytics"], _calm(1, 3)) for sid in goods[:2]]
+    items += [("bad", "demo", ["analytics"], _calm(1, 1) + _overflowing(2))]
+    items += [(sid, "demo", ["analytics"], _calm(1, 3)) for sid in goods[2:]]
+    host.process(items, _zero)
+    with pytest.raises(OverflowError):
+        host.active["bad"].packed()  # the state really is one msgpack refuses
+
+    states = dict(host.take_dirty())
+    assert sorted(states) == goods
+    assert all(msgpack.unpackb(states[sid]) == host.snapshot(sid) for sid in goods)
+    assert host.unpackable == 1 and "bad" in host.last_pack_error
+    assert host.take_dirty() == []  # skipped, not retried every tick
+
+    # The idle sweep compacts the others and lets the unpackable one go (its log has it).
+    assert host.sweep(T0 + 10 * 60_000) == []
+    assert sorted(host.dormant) == goods and not host.active
+    assert host.unpackable == 2
+
+
+@aio
+async def test_the_snapshot_loop_goes_on_past_a_session_that_cannot_be_packed(
+    core, redis_url, prefix
+):
+    keys = Keys(prefix)
+    turns = len(core.host.dirty)
+    # The loop's first tick takes the sessions of turn 0: the unpackable one is among
+    # them; the others are due in later ticks, which a dead loop would never run.
+    bad = next(s for s in (f"bad-{i}" for i in range(1000)) if hash(s) % turns == 0)
+    goods = [s for s in (f"good-{i}" for i in range(1000)) if hash(s) % turns != 0][:6]
+    t0 = _recent()
+    items = [_events_item(bad, ["analytics"], _calm(1, 1, t0) + _overflowing(2, t0))]
+    items += [_events_item(sid, ["analytics"], _calm(1, 3, t0)) for sid in goods]
+    await asyncio.to_thread(core.handle, pack_batch(items))  # starts the loops
+
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + 15  # a changed session is written within 5 s
+        while await r.exists(*(keys.snapshot(s) for s in goods)) < len(goods):
+            assert time.monotonic() < deadline, "the snapshot loop stopped"
+            await asyncio.sleep(0.1)  # no event to await: the loop runs on its own thread
+        assert not await r.exists(keys.snapshot(bad))
+    finally:
+        await r.aclose()
+    info = core.info()
+    assert info["sessions_unpackable"] == 1
+    assert info["healthy"] is True and info["loops_failed"] == []
+    # Loops that cannot go on (here: stopped) turn the shard's health red.
+    core.stop()
+    info = core.info()
+    assert info["healthy"] is False and sorted(info["loops_failed"]) == ["model", "snapshots"]
+
+
+@aio
+async def test_a_failing_loop_iteration_is_counted_logged_once_and_survived(caplog):
+    seen: list[tuple[int, bool]] = []
+    done = asyncio.Event()
+
+    async def step() -> None:
+        seen.append((guard.in_a_row, guard.healthy))
+        if len(seen) <= 3:
+            raise OverflowError(f"iteration {len(seen)}")
+        if len(seen) == 5:
+            done.set()
+
+    guard = LoopGuard("test", 7, step, 0.0, unhealthy_after=2)
+    with caplog.at_level(logging.ERROR, logger="lifeline.shard"):
+        task = asyncio.get_running_loop().create_task(guard.run())
+        await asyncio.wait_for(done.wait(), 10)
+        # Failed three times in a row (unhealthy from the second), then well again.
+        assert seen[:5] == [(0, True), (1, True), (2, False), (3, False), (0, True)]
+        assert guard.failures.count == 3 and guard.healthy
+        assert "iteration 3" in guard.failures.last
+        # Logged on the first failure (with its traceback) and on the second (a power
+        # of two), not on the third.
+        lines = [rec for rec in caplog.records if "'test'" in rec.getMessage()]
+        assert len(lines) == 2 and lines[0].exc_info is not None
+        assert "2 times so far" in lines[1].getMessage()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert not guard.healthy  # a loop that has ended says so
 
 
 # -- 9: outcomes reach only their own session's record -------------------------------------
