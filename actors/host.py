@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -30,25 +30,60 @@ from actors.detectors import DetectorConfig
 from actors.policy import Decision, PolicyConfig, decide
 from actors.session import EventView, Session, SnapshotMismatch
 
-# (sid, site, consent, normalised events in seq order)
+# (sid, site, consent recorded when the events were validated, normalised events in seq order)
 BatchItem = tuple[str, str, Sequence[str], Sequence[dict[str, Any]]]
 
+# The operation of each item of a shard batch, on the wire. A withdrawal is
+# its own operation, never inferred from an item's consent: an events item
+# whose consent reads empty (a session detached from its connection while its
+# events were on their way, for instance) must never erase anything.
+EVENTS = 0  # apply these events
+FORGET = 1  # the visitor withdrew analytics consent: drop the session, erase its records
 
-def pack_batch(items: Sequence[tuple[str, str, Sequence[str], bytes]]) -> bytes:
-    """A shard call's wire form: (sid, site, consent, events as the msgpack bytes the log holds).
+
+class Forget(NamedTuple):
+    """A batch item that withdraws a session: the shard drops it and erases its records.
+
+    Shaped like a :data:`BatchItem` with no events (so code that walks a
+    batch's events skips it naturally); told apart by its type, never by
+    its consent.
+    """
+
+    sid: str
+    site: str
+    consent: Sequence[str] = ()
+    events: Sequence[dict[str, Any]] = ()
+
+
+# On the wire: (op, sid, site, consent, events as msgpack bytes); a forget's are () and b"".
+WireItem = tuple[int, str, str, Sequence[str], bytes]
+
+
+def pack_batch(items: Sequence[WireItem]) -> bytes:
+    """A shard call's wire form: (op, sid, site, consent, events as the msgpack bytes the log holds).
 
     The gateway packs each run of events once, for the event log, and the
     shard call carries the same bytes: cheaper than Ray pickling the dicts
-    (about 0.4 ms per 256 events on each side).
+    (about 0.4 ms per 256 events on each side). ``op`` is :data:`EVENTS` or
+    :data:`FORGET`; a forget's consent and events are ignored.
     """
     return msgpack.packb(items)
 
 
-def unpack_batch(data: bytes) -> list[BatchItem]:
-    return [
-        (sid, site, consent, msgpack.unpackb(ev))
-        for sid, site, consent, ev in msgpack.unpackb(data)
-    ]
+def unpack_batch(data: bytes) -> list[BatchItem | Forget]:
+    """The items of a packed batch, in order: events as a :data:`BatchItem`, withdrawals as :class:`Forget`.
+
+    Raises ValueError for an operation it does not know (a peer of another release).
+    """
+    out: list[BatchItem | Forget] = []
+    for op, sid, site, consent, ev in msgpack.unpackb(data):
+        if op == EVENTS:
+            out.append((sid, site, consent, msgpack.unpackb(ev)))
+        elif op == FORGET:
+            out.append(Forget(sid, site))
+        else:
+            raise ValueError(f"unknown shard batch operation {op!r}")
+    return out
 
 
 ScoreFn = Callable[[list[list[float]]], Sequence[float]]
@@ -93,6 +128,10 @@ class SessionHost:
         self.dirty: list[set[str]] = [set() for _ in range(snapshot_ticks)]
         self.ticks = 0  # calls of take_dirty so far
         self.unreadable_snapshots = 0  # of another release's layout: rebuilt from the log
+        # Times a session's state could not be packed (a value msgpack cannot hold):
+        # that session is skipped, never the others; the shell logs and reports it.
+        self.unpackable = 0
+        self.last_pack_error = ""  # the latest of those failures, for the shell's log
 
     def __contains__(self, sid: str) -> bool:
         return sid in self.active or sid in self.dormant
@@ -225,11 +264,34 @@ class SessionHost:
         out = []
         for turn in turns:
             for sid in turn:
-                packed = self._packed(sid)
+                packed = self._try_packed(sid)
                 if packed is not None:
                     out.append((sid, packed))
             turn.clear()
         return out
+
+    def _try_packed(self, sid: str) -> bytes | None:
+        """:meth:`_packed`, but a state that cannot be packed is counted and skipped (None)."""
+        session = self.active.get(sid)
+        if session is not None:
+            return self._try_packed_session(sid, session)
+        dormant = self.dormant.get(sid)
+        return dormant[0] if dormant else None
+
+    def _try_packed_session(self, sid: str, session: Session) -> bytes | None:
+        """``session.packed()``, or None (counted) if its state cannot be packed.
+
+        One session's unpackable state (say a number beyond 64 bits that got
+        past validation) must not stop the snapshots of every other session
+        on the shard. Its event log still holds everything: it loses only
+        the shortcut a snapshot gives its recovery.
+        """
+        try:
+            return session.packed()
+        except Exception as exc:  # msgpack raises OverflowError, TypeError or ValueError
+            self.unpackable += 1
+            self.last_pack_error = f"session {sid}: {type(exc).__name__}: {exc}"
+            return None
 
     def _packed(self, sid: str) -> bytes | None:
         session = self.active.get(sid)
@@ -248,7 +310,13 @@ class SessionHost:
             idle = now_ms - session.last_ts
             if idle >= self.compact_after_ms:
                 del self.active[sid]
-                self.dormant[sid] = (session.packed(), session.last_ts, session.site)
+                packed = self._try_packed_session(sid, session)
+                if packed is None:
+                    # It cannot be compacted: let it go without a last snapshot (its log
+                    # rebuilds it if it comes back) rather than hold it, failing, forever.
+                    self._turn(sid).discard(sid)
+                    continue
+                self.dormant[sid] = (packed, session.last_ts, session.site)
         for sid, (packed, last_ts, _site) in list(self.dormant.items()):
             if now_ms - last_ts >= self.deactivate_after_ms:
                 del self.dormant[sid]

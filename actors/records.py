@@ -26,9 +26,12 @@ from cluster.redis_server import script_arg
 INTERVENTION_LOG_MAXLEN = 100_000
 
 # ARGV[1]: a msgpack map: p (prefixes), ttl, maxlen, d (decisions: sid, iid,
-# flat field list, running count, last ts), o (outcomes: iid, outcome, ts).
-# An outcome for a record that no longer exists is dropped, not written as a
-# new hash without an expiry.
+# flat field list, running count, last ts), o (outcomes: iid, outcome, ts, sid,
+# site of the session that sent it). An outcome for a record that no longer
+# exists is dropped, not written as a new hash without an expiry; one for a
+# record of another session (or another site, where the record names its
+# site: records written before it did name only their session) is refused.
+# Returns {decisions written, outcomes refused}.
 RECORD_LUA = """
 local a = cmsgpack.unpack(ARGV[1])
 local p = a.p
@@ -46,18 +49,27 @@ for _, d in ipairs(a.d) do
   -- The running count, so a session activated elsewhere keeps its cap and cooldown.
   redis.call('HSET', p.s .. sid, 'iv_count', d[4], 'iv_last', d[5])
 end
+local refused = 0
 for _, o in ipairs(a.o) do
   local key = p.iv .. o[1]
-  if redis.call('EXISTS', key) == 1 then
-    redis.call('HSET', key, o[2], o[3], 'outcome', o[2])
+  local owner = redis.call('HMGET', key, 'sid', 'site')
+  if owner[1] then
+    if owner[1] == o[4] and (not owner[2] or owner[2] == o[5]) then
+      redis.call('HSET', key, o[2], o[3], 'outcome', o[2])
+    else
+      refused = refused + 1
+    end
   end
 end
-return #a.d
+return {#a.d, refused}
 """
 
 # ARGV[1]: a msgpack map: p (prefixes), sids. Deletes each session's event log,
 # snapshot, intervention records and log entries, and its running intervention
 # count; the session hash keeps the consent (the record of the withdrawal).
+# 'log_ttl' goes with the log it described: the append script sets the TTL of a
+# stream only when that flag is absent, so a log the same id starts again after
+# the erase would otherwise never expire.
 ERASE_LUA = """
 local a = cmsgpack.unpack(ARGV[1])
 local p = a.p
@@ -73,7 +85,7 @@ for _, sid in ipairs(a.sids) do
     redis.call('DEL', key)
   end
   redis.call('DEL', set, p.ev .. sid, p.snap .. sid)
-  redis.call('HDEL', p.s .. sid, 'iv_count', 'iv_last')
+  redis.call('HDEL', p.s .. sid, 'iv_count', 'iv_last', 'log_ttl')
 end
 return n
 """
@@ -116,11 +128,16 @@ class ShardRecords:
         decisions: Sequence[Decision],
         fields: Sequence[dict[str, Any]],
         iv_counts: dict[str, int],
-        outcomes: Sequence[tuple[str, str, int]],
-    ) -> None:
+        outcomes: Sequence[tuple[str, str, int, str, str]],
+    ) -> int:
         """Write ``decisions`` (with their ``fields``, in order) and intervention ``outcomes``.
 
-        ``outcomes`` are (event type, iid, ts) of intervention_shown/accepted/dismissed.
+        ``outcomes`` are (event type, iid, ts, sid, site) of
+        intervention_shown/accepted/dismissed, with the session and site that
+        sent each. An outcome reaches its record only if that record belongs
+        to the same session (and site, when ``fields`` gave the record a
+        ``site``). Returns how many outcomes were refused for naming another
+        session's record.
         """
         arg = {
             "p": self._p,
@@ -136,9 +153,13 @@ class ShardRecords:
                 ]
                 for d, f in zip(decisions, fields, strict=True)
             ],
-            "o": [[iid, etype.removeprefix("intervention_"), ts] for etype, iid, ts in outcomes],
+            "o": [
+                [iid, etype.removeprefix("intervention_"), ts, sid, site]
+                for etype, iid, ts, sid, site in outcomes
+            ],
         }
-        await self._record(args=[script_arg(arg)])
+        _written, refused = await self._record(args=[script_arg(arg)])
+        return int(refused)
 
     async def snapshots(self, states: Sequence[tuple[str, bytes]]) -> None:
         """Write (sid, packed state) snapshots, each expiring with the session's other keys."""

@@ -29,14 +29,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import msgpack
 import ray
 import redis
 
-from actors.host import BatchItem, SessionHost, unpack_batch
+from actors.host import BatchItem, Forget, SessionHost, unpack_batch
 from actors.link import LinkServer, LinkTLS
 from actors.policy import RECOMMENDATIONS, Decision
 from actors.records import ShardRecords
@@ -54,18 +54,23 @@ MODEL_POLL_S = 1.0
 ENRICH_BUDGET_S = 2.5  # LLM text later than this after the trigger is dropped (issue 5)
 
 
-def first_events(items: Sequence[BatchItem]) -> dict[str, tuple[str, int]]:
+def first_events(items: Sequence[BatchItem | Forget]) -> dict[str, tuple[str, int]]:
     """(site, seq of its first event in the batch) per session that sends events here."""
     firsts: dict[str, tuple[str, int]] = {}
-    for sid, site, consent, events in items:
-        if sid not in firsts and events and "analytics" in consent:
+    for sid, site, _consent, events in items:
+        if sid not in firsts and events:  # a Forget has no events
             firsts[sid] = (site, events[0]["seq"])
     return firsts
 
 
-def forgotten(items: Sequence[BatchItem]) -> list[str]:
-    """Sessions whose batch item says analytics consent was withdrawn (the gateway's forget)."""
-    return [sid for sid, _site, consent, _events in items if "analytics" not in consent]
+def forgotten(items: Sequence[BatchItem | Forget]) -> list[str]:
+    """Sessions the batch withdraws: its explicit :class:`Forget` items, and nothing else.
+
+    Never inferred from an events item's consent: events whose session left
+    its connection while they were on their way carry the consent they were
+    validated with, and even an empty one erases nothing.
+    """
+    return [item.sid for item in items if type(item) is Forget]
 
 
 def decision_frame(d: Decision, text: str) -> dict[str, Any]:
@@ -85,6 +90,90 @@ def decision_frame(d: Decision, text: str) -> dict[str, Any]:
     if d.kind == RECOMMENDATIONS:
         frame["items"] = []
     return frame
+
+
+class Failures:
+    """Counts one kind of failure and logs it without flooding the log.
+
+    The first is logged with its traceback; after that only when the count
+    reaches a power of two, with the count: a failure that repeats every
+    half second still shows up, a few dozen lines a day, not thousands.
+    """
+
+    def __init__(self, what: str, index: int, counted: Callable[[str], None] | None = None) -> None:
+        self.what = what
+        self.index = index
+        self.counted = counted  # told of each failure (the shard's metrics)
+        self.count = 0
+        self.last = ""  # the latest failure, as text
+
+    def note(self, exc: BaseException | str) -> None:
+        self.count += 1
+        if self.counted is not None:
+            self.counted(self.what)
+        self.last = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+        if self.count == 1:
+            log.error(
+                "shard %d: %s failed: %s",
+                self.index,
+                self.what,
+                self.last,
+                exc_info=exc if isinstance(exc, BaseException) else None,
+            )
+        elif self.count & (self.count - 1) == 0:
+            log.error(
+                "shard %d: %s failed again (%d times so far), latest: %s",
+                self.index,
+                self.what,
+                self.count,
+                self.last,
+            )
+
+
+class LoopGuard:
+    """Runs a shard's background loop so that no failure ends it silently.
+
+    Each iteration (``step``) runs every ``period_s``; one that raises is
+    counted and logged (:class:`Failures`) and the loop carries on. The loop
+    is reported unhealthy once it has ended, or after ``unhealthy_after``
+    failed iterations in a row (it runs, but does nothing useful), until an
+    iteration succeeds again. Limit: a step that hangs is not detected.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        index: int,
+        step: Callable[[], Awaitable[None]],
+        period_s: float,
+        unhealthy_after: int = 5,
+        counted: Callable[[str], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.step = step
+        self.period_s = period_s
+        self.unhealthy_after = unhealthy_after
+        self.failures = Failures(f"background loop {name!r}", index, counted)
+        self.in_a_row = 0  # failed iterations since the last one that succeeded
+        self.ended = False
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.period_s)
+                try:
+                    await self.step()
+                except Exception as exc:
+                    self.in_a_row += 1
+                    self.failures.note(exc)
+                else:
+                    self.in_a_row = 0
+        finally:  # cancelled (the shard stops) or something no loop should survive
+            self.ended = True
+
+    @property
+    def healthy(self) -> bool:
+        return not self.ended and self.in_a_row < self.unhealthy_after
 
 
 class ShardCore:
@@ -120,6 +209,7 @@ class ShardCore:
         self._tasks: set[asyncio.Task] = set()
         self._recording: set[asyncio.Task] = set()  # intervention records being written
         self._started = False
+        self._stopped = False
         self.enrich = enrich
         self._followups = None  # serve.deployments.FollowUps, made on first use
         self._model_swapped = threading.Condition()
@@ -137,7 +227,17 @@ class ShardCore:
             "lock_wait_ms": 0.0,
             "inbound_ms": 0.0,  # from the gateway's send to this batch's start (the link and queueing)
             "forgotten": 0,  # sessions dropped on a withdrawal of analytics consent
+            "outcomes_refused": 0,  # intervention outcomes naming another session's record
         }
+        # The I/O loop's long-running work. None may end silently: see LoopGuard.
+        counted = self._metrics.failed
+        self._loops = [
+            LoopGuard("model", index, self._model_step, MODEL_POLL_S, counted=counted),
+            LoopGuard("snapshots", index, self._snapshot_step, SNAPSHOT_TICK_S, counted=counted),
+        ]
+        self._last_sweep = time.monotonic()
+        self._unpackable = Failures("packing a session's snapshot", index, counted)
+        self._record_failures = Failures("writing intervention records", index, counted)
 
     # -- model ----------------------------------------------------------------
 
@@ -161,51 +261,50 @@ class ShardCore:
         raw, meta = self._registry().load(version)
         return Scorer.from_bytes(raw, meta, version)
 
-    async def _watch_model(self) -> None:
-        """Swap in a newly promoted model between batches; refuse a mismatched one."""
-        live_key = f"{self.prefix}model:live"
-        while True:
-            await asyncio.sleep(
-                MODEL_POLL_S
-            )  # a GET a second: cheaper than a pub/sub connection per shard
-            try:
-                raw = await self.redis.get(live_key)
-            except redis.RedisError:
-                continue
-            version = raw.decode() if raw else None
-            if not version or version == self.scorer.version or version in self.refused:
-                continue
-            try:
-                scorer = await asyncio.to_thread(self._load_version, version)
-            except SchemaMismatch as exc:
-                self.refused.add(version)
-                self.stats["model_refusals"] += 1
-                log.error(
-                    "shard %d: refusing model %s: %s; keeping %s",
-                    self.index,
-                    version,
-                    exc,
-                    self.scorer.version,
-                )
-                self._model_decided()  # wake waiters: the decision on this version is made
-                continue
-            except Exception as exc:  # a broken blob must not take the shard down
-                self.refused.add(version)
-                self.stats["model_refusals"] += 1
-                self._model_decided()
-                log.error(
-                    "shard %d: cannot load model %s (%s); keeping %s",
-                    self.index,
-                    version,
-                    exc,
-                    self.scorer.version,
-                )
-                continue
-            # One assignment: a batch reads the scorer once, so it uses the old or the new one.
-            self.scorer = scorer
+    async def _model_step(self) -> None:
+        """One poll of the live model (every MODEL_POLL_S): swap in a newly promoted one.
+
+        A GET a second: cheaper than a pub/sub connection per shard. The swap
+        happens between batches; a mismatched or broken model is refused.
+        """
+        try:
+            raw = await self.redis.get(f"{self.prefix}model:live")
+        except redis.RedisError:
+            return  # Redis is away: the next poll asks again
+        version = raw.decode() if raw else None
+        if not version or version == self.scorer.version or version in self.refused:
+            return
+        try:
+            scorer = await asyncio.to_thread(self._load_version, version)
+        except SchemaMismatch as exc:
+            self.refused.add(version)
+            self.stats["model_refusals"] += 1
+            log.error(
+                "shard %d: refusing model %s: %s; keeping %s",
+                self.index,
+                version,
+                exc,
+                self.scorer.version,
+            )
+            self._model_decided()  # wake waiters: the decision on this version is made
+            return
+        except Exception as exc:  # a broken blob must not take the shard down
+            self.refused.add(version)
+            self.stats["model_refusals"] += 1
             self._model_decided()
-            self.stats["model_swaps"] += 1
-            log.warning("shard %d: now scoring with model %s", self.index, version)
+            log.error(
+                "shard %d: cannot load model %s (%s); keeping %s",
+                self.index,
+                version,
+                exc,
+                self.scorer.version,
+            )
+            return
+        # One assignment: a batch reads the scorer once, so it uses the old or the new one.
+        self.scorer = scorer
+        self._model_decided()
+        self.stats["model_swaps"] += 1
+        log.warning("shard %d: now scoring with model %s", self.index, version)
 
     def _model_decided(self) -> None:
         with self._model_swapped:
@@ -225,8 +324,8 @@ class ShardCore:
         if self._started:
             return
         self._started = True
-        for coro in (self._watch_model(), self._snapshot_loop()):
-            self._spawn(coro)
+        for loop in self._loops:
+            self._spawn(loop.run())
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], also: set[asyncio.Task] | None = None) -> None:
         """Run ``coro`` on the I/O loop in the background (callable from any thread).
@@ -276,15 +375,18 @@ class ShardCore:
         self.stats["busy_ms"] += (time.perf_counter() - locked) * 1000.0
         self.stats["lock_wait_ms"] += (locked - started) * 1000.0
         self._metrics.batch(sum(len(r[1]) for r in out), time.perf_counter() - started, decisions)
+        # With the session and site that sent each: the record script refuses an
+        # outcome for another session's intervention.
         outcomes = [
-            (ev["type"], ev["iid"], ev["ts"])
-            for *_, events in items
+            (ev["type"], ev["iid"], ev["ts"], sid, site)
+            for sid, site, _consent, events in items
             for ev in events
             if ev["type"].startswith("intervention_")
         ]
         if decisions or outcomes:
             self.stats["decisions"] += len(decisions)
-            self._spawn(self._record(decisions, outcomes, iv_counts), self._recording)
+            sites = {item[0]: item[1] for item in items} if decisions else {}
+            self._spawn(self._record(decisions, outcomes, iv_counts, sites), self._recording)
         if follow_ups:
             channel = self.keys.push(gateway_id)
             self._io.call_soon_threadsafe(self._enrich, follow_ups, channel)
@@ -302,7 +404,7 @@ class ShardCore:
 
     def _process(
         self,
-        items: Sequence[BatchItem],
+        items: Sequence[BatchItem | Forget],
         loaded: dict[str, tuple],
         missing: list[str],
         gateway_id: str,
@@ -334,12 +436,14 @@ class ShardCore:
             self.stats["skipped"] += r.skipped
         return out, decisions, follow_ups, iv_counts
 
-    def _apply(self, items: Sequence[BatchItem], scorer: Scorer, segment: Any) -> list[Any]:
+    def _apply(
+        self, items: Sequence[BatchItem | Forget], scorer: Scorer, segment: Any
+    ) -> list[Any]:
         """Run the host over the batch; a withdrawal forgets its session where it stands in it."""
         results: list[Any] = []
         live: list[BatchItem] = []
         for item in items:
-            if "analytics" in item[2]:
+            if type(item) is not Forget:
                 live.append(item)
                 continue
             if live:  # the session's events before the withdrawal are applied first
@@ -351,7 +455,9 @@ class ShardCore:
             results += self.host.process(live, scorer, segment)
         return results
 
-    def _to_load(self, items: Sequence[BatchItem], firsts: dict[str, tuple[str, int]]) -> list[str]:
+    def _to_load(
+        self, items: Sequence[BatchItem | Forget], firsts: dict[str, tuple[str, int]]
+    ) -> list[str]:
         """Sessions of ``items`` this shard does not hold and that have a past in Redis.
 
         A batch whose first event of a session is seq 1 starts that session:
@@ -397,13 +503,19 @@ class ShardCore:
     async def _record(
         self,
         decisions: list[Decision],
-        outcomes: list[tuple[str, str, int]],
+        outcomes: list[tuple[str, str, int, str, str]],
         iv_counts: dict[str, int],
+        sites: dict[str, str],
     ) -> None:
-        """Write decisions to the intervention log and record outcomes; never raises."""
+        """Write decisions to the intervention log and record outcomes; never raises.
+
+        ``sites``: the site of each deciding session, stored in its records so
+        that an outcome from another site's session can be refused.
+        """
         fields = [
             {
                 "sid": d.sid,
+                "site": sites.get(d.sid, ""),
                 "seq": d.seq,
                 "ts": d.ts,
                 "kind": d.kind,
@@ -417,11 +529,18 @@ class ShardCore:
             for d in decisions
         ]
         try:
-            await self.records.record(decisions, fields, iv_counts, outcomes)
+            refused = await self.records.record(decisions, fields, iv_counts, outcomes)
         except redis.RedisError as exc:
             log.error(
                 "shard %d: could not record %d decisions: %s", self.index, len(decisions), exc
             )
+            return
+        except Exception as exc:  # a task's exception would otherwise vanish unseen
+            self._record_failures.note(exc)
+            return
+        if refused:
+            # Another session's intervention id: a forged or confused client. Dropped.
+            self.stats["outcomes_refused"] += refused
 
     async def _erase(self, sids: list[str]) -> None:
         """Delete what sessions whose analytics consent was withdrawn left in Redis.
@@ -439,19 +558,22 @@ class ShardCore:
                 "shard %d: could not erase %d withdrawn sessions: %s", self.index, len(sids), exc
             )
 
-    async def _snapshot_loop(self) -> None:
-        # Writing every live session's snapshot at once held the batch lock for
-        # 20-75 ms and both cores for up to 300 ms every 5 s at 10k events/s:
-        # most of the spine's latency tail. Small ticks keep each pause short.
-        last_sweep = time.monotonic()
-        while True:
-            await asyncio.sleep(SNAPSHOT_TICK_S)
-            with self._lock:  # held by a batch for its compute only, never across I/O
-                states = self.host.take_dirty()
-                if time.monotonic() - last_sweep >= SWEEP_EVERY_S:
-                    last_sweep = time.monotonic()
-                    states += self.host.sweep(time.time() * 1000.0)
-            await self._write_snapshots(states)
+    async def _snapshot_step(self) -> None:
+        """One snapshot tick (every SNAPSHOT_TICK_S), and the idle sweep every SWEEP_EVERY_S.
+
+        Writing every live session's snapshot at once held the batch lock for
+        20-75 ms and both cores for up to 300 ms every 5 s at 10k events/s:
+        most of the spine's latency tail. Small ticks keep each pause short.
+        """
+        with self._lock:  # held by a batch for its compute only, never across I/O
+            unpackable = self.host.unpackable
+            states = self.host.take_dirty()
+            if time.monotonic() - self._last_sweep >= SWEEP_EVERY_S:
+                self._last_sweep = time.monotonic()
+                states += self.host.sweep(time.time() * 1000.0)
+            if self.host.unpackable != unpackable:  # skipped, the others went ahead
+                self._unpackable.note(self.host.last_pack_error)
+        await self._write_snapshots(states)
 
     async def _write_snapshots(self, states: list[tuple[str, bytes]]) -> None:
         if not states:
@@ -464,6 +586,28 @@ class ShardCore:
                 "shard %d: snapshot write failed for %d sessions: %s", self.index, len(states), exc
             )
 
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the records being written, cancel the background loops, close Redis, end the I/O loop.
+
+        For tests and tools that host a core in-process; snapshots not yet
+        written are not written (:meth:`flush_snapshots` first for that).
+        A second call does nothing.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+
+        async def stop_all() -> None:
+            await self._records_written()
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.redis.aclose()
+
+        self._run(stop_all(), timeout)
+        self._io.call_soon_threadsafe(self._io.stop)
+
     def flush_snapshots(self) -> int:
         """Write every changed session's snapshot now, after the records being written.
 
@@ -472,7 +616,10 @@ class ShardCore:
         snapshots were written.
         """
         with self._lock:
+            unpackable = self.host.unpackable
             states = self.host.take_dirty(everything=True)
+            if self.host.unpackable != unpackable:
+                self._unpackable.note(self.host.last_pack_error)
         self._run(self._flush(states))
         return len(states)
 
@@ -602,6 +749,8 @@ class ShardCore:
         return self.info()
 
     def info(self) -> dict[str, Any]:
+        """What this shard is doing and whether it is well; gateways' /healthz shows it."""
+        loops_failed = [loop.name for loop in self._loops if not loop.healthy]
         return {
             "index": self.index,
             "sessions_active": len(self.host.active),
@@ -609,6 +758,13 @@ class ShardCore:
             "model": self.scorer.version,
             "unreadable_snapshots": self.host.unreadable_snapshots,
             **self.stats,
+            # Health: False while a background loop is down or failing every time
+            # (loops_failed names them); the counts say how often anything failed.
+            "healthy": not loops_failed,
+            "loops_failed": loops_failed,
+            "loop_failures": {loop.name: loop.failures.count for loop in self._loops},
+            "sessions_unpackable": self.host.unpackable,
+            "record_failures": self._record_failures.count,
             **(
                 {f"followups_{k}": v for k, v in self._followups.counts.items()}
                 if self._followups
@@ -648,6 +804,15 @@ class _ShardMetrics:
             tag_keys=("shard",),
         )
         self.latency.set_default_tags(tags)
+        self.failures = metrics.Counter(
+            "lifeline_shard_failures",
+            "background work that failed (a loop's iteration, a snapshot, a record write)",
+            tag_keys=("shard", "what"),
+        )
+        self.failures.set_default_tags(tags)
+
+    def failed(self, what: str) -> None:
+        self.failures.inc(1, tags={"what": what})
 
     def batch(self, events: int, seconds: float, decisions: list[Decision]) -> None:
         if events:

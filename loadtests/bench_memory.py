@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from actors.events import validate_event  # noqa: E402
-from actors.host import SessionHost, pack_batch  # noqa: E402
+from actors.host import EVENTS, SessionHost, pack_batch  # noqa: E402
 
 # Recent: sessions idle for 30 minutes would be retired by the shard, as they should be.
 T0 = int(time.time() * 1000) - 10_000
@@ -110,7 +110,7 @@ async def measure_shard(n: int, redis_url: str) -> dict[str, float]:
     before = await shard.memory.remote()
     for start in range(0, n, 2000):
         items = [
-            (f"s-{i:08d}", "demo", ["analytics"], msgpack.packb(session_events(i)))
+            (EVENTS, f"s-{i:08d}", "demo", ["analytics"], msgpack.packb(session_events(i)))
             for i in range(start, min(n, start + 2000))
         ]
         await shard.handle.remote(pack_batch(items), "")

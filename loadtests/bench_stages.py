@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from actors.events import validate_event  # noqa: E402
-from actors.host import pack_batch  # noqa: E402
+from actors.host import EVENTS, pack_batch  # noqa: E402
 from loadtests.journeys import load_journeys  # noqa: E402
 from serve.store import Append  # noqa: E402
 
@@ -249,7 +249,13 @@ def core_stage(journeys: list, batch: int, events: int) -> float:
 def _packed(items: list) -> bytes:
     return pack_batch(
         [
-            (sid, site, consent, Append.of(sid, evs[0]["seq"], evs[-1]["seq"], evs).payload)
+            (
+                EVENTS,
+                sid,
+                site,
+                consent,
+                Append.of(sid, evs[0]["seq"], evs[-1]["seq"], evs).payload,
+            )
             for sid, site, consent, evs in items
         ]
     )

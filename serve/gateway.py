@@ -50,7 +50,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from actors.host import pack_batch
+from actors.host import EVENTS, FORGET, Forget, pack_batch
 from actors.link import LinkDown, LinkTLS, ShardFailed, ShardLink
 from actors.placement import HashRing
 from actors.sites import Site
@@ -414,14 +414,6 @@ class Peer(asyncio.Protocol):
             return
         self.conn.close = (CLOSE_HELLO_TIMEOUT, "no hello in time")
         self.close(*self.conn.close)
-
-
-@dataclass(frozen=True)
-class Forget:
-    """A session whose visitor withdrew analytics consent: the shard must drop it."""
-
-    sid: str
-    site: str
 
 
 class AppendSink:
@@ -893,17 +885,26 @@ class Gateway:
 
     # -- shard dispatch --------------------------------------------------------------
 
+    # A shard's pending items: (sid, site, consent, payload, events, op), ``op`` as
+    # in actors.host: a withdrawal is said as one, never read from a consent.
+
     def _forget(self, forget: Forget) -> None:
         """Queue the shard's forget of a session, behind that session's events."""
         i = self.ring.shard_of(forget.sid)
-        self._pending[i].append((forget.sid, forget.site, [], msgpack.packb([]), 0))
+        self._pending[i].append((forget.sid, forget.site, (), b"", 0, FORGET))
         self._wake[i].set()
 
     def _to_shard(self, plan: EventsPlan, payload: bytes, conn: Connection) -> None:
-        cursor = conn.sessions.get(plan.sid)
-        consent = cursor.consent if cursor is not None else []
+        """Queue a durable run of events for its shard.
+
+        With the consent the frame was validated with, not the connection's
+        current one: a resume elsewhere may have taken the session off this
+        connection while its events were on their way to Redis.
+        """
         i = self.ring.shard_of(plan.sid)
-        self._pending[i].append((plan.sid, conn.site, consent, payload, len(plan.append)))
+        self._pending[i].append(
+            (plan.sid, conn.site, plan.consent, payload, len(plan.append), EVENTS)
+        )
         self._pending_events += len(plan.append)
         self._wake[i].set()
 
@@ -987,7 +988,7 @@ class Gateway:
         """
         deadline = time.monotonic() + SHARD_RETRY_S
         delay = 0.05
-        packed = pack_batch([it[:4] for it in items])
+        packed = pack_batch([(it[5], it[0], it[1], it[2], it[3]) for it in items])
         while True:
             try:
                 return msgpack.unpackb(await self.links[i].call(packed, time.time()))

@@ -141,6 +141,9 @@ class EventsPlan:
     first: int = 0  # first seq this plan consumes
     last: int = 0  # last seq it consumes (refused events included); 0: nothing new
     replies: list[dict[str, Any]] = field(default_factory=list)  # errors, or an ack for resends
+    # The session's consent when the frame was validated: what its events go to
+    # the shard with, even if the session has left this connection by then.
+    consent: list[str] | tuple[str, ...] = ()
 
 
 class Connection:
@@ -277,7 +280,7 @@ class Connection:
             if isinstance(client_now, (int, float)) and not isinstance(client_now, bool)
             else 0
         )
-        plan = EventsPlan(cursor.sid)
+        plan = EventsPlan(cursor.sid, consent=cursor.consent)
         expected = cursor.next
         for raw in raw_events:
             seq = raw.get("seq") if isinstance(raw, dict) else None

@@ -48,7 +48,13 @@ async def test_decisions_and_outcomes_are_recorded_and_a_withdrawal_erases_only_
 
         # Outcomes land on their record; one for an unknown iid creates nothing.
         await records.record(
-            [], [], {}, [("intervention_shown", "i-a1", 5), ("intervention_accepted", "i-zz", 6)]
+            [],
+            [],
+            {},
+            [
+                ("intervention_shown", "i-a1", 5, "gone", "demo"),
+                ("intervention_accepted", "i-zz", 6, "gone", "demo"),
+            ],
         )
         iv = await r.hgetall(keys.intervention("i-a1"))
         assert iv[b"outcome"] == b"shown" and iv[b"shown"] == b"5" and iv[b"kind"] == b"help_offer"
