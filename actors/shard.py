@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import msgpack
@@ -44,6 +44,7 @@ from actors.scoring import SchemaMismatch, Scorer
 from actors.sites import Site, load_sites
 from cluster.keys import Keys
 from cluster.redis_server import async_client
+from cluster.supervise import Failures, Supervisor
 
 log = logging.getLogger("lifeline.shard")
 
@@ -90,90 +91,6 @@ def decision_frame(d: Decision, text: str) -> dict[str, Any]:
     if d.kind == RECOMMENDATIONS:
         frame["items"] = []
     return frame
-
-
-class Failures:
-    """Counts one kind of failure and logs it without flooding the log.
-
-    The first is logged with its traceback; after that only when the count
-    reaches a power of two, with the count: a failure that repeats every
-    half second still shows up, a few dozen lines a day, not thousands.
-    """
-
-    def __init__(self, what: str, index: int, counted: Callable[[str], None] | None = None) -> None:
-        self.what = what
-        self.index = index
-        self.counted = counted  # told of each failure (the shard's metrics)
-        self.count = 0
-        self.last = ""  # the latest failure, as text
-
-    def note(self, exc: BaseException | str) -> None:
-        self.count += 1
-        if self.counted is not None:
-            self.counted(self.what)
-        self.last = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-        if self.count == 1:
-            log.error(
-                "shard %d: %s failed: %s",
-                self.index,
-                self.what,
-                self.last,
-                exc_info=exc if isinstance(exc, BaseException) else None,
-            )
-        elif self.count & (self.count - 1) == 0:
-            log.error(
-                "shard %d: %s failed again (%d times so far), latest: %s",
-                self.index,
-                self.what,
-                self.count,
-                self.last,
-            )
-
-
-class LoopGuard:
-    """Runs a shard's background loop so that no failure ends it silently.
-
-    Each iteration (``step``) runs every ``period_s``; one that raises is
-    counted and logged (:class:`Failures`) and the loop carries on. The loop
-    is reported unhealthy once it has ended, or after ``unhealthy_after``
-    failed iterations in a row (it runs, but does nothing useful), until an
-    iteration succeeds again. Limit: a step that hangs is not detected.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        index: int,
-        step: Callable[[], Awaitable[None]],
-        period_s: float,
-        unhealthy_after: int = 5,
-        counted: Callable[[str], None] | None = None,
-    ) -> None:
-        self.name = name
-        self.step = step
-        self.period_s = period_s
-        self.unhealthy_after = unhealthy_after
-        self.failures = Failures(f"background loop {name!r}", index, counted)
-        self.in_a_row = 0  # failed iterations since the last one that succeeded
-        self.ended = False
-
-    async def run(self) -> None:
-        try:
-            while True:
-                await asyncio.sleep(self.period_s)
-                try:
-                    await self.step()
-                except Exception as exc:
-                    self.in_a_row += 1
-                    self.failures.note(exc)
-                else:
-                    self.in_a_row = 0
-        finally:  # cancelled (the shard stops) or something no loop should survive
-            self.ended = True
-
-    @property
-    def healthy(self) -> bool:
-        return not self.ended and self.in_a_row < self.unhealthy_after
 
 
 class ShardCore:
@@ -229,15 +146,14 @@ class ShardCore:
             "forgotten": 0,  # sessions dropped on a withdrawal of analytics consent
             "outcomes_refused": 0,  # intervention outcomes naming another session's record
         }
-        # The I/O loop's long-running work. None may end silently: see LoopGuard.
-        counted = self._metrics.failed
-        self._loops = [
-            LoopGuard("model", index, self._model_step, MODEL_POLL_S, counted=counted),
-            LoopGuard("snapshots", index, self._snapshot_step, SNAPSHOT_TICK_S, counted=counted),
-        ]
+        # The I/O loop's long-running work: restarted if it fails, never ended silently.
+        self.loops = Supervisor(log, f"shard {index}", counted=self._metrics.failed)
         self._last_sweep = time.monotonic()
-        self._unpackable = Failures("packing a session's snapshot", index, counted)
-        self._record_failures = Failures("writing intervention records", index, counted)
+        counted = self._metrics.failed
+        self._unpackable = Failures("packing a session's snapshot", log, f"shard {index}", counted)
+        self._record_failures = Failures(
+            "writing intervention records", log, f"shard {index}", counted
+        )
 
     # -- model ----------------------------------------------------------------
 
@@ -324,8 +240,22 @@ class ShardCore:
         if self._started:
             return
         self._started = True
-        for loop in self._loops:
-            self._spawn(loop.run())
+
+        def start_loops() -> None:  # on the I/O loop, which the supervisor's tasks run on
+            self.loops.start("model", self._model_loop)
+            self.loops.start("snapshots", self._snapshot_loop)
+
+        self._io.call_soon_threadsafe(start_loops)
+
+    async def _model_loop(self) -> None:
+        while True:
+            await asyncio.sleep(MODEL_POLL_S)
+            await self._model_step()
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SNAPSHOT_TICK_S)
+            await self._snapshot_step()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], also: set[asyncio.Task] | None = None) -> None:
         """Run ``coro`` on the I/O loop in the background (callable from any thread).
@@ -599,6 +529,7 @@ class ShardCore:
 
         async def stop_all() -> None:
             await self._records_written()
+            await self.loops.stop()
             tasks = list(self._tasks)
             for task in tasks:
                 task.cancel()
@@ -750,7 +681,8 @@ class ShardCore:
 
     def info(self) -> dict[str, Any]:
         """What this shard is doing and whether it is well; gateways' /healthz shows it."""
-        loops_failed = [loop.name for loop in self._loops if not loop.healthy]
+        loops = self.loops.health()
+        loops_failed = [name for name, state in loops.items() if not state["healthy"]]
         return {
             "index": self.index,
             "sessions_active": len(self.host.active),
@@ -762,7 +694,7 @@ class ShardCore:
             # (loops_failed names them); the counts say how often anything failed.
             "healthy": not loops_failed,
             "loops_failed": loops_failed,
-            "loop_failures": {loop.name: loop.failures.count for loop in self._loops},
+            "loop_failures": dict(self.loops.counts),
             "sessions_unpackable": self.host.unpackable,
             "record_failures": self._record_failures.count,
             **(

@@ -5,9 +5,11 @@ shard dispatch, pub/sub pushes, snapshots, model polling). If one of them
 raised and ended, the process would go on looking healthy while a part of
 the service had stopped for everyone. :class:`Supervisor` runs each loop in
 a task that restarts it after a failure, with a backoff, logs the first
-failure with its traceback and later ones as one line each (a loop that
-fails on every pass would otherwise flood the log), counts every failure,
+failure with its traceback and later ones sparingly (a loop that fails on
+every pass would otherwise flood the log), counts every failure,
 and reports a loop as unhealthy while it is down or failing repeatedly.
+:class:`Failures` is the counter and log policy, also for failures that
+are not a loop's (a session that cannot be packed, a record not written).
 
 Limits: a restart starts the loop's coroutine afresh; whatever it held in
 local variables is gone, so a loop must keep state it cannot lose on its
@@ -30,7 +32,51 @@ RESTART_DELAY_S = 0.05  # first restart; doubled on each failure in a row, up to
 RESTART_DELAY_MAX_S = 5.0
 FAILING_WINDOW_S = 60.0  # this many failures within this window: unhealthy
 FAILING_COUNT = 3
-LOG_AGAIN_S = 60.0  # after the first traceback, at most one line per loop this often
+
+
+class Failures:
+    """Counts one kind of failure and logs it without flooding the log.
+
+    The first is logged with its traceback; after that only when the count
+    reaches a power of two, with the count: a failure that repeats every
+    half second still shows up, a few dozen lines a day, not thousands.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        log: logging.Logger,
+        owner: str = "",
+        counted: Callable[[str], None] | None = None,
+    ) -> None:
+        self.what = what
+        self.log = log
+        self.who = f"{owner}: " if owner else ""  # who fails, for log lines ("shard 3: ")
+        self.counted = counted  # told of each failure (a metrics counter)
+        self.count = 0
+        self.last = ""  # the latest failure, as text
+
+    def note(self, exc: BaseException | str) -> None:
+        self.count += 1
+        if self.counted is not None:
+            self.counted(self.what)
+        self.last = exc if isinstance(exc, str) else f"{type(exc).__name__}: {str(exc)[:200]}"
+        if self.count == 1:
+            self.log.error(
+                "%s%s failed: %s",
+                self.who,
+                self.what,
+                self.last,
+                exc_info=exc if isinstance(exc, BaseException) else None,
+            )
+        elif self.count & (self.count - 1) == 0:
+            self.log.error(
+                "%s%s failed again (%d times so far), latest: %s",
+                self.who,
+                self.what,
+                self.count,
+                self.last,
+            )
 
 
 @dataclass
@@ -38,11 +84,9 @@ class LoopState:
     """What health and metrics show of one supervised loop."""
 
     name: str
+    failures: Failures
     running: bool = False
-    failures: int = 0
-    last_error: str = ""
     recent: list[float] = field(default_factory=list)  # monotonic times of recent failures
-    logged_at: float = -1e18
 
     def healthy(self, now: float) -> bool:
         recent = [t for t in self.recent if now - t < FAILING_WINDOW_S]
@@ -52,24 +96,28 @@ class LoopState:
         return {
             "running": self.running,
             "healthy": self.healthy(now),
-            "failures": self.failures,
-            "last_error": self.last_error,
+            "failures": self.failures.count,
+            "last_error": self.failures.last,
         }
 
 
 class Supervisor:
     """Runs named loops on the current event loop and restarts the ones that fail."""
 
-    def __init__(self, log: logging.Logger, owner: str = "") -> None:
+    def __init__(
+        self, log: logging.Logger, owner: str = "", counted: Callable[[str], None] | None = None
+    ) -> None:
         self.log = log
         self.owner = owner  # who runs the loops, for log lines ("gateway 3fa2...")
+        self.counted = counted  # told of each failure, by loop name (a metrics counter)
         self.loops: dict[str, LoopState] = {}
         self.counts: dict[str, int] = {}  # failures per loop, live (a metrics source)
         self.tasks: list[asyncio.Task] = []
 
     def start(self, name: str, loop: Callable[[], Coroutine[Any, Any, Any]]) -> asyncio.Task:
         """Run ``loop()`` as ``name`` until cancelled, restarting it whenever it fails."""
-        state = self.loops[name] = LoopState(name)
+        failures = Failures(f"loop {name!r}", self.log, self.owner, self.counted)
+        state = self.loops[name] = LoopState(name, failures)
         self.counts[name] = 0
         task = asyncio.get_running_loop().create_task(self._run(state, loop), name=name)
         self.tasks.append(task)
@@ -95,25 +143,12 @@ class Supervisor:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_DELAY_MAX_S)
 
-    def failed(self, state: LoopState, exc: BaseException, now: float) -> None:
-        """Count and log one failure of ``state``'s loop (also for loops that catch their own)."""
-        state.failures += 1
-        self.counts[state.name] = state.failures
-        state.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+    def failed(self, state: LoopState, exc: BaseException, now: float | None = None) -> None:
+        """Count and log one failure of ``state``'s loop (also one it caught and survived)."""
+        now = time.monotonic() if now is None else now
         state.recent = [t for t in state.recent if now - t < FAILING_WINDOW_S] + [now]
-        who = f"{self.owner}: " if self.owner else ""
-        if state.failures == 1:
-            self.log.error("%sloop %r failed; restarting it", who, state.name, exc_info=exc)
-            state.logged_at = now
-        elif now - state.logged_at >= LOG_AGAIN_S:
-            self.log.error(
-                "%sloop %r failed again (%d failures so far, last: %s); restarting it",
-                who,
-                state.name,
-                state.failures,
-                state.last_error,
-            )
-            state.logged_at = now
+        state.failures.note(exc)
+        self.counts[state.name] = state.failures.count
 
     @property
     def healthy(self) -> bool:

@@ -124,7 +124,13 @@ def build_app(
             body.update(extra_status())
         if shard_info is not None:
             try:
-                body["shard_info"] = await asyncio.wait_for(shard_info(), 5.0)
+                infos = await asyncio.wait_for(shard_info(), 5.0)
+                body["shard_info"] = infos
+                # A shard whose background loop is down (snapshots, model polling) is not well.
+                sick = [i.get("index") for i in infos if not i.get("healthy", True)]
+                if sick:
+                    body["ok"] = False
+                    body["shards_unhealthy"] = sick
             except Exception as exc:  # a shard restarting: health says so rather than hanging
                 body["shard_info"] = f"unavailable: {type(exc).__name__}"
         return web.json_response(body, status=200 if body["ok"] else 503)

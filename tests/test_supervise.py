@@ -55,9 +55,12 @@ async def test_a_failing_loop_restarts_and_health_turns_red_if_it_keeps_failing(
             "last_error": "",
         }
         await sup.stop()
-    # The first failure is logged with its traceback; the next ones (within a minute) are not.
+    # The first failure is logged with its traceback; later ones only at powers of two.
     lines = [r for r in caplog.records if "flaky" in r.getMessage()]
-    assert len(lines) == 1 and lines[0].exc_info is not None
+    count = sup.counts["flaky"]
+    assert lines[0].exc_info is not None and "pass 1" in lines[0].getMessage()
+    assert len(lines) == sum(1 for n in range(1, count + 1) if n & (n - 1) == 0)
+    assert all(r.exc_info is None for r in lines[1:])
 
 
 async def test_a_loop_that_returns_is_restarted_too():
