@@ -44,7 +44,15 @@ def test_cooccurrence_neighbours_rank_first_and_cart_is_excluded():
     assert ids(m.recommend(["a"], k=2))[0] == "b"
     recs = ids(m.recommend(["a"], cart_items=["b"], k=5))
     assert "b" not in recs and recs[0] in ("c", "d")
-    assert "a" not in ids(m.recommend(["a"], exclude=["a"], k=10))
+    assert sorted(ids(m.recommend(["a"], exclude=["a"], k=10))) == [
+        "b",
+        "c",
+        "d",
+        "p",
+        "x",
+        "y",
+        "z",
+    ]
     scores = [s for _, s in m.recommend(["a"], k=5)]
     assert scores == sorted(scores, reverse=True)
 
@@ -72,7 +80,8 @@ def test_categories_recommend_items_nobody_co_visited():
     without = SessionKNN.fit(sessions)
     # q was never seen with a, but shares its category.
     assert "q" in ids(with_cat.recommend(["a"], k=4))
-    assert "q" not in ids(without.recommend(["a"], k=4))
+    plain = ids(without.recommend(["a"], k=4))
+    assert len(plain) == 4 and "q" not in plain
     # Category votes never outrank real co-occurrence at the top.
     assert ids(with_cat.recommend(["a"], k=1)) == ["b"]
 
