@@ -119,16 +119,31 @@ async def test_a_socket_without_hello_is_closed(quick_gateway):
 
 async def test_hello_in_time_keeps_the_socket_and_pings_are_answered(quick_gateway):
     gw, url = quick_gateway
-    client = LifelineClient(url, "demo", f"t-alive-{uuid.uuid4().hex[:12]}", ORIGIN)
+    sid = f"t-alive-{uuid.uuid4().hex[:12]}"
+    client = LifelineClient(url, "demo", sid, ORIGIN)
     assert (await client.connect())["t"] == "welcome"
-    # The websockets client answers the gateway's pings: several intervals pass,
-    # the socket stays open and the session still works.
-    await client.send_events([{"type": "page_view", "seq": 1, "ts": 0, "path": "/"}])
-    await client.wait_acked(1)
-    for _ in range(4):
-        await client.roundtrip()
-        await asyncio.sleep(gw.ping_interval_s)  # let keepalive sweeps run between roundtrips
-    assert client.closed is None
+
+    async def page_view(seq: int) -> None:
+        """An event the gateway takes (current time): acknowledged, then scored."""
+        ev = {"type": "page_view", "seq": seq, "ts": int(time.time() * 1000), "path": f"/{seq}"}
+        await client.send_events([ev])
+        await client.wait_acked(seq)
+        await gw.wait_scored(sid, seq)
+
+    await page_view(1)
+    # Silent for three keepalive intervals: the gateway pings the quiet socket, and would
+    # drop it at the next sweep without a pong (test_a_socket_that_answers_no_ping_is_dropped).
+    # Time passing is what is tested here: there is no event to await instead.
+    peer = gw.peers_by_sid[sid]
+    heard = peer.last_rx  # the last frame from the client
+    await asyncio.sleep(3 * gw.ping_interval_s)
+    # The client sent nothing since, yet the gateway heard from it: the pong to its ping.
+    assert peer.last_rx > heard
+    assert client.closed is None and gw.peers_by_sid.get(sid) is peer
+    # And the session still works: a new event is stored and scored.
+    await page_view(2)
+    assert client.of_type("error") == []
+    assert [e["seq"] for e in await gw.store.read_events(sid)] == [1, 2]
     await client.close()
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from actors.detectors import SIGNALS
@@ -108,7 +113,23 @@ def test_holdout_is_recorded_not_hidden_from_the_schedule():
     sids = [f"sid-{i:06d}" for i in range(5000)]
     share = sum(in_holdout(s, 0.10) for s in sids) / len(sids)
     assert 0.085 < share < 0.115
-    assert in_holdout(sids[0], 0.10) == in_holdout(sids[0], 0.10)
+    # The same sid lands the same way in another process with another hash seed, as it
+    # must after a restart or on another gateway (Python's hash() would not).
+    mine = "".join("1" if in_holdout(s, 0.10) else "0" for s in sids)
+    code = (
+        "import sys; from actors.policy import in_holdout; "
+        "print(''.join('1' if in_holdout(s, 0.10) else '0' for s in sys.stdin.read().split()))"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code],
+        input="\n".join(sids),
+        env={**os.environ, "PYTHONHASHSEED": "4242"},
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert other.stdout.strip() == mine
     held = next(s for s in sids if in_holdout(s, 0.10))
     s = Session(held)
     d = decide(s, view(), 0.9, PolicyConfig(holdout=0.10))

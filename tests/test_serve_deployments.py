@@ -251,12 +251,16 @@ async def test_recommender_cold_start_from_a_catalog_file(env):
     rec = env["handles"]["recommender"]
     ctx = {"site": "shop", "recent_items": ["p01"], "cart_items": [], "k": 3}
     items = (await rec.recommend.remote(ctx))["items"]
+    # Every catalogued item counts as clicked once (popularity 1): p02 shares p01's category
+    # (shoes) and gets the category share 0.3 on top of the popularity term 0.02; no other
+    # item is a shoe, so they have the popularity term alone.
     assert items[0] == {
         "id": "p02",
         "name": "City Sneakers",
         "url": "/product.html?id=p02",
-        "score": items[0]["score"],
+        "score": pytest.approx(0.3 + 0.02, abs=1e-4),
     }
+    assert [i["score"] for i in items[1:]] == pytest.approx([0.02, 0.02], abs=1e-4)
     assert "p01" not in [i["id"] for i in items] and len(items) == 3
 
 

@@ -65,10 +65,14 @@ async def serve_stack(ray_cluster, redis_url, tmp_path_factory):
     delete_prefix(redis_url, prefix)
 
 
-async def open_session(stack, consent: tuple[str, ...] = CONSENT) -> LifelineClient:
-    client = LifelineClient(
-        stack.ws_url, "demo", f"t-serve-{uuid.uuid4().hex[:12]}", ORIGIN, consent=consent
-    )
+def new_sid() -> str:
+    return f"t-serve-{uuid.uuid4().hex[:12]}"
+
+
+async def open_session(
+    stack, consent: tuple[str, ...] = CONSENT, sid: str | None = None
+) -> LifelineClient:
+    client = LifelineClient(stack.ws_url, "demo", sid or new_sid(), ORIGIN, consent=consent)
     assert (await client.connect())["t"] == "welcome"
     return client
 
@@ -141,8 +145,11 @@ async def test_cart_hesitation_gets_recommendations(serve_stack):
 
 
 async def test_without_personalization_no_llm_and_no_recommendations(serve_stack):
-    stack, _ = serve_stack
+    stack, stub = serve_stack
     client = await open_session(stack, consent=("necessary", "analytics"))
+    shard = stack.shard_for(client.sid)
+    scheduled = (await shard.ping.remote()).get("followups_scheduled", 0)
+    llm_calls = len(stub.requests)
     await send_now(client, cart_journey())
     await send_now(client, LINGER, ahead_ms=2500)
     await client.wait_acked(5)
@@ -150,5 +157,26 @@ async def test_without_personalization_no_llm_and_no_recommendations(serve_stack
     await client.roundtrip()
     ivs = client.of_type("intervention")
     assert ivs and all(iv["kind"] != RECOMMENDATIONS for iv in ivs)
+    # Updates come seconds after their intervention, so "none yet" proves nothing. A
+    # personalised session on the same shard runs the same journey after it: the shard
+    # schedules follow-ups in the order it decided (one I/O loop), so once this session's
+    # update has arrived, any follow-up of the first session was scheduled before it.
+    other = new_sid()
+    while stack.gateway.ring.shard_of(other) != stack.gateway.ring.shard_of(client.sid):
+        other = new_sid()
+    control = await open_session(stack, sid=other)
+    await send_now(control, cart_journey())
+    await send_now(control, LINGER, ahead_ms=2500)
+    await control.wait_acked(5)
+    await stack.gateway.wait_scored(control.sid, 5)
+    await control.roundtrip()
+    (iv,) = control.of_type("intervention")
+    assert iv["kind"] == RECOMMENDATIONS, iv
+    await control.wait_for(lambda f: f["t"] == "update" and f["iid"] == iv["iid"], timeout=10)
+    # One follow-up on that shard since the first session began: the control's.
+    assert (await shard.ping.remote())["followups_scheduled"] - scheduled == 1
+    assert len(stub.requests) == llm_calls  # no LLM asked (recommendations need none)
+    await client.roundtrip()
     assert client.of_type("update") == []
     await client.close()
+    await control.close()

@@ -282,11 +282,29 @@ def test_snapshot_roundtrip_is_exact():
     assert back.apply(dict(nxt)) == s.apply(dict(nxt))
 
 
-def test_replay_equals_event_by_event():
+def test_replay_gives_each_events_own_row():
+    """One row per event, as of that event (expectations by hand, not by a second replay)."""
     j = J().add(0, "page_view", path="/p").click(100).add(500, "scroll", depth=0.5, dir="down")
-    s = Session("replay")
-    rows = [s.apply(ev) for ev in j.events]
-    assert replay(j.events) == rows
+    rows = replay(j.events)
+    assert len(rows) == 3 and all(len(r) == N_FEATURES for r in rows)
+    by_event = {
+        name: [f(r, name) for r in rows]
+        for name in ("n_events", "session_age_s", "gap_s", "n_pages", "n_clicks")
+    }
+    assert by_event == {
+        "n_events": [1, 2, 3],
+        "session_age_s": [0.0, 0.1, 0.5],
+        "gap_s": [0.0, 0.1, 0.4],
+        "n_pages": [1, 1, 1],
+        "n_clicks": [0, 1, 1],
+    }
+    assert [f(r, "scroll_depth_max") for r in rows] == [0.0, 0.0, 0.5]
+    assert all(f(r, f"page_{p}") == 0 for r in rows for p in PAGE_TYPES)  # "/p" is no known page
+    # The detector settings are the ones given: three quick clicks on one spot are a rage
+    # burst by default (3 clicks), not when a burst takes four.
+    burst = J().add(0, "page_view", path="/").click(100).click(300).click(500).events
+    assert f(replay(burst)[-1], "rage_clicks") >= 1
+    assert f(replay(burst, cfg=DetectorConfig(rage_clicks=4))[-1], "rage_clicks") == 0
 
 
 @pytest.mark.parametrize(
