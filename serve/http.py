@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,13 @@ def build_app(
     demo_site: str = "demo",
     extra_status: Any = None,
     shard_info: Any = None,
+    processes: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> web.Application:
-    """The aiohttp application; ``ws_url`` is what pages are told to connect to."""
+    """The aiohttp application; ``ws_url`` is what pages are told to connect to.
+
+    ``processes`` lists this host's gateway processes with their ``state``
+    (cluster/stack.py): ``/healthz`` shows them and is not ok while any is not ``up``.
+    """
     app = web.Application(client_max_size=BEACON_MAX_BYTES)
 
     async def client_js(request: web.Request) -> web.Response:
@@ -111,13 +117,19 @@ def build_app(
             redis_ok = bool(await gateway.redis.ping())
         except Exception:
             redis_ok = False
+        gateways = processes() if processes is not None else []
+        # A gateway process down (restarting) means this host serves with less than it was
+        # given: not ok, so that a load balancer or an operator hears of it.
+        ok = redis_ok and all(g.get("state") == "up" for g in gateways)
         body = {
-            "ok": redis_ok,
+            "ok": ok,
             "redis": redis_ok,
             "gateway": gateway.id,
             "shards": len(gateway.shards),
             "connections": gateway.stats.connections,
         }
+        if gateways:
+            body["gateways"] = gateways
         if extra_status is not None:
             body.update(extra_status())
         if shard_info is not None:
@@ -125,7 +137,7 @@ def build_app(
                 body["shard_info"] = await asyncio.wait_for(shard_info(), 5.0)
             except Exception as exc:  # a shard restarting: health says so rather than hanging
                 body["shard_info"] = f"unavailable: {type(exc).__name__}"
-        return web.json_response(body, status=200 if redis_ok else 503)
+        return web.json_response(body, status=200 if ok else 503)
 
     async def metrics(request: web.Request) -> web.Response:
         """Prometheus text format, from the gateway's counters."""
