@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from serve import client_build
 from serve.gateway import Gateway
 
 log = logging.getLogger("lifeline.http")
@@ -27,6 +28,7 @@ log = logging.getLogger("lifeline.http")
 STATIC = Path(__file__).resolve().parent / "static"
 DEMO = STATIC / "demo"
 BEACON_MAX_BYTES = 64 * 1024
+CLIENT_CACHE_CONTROL = "public, max-age=300"
 _TYPES = {
     ".html": "text/html",
     ".js": "application/javascript",
@@ -54,13 +56,34 @@ def build_app(
     (cluster/stack.py): ``/healthz`` shows them and is not ok while any is not ``up``.
     """
     app = web.Application(client_max_size=BEACON_MAX_BYTES)
+    client = client_build.load()  # once: the files are part of the installed package
 
     async def client_js(request: web.Request) -> web.Response:
-        path = STATIC / "lifeline.js"
+        """The minified client (8 KB gzipped), gzip-encoded when accepted, revalidated by ETag.
+
+        Browsers may reuse it for 5 minutes, then ask again with If-None-Match
+        and get a bodiless 304 while it is unchanged: a new client reaches
+        every visitor within 5 minutes of a deploy.
+        """
+        gz = "gzip" in request.headers.get("Accept-Encoding", "")
+        etag = client.gzip_etag if gz else client.etag
+        headers = {
+            "Cache-Control": CLIENT_CACHE_CONTROL,
+            "ETag": etag,
+            "Vary": "Accept-Encoding",
+        }
+        wanted = request.headers.get("If-None-Match", "")
+        if wanted and any(
+            t.strip() in (client.etag, client.gzip_etag, "*") for t in wanted.split(",")
+        ):
+            return web.Response(status=304, headers=headers)
+        if gz:
+            headers["Content-Encoding"] = "gzip"
         return web.Response(
-            body=path.read_bytes(),
+            body=client.gzipped if gz else client.body,
             content_type="application/javascript",
-            headers={"Cache-Control": "no-cache"},
+            charset="utf-8",
+            headers=headers,
         )
 
     async def demo(request: web.Request) -> web.StreamResponse:
