@@ -43,8 +43,8 @@ from actors.records import ShardRecords
 from actors.scoring import SchemaMismatch, Scorer
 from actors.sites import Site, load_sites
 from cluster.keys import Keys
+from cluster.loops import Failures, Supervisor
 from cluster.redis_server import async_client
-from cluster.supervise import Failures, Supervisor
 
 log = logging.getLogger("lifeline.shard")
 

@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli (pyproject.toml)
+    import tomli as tomllib
 
 from actors.detectors import DetectorConfig
 from actors.policy import PolicyConfig

@@ -20,9 +20,14 @@ def _up(args: argparse.Namespace) -> int:
         os.environ["LIFELINE_WS_PORT"] = str(args.ws_port)
     if args.http_port is not None:
         os.environ["LIFELINE_HTTP_PORT"] = str(args.http_port)
-    from cluster.config import Settings
+    from cluster.config import InsecureSettings, Settings, check_secret
     from cluster.stack import run
 
+    try:  # before anything starts: a refused start leaves nothing behind
+        check_secret(Settings())
+    except InsecureSettings as exc:
+        print(f"lifeline up: refusing to start: {exc}", file=sys.stderr, flush=True)
+        return 2
     try:
         import uvloop  # the C event loop: socket writes and callbacks cost much less than in asyncio's
 
@@ -43,10 +48,10 @@ def _up(args: argparse.Namespace) -> int:
 def _config(args: argparse.Namespace) -> int:
     from cluster.config import Settings
 
-    width = max(len(env) for env, _, _ in Settings.describe())
-    for env, value, help_ in Settings.describe():
-        shown = "(set)" if "KEY" in env or "SECRET" in env else value
-        print(f"{env:<{width}}  {shown:<28}  {help_}")
+    rows = Settings.describe()  # secrets and URL passwords come redacted
+    width = max(len(env) for env, _, _ in rows)
+    for env, value, help_ in rows:
+        print(f"{env:<{width}}  {value:<28}  {help_}")
     return 0
 
 

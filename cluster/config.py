@@ -7,15 +7,32 @@ prints this table from the same source.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+# The resume-token key a fresh checkout runs with. It is public (it is in this
+# file), so a token signed with it proves nothing: a service reachable from
+# other machines refuses to start with it (check_secret).
+DEV_SECRET = "dev-secret-change-me"
+
+
+class InsecureSettings(RuntimeError):
+    """A setting that would let others in; the message says what to set."""
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "lifeline")
 
 
 @dataclass(frozen=True)
@@ -27,6 +44,7 @@ class Settings:
         metadata={
             "env": "REDIS_URL",
             "help": "Redis to use; empty: 127.0.0.1:6379 if it answers, else an embedded server",
+            "url": True,
         },
     )
     prefix: str = field(
@@ -61,8 +79,19 @@ class Settings:
         },
     )
     secret: str = field(
-        default_factory=lambda: _env("LIFELINE_SECRET", "dev-secret-change-me"),
-        metadata={"env": "LIFELINE_SECRET", "help": "HMAC key for session resume tokens"},
+        default_factory=lambda: _env("LIFELINE_SECRET", DEV_SECRET),
+        metadata={
+            "env": "LIFELINE_SECRET",
+            "help": "HMAC key for session resume tokens (the default is refused off loopback)",
+            "secret": True,
+        },
+    )
+    data_dir: str = field(
+        default_factory=lambda: _env("LIFELINE_DATA_DIR", _default_data_dir()),
+        metadata={
+            "env": "LIFELINE_DATA_DIR",
+            "help": "the embedded Redis's append-only file and lifeline up's run records",
+        },
     )
     shards: int = field(
         default_factory=lambda: int(_env("LIFELINE_SHARDS", "0")),
@@ -99,7 +128,11 @@ class Settings:
     )
     anthropic_api_key: str = field(
         default_factory=lambda: _env("ANTHROPIC_API_KEY", ""),
-        metadata={"env": "ANTHROPIC_API_KEY", "help": "key for LLM nudges; empty: templates only"},
+        metadata={
+            "env": "ANTHROPIC_API_KEY",
+            "help": "key for LLM nudges; empty: templates only",
+            "secret": True,
+        },
     )
     anthropic_base_url: str = field(
         default_factory=lambda: _env("ANTHROPIC_BASE_URL", ""),
@@ -115,9 +148,106 @@ class Settings:
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:
-        """(environment variable, default, meaning) for every setting."""
+        """(environment variable, current value, meaning) for every setting, secrets redacted."""
+        return cls().describe_values()
+
+    def describe_values(self) -> list[tuple[str, str, str]]:
+        """(environment variable, value fit to print, meaning) for every setting of this one.
+
+        Secrets never appear: a key says whether it is set (and whether it is
+        the public development default), a URL loses its password.
+        """
         out = []
-        defaults = cls()
-        for f in fields(cls):
-            out.append((f.metadata["env"], str(getattr(defaults, f.name)), f.metadata["help"]))
+        for f in fields(self):
+            value = str(getattr(self, f.name))
+            if f.metadata.get("secret"):
+                if not value:
+                    value = "(not set)"
+                elif value == DEV_SECRET:
+                    value = "(development default)"
+                else:
+                    value = "(set)"
+            elif f.metadata.get("url"):
+                value = redact_url(value)
+            out.append((f.metadata["env"], value, f.metadata["help"]))
         return out
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as the environment variables that reproduce them in a child process.
+
+        Secrets go to children this way, never on their command line, where
+        ``ps`` shows them to every user of the machine.
+        """
+        return {f.metadata["env"]: str(getattr(self, f.name)) for f in fields(self)}
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit to print or log: its password (userinfo or ``?password=``) becomes ``***``.
+
+    ``redis://:pw@host:6379/0`` -> ``redis://:***@host:6379/0``; a user name
+    stays, so an operator can still tell which account is used.
+    """
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL at all: show nothing of it rather than risk a secret
+        return "(unparseable URL)"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}:***@{hostport}" if colon else f"***@{hostport}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k.lower() == "password" for k, _ in pairs):
+            query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def is_loopback(host: str) -> bool:
+    """True if listening on ``host`` is reachable from this machine only.
+
+    ``0.0.0.0``, ``::`` and names that resolve to any other address are not;
+    a name that does not resolve counts as not loopback (refuse rather than guess).
+    """
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(
+        ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos
+    )
+
+
+def check_secret(settings: Settings) -> str | None:
+    """Refuse a resume-token key anyone can know, unless only this machine can connect.
+
+    Raises :class:`InsecureSettings` when ``LIFELINE_SECRET`` is unset (the
+    public development default) or empty and the service listens beyond
+    loopback; returns a warning to show loudly when it listens on loopback
+    only (a development start); ``None`` when the key is the operator's own.
+    """
+    if settings.secret and settings.secret != DEV_SECRET:
+        return None
+    what = "empty" if not settings.secret else f"the public development default ({DEV_SECRET!r})"
+    if not is_loopback(settings.host):
+        raise InsecureSettings(
+            f"LIFELINE_SECRET is {what}, and LIFELINE_HOST={settings.host} is reachable from "
+            "other machines: anyone could forge a resume token for any session. Set "
+            "LIFELINE_SECRET to a long random value (e.g. `python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'`), the same on every gateway."
+        )
+    return (
+        f"LIFELINE_SECRET is {what}: resume tokens can be forged by anyone who can connect. "
+        f"Accepted only because LIFELINE_HOST={settings.host} is loopback (development); "
+        "set LIFELINE_SECRET before serving anyone else."
+    )

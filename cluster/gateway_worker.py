@@ -7,32 +7,59 @@ connections over the processes. A session lives on whichever process holds
 its socket; the Lua append keeps its sequence numbers exact even when a
 resume lands on another process.
 
-Started by :mod:`cluster.stack`, not by hand: it prints ``ready`` on stdout
-once it listens, and stops on SIGTERM.
+Started by :mod:`cluster.stack`, not by hand, and restarted by it when it
+dies (cluster/processes.py): it prints ``ready`` on stdout once it
+listens, and stops on SIGTERM. Every setting, the Redis URL and the
+resume-token key among them, comes from the environment the stack gives
+it (``Settings.to_env``), never from the command line, which ``ps`` shows
+to every user of the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
+import os
 import signal
 import sys
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Get SIGTERM when the process that started us dies, even by SIGKILL (Linux only).
+
+    A gateway left behind by a killed ``lifeline up`` would hold its port and
+    a Ray connection to a cluster that is gone; the next ``lifeline up`` could
+    not tell it from a live one.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    expected = os.environ.get("LIFELINE_PARENT_PID")
+    if expected and os.getppid() != int(expected):  # the parent died before prctl took effect
+        sys.exit(1)
 
 
 async def serve(args: argparse.Namespace) -> None:
     import ray
 
     from actors.sites import load_sites
-    from cluster.config import Settings
+    from cluster.config import Settings, check_secret
     from cluster.stack import RAY_NAMESPACE
     from serve.gateway import Gateway
 
     settings = Settings()
+    check_secret(settings)  # the stack checked the same settings; a hand start is refused too
     ray.init(address=args.ray_address, namespace=RAY_NAMESPACE, logging_level="WARNING")
     shards = [ray.get_actor(name) for name in args.shards.split(",")]
     gateway = Gateway(
-        args.redis_url,
+        settings.redis_url,
         settings.prefix,
         shards,
         load_sites(settings.sites_file),
@@ -40,7 +67,7 @@ async def serve(args: argparse.Namespace) -> None:
         batch_window_ms=settings.batch_window_ms,
         append_window_ms=settings.append_window_ms,
     )
-    await gateway.start(settings.host, args.port, reuse_port=True)
+    await gateway.start(settings.host, settings.ws_port, reuse_port=True)
     print("ready", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -53,10 +80,9 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ray-address", required=True)
-    ap.add_argument("--redis-url", required=True)
-    ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--shards", required=True, help="comma-separated shard actor names")
     args = ap.parse_args(argv)
+    die_with_parent()
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

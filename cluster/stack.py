@@ -24,8 +24,10 @@ from aiohttp import web
 
 from actors.shard import SessionShard
 from actors.sites import Site, load_sites
-from cluster.config import Settings
-from cluster.redis_server import RedisServer, ensure_redis
+from cluster import ray_sessions
+from cluster.config import Settings, check_secret, redact_url
+from cluster.processes import Supervised
+from cluster.redis_server import Persistence, RedisServer, ensure_redis, persistence
 from serve.gateway import Gateway
 from serve.http import build_app
 from serve.protocol import Limits
@@ -40,9 +42,7 @@ RAY_NAMESPACE = "lifeline"
 # (batches of 5,000 events took 1.4 s for ~0.1 s of work). Only applies to a
 # cluster this process starts; a joined cluster keeps its own setting.
 RAY_SYSTEM_CONFIG = {"worker_niceness": 0}
-# The embedded Redis keeps nothing past the process (cluster/redis_server.py): say so where
-# an operator reads the address, so nobody mistakes the demo store for a durable one.
-EMBEDDED_NOTE = " (embedded: its data goes when Lifeline stops; set REDIS_URL to keep it)"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def shard_count(settings: Settings) -> int:
@@ -67,7 +67,10 @@ class Stack:
     serve_handles: dict[str, Any] = field(default_factory=dict)
     extra: list[Any] = field(default_factory=list)  # things to stop (LLM stand-in server, ...)
     dashboard_url: str = ""
-    processes: list[Any] = field(default_factory=list)  # extra gateway processes
+    processes: list[Supervised] = field(default_factory=list)  # extra gateway processes
+    persistence: Persistence | None = None
+    warnings: list[str] = field(default_factory=list)  # said at start-up, and again in the banner
+    ray_record: Path | None = None  # this run's local Ray cluster (cluster/ray_sessions.py)
 
     @property
     def redis_url(self) -> str:
@@ -90,16 +93,26 @@ class Stack:
         gateways: int = 1,
     ) -> Stack:
         s = self.settings
-        self.redis = ensure_redis(s.redis_url)
+        secret_warning = check_secret(s)  # raises off loopback with a key anyone can know
+        if secret_warning:
+            self._warn(secret_warning)
+        self.redis = ensure_redis(s.redis_url, data_dir=s.data_dir)
         if self.redis.embedded:
             log.warning(
-                "no Redis configured or answering at 127.0.0.1:6379: started an embedded one at %s "
-                "(data is lost when Lifeline stops)",
+                "no Redis configured or answering at 127.0.0.1:6379: using an embedded one at %s "
+                "(append-only file in %s)",
                 self.redis.url,
+                self.redis.workdir,
             )
+        self.persistence = persistence(self.redis.url)
+        persistence_warning = self.persistence.warning()
+        if persistence_warning:
+            self._warn(persistence_warning)
         self.sites = load_sites(s.sites_file)
         if not ray.is_initialized():
             address = os.environ.get("RAY_ADDRESS") or None
+            if address is None:  # a cluster of our own: first clear what a killed run left
+                await asyncio.to_thread(ray_sessions.stop_stale, s.data_dir)
             ctx = ray.init(
                 address=address,
                 namespace=RAY_NAMESPACE,
@@ -108,6 +121,9 @@ class Stack:
                 _system_config=None if address else RAY_SYSTEM_CONFIG,
             )
             self.dashboard_url = ctx.dashboard_url or ""
+            node = getattr(ray._private.worker, "_global_node", None)
+            if address is None and node is not None and node.head:
+                self.ray_record = ray_sessions.record(s.data_dir, node.get_session_dir_path())
         if with_serve:
             from serve.deployments import deploy
 
@@ -137,7 +153,11 @@ class Stack:
         for _ in range(gateways - 1):
             await self._start_extra_gateway(names)
         app = build_app(
-            self.gateway, self.ws_url, extra_status=self._status, shard_info=self.shard_info
+            self.gateway,
+            self.ws_url,
+            extra_status=self._status,
+            shard_info=self.shard_info,
+            processes=self.gateway_states,
         )
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
@@ -146,34 +166,44 @@ class Stack:
         self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self
 
+    def _warn(self, message: str) -> None:
+        log.warning("%s", message)
+        self.warnings.append(message)
+
     async def _start_extra_gateway(self, shard_names: list[str]) -> None:
-        """One more gateway process on the same WebSocket port (see cluster/gateway_worker.py)."""
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "cluster.gateway_worker",
-            "--ray-address",
-            ray.get_runtime_context().gcs_address,
-            "--redis-url",
-            self.redis_url,
-            "--port",
-            str(self.ws_port),
-            "--shards",
-            ",".join(shard_names),
-            stdout=asyncio.subprocess.PIPE,
-            cwd=str(Path(__file__).resolve().parent.parent),
-        )
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 120)
-        if line.strip() != b"ready":
-            proc.kill()
-            raise RuntimeError(f"extra gateway did not start (said {line!r})")
+        """One more gateway process on the same WebSocket port (see cluster/gateway_worker.py).
+
+        It is supervised (restarted with backoff when it dies, cluster/processes.py).
+        Its settings, the Redis URL and the resume-token key among them, go
+        through its environment: a command line is visible to every user in ``ps``.
+        """
+        env = {**os.environ, **self.settings.to_env(), "REDIS_URL": self.redis_url}
+        env["LIFELINE_WS_PORT"] = str(self.ws_port)
+        env["LIFELINE_PARENT_PID"] = str(os.getpid())  # it stops when we do (gateway_worker.py)
+        argv = [sys.executable, "-m", "cluster.gateway_worker"]
+        argv += ["--ray-address", ray.get_runtime_context().gcs_address]
+        argv += ["--shards", ",".join(shard_names)]
+        proc = Supervised(f"gateway process {len(self.processes) + 1}", argv, env, ROOT)
+        await proc.start()
         self.processes.append(proc)
 
+    def gateway_states(self) -> list[dict[str, Any]]:
+        """Every gateway of this host and its state, for ``/healthz`` (all ``up``: healthy)."""
+        main = {"name": "gateway 0 (main process)", "pid": os.getpid(), "state": "up"}
+        if self.gateway is not None:
+            main["id"] = self.gateway.id
+            if not self.gateway.loops.healthy:  # a background loop keeps failing
+                main["state"] = "failing"
+        return [main, *(p.status() for p in self.processes)]
+
     def _status(self) -> dict[str, Any]:
+        p = self.persistence
         return {
-            "redis_url": self.redis_url.split("@")[-1],
+            "redis_url": redact_url(self.redis_url),
             "embedded_redis": bool(self.redis and self.redis.embedded),
+            "redis_persistence": None
+            if p is None
+            else {"known": p.known, "aof": p.aof, "appendfsync": p.appendfsync, "save": p.rdb_save},
         }
 
     @property
@@ -194,11 +224,7 @@ class Stack:
         return list(await asyncio.gather(*(sh.ping.remote() for sh in self.shards)))
 
     async def stop(self) -> None:
-        for proc in self.processes:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(proc.wait(), 15)
+        await asyncio.gather(*(proc.stop() for proc in self.processes))
         if self.runner is not None:
             await self.runner.cleanup()
         if self.gateway is not None:
@@ -214,6 +240,7 @@ class Stack:
                     await result
         if self.redis is not None:
             self.redis.stop()
+        ray_sessions.forget(self.ray_record)  # Ray stops its processes as this one exits
 
 
 def dashboard_auth() -> str:
@@ -265,6 +292,12 @@ async def run(
     starting.result()  # a failed start raises here
     listen()  # again: ray.init put in a SIGTERM handler of its own
     info = await stack.shard_info()
+    redis_note = (
+        f" (embedded, append-only file in {stack.redis.workdir})"
+        if stack.redis and stack.redis.embedded
+        else ""
+    )
+    warnings = "".join(f"  WARNING       {w}\n" for w in stack.warnings)
     print(
         f"""
 Lifeline is running.
@@ -272,10 +305,10 @@ Lifeline is running.
   client script {stack.http_url}/lifeline.js
   WebSocket     {stack.ws_url}?site=demo  ({gateways} gateway process{"es" if gateways > 1 else ""})
   health        {stack.http_url}/healthz   metrics {stack.http_url}/metrics
-  Redis         {stack.redis_url}{EMBEDDED_NOTE if stack.redis and stack.redis.embedded else ""}
+  Redis         {redact_url(stack.redis_url)}{redis_note}
   shards        {len(info)} (model {info[0]["model"] if info else "?"})
   Ray dashboard {"http://" + stack.dashboard_url if stack.dashboard_url else "not running (see `ray status`)"}{dashboard_auth()}
-Press Ctrl-C to stop.
+{warnings}Press Ctrl-C to stop.
 """,
         flush=True,
     )

@@ -4,8 +4,11 @@
     python loadtests/client_size.py --check    # measure the committed lifeline.min.js only
 
 Minifying needs terser from npm at development time only (``npx terser``, or
-TERSER=/path/to/terser); the service itself serves serve/static/lifeline.js as
-written and needs no build step and no node. Exits 1 when over budget.
+TERSER=/path/to/terser); the service serves the committed lifeline.min.js at
+/lifeline.js and needs no build step and no node. The build's banner is
+stamped with the source's digest (serve/client_build.py), which
+tests/test_ops_client_js.py checks: rebuild here after editing lifeline.js.
+Exits 1 when over budget.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from serve.client_build import is_fresh, stamp  # noqa: E402
+
 SRC = ROOT / "serve" / "static" / "lifeline.js"
 MIN = ROOT / "serve" / "static" / "lifeline.min.js"
 BUDGET = 8 * 1024
@@ -44,6 +50,7 @@ def minify() -> bool:
     if cmd is None:
         return False
     subprocess.run([*cmd, str(SRC), *TERSER_ARGS, "-o", str(MIN)], check=True)
+    MIN.write_bytes(stamp(MIN.read_bytes(), SRC.read_bytes()))
     return True
 
 
@@ -61,9 +68,9 @@ def main() -> int:
     if not MIN.exists():
         print("no lifeline.min.js and no terser to make one (npm install terser)", file=sys.stderr)
         return 2
-    if MIN.stat().st_mtime < SRC.stat().st_mtime and not fresh:
+    if not is_fresh(SRC.read_bytes(), MIN.read_bytes()):
         print(
-            "warning: lifeline.min.js is older than lifeline.js; rerun without --check",
+            "warning: lifeline.min.js was not built from this lifeline.js; rerun without --check",
             file=sys.stderr,
         )
     src, mini = SRC.read_bytes(), MIN.read_bytes()

@@ -55,8 +55,8 @@ from actors.link import LinkDown, LinkTLS, ShardFailed, ShardLink
 from actors.placement import HashRing
 from actors.sites import Site
 from cluster.keys import Keys
+from cluster.loops import Supervisor
 from cluster.redis_server import async_client
-from cluster.supervise import Supervisor
 from serve import wire
 from serve.protocol import (
     CLOSE_HELLO_TIMEOUT,

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from serve import client_build
 from serve.gateway import Gateway
 
 log = logging.getLogger("lifeline.http")
@@ -26,6 +28,7 @@ log = logging.getLogger("lifeline.http")
 STATIC = Path(__file__).resolve().parent / "static"
 DEMO = STATIC / "demo"
 BEACON_MAX_BYTES = 64 * 1024
+CLIENT_CACHE_CONTROL = "public, max-age=300"
 _TYPES = {
     ".html": "text/html",
     ".js": "application/javascript",
@@ -45,16 +48,42 @@ def build_app(
     demo_site: str = "demo",
     extra_status: Any = None,
     shard_info: Any = None,
+    processes: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> web.Application:
-    """The aiohttp application; ``ws_url`` is what pages are told to connect to."""
+    """The aiohttp application; ``ws_url`` is what pages are told to connect to.
+
+    ``processes`` lists this host's gateway processes with their ``state``
+    (cluster/stack.py): ``/healthz`` shows them and is not ok while any is not ``up``.
+    """
     app = web.Application(client_max_size=BEACON_MAX_BYTES)
+    client = client_build.load()  # once: the files are part of the installed package
 
     async def client_js(request: web.Request) -> web.Response:
-        path = STATIC / "lifeline.js"
+        """The minified client (8 KB gzipped), gzip-encoded when accepted, revalidated by ETag.
+
+        Browsers may reuse it for 5 minutes, then ask again with If-None-Match
+        and get a bodiless 304 while it is unchanged: a new client reaches
+        every visitor within 5 minutes of a deploy.
+        """
+        gz = "gzip" in request.headers.get("Accept-Encoding", "")
+        etag = client.gzip_etag if gz else client.etag
+        headers = {
+            "Cache-Control": CLIENT_CACHE_CONTROL,
+            "ETag": etag,
+            "Vary": "Accept-Encoding",
+        }
+        wanted = request.headers.get("If-None-Match", "")
+        if wanted and any(
+            t.strip() in (client.etag, client.gzip_etag, "*") for t in wanted.split(",")
+        ):
+            return web.Response(status=304, headers=headers)
+        if gz:
+            headers["Content-Encoding"] = "gzip"
         return web.Response(
-            body=path.read_bytes(),
+            body=client.gzipped if gz else client.body,
             content_type="application/javascript",
-            headers={"Cache-Control": "no-cache"},
+            charset="utf-8",
+            headers=headers,
         )
 
     async def demo(request: web.Request) -> web.StreamResponse:
@@ -112,14 +141,20 @@ def build_app(
         except Exception:
             redis_ok = False
         own = gateway.health()  # its background loops: one that keeps failing turns health red
+        gateways = processes() if processes is not None else []
+        # A gateway process down (restarting) means this host serves with less than it was
+        # given: not ok, so that a load balancer or an operator hears of it.
+        ok = redis_ok and own["ok"] and all(g.get("state") == "up" for g in gateways)
         body = {
-            "ok": redis_ok and own["ok"],
+            "ok": ok,
             "redis": redis_ok,
             "gateway": gateway.id,
             "loops": own["loops"],
             "shards": len(gateway.shards),
             "connections": gateway.stats.connections,
         }
+        if gateways:
+            body["gateways"] = gateways
         if extra_status is not None:
             body.update(extra_status())
         if shard_info is not None:

@@ -38,9 +38,12 @@ def shards_of(proc: psutil.Process) -> list[psutil.Process]:
     return out
 
 
-def test_ctrl_c_during_start_up_stops_everything(redis_url):
+def test_ctrl_c_during_start_up_stops_everything(redis_url, tmp_path):
     env = dict(
-        os.environ, LIFELINE_PREFIX=f"lltest-up-{uuid.uuid4().hex[:8]}:", REDIS_URL=redis_url
+        os.environ,
+        LIFELINE_PREFIX=f"lltest-up-{uuid.uuid4().hex[:8]}:",
+        REDIS_URL=redis_url,
+        LIFELINE_DATA_DIR=str(tmp_path),  # its records of Ray sessions, not the user's
     )
     env.pop("RAY_ADDRESS", None)
     # With Serve, as the quick start runs it (a Ctrl-C was lost there).
@@ -66,6 +69,8 @@ def test_ctrl_c_during_start_up_stops_everything(redis_url):
         assert "Lifeline is running" not in output
         gone, alive = psutil.wait_procs(shards, timeout=30)
         assert not alive, f"shards still running: {alive}"
+        # Stopped cleanly: no record of its Ray session is left for the next start to clear.
+        assert not list((tmp_path / "ray-sessions").glob("*.json"))
     finally:
         if up.poll() is None:
             up.kill()

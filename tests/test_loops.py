@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from cluster import supervise
-from cluster.supervise import Supervisor
+from cluster import loops
+from cluster.loops import Supervisor
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -25,7 +25,7 @@ async def test_a_failing_loop_restarts_and_health_turns_red_if_it_keeps_failing(
     async def flaky() -> None:
         nonlocal passes
         passes += 1
-        if passes >= supervise.FAILING_COUNT:
+        if passes >= loops.FAILING_COUNT:
             failed_enough.set()
         raise ValueError(f"pass {passes}")
 
@@ -41,12 +41,12 @@ async def test_a_failing_loop_restarts_and_health_turns_red_if_it_keeps_failing(
         await asyncio.wait_for(failed_enough.wait(), 5)
         await asyncio.wait_for(steady.wait(), 5)
         # Let the supervisor note the last failure before reading its state.
-        while sup.counts["flaky"] < supervise.FAILING_COUNT:
+        while sup.counts["flaky"] < loops.FAILING_COUNT:
             await asyncio.sleep(0)
         health = sup.health()
         assert not sup.healthy
         assert health["flaky"]["healthy"] is False
-        assert health["flaky"]["failures"] >= supervise.FAILING_COUNT
+        assert health["flaky"]["failures"] >= loops.FAILING_COUNT
         assert health["flaky"]["last_error"].startswith("ValueError")
         assert health["fine"] == {
             "running": True,

