@@ -16,8 +16,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 async def test_a_failing_loop_restarts_and_health_turns_red_if_it_keeps_failing(
     caplog, monkeypatch
 ):
-    monkeypatch.setattr(supervise, "RESTART_DELAY_S", 0.001)
-    log = logging.getLogger("test.supervise")
+    monkeypatch.setattr(loops, "RESTART_DELAY_S", 0.001)
+    log = logging.getLogger("test.loops")
     sup = Supervisor(log, "test")
     passes = 0
     failed_enough = asyncio.Event()
@@ -35,7 +35,7 @@ async def test_a_failing_loop_restarts_and_health_turns_red_if_it_keeps_failing(
         steady.set()
         await asyncio.Event().wait()  # runs until cancelled
 
-    with caplog.at_level(logging.ERROR, logger="test.supervise"):
+    with caplog.at_level(logging.ERROR, logger="test.loops"):
         sup.start("flaky", flaky)
         sup.start("fine", fine)
         await asyncio.wait_for(failed_enough.wait(), 5)
@@ -64,7 +64,7 @@ async def test_a_failing_loop_restarts_and_health_turns_red_if_it_keeps_failing(
 
 
 async def test_a_loop_that_returns_is_restarted_too():
-    sup = Supervisor(logging.getLogger("test.supervise"))
+    sup = Supervisor(logging.getLogger("test.loops"))
     runs = 0
     second = asyncio.Event()
 
