@@ -9,14 +9,25 @@ The sites file is TOML, one table per site::
     [sites.demo.detectors]
     rage_clicks = 3
 
-Origins are matched with shell-style wildcards (``*`` for "any port").
+An origin pattern is ``scheme://host[:port]``, parsed, never globbed as a
+string. In the host, ``*`` stands for exactly one whole DNS label (as in a
+TLS certificate): ``https://*.shop.com`` allows ``https://a.shop.com`` but
+neither ``https://a.b.shop.com`` (write ``https://*.*.shop.com`` for that) nor
+``https://shop.com`` nor ``https://evilshop.com``. Wildcard labels come
+first and are followed by at least two literal ones; a ``*`` inside a label
+(``https://*shop.com``), after one (``https://shop.*``) or before a single
+one (``https://*.com``) is refused at start-up. A port of ``*`` allows any
+port, the scheme's default included; no port means the scheme's default
+(80 for http, 443 for https). Hosts compare case-insensitively; write
+internationalised names in their ASCII (``xn--``) form, as browsers send them.
+
 Unknown keys are errors, so a typo in a rule is caught at start-up rather
 than silently ignored. Pure: parsing only, no I/O beyond reading the file.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +42,84 @@ from actors.policy import PolicyConfig
 
 _SITE_KEYS = {"origins", "policy", "detectors", "name"}
 
+# scheme://host[:port], used with fullmatch (no path, no user info, no trailing
+# newline). The host is an IPv6 literal or dot-separated labels; whether a
+# label is valid is checked per label below.
+_ORIGIN_RE = re.compile(
+    r"([a-z][a-z0-9+.-]*)://(\[[0-9a-f:.]+\]|[a-z0-9_.*-]+)(?::(\*|[0-9]{1,5}))?", re.IGNORECASE
+)
+_LABEL_RE = re.compile(r"[a-z0-9_-]+")  # a DNS label (underscores tolerated), lower case
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+ANY_PORT = -1
+
+
+def _split_origin(text: str, wildcards: bool) -> tuple[str, tuple[str, ...], int | None] | None:
+    """(scheme, host labels, port) of an origin or a pattern, or None if it is not one.
+
+    The port is the scheme's default when none is given (None for a scheme
+    without one), ANY_PORT for a pattern's ``*``. With ``wildcards``, a host
+    label may be ``*``.
+    """
+    m = _ORIGIN_RE.fullmatch(text)
+    if m is None:
+        return None
+    scheme, host, port_text = m.group(1).lower(), m.group(2).lower(), m.group(3)
+    if host.startswith("["):
+        labels: tuple[str, ...] = (host,)
+    else:
+        labels = tuple(host.split("."))
+        for label in labels:
+            if not (_LABEL_RE.fullmatch(label) or (wildcards and label == "*")):
+                return None
+    if port_text is None:
+        port = _DEFAULT_PORTS.get(scheme)
+    elif port_text == "*":
+        if not wildcards:
+            return None
+        port = ANY_PORT
+    else:
+        port = int(port_text)
+        if not 0 < port < 65536:
+            return None
+    return scheme, labels, port
+
+
+@dataclass(frozen=True)
+class OriginPattern:
+    """One allowed-origin pattern of a site, parsed (see the module docstring)."""
+
+    scheme: str
+    labels: tuple[str, ...]  # "*" stands for any one label
+    port: int | None  # ANY_PORT: any
+
+    @classmethod
+    def parse(cls, text: str) -> OriginPattern:
+        """Parse a pattern; ValueError says what is wrong with it."""
+        if not isinstance(text, str):
+            raise ValueError(f"origin pattern {text!r} is not a string")
+        parts = _split_origin(text, wildcards=True)
+        if parts is None:
+            raise ValueError(
+                f"origin pattern {text!r} is not scheme://host[:port], where '*' stands for a "
+                "whole host label ('https://*.shop.com', not 'https://*shop.com') or any port"
+            )
+        scheme, labels, port = parts
+        literal = labels[labels.count("*") :]
+        if "*" in literal or ("*" in labels and len(literal) < 2):
+            # "https://shop.*" or "https://*.com" would let in sites nobody meant.
+            raise ValueError(
+                f"origin pattern {text!r}: '*' labels must come first, followed by at "
+                "least two literal labels ('https://*.shop.com')"
+            )
+        return cls(scheme, labels, port)
+
+    def matches(self, scheme: str, labels: tuple[str, ...], port: int | None) -> bool:
+        if scheme != self.scheme or len(labels) != len(self.labels):
+            return False
+        if self.port != ANY_PORT and port != self.port:
+            return False
+        return all(p == "*" or p == label for p, label in zip(self.labels, labels, strict=True))
+
 
 @dataclass(frozen=True)
 class Site:
@@ -41,12 +130,22 @@ class Site:
     origins: tuple[str, ...] = ()
     detectors: DetectorConfig = field(default_factory=DetectorConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    patterns: tuple[OriginPattern, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Parsed once, here: a malformed pattern fails at start-up (ValueError).
+        object.__setattr__(self, "patterns", tuple(OriginPattern.parse(o) for o in self.origins))
 
     def origin_allowed(self, origin: str | None) -> bool:
-        """True if ``origin`` matches the allow-list (no Origin header: not a browser, refused)."""
+        """True if ``origin`` matches the allow-list.
+
+        No Origin header (not a browser), ``null`` (a sandboxed or file page)
+        and anything that is not ``scheme://host[:port]`` are refused.
+        """
         if not origin:
             return False
-        return any(fnmatch.fnmatchcase(origin, pattern) for pattern in self.origins)
+        parts = _split_origin(origin, wildcards=False)
+        return parts is not None and any(p.matches(*parts) for p in self.patterns)
 
 
 class SiteConfigError(ValueError):

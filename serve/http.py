@@ -12,7 +12,6 @@ HTML pages of the demo carry placeholders filled in per request:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from aiohttp import web
 
 from serve import client_build
 from serve.gateway import Gateway
+from serve.protocol import decode, nests_within
 
 log = logging.getLogger("lifeline.http")
 
@@ -29,6 +29,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 DEMO = STATIC / "demo"
 BEACON_MAX_BYTES = 64 * 1024
 CLIENT_CACHE_CONTROL = "public, max-age=300"
+BEACON_MAX_DEPTH = 16  # body, events, event, then a field of MAX_DEPTH (8) in actors/events.py
 _TYPES = {
     ".html": "text/html",
     ".js": "application/javascript",
@@ -122,15 +123,20 @@ def build_app(
             return web.json_response(
                 {"code": "frame_too_large", "detail": "beacon over 64 KiB"}, status=413
             )
+        # The socket's decoder, so a beacon body is refused for what a frame is
+        # (NaN, Infinity, nesting past the stack: a 400, never a 500).
         try:
-            body = json.loads(raw)
-        except ValueError:
+            body, why = decode(raw.decode())
+        except UnicodeDecodeError:
+            body, why = None, "body is not UTF-8"
+        if body is None:
             return web.json_response(
-                {"code": "bad_frame", "detail": "body is not JSON"}, status=400
+                {"code": "bad_frame", "detail": f"body must be a JSON object: {why}"}, status=400
             )
-        if not isinstance(body, dict):
+        if not nests_within(body, BEACON_MAX_DEPTH):
             return web.json_response(
-                {"code": "bad_frame", "detail": "body must be a JSON object"}, status=400
+                {"code": "bad_frame", "detail": f"body nests deeper than {BEACON_MAX_DEPTH}"},
+                status=400,
             )
         status, reply = await gateway.beacon(site, body)
         return web.json_response(reply, status=status)

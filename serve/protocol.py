@@ -26,11 +26,13 @@ from typing import Any
 
 import msgpack
 
-from actors.events import SEQUENCE_GAP, EventError, validate_event
+from actors.events import MAX_NUM, SEQUENCE_GAP, EventError, validate_event
 
 PROTOCOL_VERSION = 1
 CONSENT_CATEGORIES = ("necessary", "analytics", "personalization", "marketing")
-SID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+# Used with fullmatch: "$" alone would accept a trailing newline.
+SID_RE = re.compile(r"[A-Za-z0-9_-]{8,64}")
+MAX_TOKEN = 128  # a resume token is 32 hex digits; anything much longer is not one
 
 # Close codes (docs/PROTOCOL.md).
 CLOSE_BAD_FRAMES = 4400
@@ -70,24 +72,78 @@ def error(code: str, detail: str, **extra: Any) -> dict[str, Any]:
     return frame
 
 
+def _is_sid(value: Any) -> bool:
+    """True for a valid session id (a full match: no trailing newline)."""
+    return isinstance(value, str) and SID_RE.fullmatch(value) is not None
+
+
 def sign_token(secret: bytes, site: str, sid: str) -> str:
     """The resume token for a session: only whoever got the welcome can resume it."""
     return hmac.new(secret, f"{site}|{sid}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code} is not part of the protocol")
+
+
 def decode(message: str | bytes) -> tuple[dict[str, Any] | None, str | None]:
-    """A frame as a map, or (None, reason). JSON for text frames, msgpack for binary."""
+    """A frame as a map, or (None, reason). JSON for text frames, msgpack for binary.
+
+    Never raises. Refuses what no client sends: JSON's non-standard NaN and
+    Infinity, msgpack extension types, nesting deeper than the decoder's stack
+    (JSON: the interpreter's recursion limit; msgpack: its fixed stack). What
+    the decoders still let through (a number like 1e999 that decodes to inf,
+    msgpack NaN, deep but not too deep nesting) is refused where it is used:
+    ``validate_event`` for events, :meth:`Connection.events` for ``now``.
+    """
     try:
         frame = (
-            msgpack.unpackb(message, raw=False)
+            msgpack.unpackb(message, raw=False, ext_hook=_no_ext)
             if isinstance(message, bytes)
-            else json.loads(message)
+            else json.loads(message, parse_constant=_no_constant)
         )
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:
+        # ValueError covers msgpack's ExtraData, FormatError and StackError, bad
+        # UTF-8 and JSON ints over the interpreter's 4300-digit limit.
         return None, f"undecodable frame: {type(exc).__name__}"
     if not isinstance(frame, dict):
         return None, "a frame must be a map"
     return frame, None
+
+
+def nests_within(value: Any, depth: int) -> bool:
+    """True if lists and maps in ``value`` nest at most ``depth`` deep.
+
+    Iterative, so it cannot exhaust the stack however deep ``value`` is. For
+    whole-message checks off the hot path (a beacon body); the socket path
+    needs none, since nothing there walks a value that validation has not bounded.
+    """
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, (list, tuple)):
+            continue
+        if level >= depth:
+            return False
+        stack.extend((child, level + 1) for child in item)
+    return True
+
+
+def _brief(value: Any) -> str:
+    """A short, always printable description of an untrusted value for an error detail."""
+    if value is None or isinstance(value, (bool, int, float)):
+        text = repr(value) if not isinstance(value, int) or -(10**18) < value < 10**18 else "int"
+    elif isinstance(value, str):
+        text = repr(value[:40])
+    else:
+        text = f"a {type(value).__name__}"  # repr of a deep list could exhaust the stack
+    return text
 
 
 def encode(frame: dict[str, Any], binary: bool) -> str | bytes:
@@ -166,8 +222,16 @@ class Connection:
 
     # -- frames -------------------------------------------------------------
 
-    def receive(self, message: str | bytes) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        """Decode one frame: (frame, None) or (None, error frame to send)."""
+    def receive(
+        self, message: str | bytes, now: float | None = None
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """Decode one frame: (frame, None) or (None, error frame to send).
+
+        Every frame costs against the connection's rate limit: an events frame
+        its number of events (at least one) in :meth:`events`, any other frame
+        one here, so a flood of pings, hellos or empty frames is limited like
+        a flood of events. Never raises.
+        """
         self.binary = isinstance(message, bytes)
         if len(message) > self.limits.frame_bytes:
             return None, self._bad(
@@ -176,9 +240,29 @@ class Connection:
         frame, why = decode(message)
         if frame is None:
             return None, self._bad(error("bad_frame", why or "bad frame"))
-        if frame.get("t") not in ("hello", "events", "consent", "ping"):
+        kind = frame.get("t")
+        if kind == "events":
+            return frame, None
+        if kind not in ("hello", "consent", "ping"):
             return None, self._bad(error("bad_frame", "unknown frame type 't'"))
+        if not self._take(1, time.monotonic() if now is None else now):
+            sid = frame.get("sid")
+            return None, self._rate_limited(sid if _is_sid(sid) else None)
         return frame, None
+
+    def _take(self, n: int, now: float) -> bool:
+        """Spend ``n`` tokens of the rate limit; False (a strike) when there are not enough."""
+        if self.bucket.take(n, now):
+            return True
+        self.strikes = [t for t in self.strikes if now - t < self.limits.abuse_window_s] + [now]
+        if len(self.strikes) >= self.limits.abuse_strikes:
+            self.close = (CLOSE_RATE_ABUSE, "rate limit exceeded repeatedly")
+        return False
+
+    def _rate_limited(self, sid: str | None) -> dict[str, Any]:
+        return error(
+            "rate_limited", f"over {self.limits.events_per_s:g} events/s: resend later", sid=sid
+        )
 
     def _bad(self, err: dict[str, Any]) -> dict[str, Any]:
         self.bad_frames += 1
@@ -195,9 +279,9 @@ class Connection:
     def hello(self, frame: dict[str, Any]) -> HelloRequest | dict[str, Any]:
         """Check a hello locally; returns the request to look up, or an error frame."""
         if frame.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
-            return error("bad_frame", f"unsupported protocol version {frame.get('v')!r}")
+            return error("bad_frame", f"unsupported protocol version {_brief(frame.get('v'))}")
         sid = frame.get("sid")
-        if not isinstance(sid, str) or not SID_RE.match(sid):
+        if not _is_sid(sid):
             return error("bad_sid", "sid must be 8 to 64 characters of [A-Za-z0-9_-]")
         consent = frame.get("consent")
         if not isinstance(consent, list) or not all(isinstance(c, str) for c in consent):
@@ -214,14 +298,19 @@ class Connection:
                 sid=sid,
             )
         token = frame.get("token")
-        if token is not None and not isinstance(token, str):
-            return error("bad_token", "token must be a string", sid=sid)
+        if token is not None and (
+            not isinstance(token, str) or len(token) > MAX_TOKEN or not token.isascii()
+        ):
+            return error("bad_token", "token must be the ASCII string from the welcome", sid=sid)
         return HelloRequest(sid, token, consent)
 
     def accept_hello(self, req: HelloRequest, known: bool, stored_seq: int) -> dict[str, Any]:
         """Finish a hello once the shell knows whether the sid exists and its durable seq."""
         expected = sign_token(self.secret, self.site, req.sid)
-        if req.token is not None and not hmac.compare_digest(req.token, expected):
+        # Bytes: compare_digest refuses str with non-ASCII characters (TypeError).
+        if req.token is not None and not hmac.compare_digest(
+            req.token.encode("utf-8", "surrogatepass"), expected.encode()
+        ):
             return error("bad_token", "token does not match this session", sid=req.sid)
         if known and req.token is None:
             return error("bad_token", "this session exists: resuming needs its token", sid=req.sid)
@@ -246,40 +335,50 @@ class Connection:
             return error(
                 "unknown_session",
                 "send a hello for this sid first",
-                sid=sid if isinstance(sid, str) else None,
+                sid=sid if _is_sid(sid) else None,  # never echo an arbitrary string
             )
         return cursor
 
     def events(
         self, frame: dict[str, Any], now_ms: int, now: float | None = None
     ) -> EventsPlan | dict[str, Any]:
-        """Validate an events frame against the session's cursor; returns a plan or an error frame."""
+        """Validate an events frame against the session's cursor; returns a plan or an error frame.
+
+        The frame costs its number of events against the rate limit, at least
+        one (and at most ``limits.batch``) whatever is wrong with it, so no
+        stream of frames is answered for free. Never raises.
+        """
         cursor = self._session_of(frame)
+        raw_events = frame.get("events")
+        cost = min(len(raw_events), self.limits.batch) if isinstance(raw_events, list) else 1
+        if not self._take(cost or 1, time.monotonic() if now is None else now):
+            return self._rate_limited(None if isinstance(cursor, dict) else cursor.sid)
         if isinstance(cursor, dict):
             return cursor
-        raw_events = frame.get("events")
         if not isinstance(raw_events, list):
             return error("bad_frame", "'events' must be a list", sid=cursor.sid)
         if len(raw_events) > self.limits.batch:
             return error(
                 "too_large", f"at most {self.limits.batch} events per frame", sid=cursor.sid
             )
-        now = time.monotonic() if now is None else now
-        if not self.bucket.take(len(raw_events), now):
-            self.strikes = [t for t in self.strikes if now - t < self.limits.abuse_window_s] + [now]
-            if len(self.strikes) >= self.limits.abuse_strikes:
-                self.close = (CLOSE_RATE_ABUSE, "event rate limit exceeded repeatedly")
-            return error(
-                "rate_limited",
-                f"over {self.limits.events_per_s:g} events/s: resend later",
-                sid=cursor.sid,
-            )
         client_now = frame.get("now")
-        offset = (
-            now_ms - int(client_now)
-            if isinstance(client_now, (int, float)) and not isinstance(client_now, bool)
-            else 0
-        )
+        offset = 0
+        if client_now is not None:
+            if (
+                not isinstance(client_now, (int, float))
+                or isinstance(client_now, bool)
+                or not -MAX_NUM <= client_now <= MAX_NUM  # NaN fails it; int() of inf raises
+            ):
+                # Refused whole, counted as a bad frame: no event in it consumes its number.
+                return self._bad(
+                    error(
+                        "bad_frame",
+                        "'now' must be a finite number of ms",
+                        sid=cursor.sid,
+                        field="now",
+                    )
+                )
+            offset = now_ms - int(client_now)
         plan = EventsPlan(cursor.sid, consent=cursor.consent)
         expected = cursor.next
         for raw in raw_events:

@@ -173,7 +173,9 @@ async def test_a_socket_that_answers_no_ping_is_dropped(quick_gateway):
 
 async def test_a_client_that_does_not_read_is_disconnected(lifeline_stack):
     """Frames pile up for a client that never reads; past the outbox limit the socket is cut."""
-    gw = side_gateway(lifeline_stack, outbox_bytes=16 * 1024)
+    # Every frame costs against the rate limit: lift it, so the outbox limit is what cuts.
+    unlimited = Limits(events_per_s=1e9, burst=1e9)
+    gw = side_gateway(lifeline_stack, outbox_bytes=16 * 1024, limits=unlimited)
     port = await gw.start("127.0.0.1", 0)
     try:
         url = f"ws://127.0.0.1:{port}/ws"

@@ -11,6 +11,7 @@ from serve.protocol import (
     CLOSE_BAD_FRAMES,
     CLOSE_RATE_ABUSE,
     Connection,
+    EventsPlan,
     HelloRequest,
     Limits,
     sign_token,
@@ -181,3 +182,157 @@ def test_replies_use_the_clients_encoding(binary):
     c.receive(msgpack.packb({"t": "ping"}) if binary else json.dumps({"t": "ping"}))
     out = c.encode({"t": "pong"})
     assert isinstance(out, bytes) is binary
+
+
+# -- hostile frames: an error frame and a bad-frame strike, never an exception ----
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        '{"t":"events","sid":"sess-0001","now":NaN,"events":[]}',
+        '{"t":"events","sid":"sess-0001","now":Infinity,"events":[]}',
+        '{"t":"events","sid":"sess-0001","now":-Infinity,"events":[]}',
+        '{"t":"events","sid":"sess-0001","events":[{"type":"click","seq":1,"ts":NaN}]}',
+        "[" * 60_000,
+        '{"a":' * 60_000,
+        b"\x91" * 60_000,  # msgpack: 60,000 nested arrays
+        msgpack.packb({"t": "ping", "x": msgpack.ExtType(3, b"x")}),
+        json.dumps({"t": "ping", "n": 1}).replace("1", "1" + "0" * 5000),  # int past 4300 digits
+    ],
+)
+def test_undecodable_frames_are_bad_frames(message):
+    c = Connection("demo", SECRET, Limits(frame_bytes=1024 * 1024))
+    f, err = c.receive(message)
+    assert f is None and err["code"] == "bad_frame"
+    assert c.bad_frames == 1 and c.close is None
+
+
+@pytest.mark.parametrize(
+    "now", [float("nan"), float("inf"), float("-inf"), 1e300, 2**70, "soon", [1], True]
+)
+def test_a_bad_now_refuses_the_frame_as_a_bad_frame(now):
+    c = connected()
+    err = c.events({"t": "events", "sid": SID, "now": now, "events": [ev(1)]}, NOW)
+    assert (err["code"], err["sid"], err["field"]) == ("bad_frame", SID, "now")
+    assert c.bad_frames == 1
+    assert c.sessions[SID].next == 1  # nothing consumed: the client resends with a good clock
+    assert c.events(frame(ev(1)), NOW).append[0]["seq"] == 1
+
+
+def test_1e999_in_json_reaches_no_int_conversion():
+    # JSON 1e999 decodes to inf: in "now" it refuses the frame, in "ts" the event.
+    c = connected()
+    f, err = c.receive('{"t":"events","sid":"sess-0001","now":1e999,"events":[]}')
+    assert err is None
+    assert c.events(f, NOW)["code"] == "bad_frame" and c.bad_frames == 1
+    text = json.dumps(frame(ev(1))).replace(f'"ts": {NOW}', '"ts": 1e999')
+    f, err = c.receive(text)
+    plan = c.events(f, NOW)
+    assert plan.append == [] and (plan.first, plan.last) == (1, 1)  # refused, seq consumed
+    assert [(r["code"], r["seq"], r["field"]) for r in plan.replies] == [("out_of_range", 1, "ts")]
+
+
+def test_bad_frames_close_after_the_budget_whatever_makes_them_bad():
+    c = connected(Limits(bad_frames=3))
+    for message in ('{"t":"ping","x":NaN}', "[" * 60_000, b"\x91" * 5000):
+        c.receive(message)
+    c.events({"t": "events", "sid": SID, "now": float("inf"), "events": []}, NOW)
+    assert c.close == (CLOSE_BAD_FRAMES, "too many bad frames")
+
+
+def test_qty_past_64_bits_is_refused_and_consumes_its_seq():
+    # It used to pass validation and then stop the gateway's append loop (msgpack overflow).
+    c = connected()
+    big = {"type": "add_to_cart", "seq": 2, "ts": NOW, "item": "p", "qty": 2**70}
+    plan = c.events(frame(ev(1), big, ev(3)), NOW)
+    assert [e["seq"] for e in plan.append] == [1, 3] and (plan.first, plan.last) == (1, 3)
+    assert [(r["code"], r["seq"]) for r in plan.replies] == [("out_of_range", 2)]
+    msgpack.packb(plan.append)
+
+
+def test_hello_with_a_non_ascii_token_gets_bad_token():
+    c = Connection("demo", SECRET)
+    f, err = c.receive(
+        json.dumps({"t": "hello", "sid": SID, "token": "é" * 32, "consent": ["analytics"]})
+    )
+    reply = c.hello(f)
+    assert reply["code"] == "bad_token" and reply["sid"] == SID
+    # Even a request built without hello() is compared without raising.
+    reply = c.accept_hello(HelloRequest(SID, "\ud800é", ["analytics"]), known=True, stored_seq=3)
+    assert reply["code"] == "bad_token"
+
+
+def test_sid_with_a_trailing_newline_is_refused():
+    c = Connection("demo", SECRET)
+    reply = c.hello({"t": "hello", "sid": SID + "\n", "consent": ["analytics"]})
+    assert reply["code"] == "bad_sid"
+    assert c.hello({"t": "hello", "sid": SID, "consent": ["analytics"]}).sid == SID
+
+
+def test_unknown_session_echoes_only_a_valid_sid():
+    c = connected()
+    err = c.events({"t": "events", "sid": "\ud800" * 10, "events": []}, NOW)
+    assert err["code"] == "unknown_session" and "sid" not in err
+    msgpack.packb(err)
+
+
+# -- every frame costs against the rate limit -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        json.dumps({"t": "ping"}),
+        json.dumps({"t": "events", "sid": SID, "now": NOW, "events": []}),
+        json.dumps({"t": "events", "sid": "sess-9999", "events": []}),  # unknown session
+        json.dumps({"t": "events", "sid": SID, "events": "nope"}),
+        json.dumps({"t": "hello", "sid": "x", "consent": []}),
+        json.dumps({"t": "consent", "sid": SID, "consent": "x"}),
+    ],
+)
+def test_a_flood_of_eventless_frames_is_rate_limited_then_closed(message):
+    c = connected(Limits(events_per_s=10, burst=10, abuse_strikes=3))
+    codes = []
+    for _ in range(13):
+        f, err = c.receive(message, now=0.0)
+        if err is None:
+            kind = f["t"]
+            reply = (
+                c.events(f, NOW, now=0.0)
+                if kind == "events"
+                else c.hello(f)
+                if kind == "hello"
+                else c.consent(f)[1]
+                if kind == "consent"
+                else {"t": "pong"}
+            )
+        else:
+            reply = err
+        if isinstance(reply, EventsPlan):  # an empty frame: answered with an ack
+            reply = reply.replies[0]
+        codes.append(reply.get("code", reply["t"]))
+    assert "rate_limited" not in codes[:10], codes
+    assert codes[10:] == ["rate_limited"] * 3, codes
+    assert c.close[0] == CLOSE_RATE_ABUSE
+
+
+def test_pings_at_the_clients_pace_are_never_limited():
+    c = connected(Limits(events_per_s=1, burst=2))
+    for i in range(100):  # a ping every 20 s (serve/static/lifeline.js); here every second
+        f, err = c.receive(json.dumps({"t": "ping"}), now=float(i))
+        assert err is None, (i, err)
+
+
+def test_events_still_cost_their_number_not_one_more():
+    c = connected(Limits(events_per_s=10, burst=10))
+    assert c.events(frame(*[ev(i) for i in range(1, 11)]), NOW, now=0.0).last == 10
+    assert c.events(frame(ev(11)), NOW, now=0.0)["code"] == "rate_limited"
+
+
+def test_product_page_pattern_needs_a_full_match():
+    # The same "$" defect in training's product-page pattern: "/products/p1\n" was p1.
+    from training.recommender_data import item_of_page
+
+    assert item_of_page("/products/p1") == "p1"
+    assert item_of_page("/products/p1\n") is None

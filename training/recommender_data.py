@@ -385,7 +385,7 @@ def format_reports(reports: Sequence[Mapping[str, Any]]) -> str:
 def item_of_page(path: str, item_path_re: re.Pattern[str] = ITEM_PATH_RE) -> str | None:
     """The product id a page path shows: ``/products/<id>`` or an ``id`` query parameter."""
     base, _, query = path.partition("?")
-    m = item_path_re.match(base)
+    m = item_path_re.fullmatch(base)  # "$" alone would take a trailing newline
     if m:
         return m.group(1)
     for part in query.split("&"):
