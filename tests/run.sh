@@ -17,4 +17,16 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 
+# The minified client is checked by rebuilding it with the terser that made it (npm, build time only).
+TERSER_VERSION=5.51.4
+if ! command -v terser >/dev/null 2>&1 || [ "$(terser --version)" != "terser $TERSER_VERSION" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    echo "installing terser $TERSER_VERSION from npm for the client build test..."
+    npm install -g --silent "terser@$TERSER_VERSION" >/dev/null
+  else
+    echo "error: the client build test needs npm (apt-get install npm)" >&2
+    exit 1
+  fi
+fi
+
 exec python3 -m pytest "$@"

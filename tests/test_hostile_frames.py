@@ -18,6 +18,8 @@ import aiohttp
 import pytest
 import websockets
 
+from serve.protocol import sign_token
+
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 ORIGIN = "http://127.0.0.1:8080"
@@ -144,14 +146,17 @@ async def test_a_flood_of_pings_is_rate_limited_then_closed(lifeline_stack):
 
 async def test_beacon_bodies_that_broke_decoding_get_400(lifeline_stack):
     sid = new_sid("beacon")
+    ws = await open_session(lifeline_stack, sid)  # a beacon adds only to a known session
+    token = sign_token(lifeline_stack.settings.secret.encode(), "demo", sid)
     url = f"{lifeline_stack.http_url}/beacon?site=demo"
     events = json.dumps([click(1)])
+    head = f'"sid":"{sid}","token":"{token}"'
     bodies = [
-        f'{{"sid":"{sid}","now":NaN,"events":{events}}}',
-        f'{{"sid":"{sid}","now":1e999,"events":{events}}}',
-        f'{{"sid":"{sid}","now":Infinity,"events":{events}}}',
+        f'{{{head},"now":NaN,"events":{events}}}',
+        f'{{{head},"now":1e999,"events":{events}}}',
+        f'{{{head},"now":Infinity,"events":{events}}}',
         "[" * 60_000,
-        f'{{"sid":"{sid}","events":{"[" * 30}{"]" * 30}}}',  # nested past the body's limit
+        f'{{{head},"events":{"[" * 30}{"]" * 30}}}',  # nested past the body's limit
         b"\xff\xfe",  # not UTF-8
     ]
     async with aiohttp.ClientSession() as http:
@@ -160,3 +165,4 @@ async def test_beacon_bodies_that_broke_decoding_get_400(lifeline_stack):
                 assert resp.status == 400, (body[:40], resp.status, await resp.text())
                 answer = await resp.json()
                 assert answer["code"] == "bad_frame", answer
+    await ws.close()
