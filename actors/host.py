@@ -251,8 +251,8 @@ class SessionHost:
     def _turn(self, sid: str) -> set[str]:
         return self.dirty[hash(sid) % len(self.dirty)]
 
-    def take_dirty(self, everything: bool = False) -> list[tuple[str, bytes]]:
-        """Packed states of the changed sessions whose snapshot tick this is.
+    def take_dirty(self, everything: bool = False) -> list[tuple[str, str, bytes]]:
+        """(sid, site, packed state) of the changed sessions whose snapshot tick this is.
 
         Called once per snapshot tick. A changed session is taken within
         ``snapshot_ticks`` calls, and each call takes only about that share of
@@ -266,17 +266,18 @@ class SessionHost:
             for sid in turn:
                 packed = self._try_packed(sid)
                 if packed is not None:
-                    out.append((sid, packed))
+                    out.append((sid, *packed))
             turn.clear()
         return out
 
-    def _try_packed(self, sid: str) -> bytes | None:
-        """:meth:`_packed`, but a state that cannot be packed is counted and skipped (None)."""
+    def _try_packed(self, sid: str) -> tuple[str, bytes] | None:
+        """(site, packed state); a state that cannot be packed is counted and skipped (None)."""
         session = self.active.get(sid)
         if session is not None:
-            return self._try_packed_session(sid, session)
+            packed = self._try_packed_session(sid, session)
+            return (session.site, packed) if packed is not None else None
         dormant = self.dormant.get(sid)
-        return dormant[0] if dormant else None
+        return (dormant[2], dormant[0]) if dormant else None
 
     def _try_packed_session(self, sid: str, session: Session) -> bytes | None:
         """``session.packed()``, or None (counted) if its state cannot be packed.
@@ -300,12 +301,12 @@ class SessionHost:
         dormant = self.dormant.get(sid)
         return dormant[0] if dormant else None
 
-    def sweep(self, now_ms: float) -> list[tuple[str, bytes]]:
+    def sweep(self, now_ms: float) -> list[tuple[str, str, bytes]]:
         """Compact sessions idle for a minute; retire those idle past the timeout.
 
-        Returns the retired sessions' packed states, for a last snapshot.
+        Returns the retired sessions' (sid, site, packed state), for a last snapshot.
         """
-        retired: list[tuple[str, bytes]] = []
+        retired: list[tuple[str, str, bytes]] = []
         for sid, session in list(self.active.items()):
             idle = now_ms - session.last_ts
             if idle >= self.compact_after_ms:
@@ -317,9 +318,9 @@ class SessionHost:
                     self._turn(sid).discard(sid)
                     continue
                 self.dormant[sid] = (packed, session.last_ts, session.site)
-        for sid, (packed, last_ts, _site) in list(self.dormant.items()):
+        for sid, (packed, last_ts, site) in list(self.dormant.items()):
             if now_ms - last_ts >= self.deactivate_after_ms:
                 del self.dormant[sid]
                 self._turn(sid).discard(sid)
-                retired.append((sid, packed))
+                retired.append((sid, site, packed))
         return retired

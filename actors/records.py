@@ -3,7 +3,7 @@
 Each decision leaves three things in Redis: its hash (``{p}iv:{iid}``, with
 the id of its intervention-log entry in ``log_id``), an entry in the
 intervention log (``{p}ivlog``), and its iid in the session's set
-(``{p}ivs:{sid}``), so that everything a session left can be found and
+(``{p}ivs:{site}:{sid}``), so that everything a session left can be found and
 deleted without scanning the log. One script writes all three atomically,
 one writes a tick's session snapshots, and one erases a session's records
 with its event log and snapshot.
@@ -25,7 +25,8 @@ from cluster.redis_server import script_arg
 
 INTERVENTION_LOG_MAXLEN = 100_000
 
-# ARGV[1]: a msgpack map: p (prefixes), ttl, maxlen, d (decisions: sid, iid,
+# ARGV[1]: a msgpack map: p (prefixes), ttl, maxlen, d (decisions: session id
+# (Keys.session_id), iid,
 # flat field list, running count, last ts), o (outcomes: iid, outcome, ts, sid,
 # site of the session that sent it). An outcome for a record that no longer
 # exists is dropped, not written as a new hash without an expiry; one for a
@@ -64,7 +65,8 @@ end
 return {#a.d, refused}
 """
 
-# ARGV[1]: a msgpack map: p (prefixes), sids. Deletes each session's event log,
+# ARGV[1]: a msgpack map: p (prefixes), sids (session ids, Keys.session_id).
+# Deletes each session's event log,
 # snapshot, intervention records and log entries, and its running intervention
 # count; the session hash keeps the consent (the record of the withdrawal).
 # 'log_ttl' goes with the log it described: the append script sets the TTL of a
@@ -91,8 +93,8 @@ return n
 """
 
 
-# ARGV[1]: a msgpack map: p (the snapshot key prefix), ttl, s (sid, packed state
-# pairs). One call instead of a pipeline of SETs: redis-py spent ~35 us of the
+# ARGV[1]: a msgpack map: p (the snapshot key prefix), ttl, s (session id, packed
+# state pairs). One call instead of a pipeline of SETs: redis-py spent ~35 us of the
 # shard's CPU on each pipelined command, the script ~4.
 SNAPSHOT_LUA = """
 local a = cmsgpack.unpack(ARGV[1])
@@ -103,17 +105,6 @@ return #a.s
 """
 
 
-def _prefixes(keys: Keys) -> dict[str, str]:
-    return {
-        "iv": keys.intervention(""),
-        "ivs": keys.interventions_of(""),
-        "s": keys.session(""),
-        "ev": keys.events(""),
-        "snap": keys.snapshot(""),
-        "log": keys.intervention_log,
-    }
-
-
 class ShardRecords:
     """Writes decisions, outcomes and snapshots, and erases a session's records; one per shard."""
 
@@ -121,7 +112,8 @@ class ShardRecords:
         self._record = r.register_script(RECORD_LUA)
         self._snapshots = r.register_script(SNAPSHOT_LUA)
         self._erase = r.register_script(ERASE_LUA)
-        self._p = _prefixes(keys)
+        self._p = keys.script_prefixes()
+        self._scoped = keys.session_id
 
     async def record(
         self,
@@ -145,7 +137,7 @@ class ShardRecords:
             "maxlen": INTERVENTION_LOG_MAXLEN,
             "d": [
                 [
-                    d.sid,
+                    self._scoped(f.get("site", ""), d.sid),
                     d.iid,
                     [str(x) for kv in f.items() for x in kv],
                     iv_counts.get(d.sid, 1),
@@ -161,12 +153,20 @@ class ShardRecords:
         _written, refused = await self._record(args=[script_arg(arg)])
         return int(refused)
 
-    async def snapshots(self, states: Sequence[tuple[str, bytes]]) -> None:
-        """Write (sid, packed state) snapshots, each expiring with the session's other keys."""
-        arg = {"p": self._p["snap"], "ttl": SESSION_TTL_S, "s": [list(x) for x in states]}
+    async def snapshots(self, states: Sequence[tuple[str, str, bytes]]) -> None:
+        """Write (sid, site, packed state) snapshots, each expiring with the session's other keys."""
+        scoped = self._scoped
+        arg = {
+            "p": self._p["snap"],
+            "ttl": SESSION_TTL_S,
+            "s": [[scoped(site, sid), state] for sid, site, state in states],
+        }
         await self._snapshots(args=[script_arg(arg)])
 
-    async def erase(self, sids: Sequence[str]) -> int:
-        """Delete all ``sids`` left here but their consent record; returns log entries removed."""
-        arg = {"p": self._p, "sids": list(sids)}
+    async def erase(self, sessions: Sequence[tuple[str, str]]) -> int:
+        """Delete all that the (site, sid) ``sessions`` left but their consent records.
+
+        Returns how many intervention-log entries were removed.
+        """
+        arg = {"p": self._p, "sids": [self._scoped(site, sid) for site, sid in sessions]}
         return int(await self._erase(args=[script_arg(arg)]))

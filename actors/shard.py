@@ -64,14 +64,14 @@ def first_events(items: Sequence[BatchItem | Forget]) -> dict[str, tuple[str, in
     return firsts
 
 
-def forgotten(items: Sequence[BatchItem | Forget]) -> list[str]:
+def forgotten(items: Sequence[BatchItem | Forget]) -> list[Forget]:
     """Sessions the batch withdraws: its explicit :class:`Forget` items, and nothing else.
 
     Never inferred from an events item's consent: events whose session left
     its connection while they were on their way carry the consent they were
     validated with, and even an empty one erases nothing.
     """
-    return [item.sid for item in items if type(item) is Forget]
+    return [item for item in items if type(item) is Forget]
 
 
 def decision_frame(d: Decision, text: str) -> dict[str, Any]:
@@ -398,10 +398,12 @@ class ShardCore:
     async def _load(self, need: list[str], firsts: dict[str, tuple[str, int]]) -> dict[str, tuple]:
         """Read snapshots, logged events and decision counts of ``need`` (on the I/O loop)."""
         pipe = self.redis.pipeline(transaction=False)
+        keys = self.keys
         for sid in need:
-            pipe.get(self.keys.snapshot(sid))
-            pipe.xrange(self.keys.events(sid))
-            pipe.hmget(self.keys.session(sid), "iv_count", "iv_last")
+            site = firsts[sid][0]
+            pipe.get(keys.snapshot(site, sid))
+            pipe.xrange(keys.events(site, sid))
+            pipe.hmget(keys.session(site, sid), "iv_count", "iv_last")
         replies = await pipe.execute()
         out: dict[str, tuple] = {}
         for i, sid in enumerate(need):
@@ -472,20 +474,20 @@ class ShardCore:
             # Another session's intervention id: a forged or confused client. Dropped.
             self.stats["outcomes_refused"] += refused
 
-    async def _erase(self, sids: list[str]) -> None:
+    async def _erase(self, gone: list[Forget]) -> None:
         """Delete what sessions whose analytics consent was withdrawn left in Redis.
 
         Their event logs, snapshots and intervention records go; the session
-        hash (with the consent) and the consent log stay: they are the record
-        of the withdrawal. Records still being written go first, so none is
-        written after the erase.
+        hash (with the consent) and the consent records stay: they are the
+        record of the withdrawal. Records still being written go first, so
+        none is written after the erase.
         """
         await self._records_written()
         try:
-            await self.records.erase(sids)
+            await self.records.erase([(f.site, f.sid) for f in gone])
         except redis.RedisError as exc:
             log.error(
-                "shard %d: could not erase %d withdrawn sessions: %s", self.index, len(sids), exc
+                "shard %d: could not erase %d withdrawn sessions: %s", self.index, len(gone), exc
             )
 
     async def _snapshot_step(self) -> None:
@@ -505,7 +507,7 @@ class ShardCore:
                 self._unpackable.note(self.host.last_pack_error)
         await self._write_snapshots(states)
 
-    async def _write_snapshots(self, states: list[tuple[str, bytes]]) -> None:
+    async def _write_snapshots(self, states: list[tuple[str, str, bytes]]) -> None:
         if not states:
             return
         try:
@@ -554,7 +556,7 @@ class ShardCore:
         self._run(self._flush(states))
         return len(states)
 
-    async def _flush(self, states: list[tuple[str, bytes]]) -> None:
+    async def _flush(self, states: list[tuple[str, str, bytes]]) -> None:
         await self._records_written()
         await self._write_snapshots(states)
 

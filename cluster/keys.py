@@ -2,15 +2,24 @@
 
 | key | type | holds |
 |---|---|---|
-| ``{p}ev:{sid}`` | stream | the session's event log; entry fields f, l (first/last seq), ev (msgpack list of events) |
-| ``{p}s:{sid}`` | hash | seq (last durable seq), site (the one that created it), consent, iv_count, iv_last |
-| ``{p}snap:{sid}`` | string | msgpack session snapshot |
-| ``{p}iv:{iid}`` | hash | one intervention decision, its outcome and its ``log_id`` in ivlog |
-| ``{p}ivs:{sid}`` | set | the iids of a session's decisions (to erase them with the session) |
+| ``{p}ev:{site}:{sid}`` | stream | the session's event log; entry fields f, l (first/last seq), ev (msgpack list of events) |
+| ``{p}s:{site}:{sid}`` | hash | seq (last durable seq), site (the one that created it), consent, iv_count, iv_last |
+| ``{p}snap:{site}:{sid}`` | string | msgpack session snapshot |
+| ``{p}iv:{iid}`` | hash | one intervention decision (with its sid and site), its outcome and its ``log_id`` in ivlog |
+| ``{p}ivs:{site}:{sid}`` | set | the iids of a session's decisions (to erase them with the session) |
 | ``{p}ivlog`` | stream | every decision, for operators and uplift analysis |
-| ``{p}consent:{sid}`` | stream | the session's consent records: one entry per change (consent, ts, site, via) |
+| ``{p}owner:{sid}`` | string | the site that created the session: a sid belongs to one site only |
+| ``{p}consent:{site}:{sid}`` | stream | the session's consent records: one entry per change (consent, ts, site, via) |
 | ``{p}push:{gateway}`` | pub/sub channel | intervention updates for one gateway's sockets |
 | ``{p}model:*`` | see training/registry.py | model registry |
+
+A session's keys are scoped by its site (``{site}:{sid}``, :meth:`Keys.session_id`):
+the data of one site's session is never under a key another site's session
+could name. A sid also belongs to one site only (``{p}owner:{sid}``, set
+atomically by the hello that created the session; serve/store.py), so the
+gateways and shards, which hold sessions by sid, never mix two sites'
+visitors. Site keys are TOML keys and sids are ``[A-Za-z0-9_-]``, so the
+last ``:`` splits a session id.
 """
 
 from __future__ import annotations
@@ -29,27 +38,61 @@ CONSENT_RECORDS_MAX = 256  # per session, so no visitor's changes evict another'
 class Keys:
     prefix: str = "ll:"
 
-    def events(self, sid: str) -> str:
-        return f"{self.prefix}ev:{sid}"
+    @staticmethod
+    def session_id(site: str, sid: str) -> str:
+        """The part of a session's keys that names it: its site and its id."""
+        return f"{site}:{sid}"
 
-    def session(self, sid: str) -> str:
-        return f"{self.prefix}s:{sid}"
+    @staticmethod
+    def split_session_id(scoped: str) -> tuple[str, str]:
+        """(site, sid) of a :meth:`session_id`."""
+        site, _, sid = scoped.rpartition(":")
+        return site, sid
 
-    def snapshot(self, sid: str) -> str:
-        return f"{self.prefix}snap:{sid}"
+    def events(self, site: str, sid: str) -> str:
+        return f"{self.prefix}ev:{site}:{sid}"
+
+    def session(self, site: str, sid: str) -> str:
+        return f"{self.prefix}s:{site}:{sid}"
+
+    def snapshot(self, site: str, sid: str) -> str:
+        return f"{self.prefix}snap:{site}:{sid}"
+
+    def interventions_of(self, site: str, sid: str) -> str:
+        return f"{self.prefix}ivs:{site}:{sid}"
+
+    def consent_records(self, site: str, sid: str) -> str:
+        return f"{self.prefix}consent:{site}:{sid}"
+
+    def owner(self, sid: str) -> str:
+        return f"{self.prefix}owner:{sid}"
 
     def intervention(self, iid: str) -> str:
         return f"{self.prefix}iv:{iid}"
-
-    def interventions_of(self, sid: str) -> str:
-        return f"{self.prefix}ivs:{sid}"
 
     @property
     def intervention_log(self) -> str:
         return f"{self.prefix}ivlog"
 
-    def consent_records(self, sid: str) -> str:
-        return f"{self.prefix}consent:{sid}"
+    @property
+    def events_pattern(self) -> str:
+        """SCAN pattern of every session's event log (export, training)."""
+        return f"{self.prefix}ev:*"
+
+    def session_of_events_key(self, key: str) -> tuple[str, str]:
+        """(site, sid) of an event-log key that :attr:`events_pattern` found."""
+        return self.split_session_id(key[len(self.prefix) + 3 :])
+
+    def script_prefixes(self) -> dict[str, str]:
+        """Key prefixes for Lua scripts, which append a :meth:`session_id` (or an iid) to them."""
+        return {
+            "ev": f"{self.prefix}ev:",
+            "s": f"{self.prefix}s:",
+            "snap": f"{self.prefix}snap:",
+            "ivs": f"{self.prefix}ivs:",
+            "iv": f"{self.prefix}iv:",
+            "log": self.intervention_log,
+        }
 
     def push(self, gateway_id: str) -> str:
         return f"{self.prefix}push:{gateway_id}"

@@ -20,12 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import redis
 from aiohttp import web
 
 from actors.shard import SessionShard
 from actors.sites import Site, load_sites
 from cluster import ray_sessions
 from cluster.config import Settings, check_secret, redact_url
+from cluster.keys import Keys
+from cluster.migrate import scope_sessions_by_site
 from cluster.processes import Supervised
 from cluster.redis_server import Persistence, RedisServer, ensure_redis, persistence
 from serve.gateway import Gateway
@@ -109,6 +112,10 @@ class Stack:
         if persistence_warning:
             self._warn(persistence_warning)
         self.sites = load_sites(s.sites_file)
+        # Sessions an earlier release stored keep their events and resume where they were.
+        await asyncio.to_thread(
+            scope_sessions_by_site, redis.Redis.from_url(self.redis.url), Keys(s.prefix)
+        )
         if not ray.is_initialized():
             address = os.environ.get("RAY_ADDRESS") or None
             if address is None:  # a cluster of our own: first clear what a killed run left
@@ -210,10 +217,10 @@ class Stack:
     def prefix(self) -> str:
         return self.settings.prefix
 
-    async def event_count(self, sid: str) -> int:
-        """Events durably logged for a session."""
+    async def event_count(self, sid: str, site: str = "demo") -> int:
+        """Events durably logged for a session (of the demo site unless told)."""
         assert self.gateway is not None
-        return len(await self.gateway.store.read_events(sid))
+        return len(await self.gateway.store.read_events(site, sid))
 
     def shard_for(self, sid: str) -> Any:
         """The SessionShard actor that hosts ``sid``."""

@@ -114,7 +114,7 @@ def gateway_stage(journeys: list, frames: int) -> dict[str, float]:
         t1 = time.perf_counter()
         plan = c.events(frame, now_ms)
         t2 = time.perf_counter()
-        Append.of(plan.sid, plan.first, plan.last, plan.append)
+        Append.of(c.site, plan.sid, plan.first, plan.last, plan.append)
         t3 = time.perf_counter()
         c.encode(c.appended(plan.sid, plan.last))
         t4 = time.perf_counter()
@@ -254,7 +254,7 @@ def _packed(items: list) -> bytes:
                 sid,
                 site,
                 consent,
-                Append.of(sid, evs[0]["seq"], evs[-1]["seq"], evs).payload,
+                Append.of(site, sid, evs[0]["seq"], evs[-1]["seq"], evs).payload,
             )
             for sid, site, consent, evs in items
         ]
@@ -373,8 +373,8 @@ def append_stage(journeys: list, rounds: int, runs: int, redis_url: str) -> list
                     args = [
                         store.append_arg(
                             [
-                                Append.of(sid, evs[0]["seq"], evs[-1]["seq"], evs)
-                                for sid, _site, _consent, evs in replay.batch(11)
+                                Append.of(site, sid, evs[0]["seq"], evs[-1]["seq"], evs)
+                                for sid, site, _consent, evs in replay.batch(11)
                             ]
                         )
                         for _ in range(rounds)

@@ -289,6 +289,14 @@ class Peer(asyncio.Protocol):
             if frame.fin:
                 data, self.fragments = b"".join(self.fragments), []
                 self._message(data, self.fragments_text)
+        elif (
+            op is Opcode.PING
+            and self.conn is not None
+            and not self.conn.control_frame()  # over the limit: a strike
+            and self.conn.close
+        ):
+            # The library has queued its pong; a flood of pings still ends in a close.
+            self.close(*self.conn.close)
         # Ping, pong and close frames are answered by the protocol itself.
 
     def _message(self, data: bytes | bytearray | memoryview, text: bool) -> None:
@@ -611,10 +619,7 @@ class Gateway:
         if not isinstance(req, HelloRequest):
             peer.send(req)
             return
-        info = await self.store.session_info(req.sid)
-        if info.known and info.site != peer.conn.site:
-            peer.send(error("bad_token", "this session belongs to another site", sid=req.sid))
-            return
+        info = await self.store.session_info(peer.conn.site, req.sid)
         reply = peer.conn.accept_hello(req, info.known, info.seq)
         if reply["t"] != "welcome":
             peer.send(reply)
@@ -709,8 +714,8 @@ class Gateway:
         )
         if not isinstance(req, HelloRequest):
             return (403 if req["code"] in ("consent_required", "bad_token") else 400), req
-        info = await self.store.session_info(req.sid)
-        if not info.known or info.site != site.key:
+        info = await self.store.session_info(site.key, req.sid)
+        if not info.known:  # keys are scoped by site: another site's session is not found
             return 403, error("unknown_session", "no such session for this site", sid=req.sid)
         if "analytics" not in info.consent:
             return 403, error(
@@ -730,7 +735,7 @@ class Gateway:
         # session: when the store says it already holds more, plan again from there.
         for _attempt in range(3):
             if _attempt:
-                seq = (await self.store.session_info(req.sid)).seq
+                seq = (await self.store.session_info(site.key, req.sid)).seq
             conn.sessions.pop(req.sid, None)
             welcome = conn.accept_hello(req, True, seq)
             if welcome["t"] != "welcome":
@@ -816,7 +821,7 @@ class Gateway:
         error frame, as validation would have refused them.
         """
         try:
-            return Append.of(plan.sid, plan.first, plan.last, plan.append)
+            return Append.of(sink.peer.conn.site, plan.sid, plan.first, plan.last, plan.append)
         except (ValueError, TypeError, OverflowError) as exc:
             log.error("events of one frame could not be packed (%s): refused", type(exc).__name__)
             for ev in plan.append:
@@ -824,7 +829,7 @@ class Gateway:
                     error("bad_event", "event could not be stored", sid=plan.sid, seq=ev["seq"])
                 )
             plan.append = []
-            return Append.of(plan.sid, plan.first, plan.last, [])
+            return Append.of(sink.peer.conn.site, plan.sid, plan.first, plan.last, [])
 
     async def _settle_loop(self) -> None:
         """Acknowledge (or refuse) each round's frames once Redis has answered, in send order."""

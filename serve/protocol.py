@@ -250,6 +250,13 @@ class Connection:
             return None, self._rate_limited(sid if _is_sid(sid) else None)
         return frame, None
 
+    def control_frame(self, now: float | None = None) -> bool:
+        """A WebSocket ping, which the socket layer answers itself, costs one token too.
+
+        False when over the limit (a strike: persistent floods close with 4429).
+        """
+        return self._take(1, time.monotonic() if now is None else now)
+
     def _take(self, n: int, now: float) -> bool:
         """Spend ``n`` tokens of the rate limit; False (a strike) when there are not enough."""
         if self.bucket.take(n, now):

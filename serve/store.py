@@ -1,6 +1,6 @@
 """The durable event log in Redis, as the gateway writes it.
 
-Each session has a stream (``{p}ev:{sid}``) and a hash (``{p}s:{sid}``)
+Each session has a stream (``{p}ev:{site}:{sid}``) and a hash (``{p}s:{site}:{sid}``)
 whose ``seq`` is the highest sequence number made durable. One Lua script
 appends a run of events and advances ``seq`` atomically, and only if the run
 starts right after ``seq``: two connections racing for one session, or a
@@ -78,26 +78,26 @@ return out
 
 # A session's hello or consent change. ARGV: session hash, consent-record stream,
 # site, consent (JSON), now (ms), session TTL, consent-record TTL, records kept,
-# mode ('hello' or 'change'), whether the hello carried a (valid) token. The
-# session belongs to the site that created it: its 'site' is set once, here.
+# mode ('hello' or 'change'), whether the hello carried a (valid) token, the
+# sid's owner key. A sid belongs to the site whose hello created its session:
+# the owner key is set once, here, and a hello from any other site is refused.
 SESSION_LUA = """
 local h, cl, site, consent, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local st = redis.call('HMGET', h, 'site', 'seq', 'consent')
-local owner, seq, stored = st[1], st[2], st[3]
+local owner = redis.call('GET', ARGV[11])
 if owner and owner ~= site then
   return {'other_site', 0}
 end
+local st = redis.call('HMGET', h, 'seq', 'consent')
+local seq, stored = st[1], st[2]
 if ARGV[9] == 'hello' then
   if seq and ARGV[10] == '0' then
     return {'needs_token', tonumber(seq)}
   end
   if not seq then
     seq = '0'
-    redis.call('HSET', h, 'seq', 0, 'created', now)
+    redis.call('HSET', h, 'seq', 0, 'created', now, 'site', site)
   end
-  if not owner then
-    redis.call('HSET', h, 'site', site)
-  end
+  redis.call('SET', ARGV[11], site, 'EX', ARGV[6])
   redis.call('EXPIRE', h, ARGV[6])
 elseif not seq then
   return {'unknown', 0}
@@ -127,6 +127,7 @@ class Append(NamedTuple):
     frozen dataclass's ``__init__`` cost more than packing the events.
     """
 
+    site: str
     sid: str
     first: int  # first seq consumed (refused events consume numbers too)
     last: int
@@ -135,11 +136,14 @@ class Append(NamedTuple):
     ev_last: int = 0
 
     @classmethod
-    def of(cls, sid: str, first: int, last: int, events: Sequence[dict[str, Any]]) -> Append:
+    def of(
+        cls, site: str, sid: str, first: int, last: int, events: Sequence[dict[str, Any]]
+    ) -> Append:
         """Pack the events once: the same bytes go to the log and to the shard."""
         if not events:
-            return cls(sid, first, last, b"")
-        return cls(sid, first, last, msgpack.packb(events), events[0]["seq"], events[-1]["seq"])
+            return cls(site, sid, first, last, b"")
+        packed = msgpack.packb(events)
+        return cls(site, sid, first, last, packed, events[0]["seq"], events[-1]["seq"])
 
 
 class EventStore:
@@ -152,12 +156,13 @@ class EventStore:
         self._append = ScriptCaller(r, APPEND_LUA)
         self._session_script = r.register_script(SESSION_LUA)
 
-    async def session_info(self, sid: str) -> SessionInfo:
+    async def session_info(self, site: str, sid: str) -> SessionInfo:
         """What the store holds of a session: whether it exists, its site, durable seq, consent."""
-        site, seq, consent = await self.r.hmget(self.keys.session(sid), "site", "seq", "consent")
+        key = self.keys.session(site, sid)
+        site_b, seq, consent = await self.r.hmget(key, "site", "seq", "consent")
         return SessionInfo(
             seq is not None,
-            site.decode() if site is not None else None,
+            site_b.decode() if site_b is not None else None,
             int(seq) if seq is not None else 0,
             json.loads(consent) if consent is not None else [],
         )
@@ -173,7 +178,12 @@ class EventStore:
         consent if it changed (see :meth:`record_consent`).
         """
         status, seq = await self._session_script(
-            args=[*self._consent_args(sid, site, consent), "hello", int(token)]
+            args=[
+                *self._consent_args(sid, site, consent),
+                "hello",
+                int(token),
+                self.keys.owner(sid),
+            ]
         )
         return (status.decode() if isinstance(status, bytes) else status), int(seq)
 
@@ -184,12 +194,14 @@ class EventStore:
         to the session's own capped stream: one visitor's traffic can never
         evict another's proof.
         """
-        await self._session_script(args=[*self._consent_args(sid, site, consent), "change", 1])
+        await self._session_script(
+            args=[*self._consent_args(sid, site, consent), "change", 1, self.keys.owner(sid)]
+        )
 
     def _consent_args(self, sid: str, site: str, consent: list[str]) -> list[Any]:
         return [
-            self.keys.session(sid),
-            self.keys.consent_records(sid),
+            self.keys.session(site, sid),
+            self.keys.consent_records(site, sid),
             site,
             json.dumps(consent),
             int(time.time() * 1000),
@@ -226,18 +238,21 @@ class EventStore:
 
     def append_arg(self, runs: Sequence[Append]) -> bytes:
         """The append script's one argument for ``runs`` (see ``APPEND_LUA``)."""
-        arg: list[Any] = [SESSION_TTL_S, self.keys.events(""), self.keys.session("")]
+        p = self.keys.script_prefixes()
+        arg: list[Any] = [SESSION_TTL_S, p["ev"], p["s"]]
+        scoped = self.keys.session_id
         for run in runs:
-            arg += [run.sid, run.first, run.last, run.payload, run.ev_first, run.ev_last]
+            arg += [scoped(run.site, run.sid), run.first, run.last, run.payload]
+            arg += [run.ev_first, run.ev_last]
         return script_arg(arg)
 
     def close(self) -> None:
         """Close the append connection (the redis-py client is its owner's to close)."""
         self._append.close()
 
-    async def read_events(self, sid: str) -> list[dict[str, Any]]:
+    async def read_events(self, site: str, sid: str) -> list[dict[str, Any]]:
         """Every logged event of a session, in order (tests, export, recovery checks)."""
         out: list[dict[str, Any]] = []
-        for _eid, fields in await self.r.xrange(self.keys.events(sid)):
+        for _eid, fields in await self.r.xrange(self.keys.events(site, sid)):
             out.extend(msgpack.unpackb(fields[b"ev"]))
         return out

@@ -127,7 +127,7 @@ async def check_frame(bench: Bench, how: str, message: str | bytes | None) -> No
                 [{"type": "page_view", "seq": s, "ts": now, "path": f"/p{s}"} for s in (1, 2, 3)]
             )
             await bench.bystander.wait_acked(3)
-            bench.before = await store.read_events(bench.bystander.sid)
+            bench.before = await store.read_events("demo", bench.bystander.sid)
         client = await bench.fresh("sess", binary=how == "msgpack")
         if callable(message):
             message = message(client.sid)
@@ -140,16 +140,16 @@ async def check_frame(bench: Bench, how: str, message: str | bytes | None) -> No
             # Closed by the server for a reason it gives: never cut without a close frame.
             assert client.closed is not None and client.closed[0] not in (None, 1006), client.closed
         acked = client.acked
-        stored = [e["seq"] for e in await store.read_events(client.sid)]
+        stored = [e["seq"] for e in await store.read_events("demo", client.sid)]
         # Nothing unstored is acknowledged: every acked number is stored or was refused
         # with an error frame naming it.
         refused = {f.get("seq") for f in client.of_type("error")}
         for seq in range(1, acked + 1):
             assert seq in stored or seq in refused, (seq, stored, refused, client.frames)
-        for e in await store.read_events(client.sid):
+        for e in await store.read_events("demo", client.sid):
             json.dumps(e, allow_nan=False)  # every stored value is finite JSON
             msgpack.packb(e)
-        assert await store.read_events(bench.bystander.sid) == bench.before
+        assert await store.read_events("demo", bench.bystander.sid) == bench.before
         assert gw.loops.counts == failures_before and gw.loops.healthy
         assert escaped == [], escaped
         await client.close()

@@ -19,11 +19,12 @@ import aiohttp
 import msgpack
 import pytest
 import redis.asyncio as aioredis
+import websockets
 
 from cluster.keys import Keys
 from cluster.redis_server import _free_port, _redis_binary, answers
 from serve.gateway import Gateway
-from serve.protocol import sign_token
+from serve.protocol import CLOSE_RATE_ABUSE, sign_token
 from serve.pyclient import LifelineClient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -87,7 +88,7 @@ async def test_a_frame_that_cannot_be_stored_stops_no_other_acknowledgement(life
     await bad.wait_acked(2)
     await other.send_events(clicks(1, 3))
     await other.wait_acked(3)
-    stored = await lifeline_stack.gateway.store.read_events(bad.sid)
+    stored = await lifeline_stack.gateway.store.read_events("demo", bad.sid)
     assert [e["seq"] for e in stored] == [2]
     assert lifeline_stack.gateway.health()["ok"]
     await bad.close()
@@ -139,7 +140,7 @@ async def test_redis_restart_counts_overloaded_and_pushes_resume(lifeline_stack,
         await until(lambda: asyncio.to_thread(answers, url), what="redis back")
         await client.resend_unacked()
         await client.wait_acked(3, timeout=20)
-        assert [e["seq"] for e in await gw.store.read_events(client.sid)] == [1, 2, 3]
+        assert [e["seq"] for e in await gw.store.read_events("demo", client.sid)] == [1, 2, 3]
 
         # The push loop subscribes again by itself; an update published now reaches the page.
         r = aioredis.Redis.from_url(url)
@@ -183,7 +184,7 @@ async def test_two_sites_racing_for_one_fresh_session_get_one_welcome(lifeline_s
         assert (await loser.connect())["code"] == "bad_token"
         await owner.send_events(clicks(1, 2))
         await owner.wait_acked(2)
-        info = await lifeline_stack.gateway.store.session_info(sid)
+        info = await lifeline_stack.gateway.store.session_info(owner.site, sid)
         assert info.site == owner.site and info.seq == 2
         await asyncio.gather(a.close(), b.close())
     assert both == 0
@@ -204,7 +205,9 @@ async def test_a_beacon_cannot_start_a_session_or_grant_consent(lifeline_stack):
             ) as resp:
                 assert resp.status == 403, await resp.text()
                 assert (await resp.json())["code"] in ("bad_token", "unknown_session")
-    assert not await r.exists(keys.session(sid), keys.events(sid), keys.consent_records(sid))
+    assert not await r.exists(
+        keys.session("demo", sid), keys.events("demo", sid), keys.consent_records("demo", sid)
+    )
 
     # A session of another site is not this site's to add to, even with its own token.
     owner = LifelineClient(lifeline_stack.ws_url, "loadtest", new_sid("other"), LOADTEST_ORIGIN)
@@ -213,7 +216,8 @@ async def test_a_beacon_cannot_start_a_session_or_grant_consent(lifeline_stack):
         crossed = {**body, "sid": owner.sid, "token": owner.token}
         async with http.post(url, data=json.dumps(crossed), headers={"Origin": ORIGIN}) as resp:
             assert resp.status == 403
-    assert await lifeline_stack.gateway.store.read_events(owner.sid) == []
+    assert await lifeline_stack.gateway.store.read_events("loadtest", owner.sid) == []
+    assert await lifeline_stack.gateway.store.read_events("demo", owner.sid) == []
     await owner.close()
     await r.aclose()
 
@@ -253,20 +257,20 @@ async def test_consent_is_recorded_per_visitor_and_only_when_it_changes(lifeline
         {"t": "consent", "sid": client.sid, "consent": ["necessary", "analytics"]}
     )
     await client.wait_for(lambda f: f["t"] == "consent")
-    records = await r.xrange(keys.consent_records(client.sid))
+    records = await r.xrange(keys.consent_records("demo", client.sid))
     assert [json.loads(f[b"consent"]) for _, f in records] == [
         list(client.consent),
         ["necessary", "analytics"],
     ]
     assert [f[b"via"] for _, f in records] == [b"hello", b"change"]
-    assert await r.ttl(keys.consent_records(client.sid)) > 0
+    assert await r.ttl(keys.consent_records("demo", client.sid)) > 0
     # Other visitors' hellos touch only their own records.
     others = [
         LifelineClient(lifeline_stack.ws_url, "demo", new_sid("c"), ORIGIN) for _ in range(20)
     ]
     await asyncio.gather(*(o.connect() for o in others))
     await asyncio.gather(*(o.close() for o in others))
-    assert len(await r.xrange(keys.consent_records(client.sid))) == 2
+    assert len(await r.xrange(keys.consent_records("demo", client.sid))) == 2
     await client.close()
     await r.aclose()
 
@@ -304,3 +308,15 @@ async def test_a_trickled_handshake_is_cut_and_half_open_sockets_are_bounded(lif
         await client.close()
     finally:
         await gw.stop()
+
+
+async def test_a_flood_of_websocket_pings_is_rate_limited_then_closed(lifeline_stack):
+    """WebSocket pings were answered without limit (~45,000 replies/s on one socket)."""
+    limits = lifeline_stack.gateway.limits
+    url = lifeline_stack.ws_url + "?site=demo"
+    async with websockets.connect(url, origin=ORIGIN, compression=None) as ws:
+        with pytest.raises(websockets.ConnectionClosed):
+            for i in range(int(limits.burst) + 10 * limits.abuse_strikes):
+                await ws.ping(str(i).encode())
+            await asyncio.wait_for(ws.recv(), 10)
+    assert ws.close_code == CLOSE_RATE_ABUSE

@@ -143,7 +143,7 @@ async def test_hello_in_time_keeps_the_socket_and_pings_are_answered(quick_gatew
     # And the session still works: a new event is stored and scored.
     await page_view(2)
     assert client.of_type("error") == []
-    assert [e["seq"] for e in await gw.store.read_events(sid)] == [1, 2]
+    assert [e["seq"] for e in await gw.store.read_events("demo", sid)] == [1, 2]
     await client.close()
 
 
@@ -252,7 +252,7 @@ async def test_pings_fragments_and_close_between_plain_frames(lifeline_stack):
     proto.send_binary(events(4))
     writer.write(b"".join(proto.data_to_send()))
     await read_until(lambda: 4 in acks())
-    stored = await lifeline_stack.gateway.store.read_events(sid)
+    stored = await lifeline_stack.gateway.store.read_events("demo", sid)
     assert [(e["seq"], e["path"]) for e in stored] == [(n, f"/p{n}") for n in (1, 2, 3, 4)]
     proto.send_close(1000, "done")
     writer.write(b"".join(proto.data_to_send()))

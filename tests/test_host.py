@@ -132,7 +132,8 @@ def test_idle_sessions_are_compacted_then_retired():
     assert host.get("a-session").row() == row  # wakes with exactly its state
     host.sweep(T0 + 120_000)
     retired = host.sweep(T0 + 2_000_000)
-    assert [sid for sid, _ in retired] == ["a-session"] and "a-session" not in host
+    assert [(sid, site) for sid, site, _ in retired] == [("a-session", "demo")]
+    assert "a-session" not in host
 
 
 def test_hash_ring_is_stable_and_even():
@@ -201,16 +202,17 @@ def test_snapshots_are_spread_over_ticks_and_each_changed_session_gets_its_turn(
     host.process([(sid, "demo", [], events(2)) for sid in sids], CountingScorer())  # all at once
     taken = [host.take_dirty() for _ in range(10)]
     # Each changed session exactly once in ten ticks, and no tick takes a crowd.
-    assert sorted(sid for tick in taken for sid, _ in tick) == sorted(sids)
+    assert sorted(sid for tick in taken for sid, _, _ in tick) == sorted(sids)
     assert max(len(tick) for tick in taken) < 200
-    sid, packed = taken[0][0]
+    sid, site, packed = taken[0][0]
+    assert site == "demo"
     assert packed == msgpack.packb(host.snapshot(sid))
     assert Session.from_state(msgpack.unpackb(packed)).last_seq == 2
     assert all(host.take_dirty() == [] for _ in range(10))  # nothing changed since
 
     host.process([("s1", "demo", [], events(1, start=3))], CountingScorer())
-    turns = [[s for s, _ in host.take_dirty()] for _ in range(10)]
+    turns = [[s for s, _, _ in host.take_dirty()] for _ in range(10)]
     assert sum(turns, []) == ["s1"]  # within ten ticks, once
     host.process([("s2", "demo", [], events(1, start=3))], CountingScorer())
     host.sweep(T0 + 120_000)  # s2 goes dormant: its snapshot comes from the packed form
-    assert host.take_dirty(everything=True) == [("s2", host.dormant["s2"][0])]  # a flush
+    assert host.take_dirty(everything=True) == [("s2", "demo", host.dormant["s2"][0])]  # a flush

@@ -54,9 +54,10 @@ async def test_locust_reports_acks_and_interventions_and_its_slo_gate_fails_the_
 
     # What Locust counted as acknowledged is in the event log: the ack means durable.
     store = lifeline_stack.gateway.store
-    pattern = Keys(lifeline_stack.prefix).events("locust-*")
+    keys = Keys(lifeline_stack.prefix)
+    pattern = keys.events("loadtest", "locust-*")
     streams = [k.decode() async for k in store.r.scan_iter(match=pattern)]
-    sids = [k.removeprefix(Keys(lifeline_stack.prefix).events("")) for k in streams]
-    logged = [len(await store.read_events(sid)) for sid in sids]
+    sids = [keys.session_of_events_key(k)[1] for k in streams]
+    logged = [len(await store.read_events("loadtest", sid)) for sid in sids]
     assert len(sids) == 10
     assert sum(logged) >= int(ack["Request Count"])

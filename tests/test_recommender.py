@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from actors.events import validate_event
+from cluster.keys import Keys
 from serve.recommender import (
     RecommenderService,
     RecParams,
@@ -247,10 +248,10 @@ async def test_event_log_to_published_model(redis_url, prefix):
                 for i, it in enumerate(items)
             ]
             # Two stream entries per session, as the gateway appends batches.
-            await r.xadd(f"{prefix}ev:{sid}", {b"ev": msgpack.packb(evs[:1])})
+            await r.xadd(Keys(prefix).events("demo", sid), {b"ev": msgpack.packb(evs[:1])})
             if evs[1:]:
-                await r.xadd(f"{prefix}ev:{sid}", {b"ev": msgpack.packb(evs[1:])})
-        await r.xadd(f"{prefix}ev:s-broken0001", {b"ev": b"\xc1not msgpack"})
+                await r.xadd(Keys(prefix).events("demo", sid), {b"ev": msgpack.packb(evs[1:])})
+        await r.xadd(Keys(prefix).events("demo", "s-broken0001"), {b"ev": b"\xc1not msgpack"})
         sessions = await rd.sessions_from_event_log(r, prefix)
         assert sorted(sessions) == [["desk", "chair"], ["lamp", "desk"], ["lamp", "desk", "chair"]]
 

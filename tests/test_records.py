@@ -28,7 +28,7 @@ def decision(iid: str, sid: str, seq: int) -> Decision:
 
 
 def fields(d: Decision) -> dict:
-    return {"sid": d.sid, "seq": d.seq, "kind": d.kind, "score": d.score}
+    return {"sid": d.sid, "site": "demo", "seq": d.seq, "kind": d.kind, "score": d.score}
 
 
 async def test_decisions_and_outcomes_are_recorded_and_a_withdrawal_erases_only_its_session(
@@ -42,9 +42,9 @@ async def test_decisions_and_outcomes_are_recorded_and_a_withdrawal_erases_only_
         other = decision("i-b1", "stays", 3)
         ds = [*mine, other]
         await records.record(ds, [fields(d) for d in ds], {"gone": 2, "stays": 1}, [])
-        await r.hset(keys.session("gone"), mapping={"consent": '["necessary"]', "seq": 9})
-        await r.set(keys.snapshot("gone"), b"state")
-        await r.xadd(keys.events("gone"), {"ev": b"events"})
+        await r.hset(keys.session("demo", "gone"), mapping={"consent": '["necessary"]', "seq": 9})
+        await r.set(keys.snapshot("demo", "gone"), b"state")
+        await r.xadd(keys.events("demo", "gone"), {"ev": b"events"})
 
         # Outcomes land on their record; one for an unknown iid creates nothing.
         await records.record(
@@ -63,19 +63,25 @@ async def test_decisions_and_outcomes_are_recorded_and_a_withdrawal_erases_only_
         log = await r.xrange(keys.intervention_log)
         assert [e[b"iid"] for _, e in log] == [b"i-a1", b"i-a2", b"i-b1"]
         assert iv[b"log_id"] == log[0][0]
-        assert await r.hmget(keys.session("gone"), "iv_count", "iv_last") == [b"2", b"1009"]
+        assert await r.hmget(keys.session("demo", "gone"), "iv_count", "iv_last") == [b"2", b"1009"]
 
-        assert await records.erase(["gone"]) == 2  # its two log entries
+        assert await records.erase([("demo", "gone")]) == 2  # its two log entries
         assert [e[b"iid"] for _, e in await r.xrange(keys.intervention_log)] == [b"i-b1"]
         left = [keys.intervention(d.iid) for d in mine]
-        left += [keys.interventions_of("gone"), keys.snapshot("gone"), keys.events("gone")]
+        left += [
+            keys.interventions_of("demo", "gone"),
+            keys.snapshot("demo", "gone"),
+            keys.events("demo", "gone"),
+        ]
         assert await r.exists(*left) == 0
         # The consent (the record of the withdrawal) stays; what the visitor did goes.
-        assert await r.hgetall(keys.session("gone")) == {
+        assert await r.hgetall(keys.session("demo", "gone")) == {
             b"consent": b'["necessary"]',
             b"seq": b"9",
         }
-        assert await r.exists(keys.intervention("i-b1"), keys.interventions_of("stays")) == 2
+        assert (
+            await r.exists(keys.intervention("i-b1"), keys.interventions_of("demo", "stays")) == 2
+        )
     finally:
         await r.aclose()
 
@@ -84,10 +90,10 @@ async def test_snapshots_are_written_in_one_call_and_expire(redis_url, prefix):
     r = aioredis.Redis.from_url(redis_url)
     keys = Keys(prefix)
     try:
-        states = [("s1", b"\x93\xa2s1\x00\xff"), ("s2", bytes(range(256)))]  # any bytes survive
-        await ShardRecords(r, keys).snapshots(states)
-        for sid, packed in states:
-            assert await r.get(keys.snapshot(sid)) == packed
-            assert await r.ttl(keys.snapshot(sid)) > 0
+        states = [("s1", "demo", b"\x93\xa2s1\x00\xff"), ("s2", "demo", bytes(range(256)))]
+        await ShardRecords(r, keys).snapshots(states)  # any bytes survive
+        for sid, _site, packed in states:
+            assert await r.get(keys.snapshot("demo", sid)) == packed
+            assert await r.ttl(keys.snapshot("demo", sid)) > 0
     finally:
         await r.aclose()

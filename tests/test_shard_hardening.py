@@ -79,7 +79,14 @@ async def test_a_resume_while_the_old_round_is_in_flight_erases_nothing(lifeline
         await old.wait_acked(n)
         await gw.wait_scored(sid, n)
         assert await stack.shard_for(sid).flush.remote() >= 1  # records and a snapshot written
-        assert await r.exists(keys.snapshot(sid), keys.events(sid), keys.interventions_of(sid)) == 3
+        assert (
+            await r.exists(
+                keys.snapshot("demo", sid),
+                keys.events("demo", sid),
+                keys.interventions_of("demo", sid),
+            )
+            == 3
+        )
 
         # Hold the append loop: the next round waits for a slot, its frame validated.
         for _ in range(ROUNDS_IN_FLIGHT):
@@ -108,8 +115,15 @@ async def test_a_resume_while_the_old_round_is_in_flight_erases_nothing(lifeline
         await gw.wait_scored(other, 1)
 
         # Nothing of the consenting visitor was erased, and the old round's event was applied.
-        assert len(await gw.store.read_events(sid)) == n + 1
-        assert await r.exists(keys.snapshot(sid), keys.events(sid), keys.interventions_of(sid)) == 3
+        assert len(await gw.store.read_events("demo", sid)) == n + 1
+        assert (
+            await r.exists(
+                keys.snapshot("demo", sid),
+                keys.events("demo", sid),
+                keys.interventions_of("demo", sid),
+            )
+            == 3
+        )
         row = await stack.shard_for(sid).session_row.remote(sid)
         assert row is not None and row[0] == n + 1
         await stack.shard_for(sid).flush.remote()  # the outcome's record is written
@@ -143,25 +157,25 @@ async def test_only_an_explicit_forget_erases_a_session(core, redis_url, prefix)
     try:
         sid = "s-consenting"
         evs = _calm(1, 4, _recent())
-        await store.append_many([Append.of(sid, 1, 4, evs)])
+        await store.append_many([Append.of("demo", sid, 1, 4, evs)])
         await asyncio.to_thread(core.handle, pack_batch([_events_item(sid, ["analytics"], evs)]))
         await asyncio.to_thread(core.flush_snapshots)
-        assert await r.exists(keys.snapshot(sid), keys.events(sid)) == 2
+        assert await r.exists(keys.snapshot("demo", sid), keys.events("demo", sid)) == 2
 
         # Events whose consent reads empty (their session left its connection
         # meanwhile, say) are events: applied, never a withdrawal.
         more = [dict(evs[-1], seq=5)]
-        await store.append_many([Append.of(sid, 5, 5, more)])
+        await store.append_many([Append.of("demo", sid, 5, 5, more)])
         await asyncio.to_thread(core.handle, pack_batch([_events_item(sid, [], more)]))
         assert core.info()["forgotten"] == 0
         assert core.session_row(sid)[0] == 5
-        assert await r.exists(keys.snapshot(sid), keys.events(sid)) == 2
+        assert await r.exists(keys.snapshot("demo", sid), keys.events("demo", sid)) == 2
 
         # The explicit withdrawal erases.
         await asyncio.to_thread(core.handle, pack_batch([(FORGET, sid, "demo", (), b"")]))
         assert core.info()["forgotten"] == 1
         assert core.session_row(sid) is None
-        assert await r.exists(keys.snapshot(sid), keys.events(sid)) == 0
+        assert await r.exists(keys.snapshot("demo", sid), keys.events("demo", sid)) == 0
     finally:
         store.close()
         await r.aclose()
@@ -215,7 +229,7 @@ def test_a_session_that_cannot_be_packed_does_not_stop_the_others_snapshots():
     with pytest.raises(OverflowError):
         host.active["bad"].packed()  # the state really is one msgpack refuses
 
-    states = dict(host.take_dirty())
+    states = {sid: packed for sid, _site, packed in host.take_dirty()}
     assert sorted(states) == goods
     assert all(msgpack.unpackb(states[sid]) == host.snapshot(sid) for sid in goods)
     assert host.unpackable == 1 and "bad" in host.last_pack_error
@@ -245,10 +259,10 @@ async def test_the_snapshot_loop_goes_on_past_a_session_that_cannot_be_packed(
     r = aioredis.Redis.from_url(redis_url)
     try:
         deadline = time.monotonic() + 15  # a changed session is written within 5 s
-        while await r.exists(*(keys.snapshot(s) for s in goods)) < len(goods):
+        while await r.exists(*(keys.snapshot("demo", s) for s in goods)) < len(goods):
             assert time.monotonic() < deadline, "the snapshot loop stopped"
             await asyncio.sleep(0.1)  # no event to await: the loop runs on its own thread
-        assert not await r.exists(keys.snapshot(bad))
+        assert not await r.exists(keys.snapshot("demo", bad))
     finally:
         await r.aclose()
     info = core.info()
@@ -331,13 +345,13 @@ async def test_an_erased_sessions_log_expires_again_when_the_same_id_resumes(red
     store = EventStore(r, keys)
     try:
         sid = "s-erased-then-back"
-        assert await store.append_many([Append.of(sid, 1, 3, _calm(1, 3))]) == [(3, True)]
-        assert await r.ttl(keys.events(sid)) > 0
-        await ShardRecords(r, keys).erase([sid])
-        assert not await r.exists(keys.events(sid))
+        assert await store.append_many([Append.of("demo", sid, 1, 3, _calm(1, 3))]) == [(3, True)]
+        assert await r.ttl(keys.events("demo", sid)) > 0
+        await ShardRecords(r, keys).erase([("demo", sid)])
+        assert not await r.exists(keys.events("demo", sid))
 
-        assert await store.append_many([Append.of(sid, 4, 5, _calm(4, 2))]) == [(5, True)]
-        assert await r.ttl(keys.events(sid)) > 0  # -1 would be: kept forever
+        assert await store.append_many([Append.of("demo", sid, 4, 5, _calm(4, 2))]) == [(5, True)]
+        assert await r.ttl(keys.events("demo", sid)) > 0  # -1 would be: kept forever
     finally:
         store.close()
         await r.aclose()

@@ -137,7 +137,12 @@ async def test_withdrawn_consent_erases_the_session_from_its_shard_and_log(lifel
     await stack.gateway.wait_scored(sid, len(events) + 1)
     assert await stack.shard_for(sid).flush.remote() >= 1  # records and a snapshot written
     # What the withdrawal must take away: the log, the snapshot, the decision and its outcome.
-    assert await r.exists(keys.snapshot(sid), keys.events(sid), keys.interventions_of(sid)) == 3
+    assert (
+        await r.exists(
+            keys.snapshot("demo", sid), keys.events("demo", sid), keys.interventions_of("demo", sid)
+        )
+        == 3
+    )
     assert await r.hget(keys.intervention(iv["iid"]), "outcome") == b"shown"
     logged = await r.xrange(keys.intervention_log)
     assert [e for _, e in logged if e[b"sid"] == sid.encode()]
@@ -155,11 +160,15 @@ async def test_withdrawn_consent_erases_the_session_from_its_shard_and_log(lifel
     await stack.gateway.wait_scored(other, 1)
 
     assert await stack.shard_for(sid).session_row.remote(sid) is None
-    gone = [keys.snapshot(sid), keys.events(sid), keys.interventions_of(sid)]
+    gone = [
+        keys.snapshot("demo", sid),
+        keys.events("demo", sid),
+        keys.interventions_of("demo", sid),
+    ]
     assert await r.exists(*gone, keys.intervention(iv["iid"])) == 0
     logged = await r.xrange(keys.intervention_log)
     assert not [e for _, e in logged if e[b"sid"] == sid.encode()]
-    assert json.loads(await r.hget(keys.session(sid), "consent")) == ["necessary"]
+    assert json.loads(await r.hget(keys.session("demo", sid), "consent")) == ["necessary"]
     await client.send_events([dict(events[0], seq=len(events) + 2)])
     refused = await client.wait_for(lambda f: f["t"] == "error")
     assert refused["code"] == "unknown_session"  # nothing more is collected
@@ -197,7 +206,7 @@ async def test_bad_input_gets_errors_and_loses_nothing_else(lifeline_stack):
     assert codes[8] == "sequence_gap"
     by_seq = {f["seq"]: f for f in client.of_type("error") if "seq" in f}
     assert by_seq[4]["field"] == "selector" and by_seq[5]["field"] == "depth"
-    stored = await lifeline_stack.gateway.store.read_events(sid)
+    stored = await lifeline_stack.gateway.store.read_events("demo", sid)
     assert [e["seq"] for e in stored] == [1, 2, *range(8, last + 1)]
     assert client.closed is None, "bad input never closes the connection"
     await lifeline_stack.gateway.wait_scored(sid, last)
@@ -226,7 +235,7 @@ async def test_resume_after_drop_neither_loses_nor_duplicates(lifeline_stack):
     await resumed.send_events(events[:10])
     await send_all(resumed, events[10:])
     await resumed.wait_acked(n)
-    stored = await lifeline_stack.gateway.store.read_events(sid)
+    stored = await lifeline_stack.gateway.store.read_events("demo", sid)
     assert [e["seq"] for e in stored] == list(range(1, n + 1))
     await lifeline_stack.gateway.wait_scored(sid, n)
     row = await lifeline_stack.shard_for(sid).session_row.remote(sid)
@@ -309,7 +318,7 @@ async def test_beacon_flush_is_validated_and_stored(lifeline_stack):
             assert resp.status == 403
     assert reply["acked"] == 7
     assert [e["code"] for e in reply["errors"]] == ["unknown_type"]
-    stored = await lifeline_stack.gateway.store.read_events(sid)
+    stored = await lifeline_stack.gateway.store.read_events("demo", sid)
     assert [e["seq"] for e in stored] == [1, 2, 3, 4, 5, 6]
     await client.close()
 
@@ -352,7 +361,7 @@ async def test_shard_crash_recovery_keeps_exact_features(lifeline_stack):
 
     for sid, evs in journeys.items():
         live = await shard.session_row.remote(sid)
-        stored = await stack.gateway.store.read_events(sid)
+        stored = await stack.gateway.store.read_events("demo", sid)
         uninterrupted = replay(
             [validate_event(e, now_ms=e["ts"]) for e in stored], sid=sid, site="demo"
         )
@@ -415,6 +424,6 @@ async def test_racing_beacons_store_everything_once(lifeline_stack):
         replies = await asyncio.gather(*(post(b) for b in bodies))
     assert [status for status, _ in replies] == [200, 200], replies
     assert max(r["acked"] for _, r in replies) == 10
-    stored = await lifeline_stack.gateway.store.read_events(sid)
+    stored = await lifeline_stack.gateway.store.read_events("demo", sid)
     assert [e["seq"] for e in stored] == list(range(1, 11))
     await client.close()

@@ -23,31 +23,34 @@ async def test_runs_append_in_order_once_and_every_key_expires(redis_url, prefix
         # A session whose first run was refused entirely (it consumes 1..2, logs nothing),
         # then runs that do log, across a TTL refresh boundary (64).
         runs = [
-            Append.of("sa", 1, 2, []),
-            Append.of("sa", 3, 40, events(3, 40)),
-            Append.of("sb", 1, 5, events(1, 5)),
-            Append.of("sa", 41, 70, events(41, 70)),
+            Append.of("demo", "sa", 1, 2, []),
+            Append.of("demo", "sa", 3, 40, events(3, 40)),
+            Append.of("demo", "sb", 1, 5, events(1, 5)),
+            Append.of("demo", "sa", 41, 70, events(41, 70)),
         ]
         assert await store.append_many(runs) == [(2, True), (40, True), (5, True), (70, True)]
         # A resend of what is durable, and a gap, are both refused with the durable seq.
         again = await store.append_many(
-            [Append.of("sa", 41, 70, events(41, 70)), Append.of("sb", 7, 8, events(7, 8))]
+            [
+                Append.of("demo", "sa", 41, 70, events(41, 70)),
+                Append.of("demo", "sb", 7, 8, events(7, 8)),
+            ]
         )
         assert again == [(70, False), (5, False)]
-        assert [e["seq"] for e in await store.read_events("sa")] == list(range(3, 71))
-        assert [e["seq"] for e in await store.read_events("sb")] == [1, 2, 3, 4, 5]
+        assert [e["seq"] for e in await store.read_events("demo", "sa")] == list(range(3, 71))
+        assert [e["seq"] for e in await store.read_events("demo", "sb")] == [1, 2, 3, 4, 5]
         for sid in ("sa", "sb"):
-            assert await r.ttl(keys.events(sid)) > 0, f"the log of {sid} never expires"
-            assert await r.ttl(keys.session(sid)) > 0
+            assert await r.ttl(keys.events("demo", sid)) > 0, f"the log of {sid} never expires"
+            assert await r.ttl(keys.session("demo", sid)) > 0
         # Within one 64-block the TTLs are not refreshed (that was 40 % of the script's calls),
         # but a crossing refreshes them.
-        await r.expire(keys.session("sa"), 100)
-        await r.expire(keys.events("sa"), 100)
-        await store.append_many([Append.of("sa", 71, 72, events(71, 72))])
-        assert await r.ttl(keys.session("sa")) <= 100
-        await store.append_many([Append.of("sa", 73, 130, events(73, 130))])
-        assert await r.ttl(keys.session("sa")) > 100
-        assert await r.ttl(keys.events("sa")) > 100
+        await r.expire(keys.session("demo", "sa"), 100)
+        await r.expire(keys.events("demo", "sa"), 100)
+        await store.append_many([Append.of("demo", "sa", 71, 72, events(71, 72))])
+        assert await r.ttl(keys.session("demo", "sa")) <= 100
+        await store.append_many([Append.of("demo", "sa", 73, 130, events(73, 130))])
+        assert await r.ttl(keys.session("demo", "sa")) > 100
+        assert await r.ttl(keys.events("demo", "sa")) > 100
     finally:
         store.close()
         await r.aclose()

@@ -98,7 +98,7 @@ def _live_rows(sessions, seed: int = 0) -> dict[tuple[str, int], list[float]]:
         if batch_no % 3 == 0:
             # Compact everything idle for a minute; retire what is idle past the timeout.
             now = max(s.events[-1]["ts"] for s in sessions) + 61_000
-            retired.update(host.sweep(now_ms=now))
+            retired.update((sid, packed) for sid, _site, packed in host.sweep(now_ms=now))
         if batch_no % 7 == 0:  # a shard restarts: sessions come back from snapshots or the log
             fresh = SessionHost()
             for sid in list(cursors):
@@ -129,7 +129,9 @@ def test_replay_from_redis_with_ray_data_equals_live(
     # What the live system recorded, exported from the Redis event log and replayed with ray.data.
     r = redis.Redis.from_url(redis_url)
     for s in sessions:
-        append_to_redis_log(r, prefix, s.sid, s.events, chunk=random.Random(s.sid).randint(1, 9))
+        append_to_redis_log(
+            r, prefix, "demo", s.sid, s.events, chunk=random.Random(s.sid).randint(1, 9)
+        )
     exported = export_redis(r, prefix)
     r.close()
     assert {s.sid for s in exported} == {s.sid for s in sessions}
@@ -421,7 +423,7 @@ def test_cli_train_models_promote_export(
     # The loop closes: sessions recorded in the live event log are exported and trained on.
     r = redis.Redis.from_url(redis_url)
     for s in from_journeys(simulate(250, seed=9)):
-        append_to_redis_log(r, prefix, s.sid, s.events)
+        append_to_redis_log(r, prefix, "demo", s.sid, s.events)
     r.close()
     out_file = tmp_path / "events.jsonl"
     assert main(["export", "--out", str(out_file), *common]) == 0

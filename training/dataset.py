@@ -19,7 +19,7 @@ converted there is no exit risk to predict, and keeping them would let the
 
 Sources: the journey simulator, the real-data loaders, JSON-lines files
 (``lifeline export`` writes them), and the live system's Redis event log
-(one stream per session, ``{prefix}ev:{sid}``, field ``ev`` = msgpack list of
+(one stream per session, ``{prefix}ev:{site}:{sid}``, field ``ev`` = msgpack list of
 normalised events). :func:`rows_frame` replays locally (small sets, tests,
 the bundled model); :func:`rows_frame_ray` spreads the replay over Ray with
 ``ray.data`` (large sets).
@@ -40,6 +40,7 @@ from actors.detectors import DEFAULT_DETECTORS, DetectorConfig
 from actors.events import EventError, validate_event
 from actors.features import FEATURE_NAMES
 from actors.session import Session
+from cluster.keys import Keys
 from training.loaders import DataError, SessionEvents
 from training.progress import Progress
 
@@ -312,17 +313,17 @@ def _text(v: Any) -> str:
 
 
 def iter_redis_sessions(r: Any, prefix: str, *, count: int = 500) -> Iterator[SessionEvents]:
-    """Sessions from the live event log: streams ``{prefix}ev:{sid}``, field ``ev``.
+    """Sessions from the live event log: streams ``{prefix}ev:{site}:{sid}``, field ``ev``.
 
     Each stream entry holds a msgpack list of normalised events (an empty
     payload is skipped); entries are read in stream order and events
     deduplicated by ``seq`` (a resend logged twice counts once, as in the
-    live session). The session's site comes from ``{prefix}s:{sid}``.
+    live session). The session's site is part of its key (cluster/keys.py).
     """
-    plen = len(prefix) + 3
-    for key in r.scan_iter(match=f"{prefix}ev:*", count=count, _type="stream"):
+    keys = Keys(prefix)
+    for key in r.scan_iter(match=keys.events_pattern, count=count, _type="stream"):
         k = _text(key)
-        sid = k[plen:]
+        site, sid = keys.session_of_events_key(k)
         events: list[dict[str, Any]] = []
         last_seq = 0
         start = "-"
@@ -348,14 +349,8 @@ def iter_redis_sessions(r: Any, prefix: str, *, count: int = 500) -> Iterator[Se
                         last_seq = ev["seq"]
             start = "(" + _text(entries[-1][0])  # exclusive: continue after the last entry
         if events:
-            site = r.hget(f"{prefix}s:{sid}", "site")
             yield SessionEvents(
-                sid,
-                events,
-                converted_of(events),
-                "redis",
-                events[0]["ts"],
-                {"site": _text(site) if site else "default"},
+                sid, events, converted_of(events), "redis", events[0]["ts"], {"site": site}
             )
 
 
@@ -372,7 +367,7 @@ def export_redis(r: Any, prefix: str, *, progress: bool = False) -> list[Session
 
 
 def append_to_redis_log(
-    r: Any, prefix: str, sid: str, events: Sequence[dict[str, Any]], chunk: int = 20
+    r: Any, prefix: str, site: str, sid: str, events: Sequence[dict[str, Any]], chunk: int = 20
 ) -> None:
     """Write normalised events in the event-log layout (``f``/``l``/``ev``; tests, demo seeding).
 
@@ -382,7 +377,7 @@ def append_to_redis_log(
     for i in range(0, len(events), chunk):
         part = list(events[i : i + chunk])
         r.xadd(
-            f"{prefix}ev:{sid}",
+            Keys(prefix).events(site, sid),
             {
                 "f": part[0]["seq"],
                 "l": part[-1]["seq"],

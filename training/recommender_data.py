@@ -3,7 +3,7 @@
 * Public click data (``../shared/data``): YOOCHOOSE clicks (RecSys Challenge
   2015 sample) and Diginetica item views with product categories (CIKM Cup
   2016 sample), read into sessions of item ids.
-* The live event log: Redis streams ``{prefix}ev:{sid}`` whose entries hold
+* The live event log: Redis streams ``{prefix}ev:{site}:{sid}`` whose entries hold
   ``b"ev"``, a msgpack list of events normalised by
   :func:`actors.events.validate_event`. Product page views (by URL pattern)
   and ``add_to_cart`` events become a session's item sequence.
@@ -39,6 +39,7 @@ from typing import Any
 
 import msgpack
 
+from cluster.keys import Keys
 from serve.recommender import (
     RecParams,
     SessionKNN,
@@ -427,7 +428,7 @@ async def sessions_from_event_log(
     a msgpack list are skipped (the log may hold other fields later).
     """
     sessions: list[list[str]] = []
-    async for key in redis.scan_iter(match=f"{prefix}ev:*", count=500):
+    async for key in redis.scan_iter(match=Keys(prefix).events_pattern, count=500):
         events: list[Mapping[str, Any]] = []
         for _entry_id, fields in await redis.xrange(key):
             raw = fields.get(b"ev")
