@@ -49,10 +49,10 @@ def die_with_parent() -> None:
 async def serve(args: argparse.Namespace) -> None:
     import ray
 
-    from actors.sites import load_sites
+    from actors.core.sites import load_sites
     from cluster.config import Settings, check_secret
     from cluster.stack import RAY_NAMESPACE
-    from serve.gateway import Gateway
+    from serve.edge.gateway import Gateway
 
     settings = Settings()
     check_secret(settings)  # the stack checked the same settings; a hand start is refused too

@@ -11,12 +11,16 @@
 | ``{p}owner:{sid}`` | string | the site that created the session: a sid belongs to one site only |
 | ``{p}consent:{site}:{sid}`` | stream | the session's consent records: one entry per change (consent, ts, site, via) |
 | ``{p}push:{gateway}`` | pub/sub channel | intervention updates for one gateway's sockets |
-| ``{p}model:*`` | see training/registry.py | model registry |
+| ``{p}model:seq``, ``{p}model:versions``, ``{p}model:live``, ``{p}model:history`` | counter, sorted set, string, list | the model registry (training/registry.py) |
+| ``{p}model:blob:{version}``, ``{p}model:meta:{version}`` | string, hash | one registered model |
+| ``{p}model:promoted`` | pub/sub channel | promotions |
+| ``{p}recsys:{site}:model`` (``:version``), ``{p}recsys:{site}:catalog`` | string, hash | a site's recommender model and catalog (serve/apps/recommender.py) |
+| ``{p}nudge:{version}:{facts}`` | string | a cached LLM nudge for one situation (serve/apps/nudge.py) |
 
 A session's keys are scoped by its site (``{site}:{sid}``, :meth:`Keys.session_id`):
 the data of one site's session is never under a key another site's session
 could name. A sid also belongs to one site only (``{p}owner:{sid}``, set
-atomically by the hello that created the session; serve/store.py), so the
+atomically by the hello that created the session; serve/edge/store.py), so the
 gateways and shards, which hold sessions by sid, never mix two sites'
 visitors. Site keys are TOML keys and sids are ``[A-Za-z0-9_-]``, so the
 last ``:`` splits a session id.
@@ -93,6 +97,20 @@ class Keys:
             "iv": f"{self.prefix}iv:",
             "log": self.intervention_log,
         }
+
+    def model(self, part: str) -> str:
+        """The model registry's keys: ``seq``, ``versions``, ``live``, ``history``, ``promoted``,
+        ``blob:{version}``, ``meta:{version}``."""
+        return f"{self.prefix}model:{part}"
+
+    def recsys_model(self, site: str) -> str:
+        return f"{self.prefix}recsys:{site}:model"
+
+    def recsys_catalog(self, site: str) -> str:
+        return f"{self.prefix}recsys:{site}:catalog"
+
+    def nudge(self, version: str, facts: list[str]) -> str:
+        return f"{self.prefix}nudge:{version}:" + ":".join(facts)
 
     def push(self, gateway_id: str) -> str:
         return f"{self.prefix}push:{gateway_id}"

@@ -23,17 +23,17 @@ import ray
 import redis
 from aiohttp import web
 
-from actors.shard import SessionShard
-from actors.sites import Site, load_sites
+from actors.core.sites import Site, load_sites
+from actors.shard.actor import SessionShard
 from cluster import ray_sessions
 from cluster.config import Settings, check_secret, redact_url
 from cluster.keys import Keys
 from cluster.migrate import scope_sessions_by_site
 from cluster.processes import Supervised
 from cluster.redis_server import Persistence, RedisServer, ensure_redis, persistence
-from serve.gateway import Gateway
-from serve.http import build_app
-from serve.protocol import Limits
+from serve.edge.gateway import Gateway
+from serve.edge.http import build_app
+from serve.edge.protocol import Limits
 
 log = logging.getLogger("lifeline")
 
@@ -132,7 +132,7 @@ class Stack:
             if address is None and node is not None and node.head:
                 self.ray_record = ray_sessions.record(s.data_dir, node.get_session_dir_path())
         if with_serve:
-            from serve.deployments import deploy
+            from serve.apps.deployments import deploy
 
             self.serve_handles = await asyncio.to_thread(deploy, s, self.redis.url, s.prefix)
         n = shard_count(s)
@@ -264,7 +264,7 @@ async def run(
     """Serve until interrupted (the ``lifeline up`` command)."""
     stack = Stack(settings)
     if llm_stub and not settings.anthropic_api_key:
-        from serve.llm_stub import start_stub_server
+        from serve.dev.llm_stub import start_stub_server
 
         stub = await start_stub_server("127.0.0.1", 0)
         stack.extra.append(stub)

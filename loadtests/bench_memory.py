@@ -2,7 +2,7 @@
 
 Two measurements, each a median over ``--runs``:
 
-* **host** (in-process): a :class:`actors.host.SessionHost` holding N sessions
+* **host** (in-process): a :class:`actors.core.host.SessionHost` holding N sessions
   after a few events each, measured with tracemalloc (Python heap bytes per
   session), while active and after idle compaction;
 * **shard** (a real SessionShard Ray actor, fed through its ``handle`` method
@@ -34,8 +34,8 @@ import msgpack
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from actors.events import validate_event  # noqa: E402
-from actors.host import EVENTS, SessionHost, pack_batch  # noqa: E402
+from actors.core.events import validate_event  # noqa: E402
+from actors.core.host import EVENTS, SessionHost, pack_batch  # noqa: E402
 
 # Recent: sessions idle for 30 minutes would be retired by the shard, as they should be.
 T0 = int(time.time() * 1000) - 10_000
@@ -100,7 +100,7 @@ def measure_host(n: int) -> dict[str, float]:
 async def measure_shard(n: int, redis_url: str) -> dict[str, float]:
     import ray
 
-    from actors.shard import SessionShard
+    from actors.shard.actor import SessionShard
     from cluster.config import Settings
     from cluster.redis_server import delete_prefix
 

@@ -47,10 +47,10 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from actors.events import URGENT_TYPES  # noqa: E402
+from actors.core.events import URGENT_TYPES  # noqa: E402
 from loadtests.journeys import SOURCES, load_journeys  # noqa: E402
 from loadtests.wsload import WsClient  # noqa: E402
-from serve.pyclient import events_frame, hello_frame  # noqa: E402
+from serve.dev.pyclient import events_frame, hello_frame  # noqa: E402
 
 ORIGIN = "http://loadtest.local"
 FLUSH_S = 0.1

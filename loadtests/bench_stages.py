@@ -5,7 +5,7 @@ Diginetica and YOOCHOOSE, as visitors send them), each a median over
 ``--runs``:
 
 * **gateway**: the protocol work per events frame of 1-2 events, as
-  ``serve.gateway`` does it: decode and check the frame, validate and
+  ``serve.edge.gateway`` does it: decode and check the frame, validate and
   sequence its events, pack them once for the log and the shard, encode the
   ack. No sockets, no Redis (their cost is the rest of a gateway's CPU).
 * **socket**: a gateway's whole in-process path per events frame: masked
@@ -16,7 +16,7 @@ Diginetica and YOOCHOOSE, as visitors send them), each a median over
   in-place prediction per batch, policy) per event, on batches of
   ``--batch`` events from 1,000 sessions.
 * **append**: client CPU per append round (~8 sessions' runs) on the
-  gateway's own Redis connection (``serve.resp``), against the same script
+  gateway's own Redis connection (``serve.edge.resp``), against the same script
   called through redis-py in the same run. Needs Redis.
 * **call**: a ``SessionShard`` call of ``--batch`` events through Ray and
   over the shard's link (CPU of the actor's process and of the caller)
@@ -46,10 +46,10 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from actors.events import validate_event  # noqa: E402
-from actors.host import EVENTS, pack_batch  # noqa: E402
+from actors.core.events import validate_event  # noqa: E402
+from actors.core.host import EVENTS, pack_batch  # noqa: E402
 from loadtests.journeys import load_journeys  # noqa: E402
-from serve.store import Append  # noqa: E402
+from serve.edge.store import Append  # noqa: E402
 
 SESSIONS = 1000
 
@@ -90,7 +90,7 @@ def gateway_stage(journeys: list, frames: int) -> dict[str, float]:
     """us per frame for each step of the gateway's protocol work."""
     import msgpack
 
-    from serve.protocol import Connection, Limits
+    from serve.edge.protocol import Connection, Limits
 
     replay = Replay(journeys, seed=1)
     limits = Limits(events_per_s=1e9, burst=1e9)
@@ -164,10 +164,10 @@ def socket_stage(journeys: list, frames: int) -> float:
     """
     import msgpack
 
-    from actors.sites import Site
-    from serve import wire
-    from serve.gateway import Gateway, Peer
-    from serve.protocol import Limits
+    from actors.core.sites import Site
+    from serve.edge import wire
+    from serve.edge.gateway import Gateway, Peer
+    from serve.edge.protocol import Limits
 
     async def run() -> float:
         site = Site("loadtest", origins=("http://loadtest.local",))
@@ -229,10 +229,10 @@ def socket_stage(journeys: list, frames: int) -> float:
 
 def core_stage(journeys: list, batch: int, events: int) -> float:
     """us per event of SessionHost.process."""
-    from actors.detectors import DetectorConfig
-    from actors.host import SessionHost
-    from actors.policy import PolicyConfig
-    from actors.scoring import Scorer
+    from actors.core.detectors import DetectorConfig
+    from actors.core.host import SessionHost
+    from actors.core.policy import PolicyConfig
+    from actors.model.scoring import Scorer
 
     rules = (DetectorConfig(), PolicyConfig())
     host = SessionHost(lambda _site: rules)
@@ -267,8 +267,8 @@ def call_stage(
     """ms of CPU per shard call, per run: through Ray (actor, caller) and in-process."""
     import ray
 
-    from actors.link import ShardLink
-    from actors.shard import SessionShard, ShardCore
+    from actors.shard.actor import SessionShard, ShardCore
+    from actors.shard.link import ShardLink
     from cluster.config import Settings
     from cluster.redis_server import delete_prefix
     from cluster.stack import RAY_SYSTEM_CONFIG
@@ -340,7 +340,7 @@ def call_stage(
 def append_stage(journeys: list, rounds: int, runs: int, redis_url: str) -> list[dict[str, float]]:
     """us of client CPU per append round (``EventStore.append_many``), per run.
 
-    The gateway's call (its own connection, ``serve.resp.ScriptCaller``)
+    The gateway's call (its own connection, ``serve.edge.resp.ScriptCaller``)
     against the same script called through redis-py, the baseline, on the
     same rounds of ~8 sessions' runs each, alternated within each run. The
     CPU includes the system calls and the loopback's share of the kernel.
@@ -349,8 +349,8 @@ def append_stage(journeys: list, rounds: int, runs: int, redis_url: str) -> list
 
     from cluster.keys import Keys
     from cluster.redis_server import delete_prefix
-    from serve.resp import ScriptCaller
-    from serve.store import APPEND_LUA, EventStore
+    from serve.edge.resp import ScriptCaller
+    from serve.edge.store import APPEND_LUA, EventStore
 
     prefix = f"llstages-{uuid.uuid4().hex[:6]}:"
 

@@ -6,7 +6,7 @@
 Minifying needs terser from npm at development time only (``npx terser``, or
 TERSER=/path/to/terser); the service serves the committed lifeline.min.js at
 /lifeline.js and needs no build step and no node. The build's banner is
-stamped with the source's digest (serve/client_build.py), which
+stamped with the source's digest (serve/edge/client_build.py), which
 tests/test_ops_client_js.py checks: rebuild here after editing lifeline.js.
 Exits 1 when over budget.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from serve.client_build import is_fresh, stamp  # noqa: E402
+from serve.edge.client_build import is_fresh, stamp  # noqa: E402
 
 SRC = ROOT / "serve" / "static" / "lifeline.js"
 MIN = ROOT / "serve" / "static" / "lifeline.min.js"

@@ -59,7 +59,7 @@ from websockets.sync.client import ClientConnection, connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # locust adds only loadtests/
 
-from actors.events import (  # noqa: E402
+from actors.core.events import (  # noqa: E402
     BAD_EVENT,
     BAD_TYPE,
     CLOCK_SKEW,
@@ -70,7 +70,7 @@ from actors.events import (  # noqa: E402
     URGENT_TYPES,
 )
 from loadtests.journeys import SOURCES, load_journeys  # noqa: E402
-from serve.pyclient import events_frame, hello_frame  # noqa: E402
+from serve.dev.pyclient import events_frame, hello_frame  # noqa: E402
 
 log = logging.getLogger("lifeline.locust")
 

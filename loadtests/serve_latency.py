@@ -3,7 +3,7 @@
 Usage: ``python loadtests/serve_latency.py [--requests 2000] [--concurrency 1,16,64] [--batch-wait-ms 0]``
 
 Starts a local Ray cluster (2 CPUs), deploys both apps with
-``serve.deployments.deploy`` (the Serve config file's options), with the
+``serve.apps.deployments.deploy`` (the Serve config file's options), with the
 Recommender holding a model fitted on all YOOCHOOSE clicks (2,933 items) and
 the NudgeWriter pointed at the local Messages API stub. Requests replay real
 sessions: each context is a YOOCHOOSE session prefix (recent items) with the
@@ -106,9 +106,9 @@ async def run(args) -> None:
 
     from cluster.config import Settings
     from cluster.redis_server import ensure_redis
-    from serve import deployments as D
-    from serve.llm_stub import StubLLM
-    from serve.recommender import SessionKNN
+    from serve.apps import deployments as D
+    from serve.apps.recommender import SessionKNN
+    from serve.dev.llm_stub import StubLLM
     from training.recommender_data import load_yoochoose, sessions_of
 
     server = ensure_redis(os.environ.get("REDIS_URL", ""))

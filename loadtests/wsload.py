@@ -8,7 +8,7 @@ the socket is open it also leaves the sans-I/O protocol: building a frame
 through it (and drawing its mask from ``secrets``, a system call per frame)
 and parsing replies with its generator-based reader were ~25 % of a load
 generator's CPU (py-spy, 2026-11-21); here frames are built by
-:func:`serve.wire.frame` (a header, a mask from ``random`` and
+:func:`serve.edge.wire.frame` (a header, a mask from ``random`` and
 ``websockets``' C ``apply_mask``). Both the echo ceiling and the
 Lifeline runs use it, so the ratio compares servers, not clients.
 
@@ -31,7 +31,7 @@ from websockets.protocol import State
 from websockets.typing import Origin
 from websockets.uri import parse_uri
 
-from serve import wire
+from serve.edge import wire
 
 
 class WsClient(asyncio.Protocol):

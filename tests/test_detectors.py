@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.detectors import DetectorConfig, decay, is_rage_step, is_thrash
+from actors.core.detectors import DetectorConfig, decay, is_rage_step, is_thrash
 
 CFG = DetectorConfig()
 

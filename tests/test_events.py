@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from actors.events import (
+from actors.core.events import (
     BAD_EVENT,
     BAD_TYPE,
     CLOCK_SKEW,
@@ -22,7 +22,7 @@ from actors.events import (
     EventError,
     validate_event,
 )
-from actors.session import Session
+from actors.core.session import Session
 
 NOW = 1_700_000_000_000
 

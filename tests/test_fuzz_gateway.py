@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serve.pyclient import LifelineClient
+from serve.dev.pyclient import LifelineClient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

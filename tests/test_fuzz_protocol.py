@@ -22,8 +22,8 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.events import EVENT_TYPES, FIELDS, EventError, validate_event
-from serve.protocol import (
+from actors.core.events import EVENT_TYPES, FIELDS, EventError, validate_event
+from serve.edge.protocol import (
     CONSENT_CATEGORIES,
     Connection,
     EventsPlan,
@@ -264,7 +264,7 @@ def check_plan(c: Connection, before: dict, frame: dict, plan: EventsPlan) -> No
 
 
 def handle(c: Connection, frame: dict, known: bool, stored: int, now: float):
-    """What the gateway does with a decoded frame (serve/gateway.py on_message)."""
+    """What the gateway does with a decoded frame (serve/edge/gateway.py on_message)."""
     kind = frame["t"]
     if kind == "events":
         return c.events(frame, NOW, now=now)

@@ -23,9 +23,9 @@ import websockets
 
 from cluster.keys import Keys
 from cluster.redis_server import _free_port, _redis_binary, answers
-from serve.gateway import Gateway
-from serve.protocol import CLOSE_RATE_ABUSE, sign_token
-from serve.pyclient import LifelineClient
+from serve.dev.pyclient import LifelineClient
+from serve.edge.gateway import Gateway
+from serve.edge.protocol import CLOSE_RATE_ABUSE, sign_token
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

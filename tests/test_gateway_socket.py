@@ -21,10 +21,10 @@ from websockets.frames import Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from serve import wire
-from serve.gateway import Gateway
-from serve.protocol import CLOSE_HELLO_TIMEOUT, Limits
-from serve.pyclient import LifelineClient
+from serve.dev.pyclient import LifelineClient
+from serve.edge import wire
+from serve.edge.gateway import Gateway
+from serve.edge.protocol import CLOSE_HELLO_TIMEOUT, Limits
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

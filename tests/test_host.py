@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 
-from actors.detectors import DetectorConfig
-from actors.events import validate_event
-from actors.host import SessionHost
-from actors.placement import HashRing
-from actors.session import Session, replay
+from actors.core.detectors import DetectorConfig
+from actors.core.events import validate_event
+from actors.core.host import SessionHost
+from actors.core.placement import HashRing
+from actors.core.session import Session, replay
 
 T0 = 1_700_000_000_000
 
@@ -151,9 +151,9 @@ def test_hash_ring_is_stable_and_even():
 
 
 def test_segment_is_looked_up_only_for_decisions():
-    from actors.policy import PolicyConfig
-    from actors.scoring import Scorer
-    from actors.segments import SegmentLookup
+    from actors.core.policy import PolicyConfig
+    from actors.core.segments import SegmentLookup
+    from actors.model.scoring import Scorer
 
     lookup = SegmentLookup.from_meta(Scorer.bundled().meta["segments"])
     assert lookup is not None and len(lookup.centroids) == len(lookup.names) >= 3

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 import websockets
 
-from serve.protocol import sign_token
+from serve.edge.protocol import sign_token
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -1,4 +1,4 @@
-"""The demo server's help pages: every guide a nudge can link to resolves (serve/http.py)."""
+"""The demo server's help pages: every guide a nudge can link to resolves (serve/edge/http.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import html
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from serve.http import build_app
-from serve.knowledge import KnowledgeBase
+from serve.apps.knowledge import KnowledgeBase
+from serve.edge.http import build_app
 
 
 async def test_every_help_article_a_nudge_can_link_resolves():

@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from actors.link import (
+from actors.shard.link import (
     MAX_FRAME,
     REQUEST,
     LinkDown,

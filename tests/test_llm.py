@@ -1,6 +1,6 @@
 """The LLM client shell against the local Messages API stub, with a real Redis.
 
-The real ``anthropic.AsyncAnthropic`` client talks HTTP to serve.llm_stub; the
+The real ``anthropic.AsyncAnthropic`` client talks HTTP to serve.dev.llm_stub; the
 response cache is the real Redis of the test run.
 """
 
@@ -14,9 +14,9 @@ import redis.asyncio as aioredis
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from serve import llm as L
-from serve.llm_stub import StubLLM, error, malformed, ok, unsafe
-from serve.nudge import check_output
+from serve.apps import llm as L
+from serve.apps.nudge import check_output
+from serve.dev.llm_stub import StubLLM, error, malformed, ok, unsafe
 
 SOURCES = ["Delivery options and times /help/shipping Standard delivery takes 2 to 4 working days."]
 GOOD = "Questions about delivery? Standard delivery takes 2 to 4 working days: /help/shipping"

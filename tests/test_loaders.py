@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.events import EventError, validate_event
+from actors.core.events import EventError, validate_event
 from training.dataset import normalise, read_jsonl, write_jsonl
 from training.loaders import (
     OS_FEATURES,

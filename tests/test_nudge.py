@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from actors.detectors import SIGNALS
-from serve import knowledge
-from serve.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
-from serve.knowledge import KnowledgeBase, best_method, measure
-from serve.llm_stub import UNSAFE_TEXT, demo_nudge
-from serve.nudge import (
+from actors.core.detectors import SIGNALS
+from serve.apps import knowledge
+from serve.apps.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from serve.apps.knowledge import KnowledgeBase, best_method, measure
+from serve.apps.nudge import (
     KINDS,
     MAX_TEXT_CHARS,
     TEMPLATES,
@@ -22,6 +21,7 @@ from serve.nudge import (
     render_template,
     retrieval_query,
 )
+from serve.dev.llm_stub import UNSAFE_TEXT, demo_nudge
 
 
 def ctx(**over):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from serve import client_build
-from serve.http import build_app
+from serve.edge import client_build
+from serve.edge.http import build_app
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "serve" / "static"

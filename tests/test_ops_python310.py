@@ -113,7 +113,7 @@ def test_sites_file_loads_without_tomllib_as_on_python_310():
     # A fresh interpreter in which `import tomllib` fails, as it does on 3.10.
     code = (
         "import sys; sys.modules['tomllib'] = None\n"
-        "from actors.sites import load_sites\n"
+        "from actors.core.sites import load_sites\n"
         "sites = load_sites('cluster/sites.toml')\n"
         "assert 'demo' in sites, sorted(sites)\n"
         "print('loaded', len(sites))\n"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from actors.detectors import SIGNALS
-from actors.features import FEATURE_INDEX, N_FEATURES
-from actors.policy import (
+from actors.core.detectors import SIGNALS
+from actors.core.features import FEATURE_INDEX, N_FEATURES
+from actors.core.policy import (
     CONTENT_SUGGESTION,
     FORM_HINT,
     HELP_OFFER,
@@ -20,8 +20,8 @@ from actors.policy import (
     decide,
     in_holdout,
 )
-from actors.session import EventView, Session
-from actors.sites import SiteConfigError, parse_sites
+from actors.core.session import EventView, Session
+from actors.core.sites import SiteConfigError, parse_sites
 
 NO_HOLDOUT = PolicyConfig(holdout=0.0)
 
@@ -117,7 +117,7 @@ def test_holdout_is_recorded_not_hidden_from_the_schedule():
     # must after a restart or on another gateway (Python's hash() would not).
     mine = "".join("1" if in_holdout(s, 0.10) else "0" for s in sids)
     code = (
-        "import sys; from actors.policy import in_holdout; "
+        "import sys; from actors.core.policy import in_holdout; "
         "print(''.join('1' if in_holdout(s, 0.10) else '0' for s in sys.stdin.read().split()))"
     )
     other = subprocess.run(
@@ -161,7 +161,7 @@ def test_signal_names_are_stable():
 
 
 def test_site_rules_with_a_typo_are_refused_not_ignored():
-    from actors.detectors import DetectorConfig
+    from actors.core.detectors import DetectorConfig
 
     with pytest.raises(ValueError, match=r"unknown policy settings: \['risk_treshold'\]"):
         PolicyConfig.from_mapping({"risk_treshold": 0.8})

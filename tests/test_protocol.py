@@ -7,7 +7,7 @@ import json
 import msgpack
 import pytest
 
-from serve.protocol import (
+from serve.edge.protocol import (
     CLOSE_BAD_FRAMES,
     CLOSE_RATE_ABUSE,
     Connection,

@@ -9,9 +9,9 @@ import msgpack
 import pytest
 import redis.asyncio as aioredis
 
-from actors.events import validate_event
+from actors.core.events import validate_event
 from cluster.keys import Keys
-from serve.recommender import (
+from serve.apps.recommender import (
     RecommenderService,
     RecParams,
     SessionKNN,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
-from actors.policy import Decision, Reason
-from actors.records import ShardRecords
+from actors.core.policy import Decision, Reason
+from actors.shard.records import ShardRecords
 from cluster.keys import Keys
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

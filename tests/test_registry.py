@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from actors.features import FEATURE_NAMES, FEATURE_SCHEMA_HASH
+from actors.core.features import FEATURE_NAMES, FEATURE_SCHEMA_HASH
 from training.registry import ModelRegistry, RegistryError, SchemaMismatch, UnknownVersion
 
 

@@ -1,4 +1,4 @@
-"""The append round's own Redis connection (serve/resp.py), against a real Redis."""
+"""The append round's own Redis connection (serve/edge/resp.py), against a real Redis."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from serve.resp import ScriptCaller, command
+from serve.edge.resp import ScriptCaller, command
 
 aio = pytest.mark.asyncio(loop_scope="session")
 

@@ -7,8 +7,8 @@ import gc
 import numpy as np
 import pytest
 
-from actors.features import N_FEATURES
-from actors.scoring import Scorer
+from actors.core.features import N_FEATURES
+from actors.model.scoring import Scorer
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """The two Serve deployments on the test run's real Ray cluster, Redis and the API stub.
 
-Deployed once for the module with serve.deployments.deploy(), as the lead's
+Deployed once for the module with serve.apps.deployments.deploy(), as the lead's
 start-up will; the NudgeWriter replica calls the real anthropic client against
-serve.llm_stub running in this test process.
+serve.dev.llm_stub running in this test process.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import redis
 import redis.asyncio as aioredis
 
 from cluster.config import Settings
-from serve import deployments as D
-from serve.llm_stub import StubLLM, error, ok, unsafe
-from serve.recommender import SessionKNN
+from serve.apps import deployments as D
+from serve.apps.recommender import SessionKNN
+from serve.dev.llm_stub import StubLLM, error, ok, unsafe
 from training.recommender_data import publish_catalog, publish_model
 
 CATALOG = {

@@ -12,10 +12,10 @@ import uuid
 import pytest
 import pytest_asyncio
 
-from actors.policy import RECOMMENDATIONS
+from actors.core.policy import RECOMMENDATIONS
 from cluster.redis_server import delete_prefix
-from serve.llm_stub import StubLLM
-from serve.pyclient import LifelineClient
+from serve.dev.llm_stub import StubLLM
+from serve.dev.pyclient import LifelineClient
 from training.simulator import scripted
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from actors.detectors import DetectorConfig
-from actors.events import validate_event
-from actors.features import (
+from actors.core.detectors import DetectorConfig
+from actors.core.events import validate_event
+from actors.core.features import (
     FEATURE_INDEX,
     FEATURE_NAMES,
     N_FEATURES,
@@ -15,7 +15,7 @@ from actors.features import (
     STRONG_SIGNAL,
     page_type_of,
 )
-from actors.session import SNAPSHOT_LAYOUT, Session, SnapshotMismatch, replay
+from actors.core.session import SNAPSHOT_LAYOUT, Session, SnapshotMismatch, replay
 
 T0 = 1_700_000_000_000
 

@@ -20,16 +20,16 @@ import msgpack
 import pytest
 import redis.asyncio as aioredis
 
-from actors.events import validate_event
-from actors.host import EVENTS, FORGET, SessionHost, pack_batch
-from actors.policy import Decision, Reason, in_holdout
-from actors.records import ShardRecords
-from actors.shard import ShardCore
+from actors.core.events import validate_event
+from actors.core.host import EVENTS, FORGET, SessionHost, pack_batch
+from actors.core.policy import Decision, Reason, in_holdout
+from actors.shard.actor import ShardCore
+from actors.shard.records import ShardRecords
 from cluster.config import Settings
 from cluster.keys import Keys
-from serve.gateway import ROUNDS_IN_FLIGHT, Gateway
-from serve.pyclient import LifelineClient
-from serve.store import Append, EventStore
+from serve.dev.pyclient import LifelineClient
+from serve.edge.gateway import ROUNDS_IN_FLIGHT, Gateway
+from serve.edge.store import Append, EventStore
 from training.simulator import scripted
 
 aio = pytest.mark.asyncio(loop_scope="session")  # the shared stack lives in the session loop

@@ -6,8 +6,8 @@ import statistics
 
 import pytest
 
-from actors.events import EventError, validate_event
-from actors.session import Session
+from actors.core.events import EventError, validate_event
+from actors.core.session import Session
 from training.simulator import (
     ARCHETYPES,
     DEFAULT_START_MS,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.sites import Site, SiteConfigError, load_sites, parse_sites
+from actors.core.sites import Site, SiteConfigError, load_sites, parse_sites
 
 
 def site(*origins: str) -> Site:

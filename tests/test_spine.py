@@ -13,10 +13,10 @@ import psutil
 import pytest
 import websockets
 
-from actors.events import validate_event
-from actors.policy import KINDS, in_holdout
-from actors.session import replay
-from serve.pyclient import LifelineClient
+from actors.core.events import validate_event
+from actors.core.policy import KINDS, in_holdout
+from actors.core.session import replay
+from serve.dev.pyclient import LifelineClient
 from training.simulator import scripted
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -374,7 +374,7 @@ async def test_model_hot_reload_and_refusal(lifeline_stack):
     """A promoted model is picked up between batches; a mismatched one is refused."""
     import redis
 
-    from actors.scoring import BUNDLED_META, BUNDLED_MODEL
+    from actors.model.scoring import BUNDLED_META, BUNDLED_MODEL
     from training.registry import ModelRegistry
 
     stack = lifeline_stack

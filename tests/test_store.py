@@ -6,7 +6,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from cluster.keys import Keys
-from serve.store import Append, EventStore
+from serve.edge.store import Append, EventStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

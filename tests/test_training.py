@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import redis
 
-from actors.features import FEATURE_NAMES, FEATURE_SCHEMA_HASH
-from actors.host import SessionHost
-from actors.scoring import BUNDLED_META, BUNDLED_MODEL, Scorer
+from actors.core.features import FEATURE_NAMES, FEATURE_SCHEMA_HASH
+from actors.core.host import SessionHost
+from actors.model.scoring import BUNDLED_META, BUNDLED_MODEL, Scorer
 from training.bundle import build_bundled_model
 from training.cli import main
 from training.dataset import (
@@ -342,15 +342,15 @@ def test_bundled_model(tmp_path: Path) -> None:
     # The shipped bundled model must match the code, or shards fall back to nothing.
     shipped = json.loads(BUNDLED_META.read_text())
     assert shipped["feature_schema"] == FEATURE_SCHEMA_HASH, (
-        "rebuild: lifeline train --bundle actors/models"
+        "rebuild: lifeline train --bundle actors/model/bundled"
     )
     assert shipped["score"] == "balanced" and 0 < shipped["base_rate"] < 1
     assert BUNDLED_MODEL.stat().st_size < 1_000_000
 
 
 def _scores(scorer: Scorer, kind: str) -> np.ndarray:
-    from actors.events import validate_event
-    from actors.session import Session
+    from actors.core.events import validate_event
+    from actors.core.session import Session
 
     s = Session("s-scripted-0001")
     rows = [

@@ -1,4 +1,4 @@
-"""serve.wire against websockets' own protocol: what one builds the other parses, and back."""
+"""serve.edge.wire against websockets' own protocol: what one builds the other parses, and back."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from websockets.frames import Opcode
 from websockets.protocol import Protocol, Side, State
 
-from serve import wire
+from serve.edge import wire
 
 
 def open_client() -> Protocol:

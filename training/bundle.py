@@ -4,7 +4,7 @@
 session code, trains a small XGBoost exit-risk model and writes
 ``bundled.ubj`` (``Booster.save_raw("ubj")``) and ``bundled.json`` (the same
 metadata the registry stores, plus the segment centroids). The shards load
-``actors/models/bundled.ubj`` when the registry has no live model.
+``actors/model/bundled/bundled.ubj`` when the registry has no live model.
 
 The model's output is the class-balanced exit risk (``meta["score"] ==
 "balanced"``): 0.5 = the exit odds of an average training row, the policy's

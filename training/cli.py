@@ -210,7 +210,7 @@ def _command_line() -> str:
 
 # -- train ------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from actors.features import FEATURE_SCHEMA_HASH
+    from actors.core.features import FEATURE_SCHEMA_HASH
     from training.evaluate import write_report
     from training.segments import fit_segments
     from training.train import XGBParams, train_and_evaluate
@@ -327,7 +327,7 @@ def _add_train(sub: Any) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="also write DIR/bundled.ubj and DIR/bundled.json (actors/models is the shipped default model)",
+        help="also write DIR/bundled.ubj and DIR/bundled.json (actors/model/bundled is the shipped default model)",
     )
     _add_redis_options(p)
     p.set_defaults(func=_guarded(cmd_train))
@@ -339,11 +339,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from training.train import evaluate_booster, load_booster
 
     if args.version == "bundled":
-        from actors.scoring import BUNDLED_META, BUNDLED_MODEL
+        from actors.model.scoring import BUNDLED_META, BUNDLED_MODEL
 
         if not BUNDLED_MODEL.is_file():
             raise UserError(
-                f"{BUNDLED_MODEL} does not exist; build it with `lifeline train --bundle actors/models`"
+                f"{BUNDLED_MODEL} does not exist; build it with `lifeline train --bundle actors/model/bundled`"
             )
         raw, meta, version = (
             BUNDLED_MODEL.read_bytes(),
@@ -402,7 +402,7 @@ def _add_evaluate(sub: Any) -> None:
 
 # -- models / promote -------------------------------------------------------------------------------
 def cmd_models(args: argparse.Namespace) -> int:
-    from actors.features import FEATURE_SCHEMA_HASH
+    from actors.core.features import FEATURE_SCHEMA_HASH
 
     reg = _registry(args)
     models = reg.list()
@@ -445,7 +445,7 @@ def _add_models(sub: Any) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from actors.features import FEATURE_SCHEMA_HASH
+    from actors.core.features import FEATURE_SCHEMA_HASH
 
     reg = _registry(args)
     version = reg.resolve(args.version)

@@ -1,6 +1,6 @@
 """Feature rows for training: recorded events replayed through the live session code.
 
-What it is for: one row per event, computed by ``actors.session.Session.apply``
+What it is for: one row per event, computed by ``actors.core.session.Session.apply``
 (the very code the shards run, so there is no second implementation of any
 feature), with the session's label and where in the session the row is.
 
@@ -11,7 +11,7 @@ Columns of a rows frame:
 * ``prefix_len`` (events seen so far, 1..n) and ``prefix_ms`` (ms since the session's first event)
 * ``label``: 1 if the session ended without a conversion (the exit-risk label),
   0 if it converted, -1 if the source has no purchase label (YOOCHOOSE)
-* one float column per name in ``actors.features.FEATURE_NAMES``, in that order
+* one float column per name in ``actors.core.features.FEATURE_NAMES``, in that order
 
 Rows from the purchase event on are left out by default: once a session has
 converted there is no exit risk to predict, and keeping them would let the
@@ -36,10 +36,10 @@ import msgpack
 import numpy as np
 import pandas as pd
 
-from actors.detectors import DEFAULT_DETECTORS, DetectorConfig
-from actors.events import EventError, validate_event
-from actors.features import FEATURE_NAMES
-from actors.session import Session
+from actors.core.detectors import DEFAULT_DETECTORS, DetectorConfig
+from actors.core.events import EventError, validate_event
+from actors.core.features import FEATURE_NAMES
+from actors.core.session import Session
 from cluster.keys import Keys
 from training.loaders import DataError, SessionEvents
 from training.progress import Progress
@@ -371,7 +371,7 @@ def append_to_redis_log(
 ) -> None:
     """Write normalised events in the event-log layout (``f``/``l``/``ev``; tests, demo seeding).
 
-    The live gateway owns the real log (``serve/store.py``); this mirrors its
+    The live gateway owns the real log (``serve/edge/store.py``); this mirrors its
     layout so export and training can be tested without the whole service.
     """
     for i in range(0, len(events), chunk):

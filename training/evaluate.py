@@ -204,7 +204,7 @@ def write_report(
         f"# Exit-risk evaluation: {title}",
         "",
         "Label: 1 = the session ended without a purchase (exit). One row per event, "
-        "computed by `actors.session.Session.apply` on the recorded events; rows from "
+        "computed by `actors.core.session.Session.apply` on the recorded events; rows from "
         "a session's purchase on are excluded. Sessions are split by start time "
         "(oldest train, then validation for early stopping, newest test).",
         "",
@@ -325,8 +325,8 @@ def write_report(
 # -- the shipped model against the policy threshold ----------------------------------------------
 def scripted_scores(scorer: Any, start_ms: int = 1_732_300_000_000) -> dict[str, pd.DataFrame]:
     """Per-event scores of each ``training.simulator.scripted`` journey under ``scorer``."""
-    from actors.events import validate_event
-    from actors.session import Session
+    from actors.core.events import validate_event
+    from actors.core.session import Session
     from training.simulator import SCRIPTED_KINDS, scripted
 
     out = {}
@@ -350,8 +350,8 @@ def max_scores(scorer: Any, journeys: list, min_events: int = 3) -> pd.DataFrame
     Only the rows the policy acts on count: from event ``min_events`` on and
     before any purchase (the policy's defaults).
     """
-    from actors.events import validate_event
-    from actors.session import Session
+    from actors.core.events import validate_event
+    from actors.core.session import Session
 
     rows, owner = [], []
     for k, j in enumerate(journeys):
@@ -396,7 +396,7 @@ def write_bundled_report(
     out_dir: Path, scorer: Any = None, *, journeys: int = 2000, seed: int = 3
 ) -> Path:
     """``out_dir/report.md``: the shipped model on the scripted journeys and per archetype."""
-    from actors.scoring import Scorer
+    from actors.model.scoring import Scorer
     from training.simulator import simulate
 
     scorer = scorer or Scorer.bundled()

@@ -5,11 +5,11 @@
   2016 sample), read into sessions of item ids.
 * The live event log: Redis streams ``{prefix}ev:{site}:{sid}`` whose entries hold
   ``b"ev"``, a msgpack list of events normalised by
-  :func:`actors.events.validate_event`. Product page views (by URL pattern)
+  :func:`actors.core.events.validate_event`. Product page views (by URL pattern)
   and ``add_to_cart`` events become a session's item sequence.
 * Evaluation: next-click prediction with the last day held out (the
   GRU4Rec / session-rec protocol): Recall@20 and MRR@20 of the blended
-  session kNN (:class:`serve.recommender.SessionKNN`) against popularity and
+  session kNN (:class:`serve.apps.recommender.SessionKNN`) against popularity and
   a plain item kNN, all fitted on the same training days in the same run.
 * Build: fit a site's model and publish it to Redis, where the Recommender
   deployment loads it.
@@ -40,7 +40,7 @@ from typing import Any
 import msgpack
 
 from cluster.keys import Keys
-from serve.recommender import (
+from serve.apps.recommender import (
     RecParams,
     SessionKNN,
     catalog_from_json,

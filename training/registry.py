@@ -5,7 +5,7 @@ lists what is stored, ``lifeline promote VERSION`` makes one live. The
 session shards watch the live pointer (``{prefix}model:live``, and the
 ``{prefix}model:promoted`` pub/sub channel for an immediate nudge), load the
 blob and check ``meta["feature_schema"]`` against
-``actors.features.FEATURE_SCHEMA_HASH`` before swapping it in.
+``actors.core.features.FEATURE_SCHEMA_HASH`` before swapping it in.
 
 Keys (all under the deployment's prefix):
 
@@ -30,6 +30,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 import redis
+
+from cluster.keys import Keys
 
 HISTORY_MAX = 100
 REQUIRED_META = ("feature_schema", "feature_names")
@@ -60,17 +62,18 @@ class ModelRegistry:
     def __init__(self, r: redis.Redis, prefix: str) -> None:
         self.r = r
         self.prefix = prefix
-        self.k_seq = f"{prefix}model:seq"
-        self.k_versions = f"{prefix}model:versions"
-        self.k_live = f"{prefix}model:live"
-        self.k_history = f"{prefix}model:history"
-        self.channel = f"{prefix}model:promoted"
+        self.keys = keys = Keys(prefix)
+        self.k_seq = keys.model("seq")
+        self.k_versions = keys.model("versions")
+        self.k_live = keys.model("live")
+        self.k_history = keys.model("history")
+        self.channel = keys.model("promoted")
 
     def _k_blob(self, version: str) -> str:
-        return f"{self.prefix}model:blob:{version}"
+        return self.keys.model(f"blob:{version}")
 
     def _k_meta(self, version: str) -> str:
-        return f"{self.prefix}model:meta:{version}"
+        return self.keys.model(f"meta:{version}")
 
     @staticmethod
     def _text(value: Any) -> str | None:

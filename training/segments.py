@@ -21,7 +21,7 @@ metadata under ``"segments"``)::
 
     {"format": "lifeline-segments/1",
      "feature_schema": "<FEATURE_SCHEMA_HASH>",
-     "features": ["n_pages", ...],          # names from actors.features.FEATURE_NAMES
+     "features": ["n_pages", ...],          # names from actors.core.features.FEATURE_NAMES
      "center": [...], "scale": [...],       # one per feature
      "centroids": [[...], ...],             # k rows, one value per feature, in z-space
      "names": ["explorers", ...], "sizes": [...], "exit_rate": [...],
@@ -47,7 +47,7 @@ import pandas as pd
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
-from actors.features import FEATURE_SCHEMA_HASH
+from actors.core.features import FEATURE_SCHEMA_HASH
 
 SEGMENT_FEATURES: tuple[str, ...] = (
     "session_age_s",
@@ -220,10 +220,10 @@ def nearest_segment(seg: Segments | dict[str, Any], row: Sequence[float]) -> int
     """The index of the centroid nearest to a feature row: the live path's own lookup.
 
     ``row`` is a full feature row in ``FEATURE_NAMES`` order (what
-    ``Session.apply`` returns). Delegates to :class:`actors.segments.SegmentLookup`,
+    ``Session.apply`` returns). Delegates to :class:`actors.core.segments.SegmentLookup`,
     so training and the shards cannot disagree about a session's segment.
     """
-    from actors.segments import SegmentLookup
+    from actors.core.segments import SegmentLookup
 
     data = seg.to_dict() if isinstance(seg, Segments) else seg
     lookup = SegmentLookup.from_meta(data)

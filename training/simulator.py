@@ -3,7 +3,7 @@
 What it is for: the bundled demo model, tests and load generation. Each
 journey is a list of RAW client-form events (exactly what the tracking
 client would send: ``type``, ``seq``, ``ts`` and the type's fields from
-``actors.events.FIELDS``), each accepted by ``validate_event(e, now_ms=e["ts"])``.
+``actors.core.events.FIELDS``), each accepted by ``validate_event(e, now_ms=e["ts"])``.
 
 The generative story (how a journey and its labels come about):
 

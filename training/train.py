@@ -58,7 +58,7 @@ from sklearn.metrics import (
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from actors.features import FEATURE_NAMES, FEATURE_SCHEMA_HASH
+from actors.core.features import FEATURE_NAMES, FEATURE_SCHEMA_HASH
 from training.progress import Progress
 
 POLICY_THRESHOLD = 0.75  # the intervention policy acts above this exit risk

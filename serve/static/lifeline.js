@@ -12,7 +12,7 @@
   const N = W.navigator, root = D.documentElement, now = Date.now;
   const IDLE = 18e5; // 30 minutes without activity end a session
   const MAXQ = 1000; // offline buffer bound, in events
-  const URGENT = /^(form_e|form_s|add_|purchase|js_|visib|interv)/; // flushed at once (actors/events.py URGENT_TYPES)
+  const URGENT = /^(form_e|form_s|add_|purchase|js_|visib|interv)/; // flushed at once (actors/core/events.py URGENT_TYPES)
   let LS, SS;
   try { LS = W.localStorage; SS = W.sessionStorage; } catch (e) { /* storage blocked: memory only */ }
 

@@ -165,8 +165,8 @@ def serve_file(name: str, ws_url: str = GW, site: str = "demo") -> tuple[bytes, 
         ".json": "application/json",
         ".webm": "video/webm",
     }
-    if name.startswith("help/"):  # the site's help articles, as serve/http.py serves them
-        from serve.knowledge import article_html
+    if name.startswith("help/"):  # the site's help articles, as serve/edge/http.py serves them
+        from serve.apps.knowledge import article_html
 
         page = article_html(site, name[5:])
         return None if page is None else (page.encode(), "text/html")

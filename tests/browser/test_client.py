@@ -14,7 +14,7 @@ import time
 import pytest
 from lifeline_browser import SCREENSHOTS, SHOP, STATIC, serve_file, wait_until
 
-from actors.events import EventError, validate_event
+from actors.core.events import EventError, validate_event
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.browser]
 
@@ -43,7 +43,7 @@ async def all_acked(page) -> None:
 
 
 def assert_schema(events: list[dict]) -> None:
-    """Every event the client sends is valid for the server's schema (actors/events.py)."""
+    """Every event the client sends is valid for the server's schema (actors/core/events.py)."""
     now = int(time.time() * 1000)
     for ev in events:
         out = validate_event(ev, now)
@@ -546,7 +546,7 @@ async def test_form_hint_links_its_guide_by_title_and_hides_no_field(shop, viewp
     )
     hint = page.locator("#lifeline-ui [data-kind=form_hint]")
     await hint.wait_for()
-    # The LLM text names the guide; the server put its title in the text (serve/nudge.py link_guide).
+    # The LLM text names the guide; the server put its title in the text (serve/apps/nudge.py link_guide).
     text = (
         'This form has a few strict rules. The form says "Invalid value" under any field it '
         f"cannot read. More in our guide: {GUIDE['title']}"

@@ -18,7 +18,7 @@ import uuid
 import pytest
 from lifeline_browser import PROBE, RESULTS, VIEWPORT
 
-from actors.policy import DEFAULT_POLICY, in_holdout
+from actors.core.policy import DEFAULT_POLICY, in_holdout
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.browser]
 

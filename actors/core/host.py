@@ -15,7 +15,7 @@ and score. Idle sessions are compacted to bytes in memory after a minute
 snapshotting and removal after the deactivation timeout.
 
 Pure: no Ray, Redis or network imports. The Ray actor in
-:mod:`actors.shard` is a thin shell that feeds it and does the I/O.
+:mod:`actors.shard.actor` is a thin shell that feeds it and does the I/O.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from actors.detectors import DetectorConfig
-from actors.policy import Decision, PolicyConfig, decide
-from actors.session import EventView, Session, SnapshotMismatch
+from actors.core.detectors import DetectorConfig
+from actors.core.policy import Decision, PolicyConfig, decide
+from actors.core.session import EventView, Session, SnapshotMismatch
 
 # (sid, site, consent recorded when the events were validated, normalised events in seq order)
 BatchItem = tuple[str, str, Sequence[str], Sequence[dict[str, Any]]]

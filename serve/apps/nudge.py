@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from actors.policy import KINDS  # the one definition of intervention kinds
+from actors.core.policy import KINDS  # the one definition of intervention kinds
+from cluster.keys import Keys
 
 MAX_TEXT_CHARS = 240  # fits a small in-page card on a phone without scrolling
 MIN_TEXT_CHARS = 12
@@ -303,7 +304,7 @@ def cache_key(prefix: str, ctx: Mapping[str, Any], version: str = "v1") -> str:
     cached text is always one this prompt could have produced. ``version`` is
     bumped when the prompt wording changes, which retires old entries.
     """
-    return f"{prefix}nudge:{version}:" + ":".join(prompt_facts(ctx).key_parts())
+    return Keys(prefix).nudge(version, list(prompt_facts(ctx).key_parts()))
 
 
 def retrieval_query(ctx: Mapping[str, Any]) -> str:

@@ -1,13 +1,13 @@
 """SessionShard: the Ray actor that hosts a slice of the sessions.
 
-A thin shell around :class:`actors.host.SessionHost`. It adds what the pure
+A thin shell around :class:`actors.core.host.SessionHost`. It adds what the pure
 host must not do itself: loading sessions back from Redis (snapshot plus the
 event log after it), writing snapshots and the intervention log, loading
 and hot-swapping the model, and asking the Serve deployments for richer
 content after an intervention has already gone out.
 
 The actor is a plain (not asyncio) Ray actor. Gateways send batches over
-the shard's link (:mod:`actors.link`), whose thread runs them; Ray calls of
+the shard's link (:mod:`actors.shard.link`), whose thread runs them; Ray calls of
 ``handle`` (tools, benchmarks) run on Ray's thread; a lock keeps it to one
 batch at a time either way, so a session's events are applied in the order
 the gateway sent them. All Redis and Serve I/O runs on
@@ -36,12 +36,12 @@ import msgpack
 import ray
 import redis
 
-from actors.host import BatchItem, Forget, SessionHost, unpack_batch
-from actors.link import LinkServer, LinkTLS
-from actors.policy import RECOMMENDATIONS, Decision
-from actors.records import ShardRecords
-from actors.scoring import SchemaMismatch, Scorer
-from actors.sites import Site, load_sites
+from actors.core.host import BatchItem, Forget, SessionHost, unpack_batch
+from actors.core.policy import RECOMMENDATIONS, Decision
+from actors.core.sites import Site, load_sites
+from actors.model.scoring import SchemaMismatch, Scorer
+from actors.shard.link import LinkServer, LinkTLS
+from actors.shard.records import ShardRecords
 from cluster.keys import Keys
 from cluster.loops import Failures, Supervisor
 from cluster.redis_server import async_client
@@ -128,7 +128,7 @@ class ShardCore:
         self._started = False
         self._stopped = False
         self.enrich = enrich
-        self._followups = None  # serve.deployments.FollowUps, made on first use
+        self._followups = None  # serve.apps.deployments.FollowUps, made on first use
         self._model_swapped = threading.Condition()
         self.refused: set[str] = set()  # model versions this shard will not load
         self._metrics = _ShardMetrics(index)
@@ -184,7 +184,7 @@ class ShardCore:
         happens between batches; a mismatched or broken model is refused.
         """
         try:
-            raw = await self.redis.get(f"{self.prefix}model:live")
+            raw = await self.redis.get(self.keys.model("live"))
         except redis.RedisError:
             return  # Redis is away: the next poll asks again
         version = raw.decode() if raw else None
@@ -277,7 +277,7 @@ class ShardCore:
         return asyncio.run_coroutine_threadsafe(coro, self._io).result(timeout)
 
     def handle(self, batch: bytes, gateway_id: str = "", sent_at: float = 0.0) -> bytes:
-        """Process one batch (:func:`actors.host.pack_batch`); ``sent_at``: the caller's time.time().
+        """Process one batch (:func:`actors.core.host.pack_batch`); ``sent_at``: the caller's time.time().
 
         Returns, msgpack-packed, (sid, seqs, scores, intervention frames) per session.
         """
@@ -328,7 +328,7 @@ class ShardCore:
 
     @staticmethod
     def _template(d: Decision) -> str:
-        from serve.nudge import render_template
+        from serve.apps.nudge import render_template
 
         return render_template(d.kind, d.signals, d.page_type)
 
@@ -591,7 +591,7 @@ class ShardCore:
     def _enrich(self, follow_ups: list[tuple[Decision, dict[str, Any]]], channel: str) -> None:
         """Ask Serve for LLM nudges or recommendations; updates follow if in time (I/O loop).
 
-        Runs in the background (:class:`serve.deployments.FollowUps`): the
+        Runs in the background (:class:`serve.apps.deployments.FollowUps`): the
         interventions with their templated text have already gone out.
         """
         follow = self._follow_ups()
@@ -640,7 +640,7 @@ class ShardCore:
 
     def _follow_ups(self):
         if self._followups is None:
-            from serve.deployments import FollowUps
+            from serve.apps.deployments import FollowUps
 
             try:
                 from ray import serve

@@ -2,7 +2,7 @@
 
 A :class:`Connection` turns decoded frames into plans (what to append, what
 to answer) and turns completed appends into acks. It never touches a socket
-or Redis: :mod:`serve.gateway` does, and feeds the results back. That keeps
+or Redis: :mod:`serve.edge.gateway` does, and feeds the results back. That keeps
 every protocol rule (sequence numbers, deduplication, limits, tokens,
 consent) testable in microseconds. See docs/PROTOCOL.md for the wire format.
 
@@ -26,7 +26,7 @@ from typing import Any
 
 import msgpack
 
-from actors.events import MAX_NUM, SEQUENCE_GAP, EventError, validate_event
+from actors.core.events import MAX_NUM, SEQUENCE_GAP, EventError, validate_event
 
 PROTOCOL_VERSION = 1
 CONSENT_CATEGORIES = ("necessary", "analytics", "personalization", "marketing")

@@ -11,11 +11,11 @@ there is none, within a hard budget measured from the triggering event
   and only when the wait plus a useful attempt still fits in the budget;
 * every attempt is bounded by the time left (``asyncio.wait_for``: the
   HTTP client's own timeouts are per socket operation, not per request);
-* a :class:`~serve.breaker.CircuitBreaker` that opens on consecutive
+* a :class:`~serve.apps.breaker.CircuitBreaker` that opens on consecutive
   failures, so an outage costs one dictionary lookup per nudge, not a
   timeout;
 * a Redis cache of checked texts keyed by the situation (see
-  :func:`serve.nudge.cache_key`), with a TTL;
+  :func:`serve.apps.nudge.cache_key`), with a TTL;
 * token and cost accounting as OpenTelemetry metrics, and the same figures
   as plain counters from :meth:`NudgeLLM.stats`.
 
@@ -39,8 +39,8 @@ import anthropic
 from opentelemetry import metrics
 from opentelemetry.metrics import MeterProvider
 
-from serve.breaker import CircuitBreaker
-from serve.nudge import CheckResult
+from serve.apps.breaker import CircuitBreaker
+from serve.apps.nudge import CheckResult
 
 log = logging.getLogger("lifeline.llm")
 

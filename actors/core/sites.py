@@ -37,8 +37,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli (pyproject.toml)
     import tomli as tomllib
 
-from actors.detectors import DetectorConfig
-from actors.policy import PolicyConfig
+from actors.core.detectors import DetectorConfig
+from actors.core.policy import PolicyConfig
 
 _SITE_KEYS = {"origins", "policy", "detectors", "name"}
 

@@ -16,7 +16,7 @@ connection is gone and the next call asks Ray again.
 Wire (both directions, big-endian): a header, then ``length`` bytes.
 
 * request: ``length u32, call id u32, sent_at f64`` (the gateway's
-  ``time.time()``), then a packed batch (:func:`actors.host.pack_batch`);
+  ``time.time()``), then a packed batch (:func:`actors.core.host.pack_batch`);
   the first message of a connection has call id 0 and carries
   ``msgpack([token, gateway id])`` instead;
 * reply: ``length u32, call id u32, status u8``, then the shard's packed

@@ -1,15 +1,15 @@
 """Per-site help articles, indexed for retrieval, to ground LLM nudges.
 
-Each site has a folder ``serve/kb/<site>/`` of short Markdown articles with a
+Each site has a folder ``serve/apps/kb/<site>/`` of short Markdown articles with a
 small front matter (``title``, ``url``: the article's path on the site,
 ``pages``: page types it is about) and a labelled question set
 ``questions.json``. The nudge writer searches the articles with a query built
-from the session context (:func:`serve.nudge.retrieval_query`) and puts the
+from the session context (:func:`serve.apps.nudge.retrieval_query`) and puts the
 best excerpts in the prompt, so the LLM can point at the right help page and
 quote only what the site wrote.
 
 Several retrieval methods are implemented so they can be measured against
-each other on the labelled questions (``python -m serve.knowledge``); the
+each other on the labelled questions (``python -m serve.apps.knowledge``); the
 method the nudge writer uses is :data:`WINNER`, and a test keeps it equal to
 the measured best. Pure Python plus scikit-learn; no downloads, no network.
 
@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serve.nudge import GroundingArticle, retrieval_query
+from serve.apps.nudge import GroundingArticle, retrieval_query
 
 KB_ROOT = Path(__file__).resolve().parent / "kb"
 
 METHODS: tuple[str, ...] = ("bm25", "tfidf_word", "tfidf_char", "hybrid_rrf")
 
-# Chosen by `python -m serve.knowledge` on serve/kb/demo/questions.json; see
+# Chosen by `python -m serve.apps.knowledge` on serve/apps/kb/demo/questions.json; see
 # BENCHMARKS.md. tests/test_nudge.py re-measures and fails if this drifts.
 WINNER = "hybrid_rrf"
 
@@ -359,7 +359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = measure(site)
     parts = {"q": measure(site, subset="q"), "ctx": measure(site, subset="ctx")}
     nq, nc = int(parts["q"][METHODS[0]]["n"]), int(parts["ctx"][METHODS[0]]["n"])
-    print(f"Retrieval on serve/kb/{site}/questions.json: {nq} visitor questions, {nc} contexts\n")
+    print(
+        f"Retrieval on serve/apps/kb/{site}/questions.json: {nq} visitor questions, {nc} contexts\n"
+    )
     print("| method | hit@1 | hit@3 | MRR | MRR questions | MRR contexts |")
     print("|---|---|---|---|---|---|")
     for m in METHODS:
@@ -368,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"| {m} | {r['hit@1']:.3f} | {r['hit@3']:.3f} | {r['mrr']:.3f} "
             f"| {parts['q'][m]['mrr']:.3f} | {parts['ctx'][m]['mrr']:.3f} |"
         )
-    print(f"\nwinner: {best_method(res)} (WINNER in serve/knowledge.py: {WINNER})")
+    print(f"\nwinner: {best_method(res)} (WINNER in serve/apps/knowledge.py: {WINNER})")
     return 0
 
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from actors.features import FEATURE_INDEX
+from actors.core.features import FEATURE_INDEX
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The WebSocket gateway: browsers in, durable appends, shard batches, interventions out.
 
-The I/O shell around :class:`serve.protocol.Connection`. Each socket is a
+The I/O shell around :class:`serve.edge.protocol.Connection`. Each socket is a
 :class:`Peer`: the ``websockets`` library's sans-I/O ``ServerProtocol``
 driven straight from asyncio's protocol callbacks. Frames are handled in
 ``data_received`` and replies are written to the transport at once; there is
@@ -15,7 +15,7 @@ the previous round trip was in flight:
   last) and only then acknowledges them;
 * one **dispatcher per shard** hands that shard every durable event that
   arrived since its last call, in one call over the shard's link
-  (:mod:`actors.link`, not a Ray call), and pushes back the
+  (:mod:`actors.shard.link`, not a Ray call), and pushes back the
   interventions it decides. One call in flight per shard keeps each
   session's events in order; a crashed shard's batch is retried once Ray
   has restarted it (the events are durable, so nothing is lost).
@@ -50,15 +50,15 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from actors.host import EVENTS, FORGET, Forget, pack_batch
-from actors.link import LinkDown, LinkTLS, ShardFailed, ShardLink
-from actors.placement import HashRing
-from actors.sites import Site
+from actors.core.host import EVENTS, FORGET, Forget, pack_batch
+from actors.core.placement import HashRing
+from actors.core.sites import Site
+from actors.shard.link import LinkDown, LinkTLS, ShardFailed, ShardLink
 from cluster.keys import Keys
 from cluster.loops import Supervisor
 from cluster.redis_server import async_client
-from serve import wire
-from serve.protocol import (
+from serve.edge import wire
+from serve.edge.protocol import (
     CLOSE_HELLO_TIMEOUT,
     CLOSE_TAKEN_OVER,
     Connection,
@@ -68,7 +68,7 @@ from serve.protocol import (
     TokenBucket,
     error,
 )
-from serve.store import Append, EventStore
+from serve.edge.store import Append, EventStore
 
 log = logging.getLogger("lifeline.gateway")
 
@@ -144,7 +144,7 @@ class Peer(asyncio.Protocol):
         self.busy = False
         self.fragments: list[bytes] = []
         self.fragments_text = False
-        # Once open, plain frames are parsed here (serve.wire); the first frame
+        # Once open, plain frames are parsed here (serve.edge.wire); the first frame
         # that is not plain hands the socket to websockets' parser for good.
         self.rx: bytearray | None = None
         self.last_rx = 0.0
@@ -358,7 +358,7 @@ class Peer(asyncio.Protocol):
             return
         assert self.conn is not None
         data = self.conn.encode(frame)
-        # Written directly (serve.wire), not through ws.send_binary: the library
+        # Written directly (serve.edge.wire), not through ws.send_binary: the library
         # flushes its own frames as it makes them, so none can be overtaken.
         if isinstance(data, bytes):
             transport.write(wire.frame(wire.BINARY, data))
@@ -891,7 +891,7 @@ class Gateway:
     # -- shard dispatch --------------------------------------------------------------
 
     # A shard's pending items: (sid, site, consent, payload, events, op), ``op`` as
-    # in actors.host: a withdrawal is said as one, never read from a consent.
+    # in actors.core.host: a withdrawal is said as one, never read from a consent.
 
     def _forget(self, forget: Forget) -> None:
         """Queue the shard's forget of a session, behind that session's events."""

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 
 from cluster.keys import CONSENT_RECORDS_MAX, CONSENT_TTL_S, SESSION_TTL_S, Keys
 from cluster.redis_server import script_arg
-from serve.resp import ScriptCaller
+from serve.edge.resp import ScriptCaller
 
 # One call appends the runs of many sessions (one append round of the gateway).
 # ARGV[1] is one msgpack array: ttl, the event-log key prefix, the session-hash
@@ -152,7 +152,7 @@ class EventStore:
     def __init__(self, r: aioredis.Redis, keys: Keys) -> None:
         self.r = r
         self.keys = keys
-        # The hot path's one call, on a connection of its own (serve/resp.py says why).
+        # The hot path's one call, on a connection of its own (serve/edge/resp.py says why).
         self._append = ScriptCaller(r, APPEND_LUA)
         self._session_script = r.register_script(SESSION_LUA)
 

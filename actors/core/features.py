@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 
-from actors.detectors import SIGNALS
+from actors.core.detectors import SIGNALS
 
 # Page types the policy and the features understand. The client may send one
 # (from <meta name="lifeline-page-type">); otherwise it is inferred from the path.

@@ -29,7 +29,7 @@ from pathlib import Path
 
 log = logging.getLogger("lifeline.http")
 
-STATIC = Path(__file__).resolve().parent / "static"
+STATIC = Path(__file__).resolve().parents[1] / "static"  # serve/static: the browser assets
 SOURCE = "lifeline.js"
 BUILD = "lifeline.min.js"
 BANNER = "/*! Lifeline client v1 src:{digest} */"

@@ -14,7 +14,7 @@ much as the prediction of 8 rows. The direct call makes no garbage and
 reuses one proxy matrix; the scores are the same (tested).
 
 A model is only accepted if its recorded feature schema matches
-:data:`actors.features.FEATURE_SCHEMA_HASH`: a model trained on another
+:data:`actors.core.features.FEATURE_SCHEMA_HASH`: a model trained on another
 feature layout would score garbage without raising.
 """
 
@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from actors.features import FEATURE_SCHEMA_HASH, N_FEATURES
-from actors.segments import SegmentLookup
+from actors.core.features import FEATURE_SCHEMA_HASH, N_FEATURES
+from actors.core.segments import SegmentLookup
 
-BUNDLED_DIR = Path(__file__).resolve().parent / "models"
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 BUNDLED_MODEL = BUNDLED_DIR / "bundled.ubj"
 BUNDLED_META = BUNDLED_DIR / "bundled.json"
 _ROW = struct.Struct(f"{N_FEATURES}f")  # one feature row as float32
@@ -136,7 +136,7 @@ class Scorer:
         self._predict = DensePredictor(booster)
         self.version = version
         self.meta = meta
-        # The visitor segments trained with this model, if any (see actors/segments.py).
+        # The visitor segments trained with this model, if any (see actors/core/segments.py).
         self.segments = SegmentLookup.from_meta(meta.get("segments"))
 
     @classmethod

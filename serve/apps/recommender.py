@@ -37,18 +37,20 @@ from typing import Any
 
 import msgpack
 
+from cluster.keys import Keys
+
 FORMAT_VERSION = 1
 DEFAULT_ITEM_URL = "/product.html?id={id}"  # the demo shop's product pages
 
 
 def model_key(prefix: str, site: str) -> str:
     """Redis key of a site's published model bytes (``+ ":version"``: its version counter)."""
-    return f"{prefix}recsys:{site}:model"
+    return Keys(prefix).recsys_model(site)
 
 
 def catalog_key(prefix: str, site: str) -> str:
     """Redis hash of a site's catalog: item id -> msgpack ``{"name", "url"}``."""
-    return f"{prefix}recsys:{site}:catalog"
+    return Keys(prefix).recsys_catalog(site)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from actors.policy import Decision
+from actors.core.policy import Decision
 from cluster.keys import SESSION_TTL_S, Keys
 from cluster.redis_server import script_arg
 

@@ -9,7 +9,7 @@
   callers with ``@serve.batch``; models are published to Redis by
   ``training/recommender_data.py``.
 * :func:`deploy` starts both as named Serve applications (options from
-  ``serve/serve_config.yaml``) and returns their handles.
+  ``serve/apps/serve_config.yaml``) and returns their handles.
 * :class:`FollowUps` is what a shard uses to call them without ever waiting:
   it schedules the call and pushes an ``update`` frame if (and only if) the
   answer arrives within the 2.5 s budget of the triggering event.
@@ -37,9 +37,9 @@ import yaml
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve.knowledge import KB_ROOT, KnowledgeBase
-from serve.llm import LLMSettings, NudgeLLM
-from serve.nudge import (
+from serve.apps.knowledge import KB_ROOT, KnowledgeBase
+from serve.apps.llm import LLMSettings, NudgeLLM
+from serve.apps.nudge import (
     KINDS,
     build_prompt,
     cache_key,
@@ -48,7 +48,7 @@ from serve.nudge import (
     personalization_allowed,
     render_template,
 )
-from serve.recommender import (
+from serve.apps.recommender import (
     RecommenderService,
     SessionKNN,
     catalog_from_json,
@@ -59,11 +59,11 @@ from serve.recommender import (
 
 log = logging.getLogger("lifeline.serve")
 
-# App names; the shards look the deployments up by these (actors/shard.py).
+# App names; the shards look the deployments up by these (actors/shard/actor.py).
 APP_NUDGE = "nudge"
 APP_RECOMMENDER = "recommender"
 CONFIG_PATH = Path(__file__).with_name("serve_config.yaml")
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 BUDGET_S = 2.5  # trigger -> text in the browser (issue 5)
 
 
@@ -114,7 +114,7 @@ def _metrics_text(reader: Any) -> str:
 class NudgeWriter:
     """Writes LLM nudges within the budget; falls back to the template on any trouble.
 
-    ``llm``: :class:`serve.llm.LLMSettings` fields as a dict. ``site_hosts``:
+    ``llm``: :class:`serve.apps.llm.LLMSettings` fields as a dict. ``site_hosts``:
     per site, the host names links may point to (site-relative paths are
     always allowed). ``prefix`` namespaces the Redis cache keys.
     """
@@ -221,7 +221,7 @@ class NudgeWriter:
 class Recommender:
     """Session-kNN recommendations per site, batched across concurrent requests.
 
-    Models and catalogs are read from Redis (``serve.recommender.model_key``
+    Models and catalogs are read from Redis (``serve.apps.recommender.model_key``
     / ``catalog_key``) on a site's first request and re-read when the
     published version changes (checked at most every ``refresh_s``, in the
     background). ``models``: optional preloaded ``{site: model bytes}`` (for

@@ -9,7 +9,7 @@ sends ``reacted``). Every threshold is configurable per site.
 
 Pure: no Ray, Redis or network imports. The functions here decide whether
 one event *is* a struggle occurrence; how occurrences add up to a signal
-strength over time lives in :mod:`actors.session`.
+strength over time lives in :mod:`actors.core.session`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The gateway's HTTP side (aiohttp): client script, demo shop, beacon, health, metrics.
 
 The WebSocket endpoint is served by the ``websockets`` library on its own
-port (:mod:`serve.gateway`); everything a browser fetches over plain HTTP is
+port (:mod:`serve.edge.gateway`); everything a browser fetches over plain HTTP is
 here, including ``POST /beacon``, which ``sendBeacon`` needs (a WebSocket
 server only speaks GET).
 
@@ -19,17 +19,17 @@ from typing import Any
 
 from aiohttp import web
 
-from serve import client_build
-from serve.gateway import Gateway
-from serve.protocol import decode, nests_within
+from serve.edge import client_build
+from serve.edge.gateway import Gateway
+from serve.edge.protocol import decode, nests_within
 
 log = logging.getLogger("lifeline.http")
 
-STATIC = Path(__file__).resolve().parent / "static"
+STATIC = Path(__file__).resolve().parents[1] / "static"  # serve/static: the browser assets
 DEMO = STATIC / "demo"
 BEACON_MAX_BYTES = 64 * 1024
 CLIENT_CACHE_CONTROL = "public, max-age=300"
-BEACON_MAX_DEPTH = 16  # body, events, event, then a field of MAX_DEPTH (8) in actors/events.py
+BEACON_MAX_DEPTH = 16  # body, events, event, then a field of MAX_DEPTH (8) in actors/core/events.py
 _TYPES = {
     ".html": "text/html",
     ".js": "application/javascript",
@@ -107,7 +107,7 @@ def build_app(
 
     async def help_article(request: web.Request) -> web.Response:
         """The help articles nudges link to (the site's knowledge base)."""
-        from serve.knowledge import article_html
+        from serve.apps.knowledge import article_html
 
         html = article_html(demo_site, request.match_info["article"])
         if html is None:

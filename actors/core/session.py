@@ -1,7 +1,7 @@
 """One visitor's session: its rolling features, struggle signals and policy state.
 
 A :class:`Session` is the state of a virtual actor. It consumes normalised
-events (from :func:`actors.events.validate_event`) strictly in sequence order
+events (from :func:`actors.core.events.validate_event`) strictly in sequence order
 and, after each one, yields that event's feature row. The live shards and
 training's replay call the same :meth:`Session.apply`, so serving and
 training cannot disagree about a feature.
@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from actors.detectors import (
+from actors.core.detectors import (
     DEFAULT_DETECTORS,
     RAGE_EXEMPT_TARGETS,
     SIGNALS,
@@ -33,7 +33,7 @@ from actors.detectors import (
     is_rage_step,
     is_thrash,
 )
-from actors.features import (
+from actors.core.features import (
     FEATURE_SCHEMA_HASH,
     N_FEATURES,
     PAGE_TYPES,

@@ -14,7 +14,7 @@ With an empty queue it is the demo's "LLM": it writes a plausible, varied
 nudge from the prompt it received (kind, signals, help articles), so the
 whole intervention path can be seen working without a key or a network.
 
-Run alone: ``python -m serve.llm_stub --port 8787`` then set
+Run alone: ``python -m serve.dev.llm_stub --port 8787`` then set
 ``ANTHROPIC_BASE_URL=http://127.0.0.1:8787`` and any ``ANTHROPIC_API_KEY``.
 
 Limits: no streaming, no tool use, token counts are estimates (4 characters a
@@ -37,7 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
-from serve.nudge import KIND_TEXT, SIGNAL_TEXT
+from serve.apps.nudge import KIND_TEXT, SIGNAL_TEXT
 
 _ERROR_TYPES = {
     400: "invalid_request_error",

@@ -19,9 +19,9 @@ import zlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from actors.detectors import SIGNALS, refuse_unknown
-from actors.features import FEATURE_INDEX
-from actors.session import EventView, Session
+from actors.core.detectors import SIGNALS, refuse_unknown
+from actors.core.features import FEATURE_INDEX
+from actors.core.session import EventView, Session
 
 _N_EVENTS = FEATURE_INDEX["n_events"]
 _PURCHASED = FEATURE_INDEX["purchased"]

@@ -1,0 +1,1 @@
+"""The pure core: events, sessions and their features, struggle detectors, the policy, the batch host, placement, segments, site rules and scoring. No I/O: no asyncio, Ray, Redis, aiohttp or websockets (tests/test_layout.py keeps it so)."""

@@ -1,0 +1,1 @@
+"""Development stand-ins, not production code: a local server speaking the Anthropic Messages API (so nudges work without a key or a network) and a Python client for tests, tools and load generators."""
