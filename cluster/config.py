@@ -98,7 +98,7 @@ class Settings:
         metadata={"env": "LIFELINE_SHARDS", "help": "SessionShard actors (0: one per CPU Ray has)"},
     )
     batch_window_ms: float = field(
-        # 4 ms, measured (BENCHMARKS.md, session 8): at 10k events/s a shard's CPU
+        # 4 ms, measured (BENCHMARKS.md, the batch window's A/B): at 10k events/s a shard's CPU
         # fell from ~30 to ~26.5 % of a core against 1.5 ms, with no worse tail.
         # A call has a fixed cost (an XGBoost prediction ~85 us plus the call's own
         # work, run on cold caches), so fewer, larger calls save CPU; the window adds
@@ -110,7 +110,7 @@ class Settings:
         },
     )
     append_window_ms: float = field(
-        # 2 ms, measured (BENCHMARKS.md, session 8): at 10k events/s, in a slow spell
+        # 2 ms, measured (BENCHMARKS.md, the append window's A/B): at 10k events/s, in a slow spell
         # of the VM, Redis took ~2 points of a core less and ack p99 fell in 6 of 7
         # alternated pairs (median 125 -> 77 ms). It adds up to 2 ms to every ack.
         default_factory=lambda: float(_env("LIFELINE_APPEND_WINDOW_MS", "2")),

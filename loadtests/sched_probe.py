@@ -1,7 +1,7 @@
 """Change how the kernel schedules a running Lifeline's gateways and shards: an experiment tool.
 
 Used to test whether the spine's latency tail on a saturated 2-core machine
-is a scheduling artefact (BENCHMARKS.md, session 10): it waits until
+is a scheduling artefact (it is not: BENCHMARKS.md): it waits until
 ``lifeline up`` (as ``bench_spine.py`` starts it) has its shards and
 gateways, then sets, on every thread of those processes, either
 

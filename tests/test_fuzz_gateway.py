@@ -163,7 +163,8 @@ def _events_json(sid: str, body: str) -> str:
 
 NOW = int(time.time() * 1000)
 CART = {"type": "add_to_cart", "item": "x", "ts": NOW}
-# The frames that broke the gateway when it was tried from outside (issue 18, items 1, 2, 12, 13).
+# Frames that once broke the gateway: a number past 64 bits, non-finite numbers, deep nesting,
+# a token that is not ASCII.
 KNOWN = {
     "qty 2**70 in JSON": (
         "json",

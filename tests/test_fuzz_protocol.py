@@ -179,7 +179,7 @@ def as_msgpack(value: object) -> bytes | str:
         return as_json(value)
 
 
-# Messages found to break the core before (issue 18), by name: a failing
+# Messages that once broke the core, by name: a failing
 # example then prints a name, not 60,000 brackets.
 HOSTILE: dict[str, str | bytes] = {
     "json 60000 [": "[" * 60_000,

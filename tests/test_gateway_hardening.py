@@ -1,6 +1,6 @@
 """The gateway under hostile input and failing parts, over real sockets and a real Redis.
 
-Each test names the defect it guards against (issue 18 of the tracker): a
+Each test names the defect it guards against: a
 frame that stopped every acknowledgement, a Redis restart that stopped
 pushes for good, uncounted error frames, sessions open to any site, a
 beacon that could start sessions and grant consent, a consent log any

@@ -1,4 +1,4 @@
-"""Shard hardening (issue 18, items 2, 3, 9, 17), each at the depth where its defect lived.
+"""Shard hardening: each defect tested at the depth where it lived.
 
 * 3: a resume on a new connection while the old connection's append round is
   still in flight must not erase the session (real gateway, Ray shards, Redis);
@@ -205,8 +205,8 @@ def _recent() -> int:
 def _overflowing(start: int, t0: int = T0) -> list[dict]:
     """Two add_to_cart events whose quantities sum past what msgpack can hold.
 
-    Built here, not validated: validation is to refuse such numbers (issue 18,
-    item 1); the host must survive such a state whichever way it got in.
+    Built here, not validated: validation refuses such numbers
+    (actors/core/events.py); the host must survive such a state whichever way it got in.
     """
     add = validate_event(
         {"type": "add_to_cart", "seq": start, "ts": t0 + start * 100, "item": "x", "qty": 1},
