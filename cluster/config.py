@@ -238,7 +238,7 @@ def check_secret(settings: Settings) -> str | None:
     """
     if settings.secret and settings.secret != DEV_SECRET:
         return None
-    what = "empty" if not settings.secret else f"the public development default ({DEV_SECRET!r})"
+    what = "empty" if not settings.secret else "the public development default"
     if not is_loopback(settings.host):
         raise InsecureSettings(
             f"LIFELINE_SECRET is {what}, and LIFELINE_HOST={settings.host} is reachable from "
