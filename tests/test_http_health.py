@@ -1,0 +1,37 @@
+"""/healthz turns red for what stops service: a shard whose background loops are down."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from actors.shard.actor import ShardCore
+from cluster.config import Settings
+from serve.edge.http import build_app
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def test_health_is_red_while_a_shard_reports_a_loop_down(lifeline_stack, redis_url, prefix):
+    core = ShardCore(7, redis_url, prefix, Settings().sites_file, enrich=False)
+    core.warm_up()  # starts its loops on its I/O thread
+    while set(core.info()["loop_failures"]) != {"model", "snapshots"}:
+        await asyncio.sleep(0.01)
+    infos = []
+
+    async def shard_info():
+        return infos
+
+    app = build_app(lifeline_stack.gateway, lifeline_stack.ws_url, shard_info=shard_info)
+    async with TestClient(TestServer(app)) as client:
+        infos[:] = [core.info()]
+        r = await client.get("/healthz")
+        assert r.status == 200, await r.text()
+        core.stop()  # its snapshot and model loops end: nothing would snapshot its sessions
+        infos[:] = [core.info()]
+        r = await client.get("/healthz")
+        body = await r.json()
+        assert r.status == 503 and body["ok"] is False
+        assert body["shards_unhealthy"] == [7]
