@@ -18,20 +18,7 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-# Signal names, in the order they appear as features. Stable on the wire:
-# interventions carry them as reasons.
-SIGNALS: tuple[str, ...] = (
-    "rage_click",
-    "dead_click",
-    "form_struggle",
-    "uturn",
-    "cursor_thrash",
-    "video_dropoff",
-    "cart_hesitation",
-    "js_error",
-    "scroll_thrash",
-    "idle",
-)
+from actors.core.signals import SIGNALS as SIGNALS  # re-exported: declared there
 
 # Clicks on these targets are expected to come in quick repeats.
 RAGE_EXEMPT_TARGETS = frozenset({"text_input", "stepper"})
@@ -77,13 +64,11 @@ class DetectorConfig:
         refuse_unknown(cls, data, "detector settings")
         return replace(
             cls(),
-            **{
-                k: float(v) if k not in ("rage_clicks", "thrash_turns") else int(v)
-                for k, v in data.items()
-            },
+            **{k: float(v) if k not in _INT_SETTINGS else int(v) for k, v in data.items()},
         )
 
 
+_INT_SETTINGS = ("rage_clicks", "thrash_turns")
 DEFAULT_DETECTORS = DetectorConfig()
 
 
