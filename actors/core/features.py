@@ -88,6 +88,7 @@ FEATURES: tuple[Feature, ...] = (
     count("form_errors"),
     count("form_reedits"),
     count("form_submits"),
+    count("form_abandons"),  # forms edited, then left unsent (another form or page)
     count("cursor_thrash"),
     count("scroll_reversals"),
     count("idle_gaps"),
@@ -97,6 +98,9 @@ FEATURES: tuple[Feature, ...] = (
     count("video_pauses"),
     count("video_seeks"),
     count("video_seek_back"),
+    count("video_seek_fwd"),  # skips ahead
+    col("video_skipped_s", "s.video_skipped_s"),  # seconds of video skipped by seeking ahead
+    col("video_rate", "s.video_rate"),  # playback rate of the current video (1.0 = normal)
     col("video_watch_ratio", "s.video_ratio"),
     col("video_ended", "1.0 if s.video_ended else 0.0"),
     count("js_errors"),

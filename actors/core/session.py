@@ -51,6 +51,7 @@ MAX_UNIQUE_PAGES = 64  # beyond this, n_unique_pages saturates (bounded memory)
 MAX_ERROR_FIELDS = 16
 EVENTS_HALF_LIFE_S = 30.0
 CLICKS_HALF_LIFE_S = 15.0
+MAX_VIDEO_RATE = 16.0  # browsers refuse faster rates; a bigger number is noise
 
 
 class EventView(NamedTuple):
@@ -85,6 +86,7 @@ _FIRST_SITE_DECAYED = 2  # from here on, the site's half-life applies
     _THRASH,
     _JS,
     _SCROLL,
+    _ABANDON,
 ) = (
     D[n]
     for n in (
@@ -95,6 +97,7 @@ _FIRST_SITE_DECAYED = 2  # from here on, the site's half-life applies
         "cursor_thrash",
         "js_error",
         "scroll_thrash",
+        "form_abandon",
     )
 )
 
@@ -107,6 +110,7 @@ C_INPUT = C["form_inputs"]
 C_FORM_ERR = C["form_errors"]
 C_REEDIT = C["form_reedits"]
 C_SUBMIT = C["form_submits"]
+C_ABANDON = C["form_abandons"]
 C_THRASH = C["cursor_thrash"]
 C_SCROLL_REV = C["scroll_reversals"]
 C_IDLE = C["idle_gaps"]
@@ -114,6 +118,7 @@ C_PLAYS = C["video_plays"]
 C_PAUSES = C["video_pauses"]
 C_SEEKS = C["video_seeks"]
 C_SEEK_BACK = C["video_seek_back"]
+C_SEEK_FWD = C["video_seek_fwd"]
 C_JS = C["js_errors"]
 C_UTURN = C["uturns"]
 C_HIDDEN = C["hidden_count"]
@@ -224,8 +229,12 @@ class Session:
         "error_fields",
         "last_error_field",
         "edited_fields",
+        "open_form",
+        "open_form_fields",
         "hover_ms",
         "video_ratio",
+        "video_rate",
+        "video_skipped_s",
         "video_playing",
         "video_ended",
         "dropoff_strength",
@@ -270,8 +279,12 @@ class Session:
         self.error_fields: list[str] = []
         self.last_error_field = ""  # the rejected field a form hint points at
         self.edited_fields: list[str] = []  # fields the visitor typed into (bounded)
+        self.open_form = ""  # the form edited since its last submit, if any
+        self.open_form_fields: list[str] = []  # its fields edited since then (bounded)
         self.hover_ms = 0.0
         self.video_ratio = 0.0
+        self.video_rate = 1.0  # playback rate of the current video
+        self.video_skipped_s = 0.0  # seconds of video skipped by seeking ahead, all videos
         self.video_playing = False
         self.video_ended = False
         self.dropoff_strength = 0.0
@@ -327,6 +340,7 @@ class Session:
         path = ev["path"]
         if self.n_pages:
             self._leave_page(ts)
+            self._leave_form()
             # A u-turn: straight back to the page before this one, within seconds.
             if path == self.prev_path and ts - self.page_start_ts <= self.cfg.uturn_window_ms:
                 self.counts[C_UTURN] += 1
@@ -349,8 +363,22 @@ class Session:
         self.last_click = None
         self.burst = 0
         self.video_ratio = 0.0
+        self.video_rate = 1.0
         self.video_playing = False
         self.video_ended = False
+
+    def _leave_form(self) -> None:
+        """Leaving a form with enough edited fields unsent is a form abandonment.
+
+        Called when the visitor moves to another page or starts on another
+        form. A hidden tab is not a departure: visitors switch tabs to look
+        up what a field asks for.
+        """
+        if len(self.open_form_fields) >= self.cfg.abandon_fields:
+            self.counts[C_ABANDON] += 1
+            self.decayed[_ABANDON] += 1.0
+        self.open_form = ""
+        self.open_form_fields = []
 
     def _leave_page(self, ts: int) -> None:
         """Leaving the page (or hiding it) while a video is unfinished is a drop-off."""
@@ -401,10 +429,17 @@ class Session:
 
     def _form_focus(self, ev: dict[str, Any], ts: int) -> None:
         self.counts[C_FOCUS] += 1
+        if self.open_form and ev["form"] != self.open_form:
+            self._leave_form()
 
     def _form_input(self, ev: dict[str, Any], ts: int) -> None:
         self.counts[C_INPUT] += int(ev.get("count") or 1)
         field = ev["field"]
+        if ev["form"] != self.open_form:
+            self._leave_form()
+            self.open_form = ev["form"]
+        if field not in self.open_form_fields and len(self.open_form_fields) < MAX_ERROR_FIELDS:
+            self.open_form_fields.append(field)
         if field not in self.edited_fields:
             if len(self.edited_fields) >= MAX_ERROR_FIELDS:
                 self.edited_fields.pop(0)
@@ -435,6 +470,10 @@ class Session:
 
     def _form_submit(self, ev: dict[str, Any], ts: int) -> None:
         self.counts[C_SUBMIT] += 1
+        if ev["form"] == self.open_form:
+            # Sent, even if refused: a refused form is form struggle, not abandonment.
+            self.open_form = ""
+            self.open_form_fields = []
 
     def _mouse(self, ev: dict[str, Any], ts: int) -> None:
         if is_thrash(ev["turns"], self.cfg):
@@ -463,6 +502,13 @@ class Session:
         self.counts[C_SEEKS] += 1
         if ev["to"] < ev["from"]:
             self.counts[C_SEEK_BACK] += 1
+        elif ev["to"] > ev["from"]:
+            self.counts[C_SEEK_FWD] += 1
+            self.video_skipped_s += float(ev["to"]) - float(ev["from"])
+        self._video_progress(ev)
+
+    def _video_rate(self, ev: dict[str, Any], ts: int) -> None:
+        self.video_rate = min(max(float(ev["rate"]), 0.0), MAX_VIDEO_RATE)
         self._video_progress(ev)
 
     def _video_ended(self, ev: dict[str, Any], ts: int) -> None:
@@ -607,6 +653,7 @@ _HANDLERS = {
     "video_play": Session._video_play,
     "video_pause": Session._video_pause,
     "video_seek": Session._video_seek,
+    "video_rate": Session._video_rate,
     "video_ended": Session._video_ended,
     "visibility": Session._visibility,
     "js_error": Session._js_error,

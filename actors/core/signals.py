@@ -199,6 +199,16 @@ DECLARED: tuple[Signal, ...] = (
             HELP_OFFER: "Still deciding? If anything on this page is unclear, we're happy to help."
         },
     ),
+    Signal(
+        "form_abandon",
+        full="full_abandon",
+        text="filled in part of a form, then left it without sending it",
+        intent="form_help",
+        templates={
+            HELP_OFFER: "Left the form halfway? Your answers may still be there. Tell us what "
+            "stopped you and we'll help you finish.",
+        },
+    ),
 )
 
 # Intent -> the words the site's help articles are searched with for it (never
