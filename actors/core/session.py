@@ -12,6 +12,10 @@ and a snapshot of a few hundred bytes. Features never depend on the
 policy's decisions, only on events, so rows can be computed for a whole
 batch before any of it is scored.
 
+The signal vector and the feature row are not written out here: they are
+compiled once, at import, from the declarations in :mod:`actors.core.signals`
+and :mod:`actors.core.features` (see :data:`ROW_SOURCE`).
+
 Pure: no Ray, Redis or network imports.
 """
 
@@ -78,6 +82,7 @@ D: dict[str, int] = {name: i for i, name in enumerate(DECAYED)}
 _N_DECAYED = len(DECAYED)
 D_EVENTS, D_CLICKS, D_CART_REMOVES = D["events"], D["clicks"], D["cart_removes"]
 _FIRST_SITE_DECAYED = 2  # from here on, the site's half-life applies
+# The detectors' indices as module constants: a global read per event, not a dict lookup.
 (
     _RAGE,
     _DEAD,
