@@ -190,6 +190,50 @@ def test_video_dropoff_when_leaving_early():
     assert f(watched.run()[1], "sig_video_dropoff") == 0
 
 
+def test_form_abandonment_is_edited_fields_left_unsent_for_another_page_or_form():
+    def form(j: J, t: int, name: str, fields: tuple[str, ...]) -> J:
+        for i, field in enumerate(fields):
+            j.add(t + i * 1000, "form_focus", form=name, field=field)
+            j.add(t + i * 1000 + 500, "form_input", form=name, field=field, count=4)
+        return j
+
+    left = form(J().add(0, "page_view", path="/checkout"), 1000, "co", ("name", "street"))
+    _, row = left.add(9000, "page_view", path="/cart").run()
+    assert f(row, "form_abandons") == 1 and f(row, "sig_form_abandon") > 0.99
+    # Another form started: the first one was left.
+    other = form(J().add(0, "page_view", path="/apply"), 1000, "a", ("x", "y", "z"))
+    _, row = form(other, 9000, "b", ("q",)).run()
+    assert f(row, "form_abandons") == 1
+    # Sent (even when refused) is not abandoned; nor is one edited field (a search box),
+    # nor a hidden tab (looking something up elsewhere).
+    sent = form(J().add(0, "page_view", path="/checkout"), 1000, "co", ("name", "street"))
+    sent.add(5000, "form_submit", form="co", ok=False).add(6000, "visibility", state="hidden")
+    _, row = sent.add(9000, "page_view", path="/cart").run()
+    one = form(J().add(0, "page_view", path="/"), 1000, "search", ("q",))
+    _, row_one = one.add(9000, "page_view", path="/search").run()
+    assert f(row, "form_abandons") == f(row_one, "form_abandons") == 0
+    assert f(row, "sig_form_abandon") == f(row_one, "sig_form_abandon") == 0
+    # The threshold is a site setting.
+    _, row = one.run(DetectorConfig(abandon_fields=1))
+    assert f(row, "form_abandons") == 1
+
+
+def test_video_playback_rate_and_forward_skips():
+    j = J().add(0, "page_view", path="/product.html")
+    j.add(1000, "video_play", media="v", t=0, dur=120)
+    j.add(2000, "video_rate", media="v", rate=2.0, t=1)
+    j.add(3000, "video_seek", media="v", dur=120, **{"from": 2, "to": 30})
+    j.add(4000, "video_seek", media="v", dur=120, **{"from": 31, "to": 10})
+    j.add(5000, "video_seek", media="v", dur=120, **{"from": 11, "to": 40.5})
+    s, row = j.run()
+    assert f(row, "video_rate") == 2.0
+    assert (f(row, "video_seek_fwd"), f(row, "video_seek_back"), f(row, "video_seeks")) == (2, 1, 3)
+    assert f(row, "video_skipped_s") == pytest.approx(28 + 29.5)
+    # A new page's video plays at the normal rate until told otherwise.
+    _, row = j.add(6000, "page_view", path="/").run()
+    assert f(row, "video_rate") == 1.0 and f(row, "video_skipped_s") == pytest.approx(57.5)
+
+
 def test_cart_state_and_purchase():
     j = J().add(0, "page_view", path="/product.html?id=p-1", item="p-1")
     j.add(1000, "add_to_cart", item="p-1", qty=2, price=10.0)

@@ -99,6 +99,17 @@ def _episodes(events: list[dict]) -> set[str]:
         and not any(e["type"] == "purchase" for e in events)
     ):
         kinds.add("cart")
+    # Two or more fields of a form edited, then a page change before it was sent.
+    edited: dict[str, set[str]] = {}
+    for e in events:
+        if e["type"] == "form_input":
+            edited.setdefault(e["form"], set()).add(e["field"])
+        elif e["type"] == "form_submit":
+            edited.pop(e["form"], None)
+        elif e["type"] == "page_view" and any(len(f) >= 2 for f in edited.values()):
+            kinds.add("abandon")
+        elif e["type"] == "page_view":
+            edited.clear()
     views = [e for e in events if e["type"] == "page_view"]
     for a, b in zip(views, views[1:], strict=False):
         # Straight back to the listing it came from: a u-turn.
@@ -147,7 +158,7 @@ def test_labels_follow_the_generative_story(journeys: list[Journey]) -> None:
     assert 0.25 < statistics.mean(j.struggling for j in journeys) < 0.45
     # Every kind of episode happens to visitors of the intent archetypes too.
     seen = set().union(*(_episodes(j.events) for j in intent if j.struggling))
-    assert seen == {"form", "video", "cart", "uturn", "rage"}, seen
+    assert seen == {"form", "video", "cart", "uturn", "rage", "abandon"}, seen
     # Struggle lowers conversion strongly, for the same intent.
     calm = [j for j in intent if not j.struggling]
     struggling = [j for j in intent if j.struggling]

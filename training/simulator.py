@@ -16,7 +16,8 @@ The generative story (how a journey and its labels come about):
 2. Struggle is an episode, independent of intent: any intent archetype has
    one with probability 0.30 (a browser 0.12), of a kind drawn from rage
    clicks, a calculator form that keeps refusing, u-turns, a product video
-   dropped early and second thoughts at the cart (forced archetypes: always,
+   skimmed (faster playback, skips ahead) and dropped early, second thoughts
+   at the cart, and a form filled in part and left unsent (forced archetypes: always,
    their own kind). About 36% of journeys struggle. Its level is
    ``struggle ~ Beta(4, 2)``, and the more severe it is, the more refusals,
    dead-click bursts, thrashing and hurry the episode shows.
@@ -117,7 +118,7 @@ DEAD_TARGETS: tuple[str, ...] = (
 
 # Struggle is an episode, independent of intent: it can happen to anyone who
 # came to buy something, and when it does it lowers the chance of a purchase.
-EPISODES: tuple[str, ...] = ("rage", "form", "uturn", "video", "cart")
+EPISODES: tuple[str, ...] = ("rage", "form", "uturn", "video", "cart", "abandon")
 # How often each kind is drawn for an episode that is not forced by the archetype.
 EPISODE_WEIGHTS: dict[str, float] = {
     "rage": 0.25,
@@ -125,6 +126,7 @@ EPISODE_WEIGHTS: dict[str, float] = {
     "uturn": 0.20,
     "video": 0.15,
     "cart": 0.20,
+    "abandon": 0.15,
 }
 # The struggle archetypes: a visitor with purchase intent plus one forced
 # episode of their kind (so a rage_clicker always rage-clicks, and so on).
@@ -245,6 +247,12 @@ class _Writer:
     def page(
         self, path: str, page_type: str, ref: str | None = None, item: str | None = None
     ) -> None:
+        if self.events:
+            # The page being left is hidden as it unloads (the client reports
+            # that, as browsers do on every full page navigation), so a hidden
+            # page is as much a sign of moving on within the site as of leaving.
+            self.wait(self.rng.uniform(5, 40))
+            self.emit("visibility", state="hidden")
         self.think(700, 0.4)  # navigation / load time
         self.emit(
             "page_view",
@@ -357,6 +365,13 @@ class _Writer:
         self.click(f"#{media}", reacted=True, target="other")
         self.emit("video_play", media=media, t=0.0, dur=dur)
         t = 0.0
+        # Some watch faster: most impatient skimmers, a few calm viewers too.
+        rate = 1.0
+        if rng.random() < (0.45 if seek else 0.12):
+            self.wait(rng.uniform(800, 3000))
+            t = round(rng.uniform(0.5, 2.5), 2)
+            rate = rng.choice((1.25, 1.5, 2.0) if not seek else (1.5, 2.0, 2.0))
+            self.emit("video_rate", media=media, rate=rate, t=t)
         if seek:
             # Impatient skimming: jump ahead twice, then give up.
             for _ in range(2):
@@ -373,7 +388,7 @@ class _Writer:
         if stop > t:
             # Activity while the video plays: some move the mouse now and then,
             # others sit back and just watch (a long gap with no events).
-            end = self.t + (stop - t) * 1000
+            end = self.t + (stop - t) * 1000 / rate
             still = rng.random() < 0.4
             while not still and self.t + 4000 < end:
                 self.think(4000, 0.5)
@@ -603,12 +618,40 @@ def _ep_cart(w: _Writer, rng: random.Random, converted: bool, s: float, cat: str
     return item
 
 
+def _ep_abandon(w: _Writer, rng: random.Random, converted: bool, s: float, cat: str) -> str:
+    """A form started and left unsent: too many questions, a late cost, second thoughts."""
+    if rng.random() < 0.5:
+        item = _pick(rng, "loans")
+        if w.page_type != "calculator":
+            w.page("/calculator.html", "calculator")
+            w.dwell(4, hovers=(".calc-intro",))
+        w.fill(CALC_FORM, CALC_FIELDS[: rng.randint(2, len(CALC_FIELDS) - 1)], slow=1.2)
+        hovers: tuple[str, ...] = (".calc-intro",)
+    else:
+        item = _on_product(w, rng, cat, 8)
+        w.add(item)
+        w.page("/cart.html", "cart")
+        w.dwell(5, hovers=(".cart-total",))
+        w.page("/checkout.html", "checkout")
+        w.fill(CHECKOUT_FORM, CHECKOUT_FIELDS[: rng.randint(2, len(CHECKOUT_FIELDS) - 1)])
+        hovers = (".shipping-cost", ".cart-total")
+    w.struggled = True
+    w.dwell(4 + 10 * s, hovers=hovers)  # hesitating over what is left to fill in
+    if rng.random() < 0.5:
+        w.page("/help.html", "help")
+        w.dwell(6)
+    else:
+        _listing(w, cat)
+    return item
+
+
 _EPISODE_WRITERS = {
     "rage": _ep_rage,
     "form": _ep_form,
     "uturn": _ep_uturn,
     "video": _ep_video,
     "cart": _ep_cart,
+    "abandon": _ep_abandon,
 }
 
 

@@ -5,7 +5,8 @@ rage click = 3 clicks, each within 1 s and 30 px of the previous, skipping
 text inputs and stepper buttons (PostHog); thrashed cursor = more than 4
 horizontal direction changes within 225 ms (OpenReplay); dead click = the
 page did not react within the client's window (the client measures it and
-sends ``reacted``). Every threshold is configurable per site.
+sends ``reacted``); form abandonment = fields of a form edited, then the
+visitor moved to another form or page without submitting it. Every threshold is configurable per site.
 
 Pure: no Ray, Redis or network imports. The functions here decide whether
 one event *is* a struggle occurrence; how occurrences add up to a signal
@@ -18,20 +19,7 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-# Signal names, in the order they appear as features. Stable on the wire:
-# interventions carry them as reasons.
-SIGNALS: tuple[str, ...] = (
-    "rage_click",
-    "dead_click",
-    "form_struggle",
-    "uturn",
-    "cursor_thrash",
-    "video_dropoff",
-    "cart_hesitation",
-    "js_error",
-    "scroll_thrash",
-    "idle",
-)
+from actors.core.signals import SIGNALS as SIGNALS  # re-exported: declared there
 
 # Clicks on these targets are expected to come in quick repeats.
 RAGE_EXEMPT_TARGETS = frozenset({"text_input", "stepper"})
@@ -68,6 +56,11 @@ class DetectorConfig:
     full_js: float = 2.0
     full_scroll: float = 4.0
     idle_full_s: float = 120.0
+    full_abandon: float = 1.0
+    # A form counts as abandoned when at least this many of its fields were
+    # edited and the visitor left it (another form, another page) unsent; one
+    # field is a search box, not a form someone gave up on.
+    abandon_fields: int = 2
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any] | None) -> DetectorConfig:
@@ -77,13 +70,11 @@ class DetectorConfig:
         refuse_unknown(cls, data, "detector settings")
         return replace(
             cls(),
-            **{
-                k: float(v) if k not in ("rage_clicks", "thrash_turns") else int(v)
-                for k, v in data.items()
-            },
+            **{k: float(v) if k not in _INT_SETTINGS else int(v) for k, v in data.items()},
         )
 
 
+_INT_SETTINGS = ("rage_clicks", "thrash_turns", "abandon_fields")
 DEFAULT_DETECTORS = DetectorConfig()
 
 

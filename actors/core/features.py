@@ -1,10 +1,13 @@
-"""The feature vector: its names, their order, and the hash that pins them.
+"""The feature vector: its columns declared once with their getters, and the hash that pins them.
 
 A model is trained on rows in exactly this order; the registry stores
 ``FEATURE_SCHEMA_HASH`` with every model and the shards refuse a model whose
 hash differs, so a feature change can never be silently scored by a model
-trained on another layout. Changing this list is a schema change: bump
-nothing by hand, the hash follows.
+trained on another layout. Changing :data:`FEATURES` is a schema change:
+bump nothing by hand, the hash follows (then rebuild the bundled model).
+
+To add a feature: declare it in :data:`FEATURES` with its getter (and, if it
+needs new state, keep that state in :class:`actors.core.session.Session`).
 
 Pure: no Ray, Redis or network imports.
 """
@@ -12,68 +15,118 @@ Pure: no Ray, Redis or network imports.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
-from actors.core.detectors import SIGNALS
+from actors.core.signals import SIGNALS
 
 # Page types the policy and the features understand. The client may send one
 # (from <meta name="lifeline-page-type">); otherwise it is inferred from the path.
 PAGE_TYPES: tuple[str, ...] = ("home", "listing", "product", "cart", "checkout", "form", "help")
 
-BASE_FEATURES: tuple[str, ...] = (
-    "n_events",
-    "session_age_s",
-    "gap_s",
-    "n_pages",
-    "n_unique_pages",
-    "page_dwell_s",
-    "mean_page_dwell_s",
-    "scroll_depth_page",
-    "scroll_depth_max",
-    "n_clicks",
-    "events_rate",  # events, decayed count with a 30 s half-life
-    "clicks_rate",  # clicks, decayed count with a 15 s half-life
-    "rage_clicks",
-    "dead_clicks",
-    "dead_click_ratio",
-    "form_focuses",
-    "form_inputs",
-    "form_errors",
-    "form_reedits",
-    "form_submits",
-    "cursor_thrash",
-    "scroll_reversals",
-    "idle_gaps",
-    "max_idle_s",
-    "hover_dwell_s",
-    "video_plays",
-    "video_pauses",
-    "video_seeks",
-    "video_seek_back",
-    "video_watch_ratio",
-    "video_ended",
-    "js_errors",
-    "uturns",
-    "hidden_count",
-    "cart_items",
-    "cart_value",
-    "cart_adds",
-    "cart_removes",
-    "purchased",
-    *(f"page_{p}" for p in PAGE_TYPES),
-    "iv_shown",
-    "iv_dismissed",
-    "iv_accepted",
+# One-hot page-type flags, one constant tuple per page type ("other": none set).
+PAGE_FLAGS = {p: tuple(1.0 if p == q else 0.0 for q in PAGE_TYPES) for p in PAGE_TYPES}
+NO_PAGE = (0.0,) * len(PAGE_TYPES)
+
+COUNTER = "{counter}"  # the getter of a feature that is a plain count
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    """One feature column (or a group of columns one getter fills), declared with its getter.
+
+    ``get`` is a Python expression that :mod:`actors.core.session` compiles,
+    once, into ``Session.row`` (per event on the shards' hot path, where a
+    call per column would cost more than the row). It may use ``s`` (the
+    session), ``ts`` (its last event time, ms), ``d`` (its decayed counters,
+    indexed by ``D_<NAME>`` of the session module), ``sig`` (the signal strengths,
+    :data:`SIGNALS` order), ``strong`` (how many are strong), ``PAGE_FLAGS``
+    and ``NO_PAGE``, and ``{name}`` for the value of the counter feature
+    ``name``. :data:`COUNTER` declares a plain count: the session keeps it in
+    ``s.counts`` and its handlers bump it (``self.counts[C[name]] += 1``).
+    A group (``names`` of several columns) has a starred getter
+    (``*expr``) that yields exactly that many values.
+    """
+
+    names: tuple[str, ...]
+    get: str
+
+    @property
+    def counter(self) -> bool:
+        return self.get == COUNTER
+
+
+def col(name: str, get: str) -> Feature:
+    """A feature column computed by the expression ``get``."""
+    return Feature((name,), get)
+
+
+def count(name: str) -> Feature:
+    """A feature column that is a plain count kept by the session."""
+    return Feature((name,), COUNTER)
+
+
+# The feature row, in order. Ints go in as ints: every consumer, NumPy's float32
+# conversion included, reads them as the same numbers, and converting costs time.
+FEATURES: tuple[Feature, ...] = (
+    col("n_events", "s.n_events"),
+    col("session_age_s", "(ts - s.start_ts) / 1000.0"),
+    col("gap_s", "s.gap_ms / 1000.0"),
+    col("n_pages", "s.n_pages"),
+    col("n_unique_pages", "len(s.pages_seen)"),
+    col("page_dwell_s", "(ts - s.page_start_ts) / 1000.0"),
+    col("mean_page_dwell_s", "s.dwell_done_ms / 1000.0 / s.pages_done if s.pages_done else 0.0"),
+    col("scroll_depth_page", "s.scroll_page"),
+    col("scroll_depth_max", "s.scroll_max"),
+    count("n_clicks"),
+    col("events_rate", "d[D_EVENTS]"),  # events, decayed with a 30 s half-life
+    col("clicks_rate", "d[D_CLICKS]"),  # clicks, decayed with a 15 s half-life
+    count("rage_clicks"),
+    count("dead_clicks"),
+    col("dead_click_ratio", "{dead_clicks} / {n_clicks} if {n_clicks} else 0.0"),
+    count("form_focuses"),
+    count("form_inputs"),
+    count("form_errors"),
+    count("form_reedits"),
+    count("form_submits"),
+    count("form_abandons"),  # forms edited, then left unsent (another form or page)
+    count("cursor_thrash"),
+    count("scroll_reversals"),
+    count("idle_gaps"),
+    col("max_idle_s", "s.max_idle_ms / 1000.0"),
+    col("hover_dwell_s", "s.hover_ms / 1000.0"),
+    count("video_plays"),
+    count("video_pauses"),
+    count("video_seeks"),
+    count("video_seek_back"),
+    count("video_seek_fwd"),  # skips ahead
+    col("video_skipped_s", "s.video_skipped_s"),  # seconds of video skipped by seeking ahead
+    col("video_rate", "s.video_rate"),  # playback rate of the current video (1.0 = normal)
+    col("video_watch_ratio", "s.video_ratio"),
+    col("video_ended", "1.0 if s.video_ended else 0.0"),
+    count("js_errors"),
+    count("uturns"),
+    count("hidden_count"),
+    col("cart_items", "s.cart_items"),
+    col("cart_value", "s.cart_value"),
+    count("cart_adds"),
+    count("cart_removes"),
+    col("purchased", "1.0 if s.purchased else 0.0"),
+    Feature(tuple(f"page_{p}" for p in PAGE_TYPES), "*PAGE_FLAGS.get(s.page_type, NO_PAGE)"),
+    count("iv_shown"),
+    count("iv_dismissed"),
+    count("iv_accepted"),
+    Feature(tuple(f"sig_{s}" for s in SIGNALS), "*sig"),
+    col("n_strong_signals", "strong"),
 )
 
 STRONG_SIGNAL = 0.7  # a signal at or above this strength counts as "strong"
 
-FEATURE_NAMES: tuple[str, ...] = (
-    *BASE_FEATURES,
-    *(f"sig_{s}" for s in SIGNALS),
-    "n_strong_signals",
-)
+FEATURE_NAMES: tuple[str, ...] = tuple(n for f in FEATURES for n in f.names)
 N_FEATURES = len(FEATURE_NAMES)
 FEATURE_INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
+# The plain counts, in row order: the layout of Session.counts.
+COUNTERS: tuple[str, ...] = tuple(f.names[0] for f in FEATURES if f.counter)
+C: dict[str, int] = {name: i for i, name in enumerate(COUNTERS)}
 
 # Version 1 of the semantics; bump when a feature's meaning changes but its name does not.
 _SEMANTICS_VERSION = "1"

@@ -19,20 +19,23 @@ import zlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from actors.core.detectors import SIGNALS, refuse_unknown
+from actors.core.detectors import refuse_unknown
 from actors.core.features import FEATURE_INDEX
+
+# The kinds are declared in actors.core.kinds; these names are re-exported for callers.
+from actors.core.kinds import CONTENT_SUGGESTION as CONTENT_SUGGESTION
+from actors.core.kinds import FORM_HINT as FORM_HINT
+from actors.core.kinds import HELP_OFFER, KIND, KINDS
+from actors.core.kinds import RECOMMENDATIONS as RECOMMENDATIONS
 from actors.core.session import EventView, Session
+from actors.core.signals import DECLARED as DECLARED_SIGNALS
+from actors.core.signals import SIGNALS
 
 _N_EVENTS = FEATURE_INDEX["n_events"]
 _PURCHASED = FEATURE_INDEX["purchased"]
-_CART_ITEMS = FEATURE_INDEX["cart_items"]
 _SIG = slice(FEATURE_INDEX[f"sig_{SIGNALS[0]}"], FEATURE_INDEX[f"sig_{SIGNALS[-1]}"] + 1)
-
-HELP_OFFER = "help_offer"
-FORM_HINT = "form_hint"
-CONTENT_SUGGESTION = "content_suggestion"
-RECOMMENDATIONS = "recommendations"
-KINDS = (HELP_OFFER, FORM_HINT, CONTENT_SUGGESTION, RECOMMENDATIONS)
+# The signals that suggest a kind, in declaration order (earlier = preferred).
+_SUGGESTING = tuple(s for s in DECLARED_SIGNALS if s.suggests is not None)
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,7 @@ def decide(
     )
     by_signals = len(strong) >= cfg.min_signals  # always true when not by risk (see above)
     personalized = "personalization" in session.consent
-    kind, target = _choose_kind(view, sig, cfg, personalized)
+    kind, target = _choose_kind(view, sig, cfg, session.consent)
     if kind is None:
         return None
     reasons = tuple(Reason(n, round(s, 3)) for n, s in strong) + (
@@ -179,21 +182,40 @@ def decide(
 
 
 def _choose_kind(
-    view: EventView, sig: dict[str, float], cfg: PolicyConfig, personalized: bool
+    view: EventView, sig: dict[str, float], cfg: PolicyConfig, consent: list[str]
 ) -> tuple[str | None, str | None]:
-    """The most specific help for the context, among the kinds the site allows."""
+    """The most specific help for the context, among the kinds the site allows.
+
+    Each declared signal that suggests a kind proposes it when the signal is
+    strong (or its ``suggest_if`` context holds), in declaration order; a
+    kind that needs a target (a form field) is skipped without one, and one
+    that needs a consent the visitor has not given becomes its ``instead``
+    kind. The help offer closes the list.
+    """
     strong = cfg.signal_strength
     candidates: list[tuple[str, str | None]] = []
-    if sig["form_struggle"] >= strong and view.error_field:
-        candidates.append((FORM_HINT, view.error_field))
-    if sig["video_dropoff"] >= strong:
-        candidates.append((CONTENT_SUGGESTION, None))
-    if view.row[_CART_ITEMS] > 0 and (
-        sig["cart_hesitation"] >= strong or view.page_type in ("cart", "checkout")
-    ):
-        candidates.append((RECOMMENDATIONS if personalized else HELP_OFFER, None))
+    for signal in _SUGGESTING:
+        if not (
+            sig[signal.name] >= strong
+            or (signal.suggest_if is not None and signal.suggest_if(view, _feature_of(view)))
+        ):
+            continue
+        kind = KIND[signal.suggests]
+        target = None
+        if kind.needs_target:
+            if not view.error_field:
+                continue
+            target = view.error_field
+        if kind.needs_consent is not None and kind.needs_consent not in consent:
+            kind = KIND[kind.instead]
+        candidates.append((kind.name, target))
     candidates.append((HELP_OFFER, None))
-    for kind, target in candidates:
-        if kind in cfg.kinds:
-            return kind, target
+    for kind_name, target in candidates:
+        if kind_name in cfg.kinds:
+            return kind_name, target
     return None, None
+
+
+def _feature_of(view: EventView) -> Any:
+    """Read a feature of the view's row by name (for a signal's ``suggest_if``)."""
+    return lambda name: view.row[FEATURE_INDEX[name]]

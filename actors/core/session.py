@@ -12,12 +12,17 @@ and a snapshot of a few hundred bytes. Features never depend on the
 policy's decisions, only on events, so rows can be computed for a whole
 batch before any of it is scored.
 
+The signal vector and the feature row are not written out here: they are
+compiled once, at import, from the declarations in :mod:`actors.core.signals`
+and :mod:`actors.core.features` (see :data:`ROW_SOURCE`).
+
 Pure: no Ray, Redis or network imports.
 """
 
 from __future__ import annotations
 
 import operator
+import re
 import zlib
 from collections.abc import Iterable
 from typing import Any, NamedTuple
@@ -34,18 +39,23 @@ from actors.core.detectors import (
     is_thrash,
 )
 from actors.core.features import (
+    COUNTERS,
     FEATURE_SCHEMA_HASH,
-    N_FEATURES,
-    PAGE_TYPES,
+    FEATURES,
+    NO_PAGE,
+    PAGE_FLAGS,
     STRONG_SIGNAL,
+    C,
     item_of_path,
     page_type_of,
 )
+from actors.core.signals import DECLARED as DECLARED_SIGNALS
 
 MAX_UNIQUE_PAGES = 64  # beyond this, n_unique_pages saturates (bounded memory)
 MAX_ERROR_FIELDS = 16
 EVENTS_HALF_LIFE_S = 30.0
 CLICKS_HALF_LIFE_S = 15.0
+MAX_VIDEO_RATE = 16.0  # browsers refuse faster rates; a bigger number is noise
 
 
 class EventView(NamedTuple):
@@ -59,72 +69,134 @@ class EventView(NamedTuple):
     error_field: str
 
 
-# Decayed counters, by index into Session.decayed.
-_EV, _CLK, _RAGE, _DEAD, _FORM, _UTURN, _THRASH, _JS, _SCROLL, _CART_RM = range(10)
-_N_DECAYED = 10
-
-# Plain counters, by index into Session.counts; their order is the order of
-# the matching features.
-_COUNTED = (
-    "n_clicks",
-    "rage_clicks",
-    "dead_clicks",
-    "form_focuses",
-    "form_inputs",
-    "form_errors",
-    "form_reedits",
-    "form_submits",
-    "cursor_thrash",
-    "scroll_reversals",
-    "idle_gaps",
-    "video_plays",
-    "video_pauses",
-    "video_seeks",
-    "video_seek_back",
-    "js_errors",
-    "uturns",
-    "hidden_count",
-    "cart_adds",
+# Decayed counters, by index into Session.decayed: events and clicks (their own
+# half-lives), one per counted signal (declared in actors.core.signals), then
+# cart removals; all but the first two halve every DetectorConfig.half_life_s.
+DECAYED: tuple[str, ...] = (
+    "events",
+    "clicks",
+    *(sig.name for sig in DECLARED_SIGNALS if sig.counted),
     "cart_removes",
-    "iv_shown",
-    "iv_dismissed",
-    "iv_accepted",
 )
+D: dict[str, int] = {name: i for i, name in enumerate(DECAYED)}
+_N_DECAYED = len(DECAYED)
+D_EVENTS, D_CLICKS, D_CART_REMOVES = D["events"], D["clicks"], D["cart_removes"]
+_FIRST_SITE_DECAYED = 2  # from here on, the site's half-life applies
+# The detectors' indices as module constants: a global read per event, not a dict lookup.
 (
-    C_CLICKS,
-    C_RAGE,
-    C_DEAD,
-    C_FOCUS,
-    C_INPUT,
-    C_FORM_ERR,
-    C_REEDIT,
-    C_SUBMIT,
-    C_THRASH,
-    C_SCROLL_REV,
-    C_IDLE,
-    C_PLAYS,
-    C_PAUSES,
-    C_SEEKS,
-    C_SEEK_BACK,
-    C_JS,
-    C_UTURN,
-    C_HIDDEN,
-    C_CART_ADD,
-    C_CART_RM,
-    C_IV_SHOWN,
-    C_IV_DISMISSED,
-    C_IV_ACCEPTED,
-) = range(len(_COUNTED))
+    _RAGE,
+    _DEAD,
+    _FORM,
+    _UTURN,
+    _THRASH,
+    _JS,
+    _SCROLL,
+    _ABANDON,
+) = (
+    D[n]
+    for n in (
+        "rage_click",
+        "dead_click",
+        "form_struggle",
+        "uturn",
+        "cursor_thrash",
+        "js_error",
+        "scroll_thrash",
+        "form_abandon",
+    )
+)
 
-# One-hot page-type flags, one constant tuple per page type ("other": none set).
-_PAGE_FLAGS = {p: tuple(1.0 if p == q else 0.0 for q in PAGE_TYPES) for p in PAGE_TYPES}
-_NO_PAGE = (0.0,) * len(PAGE_TYPES)
+# Plain counters, by index into Session.counts (their layout: actors.core.features.COUNTERS).
+C_CLICKS = C["n_clicks"]
+C_RAGE = C["rage_clicks"]
+C_DEAD = C["dead_clicks"]
+C_FOCUS = C["form_focuses"]
+C_INPUT = C["form_inputs"]
+C_FORM_ERR = C["form_errors"]
+C_REEDIT = C["form_reedits"]
+C_SUBMIT = C["form_submits"]
+C_ABANDON = C["form_abandons"]
+C_THRASH = C["cursor_thrash"]
+C_SCROLL_REV = C["scroll_reversals"]
+C_IDLE = C["idle_gaps"]
+C_PLAYS = C["video_plays"]
+C_PAUSES = C["video_pauses"]
+C_SEEKS = C["video_seeks"]
+C_SEEK_BACK = C["video_seek_back"]
+C_SEEK_FWD = C["video_seek_fwd"]
+C_JS = C["js_errors"]
+C_UTURN = C["uturns"]
+C_HIDDEN = C["hidden_count"]
+C_CART_ADD = C["cart_adds"]
+C_CART_RM = C["cart_removes"]
 
 _IV_COUNTERS = {
-    "intervention_shown": C_IV_SHOWN,
-    "intervention_dismissed": C_IV_DISMISSED,
-    "intervention_accepted": C_IV_ACCEPTED,
+    "intervention_shown": C["iv_shown"],
+    "intervention_dismissed": C["iv_dismissed"],
+    "intervention_accepted": C["iv_accepted"],
 }
+
+
+def _signal_exprs() -> list[str]:
+    """Each declared signal's strength as an expression over ``s``, ``cfg`` and ``d``."""
+    return [
+        f"d[{D[sig.name]}] / cfg.{sig.full}" if sig.counted else f"({sig.strength})"
+        for sig in DECLARED_SIGNALS
+    ]
+
+
+def _feature_exprs() -> list[str]:
+    """Each declared feature's getter, its ``{counter}`` references resolved to ``c[i]``."""
+    out = []
+    for f in FEATURES:
+        if f.counter:
+            out.append(f"c[{C[f.names[0]]}]")
+        else:
+            out.append(re.sub(r"\{(\w+)\}", lambda m: f"c[{C[m.group(1)]}]", f.get))
+    return out
+
+
+# The two per-event functions, generated once from the declarations (signals,
+# features) so the hot path runs straight-line code: no loop over declaration
+# objects, no call per column. Kept as source for reading and debugging.
+SIGNALS_SOURCE = (
+    "def _signal_values(s):\n"
+    "    cfg = s.cfg\n"
+    "    d = s.decayed\n"
+    f"    return [v if v < 1.0 else 1.0 for v in ({', '.join(_signal_exprs())},)]\n"
+)
+ROW_SOURCE = (
+    "def row(s):\n"
+    "    cfg = s.cfg\n"
+    "    d = s.decayed\n"
+    "    c = s.counts\n"
+    "    ts = s.last_ts\n"
+    f"    sig = [v if v < 1.0 else 1.0 for v in ({', '.join(_signal_exprs())},)]\n"
+    "    strong = 0\n"
+    "    for v in sig:\n"
+    "        if v >= STRONG_SIGNAL:\n"
+    "            strong += 1\n"
+    f"    return [{', '.join(_feature_exprs())}]\n"
+)
+
+
+# All the generated code may use besides its arguments (see Feature and Signal).
+_GENERATED_GLOBALS: dict[str, Any] = {
+    "decay": decay,
+    "max": max,
+    "len": len,
+    "STRONG_SIGNAL": STRONG_SIGNAL,
+    "PAGE_FLAGS": PAGE_FLAGS,
+    "NO_PAGE": NO_PAGE,
+    **{f"D_{name.upper()}": i for name, i in D.items()},
+}
+
+
+def _compile(source: str, name: str) -> Any:
+    namespace: dict[str, Any] = {}
+    code = compile(source, f"<actors.core.session.{name}>", "exec")
+    exec(code, {"__builtins__": {}, **_GENERATED_GLOBALS}, namespace)  # noqa: S102 - our own source
+    return namespace[name]
 
 
 class Session:
@@ -162,8 +234,12 @@ class Session:
         "error_fields",
         "last_error_field",
         "edited_fields",
+        "open_form",
+        "open_form_fields",
         "hover_ms",
         "video_ratio",
+        "video_rate",
+        "video_skipped_s",
         "video_playing",
         "video_ended",
         "dropoff_strength",
@@ -190,7 +266,7 @@ class Session:
         self.last_ts = 0
         self.gap_ms = 0
         self.max_idle_ms = 0
-        self.counts = [0] * len(_COUNTED)
+        self.counts = [0] * len(COUNTERS)
         self.decayed = [0.0] * _N_DECAYED
         self.n_pages = 0
         self.pages_seen: list[int] = []
@@ -208,8 +284,12 @@ class Session:
         self.error_fields: list[str] = []
         self.last_error_field = ""  # the rejected field a form hint points at
         self.edited_fields: list[str] = []  # fields the visitor typed into (bounded)
+        self.open_form = ""  # the form edited since its last submit, if any
+        self.open_form_fields: list[str] = []  # its fields edited since then (bounded)
         self.hover_ms = 0.0
         self.video_ratio = 0.0
+        self.video_rate = 1.0  # playback rate of the current video
+        self.video_skipped_s = 0.0  # seconds of video skipped by seeking ahead, all videos
         self.video_playing = False
         self.video_ended = False
         self.dropoff_strength = 0.0
@@ -244,7 +324,7 @@ class Session:
         self.last_ts = ts
         self.last_seq = ev["seq"]
         self.n_events += 1
-        self.decayed[_EV] += 1.0
+        self.decayed[D_EVENTS] += 1.0
         handler = _HANDLERS.get(ev["type"])
         if handler is not None:
             handler(self, ev, ts)
@@ -254,10 +334,10 @@ class Session:
         if gap_ms <= 0:
             return
         d = self.decayed
-        d[_EV] = decay(d[_EV], gap_ms, EVENTS_HALF_LIFE_S)
-        d[_CLK] = decay(d[_CLK], gap_ms, CLICKS_HALF_LIFE_S)
+        d[D_EVENTS] = decay(d[D_EVENTS], gap_ms, EVENTS_HALF_LIFE_S)
+        d[D_CLICKS] = decay(d[D_CLICKS], gap_ms, CLICKS_HALF_LIFE_S)
         factor = 0.5 ** (gap_ms / (self.cfg.half_life_s * 1000.0))
-        for i in range(_RAGE, _N_DECAYED):
+        for i in range(_FIRST_SITE_DECAYED, _N_DECAYED):
             if d[i]:  # most sessions never struggle: their counters stay exactly 0
                 d[i] *= factor
 
@@ -265,6 +345,7 @@ class Session:
         path = ev["path"]
         if self.n_pages:
             self._leave_page(ts)
+            self._leave_form()
             # A u-turn: straight back to the page before this one, within seconds.
             if path == self.prev_path and ts - self.page_start_ts <= self.cfg.uturn_window_ms:
                 self.counts[C_UTURN] += 1
@@ -287,8 +368,22 @@ class Session:
         self.last_click = None
         self.burst = 0
         self.video_ratio = 0.0
+        self.video_rate = 1.0
         self.video_playing = False
         self.video_ended = False
+
+    def _leave_form(self) -> None:
+        """Leaving a form with enough edited fields unsent is a form abandonment.
+
+        Called when the visitor moves to another page or starts on another
+        form. A hidden tab is not a departure: visitors switch tabs to look
+        up what a field asks for.
+        """
+        if len(self.open_form_fields) >= self.cfg.abandon_fields:
+            self.counts[C_ABANDON] += 1
+            self.decayed[_ABANDON] += 1.0
+        self.open_form = ""
+        self.open_form_fields = []
 
     def _leave_page(self, ts: int) -> None:
         """Leaving the page (or hiding it) while a video is unfinished is a drop-off."""
@@ -304,7 +399,7 @@ class Session:
     def _click(self, ev: dict[str, Any], ts: int) -> None:
         c = self.counts
         c[C_CLICKS] += 1
-        self.decayed[_CLK] += 1.0
+        self.decayed[D_CLICKS] += 1.0
         if not ev["reacted"]:
             c[C_DEAD] += 1
             self.decayed[_DEAD] += 1.0
@@ -339,10 +434,17 @@ class Session:
 
     def _form_focus(self, ev: dict[str, Any], ts: int) -> None:
         self.counts[C_FOCUS] += 1
+        if self.open_form and ev["form"] != self.open_form:
+            self._leave_form()
 
     def _form_input(self, ev: dict[str, Any], ts: int) -> None:
         self.counts[C_INPUT] += int(ev.get("count") or 1)
         field = ev["field"]
+        if ev["form"] != self.open_form:
+            self._leave_form()
+            self.open_form = ev["form"]
+        if field not in self.open_form_fields and len(self.open_form_fields) < MAX_ERROR_FIELDS:
+            self.open_form_fields.append(field)
         if field not in self.edited_fields:
             if len(self.edited_fields) >= MAX_ERROR_FIELDS:
                 self.edited_fields.pop(0)
@@ -373,6 +475,10 @@ class Session:
 
     def _form_submit(self, ev: dict[str, Any], ts: int) -> None:
         self.counts[C_SUBMIT] += 1
+        if ev["form"] == self.open_form:
+            # Sent, even if refused: a refused form is form struggle, not abandonment.
+            self.open_form = ""
+            self.open_form_fields = []
 
     def _mouse(self, ev: dict[str, Any], ts: int) -> None:
         if is_thrash(ev["turns"], self.cfg):
@@ -401,6 +507,13 @@ class Session:
         self.counts[C_SEEKS] += 1
         if ev["to"] < ev["from"]:
             self.counts[C_SEEK_BACK] += 1
+        elif ev["to"] > ev["from"]:
+            self.counts[C_SEEK_FWD] += 1
+            self.video_skipped_s += float(ev["to"]) - float(ev["from"])
+        self._video_progress(ev)
+
+    def _video_rate(self, ev: dict[str, Any], ts: int) -> None:
+        self.video_rate = min(max(float(ev["rate"]), 0.0), MAX_VIDEO_RATE)
         self._video_progress(ev)
 
     def _video_ended(self, ev: dict[str, Any], ts: int) -> None:
@@ -435,7 +548,7 @@ class Session:
         if item in self.cart_item_ids:
             self.cart_item_ids.remove(item)
         self.counts[C_CART_RM] += 1
-        self.decayed[_CART_RM] += 1.0
+        self.decayed[D_CART_REMOVES] += 1.0
 
     def _purchase(self, ev: dict[str, Any], ts: int) -> None:
         self.purchased = True
@@ -466,98 +579,14 @@ class Session:
         """Struggle signal strengths (0..1) as of the last event."""
         return dict(zip(SIGNALS, self._signal_values(), strict=True))
 
-    def _signal_values(self) -> list[float]:
-        cfg, d = self.cfg, self.decayed
-        dropoff = 0.0
-        if self.dropoff_strength:
-            dropoff = decay(self.dropoff_strength, self.last_ts - self.dropoff_ts, cfg.half_life_s)
-        cart = 0.0
-        if self.cart_items > 0 and not self.purchased:
-            if self.page_type in ("cart", "checkout"):
-                cart = (self.last_ts - self.page_start_ts) / 1000.0 / cfg.cart_hesitation_s
-            cart = max(cart, d[_CART_RM])
-        idle = 0.0
-        if self.gap_ms >= cfg.idle_gap_ms:
-            idle = self.gap_ms / 1000.0 / cfg.idle_full_s
-        raw = (
-            d[_RAGE] / cfg.full_rage,
-            d[_DEAD] / cfg.full_dead,
-            d[_FORM] / cfg.full_form,
-            d[_UTURN] / cfg.full_uturn,
-            d[_THRASH] / cfg.full_thrash,
-            dropoff,
-            cart,
-            d[_JS] / cfg.full_js,
-            d[_SCROLL] / cfg.full_scroll,
-            idle,
-        )
-        return [v if v < 1.0 else 1.0 for v in raw]  # capped at 1 (min() per value cost more)
+    # Straight-line code generated from the declarations (see ROW_SOURCE).
+    _signal_values = _compile(SIGNALS_SOURCE, "_signal_values")
+    row = _compile(ROW_SOURCE, "row")
+    row.__doc__ = """The feature row as of the last event, in ``FEATURE_NAMES`` order.
 
-    def row(self) -> list[float]:
-        """The feature row as of the last event, in ``FEATURE_NAMES`` order.
-
-        Built once per event on the shards' hot path, so it avoids what does
-        not change the values: counts go in as ints (every consumer, NumPy's
-        float32 conversion included, reads them as the same numbers) and the
-        page flags are a constant tuple per page type.
-        """
-        c = self.counts
-        ts = self.last_ts
-        clicks = c[C_CLICKS]
-        sig = self._signal_values()
-        strong = 0
-        for s in sig:
-            if s >= STRONG_SIGNAL:
-                strong += 1
-        row = [
-            self.n_events,
-            (ts - self.start_ts) / 1000.0,
-            self.gap_ms / 1000.0,
-            self.n_pages,
-            len(self.pages_seen),
-            (ts - self.page_start_ts) / 1000.0,
-            self.dwell_done_ms / 1000.0 / self.pages_done if self.pages_done else 0.0,
-            self.scroll_page,
-            self.scroll_max,
-            clicks,
-            self.decayed[_EV],
-            self.decayed[_CLK],
-            c[C_RAGE],
-            c[C_DEAD],
-            c[C_DEAD] / clicks if clicks else 0.0,
-            c[C_FOCUS],
-            c[C_INPUT],
-            c[C_FORM_ERR],
-            c[C_REEDIT],
-            c[C_SUBMIT],
-            c[C_THRASH],
-            c[C_SCROLL_REV],
-            c[C_IDLE],
-            self.max_idle_ms / 1000.0,
-            self.hover_ms / 1000.0,
-            c[C_PLAYS],
-            c[C_PAUSES],
-            c[C_SEEKS],
-            c[C_SEEK_BACK],
-            self.video_ratio,
-            1.0 if self.video_ended else 0.0,
-            c[C_JS],
-            c[C_UTURN],
-            c[C_HIDDEN],
-            self.cart_items,
-            self.cart_value,
-            c[C_CART_ADD],
-            c[C_CART_RM],
-            1.0 if self.purchased else 0.0,
-            *_PAGE_FLAGS.get(self.page_type, _NO_PAGE),
-            c[C_IV_SHOWN],
-            c[C_IV_DISMISSED],
-            c[C_IV_ACCEPTED],
-            *sig,
-            strong,
-        ]
-        assert len(row) == N_FEATURES
-        return row
+    Compiled from :data:`actors.core.features.FEATURES`: built once per event
+    on the shards' hot path.
+    """
 
     # -- snapshots ----------------------------------------------------------
 
@@ -602,7 +631,7 @@ _STATE_FIELDS = operator.attrgetter(*_STATE_NAMES)
 # signals' layout, and the feature schema. A release that changes any of them reads
 # no snapshot of an older one (and vice versa): those sessions replay their event log.
 SNAPSHOT_LAYOUT = format(
-    zlib.crc32(repr((_STATE_NAMES, _COUNTED, _N_DECAYED, FEATURE_SCHEMA_HASH)).encode()), "08x"
+    zlib.crc32(repr((_STATE_NAMES, COUNTERS, DECAYED, FEATURE_SCHEMA_HASH)).encode()), "08x"
 )
 
 
@@ -629,6 +658,7 @@ _HANDLERS = {
     "video_play": Session._video_play,
     "video_pause": Session._video_pause,
     "video_seek": Session._video_seek,
+    "video_rate": Session._video_rate,
     "video_ended": Session._video_ended,
     "visibility": Session._visibility,
     "js_error": Session._js_error,

@@ -37,7 +37,8 @@ import ray
 import redis
 
 from actors.core.host import BatchItem, Forget, SessionHost, unpack_batch
-from actors.core.policy import RECOMMENDATIONS, Decision
+from actors.core.kinds import KIND
+from actors.core.policy import Decision
 from actors.core.sites import Site, load_sites
 from actors.model.scoring import SchemaMismatch, Scorer
 from actors.shard.link import LinkServer, LinkTLS
@@ -88,8 +89,8 @@ def decision_frame(d: Decision, text: str) -> dict[str, Any]:
     }
     if d.target:
         frame["target"] = d.target
-    if d.kind == RECOMMENDATIONS:
-        frame["items"] = []
+    if KIND[d.kind].follow_up == "recommend":
+        frame["items"] = []  # filled by the Recommender's update
     return frame
 
 
@@ -567,7 +568,7 @@ class ShardCore:
 
     def _enrich_context(self, d: Decision, session: Any) -> dict[str, Any]:
         """What the deployment needs about the session, read while the batch holds the lock."""
-        if d.kind == RECOMMENDATIONS:
+        if KIND[d.kind].follow_up == "recommend":
             return {
                 "site": session.site,
                 "recent_items": list(session.recent_items),
@@ -602,10 +603,7 @@ class ShardCore:
             await self.redis.publish(channel, msgpack.packb(frame))
 
         for d, ctx in follow_ups:
-            if d.kind == RECOMMENDATIONS:
-                follow.recommend(d.sid, d.iid, ctx, d.ts, push)
-            else:
-                follow.nudge(d.sid, ctx, push)
+            follow.start(d.kind, d.sid, d.iid, ctx, d.ts, push)
 
     def warm_up(self, timeout: float = 60.0) -> bool:
         """Start background tasks and open the Serve handles before any visitor needs them.

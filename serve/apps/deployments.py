@@ -37,6 +37,7 @@ import yaml
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from actors.core.kinds import KIND
 from serve.apps.knowledge import KB_ROOT, KnowledgeBase
 from serve.apps.llm import LLMSettings, NudgeLLM
 from serve.apps.nudge import (
@@ -573,6 +574,14 @@ class FollowUps:
             await self._push(push, {"t": "update", "sid": sid, "iid": iid, "items": frame_items})
 
         return self._spawn(run())
+
+    def start(
+        self, kind: str, sid: str, iid: str, ctx: dict[str, Any], trigger_ms: int, push: Push
+    ) -> bool:
+        """Start the follow-up the intervention kind declares (``actors.core.kinds``)."""
+        if KIND[kind].follow_up == "recommend":
+            return self.recommend(sid, iid, ctx, trigger_ms, push)
+        return self.nudge(sid, ctx, push)
 
     @property
     def in_flight(self) -> int:

@@ -29,7 +29,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from actors.core.policy import KINDS  # the one definition of intervention kinds
+from actors.core.kinds import DECLARED as DECLARED_KINDS
+from actors.core.kinds import KINDS
+from actors.core.signals import DECLARED as DECLARED_SIGNALS
+from actors.core.signals import INTENT_QUERY
 from cluster.keys import Keys
 
 MAX_TEXT_CHARS = 240  # fits a small in-page card on a phone without scrolling
@@ -37,113 +40,22 @@ MIN_TEXT_CHARS = 12
 PROMPT_SIGNAL_FLOOR = 0.2  # weaker signals are noise; they stay out of prompt and key
 
 # Plain descriptions the LLM reads instead of our internal signal names.
-SIGNAL_TEXT: dict[str, str] = {
-    "rage_click": "clicked the same spot several times in quick succession",
-    "dead_click": "clicked something that is not clickable",
-    "form_struggle": "got validation errors on a form field more than once",
-    "uturn": "went to a page and came straight back",
-    "cursor_thrash": "moved the mouse back and forth erratically",
-    "video_dropoff": "stopped watching the product video early",
-    "cart_hesitation": "has items in the cart but is not moving to checkout",
-    "js_error": "hit a script error on the page",
-    "scroll_thrash": "scrolled up and down repeatedly as if searching",
-    "idle": "has been inactive for a while",
-}
+SIGNAL_TEXT: dict[str, str] = {s.name: s.text for s in DECLARED_SIGNALS}
 
-KIND_TEXT: dict[str, str] = {
-    "help_offer": "offer help with whatever the visitor is stuck on",
-    "form_hint": "help the visitor fill in the form field they are struggling with",
-    "content_suggestion": "point the visitor to the content that answers their question",
-    "recommendations": "introduce a few product suggestions shown next to the message",
-}
+KIND_TEXT: dict[str, str] = {k.name: k.prompt for k in DECLARED_KINDS}
 
 # (kind, dominant signal) -> template; (kind, None) is the kind's default.
 # Written to be useful on their own: each one names the likely problem and the
 # next step, without blaming the visitor or claiming facts we cannot check.
+# Declared with their signals and kinds (actors.core.signals, actors.core.kinds).
 TEMPLATES: dict[tuple[str, str | None], str] = {
-    (
-        "help_offer",
-        None,
-    ): "Need a hand? Tell us what you're trying to do and we'll help you get there.",
-    ("help_offer", "rage_click"): (
-        "Looks like something isn't responding. Tell us what you were trying to do "
-        "and we'll help you finish it."
-    ),
-    ("help_offer", "dead_click"): (
-        "That part of the page isn't clickable, sorry for the confusion. "
-        "Can we point you to what you're looking for?"
-    ),
-    ("help_offer", "js_error"): (
-        "Sorry, part of this page didn't load properly. Reloading usually fixes it, "
-        "or we can help you finish here."
-    ),
-    ("help_offer", "uturn"): (
-        "Not quite what you were after? Tell us what you're looking for and we'll point "
-        "you the right way."
-    ),
-    (
-        "help_offer",
-        "idle",
-    ): "Still deciding? If anything on this page is unclear, we're happy to help.",
-    ("help_offer", "cart_hesitation"): (
-        "Questions before you order? Delivery, returns and payment options are all "
-        "explained in our help centre."
-    ),
-    ("form_hint", None): (
-        "This field needs a particular format. The hint just below it shows what it "
-        "accepts, and your other answers stay as they are."
-    ),
-    ("form_hint", "form_struggle"): (
-        "This field is picky about its format. Check the hint just below it; your other "
-        "answers are kept while you fix it."
-    ),
-    ("content_suggestion", None): (
-        "Looking for something specific? Our help pages answer the most common questions "
-        "in a minute or two."
-    ),
-    ("content_suggestion", "video_dropoff"): (
-        "Short on time? The product details below the video cover the key points in a quick read."
-    ),
-    ("content_suggestion", "uturn"): (
-        "Comparing options? Our help pages set out the differences so you don't have to "
-        "click back and forth."
-    ),
-    ("content_suggestion", "scroll_thrash"): (
-        "Can't find it? Our FAQ answers the most common questions in one place."
-    ),
-    ("recommendations", None): "You might also like these, picked from what you've been browsing.",
-    ("recommendations", "cart_hesitation"): (
-        "Still deciding? Here are a few things other shoppers often pick alongside these."
-    ),
+    **{(k.name, None): k.template for k in DECLARED_KINDS},
+    **{(kind, s.name): text for s in DECLARED_SIGNALS for kind, text in s.templates.items()},
 }
 
 # Dominant signal -> the visitor's likely need. Intent names the cache entry
 # and drives retrieval, so it must stay coarse and stable.
-_INTENT_OF_SIGNAL: dict[str, str] = {
-    "form_struggle": "form_help",
-    "rage_click": "ui_unresponsive",
-    "dead_click": "ui_unresponsive",
-    "js_error": "page_error",
-    "video_dropoff": "video_summary",
-    "cart_hesitation": "purchase_reassurance",
-    "uturn": "find_information",
-    "cursor_thrash": "find_information",
-    "scroll_thrash": "find_information",
-    "idle": "re_engage",
-}
-
-# Words the retrieval query uses for each intent (the knowledge base is searched
-# with these, never with anything the visitor typed).
-INTENT_QUERY: dict[str, str] = {
-    "form_help": "form field error format validation how to fill in",
-    "ui_unresponsive": "button not working page not responding problem",
-    "page_error": "page error not loading browser problem",
-    "video_summary": "product video summary key features",
-    "purchase_reassurance": "delivery shipping returns refund payment checkout",
-    "find_information": "find information help questions",
-    "re_engage": "help questions",
-    "general_help": "help contact questions",
-}
+_INTENT_OF_SIGNAL: dict[str, str] = {s.name: s.intent for s in DECLARED_SIGNALS}
 
 
 def _clean_token(value: Any, default: str = "unknown", limit: int = 40) -> str:
