@@ -53,7 +53,7 @@ SNAPSHOT_EVERY_S = 5.0  # a changed session's snapshot is at most this old (plus
 SNAPSHOT_TICK_S = 0.5  # each tick writes the sessions whose snapshot is due: a tenth of them
 SWEEP_EVERY_S = 10.0
 MODEL_POLL_S = 1.0
-ENRICH_BUDGET_S = 2.5  # LLM text later than this after the trigger is dropped (issue 5)
+ENRICH_BUDGET_S = 2.5  # LLM text later than this after the trigger is dropped (the nudge budget)
 
 
 def first_events(items: Sequence[BatchItem | Forget]) -> dict[str, tuple[str, int]]:

@@ -65,7 +65,7 @@ APP_NUDGE = "nudge"
 APP_RECOMMENDER = "recommender"
 CONFIG_PATH = Path(__file__).with_name("serve_config.yaml")
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
-BUDGET_S = 2.5  # trigger -> text in the browser (issue 5)
+BUDGET_S = 2.5  # trigger -> text in the browser: later text is not worth showing
 
 
 def load_serve_config(path: Path | str | None = None) -> dict[str, Any]:

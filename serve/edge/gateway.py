@@ -787,7 +787,7 @@ class Gateway:
         on average 3.8 of its ~11 ms to an ack for the round before its own,
         with one gateway at 10,000 events/s. Pipelined, the mean frame-to-ack
         did not fall, since the one event loop, not Redis, paces the rounds,
-        but interventions came sooner: BENCHMARKS.md, tenth session.)
+        but interventions came sooner: BENCHMARKS.md.)
         """
         while True:
             batch = [await self._appends.get()]
