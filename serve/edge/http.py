@@ -138,7 +138,7 @@ def build_app(
                 {"code": "bad_frame", "detail": f"body nests deeper than {BEACON_MAX_DEPTH}"},
                 status=400,
             )
-        status, reply = await gateway.beacon(site, body)
+        status, reply = await gateway.beacons.receive(site, body)
         return web.json_response(reply, status=status)
 
     async def healthz(request: web.Request) -> web.Response:
