@@ -166,7 +166,8 @@ def socket_stage(journeys: list, frames: int) -> float:
 
     from actors.core.sites import Site
     from serve.edge import wire
-    from serve.edge.gateway import Gateway, Peer
+    from serve.edge.gateway import Gateway
+    from serve.edge.peer import Peer
     from serve.edge.protocol import Limits
 
     async def run() -> float:
@@ -208,15 +209,16 @@ def socket_stage(journeys: list, frames: int) -> float:
             frame = {"t": "events", "sid": replay.sids[i], "events": events}
             wire_frames.append((peers[i], wire.frame(wire.BINARY, msgpack.packb(frame), True)))
         loop = asyncio.get_running_loop()
-        appender = [loop.create_task(gw._append_loop()), loop.create_task(gw._settle_loop())]
+        pipe = gw.pipeline
+        appender = [loop.create_task(pipe.append_loop()), loop.create_task(pipe.settle_loop())]
         t0 = time.process_time()
         for k in range(0, frames, 100):  # ~100 frames per append round, as under load
             for peer, data in wire_frames[k : k + 100]:
                 peer.data_received(data)
-            while not gw._appends.empty() or gw._appending:
+            while pipe.busy:
                 await asyncio.sleep(0)
-            gw._pending = [[] for _ in gw._pending]
-            gw._pending_events = 0
+            pipe._pending = [[] for _ in pipe._pending]
+            pipe._pending_events = 0
         spent = time.process_time() - t0
         for task in appender:
             task.cancel()

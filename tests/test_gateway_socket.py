@@ -297,7 +297,8 @@ async def test_an_append_window_gathers_frames_into_one_round(lifeline_stack, wi
                 assert msgpack.unpackb(await ws.recv())["t"] == "welcome"
             rounds = gw.stats.append_rounds
             await a.send(events(sids[0]))
-            while not gw._appending:  # the first frame's round has begun (yielding, not waiting)
+            # The first frame's round has begun (yielding, not waiting).
+            while not gw.pipeline.appending:
                 await asyncio.sleep(0)
             await b.send(events(sids[1]))
             for ws in (a, b):

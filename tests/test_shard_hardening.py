@@ -28,7 +28,8 @@ from actors.shard.records import ShardRecords
 from cluster.config import Settings
 from cluster.keys import Keys
 from serve.dev.pyclient import LifelineClient
-from serve.edge.gateway import ROUNDS_IN_FLIGHT, Gateway
+from serve.edge.gateway import Gateway
+from serve.edge.pipeline import ROUNDS_IN_FLIGHT
 from serve.edge.store import Append, EventStore
 from training.simulator import scripted
 
@@ -90,7 +91,7 @@ async def test_a_resume_while_the_old_round_is_in_flight_erases_nothing(lifeline
 
         # Hold the append loop: the next round waits for a slot, its frame validated.
         for _ in range(ROUNDS_IN_FLIGHT):
-            await gw._slots.acquire()
+            await gw.pipeline._slots.acquire()
             held += 1
         shown = {"type": "intervention_shown", "iid": iv["iid"], "ts": events[-1]["ts"] + 500}
         await old.send_events([dict(shown, seq=n + 1)])
@@ -101,7 +102,7 @@ async def test_a_resume_while_the_old_round_is_in_flight_erases_nothing(lifeline
         welcome = await new.connect()
         assert welcome["t"] == "welcome" and welcome["acked"] == n  # n + 1 is not durable yet
         for _ in range(held):
-            gw._slots.release()
+            gw.pipeline._slots.release()
         held = 0
 
         # A session on the same shard whose events come after: once they are
@@ -130,7 +131,7 @@ async def test_a_resume_while_the_old_round_is_in_flight_erases_nothing(lifeline
         assert await r.hget(keys.intervention(iv["iid"]), "outcome") == b"shown"
     finally:
         for _ in range(held):
-            gw._slots.release()
+            gw.pipeline._slots.release()
         for client in (old, new, later):
             if client is not None:
                 await client.close()

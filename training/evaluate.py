@@ -198,8 +198,25 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     files = _plots(run, out, title)
     split = run.split.describe()
-    by_prefix = auc_by_prefix(run.split.test, run.predictions)
     meta = run.meta()
+    lines = _report_intro(title, command, version)
+    lines += _report_data(run, split)
+    lines += _report_metrics(run)
+    lines += _report_by_prefix(run)
+    lines += _report_model(run, meta)
+    if segments:
+        lines += _report_segments(segments)
+    lines += ["", "## Plots", ""]
+    lines += [f"![{f[:-4]}]({f})" for f in files]
+    lines.append("")
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    _write_metrics_json(out, run, meta, split)
+    return path
+
+
+def _report_intro(title: str, command: str, version: str | None) -> list[str]:
+    """The report's title, what its label means, and how it was made."""
     lines = [
         f"# Exit-risk evaluation: {title}",
         "",
@@ -213,7 +230,12 @@ def write_report(
         lines += ["Command:", "", f"    {command}", ""]
     if version:
         lines += [f"Registered as model version `{version}`.", ""]
-    lines += [
+    return lines
+
+
+def _report_data(run: RunResult, split: dict[str, Any]) -> list[str]:
+    """The "Data" section: each part of the split, and where the data came from."""
+    lines = [
         "## Data",
         "",
         "| part | sessions | rows | exit rate (rows) | exit rate (sessions) |",
@@ -225,6 +247,11 @@ def write_report(
             f"| {part} | {p['sessions']} | {p['rows']} | {_fmt(p['exit_rate_rows'])} | {_fmt(p['exit_rate_sessions'])} |"
         )
     lines += ["", f"Source: `{json.dumps(run.data, sort_keys=True)}`", ""]
+    return lines
+
+
+def _score_text(run: RunResult) -> str:
+    """What the models' scores are (class-balanced or calibrated) and how each metric reads them."""
     if run.score == SCORE_BALANCED:
         cut = calibrated(np.array([POLICY_THRESHOLD]), run.base_rates["xgboost"])[0]
         score_text = (
@@ -243,7 +270,13 @@ def write_report(
             "Scores: calibrated probabilities (no class re-weighting, or a model from before the "
             "class-balanced score); every metric uses them as they are."
         )
-    lines += [
+    return score_text
+
+
+def _report_metrics(run: RunResult) -> list[str]:
+    """The "Test metrics" section: the table of every model on the same test rows."""
+    score_text = _score_text(run)
+    return [
         "## Test metrics (same rows for every model)",
         "",
         metrics_table(run),
@@ -254,6 +287,13 @@ def write_report(
         "PR AUC is for the exit class, so it starts at the base rate; PR AUC (purchase) ranks the "
         "other way round and starts at one minus the base rate. F1, precision and recall are of the "
         "exit class; the ROC AUC interval is a 95% bootstrap over test sessions.",
+    ]
+
+
+def _report_by_prefix(run: RunResult) -> list[str]:
+    """The ROC AUC section by how many events of the session had been seen."""
+    by_prefix = auc_by_prefix(run.split.test, run.predictions)
+    lines = [
         "",
         "## ROC AUC by number of events seen",
         "",
@@ -265,8 +305,15 @@ def write_report(
             f"| {r['events_seen']} | {r['rows']} | {_fmt(r['exit_rate'])} | {_fmt(r['xgboost'])} "
             f"| {_fmt(r['logreg'])} | {_fmt(r['events_so_far'])} |"
         )
-    lines += ["", "## Model", ""]
-    lines += [
+    return lines
+
+
+def _report_model(run: RunResult, meta: dict[str, Any]) -> list[str]:
+    """The "Model" section: schema, trees, score, hyperparameters and the top features."""
+    lines = [
+        "",
+        "## Model",
+        "",
         f"- feature schema `{meta['feature_schema']}`, {len(meta['feature_names'])} features",
         f"- trees kept by early stopping: {meta['best_iteration'] + 1} (of at most {run.params.num_boost_round})",
         f"- output: `{meta['score']}` score; class balance: scale_pos_weight "
@@ -283,27 +330,33 @@ def write_report(
     ]
     for name, gain in feature_importance(run, 10):
         lines.append(f"- `{name}`: {gain:.1f}")
-    if segments:
-        lines += [
-            "",
-            "## Segments",
-            "",
-            f"K-means over {len(segments['features'])} session features, k = {segments['k']} "
-            f"chosen by the largest mean silhouette over k = {', '.join(segments['scores'])} "
-            f"(scores {json.dumps(segments['scores'])}).",
-            "",
-            "| segment | sessions | exit rate |",
-            "|---|---|---|",
-        ]
-        for name, size, er in zip(
-            segments["names"], segments["sizes"], segments["exit_rate"], strict=True
-        ):
-            lines.append(f"| {name} | {size} | {_fmt(er)} |")
-    lines += ["", "## Plots", ""]
-    lines += [f"![{f[:-4]}]({f})" for f in files]
-    lines.append("")
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
+    return lines
+
+
+def _report_segments(segments: dict[str, Any]) -> list[str]:
+    """The "Segments" section: the k-means segments with their sizes and exit rates."""
+    lines = [
+        "",
+        "## Segments",
+        "",
+        f"K-means over {len(segments['features'])} session features, k = {segments['k']} "
+        f"chosen by the largest mean silhouette over k = {', '.join(segments['scores'])} "
+        f"(scores {json.dumps(segments['scores'])}).",
+        "",
+        "| segment | sessions | exit rate |",
+        "|---|---|---|",
+    ]
+    for name, size, er in zip(
+        segments["names"], segments["sizes"], segments["exit_rate"], strict=True
+    ):
+        lines.append(f"| {name} | {size} | {_fmt(er)} |")
+    return lines
+
+
+def _write_metrics_json(
+    out: Path, run: RunResult, meta: dict[str, Any], split: dict[str, Any]
+) -> None:
+    """``metrics.json``: the numbers of the report, for tools."""
     (out / "metrics.json").write_text(
         json.dumps(
             {
@@ -319,7 +372,6 @@ def write_report(
         )
         + "\n"
     )
-    return path
 
 
 # -- the shipped model against the policy threshold ----------------------------------------------

@@ -354,49 +354,64 @@ class NudgeLLM:
         if not self.enabled:
             return self._finish(LLMResult(None, None, DISABLED), started)
         deadline = self.deadline(trigger_ms)
-        s = self.settings
-        if deadline - self._clock() < s.min_attempt_s:
+        if deadline - self._clock() < self.settings.min_attempt_s:
             return self._finish(LLMResult(None, None, EXPIRED), started)
         if cache_key is not None:
-            cached = await self._cache_get(cache_key)
+            cached = await self._checked_cache(cache_key, check)
             if cached is not None:
-                verdict = check(cached)
-                if verdict.ok:
-                    return self._finish(LLMResult(verdict.text, "cache", CACHE_HIT), started)
-                # A cached text that no longer passes (rules changed): regenerate.
+                return self._finish(cached, started)
+        result = await self._ask(system, user, deadline, check, cache_key)
+        return self._finish(result, started)
+
+    async def _checked_cache(
+        self, cache_key: str, check: Callable[[str], CheckResult]
+    ) -> LLMResult | None:
+        """The cached text for this prompt if there is one and it still passes ``check``.
+
+        A cached text that no longer passes (the rules changed) is ignored, so
+        it is generated again.
+        """
+        cached = await self._cache_get(cache_key)
+        if cached is None:
+            return None
+        verdict = check(cached)
+        return LLMResult(verdict.text, "cache", CACHE_HIT) if verdict.ok else None
+
+    async def _ask(
+        self,
+        system: str,
+        user: str,
+        deadline: float,
+        check: Callable[[str], CheckResult],
+        cache_key: str | None,
+    ) -> LLMResult:
+        """Attempts at the LLM, retried while the error allows and the deadline leaves time.
+
+        Ends with the first text (checked, see :meth:`_accept`), an error that
+        retrying will not cure, an open breaker, or a deadline too near for
+        another attempt.
+        """
+        s = self.settings
         attempts = 0
         last_outcome, last_reason = EXPIRED, None
         while True:
             remaining = deadline - self._clock()
             if remaining < s.min_attempt_s:
-                return self._finish(
-                    LLMResult(
-                        None, None, last_outcome if attempts else EXPIRED, attempts, last_reason
-                    ),
-                    started,
-                )
+                outcome = last_outcome if attempts else EXPIRED
+                return LLMResult(None, None, outcome, attempts, last_reason)
             if not self.breaker.allow():
-                return self._finish(LLMResult(None, None, BREAKER_OPEN, attempts), started)
+                return LLMResult(None, None, BREAKER_OPEN, attempts)
             attempts += 1
             self._counters.attempts += 1
             t0 = time.perf_counter()
             try:
-                message = await asyncio.wait_for(
-                    self._client.messages.create(  # type: ignore[union-attr]
-                        model=s.model,
-                        max_tokens=s.max_tokens,
-                        system=system,
-                        messages=[{"role": "user", "content": user}],
-                        timeout=remaining,
-                    ),
-                    timeout=remaining,
-                )
+                message = await self._create(system, user, remaining)
             except asyncio.TimeoutError:
                 # The whole budget went on this attempt: the text is dropped
                 # even if it arrives later, and the slowness counts as a failure.
                 self._failed()
                 self._m_attempts.add(1, {"result": "timeout"})
-                return self._finish(LLMResult(None, None, EXPIRED, attempts, "timeout"), started)
+                return LLMResult(None, None, EXPIRED, attempts, "timeout")
             except asyncio.CancelledError:
                 self.breaker.abandon()  # our caller gave up; frees a half-open probe slot
                 raise
@@ -409,37 +424,71 @@ class NudgeLLM:
                 self._failed()
                 last_outcome, last_reason = outcome, reason
                 if not retryable:
-                    return self._finish(LLMResult(None, None, outcome, attempts, reason), started)
-                wait = retry_after_s(exc)
-                backoff = self._rng() * min(s.backoff_cap_s, s.backoff_base_s * 2 ** (attempts - 1))
-                # Honour the server's wait (plus a little jitter so replicas do
-                # not come back in lock-step); else full-jitter backoff.
-                delay = wait * (1.0 + 0.1 * self._rng()) if wait is not None else backoff
+                    return LLMResult(None, None, outcome, attempts, reason)
+                delay = self._retry_delay(exc, attempts)
                 if self._clock() + delay + s.min_attempt_s > deadline:
-                    return self._finish(LLMResult(None, None, outcome, attempts, reason), started)
+                    return LLMResult(None, None, outcome, attempts, reason)
                 self._counters.retries += 1
                 await self._sleep(delay)
                 continue
             self._m_latency.record((time.perf_counter() - t0) * 1000, {"result": "ok"})
             self._m_attempts.add(1, {"result": "ok"})
             self.breaker.record_success()
-            self._account(message)
-            text, why = _extract_text(message)
-            if text is None:
-                return self._finish(LLMResult(None, None, MALFORMED, attempts, why), started)
-            verdict = check(text)
-            if not verdict.ok:
-                self._counters.rejected += 1
-                log.info("LLM text rejected: %s", verdict.reason)  # the reason, never the text
-                return self._finish(
-                    LLMResult(None, None, REJECTED, attempts, verdict.reason), started
-                )
-            if self._clock() > deadline:
-                return self._finish(LLMResult(None, None, EXPIRED, attempts, "late"), started)
-            if cache_key is not None:
-                await self._cache_put(cache_key, verdict.text)
-            self._counters.llm_texts += 1
-            return self._finish(LLMResult(verdict.text, "llm", OK, attempts), started)
+            return await self._accept(message, attempts, deadline, check, cache_key)
+
+    async def _create(self, system: str, user: str, remaining: float) -> Any:
+        """One Messages API call, cut off after ``remaining`` seconds (raises TimeoutError)."""
+        s = self.settings
+        return await asyncio.wait_for(
+            self._client.messages.create(  # type: ignore[union-attr]
+                model=s.model,
+                max_tokens=s.max_tokens,
+                system=system,
+                messages=[{"role": "user", "content": user}],
+                timeout=remaining,
+            ),
+            timeout=remaining,
+        )
+
+    def _retry_delay(self, exc: Exception, attempts: int) -> float:
+        """How long to wait before attempt ``attempts + 1`` after a retryable ``exc``.
+
+        Honour the server's wait (plus a little jitter so replicas do not
+        come back in lock-step); else full-jitter backoff.
+        """
+        s = self.settings
+        wait = retry_after_s(exc)
+        backoff = self._rng() * min(s.backoff_cap_s, s.backoff_base_s * 2 ** (attempts - 1))
+        return wait * (1.0 + 0.1 * self._rng()) if wait is not None else backoff
+
+    async def _accept(
+        self,
+        message: Any,
+        attempts: int,
+        deadline: float,
+        check: Callable[[str], CheckResult],
+        cache_key: str | None,
+    ) -> LLMResult:
+        """The outcome of an answered attempt: its text, or why it is not used.
+
+        The text is used (and cached) if it is well formed, passes ``check``
+        and came before the deadline.
+        """
+        self._account(message)
+        text, why = _extract_text(message)
+        if text is None:
+            return LLMResult(None, None, MALFORMED, attempts, why)
+        verdict = check(text)
+        if not verdict.ok:
+            self._counters.rejected += 1
+            log.info("LLM text rejected: %s", verdict.reason)  # the reason, never the text
+            return LLMResult(None, None, REJECTED, attempts, verdict.reason)
+        if self._clock() > deadline:
+            return LLMResult(None, None, EXPIRED, attempts, "late")
+        if cache_key is not None:
+            await self._cache_put(cache_key, verdict.text)
+        self._counters.llm_texts += 1
+        return LLMResult(verdict.text, "llm", OK, attempts)
 
     async def aclose(self) -> None:
         """Close the HTTP client (the Redis client belongs to the caller)."""

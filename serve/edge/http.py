@@ -56,16 +56,47 @@ def build_app(
     ``processes`` lists this host's gateway processes with their ``state``
     (cluster/stack.py): ``/healthz`` shows them and is not ok while any is not ``up``.
     """
+    h = Handlers(gateway, ws_url, demo_site, extra_status, shard_info, processes)
     app = web.Application(client_max_size=BEACON_MAX_BYTES)
-    client = client_build.load()  # once: the files are part of the installed package
+    app.router.add_get("/lifeline.js", h.client_js)
+    app.router.add_post("/beacon", h.beacon)
+    app.router.add_get("/healthz", h.healthz)
+    app.router.add_get("/metrics", h.metrics)
+    app.router.add_get("/api/stats", h.stats)
+    app.router.add_get("/help/{article:[A-Za-z0-9_-]+}", h.help_article)
+    app.router.add_get("/", h.demo)
+    app.router.add_get("/{name:[A-Za-z0-9_.-]+}", h.demo)
+    return app
 
-    async def client_js(request: web.Request) -> web.Response:
+
+class Handlers:
+    """The app's request handlers, and what they answer from (see :func:`build_app`)."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        ws_url: str,
+        demo_site: str,
+        extra_status: Any,
+        shard_info: Any,
+        processes: Callable[[], list[dict[str, Any]]] | None,
+    ) -> None:
+        self.gateway = gateway
+        self.ws_url = ws_url
+        self.demo_site = demo_site
+        self.extra_status = extra_status
+        self.shard_info = shard_info
+        self.processes = processes
+        self.client = client_build.load()  # once: the files are part of the installed package
+
+    async def client_js(self, request: web.Request) -> web.Response:
         """The minified client (8 KB gzipped), gzip-encoded when accepted, revalidated by ETag.
 
         Browsers may reuse it for 5 minutes, then ask again with If-None-Match
         and get a bodiless 304 while it is unchanged: a new client reaches
         every visitor within 5 minutes of a deploy.
         """
+        client = self.client
         gz = "gzip" in request.headers.get("Accept-Encoding", "")
         etag = client.gzip_etag if gz else client.etag
         headers = {
@@ -87,7 +118,8 @@ def build_app(
             headers=headers,
         )
 
-    async def demo(request: web.Request) -> web.StreamResponse:
+    async def demo(self, request: web.Request) -> web.StreamResponse:
+        """A demo page or asset; HTML pages get the WebSocket URL and site key filled in."""
         name = request.match_info.get("name") or "index.html"
         path = (DEMO / name).resolve()
         if DEMO.resolve() not in path.parents or not path.is_file():
@@ -95,8 +127,8 @@ def build_app(
         if path.suffix == ".html":
             html = (
                 path.read_text()
-                .replace("{{LIFELINE_WS}}", ws_url)
-                .replace("{{LIFELINE_SITE}}", demo_site)
+                .replace("{{LIFELINE_WS}}", self.ws_url)
+                .replace("{{LIFELINE_SITE}}", self.demo_site)
             )
             return web.Response(
                 text=html, content_type="text/html", headers={"Cache-Control": "no-cache"}
@@ -105,49 +137,35 @@ def build_app(
             path, headers={"Content-Type": _TYPES.get(path.suffix, "application/octet-stream")}
         )
 
-    async def help_article(request: web.Request) -> web.Response:
+    async def help_article(self, request: web.Request) -> web.Response:
         """The help articles nudges link to (the site's knowledge base)."""
         from serve.apps.knowledge import article_html
 
-        html = article_html(demo_site, request.match_info["article"])
+        html = article_html(self.demo_site, request.match_info["article"])
         if html is None:
             raise web.HTTPNotFound(text="no such help article\n")
         return web.Response(text=html, content_type="text/html")
 
-    async def beacon(request: web.Request) -> web.Response:
-        site = gateway.site_for(request.query_string, request.headers.get("Origin"))
+    async def beacon(self, request: web.Request) -> web.Response:
+        """``POST /beacon``: a page-hide flush, checked here for size and shape, then the gateway's."""
+        site = self.gateway.site_for(request.query_string, request.headers.get("Origin"))
         if isinstance(site, str):
             return web.json_response({"code": "forbidden", "detail": site}, status=403)
-        raw = await request.read()
-        if len(raw) > BEACON_MAX_BYTES:
-            return web.json_response(
-                {"code": "frame_too_large", "detail": "beacon over 64 KiB"}, status=413
-            )
-        # The socket's decoder, so a beacon body is refused for what a frame is
-        # (NaN, Infinity, nesting past the stack: a 400, never a 500).
-        try:
-            body, why = decode(raw.decode())
-        except UnicodeDecodeError:
-            body, why = None, "body is not UTF-8"
-        if body is None:
-            return web.json_response(
-                {"code": "bad_frame", "detail": f"body must be a JSON object: {why}"}, status=400
-            )
-        if not nests_within(body, BEACON_MAX_DEPTH):
-            return web.json_response(
-                {"code": "bad_frame", "detail": f"body nests deeper than {BEACON_MAX_DEPTH}"},
-                status=400,
-            )
-        status, reply = await gateway.beacon(site, body)
+        body = beacon_body(await request.read())
+        if isinstance(body, web.Response):
+            return body
+        status, reply = await self.gateway.beacons.receive(site, body)
         return web.json_response(reply, status=status)
 
-    async def healthz(request: web.Request) -> web.Response:
+    async def healthz(self, request: web.Request) -> web.Response:
+        """Whether this host serves with all it was given: Redis, loops, gateway processes, shards."""
+        gateway = self.gateway
         try:
             redis_ok = bool(await gateway.redis.ping())
         except Exception:
             redis_ok = False
         own = gateway.health()  # its background loops: one that keeps failing turns health red
-        gateways = processes() if processes is not None else []
+        gateways = self.processes() if self.processes is not None else []
         # A gateway process down (restarting) means this host serves with less than it was
         # given: not ok, so that a load balancer or an operator hears of it.
         ok = redis_ok and own["ok"] and all(g.get("state") == "up" for g in gateways)
@@ -161,52 +179,82 @@ def build_app(
         }
         if gateways:
             body["gateways"] = gateways
-        if extra_status is not None:
-            body.update(extra_status())
-        if shard_info is not None:
-            try:
-                infos = await asyncio.wait_for(shard_info(), 5.0)
-                body["shard_info"] = infos
-                # A shard whose background loop is down (snapshots, model polling) is not well.
-                sick = [i.get("index") for i in infos if not i.get("healthy", True)]
-                if sick:
-                    body["ok"] = False
-                    body["shards_unhealthy"] = sick
-            except Exception as exc:  # a shard restarting: health says so rather than hanging
-                body["shard_info"] = f"unavailable: {type(exc).__name__}"
+        if self.extra_status is not None:
+            body.update(self.extra_status())
+        if self.shard_info is not None:
+            await self._add_shard_health(body)
         return web.json_response(body, status=200 if body["ok"] else 503)
 
-    async def metrics(request: web.Request) -> web.Response:
+    async def _add_shard_health(self, body: dict[str, Any]) -> None:
+        """Add each shard's own report to a health body; a sick or silent shard is noted."""
+        try:
+            infos = await asyncio.wait_for(self.shard_info(), 5.0)
+            body["shard_info"] = infos
+            # A shard whose background loop is down (snapshots, model polling) is not well.
+            sick = [i.get("index") for i in infos if not i.get("healthy", True)]
+            if sick:
+                body["ok"] = False
+                body["shards_unhealthy"] = sick
+        except Exception as exc:  # a shard restarting: health says so rather than hanging
+            body["shard_info"] = f"unavailable: {type(exc).__name__}"
+
+    async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text format, from the gateway's counters."""
-        lines = []
-        labels = {
-            "errors_by_code": ("errors_by_code", "code"),
-            "loop_failures": ("loop_failures", "loop"),
-        }
-        for key, value in gateway.stats.snapshot().items():
-            if key in labels:  # a map: one labelled series per entry
-                base, label = labels[key]
-                name = f"lifeline_gateway_{base}_total"
-                lines.append(f"# TYPE {name} counter")
-                lines += [f'{name}{{{label}="{k}"}} {float(v)}' for k, v in sorted(value.items())]
-                continue
-            if key in ("connections", "mean_shard_batch"):
-                name, kind = f"lifeline_gateway_{key}", "gauge"
-            else:
-                name, kind = f"lifeline_gateway_{key}_total", "counter"
-            lines.append(f"# TYPE {name} {kind}")
-            lines.append(f"{name} {float(value)}")
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+        text = metrics_text(self.gateway.stats.snapshot())
+        return web.Response(text=text, content_type="text/plain")
 
-    async def stats(request: web.Request) -> web.Response:
-        return web.json_response(gateway.stats.snapshot())
+    async def stats(self, request: web.Request) -> web.Response:
+        """The gateway's counters as JSON."""
+        return web.json_response(self.gateway.stats.snapshot())
 
-    app.router.add_get("/lifeline.js", client_js)
-    app.router.add_post("/beacon", beacon)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/api/stats", stats)
-    app.router.add_get("/help/{article:[A-Za-z0-9_-]+}", help_article)
-    app.router.add_get("/", demo)
-    app.router.add_get("/{name:[A-Za-z0-9_.-]+}", demo)
-    return app
+
+def beacon_body(raw: bytes) -> dict[str, Any] | web.Response:
+    """A beacon's body as a JSON object, or the error response that refuses it.
+
+    The socket's decoder, so a beacon body is refused for what a frame is
+    (NaN, Infinity, nesting past the stack: a 400, never a 500).
+    """
+    if len(raw) > BEACON_MAX_BYTES:
+        return web.json_response(
+            {"code": "frame_too_large", "detail": "beacon over 64 KiB"}, status=413
+        )
+    try:
+        body, why = decode(raw.decode())
+    except UnicodeDecodeError:
+        body, why = None, "body is not UTF-8"
+    if body is None:
+        return web.json_response(
+            {"code": "bad_frame", "detail": f"body must be a JSON object: {why}"}, status=400
+        )
+    if not nests_within(body, BEACON_MAX_DEPTH):
+        return web.json_response(
+            {"code": "bad_frame", "detail": f"body nests deeper than {BEACON_MAX_DEPTH}"},
+            status=400,
+        )
+    return body
+
+
+# Counters that are maps: one labelled series per entry, under this name and label.
+_LABELLED = {
+    "errors_by_code": ("errors_by_code", "code"),
+    "loop_failures": ("loop_failures", "loop"),
+}
+
+
+def metrics_text(snapshot: dict[str, Any]) -> str:
+    """The gateway's counters (:meth:`serve.edge.stats.Stats.snapshot`) in Prometheus text format."""
+    lines = []
+    for key, value in snapshot.items():
+        if key in _LABELLED:
+            base, label = _LABELLED[key]
+            name = f"lifeline_gateway_{base}_total"
+            lines.append(f"# TYPE {name} counter")
+            lines += [f'{name}{{{label}="{k}"}} {float(v)}' for k, v in sorted(value.items())]
+            continue
+        if key in ("connections", "mean_shard_batch"):
+            name, kind = f"lifeline_gateway_{key}", "gauge"
+        else:
+            name, kind = f"lifeline_gateway_{key}_total", "counter"
+        lines.append(f"# TYPE {name} {kind}")
+        lines.append(f"{name} {float(value)}")
+    return "\n".join(lines) + "\n"

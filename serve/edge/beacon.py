@@ -1,0 +1,137 @@
+"""The beacon: a page's last events, sent by ``navigator.sendBeacon`` as it hides.
+
+``POST /beacon`` (:mod:`serve.edge.http`) hands the body to
+:meth:`Beacons.receive`, which takes it through the same protocol checks
+and the same durable append (:class:`serve.edge.pipeline.Pipeline`) as a
+socket's frames, using a :class:`serve.edge.peer.Peer` without a transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from actors.core.sites import Site
+from serve.edge.peer import Peer
+from serve.edge.pipeline import AppendSink, Pipeline
+from serve.edge.protocol import Connection, HelloRequest, Limits, TokenBucket, error
+from serve.edge.stats import Stats
+from serve.edge.store import EventStore
+
+BEACON_SITE_RATE = 50.0  # a site's beacons may carry this many times one connection's events/s
+BEACON_BUCKETS = 100_000  # sessions whose beacon rate is remembered (oldest forgotten first)
+
+
+class Beacons:
+    """Beacon requests of every site, and their rate limits (a beacon has no socket to keep them)."""
+
+    def __init__(
+        self, store: EventStore, pipeline: Pipeline, stats: Stats, limits: Limits, secret: bytes
+    ) -> None:
+        self.store = store
+        self.pipeline = pipeline
+        self.stats = stats
+        self.limits = limits
+        self.secret = secret
+        # Per session and per site, in order of last use.
+        self._buckets: dict[str, TokenBucket] = {}
+
+    async def receive(self, site: Site, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Take a page-hide flush through the same checks and durable append as the socket.
+
+        A beacon must name a session that this site created, whose stored
+        consent includes analytics, and carry its resume token: it can add to
+        a session, never start one or grant consent. Each beacon arrives
+        without a socket, so its rate limits are kept here, per session and
+        per site, with the same events/s as a connection's.
+        """
+        status, reply = await self._receive(site, body)
+        if "code" in reply:
+            self.stats.error(reply["code"])
+        for err in reply.get("errors", ()):
+            self.stats.error(err.get("code", "bad_event"))
+        return status, reply
+
+    def _allowed(self, site: str, sid: str, events: Any) -> bool:
+        """Take the beacon's events from its session's and its site's buckets."""
+        n = max(1, len(events)) if isinstance(events, list) else 1
+        now = time.monotonic()
+        buckets = self._buckets
+        allowed = True
+        for key, scale in ((f"{site}|{sid}", 1.0), (site, BEACON_SITE_RATE)):
+            bucket = buckets.pop(key, None)  # re-inserted: the dict stays in order of last use
+            if bucket is None:
+                lim = self.limits
+                bucket = TokenBucket(lim.events_per_s * scale, lim.burst * scale, now)
+            buckets[key] = bucket
+            allowed = allowed and bucket.take(n, now)
+        while len(buckets) > BEACON_BUCKETS:
+            del buckets[next(iter(buckets))]
+        return allowed
+
+    async def _receive(self, site: Site, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        conn = Connection(site.key, self.secret, self.limits)
+        peer = Peer(None, conn)
+        token = body.get("token")
+        if not isinstance(token, str):
+            return 403, error("bad_token", "a beacon needs its session's resume token")
+        # The consent here only passes the local checks; the stored one is used below.
+        req = conn.hello(
+            {"t": "hello", "sid": body.get("sid"), "token": token, "consent": ["analytics"]}
+        )
+        if not isinstance(req, HelloRequest):
+            return (403 if req["code"] in ("consent_required", "bad_token") else 400), req
+        info = await self.store.session_info(site.key, req.sid)
+        if not info.known:  # keys are scoped by site: another site's session is not found
+            return 403, error("unknown_session", "no such session for this site", sid=req.sid)
+        if "analytics" not in info.consent:
+            return 403, error(
+                "consent_required", "no analytics consent: nothing may be collected", sid=req.sid
+            )
+        if not self._allowed(site.key, req.sid, body.get("events")):
+            return 429, error("rate_limited", "too many beacon events: resend later", sid=req.sid)
+        req = HelloRequest(req.sid, token, info.consent)
+        frame = {
+            "t": "events",
+            "sid": req.sid,
+            "now": body.get("now"),
+            "events": body.get("events"),
+        }
+        seq = info.seq
+        # A beacon can race the page's own socket, or another beacon, for the same
+        # session: when the store says it already holds more, plan again from there.
+        for _attempt in range(3):
+            if _attempt:
+                seq = (await self.store.session_info(site.key, req.sid)).seq
+            conn.sessions.pop(req.sid, None)
+            welcome = conn.accept_hello(req, True, seq)
+            if welcome["t"] != "welcome":
+                return 403, welcome
+            # The session's own bucket was taken above; the connection's must not refuse again.
+            conn.bucket = TokenBucket(float("inf"), float("inf"), time.monotonic())
+            plan = conn.events(frame, int(time.time() * 1000))
+            if isinstance(plan, dict):
+                return 400, plan
+            errors = [r for r in plan.replies if r["t"] == "error"]
+            gap = any(r.get("code") == "sequence_gap" for r in errors)
+            if gap and not plan.last and _attempt < 2:
+                # The events before ours may be on their way (the page's other
+                # beacon, or its socket's last frames): wait for the next append
+                # round, briefly (the page is gone; nobody waits on this reply).
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(
+                        self.pipeline.round_done.wait(), 0.5 if self.pipeline.busy else 0.25
+                    )
+                continue
+            if not plan.last:
+                return 200, {"acked": conn.sessions[req.sid].acked, "errors": errors}
+            future = asyncio.get_running_loop().create_future()
+            self.pipeline.submit(AppendSink(peer, future), plan)
+            reply = await future
+            if reply["t"] == "ack":
+                return 200, {"acked": reply["seq"], "errors": errors}
+            if reply.get("code") != "sequence_gap":
+                return 503, {"acked": seq, "errors": errors + [reply]}
+        return 409, {"acked": seq, "errors": errors + [reply]}
