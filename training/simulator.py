@@ -826,7 +826,111 @@ def simulate(
 
 
 # -- short deterministic scripts for tests --------------------------------------------------------
-SCRIPTED_KINDS = ("struggling", "calm", "cart_hesitation")
+
+
+def _struggling(w: _Writer) -> None:
+    """On the calculator page: rage clicks on the dead submit button, three failing
+    submits with form errors, cursor thrash, all within ~15 s."""
+    w.emit("page_view", path="/calculator.html", page_type="calculator", ref="/")
+    w.path, w.page_type = "/calculator.html", "calculator"
+    w.wait(800)
+    w.emit("form_focus", form=CALC_FORM, field="loan-amount")
+    w.wait(600)
+    w.emit("form_input", form=CALC_FORM, field="loan-amount", count=6)
+    for i in range(3):
+        w.wait(700)
+        w.emit("click", selector=CALC_SUBMIT, x=512.0, y=640.0, reacted=False, target="button")
+        w.wait(60)
+        w.emit("form_submit", form=CALC_FORM, ok=False)
+        w.wait(40)
+        w.emit("form_error", form=CALC_FORM, field="loan-amount", code="range")
+        if i < 2:
+            w.wait(500)
+            w.emit("form_focus", form=CALC_FORM, field="loan-amount")
+            w.wait(700)
+            w.emit("form_input", form=CALC_FORM, field="loan-amount", count=5 + i)
+    w.wait(300)
+    for k in range(6):  # rage: 6 clicks ~150 ms apart, same spot, no reaction
+        w.emit(
+            "click",
+            selector=CALC_SUBMIT,
+            x=512.0 + k,
+            y=640.0 - k,
+            reacted=False,
+            target="button",
+        )
+        w.wait(150)
+    turns = [float(40 * i + 15) for i in range(24)]
+    w.emit("mouse", dur=1000.0, dist=3600.0, turns=turns)
+    w.wait(400)
+    w.emit("mouse", dur=900.0, dist=3100.0, turns=turns[:20])
+
+
+def _calm(w: _Writer) -> None:
+    """A few page views, scrolls and hovers and a product video watched to the end,
+    ~60 s, no struggle."""
+    w.emit("page_view", path="/", page_type="home", ref="https://www.google.com/")
+    w.path = "/"
+    w.wait(4000)
+    w.emit("scroll", depth=0.3, dir="down")
+    w.wait(3000)
+    w.emit("hover", selector=".nav-menu", dwell=700.0)
+    w.wait(2500)
+    w.emit("page_view", path="/list.html?cat=loans", page_type="listing", ref="/")
+    w.wait(3500)
+    w.emit("scroll", depth=0.4, dir="down")
+    w.wait(2000)
+    w.emit("mouse", dur=800.0, dist=420.0, turns=[300.0])
+    w.wait(2500)
+    w.emit(
+        "page_view",
+        path=product_path("p-003"),
+        page_type="product",
+        ref="/list.html?cat=loans",
+        item="p-003",
+    )
+    w.wait(3000)
+    w.emit("hover", selector=".spec-table", dwell=1500.0)
+    w.wait(1500)
+    w.emit("click", selector="#video-p-003", x=400.0, y=300.0, reacted=True, target="other")
+    w.emit("video_play", media="video-p-003", t=0.0, dur=30.0)
+    w.wait(30_000)
+    w.emit("video_ended", media="video-p-003", t=30.0, dur=30.0)
+    w.wait(3000)
+    w.emit("scroll", depth=0.8, dir="down")
+    w.wait(2000)
+    w.emit("hover", selector=".price", dwell=900.0)
+
+
+def _cart_hesitation(w: _Writer) -> None:
+    """Add to cart, linger on the cart page, remove the item, back to the listing."""
+    w.emit(
+        "page_view",
+        path=product_path("p-012"),
+        page_type="product",
+        ref="/list.html?cat=cards",
+        item="p-012",
+    )
+    w.wait(6000)
+    w.emit("click", selector="#add-to-cart", x=900.0, y=420.0, reacted=True, target="button")
+    w.wait(120)
+    w.emit("add_to_cart", item="p-012", qty=1, price=PRODUCT_PRICE["p-012"])
+    w.wait(1500)
+    w.emit("page_view", path="/cart.html", page_type="cart", ref=product_path("p-012"))
+    w.wait(8000)
+    w.emit("hover", selector=".cart-total", dwell=2500.0)
+    w.wait(9000)
+    w.emit("hover", selector=".shipping-cost", dwell=3000.0)
+    w.wait(7000)
+    w.emit("mouse", dur=1500.0, dist=300.0, turns=[700.0])
+    w.wait(5000)
+    w.emit("remove_from_cart", item="p-012", qty=1)
+    w.wait(1500)
+    w.emit("page_view", path="/list.html?cat=cards", page_type="listing", ref="/cart.html")
+
+
+_SCRIPTS = {"struggling": _struggling, "calm": _calm, "cart_hesitation": _cart_hesitation}
+SCRIPTED_KINDS = tuple(_SCRIPTS)
 
 
 def scripted(kind: str, sid: str, start_ms: int) -> list[dict]:
@@ -841,97 +945,9 @@ def scripted(kind: str, sid: str, start_ms: int) -> list[dict]:
     call reads like the session it builds.
     """
     del sid  # events do not carry the session id
-    w = _Writer(random.Random(0), start_ms)
-    if kind == "struggling":
-        w.emit("page_view", path="/calculator.html", page_type="calculator", ref="/")
-        w.path, w.page_type = "/calculator.html", "calculator"
-        w.wait(800)
-        w.emit("form_focus", form=CALC_FORM, field="loan-amount")
-        w.wait(600)
-        w.emit("form_input", form=CALC_FORM, field="loan-amount", count=6)
-        for i in range(3):
-            w.wait(700)
-            w.emit("click", selector=CALC_SUBMIT, x=512.0, y=640.0, reacted=False, target="button")
-            w.wait(60)
-            w.emit("form_submit", form=CALC_FORM, ok=False)
-            w.wait(40)
-            w.emit("form_error", form=CALC_FORM, field="loan-amount", code="range")
-            if i < 2:
-                w.wait(500)
-                w.emit("form_focus", form=CALC_FORM, field="loan-amount")
-                w.wait(700)
-                w.emit("form_input", form=CALC_FORM, field="loan-amount", count=5 + i)
-        w.wait(300)
-        for k in range(6):  # rage: 6 clicks ~150 ms apart, same spot, no reaction
-            w.emit(
-                "click",
-                selector=CALC_SUBMIT,
-                x=512.0 + k,
-                y=640.0 - k,
-                reacted=False,
-                target="button",
-            )
-            w.wait(150)
-        turns = [float(40 * i + 15) for i in range(24)]
-        w.emit("mouse", dur=1000.0, dist=3600.0, turns=turns)
-        w.wait(400)
-        w.emit("mouse", dur=900.0, dist=3100.0, turns=turns[:20])
-    elif kind == "calm":
-        w.emit("page_view", path="/", page_type="home", ref="https://www.google.com/")
-        w.path = "/"
-        w.wait(4000)
-        w.emit("scroll", depth=0.3, dir="down")
-        w.wait(3000)
-        w.emit("hover", selector=".nav-menu", dwell=700.0)
-        w.wait(2500)
-        w.emit("page_view", path="/list.html?cat=loans", page_type="listing", ref="/")
-        w.wait(3500)
-        w.emit("scroll", depth=0.4, dir="down")
-        w.wait(2000)
-        w.emit("mouse", dur=800.0, dist=420.0, turns=[300.0])
-        w.wait(2500)
-        w.emit(
-            "page_view",
-            path=product_path("p-003"),
-            page_type="product",
-            ref="/list.html?cat=loans",
-            item="p-003",
-        )
-        w.wait(3000)
-        w.emit("hover", selector=".spec-table", dwell=1500.0)
-        w.wait(1500)
-        w.emit("click", selector="#video-p-003", x=400.0, y=300.0, reacted=True, target="other")
-        w.emit("video_play", media="video-p-003", t=0.0, dur=30.0)
-        w.wait(30_000)
-        w.emit("video_ended", media="video-p-003", t=30.0, dur=30.0)
-        w.wait(3000)
-        w.emit("scroll", depth=0.8, dir="down")
-        w.wait(2000)
-        w.emit("hover", selector=".price", dwell=900.0)
-    elif kind == "cart_hesitation":
-        w.emit(
-            "page_view",
-            path=product_path("p-012"),
-            page_type="product",
-            ref="/list.html?cat=cards",
-            item="p-012",
-        )
-        w.wait(6000)
-        w.emit("click", selector="#add-to-cart", x=900.0, y=420.0, reacted=True, target="button")
-        w.wait(120)
-        w.emit("add_to_cart", item="p-012", qty=1, price=PRODUCT_PRICE["p-012"])
-        w.wait(1500)
-        w.emit("page_view", path="/cart.html", page_type="cart", ref=product_path("p-012"))
-        w.wait(8000)
-        w.emit("hover", selector=".cart-total", dwell=2500.0)
-        w.wait(9000)
-        w.emit("hover", selector=".shipping-cost", dwell=3000.0)
-        w.wait(7000)
-        w.emit("mouse", dur=1500.0, dist=300.0, turns=[700.0])
-        w.wait(5000)
-        w.emit("remove_from_cart", item="p-012", qty=1)
-        w.wait(1500)
-        w.emit("page_view", path="/list.html?cat=cards", page_type="listing", ref="/cart.html")
-    else:
+    script = _SCRIPTS.get(kind)
+    if script is None:
         raise ValueError(f"unknown scripted kind {kind!r}; known: {list(SCRIPTED_KINDS)}")
+    w = _Writer(random.Random(0), start_ms)
+    script(w)
     return w.events
