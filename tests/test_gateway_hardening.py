@@ -184,8 +184,11 @@ async def test_two_sites_racing_for_one_fresh_session_get_one_welcome(lifeline_s
         assert (await loser.connect())["code"] == "bad_token"
         await owner.send_events(clicks(1, 2))
         await owner.wait_acked(2)
-        info = await lifeline_stack.gateway.store.session_info(owner.site, sid)
-        assert info.site == owner.site and info.seq == 2
+        store = lifeline_stack.gateway.store
+        info = await store.session_info(owner.site, sid)
+        assert info.known and info.seq == 2
+        assert not (await store.session_info(loser.site, sid)).known
+        assert await store.r.get(Keys(lifeline_stack.prefix).owner(sid)) == owner.site.encode()
         await asyncio.gather(a.close(), b.close())
     assert both == 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.core.detectors import SIGNALS
+from actors.core.signals import SIGNALS
 from serve.apps import knowledge
 from serve.apps.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from serve.apps.knowledge import KnowledgeBase, best_method, measure

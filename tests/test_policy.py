@@ -9,18 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from actors.core.detectors import SIGNALS
 from actors.core.features import FEATURE_INDEX, N_FEATURES
-from actors.core.policy import (
-    CONTENT_SUGGESTION,
-    FORM_HINT,
-    HELP_OFFER,
-    RECOMMENDATIONS,
-    PolicyConfig,
-    decide,
-    in_holdout,
-)
+from actors.core.kinds import CONTENT_SUGGESTION, FORM_HINT, HELP_OFFER, RECOMMENDATIONS
+from actors.core.policy import PolicyConfig, decide, in_holdout
 from actors.core.session import EventView, Session
+from actors.core.signals import SIGNALS
 from actors.core.sites import SiteConfigError, parse_sites
 
 NO_HOLDOUT = PolicyConfig(holdout=0.0)

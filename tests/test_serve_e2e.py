@@ -12,7 +12,7 @@ import uuid
 import pytest
 import pytest_asyncio
 
-from actors.core.policy import RECOMMENDATIONS
+from actors.core.kinds import RECOMMENDATIONS
 from cluster.redis_server import delete_prefix
 from serve.dev.llm_stub import StubLLM
 from serve.dev.pyclient import LifelineClient

@@ -14,7 +14,8 @@ import pytest
 import websockets
 
 from actors.core.events import validate_event
-from actors.core.policy import KINDS, in_holdout
+from actors.core.kinds import KINDS
+from actors.core.policy import in_holdout
 from actors.core.session import replay
 from serve.dev.pyclient import LifelineClient
 from training.simulator import scripted

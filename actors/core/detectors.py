@@ -19,8 +19,6 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from actors.core.signals import SIGNALS as SIGNALS  # re-exported: declared there
-
 # Clicks on these targets are expected to come in quick repeats.
 RAGE_EXEMPT_TARGETS = frozenset({"text_input", "stepper"})
 

@@ -21,12 +21,7 @@ from typing import Any
 
 from actors.core.detectors import refuse_unknown
 from actors.core.features import FEATURE_INDEX
-
-# The kinds are declared in actors.core.kinds; these names are re-exported for callers.
-from actors.core.kinds import CONTENT_SUGGESTION as CONTENT_SUGGESTION
-from actors.core.kinds import FORM_HINT as FORM_HINT
 from actors.core.kinds import HELP_OFFER, KIND, KINDS
-from actors.core.kinds import RECOMMENDATIONS as RECOMMENDATIONS
 from actors.core.session import EventView, Session
 from actors.core.signals import DECLARED as DECLARED_SIGNALS
 from actors.core.signals import SIGNALS

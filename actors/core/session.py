@@ -32,7 +32,6 @@ import msgpack
 from actors.core.detectors import (
     DEFAULT_DETECTORS,
     RAGE_EXEMPT_TARGETS,
-    SIGNALS,
     DetectorConfig,
     decay,
     is_rage_step,
@@ -50,6 +49,7 @@ from actors.core.features import (
     page_type_of,
 )
 from actors.core.signals import DECLARED as DECLARED_SIGNALS
+from actors.core.signals import SIGNALS
 
 MAX_UNIQUE_PAGES = 64  # beyond this, n_unique_pages saturates (bounded memory)
 MAX_ERROR_FIELDS = 16

@@ -73,6 +73,9 @@ class Beacons:
 
     async def _receive(self, site: Site, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         conn = Connection(site.key, self.secret, self.limits)
+        # A beacon's rate is the session's and the site's (_allowed), kept here across
+        # beacons; the throwaway connection's own bucket must not refuse it again.
+        conn.bucket = TokenBucket(float("inf"), float("inf"), time.monotonic())
         peer = Peer(None, conn)
         token = body.get("token")
         if not isinstance(token, str):
@@ -109,8 +112,6 @@ class Beacons:
             welcome = conn.accept_hello(req, True, seq)
             if welcome["t"] != "welcome":
                 return 403, welcome
-            # The session's own bucket was taken above; the connection's must not refuse again.
-            conn.bucket = TokenBucket(float("inf"), float("inf"), time.monotonic())
             plan = conn.events(frame, int(time.time() * 1000))
             if isinstance(plan, dict):
                 return 400, plan

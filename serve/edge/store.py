@@ -115,7 +115,6 @@ class SessionInfo(NamedTuple):
     """A session's record in the store."""
 
     known: bool
-    site: str | None  # the site that created it
     seq: int  # highest durable seq
     consent: list[str]
 
@@ -157,12 +156,10 @@ class EventStore:
         self._session_script = r.register_script(SESSION_LUA)
 
     async def session_info(self, site: str, sid: str) -> SessionInfo:
-        """What the store holds of a session: whether it exists, its site, durable seq, consent."""
-        key = self.keys.session(site, sid)
-        site_b, seq, consent = await self.r.hmget(key, "site", "seq", "consent")
+        """What the store holds of ``site``'s session ``sid``: whether it exists, durable seq, consent."""
+        seq, consent = await self.r.hmget(self.keys.session(site, sid), "seq", "consent")
         return SessionInfo(
             seq is not None,
-            site_b.decode() if site_b is not None else None,
             int(seq) if seq is not None else 0,
             json.loads(consent) if consent is not None else [],
         )
