@@ -10,6 +10,9 @@ traffic through the very same session code the live path runs.
 * YOOCHOOSE (RecSys 2015 sample): clicks become ``page_view`` events; no
   purchase label (``converted`` is None), so it serves replay throughput,
   segments and load generation, not exit-risk training.
+* Taobao (Alibaba UserBehavior, a two-hour window): views, carts, favourites
+  and purchases per event, per user; sessions split at 30 minutes without
+  an event. The only real data here with carts and purchases.
 * UCI Online Shoppers: a session-level table (17 aggregate features and
   ``Revenue``), returned as a pandas DataFrame; it has no events.
 
@@ -225,6 +228,101 @@ def load_diginetica(
             )
         )
     sessions.sort(key=lambda x: (x.start_ms, x.extra["session_id"]))
+    return sessions[:limit_sessions] if limit_sessions is not None else sessions
+
+
+# -- Taobao -----------------------------------------------------------------------------------------
+TAOBAO_HEADER = ["user_id", "item_id", "category_id", "behavior", "ts"]
+TAOBAO_BEHAVIOURS = ("pv", "cart", "fav", "buy")
+SESSION_GAP_MS = 30 * 60_000  # a new session after 30 minutes without an event (the usual web rule)
+
+
+def _taobao_event(behavior: str, item: str, cat: str, prev: str) -> dict[str, Any]:
+    if behavior == "pv":
+        return {
+            "type": "page_view",
+            "path": f"{product_path(item)}&cat={cat}",
+            "page_type": "product",
+            "ref": prev,
+            "item": item,
+        }
+    if behavior == "cart":
+        return {"type": "add_to_cart", "item": item, "qty": 1}
+    if behavior == "fav":
+        return {"type": "custom", "name": "favourite", "props": {"item": item}}
+    return {"type": "purchase", "items": [item]}
+
+
+def load_taobao(
+    path: Path | None = None,
+    *,
+    limit_sessions: int | None = None,
+    gap_ms: int = SESSION_GAP_MS,
+) -> list[SessionEvents]:
+    """Taobao user behaviour as Lifeline sessions, with carts and purchases per event.
+
+    The data has users, not sessions: a user's events split into sessions
+    wherever ``gap_ms`` passes without one. ``pv`` becomes a ``page_view`` of
+    the product page (with its category), ``cart`` an ``add_to_cart``,
+    ``fav`` a ``custom`` event named ``favourite``, ``buy`` a ``purchase``.
+    Events of the same second keep the file's order; ``ts`` is in ms.
+
+    The file is a window of time (about two hours), so a session is cut off
+    at both ends of it. ``extra["observed_until_ms"]`` is the window's end:
+    a session whose last event is within ``gap_ms`` of it may have gone on,
+    and exit labels that need its end treat its last rows as unknown
+    (:func:`training.labels.exit_labels`). A session that began before the
+    window looks like a new one; nothing here can tell.
+    ``extra["user_id"]`` lets a split keep a user's sessions together.
+    """
+    path = path or default_data_dir() / "taobao" / "user-behavior.csv"
+    by_user: dict[str, list[tuple[int, int, str, str, str]]] = {}
+    for line, (user, item, cat, behavior, ts) in _rows(path, ",", TAOBAO_HEADER, "Taobao events"):
+        if behavior not in TAOBAO_BEHAVIOURS:
+            raise DataError(
+                path, f"expected behavior in {'/'.join(TAOBAO_BEHAVIOURS)}, got {behavior!r}", line
+            )
+        t = _int(path, line, "ts", ts) * 1000
+        by_user.setdefault(str(_int(path, line, "user_id", user)), []).append(
+            (
+                t,
+                line,
+                str(_int(path, line, "item_id", item)),
+                str(_int(path, line, "category_id", cat)),
+                behavior,
+            )
+        )
+    if not by_user:
+        raise DataError(path, "no events found; expected at least one data line", 2)
+    window_end = max(r[0] for rows in by_user.values() for r in rows)
+    sessions: list[SessionEvents] = []
+    for user, rows in by_user.items():
+        rows.sort()
+        runs: list[list[tuple[int, int, str, str, str]]] = []
+        for r in rows:
+            if not runs or r[0] - runs[-1][-1][0] > gap_ms:
+                runs.append([])
+            runs[-1].append(r)
+        for k, run in enumerate(runs):
+            events: list[dict[str, Any]] = []
+            prev = ""
+            for seq, (t, _line, item, cat, behavior) in enumerate(run, start=1):
+                ev = _taobao_event(behavior, item, cat, prev)
+                if ev["type"] == "page_view":
+                    prev = ev["path"]
+                events.append({**ev, "seq": seq, "ts": t})
+            converted = any(e["type"] == "purchase" for e in events)
+            sessions.append(
+                SessionEvents(
+                    f"tb-{user}-{k}",
+                    events,
+                    converted,
+                    "taobao",
+                    run[0][0],
+                    {"user_id": user, "observed_until_ms": window_end},
+                )
+            )
+    sessions.sort(key=lambda x: (x.start_ms, x.sid))
     return sessions[:limit_sessions] if limit_sessions is not None else sessions
 
 
