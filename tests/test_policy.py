@@ -42,7 +42,7 @@ def test_no_intervention_below_both_thresholds():
         decide(
             session(),
             view(**signals("rage_click", "dead_click", "form_struggle")),
-            0.74,
+            NO_HOLDOUT.risk_threshold - 0.01,
             NO_HOLDOUT,
         )
         is None

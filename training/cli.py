@@ -21,11 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from actors.core.detectors import DetectorConfig
+from actors.core.policy import PolicyConfig
 from cluster.config import PACKAGE_ROOT, Settings
+from training.labels import DEFAULT_HORIZON_S, EXIT_SOON, LABELS
 
 log = logging.getLogger("lifeline.training")
 
-SOURCES = ("sim", "diginetica", "yoochoose", "jsonl", "redis")
+SOURCES = ("mix", "sim", "taobao", "diginetica", "yoochoose", "jsonl", "redis")
 DEFAULT_REPORTS = PACKAGE_ROOT / "reports"
 
 
@@ -85,7 +88,9 @@ def _add_source_options(p: argparse.ArgumentParser, default: str = "sim") -> Non
         "--source",
         choices=SOURCES,
         default=default,
-        help="where sessions come from: sim = the journey simulator; diginetica = the real "
+        help="where sessions come from: mix = Taobao + Diginetica + the simulator (what the "
+        "shipped model learns from); sim = the journey simulator; taobao = the real Taobao "
+        "events (views, carts, favourites, purchases); diginetica = the real "
         "Diginetica views labelled by its purchases file; yoochoose = YOOCHOOSE clicks "
         "(no purchase label: export only); jsonl = a file written by `lifeline export` (--file); "
         f"redis = the live event log (default: {default})",
@@ -141,6 +146,28 @@ def load_sessions(args: argparse.Namespace) -> tuple[list, dict[str, Any]]:
         d = (args.data_dir / "diginetica") if args.data_dir else None
         sessions = loaders.load_diginetica(d)
         desc.update(files=["diginetica/train-item-views.csv", "diginetica/train-purchases.csv"])
+    elif src == "taobao":
+        f = (args.data_dir / "taobao" / "user-behavior.csv") if args.data_dir else None
+        sessions = loaders.load_taobao(f)
+        desc.update(files=["taobao/user-behavior.csv"])
+    elif src == "mix":
+        from training.simulator import simulate
+
+        root = args.data_dir
+        sessions = (
+            loaders.load_taobao(root / "taobao" / "user-behavior.csv" if root else None)
+            + loaders.load_diginetica(root / "diginetica" if root else None)
+            + from_journeys(simulate(args.journeys, seed=args.seed))
+        )
+        desc.update(
+            files=[
+                "taobao/user-behavior.csv",
+                "diginetica/train-item-views.csv",
+                "diginetica/train-purchases.csv",
+            ],
+            journeys=args.journeys,
+            seed=args.seed,
+        )
     elif src == "yoochoose":
         f = (args.data_dir / "yoochoose" / "clicks-train.tsv") if args.data_dir else None
         sessions = loaders.load_yoochoose(f)
@@ -163,6 +190,11 @@ def load_sessions(args: argparse.Namespace) -> tuple[list, dict[str, Any]]:
     if not sessions:
         raise UserError(f"--source {src} gave no sessions")
     desc["sessions"] = len(sessions)
+    by_source: dict[str, int] = {}
+    for s in sessions:
+        by_source[s.source] = by_source.get(s.source, 0) + 1
+    if len(by_source) > 1:
+        desc["sessions_by_source"] = by_source
     desc["events"] = sum(len(s.events) for s in sessions)
     converted = [s.converted for s in sessions if s.converted is not None]
     if converted:
@@ -227,7 +259,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_boost_round=args.rounds,
         early_stopping_rounds=args.early_stopping,
         seed=args.seed,
-        balance_classes=not args.no_balance,
+        balance_classes=False,
     )
     t0 = time.monotonic()
     run = train_and_evaluate(
@@ -237,6 +269,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         params=params,
         test_frac=args.test_frac,
         progress=True,
+        label=args.label,
+        horizon_s=args.horizon,
     )
     print(f"trained in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     meta = run.meta()
@@ -297,11 +331,18 @@ def _add_train(sub: Any) -> None:
         help="stop after this many rounds without validation gain (default: %(default)s)",
     )
     g.add_argument(
-        "--no-balance",
-        action="store_true",
-        help="do not re-weight the classes (by default they are balanced, and the model outputs the "
-        "class-balanced score the policy thresholds; the calibrated probability is recoverable from "
-        "the base rate in its metadata)",
+        "--label",
+        choices=LABELS,
+        default=EXIT_SOON,
+        help="what the model predicts: exit_soon = the visitor leaves within --horizon seconds "
+        "without converting; no_purchase = the session ends without a purchase "
+        "(default: %(default)s)",
+    )
+    g.add_argument(
+        "--horizon",
+        type=float,
+        default=DEFAULT_HORIZON_S,
+        help="seconds for --label exit_soon (default: %(default)s)",
     )
     g.add_argument(
         "--test-frac",
@@ -334,30 +375,30 @@ def _add_train(sub: Any) -> None:
 
 
 # -- evaluate ---------------------------------------------------------------------------------------
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import write_report
-    from training.train import evaluate_booster, load_booster
-
-    if args.version == "bundled":
+def _stored_model(args: argparse.Namespace, ref: str) -> tuple[bytes, dict[str, Any], str]:
+    """A model's bytes, metadata and version: ``bundled``, ``live`` or a registry version."""
+    if ref == "bundled":
         from actors.model.scoring import BUNDLED_META, BUNDLED_MODEL
 
         if not BUNDLED_MODEL.is_file():
             raise UserError(
                 f"{BUNDLED_MODEL} does not exist; build it with `lifeline train --bundle actors/model/bundled`"
             )
-        raw, meta, version = (
-            BUNDLED_MODEL.read_bytes(),
-            json.loads(BUNDLED_META.read_text()),
-            "bundled",
-        )
-    else:
-        reg = _registry(args)
-        version = reg.live() if args.version == "live" else reg.resolve(args.version)
-        if version is None:
-            raise UserError(
-                "no model is live; name a version (lifeline models) or use --version bundled"
-            )
-        raw, meta = reg.load(version)
+        meta = json.loads(BUNDLED_META.read_text())
+        return BUNDLED_MODEL.read_bytes(), meta, "bundled"
+    reg = _registry(args)
+    version = reg.live() if ref == "live" else reg.resolve(ref)
+    if version is None:
+        raise UserError("no model is live; name a version (lifeline models) or use bundled")
+    raw, meta = reg.load(version)
+    return raw, meta, version
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import write_report
+    from training.train import evaluate_booster, load_booster
+
+    raw, meta, version = _stored_model(args, args.version)
     sessions, desc = load_sessions(args)
     df = build_rows(args, sessions)
     name = args.name or f"{version}-on-{desc['source']}"
@@ -398,6 +439,79 @@ def _add_evaluate(sub: Any) -> None:
     )
     _add_redis_options(p)
     p.set_defaults(func=_guarded(cmd_evaluate))
+
+
+# -- replay -----------------------------------------------------------------------------------------
+def cmd_replay(args: argparse.Namespace) -> int:
+    from actors.core.sites import load_sites
+    from actors.model.scoring import Scorer
+    from training.replay import replay, write
+    from training.replay_io import read_events_jsonl
+
+    raw, meta, version = _stored_model(args, args.model)
+    scorer = Scorer.from_bytes(raw, meta, version)
+    sites = load_sites(args.sites or Settings().sites_file)
+    site = sites.get(args.site)
+    if site is None:
+        print(
+            f"site {args.site!r} is not in the sites file: replaying with the default rules",
+            file=sys.stderr,
+        )
+        policy, detectors = PolicyConfig(), DetectorConfig()
+    else:
+        policy, detectors = site.policy, site.detectors
+    t0 = time.monotonic()
+    sessions = read_events_jsonl(args.events)
+    n_events = sum(len(x.events) for x in sessions)
+    print(
+        f"read {len(sessions)} sessions, {n_events} events in {time.monotonic() - t0:.1f}s",
+        file=sys.stderr,
+    )
+    t0 = time.monotonic()
+    result = replay(sessions, scorer, site=args.site, policy=policy, detectors=detectors)
+    summary = write(result, args.out)
+    print(f"replayed with model {version} in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    print(
+        f"{summary['sessions_offered_help']} of {summary['sessions']} sessions offered help "
+        f"({100 * (summary['offered_share'] or 0):.1f} %, budget {100 * policy.budget:g} %)"
+    )
+    for name, part in summary["by_outcome"].items():
+        print(
+            f"  {name}: {part['offered_help']} of {part['sessions']} "
+            f"({100 * (part['offered_share'] or 0):.1f} %)"
+        )
+    print(f"wrote {Path(args.out) / 'events.csv'} and {Path(args.out) / 'summary.json'}")
+    return 0
+
+
+def _add_replay(sub: Any) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="run recorded events through the shards' code offline: whom would Lifeline help",
+        description='Replay recorded sessions (JSON lines {"sid": ..., "event": {...}}, '
+        "as `lifeline import` writes) through exactly the code the shards run: session, "
+        "features, scorer, policy and budget, in the events' own time order. Writes "
+        "OUT/events.csv (sid,seq,type,risk,decision,holdout,reasons) and OUT/summary.json.",
+    )
+    p.add_argument("--events", type=Path, required=True, help="the JSON-lines events file")
+    p.add_argument(
+        "--site",
+        default="default",
+        help="site key whose rules apply (from the sites file; default rules if absent)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--model",
+        default="bundled",
+        help="bundled (default), live, or a registry version (v3, latest, ...)",
+    )
+    p.add_argument(
+        "--sites",
+        default=None,
+        help="sites file (default: $LIFELINE_SITES, else cluster/sites.toml)",
+    )
+    _add_redis_options(p)
+    p.set_defaults(func=_guarded(cmd_replay))
 
 
 # -- models / promote -------------------------------------------------------------------------------
@@ -561,8 +675,16 @@ def _add_paper(sub: Any) -> None:
 
 # -- wiring -----------------------------------------------------------------------------------------
 def add_commands(subparsers: Any) -> None:
-    """Register train, evaluate, models, promote, export and paper on the main CLI."""
-    for add in (_add_train, _add_evaluate, _add_models, _add_promote, _add_export, _add_paper):
+    """Register train, evaluate, replay, models, promote, export and paper on the main CLI."""
+    for add in (
+        _add_train,
+        _add_evaluate,
+        _add_replay,
+        _add_models,
+        _add_promote,
+        _add_export,
+        _add_paper,
+    ):
         add(subparsers)
 
 

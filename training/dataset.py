@@ -9,8 +9,15 @@ Columns of a rows frame:
 * ``sid``, ``seq``, ``ts_ms`` (event time, epoch ms; used for time-ordered splits),
   ``start_ms`` (the session's first event time)
 * ``prefix_len`` (events seen so far, 1..n) and ``prefix_ms`` (ms since the session's first event)
-* ``label``: 1 if the session ended without a conversion (the exit-risk label),
-  0 if it converted, -1 if the source has no purchase label (YOOCHOOSE)
+* ``label``: 1 if the session ended without a conversion, 0 if it converted,
+  -1 if the source has no purchase label (YOOCHOOSE). This is the session's
+  outcome; the model's training label is derived from it and the timing
+  columns below by :mod:`training.labels`, which overwrites ``label``.
+* ``source`` (the data set), ``group`` (rows that must stay in one part of a
+  split: the user where the data has users, else the session)
+* ``end_ms`` (the session's last event time) and ``observed_ms`` (until when
+  the absence of further events is known: the recording window's end, or
+  ``OBSERVED_FOREVER`` for data cut into whole sessions)
 * one float column per name in ``actors.core.features.FEATURE_NAMES``, in that order
 
 Rows from the purchase event on are left out by default: once a session has
@@ -52,8 +59,23 @@ META_COLUMNS: tuple[str, ...] = (
     "prefix_len",
     "prefix_ms",
     "label",
+    "source",
+    "group",
+    "end_ms",
+    "observed_ms",
 )
 UNLABELLED = -1
+OBSERVED_FOREVER = 2**62  # a session known to be whole: nothing follows its last event
+_INT_COLUMNS = (
+    "seq",
+    "ts_ms",
+    "start_ms",
+    "prefix_len",
+    "prefix_ms",
+    "label",
+    "end_ms",
+    "observed_ms",
+)
 
 
 def normalise(raw_events: Sequence[dict[str, Any]], where: str = "") -> list[dict[str, Any]]:
@@ -86,7 +108,12 @@ def from_journeys(journeys: Iterable[Any]) -> list[SessionEvents]:
         events = normalise(j.events, f"journey {j.sid}")
         out.append(
             SessionEvents(
-                j.sid, events, j.converted, "simulator", j.start_ms, {"archetype": j.archetype}
+                j.sid,
+                events,
+                j.converted,
+                "simulator",
+                j.start_ms,
+                {"archetype": j.archetype, "struggling": j.struggling},
             )
         )
     return out
@@ -114,6 +141,9 @@ def session_rows(
     cols: dict[str, list] = {c: [] for c in META_COLUMNS}
     feats: list[list[float]] = []
     start = s.events[0]["ts"] if s.events else 0
+    end = s.events[-1]["ts"] if s.events else 0
+    group = str(s.extra.get("user_id", s.sid))
+    observed = int(s.extra.get("observed_until_ms", OBSERVED_FOREVER))
     for n, ev in enumerate(s.events, start=1):
         if ev["type"] == "purchase" and not include_after_purchase:
             break  # the rest of the session is post-conversion
@@ -125,6 +155,10 @@ def session_rows(
         cols["prefix_len"].append(n)
         cols["prefix_ms"].append(ev["ts"] - start)
         cols["label"].append(label)
+        cols["source"].append(s.source)
+        cols["group"].append(group)
+        cols["end_ms"].append(end)
+        cols["observed_ms"].append(observed)
     cols["_features"] = feats
     return cols
 
@@ -133,7 +167,7 @@ def _frame(parts: list[dict[str, list]]) -> pd.DataFrame:
     feats = [row for p in parts for row in p["_features"]]
     X = np.asarray(feats, dtype=np.float64).reshape(len(feats), len(FEATURE_NAMES))
     df = pd.DataFrame({c: [v for p in parts for v in p[c]] for c in META_COLUMNS})
-    for c in ("seq", "ts_ms", "start_ms", "prefix_len", "prefix_ms", "label"):
+    for c in _INT_COLUMNS:
         df[c] = df[c].astype(np.int64)
     feat_df = pd.DataFrame(X, columns=list(FEATURE_NAMES))
     return pd.concat([df, feat_df], axis=1)
@@ -169,6 +203,8 @@ def _to_item(s: SessionEvents) -> dict[str, Any]:
         "source": s.source,
         "start_ms": s.start_ms,
         "site": str(s.extra.get("site", "default")),
+        "user_id": str(s.extra.get("user_id", s.sid)),
+        "observed": int(s.extra.get("observed_until_ms", OBSERVED_FOREVER)),
     }
 
 
@@ -178,20 +214,29 @@ def _replay_batch(
     detectors: dict[str, DetectorConfig] | None,
 ) -> dict[str, np.ndarray]:
     parts = []
-    for sid, blob, conv, src, start, site in zip(
+    for sid, blob, conv, src, start, site, user, observed in zip(
         batch["sid"],
         batch["events"],
         batch["converted"],
         batch["source"],
         batch["start_ms"],
         batch["site"],
+        batch["user_id"],
+        batch["observed"],
         strict=True,
     ):
         events = msgpack.unpackb(blob, raw=False)
         c = None if int(conv) < 0 else bool(conv)
         parts.append(
             session_rows(
-                SessionEvents(str(sid), events, c, str(src), int(start), {"site": str(site)}),
+                SessionEvents(
+                    str(sid),
+                    events,
+                    c,
+                    str(src),
+                    int(start),
+                    {"site": str(site), "user_id": str(user), "observed_until_ms": int(observed)},
+                ),
                 include_after_purchase=include_after_purchase,
                 detectors=detectors,
             )
@@ -230,7 +275,7 @@ def rows_frame_ray(
     order = {s.sid: i for i, s in enumerate(sessions)}
     df["_o"] = df["sid"].map(order)
     df = df.sort_values(["_o", "seq"], kind="stable").drop(columns="_o").reset_index(drop=True)
-    for c in ("seq", "ts_ms", "start_ms", "prefix_len", "prefix_ms", "label"):
+    for c in _INT_COLUMNS:
         df[c] = df[c].astype(np.int64)
     return df
 

@@ -28,6 +28,7 @@ import pandas as pd
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
+from training.labels import describe
 from training.train import (
     CALIBRATION_FORMULA,
     MODELS,
@@ -145,6 +146,9 @@ def _plots(run: RunResult, out: Path, title: str) -> list[str]:
     ax.legend(fontsize=8)
     save(fig, "auc_by_events.png")
 
+    if run.by_source:
+        save(_reliability_figure(run, plt), "reliability_by_source.png")
+
     imp = feature_importance(run, 15)
     fig, ax = plt.subplots(figsize=(5.2, 4.2))
     if imp:
@@ -155,6 +159,47 @@ def _plots(run: RunResult, out: Path, title: str) -> list[str]:
     ax.tick_params(axis="y", labelsize=7)
     save(fig, "importance.png")
     return files
+
+
+def _reliability_figure(run: RunResult, plt: Any) -> Any:
+    """One reliability diagram per source: observed exit rate against predicted, with row counts."""
+    sources = list(run.by_source)
+    fig, axes = plt.subplots(1, len(sources), figsize=(3.4 * len(sources), 3.4), squeeze=False)
+    test = run.split.test
+    for ax, src in zip(axes[0], sources, strict=True):
+        m = (test["source"] == src).to_numpy()
+        y = test["label"].to_numpy()[m]
+        for k in ("xgboost", "logreg"):
+            p = run.calibrated(k)[m]
+            bins = np.minimum((p * 10).astype(int), 9)
+            xs, ys, ns = [], [], []
+            for b in np.unique(bins):
+                sel = bins == b
+                xs.append(p[sel].mean())
+                ys.append(y[sel].mean())
+                ns.append(int(sel.sum()))
+            ece = run.by_source[src][k]["ece"]
+            ax.plot(xs, ys, "o-", ms=3, color=_COLORS[k], label=f"{_LABELS[k]} (ECE {ece:.3f})")
+            if k == "xgboost":
+                for x, yy, n in zip(xs, ys, ns, strict=True):
+                    ax.annotate(
+                        str(n),
+                        (x, yy),
+                        fontsize=6,
+                        color="#555",
+                        xytext=(2, -8),
+                        textcoords="offset points",
+                    )
+        ax.plot([0, 1], [0, 1], ":", color="#aaa")
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1),
+            xlabel="predicted exit probability",
+            ylabel="observed exit rate",
+            title=f"{src} ({int(m.sum())} test rows)",
+        )
+        ax.legend(loc="upper left", fontsize=7)
+    return fig
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -199,9 +244,10 @@ def write_report(
     files = _plots(run, out, title)
     split = run.split.describe()
     meta = run.meta()
-    lines = _report_intro(title, command, version)
+    lines = _report_intro(title, command, version, run.label, run.horizon_s)
     lines += _report_data(run, split)
     lines += _report_metrics(run)
+    lines += _report_by_source(run)
     lines += _report_by_prefix(run)
     lines += _report_model(run, meta)
     if segments:
@@ -215,15 +261,19 @@ def write_report(
     return path
 
 
-def _report_intro(title: str, command: str, version: str | None) -> list[str]:
+def _report_intro(
+    title: str, command: str, version: str | None, label: str, horizon_s: float
+) -> list[str]:
     """The report's title, what its label means, and how it was made."""
     lines = [
         f"# Exit-risk evaluation: {title}",
         "",
-        "Label: 1 = the session ended without a purchase (exit). One row per event, "
+        f"Label: {describe(label, horizon_s)}. One row per event, "
         "computed by `actors.core.session.Session.apply` on the recorded events; rows from "
-        "a session's purchase on are excluded. Sessions are split by start time "
-        "(oldest train, then validation for early stopping, newest test).",
+        "a session's purchase on are excluded, and so are rows whose label the recording "
+        "cannot tell (a session cut off by the end of the data). Each source is split on its "
+        "own: by user where the data has users (test users are new to the model), else by "
+        "session start time (oldest train, then validation for early stopping, newest test).",
         "",
     ]
     if command:
@@ -267,8 +317,9 @@ def _score_text(run: RunResult) -> str:
         )
     else:
         score_text = (
-            "Scores: calibrated probabilities (no class re-weighting, or a model from before the "
-            "class-balanced score); every metric uses them as they are."
+            "Scores: calibrated probabilities of the label (no class re-weighting); every metric "
+            f"uses them as they are, and F1, precision and recall are at the policy's default "
+            f"risk floor, {POLICY_THRESHOLD:g}."
         )
     return score_text
 
@@ -288,6 +339,39 @@ def _report_metrics(run: RunResult) -> list[str]:
         "other way round and starts at one minus the base rate. F1, precision and recall are of the "
         "exit class; the ROC AUC interval is a 95% bootstrap over test sessions.",
     ]
+
+
+def _ci(m: dict[str, Any], key: str) -> str:
+    low, high = m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
+    return f" ({_fmt(low)}-{_fmt(high)})" if low is not None else ""
+
+
+def _report_by_source(run: RunResult) -> list[str]:
+    """Each source's held-back rows on their own: discrimination and calibration."""
+    if not run.by_source:
+        return []
+    lines = [
+        "",
+        "## By source (each source's held-back rows on their own)",
+        "",
+        "| source | rows | exit rate | model | ROC AUC (95% CI) | ECE (95% CI) | Brier |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for src, models in run.by_source.items():
+        for k in MODELS:
+            m = models[k]
+            lines.append(
+                f"| {src} | {m['rows']} | {_fmt(m['base_rate'])} | {_LABELS[k]} "
+                f"| {_fmt(m['roc_auc'])}{_ci(m, 'roc_auc')} | {_fmt(m['ece'])}{_ci(m, 'ece')} "
+                f"| {_fmt(m['brier'])} |"
+            )
+    lines += [
+        "",
+        "ECE: expected calibration error, the row-weighted gap between predicted and observed "
+        "exit rate over 10 equal-width bins; intervals are 95% bootstraps over test sessions "
+        "(the ECE's is biased upwards: resampling adds noise to every bin).",
+    ]
+    return lines
 
 
 def _report_by_prefix(run: RunResult) -> list[str]:
@@ -363,7 +447,9 @@ def _write_metrics_json(
                 "score": meta["score"],
                 "base_rate": meta["base_rate"],
                 "calibration": meta.get("calibration"),
+                "label": meta["label"],
                 "metrics": meta["metrics"],
+                "metrics_by_source": meta["metrics_by_source"],
                 "split": split,
                 "data": run.data,
             },

@@ -13,21 +13,17 @@ Decisions, and why:
 * Split by time, by session: sessions are ordered by start time; the last
   ``test_frac`` are the test set, the ``valid_frac`` before them drive early
   stopping. No session is in two parts, and the model never sees the future.
-* The score is a class-balanced exit risk. The classes are re-weighted to
-  equal total weight (``scale_pos_weight`` = negatives / positives) and the
-  shift this puts on the log-odds is deliberately *kept*: the model's output
-  is ``sigmoid(logit(p) - logit(base_rate))``, where ``p`` is the calibrated
-  probability and ``base_rate`` the share of exit rows in training. 0.5 means
-  the exit odds of an average training row; the policy's 0.75 means three
-  times those odds, whatever the site's base exit rate (with most sessions ending without
-  a purchase, a calibrated probability sits near the base rate for everyone,
-  and a fixed 0.75 on it would fire for calm visitors). The metadata records
-  ``"score": "balanced"`` and ``base_rate``; :func:`calibrated` recovers
-  ``p = sigmoid(logit(score) + logit(base_rate))``. F1 / precision / recall at
-  the threshold are measured on the score (what the policy thresholds); the
-  Brier score and the calibration plot on the recovered probability; ROC and
-  PR AUC are the same on either. Both baselines are trained class-balanced
-  (``class_weight="balanced"``) and measured the same way.
+* The score is a calibrated probability of the label (``training.labels``:
+  by default, the visitor leaves within ten minutes without converting).
+  Nothing is re-weighted by class, so the booster's output is that
+  probability and the policy's thresholds are in its unit. Sources are
+  weighted by the square root of their size (``source_weights``): the
+  simulator makes as many rows as asked, and should not outvote real behaviour. Models from
+  before (``"score": "balanced"``) are still read: :func:`calibrated`
+  recovers their probability.
+* Split per source: where the data has users (Taobao), by a hash of the user,
+  so the test users are new to the model, as a new site's visitors are;
+  elsewhere by session start time. The parts of all sources are put together.
 * Rows: one per event before the purchase (see ``training.dataset``), the
   label is 1 when the session ends without a conversion.
 
@@ -40,6 +36,7 @@ the test set.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -59,9 +56,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from actors.core.features import FEATURE_NAMES, FEATURE_SCHEMA_HASH
+from actors.core.policy import DEFAULT_POLICY
+from training.labels import DEFAULT_HORIZON_S, EXIT_SOON, NO_PURCHASE, apply_label, describe
 from training.progress import Progress
 
-POLICY_THRESHOLD = 0.75  # the intervention policy acts above this exit risk
+POLICY_THRESHOLD = DEFAULT_POLICY.risk_threshold  # the policy's default floor on the exit risk
 SCORE_BALANCED = "balanced"  # output = class-balanced exit risk (see the module docstring)
 SCORE_CALIBRATED = "calibrated"  # output = calibrated probability (no re-weighting)
 CALIBRATION_FORMULA = "p = sigmoid(logit(score) + logit(base_rate))"
@@ -83,7 +82,8 @@ class XGBParams:
     reg_lambda: float = 1.0
     nthread: int = 2
     seed: int = 0
-    balance_classes: bool = True
+    balance_classes: bool = False  # True: class-balanced score (older models); False: calibrated
+    source_weights: bool = True  # each data source gets the same total weight
 
     def booster_params(self) -> dict[str, Any]:
         return {
@@ -153,6 +153,85 @@ def time_split(df: pd.DataFrame, test_frac: float = 0.2, valid_frac: float = 0.1
         int(starts["start_ms"].iloc[n - n_test]),
         int(starts["start_ms"].iloc[n - n_test - n_valid]),
     )
+
+
+def _user_part(groups: pd.Series, test_frac: float, valid_frac: float) -> np.ndarray:
+    """0 / 1 / 2 (train / validation / test) by a stable hash of each row's group (user)."""
+    h = groups.map(lambda g: zlib.crc32(f"split:{g}".encode()) % 10_000 / 10_000).to_numpy()
+    return np.where(h < 1 - test_frac - valid_frac, 0, np.where(h < 1 - test_frac, 1, 2))
+
+
+def source_split(df: pd.DataFrame, test_frac: float = 0.2, valid_frac: float = 0.15) -> Split:
+    """Split each source on its own and put the parts together.
+
+    A source with users (rows whose ``group`` is not their session) is split
+    by user, so no user is in two parts and the test users are new; any
+    other by session start time (:func:`time_split`). The returned times
+    are those of the last time-split source (0 when none).
+    """
+    if "source" not in df or df["source"].nunique() <= 1 and (df["group"] == df["sid"]).all():
+        return time_split(df, test_frac, valid_frac)
+    parts: list[list[pd.DataFrame]] = [[], [], []]
+    test_from = valid_from = 0
+    for _src, rows in df.groupby("source", sort=True):
+        if (rows["group"] != rows["sid"]).any():
+            part = _user_part(rows["group"], test_frac, valid_frac)
+            for i in range(3):
+                parts[i].append(rows[part == i])
+        else:
+            sp = time_split(rows, test_frac, valid_frac)
+            for i, d in enumerate((sp.train, sp.valid, sp.test)):
+                parts[i].append(d)
+            test_from, valid_from = sp.test_from_ms, sp.valid_from_ms
+    train, valid, test = (pd.concat(p, ignore_index=True) for p in parts)
+    return Split(train, valid, test, test_from, valid_from)
+
+
+def source_weight(df: pd.DataFrame) -> np.ndarray:
+    """Row weights that move each source halfway (geometrically) to an equal share (mean 1).
+
+    A source's total weight goes with the square root of its rows: the
+    simulator, which makes as many rows as asked, does not outvote real
+    behaviour, and the smallest real sample (Diginetica, ~10,000 rows) is
+    not blown up to a third of the model's attention either.
+    """
+    if "source" not in df or len(df) == 0:
+        return np.ones(len(df))
+    counts = df["source"].map(df["source"].value_counts()).to_numpy(dtype=np.float64)
+    w = 1.0 / np.sqrt(counts)
+    return w * (len(w) / w.sum())
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """ECE: the row-weighted mean gap between mean score and exit rate over 10 equal-width bins."""
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    if len(y) == 0:
+        return math.nan
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in np.unique(idx):
+        m = idx == b
+        total += m.sum() * abs(y[m].mean() - p[m].mean())
+    return float(total / len(y))
+
+
+def bootstrap_ece_ci(
+    df: pd.DataFrame, p: np.ndarray, n_boot: int = 200, seed: int = 0
+) -> tuple[float, float]:
+    """95% interval of the ECE, resampling whole sessions."""
+    rng = np.random.default_rng(seed)
+    codes, uniques = pd.factorize(df["sid"])
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
+    y = df["label"].to_numpy()
+    eces = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(uniques), len(uniques))
+        idx = np.concatenate([order[bounds[i] : bounds[i + 1]] for i in pick])
+        eces.append(expected_calibration_error(y[idx], p[idx]))
+    lo, hi = np.percentile(eces, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def _x(df: pd.DataFrame) -> np.ndarray:
@@ -242,6 +321,8 @@ def fit_xgb(
     spw = _balance(ytr) if params.balance_classes else 1.0
     wtr = np.where(ytr == 1, spw, 1.0)
     wva = np.where(yva == 1, spw, 1.0)
+    if params.source_weights:
+        wtr, wva = wtr * source_weight(train), wva * source_weight(valid)
     dtrain = xgb.DMatrix(_x(train), label=ytr, weight=wtr, feature_names=FEATURES)
     dvalid = xgb.DMatrix(_x(valid), label=yva, weight=wva, feature_names=FEATURES)
     history: dict[str, dict[str, list[float]]] = {}
@@ -281,8 +362,10 @@ def _log1p_pos(X: np.ndarray) -> np.ndarray:
     return np.log1p(np.clip(X, 0.0, None))
 
 
-def fit_logreg(train: pd.DataFrame, balance_classes: bool = True) -> Any:
-    """Logistic regression on the same features, class-balanced like the booster."""
+def fit_logreg(
+    train: pd.DataFrame, balance_classes: bool = False, source_weights: bool = True
+) -> Any:
+    """Logistic regression on the same features, weighted like the booster."""
     y = train["label"].to_numpy()
     _balance(y)  # both classes present
     model = make_pipeline(
@@ -292,14 +375,21 @@ def fit_logreg(train: pd.DataFrame, balance_classes: bool = True) -> Any:
             C=1.0, max_iter=2000, class_weight="balanced" if balance_classes else None
         ),
     )
-    model.fit(_x(train), y)
+    w = source_weight(train) if source_weights else None
+    model.fit(_x(train), y, logisticregression__sample_weight=w)
     return model
 
 
-def fit_events_so_far(train: pd.DataFrame, balance_classes: bool = True) -> LogisticRegression:
+def fit_events_so_far(
+    train: pd.DataFrame, balance_classes: bool = False, source_weights: bool = True
+) -> LogisticRegression:
     """The simplest credible baseline: exit risk from the number of events seen so far."""
     model = LogisticRegression(max_iter=1000, class_weight="balanced" if balance_classes else None)
-    model.fit(np.log1p(train[["prefix_len"]].to_numpy(dtype=np.float64)), train["label"].to_numpy())
+    model.fit(
+        np.log1p(train[["prefix_len"]].to_numpy(dtype=np.float64)),
+        train["label"].to_numpy(),
+        sample_weight=source_weight(train) if source_weights else None,
+    )
     return model
 
 
@@ -334,6 +424,7 @@ def metrics(
         "precision_at_threshold": float(precision_score(y, pred, zero_division=0)),
         "recall_at_threshold": float(recall_score(y, pred, zero_division=0)),
         "brier": float(brier_score_loss(y, pc)),
+        "ece": expected_calibration_error(y, pc),
         "threshold": threshold,
         "base_rate": float(y.mean()) if len(y) else float("nan"),
         "rows": int(len(y)),
@@ -381,6 +472,10 @@ class RunResult:
     data: dict[str, Any]
     base_rates: dict[str, float] = field(default_factory=dict)  # model -> training exit share
     score: str = SCORE_BALANCED
+    # source -> model -> metrics on that source's test rows (the same as ``metrics`` for one source)
+    by_source: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    label: str = EXIT_SOON
+    horizon_s: float = DEFAULT_HORIZON_S
 
     def calibrated(self, model: str) -> np.ndarray:
         """The test-set calibrated probabilities of ``model`` (recovered from its scores)."""
@@ -392,11 +487,17 @@ class RunResult:
             "feature_schema": FEATURE_SCHEMA_HASH,
             "feature_names": FEATURES,
             "kind": "exit_risk",
-            "label": "1 = session ended without a purchase",
+            "label": describe(self.label, self.horizon_s),
+            "label_definition": self.label,
+            "horizon_s": self.horizon_s,
             "threshold": POLICY_THRESHOLD,
             "score": self.xgb_model.score,
             "base_rate": round(self.xgb_model.base_rate, 6),
             "metrics": {k: {m: _round(v) for m, v in d.items()} for k, d in self.metrics.items()},
+            "metrics_by_source": {
+                src: {k: {m: _round(v) for m, v in d.items()} for k, d in models.items()}
+                for src, models in self.by_source.items()
+            },
             "params": asdict(self.params),
             "best_iteration": self.xgb_model.best_iteration,
             "scale_pos_weight": round(self.xgb_model.scale_pos_weight, 6),
@@ -431,15 +532,40 @@ def _measure(
         m["train_base_rate"] = float(base_rates[k])
         if bootstrap:
             m["roc_auc_ci_low"], m["roc_auc_ci_high"] = bootstrap_auc_ci(test, p, bootstrap)
+            m["ece_ci_low"], m["ece_ci_high"] = bootstrap_ece_ci(
+                test, calibrated(p, base_rates[k], score), bootstrap
+            )
         results[k] = m
     return results
 
 
-def _baselines(split: Split, balance: bool) -> tuple[Any, LogisticRegression, float]:
+def _measure_by_source(
+    test: pd.DataFrame,
+    preds: dict[str, np.ndarray],
+    base_rates: dict[str, float],
+    score: str,
+    bootstrap: int,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """:func:`_measure` on each source's test rows on their own."""
+    if "source" not in test:
+        return {}
+    out = {}
+    for src in sorted(test["source"].unique()):
+        m = (test["source"] == src).to_numpy()
+        rows = test[m].reset_index(drop=True)
+        out[str(src)] = _measure(
+            rows, {k: p[m] for k, p in preds.items()}, base_rates, score, bootstrap
+        )
+    return out
+
+
+def _baselines(
+    split: Split, balance: bool, source_weights: bool = True
+) -> tuple[Any, LogisticRegression, float]:
     # The baselines have no early stopping, so they may learn from validation rows too.
     base_train = pd.concat([split.train, split.valid], ignore_index=True)
-    lr = fit_logreg(base_train, balance)
-    ev = fit_events_so_far(base_train, balance)
+    lr = fit_logreg(base_train, balance, source_weights)
+    ev = fit_events_so_far(base_train, balance, source_weights)
     return lr, ev, float(base_train["label"].mean())
 
 
@@ -453,12 +579,20 @@ def train_and_evaluate(
     valid_frac: float = 0.15,
     bootstrap: int = 200,
     progress: bool = False,
+    label: str = EXIT_SOON,
+    horizon_s: float = DEFAULT_HORIZON_S,
 ) -> RunResult:
-    """Split by time, fit the booster and both baselines, and measure all three on the test rows."""
+    """Label, split per source, fit the booster and both baselines, measure all three on the test rows.
+
+    ``df`` is a rows frame as :mod:`training.dataset` builds it (``label`` =
+    the session outcome); ``label`` and ``horizon_s`` choose what the model
+    predicts (:mod:`training.labels`).
+    """
     params = params or XGBParams()
-    split = time_split(df, test_frac, valid_frac)
+    df = apply_label(df, label, horizon_s)
+    split = source_split(df, test_frac, valid_frac)
     model = fit_xgb(split.train, split.valid, params, progress=progress)
-    lr, ev, base_rate = _baselines(split, params.balance_classes)
+    lr, ev, base_rate = _baselines(split, params.balance_classes, params.source_weights)
     Xte = _x(split.test)
     preds = {
         "xgboost": model.predict(Xte),
@@ -467,8 +601,22 @@ def train_and_evaluate(
     }
     rates = {"xgboost": model.base_rate, "logreg": base_rate, "events_so_far": base_rate}
     results = _measure(split.test, preds, rates, model.score, bootstrap)
+    by_source = _measure_by_source(split.test, preds, rates, model.score, bootstrap)
     return RunResult(
-        name, split, model, lr, ev, preds, results, params, dict(data or {}), rates, model.score
+        name,
+        split,
+        model,
+        lr,
+        ev,
+        preds,
+        results,
+        params,
+        dict(data or {}),
+        rates,
+        model.score,
+        by_source,
+        label,
+        horizon_s,
     )
 
 
@@ -495,9 +643,12 @@ def evaluate_booster(
     a calibrated probability. The baselines' scores are put on the same
     scale, so F1 at the threshold compares like with like.
     """
-    split = time_split(df, test_frac, valid_frac)
+    label = str(meta.get("label_definition", NO_PURCHASE))
+    horizon = float(meta.get("horizon_s", DEFAULT_HORIZON_S))
+    split = source_split(apply_label(df, label, horizon), test_frac, valid_frac)
     balance = bool(meta.get("params", {}).get("balance_classes", True))
-    lr, ev, base_rate = _baselines(split, balance)
+    weights = bool(meta.get("params", {}).get("source_weights", False))
+    lr, ev, base_rate = _baselines(split, balance, weights)
     kind = SCORE_BALANCED if meta.get("score") == SCORE_BALANCED else SCORE_CALIBRATED
     spw = float(meta.get("scale_pos_weight", 1.0))
     if "base_rate" in meta:
@@ -522,8 +673,22 @@ def evaluate_booster(
             preds[k] = calibrated(preds[k], base_rate)
     rates = {"xgboost": model.base_rate, "logreg": base_rate, "events_so_far": base_rate}
     results = _measure(split.test, preds, rates, kind, bootstrap)
+    by_source = _measure_by_source(split.test, preds, rates, kind, bootstrap)
     known = {f.name for f in XGBParams.__dataclass_fields__.values()}
     params = XGBParams(**{k: v for k, v in meta.get("params", {}).items() if k in known})
     return RunResult(
-        name, split, model, lr, ev, preds, results, params, dict(data or {}), rates, kind
+        name,
+        split,
+        model,
+        lr,
+        ev,
+        preds,
+        results,
+        params,
+        dict(data or {}),
+        rates,
+        kind,
+        by_source,
+        label,
+        horizon,
     )

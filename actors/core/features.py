@@ -119,6 +119,60 @@ FEATURES: tuple[Feature, ...] = (
     col("n_strong_signals", "strong"),
 )
 
+# Each feature in words an operator reads in a decision's reasons ("what pushed
+# the exit risk up"). Group features take their words from their group below.
+WORDS: dict[str, str] = {
+    "n_events": "events so far",
+    "session_age_s": "time on the site",
+    "gap_s": "pause before this event",
+    "n_pages": "pages viewed",
+    "n_unique_pages": "different pages viewed",
+    "page_dwell_s": "time on this page",
+    "mean_page_dwell_s": "time per page",
+    "scroll_depth_page": "scrolled down this page",
+    "scroll_depth_max": "deepest scroll",
+    "n_clicks": "clicks",
+    "events_rate": "recent activity",
+    "clicks_rate": "recent clicks",
+    "rage_clicks": "rage clicks",
+    "dead_clicks": "clicks that did nothing",
+    "dead_click_ratio": "share of clicks that did nothing",
+    "form_focuses": "form fields entered",
+    "form_inputs": "form fields typed into",
+    "form_errors": "form errors",
+    "form_reedits": "form fields edited again",
+    "form_submits": "form submissions",
+    "form_abandons": "forms left unsent",
+    "cursor_thrash": "erratic mouse movement",
+    "scroll_reversals": "scrolling back and forth",
+    "idle_gaps": "idle pauses",
+    "max_idle_s": "longest idle pause",
+    "hover_dwell_s": "hovering",
+    "video_plays": "videos played",
+    "video_pauses": "video pauses",
+    "video_seeks": "video seeks",
+    "video_seek_back": "video rewinds",
+    "video_seek_fwd": "video skips ahead",
+    "video_skipped_s": "video skipped",
+    "video_rate": "video playback speed",
+    "video_watch_ratio": "share of the video watched",
+    "video_ended": "video watched to the end",
+    "js_errors": "page errors",
+    "uturns": "quick returns to the previous page",
+    "hidden_count": "tab hidden",
+    "cart_items": "items in the cart",
+    "cart_value": "cart value",
+    "cart_adds": "items added to the cart",
+    "cart_removes": "items removed from the cart",
+    "purchased": "purchased",
+    "iv_shown": "help shown before",
+    "iv_dismissed": "help dismissed before",
+    "iv_accepted": "help accepted before",
+    "n_strong_signals": "strong struggle signals",
+}
+WORDS.update({f"page_{p}": f"on a {p} page" for p in PAGE_TYPES})
+WORDS.update({f"sig_{s}": f"{s.replace('_', ' ')} signal" for s in SIGNALS})
+
 STRONG_SIGNAL = 0.7  # a signal at or above this strength counts as "strong"
 
 FEATURE_NAMES: tuple[str, ...] = tuple(n for f in FEATURES for n in f.names)

@@ -7,7 +7,9 @@ by session, each group in sequence order) it:
 1. applies every event to its session, in order, collecting one feature row
    per event, computed right after that event;
 2. scores all rows of the batch with a single call to the model;
-3. runs the policy on each event's own view and score, in order.
+3. runs the policy on each event's own view and score, in order, with the
+   site's intervention budget (one :class:`~actors.core.budget.Budget` per
+   site on this host).
 
 Batching is across sessions, never across time: each event keeps its own row
 and score. Idle sessions are compacted to bytes in memory after a minute
@@ -26,8 +28,10 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from actors.core.budget import Budget
 from actors.core.detectors import DetectorConfig
 from actors.core.policy import Decision, PolicyConfig, decide
+from actors.core.reasons import top_drivers
 from actors.core.session import EventView, Session, SnapshotMismatch
 
 # (sid, site, consent recorded when the events were validated, normalised events in seq order)
@@ -88,6 +92,8 @@ def unpack_batch(data: bytes) -> list[BatchItem | Forget]:
 
 ScoreFn = Callable[[list[list[float]]], Sequence[float]]
 SegmentFn = Callable[[list[float]], int | None]
+# Per-feature contributions of rows to their scores (Scorer.explain).
+ExplainFn = Callable[[list[list[float]]], Sequence[Sequence[float]]]
 RulesFn = Callable[[str], tuple[DetectorConfig, PolicyConfig]]
 
 
@@ -99,6 +105,7 @@ class SessionResult:
     seqs: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
+    rows: list[list[float]] = field(default_factory=list)  # the feature row of each decision
     skipped: int = 0  # events at or below the session's last seq (already applied)
 
 
@@ -132,6 +139,7 @@ class SessionHost:
         # that session is skipped, never the others; the shell logs and reports it.
         self.unpackable = 0
         self.last_pack_error = ""  # the latest of those failures, for the shell's log
+        self.budgets: dict[str, Budget | None] = {}  # site -> its budget here (None: no budget)
 
     def __contains__(self, sid: str) -> bool:
         return sid in self.active or sid in self.dormant
@@ -204,10 +212,24 @@ class SessionHost:
             return self._get(sid, self.dormant[sid][2])
         return None
 
+    def budget(self, site: str, policy: PolicyConfig) -> Budget | None:
+        """The site's budget on this host, made on first use (None when its share is 1)."""
+        if site not in self.budgets:
+            self.budgets[site] = Budget(policy.budget) if policy.budget < 1.0 else None
+        return self.budgets[site]
+
     def process(
-        self, items: Sequence[BatchItem], score: ScoreFn, segment: SegmentFn | None = None
+        self,
+        items: Sequence[BatchItem],
+        score: ScoreFn,
+        segment: SegmentFn | None = None,
+        explain: ExplainFn | None = None,
     ) -> list[SessionResult]:
-        """Apply, score and decide for a whole batch; one result per session, in order."""
+        """Apply, score and decide for a whole batch; one result per session, in order.
+
+        With ``explain``, each decision gets its drivers here (offline replay);
+        the shards leave it out and explain decisions off the hot path.
+        """
         results: dict[str, SessionResult] = {}
         sessions: list[Session] = []
         views: list[EventView] = []
@@ -227,20 +249,25 @@ class SessionHost:
         if not views:
             return list(results.values())
         scores = score([v.row for v in views])
-        policies: dict[str, PolicyConfig] = {}  # the rules are looked up once per site and batch
+        # The rules and budget are looked up once per site and batch.
+        policies: dict[str, tuple[PolicyConfig, Budget | None]] = {}
         for session, view, s in zip(sessions, views, scores, strict=True):
             result = results[session.sid]
             s = float(s)
             result.seqs.append(view.seq)
             result.scores.append(s)
-            policy = policies.get(session.site)
-            if policy is None:
-                policy = policies[session.site] = self.rules(session.site)[1]
-            decision = decide(session, view, s, policy)
+            rule = policies.get(session.site)
+            if rule is None:
+                policy = self.rules(session.site)[1]
+                rule = policies[session.site] = (policy, self.budget(session.site, policy))
+            decision = decide(session, view, s, rule[0], budget=rule[1])
             if decision is not None:
                 if segment is not None:  # looked up only when there is a decision to inform
                     decision = replace(decision, segment=segment(view.row))
                 result.decisions.append(decision)
+                result.rows.append(view.row)
+        if explain is not None:
+            explained(list(results.values()), explain)
         return list(results.values())
 
     def snapshot(self, sid: str) -> list[Any] | None:
@@ -324,3 +351,13 @@ class SessionHost:
                 self._turn(sid).discard(sid)
                 retired.append((sid, site, packed))
         return retired
+
+
+def explained(results: Sequence[SessionResult], explain: ExplainFn) -> None:
+    """Give every decision of ``results`` its drivers, with one call of ``explain`` for all."""
+    rows = [row for r in results for row in r.rows]
+    if not rows:
+        return
+    contributions = iter(explain(rows))
+    for r in results:
+        r.decisions = [replace(d, drivers=top_drivers(next(contributions))) for d in r.decisions]

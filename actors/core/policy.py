@@ -7,7 +7,15 @@ at that field; video drop-off: a content suggestion; a hesitating or
 leaving cart: recommendations, or a help offer without personalisation
 consent; otherwise a help offer). A cooldown and a per-session cap keep it
 polite; a holdout share of sessions gets decisions recorded but not shown,
-so uplift can be measured against them.
+so uplift can be measured against them. A dismissed offer ends further
+help in that session. On top of those rules, a budget
+(:mod:`actors.core.budget`) keeps the share of sessions offered help within
+the site's ``budget`` and gives it to those who need it most (struggle
+first, then risk).
+
+The exit risk is a calibrated probability: that the visitor leaves within
+ten minutes without converting (``training.labels``). ``risk_threshold``
+is a floor in that unit.
 
 Pure: no Ray, Redis or network imports. Rules are per site, from the sites
 file (see :mod:`cluster.sites`).
@@ -19,15 +27,20 @@ import zlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from actors.core.budget import UNCOUNTED, Budget, priority
 from actors.core.detectors import refuse_unknown
 from actors.core.features import FEATURE_INDEX
 from actors.core.kinds import HELP_OFFER, KIND, KINDS
+from actors.core.reasons import Driver
 from actors.core.session import EventView, Session
 from actors.core.signals import DECLARED as DECLARED_SIGNALS
 from actors.core.signals import SIGNALS
 
 _N_EVENTS = FEATURE_INDEX["n_events"]
 _PURCHASED = FEATURE_INDEX["purchased"]
+_DISMISSED = FEATURE_INDEX["iv_dismissed"]
+# The signals that are evidence of struggle, as offsets in the row's signal slice.
+_STRUGGLE = tuple(i for i, s in enumerate(DECLARED_SIGNALS) if s.struggle)
 _SIG = slice(FEATURE_INDEX[f"sig_{SIGNALS[0]}"], FEATURE_INDEX[f"sig_{SIGNALS[-1]}"] + 1)
 # The signals that suggest a kind, in declaration order (earlier = preferred).
 _SUGGESTING = tuple(s for s in DECLARED_SIGNALS if s.suggests is not None)
@@ -37,12 +50,16 @@ _SUGGESTING = tuple(s for s in DECLARED_SIGNALS if s.suggests is not None)
 class PolicyConfig:
     """One site's intervention rules."""
 
-    risk_threshold: float = 0.75
+    # The floor on the calibrated exit risk (leaves within ten minutes without converting):
+    # more likely than not. Above it, the budget picks whom to help.
+    risk_threshold: float = 0.50
     min_signals: int = 4
     signal_strength: float = 0.70
     cooldown_s: float = 60.0
     max_per_session: int = 3
     holdout: float = 0.10
+    # The share of sessions that may be offered help (1.0: no budget).
+    budget: float = 0.10
     # No intervention before the visitor has done this much: a first page
     # view says little, and a pop-up on arrival is the opposite of help.
     min_events: int = 3
@@ -62,6 +79,8 @@ class PolicyConfig:
             values["kinds"] = tuple(values["kinds"])
         if not 0.0 <= float(values.get("holdout", 0.0)) < 1.0:
             raise ValueError("holdout must be in [0, 1)")
+        if not 0.0 < float(values.get("budget", 0.1)) <= 1.0:
+            raise ValueError("budget must be in (0, 1]: the share of sessions offered help")
         return replace(cls(), **values)
 
 
@@ -95,10 +114,13 @@ class Decision:
     page_path: str = ""
     page_type: str = ""
     signals: dict[str, float] = field(default_factory=dict)
+    # The features that pushed the score up most (filled in off the hot path, see reasons.py).
+    drivers: tuple[Driver, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
         d = asdict(self)
         d["reasons"] = [asdict(r) for r in self.reasons]
+        d["drivers"] = [asdict(r) for r in self.drivers]
         return d
 
 
@@ -115,6 +137,7 @@ def decide(
     score: float,
     cfg: PolicyConfig = DEFAULT_POLICY,
     segment: int | None = None,
+    budget: Budget | None = None,
 ) -> Decision | None:
     """Decide whether the event behind ``view`` warrants an intervention.
 
@@ -122,9 +145,13 @@ def decide(
     have applied later events of the same batch since). On a decision, the
     session's policy state (count, last time) is updated here, holdout or
     not, so holdout sessions follow the same schedule they would have had.
+    ``budget`` is the site's budget on this host (None: no budget); holdout
+    sessions spend it too, so the holdout stays comparable.
     """
     row = view.row
-    if row[_N_EVENTS] < cfg.min_events or row[_PURCHASED] > 0:
+    if budget is not None and session.iv_peak == UNCOUNTED:
+        budget.count(session)
+    if row[_N_EVENTS] < cfg.min_events or row[_PURCHASED] > 0 or row[_DISMISSED] > 0:
         return None
     if session.iv_count >= cfg.max_per_session:
         return None
@@ -151,6 +178,11 @@ def decide(
     kind, target = _choose_kind(view, sig, cfg, session.consent)
     if kind is None:
         return None
+    if budget is not None:
+        sigs = row[_SIG]
+        struggles = sum(1 for i in _STRUGGLE if sigs[i] >= cfg.signal_strength)
+        if not budget.admit(session, priority(score, struggles)):
+            return None
     reasons = tuple(Reason(n, round(s, 3)) for n, s in strong) + (
         Reason("exit_risk", round(score, 3)),
     )

@@ -251,6 +251,7 @@ class Session:
         "purchased",
         "iv_count",
         "iv_last_ts",
+        "iv_peak",
         "consent",
     )
 
@@ -302,6 +303,7 @@ class Session:
         # Policy state: decisions, not events, change these; they are not features.
         self.iv_count = 0
         self.iv_last_ts = 0
+        self.iv_peak = -1  # the budget's histogram bin of this session (-1: not counted yet)
         self.consent: list[str] = []
 
     # -- events -------------------------------------------------------------

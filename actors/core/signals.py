@@ -50,7 +50,10 @@ class Signal:
     any decision may fall back to). ``suggests``: the kind that fits this
     struggle when the signal is strong; ``suggest_if(view, feature)``: a
     further context where it fits (evaluated only when deciding, never per
-    event; ``feature(name)`` reads the view's feature row).
+    event; ``feature(name)`` reads the view's feature row). ``struggle``:
+    whether a strong one is evidence that the visitor is struggling, which
+    ranks a session above risk alone for the intervention budget (a pause
+    is not; see ``actors.core.budget``).
     """
 
     name: str
@@ -63,6 +66,7 @@ class Signal:
     suggest_if: Callable[[Any, Callable[[str], float]], bool] | None = field(
         default=None, compare=False
     )
+    struggle: bool = True
 
     @property
     def counted(self) -> bool:
@@ -195,6 +199,7 @@ DECLARED: tuple[Signal, ...] = (
         strength="s.gap_ms / 1000.0 / cfg.idle_full_s if s.gap_ms >= cfg.idle_gap_ms else 0.0",
         text="has been inactive for a while",
         intent="re_engage",
+        struggle=False,
         templates={
             HELP_OFFER: "Still deciding? If anything on this page is unclear, we're happy to help."
         },

@@ -39,6 +39,7 @@ import redis
 from actors.core.host import BatchItem, Forget, SessionHost, unpack_batch
 from actors.core.kinds import KIND
 from actors.core.policy import Decision
+from actors.core.reasons import Driver, top_drivers
 from actors.core.sites import Site, load_sites
 from actors.model.scoring import SchemaMismatch, Scorer
 from actors.shard.link import LinkServer, LinkTLS
@@ -295,7 +296,7 @@ class ShardCore:
                 need = [sid for sid in missing if sid not in loaded]
                 if not need:
                     locked = time.perf_counter()
-                    out, decisions, follow_ups, iv_counts = self._process(
+                    out, decisions, rows, follow_ups, iv_counts = self._process(
                         items, loaded, missing, gateway_id
                     )
                     break
@@ -317,7 +318,7 @@ class ShardCore:
         if decisions or outcomes:
             self.stats["decisions"] += len(decisions)
             sites = {item[0]: item[1] for item in items} if decisions else {}
-            self._spawn(self._record(decisions, outcomes, iv_counts, sites), self._recording)
+            self._spawn(self._record(decisions, rows, outcomes, iv_counts, sites), self._recording)
         if follow_ups:
             channel = self.keys.push(gateway_id)
             self._io.call_soon_threadsafe(self._enrich, follow_ups, channel)
@@ -339,7 +340,13 @@ class ShardCore:
         loaded: dict[str, tuple],
         missing: list[str],
         gateway_id: str,
-    ) -> tuple[list[tuple], list[Decision], list[tuple[Decision, dict[str, Any]]], dict[str, int]]:
+    ) -> tuple[
+        list[tuple],
+        list[Decision],
+        list[list[float]],
+        list[tuple[Decision, dict[str, Any]]],
+        dict[str, int],
+    ]:
         """Activate the missing sessions from what was loaded, then apply, score and decide.
 
         Called with the lock held; ``missing`` is :meth:`_to_load` under that same lock.
@@ -350,10 +357,12 @@ class ShardCore:
         segment = scorer.segments.nearest if scorer.segments is not None else None
         out = []
         decisions: list[Decision] = []
+        rows: list[list[float]] = []  # the feature row of each decision, for its drivers
         follow_ups: list[tuple[Decision, dict[str, Any]]] = []
         iv_counts: dict[str, int] = {}
         for r in self._apply(items, scorer, segment):
             frames = []
+            rows += r.rows
             for d in r.decisions:
                 decisions.append(d)
                 session = self.host.active.get(d.sid)
@@ -365,7 +374,7 @@ class ShardCore:
             out.append((r.sid, r.seqs, r.scores, frames))
             self.stats["events"] += len(r.seqs)
             self.stats["skipped"] += r.skipped
-        return out, decisions, follow_ups, iv_counts
+        return out, decisions, rows, follow_ups, iv_counts
 
     def _apply(
         self, items: Sequence[BatchItem | Forget], scorer: Scorer, segment: Any
@@ -436,11 +445,16 @@ class ShardCore:
     async def _record(
         self,
         decisions: list[Decision],
+        rows: list[list[float]],
         outcomes: list[tuple[str, str, int, str, str]],
         iv_counts: dict[str, int],
         sites: dict[str, str],
     ) -> None:
         """Write decisions to the intervention log and record outcomes; never raises.
+
+        Each decision's drivers (the features that pushed its score up most)
+        are computed here, in a worker thread, from its feature ``rows``: the
+        visitor's help went out with the batch's reply, without waiting for them.
 
         ``sites``: the site of each deciding session, stored in its records so
         that an outcome from another site's session can be refused.
@@ -458,8 +472,9 @@ class ShardCore:
                 "page_type": d.page_type,
                 "reasons": json.dumps([[r.signal, r.strength] for r in d.reasons]),
                 "model": self.scorer.version,
+                "drivers": json.dumps([[x.feature, x.words, x.push] for x in drivers]),
             }
-            for d in decisions
+            for d, drivers in zip(decisions, await self._drivers(rows), strict=True)
         ]
         try:
             refused = await self.records.record(decisions, fields, iv_counts, outcomes)
@@ -474,6 +489,17 @@ class ShardCore:
         if refused:
             # Another session's intervention id: a forged or confused client. Dropped.
             self.stats["outcomes_refused"] += refused
+
+    async def _drivers(self, rows: list[list[float]]) -> list[tuple[Driver, ...]]:
+        """The drivers of each decision row; none (never an exception) if explaining fails."""
+        if not rows:
+            return []
+        try:
+            contributions = await asyncio.to_thread(self.scorer.explain, rows)
+        except Exception as exc:  # reasons are for operators: the decision is recorded anyway
+            self._record_failures.note(exc)
+            return [()] * len(rows)
+        return [top_drivers(c) for c in contributions]
 
     async def _erase(self, gone: list[Forget]) -> None:
         """Delete what sessions whose analytics consent was withdrawn left in Redis.
