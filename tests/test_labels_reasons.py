@@ -1,0 +1,110 @@
+"""The exit label (with censoring), the Taobao sessions, and a decision's drivers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from actors.core.features import FEATURE_NAMES, WORDS
+from actors.core.host import SessionHost
+from actors.core.reasons import top_drivers
+from actors.model.scoring import Scorer
+from training.dataset import rows_frame
+from training.labels import UNKNOWN, apply_label, exit_labels
+from training.loaders import SESSION_GAP_MS, SessionEvents, load_taobao
+
+
+def _pv(seq: int, ts: int) -> dict:
+    return {"type": "page_view", "seq": seq, "ts": ts, "path": f"/p{seq}", "page_type": "product"}
+
+
+def test_exit_soon_label_and_censoring() -> None:
+    t0 = 1_700_000_000_000
+    minute = 60_000
+    leaver = SessionEvents("a", [_pv(1, t0), _pv(2, t0 + 20 * minute)], False, "x", t0)
+    buyer = SessionEvents(
+        "b", [_pv(1, t0), {"type": "purchase", "seq": 2, "ts": t0 + minute}], True, "x", t0
+    )
+    # Cut off by the window: its last event is less than the session gap before the end.
+    cut = SessionEvents(
+        "c",
+        [_pv(1, t0), _pv(2, t0 + 20 * minute)],
+        False,
+        "x",
+        t0,
+        {"observed_until_ms": t0 + 25 * minute},
+    )
+    df = rows_frame([leaver, buyer, cut])
+    labels = dict(
+        zip(zip(df["sid"], df["seq"], strict=True), exit_labels(df, horizon_s=600), strict=True)
+    )
+    assert labels[("a", 1)] == 0 and labels[("a", 2)] == 1  # 20 minutes on, then gone
+    assert labels[("b", 1)] == 0  # converted
+    assert labels[("c", 1)] == 0 and labels[("c", 2)] == UNKNOWN  # may have gone on
+    kept = apply_label(df, horizon_s=600)
+    assert ("c", 2) not in set(zip(kept["sid"], kept["seq"], strict=True))
+    assert set(kept["converted"]) == {0, 1}
+
+
+def test_taobao_sessions_split_at_the_gap_with_carts_and_purchases(tmp_path: Path) -> None:
+    f = tmp_path / "user-behavior.csv"
+    gap = SESSION_GAP_MS // 1000
+    f.write_text(
+        "user_id,item_id,category_id,behavior,ts\n"
+        f"1,10,5,pv,1000\n1,10,5,cart,1010\n1,11,5,fav,1020\n1,10,5,buy,1030\n"
+        f"1,12,6,pv,{1030 + gap + 1}\n2,13,7,pv,1005\n"
+    )
+    sessions = {s.sid: s for s in load_taobao(f)}
+    assert set(sessions) == {"tb-1-0", "tb-1-1", "tb-2-0"}
+    first = sessions["tb-1-0"]
+    assert [e["type"] for e in first.events] == ["page_view", "add_to_cart", "custom", "purchase"]
+    assert first.converted and not sessions["tb-1-1"].converted
+    assert (
+        first.extra["user_id"] == "1"
+        and first.extra["observed_until_ms"] == (1030 + gap + 1) * 1000
+    )
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,item_id,category_id,behavior,ts\n1,2,3,look,5\n")
+    try:
+        load_taobao(bad)
+    except ValueError as exc:
+        assert "bad.csv:2" in str(exc) and "behavior" in str(exc)
+    else:
+        raise AssertionError("an unknown behaviour must be refused")
+
+
+def test_top_drivers_are_the_largest_positive_contributions_in_words() -> None:
+    contrib = np.zeros(len(FEATURE_NAMES))
+    contrib[FEATURE_NAMES.index("form_errors")] = 0.9
+    contrib[FEATURE_NAMES.index("page_dwell_s")] = 0.4
+    contrib[FEATURE_NAMES.index("n_events")] = -2.0  # lowered the risk: never a reason
+    contrib[FEATURE_NAMES.index("gap_s")] = 0.001  # noise
+    drivers = top_drivers(contrib)
+    assert [d.feature for d in drivers] == ["form_errors", "page_dwell_s"]
+    assert drivers[0].words == WORDS["form_errors"] == "form errors"
+
+
+def test_decisions_carry_the_models_drivers_when_explained() -> None:
+    from training.simulator import scripted
+
+    scorer = Scorer.bundled()
+    host = SessionHost()
+    events = scripted("struggling", "x", 1_732_300_000_000)
+    from actors.core.events import validate_event
+
+    evs = [validate_event(e, now_ms=e["ts"]) for e in events]
+    results = []
+    for ev in evs:
+        results += host.process(
+            [("s-1", "demo", ["analytics"], [ev])], scorer, None, scorer.explain
+        )
+    decisions = [d for r in results for d in r.decisions]
+    assert decisions, "the scripted struggling visitor gets help"
+    d = decisions[0]
+    assert d.drivers and all(x.push > 0 and x.words for x in d.drivers)
+    assert d.to_wire()["drivers"][0]["feature"] == d.drivers[0].feature
+    # Without an explainer (the shards' hot path) nothing is computed.
+    host2 = SessionHost()
+    plain = [r for ev in evs for r in host2.process([("s-2", "demo", ["analytics"], [ev])], scorer)]
+    assert all(not d.drivers for r in plain for d in r.decisions)
