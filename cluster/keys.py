@@ -100,7 +100,7 @@ class Keys:
 
     def model(self, part: str) -> str:
         """The model registry's keys: ``seq``, ``versions``, ``live``, ``history``, ``promoted``,
-        ``blob:{version}``, ``meta:{version}``."""
+        ``challenger`` (hash: version, share), ``blob:{version}``, ``meta:{version}``."""
         return f"{self.prefix}model:{part}"
 
     def recsys_model(self, site: str) -> str:

@@ -403,6 +403,49 @@ async def test_model_hot_reload_and_refusal(lifeline_stack):
     await client.close()
 
 
+async def test_a_challenger_scores_its_share_of_sessions_and_decisions_name_their_model(
+    lifeline_stack,
+):
+    """Champion/challenger: sessions in the challenger's share are decided by it, and recorded so."""
+    import redis
+
+    from actors.core.policy import in_challenger
+    from actors.model.scoring import BUNDLED_META, BUNDLED_MODEL
+    from training.registry import ModelRegistry
+
+    stack = lifeline_stack
+    r = redis.Redis.from_url(stack.redis_url)
+    reg = ModelRegistry(r, stack.prefix)
+    meta = json.loads(BUNDLED_META.read_text())
+    challenger = reg.save(BUNDLED_MODEL.read_bytes(), {**meta, "note": "challenger test"})
+    reg.set_challenger(challenger, 0.5)
+    infos = await asyncio.gather(*(s.wait_model_decision.remote(challenger) for s in stack.shards))
+    assert all(i["challenger"] == challenger for i in infos)
+    try:
+        sids = {}
+        while len(sids) < 2:
+            sid = treated_sid("challenge")
+            sids.setdefault(in_challenger(sid, 0.5), sid)
+        for sid in sids.values():
+            events = journey("struggling", sid)
+            client = await connect(stack, sid)
+            await send_all(client, events)
+            await client.wait_for(lambda f: f["t"] == "intervention", timeout=15)
+            await client.close()
+        for s in stack.shards:
+            await s.flush.remote()  # waits for the decision records
+        models = {}
+        for _id, fields in r.xrange(stack.gateway.keys.intervention_log):
+            sid = fields[b"sid"].decode()
+            if sid in sids.values():
+                models.setdefault(sid, set()).add(fields[b"model"].decode())
+                assert json.loads(fields[b"drivers"]), "each decision names what drove its score"
+        assert models[sids[True]] == {challenger}
+        assert challenger not in models[sids[False]] and len(models[sids[False]]) == 1
+    finally:
+        reg.clear_challenger()
+
+
 async def test_racing_beacons_store_everything_once(lifeline_stack):
     """A page-hide beacon racing another (or the socket) loses and duplicates nothing."""
     sid = new_sid("beaconrace")

@@ -514,6 +514,51 @@ def _add_replay(sub: Any) -> None:
     p.set_defaults(func=_guarded(cmd_replay))
 
 
+# -- challenger ---------------------------------------------------------------------------------------
+def cmd_challenge(args: argparse.Namespace) -> int:
+    from actors.core.features import FEATURE_SCHEMA_HASH
+
+    reg = _registry(args)
+    if args.stop:
+        reg.clear_challenger()
+        print("challenger stopped: the live model scores every session")
+        return 0
+    if args.version is None:
+        current = reg.challenger()
+        print(
+            f"challenger {current[0]} scores {100 * current[1]:g} % of sessions"
+            if current
+            else "no challenger"
+        )
+        return 0
+    version = reg.resolve(args.version)
+    reg.set_challenger(version, args.share, expected_schema=FEATURE_SCHEMA_HASH)
+    print(
+        f"challenger {version} scores {100 * args.share:g} % of sessions (by session hash) "
+        f"beside the live model {reg.live() or 'bundled'}; compare them with "
+        "`lifeline report outcomes`"
+    )
+    return 0
+
+
+def _add_challenge(sub: Any) -> None:
+    p = sub.add_parser(
+        "challenge",
+        help="let a challenger model score a share of sessions beside the live one",
+        description="Champion/challenger on live traffic: the challenger scores and decides for "
+        "a share of sessions (chosen by a hash of the session id), the live model for the rest; "
+        "every decision records the model that made it, and the outcome report compares them. "
+        "Without VERSION: show the current challenger.",
+    )
+    p.add_argument("version", nargs="?", default=None, help="model version (v3, latest, ...)")
+    p.add_argument(
+        "--share", type=float, default=0.1, help="share of sessions it scores (default: 0.1)"
+    )
+    p.add_argument("--stop", action="store_true", help="stop the challenger")
+    _add_redis_options(p)
+    p.set_defaults(func=_guarded(cmd_challenge))
+
+
 # -- models / promote -------------------------------------------------------------------------------
 def cmd_models(args: argparse.Namespace) -> int:
     from actors.core.features import FEATURE_SCHEMA_HASH
@@ -680,6 +725,7 @@ def add_commands(subparsers: Any) -> None:
         _add_train,
         _add_evaluate,
         _add_replay,
+        _add_challenge,
         _add_models,
         _add_promote,
         _add_export,

@@ -66,6 +66,7 @@ class ModelRegistry:
         self.k_seq = keys.model("seq")
         self.k_versions = keys.model("versions")
         self.k_live = keys.model("live")
+        self.k_challenger = keys.model("challenger")
         self.k_history = keys.model("history")
         self.channel = keys.model("promoted")
 
@@ -198,6 +199,36 @@ class ModelRegistry:
     def live(self) -> str | None:
         """The live version, or None when no model was ever promoted."""
         return self._text(self.r.get(self.k_live))
+
+    def set_challenger(
+        self, version: str, share: float, *, expected_schema: str | None = None
+    ) -> None:
+        """Let ``version`` score ``share`` of the sessions beside the live model (by session hash).
+
+        The shards pick it up at their next model poll; decisions record the
+        version that scored them, so the outcome report compares the two.
+        """
+        if not 0.0 < share < 1.0:
+            raise RegistryError("the challenger's share must be between 0 and 1 (e.g. 0.1)")
+        meta = self.meta(version)  # raises UnknownVersion
+        if expected_schema is not None and meta.get("feature_schema") != expected_schema:
+            raise SchemaMismatch(
+                f"model {version} was trained on feature schema {meta.get('feature_schema')!r}, "
+                f"but the running code has {expected_schema!r}"
+            )
+        self.r.hset(self.k_challenger, mapping={"version": version, "share": repr(share)})
+
+    def clear_challenger(self) -> None:
+        """Stop the challenger: the live model scores every session again."""
+        self.r.delete(self.k_challenger)
+
+    def challenger(self) -> tuple[str, float] | None:
+        """The challenger's version and share, or None."""
+        entry = self.r.hgetall(self.k_challenger)
+        version = self._text(entry.get(b"version"))
+        if not version:
+            return None
+        return version, float(entry.get(b"share", b"0"))
 
     def history(self, limit: int = 20) -> list[dict]:
         """Recent promotions, newest first: ``{"version", "previous", "at_ms"}``."""

@@ -30,7 +30,7 @@ import msgpack
 
 from actors.core.budget import Budget
 from actors.core.detectors import DetectorConfig
-from actors.core.policy import Decision, PolicyConfig, decide
+from actors.core.policy import Decision, PolicyConfig, decide, in_challenger
 from actors.core.reasons import top_drivers
 from actors.core.session import EventView, Session, SnapshotMismatch
 
@@ -106,6 +106,7 @@ class SessionResult:
     scores: list[float] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     rows: list[list[float]] = field(default_factory=list)  # the feature row of each decision
+    challenger: bool = False  # scored by the challenger model
     skipped: int = 0  # events at or below the session's last seq (already applied)
 
 
@@ -224,11 +225,15 @@ class SessionHost:
         score: ScoreFn,
         segment: SegmentFn | None = None,
         explain: ExplainFn | None = None,
+        challenger: tuple[ScoreFn, float] | None = None,
     ) -> list[SessionResult]:
         """Apply, score and decide for a whole batch; one result per session, in order.
 
         With ``explain``, each decision gets its drivers here (offline replay);
-        the shards leave it out and explain decisions off the hot path.
+        the shards leave it out and explain decisions off the hot path. With
+        ``challenger`` (a scorer and a share), the sessions in that share (by
+        hash, :func:`~actors.core.policy.in_challenger`) are scored and decided
+        by the challenger model instead, so outcomes can compare the two.
         """
         results: dict[str, SessionResult] = {}
         sessions: list[Session] = []
@@ -248,7 +253,11 @@ class SessionHost:
             self._turn(sid).add(sid)
         if not views:
             return list(results.values())
-        scores = score([v.row for v in views])
+        scores = (
+            score([v.row for v in views])
+            if challenger is None
+            else _score_split(sessions, views, score, challenger, results)
+        )
         # The rules and budget are looked up once per site and batch.
         policies: dict[str, tuple[PolicyConfig, Budget | None]] = {}
         for session, view, s in zip(sessions, views, scores, strict=True):
@@ -361,3 +370,25 @@ def explained(results: Sequence[SessionResult], explain: ExplainFn) -> None:
     contributions = iter(explain(rows))
     for r in results:
         r.decisions = [replace(d, drivers=top_drivers(next(contributions))) for d in r.decisions]
+
+
+def _score_split(
+    sessions: Sequence[Session],
+    views: Sequence[EventView],
+    score: ScoreFn,
+    challenger: tuple[ScoreFn, float],
+    results: dict[str, SessionResult],
+) -> list[float]:
+    """Scores of ``views``: the challenger's for its share of sessions, the champion's for the rest."""
+    other, share = challenger
+    mine = [in_challenger(s.sid, share) for s in sessions]
+    for s, m in zip(sessions, mine, strict=True):
+        if m:
+            results[s.sid].challenger = True
+    out: list[float] = [0.0] * len(views)
+    for flag, fn in ((False, score), (True, other)):
+        idx = [i for i, m in enumerate(mine) if m is flag]
+        if idx:
+            for i, v in zip(idx, fn([views[i].row for i in idx]), strict=True):
+                out[i] = v
+    return out

@@ -126,9 +126,18 @@ class Decision:
 
 def in_holdout(sid: str, share: float) -> bool:
     """Deterministic session-level assignment: the same sid always lands the same way."""
+    return _in_share(b"holdout:", sid, share)
+
+
+def in_challenger(sid: str, share: float) -> bool:
+    """Whether a challenger model scores this session (by hash, independent of the holdout)."""
+    return _in_share(b"challenger:", sid, share)
+
+
+def _in_share(salt: bytes, sid: str, share: float) -> bool:
     if share <= 0:
         return False
-    return (zlib.crc32(b"holdout:" + sid.encode()) % 10_000) < share * 10_000
+    return (zlib.crc32(salt + sid.encode()) % 10_000) < share * 10_000
 
 
 def decide(

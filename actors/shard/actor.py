@@ -120,6 +120,8 @@ class ShardCore:
         self.redis = async_client(redis_url)  # used on the I/O loop only
         self.records = ShardRecords(self.redis, self.keys)
         self.scorer = self._initial_model()
+        # A challenger model and the share of sessions it scores (model:challenger), or None.
+        self.challenger: tuple[Scorer, float] | None = None
         self._lock = (
             threading.Lock()
         )  # the host, between a batch and the I/O loop; never held across I/O
@@ -186,9 +188,15 @@ class ShardCore:
         happens between batches; a mismatched or broken model is refused.
         """
         try:
-            raw = await self.redis.get(self.keys.model("live"))
+            raw, chall = await (
+                self.redis.pipeline(transaction=False)
+                .get(self.keys.model("live"))
+                .hgetall(self.keys.model("challenger"))
+                .execute()
+            )
         except redis.RedisError:
             return  # Redis is away: the next poll asks again
+        await self._challenger_step(chall)
         version = raw.decode() if raw else None
         if not version or version == self.scorer.version or version in self.refused:
             return
@@ -223,6 +231,45 @@ class ShardCore:
         self._model_decided()
         self.stats["model_swaps"] += 1
         log.warning("shard %d: now scoring with model %s", self.index, version)
+
+    async def _challenger_step(self, entry: dict[bytes, bytes]) -> None:
+        """Follow ``model:challenger`` (version and share): load, swap or drop the challenger."""
+        version = entry.get(b"version", b"").decode()
+        try:
+            share = float(entry.get(b"share", b"0"))
+        except ValueError:
+            share = 0.0
+        if not version or share <= 0:
+            if self.challenger is not None:
+                log.warning(
+                    "shard %d: challenger %s stopped", self.index, self.challenger[0].version
+                )
+            self.challenger = None
+            return
+        current = self.challenger
+        if current is not None and current[0].version == version:
+            if current[1] != share:
+                self.challenger = (current[0], share)
+            return
+        if version in self.refused:
+            return
+        try:
+            scorer = await asyncio.to_thread(self._load_version, version)
+        except Exception as exc:  # a broken or mismatched challenger: the champion scores all
+            self.refused.add(version)
+            self.stats["model_refusals"] += 1
+            log.error("shard %d: refusing challenger %s: %s", self.index, version, exc)
+            self._model_decided()
+            return
+        self.challenger = (scorer, share)
+        self._model_decided()
+        log.warning(
+            "shard %d: challenger %s scores %.0f %% of sessions", self.index, version, share * 100
+        )
+
+    def _challenger_version(self) -> str | None:
+        c = self.challenger
+        return c[0].version if c is not None else None
 
     def _model_decided(self) -> None:
         with self._model_swapped:
@@ -296,7 +343,7 @@ class ShardCore:
                 need = [sid for sid in missing if sid not in loaded]
                 if not need:
                     locked = time.perf_counter()
-                    out, decisions, rows, follow_ups, iv_counts = self._process(
+                    out, decisions, scored, follow_ups, iv_counts = self._process(
                         items, loaded, missing, gateway_id
                     )
                     break
@@ -318,7 +365,9 @@ class ShardCore:
         if decisions or outcomes:
             self.stats["decisions"] += len(decisions)
             sites = {item[0]: item[1] for item in items} if decisions else {}
-            self._spawn(self._record(decisions, rows, outcomes, iv_counts, sites), self._recording)
+            self._spawn(
+                self._record(decisions, scored, outcomes, iv_counts, sites), self._recording
+            )
         if follow_ups:
             channel = self.keys.push(gateway_id)
             self._io.call_soon_threadsafe(self._enrich, follow_ups, channel)
@@ -343,7 +392,7 @@ class ShardCore:
     ) -> tuple[
         list[tuple],
         list[Decision],
-        list[list[float]],
+        list[tuple[list[float], Scorer]],
         list[tuple[Decision, dict[str, Any]]],
         dict[str, int],
     ]:
@@ -353,16 +402,18 @@ class ShardCore:
         """
         for sid in missing:
             self._activate(sid, *loaded[sid])
-        scorer = self.scorer
+        scorer, challenger = self.scorer, self.challenger  # each read once per batch
         segment = scorer.segments.nearest if scorer.segments is not None else None
         out = []
         decisions: list[Decision] = []
-        rows: list[list[float]] = []  # the feature row of each decision, for its drivers
+        # The feature row of each decision and the model that scored it: its drivers and its record.
+        scored: list[tuple[list[float], Scorer]] = []
         follow_ups: list[tuple[Decision, dict[str, Any]]] = []
         iv_counts: dict[str, int] = {}
-        for r in self._apply(items, scorer, segment):
+        for r in self._apply(items, scorer, segment, challenger):
             frames = []
-            rows += r.rows
+            used = challenger[0] if r.challenger and challenger is not None else scorer
+            scored += [(row, used) for row in r.rows]
             for d in r.decisions:
                 decisions.append(d)
                 session = self.host.active.get(d.sid)
@@ -374,10 +425,14 @@ class ShardCore:
             out.append((r.sid, r.seqs, r.scores, frames))
             self.stats["events"] += len(r.seqs)
             self.stats["skipped"] += r.skipped
-        return out, decisions, rows, follow_ups, iv_counts
+        return out, decisions, scored, follow_ups, iv_counts
 
     def _apply(
-        self, items: Sequence[BatchItem | Forget], scorer: Scorer, segment: Any
+        self,
+        items: Sequence[BatchItem | Forget],
+        scorer: Scorer,
+        segment: Any,
+        challenger: tuple[Scorer, float] | None = None,
     ) -> list[Any]:
         """Run the host over the batch; a withdrawal forgets its session where it stands in it."""
         results: list[Any] = []
@@ -387,12 +442,12 @@ class ShardCore:
                 live.append(item)
                 continue
             if live:  # the session's events before the withdrawal are applied first
-                results += self.host.process(live, scorer, segment)
+                results += self.host.process(live, scorer, segment, challenger=challenger)
                 live = []
             self.host.forget(item[0])
             self.stats["forgotten"] += 1
         if live:
-            results += self.host.process(live, scorer, segment)
+            results += self.host.process(live, scorer, segment, challenger=challenger)
         return results
 
     def _to_load(
@@ -445,7 +500,7 @@ class ShardCore:
     async def _record(
         self,
         decisions: list[Decision],
-        rows: list[list[float]],
+        scored: list[tuple[list[float], Scorer]],
         outcomes: list[tuple[str, str, int, str, str]],
         iv_counts: dict[str, int],
         sites: dict[str, str],
@@ -453,8 +508,9 @@ class ShardCore:
         """Write decisions to the intervention log and record outcomes; never raises.
 
         Each decision's drivers (the features that pushed its score up most)
-        are computed here, in a worker thread, from its feature ``rows``: the
-        visitor's help went out with the batch's reply, without waiting for them.
+        are computed here, in a worker thread, from its feature row and the
+        model that scored it (``scored``): the visitor's help went out with the
+        batch's reply, without waiting for them.
 
         ``sites``: the site of each deciding session, stored in its records so
         that an outcome from another site's session can be refused.
@@ -471,10 +527,12 @@ class ShardCore:
                 "holdout": int(d.holdout),
                 "page_type": d.page_type,
                 "reasons": json.dumps([[r.signal, r.strength] for r in d.reasons]),
-                "model": self.scorer.version,
+                "model": used.version,
                 "drivers": json.dumps([[x.feature, x.words, x.push] for x in drivers]),
             }
-            for d, drivers in zip(decisions, await self._drivers(rows), strict=True)
+            for d, (_row, used), drivers in zip(
+                decisions, scored, await self._drivers(scored), strict=True
+            )
         ]
         try:
             refused = await self.records.record(decisions, fields, iv_counts, outcomes)
@@ -490,16 +548,22 @@ class ShardCore:
             # Another session's intervention id: a forged or confused client. Dropped.
             self.stats["outcomes_refused"] += refused
 
-    async def _drivers(self, rows: list[list[float]]) -> list[tuple[Driver, ...]]:
-        """The drivers of each decision row; none (never an exception) if explaining fails."""
-        if not rows:
-            return []
-        try:
-            contributions = await asyncio.to_thread(self.scorer.explain, rows)
-        except Exception as exc:  # reasons are for operators: the decision is recorded anyway
-            self._record_failures.note(exc)
-            return [()] * len(rows)
-        return [top_drivers(c) for c in contributions]
+    async def _drivers(self, scored: list[tuple[list[float], Scorer]]) -> list[tuple[Driver, ...]]:
+        """The drivers of each decision row under its model; none (never an exception) on failure."""
+        out: list[tuple[Driver, ...]] = [()] * len(scored)
+        by_model: dict[int, list[int]] = {}
+        for i, (_row, used) in enumerate(scored):
+            by_model.setdefault(id(used), []).append(i)
+        for idx in by_model.values():
+            used = scored[idx[0]][1]
+            try:
+                contributions = await asyncio.to_thread(used.explain, [scored[i][0] for i in idx])
+            except Exception as exc:  # reasons are for operators: the decision is recorded anyway
+                self._record_failures.note(exc)
+                continue
+            for i, c in zip(idx, contributions, strict=True):
+                out[i] = top_drivers(c)
+        return out
 
     async def _erase(self, gone: list[Forget]) -> None:
         """Delete what sessions whose analytics consent was withdrawn left in Redis.
@@ -699,7 +763,11 @@ class ShardCore:
         self._start()
         with self._model_swapped:
             decided = self._model_swapped.wait_for(
-                lambda: self.scorer.version == version or version in self.refused, timeout
+                lambda: (
+                    version in (self.scorer.version, self._challenger_version())
+                    or version in self.refused
+                ),
+                timeout,
             )
         if not decided:
             raise TimeoutError(f"shard {self.index} did not act on model {version} in {timeout} s")
@@ -714,6 +782,7 @@ class ShardCore:
             "sessions_active": len(self.host.active),
             "sessions_dormant": len(self.host.dormant),
             "model": self.scorer.version,
+            "challenger": self._challenger_version(),
             "unreadable_snapshots": self.host.unreadable_snapshots,
             **self.stats,
             # Health: False while a background loop is down or failing every time
