@@ -175,7 +175,7 @@ def test_train_evaluate_register_promote(
         sim_rows, name="test", data={"source": "sim"}, params=FAST, bootstrap=20
     )
     m = run.metrics
-    assert set(m) == {"xgboost", "logreg", "events_so_far"}
+    assert set(m) == {"xgboost", "logreg", "logreg_counts", "events_so_far"}
     assert (
         m["xgboost"]["roc_auc"] > 0.65 and m["xgboost"]["roc_auc"] > m["events_so_far"]["roc_auc"]
     )

@@ -47,8 +47,18 @@ PREFIX_BUCKETS: tuple[tuple[int, int, str], ...] = (
     (20, 49, "20-49"),
     (50, 10**9, "50+"),
 )
-_LABELS = {"xgboost": "XGBoost", "logreg": "logistic regression", "events_so_far": "events so far"}
-_COLORS = {"xgboost": "#d62728", "logreg": "#1f77b4", "events_so_far": "#7f7f7f"}
+_LABELS = {
+    "xgboost": "XGBoost",
+    "logreg": "logistic regression",
+    "logreg_counts": "logistic regression on counts",
+    "events_so_far": "events so far",
+}
+_COLORS = {
+    "xgboost": "#d62728",
+    "logreg": "#1f77b4",
+    "logreg_counts": "#2ca02c",
+    "events_so_far": "#7f7f7f",
+}
 
 
 def auc_by_prefix(test: pd.DataFrame, preds: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -381,13 +391,14 @@ def _report_by_prefix(run: RunResult) -> list[str]:
         "",
         "## ROC AUC by number of events seen",
         "",
-        "| events seen | rows | exit rate | XGBoost | logistic regression | events so far |",
-        "|---|---|---|---|---|---|",
+        "| events seen | rows | exit rate | " + " | ".join(_LABELS[k] for k in MODELS) + " |",
+        "|---|---|---|" + "---|" * len(MODELS),
     ]
     for _, r in by_prefix.iterrows():
         lines.append(
-            f"| {r['events_seen']} | {r['rows']} | {_fmt(r['exit_rate'])} | {_fmt(r['xgboost'])} "
-            f"| {_fmt(r['logreg'])} | {_fmt(r['events_so_far'])} |"
+            f"| {r['events_seen']} | {r['rows']} | {_fmt(r['exit_rate'])} | "
+            + " | ".join(_fmt(r[k]) for k in MODELS)
+            + " |"
         )
     return lines
 
@@ -482,141 +493,120 @@ def scripted_scores(scorer: Any, start_ms: int = 1_732_300_000_000) -> dict[str,
     return out
 
 
-def max_scores(scorer: Any, journeys: list, min_events: int = 3) -> pd.DataFrame:
-    """One row per simulated journey: its labels and its highest score where the policy acts.
+def held_back(sessions: list, test_frac: float = 0.2) -> list:
+    """The sessions a model trained with :func:`training.train.source_split` never saw.
 
-    Only the rows the policy acts on count: from event ``min_events`` on and
-    before any purchase (the policy's defaults).
+    Users in the test part by the same hash where the data has users, else
+    the newest ``test_frac`` of sessions by start time.
     """
-    from actors.core.events import validate_event
-    from actors.core.session import Session
+    from training.train import _user_part
 
-    rows, owner = [], []
-    for k, j in enumerate(journeys):
-        session = Session(j.sid)
-        for i, e in enumerate(j.events):
-            if e["type"] == "purchase":
-                break
-            row = session.apply(validate_event(e, now_ms=e["ts"]))
-            if i + 1 >= min_events:
-                rows.append(row)
-                owner.append(k)
-    top = np.full(len(journeys), -np.inf)
-    np.maximum.at(top, np.asarray(owner, dtype=np.int64), np.asarray(scorer(rows)))
-    return pd.DataFrame(
-        {
-            "archetype": [j.archetype for j in journeys],
-            "struggling": [j.struggling for j in journeys],
-            "converted": [j.converted for j in journeys],
-            "max_score": top,
-        }
-    )
+    if sessions and "user_id" in sessions[0].extra:
+        part = _user_part(pd.Series([s.extra["user_id"] for s in sessions]), test_frac, 0.15)
+        return [s for s, k in zip(sessions, part, strict=True) if k == 2]
+    ordered = sorted(sessions, key=lambda s: (s.start_ms, s.sid))
+    return ordered[len(ordered) - max(1, int(round(len(ordered) * test_frac))) :]
 
 
-def max_score_table(
-    scorer: Any, journeys: list, min_events: int = 3, threshold: float = POLICY_THRESHOLD
-) -> pd.DataFrame:
-    """Per archetype and struggling flag: the share of journeys whose score reaches ``threshold``."""
-    df = max_scores(scorer, journeys, min_events)
-    df["flagged"] = df["max_score"] >= threshold
-    return (
-        df.groupby(["archetype", "struggling"])
-        .agg(
-            sessions=("flagged", "size"),
-            converted=("converted", "mean"),
-            flagged=("flagged", "mean"),
-        )
-        .reset_index()
-    )
+def _wilson_text(k: int, n: int) -> str:
+    from training.uplift import wilson
+
+    if not n:
+        return "n/a"
+    lo, hi = wilson(k, n)
+    return f"{100 * k / n:.1f} % ({100 * lo:.1f}-{100 * hi:.1f})"
+
+
+def _replay_lines(name: str, summary: dict[str, Any]) -> list[str]:
+    """One table row per group of a replay summary: sessions offered help, with a Wilson interval."""
+    rows = [("all sessions", summary["sessions"], summary["sessions_offered_help"])]
+    for key, title in (("converted", "buyers"), ("not_converted", "non-buyers")):
+        part = summary["by_outcome"].get(key)
+        if part:
+            rows.append((title, part["sessions"], part["offered_help"]))
+    for key in ("struggling", "calm"):
+        part = summary.get("by_struggle", {}).get(key)
+        if part:
+            rows.append((f"{key} (simulator truth)", part["sessions"], part["offered_help"]))
+    return [f"| {name} | {title} | {n} | {_wilson_text(k, n)} |" for title, n, k in rows]
 
 
 def write_bundled_report(
-    out_dir: Path, scorer: Any = None, *, journeys: int = 2000, seed: int = 3
+    out_dir: Path, scorer: Any = None, *, journeys: int = 3000, seed: int = 3
 ) -> Path:
-    """``out_dir/report.md``: the shipped model on the scripted journeys and per archetype."""
+    """``out_dir/report.md``: the shipped model's held-back figures and whom its policy helps.
+
+    Replays (``training.replay``, the default rules and budget) run on data
+    the model did not train on: the simulator with another seed, Taobao's
+    test users, Diginetica's newest sessions.
+    """
     from actors.model.scoring import Scorer
+    from training.dataset import from_journeys
+    from training.loaders import load_diginetica, load_taobao
+    from training.replay import replay, summary
     from training.simulator import simulate
 
     scorer = scorer or Scorer.bundled()
     meta = scorer.meta
-    t = POLICY_THRESHOLD
     lines = [
-        f"# The shipped exit-risk model against the policy threshold {t}",
+        "# Whom to help: the shipped exit-risk model and its policy on held-back data",
         "",
-        f"Model `{scorer.version}`: score `{meta.get('score', 'calibrated')}`, training base rate "
-        f"{_fmt(meta.get('base_rate', math.nan))}, {meta['best_iteration'] + 1} trees. Reproduce with "
-        '`python -c "from pathlib import Path; from training.evaluate import write_bundled_report as w; '
-        "w(Path('reports/bundled'))\"`.",
+        f"Model `{scorer.version}`, {meta['best_iteration'] + 1} trees; label: {meta.get('label')}; "
+        f"score `{meta.get('score')}` (a calibrated probability). Reproduce with "
+        '`python -c "from pathlib import Path; from training.evaluate import write_bundled_report '
+        "as w; w(Path('reports/bundled'))\"` (rebuild the model first: training/README.md).",
         "",
-        "## Scripted journeys (`training.simulator.scripted`), score after every event",
+        "## Exit risk on each source's held-back rows (same rows for every model)",
         "",
+        "| source | model | ROC AUC (95% CI) | ECE | Brier |",
+        "|---|---|---|---|---|",
     ]
+    for src, models in meta.get("metrics_by_source", {}).items():
+        for k, m in models.items():
+            lines.append(
+                f"| {src} | {_LABELS.get(k, k)} | {_fmt(m['roc_auc'])}{_ci(m, 'roc_auc')} "
+                f"| {_fmt(m.get('ece', math.nan))} | {_fmt(m['brier'])} |"
+            )
+    runs = {
+        f"simulator (seed {seed})": from_journeys(simulate(journeys, seed=seed)),
+        "Taobao (test users)": held_back(load_taobao()),
+        "Diginetica (newest 20 %)": held_back(load_diginetica()),
+    }
+    lines += [
+        "",
+        "## Replayed with the default rules and a 10 % budget: sessions offered help",
+        "",
+        "Every event in time order through `SessionHost` (the shards' code), the budget "
+        "included; intervals are Wilson 95 %. Buyers: sessions with a purchase (offered help "
+        "before it).",
+        "",
+        "| data | sessions | n | offered help (95% CI) |",
+        "|---|---|---|---|",
+    ]
+    extra = []
+    for name, sessions in runs.items():
+        s = summary(replay(sessions, scorer))
+        lines += _replay_lines(name, s)
+        if "offered_to_struggling_share" in s:
+            extra.append(
+                f"- {name}: {100 * s['offered_to_struggling_share']:.1f} % of the sessions offered "
+                "help were struggling (simulator truth: a struggle episode was written into the journey)"
+            )
+        extra.append(f"- {name}: decisions by kind {json.dumps(s['decisions_by_kind'])}")
+    lines += ["", *extra, ""]
+    lines += ["## Scripted journeys (`training.simulator.scripted`), risk after every event", ""]
     for kind, df in scripted_scores(scorer).items():
-        first = df.loc[df["score"] >= t, "event"]
         lines += [
-            f"**{kind}**: max {_fmt(df['score'].max())}, first event at or above {t}: "
-            f"{int(first.iloc[0]) if len(first) else 'none'}",
+            f"**{kind}**: max {_fmt(df['score'].max())}",
             "",
             "| event | " + " | ".join(str(e) for e in df["event"]) + " |",
             "|---|" + "---|" * len(df),
             "| type | " + " | ".join(df["type"]) + " |",
-            "| score | " + " | ".join(f"{v:.2f}" for v in df["score"]) + " |",
+            "| risk | " + " | ".join(f"{v:.2f}" for v in df["score"]) + " |",
             "",
         ]
-    per_journey = max_scores(scorer, simulate(journeys, seed=seed))
-    per_journey["flagged"] = per_journey["max_score"] >= t
-    table = (
-        per_journey.groupby(["archetype", "struggling"])
-        .agg(
-            sessions=("flagged", "size"),
-            converted=("converted", "mean"),
-            flagged=("flagged", "mean"),
-        )
-        .reset_index()
-    )
-    lines += [
-        f"## Simulated journeys: share whose score reaches {t}",
-        "",
-        f"`simulate({journeys}, seed={seed})` (not the model's training seed); rows the policy "
-        "acts on only (from event 3, before any purchase); a journey counts when its highest "
-        f"score reaches {t}.",
-        "",
-        "| archetype | struggling | sessions | converted | max score >= 0.75 |",
-        "|---|---|---|---|---|",
-    ]
-    for _, r in table.iterrows():
-        lines.append(
-            f"| {r['archetype']} | {'yes' if r['struggling'] else 'no'} | {r['sessions']} "
-            f"| {r['converted']:.0%} | {r['flagged']:.1%} |"
-        )
-    intent = table[table["archetype"] != "browser"]
-    for name, part in (
-        ("all but browser", intent),
-        ("browser", table[table["archetype"] == "browser"]),
-    ):
-        for flag in (False, True):
-            p = part[part["struggling"] == flag]
-            n = int(p["sessions"].sum())
-            if n:
-                share = float((p["flagged"] * p["sessions"]).sum() / n)
-                lines.append(
-                    f"| **{name}** | {'yes' if flag else 'no'} | {n} "
-                    f"| {float((p['converted'] * p['sessions']).sum() / n):.0%} | {share:.1%} |"
-                )
-    lines += [
-        "",
-        "By outcome (what the journey went on to do):",
-        "",
-        "| converted | struggling | sessions | max score >= 0.75 |",
-        "|---|---|---|---|",
-    ]
-    for (conv, flag), p in per_journey.groupby(["converted", "struggling"]):
-        lines.append(
-            f"| {'yes' if conv else 'no'} | {'yes' if flag else 'no'} | {len(p)} "
-            f"| {p['flagged'].mean():.1%} |"
-        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines))
     return path

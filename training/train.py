@@ -6,6 +6,8 @@ good, with simple baselines measured in the same run on the same split:
 
 * ``xgboost``: the model the live path uses;
 * ``logreg``: logistic regression on the same features (log1p-scaled, standardised);
+* ``logreg_counts``: logistic regression on the prefix's counts only (events,
+  pages, clicks, form errors, cart adds...: ``COUNT_FEATURES``);
 * ``events_so_far``: logistic regression on the number of events seen so far only.
 
 Decisions, and why:
@@ -55,7 +57,7 @@ from sklearn.metrics import (
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from actors.core.features import FEATURE_NAMES, FEATURE_SCHEMA_HASH
+from actors.core.features import COUNTERS, FEATURE_NAMES, FEATURE_SCHEMA_HASH
 from actors.core.policy import DEFAULT_POLICY
 from training.labels import DEFAULT_HORIZON_S, EXIT_SOON, NO_PURCHASE, apply_label, describe
 from training.progress import Progress
@@ -65,7 +67,10 @@ SCORE_BALANCED = "balanced"  # output = class-balanced exit risk (see the module
 SCORE_CALIBRATED = "calibrated"  # output = calibrated probability (no re-weighting)
 CALIBRATION_FORMULA = "p = sigmoid(logit(score) + logit(base_rate))"
 FEATURES: list[str] = list(FEATURE_NAMES)
-MODELS = ("xgboost", "logreg", "events_so_far")
+# The prefix's plain counts: what the "logistic regression on prefix counts" baseline sees.
+COUNT_FEATURES: list[str] = list(dict.fromkeys(["n_events", "n_pages", *COUNTERS]))
+MODELS = ("xgboost", "logreg", "logreg_counts", "events_so_far")
+BASELINES = MODELS[1:]
 
 
 @dataclass
@@ -363,12 +368,20 @@ def _log1p_pos(X: np.ndarray) -> np.ndarray:
 
 
 def fit_logreg(
-    train: pd.DataFrame, balance_classes: bool = False, source_weights: bool = True
+    train: pd.DataFrame,
+    balance_classes: bool = False,
+    source_weights: bool = True,
+    columns: list[str] | None = None,
 ) -> Any:
-    """Logistic regression on the same features, weighted like the booster."""
+    """Logistic regression on the same features (or ``columns``), weighted like the booster.
+
+    The fitted pipeline picks its columns from a rows frame: call
+    ``predict_proba`` on the frame, not on a matrix.
+    """
     y = train["label"].to_numpy()
     _balance(y)  # both classes present
     model = make_pipeline(
+        FunctionTransformer(_columns, kw_args={"names": columns or FEATURES}),
         FunctionTransformer(_log1p_pos),  # counts and durations are heavy-tailed
         StandardScaler(),
         LogisticRegression(
@@ -376,8 +389,12 @@ def fit_logreg(
         ),
     )
     w = source_weight(train) if source_weights else None
-    model.fit(_x(train), y, logisticregression__sample_weight=w)
+    model.fit(train, y, logisticregression__sample_weight=w)
     return model
+
+
+def _columns(df: pd.DataFrame, names: list[str]) -> np.ndarray:
+    return df[names].to_numpy(dtype=np.float32)
 
 
 def fit_events_so_far(
@@ -464,8 +481,7 @@ class RunResult:
     name: str
     split: Split
     xgb_model: TrainedXGB
-    logreg: Any
-    events_model: LogisticRegression
+    baselines: dict[str, Any]  # name -> fitted baseline (see BASELINES)
     predictions: dict[str, np.ndarray]  # model name -> test-set scores
     metrics: dict[str, dict[str, float]]
     params: XGBParams
@@ -561,12 +577,23 @@ def _measure_by_source(
 
 def _baselines(
     split: Split, balance: bool, source_weights: bool = True
-) -> tuple[Any, LogisticRegression, float]:
+) -> tuple[dict[str, Any], float]:
+    """The baselines of :data:`BASELINES`, fitted, and the exit share of their training rows."""
     # The baselines have no early stopping, so they may learn from validation rows too.
     base_train = pd.concat([split.train, split.valid], ignore_index=True)
-    lr = fit_logreg(base_train, balance, source_weights)
-    ev = fit_events_so_far(base_train, balance, source_weights)
-    return lr, ev, float(base_train["label"].mean())
+    fitted = {
+        "logreg": fit_logreg(base_train, balance, source_weights),
+        "logreg_counts": fit_logreg(base_train, balance, source_weights, COUNT_FEATURES),
+        "events_so_far": fit_events_so_far(base_train, balance, source_weights),
+    }
+    return fitted, float(base_train["label"].mean())
+
+
+def _baseline_predictions(fitted: dict[str, Any], df: pd.DataFrame) -> dict[str, np.ndarray]:
+    return {
+        k: predict_events_so_far(m, df) if k == "events_so_far" else m.predict_proba(df)[:, 1]
+        for k, m in fitted.items()
+    }
 
 
 def train_and_evaluate(
@@ -592,22 +619,16 @@ def train_and_evaluate(
     df = apply_label(df, label, horizon_s)
     split = source_split(df, test_frac, valid_frac)
     model = fit_xgb(split.train, split.valid, params, progress=progress)
-    lr, ev, base_rate = _baselines(split, params.balance_classes, params.source_weights)
-    Xte = _x(split.test)
-    preds = {
-        "xgboost": model.predict(Xte),
-        "logreg": lr.predict_proba(Xte)[:, 1],
-        "events_so_far": predict_events_so_far(ev, split.test),
-    }
-    rates = {"xgboost": model.base_rate, "logreg": base_rate, "events_so_far": base_rate}
+    fitted, base_rate = _baselines(split, params.balance_classes, params.source_weights)
+    preds = {"xgboost": model.predict(_x(split.test)), **_baseline_predictions(fitted, split.test)}
+    rates = {"xgboost": model.base_rate, **dict.fromkeys(BASELINES, base_rate)}
     results = _measure(split.test, preds, rates, model.score, bootstrap)
     by_source = _measure_by_source(split.test, preds, rates, model.score, bootstrap)
     return RunResult(
         name,
         split,
         model,
-        lr,
-        ev,
+        fitted,
         preds,
         results,
         params,
@@ -648,7 +669,7 @@ def evaluate_booster(
     split = source_split(apply_label(df, label, horizon), test_frac, valid_frac)
     balance = bool(meta.get("params", {}).get("balance_classes", True))
     weights = bool(meta.get("params", {}).get("source_weights", False))
-    lr, ev, base_rate = _baselines(split, balance, weights)
+    fitted, base_rate = _baselines(split, balance, weights)
     kind = SCORE_BALANCED if meta.get("score") == SCORE_BALANCED else SCORE_CALIBRATED
     spw = float(meta.get("scale_pos_weight", 1.0))
     if "base_rate" in meta:
@@ -660,18 +681,13 @@ def evaluate_booster(
     model = TrainedXGB(
         booster, booster.num_boosted_rounds() - 1, spw, base_rate=model_base_rate, score=kind
     )
-    Xte = _x(split.test)
-    preds = {
-        "xgboost": model.predict(Xte),
-        "logreg": lr.predict_proba(Xte)[:, 1],
-        "events_so_far": predict_events_so_far(ev, split.test),
-    }
+    preds = {"xgboost": model.predict(_x(split.test)), **_baseline_predictions(fitted, split.test)}
     if kind == SCORE_CALIBRATED and balance:
         # An older, prior-corrected booster: its output is calibrated, so the
         # (balanced) baselines are turned into calibrated probabilities too.
-        for k in ("logreg", "events_so_far"):
+        for k in BASELINES:
             preds[k] = calibrated(preds[k], base_rate)
-    rates = {"xgboost": model.base_rate, "logreg": base_rate, "events_so_far": base_rate}
+    rates = {"xgboost": model.base_rate, **dict.fromkeys(BASELINES, base_rate)}
     results = _measure(split.test, preds, rates, kind, bootstrap)
     by_source = _measure_by_source(split.test, preds, rates, kind, bootstrap)
     known = {f.name for f in XGBParams.__dataclass_fields__.values()}
@@ -680,8 +696,7 @@ def evaluate_booster(
         name,
         split,
         model,
-        lr,
-        ev,
+        fitted,
         preds,
         results,
         params,
