@@ -588,7 +588,12 @@ def cmd_report_outcomes(args: argparse.Namespace) -> int:
 
     since = parse_since(args.since, int(time.time() * 1000)) if args.since else None
     data = read_outcomes(_redis(args), _prefix(args), since, args.site, args.level)
-    path = write_report(data, args.out, command=_command_line())
+    command = _command_line()
+    if args.redis_url:  # the report is for reading and passing on: no password in it
+        from cluster.config import redact_url
+
+        command = command.replace(args.redis_url, redact_url(args.redis_url))
+    path = write_report(data, args.out, command=command)
     t = data["totals"]
     print(
         f"{t['sessions']} sessions with a decision ({t['treated_n']} treated, "

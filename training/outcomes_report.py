@@ -27,6 +27,7 @@ from training.outcomes import DIMENSIONS, REACTIONS
 from training.uplift import sessions_needed, wilson
 
 MAX_ROWS = 12  # groups per breakdown in the plots
+FEW = 10  # an arm with fewer sessions than this is drawn pale: its interval is mostly width
 EFFECTS = (0.02, 0.05)  # uplifts the sample-size line speaks of
 _TITLES = {
     "kind": "intervention kind",
@@ -70,7 +71,7 @@ def uplift_text(g: dict[str, Any]) -> str:
     missing = no_data(g)
     if missing:
         return missing
-    return f"{points(g['uplift'])} ({points(g['low'])} to {points(g['high'])})"
+    return f"{points(g['uplift'])} ({100 * g['low']:+.1f} to {100 * g['high']:+.1f})"
 
 
 def arm_text(conversions: int, n: int, rate: float | None) -> str:
@@ -161,7 +162,7 @@ def plot_uplift(data: dict[str, Any], path: Path) -> str:
     )
     level = f"{100 * data['level']:.0f}%"
     for ax, (title, groups) in zip(axes, panels, strict=True):
-        ax.axvline(0, color="#888", lw=1, ls="--", zorder=0)
+        ax.axvline(0, color="#999", lw=1.2, zorder=0)
         if not groups:
             ax.text(0, 0, "no data", ha="center", va="center", color=_UNSURE, style="italic")
             ax.set_yticks([])
@@ -174,10 +175,11 @@ def plot_uplift(data: dict[str, Any], path: Path) -> str:
                 continue
             up, lo, hi = 100 * g["uplift"], 100 * g["low"], 100 * g["high"]
             color = _UNSURE if not g["excludes_zero"] else (_UP if up > 0 else _DOWN)
-            ax.plot([lo, hi], [y, y], color=color, lw=2.5, solid_capstyle="butt")
-            ax.plot([lo, lo], [y - 0.18, y + 0.18], color=color, lw=1.5)
-            ax.plot([hi, hi], [y - 0.18, y + 0.18], color=color, lw=1.5)
-            ax.plot(up, y, "o", color=color, ms=7)
+            alpha = 0.35 if min(g["treated_n"], g["holdout_n"]) < FEW else 1.0
+            ax.plot([lo, hi], [y, y], color=color, lw=2.5, solid_capstyle="butt", alpha=alpha)
+            ax.plot([lo, lo], [y - 0.18, y + 0.18], color=color, lw=1.5, alpha=alpha)
+            ax.plot([hi, hi], [y - 0.18, y + 0.18], color=color, lw=1.5, alpha=alpha)
+            ax.plot(up, y, "o", color=color, ms=7, alpha=alpha)
             ax.text(
                 1.01,
                 y,
@@ -202,18 +204,18 @@ def plot_uplift(data: dict[str, Any], path: Path) -> str:
             ax.set_ylim(-len(groups) + 0.4, 0.6)
         ax.set_title(f"by {title}" if title != "all sessions" else title, loc="left", fontsize=10)
         ax.grid(axis="x", color="#eee")
-    axes[-1].set_xlabel(
-        f"uplift: conversion of treated minus holdout sessions, percentage points ({level} interval)"
-    )
+    axes[-1].set_xlabel("uplift, percentage points")
     lo = min([-5.0] + [100 * g["low"] for _, gs in panels for g in gs if g["low"] is not None])
     hi = max([5.0] + [100 * g["high"] for _, gs in panels for g in gs if g["high"] is not None])
-    axes[-1].set_xlim(lo - 3, hi + 3)
+    axes[-1].set_xlim(lo - 6, hi + 6)
     fig.suptitle(
-        "Does the help change conversion?  Uplift per group; right: treated vs holdout conversion;"
-        "\ngreen / red: the interval excludes zero (more / less conversion), grey: it does not",
+        f"Does the help change conversion? Uplift: treated minus holdout conversion, {level} "
+        "interval\ngreen / red: the interval excludes zero (more / less conversion); grey: no "
+        f"evidence either way;\npale: fewer than {FEW} sessions in an arm; right: treated vs "
+        "holdout conversion",
         x=0.01,
         ha="left",
-        fontsize=10,
+        fontsize=9.5,
     )
     return _save(plt, fig, path)
 
@@ -230,6 +232,7 @@ def plot_daily(data: dict[str, Any], path: Path) -> str:
         figsize=(max(6.0, 1.0 + 0.55 * len(days)), 5.2),
         sharex=True,
         gridspec_kw={"height_ratios": [3, 1.3]},
+        layout="constrained",
     )
     x = list(range(len(days)))
     for arm, color, dx in (("treated", _TREATED, -0.08), ("holdout", _HOLDOUT, 0.08)):
@@ -262,14 +265,16 @@ def plot_daily(data: dict[str, Any], path: Path) -> str:
         )
     ax.set_ylabel("converted after the first decision (%)")
     ax.set_ylim(bottom=0)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, fontsize=8, frameon=False)
     ax.grid(axis="y", color="#eee")
-    ax.set_title(
+    fig.suptitle(
         f"Conversion per day, treated and holdout ({100 * data['level']:.0f}% Wilson intervals)",
-        loc="left",
+        x=0.01,
+        ha="left",
         fontsize=10,
     )
     bx.set_ylabel("sessions")
+    bx.set_title("sessions with a decision", loc="left", fontsize=9)
     bx.set_xticks(x)
     bx.set_xticklabels([g["key"] for g in days], rotation=30 if len(days) > 6 else 0, fontsize=8)
     bx.grid(axis="y", color="#eee")
