@@ -175,6 +175,18 @@ def test_the_report_writes_every_breakdown_and_says_no_data_for_empty_groups(tmp
     assert (tmp_path / "empty" / "uplift.png").exists()
 
 
+def test_the_report_draws_rates_of_zero_and_one(tmp_path):
+    """Every session of a day converted, or none did: the intervals end at the rate itself."""
+    # Wilson's bounds for 0 of 5 and 13 of 13 land a rounding error inside the rate.
+    won = [
+        rec(f"w{i}", 5, shown=DAY1, converted=DAY1 + 5, converted_seq=6, goal="purchase")
+        for i in range(13)
+    ]
+    rows, _ = join(won + [rec(f"x{i}", 5, holdout=True) for i in range(5)])
+    md = write_report(aggregate(rows), tmp_path).read_text()
+    assert "13 / 13 (100.0%)" in md and "0 / 5 (0.0%)" in md and "+100.0 pts" in md
+
+
 def test_since_takes_a_span_or_a_date():
     now = DAY2
     assert parse_since("7d", now) == now - 7 * 86_400_000

@@ -75,7 +75,7 @@ def uplift_text(g: dict[str, Any]) -> str:
 
 
 def arm_text(conversions: int, n: int, rate: float | None) -> str:
-    return f"{conversions} / {n} ({pct(rate)})" if n else "0 sessions"
+    return f"{conversions:,} / {n:,} ({pct(rate)})" if n else "0 sessions"
 
 
 def verdict(g: dict[str, Any]) -> str:
@@ -102,16 +102,16 @@ def sample_size_text(g: dict[str, Any]) -> str:
     share = g["holdout_n"] / n
     base = g["holdout_rate"]
     parts = [
-        f"{points(e)}: about {sessions_needed(base, e, share):,}"
+        f"{points(e)}, about {sessions_needed(base, e, share, g['level']):,}"
         for e in EFFECTS
         if 0 < base + e < 1
     ]
     if not parts:
         return ""
     return (
-        f"Sessions with a decision needed before an uplift shows as an interval that excludes zero "
-        f"(80% of the time), at the holdout's conversion of {pct(base)} and its share of "
-        f"{pct(share, 0)}: {'; '.join(parts)}. This report has {n:,}."
+        "Sessions with a decision it takes for a true uplift to show as an interval that excludes "
+        f"zero 80% of the time, at the holdout's conversion of {pct(base)} and its "
+        f"{pct(share, 0)} share: {'; '.join(parts)}. This report has {n:,}."
     )
 
 
@@ -190,7 +190,7 @@ def plot_uplift(data: dict[str, Any], path: Path) -> str:
                 color="#333",
             )
             ax.annotate(
-                f"{up:+.1f}",
+                f"{up:+.1f}" if abs(up) >= 0.05 else "0.0",
                 (up, y),
                 xytext=(0, 7),
                 textcoords="offset points",
@@ -245,8 +245,9 @@ def plot_daily(data: dict[str, Any], path: Path) -> str:
             rate = c / n
             xs.append(i + dx)
             ys.append(100 * rate)
-            err_lo.append(100 * (rate - lo))
-            err_hi.append(100 * (hi - rate))
+            # max: at a rate of 0 or 1 the interval's end may round past the rate itself
+            err_lo.append(max(0.0, 100 * (rate - lo)))
+            err_hi.append(max(0.0, 100 * (hi - rate)))
         ax.errorbar(
             xs,
             ys,
@@ -411,6 +412,9 @@ def markdown(data: dict[str, Any], plots: dict[str, str], command: str | None = 
         "or one of the site's goals after that decision. *Uplift*: treated minus holdout "
         f"conversion, with Newcombe's {level} interval (training/uplift.py); a small group has "
         "a wide interval, and an interval that includes zero means no evidence either way. "
+        "With many groups, some intervals exclude zero by chance alone (about one group in "
+        f"{1 / (1 - data['level']):.0f} where the help changes nothing): trust a group's result "
+        "when it holds over more days. "
         "Reactions count treated sessions by the most that happened: accepted, dismissed, "
         "ignored (shown, no answer), unseen (the page never confirmed showing it). The numbers "
         "are in `outcomes.json` (schema: training/outcomes.py).",
