@@ -20,6 +20,7 @@ groups plots its largest ones (the tables list them all).
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -357,11 +358,10 @@ def _goals(g: dict[str, Any]) -> list[str]:
 
 
 def _source(src: dict[str, Any]) -> list[str]:
-    from training.outcomes import utc_day
-
     parts = []
     if src.get("since_ms") is not None:
-        parts.append(f"first decisions since {utc_day(src['since_ms'])} (UTC)")
+        since = datetime.fromtimestamp(src["since_ms"] / 1000.0, tz=timezone.utc)
+        parts.append(f"sessions whose first decision came after {since:%Y-%m-%d %H:%M} UTC")
     if src.get("site"):
         parts.append(f"site `{src['site']}`")
     if src.get("prefix"):
