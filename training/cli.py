@@ -675,7 +675,7 @@ def _guarded(fn: Any) -> Any:
         try:
             return int(fn(args) or 0)
         except (UserError, DataError, RegistryError) as exc:
-            name = fn.__name__.removeprefix("cmd_")
+            name = fn.__name__.removeprefix("cmd_").replace("_", " ")  # report_outcomes
             print(f"lifeline {name}: error: {exc}", file=sys.stderr)
             return 2
 

@@ -79,8 +79,8 @@ def read_outcomes(
 
     ``source`` says what was read: ``prefix``, ``since_ms``, ``site``,
     ``generated_ms``, ``log_entries`` (intervention-log entries read),
-    ``decisions`` (those of ``site``), ``sessions_expired`` (sessions left
-    out because a record of theirs had expired).
+    ``decisions`` (those of ``site``), ``sessions_expired`` (sessions read,
+    of any time, left out because a record of theirs had expired).
     """
     records, read = read_records(r, Keys(prefix), since_ms, site)
     rows, expired = join(records)

@@ -15,6 +15,14 @@ with its event log and snapshot.
 
 The scripts name their keys themselves from the prefixes they are given, so
 they need a standalone Redis (as the append script does).
+
+Limits: a conversion in a later batch than the decision finds the
+decision's record only if that was written first. The shard starts its
+writes in batch order on one I/O loop, and a decision's write starts before
+its reply leaves, so the visitor's next event comes later; but two writes
+in flight on two connections are not ordered by Redis, so a conversion
+within milliseconds of a decision, just as a connection is being opened,
+could be missed (it is then not counted, never counted twice).
 """
 
 from __future__ import annotations
