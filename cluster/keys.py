@@ -5,9 +5,9 @@
 | ``{p}ev:{site}:{sid}`` | stream | the session's event log; entry fields f, l (first/last seq), ev (msgpack list of events) |
 | ``{p}s:{site}:{sid}`` | hash | seq (last durable seq), site (the one that created it), consent, iv_count, iv_last |
 | ``{p}snap:{site}:{sid}`` | string | msgpack session snapshot |
-| ``{p}iv:{iid}`` | hash | one intervention decision (with its sid and site), its outcome and its ``log_id`` in ivlog |
+| ``{p}iv:{iid}`` | hash | one intervention decision (with its sid, site and segment), its outcome, the session's first conversion after it (``converted``, ``converted_seq``, ``goal``) and its ``log_id`` in ivlog |
 | ``{p}ivs:{site}:{sid}`` | set | the iids of a session's decisions (to erase them with the session) |
-| ``{p}ivlog`` | stream | every decision, for operators and uplift analysis |
+| ``{p}ivlog`` | stream | every decision, for operators and uplift analysis (training/outcomes.py) |
 | ``{p}owner:{sid}`` | string | the site that created the session: a sid belongs to one site only |
 | ``{p}consent:{site}:{sid}`` | stream | the session's consent records: one entry per change (consent, ts, site, via) |
 | ``{p}push:{gateway}`` | pub/sub channel | intervention updates for one gateway's sockets |

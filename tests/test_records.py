@@ -86,6 +86,45 @@ async def test_decisions_and_outcomes_are_recorded_and_a_withdrawal_erases_only_
         await r.aclose()
 
 
+async def test_a_conversion_marks_the_decisions_it_came_after_once(redis_url, prefix):
+    r = aioredis.Redis.from_url(redis_url)
+    keys = Keys(prefix)
+    records = ShardRecords(r, keys)
+    conv = ("converted", "converted_seq", "goal")
+    try:
+        early, late = decision("i-c4", "buyer", 4), decision("i-c9", "buyer", 9)
+        # The lead at seq 7 comes after the first decision and before the second.
+        await records.record(
+            [early], [fields(early)], {"buyer": 1}, [], [("buyer", "demo", "lead", 7, 5_007)]
+        )
+        assert await r.hmget(keys.intervention("i-c4"), *conv) == [b"5007", b"7", b"lead"]
+        # The second decision and a purchase in one call: the decision is written first.
+        await records.record(
+            [late],
+            [fields(late)],
+            {"buyer": 2},
+            [],
+            [("buyer", "demo", "purchase", 12, 5_012)],
+        )
+        assert await r.hmget(keys.intervention("i-c4"), *conv) == [b"5007", b"7", b"lead"]
+        assert await r.hmget(keys.intervention("i-c9"), *conv) == [b"5012", b"12", b"purchase"]
+        # A session without decisions, or another site's session of the same id: nothing.
+        await records.record(
+            [],
+            [],
+            {},
+            [],
+            [("browser", "demo", "purchase", 3, 1), ("buyer", "other", "purchase", 20, 1)],
+        )
+        assert await r.keys(f"{prefix}*browser*") == []
+        assert await r.hget(keys.intervention("i-c9"), "converted") == b"5012"
+        # Erasing the session takes the conversions with the records they are on.
+        await records.erase([("demo", "buyer")])
+        assert await r.exists(keys.intervention("i-c4"), keys.intervention("i-c9")) == 0
+    finally:
+        await r.aclose()
+
+
 async def test_snapshots_are_written_in_one_call_and_expire(redis_url, prefix):
     r = aioredis.Redis.from_url(redis_url)
     keys = Keys(prefix)

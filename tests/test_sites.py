@@ -76,3 +76,36 @@ def test_the_shipped_sites_file_still_loads_and_allows_its_origins():
     assert sites["demo"].origin_allowed("http://localhost:8765")
     assert sites["loadtest"].origin_allowed("http://loadtest.local")
     assert not sites["loadtest"].origin_allowed("http://loadtest.local.evil.com")
+
+
+def test_goals_name_the_custom_events_that_convert_besides_purchase():
+    sites = parse_sites({"sites": {"shop": {"goals": ["signup", "lead"]}, "bare": {}}})
+    shop, bare = sites["shop"], sites["bare"]
+    assert shop.goals == ("signup", "lead")
+    assert shop.conversion({"type": "purchase", "seq": 9, "ts": 1}) == "purchase"
+    assert shop.conversion({"type": "custom", "name": "lead", "seq": 9, "ts": 1}) == "lead"
+    assert shop.conversion({"type": "custom", "name": "newsletter", "seq": 9, "ts": 1}) is None
+    assert shop.conversion({"type": "add_to_cart", "item": "x", "seq": 9, "ts": 1}) is None
+    # Without goals a site still converts on purchase, and on nothing else.
+    assert bare.conversion({"type": "purchase", "seq": 1, "ts": 1}) == "purchase"
+    assert bare.conversion({"type": "custom", "name": "lead", "seq": 1, "ts": 1}) is None
+    assert load_sites(Path(__file__).resolve().parents[1] / "cluster" / "sites.toml")[
+        "demo"
+    ].goals == ("lead",)
+
+
+@pytest.mark.parametrize(
+    ("goals", "why"),
+    [
+        ("signup", "list"),  # a string, not a list
+        (["signup", 3], "list"),
+        ([""], "1 to 64"),
+        (["x" * 65], "1 to 64"),
+        (["purchase"], "event type"),  # always a conversion, never a custom event
+        (["add_to_cart"], "event type"),
+        (["lead", "lead"], "twice"),
+    ],
+)
+def test_malformed_goals_are_refused_at_start_up(goals, why):
+    with pytest.raises(SiteConfigError, match=why):
+        parse_sites({"sites": {"shop": {"goals": goals}}})

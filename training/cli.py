@@ -1,4 +1,4 @@
-"""The training side of the ``lifeline`` command: train, evaluate, models, promote, export, paper.
+"""The training side of the ``lifeline`` command: train, evaluate, models, promote, export, paper, report.
 
 ``add_commands(subparsers)`` registers the subcommands on the main CLI's
 argparse subparsers; each sets ``func`` (call ``args.func(args)``, it
@@ -718,9 +718,100 @@ def _add_paper(sub: Any) -> None:
     p.set_defaults(func=_guarded(cmd_paper))
 
 
+# -- report -----------------------------------------------------------------------------------------
+_SPANS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000}
+
+
+def parse_since(text: str, now_ms: int) -> int:
+    """``--since``: a span back from now (``7d``, ``12h``, ``30m``) or an ISO date or time (UTC
+    unless it says otherwise), as epoch milliseconds."""
+    from datetime import datetime, timezone
+
+    unit = text[-1:].lower()
+    if unit in _SPANS and text[:-1].isdigit():
+        return now_ms - int(text[:-1]) * _SPANS[unit]
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise UserError(
+            f"--since {text!r}: give a span (7d, 12h, 30m) or a date (2026-05-01, 2026-05-01T12:00)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return int(when.timestamp() * 1000)
+
+
+def cmd_report_outcomes(args: argparse.Namespace) -> int:
+    from training.outcome_records import read_outcomes
+    from training.outcomes_report import uplift_text, write_report
+
+    since = parse_since(args.since, int(time.time() * 1000)) if args.since else None
+    data = read_outcomes(_redis(args), _prefix(args), since, args.site, args.level)
+    command = _command_line()
+    if args.redis_url:  # the report is for reading and passing on: no password in it
+        from cluster.config import redact_url
+
+        command = command.replace(args.redis_url, redact_url(args.redis_url))
+    path = write_report(data, args.out, command=command)
+    t = data["totals"]
+    print(
+        f"{t['sessions']} sessions with a decision ({t['treated_n']} treated, "
+        f"{t['holdout_n']} holdout); uplift {uplift_text(t)}"
+    )
+    print(f"report: {path} (data: {path.with_suffix('.json')})")
+    return 0
+
+
+def _add_report_outcomes(sub: Any) -> None:
+    p = sub.add_parser(
+        "outcomes",
+        help="conversion of sessions offered help against the holdout, with intervals",
+        description="Join every session's decisions, what was shown and what the visitor did "
+        "(purchases and the site's goals), and compare the conversion of sessions offered help "
+        "with that of holdout sessions, in total and by intervention kind, site, segment, model "
+        "and day, with confidence intervals. Writes OUT/outcomes.md with PNG plots and "
+        "OUT/outcomes.json (schema: training/outcomes.py).",
+    )
+    p.add_argument(
+        "--since",
+        default=None,
+        help="only sessions whose first decision is this recent: 7d, 12h, 30m, or a UTC date "
+        "or time (2026-05-01, 2026-05-01T12:00) (default: all that are kept, about a week)",
+    )
+    p.add_argument("--site", default=None, help="only this site's sessions (default: all sites)")
+    p.add_argument(
+        "--level",
+        type=float,
+        default=0.95,
+        help="confidence level of the intervals (default: 0.95)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_REPORTS / "outcomes",
+        help="folder to write outcomes.md, outcomes.json and the plots to (default: reports/outcomes)",
+    )
+    _add_redis_options(p)
+    p.set_defaults(func=_guarded(cmd_report_outcomes))
+
+
+REPORTS = (_add_report_outcomes,)  # `lifeline report NAME`: one function per report
+
+
+def _add_report(sub: Any) -> None:
+    p = sub.add_parser(
+        "report",
+        help="reports on what the live system did (outcomes)",
+        description="Reports on what the live system recorded.",
+    )
+    reports = p.add_subparsers(dest="report", required=True, metavar="REPORT")
+    for add in REPORTS:
+        add(reports)
+
+
 # -- wiring -----------------------------------------------------------------------------------------
 def add_commands(subparsers: Any) -> None:
-    """Register train, evaluate, replay, models, promote, export and paper on the main CLI."""
+    """Register train, evaluate, replay, challenge, models, promote, export, paper and report."""
     for add in (
         _add_train,
         _add_evaluate,
@@ -730,6 +821,7 @@ def add_commands(subparsers: Any) -> None:
         _add_promote,
         _add_export,
         _add_paper,
+        _add_report,
     ):
         add(subparsers)
 
@@ -744,7 +836,7 @@ def _guarded(fn: Any) -> Any:
         try:
             return int(fn(args) or 0)
         except (UserError, DataError, RegistryError) as exc:
-            name = fn.__name__.removeprefix("cmd_")
+            name = fn.__name__.removeprefix("cmd_").replace("_", " ")  # report_outcomes
             print(f"lifeline {name}: error: {exc}", file=sys.stderr)
             return 2
 

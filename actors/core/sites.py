@@ -4,6 +4,7 @@ The sites file is TOML, one table per site::
 
     [sites.demo]
     origins = ["http://127.0.0.1:*", "http://localhost:*"]
+    goals = ["lead"]
     [sites.demo.policy]
     cooldown_s = 60
     [sites.demo.detectors]
@@ -20,6 +21,10 @@ one (``https://*.com``) is refused at start-up. A port of ``*`` allows any
 port, the scheme's default included; no port means the scheme's default
 (80 for http, 443 for https). Hosts compare case-insensitively; write
 internationalised names in their ASCII (``xn--``) form, as browsers send them.
+
+A site's ``goals`` name the ``custom`` events (``lifeline.track("signup")``)
+that count as conversions besides ``purchase``, which always does
+(:meth:`Site.conversion`; the outcome report measures them).
 
 Unknown keys are errors, so a typo in a rule is caught at start-up rather
 than silently ignored. Pure: parsing only, no I/O beyond reading the file.
@@ -38,9 +43,12 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli 
     import tomli as tomllib
 
 from actors.core.detectors import DetectorConfig
+from actors.core.events import EVENT_TYPES
 from actors.core.policy import PolicyConfig
 
-_SITE_KEYS = {"origins", "policy", "detectors", "name"}
+_SITE_KEYS = {"origins", "policy", "detectors", "name", "goals"}
+PURCHASE = "purchase"  # the conversion every site has: the ``purchase`` event
+MAX_GOAL_LEN = 64  # the tracking client cuts a custom event's name to this
 
 # scheme://host[:port], used with fullmatch (no path, no user info, no trailing
 # newline). The host is an IPv6 literal or dot-separated labels; whether a
@@ -130,11 +138,22 @@ class Site:
     origins: tuple[str, ...] = ()
     detectors: DetectorConfig = field(default_factory=DetectorConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    goals: tuple[str, ...] = ()  # custom events that count as conversions, besides purchase
     patterns: tuple[OriginPattern, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Parsed once, here: a malformed pattern fails at start-up (ValueError).
         object.__setattr__(self, "patterns", tuple(OriginPattern.parse(o) for o in self.origins))
+        _check_goals(self.goals)
+
+    def conversion(self, event: dict[str, Any]) -> str | None:
+        """The goal a (validated) event reaches: ``purchase``, one of ``goals``, or None."""
+        etype = event["type"]
+        if etype == PURCHASE:
+            return PURCHASE
+        if etype == "custom" and event["name"] in self.goals:
+            return event["name"]
+        return None
 
     def origin_allowed(self, origin: str | None) -> bool:
         """True if ``origin`` matches the allow-list.
@@ -146,6 +165,20 @@ class Site:
             return False
         parts = _split_origin(origin, wildcards=False)
         return parts is not None and any(p.matches(*parts) for p in self.patterns)
+
+
+def _check_goals(goals: Any) -> None:
+    """Goals are distinct custom-event names; an event type's name never arrives as one."""
+    if not isinstance(goals, tuple) or not all(isinstance(g, str) for g in goals):
+        raise ValueError(f"goals must be a list of custom event names, got {goals!r}")
+    for g in goals:
+        if not 0 < len(g) <= MAX_GOAL_LEN:
+            raise ValueError(f"goal {g!r}: a name of 1 to {MAX_GOAL_LEN} characters")
+        if g in EVENT_TYPES:
+            # purchase always counts; the others are events of their own type, never custom
+            raise ValueError(f"goal {g!r} is an event type, not a custom event's name")
+    if len(set(goals)) != len(goals):
+        raise ValueError(f"goals {list(goals)} name a goal twice")
 
 
 class SiteConfigError(ValueError):
@@ -170,10 +203,16 @@ def parse_sites(data: dict[str, Any], source: str = "<sites>") -> dict[str, Site
                 origins=tuple(table.get("origins", ())),
                 detectors=DetectorConfig.from_mapping(table.get("detectors")),
                 policy=PolicyConfig.from_mapping(table.get("policy")),
+                goals=_as_tuple(table.get("goals", ())),
             )
         except (TypeError, ValueError) as exc:
             raise SiteConfigError(f"{source}: [sites.{key}]: {exc}") from exc
     return out
+
+
+def _as_tuple(value: Any) -> Any:
+    """A TOML list as a tuple; anything else as it is, for :func:`_check_goals` to refuse."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 def load_sites(path: str | Path) -> dict[str, Site]:

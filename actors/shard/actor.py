@@ -76,6 +76,32 @@ def forgotten(items: Sequence[BatchItem | Forget]) -> list[Forget]:
     return [item for item in items if type(item) is Forget]
 
 
+def outcome_events(
+    items: Sequence[BatchItem | Forget], sites: dict[str, Site]
+) -> tuple[list[tuple[str, str, int, str, str]], list[tuple[str, str, str, int, int]]]:
+    """What the batch's visitors did about interventions and goals, for the records.
+
+    (type, iid, ts, sid, site) of each intervention_shown/accepted/dismissed,
+    with the session and site that sent it (the record script refuses an
+    outcome for another session's intervention), and (sid, site, goal, seq,
+    ts) of each conversion: a purchase, or a custom event the site names as
+    a goal (:meth:`actors.core.sites.Site.conversion`).
+    """
+    outcomes: list[tuple[str, str, int, str, str]] = []
+    conversions: list[tuple[str, str, str, int, int]] = []
+    for sid, site, _consent, events in items:
+        for ev in events:
+            etype = ev["type"]
+            if etype.startswith("intervention_"):
+                outcomes.append((etype, ev["iid"], ev["ts"], sid, site))
+            elif etype == "purchase" or etype == "custom":
+                rules = sites.get(site)
+                goal = rules.conversion(ev) if rules is not None else None
+                if goal is not None:
+                    conversions.append((sid, site, goal, ev["seq"], ev["ts"]))
+    return outcomes, conversions
+
+
 def decision_frame(d: Decision, text: str) -> dict[str, Any]:
     """The intervention as the browser receives it (docs/PROTOCOL.md)."""
     frame: dict[str, Any] = {
@@ -354,19 +380,13 @@ class ShardCore:
         self.stats["busy_ms"] += (time.perf_counter() - locked) * 1000.0
         self.stats["lock_wait_ms"] += (locked - started) * 1000.0
         self._metrics.batch(sum(len(r[1]) for r in out), time.perf_counter() - started, decisions)
-        # With the session and site that sent each: the record script refuses an
-        # outcome for another session's intervention.
-        outcomes = [
-            (ev["type"], ev["iid"], ev["ts"], sid, site)
-            for sid, site, _consent, events in items
-            for ev in events
-            if ev["type"].startswith("intervention_")
-        ]
-        if decisions or outcomes:
+        outcomes, conversions = outcome_events(items, self.sites)
+        if decisions or outcomes or conversions:
             self.stats["decisions"] += len(decisions)
             sites = {item[0]: item[1] for item in items} if decisions else {}
             self._spawn(
-                self._record(decisions, scored, outcomes, iv_counts, sites), self._recording
+                self._record(decisions, scored, outcomes, iv_counts, sites, conversions),
+                self._recording,
             )
         if follow_ups:
             channel = self.keys.push(gateway_id)
@@ -504,8 +524,9 @@ class ShardCore:
         outcomes: list[tuple[str, str, int, str, str]],
         iv_counts: dict[str, int],
         sites: dict[str, str],
+        conversions: list[tuple[str, str, str, int, int]],
     ) -> None:
-        """Write decisions to the intervention log and record outcomes; never raises.
+        """Write decisions to the intervention log, record outcomes and conversions; never raises.
 
         Each decision's drivers (the features that pushed its score up most)
         are computed here, in a worker thread, from its feature row and the
@@ -515,6 +536,7 @@ class ShardCore:
         ``sites``: the site of each deciding session, stored in its records so
         that an outcome from another site's session can be refused.
         """
+        names = self.scorer.segments.names if self.scorer.segments is not None else ()
         fields = [
             {
                 "sid": d.sid,
@@ -529,13 +551,18 @@ class ShardCore:
                 "reasons": json.dumps([[r.signal, r.strength] for r in d.reasons]),
                 "model": used.version,
                 "drivers": json.dumps([[x.feature, x.words, x.push] for x in drivers]),
+                # The segment's index means something only with its model; its name reads.
+                "segment": "" if d.segment is None else d.segment,
+                "segment_name": names[d.segment]
+                if d.segment is not None and d.segment < len(names)
+                else "",
             }
             for d, (_row, used), drivers in zip(
                 decisions, scored, await self._drivers(scored), strict=True
             )
         ]
         try:
-            refused = await self.records.record(decisions, fields, iv_counts, outcomes)
+            refused = await self.records.record(decisions, fields, iv_counts, outcomes, conversions)
         except redis.RedisError as exc:
             log.error(
                 "shard %d: could not record %d decisions: %s", self.index, len(decisions), exc

@@ -4,12 +4,25 @@ Each decision leaves three things in Redis: its hash (``{p}iv:{iid}``, with
 the id of its intervention-log entry in ``log_id``), an entry in the
 intervention log (``{p}ivlog``), and its iid in the session's set
 (``{p}ivs:{site}:{sid}``), so that everything a session left can be found and
-deleted without scanning the log. One script writes all three atomically,
+deleted without scanning the log. Conversions (a ``purchase``, or a custom
+event the site names as a goal) are written onto the records of the
+session's decisions they came after (``converted``, the event's ts;
+``converted_seq``; ``goal``; the first conversion only): the outcome report
+joins decisions with them (training/outcomes.py) without the event logs.
+One script writes all of these atomically,
 one writes a tick's session snapshots, and one erases a session's records
 with its event log and snapshot.
 
 The scripts name their keys themselves from the prefixes they are given, so
 they need a standalone Redis (as the append script does).
+
+Limits: a conversion in a later batch than the decision finds the
+decision's record only if that was written first. The shard starts its
+writes in batch order on one I/O loop, and a decision's write starts before
+its reply leaves, so the visitor's next event comes later; but two writes
+in flight on two connections are not ordered by Redis, so a conversion
+within milliseconds of a decision, just as a connection is being opened,
+could be missed (it is then not counted, never counted twice).
 """
 
 from __future__ import annotations
@@ -28,7 +41,10 @@ INTERVENTION_LOG_MAXLEN = 100_000
 # ARGV[1]: a msgpack map: p (prefixes), ttl, maxlen, d (decisions: session id
 # (Keys.session_id), iid,
 # flat field list, running count, last ts), o (outcomes: iid, outcome, ts, sid,
-# site of the session that sent it). An outcome for a record that no longer
+# site of the session that sent it), c (conversions: session id, goal, seq, ts).
+# A conversion marks each of the session's decisions triggered before it
+# (by seq) that has none yet; a session without decisions has an empty set,
+# so its conversions write nothing. An outcome for a record that no longer
 # exists is dropped, not written as a new hash without an expiry; one for a
 # record of another session (or another site, where the record names its
 # site: records written before it did name only their session) is refused.
@@ -59,6 +75,15 @@ for _, o in ipairs(a.o) do
       redis.call('HSET', key, o[2], o[3], 'outcome', o[2])
     else
       refused = refused + 1
+    end
+  end
+end
+for _, c in ipairs(a.c) do
+  for _, iid in ipairs(redis.call('SMEMBERS', p.ivs .. c[1])) do
+    local key = p.iv .. iid
+    local f = redis.call('HMGET', key, 'seq', 'converted')
+    if f[1] and not f[2] and tonumber(f[1]) < c[3] then
+      redis.call('HSET', key, 'converted', c[4], 'converted_seq', c[3], 'goal', c[2])
     end
   end
 end
@@ -121,15 +146,18 @@ class ShardRecords:
         fields: Sequence[dict[str, Any]],
         iv_counts: dict[str, int],
         outcomes: Sequence[tuple[str, str, int, str, str]],
+        conversions: Sequence[tuple[str, str, str, int, int]] = (),
     ) -> int:
-        """Write ``decisions`` (with their ``fields``, in order) and intervention ``outcomes``.
+        """Write ``decisions`` (with their ``fields``, in order), intervention ``outcomes`` and ``conversions``.
 
         ``outcomes`` are (event type, iid, ts, sid, site) of
         intervention_shown/accepted/dismissed, with the session and site that
         sent each. An outcome reaches its record only if that record belongs
         to the same session (and site, when ``fields`` gave the record a
-        ``site``). Returns how many outcomes were refused for naming another
-        session's record.
+        ``site``). ``conversions`` are (sid, site, goal, seq, ts) of each
+        purchase or goal event; they mark the session's decisions triggered
+        before them, those of this call included. Returns how many outcomes
+        were refused for naming another session's record.
         """
         arg = {
             "p": self._p,
@@ -148,6 +176,9 @@ class ShardRecords:
             "o": [
                 [iid, etype.removeprefix("intervention_"), ts, sid, site]
                 for etype, iid, ts, sid, site in outcomes
+            ],
+            "c": [
+                [self._scoped(site, sid), goal, seq, ts] for sid, site, goal, seq, ts in conversions
             ],
         }
         _written, refused = await self._record(args=[script_arg(arg)])
