@@ -330,7 +330,7 @@ def test_published_figures_are_what_the_paper_protocol_computes(tmp_path: Path, 
 
 
 def test_bundled_model(tmp_path: Path) -> None:
-    meta = build_bundled_model(tmp_path, n_journeys=300, seed=2, real_limit=3000)
+    meta = build_bundled_model(tmp_path, n_journeys=300, seed=2, real_limit=3000, bootstrap=0)
     raw = (tmp_path / "bundled.ubj").read_bytes()
     assert len(raw) < 1_000_000
     assert json.loads((tmp_path / "bundled.json").read_text()) == meta

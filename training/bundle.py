@@ -39,10 +39,12 @@ def build_bundled_model(
     seed: int = 7,
     data_dir: Path | None = None,
     real_limit: int | None = None,
+    bootstrap: int = 100,
 ) -> dict:
     """Load, simulate, replay, train; write ``out_dir/bundled.{ubj,json}``; return the metadata.
 
-    ``real_limit``: at most this many sessions of each real data set (quick builds in tests).
+    ``real_limit``: at most this many sessions of each real data set (quick builds in tests);
+    ``bootstrap``: resamples of the test sessions for the intervals in the metadata (0: none).
     """
     from training.segments import fit_segments  # local: keeps import of this module light
 
@@ -69,7 +71,7 @@ def build_bundled_model(
             "sessions": len(real) + len(simulated),
         },
         params=BUNDLED_PARAMS,
-        bootstrap=0,
+        bootstrap=bootstrap,
     )
     meta: dict[str, Any] = run.meta()
     meta["segments"] = fit_segments(df[df["source"] == "simulator"], seed=seed).to_dict()

@@ -558,14 +558,17 @@ def write_bundled_report(
         "",
         "## Exit risk on each source's held-back rows (same rows for every model)",
         "",
-        "| source | model | ROC AUC (95% CI) | ECE | Brier |",
+        "| source | model | ROC AUC (95% CI) | ECE (95% CI) | Brier |",
         "|---|---|---|---|---|",
     ]
     for src, models in meta.get("metrics_by_source", {}).items():
-        for k, m in models.items():
+        for k in MODELS:
+            m = models.get(k)
+            if m is None:
+                continue
             lines.append(
                 f"| {src} | {_LABELS.get(k, k)} | {_fmt(m['roc_auc'])}{_ci(m, 'roc_auc')} "
-                f"| {_fmt(m.get('ece', math.nan))} | {_fmt(m['brier'])} |"
+                f"| {_fmt(m.get('ece', math.nan))}{_ci(m, 'ece')} | {_fmt(m['brier'])} |"
             )
     runs = {
         f"simulator (seed {seed})": from_journeys(simulate(journeys, seed=seed)),
