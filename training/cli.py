@@ -1,4 +1,4 @@
-"""The training side of the ``lifeline`` command: train, evaluate, models, promote, export, paper, report.
+"""The training side of the ``lifeline`` command: train, evaluate, replay, challenge, models, promote, export, import, paper, report.
 
 ``add_commands(subparsers)`` registers the subcommands on the main CLI's
 argparse subparsers; each sets ``func`` (call ``args.func(args)``, it
@@ -667,6 +667,67 @@ def _add_export(sub: Any) -> None:
     p.set_defaults(func=_guarded(cmd_export), engine="local")
 
 
+# -- import -----------------------------------------------------------------------------------------
+IMPORT_SOURCES = ("taobao", "diginetica", "yoochoose")
+
+
+def import_sessions(source: str, data_dir: Path | None, limit: int | None) -> list:
+    """The sessions of one public data set (``training.loaders``), the first ``limit`` by start."""
+    from training import loaders
+
+    root = data_dir or loaders.default_data_dir()
+    if source == "taobao":
+        return loaders.load_taobao(root / "taobao" / "user-behavior.csv", limit_sessions=limit)
+    if source == "diginetica":
+        return loaders.load_diginetica(root / "diginetica", limit_sessions=limit)
+    if source == "yoochoose":
+        return loaders.load_yoochoose(root / "yoochoose" / "clicks-train.tsv", limit_sessions=limit)
+    raise UserError(f"unknown source {source!r}; expected one of {', '.join(IMPORT_SOURCES)}")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from training.replay_io import write_events_jsonl
+
+    t0 = time.monotonic()
+    sessions = import_sessions(args.source, args.data_dir, args.limit)
+    if not sessions:
+        raise UserError(f"{args.source} gave no sessions")
+    n = write_events_jsonl(sessions, args.out)
+    conv = sum(1 for s in sessions if s.converted)
+    print(
+        f"wrote {n} events of {len(sessions)} sessions ({conv} with a purchase) from "
+        f"{args.source} to {args.out}, ordered by event time, in {time.monotonic() - t0:.1f}s"
+    )
+    return 0
+
+
+def _add_import(sub: Any) -> None:
+    p = sub.add_parser(
+        "import",
+        help="write a public data set as recorded traffic: one JSON line per event",
+        description="Convert a data set of ../shared/data (Taobao, Diginetica, YOOCHOOSE) into "
+        'JSON lines {"sid": ..., "event": {...}}, the event in the wire protocol\'s format '
+        "(type, seq, ts and the type's fields), ordered by event time across sessions as "
+        "recorded traffic is, for `lifeline replay --events FILE`. Every event is checked as the "
+        "gateway would check it.",
+    )
+    p.add_argument("--source", choices=IMPORT_SOURCES, required=True, help="the data set")
+    p.add_argument("--out", type=Path, required=True, help="the JSON-lines file to write")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="only the first N sessions by start time (default: all)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder of the public data sets (default: $LIFELINE_DATA_DIR, else ../shared/data)",
+    )
+    p.set_defaults(func=_guarded(cmd_import))
+
+
 # -- paper ------------------------------------------------------------------------------------------
 def cmd_paper(args: argparse.Namespace) -> int:
     from training.online_shoppers import run_paper_protocol
@@ -811,7 +872,7 @@ def _add_report(sub: Any) -> None:
 
 # -- wiring -----------------------------------------------------------------------------------------
 def add_commands(subparsers: Any) -> None:
-    """Register train, evaluate, replay, challenge, models, promote, export, paper and report."""
+    """Register train, evaluate, replay, challenge, models, promote, export, import, paper and report."""
     for add in (
         _add_train,
         _add_evaluate,
@@ -820,6 +881,7 @@ def add_commands(subparsers: Any) -> None:
         _add_models,
         _add_promote,
         _add_export,
+        _add_import,
         _add_paper,
         _add_report,
     ):
