@@ -130,14 +130,16 @@ def reference_of(df: pd.DataFrame, features: Iterable[str]) -> Reference:
 
     Of more than ``MAX_REFERENCE_ROWS`` rows, that many evenly spaced ones
     are summarised (deterministic; a bin's share is then off by ~0.002 at
-    most, far below what PSI reacts to, and it keeps this at ~0.2 s).
+    most, far below what PSI reacts to, and it keeps this at ~0.2 s). A
+    feature without a finite value is left out (there is nothing to bin).
     """
     if len(df) == 0:
         raise ValueError("an empty rows frame cannot be a drift reference")
     n = len(df)
     if n > MAX_REFERENCE_ROWS:
         df = df.iloc[np.linspace(0, n - 1, MAX_REFERENCE_ROWS).astype(np.int64)]
-    return Reference(n, {f: feature_bins(_values(df, f)) for f in features})
+    values = {f: _values(df, f) for f in features}
+    return Reference(n, {f: feature_bins(v) for f, v in values.items() if len(v)})
 
 
 def psi(ref_shares: Sequence[float], live_shares: Sequence[float]) -> float:
