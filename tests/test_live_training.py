@@ -93,8 +93,11 @@ async def visits(lifeline_stack) -> dict[str, dict[str, str]]:
     return dict(await asyncio.gather(*(one(j) for j in journeys)))
 
 
-def _cli(stack, *argv: str) -> int:
-    return main([*argv, "--redis-url", stack.redis_url, "--prefix", stack.prefix])
+async def _cli(stack, *argv: str) -> int:
+    """A ``lifeline`` command against the stack's Redis, off the event loop the stack runs on."""
+    return await asyncio.to_thread(
+        main, [*argv, "--redis-url", stack.redis_url, "--prefix", stack.prefix]
+    )
 
 
 async def test_train_on_the_live_log_with_its_outcomes(
@@ -114,10 +117,8 @@ async def test_train_on_the_live_log_with_its_outcomes(
         assert kinds.count("intervention_accepted") == list(got.values()).count("accepted")
         assert kinds.count("intervention_dismissed") == list(got.values()).count("dismissed")
 
-    rc = await asyncio.to_thread(
-        _cli, stack, "train", "--source", "live", "--engine", "local", "--rounds", "40",
-        "--report-dir", str(tmp_path / "rep"),
-    )  # fmt: skip
+    train = ("train", "--source", "live", "--engine", "local", "--rounds", "40")
+    rc = await _cli(stack, *train, "--report-dir", str(tmp_path / "rep"))
     out = capsys.readouterr().out
     assert rc == 0, out
     reg = ModelRegistry(r, stack.prefix)
@@ -154,24 +155,12 @@ async def test_promotion_guard_refuses_a_worse_model_until_forced(
     stack = lifeline_stack
     r = redis.Redis.from_url(stack.redis_url)
     reg = ModelRegistry(r, stack.prefix)
-    common = ("--engine", "local", "--rounds", "40")
+    train = ("train", "--source", "live", "--engine", "local", "--rounds", "40")
     try:
         # A model of the live log, made live whatever is live now (--force: the stack is shared).
-        assert (
-            await asyncio.to_thread(
-                _cli,
-                stack,
-                "train",
-                "--source",
-                "live",
-                *common,
-                "--report-dir",
-                str(tmp_path / "a"),
-            )
-            == 0
-        )
+        assert await _cli(stack, *train, "--report-dir", str(tmp_path / "a")) == 0
         good = reg.resolve("latest")
-        assert await asyncio.to_thread(_cli, stack, "promote", good, "--force") == 0
+        assert await _cli(stack, "promote", good, "--force") == 0
         assert reg.live() == good
         capsys.readouterr()
 
@@ -188,7 +177,7 @@ async def test_promotion_guard_refuses_a_worse_model_until_forced(
         bad = reg.save(bad_model.to_bytes(), {**reg.meta(good), "run": "flipped labels"})
 
         # Refused, with both figures on the same held-back rows, in the output and the history.
-        rc = await asyncio.to_thread(_cli, stack, "promote", bad)
+        rc = await _cli(stack, "promote", bad)
         err = capsys.readouterr().err
         assert rc == EXIT_REFUSED, err
         assert f"refused: {bad} is not promoted, {good} stays live" in err
@@ -202,7 +191,7 @@ async def test_promotion_guard_refuses_a_worse_model_until_forced(
         assert c["held_back"]["source"] == "live" and c["held_back"]["sessions"] >= VISITORS // 5
 
         # --force overrides: promoted, recorded as forced, and the shards score with it.
-        assert await asyncio.to_thread(_cli, stack, "promote", bad, "--force") == 0
+        assert await _cli(stack, "promote", bad, "--force") == 0
         assert f"promoted (forced) {bad} (was {good})" in capsys.readouterr().out
         h = reg.history()[0]
         assert "refused" not in h and h["version"] == bad
@@ -212,10 +201,7 @@ async def test_promotion_guard_refuses_a_worse_model_until_forced(
 
         # A retrained model passes the guard on its own held-back rows and goes live with
         # `train --promote`; the guard's figure for it is the run's own test figure.
-        rc = await asyncio.to_thread(
-            _cli, stack, "train", "--source", "live", *common, "--report-dir",
-            str(tmp_path / "c"), "--promote",
-        )  # fmt: skip
+        rc = await _cli(stack, *train, "--report-dir", str(tmp_path / "c"), "--promote")
         out = capsys.readouterr().out
         assert rc == 0, out
         fresh = reg.resolve("latest")
