@@ -145,3 +145,14 @@ def test_reader_refuses_missing_and_empty_files(tmp_path: Path) -> None:
         read_events_jsonl(tmp_path / "nope.jsonl")
     with pytest.raises(DataError, match="events.jsonl: no events"):
         read_events_jsonl(_write(tmp_path, ""))
+
+
+def test_an_imported_file_replays(tmp_path: Path, capsys) -> None:
+    """`lifeline import` writes what `lifeline replay --events` reads (through read_events_jsonl)."""
+    events = tmp_path / "dg.jsonl"
+    assert main(["import", "--source", "diginetica", "--out", str(events), "--limit", "200"]) == 0
+    out = tmp_path / "replay"
+    assert main(["replay", "--events", str(events), "--out", str(out)]) == 0
+    assert "of 200 sessions offered help" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sessions"] == 200
