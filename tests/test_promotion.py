@@ -25,7 +25,7 @@ FAST = XGBParams(max_depth=3, eta=0.2, num_boost_round=30, early_stopping_rounds
 
 @pytest.fixture(scope="module")
 def rows():
-    return rows_frame(from_journeys(simulate(120, seed=5)))
+    return rows_frame(from_journeys(simulate(80, seed=5)))
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_figures_on_the_same_rows_decide(model: Model, rows) -> None:
     c = check(twin, model, lambda: (rows, "sim"), test_frac=0.25)
     assert c.verdict == NOT_WORSE and c.passes
     assert c.figures[twin.version] == c.figures[model.version]  # same booster, same rows
-    assert c.held_back["source"] == "sim" and c.held_back["sessions"] == 30
+    assert c.held_back["source"] == "sim" and c.held_back["sessions"] == 20
     # Against itself with a negative tolerance the same figures count as worse.
     c = check(twin, model, lambda: (rows, "sim"), auc_tolerance=-0.01, brier_tolerance=-0.01)
     assert c.verdict == WORSE and not c.passes and len(c.reasons) == 2
