@@ -1,12 +1,14 @@
-"""The training side of the ``lifeline`` command: train, evaluate, models, promote, export, paper, report.
+"""The training side of the ``lifeline`` command.
 
-``add_commands(subparsers)`` registers the subcommands on the main CLI's
+Subcommands: train, evaluate, replay, challenge, models, promote, drift,
+export, import, paper, report. ``add_commands(subparsers)`` registers the subcommands on the main CLI's
 argparse subparsers; each sets ``func`` (call ``args.func(args)``, it
 returns the exit code). ``python -m training.cli ...`` runs them without the main CLI.
 
 Errors a user can fix (a missing data file, an unknown model version, a
 schema mismatch, no Redis) end the command with one clear line on stderr
-and exit code 2, not a traceback.
+and exit code 2, not a traceback. A promotion the promotion guard refuses
+(``promote``, ``train --promote``) exits with code 3.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from training.labels import DEFAULT_HORIZON_S, EXIT_SOON, LABELS
 
 log = logging.getLogger("lifeline.training")
 
-SOURCES = ("mix", "sim", "taobao", "diginetica", "yoochoose", "jsonl", "redis")
+SOURCES = ("mix", "sim", "taobao", "diginetica", "yoochoose", "jsonl", "live", "redis")
+LIVE = ("live", "redis")  # redis: the live source's older name
+EXIT_REFUSED = 3  # a promotion the guard refused (training/promotion.py)
 DEFAULT_REPORTS = PACKAGE_ROOT / "reports"
 
 
@@ -93,7 +97,8 @@ def _add_source_options(p: argparse.ArgumentParser, default: str = "sim") -> Non
         "events (views, carts, favourites, purchases); diginetica = the real "
         "Diginetica views labelled by its purchases file; yoochoose = YOOCHOOSE clicks "
         "(no purchase label: export only); jsonl = a file written by `lifeline export` (--file); "
-        f"redis = the live event log (default: {default})",
+        "live = the live event log in Redis, with its outcomes (purchases, answers to help); "
+        f"redis = the same (its older name) (default: {default})",
     )
     g.add_argument("--file", type=Path, help="the JSON-lines file for --source jsonl")
     g.add_argument(
@@ -134,7 +139,7 @@ def load_sessions(args: argparse.Namespace) -> tuple[list, dict[str, Any]]:
     from training import loaders
     from training.dataset import export_redis, from_journeys, read_jsonl
 
-    src = args.source
+    src = "live" if args.source in LIVE else args.source
     t0 = time.monotonic()
     desc: dict[str, Any] = {"source": src}
     if src == "sim":
@@ -179,9 +184,12 @@ def load_sessions(args: argparse.Namespace) -> tuple[list, dict[str, Any]]:
             )
         sessions = read_jsonl(args.file)
         desc.update(file=str(args.file))
-    elif src == "redis":
+    elif src in LIVE:
+        read_at = int(time.time() * 1000)
         sessions = export_redis(_redis(args), _prefix(args), progress=True)
-        desc.update(prefix=_prefix(args))
+        for x in sessions:  # nothing after its last event is known past the read (labels censor)
+            x.extra.setdefault("observed_until_ms", read_at)
+        desc.update(source="live", prefix=_prefix(args), read_at_ms=read_at)
     else:  # argparse's choices make this unreachable
         raise UserError(f"unknown source {src!r}")
     if args.limit is not None:
@@ -240,9 +248,156 @@ def _command_line() -> str:
     return "lifeline " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+# -- what a run learnt from: the live log, drift, the promotion guard -----------------------------
+def _live_log_and_drift(
+    args: argparse.Namespace, sessions: list, df: Any, run: Any, meta: dict[str, Any]
+) -> list[str]:
+    """The live-log and drift sections of a training report; their figures go into ``meta``.
+
+    Drift (training/drift.py) compares, for ``--source live``, the live log's
+    rows with the training rows of the model now serving (the registry's
+    live model, else the bundled one) when its metadata keeps them; otherwise
+    this run's test rows (its held-back sessions: the newest, or new users)
+    with its own training rows.
+    """
+    from training import livelog
+    from training.drift import Reference, drift_json, drift_markdown, drift_table
+
+    sections = []
+    if run.data.get("source") == "live":
+        meta["live_log"] = summary = livelog.summarise(sessions, df)
+        print(
+            f"live log: {summary['sessions']} sessions, {summary['rows']} rows, conversion "
+            f"{summary['conversion_rate']}, help accepted in {summary['sessions_accepted_help']} "
+            f"and dismissed in {summary['sessions_dismissed_help']} sessions"
+        )
+        sections.append(livelog.markdown(summary))
+    serving = _serving_reference(args) if run.data.get("source") == "live" else None
+    if serving is not None:
+        reference, ref_text = serving
+        rows, rows_text = df, "the live event log's rows"
+    else:
+        reference = Reference.from_dict(meta["drift_reference"])
+        ref_text = "this run's training rows"
+        rows = run.split.test
+        rows_text = f"this run's test rows ({rows['sid'].nunique()} held-back sessions)"
+    if len(rows) == 0:
+        return sections
+    table = drift_table(reference, rows)
+    kw = {"reference": ref_text, "compared": rows_text, "live_rows": len(rows)}
+    meta["drift"] = drift_json(table, **kw)
+    top = table.iloc[0] if len(table) else None
+    if top is not None:
+        print(
+            f"drift of {rows_text} against {ref_text}: largest PSI {top['psi']:.3f} "
+            f"({top['feature']}, {top['status']}); {meta['drift']['counts']['major']} features "
+            "with a major shift"
+        )
+    sections.append(drift_markdown(table, **kw))
+    return sections
+
+
+def _serving_reference(args: argparse.Namespace) -> tuple[Any, str] | None:
+    """The drift reference of the model the shards score with, if its metadata keeps one."""
+    from training.drift import Reference
+
+    reg = _registry(args)
+    version = reg.live()
+    if version:
+        meta = reg.meta(version)
+        text = f"the training rows of the live model {version}"
+    else:
+        meta = _stored_model(args, "bundled")[1]
+        text = "the training rows of the bundled model (no model is live)"
+    try:
+        return Reference.from_dict(meta["drift_reference"]), text
+    except (KeyError, ValueError):  # a model from before drift references were kept
+        return None
+
+
+def _add_guard_options(g: Any) -> None:
+    g.add_argument(
+        "--force",
+        action="store_true",
+        help="promote even when the promotion guard refuses (its figures are still recorded) "
+        "and skip the feature-schema check (the shards still check)",
+    )
+    g.add_argument(
+        "--auc-tolerance",
+        type=float,
+        default=0.005,
+        help="refuse a candidate whose ROC AUC is this much below the live model's "
+        "(default: %(default)s)",
+    )
+    g.add_argument(
+        "--brier-tolerance",
+        type=float,
+        default=0.005,
+        help="refuse a candidate whose Brier score is this much above the live model's "
+        "(default: %(default)s)",
+    )
+
+
+def _promote_guarded(
+    args: argparse.Namespace, reg: Any, version: str, rows: Any
+) -> tuple[int, str]:
+    """Promote ``version`` unless the guard refuses (training/promotion.py); record either way.
+
+    ``rows()`` gives the rows frame and source whose newest sessions are held
+    back. Returns the exit code (0, or ``EXIT_REFUSED``) and a report section.
+    """
+    from actors.core.features import FEATURE_SCHEMA_HASH
+    from training.promotion import Model, check
+
+    raw, meta = reg.load(version)
+    if not args.force and meta.get("feature_schema") != FEATURE_SCHEMA_HASH:
+        reg.promote(version, expected_schema=FEATURE_SCHEMA_HASH)  # raises SchemaMismatch
+    live_version = reg.live()
+    live = Model(*reg.load(live_version), live_version) if live_version else None
+    result = check(
+        Model(raw, meta, version),
+        live,
+        rows,
+        test_frac=args.test_frac,
+        auc_tolerance=args.auc_tolerance,
+        brier_tolerance=args.brier_tolerance,
+    )
+    lines = [f"promotion check of {version} against {live_version or 'no live model'}: "]
+    lines[0] += result.verdict.replace("_", " ")
+    if result.held_back:
+        h = result.held_back
+        lines.append(
+            f"  held back: the newest {100 * h['test_frac']:g} % of {h['source']} sessions, "
+            f"{h['sessions']} sessions, {h['rows']} rows"
+        )
+        lines.append(result.table())
+    lines += [f"  {x}" for x in result.reasons + result.notes]
+    if result.passes or args.force:
+        decision = "promoted" if result.passes else "forced"
+        reg.promote(
+            version,
+            expected_schema=None if args.force else FEATURE_SCHEMA_HASH,
+            check=result.record(decision),
+        )
+        lines.append(
+            f"{'promoted' if result.passes else 'promoted (forced)'} {version} "
+            f"(was {live_version or 'the bundled model'}); running shards switch to it between batches"
+        )
+        rc = 0
+    else:
+        reg.record_refusal(version, result.record("refused"))
+        lines.append(
+            f"refused: {version} is not promoted, {live_version} stays live "
+            "(--force promotes it anyway)"
+        )
+        rc = EXIT_REFUSED
+    text = "\n".join(lines)
+    print(text, file=sys.stderr if rc else sys.stdout)
+    return rc, "## Promotion check\n\n```\n" + text + "\n```\n"
+
+
 # -- train ------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from actors.core.features import FEATURE_SCHEMA_HASH
     from training.evaluate import write_report
     from training.segments import fit_segments
     from training.train import XGBParams, train_and_evaluate
@@ -279,14 +434,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     _print_metrics(run)
     seg = meta["segments"]
     print(f"segments: k={seg['k']} by silhouette {seg['scores']}: {', '.join(seg['names'])}")
-    version = None
+    sections = _live_log_and_drift(args, sessions, df, run, meta)
+    version, rc = None, 0
     if not args.no_register:
         reg = _registry(args)
         version = reg.save(run.xgb_model.to_bytes(), meta)
         print(f"registered model {version}")
-        if args.promote:
-            reg.promote(version, expected_schema=FEATURE_SCHEMA_HASH)
-            print(f"promoted {version}: running shards switch to it between batches")
+        if args.promote:  # the guard measures both models on this run's held-back rows
+            rc, text = _promote_guarded(args, reg, version, lambda: (df, desc["source"]))
+            sections.append(text)
     report_dir = args.report_dir or DEFAULT_REPORTS / (args.name or desc["source"])
     path = write_report(
         run,
@@ -296,6 +452,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         segments=seg,
         version=version,
     )
+    text = path.read_text(encoding="utf-8")  # the sections go before the plots
+    cut = text.find("\n## Plots")
+    cut = len(text) if cut < 0 else cut
+    path.write_text(text[:cut] + "".join("\n" + x for x in sections) + text[cut:], "utf-8")
     (Path(report_dir) / "segments.json").write_text(json.dumps(seg, indent=1) + "\n")
     print(f"report: {path}")
     if args.bundle:
@@ -305,7 +465,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         meta.setdefault("version", f"bundled-{desc['source']}")
         (out / "bundled.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
         print(f"bundled model written to {out}")
-    return 0
+    return rc
 
 
 def _add_train(sub: Any) -> None:
@@ -362,7 +522,13 @@ def _add_train(sub: Any) -> None:
     o.add_argument(
         "--no-register", action="store_true", help="do not store the model in the registry"
     )
-    o.add_argument("--promote", action="store_true", help="make the new model live right away")
+    o.add_argument(
+        "--promote",
+        action="store_true",
+        help="make the new model live, unless it is worse than the live model on this run's "
+        "held-back rows (the promotion guard; exit code 3 when it refuses)",
+    )
+    _add_guard_options(o)
     o.add_argument(
         "--bundle",
         type=Path,
@@ -604,23 +770,32 @@ def _add_models(sub: Any) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from actors.core.features import FEATURE_SCHEMA_HASH
+    from training.loaders import DataError
+    from training.promotion import NoRows
 
     reg = _registry(args)
     version = reg.resolve(args.version)
-    before = reg.live()
-    reg.promote(version, expected_schema=None if args.force else FEATURE_SCHEMA_HASH)
-    print(
-        f"promoted {version} (was {before or 'the bundled model'}); running shards switch between batches"
-    )
-    return 0
+
+    def rows() -> tuple[Any, str]:
+        try:
+            sessions, desc = load_sessions(args)
+        except (UserError, DataError) as exc:
+            raise NoRows(str(exc)) from None
+        return build_rows(args, sessions), desc["source"]
+
+    return _promote_guarded(args, reg, version, rows)[0]
 
 
 def _add_promote(sub: Any) -> None:
     p = sub.add_parser(
         "promote",
-        help="make a stored model the live one",
-        description="Point the live model at VERSION and notify the running shards, which load it "
+        help="make a stored model the live one, unless it is worse than the live one",
+        description="Measure VERSION and the live model on the same held-back rows (by default "
+        "the newest --test-frac of the live event log's sessions: the traffic the model is about "
+        "to score), with the figures of every report, and refuse (exit code 3) when VERSION is "
+        "worse: ROC AUC lower or Brier score higher than the live model's beyond the tolerances. "
+        "The decision and both models' figures are printed and kept in the registry's history. "
+        "Otherwise point the live model at VERSION and notify the running shards, which load it "
         "between two batches (no session or event is dropped). A model trained on another feature "
         "schema is refused here; with --force it is promoted anyway and the shards refuse it, keeping "
         "their current model and logging why.",
@@ -631,12 +806,64 @@ def _add_promote(sub: Any) -> None:
         help="a version (v0003-1a2b3c4d), its number (v3, 3), or 'latest'",
     )
     p.add_argument(
-        "--force",
-        action="store_true",
-        help="skip the feature-schema check (the shards still check)",
+        "--test-frac",
+        type=float,
+        default=0.2,
+        help="newest share of the source's sessions held back for the check (default: %(default)s)",
     )
+    _add_guard_options(p)
+    _add_source_options(p, default="live")
     _add_redis_options(p)
-    p.set_defaults(func=_guarded(cmd_promote))
+    p.set_defaults(func=_guarded(cmd_promote), engine="local")
+
+
+# -- drift ------------------------------------------------------------------------------------------
+def cmd_drift(args: argparse.Namespace) -> int:
+    from training.drift import Reference, drift_markdown, drift_table
+
+    _raw, meta, version = _stored_model(args, args.version)
+    if "drift_reference" not in meta:
+        raise UserError(
+            f"model {version} keeps no drift reference (trained before they were kept); "
+            "retrain it with `lifeline train`"
+        )
+    reference = Reference.from_dict(meta["drift_reference"])
+    sessions, desc = load_sessions(args)
+    df = build_rows(args, sessions)
+    md = drift_markdown(
+        drift_table(reference, df),
+        reference=f"the training rows of model {version} ({reference.rows} rows)",
+        compared=f"the rows of --source {desc['source']}",
+        live_rows=len(df),
+        top=args.top,
+    )
+    print(md)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(md)
+        print(f"written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _add_drift(sub: Any) -> None:
+    p = sub.add_parser(
+        "drift",
+        help="population stability index per feature: a source's rows against a model's training rows",
+        description="Compare the feature distributions of a source (by default the live event log) "
+        "with those of a model's training rows, kept in its metadata (bins and shares per feature), "
+        "and print the population stability index per feature, largest first: below 0.1 stable, "
+        "0.1 to 0.25 a moderate change, 0.25 and above a major shift.",
+    )
+    p.add_argument(
+        "--version",
+        default="live",
+        help="the model: a version (v3, latest, ...), 'live' or 'bundled' (default: live)",
+    )
+    p.add_argument("--top", type=int, default=20, help="features to show (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=None, help="also write the table to this file")
+    _add_source_options(p, default="live")
+    _add_redis_options(p)
+    p.set_defaults(func=_guarded(cmd_drift), engine="local")
 
 
 # -- export -----------------------------------------------------------------------------------------
@@ -662,9 +889,70 @@ def _add_export(sub: Any) -> None:
         "and trained on (`lifeline train --source jsonl --file FILE`).",
     )
     p.add_argument("--out", type=Path, required=True, help="the JSON-lines file to write")
-    _add_source_options(p, default="redis")
+    _add_source_options(p, default="live")
     _add_redis_options(p)
     p.set_defaults(func=_guarded(cmd_export), engine="local")
+
+
+# -- import -----------------------------------------------------------------------------------------
+IMPORT_SOURCES = ("taobao", "diginetica", "yoochoose")
+
+
+def import_sessions(source: str, data_dir: Path | None, limit: int | None) -> list:
+    """The sessions of one public data set (``training.loaders``), the first ``limit`` by start."""
+    from training import loaders
+
+    root = data_dir or loaders.default_data_dir()
+    if source == "taobao":
+        return loaders.load_taobao(root / "taobao" / "user-behavior.csv", limit_sessions=limit)
+    if source == "diginetica":
+        return loaders.load_diginetica(root / "diginetica", limit_sessions=limit)
+    if source == "yoochoose":
+        return loaders.load_yoochoose(root / "yoochoose" / "clicks-train.tsv", limit_sessions=limit)
+    raise UserError(f"unknown source {source!r}; expected one of {', '.join(IMPORT_SOURCES)}")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from training.replay_io import write_events_jsonl
+
+    t0 = time.monotonic()
+    sessions = import_sessions(args.source, args.data_dir, args.limit)
+    if not sessions:
+        raise UserError(f"{args.source} gave no sessions")
+    n = write_events_jsonl(sessions, args.out)
+    conv = sum(1 for s in sessions if s.converted)
+    print(
+        f"wrote {n} events of {len(sessions)} sessions ({conv} with a purchase) from "
+        f"{args.source} to {args.out}, ordered by event time, in {time.monotonic() - t0:.1f}s"
+    )
+    return 0
+
+
+def _add_import(sub: Any) -> None:
+    p = sub.add_parser(
+        "import",
+        help="write a public data set as recorded traffic: one JSON line per event",
+        description="Convert a data set of ../shared/data (Taobao, Diginetica, YOOCHOOSE) into "
+        'JSON lines {"sid": ..., "event": {...}}, the event in the wire protocol\'s format '
+        "(type, seq, ts and the type's fields), ordered by event time across sessions as "
+        "recorded traffic is, for `lifeline replay --events FILE`. Every event is checked as the "
+        "gateway would check it.",
+    )
+    p.add_argument("--source", choices=IMPORT_SOURCES, required=True, help="the data set")
+    p.add_argument("--out", type=Path, required=True, help="the JSON-lines file to write")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="only the first N sessions by start time (default: all)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder of the public data sets (default: $LIFELINE_DATA_DIR, else ../shared/data)",
+    )
+    p.set_defaults(func=_guarded(cmd_import))
 
 
 # -- paper ------------------------------------------------------------------------------------------
@@ -811,7 +1099,8 @@ def _add_report(sub: Any) -> None:
 
 # -- wiring -----------------------------------------------------------------------------------------
 def add_commands(subparsers: Any) -> None:
-    """Register train, evaluate, replay, challenge, models, promote, export, paper and report."""
+    """Register train, evaluate, replay, challenge, models, promote, drift, export, import, paper
+    and report."""
     for add in (
         _add_train,
         _add_evaluate,
@@ -819,7 +1108,9 @@ def add_commands(subparsers: Any) -> None:
         _add_challenge,
         _add_models,
         _add_promote,
+        _add_drift,
         _add_export,
+        _add_import,
         _add_paper,
         _add_report,
     ):

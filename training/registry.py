@@ -14,11 +14,14 @@ Keys (all under the deployment's prefix):
 * ``model:blob:{version}`` the model bytes (``Booster.save_raw("ubj")``)
 * ``model:meta:{version}`` JSON metadata (see :meth:`ModelRegistry.save`)
 * ``model:live``           the live version (a plain string)
-* ``model:history``        JSON lines of promotions, newest first (capped)
+* ``model:history``        JSON lines of promotions and refused promotions, newest first (capped)
 
 Limits: blobs live in Redis memory (a model of a few hundred trees is well
 under 1 MB); there is no garbage collection of old versions (``delete`` is
-explicit); promotion is last-writer-wins, there is no approval workflow.
+explicit); promotion is last-writer-wins. The registry itself promotes what
+it is told; the guard that compares a candidate with the live model first
+is ``training.promotion`` (the CLI runs it), and its decision and figures
+are kept in the history next to the promotion they allowed or refused.
 """
 
 from __future__ import annotations
@@ -123,14 +126,21 @@ class ModelRegistry:
         pipe.execute()
         return version
 
-    def promote(self, version: str, *, expected_schema: str | None = None) -> None:
+    def promote(
+        self,
+        version: str,
+        *,
+        expected_schema: str | None = None,
+        check: dict[str, Any] | None = None,
+    ) -> None:
         """Make ``version`` the live model and tell the shards at once.
 
         Sets ``{prefix}model:live`` and publishes the version on
         ``{prefix}model:promoted``. With ``expected_schema`` (the CLI passes
         the running code's ``FEATURE_SCHEMA_HASH``) a model trained on another
         feature layout is refused here already; without it, the shards refuse
-        it themselves and keep their current model.
+        it themselves and keep their current model. ``check`` (the promotion
+        guard's record, ``training.promotion``) is kept with the history entry.
         """
         meta = self.meta(version)  # raises UnknownVersion
         if expected_schema is not None and meta.get("feature_schema") != expected_schema:
@@ -139,15 +149,36 @@ class ModelRegistry:
                 f"but the running code has {expected_schema!r}; retrain it (lifeline train) "
                 "or promote with --force to let the shards refuse it"
             )
-        previous = self.live()
-        record = json.dumps(
-            {"version": version, "previous": previous, "at_ms": int(time.time() * 1000)}
-        )
+        entry: dict[str, Any] = {
+            "version": version,
+            "previous": self.live(),
+            "at_ms": int(time.time() * 1000),
+        }
+        if check is not None:
+            entry["check"] = check
         pipe = self.r.pipeline(transaction=True)
         pipe.set(self.k_live, version)
-        pipe.lpush(self.k_history, record)
+        pipe.lpush(self.k_history, json.dumps(entry))
         pipe.ltrim(self.k_history, 0, HISTORY_MAX - 1)
         pipe.publish(self.channel, version)
+        pipe.execute()
+
+    def record_refusal(self, version: str, check: dict[str, Any]) -> None:
+        """Keep a refused promotion of ``version`` in the history (``"refused": true``).
+
+        The live pointer does not move and the shards are not told.
+        """
+        self.meta(version)  # raises UnknownVersion
+        entry = {
+            "version": version,
+            "previous": self.live(),
+            "at_ms": int(time.time() * 1000),
+            "refused": True,
+            "check": check,
+        }
+        pipe = self.r.pipeline(transaction=True)
+        pipe.lpush(self.k_history, json.dumps(entry))
+        pipe.ltrim(self.k_history, 0, HISTORY_MAX - 1)
         pipe.execute()
 
     def delete(self, version: str) -> None:
@@ -231,7 +262,12 @@ class ModelRegistry:
         return version, float(entry.get(b"share", b"0"))
 
     def history(self, limit: int = 20) -> list[dict]:
-        """Recent promotions, newest first: ``{"version", "previous", "at_ms"}``."""
+        """Recent promotions, newest first: ``{"version", "previous", "at_ms"}``.
+
+        Entries the promotion guard wrote also hold its ``check`` (decision,
+        verdict, both models' figures); a refused promotion has
+        ``"refused": true`` (and ``version`` was not made live).
+        """
         return [json.loads(x) for x in self.r.lrange(self.k_history, 0, limit - 1)]
 
     def resolve(self, ref: str) -> str:

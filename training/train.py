@@ -59,6 +59,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from actors.core.features import COUNTERS, FEATURE_NAMES, FEATURE_SCHEMA_HASH
 from actors.core.policy import DEFAULT_POLICY
+from training.drift import reference_of
 from training.labels import DEFAULT_HORIZON_S, EXIT_SOON, NO_PURCHASE, apply_label, describe
 from training.progress import Progress
 
@@ -520,6 +521,8 @@ class RunResult:
             "split": self.split.describe(),
             "data": self.data,
             "run": self.name,
+            # What the training rows looked like, to check live traffic against (training/drift.py).
+            "drift_reference": reference_of(self.split.train, FEATURES).to_dict(),
         }
         if self.xgb_model.score == SCORE_BALANCED:
             meta["score_note"] = (
