@@ -80,9 +80,13 @@ def test_top_drivers_are_the_largest_positive_contributions_in_words() -> None:
     contrib[FEATURE_NAMES.index("page_dwell_s")] = 0.4
     contrib[FEATURE_NAMES.index("n_events")] = -2.0  # lowered the risk: never a reason
     contrib[FEATURE_NAMES.index("gap_s")] = 0.001  # noise
-    drivers = top_drivers(contrib)
+    row = np.zeros(len(FEATURE_NAMES))
+    row[FEATURE_NAMES.index("form_errors")] = 3
+    drivers = top_drivers(contrib, row)
     assert [d.feature for d in drivers] == ["form_errors", "page_dwell_s"]
     assert drivers[0].words == WORDS["form_errors"] == "form errors"
+    assert drivers[0].text() == "form errors 3 (+0.90)"
+    assert drivers[1].text() == "time on this page 0 (+0.40)"  # low values push too
 
 
 def test_decisions_carry_the_models_drivers_when_explained() -> None:

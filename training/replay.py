@@ -54,7 +54,7 @@ class Replayed:
 def reasons_text(d: Decision) -> str:
     """A decision's reasons on one line: its strong signals, then what drove the model."""
     signals = [f"{r.signal} {r.strength:.2f}" for r in d.reasons if r.signal != "exit_risk"]
-    drivers = [f"{x.words} (+{x.push:.2f})" for x in d.drivers]
+    drivers = [x.text() for x in d.drivers]
     parts = [f"trigger: {d.trigger}"]
     if signals:
         parts.append("signals: " + ", ".join(signals))

@@ -369,7 +369,10 @@ def explained(results: Sequence[SessionResult], explain: ExplainFn) -> None:
         return
     contributions = iter(explain(rows))
     for r in results:
-        r.decisions = [replace(d, drivers=top_drivers(next(contributions))) for d in r.decisions]
+        r.decisions = [
+            replace(d, drivers=top_drivers(next(contributions), row))
+            for d, row in zip(r.decisions, r.rows, strict=True)
+        ]
 
 
 def _score_split(

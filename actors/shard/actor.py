@@ -550,7 +550,7 @@ class ShardCore:
                 "page_type": d.page_type,
                 "reasons": json.dumps([[r.signal, r.strength] for r in d.reasons]),
                 "model": used.version,
-                "drivers": json.dumps([[x.feature, x.words, x.push] for x in drivers]),
+                "drivers": json.dumps([[x.feature, x.words, x.value, x.push] for x in drivers]),
                 # The segment's index means something only with its model; its name reads.
                 "segment": "" if d.segment is None else d.segment,
                 "segment_name": names[d.segment]
@@ -589,7 +589,7 @@ class ShardCore:
                 self._record_failures.note(exc)
                 continue
             for i, c in zip(idx, contributions, strict=True):
-                out[i] = top_drivers(c)
+                out[i] = top_drivers(c, scored[i][0])
         return out
 
     async def _erase(self, gone: list[Forget]) -> None:
