@@ -435,6 +435,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     seg = meta["segments"]
     print(f"segments: k={seg['k']} by silhouette {seg['scores']}: {', '.join(seg['names'])}")
     sections = _live_log_and_drift(args, sessions, df, run, meta)
+    if args.compare_labels:
+        from training.evaluate import label_comparison
+
+        sections.insert(0, label_comparison(df, params))
     version, rc = None, 0
     if not args.no_register:
         reg = _registry(args)
@@ -497,6 +501,12 @@ def _add_train(sub: Any) -> None:
         help="what the model predicts: exit_soon = the visitor leaves within --horizon seconds "
         "without converting; no_purchase = the session ends without a purchase "
         "(default: %(default)s)",
+    )
+    g.add_argument(
+        "--compare-labels",
+        action="store_true",
+        help="also train every candidate label on the same split and add the comparison to "
+        "the report (the evidence for --label; a few times the training time)",
     )
     g.add_argument(
         "--horizon",

@@ -493,6 +493,51 @@ def scripted_scores(scorer: Any, start_ms: int = 1_732_300_000_000) -> dict[str,
     return out
 
 
+LABEL_CANDIDATES: tuple[tuple[str, float], ...] = (
+    ("exit_soon", 120.0),
+    ("exit_soon", 300.0),
+    ("exit_soon", 600.0),
+    ("no_purchase", 0.0),
+)
+
+
+def label_comparison(df: pd.DataFrame, params: Any = None) -> str:
+    """A report section: each candidate label trained and measured on the same split, per source.
+
+    For each definition and source: the label's base rate on the held-back
+    rows, how far the booster's calibrated probabilities spread (10th to
+    90th percentile: a threshold on a probability that barely moves means
+    little), ROC AUC and ECE. This is the evidence behind the chosen label.
+    """
+    from training.labels import describe
+    from training.train import train_and_evaluate
+
+    lines = [
+        "## The label: measured, then chosen",
+        "",
+        "Each candidate trained on the same rows and split (same booster settings); "
+        "figures on each source's held-back rows.",
+        "",
+        "| label | source | exit rate | risk p10-p90 | XGBoost ROC AUC | ECE |",
+        "|---|---|---|---|---|---|",
+    ]
+    for definition, horizon in LABEL_CANDIDATES:
+        run = train_and_evaluate(
+            df, name=definition, params=params, bootstrap=0, label=definition, horizon_s=horizon
+        )
+        name = describe(definition, horizon).split(" (")[0].replace("1 = ", "")
+        test = run.split.test
+        for src, models in run.by_source.items():
+            m = models["xgboost"]
+            p = run.predictions["xgboost"][(test["source"] == src).to_numpy()]
+            lo, hi = np.percentile(p, [10, 90])
+            lines.append(
+                f"| {name} | {src} | {_fmt(m['base_rate'])} | {lo:.2f}-{hi:.2f} "
+                f"| {_fmt(m['roc_auc'])} | {_fmt(m['ece'])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def held_back(sessions: list, test_frac: float = 0.2) -> list:
     """The sessions a model trained with :func:`training.train.source_split` never saw.
 
