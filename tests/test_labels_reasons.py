@@ -112,3 +112,43 @@ def test_decisions_carry_the_models_drivers_when_explained() -> None:
     host2 = SessionHost()
     plain = [r for ev in evs for r in host2.process([("s-2", "demo", ["analytics"], [ev])], scorer)]
     assert all(not d.drivers for r in plain for d in r.decisions)
+
+
+def test_replay_runs_interleaved_sessions_in_event_time_with_the_policys_time_rules(
+    tmp_path: Path,
+) -> None:
+    import csv
+    import json
+
+    from actors.core.events import validate_event
+    from actors.core.policy import PolicyConfig
+    from training.replay import CSV_COLUMNS, replay, write
+    from training.simulator import scripted
+
+    t0 = 1_732_300_000_000
+    sessions = []
+    for i, kind in enumerate(("struggling", "struggling", "calm")):
+        # The second struggling visitor starts 2 s after the first: their events interleave.
+        evs = [validate_event(e, now_ms=e["ts"]) for e in scripted(kind, f"s{i}", t0 + 2000 * i)]
+        sessions.append(SessionEvents(f"s{i}", evs, False, "test", evs[0]["ts"]))
+    policy = PolicyConfig(
+        min_signals=1, budget=1.0, holdout=0.0, cooldown_s=5.0, risk_threshold=0.95
+    )
+    result = replay(sessions, Scorer.bundled(), policy=policy)
+    summary = write(result, tmp_path)
+    with (tmp_path / "events.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert len(rows) == sum(len(s.events) for s in sessions)
+    # Interleaved: the rows follow the events' timestamps across sessions.
+    by_sid = {s.sid: {e["seq"]: e["ts"] for e in s.events} for s in sessions}
+    times = [by_sid[r["sid"]][int(r["seq"])] for r in rows]
+    assert times == sorted(times) and len({r["sid"] for r in rows[:10]}) > 1
+    decided = [r for r in rows if r["decision"]]
+    assert decided and all(r["reasons"].startswith("trigger:") for r in decided)
+    for sid in ("s0", "s1"):
+        ts = [by_sid[sid][int(r["seq"])] for r in decided if r["sid"] == sid]
+        assert ts and all(b - a >= 5000 for a, b in zip(ts, ts[1:], strict=False))
+    assert not [r for r in decided if r["sid"] == "s2"]  # the calm visitor: no help
+    assert summary["sessions"] == 3 and summary["sessions_offered_help"] == 2
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
