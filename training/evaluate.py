@@ -172,7 +172,10 @@ def _plots(run: RunResult, out: Path, title: str) -> list[str]:
 
 
 def _reliability_figure(run: RunResult, plt: Any) -> Any:
-    """One reliability diagram per source: observed exit rate against predicted, with row counts."""
+    """One reliability diagram per source: observed exit rate against predicted, with row counts.
+
+    Bins with fewer than 20 rows are left out of the curve (they still count in the ECE).
+    """
     sources = list(run.by_source)
     fig, axes = plt.subplots(1, len(sources), figsize=(3.4 * len(sources), 3.4), squeeze=False)
     test = run.split.test
@@ -185,6 +188,8 @@ def _reliability_figure(run: RunResult, plt: Any) -> Any:
             xs, ys, ns = [], [], []
             for b in np.unique(bins):
                 sel = bins == b
+                if sel.sum() < 20:  # a handful of rows says nothing about calibration
+                    continue
                 xs.append(p[sel].mean())
                 ys.append(y[sel].mean())
                 ns.append(int(sel.sum()))
@@ -208,7 +213,7 @@ def _reliability_figure(run: RunResult, plt: Any) -> Any:
             ylabel="observed exit rate",
             title=f"{src} ({int(m.sum())} test rows)",
         )
-        ax.legend(loc="upper left", fontsize=7)
+        ax.legend(loc="lower right", fontsize=7)
     return fig
 
 
