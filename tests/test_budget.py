@@ -48,9 +48,9 @@ def test_struggle_ranks_above_risk_alone() -> None:
     assert struggling / len(needs) > 0.4  # 5 % of sessions, but about half of the help
 
 
-def test_the_token_bucket_holds_the_share_when_everyone_peaks_at_once() -> None:
+def test_the_allowance_holds_the_share_when_everyone_peaks_at_once() -> None:
     # Every session reaches the same high priority: the quantile cannot rank them,
-    # the tokens still keep the share.
+    # the allowance still keeps the share.
     b = Budget(0.10, burst=3)
     offered, _ = _sessions(b, 2000, lambda r: 1.5)
     assert offered <= 0.10 * 2000 + 3
@@ -69,3 +69,18 @@ def test_share_must_be_a_fraction() -> None:
     for bad in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError):
             Budget(bad)
+
+
+def test_a_crowd_arriving_at_once_brings_its_allowance() -> None:
+    """Sessions that all start before any is eligible (a campaign) still get their share."""
+    b = Budget(0.10)
+    sessions = [Session(f"s{i}") for i in range(1000)]
+    for s in sessions:
+        b.count(s)
+    rng = random.Random(1)
+    offered = 0
+    for s in sessions:
+        if b.admit(s, rng.random()):
+            s.iv_count += 1
+            offered += 1
+    assert 0.05 * 1000 <= offered <= 0.10 * 1000 + b.burst

@@ -13,11 +13,13 @@ the ones that need it most. Two parts, both online:
   level. Priority = exit risk + the number of strong struggle signals
   (capped at 4), so struggle evidence ranks above risk alone: one strong
   signal outranks any risk without one.
-* **A token bucket as the guarantee.** Every new session adds ``share`` of a
-  token, every session offered help spends one, and the bucket holds at
-  most ``burst``: however the quantile lags (sessions still under way have
-  not reached their peak), the offered share cannot run ahead of the budget
-  by more than ``burst`` sessions.
+* **An allowance as the guarantee.** A session may be offered help only
+  while the sessions offered so far stay within ``share`` of the sessions
+  counted, plus ``burst``: however the quantile lags (sessions still under
+  way have not reached their peak), the offered share cannot run ahead of
+  the budget by more than ``burst`` sessions. Both counts decay with the
+  histogram, so the allowance is over the recent traffic; a crowd arriving
+  at once (a campaign, a load test) brings its whole allowance with it.
 
 A cold start has no histogram: it is seeded with ``prior`` sessions that
 were never eligible, so the first sessions are helped if eligible (as the
@@ -62,7 +64,9 @@ class Budget:
         self.hist = [0.0] * N_BINS
         self.hist[0] = float(prior)
         self.total = float(prior)
-        self.tokens = burst
+        # Decayed like the histogram: the allowance is share * recent sessions - recent offers.
+        self.recent_sessions = 0.0
+        self.recent_offered = 0.0
         self.sessions = 0  # counted so far
         self.offered = 0  # sessions offered help so far
         self._level_bin = 0
@@ -79,7 +83,7 @@ class Budget:
         self.hist[0] += 1.0
         self.total += 1.0
         self.sessions += 1
-        self.tokens = min(self.burst, self.tokens + self.share)
+        self.recent_sessions += 1.0
         self._since_decay += 1
         if self._since_decay >= self.half_life:
             self._decay()
@@ -100,15 +104,22 @@ class Budget:
             self._update_level()
         if session.iv_count:  # type: ignore[attr-defined]
             return True
-        if b < self._level_bin or self.tokens < 1.0:
+        if b < self._level_bin or self.allowance < 1.0:
             return False
-        self.tokens -= 1.0
+        self.recent_offered += 1.0
         self.offered += 1
         return True
+
+    @property
+    def allowance(self) -> float:
+        """How many more sessions may be offered help now."""
+        return self.share * self.recent_sessions + self.burst - self.recent_offered
 
     def _decay(self) -> None:
         self.hist = [h * 0.5 for h in self.hist]
         self.total *= 0.5
+        self.recent_sessions *= 0.5
+        self.recent_offered *= 0.5
         self._since_decay = 0
 
     def _update_level(self) -> None:
@@ -131,5 +142,5 @@ class Budget:
             "level": round(self.level, 3),
             "sessions": self.sessions,
             "offered": self.offered,
-            "tokens": round(self.tokens, 2),
+            "allowance": round(self.allowance, 2),
         }
