@@ -38,6 +38,7 @@ MAX_SIGNALS = 4  # strong signals beyond this add nothing more to the priority
 BINS_PER_UNIT = 40  # histogram resolution: 0.025 of priority
 N_BINS = (MAX_SIGNALS + 1) * BINS_PER_UNIT + 1
 UNCOUNTED = -1  # a session the budget has not counted yet (Session.iv_peak)
+LEVEL_EVERY = 16  # histogram changes between recomputations of the level
 
 
 def priority(risk: float, strong_signals: float) -> float:
@@ -71,6 +72,8 @@ class Budget:
         self.offered = 0  # sessions offered help so far
         self._level_bin = 0
         self._since_decay = 0
+        self._changes = 0  # histogram changes since the level was last computed
+        self._update_level()
 
     @property
     def level(self) -> float:
@@ -87,12 +90,13 @@ class Budget:
         self._since_decay += 1
         if self._since_decay >= self.half_life:
             self._decay()
-        self._update_level()
+        self._changed()
 
-    def admit(self, session: object, prio: float) -> bool:
+    def note(self, session: object, prio: float) -> bool:
         """Record ``prio`` as an eligible moment of ``session``; True if it may be offered help.
 
-        A session already offered help (``iv_count`` > 0) stays admitted: the
+        Spends nothing: call :meth:`spend` once help is actually decided. A
+        session already offered help (``iv_count`` > 0) stays admitted: the
         budget counts sessions, the cap and cooldown limit its pop-ups.
         """
         b = min(int(prio * BINS_PER_UNIT), N_BINS - 1)
@@ -101,14 +105,30 @@ class Budget:
             self.hist[old] = max(0.0, self.hist[old] - 1.0)
             self.hist[b] += 1.0
             session.iv_peak = b  # type: ignore[attr-defined]
-            self._update_level()
+            self._changed()
         if session.iv_count:  # type: ignore[attr-defined]
             return True
-        if b < self._level_bin or self.allowance < 1.0:
-            return False
-        self.recent_offered += 1.0
-        self.offered += 1
-        return True
+        return b >= self._level_bin and self.allowance >= 1.0
+
+    def spend(self, session: object) -> None:
+        """Count ``session`` as offered help (once: later decisions in it spend nothing)."""
+        if not session.iv_count:  # type: ignore[attr-defined]
+            self.recent_offered += 1.0
+            self.offered += 1
+
+    def admit(self, session: object, prio: float) -> bool:
+        """:meth:`note`, then :meth:`spend` if it may be offered help."""
+        ok = self.note(session, prio)
+        if ok:
+            self.spend(session)
+        return ok
+
+    def _changed(self) -> None:
+        # The level moves slowly: recomputing it (a walk over the bins) on every
+        # change cost more than the rest of the policy per eligible event.
+        self._changes += 1
+        if self._changes >= LEVEL_EVERY:
+            self._update_level()
 
     @property
     def allowance(self) -> float:
@@ -124,6 +144,7 @@ class Budget:
 
     def _update_level(self) -> None:
         # The lowest bin with at most share * total of the sessions at or above it.
+        self._changes = 0
         allowed = self.share * self.total
         above = 0.0
         level = N_BINS

@@ -177,6 +177,13 @@ def decide(
                 n_strong += 1
         if n_strong < cfg.min_signals:
             return None
+    if budget is not None:
+        # Before the reasons and the kind: most eligible moments are below the level.
+        sigs = row[_SIG]
+        strength = cfg.signal_strength
+        struggles = sum(1 for i in _STRUGGLE if sigs[i] >= strength)
+        if not budget.note(session, priority(score, struggles)):
+            return None
     sig = dict(zip(SIGNALS, row[_SIG], strict=True))
     strong = sorted(
         ((name, s) for name, s in sig.items() if s >= cfg.signal_strength),
@@ -188,10 +195,7 @@ def decide(
     if kind is None:
         return None
     if budget is not None:
-        sigs = row[_SIG]
-        struggles = sum(1 for i in _STRUGGLE if sigs[i] >= cfg.signal_strength)
-        if not budget.admit(session, priority(score, struggles)):
-            return None
+        budget.spend(session)
     reasons = tuple(Reason(n, round(s, 3)) for n, s in strong) + (
         Reason("exit_risk", round(score, 3)),
     )
