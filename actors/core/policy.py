@@ -29,7 +29,7 @@ from typing import Any
 
 from actors.core.budget import UNCOUNTED, Budget, priority
 from actors.core.detectors import refuse_unknown
-from actors.core.features import FEATURE_INDEX
+from actors.core.features import FEATURE_INDEX, STRONG_SIGNAL
 from actors.core.kinds import HELP_OFFER, KIND, KINDS
 from actors.core.reasons import Driver
 from actors.core.session import EventView, Session
@@ -39,6 +39,7 @@ from actors.core.signals import SIGNALS
 _N_EVENTS = FEATURE_INDEX["n_events"]
 _PURCHASED = FEATURE_INDEX["purchased"]
 _DISMISSED = FEATURE_INDEX["iv_dismissed"]
+_N_STRONG = FEATURE_INDEX["n_strong_signals"]
 # The signals that are evidence of struggle, as offsets in the row's signal slice.
 _STRUGGLE = tuple(i for i, s in enumerate(DECLARED_SIGNALS) if s.struggle)
 _SIG = slice(FEATURE_INDEX[f"sig_{SIGNALS[0]}"], FEATURE_INDEX[f"sig_{SIGNALS[-1]}"] + 1)
@@ -179,9 +180,12 @@ def decide(
             return None
     if budget is not None:
         # Before the reasons and the kind: most eligible moments are below the level.
-        sigs = row[_SIG]
-        strength = cfg.signal_strength
-        struggles = sum(1 for i in _STRUGGLE if sigs[i] >= strength)
+        struggles = 0
+        # Most moments have no strong signal at all (n_strong_signals counts those at
+        # STRONG_SIGNAL or more): then there is nothing to count.
+        if row[_N_STRONG] or cfg.signal_strength < STRONG_SIGNAL:
+            sigs, strength = row[_SIG], cfg.signal_strength
+            struggles = sum(1 for i in _STRUGGLE if sigs[i] >= strength)
         if not budget.note(session, priority(score, struggles)):
             return None
     sig = dict(zip(SIGNALS, row[_SIG], strict=True))
