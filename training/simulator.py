@@ -37,9 +37,12 @@ The generative story (how a journey and its labels come about):
    ``visibility: hidden``). Some interested visitors use the calculator
    without trouble, so a form page alone does not mean struggle.
 
-Interventions are not simulated (no ``intervention_*`` events): the data is
-what a site looks like without Lifeline, which is what the exit-risk model
-must learn from.
+Interventions are not simulated here (no ``intervention_*`` events): the
+data is what a site looks like without Lifeline, which is what the exit-risk
+model must learn from. For visitors who answer help, each journey carries
+its story's numbers (``p_convert``, the ``draw`` that decided the outcome,
+where its episode began) and :func:`continue_journey` writes a new ending
+once help changed the outcome; ``training/closed_loop.py`` uses both.
 
 Limits: the catalogue is the demo shop's (40 products ``p-001``..``p-040`` in
 5 categories); paths other than ``/product.html?id=...`` are plausible demo
@@ -53,6 +56,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,6 +210,21 @@ class Journey:
     struggling: bool
     start_ms: int
     events: list[dict] = field(default_factory=list)
+    # The generative story's own numbers, for simulations that change the outcome
+    # (training/closed_loop.py): ``converted`` is ``draw < p_convert``, so the same
+    # visitor with another probability p' converts iff ``draw < p'``.
+    p_convert: float = 0.0
+    draw: float = 0.0
+    struggle: float = 0.0  # the episode's level (0: no episode)
+    episode: str | None = None  # its kind (one of EPISODES)
+    # seq of the first event written by the episode (0: none): from there on the
+    # visitor is struggling, whatever the detectors make of it.
+    episode_seq: int = 0
+    engaged: float = 1.0  # how long this visitor reads, relative to the median
+
+    def struggling_at(self, seq: int) -> bool:
+        """Whether the visitor's struggle episode had begun by event ``seq`` (ground truth)."""
+        return 0 < self.episode_seq <= seq
 
 
 def product_path(item: str) -> str:
@@ -725,7 +744,8 @@ def _journey(rng: random.Random, sid: str, archetype: str, start_ms: int) -> Jou
     episode = _draw_episode(rng, archetype)
     struggle = rng.betavariate(4, 2) if episode else 0.0
     p_convert = BASE_CONVERT[archetype] * (1.0 - STRUGGLE_EFFECT * struggle)
-    converted = rng.random() < p_convert
+    draw = rng.random()
+    converted = draw < p_convert
     # Intent leaks into behaviour only mildly (dwell +-20%, noisy), so that
     # early in a journey buyers and leavers of one archetype look alike.
     w.engaged = (1.1 if converted else 0.92) * math.exp(rng.gauss(0.0, 0.25))
@@ -755,8 +775,10 @@ def _journey(rng: random.Random, sid: str, archetype: str, start_ms: int) -> Jou
     else:
         w.page("/", "home", ref=ref)
         w.dwell(HOME_DWELL.get(archetype, 5), hovers=("#hero", ".nav-menu"))
+    episode_seq = 0
     if early:
         assert episode is not None
+        episode_seq = len(w.events) + 1
         item = _EPISODE_WRITERS[episode](w, rng, converted, struggle, rng.choice(CATEGORIES))
         if converted or rng.random() < 0.5:  # keeps going; otherwise leaves soon after
             w.dwell(3)
@@ -768,6 +790,7 @@ def _journey(rng: random.Random, sid: str, archetype: str, start_ms: int) -> Jou
         if calculator:
             _calculator_ok(w, rng)
         if episode is not None:
+            episode_seq = len(w.events) + 1
             item = _EPISODE_WRITERS[episode](
                 w, rng, converted, struggle, PRODUCT_CATEGORY.get(item, rng.choice(CATEGORIES))
             )
@@ -782,7 +805,20 @@ def _journey(rng: random.Random, sid: str, archetype: str, start_ms: int) -> Jou
         _checkout(w, rng, item)
     else:
         w.leave()
-    return Journey(sid, archetype, converted, w.struggled, w.events[0]["ts"], w.events)
+    return Journey(
+        sid,
+        archetype,
+        converted,
+        w.struggled,
+        w.events[0]["ts"],
+        w.events,
+        p_convert=p_convert,
+        draw=draw,
+        struggle=struggle,
+        episode=episode,
+        episode_seq=episode_seq,
+        engaged=w.engaged,
+    )
 
 
 def simulate(
@@ -801,6 +837,21 @@ def simulate(
     all at once (load generation). ``mix`` maps archetype to weight (need not
     sum to 1; archetypes left out are not drawn). sids are ``sim-<seed>-<i>``.
     """
+    return list(iter_journeys(n, seed, start_ms, mix, mean_gap_ms=mean_gap_ms))
+
+
+def iter_journeys(
+    n: int,
+    seed: int = 0,
+    start_ms: int | None = None,
+    mix: dict[str, float] | None = None,
+    *,
+    mean_gap_ms: float = 20_000.0,
+) -> Iterator[Journey]:
+    """The journeys of :func:`simulate`, one at a time in start order (for runs too large to hold).
+
+    Arguments are checked at the call, not at the first journey.
+    """
     if n < 0:
         raise ValueError("n must be >= 0")
     weights = dict(DEFAULT_MIX if mix is None else mix)
@@ -809,20 +860,69 @@ def simulate(
         raise ValueError(f"unknown archetypes in mix: {sorted(unknown)}; known: {list(ARCHETYPES)}")
     if not weights or sum(weights.values()) <= 0 or min(weights.values()) < 0:
         raise ValueError("mix needs non-negative weights with a positive sum")
+    t0 = DEFAULT_START_MS if start_ms is None else int(start_ms)
+    return _journeys(n, seed, t0, weights, mean_gap_ms)
+
+
+def _journeys(
+    n: int, seed: int, t0: int, weights: dict[str, float], mean_gap_ms: float
+) -> Iterator[Journey]:
     names = list(weights)
     probs = [weights[a] for a in names]
     rng = random.Random(seed)
-    t0 = DEFAULT_START_MS if start_ms is None else int(start_ms)
-    out: list[Journey] = []
     for i in range(n):
         archetype = rng.choices(names, probs)[0]
         # Each journey has its own generator seeded from the master one, so a
         # journey's events do not depend on how many random draws came before.
         jrng = random.Random(rng.getrandbits(64))
-        out.append(_journey(jrng, f"sim-{seed}-{i:06d}", archetype, t0))
+        yield _journey(jrng, f"sim-{seed}-{i:06d}", archetype, t0)
         if mean_gap_ms > 0:
             t0 += max(1, int(rng.expovariate(1.0 / mean_gap_ms)))
-    return out
+
+
+def continue_journey(
+    events: list[dict[str, Any]], converted: bool, rng: random.Random, engaged: float = 1.0
+) -> list[dict[str, Any]]:
+    """The rest of a journey cut after ``events``, now that its outcome is ``converted``.
+
+    What it is for: a visitor whose chance to buy changed part-way (help
+    shown, training/closed_loop.py) and so no longer follows the journey
+    written for the old outcome. ``events`` are the raw events sent so far
+    (contiguous seq, increasing ts); the visitor carries on from the page,
+    cart and item of interest they imply. A converting visitor reads on a
+    little, then goes through cart and checkout to a ``purchase``, as every
+    converting journey ends; any other leaves after a short look, as
+    non-converting journeys end. Returns only the new events, numbered on
+    from ``events``. ``engaged`` is the journey's (``Journey.engaged``).
+
+    Limits: the visitor's browsing between the cut and the end is short and
+    plain (no new struggle episode); the item bought is the last one seen
+    (else one drawn from the catalogue).
+    """
+    w = _Writer(rng, events[-1]["ts"] if events else DEFAULT_START_MS)
+    w.events = list(events)
+    w.engaged = engaged
+    item: str | None = None
+    for ev in events:
+        etype = ev["type"]
+        if etype == "page_view":
+            w.path, w.page_type = ev["path"], ev.get("page_type", "")
+            item = ev.get("item") or item
+        elif etype == "add_to_cart":
+            w.cart.append(ev["item"])
+            item = ev["item"]
+        elif etype == "remove_from_cart" and ev["item"] in w.cart:
+            w.cart.remove(ev["item"])
+        elif etype == "purchase":
+            w.cart.clear()
+    w.think(1500)
+    if converted:
+        w.dwell(4)
+        _checkout(w, rng, item or _pick(rng))
+    else:
+        w.dwell(3)
+        w.leave()
+    return w.events[len(events) :]
 
 
 # -- short deterministic scripts for tests --------------------------------------------------------
