@@ -146,9 +146,8 @@ def summary(r: Replayed) -> dict[str, Any]:
     if "struggling" in out or "calm" in out:
         result["by_struggle"] = {k: v for k, v in out.items() if k in ("struggling", "calm")}
         struggling = set(groups.get("struggling", []))
-        first = [sid for sid in r.decisions]
         result["offered_to_struggling_share"] = _share(
-            sum(1 for sid in first if sid in struggling), len(first)
+            sum(1 for sid in r.decisions if sid in struggling), len(r.decisions)
         )
     return result
 

@@ -623,7 +623,33 @@ def train_and_evaluate(
     split = source_split(df, test_frac, valid_frac)
     model = fit_xgb(split.train, split.valid, params, progress=progress)
     fitted, base_rate = _baselines(split, params.balance_classes, params.source_weights)
+    return _measured(
+        name, split, model, fitted, base_rate, params, data, bootstrap, label, horizon_s
+    )
+
+
+def _measured(
+    name: str,
+    split: Split,
+    model: TrainedXGB,
+    fitted: dict[str, Any],
+    base_rate: float,
+    params: XGBParams,
+    data: dict[str, Any] | None,
+    bootstrap: int,
+    label: str,
+    horizon_s: float,
+    calibrate_baselines: bool = False,
+) -> RunResult:
+    """The booster and the baselines measured on the test rows, overall and per source.
+
+    ``calibrate_baselines``: the baselines' balanced scores are turned into
+    calibrated probabilities (to compare with an older, prior-corrected booster).
+    """
     preds = {"xgboost": model.predict(_x(split.test)), **_baseline_predictions(fitted, split.test)}
+    if calibrate_baselines:
+        for k in BASELINES:
+            preds[k] = calibrated(preds[k], base_rate)
     rates = {"xgboost": model.base_rate, **dict.fromkeys(BASELINES, base_rate)}
     results = _measure(split.test, preds, rates, model.score, bootstrap)
     by_source = _measure_by_source(split.test, preds, rates, model.score, bootstrap)
@@ -684,29 +710,20 @@ def evaluate_booster(
     model = TrainedXGB(
         booster, booster.num_boosted_rounds() - 1, spw, base_rate=model_base_rate, score=kind
     )
-    preds = {"xgboost": model.predict(_x(split.test)), **_baseline_predictions(fitted, split.test)}
-    if kind == SCORE_CALIBRATED and balance:
-        # An older, prior-corrected booster: its output is calibrated, so the
-        # (balanced) baselines are turned into calibrated probabilities too.
-        for k in BASELINES:
-            preds[k] = calibrated(preds[k], base_rate)
-    rates = {"xgboost": model.base_rate, **dict.fromkeys(BASELINES, base_rate)}
-    results = _measure(split.test, preds, rates, kind, bootstrap)
-    by_source = _measure_by_source(split.test, preds, rates, kind, bootstrap)
     known = {f.name for f in XGBParams.__dataclass_fields__.values()}
     params = XGBParams(**{k: v for k, v in meta.get("params", {}).items() if k in known})
-    return RunResult(
+    # An older, prior-corrected booster outputs a calibrated probability while its
+    # baselines were fitted balanced: they are put on its scale.
+    return _measured(
         name,
         split,
         model,
         fitted,
-        preds,
-        results,
+        base_rate,
         params,
-        dict(data or {}),
-        rates,
-        kind,
-        by_source,
+        data,
+        bootstrap,
         label,
         horizon,
+        calibrate_baselines=kind == SCORE_CALIBRATED and balance,
     )

@@ -79,35 +79,15 @@ def uplift(
             raise ValueError(f"{name}: need 0 <= conversions <= sessions, got {c} of {n}")
     p1 = treated_conversions / treated_n if treated_n else None
     p2 = holdout_conversions / holdout_n if holdout_n else None
-    if p1 is None or p2 is None:
-        return Uplift(
-            treated_n,
-            treated_conversions,
-            holdout_n,
-            holdout_conversions,
-            p1,
-            p2,
-            None,
-            None,
-            None,
-            level,
-        )
-    l1, u1 = wilson(treated_conversions, treated_n, level)
-    l2, u2 = wilson(holdout_conversions, holdout_n, level)
-    d = p1 - p2
-    low = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
-    high = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    d = low = high = None  # an empty group has no rate, so no difference
+    if p1 is not None and p2 is not None:
+        l1, u1 = wilson(treated_conversions, treated_n, level)
+        l2, u2 = wilson(holdout_conversions, holdout_n, level)
+        d = p1 - p2
+        low = max(-1.0, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2))
+        high = min(1.0, d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
     return Uplift(
-        treated_n,
-        treated_conversions,
-        holdout_n,
-        holdout_conversions,
-        p1,
-        p2,
-        d,
-        max(-1.0, low),
-        min(1.0, high),
-        level,
+        treated_n, treated_conversions, holdout_n, holdout_conversions, p1, p2, d, low, high, level
     )
 
 
