@@ -20,6 +20,8 @@ def _up(args: argparse.Namespace) -> int:
         os.environ["LIFELINE_WS_PORT"] = str(args.ws_port)
     if args.http_port is not None:
         os.environ["LIFELINE_HTTP_PORT"] = str(args.http_port)
+    if args.console_port is not None:
+        os.environ["LIFELINE_CONSOLE_PORT"] = str(args.console_port)
     from cluster.config import InsecureSettings, Settings, check_secret
     from cluster.stack import run
 
@@ -74,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--ws-port", type=int, help="WebSocket port (default $LIFELINE_WS_PORT or 8765)"
     )
     up.add_argument("--http-port", type=int, help="HTTP port (default $LIFELINE_HTTP_PORT or 8080)")
+    up.add_argument(
+        "--console-port",
+        type=int,
+        help="operator console, /metrics and /healthz (default $LIFELINE_CONSOLE_PORT or 8090)",
+    )
     up.add_argument(
         "--gateways",
         type=int,

@@ -66,7 +66,21 @@ class Settings:
         default_factory=lambda: int(_env("LIFELINE_HTTP_PORT", "8080")),
         metadata={
             "env": "LIFELINE_HTTP_PORT",
-            "help": "HTTP port: client script, beacon, demo, metrics (0: any free port)",
+            "help": "public HTTP port: client script, beacon, demo shop (0: any free port)",
+        },
+    )
+    console_host: str = field(
+        default_factory=lambda: _env("LIFELINE_CONSOLE_HOST", "127.0.0.1"),
+        metadata={
+            "env": "LIFELINE_CONSOLE_HOST",
+            "help": "address the operator console (and /metrics, /healthz) listens on",
+        },
+    )
+    console_port: int = field(
+        default_factory=lambda: int(_env("LIFELINE_CONSOLE_PORT", "8090")),
+        metadata={
+            "env": "LIFELINE_CONSOLE_PORT",
+            "help": "operator console port: pages, API, /metrics, /healthz (0: any free port)",
         },
     )
     sites_file: str = field(

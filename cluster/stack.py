@@ -31,6 +31,8 @@ from cluster.keys import Keys
 from cluster.migrate import scope_sessions_by_site
 from cluster.processes import Supervised
 from cluster.redis_server import Persistence, RedisServer, ensure_redis, persistence
+from serve.console.app import build_console
+from serve.console.context import ConsoleContext
 from serve.edge.gateway import Gateway
 from serve.edge.http import build_app
 from serve.edge.protocol import Limits
@@ -66,6 +68,8 @@ class Stack:
     sites: dict[str, Site] = field(default_factory=dict)
     runner: web.AppRunner | None = None
     http_port: int = 0
+    console_runner: web.AppRunner | None = None
+    console_port: int = 0
     ws_port: int = 0
     serve_handles: dict[str, Any] = field(default_factory=dict)
     extra: list[Any] = field(default_factory=list)  # things to stop (LLM stand-in server, ...)
@@ -83,6 +87,10 @@ class Stack:
     @property
     def http_url(self) -> str:
         return f"http://{self.settings.host}:{self.http_port}"
+
+    @property
+    def console_url(self) -> str:
+        return f"http://{self.settings.console_host}:{self.console_port}"
 
     @property
     def ws_url(self) -> str:
@@ -159,18 +167,22 @@ class Stack:
         self.ws_port = await self.gateway.start(s.host, s.ws_port, reuse_port=gateways > 1)
         for _ in range(gateways - 1):
             await self._start_extra_gateway(names)
-        app = build_app(
-            self.gateway,
-            self.ws_url,
-            extra_status=self._status,
+        self.runner, self.http_port = await _serve(
+            build_app(self.gateway, self.ws_url), s.host, s.http_port
+        )
+        console = ConsoleContext(
+            s,
+            self.redis.url,
+            Keys(s.prefix),
+            sites=self.sites,
+            gateway=self.gateway,
             shard_info=self.shard_info,
             processes=self.gateway_states,
+            status=self._status,
         )
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, s.host, s.http_port)
-        await site.start()
-        self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.console_runner, self.console_port = await _serve(
+            build_console(console), s.console_host, s.console_port
+        )
         return self
 
     def _warn(self, message: str) -> None:
@@ -232,8 +244,9 @@ class Stack:
 
     async def stop(self) -> None:
         await asyncio.gather(*(proc.stop() for proc in self.processes))
-        if self.runner is not None:
-            await self.runner.cleanup()
+        for runner in (self.console_runner, self.runner):
+            if runner is not None:
+                await runner.cleanup()
         if self.gateway is not None:
             await self.gateway.stop()
         for sh in self.shards:
@@ -248,6 +261,15 @@ class Stack:
         if self.redis is not None:
             self.redis.stop()
         ray_sessions.forget(self.ray_record)  # Ray stops its processes as this one exits
+
+
+async def _serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on ``host:port`` (0: any free port); its runner and the port it got."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
 
 def dashboard_auth() -> str:
@@ -311,7 +333,7 @@ Lifeline is running.
   demo shop     {stack.http_url}/
   client script {stack.http_url}/lifeline.js
   WebSocket     {stack.ws_url}?site=demo  ({gateways} gateway process{"es" if gateways > 1 else ""})
-  health        {stack.http_url}/healthz   metrics {stack.http_url}/metrics
+  console       {stack.console_url}/   (health /healthz, metrics /metrics)
   Redis         {redact_url(stack.redis_url)}{redis_note}
   shards        {len(info)} (model {info[0]["model"] if info else "?"})
   Ray dashboard {"http://" + stack.dashboard_url if stack.dashboard_url else "not running (see `ray status`)"}{dashboard_auth()}

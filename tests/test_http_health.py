@@ -9,7 +9,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from actors.shard.actor import ShardCore
 from cluster.config import Settings
-from serve.edge.http import build_app
+from cluster.keys import Keys
+from serve.console import ops
+from serve.console.context import ConsoleContext
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -24,7 +26,15 @@ async def test_health_is_red_while_a_shard_reports_a_loop_down(lifeline_stack, r
     async def shard_info():
         return infos
 
-    app = build_app(lifeline_stack.gateway, lifeline_stack.ws_url, shard_info=shard_info)
+    ctx = ConsoleContext(
+        Settings(), redis_url, Keys(prefix), gateway=lifeline_stack.gateway, shard_info=shard_info
+    )
+    from aiohttp import web
+
+    app = web.Application()
+    app["ctx"] = ctx
+    app.router.add_get("/healthz", ops.healthz)
+    app.router.add_get("/api/health", ops.health_detail)
     async with TestClient(TestServer(app)) as client:
         infos[:] = [core.info()]
         r = await client.get("/healthz")
@@ -33,5 +43,11 @@ async def test_health_is_red_while_a_shard_reports_a_loop_down(lifeline_stack, r
         infos[:] = [core.info()]
         r = await client.get("/healthz")
         body = await r.json()
-        assert r.status == 503 and body["ok"] is False
-        assert body["shards_unhealthy"] == [7]
+        # The public health names the failing part and nothing more (no shard internals).
+        assert r.status == 503 and body == {
+            "ok": False,
+            "checks": {"redis": True, "gateway": True, "shards": False},
+        }
+        r = await client.get("/api/health")
+        body = await r.json()
+        assert r.status == 503 and body["shards_unhealthy"] == [7]

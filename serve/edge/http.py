@@ -1,4 +1,4 @@
-"""The gateway's HTTP side (aiohttp): client script, demo shop, beacon, health, metrics.
+"""The gateway's public HTTP side (aiohttp): client script, demo shop, beacon, help articles.
 
 The WebSocket endpoint is served by the ``websockets`` library on its own
 port (:mod:`serve.edge.gateway`); everything a browser fetches over plain HTTP is
@@ -11,9 +11,7 @@ HTML pages of the demo carry placeholders filled in per request:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,26 +41,16 @@ _TYPES = {
 }
 
 
-def build_app(
-    gateway: Gateway,
-    ws_url: str,
-    demo_site: str = "demo",
-    extra_status: Any = None,
-    shard_info: Any = None,
-    processes: Callable[[], list[dict[str, Any]]] | None = None,
-) -> web.Application:
-    """The aiohttp application; ``ws_url`` is what pages are told to connect to.
+def build_app(gateway: Gateway, ws_url: str, demo_site: str = "demo") -> web.Application:
+    """The public aiohttp application; ``ws_url`` is what pages are told to connect to.
 
-    ``processes`` lists this host's gateway processes with their ``state``
-    (cluster/stack.py): ``/healthz`` shows them and is not ok while any is not ``up``.
+    Health, metrics and counters are not here: they are the operator's, on the
+    console's port (:mod:`serve.console.ops`).
     """
-    h = Handlers(gateway, ws_url, demo_site, extra_status, shard_info, processes)
+    h = Handlers(gateway, ws_url, demo_site)
     app = web.Application(client_max_size=BEACON_MAX_BYTES)
     app.router.add_get("/lifeline.js", h.client_js)
     app.router.add_post("/beacon", h.beacon)
-    app.router.add_get("/healthz", h.healthz)
-    app.router.add_get("/metrics", h.metrics)
-    app.router.add_get("/api/stats", h.stats)
     app.router.add_get("/help/{article:[A-Za-z0-9_-]+}", h.help_article)
     app.router.add_get("/", h.demo)
     app.router.add_get("/{name:[A-Za-z0-9_.-]+}", h.demo)
@@ -72,21 +60,10 @@ def build_app(
 class Handlers:
     """The app's request handlers, and what they answer from (see :func:`build_app`)."""
 
-    def __init__(
-        self,
-        gateway: Gateway,
-        ws_url: str,
-        demo_site: str,
-        extra_status: Any,
-        shard_info: Any,
-        processes: Callable[[], list[dict[str, Any]]] | None,
-    ) -> None:
+    def __init__(self, gateway: Gateway, ws_url: str, demo_site: str) -> None:
         self.gateway = gateway
         self.ws_url = ws_url
         self.demo_site = demo_site
-        self.extra_status = extra_status
-        self.shard_info = shard_info
-        self.processes = processes
         self.client = client_build.load()  # once: the files are part of the installed package
 
     async def client_js(self, request: web.Request) -> web.Response:
@@ -157,57 +134,6 @@ class Handlers:
         status, reply = await self.gateway.beacons.receive(site, body)
         return web.json_response(reply, status=status)
 
-    async def healthz(self, request: web.Request) -> web.Response:
-        """Whether this host serves with all it was given: Redis, loops, gateway processes, shards."""
-        gateway = self.gateway
-        try:
-            redis_ok = bool(await gateway.redis.ping())
-        except Exception:
-            redis_ok = False
-        own = gateway.health()  # its background loops: one that keeps failing turns health red
-        gateways = self.processes() if self.processes is not None else []
-        # A gateway process down (restarting) means this host serves with less than it was
-        # given: not ok, so that a load balancer or an operator hears of it.
-        ok = redis_ok and own["ok"] and all(g.get("state") == "up" for g in gateways)
-        body = {
-            "ok": ok,
-            "redis": redis_ok,
-            "gateway": gateway.id,
-            "loops": own["loops"],
-            "shards": len(gateway.shards),
-            "connections": gateway.stats.connections,
-        }
-        if gateways:
-            body["gateways"] = gateways
-        if self.extra_status is not None:
-            body.update(self.extra_status())
-        if self.shard_info is not None:
-            await self._add_shard_health(body)
-        return web.json_response(body, status=200 if body["ok"] else 503)
-
-    async def _add_shard_health(self, body: dict[str, Any]) -> None:
-        """Add each shard's own report to a health body; a sick or silent shard is noted."""
-        try:
-            infos = await asyncio.wait_for(self.shard_info(), 5.0)
-            body["shard_info"] = infos
-            # A shard whose background loop is down (snapshots, model polling) is not well.
-            sick = [i.get("index") for i in infos if not i.get("healthy", True)]
-            if sick:
-                body["ok"] = False
-                body["shards_unhealthy"] = sick
-        except Exception as exc:  # a shard restarting: health says so rather than hanging
-            body["shard_info"] = f"unavailable: {type(exc).__name__}"
-
-    async def metrics(self, request: web.Request) -> web.Response:
-        """Prometheus text format, from the gateway's counters."""
-        text = metrics_text(self.gateway.stats.snapshot())
-        return web.Response(text=text, content_type="text/plain")
-
-    async def stats(self, request: web.Request) -> web.Response:
-        """The gateway's counters as JSON."""
-        return web.json_response(self.gateway.stats.snapshot())
-
-
 def beacon_body(raw: bytes) -> dict[str, Any] | web.Response:
     """A beacon's body as a JSON object, or the error response that refuses it.
 
@@ -232,29 +158,3 @@ def beacon_body(raw: bytes) -> dict[str, Any] | web.Response:
             status=400,
         )
     return body
-
-
-# Counters that are maps: one labelled series per entry, under this name and label.
-_LABELLED = {
-    "errors_by_code": ("errors_by_code", "code"),
-    "loop_failures": ("loop_failures", "loop"),
-}
-
-
-def metrics_text(snapshot: dict[str, Any]) -> str:
-    """The gateway's counters (:meth:`serve.edge.stats.Stats.snapshot`) in Prometheus text format."""
-    lines = []
-    for key, value in snapshot.items():
-        if key in _LABELLED:
-            base, label = _LABELLED[key]
-            name = f"lifeline_gateway_{base}_total"
-            lines.append(f"# TYPE {name} counter")
-            lines += [f'{name}{{{label}="{k}"}} {float(v)}' for k, v in sorted(value.items())]
-            continue
-        if key in ("connections", "mean_shard_batch"):
-            name, kind = f"lifeline_gateway_{key}", "gauge"
-        else:
-            name, kind = f"lifeline_gateway_{key}_total", "counter"
-        lines.append(f"# TYPE {name} {kind}")
-        lines.append(f"{name} {float(value)}")
-    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""The operator console: pages, JSON API, /metrics and /healthz on their own port (aiohttp)."""
