@@ -16,6 +16,11 @@
 | ``{p}model:promoted`` | pub/sub channel | promotions |
 | ``{p}recsys:{site}:model`` (``:version``), ``{p}recsys:{site}:catalog`` | string, hash | a site's recommender model and catalog (serve/apps/recommender.py) |
 | ``{p}nudge:{version}:{facts}`` | string | a cached LLM nudge for one situation (serve/apps/nudge.py) |
+| ``{p}audit`` | stream | the console's audit log: who, action, from, detail (serve/console/audit.py) |
+| ``{p}op:user:{name}`` | hash | an operator account: role, password hash (scrypt), created (serve/console/accounts.py) |
+| ``{p}op:token:{sha256}`` | hash | an API token (by its digest): name, role, scopes, expires |
+| ``{p}op:session:{sha256}`` | hash | a signed-in browser session (by its cookie's digest): name, role, csrf; expires |
+| ``{p}op:login:{who}`` | counter | failed sign-ins of an address or a name in the current window |
 
 A session's keys are scoped by its site (``{site}:{sid}``, :meth:`Keys.session_id`):
 the data of one site's session is never under a key another site's session
@@ -111,6 +116,15 @@ class Keys:
 
     def nudge(self, version: str, facts: list[str]) -> str:
         return f"{self.prefix}nudge:{version}:" + ":".join(facts)
+
+    @property
+    def audit(self) -> str:
+        return f"{self.prefix}audit"
+
+    def operator(self, part: str) -> str:
+        """The console's accounts: ``user:{name}``, ``token:{digest}``, ``session:{digest}``,
+        ``login:{who}`` (serve/console/accounts.py)."""
+        return f"{self.prefix}op:{part}"
 
     def push(self, gateway_id: str) -> str:
         return f"{self.prefix}push:{gateway_id}"
