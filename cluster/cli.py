@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="print every setting, its current value and meaning")
     cfg.set_defaults(func=_config)
 
+    from serve.console.cli import add_commands as add_operator_commands
+
+    add_operator_commands(sub)
     try:
         from training.cli import add_commands
     except ImportError as exc:  # training's extras missing: the service still runs

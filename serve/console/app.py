@@ -9,17 +9,18 @@ for pages and JSON alike: hiding a button is never the check.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from serve.console import ops
 from serve.console.context import ConsoleContext
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-ROLES = ("viewer", "analyst", "admin", "support")
+# Modules with a ROUTES tuple, imported when the app is built (they import Route from here).
+ROUTE_MODULES = ("serve.console.operators",)
 
 
 @dataclass(frozen=True)
@@ -32,23 +33,45 @@ class Route:
     role: str | None = "viewer"
 
 
-OPS_ROUTES = (
-    Route("GET", "/healthz", ops.healthz, None),
-    Route("GET", "/metrics", ops.metrics, None),
-    Route("GET", "/api/health", ops.health_detail),
-    Route("GET", "/api/stats", ops.stats),
-)
-
-
 def all_routes() -> list[Route]:
     """Every route of the console, from each of its modules."""
-    return [*OPS_ROUTES]
+    from serve.console import auth, ops, pages
+
+    routes = [
+        Route("GET", "/healthz", ops.healthz, None),
+        Route("GET", "/metrics", ops.metrics, None),
+        Route("GET", "/api/health", ops.health_detail),
+        Route("GET", "/api/stats", ops.stats),
+        Route("GET", "/login", auth.login_page, None),
+        Route("POST", "/login", auth.login, None),
+        Route("POST", "/logout", auth.logout),
+        Route("GET", "/api/me", auth.me),
+        Route("GET", "/static/{path:[A-Za-z0-9_./-]+}", pages.static, None),
+    ]
+    routes += [Route("GET", p.path, pages.page_handler(p), p.role) for p in pages.PAGES]
+    s = pages.SESSION_PAGE
+    routes.append(Route("GET", s.path, pages.page_handler(s), s.role))
+    for name in ROUTE_MODULES:
+        routes += importlib.import_module(name).ROUTES
+    from serve.console import views
+
+    return routes + views.routes()
 
 
 def build_console(ctx: ConsoleContext) -> web.Application:
     """The console application over ``ctx``."""
-    app = web.Application()
+    from serve.console.accounts import Accounts
+    from serve.console.auth import authorize, security_headers
+
+    app = web.Application(middlewares=[security_headers, authorize], client_max_size=256 * 1024)
     app["ctx"] = ctx
+    app["accounts"] = Accounts(ctx.redis, ctx.keys)
+    roles: dict[tuple[str, str], str | None] = {}
+    resources: dict[str, web.Resource] = {}  # one per path, however its methods are spread
     for route in all_routes():
-        app.router.add_route(route.method, route.path, route.handler)
+        resource = resources.get(route.path) or app.router.add_resource(route.path)
+        resources[route.path] = resource
+        resource.add_route(route.method, route.handler)
+        roles[(route.method, resource.canonical)] = route.role
+    app["route_roles"] = roles
     return app
