@@ -386,6 +386,28 @@ def echo_worker(url: str, conns: int, duration: float, q: mp.Queue, start_at: fl
 # -- orchestration ---------------------------------------------------------------------
 
 
+def console_json(port: int, path: str, prefix: str) -> dict[str, Any]:
+    """GET a console API path with a read-only token of a service account made for the run."""
+    global _TOKEN
+    if _TOKEN is None:
+        cmd = [sys.executable, "-m", "cluster.cli", "operators", "token", "bench", "--create"]
+        env = dict(os.environ, LIFELINE_PREFIX=prefix)
+        _TOKEN = subprocess.run(
+            cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True
+        ).stdout.strip()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {_TOKEN}"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as err:  # /api/health answers 503 with its body when unwell
+        return json.loads(err.read())
+
+
+_TOKEN: str | None = None
+
+
 def wait_http(url: str, timeout: float = 120.0) -> dict[str, Any]:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -570,7 +592,7 @@ def main() -> int:
     )
     prefix = f"llbench-{uuid.uuid4().hex[:6]}:"
     env = dict(os.environ, LIFELINE_PREFIX=prefix, PYTHONUNBUFFERED="1")
-    ws_port, http_port, echo_port = 18765, 18080, 18766
+    ws_port, http_port, echo_port, console_port = 18765, 18080, 18766, 18090
     log_path = args.out.parent / "spine-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     server_log = log_path.open("w")
@@ -586,6 +608,8 @@ def main() -> int:
             str(ws_port),
             "--http-port",
             str(http_port),
+            "--console-port",
+            str(console_port),
             "--gateways",
             str(args.gateways),
         ],
@@ -600,7 +624,7 @@ def main() -> int:
         stderr=subprocess.DEVNULL,
     )
     try:
-        health = wait_http(f"http://127.0.0.1:{http_port}/healthz")
+        health = wait_http(f"http://127.0.0.1:{console_port}/healthz")
         print("server up:", health)
         procs = server_processes(server)
         idle_rss = procs["gateway"].memory_info().rss
@@ -616,10 +640,8 @@ def main() -> int:
             shown = {k: v for k, v in lf.items() if k not in ("procs", "iv_ms")}
             print(f"run {run}: {json.dumps(shown)}")
             print("   procs:", json.dumps(lf["procs"]))
-        stats = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/stats").read())
-        stats["shards"] = json.loads(
-            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz").read()
-        ).get("shard_info")
+        stats = console_json(console_port, "/api/stats", prefix)
+        stats["shards"] = console_json(console_port, "/api/health", prefix).get("shard_info")
         keys = [
             "events_per_s",
             "sent_per_s",

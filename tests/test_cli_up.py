@@ -49,6 +49,7 @@ def test_ctrl_c_during_start_up_stops_everything(redis_url, tmp_path):
     # With Serve, as the quick start runs it (a Ctrl-C was lost there).
     cmd = [sys.executable, "-m", "cluster.cli", "up", "--no-llm-stub"]
     cmd += ["--ws-port", str(free_port()), "--http-port", str(free_port())]
+    cmd += ["--console-port", str(free_port())]
     up = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

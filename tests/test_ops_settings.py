@@ -129,7 +129,7 @@ def test_lifeline_up_refuses_the_default_secret_when_others_can_connect(redis_ur
         env.pop(name, None)
     up = subprocess.Popen(
         [sys.executable, "-m", "cluster.cli", "up", "--no-serve", "--ws-port", "0"]
-        + ["--http-port", "0"],
+        + ["--http-port", "0", "--console-port", "0"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -45,10 +45,13 @@ class Up:
     """A running `lifeline up` and everything it printed, line by line."""
 
     def __init__(self, env: dict[str, str], gateways: int = 2) -> None:
-        self.http_port = free_port()
+        self.http_port, self.console_port = free_port(), free_port()
+        self.env = env
+        self.token = ""
         cmd = [sys.executable, "-m", "cluster.cli", "up", "--no-serve"]
         cmd += ["--gateways", str(gateways)]
         cmd += ["--ws-port", str(free_port()), "--http-port", str(self.http_port)]
+        cmd += ["--console-port", str(self.console_port)]
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -82,9 +85,16 @@ class Up:
                 return found
 
     def health(self) -> tuple[int, dict]:
-        url = f"http://127.0.0.1:{self.http_port}/healthz"
+        """The console's detailed health, read with an operator's API token, as a script would."""
+        if not self.token:
+            cmd = [sys.executable, "-m", "cluster.cli", "operators", "token", "ops", "--create"]
+            self.token = subprocess.run(
+                cmd, cwd=ROOT, env=self.env, check=True, capture_output=True, text=True
+            ).stdout.strip()
+        url = f"http://127.0.0.1:{self.console_port}/api/health"
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"})
         try:
-            with urllib.request.urlopen(url, timeout=10) as r:
+            with urllib.request.urlopen(req, timeout=10) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import secrets
 import sys
 
 from cluster.config import Settings
@@ -62,6 +63,17 @@ async def _run(args: argparse.Namespace) -> int:
             )
             print(f"operator {args.name} removed")
         elif args.op_command == "token":
+            if args.create and await accounts.get(args.name) is None:
+                # A service account: no one signs in with it (its password is never known).
+                await accounts.add(args.name, args.role or "viewer", secrets.token_urlsafe(32))
+                await audit.append(
+                    client,
+                    keys.audit,
+                    who,
+                    "operator added",
+                    "local",
+                    {"operator": args.name, "role": args.role or "viewer", "service": True},
+                )
             token = await accounts.issue_token(args.name, args.role, args.scope, args.days)
             await audit.append(
                 client,
@@ -113,3 +125,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tok.add_argument("--role", choices=ROLES, help="at most the operator's (default: theirs)")
     tok.add_argument("--scope", choices=SCOPES, default="read")
     tok.add_argument("--days", type=int, default=90, help="lifetime in days (1-365)")
+    tok.add_argument(
+        "--create",
+        action="store_true",
+        help="create NAME first if missing, as a service account (--role, no usable password)",
+    )
