@@ -265,7 +265,8 @@ class Stack:
 
 async def _serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Serve ``app`` on ``host:port`` (0: any free port); its runner and the port it got."""
-    runner = web.AppRunner(app, access_log=None)
+    # Long responses (the console's live stream) get 2 s to end, not aiohttp's 60.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

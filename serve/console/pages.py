@@ -62,7 +62,7 @@ def render(page: Page, op: Operator, csrf: str, attrs: Mapping[str, str] | None 
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="csrf-token" content="{html.escape(csrf)}">
 <title>{html.escape(page.title)} · Lifeline console</title>
-<link rel="stylesheet" href="/static/console.css">
+<link rel="stylesheet" href="/static/console.css"><link rel="icon" href="data:,">
 </head><body>
 <a class="skip" href="#main">Skip to content</a>
 <header><span class="brand">Lifeline</span>
@@ -88,7 +88,7 @@ def render_login(csrf: str, next_path: str, query: Mapping[str, str]) -> str:
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Sign in · Lifeline console</title>
-<link rel="stylesheet" href="/static/console.css">
+<link rel="stylesheet" href="/static/console.css"><link rel="icon" href="data:,">
 </head><body class="login">
 <main id="main"><h1>Lifeline console</h1>{failed}
 <form method="post" action="/login">

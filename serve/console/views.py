@@ -156,7 +156,14 @@ async def audit_view(request: web.Request) -> View:
     }
 
 
+async def live_view(request: web.Request) -> View:
+    from serve.console import live
+
+    return await live.view(request)
+
+
 VIEWS: dict[str, ViewFn] = {
+    "live": live_view,
     "operators": operators_view,
     "audit": audit_view,
 }

@@ -55,7 +55,7 @@
     s.replaceChildren(el("div", { class: "kpis", role: "list" }, ...kpis.map((k) =>
       el("div", { class: "kpi " + (k.state || ""), role: "listitem" },
         el("div", { class: "label", text: k.label }),
-        el("div", { class: "value", text: fmt(k.value) + (k.unit ? " " + k.unit : "") })))));
+        el("div", { class: "value" + (String(k.value).length > 12 ? " long" : ""), text: fmt(k.value) + (k.unit ? " " + k.unit : "") })))));
   }
   function chartConfig(c) {
     return {
@@ -123,7 +123,8 @@
       const table = el("table", {}, el("caption", { text: t.title }), el("thead", {}, head), el("tbody", {}, ...body));
       const kids = [el("h2", { text: t.title }), el("div", { class: "table-wrap" }, table)];
       if (!t.rows.length) kids.push(el("p", { class: "note", text: t.empty || "Nothing yet." }));
-      if (t.csv !== false) {
+      const mayExport = ["analyst", "admin"].includes(main.dataset.role);  // the server checks too
+      if (t.csv !== false && mayExport) {
         const q = viewParams(); const href = "/api/export/" + page + "/" + t.id + ".csv?" + q.toString();
         kids.push(el("a", { class: "csv", href, download: page + "-" + t.id + ".csv", text: "Export " + t.title + " as CSV" }));
       }
