@@ -20,7 +20,8 @@
 | ``{p}op:user:{name}`` | hash | an operator account: role, password hash (scrypt), created (serve/console/accounts.py) |
 | ``{p}op:token:{sha256}`` | hash | an API token (by its digest): name, role, scopes, expires |
 | ``{p}op:session:{sha256}`` | hash | a signed-in browser session (by its cookie's digest): name, role, csrf; expires |
-| ``{p}op:login:{who}`` | counter | failed sign-ins of an address or a name in the current window |
+| ``{p}op:users``, ``{p}op:tokens:{name}``, ``{p}op:sessions:{name}`` | sets | operator names; an operator's token and session digests (to revoke them) |
+| ``{p}op:login:a:{address}``, ``{p}op:login:n:{name}`` | counter | failed sign-ins of an address or a name in the current window |
 
 A session's keys are scoped by its site (``{site}:{sid}``, :meth:`Keys.session_id`):
 the data of one site's session is never under a key another site's session
@@ -122,8 +123,9 @@ class Keys:
         return f"{self.prefix}audit"
 
     def operator(self, part: str) -> str:
-        """The console's accounts: ``user:{name}``, ``token:{digest}``, ``session:{digest}``,
-        ``login:{who}`` (serve/console/accounts.py)."""
+        """The console's accounts: ``users``, ``user:{name}``, ``token:{digest}``,
+        ``session:{digest}``, ``tokens:{name}``, ``sessions:{name}``, ``login:a:{address}``,
+        ``login:n:{name}`` (serve/console/accounts.py)."""
         return f"{self.prefix}op:{part}"
 
     def push(self, gateway_id: str) -> str:

@@ -239,6 +239,12 @@ class Stack:
         assert self.gateway is not None
         return self.shards[self.gateway.ring.shard_of(sid)]
 
+    async def operator_count(self) -> int:
+        """How many operators can sign in to the console."""
+        assert self.redis is not None
+        r = redis.Redis.from_url(self.redis.url)
+        return int(await asyncio.to_thread(r.scard, Keys(self.prefix).operator("users")))
+
     async def shard_info(self) -> list[dict[str, Any]]:
         return list(await asyncio.gather(*(sh.ping.remote() for sh in self.shards)))
 
@@ -328,6 +334,11 @@ async def run(
         else ""
     )
     warnings = "".join(f"  WARNING       {w}\n" for w in stack.warnings)
+    if not await stack.operator_count():
+        warnings += (
+            "  (no console operators yet: `lifeline operators add NAME --role admin` makes the "
+            "first)\n"
+        )
     print(
         f"""
 Lifeline is running.
