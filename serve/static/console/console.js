@@ -185,6 +185,7 @@
     renderForms(view.forms || []);
     const notes = section("notes");
     notes.replaceChildren(...(view.notes || []).map((n) => el("p", { class: "note", text: n })));
+    if (!main.dataset.loaded) main.dataset.loadedAt = String(performance.now());  // page-load figure
     main.dataset.loaded = "1";
   }
 
