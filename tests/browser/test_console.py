@@ -8,12 +8,14 @@ Screenshots of each page go to docs/screenshots/console-*.png (made by
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
-from lifeline_browser import VIEWPORT
+import pytest_asyncio
 
 from cluster.keys import Keys
 from serve.console.accounts import Accounts
@@ -22,6 +24,31 @@ pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.browser]
 PASSWORD = "console test password"
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 SCREEN = {"width": 1366, "height": 860}  # a laptop screen
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "loadtests"))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def traffic(lifeline_stack):
+    """Simulated visitors who answer help (loadtests/outcome_traffic.py) through the real stack."""
+    from outcome_traffic import drive
+
+    args = argparse.Namespace(
+        ws=lifeline_stack.ws_url,
+        site="demo",
+        origin="http://127.0.0.1:8080",
+        visitors=120,
+        concurrency=30,
+        seed=7,
+        accept=0.3,
+        dismiss=0.3,
+        spread_hours=0.0,
+        tag=uuid.uuid4().hex[:6],
+    )
+    counts = await drive(args)
+    assert counts["intervention"] > 0 and counts["error"] == 0, counts
+    return counts
 
 
 async def operator(stack, role: str) -> str:
@@ -56,7 +83,7 @@ async def shot(page, name: str) -> None:
         await page.screenshot(path=str(SHOTS / f"console-{name}.png"), full_page=True)
 
 
-async def test_sign_in_and_the_live_page_updates_itself(browser, lifeline_stack):
+async def test_sign_in_and_the_live_page_updates_itself(browser, lifeline_stack, traffic):
     context, page, errors = await signed_in(browser, lifeline_stack, "viewer")
     cookies = {c["name"]: c for c in await context.cookies()}
     assert cookies["ll_console"]["httpOnly"] and cookies["ll_console"]["secure"]
