@@ -70,7 +70,9 @@ async def lifeline_stack(ray_cluster: None, redis_url: str):
     from cluster.stack import Stack
 
     prefix = f"lltest-stack-{uuid.uuid4().hex[:8]}:"
-    stack = Stack(Settings(redis_url=redis_url, prefix=prefix, ws_port=0, http_port=0))
+    stack = Stack(
+        Settings(redis_url=redis_url, prefix=prefix, ws_port=0, http_port=0, console_port=0)
+    )
     await stack.start(shard_name_suffix=f"-{uuid.uuid4().hex[:6]}")
     yield stack
     await stack.stop()

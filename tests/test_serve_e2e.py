@@ -52,6 +52,7 @@ async def serve_stack(ray_cluster, redis_url, tmp_path_factory):
         prefix=prefix,
         ws_port=0,
         http_port=0,
+        console_port=0,
         sites_file=str(sites),
         anthropic_api_key="test-key",
         anthropic_base_url=stub.url,

@@ -10,27 +10,14 @@ for pages and JSON alike: hiding a button is never the check.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from aiohttp import web
 
 from serve.console.context import ConsoleContext
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+from serve.console.routing import Route
 
 # Modules with a ROUTES tuple, imported when the app is built (they import Route from here).
 ROUTE_MODULES = ("serve.console.operators", "serve.console.live")
-
-
-@dataclass(frozen=True)
-class Route:
-    """One console route: ``role`` is the least role allowed (None: anyone, signed in or not)."""
-
-    method: str
-    path: str
-    handler: Handler
-    role: str | None = "viewer"
 
 
 def all_routes() -> list[Route]:

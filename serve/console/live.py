@@ -20,7 +20,8 @@ from typing import Any
 from aiohttp import web
 
 from serve.console import ops
-from serve.console.app import Route
+from serve.console.routing import Route
+from serve.console.shapes import col, table
 
 PUSH_EVERY_S = 2.0
 
@@ -81,8 +82,6 @@ def live_view(now: dict[str, Any], before: dict[str, Any] | None) -> dict[str, A
         }
         for s in shards
     ]
-    from serve.console.views import col, table
-
     checks = [{"part": k, "ok": "yes" if v else "NO"} for k, v in h.get("checks", {}).items()]
     return {
         "kpis": kpis,

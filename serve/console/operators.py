@@ -14,8 +14,8 @@ from aiohttp import web
 
 from serve.console import audit
 from serve.console.accounts import AccountError, Accounts, Operator
-from serve.console.app import Route
 from serve.console.auth import account_error, error
+from serve.console.routing import Route
 
 
 async def _json(request: web.Request) -> dict[str, Any] | web.Response:

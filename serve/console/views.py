@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,33 +26,13 @@ from aiohttp import web
 
 from serve.console import audit
 from serve.console.accounts import ROLES, SCOPES, Operator
-from serve.console.app import Route
 from serve.console.auth import error
 from serve.console.pages import PAGES, SESSION_PAGE
+from serve.console.routing import Route
+from serve.console.shapes import col, table, when
 
 View = dict[str, Any]
 ViewFn = Callable[[web.Request], Awaitable[View]]
-
-
-def col(key: str, label: str, num: bool = False, link: str | None = None) -> dict[str, Any]:
-    c: dict[str, Any] = {"key": key, "label": label}
-    if num:
-        c["num"] = True
-    if link:
-        c["link"] = link
-    return c
-
-
-def table(
-    tid: str, title: str, columns: list[dict[str, Any]], rows: list[dict[str, Any]], **extra: Any
-) -> dict[str, Any]:
-    return {"id": tid, "title": title, "columns": columns, "rows": rows, **extra}
-
-
-def when(ms: int | float | None) -> str:
-    if not ms:
-        return ""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(ms) / 1000.0)) + " UTC"
 
 
 # -- admin pages -----------------------------------------------------------------------------
