@@ -20,7 +20,7 @@ from serve.console.context import ConsoleContext
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Modules with a ROUTES tuple, imported when the app is built (they import Route from here).
-ROUTE_MODULES = ("serve.console.operators", "serve.console.live")
+ROUTE_MODULES = ("serve.console.operators", "serve.console.live", "serve.console.explorer")
 
 
 @dataclass(frozen=True)
