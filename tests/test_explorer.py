@@ -135,6 +135,9 @@ async def test_search_finds_each_session_by_each_criterion_and_not_the_others(li
         ({"site": "nowhere"}, "unknown_site"),
         ({"cursor": "%%%"}, "bad_cursor"),
         ({"since_ms": -1}, "bad_time"),
+        ({"since_ms": 2, "until_ms": 1}, "bad_time"),
+        ({"cursor": "eyJwIjogWzFdfQ=="}, "bad_cursor"),  # {"p": [1]}
+        ({"sid_prefix": "x", "cursor": "eyJvIjogLTF9"}, "bad_cursor"),  # {"o": -1}
     ):
         with pytest.raises(ExplorerError) as err:
             await search(ctx, **bad)

@@ -156,6 +156,8 @@ async def search(
     for name, v in (("since_ms", since_ms), ("until_ms", until_ms)):
         if v is not None and (not isinstance(v, int) or v < 0):
             raise ExplorerError("bad_time", f"{name} must be a time in ms since the epoch")
+    if since_ms is not None and until_ms is not None and since_ms > until_ms:
+        raise ExplorerError("bad_time", "since_ms must not be after until_ms")
     sites = _sites(ctx, site)
     lo = float(since_ms) if since_ms is not None else float("-inf")
     hi = float(until_ms) if until_ms is not None else float("inf")
@@ -220,12 +222,25 @@ async def _by_time(
     state: dict[str, Any],
 ) -> dict[str, Any]:
     pos = state.get("p", {})
+    if not isinstance(pos, dict):
+        raise ExplorerError("bad_cursor", "cursor is not one this search returned")
     walks = []
     for site in sites:
         p = pos.get(site)
         if p == "done":
             continue
-        top, n = (float(p[0]), int(p[1])) if isinstance(p, list) and len(p) == 2 else (hi, 0)
+        if p is None:
+            top, n = hi, 0
+        elif (
+            isinstance(p, list)
+            and len(p) == 2
+            and isinstance(p[0], (int, float))
+            and isinstance(p[1], int)
+            and p[1] >= 0
+        ):
+            top, n = float(p[0]), p[1]
+        else:
+            raise ExplorerError("bad_cursor", "cursor is not one this search returned")
         walks.append(_Walk(site, _driving(ctx, site, segment, intervened), lo, min(top, hi), n))
     size = limit + 1 if intervened is None or (intervened and segment is None) else 200
     found: list[tuple[str, str, float]] = []
@@ -299,7 +314,9 @@ async def _by_prefix(
                 continue
             hits.append((-s, site, sid))
     hits.sort()
-    offset = int(state.get("o", 0)) if isinstance(state.get("o", 0), int) else 0
+    offset = state.get("o", 0)
+    if not isinstance(offset, int) or offset < 0:
+        raise ExplorerError("bad_cursor", "cursor is not one this search returned")
     page = hits[offset : offset + limit]
     more = offset + limit < len(hits)
     return {
