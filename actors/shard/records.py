@@ -9,6 +9,8 @@ event the site names as a goal) are written onto the records of the
 session's decisions they came after (``converted``, the event's ts;
 ``converted_seq``; ``goal``; the first conversion only): the outcome report
 joins decisions with them (training/outcomes.py) without the event logs.
+The same script puts the session in the explorer's index
+(actors/shard/index.py) with its segment, and the erase script takes it out.
 One script writes all of these atomically,
 one writes a tick's session snapshots, and one erases a session's records
 with its event log and snapshot.
