@@ -252,6 +252,19 @@ async def test_api_routes_are_for_analysts_and_refuse_bad_input(lifeline_stack):
         for path in ("/api/sessions", f"/api/sessions/demo/{sid}"):
             r = await http.get(path, headers=viewer)
             assert r.status == 403 and (await r.json())["code"] == "forbidden"
+        # The pages' views: the results link to the timeline, which charts the risk.
+        r = await http.get("/api/view/sessions", params={"sid": f"x-a{tag}"}, headers=analyst)
+        (rows,) = [t["rows"] for t in (await r.json())["tables"] if t["id"] == "sessions"]
+        assert [row["href"] for row in rows] == [f"/sessions/demo/{sid}"]
+        r = await http.get(
+            "/api/view/session", params={"site": "demo", "sid": sid}, headers=analyst
+        )
+        view = await r.json()
+        (risk,) = [c for c in view["charts"] if c["id"] == "risk"]
+        assert risk["labels"] == [e["seq"] for e in body["events"]]
+        assert risk["series"][0]["values"] == [round(e["risk"], 4) for e in body["events"]]
+        r = await http.get("/api/view/session", params={"site": "demo", "sid": sid}, headers=viewer)
+        assert r.status == 403
         r = await http.get("/api/sessions", params={"limit": "many"}, headers=analyst)
         assert r.status == 400 and (await r.json())["code"] == "bad_request"
         r = await http.get("/api/sessions", params={"intervened": "maybe"}, headers=analyst)

@@ -531,7 +531,7 @@ def _signal_rises(
 # -- routes -----------------------------------------------------------------
 
 
-def _opt_int(q: Any, name: str) -> int | None:
+def query_int(q: Any, name: str) -> int | None:
     raw = q.get(name)
     if raw in (None, ""):
         return None
@@ -541,7 +541,7 @@ def _opt_int(q: Any, name: str) -> int | None:
         raise ExplorerError("bad_request", f"{name} must be an integer") from None
 
 
-def _opt_bool(q: Any, name: str) -> bool | None:
+def query_bool(q: Any, name: str) -> bool | None:
     raw = q.get(name)
     if raw in (None, ""):
         return None
@@ -560,11 +560,11 @@ async def search_handler(request: web.Request) -> web.Response:
             request.app["ctx"],
             site=q.get("site") or None,
             sid_prefix=q.get("sid") or None,
-            since_ms=_opt_int(q, "since"),
-            until_ms=_opt_int(q, "until"),
+            since_ms=query_int(q, "since"),
+            until_ms=query_int(q, "until"),
             segment=q.get("segment") or None,
-            intervened=_opt_bool(q, "intervened"),
-            limit=_opt_int(q, "limit") or 50,
+            intervened=query_bool(q, "intervened"),
+            limit=query_int(q, "limit") or 50,
             cursor=q.get("cursor") or None,
         )
     except ExplorerError as exc:
