@@ -119,6 +119,17 @@ async def sessions_view(request: web.Request) -> View:
     }
 
 
+def _so_far(seqs: list[int | None], labels: list[int]) -> list[int]:
+    """How many of ``seqs`` are at or before each label (event seq)."""
+    marks = sorted(s for s in seqs if s is not None)
+    out, i = [], 0
+    for seq in labels:
+        while i < len(marks) and marks[i] <= seq:
+            i += 1
+        out.append(i)
+    return out
+
+
 def _fields_text(fields: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in fields.items())
 
@@ -149,7 +160,17 @@ async def session_view(request: web.Request) -> View:
             "labels": labels,
             "x": "event seq",
             "ymax": 1,
-            "series": [{"name": "exit risk", "values": [round(e["risk"], 4) for e in shown]}],
+            "series": [
+                {"name": "exit risk", "values": [round(e["risk"], 4) for e in shown]},
+                # Steps where decisions were made (shown or holdout), on the right-hand axis.
+                {
+                    "name": "decisions so far",
+                    "values": _so_far([d["seq"] for d in decisions], labels),
+                    "stepped": True,
+                    "axis": "y2",
+                },
+            ],
+            "y2": "decisions",
         }
     ]
     if rising:
