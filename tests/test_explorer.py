@@ -86,6 +86,8 @@ async def test_search_finds_each_session_by_each_criterion_and_not_the_others(li
     c1, _, iv = await drive(stack, helped, "struggling")
     c2, _, _ = await drive(stack, calm, "calm")
     await flush(stack, helped, calm)
+    info = await stack.shard_for(helped).ping.remote()
+    assert info["sessions_indexed"] >= 1 and info["index_failures"] == 0
 
     by_id = await search(ctx, site="demo", sid_prefix=f"x-h{tag}")
     assert found(by_id) == {helped}

@@ -186,6 +186,7 @@ class ShardCore:
         self._record_failures = Failures(
             "writing intervention records", log, f"shard {index}", counted
         )
+        self._index_failures = Failures("writing the session index", log, f"shard {index}", counted)
 
     # -- model ----------------------------------------------------------------
 
@@ -632,22 +633,22 @@ class ShardCore:
     async def _write_snapshots(
         self, states: list[tuple[str, str, bytes]], seen: list[Entry] | None = None
     ) -> None:
+        if states:
+            try:
+                await self.records.snapshots(states)
+            except redis.RedisError as exc:
+                # Snapshots only shorten recovery; the event log alone is enough to rebuild.
+                log.error(
+                    "shard %d: snapshot write failed for %d sessions: %s",
+                    self.index,
+                    len(states),
+                    exc,
+                )
         if seen is not None:
             try:
                 await self.session_index.write(seen)
-            except redis.RedisError as exc:  # the explorer misses them until they change again
-                log.error(
-                    "shard %d: index write failed for %d sessions: %s", self.index, len(seen), exc
-                )
-        if not states:
-            return
-        try:
-            await self.records.snapshots(states)
-        except redis.RedisError as exc:
-            # Snapshots only shorten recovery; the event log alone is enough to rebuild.
-            log.error(
-                "shard %d: snapshot write failed for %d sessions: %s", self.index, len(states), exc
-            )
+            except Exception as exc:  # the explorer's: never the snapshots' loop's failure
+                self._index_failures.note(exc)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the records being written, cancel the background loops, close Redis, end the I/O loop.
@@ -833,6 +834,8 @@ class ShardCore:
             "loop_failures": dict(self.loops.counts),
             "sessions_unpackable": self.host.unpackable,
             "record_failures": self._record_failures.count,
+            "index_failures": self._index_failures.count,
+            "sessions_indexed": self.session_index.indexed,
             **(
                 {f"followups_{k}": v for k, v in self._followups.counts.items()}
                 if self._followups
