@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from actors.core.events import FIELDS
 from actors.core.host import EVENTS, pack_batch
 from actors.core.policy import in_holdout
-from actors.shard.index import SessionIndex
+from actors.shard.index import SessionIndex, reindex
 from cluster.keys import Keys
 from serve.console.accounts import Accounts
 from serve.console.context import ConsoleContext
@@ -231,6 +231,30 @@ async def test_an_erased_session_leaves_the_index(lifeline_stack):
     await r.aclose()
     await client.close()
     await later.close()
+
+
+async def test_reindex_puts_sessions_stored_before_the_index_back(lifeline_stack):
+    stack, ctx = lifeline_stack, console_ctx(lifeline_stack)
+    keys = Keys(stack.prefix)
+    tag = uuid.uuid4().hex[:8]
+    sid = treated_sid(f"r{tag}")
+    client, events, _ = await drive(stack, sid, "struggling")
+    await flush(stack, sid)
+    before = (await search(ctx, site="demo", sid_prefix=f"x-r{tag}"))["sessions"]
+    # As a release before the index left it: no entries, no segment in the session hash.
+    r = aioredis.from_url(stack.redis_url)
+    seg = before[0]["segment"]
+    for part in ("seen", "ids", "iv", f"seg:{seg}"):
+        await r.zrem(keys.session_index("demo", part), sid)
+    await r.hdel(keys.session("demo", sid), "seg", "ix_seg", "iv_count")
+    assert found(await search(ctx, site="demo", sid_prefix=f"x-r{tag}")) == set()
+    counts = await reindex(r, keys)
+    assert counts["indexed"] >= 1 and counts["sessions"] >= counts["indexed"]
+    again = await search(ctx, site="demo", sid_prefix=f"x-r{tag}", intervened=True, segment=seg)
+    assert again["sessions"] == before
+    assert before[0]["last_seen_ms"] == events[-1]["ts"]
+    await r.aclose()
+    await client.close()
 
 
 async def test_api_routes_are_for_analysts_and_refuse_bad_input(lifeline_stack):

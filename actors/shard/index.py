@@ -41,6 +41,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import msgpack
 import redis.asyncio as aioredis
 
 from actors.core.host import SessionHost
@@ -204,3 +205,68 @@ class SessionIndex:
         n = int(await self._trim(args=[script_arg(arg)]))
         self.trimmed += n
         return n
+
+
+async def reindex(r: aioredis.Redis, keys: Keys, batch: int = 500) -> dict[str, int]:
+    """Index the sessions Redis already holds: for tools, never a page view (it SCANs).
+
+    For sessions that were stored before the index existed (an upgrade) or
+    written straight into Redis (a seeded benchmark, loadtests/seed_console.py):
+    each session hash (``{p}s:{site}:{sid}``) with analytics consent is
+    indexed at its last logged event's time (else its ``created``), and one
+    with intervention records gets ``iv_count`` and the ``seg`` of its latest
+    decision where its hash lacks them, as the record script would have set.
+    Returns counts: sessions seen, indexed, skipped without consent.
+    """
+    index = SessionIndex(r, keys)
+    start = len(keys.session("", "")) - 1  # where "{site}:{sid}" begins in a session key
+    counts = {"sessions": 0, "indexed": 0, "no_consent": 0}
+    found: list[tuple[str, str]] = []
+
+    async def flush() -> None:
+        now_ms = int(time.time() * 1000)
+        pipe = r.pipeline(transaction=False)
+        for site, sid in found:
+            pipe.hmget(keys.session(site, sid), "consent", "created", "iv_count", "seg")
+            pipe.xrevrange(keys.events(site, sid), count=1)
+            pipe.smembers(keys.interventions_of(site, sid))
+        replies = await pipe.execute()
+        fix = r.pipeline(transaction=False)
+        iv_reads: list[tuple[str, str, list[str]]] = []
+        entries: list[Entry] = []
+        for i, (site, sid) in enumerate(found):
+            (consent, created, iv_count, seg), last, iids = replies[3 * i : 3 * i + 3]
+            if not consent or b'"analytics"' not in consent:
+                counts["no_consent"] += 1
+                continue
+            ts = int(msgpack.unpackb(last[0][1][b"ev"])[-1]["ts"]) if last else int(created or 0)
+            entries.append((site, sid, min(ts, now_ms)))
+            if iids and (iv_count is None or seg is None):
+                iv_reads.append((site, sid, sorted(m.decode() for m in iids)))
+                if iv_count is None:
+                    fix.hset(keys.session(site, sid), "iv_count", len(iids))
+        if iv_reads:
+            pipe = r.pipeline(transaction=False)
+            for _site, _sid, iids in iv_reads:
+                for iid in iids:
+                    pipe.hmget(keys.intervention(iid), "seq", "segment_name")
+            got = iter(await pipe.execute())
+            for site, sid, iids in iv_reads:
+                recs = [next(got) for _ in iids]
+                named = [(int(q or 0), n.decode()) for q, n in recs if n]
+                if named:
+                    fix.hset(keys.session(site, sid), "seg", max(named)[1])
+        await fix.execute()
+        await index.write(entries)
+        counts["indexed"] += len(entries)
+        found.clear()
+
+    async for key in r.scan_iter(match=keys.session("*", "*"), count=1000):
+        site, sid = keys.split_session_id(key.decode()[start:])
+        counts["sessions"] += 1
+        found.append((site, sid))
+        if len(found) >= batch:
+            await flush()
+    if found:
+        await flush()
+    return counts
