@@ -17,8 +17,14 @@ per session-tick; a session is taken at most once per 5 s however many
 events it sent, so that is the most it costs per event.
 
     python loadtests/bench_explorer.py --sessions 100000
+    python loadtests/bench_explorer.py --seed-console --sessions 100000 --events 1000000
+    python loadtests/bench_explorer.py --prefix 'llbench-console-...:'
 
-Prints JSON. Uses its own key prefix and deletes it afterwards.
+``--seed-console`` seeds with ``loadtests/seed_console.py`` instead (event
+logs, session hashes, records and tallies, as the console benchmark does)
+and indexes it with :func:`actors.shard.index.reindex`; ``--prefix`` times
+a prefix seeded already (reindexed, kept). Prints JSON. Uses its own key
+prefixes and deletes them afterwards (not a ``--prefix``).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import redis.asyncio as aioredis  # noqa: E402
 
 from actors.core.host import SessionHost  # noqa: E402
 from actors.core.sites import load_sites  # noqa: E402
-from actors.shard.index import SessionIndex, seen_entries  # noqa: E402
+from actors.shard.index import SessionIndex, reindex, seen_entries  # noqa: E402
 from cluster.config import Settings  # noqa: E402
 from cluster.keys import SESSION_TTL_S, Keys  # noqa: E402
 from cluster.redis_server import delete_prefix, ensure_redis  # noqa: E402
@@ -144,73 +150,111 @@ async def index_write_cost(r: aioredis.Redis, keys: Keys, n: int = 5000) -> dict
     }
 
 
+async def time_searches(ctx: ConsoleContext, r: aioredis.Redis, keys: Keys, now: int) -> dict:
+    """Each kind of search, 20 calls each, on whatever the prefix's index holds."""
+    site = "demo"
+    one = await r.zrandmember(keys.session_index(site, "seen"))
+    segs = sorted(m.decode() for m in await r.smembers(keys.session_index(site, "segs")))
+    seg = segs[0] if segs else "none"
+    sid = one.decode() if one else "x"
+    hour = now - 3_600_000
+    return {
+        "site_and_hour": await timed(lambda: search(ctx, site=site, since_ms=hour)),
+        "site_newest_50": await timed(lambda: search(ctx, site=site)),
+        "all_sites_newest_50": await timed(lambda: search(ctx)),
+        "segment": await timed(lambda: search(ctx, site=site, segment=seg)),
+        "intervened": await timed(lambda: search(ctx, site=site, intervened=True)),
+        "not_intervened_site_and_hour": await timed(
+            lambda: search(ctx, site=site, intervened=False, since_ms=hour)
+        ),
+        "segment_and_intervened_all_sites": await timed(
+            lambda: search(ctx, segment=seg, intervened=True)
+        ),
+        "id_prefix": await timed(lambda: search(ctx, sid_prefix=sid[:8])),
+        # The worst cases: a prefix most ids share (PREFIX_MAX matches per site, truncated),
+        # and criteria no session meets (every candidate of the segment examined).
+        "id_prefix_matching_many": await timed(lambda: search(ctx, sid_prefix=sid[:1])),
+        "segment_not_intervened_none_match": await timed(
+            lambda: search(ctx, segment=seg, intervened=False)
+        ),
+    }
+
+
+async def long_timeline(ctx: ConsoleContext, r: aioredis.Redis, keys: Keys, n: int, now: int):
+    """A session of ``n`` events (its log written as the gateway writes it), its timeline timed."""
+    store = EventStore(r, keys)
+    sid = f"long-session-{uuid.uuid4().hex[:6]}"
+    await store.claim(sid, "demo", ["necessary", "analytics"], token=False)
+    base = scripted("struggling", "", now - 3_600_000)
+    events: list[dict[str, Any]] = []
+    while len(events) < n:
+        for ev in base:
+            events.append(dict(ev, seq=len(events) + 1, ts=ev["ts"] + len(events) * 50))
+    events = events[:n]
+    for i in range(0, len(events), 100):
+        chunk = events[i : i + 100]
+        await store.append_many([Append.of("demo", sid, chunk[0]["seq"], chunk[-1]["seq"], chunk)])
+    out = await timed(lambda: timeline(ctx, "demo", sid))
+    out["events"] = len(events)
+    return out
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sessions", type=int, default=100_000)
+    ap.add_argument("--events", type=int, default=1_000_000, help="with --seed-console")
     ap.add_argument("--timeline-events", type=int, default=2000)
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument(
+        "--seed-console",
+        action="store_true",
+        help="seed with loadtests/seed_console.py (event logs, records, tallies), then reindex",
+    )
+    src.add_argument("--prefix", help="an already seeded prefix: reindex it and time (kept)")
     args = ap.parse_args()
     server = ensure_redis(os.environ.get("REDIS_URL", ""))
-    prefix = f"llbench-explorer-{uuid.uuid4().hex[:8]}:"
+    prefix = args.prefix or f"llbench-explorer-{uuid.uuid4().hex[:8]}:"
     keys = Keys(prefix)
     r = aioredis.from_url(server.url)
     sites = load_sites(str(ROOT / "cluster" / "sites.toml"))
     ctx = ConsoleContext(Settings(redis_url=server.url, prefix=prefix), server.url, keys, sites)
     now = int(time.time() * 1000)
-    out: dict[str, Any] = {"sessions": args.sessions, "sites": sorted(sites)}
+    out: dict[str, Any] = {"sites": sorted(sites)}
+    scratch = Keys(f"llbench-explorer-scratch-{uuid.uuid4().hex[:8]}:")
     try:
         t = time.perf_counter()
-        sids = await seed(r, keys, sorted(sites), args.sessions, now)
-        out["seed_s"] = round(time.perf_counter() - t, 1)
-        out["index_bytes"] = sum(
-            [
-                await r.memory_usage(keys.session_index(site, part)) or 0
-                for site in sites
-                for part in ("seen", "ids", "iv", *(f"seg:{s}" for s in SEGMENTS))
-            ]
-        )
-        hour = now - 3_600_000
-        out["search"] = {
-            "site_and_hour": await timed(lambda: search(ctx, site="demo", since_ms=hour)),
-            "site_newest_50": await timed(lambda: search(ctx, site="demo")),
-            "all_sites_newest_50": await timed(lambda: search(ctx)),
-            "segment": await timed(lambda: search(ctx, site="demo", segment="rage_clickers")),
-            "intervened": await timed(lambda: search(ctx, site="demo", intervened=True)),
-            "not_intervened_site_and_hour": await timed(
-                lambda: search(ctx, site="demo", intervened=False, since_ms=hour)
-            ),
-            "segment_and_intervened_all_sites": await timed(
-                lambda: search(ctx, segment="u_turners", intervened=True)
-            ),
-            "id_prefix": await timed(lambda: search(ctx, sid_prefix=sids[len(sids) // 2][:6])),
-            # The worst cases: a prefix every id has (PREFIX_MAX matches per site, truncated),
-            # and criteria no session meets (every candidate of the segment examined).
-            "id_prefix_matching_all": await timed(lambda: search(ctx, sid_prefix="s")),
-            "segment_not_intervened_none_match": await timed(
-                lambda: search(ctx, segment="u_turners", intervened=False)
-            ),
-        }
-        # A long session's timeline: its log written as the gateway writes it.
-        store = EventStore(r, keys)
-        sid = "long-session"
-        await store.claim(sid, "demo", ["necessary", "analytics"], token=False)
-        base = scripted("struggling", "", now - 3_600_000)
-        events = []
-        while len(events) < args.timeline_events:
-            for ev in base:
-                events.append(dict(ev, seq=len(events) + 1, ts=ev["ts"] + len(events) * 50))
-        events = events[: args.timeline_events]
-        for i in range(0, len(events), 100):
-            chunk = events[i : i + 100]
-            await store.append_many(
-                [Append.of("demo", sid, chunk[0]["seq"], chunk[-1]["seq"], chunk)]
+        if args.seed_console:
+            sys.path.insert(0, str(ROOT / "loadtests"))
+            from seed_console import seed as seed_console
+
+            out["seeded"] = await asyncio.to_thread(
+                seed_console, server.url, prefix, args.sessions, args.events
             )
-        out["timeline"] = await timed(lambda: timeline(ctx, "demo", sid))
-        out["timeline"]["events"] = len(events)
-        out["shard"] = {**shard_side(), **await index_write_cost(r, keys)}
+        if args.seed_console or args.prefix:
+            out["seed_s"] = round(time.perf_counter() - t, 1)
+            t = time.perf_counter()
+            out["reindex"] = await reindex(r, keys)
+            out["reindex_s"] = round(time.perf_counter() - t, 1)
+            out["source"] = "seed_console" if args.seed_console else f"prefix {prefix}"
+        else:
+            await seed(r, keys, sorted(sites), args.sessions, now)
+            out["seed_s"] = round(time.perf_counter() - t, 1)
+            out["source"] = "index only (bench_explorer.seed)"
+        out["sessions_indexed"] = sum(
+            [await r.zcard(keys.session_index(site, "seen")) for site in sites]
+        )
+        out["search"] = await time_searches(ctx, r, keys, now)
+        # On a scratch prefix: a kept, seeded one is not written to.
+        sctx = ConsoleContext(ctx.settings, server.url, scratch, sites)
+        out["timeline"] = await long_timeline(sctx, r, scratch, args.timeline_events, now)
+        out["shard"] = {**shard_side(), **await index_write_cost(r, scratch)}
+        await sctx.redis.aclose()
     finally:
         await r.aclose()
         await ctx.redis.aclose()
-        delete_prefix(server.url, prefix)
+        delete_prefix(server.url, scratch.prefix)
+        if not args.prefix:
+            delete_prefix(server.url, prefix)
     print(json.dumps(out, indent=1))
 
 
