@@ -183,6 +183,7 @@ async def test_timeline_risk_is_what_the_shard_scored_with_decisions_and_reasons
     (d,) = [d for d in tl["decisions"] if d["iid"] == iv["iid"]]
     assert d["kind"] == iv["kind"] and d["shown"] and not d["holdout"]
     assert d["seq"] == iv["seq"] and d["outcome"] == "shown"
+    assert d["text"] == iv["text"]  # what the visitor saw
     assert d["reasons"] == iv["reasons"] and d["reasons"][-1]["signal"] == "exit_risk"
     assert d["drivers"] and all(x["push"] > 0 for x in d["drivers"])
     assert d["model"] == tl["model"] and d["segment"] == tl["session"]["segment"]

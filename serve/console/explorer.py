@@ -18,10 +18,12 @@ model the shard scored it with (the live one, or the challenger for the
 sessions in its share), so the exit risk after each event is the score the
 shard computed. The signals come from the same rows. Every decision comes
 from its record (``{p}ivs:{site}:{sid}`` -> ``{p}iv:{iid}``): kind, shown or
-holdout, trigger, reasons, drivers, model, segment, what the visitor did
-about it, and the conversion after it. Events are shown as the log holds
-them: their type and the fields the tracker sends, which never include what
-a visitor typed (actors/core/events.py keeps no such field).
+holdout, trigger, reasons, drivers, model, segment, the templated text it
+showed (rendered again from the signals at its event, as the shard did),
+what the visitor did about it, and the conversion after it. Events are shown
+as the log holds them: their type and the fields the tracker sends, which
+never include what a visitor typed (actors/core/events.py keeps no such
+field).
 
 Limits: a model promoted during the session scored its earlier events with
 the model before; the replay scores all with today's (each decision's record
@@ -53,6 +55,7 @@ from actors.core.session import replay
 from actors.core.signals import SIGNALS
 from actors.core.sites import Site
 from actors.model.scoring import Scorer
+from serve.apps.nudge import render_template
 from serve.console.app import Route
 from serve.console.auth import error
 from serve.console.context import ConsoleContext
@@ -463,17 +466,31 @@ async def timeline(
     )
     rows = replay(events, sid, site, rules.detectors)
     risks = [float(x) for x in scorer(rows)] if rows else []
+    shown_events = _events(events, rows, risks)
+    _add_texts(decisions, {e["seq"]: e["signals"] for e in shown_events})
     return {
         "site": site,
         "sid": sid,
         "session": _session_info(info),
         "model": scorer.version,
-        "events": _events(events, rows, risks),
+        "events": shown_events,
         "cut": cut,
         "max_events": max_events,
         "signals": _signal_rises(events, rows, rules),
         "decisions": decisions,
     }
+
+
+def _add_texts(decisions: list[dict[str, Any]], signals_at: dict[int, dict[str, float]]) -> None:
+    """Each decision's templated text, as the shard rendered it from the signals at its event.
+
+    What the visitor saw first (a holdout visitor: nothing); a personalised
+    text that replaced it later (the LLM's update) is not recorded. None for
+    a decision past a cut timeline.
+    """
+    for d in decisions:
+        sig = signals_at.get(d["seq"]) if d["seq"] is not None else None
+        d["text"] = render_template(d["kind"], sig, d["page_type"]) if sig is not None else None
 
 
 def _session_info(info: dict[bytes, bytes]) -> dict[str, Any]:
