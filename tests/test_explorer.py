@@ -339,3 +339,22 @@ async def test_ties_page_without_loss_and_old_entries_are_trimmed(redis_url, pre
     assert found(await search(ctx, site="s1", intervened=True)) == set()
     assert found(await search(ctx, site="s1", segment="quick_visits")) == set()
     await r.aclose()
+
+
+async def test_a_long_log_is_read_a_page_at_a_time_up_to_the_limit(redis_url, prefix):
+    r = aioredis.from_url(redis_url)
+    store = EventStore(r, Keys(prefix))
+    now = int(time.time() * 1000)
+    await store.claim("long", "s1", ["analytics"], token=False)
+    events = [
+        {"type": "visibility", "seq": i, "ts": now + i, "state": "hidden"} for i in range(1, 301)
+    ]
+    for ev in events:  # one stream entry per event: more entries than a page holds
+        await store.append_many([Append.of("s1", "long", ev["seq"], ev["seq"], [ev])])
+    assert await store.read_events("s1", "long", 200) == events[:200]
+    assert (
+        await store.read_events("s1", "long", 1000)
+        == events
+        == await store.read_events("s1", "long")
+    )
+    await r.aclose()
