@@ -3,10 +3,15 @@
 | key | type | holds |
 |---|---|---|
 | ``{p}ev:{site}:{sid}`` | stream | the session's event log; entry fields f, l (first/last seq), ev (msgpack list of events) |
-| ``{p}s:{site}:{sid}`` | hash | seq (last durable seq), site (the one that created it), consent, iv_count, iv_last |
+| ``{p}s:{site}:{sid}`` | hash | seq (last durable seq), site (the one that created it), created, consent, iv_count, iv_last, seg (segment name of its latest decision), ix_seg (the segment it is indexed under) |
 | ``{p}snap:{site}:{sid}`` | string | msgpack session snapshot |
 | ``{p}iv:{iid}`` | hash | one intervention decision (with its sid, site and segment), its outcome, the session's first conversion after it (``converted``, ``converted_seq``, ``goal``) and its ``log_id`` in ivlog |
 | ``{p}ivs:{site}:{sid}`` | set | the iids of a session's decisions (to erase them with the session) |
+| ``{p}ix:{site}:seen`` | sorted set | the session explorer's index: a site's sids by last-seen time (ms; actors/shard/index.py) |
+| ``{p}ix:{site}:ids`` | sorted set | the same sids, all scored 0, for lookups by id prefix (ZRANGE BYLEX) |
+| ``{p}ix:{site}:iv`` | sorted set | the sids with at least one intervention decision (shown or holdout), by last-seen time |
+| ``{p}ix:{site}:seg:{name}`` | sorted set | the sids whose latest decision put them in segment ``name``, by last-seen time |
+| ``{p}ix:{site}:segs`` | set | the segment names that have a ``seg:`` set (for trimming) |
 | ``{p}ivlog`` | stream | every decision, for operators and uplift analysis (training/outcomes.py) |
 | ``{p}owner:{sid}`` | string | the site that created the session: a sid belongs to one site only |
 | ``{p}consent:{site}:{sid}`` | stream | the session's consent records: one entry per change (consent, ts, site, via) |
@@ -74,6 +79,10 @@ class Keys:
     def consent_records(self, site: str, sid: str) -> str:
         return f"{self.prefix}consent:{site}:{sid}"
 
+    def session_index(self, site: str, part: str) -> str:
+        """The session explorer's index of ``site``: ``seen``, ``ids``, ``iv``, ``segs``, ``seg:{name}``."""
+        return f"{self.prefix}ix:{site}:{part}"
+
     def owner(self, sid: str) -> str:
         return f"{self.prefix}owner:{sid}"
 
@@ -102,6 +111,7 @@ class Keys:
             "ivs": f"{self.prefix}ivs:",
             "iv": f"{self.prefix}iv:",
             "log": self.intervention_log,
+            "ix": f"{self.prefix}ix:",
         }
 
     def model(self, part: str) -> str:

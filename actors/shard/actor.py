@@ -42,6 +42,7 @@ from actors.core.policy import Decision
 from actors.core.reasons import Driver, top_drivers
 from actors.core.sites import Site, load_sites
 from actors.model.scoring import SchemaMismatch, Scorer
+from actors.shard.index import Entry, SessionIndex
 from actors.shard.link import LinkServer, LinkTLS
 from actors.shard.records import ShardRecords
 from cluster.keys import Keys
@@ -145,6 +146,7 @@ class ShardCore:
         self.redis_url = redis_url
         self.redis = async_client(redis_url)  # used on the I/O loop only
         self.records = ShardRecords(self.redis, self.keys)
+        self.session_index = SessionIndex(self.redis, self.keys, self.sites)  # the explorer's
         self.scorer = self._initial_model()
         # A challenger model and the share of sessions it scores (model:challenger), or None.
         self.challenger: tuple[Scorer, float] | None = None
@@ -184,6 +186,7 @@ class ShardCore:
         self._record_failures = Failures(
             "writing intervention records", log, f"shard {index}", counted
         )
+        self._index_failures = Failures("writing the session index", log, f"shard {index}", counted)
 
     # -- model ----------------------------------------------------------------
 
@@ -623,18 +626,29 @@ class ShardCore:
                 states += self.host.sweep(time.time() * 1000.0)
             if self.host.unpackable != unpackable:  # skipped, the others went ahead
                 self._unpackable.note(self.host.last_pack_error)
-        await self._write_snapshots(states)
+            # The explorer's index rides on the snapshot tick: no per-event cost.
+            seen = self.session_index.seen(self.host, states)
+        await self._write_snapshots(states, seen)
 
-    async def _write_snapshots(self, states: list[tuple[str, str, bytes]]) -> None:
-        if not states:
-            return
-        try:
-            await self.records.snapshots(states)
-        except redis.RedisError as exc:
-            # Snapshots only shorten recovery; the event log alone is enough to rebuild.
-            log.error(
-                "shard %d: snapshot write failed for %d sessions: %s", self.index, len(states), exc
-            )
+    async def _write_snapshots(
+        self, states: list[tuple[str, str, bytes]], seen: list[Entry] | None = None
+    ) -> None:
+        if states:
+            try:
+                await self.records.snapshots(states)
+            except redis.RedisError as exc:
+                # Snapshots only shorten recovery; the event log alone is enough to rebuild.
+                log.error(
+                    "shard %d: snapshot write failed for %d sessions: %s",
+                    self.index,
+                    len(states),
+                    exc,
+                )
+        if seen is not None:
+            try:
+                await self.session_index.write(seen)
+            except Exception as exc:  # the explorer's: never the snapshots' loop's failure
+                self._index_failures.note(exc)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the records being written, cancel the background loops, close Redis, end the I/O loop.
@@ -671,12 +685,13 @@ class ShardCore:
             states = self.host.take_dirty(everything=True)
             if self.host.unpackable != unpackable:
                 self._unpackable.note(self.host.last_pack_error)
-        self._run(self._flush(states))
+            seen = self.session_index.seen(self.host, states)
+        self._run(self._flush(states, seen))
         return len(states)
 
-    async def _flush(self, states: list[tuple[str, str, bytes]]) -> None:
+    async def _flush(self, states: list[tuple[str, str, bytes]], seen: list[Entry]) -> None:
         await self._records_written()
-        await self._write_snapshots(states)
+        await self._write_snapshots(states, seen)
 
     async def _records_written(self) -> None:
         """Wait for the intervention records already being written (on the I/O loop)."""
@@ -819,6 +834,8 @@ class ShardCore:
             "loop_failures": dict(self.loops.counts),
             "sessions_unpackable": self.host.unpackable,
             "record_failures": self._record_failures.count,
+            "index_failures": self._index_failures.count,
+            "sessions_indexed": self.session_index.indexed,
             **(
                 {f"followups_{k}": v for k, v in self._followups.counts.items()}
                 if self._followups

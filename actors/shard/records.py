@@ -9,6 +9,8 @@ event the site names as a goal) are written onto the records of the
 session's decisions they came after (``converted``, the event's ts;
 ``converted_seq``; ``goal``; the first conversion only): the outcome report
 joins decisions with them (training/outcomes.py) without the event logs.
+The same script puts the session in the explorer's index
+(actors/shard/index.py) with its segment, and the erase script takes it out.
 One script writes all of these atomically,
 one writes a tick's session snapshots, and one erases a session's records
 with its event log and snapshot.
@@ -33,6 +35,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from actors.core.policy import Decision
+from actors.shard.index import IX_ADD_LUA, IX_REMOVE_LUA
 from cluster.keys import SESSION_TTL_S, Keys
 from cluster.redis_server import script_arg
 
@@ -40,7 +43,7 @@ INTERVENTION_LOG_MAXLEN = 100_000
 
 # ARGV[1]: a msgpack map: p (prefixes), ttl, maxlen, d (decisions: session id
 # (Keys.session_id), iid,
-# flat field list, running count, last ts), o (outcomes: iid, outcome, ts, sid,
+# flat field list, running count, last ts, site, sid, segment name or ''), o (outcomes: iid, outcome, ts, sid,
 # site of the session that sent it), c (conversions: session id, goal, seq, ts).
 # A conversion marks each of the session's decisions triggered before it
 # (by seq) that has none yet; a session without decisions has an empty set,
@@ -48,8 +51,12 @@ INTERVENTION_LOG_MAXLEN = 100_000
 # exists is dropped, not written as a new hash without an expiry; one for a
 # record of another session (or another site, where the record names its
 # site: records written before it did name only their session) is refused.
+# Each decision also indexes its session for the explorer at once (with its segment,
+# kept in the session hash): actors/shard/index.py.
 # Returns {decisions written, outcomes refused}.
-RECORD_LUA = """
+RECORD_LUA = (
+    IX_ADD_LUA
+    + """
 local a = cmsgpack.unpack(ARGV[1])
 local p = a.p
 for _, d in ipairs(a.d) do
@@ -65,6 +72,10 @@ for _, d in ipairs(a.d) do
   redis.call('EXPIRE', p.ivs .. sid, a.ttl)
   -- The running count, so a session activated elsewhere keeps its cap and cooldown.
   redis.call('HSET', p.s .. sid, 'iv_count', d[4], 'iv_last', d[5])
+  if d[8] ~= '' then
+    redis.call('HSET', p.s .. sid, 'seg', d[8])
+  end
+  ix_add(p, d[6], d[7], d[5])
 end
 local refused = 0
 for _, o in ipairs(a.o) do
@@ -89,19 +100,23 @@ for _, c in ipairs(a.c) do
 end
 return {#a.d, refused}
 """
+)
 
 # ARGV[1]: a msgpack map: p (prefixes), sids (session ids, Keys.session_id).
 # Deletes each session's event log,
-# snapshot, intervention records and log entries, and its running intervention
-# count; the session hash keeps the consent (the record of the withdrawal).
+# snapshot, intervention records and log entries, its entries in the explorer's
+# index (actors/shard/index.py), and its running intervention count; the session hash keeps the consent (the record of the withdrawal).
 # 'log_ttl' goes with the log it described: the append script sets the TTL of a
 # stream only when that flag is absent, so a log the same id starts again after
 # the erase would otherwise never expire.
-ERASE_LUA = """
+ERASE_LUA = (
+    IX_REMOVE_LUA
+    + """
 local a = cmsgpack.unpack(ARGV[1])
 local p = a.p
 local n = 0
 for _, sid in ipairs(a.sids) do
+  ix_remove(p, sid)
   local set = p.ivs .. sid
   for _, iid in ipairs(redis.call('SMEMBERS', set)) do
     local key = p.iv .. iid
@@ -116,6 +131,7 @@ for _, sid in ipairs(a.sids) do
 end
 return n
 """
+)
 
 
 # ARGV[1]: a msgpack map: p (the snapshot key prefix), ttl, s (session id, packed
@@ -170,6 +186,9 @@ class ShardRecords:
                     [str(x) for kv in f.items() for x in kv],
                     iv_counts.get(d.sid, 1),
                     d.ts,
+                    f.get("site", ""),
+                    d.sid,
+                    str(f.get("segment_name", "")),
                 ]
                 for d, f in zip(decisions, fields, strict=True)
             ],

@@ -17,7 +17,7 @@ from serve.console.context import ConsoleContext
 from serve.console.routing import Route
 
 # Modules with a ROUTES tuple, imported when the app is built (they import Route from here).
-ROUTE_MODULES = ("serve.console.operators", "serve.console.live")
+ROUTE_MODULES = ("serve.console.operators", "serve.console.live", "serve.console.explorer")
 
 
 def all_routes() -> list[Route]:

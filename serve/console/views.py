@@ -141,8 +141,22 @@ async def live_view(request: web.Request) -> View:
     return await live.view(request)
 
 
+async def sessions_view(request: web.Request) -> View:
+    from serve.console import explorer_view
+
+    return await explorer_view.sessions_view(request)
+
+
+async def session_view(request: web.Request) -> View:
+    from serve.console import explorer_view
+
+    return await explorer_view.session_view(request)
+
+
 VIEWS: dict[str, ViewFn] = {
     "live": live_view,
+    "sessions": sessions_view,
+    "session": session_view,
     "operators": operators_view,
     "audit": audit_view,
 }

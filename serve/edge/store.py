@@ -26,6 +26,8 @@ from cluster.keys import CONSENT_RECORDS_MAX, CONSENT_TTL_S, SESSION_TTL_S, Keys
 from cluster.redis_server import script_arg
 from serve.edge.resp import ScriptCaller
 
+READ_PAGE_ENTRIES = 128  # stream entries per read of read_events(limit=...)
+
 # One call appends the runs of many sessions (one append round of the gateway).
 # ARGV[1] is one msgpack array: ttl, the event-log key prefix, the session-hash
 # key prefix, then for each run: sid, first consumed seq, last consumed seq,
@@ -247,9 +249,26 @@ class EventStore:
         """Close the append connection (the redis-py client is its owner's to close)."""
         self._append.close()
 
-    async def read_events(self, site: str, sid: str) -> list[dict[str, Any]]:
-        """Every logged event of a session, in order (tests, export, recovery checks)."""
-        out: list[dict[str, Any]] = []
-        for _eid, fields in await self.r.xrange(self.keys.events(site, sid)):
-            out.extend(msgpack.unpackb(fields[b"ev"]))
-        return out
+    async def read_events(
+        self, site: str, sid: str, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Every logged event of a session, in order (tests, export, recovery checks).
+
+        With ``limit``, its first ``limit`` events only, read a page of
+        entries at a time, so a very long session is not read whole.
+        """
+        key = self.keys.events(site, sid)
+        if limit is None:
+            out: list[dict[str, Any]] = []
+            for _eid, fields in await self.r.xrange(key):
+                out.extend(msgpack.unpackb(fields[b"ev"]))
+            return out
+        out, start = [], "-"
+        while len(out) < limit:
+            page = await self.r.xrange(key, min=start, count=READ_PAGE_ENTRIES)
+            for _eid, fields in page:
+                out.extend(msgpack.unpackb(fields[b"ev"]))
+            if len(page) < READ_PAGE_ENTRIES:
+                break
+            start = "(" + page[-1][0].decode()
+        return out[:limit]

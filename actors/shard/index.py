@@ -1,0 +1,272 @@
+"""The session explorer's index: which sessions a site had, when, with help or not, in which segment.
+
+The console finds sessions by site and time, by id prefix, by segment and
+by "got an intervention" without scanning Redis: it reads sorted sets kept
+here (``{p}ix:{site}:seen|ids|iv|seg:{name}``, cluster/keys.py), every one
+scored by the session's last-seen time (ms) except ``ids`` (all 0, for
+lookups by prefix).
+
+Who writes it, and why there: the shards, on their snapshot tick. A session
+whose events changed it is already marked for its next snapshot (within
+``SNAPSHOT_EVERY_S``, a tenth of the changed sessions per tick), so the
+index costs nothing per event: under the batch lock a tick reads each taken
+session's last event time (a dict lookup and an attribute), and one script
+call per tick, off the lock on the shard's I/O loop, writes them all. The
+gateway's append script sees every event too, but it would pay on every
+append round of the hot path and knows neither decisions nor segments.
+Decisions index their session at once, in the script that records them
+(actors/shard/records.py), so "got an intervention" never waits for a tick;
+a session's segment is the one of its latest decision (segments are looked
+up only when a decision is made, actors/core/segments.py), kept in its
+session hash (``seg``, and ``ix_seg``: the set it is indexed under).
+
+Consent: a session is indexed only while its session hash records analytics
+consent; the erase script (a withdrawal) removes its entries, and a tick
+that was on its way when the erase ran finds the consent gone and writes
+nothing.
+
+Limits: last-seen is the session's latest event time, clamped to the
+shard's clock, as of its last snapshot tick (so up to ~5 s behind); time
+searches are on last-seen, not on the span of the session. Entries older
+than the sessions' retention (``SESSION_TTL_S``) are trimmed every
+``TRIM_EVERY_S`` by each shard, at most ``TRIM_MAX`` per site and call; an
+entry can outlive its event log by the log's TTL refresh step (the append
+script refreshes it every 64 events), and the explorer then shows an empty
+timeline. The scripts name their keys themselves (standalone Redis).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgpack
+import redis.asyncio as aioredis
+
+from actors.core.host import SessionHost
+from cluster.keys import SESSION_TTL_S, Keys
+from cluster.redis_server import script_arg
+
+TRIM_EVERY_S = 60.0
+TRIM_MAX = 10_000  # entries trimmed per site and call: a call never blocks Redis long
+
+# Lua: index one session (``p``: Keys.script_prefixes()) as seen at ``ts``; shared with the
+# decision-recording script. Reads the session hash: no analytics consent (withdrawn, or
+# the hash expired), no entry. Scores only move forward (GT); ``ids`` is written once (NX).
+# A session whose latest decision moved it to another segment leaves the old set.
+IX_ADD_LUA = """
+local function ix_add(p, site, sid, ts)
+  local h = p.s .. site .. ':' .. sid
+  local st = redis.call('HMGET', h, 'consent', 'iv_count', 'seg', 'ix_seg')
+  if not st[1] or not string.find(st[1], '"analytics"', 1, true) then
+    return 0
+  end
+  local ix = p.ix .. site .. ':'
+  redis.call('ZADD', ix .. 'seen', 'GT', ts, sid)
+  redis.call('ZADD', ix .. 'ids', 'NX', 0, sid)
+  if st[2] and tonumber(st[2]) > 0 then
+    redis.call('ZADD', ix .. 'iv', 'GT', ts, sid)
+  end
+  local seg = st[3]
+  if seg and seg ~= '' then
+    if st[4] ~= seg then
+      if st[4] then
+        redis.call('ZREM', ix .. 'seg:' .. st[4], sid)
+      end
+      redis.call('HSET', h, 'ix_seg', seg)
+      redis.call('SADD', ix .. 'segs', seg)
+    end
+    redis.call('ZADD', ix .. 'seg:' .. seg, 'GT', ts, sid)
+  end
+  return 1
+end
+"""
+
+# Lua: remove one session (a scoped id, Keys.session_id) from the index; used by the erase script.
+IX_REMOVE_LUA = """
+local function ix_remove(p, scoped)
+  local site, sid = string.match(scoped, '^(.*):([^:]*)$')
+  local h = p.s .. scoped
+  local ix = p.ix .. site .. ':'
+  local seg = redis.call('HGET', h, 'ix_seg')
+  if seg then
+    redis.call('ZREM', ix .. 'seg:' .. seg, sid)
+  end
+  redis.call('ZREM', ix .. 'seen', sid)
+  redis.call('ZREM', ix .. 'ids', sid)
+  redis.call('ZREM', ix .. 'iv', sid)
+  redis.call('HDEL', h, 'seg', 'ix_seg')
+end
+"""
+
+# ARGV[1]: a msgpack map: p (prefixes), s ([site, sid, ts] per session). Returns how many
+# were indexed.
+INDEX_LUA = (
+    IX_ADD_LUA
+    + """
+local a = cmsgpack.unpack(ARGV[1])
+local n = 0
+for _, e in ipairs(a.s) do
+  n = n + ix_add(a.p, e[1], e[2], e[3])
+end
+return n
+"""
+)
+
+# ARGV[1]: a msgpack map: p (prefixes), cut (ms: entries last seen before it go), max,
+# sites. Returns how many sessions left the index.
+TRIM_LUA = """
+local a = cmsgpack.unpack(ARGV[1])
+local n = 0
+for _, site in ipairs(a.sites) do
+  local ix = a.p.ix .. site .. ':'
+  local old = redis.call('ZRANGE', ix .. 'seen', '-inf', a.cut, 'BYSCORE', 'LIMIT', 0, a.max)
+  for i = 1, #old, 500 do
+    local chunk = {unpack(old, i, math.min(i + 499, #old))}
+    redis.call('ZREM', ix .. 'ids', unpack(chunk))
+    redis.call('ZREM', ix .. 'seen', unpack(chunk))
+  end
+  redis.call('ZREMRANGEBYSCORE', ix .. 'iv', '-inf', a.cut)
+  for _, seg in ipairs(redis.call('SMEMBERS', ix .. 'segs')) do
+    redis.call('ZREMRANGEBYSCORE', ix .. 'seg:' .. seg, '-inf', a.cut)
+  end
+  n = n + #old
+end
+return n
+"""
+
+# (site, sid, last-seen ms) of one session to index.
+Entry = tuple[str, str, int]
+
+
+def seen_entries(
+    host: SessionHost, states: Sequence[tuple[str, str, bytes]], now_ms: int
+) -> list[Entry]:
+    """The index entries of the sessions a snapshot tick took (call with the batch lock held).
+
+    ``states`` are :meth:`SessionHost.take_dirty`'s (sid, site, packed);
+    sessions the tick retired (no longer held) were indexed when they last
+    changed and are skipped. Last-seen is the last event's time, never
+    later than ``now_ms`` (a client clock ahead of ours must not pin a
+    session to the top).
+    """
+    out: list[Entry] = []
+    active, dormant = host.active, host.dormant
+    for sid, site, _packed in states:
+        session = active.get(sid)
+        if session is not None:
+            ts = session.last_ts
+        else:
+            d = dormant.get(sid)
+            if d is None:
+                continue
+            ts = d[1]
+        out.append((site, sid, ts if ts < now_ms else now_ms))
+    return out
+
+
+class SessionIndex:
+    """Writes one shard's index entries and trims the index by age; one per shard (I/O loop)."""
+
+    def __init__(self, r: aioredis.Redis, keys: Keys, sites: Iterable[str] = ()) -> None:
+        self._write = r.register_script(INDEX_LUA)
+        self._trim = r.register_script(TRIM_LUA)
+        self._p = keys.script_prefixes()
+        self.sites = set(sites)  # trimmed: the configured ones and every one seen here
+        self._last_trim = time.monotonic()
+        self.indexed = 0
+        self.trimmed = 0
+
+    def seen(self, host: SessionHost, states: Sequence[tuple[str, str, bytes]]) -> list[Entry]:
+        """:func:`seen_entries` at the current time (with the batch lock held)."""
+        return seen_entries(host, states, int(time.time() * 1000))
+
+    async def write(self, entries: Sequence[Entry]) -> None:
+        """Index ``entries`` in one script call, and trim by age when due (raises redis errors)."""
+        if entries:
+            for site, _sid, _ts in entries:
+                self.sites.add(site)
+            self.indexed += int(
+                await self._write(args=[script_arg({"p": self._p, "s": list(entries)})])
+            )
+        if time.monotonic() - self._last_trim >= TRIM_EVERY_S:
+            self._last_trim = time.monotonic()
+            await self.trim(int(time.time() * 1000) - SESSION_TTL_S * 1000)
+
+    async def trim(self, cut_ms: int) -> int:
+        """Remove the entries of sessions last seen before ``cut_ms``; returns how many left."""
+        arg: dict[str, Any] = {
+            "p": self._p,
+            "cut": cut_ms,
+            "max": TRIM_MAX,
+            "sites": sorted(self.sites),
+        }
+        n = int(await self._trim(args=[script_arg(arg)]))
+        self.trimmed += n
+        return n
+
+
+async def reindex(r: aioredis.Redis, keys: Keys, batch: int = 500) -> dict[str, int]:
+    """Index the sessions Redis already holds: for tools, never a page view (it SCANs).
+
+    For sessions that were stored before the index existed (an upgrade) or
+    written straight into Redis (a seeded benchmark, loadtests/seed_console.py):
+    each session hash (``{p}s:{site}:{sid}``) with analytics consent is
+    indexed at its last logged event's time (else its ``created``), and one
+    with intervention records gets ``iv_count`` and the ``seg`` of its latest
+    decision where its hash lacks them, as the record script would have set.
+    Returns counts: sessions seen, indexed, skipped without consent.
+    """
+    index = SessionIndex(r, keys)
+    start = len(keys.session("", "")) - 1  # where "{site}:{sid}" begins in a session key
+    counts = {"sessions": 0, "indexed": 0, "no_consent": 0}
+    found: list[tuple[str, str]] = []
+
+    async def flush() -> None:
+        now_ms = int(time.time() * 1000)
+        pipe = r.pipeline(transaction=False)
+        for site, sid in found:
+            pipe.hmget(keys.session(site, sid), "consent", "created", "iv_count", "seg")
+            pipe.xrevrange(keys.events(site, sid), count=1)
+            pipe.smembers(keys.interventions_of(site, sid))
+        replies = await pipe.execute()
+        fix = r.pipeline(transaction=False)
+        iv_reads: list[tuple[str, str, list[str]]] = []
+        entries: list[Entry] = []
+        for i, (site, sid) in enumerate(found):
+            (consent, created, iv_count, seg), last, iids = replies[3 * i : 3 * i + 3]
+            if not consent or b'"analytics"' not in consent:
+                counts["no_consent"] += 1
+                continue
+            ts = int(msgpack.unpackb(last[0][1][b"ev"])[-1]["ts"]) if last else int(created or 0)
+            entries.append((site, sid, min(ts, now_ms)))
+            if iids and (iv_count is None or seg is None):
+                iv_reads.append((site, sid, sorted(m.decode() for m in iids)))
+                if iv_count is None:
+                    fix.hset(keys.session(site, sid), "iv_count", len(iids))
+        if iv_reads:
+            pipe = r.pipeline(transaction=False)
+            for _site, _sid, iids in iv_reads:
+                for iid in iids:
+                    pipe.hmget(keys.intervention(iid), "seq", "segment_name")
+            got = iter(await pipe.execute())
+            for site, sid, iids in iv_reads:
+                recs = [next(got) for _ in iids]
+                named = [(int(q or 0), n.decode()) for q, n in recs if n]
+                if named:
+                    fix.hset(keys.session(site, sid), "seg", max(named)[1])
+        await fix.execute()
+        await index.write(entries)
+        counts["indexed"] += len(entries)
+        found.clear()
+
+    async for key in r.scan_iter(match=keys.session("*", "*"), count=1000):
+        site, sid = keys.split_session_id(key.decode()[start:])
+        counts["sessions"] += 1
+        found.append((site, sid))
+        if len(found) >= batch:
+            await flush()
+    if found:
+        await flush()
+    return counts
