@@ -56,9 +56,9 @@ from actors.core.signals import SIGNALS
 from actors.core.sites import Site
 from actors.model.scoring import Scorer
 from serve.apps.nudge import render_template
-from serve.console.app import Route
 from serve.console.auth import error
 from serve.console.context import ConsoleContext
+from serve.console.routing import Route
 from serve.edge.store import EventStore
 
 MAX_LIMIT = 200

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from serve.console import explorer
-from serve.console.views import View, col, table, when
+from serve.console.shapes import View, col, table, when
 
 WINDOWS = (("", "any time"), ("1h", "last hour"), ("24h", "last 24 hours"), ("7d", "last 7 days"))
 _WINDOW_MS = {"1h": 3_600_000, "24h": 86_400_000, "7d": 7 * 86_400_000}

@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+View = dict[str, Any]  # one page's KPIs, charts, tables, forms, filters and notes
+
 
 def col(key: str, label: str, num: bool = False, link: str | None = None) -> dict[str, Any]:
     """A table column: the row field ``key`` under ``label``; ``link``: a row field with a URL."""

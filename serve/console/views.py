@@ -24,14 +24,13 @@ from typing import Any
 
 from aiohttp import web
 
-from serve.console import audit
+from serve.console import audit, explorer_view, live
 from serve.console.accounts import ROLES, SCOPES, Operator
 from serve.console.auth import error
 from serve.console.pages import PAGES, SESSION_PAGE
 from serve.console.routing import Route
-from serve.console.shapes import col, table, when
+from serve.console.shapes import View, col, table, when
 
-View = dict[str, Any]
 ViewFn = Callable[[web.Request], Awaitable[View]]
 
 
@@ -135,28 +134,10 @@ async def audit_view(request: web.Request) -> View:
     }
 
 
-async def live_view(request: web.Request) -> View:
-    from serve.console import live
-
-    return await live.view(request)
-
-
-async def sessions_view(request: web.Request) -> View:
-    from serve.console import explorer_view
-
-    return await explorer_view.sessions_view(request)
-
-
-async def session_view(request: web.Request) -> View:
-    from serve.console import explorer_view
-
-    return await explorer_view.session_view(request)
-
-
 VIEWS: dict[str, ViewFn] = {
-    "live": live_view,
-    "sessions": sessions_view,
-    "session": session_view,
+    "live": live.view,
+    "sessions": explorer_view.sessions_view,
+    "session": explorer_view.session_view,
     "operators": operators_view,
     "audit": audit_view,
 }
