@@ -75,14 +75,27 @@ def decode(body: bytes) -> list[ReadableSpan]:
     return out
 
 
-class OtlpSink:
-    """``await sink.start()``; point ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` at ``sink.url``."""
+def count_spans(body: bytes) -> int:
+    """How many spans one OTLP/HTTP protobuf export request carries (parsed, nothing kept)."""
+    req = ExportTraceServiceRequest()
+    req.ParseFromString(body)
+    return sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+
+class OtlpSink:
+    """``await sink.start()``; point ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` at ``sink.url``.
+
+    ``keep=False``: only count the spans (``received``), as a cheap stand-in
+    collector for benchmarks.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, keep: bool = True) -> None:
         self.host = host
         self.port = port
+        self.keep = keep
         self.exporter = InMemorySpanExporter()
         self.requests = 0
+        self.received = 0
         self._arrived = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
@@ -101,11 +114,13 @@ class OtlpSink:
                 body = gzip.decompress(body)
             elif encoding == "deflate":
                 body = zlib.decompress(body)
-            spans = decode(body)
+            spans = decode(body) if self.keep else []
+            self.received += len(spans) if self.keep else count_spans(body)
         except Exception as exc:  # malformed: refused as a collector would
             return web.json_response({"error": "bad_request", "detail": str(exc)}, status=400)
         self.requests += 1
-        self.exporter.export(spans)
+        if spans:
+            self.exporter.export(spans)
         self._arrived.set()
         self._arrived = asyncio.Event()
         return web.Response(
