@@ -102,6 +102,7 @@ class Tracing:
         self, service: str, sample: float, exporter: SpanExporter, processor: SpanProcessor | None
     ) -> None:
         self.sample = sample
+        self._draw = random.random  # bound once: this runs per frame
         self.resource = Resource.create({"service.name": service})
         self.processor = processor or BatchSpanProcessor(exporter)
         # Live spans (the follow-ups) go through a provider of our own, never the global one:
@@ -119,7 +120,7 @@ class Tracing:
 
     def head(self) -> tuple[int, int, int] | None:
         """(trace id, root span id, shard-call span id) for a frame drawn into the sample, else None."""
-        if random.random() >= self.sample:
+        if self._draw() >= self.sample:
             return None
         return _IDS.generate_trace_id(), _IDS.generate_span_id(), _IDS.generate_span_id()
 

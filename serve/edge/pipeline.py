@@ -97,6 +97,7 @@ class Pipeline:
         self.max_pending = max_pending
         self._appends: asyncio.Queue[tuple[Any, EventsPlan | None]] = asyncio.Queue()
         self._pending: list[list[tuple]] = [[] for _ in links]
+        self._drawn = [0 for _ in links]  # pending items the trace head drew, per shard
         self._pending_events = 0
         self._wake = [asyncio.Event() for _ in links]
         self._rounds_open = 0  # rounds begun (gathering or at Redis) and not yet settled
@@ -286,6 +287,8 @@ class Pipeline:
         i = self.ring.shard_of(plan.sid)
         tracing = self.tracing
         head = tracing.head() if tracing is not None else None  # one random draw per frame
+        if head is not None:
+            self._drawn[i] += 1  # so a batch with none drawn skips tracing in O(1)
         self._pending[i].append(
             (
                 plan.sid,
@@ -311,6 +314,7 @@ class Pipeline:
                 await asyncio.sleep(self.window_s)  # gather what arrives in the next few ms
             self._wake[i].clear()
             items, self._pending[i] = self._pending[i], []
+            drawn, self._drawn[i] = self._drawn[i], 0
             if not items:
                 continue
             n = sum(it[4] for it in items)
@@ -319,7 +323,7 @@ class Pipeline:
                 del self.stats.batch_events[:5_000]
             t_call = time.perf_counter()
             try:
-                reply = await self._call_shard(i, items)
+                reply = await self._call_shard(i, items, drawn)
             finally:  # however the call ends, these events no longer wait for the shard
                 self._pending_events -= n
             t_reply = time.perf_counter()
@@ -333,7 +337,7 @@ class Pipeline:
                     self._deliver(sid, seqs, frames)
                 except Exception as exc:  # one session's bug must not cost the others theirs
                     self.loops.failed(self.loops.loops[f"shard{i}"], exc, time.monotonic())
-            if self.tracing is not None:
+            if self.tracing is not None and (drawn or triggered):
                 try:
                     self._trace(self.tracing, i, items, results, triggered, t_call, t_reply, n)
                 except Exception as exc:  # tracing must never cost a visitor anything
@@ -357,8 +361,6 @@ class Pipeline:
         the shard's reply names the trace and this call's span id).
         """
         joined = {int(k): str(tp) for k, tp in triggered}
-        if not joined and not any(it[8] is not None for it in items):
-            return
         done = time.perf_counter()
         pushed = {sid for sid, _seqs, _scores, frames in results if frames}
         for k, it in enumerate(items):
@@ -449,23 +451,27 @@ class Pipeline:
         self._scored_waiters.setdefault(sid, []).append((seq, fut))
         await asyncio.wait_for(fut, timeout)
 
-    async def _call_shard(self, i: int, items: list[tuple]) -> tuple[list, list] | None:
+    @staticmethod
+    def _traceparents(items: list[tuple]) -> list[tuple[int, str]]:
+        """(index, W3C traceparent of its shard-call span) for each item the head drew."""
+        return [
+            (k, Tracing.traceparent(it[8][0], it[8][2]))
+            for k, it in enumerate(items)
+            if it[8] is not None
+        ]
+
+    async def _call_shard(
+        self, i: int, items: list[tuple], drawn: int = 0
+    ) -> tuple[list, list] | None:
         """Hand a shard a batch over its link, retrying while Ray restarts it.
 
         The batch is durable meanwhile; a resent batch's events that the shard
-        already applied are skipped by sequence number.
+        already applied are skipped by sequence number. ``drawn``: how many of
+        ``items`` the trace head drew (their context goes with the batch).
         """
         deadline = time.monotonic() + SHARD_RETRY_S
         delay = 0.05
-        traced = (
-            [
-                (k, Tracing.traceparent(it[8][0], it[8][2]))
-                for k, it in enumerate(items)
-                if it[8] is not None
-            ]
-            if self.tracing is not None
-            else ()
-        )
+        traced = self._traceparents(items) if drawn else ()
         packed = pack_batch([(it[5], it[0], it[1], it[2], it[3]) for it in items], traced)
         while True:
             try:
