@@ -255,3 +255,30 @@ async def test_calm_frame_traced_only_when_drawn(traced):
     assert [f.attributes["lifeline.last_seq"] for f in frames] == [3]
     await quiet.close()
     await drawn.close()
+
+
+async def test_tracing_is_off_without_a_share_or_an_endpoint():
+    from cluster.config import _traces_endpoint
+    from cluster.tracing import TraceConfig, tracing_for
+
+    assert tracing_for("t", TraceConfig(0.0, "http://127.0.0.1:4318/v1/traces")) is None
+    assert tracing_for("t", TraceConfig(0.01, "")) is None
+    assert tracing_for("t", None) is None
+    # As the SDK reads them: the traces URL as is, else the base plus /v1/traces.
+    base = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/"}
+    assert _traces_endpoint(base) == "http://c:4318/v1/traces"
+    both = base | {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:9/x"}
+    assert _traces_endpoint(both) == "http://t:9/x"
+    assert _traces_endpoint({}) == ""
+
+
+async def test_traceparent_round_trip_and_malformed_context():
+    from cluster.tracing import Tracing
+
+    tp = Tracing.traceparent(0x1234, 0x56)
+    assert tp == "00-00000000000000000000000000001234-0000000000000056-01"
+    parent = Tracing.parent_of(tp)
+    assert parent is not None and (parent.trace_id, parent.span_id) == (0x1234, 0x56)
+    # A malformed context starts a trace of its own instead of failing the batch.
+    assert Tracing.parent_of("00-zz-yy-01") is None
+    assert Tracing.parent_of("") is None

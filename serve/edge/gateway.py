@@ -144,6 +144,8 @@ class Gateway:
             link.close()
         self.store.close()
         await self.redis.aclose()
+        if self.pipeline.tracing is not None:  # the last frames' spans, before the process ends
+            await asyncio.to_thread(self.pipeline.tracing.flush, 5.0)
 
     # -- sockets ------------------------------------------------------------------
 
