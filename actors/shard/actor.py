@@ -427,7 +427,7 @@ class ShardCore:
         shard-call span, which the reply's (index, traceparent) lets the
         gateway record in the same trace. Returns those pairs, and the W3C
         context of each decision's ``decide`` span, by (sid, seq), for its
-        follow-up. Off the batch's lock; costs ~10 us per traced item.
+        follow-up. Off the batch's lock; ~20 us per traced item (loadtests/bench_tracing.py).
         """
         by_item: dict[int, list[Decision]] = {}
         for d in decisions:  # the item whose events include the triggering one
