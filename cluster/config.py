@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -160,6 +161,24 @@ class Settings:
         metadata={"env": "LIFELINE_LLM_MODEL", "help": "model that writes nudges"},
     )
 
+    trace_sample: float = field(
+        default_factory=lambda: float(_env("LIFELINE_TRACE_SAMPLE", "0.01")),
+        metadata={
+            "env": "LIFELINE_TRACE_SAMPLE",
+            "help": "share of events traced from the gateway on (every intervention is traced "
+            "too) when an OTLP endpoint is set; 0: tracing off",
+        },
+    )
+    trace_endpoint: str = field(
+        default_factory=lambda: _traces_endpoint(os.environ),
+        metadata={
+            "env": "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "help": "OTLP/HTTP traces URL (else OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces); "
+            "empty: tracing off",
+            "url": True,
+        },
+    )
+
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:
         """(environment variable, current value, meaning) for every setting, secrets redacted."""
@@ -193,6 +212,15 @@ class Settings:
         ``ps`` shows them to every user of the machine.
         """
         return {f.metadata["env"]: str(getattr(self, f.name)) for f in fields(self)}
+
+
+def _traces_endpoint(env: Mapping[str, str]) -> str:
+    """Where spans go, as the OpenTelemetry SDK reads it: the traces URL as is, else the base + /v1/traces."""
+    specific = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    if specific:
+        return specific
+    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    return base.rstrip("/") + "/v1/traces" if base else ""
 
 
 def redact_url(url: str) -> str:

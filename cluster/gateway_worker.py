@@ -52,6 +52,7 @@ async def serve(args: argparse.Namespace) -> None:
     from actors.core.sites import load_sites
     from cluster.config import Settings, check_secret
     from cluster.stack import RAY_NAMESPACE
+    from cluster.tracing import TraceConfig, tracing_for
     from serve.edge.gateway import Gateway
 
     settings = Settings()
@@ -66,6 +67,7 @@ async def serve(args: argparse.Namespace) -> None:
         settings.secret,
         batch_window_ms=settings.batch_window_ms,
         append_window_ms=settings.append_window_ms,
+        tracing=tracing_for("lifeline-gateway", TraceConfig.of(settings)),
     )
     await gateway.start(settings.host, settings.ws_port, reuse_port=True)
     print("ready", flush=True)

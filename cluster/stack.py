@@ -31,6 +31,7 @@ from cluster.keys import Keys
 from cluster.migrate import scope_sessions_by_site
 from cluster.processes import Supervised
 from cluster.redis_server import Persistence, RedisServer, ensure_redis, persistence
+from cluster.tracing import TraceConfig, tracing_for
 from serve.console.app import build_console
 from serve.console.context import ConsoleContext
 from serve.edge.gateway import Gateway
@@ -145,9 +146,10 @@ class Stack:
             self.serve_handles = await asyncio.to_thread(deploy, s, self.redis.url, s.prefix)
         n = shard_count(s)
         names = [f"lifeline-shard-{i}{shard_name_suffix}" for i in range(n)]
+        trace = TraceConfig.of(s)  # explicit: a joined Ray cluster's workers have their own env
         self.shards = [
             SessionShard.options(name=name, lifetime=None).remote(
-                i, self.redis.url, s.prefix, s.sites_file, s.idle_deactivate_s, with_serve
+                i, self.redis.url, s.prefix, s.sites_file, s.idle_deactivate_s, with_serve, trace
             )
             for i, name in enumerate(names)
         ]
@@ -163,6 +165,7 @@ class Stack:
             limits=limits,
             batch_window_ms=s.batch_window_ms,
             append_window_ms=s.append_window_ms,
+            tracing=tracing_for("lifeline-gateway", trace),
         )
         self.ws_port = await self.gateway.start(s.host, s.ws_port, reuse_port=gateways > 1)
         for _ in range(gateways - 1):

@@ -19,6 +19,13 @@ session on the gateway, and the ratio of Lifeline's events/s to the echo
 ceiling measured in the same run.
 
     python loadtests/bench_spine.py --sessions 2000 --rate 5 --duration 30 --runs 3
+
+Tracing (cluster/tracing.py): ``--trace`` runs the server with tracing on at
+``--trace-sample`` (default 0.01, the service's default), exporting OTLP/HTTP
+to ``--trace-endpoint`` or, without one, to a span-counting receiver this
+script runs (serve/dev/otlp_sink.py); without ``--trace`` tracing is off
+(``LIFELINE_TRACE_SAMPLE=0``). For the A/B, alternate single runs of each
+and sum them up with ``loadtests/ab_summary.py``.
 """
 
 from __future__ import annotations
@@ -419,6 +426,19 @@ def wait_http(url: str, timeout: float = 120.0) -> dict[str, Any]:
     raise RuntimeError(f"{url} did not come up in {timeout:.0f} s")
 
 
+def start_sink() -> Any:
+    """A span-counting OTLP/HTTP receiver on a thread of this process (its own event loop)."""
+    import threading
+
+    from serve.dev.otlp_sink import OtlpSink
+
+    loop = asyncio.new_event_loop()
+    sink = OtlpSink(keep=False)
+    threading.Thread(target=loop.run_forever, name="otlp-sink", daemon=True).start()
+    asyncio.run_coroutine_threadsafe(sink.start(), loop).result(30)
+    return sink
+
+
 def server_processes(server: subprocess.Popen) -> dict[str, psutil.Process]:
     """The gateway processes, the shard actors and Redis: the server's own process tree only."""
     root = psutil.Process(server.pid)
@@ -583,6 +603,13 @@ def main() -> int:
         "10,000 events/s a second one cost 11 points of the machine; BENCHMARKS.md)",
     )
     ap.add_argument("--source", choices=SOURCES, default="mix")
+    ap.add_argument("--trace", action="store_true", help="run the server with tracing on")
+    ap.add_argument("--trace-sample", type=float, default=0.01, help="head share with --trace")
+    ap.add_argument(
+        "--trace-endpoint",
+        default="",
+        help="OTLP/HTTP traces URL with --trace (default: a span-counting receiver run here)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "spine.json")
     args = ap.parse_args()
 
@@ -592,6 +619,18 @@ def main() -> int:
     )
     prefix = f"llbench-{uuid.uuid4().hex[:6]}:"
     env = dict(os.environ, LIFELINE_PREFIX=prefix, PYTHONUNBUFFERED="1")
+    sink = None
+    if args.trace:
+        endpoint = args.trace_endpoint
+        if not endpoint:
+            sink = start_sink()
+            endpoint = sink.url
+        env |= {
+            "LIFELINE_TRACE_SAMPLE": str(args.trace_sample),
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint,
+        }
+    else:
+        env["LIFELINE_TRACE_SAMPLE"] = "0"
     ws_port, http_port, echo_port, console_port = 18765, 18080, 18766, 18090
     log_path = args.out.parent / "spine-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -666,6 +705,11 @@ def main() -> int:
             f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
         )
         summary["gateway_idle_rss_mb"] = idle_rss / 2**20
+        summary["tracing"] = {
+            "on": args.trace,
+            "sample": args.trace_sample if args.trace else 0.0,
+            "spans_received": sink.received if sink is not None else None,
+        }
         summary["runs"] = runs
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=1, default=str))
@@ -673,6 +717,8 @@ def main() -> int:
         for k in keys:
             print(f"  {k:>22}: {summary[k]:.2f}")
         print("  pooled over all runs:", pooled_line(summary))
+        if sink is not None:
+            print(f"  tracing: {sink.received} spans received at {args.trace_sample:g}")
     finally:
         echo.terminate()
         server.terminate()

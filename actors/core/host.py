@@ -63,31 +63,36 @@ class Forget(NamedTuple):
 WireItem = tuple[int, str, str, Sequence[str], bytes]
 
 
-def pack_batch(items: Sequence[WireItem]) -> bytes:
-    """A shard call's wire form: (op, sid, site, consent, events as the msgpack bytes the log holds).
+def pack_batch(items: Sequence[WireItem], traced: Sequence[tuple[int, str]] = ()) -> bytes:
+    """A shard call's wire form: the items, then the trace context of the traced ones.
 
-    The gateway packs each run of events once, for the event log, and the
-    shard call carries the same bytes: cheaper than Ray pickling the dicts
+    Each item is (op, sid, site, consent, events as the msgpack bytes the log
+    holds): the gateway packs each run of events once, for the event log, and
+    the shard call carries the same bytes: cheaper than Ray pickling the dicts
     (about 0.4 ms per 256 events on each side). ``op`` is :data:`EVENTS` or
-    :data:`FORGET`; a forget's consent and events are ignored.
+    :data:`FORGET`; a forget's consent and events are ignored. ``traced``:
+    (item index, W3C ``traceparent``) for the items whose frame is traced
+    (cluster/tracing.py); empty for nearly every batch.
     """
-    return msgpack.packb(items)
+    return msgpack.packb((items, traced))
 
 
-def unpack_batch(data: bytes) -> list[BatchItem | Forget]:
-    """The items of a packed batch, in order: events as a :data:`BatchItem`, withdrawals as :class:`Forget`.
+def unpack_batch(data: bytes) -> tuple[list[BatchItem | Forget], dict[int, str]]:
+    """A packed batch's items in order (events as a :data:`BatchItem`, withdrawals as
+    :class:`Forget`), and the ``traceparent`` of each traced item by its index.
 
     Raises ValueError for an operation it does not know (a peer of another release).
     """
+    wire, traced = msgpack.unpackb(data)
     out: list[BatchItem | Forget] = []
-    for op, sid, site, consent, ev in msgpack.unpackb(data):
+    for op, sid, site, consent, ev in wire:
         if op == EVENTS:
             out.append((sid, site, consent, msgpack.unpackb(ev)))
         elif op == FORGET:
             out.append(Forget(sid, site))
         else:
             raise ValueError(f"unknown shard batch operation {op!r}")
-    return out
+    return out, {int(i): str(tp) for i, tp in traced}
 
 
 ScoreFn = Callable[[list[list[float]]], Sequence[float]]

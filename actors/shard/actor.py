@@ -48,6 +48,7 @@ from actors.shard.records import ShardRecords
 from cluster.keys import Keys
 from cluster.loops import Failures, Supervisor
 from cluster.redis_server import async_client
+from cluster.tracing import Carrier, TraceConfig, Tracing, tracing_for
 
 log = logging.getLogger("lifeline.shard")
 
@@ -133,8 +134,11 @@ class ShardCore:
         sites_file: str,
         idle_deactivate_s: float = 1800.0,
         enrich: bool = True,
+        tracing: TraceConfig | None = None,
     ) -> None:
         self.index = index
+        # None when tracing is off: the batch path then tests one attribute (cluster/tracing.py).
+        self.tracing: Tracing | None = tracing_for("lifeline-shard", tracing)
         self.keys = Keys(prefix)
         self.prefix = prefix
         self.sites: dict[str, Site] = load_sites(sites_file)
@@ -357,13 +361,16 @@ class ShardCore:
     def handle(self, batch: bytes, gateway_id: str = "", sent_at: float = 0.0) -> bytes:
         """Process one batch (:func:`actors.core.host.pack_batch`); ``sent_at``: the caller's time.time().
 
-        Returns, msgpack-packed, (sid, seqs, scores, intervention frames) per session.
+        Returns, msgpack-packed, a list of (sid, seqs, scores, intervention
+        frames) per session, and (item index, ``traceparent``) for each traced
+        item whose events triggered a decision (cluster/tracing.py).
         """
         if sent_at:
             self.stats["inbound_ms"] += (time.time() - sent_at) * 1000.0
-        items = unpack_batch(batch)
+        items, traced = unpack_batch(batch)
         self._start()
         started = time.perf_counter()
+        clock = _ScoreClock() if self.tracing is not None else None
         firsts = first_events(items)
         loaded: dict[str, tuple] = {}
         while True:
@@ -373,8 +380,9 @@ class ShardCore:
                 if not need:
                     locked = time.perf_counter()
                     out, decisions, scored, follow_ups, iv_counts = self._process(
-                        items, loaded, missing, gateway_id
+                        items, loaded, missing, gateway_id, clock
                     )
+                    processed = time.perf_counter()
                     break
             # Sessions are read from Redis without the lock; the loop checks again
             # what is missing, in case the sweep retired a session meanwhile.
@@ -383,6 +391,12 @@ class ShardCore:
         self.stats["busy_ms"] += (time.perf_counter() - locked) * 1000.0
         self.stats["lock_wait_ms"] += (locked - started) * 1000.0
         self._metrics.batch(sum(len(r[1]) for r in out), time.perf_counter() - started, decisions)
+        triggered: list[tuple[int, str]] = []
+        carriers: dict[tuple[str, int], Carrier] = {}
+        if clock is not None and (traced or decisions):
+            assert self.tracing is not None
+            clock.spans = (started, locked, processed, time.perf_counter())
+            triggered, carriers = self._trace(self.tracing, items, traced, decisions, clock)
         outcomes, conversions = outcome_events(items, self.sites)
         if decisions or outcomes or conversions:
             self.stats["decisions"] += len(decisions)
@@ -393,12 +407,90 @@ class ShardCore:
             )
         if follow_ups:
             channel = self.keys.push(gateway_id)
-            self._io.call_soon_threadsafe(self._enrich, follow_ups, channel)
+            traces = [carriers.get((d.sid, d.seq)) for d, _ in follow_ups]
+            self._io.call_soon_threadsafe(self._enrich, follow_ups, channel, traces)
         gone = forgotten(items)
         if gone:
             # Before the reply: once the gateway hears back, nothing of them is left here.
             self._run(self._erase(gone))
-        return msgpack.packb(out)
+        return msgpack.packb((out, triggered))
+
+    def _trace(
+        self,
+        tr: Tracing,
+        items: Sequence[BatchItem | Forget],
+        traced: dict[int, str],
+        decisions: list[Decision],
+        clock: _ScoreClock,
+    ) -> tuple[list[tuple[int, str]], dict[tuple[str, int], Carrier]]:
+        """Record this batch's spans for each traced item and each item that triggered a decision.
+
+        An item the gateway did not sample but whose events triggered a
+        decision gets a trace here, with ids made up for the gateway's
+        shard-call span, which the reply's (index, traceparent) lets the
+        gateway record in the same trace. Returns those pairs, and the W3C
+        context of each decision's ``decide`` span, by (sid, seq), for its
+        follow-up. Off the batch's lock; ~20 us per traced item (loadtests/bench_tracing.py).
+        """
+        by_item: dict[int, list[Decision]] = {}
+        for d in decisions:  # the item whose events include the triggering one
+            for i, (sid, _site, _consent, events) in enumerate(items):
+                if sid == d.sid and events and events[0]["seq"] <= d.seq <= events[-1]["seq"]:
+                    by_item.setdefault(i, []).append(d)
+                    break
+        started, locked, processed, done = clock.spans
+        score0 = clock.start or locked
+        score1 = clock.end or score0
+        n = sum(len(item[3]) for item in items)
+        triggered: list[tuple[int, str]] = []
+        carriers: dict[tuple[str, int], Carrier] = {}
+        for i in sorted(set(traced) | set(by_item)):
+            tp = traced.get(i)
+            parent = tr.parent_of(tp) if tp else None
+            if parent is None:  # not sampled at the head: the trace starts here, the gateway joins
+                trace_id, call_id = tr.new_trace_id(), tr.new_span_id()
+            else:
+                trace_id, call_id = parent.trace_id, parent.span_id
+            ds = by_item.get(i, [])
+            if ds:
+                triggered.append(
+                    (i, tp if parent is not None else tr.traceparent(trace_id, call_id))
+                )
+            item = items[i]
+            batch_id, decide_id = tr.new_span_id(), tr.new_span_id()
+            attrs = {"lifeline.shard": self.index, "lifeline.site": item[1]}
+            tr.record(
+                "lifeline.shard.batch",
+                trace_id,
+                batch_id,
+                call_id,
+                started,
+                done,
+                {**attrs, "lifeline.batch_events": n, "lifeline.events": len(item[3])},
+                remote_parent=True,
+            )
+            tr.record("lifeline.shard.apply", trace_id, tr.new_span_id(), batch_id, locked, score0)
+            tr.record(
+                "lifeline.shard.score",
+                trace_id,
+                tr.new_span_id(),
+                batch_id,
+                score0,
+                score1,
+                {"lifeline.rows": clock.rows},
+            )
+            decided = {"lifeline.decisions": len(ds)}
+            if ds:
+                decided["lifeline.kinds"] = [d.kind for d in ds]
+                decided["lifeline.iids"] = [d.iid for d in ds]
+                decided["lifeline.holdout"] = [d.holdout for d in ds]
+                decided["lifeline.trigger_seqs"] = [d.seq for d in ds]
+            tr.record(
+                "lifeline.shard.decide", trace_id, decide_id, batch_id, score1, processed, decided
+            )
+            for d in ds:
+                carriers[(d.sid, d.seq)] = {"traceparent": tr.traceparent(trace_id, decide_id)}
+        return triggered, carriers
 
     @staticmethod
     def _template(d: Decision) -> str:
@@ -412,6 +504,7 @@ class ShardCore:
         loaded: dict[str, tuple],
         missing: list[str],
         gateway_id: str,
+        clock: _ScoreClock | None = None,
     ) -> tuple[
         list[tuple],
         list[Decision],
@@ -422,18 +515,25 @@ class ShardCore:
         """Activate the missing sessions from what was loaded, then apply, score and decide.
 
         Called with the lock held; ``missing`` is :meth:`_to_load` under that same lock.
+        ``clock``: when tracing, times the model's calls.
         """
         for sid in missing:
             self._activate(sid, *loaded[sid])
         scorer, challenger = self.scorer, self.challenger  # each read once per batch
         segment = scorer.segments.nearest if scorer.segments is not None else None
+        score: Any = scorer
+        timed_challenger: Any = challenger
+        if clock is not None:
+            score = clock.timed(scorer)
+            if challenger is not None:
+                timed_challenger = (clock.timed(challenger[0]), challenger[1])
         out = []
         decisions: list[Decision] = []
         # The feature row of each decision and the model that scored it: its drivers and its record.
         scored: list[tuple[list[float], Scorer]] = []
         follow_ups: list[tuple[Decision, dict[str, Any]]] = []
         iv_counts: dict[str, int] = {}
-        for r in self._apply(items, scorer, segment, challenger):
+        for r in self._apply(items, score, segment, timed_challenger):
             frames = []
             used = challenger[0] if r.challenger and challenger is not None else scorer
             scored += [(row, used) for row in r.rows]
@@ -721,11 +821,17 @@ class ShardCore:
             "trigger_ms": d.ts,
         }
 
-    def _enrich(self, follow_ups: list[tuple[Decision, dict[str, Any]]], channel: str) -> None:
+    def _enrich(
+        self,
+        follow_ups: list[tuple[Decision, dict[str, Any]]],
+        channel: str,
+        traces: Sequence[Carrier | None] = (),
+    ) -> None:
         """Ask Serve for LLM nudges or recommendations; updates follow if in time (I/O loop).
 
         Runs in the background (:class:`serve.apps.deployments.FollowUps`): the
         interventions with their templated text have already gone out.
+        ``traces``: per follow-up, the W3C context of its decision's span, or None.
         """
         follow = self._follow_ups()
         if follow is None:
@@ -734,8 +840,9 @@ class ShardCore:
         async def push(frame: dict[str, Any]) -> None:
             await self.redis.publish(channel, msgpack.packb(frame))
 
-        for d, ctx in follow_ups:
-            follow.start(d.kind, d.sid, d.iid, ctx, d.ts, push)
+        traces = list(traces) or [None] * len(follow_ups)
+        for (d, ctx), trace in zip(follow_ups, traces, strict=True):
+            follow.start(d.kind, d.sid, d.iid, ctx, d.ts, push, trace)
 
     def warm_up(self, timeout: float = 60.0) -> bool:
         """Start background tasks and open the Serve handles before any visitor needs them.
@@ -784,7 +891,7 @@ class ShardCore:
                     exc,
                 )
                 nudge = rec = None
-            self._followups = FollowUps(nudge, rec, budget_s=ENRICH_BUDGET_S)
+            self._followups = FollowUps(nudge, rec, budget_s=ENRICH_BUDGET_S, tracing=self.tracing)
         return self._followups
 
     def session_row(self, sid: str) -> list[float] | None:
@@ -842,6 +949,34 @@ class ShardCore:
                 else {}
             ),
         }
+
+
+class _ScoreClock:
+    """When a traced batch's model calls began and ended (perf_counter), and the rows they scored.
+
+    Made per batch only while tracing is on: two clock reads per model call.
+    ``spans``: (started, locked, processed, done) of the batch, set after it.
+    """
+
+    __slots__ = ("start", "end", "rows", "spans")
+
+    def __init__(self) -> None:
+        self.start = 0.0
+        self.end = 0.0
+        self.rows = 0
+        self.spans: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+
+    def timed(self, score: Any) -> Any:
+        def call(rows: list[list[float]]) -> Any:
+            t = time.perf_counter()
+            if not self.start:
+                self.start = t
+            out = score(rows)
+            self.end = time.perf_counter()
+            self.rows += len(rows)
+            return out
+
+        return call
 
 
 class _ShardMetrics:
@@ -914,8 +1049,11 @@ class SessionShard:
         sites_file: str,
         idle_deactivate_s: float = 1800.0,
         enrich: bool = True,
+        tracing: TraceConfig | None = None,
     ) -> None:
-        self.core = ShardCore(index, redis_url, prefix, sites_file, idle_deactivate_s, enrich)
+        self.core = ShardCore(
+            index, redis_url, prefix, sites_file, idle_deactivate_s, enrich, tracing
+        )
         # Batches come over the link's thread (gateways) or as Ray calls (tools, benchmarks):
         # one at a time either way, so each session's events stay in order.
         self._batch = threading.Lock()

@@ -16,11 +16,14 @@ connection is gone and the next call asks Ray again.
 Wire (both directions, big-endian): a header, then ``length`` bytes.
 
 * request: ``length u32, call id u32, sent_at f64`` (the gateway's
-  ``time.time()``), then a packed batch (:func:`actors.core.host.pack_batch`);
+  ``time.time()``), then a packed batch (:func:`actors.core.host.pack_batch`:
+  its items, and the W3C ``traceparent`` of each item whose frame is traced);
   the first message of a connection has call id 0 and carries
   ``msgpack([token, gateway id])`` instead;
 * reply: ``length u32, call id u32, status u8``, then the shard's packed
-  results (status 0) or an error message (status 1).
+  results (status 0: per session its scores and interventions, and the
+  ``traceparent`` of each item that triggered a decision, see
+  :meth:`actors.shard.actor.ShardCore.handle`) or an error message (status 1).
 
 The server handles one batch at a time, in arrival order, on a thread of
 its own: a batch blocks that thread, never the shard's I/O loop. Limits:

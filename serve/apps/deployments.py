@@ -38,6 +38,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from actors.core.kinds import KIND
+from cluster.tracing import Carrier, TraceConfig, Tracing, span, tracing_for
 from serve.apps.knowledge import KB_ROOT, KnowledgeBase
 from serve.apps.llm import LLMSettings, NudgeLLM
 from serve.apps.nudge import (
@@ -127,6 +128,7 @@ class NudgeWriter:
         prefix: str,
         site_hosts: dict[str, list[str]] | None = None,
         kb_root: str | None = None,
+        tracing: dict[str, Any] | None = None,
     ) -> None:
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -136,6 +138,8 @@ class NudgeWriter:
         self.site_hosts = {k: list(v) for k, v in (site_hosts or {}).items()}
         self.kb_root = Path(kb_root) if kb_root else KB_ROOT
         self._kbs: dict[str, KnowledgeBase] = {}
+        # Spans of the follow-ups a shard traces (cluster/tracing.py); None: tracing off.
+        self.tracing = tracing_for("lifeline-serve", TraceConfig(**tracing) if tracing else None)
         self.redis = None
         if redis_url:
             import redis.asyncio as aioredis
@@ -160,7 +164,9 @@ class NudgeWriter:
             kb = self._kbs[site] = KnowledgeBase.load(site, self.kb_root)
         return kb
 
-    async def write(self, ctx: dict[str, Any]) -> dict[str, Any] | None:
+    async def write(
+        self, ctx: dict[str, Any], trace: Carrier | None = None
+    ) -> dict[str, Any] | None:
         """A nudge for one intervention context, by the budget's end.
 
         Returns None when no LLM nudge may be written for it (no
@@ -169,7 +175,17 @@ class NudgeWriter:
         ``"llm"``, ``"cache"`` or ``"template"`` (reason: why not the LLM),
         and ``"link"`` (``{"url", "title"}``) when the text names one of the
         site's help articles: the text then shows its title, not its path.
+        ``trace``: the W3C context of the shard's follow-up span, when it is traced.
         """
+        with span(self.tracing, "lifeline.serve.nudge", trace) as s:
+            out = await self._write(ctx, traced=s is not None)
+            if s is not None:
+                s.set_attribute("lifeline.source", out["source"] if out else "none")
+                if out:
+                    s.set_attribute("lifeline.reason", out.get("reason") or "")
+            return out
+
+    async def _write(self, ctx: dict[str, Any], traced: bool) -> dict[str, Any] | None:
         if not isinstance(ctx, dict) or ctx.get("kind") not in KINDS:
             return None
         if not personalization_allowed(ctx.get("consent")):
@@ -190,13 +206,20 @@ class NudgeWriter:
         system, user = build_prompt(ctx, articles)
         sources = [template] + [f"{a.title} {a.url} {a.text}" for a in articles]
         hosts = self.site_hosts.get(site, [])
-        result = await self.llm.generate(
-            system,
-            user,
-            trigger_ms=int(trigger_ms),
-            check=lambda text: check_output(text, hosts, sources),
-            cache_key=cache_key(self.prefix, ctx),
-        )
+        with (
+            self.tracing.span("lifeline.serve.llm")
+            if traced and self.tracing is not None
+            else contextlib.nullcontext()
+        ) as s:
+            result = await self.llm.generate(
+                system,
+                user,
+                trigger_ms=int(trigger_ms),
+                check=lambda text: check_output(text, hosts, sources),
+                cache_key=cache_key(self.prefix, ctx),
+            )
+            if s is not None:
+                s.set_attribute("lifeline.outcome", str(result.outcome))
         if result.text is None:
             return {"text": template, "source": "template", "reason": result.outcome}
         # After the check and the cache: a cached text gets its link the same way.
@@ -245,8 +268,10 @@ class Recommender:
         max_batch_size: int = 32,
         batch_wait_s: float = 0.0,
         catalog_files: dict[str, str] | None = None,
+        tracing: dict[str, Any] | None = None,
     ) -> None:
         self.prefix = prefix
+        self.tracing = tracing_for("lifeline-serve", TraceConfig(**tracing) if tracing else None)
         self.refresh_s = refresh_s
         # A batch is whatever queued while the previous one ran (wait 0): a
         # request costs ~0.1 ms of model time, so waiting for company would
@@ -334,8 +359,18 @@ class Recommender:
         self._batch_sizes.append(len(ctxs))
         return self.service.recommend_many(ctxs)
 
-    async def recommend(self, ctx: dict[str, Any]) -> dict[str, Any]:
-        """``{"items": [{"id", "name", "url", "score"}]}`` for ``{"site", "recent_items", "cart_items", "k"}``."""
+    async def recommend(self, ctx: dict[str, Any], trace: Carrier | None = None) -> dict[str, Any]:
+        """``{"items": [{"id", "name", "url", "score"}]}`` for ``{"site", "recent_items", "cart_items", "k"}``.
+
+        ``trace``: the W3C context of the shard's follow-up span, when it is traced.
+        """
+        with span(self.tracing, "lifeline.serve.recommend", trace) as s:
+            out = await self._recommend(ctx)
+            if s is not None:
+                s.set_attribute("lifeline.items", len(out.get("items") or []))
+            return out
+
+    async def _recommend(self, ctx: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         site = ctx.get("site") if isinstance(ctx, dict) else None
         if not isinstance(site, str):
@@ -389,6 +424,7 @@ def nudge_app(args: dict[str, Any]) -> Any:
         args.get("redis_url", s.redis_url),
         args.get("prefix", s.prefix),
         args.get("site_hosts"),
+        tracing=asdict(TraceConfig.of(s)),
     )
 
 
@@ -399,7 +435,10 @@ def recommender_app(args: dict[str, Any]) -> Any:
     s = Settings()
     rest = {k: v for k, v in args.items() if k not in ("redis_url", "prefix")}
     return Recommender.bind(
-        args.get("redis_url", s.redis_url), args.get("prefix", s.prefix), **rest
+        args.get("redis_url", s.redis_url),
+        args.get("prefix", s.prefix),
+        tracing=asdict(TraceConfig.of(s)),
+        **rest,
     )
 
 
@@ -429,17 +468,22 @@ def deploy(
     replace the config file's (e.g. ``{"lifeline-recommender": {"batch_wait_s": 0.002}}``).
     """
     config = load_serve_config(config_path)
+    tracing = asdict(TraceConfig.of(settings)) if hasattr(settings, "trace_sample") else None
     serve.start(proxy_location=config.get("proxy_location", "Disabled"))
     nudge_args = _app_args(config, APP_NUDGE) | dict((overrides or {}).get(APP_NUDGE, {}))
     llm = llm_settings(settings, nudge_args.get("llm"))
     log.warning("Lifeline nudge writer: %s", llm.describe())
     rec_args = _app_args(config, APP_RECOMMENDER) | dict((overrides or {}).get(APP_RECOMMENDER, {}))
     nudge_app_ = NudgeWriter.options(**deployment_options(config, APP_NUDGE, "NudgeWriter")).bind(
-        asdict(llm), redis_url, prefix, site_hosts or nudge_args.get("site_hosts")
+        asdict(llm),
+        redis_url,
+        prefix,
+        site_hosts or nudge_args.get("site_hosts"),
+        tracing=tracing,
     )
     rec_app_ = Recommender.options(
         **deployment_options(config, APP_RECOMMENDER, "Recommender")
-    ).bind(redis_url, prefix, models=recommender_models, **rec_args)
+    ).bind(redis_url, prefix, models=recommender_models, tracing=tracing, **rec_args)
     # Both apps in one call: their replicas start in parallel (seconds saved at start-up).
     nudge, recommender = serve.run_many(
         [
@@ -481,8 +525,10 @@ class FollowUps:
         budget_s: float = BUDGET_S,
         max_in_flight: int = 256,
         clock: Callable[[], float] = time.time,
+        tracing: Tracing | None = None,
     ) -> None:
         self.nudge_handle = nudge
+        self.tracing = tracing  # the shard's: a follow-up given a trace context gets a span
         self.recommender_handle = recommender
         self.budget_s = budget_s
         self.max_in_flight = max_in_flight
@@ -519,12 +565,16 @@ class FollowUps:
         self.counts["scheduled"] += 1
         return True
 
-    async def _call(self, method: Any, ctx: dict[str, Any], trigger_ms: int) -> Any:
+    async def _call(
+        self, method: Any, ctx: dict[str, Any], trigger_ms: int, traced: bool = False
+    ) -> Any:
         remaining = trigger_ms / 1000.0 + self.budget_s - self._clock()
         if remaining <= 0:
             self.counts["late"] += 1
             return None
-        response = method.remote(ctx)
+        # Traced: the deployment's span joins this one's trace (W3C traceparent as an argument).
+        carrier = self.tracing.inject() if traced and self.tracing is not None else None
+        response = method.remote(ctx, carrier) if carrier else method.remote(ctx)
 
         async def _result() -> Any:
             return await response
@@ -539,13 +589,24 @@ class FollowUps:
             log.debug("deployment call failed: %s", type(exc).__name__)
         return None
 
-    def nudge(self, sid: str, ctx: dict[str, Any], push: Push) -> bool:
-        """Ask the NudgeWriter for a richer text; push ``{"t": "update", ..., "text", "source"[, "link"]}``."""
+    def nudge(
+        self, sid: str, ctx: dict[str, Any], push: Push, trace: Carrier | None = None
+    ) -> bool:
+        """Ask the NudgeWriter for a richer text; push ``{"t": "update", ..., "text", "source"[, "link"]}``.
+
+        ``trace``: the W3C context of the decision's span, when it is traced.
+        """
         if self.nudge_handle is None:
             return False
 
         async def run() -> None:
-            out = await self._call(self.nudge_handle.write, ctx, int(ctx.get("trigger_ms", 0)))
+            with span(self.tracing, "lifeline.follow_up.nudge", trace) as s:
+                await send(s is not None)
+
+        async def send(traced: bool) -> None:
+            out = await self._call(
+                self.nudge_handle.write, ctx, int(ctx.get("trigger_ms", 0)), traced
+            )
             if not out or out.get("source") not in ("llm", "cache"):
                 if out is not None:
                     self.counts["template_only"] += 1
@@ -559,14 +620,24 @@ class FollowUps:
         return self._spawn(run())
 
     def recommend(
-        self, sid: str, iid: str, ctx: dict[str, Any], trigger_ms: int, push: Push
+        self,
+        sid: str,
+        iid: str,
+        ctx: dict[str, Any],
+        trigger_ms: int,
+        push: Push,
+        trace: Carrier | None = None,
     ) -> bool:
         """Ask the Recommender for items; push ``{"t": "update", ..., "items": [{"id", "name", "url"}]}``."""
         if self.recommender_handle is None:
             return False
 
         async def run() -> None:
-            out = await self._call(self.recommender_handle.recommend, ctx, trigger_ms)
+            with span(self.tracing, "lifeline.follow_up.recommend", trace) as s:
+                await send(s is not None)
+
+        async def send(traced: bool) -> None:
+            out = await self._call(self.recommender_handle.recommend, ctx, trigger_ms, traced)
             items = (out or {}).get("items") or []
             if not items:
                 return
@@ -576,12 +647,22 @@ class FollowUps:
         return self._spawn(run())
 
     def start(
-        self, kind: str, sid: str, iid: str, ctx: dict[str, Any], trigger_ms: int, push: Push
+        self,
+        kind: str,
+        sid: str,
+        iid: str,
+        ctx: dict[str, Any],
+        trigger_ms: int,
+        push: Push,
+        trace: Carrier | None = None,
     ) -> bool:
-        """Start the follow-up the intervention kind declares (``actors.core.kinds``)."""
+        """Start the follow-up the intervention kind declares (``actors.core.kinds``).
+
+        ``trace``: W3C headers of the decision's span, for a traced intervention.
+        """
         if KIND[kind].follow_up == "recommend":
-            return self.recommend(sid, iid, ctx, trigger_ms, push)
-        return self.nudge(sid, ctx, push)
+            return self.recommend(sid, iid, ctx, trigger_ms, push, trace)
+        return self.nudge(sid, ctx, push, trace)
 
     @property
     def in_flight(self) -> int:

@@ -36,6 +36,7 @@ from actors.shard.link import LinkTLS, ShardLink
 from cluster.keys import Keys
 from cluster.loops import Supervisor
 from cluster.redis_server import async_client
+from cluster.tracing import Tracing
 from serve.edge.beacon import Beacons
 from serve.edge.peer import CLOSE_GOING_AWAY, Peer
 from serve.edge.pipeline import Pipeline
@@ -69,6 +70,7 @@ class Gateway:
         outbox_bytes: int = OUTBOX_BYTES,
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
         half_open_per_ip: int = HALF_OPEN_PER_IP,
+        tracing: Tracing | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.keys = Keys(prefix)
@@ -100,6 +102,7 @@ class Gateway:
             window_s=batch_window_ms / 1000.0,
             append_window_s=append_window_ms / 1000.0,
             max_pending=max_pending,
+            tracing=tracing,
         )
         # Bound once: on_message runs per frame, and an events frame goes straight in.
         self._admit = self.pipeline.admit
@@ -141,6 +144,8 @@ class Gateway:
             link.close()
         self.store.close()
         await self.redis.aclose()
+        if self.pipeline.tracing is not None:  # the last frames' spans, before the process ends
+            await asyncio.to_thread(self.pipeline.tracing.flush, 5.0)
 
     # -- sockets ------------------------------------------------------------------
 

@@ -15,6 +15,12 @@ arrived while the previous round trip was in flight:
   batch is retried once Ray has restarted it (the events are durable, so
   nothing is lost).
 
+Tracing (cluster/tracing.py): a frame drawn into the head sample gets its
+trace ids when it is queued for its shard; every frame's read and ack times
+ride along with its events (two floats), so the spans of a frame that turns
+out to be traced (sampled, or its events triggered an intervention) are
+recorded after the shard's reply, from those times.
+
 Backpressure: when the shards fall behind by more than ``max_pending``
 events, new frames are refused with ``overloaded`` (not acknowledged: the
 client resends later) instead of queueing without bound.
@@ -34,6 +40,7 @@ from actors.core.host import EVENTS, FORGET, Forget, pack_batch
 from actors.core.placement import HashRing
 from actors.shard.link import LinkDown, ShardFailed, ShardLink
 from cluster.loops import Supervisor
+from cluster.tracing import Tracing
 from serve.edge.peer import Peer
 from serve.edge.protocol import Connection, EventsPlan, error
 from serve.edge.stats import Stats
@@ -76,8 +83,10 @@ class Pipeline:
         window_s: float,
         append_window_s: float,
         max_pending: int,
+        tracing: Tracing | None = None,
     ) -> None:
         self.store = store
+        self.tracing = tracing  # None: off, and the per-frame path tests just that
         self.ring = ring
         self.links = links
         self.stats = stats
@@ -88,6 +97,7 @@ class Pipeline:
         self.max_pending = max_pending
         self._appends: asyncio.Queue[tuple[Any, EventsPlan | None]] = asyncio.Queue()
         self._pending: list[list[tuple]] = [[] for _ in links]
+        self._drawn = [0 for _ in links]  # pending items the trace head drew, per shard
         self._pending_events = 0
         self._wake = [asyncio.Event() for _ in links]
         self._rounds_open = 0  # rounds begun (gathering or at Redis) and not yet settled
@@ -96,6 +106,7 @@ class Pipeline:
         # Set when a round is settled, then replaced: read it afresh for each wait.
         self.round_done = asyncio.Event()
         self._scored_waiters: dict[str, list[tuple[int, asyncio.Future]]] = {}
+        self._settled_at = 0.0  # perf_counter when the round being settled was acknowledged
 
     # -- what enters the pipeline -----------------------------------------------------
 
@@ -219,6 +230,7 @@ class Pipeline:
             log.error("append reply has %d results for %d runs", len(results), len(runs))
             results = [(-1, False)] * len(runs)
         self.stats.append_rounds += 1
+        self._settled_at = time.perf_counter()
         outcomes = iter(zip(runs, results, strict=True))
         for sink, plan in batch:  # in arrival order: a withdrawal goes behind earlier events
             if plan is None:
@@ -241,7 +253,7 @@ class Pipeline:
             reply = conn.appended(plan.sid, plan.last)
             self.stats.events_acked += len(plan.append)
             if plan.append:
-                self._to_shard(plan, run.payload, conn)
+                self._to_shard(plan, run.payload, conn, sink.since)
         else:
             code = "sequence_gap" if durable >= 0 else "overloaded"
             reply = conn.append_failed(plan.sid, durable, code)
@@ -253,25 +265,44 @@ class Pipeline:
 
     # -- shard dispatch --------------------------------------------------------------
 
-    # A shard's pending items: (sid, site, consent, payload, events, op), ``op`` as
-    # in actors.core.host: a withdrawal is said as one, never read from a consent.
+    # A shard's pending items: (sid, site, consent, payload, events, op, read, acked,
+    # head, first seq, last seq), ``op`` as in actors.core.host: a withdrawal is said as
+    # one, never read from a consent; read and acked: the frame's perf_counter times;
+    # head: (trace id, root span id, shard-call span id) when the frame was drawn into the trace sample.
 
     def _forget(self, forget: Forget) -> None:
         """Queue the shard's forget of a session, behind that session's events."""
         i = self.ring.shard_of(forget.sid)
-        self._pending[i].append((forget.sid, forget.site, (), b"", 0, FORGET))
+        self._pending[i].append((forget.sid, forget.site, (), b"", 0, FORGET, 0.0, 0.0, None, 0, 0))
         self._wake[i].set()
 
-    def _to_shard(self, plan: EventsPlan, payload: bytes, conn: Connection) -> None:
+    def _to_shard(self, plan: EventsPlan, payload: bytes, conn: Connection, read: float) -> None:
         """Queue a durable run of events for its shard.
 
         With the consent the frame was validated with, not the connection's
         current one: a resume elsewhere may have taken the session off this
-        connection while its events were on their way to Redis.
+        connection while its events were on their way to Redis. ``read``: when
+        the frame was read, for its spans if it is traced.
         """
         i = self.ring.shard_of(plan.sid)
+        tracing = self.tracing
+        head = tracing.head() if tracing is not None else None  # one random draw per frame
+        if head is not None:
+            self._drawn[i] += 1  # so a batch with none drawn skips tracing in O(1)
         self._pending[i].append(
-            (plan.sid, conn.site, plan.consent, payload, len(plan.append), EVENTS)
+            (
+                plan.sid,
+                conn.site,
+                plan.consent,
+                payload,
+                len(plan.append),
+                EVENTS,
+                read,
+                self._settled_at,
+                head,
+                plan.first,
+                plan.last,
+            )
         )
         self._pending_events += len(plan.append)
         self._wake[i].set()
@@ -283,6 +314,7 @@ class Pipeline:
                 await asyncio.sleep(self.window_s)  # gather what arrives in the next few ms
             self._wake[i].clear()
             items, self._pending[i] = self._pending[i], []
+            drawn, self._drawn[i] = self._drawn[i], 0
             if not items:
                 continue
             n = sum(it[4] for it in items)
@@ -291,18 +323,89 @@ class Pipeline:
                 del self.stats.batch_events[:5_000]
             t_call = time.perf_counter()
             try:
-                results = await self._call_shard(i, items)
+                reply = await self._call_shard(i, items, drawn)
             finally:  # however the call ends, these events no longer wait for the shard
                 self._pending_events -= n
-            self.stats.shard_call_ms += (time.perf_counter() - t_call) * 1000.0
-            if results is None:
+            t_reply = time.perf_counter()
+            self.stats.shard_call_ms += (t_reply - t_call) * 1000.0
+            if reply is None:
                 continue
             self.stats.shard_calls += 1
+            results, triggered = reply
             for sid, seqs, _scores, frames in results:
                 try:
                     self._deliver(sid, seqs, frames)
                 except Exception as exc:  # one session's bug must not cost the others theirs
                     self.loops.failed(self.loops.loops[f"shard{i}"], exc, time.monotonic())
+            if self.tracing is not None and (drawn or triggered):
+                try:
+                    self._trace(self.tracing, i, items, results, triggered, t_call, t_reply, n)
+                except Exception as exc:  # tracing must never cost a visitor anything
+                    self.loops.failed(self.loops.loops[f"shard{i}"], exc, time.monotonic())
+
+    def _trace(
+        self,
+        tr: Tracing,
+        shard: int,
+        items: list[tuple],
+        results: list,
+        triggered: list,
+        t_call: float,
+        t_reply: float,
+        batch_events: int,
+    ) -> None:
+        """Record the gateway's spans of each traced frame of a shard call, after the fact.
+
+        A frame is traced when the head drew it (its ids were sent with the
+        batch) or when the shard says its events triggered a decision (then
+        the shard's reply names the trace and this call's span id).
+        """
+        joined = {int(k): str(tp) for k, tp in triggered}
+        done = time.perf_counter()
+        pushed = {sid for sid, _seqs, _scores, frames in results if frames}
+        for k, it in enumerate(items):
+            head, tp = it[8], joined.get(k)
+            if head is None and tp is None:
+                continue
+            parent = tr.parent_of(tp) if tp else None
+            if head is not None:
+                trace_id, root_id, call_id = head
+            elif parent is not None:
+                trace_id, root_id, call_id = parent.trace_id, tr.new_span_id(), parent.span_id
+            else:
+                continue
+            sid, site, read, acked = it[0], it[1], it[6], it[7]
+            push = tp is not None and sid in pushed
+            tr.record(
+                "lifeline.frame",
+                trace_id,
+                root_id,
+                None,
+                read,
+                done if push else t_reply,
+                {
+                    "lifeline.site": site,
+                    "lifeline.events": it[4],
+                    "lifeline.first_seq": it[9],
+                    "lifeline.last_seq": it[10],
+                    "lifeline.sampled": head is not None,
+                    "lifeline.triggered": tp is not None,
+                },
+            )
+            tr.record("lifeline.gateway.append", trace_id, tr.new_span_id(), root_id, read, acked)
+            tr.record(
+                "lifeline.gateway.shard_call",
+                trace_id,
+                call_id,
+                root_id,
+                t_call,
+                t_reply,
+                {"lifeline.shard": shard, "lifeline.batch_events": batch_events},
+            )
+            if push:
+                tr.record(
+                    "lifeline.gateway.push", trace_id, tr.new_span_id(), root_id, t_reply, done
+                )
 
     def _deliver(self, sid: str, seqs: list[int], frames: list[dict[str, Any]]) -> None:
         """Push a session's interventions from a shard reply and note how far it is scored."""
@@ -348,15 +451,28 @@ class Pipeline:
         self._scored_waiters.setdefault(sid, []).append((seq, fut))
         await asyncio.wait_for(fut, timeout)
 
-    async def _call_shard(self, i: int, items: list[tuple]) -> list[tuple] | None:
+    @staticmethod
+    def _traceparents(items: list[tuple]) -> list[tuple[int, str]]:
+        """(index, W3C traceparent of its shard-call span) for each item the head drew."""
+        return [
+            (k, Tracing.traceparent(it[8][0], it[8][2]))
+            for k, it in enumerate(items)
+            if it[8] is not None
+        ]
+
+    async def _call_shard(
+        self, i: int, items: list[tuple], drawn: int = 0
+    ) -> tuple[list, list] | None:
         """Hand a shard a batch over its link, retrying while Ray restarts it.
 
         The batch is durable meanwhile; a resent batch's events that the shard
-        already applied are skipped by sequence number.
+        already applied are skipped by sequence number. ``drawn``: how many of
+        ``items`` the trace head drew (their context goes with the batch).
         """
         deadline = time.monotonic() + SHARD_RETRY_S
         delay = 0.05
-        packed = pack_batch([(it[5], it[0], it[1], it[2], it[3]) for it in items])
+        traced = self._traceparents(items) if drawn else ()
+        packed = pack_batch([(it[5], it[0], it[1], it[2], it[3]) for it in items], traced)
         while True:
             try:
                 return msgpack.unpackb(await self.links[i].call(packed, time.time()))
