@@ -40,9 +40,7 @@ async def new_operator(stack, role: str) -> str:
 
 async def sign_in(stack, name: str, password: str = PASSWORD) -> aiohttp.ClientSession:
     """A client signed in through the form, as a browser does (cookie jar kept)."""
-    http = aiohttp.ClientSession(
-        base_url=stack.console_url, cookie_jar=jar(stack)
-    )
+    http = aiohttp.ClientSession(base_url=stack.console_url, cookie_jar=jar(stack))
     form = await (await http.get("/login")).text()
     csrf = re.search(r'name="csrf" value="([^"]+)"', form)[1]
     r = await http.post(

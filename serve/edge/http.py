@@ -134,6 +134,7 @@ class Handlers:
         status, reply = await self.gateway.beacons.receive(site, body)
         return web.json_response(reply, status=status)
 
+
 def beacon_body(raw: bytes) -> dict[str, Any] | web.Response:
     """A beacon's body as a JSON object, or the error response that refuses it.
 
