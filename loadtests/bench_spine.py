@@ -393,6 +393,33 @@ def echo_worker(url: str, conns: int, duration: float, q: mp.Queue, start_at: fl
 # -- orchestration ---------------------------------------------------------------------
 
 
+def watch_console(port: int, env: dict[str, str]) -> subprocess.Popen:
+    """A Chromium on the console's Live page (loadtests/console_watcher.py), once it updates."""
+    password = uuid.uuid4().hex
+    add = [sys.executable, "-m", "cluster.cli", "operators", "add", "watcher", "--role", "viewer"]
+    subprocess.run(
+        [*add, "--password-stdin"], input=password + "\n", env=env, cwd=ROOT, text=True, check=True
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "loadtests" / "console_watcher.py"),
+            f"http://127.0.0.1:{port}",
+            "watcher",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(password + "\n")
+    proc.stdin.flush()
+    if proc.stdout.readline().strip() != "watching":
+        raise RuntimeError("the console watcher did not see the Live page update")
+    return proc
+
+
 def console_json(port: int, path: str, prefix: str) -> dict[str, Any]:
     """GET a console API path with a read-only token of a service account made for the run."""
     global _TOKEN
@@ -610,6 +637,11 @@ def main() -> int:
         default="",
         help="OTLP/HTTP traces URL with --trace (default: a span-counting receiver run here)",
     )
+    ap.add_argument(
+        "--console-live",
+        action="store_true",
+        help="keep the console's Live page open in Chromium during the runs (what it costs)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "spine.json")
     args = ap.parse_args()
 
@@ -662,9 +694,12 @@ def main() -> int:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    watcher = None
     try:
         health = wait_http(f"http://127.0.0.1:{console_port}/healthz")
         print("server up:", health)
+        if args.console_live:
+            watcher = watch_console(console_port, env)
         procs = server_processes(server)
         idle_rss = procs["gateway"].memory_info().rss
         runs = []
@@ -710,6 +745,7 @@ def main() -> int:
             "sample": args.trace_sample if args.trace else 0.0,
             "spans_received": sink.received if sink is not None else None,
         }
+        summary["console_live_open"] = args.console_live
         summary["runs"] = runs
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=1, default=str))
@@ -720,6 +756,8 @@ def main() -> int:
         if sink is not None:
             print(f"  tracing: {sink.received} spans received at {args.trace_sample:g}")
     finally:
+        if watcher is not None:
+            watcher.kill()
         echo.terminate()
         server.terminate()
         try:
