@@ -15,6 +15,8 @@
 | ``{p}ivlog`` | stream | every decision, for operators and uplift analysis (training/outcomes.py) |
 | ``{p}owner:{sid}`` | string | the site that created the session: a sid belongs to one site only |
 | ``{p}consent:{site}:{sid}`` | stream | the session's consent records: one entry per change (consent, ts, site, via) |
+| ``{p}tally:d:{site}:{day}`` | hash | the console's counts of one site and UTC day (YYYY-MM-DD): funnel steps, signals by page type, decisions, reactions, conversions, segments (actors/core/tally.py); kept ``TALLY_DAY_TTL_S`` |
+| ``{p}tally:m:{site}:{minute}`` | hash | the same counts (decisions, reactions, conversions, sessions) of one UTC minute (epoch minutes), for the Live page; kept ``TALLY_MINUTE_TTL_S`` |
 | ``{p}push:{gateway}`` | pub/sub channel | intervention updates for one gateway's sockets |
 | ``{p}model:seq``, ``{p}model:versions``, ``{p}model:live``, ``{p}model:history`` | counter, sorted set, string, list | the model registry (training/registry.py) |
 | ``{p}model:blob:{version}``, ``{p}model:meta:{version}`` | string, hash | one registered model |
@@ -46,6 +48,10 @@ SESSION_TTL_S = 7 * 24 * 3600  # event logs and snapshots are kept a week for tr
 # and the record of a withdrawal after an erasure. 400 days: a consent is
 # asked again after 13 months (CNIL), and its proof is kept as long.
 CONSENT_TTL_S = 400 * 24 * 3600
+# The console's tallies are sums without session ids: a day's go with the records
+# they sum (a week), a minute's are for the Live page's last hour.
+TALLY_DAY_TTL_S = SESSION_TTL_S
+TALLY_MINUTE_TTL_S = 2 * 3600
 CONSENT_RECORDS_MAX = 256  # per session, so no visitor's changes evict another's records
 
 
@@ -137,6 +143,14 @@ class Keys:
         ``session:{digest}``, ``tokens:{name}``, ``sessions:{name}``, ``login:a:{address}``,
         ``login:n:{name}`` (serve/console/accounts.py)."""
         return f"{self.prefix}op:{part}"
+
+    def tally_day(self, site: str, day: str) -> str:
+        """The console's counts of ``site`` on a UTC ``day`` (YYYY-MM-DD)."""
+        return f"{self.prefix}tally:d:{site}:{day}"
+
+    def tally_minute(self, site: str, minute: int) -> str:
+        """The console's counts of ``site`` in one UTC minute (ms since the epoch // 60000)."""
+        return f"{self.prefix}tally:m:{site}:{minute}"
 
     def push(self, gateway_id: str) -> str:
         return f"{self.prefix}push:{gateway_id}"

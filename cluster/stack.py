@@ -258,6 +258,12 @@ class Stack:
                 await runner.cleanup()
         if self.gateway is not None:
             await self.gateway.stop()
+        if self.shards:
+            # A clean stop writes what the shards hold in memory (snapshots, console tallies).
+            with contextlib.suppress(Exception):  # a shard already gone, or too slow
+                await asyncio.wait_for(
+                    asyncio.gather(*(sh.flush.remote() for sh in self.shards)), 10.0
+                )
         for sh in self.shards:
             with contextlib.suppress(Exception):  # already gone
                 ray.kill(sh)

@@ -229,23 +229,37 @@ def socket_stage(journeys: list, frames: int) -> float:
     return asyncio.run(run())
 
 
-def core_stage(journeys: list, batch: int, events: int) -> float:
-    """us per event of SessionHost.process."""
+def core_stage(journeys: list, batch: int, events: int, tally: bool = False) -> float:
+    """us per event of SessionHost.process (``tally``: of the shard's console tally hook after it)."""
     from actors.core.detectors import DetectorConfig
     from actors.core.host import SessionHost
     from actors.core.policy import PolicyConfig
     from actors.model.scoring import Scorer
+    from actors.shard.tallies import ShardTallies
+    from cluster.keys import Keys
+    from cluster.redis_server import async_client
 
     rules = (DetectorConfig(), PolicyConfig())
     host = SessionHost(lambda _site: rules)
     scorer = Scorer.bundled()
+    # Never flushed here: only its in-memory counting is timed (the flush runs on the I/O loop).
+    tallies = ShardTallies(async_client("redis://127.0.0.1:6379/0"), Keys(), {}, lambda _s: 0.1)
+    names = scorer.segments.names if scorer.segments is not None else ()
     replay = Replay(journeys, seed=2)
     batches = [replay.batch(batch) for _ in range(events // batch)]
     n = sum(len(evs) for b in batches for *_, evs in b)
-    t0 = time.perf_counter()
+    if not tally:
+        t0 = time.perf_counter()
+        for b in batches:
+            host.process(b, scorer)
+        return (time.perf_counter() - t0) / n * 1e6
+    spent = 0.0  # in the hook alone: the host's time is the plain stage's
     for b in batches:
-        host.process(b, scorer)
-    return (time.perf_counter() - t0) / n * 1e6
+        results = host.process(b, scorer)
+        t0 = time.perf_counter()
+        tallies.batch(b, results, host.active, names)
+        spent += time.perf_counter() - t0
+    return spent / n * 1e6
 
 
 def _packed(items: list) -> bytes:
@@ -399,6 +413,26 @@ def append_stage(journeys: list, rounds: int, runs: int, redis_url: str) -> list
         delete_prefix(redis_url, prefix)
 
 
+def core_only(args: argparse.Namespace) -> int:
+    """us per event of the core stage, and of the console tally hook the shard runs after it."""
+    journeys = load_journeys("mix", 2000, seed=1)
+    from cluster.gc_tuning import tune_for_throughput
+
+    tune_for_throughput()
+    plain, hook = [], []
+    for _ in range(args.runs):
+        plain.append(core_stage(journeys, args.batch, 20_000))
+        hook.append(core_stage(journeys, args.batch, 20_000, tally=True))
+    out = {
+        "core_us_per_event": statistics.median(plain),
+        "tally_hook_us_per_event": statistics.median(hook),
+        "runs": {"core": plain, "tally_hook": hook},
+        "batch": args.batch,
+    }
+    print(json.dumps(out, indent=1))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -406,7 +440,14 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--batch", type=int, default=64, help="events per shard batch")
     ap.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "stages.json")
+    ap.add_argument(
+        "--core-only",
+        action="store_true",
+        help="only the core stage, with and without the console tally (prints, writes nothing)",
+    )
     args = ap.parse_args()
+    if args.core_only:
+        return core_only(args)
     redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
     journeys = load_journeys("mix", 2000, seed=1)
     from cluster.gc_tuning import tune_for_throughput

@@ -45,6 +45,7 @@ from actors.model.scoring import SchemaMismatch, Scorer
 from actors.shard.index import Entry, SessionIndex
 from actors.shard.link import LinkServer, LinkTLS
 from actors.shard.records import ShardRecords
+from actors.shard.tallies import ShardTallies
 from cluster.keys import Keys
 from cluster.loops import Failures, Supervisor
 from cluster.redis_server import async_client
@@ -151,6 +152,9 @@ class ShardCore:
         self.redis = async_client(redis_url)  # used on the I/O loop only
         self.records = ShardRecords(self.redis, self.keys)
         self.session_index = SessionIndex(self.redis, self.keys, self.sites)  # the explorer's
+        self.tallies = ShardTallies(
+            self.redis, self.keys, self.sites, lambda site: self._rules(site)[1].holdout
+        )
         self.scorer = self._initial_model()
         # A challenger model and the share of sessions it scores (model:challenger), or None.
         self.challenger: tuple[Scorer, float] | None = None
@@ -326,6 +330,7 @@ class ShardCore:
         def start_loops() -> None:  # on the I/O loop, which the supervisor's tasks run on
             self.loops.start("model", self._model_loop)
             self.loops.start("snapshots", self._snapshot_loop)
+            self.loops.start("tallies", self.tallies.run)
 
         self._io.call_soon_threadsafe(start_loops)
 
@@ -533,7 +538,11 @@ class ShardCore:
         scored: list[tuple[list[float], Scorer]] = []
         follow_ups: list[tuple[Decision, dict[str, Any]]] = []
         iv_counts: dict[str, int] = {}
-        for r in self._apply(items, score, segment, timed_challenger):
+        results = self._apply(items, score, segment, timed_challenger)
+        # The console's counts, in memory; written by the tallies loop (actors/shard/tallies.py).
+        names = scorer.segments.names if scorer.segments is not None else ()
+        self.tallies.batch(items, results, self.host.active, names)
+        for r in results:
             frames = []
             used = challenger[0] if r.challenger and challenger is not None else scorer
             scored += [(row, used) for row in r.rows]
@@ -764,6 +773,7 @@ class ShardCore:
         async def stop_all() -> None:
             await self._records_written()
             await self.loops.stop()
+            await self.tallies.flush()  # counted but not yet written: nothing lost on a clean stop
             tasks = list(self._tasks)
             for task in tasks:
                 task.cancel()
@@ -774,10 +784,10 @@ class ShardCore:
         self._io.call_soon_threadsafe(self._io.stop)
 
     def flush_snapshots(self) -> int:
-        """Write every changed session's snapshot now, after the records being written.
+        """Write every changed session's snapshot now, after the records being written (and the tallies).
 
         For tests and a graceful shutdown: once it returns, Redis holds
-        everything this shard has decided and applied. Returns how many
+        everything this shard has decided and applied, and its console counts. Returns how many
         snapshots were written.
         """
         with self._lock:
@@ -792,6 +802,7 @@ class ShardCore:
     async def _flush(self, states: list[tuple[str, str, bytes]], seen: list[Entry]) -> None:
         await self._records_written()
         await self._write_snapshots(states, seen)
+        await self.tallies.flush()
 
     async def _records_written(self) -> None:
         """Wait for the intervention records already being written (on the I/O loop)."""
@@ -1103,5 +1114,5 @@ class SessionShard:
         return self.core.wait_model_decision(version, timeout)
 
     def flush(self) -> int:
-        """Write snapshots of every changed session now."""
+        """Write snapshots of every changed session now, and the console's counts."""
         return self.core.flush_snapshots()
