@@ -114,24 +114,13 @@ class ShardTallies:
         with self._swap:
             return self.tally.take()
 
-    def hashes(self, tally: Tally) -> list[list[Any]]:
-        """The script's ``h`` argument for ``tally``: each hash, its expiry and its increments."""
-        out: list[list[Any]] = []
-        texts: dict[int, str] = {}
-        for (site, day), counts in tally.days.items():
-            text = texts.get(day) or texts.setdefault(day, day_text(day))
-            out.append(_flat(self.keys.tally_day(site, text), TALLY_DAY_TTL_S, counts))
-        for (site, minute), counts in tally.minutes.items():
-            out.append(_flat(self.keys.tally_minute(site, minute), TALLY_MINUTE_TTL_S, counts))
-        return out
-
     async def flush(self) -> int:
         """Write the counts so far; returns how many hashes were written (0: nothing to write)."""
         tally = self._take()
         if not tally:
             return 0
         try:
-            await self._flush(args=[script_arg({"h": self.hashes(tally)})])
+            await self._flush(args=[script_arg({"h": hashes(self.keys, tally)})])
         except (redis.RedisError, OSError) as exc:
             self.failures += 1
             log.error("tallies: write failed, kept for the next flush: %s", exc)
@@ -146,6 +135,18 @@ class ShardTallies:
         while True:
             await asyncio.sleep(FLUSH_EVERY_S)
             await self.flush()
+
+
+def hashes(keys: Keys, tally: Tally) -> list[list[Any]]:
+    """The flush script's ``h`` argument for ``tally``: each hash, its expiry, its increments."""
+    out: list[list[Any]] = []
+    texts: dict[int, str] = {}
+    for (site, day), counts in tally.days.items():
+        text = texts.get(day) or texts.setdefault(day, day_text(day))
+        out.append(_flat(keys.tally_day(site, text), TALLY_DAY_TTL_S, counts))
+    for (site, minute), counts in tally.minutes.items():
+        out.append(_flat(keys.tally_minute(site, minute), TALLY_MINUTE_TTL_S, counts))
+    return out
 
 
 def _flat(key: str, ttl: int, counts: dict[str, int]) -> list[Any]:
