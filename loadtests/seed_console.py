@@ -59,7 +59,7 @@ from cluster.keys import SESSION_TTL_S, TALLY_MINUTE_TTL_S, Keys  # noqa: E402
 from cluster.redis_server import script_arg  # noqa: E402
 
 SITES = ("demo", "loadtest")
-SEGMENTS = ("browsers", "deal seekers", "hesitant buyers", "returners")
+SEGMENTS = ("browsers", "deal seekers", "hesitant buyers", "form fillers")
 DECIDED_SHARE = 0.15
 RUN = 8  # events per log entry
 CONSENT = ["necessary", "analytics"]
@@ -72,11 +72,20 @@ def _journeys(n: int, seed: int) -> list[list[dict[str, Any]]]:
     return [j.events for j in simulate(n, seed=seed) if j.events]
 
 
+_STEPS = {"page_view", "add_to_cart", "purchase"}
+
+
 def _events(raw: list[dict[str, Any]], n: int, start: int, rng: random.Random) -> list[dict]:
     """``n`` raw events of a journey (repeated if short), numbered and timed from ``start``."""
+    # Keep the journey's steps (pages, cart, purchase) before its other events, in order:
+    # cut to n events, a journey still reaches the cart and checkout it reached.
+    keep = [i for i, e in enumerate(raw) if e["type"] in _STEPS]
+    rest = [i for i, e in enumerate(raw) if e["type"] not in _STEPS]
+    picked = sorted(keep[:n] + rng.sample(rest, min(len(rest), max(0, n - len(keep)))))
+    chosen = [raw[i] for i in picked] or raw
     out, ts = [], start
     for i in range(n):
-        e = dict(raw[i % len(raw)])
+        e = dict(chosen[i % len(chosen)])
         e["seq"] = i + 1
         e["ts"] = ts
         ts += rng.randint(300, 8000)

@@ -1,0 +1,241 @@
+"""The console's tallies: pure counting on hand-built sessions, the CSV of a view, the seeding script."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import sys
+import uuid
+from datetime import date, timedelta
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from actors.core.events import validate_event
+from actors.core.policy import Decision, in_holdout
+from actors.core.session import Session
+from actors.core.tally import DAY_MS, FUNNEL, Tally, day_text
+from cluster.config import Settings
+from cluster.keys import Keys
+from serve.console import insights
+from serve.console.context import ConsoleContext
+
+T0 = 1_764_806_400_000  # 2025-12-04 00:00 UTC
+DAY = day_text(T0 // DAY_MS)
+
+
+def sid_in(holdout: bool, share: float = 0.5) -> str:
+    while True:
+        sid = f"t-tally-{uuid.uuid4().hex[:8]}"
+        if in_holdout(sid, share) == holdout:
+            return sid
+
+
+class Visitor:
+    """A session and the events it sends, numbered and timed as the gateway would."""
+
+    def __init__(self, sid: str, site: str = "demo", ts: int = T0 + 3_600_000) -> None:
+        self.session = Session(sid, site)
+        self.seq = 0
+        self.ts = ts
+
+    def events(self, *raw: dict) -> list[dict]:
+        out = []
+        for e in raw:
+            self.seq += 1
+            self.ts += 1000
+            ev = validate_event({**e, "seq": self.seq, "ts": self.ts}, self.ts)
+            assert isinstance(ev, dict), ev
+            self.session.apply(ev)
+            out.append(ev)
+        return out
+
+
+def page(path: str) -> dict:
+    return {"type": "page_view", "path": path}
+
+
+def reach(t: Tally, arm: str = "t", site: str = "demo", day: int = T0 // DAY_MS) -> list[int]:
+    counts = t.days.get((site, day), {})
+    return [counts.get(f"reach:{s}:{arm}", 0) for s in FUNNEL]
+
+
+def test_funnel_counts_each_step_once_per_day_at_the_furthest_step():
+    t = Tally()
+    v = Visitor(sid_in(False))
+    t.add(v.session, v.events(page("/"), page("/list.html?cat=cards")), holdout_share=0.5)
+    assert reach(t) == [1, 1, 0, 0, 0, 0]
+    # Straight to the checkout: the product and cart steps it skipped count, once.
+    t.add(v.session, v.events(page("/checkout.html")), holdout_share=0.5)
+    assert reach(t) == [1, 1, 1, 1, 1, 0]
+    # Back to a listing and to the checkout again, the same day: nothing new.
+    t.add(
+        v.session,
+        v.events(page("/list.html?cat=loans"), page("/checkout.html")),
+        holdout_share=0.5,
+    )
+    assert reach(t) == [1, 1, 1, 1, 1, 0]
+    t.add(v.session, v.events({"type": "purchase", "value": 10.0}), holdout_share=0.5)
+    assert reach(t) == [1, 1, 1, 1, 1, 1]
+    counts = t.days[("demo", T0 // DAY_MS)]
+    assert counts["conv:t"] == 1 and counts["goal:purchase:t"] == 1
+    # The next day the session counts again, from its landing.
+    v.ts += DAY_MS
+    t.add(v.session, v.events(page("/product.html?id=p-1")), holdout_share=0.5)
+    assert reach(t, day=T0 // DAY_MS + 1) == [1, 1, 1, 0, 0, 0]
+    assert reach(t) == [1, 1, 1, 1, 1, 1]
+
+
+def test_arms_are_the_sessions_holdout_draw_whether_or_not_they_got_help():
+    t = Tally()
+    for holdout in (True, False, False):
+        v = Visitor(sid_in(holdout))
+        t.add(v.session, v.events(page("/")), holdout_share=0.5)
+    assert reach(t, "h")[0] == 1
+    assert reach(t, "t")[0] == 2
+    # Every session starting its day counts in its minute too.
+    assert sum(c.get("sessions", 0) for c in t.minutes.values()) == 3
+
+
+def test_decisions_reactions_and_segments():
+    t = Tally()
+    v = Visitor(sid_in(False))
+    evs = v.events(
+        page("/product.html?id=p-2"),
+        {"type": "click", "selector": "#b", "x": 1, "y": 1, "reacted": True},
+    )
+    shown = Decision(
+        "iv-1", v.session.sid, 2, evs[-1]["ts"], "help_offer", 0.9, "risk", (), False, segment=1
+    )
+    held = Decision(
+        "iv-2", v.session.sid, 2, evs[-1]["ts"], "form_hint", 0.9, "risk", (), True, segment=0
+    )
+    t.add(v.session, evs, [shown, held], 0.5, segment_names=("calm", "hesitant"))
+    later = v.events(
+        {"type": "intervention_shown", "iid": "iv-1"},
+        {"type": "intervention_accepted", "iid": "iv-1"},
+    )
+    t.add(v.session, later, [], 0.5, segment_names=("calm", "hesitant"))
+    counts = t.days[("demo", T0 // DAY_MS)]
+    assert counts["iv:help_offer:t"] == 1 and counts["iv:form_hint:h"] == 1
+    assert counts["react:shown"] == 1 and counts["react:accepted"] == 1
+    # A session is in the segment of its first decision, counted once.
+    assert counts["seg:hesitant:t"] == 1 and "seg:calm:t" not in counts
+    minute = t.minutes[("demo", evs[-1]["ts"] // 60_000)]
+    assert minute["iv:help_offer:t"] == 1
+
+
+def test_a_site_goal_converts_once_and_a_signal_rise_counts_on_its_page():
+    t = Tally()
+    v = Visitor(sid_in(False))
+    goals = {"lead"}
+
+    def goal(ev: dict) -> str | None:
+        if ev["type"] == "purchase":
+            return "purchase"
+        return ev["name"] if ev["type"] == "custom" and ev["name"] in goals else None
+
+    evs = v.events(page("/product.html?id=p-3"))
+    # Rapid clicks in one place, none reacting: rage and dead clicks on the product page.
+    clicks = [
+        {"type": "click", "selector": "#buy", "x": 10, "y": 10, "reacted": False} for _ in range(6)
+    ]
+    for c in clicks:
+        v.seq += 1
+        v.ts += 100
+        ev = validate_event({**c, "seq": v.seq, "ts": v.ts}, v.ts)
+        v.session.apply(ev)
+        evs.append(ev)
+    evs += v.events({"type": "custom", "name": "lead"}, {"type": "custom", "name": "lead"})
+    t.add(v.session, evs, [], 0.5, goal)
+    counts = t.days[("demo", T0 // DAY_MS)]
+    assert counts["conv:t"] == 1 and counts["goal:lead:t"] == 1
+    rose = {f for f in counts if f.startswith("sig:")}
+    assert rose and all(f.endswith(":product") for f in rose), rose
+    # Still strong in the next batch: not a new rise.
+    before = dict(counts)
+    t.add(v.session, v.events({"type": "scroll", "depth": 0.5, "dir": "down"}), [], 0.5, goal)
+    assert {f: n for f, n in counts.items() if f.startswith("sig:")} == {
+        f: n for f, n in before.items() if f.startswith("sig:")
+    }
+
+
+def test_tally_state_survives_a_snapshot():
+    t = Tally()
+    v = Visitor(sid_in(False))
+    t.add(v.session, v.events(page("/cart.html")), holdout_share=0.5)
+    back = Session.from_state(msgpack.unpackb(v.session.packed()))
+    assert back.tally == v.session.tally
+    again = Tally()
+    again.add(back, [], holdout_share=0.5)
+    v2 = Visitor(v.session.sid, ts=v.ts)
+    v2.session = back
+    v2.seq = v.seq
+    again.add(back, v2.events(page("/cart.html")), holdout_share=0.5)
+    assert reach(again) == [0, 0, 0, 0, 0, 0]
+
+
+def test_take_and_merge_keep_every_increment():
+    t = Tally()
+    v = Visitor(sid_in(False))
+    t.add(v.session, v.events(page("/")), holdout_share=0.5)
+    taken = t.take()
+    assert not t and taken
+    t.merge(taken)
+    t.merge(taken)
+    assert reach(t)[0] == 2
+
+
+def test_bad_queries_are_refused_clearly():
+    ctx = ConsoleContext(Settings(), "redis://127.0.0.1:6379/0", Keys("x:"), sites={"demo": None})
+    with pytest.raises(insights.BadQuery, match="YYYY-MM-DD"):
+        insights.days_of({"from": "yesterday"})
+    with pytest.raises(insights.BadQuery, match="at most"):
+        insights.days_of({"from": "2020-01-01", "to": "2025-01-01"})
+    with pytest.raises(insights.BadQuery, match="after"):
+        insights.days_of({"from": "2025-01-02", "to": "2025-01-01"})
+    with pytest.raises(insights.BadQuery, match="no site"):
+        insights.sites_of(ctx, {"site": "nope"})
+    assert insights.days_of({"to": "2025-03-02"})[0] == "2025-02-24"
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_seeded_prefix_reads_back_as_views_and_csv(redis_url: str, prefix: str):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "loadtests"))
+    from seed_console import ROOT, seed
+
+    from actors.core.sites import load_sites
+
+    done = await asyncio.to_thread(seed, redis_url, prefix, 300, 3000)
+    assert done["events"] == 3000 and done["decisions"] > 0
+    sites = load_sites(str(ROOT / "cluster" / "sites.toml"))
+    ctx = ConsoleContext(Settings(), redis_url, Keys(prefix), sites=sites)
+    try:
+        week = {"from": insights.days_of({}, None)[0]}
+        week["from"] = str(date.fromisoformat(week["from"]) - timedelta(days=1))  # 8 days
+        funnel = await insights.funnel(ctx, week)
+        steps = {r["step"]: r for r in funnel["tables"][0]["rows"]}
+        # Every seeded session landed once, on one day of the last week.
+        assert steps["landing"]["treated"] + steps["landing"]["holdout"] == 300
+        assert steps["cart"]["treated"] <= steps["product"]["treated"]
+        outcomes = await insights.outcomes(ctx, week)
+        assert outcomes["data"]["format"] == "lifeline-outcomes/1"
+        assert outcomes["data"]["sessions"] == done["decisions"]
+        seg = await insights.segments(ctx, week)
+        assert (
+            sum(r["treated"] + r["holdout"] for r in seg["tables"][0]["rows"]) == done["decisions"]
+        )
+        assert "issue #23" in seg["note"] and seg["returning"] is None
+        # CSV round trip: the table's rows come back, column by column.
+        text = insights.table_csv(funnel, "steps")
+        rows = list(csv.reader(io.StringIO(text)))
+        cols = funnel["tables"][0]["columns"]
+        assert rows[0] == [c["label"] for c in cols]
+        for got, want in zip(rows[1:], funnel["tables"][0]["rows"], strict=True):
+            assert got == ["" if want[c["key"]] is None else str(want[c["key"]]) for c in cols]
+        with pytest.raises(KeyError):
+            insights.table_csv(funnel, "nope")
+    finally:
+        await ctx.redis.aclose()
