@@ -6,6 +6,7 @@ import asyncio
 import csv
 import io
 import sys
+import time
 import uuid
 from datetime import date, timedelta
 from pathlib import Path
@@ -239,3 +240,78 @@ async def test_seeded_prefix_reads_back_as_views_and_csv(redis_url: str, prefix:
             insights.table_csv(funnel, "nope")
     finally:
         await ctx.redis.aclose()
+
+
+ORIGIN = "http://127.0.0.1:8080"
+
+
+async def _visit(stack, holdout: bool, journey: str, after: list[dict], react: bool) -> str:
+    """One visitor over a real WebSocket; returns once the shard has scored all they sent."""
+    from serve.dev.pyclient import LifelineClient
+    from training.simulator import scripted
+
+    sid = sid_in(holdout, 0.10)  # the demo site's holdout share
+    client = LifelineClient(stack.ws_url, "demo", sid, ORIGIN)
+    assert (await client.connect())["t"] == "welcome"
+    now = int(time.time() * 1000)
+    events = [dict(e, seq=i + 1) for i, e in enumerate(scripted(journey, sid, now - 60_000))]
+    for i in range(0, len(events), 6):
+        await client.send_events(events[i : i + 6])
+    await client.wait_acked(len(events))
+    more = list(after)
+    if react:
+        iv = await client.wait_for(lambda f: f["t"] == "intervention", timeout=15)
+        more = [
+            {"type": t, "iid": iv["iid"]} for t in ("intervention_shown", "intervention_accepted")
+        ] + more
+    ts, seq = events[-1]["ts"], len(events)
+    more = [dict(e, seq=seq + i + 1, ts=ts + 300 * (i + 1)) for i, e in enumerate(more)]
+    if more:
+        await client.send_events(more)
+        await client.wait_acked(seq + len(more))
+    await stack.gateway.wait_scored(sid, seq + len(more))
+    await client.close()
+    return sid
+
+
+async def _views(ctx: ConsoleContext) -> tuple[dict, dict]:
+    return (await insights.funnel(ctx, {"site": "demo"}))["data"]["totals"], (
+        await insights.live_business(ctx, {"site": "demo"})
+    )["data"]
+
+
+async def test_shards_tally_real_sessions_and_the_pages_read_them(lifeline_stack):
+    stack = lifeline_stack
+    ctx = ConsoleContext(
+        Settings(),
+        stack.redis_url,
+        Keys(stack.prefix),
+        sites=stack.sites,
+        shard_info=stack.shard_info,
+    )
+    try:
+        await asyncio.gather(*(sh.flush.remote() for sh in stack.shards))
+        before, live_before = await _views(ctx)
+        buy = [page("/cart.html"), page("/checkout.html"), {"type": "purchase", "value": 30.0}]
+        await asyncio.gather(
+            _visit(stack, False, "struggling", buy, react=True),
+            _visit(stack, True, "calm", [], react=False),
+        )
+        # A clean flush writes what the shards counted (their loop would within a second).
+        await asyncio.gather(*(sh.flush.remote() for sh in stack.shards))
+        after, live = await _views(ctx)
+    finally:
+        await ctx.redis.aclose()
+
+    def delta(field: str) -> int:
+        return after.get(field, 0) - before.get(field, 0)
+
+    assert [delta(f"reach:{s}:t") for s in FUNNEL] == [1, 1, 1, 1, 1, 1]
+    assert delta("reach:landing:h") == 1 and delta("reach:purchase:h") == 0
+    assert delta("conv:t") == 1 and delta("conv:h") == 0
+    assert sum(delta(f) for f in after if f.startswith("iv:") and f.endswith(":t")) >= 1
+    assert delta("react:accepted") == 1 and delta("react:shown") == 1
+    assert any(delta(f) > 0 for f in after if f.startswith("sig:")), "the struggle rose somewhere"
+    hour = live["reactions_hour"]
+    assert hour["accepted"] - live_before["reactions_hour"]["accepted"] == 1
+    assert live["sessions_active"] >= 2 and live["shards"]["healthy"] == len(stack.shards)
