@@ -224,6 +224,16 @@ async def test_seeded_prefix_reads_back_as_views_and_csv(redis_url: str, prefix:
         outcomes = await insights.outcomes(ctx, week)
         assert outcomes["data"]["format"] == "lifeline-outcomes/1"
         assert outcomes["data"]["sessions"] == done["decisions"]
+        # Past its 30 s, the cached report is served at once and read again in the background.
+        key = next(k for k in insights._outcomes_cache if k[1] == prefix)
+        t, cached = insights._outcomes_cache[key]
+        insights._outcomes_cache[key] = (t - insights.OUTCOMES_CACHE_S - 1, cached)
+        stale = await insights.outcomes(ctx, week)
+        assert stale["data"]["source"]["age_s"] > insights.OUTCOMES_CACHE_S
+        await insights._refreshing[key]
+        fresh = await insights.outcomes(ctx, week)
+        assert fresh["data"]["source"]["age_s"] < insights.OUTCOMES_CACHE_S
+        assert fresh["data"]["sessions"] == done["decisions"]
         seg = await insights.segments(ctx, week)
         assert (
             sum(r["treated"] + r["holdout"] for r in seg["tables"][0]["rows"]) == done["decisions"]
@@ -315,3 +325,30 @@ async def test_shards_tally_real_sessions_and_the_pages_read_them(lifeline_stack
     hour = live["reactions_hour"]
     assert hour["accepted"] - live_before["reactions_hour"]["accepted"] == 1
     assert live["sessions_active"] >= 2 and live["shards"]["healthy"] == len(stack.shards)
+
+
+def test_a_clean_stop_writes_the_counts_still_in_memory(ray_cluster, redis_url, prefix):
+    """Counted, not yet flushed (the loop never ran): ShardCore.stop writes them."""
+    import redis as sync_redis
+
+    from actors.core.host import EVENTS, pack_batch
+    from actors.shard.actor import ShardCore
+
+    core = ShardCore(0, redis_url, prefix, Settings().sites_file, enrich=False)
+    now = int(time.time() * 1000) - 60_000
+    evs = [validate_event({"type": "page_view", "seq": 1, "ts": now, "path": "/cart.html"}, now)]
+    sid = sid_in(False, 0.10)
+    r = sync_redis.Redis.from_url(redis_url)
+    try:
+        core._started = True  # the background loops stay off: only stop() may write
+        core.handle(pack_batch([(EVENTS, sid, "demo", ["analytics"], msgpack.packb(evs))]))
+        key = Keys(prefix).tally_day("demo", day_text(now // DAY_MS))
+        assert not r.exists(key)
+    finally:
+        core.stop()
+    counts = {k.decode(): int(v) for k, v in r.hgetall(key).items()}
+    assert counts["reach:cart:t"] == 1 and counts["reach:landing:t"] == 1
+    assert 0 < r.ttl(key) <= 7 * 86_400
+    minute = Keys(prefix).tally_minute("demo", now // 60_000)
+    assert int(r.hget(minute, "sessions")) == 1 and 0 < r.ttl(minute) <= 7200
+    r.close()

@@ -16,7 +16,8 @@ Where the numbers come from:
   shards' health come from each shard's ``ping`` (``ctx.shard_info``).
 * Outcomes (and the Segments page's conversion) is the outcome report,
   :func:`training.outcome_records.read_outcomes`, which reads the whole
-  intervention log: run in a thread, cached ``OUTCOMES_CACHE_S`` per query.
+  intervention log: run in a thread, cached ``OUTCOMES_CACHE_S`` per query
+  and refreshed in the background after that (:func:`outcome_report`).
 
 Limits: returning and new visitors, and cohorts by first-visit week, need a
 visitor id, which Lifeline does not have (issue #23): the Segments page says
@@ -46,7 +47,8 @@ from training.outcome_records import read_outcomes
 MAX_DAYS = 92
 DEFAULT_DAYS = 7
 LIVE_MINUTES = 60
-OUTCOMES_CACHE_S = 30.0
+OUTCOMES_CACHE_S = 30.0  # a report younger than this is served as it is
+OUTCOMES_STALE_S = 600.0  # older, up to this, it is served while a fresh one is read
 ARMS = (("t", "treated"), ("h", "holdout"))
 NO_VISITOR_ID = (
     "Returning and new visitors, and cohorts by first-visit week, need a visitor id; "
@@ -331,35 +333,54 @@ async def funnel(ctx: ConsoleContext, query: Mapping[str, str]) -> View:
 
 # -- Outcomes --------------------------------------------------------------------------------
 
-_outcomes_cache: dict[tuple[str, str, str | None, int | None], tuple[float, dict[str, Any]]] = {}
+OutcomeKey = tuple[str, str, str | None, int | None]
+_outcomes_cache: dict[OutcomeKey, tuple[float, dict[str, Any]]] = {}
+_refreshing: dict[OutcomeKey, asyncio.Task] = {}
+
+
+def _read_report(ctx: ConsoleContext, site: str | None, since_ms: int | None) -> dict[str, Any]:
+    r = redis.Redis.from_url(ctx.redis_url)
+    try:
+        return read_outcomes(r, ctx.keys.prefix, since_ms, site)
+    finally:
+        r.close()
+
+
+async def _refresh(ctx: ConsoleContext, key: OutcomeKey) -> dict[str, Any]:
+    report = await asyncio.to_thread(_read_report, ctx, key[2], key[3])
+    now = time.monotonic()
+    for k in [k for k, (t, _r) in _outcomes_cache.items() if now - t > OUTCOMES_STALE_S]:
+        del _outcomes_cache[k]
+    _outcomes_cache[key] = (now, report)
+    return report
 
 
 async def outcome_report(
     ctx: ConsoleContext, site: str | None, since_ms: int | None
 ) -> dict[str, Any]:
-    """:func:`read_outcomes` (in a thread), cached ``OUTCOMES_CACHE_S`` per query.
+    """:func:`read_outcomes` (in a thread), cached per query: stale-while-revalidate.
 
-    Two views asking at once before the cache holds their query both read the
-    log (no lock shared across event loops); a page view in the next 30 s does not.
+    Younger than ``OUTCOMES_CACHE_S``: the cached report. Older, up to
+    ``OUTCOMES_STALE_S``: the cached report at once, and one read of the log
+    in the background for the next view. Only the first view of a query (or
+    one after ``OUTCOMES_STALE_S`` without any) waits for the read: a full
+    log (100,000 decisions) takes seconds. ``source.age_s`` says how old
+    the answer is.
     """
     key = (ctx.redis_url, ctx.keys.prefix, site, since_ms)
     hit = _outcomes_cache.get(key)
-    if hit is not None and time.monotonic() - hit[0] < OUTCOMES_CACHE_S:
-        return hit[1]
-
-    def read() -> dict[str, Any]:
-        r = redis.Redis.from_url(ctx.redis_url)
-        try:
-            return read_outcomes(r, ctx.keys.prefix, since_ms, site)
-        finally:
-            r.close()
-
-    report = await asyncio.to_thread(read)
     now = time.monotonic()
-    for k in [k for k, (t, _r) in _outcomes_cache.items() if now - t > OUTCOMES_CACHE_S]:
-        del _outcomes_cache[k]
-    _outcomes_cache[key] = (now, report)
-    return report
+    if hit is not None and now - hit[0] < OUTCOMES_STALE_S:
+        if now - hit[0] >= OUTCOMES_CACHE_S and key not in _refreshing:
+            task = asyncio.get_running_loop().create_task(_refresh(ctx, key))
+            _refreshing[key] = task
+            task.add_done_callback(lambda _t: _refreshing.pop(key, None))
+        report = hit[1]
+    else:
+        report = await _refresh(ctx, key)
+        now = time.monotonic()
+    age = now - _outcomes_cache[key][0] if key in _outcomes_cache else 0.0
+    return report | {"source": {**report["source"], "age_s": round(max(age, 0.0), 1)}}
 
 
 def _day_ms(day: str) -> int:
