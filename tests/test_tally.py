@@ -352,3 +352,27 @@ def test_a_clean_stop_writes_the_counts_still_in_memory(ray_cluster, redis_url, 
     minute = Keys(prefix).tally_minute("demo", now // 60_000)
     assert int(r.hget(minute, "sessions")) == 1 and 0 < r.ttl(minute) <= 7200
     r.close()
+
+
+def test_the_shard_hook_counts_resent_events_once():
+    """A gateway's retry resends events the host already applied: they are not counted again."""
+    from actors.core.host import SessionHost
+    from actors.shard.tallies import ShardTallies
+    from cluster.redis_server import async_client
+
+    host = SessionHost()
+    tallies = ShardTallies(async_client("redis://127.0.0.1:6379/0"), Keys("x:"), {}, lambda _s: 0.1)
+    sid = sid_in(False, 0.10)
+    t = T0 + 1000
+    evs = [
+        validate_event({"type": "page_view", "seq": 1, "ts": t, "path": "/cart.html"}, t),
+        validate_event({"type": "intervention_shown", "seq": 2, "ts": t + 1, "iid": "i1"}, t + 1),
+    ]
+
+    def score(rows):
+        return [0.0] * len(rows)
+
+    for batch in ([(sid, "demo", ["analytics"], evs)], [(sid, "demo", ["analytics"], evs)]):
+        tallies.batch(batch, host.process(batch, score), host.active)
+    counts = tallies.tally.days[("demo", T0 // DAY_MS)]
+    assert counts["reach:cart:t"] == 1 and counts["react:shown"] == 1

@@ -84,6 +84,7 @@ class ShardTallies:
     ) -> None:
         """Count a processed batch: its items, the host's results, and the sessions (hot path)."""
         decided = {r.sid: r for r in results if r.decisions or r.skipped}
+        given: set[str] = set()
         with self._swap:
             tally = self.tally
             for item in items:
@@ -93,10 +94,12 @@ class ShardTallies:
                 session = active.get(sid)
                 if session is None or not events:
                     continue
-                r = decided.pop(sid, None)
-                decisions = ()
-                if r is not None:
-                    decisions = r.decisions
+                r = decided.get(sid)
+                decisions: Sequence[Any] = ()
+                if r is not None:  # the rare path: decisions, or events sent twice
+                    if sid not in given:  # a session's decisions count with its first item
+                        given.add(sid)
+                        decisions = r.decisions
                     if r.skipped:  # resent events were not applied: not counted either
                         applied = set(r.seqs)
                         events = [e for e in events if e["seq"] in applied]
