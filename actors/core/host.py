@@ -112,6 +112,7 @@ class SessionResult:
     decisions: list[Decision] = field(default_factory=list)
     rows: list[list[float]] = field(default_factory=list)  # the feature row of each decision
     challenger: bool = False  # scored by the challenger model
+    last_row: list[float] | None = None  # the feature row of its last event (the console's tally)
     skipped: int = 0  # events at or below the session's last seq (already applied)
 
 
@@ -270,6 +271,7 @@ class SessionHost:
             s = float(s)
             result.seqs.append(view.seq)
             result.scores.append(s)
+            result.last_row = view.row
             rule = policies.get(session.site)
             if rule is None:
                 policy = self.rules(session.site)[1]

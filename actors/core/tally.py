@@ -17,7 +17,7 @@ Counter fields (hash field -> increment), per (site, day):
   visitor who lands on a product page from an ad did pass the listing
   step's place in the funnel). ``landing`` is the session's first event of
   the day; ``purchase`` a purchase event.
-* ``sig:{signal}:{page_type}``: a struggle signal rose to strong
+* ``sig:{signal}:{page_type}``: a struggle signal (not ``idle``) rose to strong
   (``actors.core.features.STRONG_SIGNAL``) on that page type; counted each
   time it rises again after falling back.
 * ``iv:{kind}:{arm}``: decisions, by kind and whether shown (``t``) or held
@@ -56,9 +56,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from actors.core.features import STRONG_SIGNAL, page_type_of
+from actors.core.features import FEATURE_INDEX, STRONG_SIGNAL, page_type_of
 from actors.core.policy import Decision, in_holdout
 from actors.core.session import Session
+from actors.core.signals import DECLARED as DECLARED_SIGNALS
 from actors.core.signals import SIGNALS
 
 FUNNEL: tuple[str, ...] = ("landing", "listing", "product", "cart", "checkout", "purchase")
@@ -83,6 +84,11 @@ _DAILY = _CONVERTED  # flags that start again each day
 # (reach field of each step, per arm): built once, looked up per step reached.
 _REACH = {arm: tuple(f"reach:{s}:{arm}" for s in FUNNEL) for arm in ("t", "h")}
 _SIG_NAMES = tuple(SIGNALS)
+# The struggle signals (not idleness): their index in the signal vector.
+_STRUGGLE = tuple(i for i, sig in enumerate(DECLARED_SIGNALS) if sig.struggle)
+# Where the signals are in a feature row, and how many of them are strong.
+_SIG0 = FEATURE_INDEX[f"sig_{SIGNALS[0]}"]
+_N_STRONG = FEATURE_INDEX["n_strong_signals"]
 
 GoalFn = Callable[[dict[str, Any]], str | None]
 Counts = dict[str, int]
@@ -130,8 +136,12 @@ class Tally:
         holdout_share: float = 0.0,
         goal: GoalFn | None = None,
         segment_names: Sequence[str] = (),
+        row: Sequence[float] | None = None,
     ) -> None:
         """Count what one batch did for one session (``events``: the batch's events of it).
+
+        ``row``: the feature row of the session's last event (the host's
+        ``SessionResult.last_row``); computed here when not given.
 
         ``goal``: the site's conversion rule (``Site.conversion``; None: a
         purchase is the only goal). ``segment_names``: the model's segment
@@ -188,7 +198,7 @@ class Tally:
             f = reach[s]
             counts[f] = counts.get(f, 0) + 1
         state[TALLY_STEP] = max(step, furthest)
-        self._signals(session, state, counts)
+        self._signals(session, session.row() if row is None else row, state, counts)
         for d in decisions:
             f = f"iv:{d.kind}:{'h' if d.holdout else 't'}"
             counts[f] = counts.get(f, 0) + 1
@@ -218,14 +228,16 @@ class Tally:
         return flags | _CONVERTED
 
     @staticmethod
-    def _signals(session: Session, state: list[int], counts: Counts) -> None:
-        """Count the signals that became strong in this batch, on the page they are strong on."""
-        values = session._signal_values()
-        if not state[TALLY_SIGNALS] and max(values) < STRONG_SIGNAL:
-            return  # the common case: no struggle, before or now
+    def _signals(session: Session, row: Sequence[float], state: list[int], counts: Counts) -> None:
+        """Count the struggle signals that became strong in this batch, on the page they are on.
+
+        ``row``: the feature row of the session's last event, which holds the signals.
+        """
+        if not state[TALLY_SIGNALS] and not row[_N_STRONG]:
+            return  # the common case: nothing strong, before or now
         bits = 0
-        for i, v in enumerate(values):
-            if v >= STRONG_SIGNAL:
+        for i in _STRUGGLE:
+            if row[_SIG0 + i] >= STRONG_SIGNAL:
                 bits |= 1 << i
         risen = bits & ~state[TALLY_SIGNALS]
         state[TALLY_SIGNALS] = bits

@@ -83,7 +83,7 @@ class ShardTallies:
         segment_names: Sequence[str] = (),
     ) -> None:
         """Count a processed batch: its items, the host's results, and the sessions (hot path)."""
-        decided = {r.sid: r for r in results if r.decisions or r.skipped}
+        by_sid = {r.sid: r for r in results}
         given: set[str] = set()
         with self._swap:
             tally = self.tally
@@ -94,9 +94,11 @@ class ShardTallies:
                 session = active.get(sid)
                 if session is None or not events:
                     continue
-                r = decided.get(sid)
+                r = by_sid.get(sid)
+                if r is None or r.last_row is None:
+                    continue  # nothing of it applied (all sent before)
                 decisions: Sequence[Any] = ()
-                if r is not None:  # the rare path: decisions, or events sent twice
+                if r.decisions or r.skipped:  # the rare path: decisions, or events sent twice
                     if sid not in given:  # a session's decisions count with its first item
                         given.add(sid)
                         decisions = r.decisions
@@ -104,7 +106,7 @@ class ShardTallies:
                         applied = set(r.seqs)
                         events = [e for e in events if e["seq"] in applied]
                 rule = self._site_rules.get(site) or self._rule(site)
-                tally.add(session, events, decisions, rule[0], rule[1], segment_names)
+                tally.add(session, events, decisions, rule[0], rule[1], segment_names, r.last_row)
 
     def _rule(self, site: str) -> tuple[float, GoalFn | None]:
         """(holdout share, conversion rule) of ``site``, looked up once (sites load at start)."""
