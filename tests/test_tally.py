@@ -376,3 +376,30 @@ def test_the_shard_hook_counts_resent_events_once():
         tallies.batch(batch, host.process(batch, score), host.active)
     counts = tallies.tally.days[("demo", T0 // DAY_MS)]
     assert counts["reach:cart:t"] == 1 and counts["react:shown"] == 1
+
+
+async def test_routes_answer_json_and_refuse_a_bad_query(redis_url: str, prefix: str):
+    """The insights ROUTES over real HTTP (without the sign-in middleware: the lead's)."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from actors.core.sites import Site
+
+    ctx = ConsoleContext(Settings(), redis_url, Keys(prefix), sites={"demo": Site("demo")})
+    app = web.Application()
+    app["ctx"] = ctx
+    for route in insights.ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
+    assert {r.role for r in insights.ROUTES} == {"viewer"}
+    async with TestClient(TestServer(app)) as client:
+        for path in ("/api/funnel", "/api/segments", "/api/outcomes", "/api/live/business"):
+            resp = await client.get(path, params={"site": "demo"})
+            assert resp.status == 200, path
+            body = await resp.json()
+            assert {"kpis", "tables", "data"} <= set(body), path
+        resp = await client.get("/api/funnel", params={"from": "2025-13-01"})
+        assert resp.status == 400
+        assert (await resp.json())["code"] == "bad_request"
+        resp = await client.get("/api/segments", params={"site": "elsewhere"})
+        assert resp.status == 400 and "no site" in (await resp.json())["detail"]
+    await ctx.redis.aclose()

@@ -41,7 +41,9 @@ from actors.core.kinds import KINDS
 from actors.core.signals import SIGNALS
 from actors.core.tally import FUNNEL, MINUTE_MS, NO_SEGMENT, totals
 from serve.console.app import Route
+from serve.console.auth import error
 from serve.console.context import ConsoleContext
+from serve.console.views import _dumps, col, table, to_csv
 from training.outcome_records import read_outcomes
 
 MAX_DAYS = 92
@@ -157,8 +159,6 @@ async def live_business(ctx: ConsoleContext, query: Mapping[str, str]) -> View:
             shards_error = type(exc).__name__
     per_minute = await minute_tallies(ctx, sites, minutes)
     hour = totals(per_minute.values())
-    from serve.console.views import col, table
-
     labels = [time.strftime("%H:%M", time.gmtime(m * 60)) for m in minutes]
     kinds = [k for k in KINDS if any(_n(hour, f"iv:{k}:{a}") for a, _ in ARMS)]
     series = [
@@ -259,8 +259,6 @@ async def funnel(ctx: ConsoleContext, query: Mapping[str, str]) -> View:
     sites, days = sites_of(ctx, query), days_of(query)
     tallies = await day_tallies(ctx, sites, days)
     all_counts = totals(tallies.values())
-    from serve.console.views import col, table
-
     steps = _funnel_rows(all_counts)
     by_day = []
     for (site, day), counts in tallies.items():
@@ -408,8 +406,6 @@ def _group_row(g: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _group_cols(first: str) -> list[dict[str, Any]]:
-    from serve.console.views import col
-
     return [
         col("key", first),
         col("sessions", "Sessions", True),
@@ -440,8 +436,6 @@ async def outcomes(ctx: ConsoleContext, query: Mapping[str, str]) -> View:
     last = days[-1]
     by = dict(report["by"])
     by["day"] = [g for g in by["day"] if g["key"] <= last]
-    from serve.console.views import table
-
     t = report["totals"]
     titles = {"kind": "Kind", "site": "Site", "segment": "Segment", "model": "Model", "day": "Day"}
     return {
@@ -513,8 +507,6 @@ async def segments(ctx: ConsoleContext, query: Mapping[str, str]) -> View:
                 "high": g["high"] if g else None,
             }
         )
-    from serve.console.views import col, table
-
     return {
         "kpis": [{"label": "Segments", "value": len([n for n in names if n != NO_SEGMENT])}],
         "charts": [
@@ -560,8 +552,6 @@ async def segments(ctx: ConsoleContext, query: Mapping[str, str]) -> View:
 
 def table_csv(view: Mapping[str, Any], table_id: str) -> str:
     """A table of a view as CSV (serve/console/views.py's :func:`to_csv`); KeyError if absent."""
-    from serve.console.views import to_csv
-
     for t in view.get("tables", []):
         if t["id"] == table_id:
             return to_csv(t)
@@ -570,9 +560,6 @@ def table_csv(view: Mapping[str, Any], table_id: str) -> str:
 
 def _handler(fn):
     async def handler(request: web.Request) -> web.Response:
-        from serve.console.auth import error
-        from serve.console.views import _dumps
-
         try:
             view = await fn(request.app["ctx"], request.query)
         except BadQuery as exc:
