@@ -489,7 +489,7 @@ async def segments(ctx: ConsoleContext, query: Mapping[str, str]) -> View:
     report = await outcome_report(ctx, site, _day_ms(days[0]))
     conv = {g["key"]: g for g in report["by"]["segment"]}
     names = sorted(
-        {f.split(":")[1] for f in counts if f.startswith("seg:")} | set(conv),
+        {f[4:].rsplit(":", 1)[0] for f in counts if f.startswith("seg:")} | set(conv),
         key=lambda n: (n == NO_SEGMENT, n),
     )
     rows = []
