@@ -40,10 +40,10 @@ from aiohttp import web
 from actors.core.kinds import KINDS
 from actors.core.signals import SIGNALS
 from actors.core.tally import FUNNEL, MINUTE_MS, NO_SEGMENT, totals
-from serve.console.app import Route
 from serve.console.auth import error
 from serve.console.context import ConsoleContext
-from serve.console.views import _dumps, col, table, to_csv
+from serve.console.routing import Route
+from serve.console.shapes import View, col, table, to_csv
 from training.outcome_records import read_outcomes
 
 MAX_DAYS = 92
@@ -57,8 +57,6 @@ NO_VISITOR_ID = (
     "Lifeline has none yet (issue #23): a session is one tab's visit and nothing in its "
     "events tells a returning visitor. Only the segments are shown."
 )
-
-View = dict[str, Any]
 
 
 class BadQuery(ValueError):
@@ -551,7 +549,7 @@ async def segments(ctx: ConsoleContext, query: Mapping[str, str]) -> View:
 
 
 def table_csv(view: Mapping[str, Any], table_id: str) -> str:
-    """A table of a view as CSV (serve/console/views.py's :func:`to_csv`); KeyError if absent."""
+    """A table of a view as CSV (:func:`serve.console.shapes.to_csv`); KeyError if absent."""
     for t in view.get("tables", []):
         if t["id"] == table_id:
             return to_csv(t)
@@ -564,7 +562,7 @@ def _handler(fn):
             view = await fn(request.app["ctx"], request.query)
         except BadQuery as exc:
             return error(400, "bad_request", str(exc))
-        return web.json_response(view, dumps=_dumps)
+        return web.json_response(view)
 
     handler.__name__ = f"insights_{fn.__name__}"
     return handler

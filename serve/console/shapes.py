@@ -5,6 +5,8 @@ A view is what one page shows, as JSON (serve/console/views.py says its shape).
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 from typing import Any
 
@@ -32,3 +34,13 @@ def when(ms: int | float | None) -> str:
     if not ms:
         return ""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(ms) / 1000.0)) + " UTC"
+
+
+def to_csv(t: dict[str, Any]) -> str:
+    """A view's table as CSV: its columns' labels, then each row's values in column order."""
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow([c["label"] for c in t["columns"]])
+    for row in t["rows"]:
+        w.writerow(["" if row.get(c["key"]) is None else row.get(c["key"]) for c in t["columns"]])
+    return out.getvalue()

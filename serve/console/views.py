@@ -17,8 +17,6 @@ method, url, body) that only a role allowed to use them is given.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,7 +27,7 @@ from serve.console.accounts import ROLES, SCOPES, Operator
 from serve.console.auth import error
 from serve.console.pages import PAGES, SESSION_PAGE
 from serve.console.routing import Route
-from serve.console.shapes import View, col, table, when
+from serve.console.shapes import View, col, table, to_csv, when
 
 ViewFn = Callable[[web.Request], Awaitable[View]]
 
@@ -166,16 +164,6 @@ def _dumps(obj: Any) -> str:
     import json
 
     return json.dumps(obj, default=str, allow_nan=False)
-
-
-def to_csv(t: dict[str, Any]) -> str:
-    """A view's table as CSV: its columns' labels, then each row's values in column order."""
-    out = io.StringIO()
-    w = csv.writer(out)
-    w.writerow([c["label"] for c in t["columns"]])
-    for row in t["rows"]:
-        w.writerow(["" if row.get(c["key"]) is None else row.get(c["key"]) for c in t["columns"]])
-    return out.getvalue()
 
 
 async def export_csv(request: web.Request) -> web.StreamResponse:
