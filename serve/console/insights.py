@@ -570,6 +570,24 @@ def _handler(fn):
 
 PAGES = {"live": live_business, "outcomes": outcomes, "funnel": funnel, "segments": segments}
 
+
+def _view(fn):
+    async def view(request: web.Request) -> View:
+        return await fn(request.app["ctx"], request.query)
+
+    view.__name__ = f"{fn.__name__}_view"
+    return view
+
+
+# The same pages as view functions of a request (serve/console/views.py's VIEWS): their
+# BadQuery is a ValueError, which the views' handler answers with 400 bad_request.
+VIEWS = {
+    "business": _view(live_business),
+    "outcomes": _view(outcomes),
+    "funnel": _view(funnel),
+    "segments": _view(segments),
+}
+
 ROUTES = (
     Route("GET", "/api/live/business", _handler(live_business), "viewer"),
     Route("GET", "/api/outcomes", _handler(outcomes), "viewer"),
