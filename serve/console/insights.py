@@ -568,9 +568,6 @@ def _handler(fn):
     return handler
 
 
-PAGES = {"live": live_business, "outcomes": outcomes, "funnel": funnel, "segments": segments}
-
-
 def _view(fn):
     async def view(request: web.Request) -> View:
         return await fn(request.app["ctx"], request.query)
