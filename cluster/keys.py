@@ -16,6 +16,8 @@
 | ``{p}owner:{sid}`` | string | the site that created the session: a sid belongs to one site only |
 | ``{p}consent:{site}:{sid}`` | stream | the session's consent records: one entry per change (consent, ts, site, via) |
 | ``{p}push:{gateway}`` | pub/sub channel | intervention updates for one gateway's sockets |
+| ``{p}gwmetrics:{gateway}`` | list | one gateway process's metrics snapshots (JSON: counters, cumulative histogram buckets), newest first, ~1 a second, the last 75; expires 10 s after the last (serve/edge/metrics.py) |
+| ``{p}gwmetrics`` | sorted set | gateway ids by the time of their last snapshot (the console's /metrics and Live page find them there, without a SCAN) |
 | ``{p}model:seq``, ``{p}model:versions``, ``{p}model:live``, ``{p}model:history`` | counter, sorted set, string, list | the model registry (training/registry.py) |
 | ``{p}model:blob:{version}``, ``{p}model:meta:{version}`` | string, hash | one registered model |
 | ``{p}model:promoted`` | pub/sub channel | promotions |
@@ -140,3 +142,10 @@ class Keys:
 
     def push(self, gateway_id: str) -> str:
         return f"{self.prefix}push:{gateway_id}"
+
+    def gateway_metrics(self, gateway_id: str) -> str:
+        return f"{self.prefix}gwmetrics:{gateway_id}"
+
+    @property
+    def gateway_metrics_index(self) -> str:
+        return f"{self.prefix}gwmetrics"
