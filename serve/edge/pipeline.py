@@ -93,6 +93,9 @@ class Pipeline:
         self.links = links
         self.stats = stats
         self.metrics = metrics or GatewayMetrics()
+        # Every shard's series from the start, at 0: Prometheus' increase() cannot see
+        # the first restart of a series that is born at 1.
+        stats.shard_restarts.update({str(i): 0 for i in range(len(links))})
         self.loops = loops
         self.peers_by_sid = peers_by_sid
         self.window_s = window_s
