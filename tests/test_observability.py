@@ -38,7 +38,7 @@ PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 WAIT_S = 90.0  # Ray's agent reports every ~10 s; Prometheus scrapes every second here
 
 
-def test_promtool_accepts_the_config_and_rules() -> None:
+def test_promtool_accepts_the_config_and_passes_the_alert_tests() -> None:
     out = subprocess.run(
         [PROMTOOL, "check", "config", str(HERE / "prometheus.yml")],
         capture_output=True,
@@ -47,6 +47,14 @@ def test_promtool_accepts_the_config_and_rules() -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SUCCESS: 1 rule files found" in out.stdout + out.stderr
+    # The alerts' own unit tests: each fires on the series it watches, and not before its time.
+    out = subprocess.run(
+        [PROMTOOL, "test", "rules", str(HERE / "alerts_test.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def _free_port() -> int:
