@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,10 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from actors.core.policy import in_holdout
+from serve.dev.llm_stub import StubLLM, error
 from serve.dev.pyclient import LifelineClient
 from serve.edge.gateway import Gateway
 from training.simulator import scripted
@@ -222,3 +225,61 @@ async def _gateways(series, expr: str, n: int, stack, extra: Gateway) -> list[di
     got = await series(expr)
     ids = {r["metric"].get("gateway") for r in got}
     return got if {stack.gateway.id, extra.id} <= ids else []
+
+
+def _ray_samples(port: int, name: str, worker_id: str) -> dict[str, float]:
+    """Samples of ``name`` this process exported, as Ray's metrics agent serves them."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.startswith(name) and s.labels.get("WorkerId") == worker_id
+    }
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_an_open_llm_breaker_is_a_ray_metric(
+    ray_cluster, redis_url: str, prefix: str
+) -> None:
+    """The series the breaker alert reads: a NudgeWriter whose API fails opens its breaker."""
+    import ray
+
+    from serve.apps import deployments as D
+
+    stub = StubLLM(api_key="test-key", seed=5)
+    await stub.start()
+    stub.push(*[error(500) for _ in range(10)])
+    llm = {"api_key": "test-key", "base_url": stub.url, "breaker_failures": 2}
+    llm.update(backoff_base_s=0.01, backoff_cap_s=0.02)
+    writer = D.NudgeWriter.func_or_class(llm, redis_url, prefix)
+    ctx = {
+        "site": "demo",
+        "iid": "i-" + uuid.uuid4().hex[:8],
+        "kind": "form_hint",
+        "page_path": "/calculator.html",
+        "page_type": "form",
+        "signals": {"form_struggle": 0.9},
+        "segment": 1,
+        "cart": {"items": 0, "value": 0.0},
+        "consent": ["necessary", "analytics", "personalization"],
+        "template": "This field is picky about its format.",
+        "trigger_ms": int(time.time() * 1000),
+    }
+    try:
+        out = await writer.write(ctx)
+        assert out["source"] == "template" and writer.llm.breaker.state == "open"
+    finally:
+        await writer.redis.aclose()
+        await stub.close()
+
+    port = ray._private.worker._global_node.metrics_export_port
+    me = ray.get_runtime_context().get_worker_id()
+
+    async def exported() -> dict[str, float]:
+        got = await asyncio.to_thread(_ray_samples, port, "ray_lifeline_nudge_breaker", me)
+        return got if "ray_lifeline_nudge_breaker_opens_total" in got else {}
+
+    got = await _until("the breaker's Ray metrics", exported, 60)
+    assert got["ray_lifeline_nudge_breaker_opens_total"] == 1
+    assert got["ray_lifeline_nudge_breaker_open"] == 1
