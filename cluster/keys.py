@@ -18,6 +18,8 @@
 | ``{p}tally:d:{site}:{day}`` | hash | the console's counts of one site and UTC day (YYYY-MM-DD): funnel steps, signals by page type, decisions, reactions, conversions, segments (actors/core/tally.py); kept ``TALLY_DAY_TTL_S`` |
 | ``{p}tally:m:{site}:{minute}`` | hash | the same counts (decisions, reactions, conversions, sessions) of one UTC minute (epoch minutes), for the Live page; kept ``TALLY_MINUTE_TTL_S`` |
 | ``{p}push:{gateway}`` | pub/sub channel | intervention updates for one gateway's sockets |
+| ``{p}gwmetrics:{gateway}`` | list | one gateway process's metrics snapshots (JSON: counters, cumulative histogram buckets), newest first, ~1 a second, the last 75; expires 10 s after the last (serve/edge/metrics.py) |
+| ``{p}gwmetrics`` | sorted set | gateway ids by the time of their last snapshot (the console's /metrics and Live page find them there, without a SCAN) |
 | ``{p}model:seq``, ``{p}model:versions``, ``{p}model:live``, ``{p}model:history`` | counter, sorted set, string, list | the model registry (training/registry.py) |
 | ``{p}model:blob:{version}``, ``{p}model:meta:{version}`` | string, hash | one registered model |
 | ``{p}model:promoted`` | pub/sub channel | promotions |
@@ -154,3 +156,10 @@ class Keys:
 
     def push(self, gateway_id: str) -> str:
         return f"{self.prefix}push:{gateway_id}"
+
+    def gateway_metrics(self, gateway_id: str) -> str:
+        return f"{self.prefix}gwmetrics:{gateway_id}"
+
+    @property
+    def gateway_metrics_index(self) -> str:
+        return f"{self.prefix}gwmetrics"

@@ -17,6 +17,17 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 
+# The observability test starts Debian's Prometheus against a running stack (tests/test_observability.py).
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian's prometheus for the observability test..."
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+  else
+    echo "error: the observability test needs Debian's prometheus (apt-get install prometheus)" >&2
+    exit 1
+  fi
+fi
+
 # The minified client is checked by rebuilding it with the terser that made it (npm, build time only).
 TERSER_VERSION=5.51.4
 if ! command -v terser >/dev/null 2>&1 || [ "$(terser --version)" != "terser $TERSER_VERSION" ]; then

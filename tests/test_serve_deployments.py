@@ -180,7 +180,8 @@ async def test_recommender_batches_and_excludes_cart(env):
 
 async def test_follow_ups_never_block_and_push_in_time_updates(env):
     handles, stub = env["handles"], env["stub"]
-    fu = D.FollowUps(handles["nudge"], handles["recommender"])
+    waited: list[tuple[str, str, float]] = []  # what the shards' follow-up histogram hears
+    fu = D.FollowUps(handles["nudge"], handles["recommender"], observe=lambda *a: waited.append(a))
     frames: list[dict] = []
     got = asyncio.Event()
 
@@ -214,10 +215,12 @@ async def test_follow_ups_never_block_and_push_in_time_updates(env):
         "name": "Rug",
         "url": "/products/rug",
     }
+    assert [(w, o) for w, o, _ in waited] == [("nudge", "ok"), ("recommend", "ok")]
+    assert all(0 < t < 3.0 for _, _, t in waited)
 
     # A deployment slower than the budget: no update, the call is abandoned at the budget.
     stub.push(error(529, retry_after=0.05), ok("too late", delay_s=3.0))
-    slow = D.FollowUps(handles["nudge"], None, budget_s=0.6)
+    slow = D.FollowUps(handles["nudge"], None, budget_s=0.6, observe=lambda *a: waited.append(a))
     ctx = nudge_ctx(
         page_type="category",
         page_path="/category/x",
@@ -229,6 +232,8 @@ async def test_follow_ups_never_block_and_push_in_time_updates(env):
     await slow.drain()
     assert time.perf_counter() - t0 < 1.0
     assert slow.counts["late"] == 1 and slow.counts["pushed"] == 0 and len(frames) == 2
+    what, outcome, seconds = waited[-1]
+    assert (what, outcome) == ("nudge", "late") and 0.3 < seconds < 0.7  # waited out the budget
 
 
 async def test_follow_ups_drop_beyond_the_in_flight_cap(env):

@@ -345,6 +345,7 @@ async def test_shard_crash_recovery_keeps_exact_features(lifeline_stack):
         await stack.gateway.wait_scored(sid, 8)
 
     before = await shard.ping.remote()
+    restarts = stack.gateway.stats.shard_restarts["0"]
     # A crash, not a polite stop: the shard's process dies at once, mid-stream, and Ray
     # restarts the actor. (ray.kill returns before the process is gone, and the link
     # would keep serving the old actor meanwhile.)
@@ -359,6 +360,8 @@ async def test_shard_crash_recovery_keeps_exact_features(lifeline_stack):
     after = await shard.ping.remote()
     assert after["activations"] >= len(sids), "sessions were rebuilt from Redis"
     assert after["batches"] < before["batches"] + 10, "this is a fresh actor"
+    # The gateway's link saw the new actor (its new token): the restart is a series in /metrics.
+    assert stack.gateway.stats.shard_restarts["0"] == restarts + 1
 
     for sid, evs in journeys.items():
         live = await shard.session_row.remote(sid)

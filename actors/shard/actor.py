@@ -902,7 +902,13 @@ class ShardCore:
                     exc,
                 )
                 nudge = rec = None
-            self._followups = FollowUps(nudge, rec, budget_s=ENRICH_BUDGET_S, tracing=self.tracing)
+            self._followups = FollowUps(
+                nudge,
+                rec,
+                budget_s=ENRICH_BUDGET_S,
+                tracing=self.tracing,
+                observe=self._metrics.follow_up,
+            )
         return self._followups
 
     def session_row(self, sid: str) -> list[float] | None:
@@ -1027,6 +1033,16 @@ class _ShardMetrics:
             tag_keys=("shard", "what"),
         )
         self.failures.set_default_tags(tags)
+        self.follow_ups = metrics.Histogram(
+            "lifeline_shard_followup_seconds",
+            "time a shard waited for an LLM nudge or recommendations (Serve), by outcome",
+            boundaries=[0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0],
+            tag_keys=("shard", "follow_up", "outcome"),
+        )
+        self.follow_ups.set_default_tags(tags)
+
+    def follow_up(self, what: str, outcome: str, seconds: float) -> None:
+        self.follow_ups.observe(seconds, tags={"follow_up": what, "outcome": outcome})
 
     def failed(self, what: str) -> None:
         self.failures.inc(1, tags={"what": what})

@@ -255,6 +255,10 @@ class ShardLink:
         self._ssl = tls.client_context() if tls is not None else None
         self._side: _ClientSide | None = None
         self._last_call = 0
+        self._token: str | None = None
+        # Restarts of the shard this link has seen: a shard makes up a new token at every
+        # start, so a new token on a reconnect means Ray restarted it (a series in /metrics).
+        self.restarts = 0
 
     async def call(self, batch: bytes, sent_at: float) -> bytes:
         side = self._side
@@ -269,6 +273,9 @@ class ShardLink:
 
     async def _connect(self) -> _ClientSide:
         host, port, token = await self.shard.link_address.remote()
+        if self._token is not None and token != self._token:
+            self.restarts += 1
+        self._token = token
         loop = asyncio.get_running_loop()
         try:
             _, side = await loop.create_connection(_ClientSide, host, port, ssl=self._ssl)

@@ -112,6 +112,33 @@ def _metrics_text(reader: Any) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+class _BreakerMetrics:
+    """A replica's LLM circuit breaker in Ray's metrics (Prometheus, the Ray dashboard).
+
+    Exported by Ray as ``ray_lifeline_nudge_breaker_open`` (1 while open or
+    half-open, as of the replica's last request) and
+    ``ray_lifeline_nudge_breaker_opens_total``, one series per replica process.
+    """
+
+    def __init__(self) -> None:
+        from ray.util import metrics
+
+        self.open = metrics.Gauge(
+            "lifeline_nudge_breaker_open", "1 while the LLM circuit breaker refuses calls"
+        )
+        self.opens = metrics.Counter(
+            "lifeline_nudge_breaker_opens", "times the LLM circuit breaker opened"
+        )
+        self.open.set(0)
+        self._seen = 0
+
+    def update(self, breaker: Any) -> None:
+        if breaker.opens > self._seen:
+            self.opens.inc(breaker.opens - self._seen)
+            self._seen = breaker.opens
+        self.open.set(0 if breaker.state == "closed" else 1)
+
+
 @serve.deployment(name="NudgeWriter", ray_actor_options={"num_cpus": 0})
 class NudgeWriter:
     """Writes LLM nudges within the budget; falls back to the template on any trouble.
@@ -151,6 +178,7 @@ class NudgeWriter:
         self.llm = NudgeLLM(
             self.settings, self.redis, meter_provider=MeterProvider(metric_readers=[self._reader])
         )
+        self._breaker_metrics = _BreakerMetrics()
         # Every site's knowledge base is indexed now: built lazily, the first
         # visitor's nudge paid for it (and for importing scikit-learn) out of its 2.5 s.
         for folder in sorted(self.kb_root.iterdir()) if self.kb_root.is_dir() else []:
@@ -199,6 +227,7 @@ class NudgeWriter:
             return {"text": template, "source": "template", "reason": "no_trigger_time"}
         if not self.llm.enabled:
             return {"text": template, "source": "template", "reason": "disabled"}
+        self._breaker_metrics.update(self.llm.breaker)
         if self.llm.breaker.state == "open":
             # Checked here too so an outage costs no retrieval or prompt work.
             return {"text": template, "source": "template", "reason": "breaker_open"}
@@ -220,6 +249,7 @@ class NudgeWriter:
             )
             if s is not None:
                 s.set_attribute("lifeline.outcome", str(result.outcome))
+        self._breaker_metrics.update(self.llm.breaker)
         if result.text is None:
             return {"text": template, "source": "template", "reason": result.outcome}
         # After the check and the cache: a cached text gets its link the same way.
@@ -515,7 +545,10 @@ class FollowUps:
     ``update`` frame only for an answer that arrived in time and differs from
     the template. At most ``max_in_flight`` calls run at once; beyond that new
     ones are dropped (counted), so a stuck deployment cannot pile up tasks.
-    Must be used from within a running event loop.
+    ``observe(follow_up, outcome, seconds)``, if given, hears how long each
+    call was waited for (``nudge`` or ``recommend``; ``ok``, ``late`` or
+    ``failed``): the shards make it a histogram. Must be used from within a
+    running event loop.
     """
 
     def __init__(
@@ -526,9 +559,11 @@ class FollowUps:
         max_in_flight: int = 256,
         clock: Callable[[], float] = time.time,
         tracing: Tracing | None = None,
+        observe: Callable[[str, str, float], None] | None = None,
     ) -> None:
         self.nudge_handle = nudge
         self.tracing = tracing  # the shard's: a follow-up given a trace context gets a span
+        self._observe = observe
         self.recommender_handle = recommender
         self.budget_s = budget_s
         self.max_in_flight = max_in_flight
@@ -566,7 +601,7 @@ class FollowUps:
         return True
 
     async def _call(
-        self, method: Any, ctx: dict[str, Any], trigger_ms: int, traced: bool = False
+        self, what: str, method: Any, ctx: dict[str, Any], trigger_ms: int, traced: bool = False
     ) -> Any:
         remaining = trigger_ms / 1000.0 + self.budget_s - self._clock()
         if remaining <= 0:
@@ -574,19 +609,26 @@ class FollowUps:
             return None
         # Traced: the deployment's span joins this one's trace (W3C traceparent as an argument).
         carrier = self.tracing.inject() if traced and self.tracing is not None else None
+        started = time.perf_counter()
         response = method.remote(ctx, carrier) if carrier else method.remote(ctx)
 
         async def _result() -> Any:
             return await response
 
+        outcome = "ok"
         try:
             return await asyncio.wait_for(_result(), remaining)
         except asyncio.TimeoutError:
             response.cancel()
             self.counts["late"] += 1
+            outcome = "late"
         except Exception as exc:  # a failed replica must never hurt the shard
             self.counts["failed"] += 1
+            outcome = "failed"
             log.debug("deployment call failed: %s", type(exc).__name__)
+        finally:
+            if self._observe is not None:
+                self._observe(what, outcome, time.perf_counter() - started)
         return None
 
     def nudge(
@@ -605,7 +647,7 @@ class FollowUps:
 
         async def send(traced: bool) -> None:
             out = await self._call(
-                self.nudge_handle.write, ctx, int(ctx.get("trigger_ms", 0)), traced
+                "nudge", self.nudge_handle.write, ctx, int(ctx.get("trigger_ms", 0)), traced
             )
             if not out or out.get("source") not in ("llm", "cache"):
                 if out is not None:
@@ -637,7 +679,9 @@ class FollowUps:
                 await send(s is not None)
 
         async def send(traced: bool) -> None:
-            out = await self._call(self.recommender_handle.recommend, ctx, trigger_ms, traced)
+            out = await self._call(
+                "recommend", self.recommender_handle.recommend, ctx, trigger_ms, traced
+            )
             items = (out or {}).get("items") or []
             if not items:
                 return

@@ -12,10 +12,21 @@ account (the console's port listens on loopback unless told otherwise).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
+from serve.console import live_metrics
 from serve.console.context import ConsoleContext
 
 SHARD_INFO_TIMEOUT_S = 5.0
@@ -87,10 +98,21 @@ async def health_detail(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """``GET /metrics``: Prometheus text format, from this host's gateway."""
-    gateway = request.app["ctx"].gateway
-    text = metrics_text(gateway.stats.snapshot()) if gateway is not None else ""
-    return web.Response(text=text, content_type="text/plain")
+    """``GET /metrics``: Prometheus text format, every gateway process of this host.
+
+    This process's gateway is read in-process (fresh); the others (extra
+    gateway processes, which have no HTTP port) from the snapshots they
+    publish to Redis about once a second. Each series has a ``gateway`` label.
+    """
+    ctx = request.app["ctx"]
+    snaps = [ctx.gateway.metrics_snapshot()] if ctx.gateway is not None else []
+    own = {s["gateway"] for s in snaps}
+    try:
+        published = await live_metrics.read_snapshots(ctx)
+    except Exception:  # Redis down: this process's gateway still answers
+        published = []
+    snaps += [g[0] for g in published if g[0]["gateway"] not in own]
+    return web.Response(body=metrics_text(snaps), content_type="text/plain", charset="utf-8")
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -103,23 +125,57 @@ async def stats(request: web.Request) -> web.Response:
 _LABELLED = {
     "errors_by_code": ("errors_by_code", "code"),
     "loop_failures": ("loop_failures", "loop"),
+    "shard_restarts": ("shard_restarts", "shard"),
 }
+_GAUGES = ("connections", "mean_shard_batch")
 
 
-def metrics_text(snapshot: dict[str, Any]) -> str:
-    """The gateway's counters (:meth:`serve.edge.stats.Stats.snapshot`) in Prometheus text format."""
-    lines = []
-    for key, value in snapshot.items():
-        if key in _LABELLED:
-            base, label = _LABELLED[key]
-            name = f"lifeline_gateway_{base}_total"
-            lines.append(f"# TYPE {name} counter")
-            lines += [f'{name}{{{label}="{k}"}} {float(v)}' for k, v in sorted(value.items())]
-            continue
-        if key in ("connections", "mean_shard_batch"):
-            name, kind = f"lifeline_gateway_{key}", "gauge"
-        else:
-            name, kind = f"lifeline_gateway_{key}_total", "counter"
-        lines.append(f"# TYPE {name} {kind}")
-        lines.append(f"{name} {float(value)}")
-    return "\n".join(lines) + "\n"
+class _Snapshots(Collector):
+    """Gateway snapshots (serve/edge/metrics.py) as metric families, each series labelled by gateway."""
+
+    def __init__(self, snapshots: list[dict[str, Any]]) -> None:
+        self.snapshots = snapshots
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+
+        def family(name: str, kind: type, doc: str, labels: list[str]) -> Any:
+            if name not in families:
+                families[name] = kind(name, doc, labels=labels)
+            return families[name]
+
+        for snap in self.snapshots:
+            gw = str(snap["gateway"])
+            for key, value in snap["counters"].items():
+                if key in _LABELLED:
+                    base, label = _LABELLED[key]
+                    f = family(
+                        f"lifeline_gateway_{base}", CounterMetricFamily, key, ["gateway", label]
+                    )
+                    for k, v in sorted(value.items()):
+                        f.add_metric([gw, str(k)], float(v))
+                elif key in _GAUGES:
+                    f = family(f"lifeline_gateway_{key}", GaugeMetricFamily, key, ["gateway"])
+                    f.add_metric([gw], float(value))
+                elif isinstance(value, (int, float)):
+                    f = family(f"lifeline_gateway_{key}", CounterMetricFamily, key, ["gateway"])
+                    f.add_metric([gw], float(value))
+            for name, h in snap["histograms"].items():
+                f = family(name, HistogramMetricFamily, name, ["gateway"])
+                buckets = [
+                    (floatToGoString(le), float(c))
+                    for le, c in zip(h["le"], h["counts"], strict=True)
+                ]
+                f.add_metric([gw], buckets, float(h["sum"]))
+        yield from families.values()
+
+
+def metrics_text(snapshots: list[dict[str, Any]]) -> bytes:
+    """Gateway snapshots (:meth:`serve.edge.gateway.Gateway.metrics_snapshot`) in Prometheus text format.
+
+    Counters keep their names (``lifeline_gateway_<counter>_total``), the maps
+    become labelled series, the latencies histograms (``..._seconds_bucket``).
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshots(snapshots))
+    return generate_latest(registry)

@@ -37,6 +37,7 @@ from cluster.keys import Keys
 from cluster.loops import Supervisor
 from cluster.redis_server import async_client
 from cluster.tracing import Tracing
+from serve.edge import metrics
 from serve.edge.beacon import Beacons
 from serve.edge.peer import CLOSE_GOING_AWAY, Peer
 from serve.edge.pipeline import Pipeline
@@ -89,6 +90,7 @@ class Gateway:
         self.half_open_per_ip = half_open_per_ip
         self._half_open: dict[str, int] = {}
         self.stats = Stats()
+        self.metrics = metrics.GatewayMetrics()
         self.loops = Supervisor(log, f"gateway {self.id}")
         self.stats.loop_failures = self.loops.counts
         self.peers_by_sid: dict[str, Peer] = {}
@@ -103,6 +105,7 @@ class Gateway:
             append_window_s=append_window_ms / 1000.0,
             max_pending=max_pending,
             tracing=tracing,
+            metrics=self.metrics,
         )
         # Bound once: on_message runs per frame, and an events frame goes straight in.
         self._admit = self.pipeline.admit
@@ -123,6 +126,7 @@ class Gateway:
             self.loops.start(f"shard{i}", lambda i=i: self.pipeline.shard_loop(i))
         self.loops.start("push", self._push_loop)
         self.loops.start("keepalive", self._keepalive_loop)
+        self.loops.start("metrics", self._metrics_loop)
         self._server = await loop.create_server(
             lambda: Peer(self), host, port, reuse_port=reuse_port, backlog=2048
         )
@@ -177,6 +181,16 @@ class Gateway:
     def health(self) -> dict[str, Any]:
         """The gateway's own part of /healthz: whether every background loop is running."""
         return {"ok": self.loops.healthy, "loops": self.loops.health()}
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """This gateway's counters and histograms, as it publishes them (serve/edge/metrics.py)."""
+        return metrics.snapshot(self.id, self.stats.snapshot(), self.metrics)
+
+    async def _metrics_loop(self) -> None:
+        """Publish :meth:`metrics_snapshot` to Redis about once a second, for the console."""
+        while True:
+            await metrics.publish(self.redis, self.keys, self.metrics_snapshot())
+            await asyncio.sleep(metrics.PUBLISH_EVERY_S)
 
     def attach(self, peer: Peer) -> None:
         """A socket finished its handshake."""

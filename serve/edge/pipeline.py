@@ -41,6 +41,7 @@ from actors.core.placement import HashRing
 from actors.shard.link import LinkDown, ShardFailed, ShardLink
 from cluster.loops import Supervisor
 from cluster.tracing import Tracing
+from serve.edge.metrics import GatewayMetrics
 from serve.edge.peer import Peer
 from serve.edge.protocol import Connection, EventsPlan, error
 from serve.edge.stats import Stats
@@ -84,12 +85,17 @@ class Pipeline:
         append_window_s: float,
         max_pending: int,
         tracing: Tracing | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.store = store
         self.tracing = tracing  # None: off, and the per-frame path tests just that
         self.ring = ring
         self.links = links
         self.stats = stats
+        self.metrics = metrics or GatewayMetrics()
+        # Every shard's series from the start, at 0: Prometheus' increase() cannot see
+        # the first restart of a series that is born at 1.
+        stats.shard_restarts.update({str(i): 0 for i in range(len(links))})
         self.loops = loops
         self.peers_by_sid = peers_by_sid
         self.window_s = window_s
@@ -102,7 +108,8 @@ class Pipeline:
         self._wake = [asyncio.Event() for _ in links]
         self._rounds_open = 0  # rounds begun (gathering or at Redis) and not yet settled
         self._slots = asyncio.Semaphore(ROUNDS_IN_FLIGHT)
-        self._rounds: asyncio.Queue[tuple[list, list, list, Any]] = asyncio.Queue()
+        # (batch, appends, runs, outcome, when the round went to Redis)
+        self._rounds: asyncio.Queue[tuple[list, list, list, Any, float]] = asyncio.Queue()
         # Set when a round is settled, then replaced: read it afresh for each wait.
         self.round_done = asyncio.Event()
         self._scored_waiters: dict[str, list[tuple[int, asyncio.Future]]] = {}
@@ -170,6 +177,7 @@ class Pipeline:
             outcome: Any = None
             runs: list[Append] = []
             appends: list[tuple[Any, EventsPlan]] = []
+            sent = 0.0
             try:
                 if self.append_window_s:
                     await asyncio.sleep(self.append_window_s)  # gather the next few ms' frames
@@ -178,13 +186,14 @@ class Pipeline:
                 appends = [(sink, plan) for sink, plan in batch if plan is not None]
                 runs = [self._run_of(sink, plan) for sink, plan in appends]
                 if runs:
+                    sent = time.perf_counter()
                     outcome = await self.store.start_append(runs)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # cannot reach Redis, or a bug: settled as failed
                 outcome = exc
             # Always handed on, so the settle loop frees the round's slot.
-            self._rounds.put_nowait((batch, appends, runs, outcome))
+            self._rounds.put_nowait((batch, appends, runs, outcome, sent))
 
     def _run_of(self, sink: AppendSink, plan: EventsPlan) -> Append:
         """The store's run for a plan; events that cannot be packed consume their numbers.
@@ -208,9 +217,9 @@ class Pipeline:
     async def settle_loop(self) -> None:
         """Acknowledge (or refuse) each round's frames once Redis has answered, in send order."""
         while True:
-            batch, appends, runs, outcome = await self._rounds.get()
+            batch, appends, runs, outcome, sent = await self._rounds.get()
             try:
-                await self._settle(batch, appends, runs, outcome)
+                await self._settle(batch, appends, runs, outcome, sent)
             finally:
                 self._rounds_open -= 1
                 self._slots.release()
@@ -218,16 +227,24 @@ class Pipeline:
                 self.round_done.set()
                 self.round_done = asyncio.Event()
 
-    async def _settle(self, batch: list, appends: list, runs: list[Append], outcome: Any) -> None:
+    async def _settle(
+        self, batch: list, appends: list, runs: list[Append], outcome: Any, sent: float
+    ) -> None:
         try:
             if isinstance(outcome, Exception):
                 raise outcome
             results = await outcome if runs else []
+            if runs:
+                # Rounds are settled in send order, as Redis answers them: this is the
+                # reply's arrival unless the loop was still settling the round before.
+                self.metrics.redis_append(time.perf_counter() - sent)
         except Exception as exc:  # Redis down: nothing was acked, the clients resend
             log.error("append of %d runs failed: %s", len(runs), exc)
+            self.stats.append_failures += 1
             results = [(-1, False)] * len(runs)
         if len(results) != len(runs):  # never acknowledge what the reply does not cover
             log.error("append reply has %d results for %d runs", len(results), len(runs))
+            self.stats.append_failures += 1
             results = [(-1, False)] * len(runs)
         self.stats.append_rounds += 1
         self._settled_at = time.perf_counter()
@@ -242,7 +259,12 @@ class Pipeline:
             except Exception as exc:  # one frame's bug must not leave the others unsettled
                 self.loops.failed(self.loops.loops["settle"], exc, time.monotonic())
         done = time.perf_counter()
-        self.stats.ack_ms += sum(done - sink.since for sink, _ in appends) * 1000.0
+        observe = self.metrics.ack
+        waited = 0.0
+        for sink, _ in appends:
+            observe(done - sink.since)
+            waited += done - sink.since
+        self.stats.ack_ms += waited * 1000.0
         self.stats.acks += len(appends)
 
     def _settle_one(
@@ -327,14 +349,18 @@ class Pipeline:
             finally:  # however the call ends, these events no longer wait for the shard
                 self._pending_events -= n
             t_reply = time.perf_counter()
-            self.stats.shard_call_ms += (t_reply - t_call) * 1000.0
+            took = t_reply - t_call
+            self.stats.shard_call_ms += took * 1000.0
+            if self.links[i].restarts:
+                self.stats.shard_restarts[str(i)] = self.links[i].restarts
             if reply is None:
                 continue
+            self.metrics.shard_call(took)
             self.stats.shard_calls += 1
             results, triggered = reply
             for sid, seqs, _scores, frames in results:
                 try:
-                    self._deliver(sid, seqs, frames)
+                    self._deliver(sid, seqs, frames, items)
                 except Exception as exc:  # one session's bug must not cost the others theirs
                     self.loops.failed(self.loops.loops[f"shard{i}"], exc, time.monotonic())
             if self.tracing is not None and (drawn or triggered):
@@ -407,7 +433,9 @@ class Pipeline:
                     "lifeline.gateway.push", trace_id, tr.new_span_id(), root_id, t_reply, done
                 )
 
-    def _deliver(self, sid: str, seqs: list[int], frames: list[dict[str, Any]]) -> None:
+    def _deliver(
+        self, sid: str, seqs: list[int], frames: list[dict[str, Any]], items: list[tuple]
+    ) -> None:
         """Push a session's interventions from a shard reply and note how far it is scored."""
         self.stats.events_scored += len(seqs)
         peer = self.peers_by_sid.get(sid)
@@ -415,6 +443,9 @@ class Pipeline:
             self.stats.interventions += 1
             if peer is not None:
                 peer.send(f)
+                read = _read_time(items, sid, f.get("seq"))
+                if read:
+                    self.metrics.intervention(time.perf_counter() - read)
         cursor = peer.conn.sessions.get(sid) if peer is not None else None
         if cursor is not None and seqs:
             cursor.scored = max(cursor.scored, seqs[-1])
@@ -499,3 +530,16 @@ class Pipeline:
                 log.warning("shard %d call failed (%s); retrying", i, type(exc).__name__)
                 await asyncio.sleep(delay)  # backing off while Ray restarts the actor
                 delay = min(delay * 2, 1.0)
+
+
+def _read_time(items: list[tuple], sid: str, seq: Any) -> float:
+    """When the frame carrying event ``seq`` of ``sid`` in a batch was read (0.0: not in it).
+
+    Scans the batch, but only for an intervention, which is rare.
+    """
+    if not isinstance(seq, int):
+        return 0.0
+    for it in items:
+        if it[0] == sid and it[5] == EVENTS and it[10] >= seq:
+            return it[6]
+    return 0.0

@@ -1,5 +1,8 @@
 """The gateway's counters: what an operator (and the load test) reads from /metrics.
 
+Latencies are histograms in :mod:`serve.edge.metrics`; the summed ``ack_ms``
+and ``shard_call_ms`` stay for the benchmarks, which read means from them.
+
 A leaf module: the socket, the pipeline and the beacon all count into one
 :class:`Stats` owned by :class:`serve.edge.gateway.Gateway`, and none of
 them may import the gateway.
@@ -25,6 +28,7 @@ class Stats:
     shard_calls: int = 0
     shard_retries: int = 0
     append_rounds: int = 0
+    append_failures: int = 0  # append rounds Redis did not take (down, or a bad reply)
     shard_call_ms: float = 0.0  # summed round trips of shard calls
     acks: int = 0
     ack_ms: float = 0.0  # summed time from reading a frame to acknowledging it
@@ -33,6 +37,7 @@ class Stats:
     batch_events: list[int] = field(default_factory=list)
     errors_by_code: dict[str, int] = field(default_factory=dict)  # every error frame, by code
     loop_failures: dict[str, int] = field(default_factory=dict)  # set by the gateway's supervisor
+    shard_restarts: dict[str, int] = field(default_factory=dict)  # by shard index, seen by its link
 
     def error(self, code: str) -> None:
         """Count one error frame sent (or beacon error answered)."""
@@ -47,6 +52,8 @@ class Stats:
         """Counters as JSON; the maps (by code, by loop) become labelled series in /metrics."""
         d = {k: v for k, v in self.__dict__.items() if k != "batch_events"}
         d["errors_by_code"] = dict(self.errors_by_code)
+        d["loop_failures"] = dict(self.loop_failures)
+        d["shard_restarts"] = dict(self.shard_restarts)
         d["overloaded"] = self.overloaded
         b = self.batch_events[-1000:]
         d["mean_shard_batch"] = sum(b) / len(b) if b else 0.0
