@@ -87,6 +87,7 @@ class SiteRules:
         self.log = log
         self.sites: dict[str, Site] = dict(baseline)
         self.version = 0
+        self._applied: asyncio.Condition | None = None  # made in the loop that polls
 
     def apply(self, version: int, overrides: dict[Any, Any]) -> dict[str, Site]:
         """Take the overrides read at ``version``; returns the new sites."""
@@ -125,7 +126,20 @@ class SiteRules:
             if sites is not None:
                 changed(sites)
                 self.log.warning("site rules now at version %d", self.version)
+                async with self._condition():
+                    self._condition().notify_all()
             await asyncio.sleep(SITES_POLL_S)
+
+    async def wait_version(self, version: int, timeout: float = 10.0) -> None:
+        """Resolve once :meth:`loop` (in this event loop) has applied ``version`` or a later one."""
+        cond = self._condition()
+        async with cond:
+            await asyncio.wait_for(cond.wait_for(lambda: self.version >= version), timeout)
+
+    def _condition(self) -> asyncio.Condition:
+        if self._applied is None:
+            self._applied = asyncio.Condition()
+        return self._applied
 
 
 async def read_overrides(redis: Any, keys: Keys) -> tuple[int, dict[str, Any]]:

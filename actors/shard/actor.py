@@ -170,6 +170,7 @@ class ShardCore:
         self.enrich = enrich
         self._followups = None  # serve.apps.deployments.FollowUps, made on first use
         self._model_swapped = threading.Condition()
+        self._sites_applied = threading.Condition()
         self.refused: set[str] = set()  # model versions this shard will not load
         self._metrics = _ShardMetrics(index)
         self.stats = {
@@ -327,6 +328,18 @@ class ShardCore:
             old, self.sites = self.sites, sites
             for key in old.keys() | sites.keys():  # a site removed takes the defaults
                 self.host.rules_changed(key, (sites.get(key) or Site(key)).policy)
+        with self._sites_applied:
+            self._sites_applied.notify_all()
+
+    def wait_sites(self, version: int, timeout: float = 10.0) -> dict[str, Any]:
+        """Block until this shard applies site rules ``version`` (or later); returns info()."""
+        self._start()
+        with self._sites_applied:
+            if not self._sites_applied.wait_for(
+                lambda: self.site_rules.version >= version, timeout
+            ):
+                raise TimeoutError(f"shard {self.index} did not apply site rules {version}")
+        return self.info()
 
     def site_rules_of(self, site: str) -> dict[str, Any]:
         """The rules this shard applies to ``site`` now, and the rules version they come from."""
@@ -1136,6 +1149,10 @@ class SessionShard:
     def site_rules_of(self, site: str) -> dict[str, Any]:
         """The rules this shard applies to ``site`` now (:meth:`ShardCore.site_rules_of`)."""
         return self.core.site_rules_of(site)
+
+    def wait_sites(self, version: int, timeout: float = 10.0) -> dict[str, Any]:
+        """Wait until the shard applies site rules ``version``; for tests and operators."""
+        return self.core.wait_sites(version, timeout)
 
     def flush(self) -> int:
         """Write snapshots of every changed session now."""
