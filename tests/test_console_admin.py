@@ -37,7 +37,9 @@ BUNDLED = PACKAGE_ROOT / "actors" / "model" / "bundled"
 
 def bundled() -> tuple[bytes, dict]:
     """The shipped model: a real model of this code's feature schema."""
-    return (BUNDLED / "bundled.ubj").read_bytes(), json.loads((BUNDLED / "bundled.json").read_text())
+    return (BUNDLED / "bundled.ubj").read_bytes(), json.loads(
+        (BUNDLED / "bundled.json").read_text()
+    )
 
 
 @asynccontextmanager
@@ -115,7 +117,11 @@ async def test_promotion_guard_force_rollback_and_refusals(redis_url, prefix):
         assert [v["schema_ok"] for v in listing["versions"]] == [True, True, False]
         assert listing["versions"][0]["metrics"]["xgboost"]["roc_auc"] > 0.5
         newest, refused = listing["history"][:2]  # the roll-back, and the refused one before it
-        assert (newest["version"], newest["previous"], newest["check"]["decision"]) == (a, b, "forced")
+        assert (newest["version"], newest["previous"], newest["check"]["decision"]) == (
+            a,
+            b,
+            "forced",
+        )
         assert refused["refused"] is True and refused["version"] == a
 
         done = [(e["action"], e["detail"].get("version")) for e in await actions(ctx)][::-1]
@@ -276,9 +282,7 @@ async def test_a_policy_edit_reaches_the_shards(lifeline_stack):
                     *(sh.wait_sites.remote(version) for sh in stack.shards)
                 )
                 assert all(i["sites_version"] >= version for i in infos)
-                rules = await asyncio.gather(
-                    *(sh.site_rules_of.remote(key) for sh in stack.shards)
-                )
+                rules = await asyncio.gather(*(sh.site_rules_of.remote(key) for sh in stack.shards))
                 assert {(x["policy"]["min_signals"], x["policy"]["holdout"]) for x in rules} == {
                     (min_signals, holdout)
                 }
