@@ -49,7 +49,6 @@ import pandas as pd
 
 from actors.core.features import FEATURE_SCHEMA_HASH
 from training.labels import DEFAULT_HORIZON_S, EXIT_SOON, NO_PURCHASE
-from training.registry import HISTORY_MAX
 from training.train import evaluate_booster, load_booster
 
 AUC_TOLERANCE = 0.005
@@ -353,13 +352,3 @@ def live_rows(r: Any, prefix: str) -> tuple[pd.DataFrame, str]:
     if not sessions:
         raise NoRows("the live event log has no sessions")
     return rows_frame(sessions), "live"
-
-
-def rollback_target(reg: Any) -> str | None:
-    """The version that was live before the live one (by the newest promotion), or None."""
-    live = reg.live()
-    for entry in reg.history(HISTORY_MAX):
-        if entry.get("refused") or entry.get("version") != live:
-            continue
-        return entry.get("previous")
-    return None

@@ -297,6 +297,17 @@ class ModelRegistry:
         """
         return [json.loads(x) for x in self.r.lrange(self.k_history, 0, limit - 1)]
 
+    def previous_live(self) -> str | None:
+        """The version live before the live one (by the newest promotion to it), or None.
+
+        What a roll-back promotes; None when the live model was the first.
+        """
+        live = self.live()
+        for entry in self.history(HISTORY_MAX):
+            if not entry.get("refused") and entry.get("version") == live:
+                return entry.get("previous")
+        return None
+
     def resolve(self, ref: str) -> str:
         """A version from a user's reference: a full version, ``v3``/``3``, or ``latest``."""
         versions = self.versions()

@@ -40,7 +40,6 @@ from cluster.config import PACKAGE_ROOT
 from serve.console.app import Route
 from serve.console.audit import record_action
 from serve.console.auth import error, json_body
-from training import promotion
 from training.registry import PLOT_NAME, ModelRegistry, SchemaMismatch, UnknownVersion
 
 REPORTS = PACKAGE_ROOT / "reports"  # where `lifeline train` writes reports by default
@@ -100,7 +99,7 @@ def _listing(reg: ModelRegistry) -> dict[str, Any]:
         "live": live,
         "serving": live or "bundled",  # the shards score with the bundled model until a promotion
         "challenger": {"version": challenger[0], "share": challenger[1]} if challenger else None,
-        "rollback_to": promotion.rollback_target(reg),
+        "rollback_to": reg.previous_live(),
         "feature_schema": FEATURE_SCHEMA_HASH,
         "versions": versions,
         "history": reg.history(HISTORY),
@@ -185,7 +184,9 @@ def _promote(reg: ModelRegistry, ref: str | None, options: dict[str, Any], prefi
     if not _promoting.acquire(blocking=False):
         return "busy"
     try:
-        version = reg.resolve(ref) if ref is not None else promotion.rollback_target(reg)
+        from training import promotion  # pandas and xgboost: loaded on the first promotion
+
+        version = reg.resolve(ref) if ref is not None else reg.previous_live()
         if version is None:
             return "nothing"
         rows = functools.partial(promotion.live_rows, reg.r, prefix)
