@@ -37,9 +37,9 @@ from aiohttp import web
 
 from actors.core.features import FEATURE_SCHEMA_HASH
 from cluster.config import PACKAGE_ROOT
-from serve.console.app import Route
 from serve.console.audit import record_action
 from serve.console.auth import error, json_body
+from serve.console.routing import Route
 from training.registry import PLOT_NAME, ModelRegistry, SchemaMismatch, UnknownVersion
 
 REPORTS = PACKAGE_ROOT / "reports"  # where `lifeline train` writes reports by default

@@ -23,9 +23,9 @@ from aiohttp import web
 
 from actors.core.sites import Site, SiteConfigError, parse_sites, read_sites_file
 from cluster import site_rules
-from serve.console.routing import Route
 from serve.console.audit import record_action
 from serve.console.auth import error, json_body
+from serve.console.routing import Route
 
 FILE, OVERRIDE, DEFAULT = "file", "override", "default"
 
