@@ -23,6 +23,9 @@
 | ``{p}model:seq``, ``{p}model:versions``, ``{p}model:live``, ``{p}model:history`` | counter, sorted set, string, list | the model registry (training/registry.py) |
 | ``{p}model:blob:{version}``, ``{p}model:meta:{version}`` | string, hash | one registered model |
 | ``{p}model:promoted`` | pub/sub channel | promotions |
+| ``{p}model:plots:{version}`` | hash | one registered model's training-report plots: file name -> PNG bytes |
+| ``{p}sites:overrides`` | hash | run-time site rules: site key -> the site's whole table as JSON, replacing the sites file's (cluster/site_rules.py) |
+| ``{p}sites:version`` | counter | bumped with every change of ``sites:overrides``; gateways and shards poll it |
 | ``{p}recsys:{site}:model`` (``:version``), ``{p}recsys:{site}:catalog`` | string, hash | a site's recommender model and catalog (serve/apps/recommender.py) |
 | ``{p}nudge:{version}:{facts}`` | string | a cached LLM nudge for one situation (serve/apps/nudge.py) |
 | ``{p}audit`` | stream | the console's audit log: who, action, from, detail (serve/console/audit.py) |
@@ -124,8 +127,13 @@ class Keys:
 
     def model(self, part: str) -> str:
         """The model registry's keys: ``seq``, ``versions``, ``live``, ``history``, ``promoted``,
-        ``challenger`` (hash: version, share), ``blob:{version}``, ``meta:{version}``."""
+        ``challenger`` (hash: version, share), ``blob:{version}``, ``meta:{version}``,
+        ``plots:{version}`` (hash: file name -> PNG)."""
         return f"{self.prefix}model:{part}"
+
+    def sites(self, part: str) -> str:
+        """Run-time site rules: ``overrides`` (hash), ``version`` (counter) (cluster/site_rules.py)."""
+        return f"{self.prefix}sites:{part}"
 
     def recsys_model(self, site: str) -> str:
         return f"{self.prefix}recsys:{site}:model"

@@ -211,6 +211,9 @@ async def test_promotion_guard_refuses_a_worse_model_until_forced(
         own = reg.meta(fresh)["metrics"]["xgboost"]["roc_auc"]
         assert c["figures"][fresh]["roc_auc"] == pytest.approx(own, abs=1e-4)
         assert "## Promotion check" in (tmp_path / "c" / "report.md").read_text()
+        # The report's plots are kept with the version, for the console's Models page.
+        assert "roc.png" in reg.plot_names(fresh)
+        assert reg.plot(fresh, "roc.png") == (tmp_path / "c" / "roc.png").read_bytes()
     finally:
         # Leave the shared stack scoring with the bundled model, as the other tests expect.
         meta = json.loads(BUNDLED_META.read_text())

@@ -186,9 +186,7 @@ def load_sessions(args: argparse.Namespace) -> tuple[list, dict[str, Any]]:
         desc.update(file=str(args.file))
     elif src in LIVE:
         read_at = int(time.time() * 1000)
-        sessions = export_redis(_redis(args), _prefix(args), progress=True)
-        for x in sessions:  # nothing after its last event is known past the read (labels censor)
-            x.extra.setdefault("observed_until_ms", read_at)
+        sessions = export_redis(_redis(args), _prefix(args), progress=True, read_at_ms=read_at)
         desc.update(source="live", prefix=_prefix(args), read_at_ms=read_at)
     else:  # argparse's choices make this unreachable
         raise UserError(f"unknown source {src!r}")
@@ -346,59 +344,26 @@ def _promote_guarded(
     ``rows()`` gives the rows frame and source whose newest sessions are held
     back. Returns the exit code (0, or ``EXIT_REFUSED``) and a report section.
     """
-    from actors.core.features import FEATURE_SCHEMA_HASH
-    from training.promotion import Model, check
+    from training.promotion import promote_guarded
 
-    raw, meta = reg.load(version)
-    if not args.force and meta.get("feature_schema") != FEATURE_SCHEMA_HASH:
-        reg.promote(version, expected_schema=FEATURE_SCHEMA_HASH)  # raises SchemaMismatch
-    live_version = reg.live()
-    live = Model(*reg.load(live_version), live_version) if live_version else None
-    result = check(
-        Model(raw, meta, version),
-        live,
+    result = promote_guarded(
+        reg,
+        version,
         rows,
+        force=args.force,
         test_frac=args.test_frac,
         auc_tolerance=args.auc_tolerance,
         brier_tolerance=args.brier_tolerance,
     )
-    lines = [f"promotion check of {version} against {live_version or 'no live model'}: "]
-    lines[0] += result.verdict.replace("_", " ")
-    if result.held_back:
-        h = result.held_back
-        lines.append(
-            f"  held back: the newest {100 * h['test_frac']:g} % of {h['source']} sessions, "
-            f"{h['sessions']} sessions, {h['rows']} rows"
-        )
-        lines.append(result.table())
-    lines += [f"  {x}" for x in result.reasons + result.notes]
-    if result.passes or args.force:
-        decision = "promoted" if result.passes else "forced"
-        reg.promote(
-            version,
-            expected_schema=None if args.force else FEATURE_SCHEMA_HASH,
-            check=result.record(decision),
-        )
-        lines.append(
-            f"{'promoted' if result.passes else 'promoted (forced)'} {version} "
-            f"(was {live_version or 'the bundled model'}); running shards switch to it between batches"
-        )
-        rc = 0
-    else:
-        reg.record_refusal(version, result.record("refused"))
-        lines.append(
-            f"refused: {version} is not promoted, {live_version} stays live "
-            "(--force promotes it anyway)"
-        )
-        rc = EXIT_REFUSED
-    text = "\n".join(lines)
+    rc = 0 if result.promoted else EXIT_REFUSED
+    text = "\n".join(result.lines())
     print(text, file=sys.stderr if rc else sys.stdout)
     return rc, "## Promotion check\n\n```\n" + text + "\n```\n"
 
 
 # -- train ------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from training.evaluate import write_report
+    from training.evaluate import report_plots, write_report
     from training.segments import fit_segments
     from training.train import XGBParams, train_and_evaluate
 
@@ -462,6 +427,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     path.write_text(text[:cut] + "".join("\n" + x for x in sections) + text[cut:], "utf-8")
     (Path(report_dir) / "segments.json").write_text(json.dumps(seg, indent=1) + "\n")
     print(f"report: {path}")
+    if version is not None:  # the console shows a version's plots from the registry
+        reg.save_plots(version, report_plots(path))
     if args.bundle:
         out = Path(args.bundle)
         out.mkdir(parents=True, exist_ok=True)

@@ -399,11 +399,19 @@ def iter_redis_sessions(r: Any, prefix: str, *, count: int = 500) -> Iterator[Se
             )
 
 
-def export_redis(r: Any, prefix: str, *, progress: bool = False) -> list[SessionEvents]:
-    """All sessions of the live event log, ordered by start time."""
+def export_redis(
+    r: Any, prefix: str, *, progress: bool = False, read_at_ms: int | None = None
+) -> list[SessionEvents]:
+    """All sessions of the live event log, ordered by start time.
+
+    ``read_at_ms``: when the log was read; nothing after a session's last
+    event is known past it (``observed_until_ms``, which labels censor on).
+    """
     bar = Progress(None, "export", enabled=progress)
     out = []
     for s in iter_redis_sessions(r, prefix):
+        if read_at_ms is not None:
+            s.extra.setdefault("observed_until_ms", read_at_ms)
         out.append(s)
         bar.update()
     bar.close()

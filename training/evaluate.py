@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +275,17 @@ def write_report(
     path.write_text("\n".join(lines))
     _write_metrics_json(out, run, meta, split)
     return path
+
+
+def report_plots(report: Path) -> dict[str, bytes]:
+    """The PNG plots a report written by :func:`write_report` shows: file name -> bytes.
+
+    Read from the report's own image links, not the folder, which may hold
+    plots of an earlier run (one with more sources, say).
+    """
+    text = report.read_text(encoding="utf-8")
+    names = dict.fromkeys(re.findall(r"!\[[^\]]*\]\(([A-Za-z0-9_-]+\.png)\)", text))
+    return {n: (report.parent / n).read_bytes() for n in names if (report.parent / n).is_file()}
 
 
 def _report_intro(

@@ -239,3 +239,116 @@ def check(
             f"{cand_fig['brier']:.4f} vs {live_fig['brier']:.4f}: not worse beyond the tolerances"
         )
     return out
+
+
+PROMOTED, FORCED, REFUSED = "promoted", "forced", "refused"
+
+
+@dataclass
+class Promotion:
+    """What a guarded promotion did: ``decision`` is promoted, forced or refused."""
+
+    version: str
+    previous: str | None  # the live version before
+    decision: str
+    check: Check
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision != REFUSED
+
+    def lines(self) -> list[str]:
+        """The check and the decision, for the terminal and the report."""
+        c = self.check
+        lines = [
+            f"promotion check of {self.version} against {self.previous or 'no live model'}: "
+            + c.verdict.replace("_", " ")
+        ]
+        if c.held_back:
+            h = c.held_back
+            lines.append(
+                f"  held back: the newest {100 * h['test_frac']:g} % of {h['source']} sessions, "
+                f"{h['sessions']} sessions, {h['rows']} rows"
+            )
+            lines.append(c.table())
+        lines += [f"  {x}" for x in c.reasons + c.notes]
+        if self.decision == REFUSED:
+            lines.append(
+                f"refused: {self.version} is not promoted, {self.previous} stays live "
+                "(--force promotes it anyway)"
+            )
+        else:
+            lines.append(
+                f"{'promoted' if c.passes else 'promoted (forced)'} {self.version} "
+                f"(was {self.previous or 'the bundled model'}); running shards switch to it "
+                "between batches"
+            )
+        return lines
+
+    def summary(self) -> dict[str, Any]:
+        """For the console and the audit log: the decision, the previous version, the figures."""
+        return {
+            "version": self.version,
+            "previous": self.previous,
+            **self.check.record(self.decision),
+        }
+
+
+def promote_guarded(
+    reg: Any,
+    version: str,
+    rows: Callable[[], tuple[pd.DataFrame, str]],
+    *,
+    force: bool = False,
+    test_frac: float = 0.2,
+    auc_tolerance: float = AUC_TOLERANCE,
+    brier_tolerance: float = BRIER_TOLERANCE,
+) -> Promotion:
+    """Promote ``version`` in the registry ``reg`` unless the guard refuses; record either way.
+
+    What ``lifeline promote`` and the console's promote and roll-back do.
+    Without ``force``, a model of another feature schema than this code's
+    raises :class:`training.registry.SchemaMismatch` before anything is
+    measured; with it, a refusal becomes a promotion whose record says
+    ``forced``. ``rows`` as for :func:`check`.
+    """
+    raw, meta = reg.load(version)
+    if not force and meta.get("feature_schema") != FEATURE_SCHEMA_HASH:
+        reg.promote(version, expected_schema=FEATURE_SCHEMA_HASH)  # raises SchemaMismatch
+    live_version = reg.live()
+    live = Model(*reg.load(live_version), live_version) if live_version else None
+    result = check(
+        Model(raw, meta, version),
+        live,
+        rows,
+        test_frac=test_frac,
+        auc_tolerance=auc_tolerance,
+        brier_tolerance=brier_tolerance,
+    )
+    if result.passes or force:
+        decision = PROMOTED if result.passes else FORCED
+        reg.promote(
+            version,
+            expected_schema=None if force else FEATURE_SCHEMA_HASH,
+            check=result.record(decision),
+        )
+    else:
+        decision = REFUSED
+        reg.record_refusal(version, result.record(decision))
+    return Promotion(version, live_version, decision, result)
+
+
+def live_rows(r: Any, prefix: str) -> tuple[pd.DataFrame, str]:
+    """The live event log's sessions as rows (``rows`` for :func:`check`); :class:`NoRows` if empty.
+
+    Replayed in this process (``training.dataset.rows_frame``): seconds for
+    a few thousand sessions, which a console request waits for.
+    """
+    import time
+
+    from training.dataset import export_redis, rows_frame
+
+    sessions = export_redis(r, prefix, read_at_ms=int(time.time() * 1000))
+    if not sessions:
+        raise NoRows("the live event log has no sessions")
+    return rows_frame(sessions), "live"

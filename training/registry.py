@@ -15,6 +15,7 @@ Keys (all under the deployment's prefix):
 * ``model:meta:{version}`` JSON metadata (see :meth:`ModelRegistry.save`)
 * ``model:live``           the live version (a plain string)
 * ``model:history``        JSON lines of promotions and refused promotions, newest first (capped)
+* ``model:plots:{version}`` hash: the training report's plots (file name -> PNG), for the console
 
 Limits: blobs live in Redis memory (a model of a few hundred trees is well
 under 1 MB); there is no garbage collection of old versions (``delete`` is
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -38,6 +40,7 @@ from cluster.keys import Keys
 
 HISTORY_MAX = 100
 REQUIRED_META = ("feature_schema", "feature_names")
+PLOT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\.png")
 
 
 class RegistryError(RuntimeError):
@@ -78,6 +81,9 @@ class ModelRegistry:
 
     def _k_meta(self, version: str) -> str:
         return self.keys.model(f"meta:{version}")
+
+    def _k_plots(self, version: str) -> str:
+        return self.keys.model(f"plots:{version}")
 
     @staticmethod
     def _text(value: Any) -> str | None:
@@ -181,6 +187,27 @@ class ModelRegistry:
         pipe.ltrim(self.k_history, 0, HISTORY_MAX - 1)
         pipe.execute()
 
+    def save_plots(self, version: str, plots: dict[str, bytes]) -> None:
+        """Keep a version's training-report plots (``roc.png`` -> PNG bytes), for the console.
+
+        Tens of kB each, a few per version; they go with the version on :meth:`delete`.
+        """
+        self.meta(version)  # raises UnknownVersion
+        bad = [name for name in plots if not PLOT_NAME.fullmatch(name)]
+        if bad:
+            raise RegistryError(f"plot names must be like 'roc.png', got {bad}")
+        if plots:
+            self.r.hset(self._k_plots(version), mapping=plots)
+
+    def plot_names(self, version: str) -> list[str]:
+        """The names of a version's stored plots, sorted."""
+        return sorted(self._text(n) or "" for n in self.r.hkeys(self._k_plots(version)))
+
+    def plot(self, version: str, name: str) -> bytes | None:
+        """One stored plot's PNG, or None."""
+        raw = self.r.hget(self._k_plots(version), name)
+        return bytes(raw) if raw is not None else None
+
     def delete(self, version: str) -> None:
         """Remove a stored model; the live one cannot be deleted."""
         if self.live() == version:
@@ -188,7 +215,7 @@ class ModelRegistry:
         if self.r.zscore(self.k_versions, version) is None:
             raise UnknownVersion(f"no model version {version!r} in the registry")
         pipe = self.r.pipeline(transaction=True)
-        pipe.delete(self._k_blob(version), self._k_meta(version))
+        pipe.delete(self._k_blob(version), self._k_meta(version), self._k_plots(version))
         pipe.zrem(self.k_versions, version)
         pipe.execute()
 
@@ -269,6 +296,17 @@ class ModelRegistry:
         ``"refused": true`` (and ``version`` was not made live).
         """
         return [json.loads(x) for x in self.r.lrange(self.k_history, 0, limit - 1)]
+
+    def previous_live(self) -> str | None:
+        """The version live before the live one (by the newest promotion to it), or None.
+
+        What a roll-back promotes; None when the live model was the first.
+        """
+        live = self.live()
+        for entry in self.history(HISTORY_MAX):
+            if not entry.get("refused") and entry.get("version") == live:
+                return entry.get("previous")
+        return None
 
     def resolve(self, ref: str) -> str:
         """A version from a user's reference: a full version, ``v3``/``3``, or ``latest``."""

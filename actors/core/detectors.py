@@ -30,6 +30,36 @@ def refuse_unknown(cls: type, data: dict[str, Any], what: str) -> None:
         raise ValueError(f"unknown {what}: {sorted(unknown)}")
 
 
+def checked_values(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
+    """``data`` checked against the dataclass ``cls``'s fields, for :func:`dataclasses.replace`.
+
+    Each value must have its default's type: a whole number for an int, a
+    finite number for a float (never a bool), a list of strings for a tuple;
+    numbers are not negative. A site's rules are edited at run time too
+    (cluster/site_rules.py): a string where a count belongs must be refused
+    here, not fail later in a shard's batch.
+    """
+    refuse_unknown(cls, data, what)
+    defaults = {f.name: f.default for f in fields(cls)}
+    out: dict[str, Any] = {}
+    for name, value in data.items():
+        default = defaults[name]
+        if isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
+                raise ValueError(f"{what}: {name} must be a list of names, got {value!r}")
+            out[name] = tuple(value)
+            continue
+        whole = isinstance(default, int)
+        kinds = (int,) if whole else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+            kind = "a whole number" if whole else "a number"
+            raise ValueError(f"{what}: {name} must be {kind}, got {value!r}")
+        if value < 0:
+            raise ValueError(f"{what}: {name} must not be negative, got {value!r}")
+        out[name] = value if whole else float(value)
+    return out
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
     """Thresholds for the struggle detectors and the decay of their signals."""
@@ -65,14 +95,9 @@ class DetectorConfig:
         """Build from a site's config table; unknown keys are an error, not ignored."""
         if not data:
             return cls()
-        refuse_unknown(cls, data, "detector settings")
-        return replace(
-            cls(),
-            **{k: float(v) if k not in _INT_SETTINGS else int(v) for k, v in data.items()},
-        )
+        return replace(cls(), **checked_values(cls, data, "detector settings"))
 
 
-_INT_SETTINGS = ("rage_clicks", "thrash_turns", "abandon_fields")
 DEFAULT_DETECTORS = DetectorConfig()
 
 

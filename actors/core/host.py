@@ -225,6 +225,13 @@ class SessionHost:
             self.budgets[site] = Budget(policy.budget) if policy.budget < 1.0 else None
         return self.budgets[site]
 
+    def rules_changed(self, site: str, policy: PolicyConfig) -> None:
+        """``site`` has new rules: its budget starts afresh if its share changed."""
+        if site in self.budgets:
+            budget = self.budgets[site]
+            if (budget.share if budget is not None else 1.0) != policy.budget:
+                del self.budgets[site]
+
     def process(
         self,
         items: Sequence[BatchItem],

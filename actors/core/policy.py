@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from actors.core.budget import UNCOUNTED, Budget, priority
-from actors.core.detectors import refuse_unknown
+from actors.core.detectors import checked_values
 from actors.core.features import FEATURE_INDEX, STRONG_SIGNAL
 from actors.core.kinds import HELP_OFFER, KIND, KINDS
 from actors.core.reasons import Driver
@@ -71,8 +71,7 @@ class PolicyConfig:
         """Build from a site's [policy] table; unknown keys are an error."""
         if not data:
             return cls()
-        refuse_unknown(cls, data, "policy settings")
-        values = dict(data)
+        values = checked_values(cls, data, "policy settings")
         if "kinds" in values:
             bad = set(values["kinds"]) - set(KINDS)
             if bad:

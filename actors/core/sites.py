@@ -215,13 +215,17 @@ def _as_tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def load_sites(path: str | Path) -> dict[str, Site]:
-    """Read and check the sites file."""
+def read_sites_file(path: str | Path) -> dict[str, Any]:
+    """The sites file as TOML data, unchecked (:func:`parse_sites` checks it)."""
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text())
+        return tomllib.loads(p.read_text())
     except FileNotFoundError as exc:
         raise SiteConfigError(f"sites file not found: {p}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise SiteConfigError(f"{p}: {exc}") from exc
-    return parse_sites(data, str(p))
+
+
+def load_sites(path: str | Path) -> dict[str, Site]:
+    """Read and check the sites file."""
+    return parse_sites(read_sites_file(path), str(path))

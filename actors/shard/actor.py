@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -49,6 +50,7 @@ from actors.shard.tallies import ShardTallies
 from cluster.keys import Keys
 from cluster.loops import Failures, Supervisor
 from cluster.redis_server import async_client
+from cluster.site_rules import SiteRules
 from cluster.tracing import Carrier, TraceConfig, Tracing, tracing_for
 
 log = logging.getLogger("lifeline.shard")
@@ -142,7 +144,9 @@ class ShardCore:
         self.tracing: Tracing | None = tracing_for("lifeline-shard", tracing)
         self.keys = Keys(prefix)
         self.prefix = prefix
-        self.sites: dict[str, Site] = load_sites(sites_file)
+        # The sites file's rules, then the run-time overrides (cluster/site_rules.py).
+        self.site_rules = SiteRules(load_sites(sites_file), self.keys, log)
+        self.sites: dict[str, Site] = self._initial_sites(redis_url)
         self.host = SessionHost(
             self._rules,
             deactivate_after_ms=idle_deactivate_s * 1000.0,
@@ -170,6 +174,7 @@ class ShardCore:
         self.enrich = enrich
         self._followups = None  # serve.apps.deployments.FollowUps, made on first use
         self._model_swapped = threading.Condition()
+        self._sites_applied = threading.Condition()
         self.refused: set[str] = set()  # model versions this shard will not load
         self._metrics = _ShardMetrics(index)
         self.stats = {
@@ -314,6 +319,43 @@ class ShardCore:
 
     # -- sites ----------------------------------------------------------------
 
+    def _initial_sites(self, redis_url: str) -> dict[str, Site]:
+        try:
+            return self.site_rules.read_sync(redis.Redis.from_url(redis_url))
+        except redis.RedisError as exc:  # the sites loop reads them once Redis answers
+            log.error("shard %d: site overrides not read (%s); the file's rules", self.index, exc)
+            return self.site_rules.sites
+
+    def _sites_changed(self, sites: dict[str, Site]) -> None:
+        """New site rules (I/O loop): the next batch decides with them."""
+        with self._lock:  # between batches; the host's budgets follow a changed share
+            old, self.sites = self.sites, sites
+            for key in old.keys() | sites.keys():  # a site removed takes the defaults
+                self.host.rules_changed(key, (sites.get(key) or Site(key)).policy)
+        with self._sites_applied:
+            self._sites_applied.notify_all()
+
+    def wait_sites(self, version: int, timeout: float = 10.0) -> dict[str, Any]:
+        """Block until this shard applies site rules ``version`` (or later); returns info()."""
+        self._start()
+        with self._sites_applied:
+            if not self._sites_applied.wait_for(
+                lambda: self.site_rules.version >= version, timeout
+            ):
+                raise TimeoutError(f"shard {self.index} did not apply site rules {version}")
+        return self.info()
+
+    def site_rules_of(self, site: str) -> dict[str, Any]:
+        """The rules this shard applies to ``site`` now, and the rules version they come from."""
+        s = self.sites.get(site) or Site(site)
+        return {
+            "version": self.site_rules.version,
+            "origins": list(s.origins),
+            "goals": list(s.goals),
+            "policy": dataclasses.asdict(s.policy),
+            "detectors": dataclasses.asdict(s.detectors),
+        }
+
     def _rules(self, site: str):
         s = self.sites.get(site)
         if s is None:
@@ -331,6 +373,7 @@ class ShardCore:
             self.loops.start("model", self._model_loop)
             self.loops.start("snapshots", self._snapshot_loop)
             self.loops.start("tallies", self.tallies.run)
+            self.loops.start("sites", lambda: self.site_rules.loop(self.redis, self._sites_changed))
 
         self._io.call_soon_threadsafe(start_loops)
 
@@ -949,6 +992,7 @@ class ShardCore:
             "sessions_dormant": len(self.host.dormant),
             "model": self.scorer.version,
             "challenger": self._challenger_version(),
+            "sites_version": self.site_rules.version,
             "unreadable_snapshots": self.host.unreadable_snapshots,
             **self.stats,
             # Health: False while a background loop is down or failing every time
@@ -1128,6 +1172,14 @@ class SessionShard:
         and the model poll decides within a second.
         """
         return self.core.wait_model_decision(version, timeout)
+
+    def site_rules_of(self, site: str) -> dict[str, Any]:
+        """The rules this shard applies to ``site`` now (:meth:`ShardCore.site_rules_of`)."""
+        return self.core.site_rules_of(site)
+
+    def wait_sites(self, version: int, timeout: float = 10.0) -> dict[str, Any]:
+        """Wait until the shard applies site rules ``version``; for tests and operators."""
+        return self.core.wait_sites(version, timeout)
 
     def flush(self) -> int:
         """Write snapshots of every changed session now, and the console's counts."""

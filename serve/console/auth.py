@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
@@ -45,6 +46,17 @@ SECURITY_HEADERS = {
 
 def error(status: int, code: str, detail: str) -> web.Response:
     return web.json_response({"code": code, "detail": detail}, status=status)
+
+
+async def json_body(request: web.Request) -> dict[str, Any] | web.Response:
+    """The request's JSON object, or the 400 to return when the body is not one."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return error(400, "bad_json", "the body must be a JSON object")
+    if not isinstance(body, dict):
+        return error(400, "bad_json", "the body must be a JSON object")
+    return body
 
 
 def _wants_page(request: web.Request) -> bool:

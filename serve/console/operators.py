@@ -8,24 +8,12 @@ console afterwards.
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from serve.console import audit
 from serve.console.accounts import AccountError, Accounts, Operator
-from serve.console.auth import account_error, error
+from serve.console.auth import account_error, error, json_body
 from serve.console.routing import Route
-
-
-async def _json(request: web.Request) -> dict[str, Any] | web.Response:
-    try:
-        body = await request.json()
-    except ValueError:
-        return error(400, "bad_json", "the body must be a JSON object")
-    if not isinstance(body, dict):
-        return error(400, "bad_json", "the body must be a JSON object")
-    return body
 
 
 async def list_operators(request: web.Request) -> web.Response:
@@ -33,7 +21,7 @@ async def list_operators(request: web.Request) -> web.Response:
 
 
 async def add_operator(request: web.Request) -> web.Response:
-    body = await _json(request)
+    body = await json_body(request)
     if isinstance(body, web.Response):
         return body
     accounts: Accounts = request.app["accounts"]
@@ -48,7 +36,7 @@ async def add_operator(request: web.Request) -> web.Response:
 
 async def change_operator(request: web.Request) -> web.Response:
     """``POST /api/operators/{name}``: a new role and/or password."""
-    body = await _json(request)
+    body = await json_body(request)
     if isinstance(body, web.Response):
         return body
     accounts: Accounts = request.app["accounts"]
@@ -91,7 +79,7 @@ async def issue_token(request: web.Request) -> web.Response:
 
     The token is in the reply once; only its digest is stored.
     """
-    body = await _json(request)
+    body = await json_body(request)
     if isinstance(body, web.Response):
         return body
     op: Operator = request["operator"]

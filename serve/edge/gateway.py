@@ -36,6 +36,7 @@ from actors.shard.link import LinkTLS, ShardLink
 from cluster.keys import Keys
 from cluster.loops import Supervisor
 from cluster.redis_server import async_client
+from cluster.site_rules import SiteRules
 from cluster.tracing import Tracing
 from serve.edge import metrics
 from serve.edge.beacon import Beacons
@@ -81,6 +82,9 @@ class Gateway:
         tls = LinkTLS.from_env()  # the cluster's, as the shards read it
         self.links = [ShardLink(shard, self.id, tls) for shard in shards]
         self.ring = HashRing(len(shards))
+        # The sites file's sites, then the run-time overrides (cluster/site_rules.py):
+        # ``sites`` is replaced whole on a change, so a handshake reads one dict.
+        self.site_rules = SiteRules(sites, self.keys, log)
         self.sites = sites
         self.secret = secret.encode()
         self.limits = limits or Limits()
@@ -119,6 +123,8 @@ class Gateway:
     async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
         """Listen; with ``reuse_port`` several gateway processes share one port."""
         loop = asyncio.get_running_loop()
+        # The overrides stored before this gateway started are in force from its first socket.
+        self.sites = await self.site_rules.refresh(self.redis) or self.sites
         # Supervised: a loop that fails is restarted, logged, counted and shown by health.
         self.loops.start("append", self.pipeline.append_loop)
         self.loops.start("settle", self.pipeline.settle_loop)
@@ -127,6 +133,7 @@ class Gateway:
         self.loops.start("push", self._push_loop)
         self.loops.start("keepalive", self._keepalive_loop)
         self.loops.start("metrics", self._metrics_loop)
+        self.loops.start("sites", lambda: self.site_rules.loop(self.redis, self._sites_changed))
         self._server = await loop.create_server(
             lambda: Peer(self), host, port, reuse_port=reuse_port, backlog=2048
         )
@@ -162,6 +169,10 @@ class Gateway:
         if not site.origin_allowed(origin):
             return f"origin {origin!r} not allowed for site {site.key}"
         return site
+
+    def _sites_changed(self, sites: dict[str, Site]) -> None:
+        """New site rules: the next handshake and beacon use them; open sockets stay open."""
+        self.sites = sites
 
     def half_open_take(self, ip: str) -> bool:
         """Count a socket of ``ip`` in its handshake; False if the address has too many."""
