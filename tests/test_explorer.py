@@ -168,7 +168,8 @@ async def test_timeline_risk_is_what_the_shard_scored_with_decisions_and_reasons
     reply = await stack.shard_for(sid).handle.remote(
         pack_batch([(EVENTS, sid, "demo", consent, run.payload)])
     )
-    ((_sid, seqs, scores, frames),) = msgpack.unpackb(reply)
+    rows, _triggered = msgpack.unpackb(reply)  # (per session, traces the shard started)
+    ((_sid, seqs, scores, frames),) = rows
     tl = await timeline(ctx, "demo", sid)
     assert [e["seq"] for e in tl["events"]] == seqs == [e["seq"] for e in events]
     assert [e["risk"] for e in tl["events"]] == scores  # the same core, the same model

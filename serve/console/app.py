@@ -17,7 +17,14 @@ from serve.console.context import ConsoleContext
 from serve.console.routing import Route
 
 # Modules with a ROUTES tuple, imported when the app is built (they import Route from here).
-ROUTE_MODULES = ("serve.console.operators", "serve.console.live", "serve.console.explorer")
+ROUTE_MODULES = (
+    "serve.console.operators",
+    "serve.console.live",
+    "serve.console.explorer",
+    "serve.console.insights",
+    "serve.console.models",
+    "serve.console.sites",
+)
 
 
 def all_routes() -> list[Route]:

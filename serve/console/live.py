@@ -2,74 +2,86 @@
 
 ``GET /api/view/live`` is one snapshot; ``GET /api/live/stream`` sends a
 fresh one every ``PUSH_EVERY_S`` seconds over one long response (SSE),
-so the page updates itself without reloading. Rates (events/s) are the
-difference between two successive readings of the shards' counters; the
-first reading of a stream has none yet.
+so the page updates itself without reloading. Three readings make it:
+health (Redis, gateways, each shard's report), every gateway's traffic
+and latency over the last minute (serve/console/live_metrics.py, from
+the histograms the gateways publish), and the business counts the shards
+keep as events arrive (serve/console/insights.py).
 
 Limits: each open Live page costs one ``ping`` of every shard per push
-(a few hundred microseconds of each shard's time) and the reads below.
+(twice: health and the business counts), one read of each gateway's
+published snapshots and of the last hour's minute counters; an SSE stream
+that a proxy buffers does not update (send ``X-Accel-Buffering: no``, set
+here).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 from aiohttp import web
 
-from serve.console import ops
+from serve.console import insights, ops
+from serve.console.live_metrics import gateway_totals
 from serve.console.routing import Route
-from serve.console.shapes import col, table
+from serve.console.shapes import View, col, table
 
 PUSH_EVERY_S = 2.0
+ACK_SLO_MS, INTERVENTION_SLO_MS = 25.0, 50.0
 
 
-async def _reading(request: web.Request) -> dict[str, Any]:
-    """One reading: health (with each shard's report) and the time it was taken."""
-    ctx = request.app["ctx"]
-    body = await ops.health(ctx)
-    return {"t": time.monotonic(), "health": body}
+def _ms(v: float | None) -> float | None:
+    return None if v is None else round(v, 1)
 
 
-def _shards(h: dict[str, Any]) -> list[dict[str, Any]]:
-    infos = h.get("shard_info")
-    return infos if isinstance(infos, list) else []
+def _latency_kpi(label: str, stats: dict[str, Any], slo: float) -> dict[str, Any]:
+    p99 = stats.get("p99")
+    kpi: dict[str, Any] = {"label": f"{label} p50 / p99 (1 min)", "unit": "ms"}
+    kpi["value"] = f"{_ms(stats.get('p50'))} / {_ms(p99)}" if p99 is not None else None
+    if p99 is not None:
+        kpi["state"] = "ok" if p99 <= slo else "bad"
+    return kpi
 
 
-def live_view(now: dict[str, Any], before: dict[str, Any] | None) -> dict[str, Any]:
-    """The Live view from a reading and, for rates, the reading before it."""
-    h = now["health"]
-    shards = _shards(h)
-    events = sum(s.get("events", 0) for s in shards)
-    decisions = sum(s.get("decisions", 0) for s in shards)
-    rate = None
-    if before is not None:
-        dt = now["t"] - before["t"]
-        prev = sum(s.get("events", 0) for s in _shards(before["health"]))
-        rate = round(max(0, events - prev) / dt, 1) if dt > 0 else None
-    models = sorted({str(s.get("model")) for s in shards}) or ["?"]
-    healthy = sum(1 for s in shards if s.get("healthy"))
+async def live_view(ctx: Any, query: Any) -> View:
+    """The Live view: health, traffic and latency over the last minute, and the business counts."""
+    health, traffic, business = await asyncio.gather(
+        ops.health(ctx), gateway_totals(ctx), insights.live_business(ctx, query)
+    )
+    shards = health.get("shard_info") if isinstance(health.get("shard_info"), list) else []
     kpis = [
         {
             "label": "Health",
-            "value": "ok" if h["ok"] else "degraded",
-            "state": "ok" if h["ok"] else "bad",
+            "value": "ok" if health["ok"] else "degraded",
+            "state": "ok" if health["ok"] else "bad",
         },
-        {"label": "Sessions active now", "value": sum(s.get("sessions_active", 0) for s in shards)},
-        {"label": "Events/s (scored)", "value": rate},
-        {"label": "Open connections", "value": h.get("connections")},
-        {
-            "label": "Shards healthy",
-            "value": f"{healthy}/{len(shards)}",
-            "state": "ok" if shards and healthy == len(shards) else "bad",
-        },
-        {"label": "Live model", "value": ", ".join(models)},
-        {"label": "Events scored (since start)", "value": events},
-        {"label": "Decisions (since start)", "value": decisions},
+        {"label": "Events/s (acked, 1 min)", "value": round(traffic["events_per_s"], 1)},
+        {"label": "Open connections", "value": traffic["connections"]},
+        _latency_kpi("Ack", traffic["ack_ms"], ACK_SLO_MS),
+        _latency_kpi("Intervention", traffic["intervention_ms"], INTERVENTION_SLO_MS),
+        *business["kpis"],
     ]
-    rows = [
+    latency_rows = [
+        {
+            "what": name,
+            "count": s["count"],
+            "p50": _ms(s["p50"]),
+            "p95": _ms(s["p95"]),
+            "p99": _ms(s["p99"]),
+            "slo": slo,
+        }
+        for name, s, slo in (
+            ("ack (frame read to ack written)", traffic["ack_ms"], ACK_SLO_MS),
+            (
+                "intervention (trigger read to push written)",
+                traffic["intervention_ms"],
+                INTERVENTION_SLO_MS,
+            ),
+        )
+    ]
+    shard_rows = [
         {
             "shard": s.get("index"),
             "healthy": "yes" if s.get("healthy") else "NO",
@@ -82,10 +94,24 @@ def live_view(now: dict[str, Any], before: dict[str, Any] | None) -> dict[str, A
         }
         for s in shards
     ]
-    checks = [{"part": k, "ok": "yes" if v else "NO"} for k, v in h.get("checks", {}).items()]
+    checks = [{"part": k, "ok": "yes" if v else "NO"} for k, v in health["checks"].items()]
     return {
         "kpis": kpis,
+        "charts": business.get("charts", []),
         "tables": [
+            table(
+                "latency",
+                f"Latency over the last minute ({traffic['gateways']} gateways), ms",
+                [
+                    col("what", "What"),
+                    col("count", "Count", True),
+                    col("p50", "p50", True),
+                    col("p95", "p95", True),
+                    col("p99", "p99", True),
+                    col("slo", "SLO (p99)", True),
+                ],
+                latency_rows,
+            ),
             table(
                 "shards",
                 "Shards",
@@ -99,30 +125,33 @@ def live_view(now: dict[str, Any], before: dict[str, Any] | None) -> dict[str, A
                     col("model", "Model"),
                     col("challenger", "Challenger"),
                 ],
-                rows,
+                shard_rows,
             ),
             table("checks", "Health checks", [col("part", "Part"), col("ok", "OK")], checks),
+            *business.get("tables", []),
         ],
+        "notes": business.get("notes", []),
     }
 
 
-async def view(request: web.Request) -> dict[str, Any]:
-    return live_view(await _reading(request), None)
+async def view(request: web.Request) -> View:
+    return await live_view(request.app["ctx"], request.query)
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
     """``GET /api/live/stream``: the Live view every few seconds, as server-sent events."""
     response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+        }
     )
     await response.prepare(request)
-    before = None
     try:
         while True:
-            now = await _reading(request)
-            data = json.dumps(live_view(now, before), default=str)
+            data = json.dumps(await live_view(request.app["ctx"], request.query), default=str)
             await response.write(f"data: {data}\n\n".encode())
-            before = now
             await asyncio.sleep(PUSH_EVERY_S)
     except (ConnectionResetError, asyncio.CancelledError):
         pass

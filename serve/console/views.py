@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from serve.console import audit, explorer_view, live
+from serve.console import admin_views, audit, explorer_view, insights, live
 from serve.console.accounts import ROLES, SCOPES, Operator
 from serve.console.auth import error
 from serve.console.pages import PAGES, SESSION_PAGE
@@ -134,6 +134,11 @@ async def audit_view(request: web.Request) -> View:
 
 VIEWS: dict[str, ViewFn] = {
     "live": live.view,
+    "outcomes": insights.VIEWS["outcomes"],
+    "funnel": insights.VIEWS["funnel"],
+    "segments": insights.VIEWS["segments"],
+    "models": admin_views.models_view,
+    "sites": admin_views.sites_view,
     "sessions": explorer_view.sessions_view,
     "session": explorer_view.session_view,
     "operators": operators_view,

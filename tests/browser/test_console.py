@@ -156,3 +156,89 @@ async def test_a_forged_cross_site_form_is_refused(browser, lifeline_stack):
     )
     assert status == 403
     await context.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "page_name", "expect"),
+    [
+        ("/outcomes", "outcomes", "main section[id^='sec-table-'] tbody tr"),
+        ("/funnel?site=demo", "funnel", "main figure[id^='chart-']"),
+        ("/segments?site=demo", "segments", "main section[id^='sec-table-'] tbody tr"),
+        ("/sessions?site=demo&intervened=1", "sessions", "main section[id^='sec-table-'] tbody tr"),
+        ("/models", "models", ".kpi"),
+        ("/sites", "sites", "#sec-table-rules tbody tr"),
+    ],
+)
+async def test_each_page_renders_the_runs_data(
+    browser, lifeline_stack, traffic, path, page_name, expect
+):
+    context, page, errors = await signed_in(browser, lifeline_stack, "admin")
+    await page.goto(f"{lifeline_stack.console_url}{path}")
+    await page.wait_for_selector("main[data-loaded]")
+    assert await page.locator(".status.bad").count() == 0, await page.inner_text(".status")
+    assert await page.locator(expect).count() > 0, (path, expect)
+    await shot(page, page_name)
+    assert errors == []
+    await context.close()
+
+
+async def test_the_funnel_counts_the_traffic_and_exports_as_csv(browser, lifeline_stack, traffic):
+    context, page, _errors = await signed_in(browser, lifeline_stack, "analyst")
+    r = await page.request.get(f"{lifeline_stack.console_url}/api/view/funnel?site=demo")
+    view = await r.json()
+    landing = next(t for t in view["tables"] if t["rows"])
+    assert landing["rows"], view
+    csv = await page.request.get(
+        f"{lifeline_stack.console_url}/api/export/funnel/{landing['id']}.csv?site=demo"
+    )
+    assert csv.status == 200 and csv.headers["content-type"].startswith("text/csv")
+    lines = (await csv.text()).strip().splitlines()
+    assert lines[0].split(",")[0] == landing["columns"][0]["label"]
+    assert len(lines) == len(landing["rows"]) + 1
+    await context.close()
+
+
+async def test_a_promotion_in_the_console_is_audited_and_reaches_the_shards(
+    browser, lifeline_stack
+):
+    import asyncio
+    import json
+
+    import redis
+
+    from training.registry import ModelRegistry
+
+    bundled = Path(__file__).resolve().parents[2] / "actors" / "model" / "bundled"
+    reg = ModelRegistry(redis.Redis.from_url(lifeline_stack.redis_url), lifeline_stack.prefix)
+    before = reg.live()
+    reg.r.delete(reg.k_live)  # no live model: the guard has nothing to compare with
+    version = reg.save(
+        (bundled / "bundled.ubj").read_bytes(), json.loads((bundled / "bundled.json").read_text())
+    )
+    context, page, errors = await signed_in(browser, lifeline_stack, "admin")
+    try:
+        page.on("dialog", lambda d: asyncio.ensure_future(d.accept()))
+        await page.goto(f"{lifeline_stack.console_url}/models")
+        await page.wait_for_selector("main[data-loaded]")
+        row = page.locator("#sec-table-versions tbody tr", has_text=version)
+        await row.get_by_role("button", name="Promote", exact=True).click()
+        await page.wait_for_function(
+            "() => document.querySelector('.status').textContent.length > 0"
+        )
+        assert await page.inner_text(".status") == "Done: Promote"
+        infos = await asyncio.gather(
+            *(sh.wait_model_decision.remote(version) for sh in lifeline_stack.shards)
+        )
+        assert [i["model"] for i in infos] == [version] * len(lifeline_stack.shards)
+        await page.reload()
+        await page.wait_for_selector("main[data-loaded]")
+        await shot(page, "models")
+        await page.goto(f"{lifeline_stack.console_url}/audit")
+        await page.wait_for_selector("main[data-loaded]")
+        rows = await page.locator("#sec-table-audit tbody tr").all_inner_texts()
+        assert any("model promoted" in r and version in r for r in rows), rows[:5]
+        assert errors == []
+    finally:
+        await context.close()
+        if before is not None:
+            reg.promote(before)

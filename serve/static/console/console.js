@@ -153,7 +153,8 @@
           const v = form.elements[fld.name].value;
           body[fld.name] = fld.json ? (() => { try { return JSON.parse(v); } catch (e) { return v; } })() : v;
         }
-        try { const r = await api(f.method, f.url, body); say(r && r.token ? "New token (shown once): " + r.token : (f.done || "Saved."), false); if (!(r && r.token)) await load(); }
+        const payload = f.body_field ? body[f.body_field] : body;  // a form whose one field is the body
+        try { const r = await api(f.method, f.url, payload); say(r && r.token ? "New token (shown once): " + r.token : (f.done || "Saved."), false); if (!(r && r.token)) await load(); }
         catch (e) { say(e.message, true); }
       });
       s.replaceChildren(el("h2", { text: f.title }), el("div", { class: "tools" }, form));
@@ -177,12 +178,19 @@
     form.append(el("button", { type: "submit", text: "Apply" }));
     s.replaceChildren(form);
   }
+  function renderImages(list) {
+    if (!list.length) return;
+    const s = section("images");
+    s.replaceChildren(el("h2", { text: "Plots" }), el("div", { class: "grid" }, ...list.map((im) =>
+      el("figure", {}, el("figcaption", { text: im.title }), el("img", { src: im.src, alt: im.alt || im.title, loading: "lazy" })))));
+  }
   function render(view) {
     renderFilters(view.filters);
     if (view.kpis) renderKpis(view.kpis);
     renderCharts(view.charts || []);
     renderTables(view.tables || []);
     renderForms(view.forms || []);
+    renderImages(view.images || []);
     const notes = section("notes");
     notes.replaceChildren(...(view.notes || []).map((n) => el("p", { class: "note", text: n })));
     if (!main.dataset.loaded) main.dataset.loadedAt = String(performance.now());  // page-load figure
