@@ -2,7 +2,7 @@
 
 Seeds a fresh key prefix with ``loadtests/seed_console.py`` (event logs,
 session records, decisions and the tallies the shards keep as events
-arrive), starts ``lifeline up`` on that prefix, signs in to the console in
+arrive) and indexes it for the session explorer (``reindex``), starts ``lifeline up`` on that prefix, signs in to the console in
 Debian's Chromium and loads pages repeatedly. A page load is measured from
 navigation start to the moment the page's data is rendered
 (``main[data-loaded-at]``, set by console.js after its first view arrives),
@@ -92,6 +92,13 @@ def main() -> int:
     if not args.prefix:
         t0 = time.perf_counter()
         seeded = seed(redis_url, prefix, args.sessions, args.events)
+        # The session explorer's index, as the shards' snapshot ticks would have written it.
+        import redis.asyncio as aioredis
+
+        from actors.shard.index import reindex
+        from cluster.keys import Keys
+
+        seeded["reindex"] = asyncio.run(reindex(aioredis.Redis.from_url(redis_url), Keys(prefix)))
         print(f"seeded {prefix} in {time.perf_counter() - t0:.0f} s: {seeded}", flush=True)
     env = dict(os.environ, LIFELINE_PREFIX=prefix, PYTHONUNBUFFERED="1")
     add = [sys.executable, "-m", "cluster.cli", "operators", "add", "bench-admin"]
