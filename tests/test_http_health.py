@@ -19,7 +19,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 async def test_health_is_red_while_a_shard_reports_a_loop_down(lifeline_stack, redis_url, prefix):
     core = ShardCore(7, redis_url, prefix, Settings().sites_file, enrich=False)
     core.warm_up()  # starts its loops on its I/O thread
-    while set(core.info()["loop_failures"]) != {"model", "snapshots", "sites"}:
+    # Every background loop has started (each has an entry, its failures counted from 0).
+    while set(core.info()["loop_failures"]) != {"model", "snapshots", "sites", "tallies"}:
         await asyncio.sleep(0.01)
     infos = []
 

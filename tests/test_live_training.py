@@ -186,7 +186,7 @@ async def test_promotion_guard_refuses_a_worse_model_until_forced(
         h = reg.history()[0]
         assert h["refused"] is True and h["version"] == bad and h["previous"] == good
         c = h["check"]
-        assert c["decision"] == "refused" and c["verdict"] == "worse"
+        assert c["decision"] == "refused" and c["verdict"] == "worse", c
         assert c["figures"][bad]["roc_auc"] < c["figures"][good]["roc_auc"] - 0.005
         assert c["held_back"]["source"] == "live" and c["held_back"]["sessions"] >= VISITORS // 5
 

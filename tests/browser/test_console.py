@@ -48,7 +48,14 @@ async def traffic(lifeline_stack):
     )
     counts = await drive(args)
     assert counts["intervention"] > 0 and counts["error"] == 0, counts
-    return counts
+    yield counts
+    # The stack is shared: later tests that train on its whole event log get their own rows.
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(lifeline_stack.redis_url)
+    async for key in r.scan_iter(match=f"{lifeline_stack.prefix}*oc-*-{args.tag}*", count=1000):
+        await r.delete(key)
+    await r.aclose()
 
 
 async def operator(stack, role: str) -> str:
