@@ -442,7 +442,12 @@ async def outcomes(ctx: ConsoleContext, query: Mapping[str, str]) -> View:
             {"label": "Treated conversion", "value": t["treated_rate"]},
             {"label": "Holdout conversion", "value": t["holdout_rate"]},
             {"label": "Uplift", "value": t["uplift"]},
-            {"label": f"Interval ({report['level']:.0%})", "value": f"{t['low']} .. {t['high']}"},
+            {
+                "label": f"Interval ({report['level']:.0%})",
+                "value": "–"
+                if t["low"] is None or t["high"] is None
+                else f"{t['low']:+.3f} .. {t['high']:+.3f}",
+            },
         ],
         "charts": [
             {
