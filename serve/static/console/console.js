@@ -198,8 +198,9 @@
   }
 
   async function load() {
-    try { render(await api("GET", "/api/view/" + page + "?" + viewParams().toString())); if (!statusEl.classList.contains("bad")) say(""); }
-    catch (e) { say("Could not load: " + e.message, true); }
+    // A reload clears only its own earlier failure: an action's message stays until the next action.
+    try { render(await api("GET", "/api/view/" + page + "?" + viewParams().toString())); if (statusEl.dataset.from === "load") { say(""); delete statusEl.dataset.from; } }
+    catch (e) { say("Could not load: " + e.message, true); statusEl.dataset.from = "load"; }
   }
   load().then(() => {
     if (page !== "live" || !window.EventSource) return;
