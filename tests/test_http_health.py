@@ -40,7 +40,9 @@ async def test_health_is_red_while_a_shard_reports_a_loop_down(lifeline_stack, r
         infos[:] = [core.info()]
         r = await client.get("/healthz")
         assert r.status == 200, await r.text()
-        core.stop()  # its snapshot and model loops end: nothing would snapshot its sessions
+        # Its snapshot and model loops end: nothing would snapshot its sessions. (Off the
+        # tests' event loop, which the stack's gateway runs on.)
+        await asyncio.to_thread(core.stop, 30.0)
         infos[:] = [core.info()]
         r = await client.get("/healthz")
         body = await r.json()
