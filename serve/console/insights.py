@@ -142,19 +142,25 @@ def _rate(num: int, den: int) -> float | None:
 # -- Live ------------------------------------------------------------------------------------
 
 
-async def live_business(ctx: ConsoleContext, query: Mapping[str, str]) -> View:
+async def live_business(
+    ctx: ConsoleContext, query: Mapping[str, str], shards: list[dict[str, Any]] | None = None
+) -> View:
     """Sessions active now, interventions per minute by kind (shown and held out) and reactions
-    over the last hour, the live model, and the shards' and Serve's health."""
+    over the last hour, the live model, and the shards' and Serve's health.
+
+    ``shards``: the shards' reports when the caller has just read them (the Live page's
+    health did), so that they are not asked twice.
+    """
     sites = sites_of(ctx, query)
     now_min = int(time.time() * 1000) // MINUTE_MS
     minutes = list(range(now_min - LIVE_MINUTES + 1, now_min + 1))
-    shards: list[dict[str, Any]] = []
     shards_error = None
-    if ctx.shard_info is not None:
+    if shards is None and ctx.shard_info is not None:
         try:
             shards = await ctx.shard_info()
         except Exception as exc:  # a shard being restarted: the counts still show
             shards_error = type(exc).__name__
+    shards = shards or []
     per_minute = await minute_tallies(ctx, sites, minutes)
     hour = totals(per_minute.values())
     labels = [time.strftime("%H:%M", time.gmtime(m * 60)) for m in minutes]

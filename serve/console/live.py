@@ -8,9 +8,9 @@ and latency over the last minute (serve/console/live_metrics.py, from
 the histograms the gateways publish), and the business counts the shards
 keep as events arrive (serve/console/insights.py).
 
-Limits: each open Live page costs one ``ping`` of every shard per push
-(twice: health and the business counts), one read of each gateway's
-published snapshots and of the last hour's minute counters; an SSE stream
+Limits: each open Live page costs one ``ping`` of every shard per push,
+one read of each gateway's published snapshots and of the last hour's
+minute counters; an SSE stream
 that a proxy buffers does not update (send ``X-Accel-Buffering: no``, set
 here).
 """
@@ -47,10 +47,12 @@ def _latency_kpi(label: str, stats: dict[str, Any], slo: float) -> dict[str, Any
 
 async def live_view(ctx: Any, query: Any) -> View:
     """The Live view: health, traffic and latency over the last minute, and the business counts."""
-    health, traffic, business = await asyncio.gather(
-        ops.health(ctx), gateway_totals(ctx), insights.live_business(ctx, query)
-    )
-    shards = health.get("shard_info") if isinstance(health.get("shard_info"), list) else []
+    health, traffic = await asyncio.gather(ops.health(ctx), gateway_totals(ctx))
+    read = health.get("shard_info")
+    shards = read if isinstance(read, list) else []
+    # The shards' reports health just read serve the business counts too (one ping, not two);
+    # a failed read is retried there, which names the failure.
+    business = await insights.live_business(ctx, query, shards if isinstance(read, list) else None)
     kpis = [
         {
             "label": "Health",
