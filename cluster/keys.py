@@ -15,6 +15,12 @@
 | ``{p}ivlog`` | stream | every decision, for operators and uplift analysis (training/outcomes.py) |
 | ``{p}owner:{sid}`` | string | the site that created the session: a sid belongs to one site only |
 | ``{p}consent:{site}:{sid}`` | stream | the session's consent records: one entry per change (consent, ts, site, via) |
+| ``{p}v:{site}:{vid}`` | hash | a visitor's record (the pseudonymous visitor id of the client, created with analytics consent) |
+| ``{p}vs:{site}:{vid}`` | sorted set | the visitor's sessions: sid by creation time (ms); added by each hello that carries the vid |
+| ``{p}vp:{site}:{vid}`` | string | the visitor's profile across visits (msgpack) |
+| ``{p}vc:{site}:{vid}`` | stream | the visitor's consent records |
+| ``{p}dk:{site}:{subject}`` | string | a data key (wrapped) of a subject: a visitor, or a session without one |
+| ``{p}erased:{site}:{digest}`` | hash | the minimal proof of an erasure: no visitor or session id, a digest of the visitor's |
 | ``{p}tally:d:{site}:{day}`` | hash | the console's counts of one site and UTC day (YYYY-MM-DD): funnel steps, signals by page type, decisions, reactions, conversions, segments (actors/core/tally.py); kept ``TALLY_DAY_TTL_S`` |
 | ``{p}tally:m:{site}:{minute}`` | hash | the same counts (decisions, reactions, conversions, sessions) of one UTC minute (epoch minutes), for the Live page; kept ``TALLY_MINUTE_TTL_S`` |
 | ``{p}push:{gateway}`` | pub/sub channel | intervention updates for one gateway's sockets |
@@ -89,6 +95,24 @@ class Keys:
 
     def consent_records(self, site: str, sid: str) -> str:
         return f"{self.prefix}consent:{site}:{sid}"
+
+    def visitor(self, site: str, vid: str) -> str:
+        return f"{self.prefix}v:{site}:{vid}"
+
+    def visitor_sessions(self, site: str, vid: str) -> str:
+        return f"{self.prefix}vs:{site}:{vid}"
+
+    def visitor_profile(self, site: str, vid: str) -> str:
+        return f"{self.prefix}vp:{site}:{vid}"
+
+    def visitor_consent(self, site: str, vid: str) -> str:
+        return f"{self.prefix}vc:{site}:{vid}"
+
+    def data_key(self, site: str, subject: str) -> str:
+        return f"{self.prefix}dk:{site}:{subject}"
+
+    def erased(self, site: str, digest: str) -> str:
+        return f"{self.prefix}erased:{site}:{digest}"
 
     def session_index(self, site: str, part: str) -> str:
         """The session explorer's index of ``site``: ``seen``, ``ids``, ``iv``, ``segs``, ``seg:{name}``."""

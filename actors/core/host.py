@@ -43,6 +43,7 @@ BatchItem = tuple[str, str, Sequence[str], Sequence[dict[str, Any]]]
 # events were on their way, for instance) must never erase anything.
 EVENTS = 0  # apply these events
 FORGET = 1  # the visitor withdrew analytics consent: drop the session, erase its records
+VISIT = 2  # a hello named the session's visitor: its events bytes are the visitor id
 
 
 class Forget(NamedTuple):
@@ -59,7 +60,42 @@ class Forget(NamedTuple):
     events: Sequence[dict[str, Any]] = ()
 
 
-# On the wire: (op, sid, site, consent, events as msgpack bytes); a forget's are () and b"".
+MAX_PENDING_VISITORS = 100_000  # Visits held for sessions whose first events have not come
+
+
+class Visit(tuple):
+    """A batch item that names a session's visitor (sent once per hello that carried one).
+
+    Unpacks like a :class:`Forget`, ``(sid, site, consent, ())``, so code that
+    walks a batch's events skips it; the visitor id is its ``vid``. It reaches
+    the host before the events that follow the hello.
+    """
+
+    vid: str
+
+    def __new__(cls, sid: str, site: str, consent: Sequence[str], vid: str) -> Visit:
+        self = super().__new__(cls, (sid, site, tuple(consent), ()))
+        self.vid = vid
+        return self
+
+    @property
+    def sid(self) -> str:
+        return self[0]
+
+    @property
+    def site(self) -> str:
+        return self[1]
+
+    @property
+    def consent(self) -> tuple[str, ...]:
+        return self[2]
+
+    def __repr__(self) -> str:
+        return f"Visit(sid={self[0]!r}, site={self[1]!r}, consent={self[2]!r}, vid={self.vid!r})"
+
+
+# On the wire: (op, sid, site, consent, events as msgpack bytes); a forget's are () and b"",
+# a visit's consent is the hello's and its bytes are the visitor id.
 WireItem = tuple[int, str, str, Sequence[str], bytes]
 
 
@@ -77,19 +113,22 @@ def pack_batch(items: Sequence[WireItem], traced: Sequence[tuple[int, str]] = ()
     return msgpack.packb((items, traced))
 
 
-def unpack_batch(data: bytes) -> tuple[list[BatchItem | Forget], dict[int, str]]:
+def unpack_batch(data: bytes) -> tuple[list[BatchItem | Forget | Visit], dict[int, str]]:
     """A packed batch's items in order (events as a :data:`BatchItem`, withdrawals as
-    :class:`Forget`), and the ``traceparent`` of each traced item by its index.
+    :class:`Forget`, visitors as :class:`Visit`), and the ``traceparent`` of each traced
+    item by its index.
 
     Raises ValueError for an operation it does not know (a peer of another release).
     """
     wire, traced = msgpack.unpackb(data)
-    out: list[BatchItem | Forget] = []
+    out: list[BatchItem | Forget | Visit] = []
     for op, sid, site, consent, ev in wire:
         if op == EVENTS:
             out.append((sid, site, consent, msgpack.unpackb(ev)))
         elif op == FORGET:
             out.append(Forget(sid, site))
+        elif op == VISIT:
+            out.append(Visit(sid, site, consent, ev.decode()))
         else:
             raise ValueError(f"unknown shard batch operation {op!r}")
     return out, {int(i): str(tp) for i, tp in traced}
@@ -147,6 +186,10 @@ class SessionHost:
         self.unpackable = 0
         self.last_pack_error = ""  # the latest of those failures, for the shell's log
         self.budgets: dict[str, Budget | None] = {}  # site -> its budget here (None: no budget)
+        # Visitors named by a Visit before their session's first events reached this
+        # host: taken when the session is made. Bounded: a hello whose events never
+        # come must not hold memory for ever.
+        self.visitors: dict[str, str] = {}
 
     def __contains__(self, sid: str) -> bool:
         return sid in self.active or sid in self.dormant
@@ -158,7 +201,22 @@ class SessionHost:
         """Drop everything held about ``sid`` (its visitor withdrew analytics consent)."""
         self.active.pop(sid, None)
         self.dormant.pop(sid, None)
+        self.visitors.pop(sid, None)
         self._turn(sid).discard(sid)
+
+    def visit(self, sid: str, vid: str) -> None:
+        """Name ``sid``'s visitor: now if the session is active, else when it is made or woken.
+
+        Never makes a session: one with a past in Redis that this host does not
+        hold must be activated from there, not started empty.
+        """
+        session = self.active.get(sid)
+        if session is not None:
+            session.vid = vid
+            return
+        if len(self.visitors) >= MAX_PENDING_VISITORS:
+            self.visitors.pop(next(iter(self.visitors)))  # the oldest
+        self.visitors[sid] = vid
 
     def missing(self, items: Sequence[BatchItem]) -> list[str]:
         """Sessions in ``items`` this host does not hold, each once: the shell must activate them."""
@@ -196,7 +254,14 @@ class SessionHost:
             if session.last_seq < ev["seq"] < before_seq:
                 session.apply(ev)
         self.active[sid] = session
+        self._named(session)
         return session
+
+    def _named(self, session: Session) -> None:
+        """Give ``session`` the visitor a Visit named before the session was held."""
+        vid = self.visitors.pop(session.sid, None)
+        if vid is not None:
+            session.vid = vid
 
     def _get(self, sid: str, site: str) -> Session:
         session = self.active.get(sid)
@@ -209,6 +274,8 @@ class SessionHost:
         else:  # a brand-new session: nothing was ever logged for it before this batch
             session = Session(sid, site, detectors)
         self.active[sid] = session
+        if self.visitors:
+            self._named(session)
         return session
 
     def get(self, sid: str) -> Session | None:

@@ -253,6 +253,7 @@ class Session:
         "iv_last_ts",
         "iv_peak",
         "consent",
+        "vid",
         "tally",
     )
 
@@ -306,6 +307,8 @@ class Session:
         self.iv_last_ts = 0
         self.iv_peak = -1  # the budget's histogram bin of this session (-1: not counted yet)
         self.consent: list[str] = []
+        # The visitor the session's hello named (pseudonymous; None: an anonymous session).
+        self.vid: str | None = None
         # What the console's tally already counted of this session today
         # (actors.core.tally: day, furthest funnel step, strong signals, flags).
         self.tally = [-1, -1, 0, 0]

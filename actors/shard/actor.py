@@ -37,7 +37,7 @@ import msgpack
 import ray
 import redis
 
-from actors.core.host import BatchItem, Forget, SessionHost, unpack_batch
+from actors.core.host import BatchItem, Forget, SessionHost, Visit, unpack_batch
 from actors.core.kinds import KIND
 from actors.core.policy import Decision
 from actors.core.reasons import Driver, top_drivers
@@ -613,7 +613,11 @@ class ShardCore:
         results: list[Any] = []
         live: list[BatchItem] = []
         for item in items:
-            if type(item) is not Forget:
+            kind = type(item)
+            if kind is Visit:
+                self.host.visit(item[0], item.vid)  # type: ignore[union-attr]
+                continue
+            if kind is not Forget:
                 live.append(item)
                 continue
             if live:  # the session's events before the withdrawal are applied first
@@ -643,7 +647,7 @@ class ShardCore:
             site = firsts[sid][0]
             pipe.get(keys.snapshot(site, sid))
             pipe.xrange(keys.events(site, sid))
-            pipe.hmget(keys.session(site, sid), "iv_count", "iv_last")
+            pipe.hmget(keys.session(site, sid), "iv_count", "iv_last", "vid")
         replies = await pipe.execute()
         out: dict[str, tuple] = {}
         for i, sid in enumerate(need):
@@ -663,8 +667,10 @@ class ShardCore:
         self, sid: str, site: str, state: Any, events: list[dict[str, Any]], before: int, ivs: Any
     ) -> None:
         session = self.host.activate(sid, site, state, events, before)
-        # Decisions made after the snapshot live in the session hash.
-        iv_count, iv_last = ivs
+        # Decisions made after the snapshot live in the session hash, and so does its visitor.
+        iv_count, iv_last, vid = ivs
+        if vid is not None and session.vid is None:
+            session.vid = vid.decode() if isinstance(vid, bytes) else vid
         if iv_count is not None:
             session.iv_count = max(session.iv_count, int(iv_count))
             session.iv_last_ts = max(session.iv_last_ts, int(float(iv_last or 0)))
@@ -960,6 +966,12 @@ class ShardCore:
             session = self.host.get(sid)
             return session.row() if session else None
 
+    def session_visitor(self, sid: str) -> str | None:
+        """The visitor id of one session this shard holds, or None (tests and operators)."""
+        with self._lock:
+            session = self.host.get(sid)
+            return session.vid if session else None
+
     def compact_all(self) -> int:
         """Compact every session now, as a minute of idleness would; returns how many are dormant."""
         with self._lock:
@@ -1147,6 +1159,10 @@ class SessionShard:
     def session_row(self, sid: str) -> list[float] | None:
         """The current feature row of one session (tests and operators)."""
         return self.core.session_row(sid)
+
+    def session_visitor(self, sid: str) -> str | None:
+        """The visitor id of one session this shard holds (tests and operators)."""
+        return self.core.session_visitor(sid)
 
     def memory(self) -> dict[str, int]:
         """Resident memory and pid of this actor's process (benchmarks, operators)."""

@@ -25,10 +25,13 @@ FULL_CONSENT = ("necessary", "analytics", "personalization")
 
 
 def hello_frame(
-    sid: str, token: str | None = None, consent: Sequence[str] = FULL_CONSENT
+    sid: str,
+    token: str | None = None,
+    consent: Sequence[str] = FULL_CONSENT,
+    vid: str | None = None,
 ) -> dict[str, Any]:
     """The frame that opens (or, with a token, resumes) a session (docs/PROTOCOL.md)."""
-    return {
+    frame = {
         "t": "hello",
         "v": 1,
         "sid": sid,
@@ -36,6 +39,9 @@ def hello_frame(
         "consent": list(consent),
         "now": int(time.time() * 1000),
     }
+    if vid is not None:
+        frame["vid"] = vid
+    return frame
 
 
 def events_frame(sid: str, events: list[dict[str, Any]]) -> dict[str, Any]:
@@ -54,8 +60,10 @@ class LifelineClient:
         origin: str,
         consent: tuple[str, ...] = FULL_CONSENT,
         binary: bool = True,
+        vid: str | None = None,
     ) -> None:
         self.url = f"{ws_url}?site={site}"
+        self.vid = vid  # the visitor id the hello names (None: an anonymous session)
         self.site = site
         self.sid = sid
         self.origin = origin
@@ -88,7 +96,7 @@ class LifelineClient:
             self.url, origin=self.origin, compression=None, max_size=2**22, open_timeout=30
         )
         self._reader = asyncio.get_running_loop().create_task(self._read())
-        await self.send_frame(hello_frame(self.sid, self.token, self.consent))
+        await self.send_frame(hello_frame(self.sid, self.token, self.consent, self.vid))
         welcome = await self.wait_for(lambda f: f["t"] in ("welcome", "error"))
         if welcome["t"] == "welcome":
             self.token = welcome["token"]

@@ -42,7 +42,7 @@ from serve.edge import metrics
 from serve.edge.beacon import Beacons
 from serve.edge.peer import CLOSE_GOING_AWAY, Peer
 from serve.edge.pipeline import Pipeline
-from serve.edge.protocol import CLOSE_TAKEN_OVER, HelloRequest, Limits, error
+from serve.edge.protocol import CLAIM_REFUSALS, CLOSE_TAKEN_OVER, HelloRequest, Limits, error
 from serve.edge.stats import Stats
 from serve.edge.store import EventStore
 
@@ -271,16 +271,11 @@ class Gateway:
         # Atomic in Redis: of two hellos racing for a fresh id (two sites, or two
         # tabs without a token) one creates the session and the other is refused.
         status, seq = await self.store.claim(
-            req.sid, peer.conn.site, req.consent, req.token is not None
+            req.sid, peer.conn.site, req.consent, req.token is not None, req.vid
         )
         if status != "ok":
             peer.conn.sessions.pop(req.sid, None)
-            why = (
-                "this session belongs to another site"
-                if status == "other_site"
-                else "this session exists: resuming needs its token"
-            )
-            peer.send(error("bad_token", why, sid=req.sid))
+            peer.send(error(*CLAIM_REFUSALS[status], sid=req.sid))
             return
         if seq != info.seq:  # another connection appended meanwhile: start from what is durable
             cursor = peer.conn.sessions[req.sid]
@@ -294,6 +289,8 @@ class Gateway:
             previous.conn.sessions.pop(req.sid, None)
             previous.close(CLOSE_TAKEN_OVER, "session resumed on another connection")
         self.peers_by_sid[req.sid] = peer
+        if req.vid is not None:
+            self.pipeline.visit(req.sid, peer.conn.site, req.consent, req.vid)
         peer.send(reply)
 
     async def wait_scored(self, sid: str, seq: int, timeout: float = 30.0) -> None:

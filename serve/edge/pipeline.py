@@ -36,7 +36,7 @@ from typing import Any
 import msgpack
 import ray
 
-from actors.core.host import EVENTS, FORGET, Forget, pack_batch
+from actors.core.host import EVENTS, FORGET, VISIT, Forget, pack_batch
 from actors.core.placement import HashRing
 from actors.shard.link import LinkDown, ShardFailed, ShardLink
 from cluster.loops import Supervisor
@@ -291,6 +291,16 @@ class Pipeline:
     # head, first seq, last seq), ``op`` as in actors.core.host: a withdrawal is said as
     # one, never read from a consent; read and acked: the frame's perf_counter times;
     # head: (trace id, root span id, shard-call span id) when the frame was drawn into the trace sample.
+
+    def visit(self, sid: str, site: str, consent: list[str], vid: str) -> None:
+        """Tell the session's shard who its visitor is (a hello that named one was welcomed).
+
+        Queued now, so it reaches the shard before the events that follow the
+        hello; once per hello, never per event.
+        """
+        i = self.ring.shard_of(sid)
+        self._pending[i].append((sid, site, consent, vid.encode(), 0, VISIT, 0.0, 0.0, None, 0, 0))
+        self._wake[i].set()
 
     def _forget(self, forget: Forget) -> None:
         """Queue the shard's forget of a session, behind that session's events."""

@@ -34,6 +34,13 @@ CONSENT_CATEGORIES = ("necessary", "analytics", "personalization", "marketing")
 SID_RE = re.compile(r"[A-Za-z0-9_-]{8,64}")
 MAX_TOKEN = 128  # a resume token is 32 hex digits; anything much longer is not one
 
+# The store's refusals of a hello (serve/edge/store.py ``claim``) as error frames: (code, detail).
+CLAIM_REFUSALS = {
+    "other_site": ("bad_token", "this session belongs to another site"),
+    "needs_token": ("bad_token", "this session exists: resuming needs its token"),
+    "other_visitor": ("bad_vid", "this session belongs to another visitor"),
+}
+
 # Close codes (docs/PROTOCOL.md).
 CLOSE_BAD_FRAMES = 4400
 CLOSE_FORBIDDEN = 4403
@@ -75,6 +82,11 @@ def error(code: str, detail: str, **extra: Any) -> dict[str, Any]:
 def _is_sid(value: Any) -> bool:
     """True for a valid session id (a full match: no trailing newline)."""
     return isinstance(value, str) and SID_RE.fullmatch(value) is not None
+
+
+def is_visitor_id(value: Any) -> bool:
+    """True for a valid visitor id: the same alphabet and lengths as a session id."""
+    return _is_sid(value)
 
 
 def sign_token(secret: bytes, site: str, sid: str) -> str:
@@ -177,6 +189,7 @@ class Cursor:
     acked: int  # highest seq known durable (or refused), as last acknowledged
     next: int  # next seq this connection will accept (appends may be in flight below it)
     scored: int = 0  # highest seq the shard has scored (and queued interventions for)
+    vid: str | None = None  # the visitor the hello named (pseudonymous, first-party)
 
 
 @dataclass
@@ -186,6 +199,7 @@ class HelloRequest:
     sid: str
     token: str | None
     consent: list[str]
+    vid: str | None = None
 
 
 @dataclass
@@ -309,7 +323,10 @@ class Connection:
             not isinstance(token, str) or len(token) > MAX_TOKEN or not token.isascii()
         ):
             return error("bad_token", "token must be the ASCII string from the welcome", sid=sid)
-        return HelloRequest(sid, token, consent)
+        vid = frame.get("vid")
+        if vid is not None and not is_visitor_id(vid):
+            return error("bad_vid", "vid must be 8 to 64 characters of [A-Za-z0-9_-]", sid=sid)
+        return HelloRequest(sid, token, consent, vid)
 
     def accept_hello(self, req: HelloRequest, known: bool, stored_seq: int) -> dict[str, Any]:
         """Finish a hello once the shell knows whether the sid exists and its durable seq."""
@@ -321,7 +338,9 @@ class Connection:
             return error("bad_token", "token does not match this session", sid=req.sid)
         if known and req.token is None:
             return error("bad_token", "this session exists: resuming needs its token", sid=req.sid)
-        self.sessions[req.sid] = Cursor(req.sid, self.site, req.consent, stored_seq, stored_seq + 1)
+        self.sessions[req.sid] = Cursor(
+            req.sid, self.site, req.consent, stored_seq, stored_seq + 1, vid=req.vid
+        )
         return {
             "t": "welcome",
             "v": PROTOCOL_VERSION,

@@ -81,23 +81,38 @@ return out
 # A session's hello or consent change. ARGV: session hash, consent-record stream,
 # site, consent (JSON), now (ms), session TTL, consent-record TTL, records kept,
 # mode ('hello' or 'change'), whether the hello carried a (valid) token, the
-# sid's owner key. A sid belongs to the site whose hello created its session:
+# sid's owner key, the hello's visitor id ('' for none) and that visitor's
+# sessions key. A sid belongs to the site whose hello created its session:
 # the owner key is set once, here, and a hello from any other site is refused.
+# A session belongs to one visitor the same way: its hash's vid is set by the
+# first hello that names one, and a hello naming another is refused.
 SESSION_LUA = """
 local h, cl, site, consent, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local owner = redis.call('GET', ARGV[11])
 if owner and owner ~= site then
   return {'other_site', 0}
 end
-local st = redis.call('HMGET', h, 'seq', 'consent')
-local seq, stored = st[1], st[2]
+local st = redis.call('HMGET', h, 'seq', 'consent', 'vid', 'created')
+local seq, stored, had, created = st[1], st[2], st[3], st[4]
 if ARGV[9] == 'hello' then
   if seq and ARGV[10] == '0' then
     return {'needs_token', tonumber(seq)}
   end
+  local vid = ARGV[12]
+  if vid ~= '' and had and had ~= vid then
+    return {'other_visitor', tonumber(seq or 0)}
+  end
   if not seq then
     seq = '0'
+    created = now
     redis.call('HSET', h, 'seq', 0, 'created', now, 'site', site)
+  end
+  if vid ~= '' then
+    if not had then
+      redis.call('HSET', h, 'vid', vid)
+    end
+    redis.call('ZADD', ARGV[13], 'NX', created or now, ARGV[14])
+    redis.call('EXPIRE', ARGV[13], ARGV[6])
   end
   redis.call('SET', ARGV[11], site, 'EX', ARGV[6])
   redis.call('EXPIRE', h, ARGV[6])
@@ -166,15 +181,19 @@ class EventStore:
             json.loads(consent) if consent is not None else [],
         )
 
-    async def claim(self, sid: str, site: str, consent: list[str], token: bool) -> tuple[str, int]:
+    async def claim(
+        self, sid: str, site: str, consent: list[str], token: bool, vid: str | None = None
+    ) -> tuple[str, int]:
         """Open ``sid`` for ``site`` on a hello, atomically: ("ok", durable seq) or a refusal.
 
         Creates the session if it does not exist, for ``site``. Refuses with
         ("other_site", 0) a session another site created, and with
         ("needs_token", seq) one that exists when the hello carried no token
         (``token``: the hello carried one, already checked): two hellos
-        racing for a fresh id get one welcome between them. Records the
-        consent if it changed (see :meth:`record_consent`).
+        racing for a fresh id get one welcome between them. With ``vid``,
+        binds the session to that visitor (refusing with ("other_visitor",
+        seq) one bound to another) and adds it to the visitor's sessions.
+        Records the consent if it changed (see :meth:`record_consent`).
         """
         status, seq = await self._session_script(
             args=[
@@ -182,6 +201,9 @@ class EventStore:
                 "hello",
                 int(token),
                 self.keys.owner(sid),
+                vid or "",
+                self.keys.visitor_sessions(site, vid) if vid else "",
+                sid,
             ]
         )
         return (status.decode() if isinstance(status, bytes) else status), int(seq)
@@ -194,7 +216,15 @@ class EventStore:
         evict another's proof.
         """
         await self._session_script(
-            args=[*self._consent_args(sid, site, consent), "change", 1, self.keys.owner(sid)]
+            args=[
+                *self._consent_args(sid, site, consent),
+                "change",
+                1,
+                self.keys.owner(sid),
+                "",
+                "",
+                sid,
+            ]
         )
 
     def _consent_args(self, sid: str, site: str, consent: list[str]) -> list[Any]:
