@@ -22,11 +22,12 @@ def _up(args: argparse.Namespace) -> int:
         os.environ["LIFELINE_HTTP_PORT"] = str(args.http_port)
     if args.console_port is not None:
         os.environ["LIFELINE_CONSOLE_PORT"] = str(args.console_port)
-    from cluster.config import InsecureSettings, Settings, check_secret
+    from cluster.config import InsecureSettings, Settings, check_data_key, check_secret
     from cluster.stack import run
 
     try:  # before anything starts: a refused start leaves nothing behind
         check_secret(Settings())
+        check_data_key(Settings())
     except InsecureSettings as exc:
         print(f"lifeline up: refusing to start: {exc}", file=sys.stderr, flush=True)
         return 2
