@@ -139,7 +139,7 @@ async def test_two_gateways_racing_for_a_subject_get_one_key(redis_url, prefix) 
         for _, _, sealer in opened:  # each gateway seals under the one stored key
             assert opener.open(sealer.ref, sealer.seal(b"payload")) == b"payload"
         assert len(await clients[0].keys(keys.data_key("demo", "*"))) == 1
-        assert 0 < await clients[0].ttl(keys.data_key("demo", vid))
+        assert await clients[0].ttl(keys.data_key("demo", vid)) > 0
     finally:
         for g, c in zip(gateways, clients, strict=True):
             g.close()
@@ -226,3 +226,46 @@ async def test_an_export_is_unreadable_after_its_visitor_is_erased(
         store.close()
         await r.aclose()
         sync.close()
+
+
+@aio
+async def test_the_gateway_seals_socket_and_beacon_events_under_the_visitor_key(
+    lifeline_stack,
+) -> None:
+    import aiohttp
+
+    from serve.dev.pyclient import LifelineClient
+    from tests.test_spine import ORIGIN, new_sid
+
+    stack = lifeline_stack
+    keys, r = stack.gateway.keys, stack.gateway.redis
+    sid, vid = new_sid("sealed"), "v-" + uuid.uuid4().hex[:16]
+    evs = [
+        {"type": "page_view", "seq": s, "ts": int(time.time() * 1000) - 5_000 + s, "path": p}
+        for s, p in ((1, "/product/sku-SOCKET-991"), (2, "/product/sku-SOCKET-992"))
+    ]
+    client = LifelineClient(stack.ws_url, "demo", sid, ORIGIN, vid=vid)
+    assert (await client.connect())["t"] == "welcome"
+    await client.send_events(evs)
+    await client.wait_acked(2)
+    beacon = {
+        "sid": sid,
+        "token": client.token,
+        "events": [{"type": "page_view", "seq": 3, "ts": evs[-1]["ts"] + 1, "path": "/cart/BCN"}],
+    }
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{stack.http_url}/beacon?site=demo",
+            data=json.dumps(beacon),
+            headers={"Origin": ORIGIN},
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+    await client.close()
+    entries = await r.xrange(keys.events("demo", sid))
+    raw = b"".join(v for _, f in entries for v in f.values())
+    assert b"sku-SOCKET" not in raw and b"/cart/BCN" not in raw, "plaintext in Redis"
+    assert {f[b"k"] for _, f in entries} == {f"demo:{vid}".encode()}
+    paths = [e["path"] for e in await stack.gateway.store.read_events("demo", sid)]
+    assert paths == ["/product/sku-SOCKET-991", "/product/sku-SOCKET-992", "/cart/BCN"]
