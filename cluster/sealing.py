@@ -250,3 +250,43 @@ def master_keys(settings: Any) -> MasterKeys:
 def opener_for(settings: Any, keys: Keys | None = None) -> Opener:
     """A fresh :class:`Opener` for the deployment's settings."""
     return Opener(keys or Keys(settings.prefix), master_keys(settings))
+
+
+# Replace a wrapped key only if it is still the one read: a concurrent erasure
+# (DEL) or a fresh key must not be overwritten. Keeps the key's TTL.
+_REWRAP_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  return 1
+end
+return 0
+"""
+
+
+def rewrap(r: Any, keys: Keys, master: MasterKeys, count: int = 500) -> dict[str, int]:
+    """Re-wrap every data key under the current master key (the second step of a rotation).
+
+    ``r`` is a synchronous redis client. SCANs ``{p}dk:*``; a key already
+    wrapped by the current master key is left alone, one no configured
+    master key opens is left alone and counted (``unopenable``: its
+    subject's data is unreadable until its master key is configured again).
+    Returns counts: ``rewrapped``, ``current``, ``unopenable``.
+    """
+    script = r.register_script(_REWRAP_LUA)
+    start = len(keys.data_key("", "")) - 1  # where "{site}:{subject}" begins
+    counts = {"rewrapped": 0, "current": 0, "unopenable": 0}
+    for name in r.scan_iter(match=keys.data_key("*", "*"), count=count):
+        wrapped = r.get(name)
+        if wrapped is None:
+            continue  # erased meanwhile
+        if MasterKeys.key_id(wrapped) == master.current:
+            counts["current"] += 1
+            continue
+        ref = _s(name)[start:]
+        try:
+            fresh = master.wrap(Keys.split_session_id(ref)[0], master.unwrap_ref(ref, wrapped))
+        except KeyUnavailable:
+            counts["unopenable"] += 1
+            continue
+        counts["rewrapped"] += int(script(keys=[name], args=[wrapped, fresh]))
+    return counts

@@ -269,3 +269,25 @@ async def test_the_gateway_seals_socket_and_beacon_events_under_the_visitor_key(
     assert {f[b"k"] for _, f in entries} == {f"demo:{vid}".encode()}
     paths = [e["path"] for e in await stack.gateway.store.read_events("demo", sid)]
     assert paths == ["/product/sku-SOCKET-991", "/product/sku-SOCKET-992", "/cart/BCN"]
+
+
+def test_a_rotation_rewraps_every_data_key_and_keeps_its_ttl(redis_url, prefix) -> None:
+    from cluster.sealing import rewrap
+
+    keys = Keys(prefix)
+    r = redis.Redis.from_url(redis_url)
+    old = MasterKeys("old-master-key-aaaaaaaa")
+    rotated = MasterKeys("new-master-key-bbbbbbbb,old-master-key-aaaaaaaa")
+    data = {}
+    for subject in ("v-aaaaaaaaaa", "v-bbbbbbbbbb", "s-cccccccccc"):
+        data[subject] = b"%-32s" % subject.encode()
+        r.set(keys.data_key("demo", subject), old.wrap("demo", data[subject]), ex=3600)
+    r.set(keys.data_key("demo", "v-fresh00000"), rotated.new_wrapped("demo"), ex=3600)
+    r.set(keys.data_key("demo", "v-lost000000"), MasterKeys("gone-key-cc").new_wrapped("demo"))
+    assert rewrap(r, keys, rotated) == {"rewrapped": 3, "current": 1, "unopenable": 1}
+    new_only = MasterKeys("new-master-key-bbbbbbbb")  # the old key can now be dropped
+    for subject, key in data.items():
+        wrapped = r.get(keys.data_key("demo", subject))
+        assert new_only.unwrap("demo", wrapped) == key
+        assert 0 < r.ttl(keys.data_key("demo", subject)) <= 3600
+    r.close()
