@@ -211,7 +211,7 @@ class Settings:
         """
         out = []
         for f in fields(self):
-            value = str(getattr(self, f.name))
+            value = _env_value(getattr(self, f.name))
             if f.metadata.get("secret"):
                 if not value:
                     value = "(not set)"
