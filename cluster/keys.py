@@ -52,6 +52,7 @@ last ``:`` splits a session id.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 SESSION_TTL_S = 7 * 24 * 3600  # event logs and snapshots are kept a week for training export
@@ -121,6 +122,16 @@ class Keys:
         unreadable.
         """
         return f"{self.prefix}dk:{site}:{subject}"
+
+    def data_keys_of(self, site: str, vid: str | None, sids: Iterable[str]) -> list[str]:
+        """Every data key an erasure of visitor ``vid`` (or of sessions ``sids``) must delete.
+
+        The visitor's own, and each session's (its entries logged before a
+        hello named the visitor). Deleting them makes every copy of those
+        events unreadable: the log, exports, backups (docs/ENCRYPTION.md).
+        """
+        subjects = ([vid] if vid else []) + list(sids)
+        return [self.data_key(site, s) for s in subjects]
 
     def erased(self, site: str, digest: str) -> str:
         return f"{self.prefix}erased:{site}:{digest}"

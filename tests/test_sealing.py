@@ -206,11 +206,7 @@ async def test_an_export_is_unreadable_after_its_visitor_is_erased(
         assert before == {sid: evs for sid, (_, evs) in logged.items()}
 
         # The erasure deletes the visitor's data keys (its own and its sessions').
-        await r.delete(
-            keys.data_key("demo", erased),
-            keys.data_key("demo", "s-erased-01"),
-            keys.data_key("demo", "s-erased-02"),
-        )
+        assert await r.delete(*keys.data_keys_of("demo", erased, ["s-erased-01", "s-erased-02"]))
         opener = Opener(keys, MASTER)
         after = {s.sid: s.events for s in read_jsonl(path, redis=sync, opener=opener)}
         assert opener.dropped_sessions == 2
