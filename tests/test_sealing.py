@@ -103,6 +103,12 @@ async def test_the_log_holds_no_plaintext_and_reads_back_equal(redis_url, prefix
             assert {f[b"k"] for _, f in entries} == {ref.encode()}
             assert await store.read_events("demo", sid) == evs[sid]
             assert await store.read_events("demo", sid, limit=2) == evs[sid][:2]
+        # The explorer's index rebuild opens the last entry for the session's last-seen time.
+        from actors.shard.index import reindex
+
+        assert (await reindex(r, keys, master=MASTER))["indexed"] == 2
+        seen = await r.zscore(keys.session_index("demo", "seen"), known)
+        assert seen == evs[known][-1]["ts"]
         # A reader that does not seal (the console) opens the sealed log too.
         reader = EventStore(r, keys, MASTER, seal=False)
         assert await reader.read_events("demo", known) == evs[known]
