@@ -190,6 +190,7 @@ class Opener:
         self._keys: dict[str, AESGCM | None] = {}
         self.unreadable = 0
         self.dropped_sessions = 0
+        self.unopenable_keys = 0  # present in Redis, but no configured master key opens them
 
     def missing(self, refs: Iterable[str | bytes | None]) -> list[str]:
         """The subject references among ``refs`` whose keys are not loaded yet."""
@@ -207,7 +208,9 @@ class Opener:
                 try:
                     aead = AESGCM(self.master.unwrap_ref(ref, w))
                 except KeyUnavailable:
-                    aead = None
+                    self.unopenable_keys += 1  # a wrong LIFELINE_DATA_KEY, not an erasure
+            elif w is not None:
+                self.unopenable_keys += 1
             self._keys[ref] = aead
 
     def load(self, r: Any, refs: Iterable[str | bytes | None]) -> None:

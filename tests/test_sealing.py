@@ -210,6 +210,10 @@ async def test_an_export_is_unreadable_after_its_visitor_is_erased(
         opener = Opener(keys, MASTER)
         before = {s.sid: s.events for s in read_jsonl(path, redis=sync, opener=opener)}
         assert before == {sid: evs for sid, (_, evs) in logged.items()}
+        # Another deployment's master key opens nothing, and says so apart from erasures.
+        stranger = Opener(keys, MasterKeys("another-deployments-key"))
+        assert read_jsonl(path, redis=sync, opener=stranger) == []
+        assert (stranger.dropped_sessions, stranger.unopenable_keys) == (4, 3)
 
         # The erasure deletes the visitor's data keys (its own and its sessions').
         assert await r.delete(*keys.data_keys_of("demo", erased, ["s-erased-01", "s-erased-02"]))

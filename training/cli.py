@@ -207,6 +207,13 @@ def load_sessions(args: argparse.Namespace) -> tuple[list, dict[str, Any]]:
             "(erased or expired)",
             file=sys.stderr,
         )
+    if opener is not None and opener.unopenable_keys:
+        desc["unopenable_data_keys"] = opener.unopenable_keys
+        print(
+            f"{opener.unopenable_keys} data keys in Redis open with no configured master key: "
+            "is LIFELINE_DATA_KEY this deployment's?",
+            file=sys.stderr,
+        )
     if args.limit is not None:
         sessions = sessions[: args.limit]
         desc["limit"] = args.limit

@@ -678,6 +678,12 @@ class ShardCore:
                     events.extend(e for e in msgpack.unpackb(payload) if e["seq"] < before)
             out[sid] = (site, state, events, before, ivs)
         self.stats["unreadable_entries"] += opener.unreadable
+        if opener.unopenable_keys:  # not an erasure: this shard lacks a master key in use
+            log.error(
+                "shard %d: %d data keys open with no configured master key (LIFELINE_DATA_KEY)",
+                self.index,
+                opener.unopenable_keys,
+            )
         return out
 
     def _activate(
