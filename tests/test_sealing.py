@@ -297,3 +297,27 @@ def test_a_rotation_rewraps_every_data_key_and_keeps_its_ttl(redis_url, prefix) 
         assert new_only.unwrap("demo", wrapped) == key
         assert 0 < r.ttl(keys.data_key("demo", subject)) <= 3600
     r.close()
+
+
+@aio
+async def test_a_hello_whose_data_key_does_not_open_is_refused_as_overloaded(
+    redis_url, prefix
+) -> None:
+    from serve.edge.protocol import CLAIM_REFUSALS
+
+    keys = Keys(prefix)
+    r = aioredis.Redis.from_url(redis_url)
+    ours, misconfigured = EventStore(r, keys, MASTER), EventStore(r, keys, MasterKeys("other-key"))
+    try:
+        assert (await ours.open_session("s-keyed-0001", "demo", ["analytics"], True))[0] == "ok"
+        status, _seq, sealer = await misconfigured.open_session(
+            "s-keyed-0001", "demo", ["analytics"], True
+        )
+        assert (status, sealer) == ("key_unavailable", None)
+        assert CLAIM_REFUSALS[status][0] == "overloaded"  # the client resends later
+        # Nothing was overwritten: the deployment's own key still opens.
+        assert (await ours.open_session("s-keyed-0001", "demo", ["analytics"], True))[0] == "ok"
+    finally:
+        ours.close()
+        misconfigured.close()
+        await r.aclose()
