@@ -2,7 +2,7 @@
 
 | key | type | holds |
 |---|---|---|
-| ``{p}ev:{site}:{sid}`` | stream | the session's event log; entry fields f, l (first/last seq), ev (msgpack list of events) |
+| ``{p}ev:{site}:{sid}`` | stream | the session's event log; entry fields f, l (first/last seq), ev (msgpack list of events, sealed with AES-GCM when the entry has k), k (the sealing subject, ``{site}:{vid}`` or ``{site}:{sid}``; cluster/sealing.py) |
 | ``{p}s:{site}:{sid}`` | hash | seq (last durable seq), site (the one that created it), created, consent, iv_count, iv_last, seg (segment name of its latest decision), ix_seg (the segment it is indexed under) |
 | ``{p}snap:{site}:{sid}`` | string | msgpack session snapshot |
 | ``{p}iv:{iid}`` | hash | one intervention decision (with its sid, site and segment), its outcome, the session's first conversion after it (``converted``, ``converted_seq``, ``goal``) and its ``log_id`` in ivlog |
@@ -19,7 +19,7 @@
 | ``{p}vs:{site}:{vid}`` | sorted set | the visitor's sessions: sid by creation time (ms); added by each hello that carries the vid |
 | ``{p}vp:{site}:{vid}`` | string | the visitor's profile across visits (msgpack) |
 | ``{p}vc:{site}:{vid}`` | stream | the visitor's consent records |
-| ``{p}dk:{site}:{subject}`` | string | a data key (wrapped) of a subject: a visitor, or a session without one |
+| ``{p}dk:{site}:{subject}`` | string | the data key (AES-256, wrapped by the master key ``LIFELINE_DATA_KEY``) sealing the event-log entries of a subject: a visitor (``vid``), or a session without one (``sid``); expires ``DATA_KEY_TTL_S`` after its last use (cluster/sealing.py) |
 | ``{p}erased:{site}:{digest}`` | hash | the minimal proof of an erasure: no visitor or session id, a digest of the visitor's |
 | ``{p}tally:d:{site}:{day}`` | hash | the console's counts of one site and UTC day (YYYY-MM-DD): funnel steps, signals by page type, decisions, reactions, conversions, segments (actors/core/tally.py); kept ``TALLY_DAY_TTL_S`` |
 | ``{p}tally:m:{site}:{minute}`` | hash | the same counts (decisions, reactions, conversions, sessions) of one UTC minute (epoch minutes), for the Live page; kept ``TALLY_MINUTE_TTL_S`` |
@@ -52,6 +52,7 @@ last ``:`` splits a session id.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 SESSION_TTL_S = 7 * 24 * 3600  # event logs and snapshots are kept a week for training export
@@ -63,6 +64,9 @@ CONSENT_TTL_S = 400 * 24 * 3600
 # they sum (a week), a minute's are for the Live page's last hour.
 TALLY_DAY_TTL_S = SESSION_TTL_S
 TALLY_MINUTE_TTL_S = 2 * 3600
+# A data key outlives the logs it seals by a day (both are refreshed as the subject
+# comes back), then goes: entries copied out under it become unreadable.
+DATA_KEY_TTL_S = SESSION_TTL_S + 24 * 3600
 CONSENT_RECORDS_MAX = 256  # per session, so no visitor's changes evict another's records
 
 
@@ -109,7 +113,25 @@ class Keys:
         return f"{self.prefix}vc:{site}:{vid}"
 
     def data_key(self, site: str, subject: str) -> str:
+        """The wrapped data key of ``subject``: a visitor's vid, or a session's sid.
+
+        A visitor's events are sealed under ``data_key(site, vid)``, and a
+        session's events logged before its hello named a visitor under
+        ``data_key(site, sid)``: erasing a visitor deletes both (the visitor's
+        and each of its sessions'), and every copy of their events is then
+        unreadable.
+        """
         return f"{self.prefix}dk:{site}:{subject}"
+
+    def data_keys_of(self, site: str, vid: str | None, sids: Iterable[str]) -> list[str]:
+        """Every data key an erasure of visitor ``vid`` (or of sessions ``sids``) must delete.
+
+        The visitor's own, and each session's (its entries logged before a
+        hello named the visitor). Deleting them makes every copy of those
+        events unreadable: the log, exports, backups (docs/ENCRYPTION.md).
+        """
+        subjects = ([vid] if vid else []) + list(sids)
+        return [self.data_key(site, s) for s in subjects]
 
     def erased(self, site: str, digest: str) -> str:
         return f"{self.prefix}erased:{site}:{digest}"
@@ -147,6 +169,7 @@ class Keys:
             "iv": f"{self.prefix}iv:",
             "log": self.intervention_log,
             "ix": f"{self.prefix}ix:",
+            "dk": f"{self.prefix}dk:",
         }
 
     def model(self, part: str) -> str:

@@ -39,6 +39,9 @@ CLAIM_REFUSALS = {
     "other_site": ("bad_token", "this session belongs to another site"),
     "needs_token": ("bad_token", "this session exists: resuming needs its token"),
     "other_visitor": ("bad_vid", "this session belongs to another visitor"),
+    # The session's data key is wrapped by a master key this gateway lacks (a
+    # rotation dropped it too early): the store failed, as far as the client knows.
+    "key_unavailable": ("overloaded", "the store cannot open this session now: retry later"),
 }
 
 # Close codes (docs/PROTOCOL.md).
@@ -190,6 +193,9 @@ class Cursor:
     next: int  # next seq this connection will accept (appends may be in flight below it)
     scored: int = 0  # highest seq the shard has scored (and queued interventions for)
     vid: str | None = None  # the visitor the hello named (pseudonymous, first-party)
+    # The session's data key (cluster/sealing.py Sealer), set by the shell on the
+    # hello: its events are sealed with it on their way to the log. None: plaintext.
+    sealer: Any = None
 
 
 @dataclass
@@ -214,6 +220,7 @@ class EventsPlan:
     # The session's consent when the frame was validated: what its events go to
     # the shard with, even if the session has left this connection by then.
     consent: list[str] | tuple[str, ...] = ()
+    sealer: Any = None  # the session's Sealer when the frame was validated (see Cursor)
 
 
 class Connection:
@@ -405,7 +412,7 @@ class Connection:
                     )
                 )
             offset = now_ms - int(client_now)
-        plan = EventsPlan(cursor.sid, consent=cursor.consent)
+        plan = EventsPlan(cursor.sid, consent=cursor.consent, sealer=cursor.sealer)
         expected = cursor.next
         for raw in raw_events:
             seq = raw.get("seq") if isinstance(raw, dict) else None
