@@ -281,6 +281,11 @@ def check_references(objects: list[dict[str, Any]]) -> None:
     for name in by_kind.get("RayService", {}):
         services[KUBERAY_HEAD_SERVICE.format(name=name)] = {"kuberay": name}
     templates = [(key(o), t) for o in objects for t in pod_templates(o)]
+    claims = {  # a StatefulSet's pods mount its volumeClaimTemplates by name
+        key(o): {c["metadata"]["name"] for c in o["spec"].get("volumeClaimTemplates", [])}
+        for o in objects
+        if o["kind"] == "StatefulSet"
+    }
 
     for where, node in ((key(o), n) for o in objects for n in walk(o)):
         for ref_kind in ("configMapKeyRef", "secretKeyRef"):
@@ -324,7 +329,7 @@ def check_references(objects: list[dict[str, Any]]) -> None:
                 assert backend["port"].get("name") in names, f"Ingress: port {backend['port']}"
 
     for w, t in templates:
-        volumes = {v["name"] for v in t["spec"].get("volumes", [])}
+        volumes = {v["name"] for v in t["spec"].get("volumes", [])} | claims.get(w, set())
         for c in t["spec"]["containers"]:
             declared = port_names(c)
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -477,15 +482,17 @@ def test_pods_are_unprivileged_and_take_no_service_env(objects) -> None:
 def test_no_secret_is_written_into_the_manifests(objects) -> None:
     secret_like = re.compile(r"SECRET|PASSWORD|TOKEN|API_KEY")
     for o in objects:
+        if o["kind"] == "ConfigMap":
+            assert not [k for k in o.get("data", {}) if secret_like.search(k)], key(o)
         for node in walk(o):
             name = node.get("name")
             if isinstance(name, str) and secret_like.search(name) and "value" in node:
                 # Only a value that refers to another variable (kubelet expansion) may be set.
                 assert re.fullmatch(r".*\$\([A-Z_]+\).*", node["value"]), (key(o), name)
     (ray,) = [o for o in objects if o["kind"] == "RayService"]
-    assert "value" not in ray["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"][
-        "redisPassword"
-    ]
+    assert (
+        "value" not in ray["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]["redisPassword"]
+    )
 
 
 def test_the_image_pins_the_ray_version_the_rayservice_names(objects) -> None:

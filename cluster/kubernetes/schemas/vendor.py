@@ -171,7 +171,9 @@ def rayservice_schema(kuberay: Path) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--wheel", type=Path, required=True, help="kubernetes_validate-1.37.0 wheel")
-    ap.add_argument("--kuberay", type=Path, required=True, help="a git clone of ray-project/kuberay")
+    ap.add_argument(
+        "--kuberay", type=Path, required=True, help="a git clone of ray-project/kuberay"
+    )
     args = ap.parse_args()
     core = core_schemas(args.wheel)
     (HERE / f"kubernetes-{K8S_VERSION}-strict.json").write_text(
