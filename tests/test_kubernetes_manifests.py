@@ -29,6 +29,11 @@ import jsonschema
 import pytest
 import yaml
 
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the same parser the sites file uses there
+    import tomli as tomllib
+
 from actors.core.sites import parse_sites
 from cluster.config import Settings
 
@@ -135,6 +140,14 @@ def test_every_base_object_is_valid(schemas: Schemas, objects: list[dict[str, An
     assert {"PodDisruptionBudget", "HorizontalPodAutoscaler", "ConfigMap"} <= kinds
     problems = {key(o): schemas.errors(o) for o in objects}
     assert {k: v for k, v in problems.items() if v} == {}
+
+
+def test_the_overlays_own_objects_are_valid(schemas: Schemas) -> None:
+    """What the overlay adds itself (the Namespace), without kustomize."""
+    kust = yaml.safe_load((OVERLAY / "kustomization.yaml").read_text())
+    own = [d for r in kust["resources"] if (OVERLAY / r).is_file() for d in load_docs(OVERLAY / r)]
+    assert own, "the example overlay adds no object of its own"
+    assert {key(o): schemas.errors(o) for o in own} == {key(o): [] for o in own}
 
 
 def test_every_rendered_overlay_object_is_valid(schemas: Schemas) -> None:
@@ -445,8 +458,6 @@ def test_the_serve_config_is_one_document(objects) -> None:
 
 def test_the_sites_files_parse(objects) -> None:
     (cm,) = [o for o in objects if key(o) == "ConfigMap/lifeline-sites"]
-    import tomllib
-
     for source, text in (("base", cm["data"]["sites.toml"]), ("overlay", (OVERLAY / "sites.toml"))):
         data = tomllib.loads(text if isinstance(text, str) else text.read_text())
         assert parse_sites(data, source)  # raises on an unknown key or a wrong type
