@@ -163,7 +163,10 @@ class Assistant:
                 kb = KnowledgeBase.load(folder.name, kb_root).prepare()
                 self._kbs[folder.name] = kb.prepare("tfidf_char")
         self.counts: dict[str, int] = {}
+        # Request -> first checked text shown, and request -> first raw token from the
+        # model (the difference is what the sentence gate holds back), per answer.
         self.ttft_ms: deque[float] = deque(maxlen=10_000)
+        self.model_ttft_ms: deque[float] = deque(maxlen=10_000)
 
     def _kb(self, site: str) -> KnowledgeBase:
         kb = self._kbs.get(site)
@@ -285,7 +288,7 @@ class Assistant:
             gate = SentenceGate(check)  # retries only come before anything was shown
             try:
                 async with contextlib.aclosing(
-                    self._attempt(system, messages, gate, deadline)
+                    self._attempt(system, messages, gate, deadline, started)
                 ) as pieces:
                     async for piece, stop in pieces:
                         if piece:
@@ -332,6 +335,7 @@ class Assistant:
         messages: list[dict[str, str]],
         gate: SentenceGate,
         deadline: float,
+        started: float,
     ) -> AsyncIterator[tuple[str, str | None]]:
         """One streamed call: yields (checked text to show, None)..., then ("", stop_reason).
 
@@ -360,7 +364,9 @@ class Assistant:
                     delta = await asyncio.wait_for(deltas.__anext__(), wait)
                 except StopAsyncIteration:
                     break
-                got_text = got_text or bool(delta)
+                if delta and not got_text:
+                    got_text = True
+                    self.model_ttft_ms.append((time.perf_counter() - started) * 1000.0)
                 piece = gate.feed(delta)
                 if piece:
                     yield piece, None
@@ -387,7 +393,10 @@ class Assistant:
             await self.client.close()
 
 
-@serve.deployment(name="ChatAssistant", ray_actor_options={"num_cpus": 0})
+# An answer mostly waits on the model's stream (seconds), so one replica holds
+# many at once; Serve's default of 5 ongoing requests queued the 6th chat
+# behind whole answers (loadtests/chat_latency.py: client TTFT p50 5.5 s at 20 chats).
+@serve.deployment(name="ChatAssistant", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
 class ChatAssistant:
     """The Serve shell of :class:`Assistant` (one per replica); see the module docstring."""
 
@@ -420,11 +429,13 @@ class ChatAssistant:
         async for item in self.assistant.answer(req):
             yield item
 
-    async def ttft(self, reset: bool = False) -> list[float]:
-        """Milliseconds from request to first checked text, per streamed answer (this replica)."""
-        out = list(self.assistant.ttft_ms)
+    async def ttft(self, reset: bool = False) -> dict[str, list[float]]:
+        """This replica's milliseconds from request to first shown text and to the model's first token."""
+        a = self.assistant
+        out = {"shown": list(a.ttft_ms), "model": list(a.model_ttft_ms)}
         if reset:
-            self.assistant.ttft_ms.clear()
+            a.ttft_ms.clear()
+            a.model_ttft_ms.clear()
         return out
 
     async def stats(self) -> dict[str, Any]:

@@ -338,6 +338,20 @@ class StubLLM:
         async def event(kind: str, data: dict[str, Any]) -> None:
             await resp.write(f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode())
 
+        try:
+            return await self._events(request, resp, event, message, beh)
+        except ConnectionError:  # aiohttp.ClientConnectionResetError among them
+            return resp  # the client went away mid-stream (it gave up, or refused the text)
+
+    async def _events(
+        self,
+        request: web.Request,
+        resp: web.StreamResponse,
+        event: Any,
+        message: dict[str, Any],
+        beh: Behaviour,
+    ) -> web.StreamResponse:
+
         text = message["content"][0]["text"]
         start = {**message, "content": [], "stop_reason": None}
         start["usage"] = {**message["usage"], "output_tokens": 1}
