@@ -453,6 +453,19 @@ def assistant_settings(settings: Any, overrides: dict[str, Any] | None = None) -
     return AssistantSettings.from_mapping(base)
 
 
+def assistant_app(args: dict[str, Any]) -> Any:
+    """Application builder for ``serve run`` / ``serve deploy`` with serve_config.yaml."""
+    from cluster.config import Settings
+
+    s = Settings()
+    return ChatAssistant.bind(
+        asdict(assistant_settings(s, args.get("assistant"))),
+        args.get("redis_url", s.redis_url),
+        args.get("prefix", s.prefix),
+        args.get("site_hosts"),
+    )
+
+
 def deploy_assistant(
     settings: Any,
     redis_url: str,
@@ -461,13 +474,24 @@ def deploy_assistant(
     site_hosts: dict[str, list[str]] | None = None,
     overrides: dict[str, Any] | None = None,
     name: str = APP_ASSISTANT,
+    config_path: Path | str | None = None,
 ) -> Any:
     """Start the assistant as a named Serve app (after ``ray.init``); returns its handle.
 
-    Stream answers with ``handle.options(stream=True).answer.remote(req)``.
+    Options and args from ``serve_config.yaml`` (app ``assistant``); ``overrides``
+    replace its ``assistant`` settings. Stream answers with
+    ``handle.options(stream=True).answer.remote(req)``.
     """
-    serve.start(proxy_location="Disabled")
-    app = ChatAssistant.bind(
-        asdict(assistant_settings(settings, overrides)), redis_url, prefix, site_hosts
+    from serve.apps.deployments import _app_args, deployment_options, load_serve_config
+
+    config = load_serve_config(config_path)
+    args = _app_args(config, APP_ASSISTANT)
+    chosen = dict(args.get("assistant") or {}) | dict(overrides or {})
+    serve.start(proxy_location=config.get("proxy_location", "Disabled"))
+    app = ChatAssistant.options(**deployment_options(config, APP_ASSISTANT, "ChatAssistant")).bind(
+        asdict(assistant_settings(settings, chosen)),
+        redis_url,
+        prefix,
+        site_hosts or args.get("site_hosts"),
     )
     return serve.run(app, name=name, route_prefix=None)
