@@ -192,3 +192,56 @@ async def test_no_answer_and_bad_requests_ask_nothing(env):
     gen = env["handle"].options(stream=True).answer.remote({"text": "hi"})
     assert [i async for i in gen][-1]["reason"] == "bad_request"
     assert len(stub.requests) == n  # none of these reached the model
+
+
+async def test_stand_in_streams_server_sent_events_like_the_api():
+    import aiohttp
+
+    stub = StubLLM(api_key="k")
+    await stub.start()
+    headers = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
+    user = (
+        "Help articles:\n[1] Delivery (/help/shipping)\nIt takes 3 days. Express: 1 day. More.\nQ"
+    )
+    body = {"model": "m", "max_tokens": 200, "system": CA.CHAT_SYSTEM_PROMPT}
+    try:
+        async with aiohttp.ClientSession() as http:
+            req = {**body, "stream": True, "messages": [{"role": "user", "content": user}]}
+            async with http.post(stub.url + "/v1/messages", json=req, headers=headers) as resp:
+                assert resp.headers["content-type"].startswith("text/event-stream")
+                raw = await resp.text()
+            kinds = [line[7:] for line in raw.splitlines() if line.startswith("event: ")]
+            datas = [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: ")]
+            assert kinds[:3] == ["message_start", "content_block_start", "ping"]
+            assert kinds[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+            assert kinds.count("content_block_delta") > 3
+            text = "".join(d["delta"]["text"] for d in datas if d["type"] == "content_block_delta")
+            assert text == "It takes 3 days. Express: 1 day. More in our guide: /help/shipping"
+            # not streamed, no excerpt: a JSON message saying it does not know
+            req = {**body, "messages": [{"role": "user", "content": "Help articles: none.\nQ"}]}
+            async with http.post(stub.url + "/v1/messages", json=req, headers=headers) as resp:
+                msg = await resp.json()
+            assert msg["content"][0]["text"].startswith("I don't know")
+    finally:
+        await stub.close()
+
+
+async def test_breaker_opens_and_then_costs_no_request():
+    stub = StubLLM(api_key="k")
+    await stub.start()
+    settings = A.AssistantSettings(
+        api_key="k", base_url=stub.url, breaker_failures=2, first_token_s=0.8, backoff_base_s=0.01
+    )
+    a = A.Assistant(settings, None, "unused:")
+    try:
+        stub.push(*[error(500)] * 10)
+        finals = []
+        for _ in range(2):
+            async for item in a.answer({"site": "demo", "sid": "s-b", "text": "is delivery free"}):
+                finals.append(item)
+        assert [f["reason"] for f in finals] == ["breaker_open", "breaker_open"]
+        assert len(stub.requests) == 2 and a.breaker.state == "open"
+        assert finals[-1]["citations"][0]["url"] == "/help/shipping"  # the top article
+    finally:
+        await a.aclose()
+        await stub.close()
