@@ -34,6 +34,7 @@
 | ``{p}sites:version`` | counter | bumped with every change of ``sites:overrides``; gateways and shards poll it |
 | ``{p}recsys:{site}:model`` (``:version``), ``{p}recsys:{site}:catalog`` | string, hash | a site's recommender model and catalog (serve/apps/recommender.py) |
 | ``{p}nudge:{version}:{facts}`` | string | a cached LLM nudge for one situation (serve/apps/nudge.py) |
+| ``{p}chat:{site}:{sid}`` | list | a session's help-chat memory: JSON turns (role, text, ts), the last ``CHAT_TURNS_MAX``, expiring with the session (``SESSION_TTL_S``); the visitor's free text, so erased and exported with the session (serve/apps/chat_memory.py) |
 | ``{p}audit`` | stream | the console's audit log: who, action, from, detail (serve/console/audit.py) |
 | ``{p}op:user:{name}`` | hash | an operator account: role, password hash (scrypt), created (serve/console/accounts.py) |
 | ``{p}op:token:{sha256}`` | hash | an API token (by its digest): name, role, scopes, expires |
@@ -67,6 +68,10 @@ TALLY_MINUTE_TTL_S = 2 * 3600
 # A data key outlives the logs it seals by a day (both are refreshed as the subject
 # comes back), then goes: entries copied out under it become unreadable.
 DATA_KEY_TTL_S = SESSION_TTL_S + 24 * 3600
+# A chat's memory: the turns the assistant re-reads and an operator sees. Bounded
+# in count and in bytes (serve/apps/chat_memory.py trims the oldest first).
+CHAT_TURNS_MAX = 40
+CHAT_BYTES_MAX = 32 * 1024
 CONSENT_RECORDS_MAX = 256  # per session, so no visitor's changes evict another's records
 
 
@@ -190,6 +195,10 @@ class Keys:
 
     def nudge(self, version: str, facts: list[str]) -> str:
         return f"{self.prefix}nudge:{version}:" + ":".join(facts)
+
+    def chat(self, site: str, sid: str) -> str:
+        """A session's help-chat memory (list of JSON turns); see CHAT_TURNS_MAX."""
+        return f"{self.prefix}chat:{site}:{sid}"
 
     @property
     def audit(self) -> str:
