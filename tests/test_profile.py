@@ -1,0 +1,208 @@
+"""The visitor profile, pure: how a finished session updates it, its bounds, what it tells the policy."""
+
+from __future__ import annotations
+
+import msgpack
+
+from actors.core.features import FEATURE_INDEX, N_FEATURES, RETURNING_FEATURES
+from actors.core.host import SessionHost
+from actors.core.kinds import HELP_OFFER, KINDS
+from actors.core.policy import PolicyConfig, decide
+from actors.core.profile import (
+    DAY_MS,
+    FIRST_VISIT,
+    MAX_ITEMS,
+    MAX_OFFERS,
+    MAX_PACKED_BYTES,
+    MAX_SEGMENTS,
+    MAX_SESSIONS,
+    Profile,
+    SessionSummary,
+    history_of,
+    pack,
+    returning_features,
+    summary_of,
+    unpack,
+    update,
+)
+from actors.core.session import EventView, Session
+
+T0 = 1_700_000_000_000
+F = {name: i for i, name in enumerate(RETURNING_FEATURES)}
+
+
+def summary(sid="s-1", start=T0, end=T0 + 60_000, **kw) -> SessionSummary:
+    return SessionSummary(sid, start, end, **kw)
+
+
+def test_update_counts_visits_purchases_items_segments_and_offers() -> None:
+    p = update(None, summary("s-1", items=("a", "b"), segment="browsers"))
+    p = update(
+        p,
+        summary(
+            "s-2",
+            T0 + DAY_MS,
+            T0 + DAY_MS + 5_000,
+            purchased=True,
+            items=("b", "c"),
+            offers=(("i-1", HELP_OFFER, "dismissed", T0 + DAY_MS + 1_000),),
+            segment="buyers",
+        ),
+    )
+    assert (p.visits, p.purchases) == (2, 1)
+    assert (p.first_ts, p.last_ts) == (T0, T0 + DAY_MS + 5_000)
+    assert p.items == ("a", "b", "c"), "a re-viewed item moves to the newest end, once"
+    assert p.segments == ("browsers", "buyers")
+    assert [(o.kind, o.outcome) for o in p.offers] == [(HELP_OFFER, "dismissed")]
+
+
+def test_update_is_pure_and_idempotent_per_session() -> None:
+    first = update(None, summary("s-1", items=("a",), offers=(("i-1", HELP_OFFER, "ignored", T0),)))
+    again = update(
+        first, summary("s-1", items=("a",), offers=(("i-1", HELP_OFFER, "ignored", T0),))
+    )
+    assert again == first, "a session merged at a flush and again at its end counts once"
+    assert first.visits == 1
+    # A later, fuller summary of the same session: its purchase and the offer's outcome count.
+    fuller = update(
+        first, summary("s-1", purchased=True, offers=(("i-1", HELP_OFFER, "dismissed", T0),))
+    )
+    assert (fuller.visits, fuller.purchases) == (1, 1)
+    assert [o.outcome for o in fuller.offers] == ["dismissed"]
+    assert first.purchases == 0 and first.offers[0].outcome == "ignored", "the input is unchanged"
+
+
+def test_every_list_is_bounded_and_the_worst_case_packs_under_the_bound() -> None:
+    p: Profile | None = None
+    long = "x" * 200  # longer than any id may be
+    for n in range(200):
+        p = update(
+            p,
+            summary(
+                f"s-{n}-{long}",
+                T0 + n,
+                T0 + n + 1,
+                purchased=True,
+                items=tuple(f"{n}-{i}-{long}" for i in range(30)),
+                offers=tuple((f"i-{n}-{k}", long, "accepted", T0 + n) for k in range(5)),
+                segment=f"{n}-{long}",
+            ),
+        )
+    assert p is not None
+    assert len(p.items) == MAX_ITEMS and len(p.offers) == MAX_OFFERS
+    assert len(p.segments) == MAX_SEGMENTS and len(p.sessions) == MAX_SESSIONS
+    assert (p.visits, p.purchases) == (200, 200), "the counts go on beyond the kept lists"
+    packed = pack(p)
+    assert len(packed) <= MAX_PACKED_BYTES, len(packed)
+    assert unpack(packed) == p
+    assert b"s-199" not in packed, "sessions are remembered by a digest, never their id"
+
+
+def test_unreadable_profiles_are_first_visits() -> None:
+    for data in (None, b"", b"\xc1", msgpack.packb([99, 1]), msgpack.packb({"visits": 3})):
+        assert unpack(data) is None
+        assert returning_features(unpack(data), T0) == list(FIRST_VISIT)
+
+
+def test_returning_features() -> None:
+    assert returning_features(None, T0) == list(FIRST_VISIT)
+    assert FIRST_VISIT[F["days_since_last_visit"]] == -1.0
+    p = update(
+        None,
+        summary(
+            "s-1",
+            purchased=True,
+            offers=(("i-1", HELP_OFFER, "dismissed", T0), ("i-2", "form_hint", "accepted", T0)),
+        ),
+    )
+    f = returning_features(p, T0 + 60_000 + 3 * DAY_MS)
+    assert f[F["visits_before"]] == 1 and f[F["purchases_before"]] == 1
+    assert f[F["days_since_last_visit"]] == 3.0
+    assert f[F["offers_before"]] == 2
+    assert (f[F["offers_dismissed_before"]], f[F["offers_accepted_before"]]) == (1, 1)
+
+
+def test_summary_of_a_session_remembers_its_offers_and_what_the_visitor_did() -> None:
+    s = Session("s-abcdefgh", "demo")
+    s.consent = ["analytics"]
+    for seq, ev in enumerate(
+        [
+            {"type": "page_view", "path": "/product/p1"},
+            {"type": "page_view", "path": "/product/p2"},
+        ],
+        start=1,
+    ):
+        s.apply({**ev, "seq": seq, "ts": T0 + seq})
+    s.offered("i-1", HELP_OFFER, T0 + 2)
+    s.offered("i-2", "form_hint", T0 + 3)
+    s.apply({"type": "intervention_dismissed", "iid": "i-1", "seq": 3, "ts": T0 + 4})
+    sm = summary_of(s, segment="browsers")
+    assert sm.items == ("p1", "p2") and sm.segment == "browsers"
+    assert sm.offers == (
+        ("i-1", HELP_OFFER, "dismissed", T0 + 2),
+        ("i-2", "form_hint", "ignored", T0 + 3),
+    )
+    # The offers ride in the session's snapshot.
+    again = Session.from_state(msgpack.unpackb(s.packed()))
+    assert summary_of(again, "browsers") == sm
+
+
+def _view(ts: int) -> EventView:
+    row = [0.0] * N_FEATURES
+    row[FEATURE_INDEX["n_events"]] = 10
+    return EventView(5, ts, row, "/p", "product", "")
+
+
+def _returning(consent: list[str], dismissed_at: int, now: int) -> Session:
+    s = Session("sess-abcdefgh")
+    s.consent = consent
+    p = update(None, summary("s-0", offers=(("i-0", HELP_OFFER, "dismissed", dismissed_at),)))
+    s.history = history_of(p, now)
+    return s
+
+
+def test_no_repeat_of_a_kind_dismissed_in_the_site_window_with_personalisation_only() -> None:
+    cfg = PolicyConfig(holdout=0.0, dismissed_days=30, kinds=KINDS)
+    now = T0 + 10 * int(DAY_MS)
+    with_consent = _returning(["analytics", "personalization"], T0, now)
+    assert decide(with_consent, _view(now), 0.99, cfg) is None, "the only kind left was dismissed"
+    # Without personalisation consent the profile does not count: a first visit's decision.
+    first = Session("sess-abcdefgh")
+    first.consent = ["analytics"]
+    expected = decide(first, _view(now), 0.99, cfg)
+    without = _returning(["analytics"], T0, now)
+    got = decide(without, _view(now), 0.99, cfg)
+    assert got is not None and expected is not None and got.kind == expected.kind == HELP_OFFER
+    # Past the window, or with the rule off, the kind comes back.
+    old = _returning(["analytics", "personalization"], now - 31 * int(DAY_MS), now)
+    assert decide(old, _view(now), 0.99, cfg) is not None
+    off = _returning(["analytics", "personalization"], T0, now)
+    d = decide(off, _view(now), 0.99, PolicyConfig(holdout=0.0, dismissed_days=0))
+    assert d is not None and d.kind == HELP_OFFER
+
+
+def test_a_shown_decision_is_noted_on_the_session_a_holdout_is_not() -> None:
+    s = Session("sess-abcdefgh")
+    s.consent = ["analytics"]
+    d = decide(s, _view(T0), 0.99, PolicyConfig(holdout=0.0))
+    assert d is not None and s.offers == [[d.iid, d.kind, T0, "ignored"]]
+    h = Session("sess-abcdefgh")
+    h.consent = ["analytics"]
+    held = decide(h, _view(T0), 0.99, PolicyConfig(holdout=0.9999))
+    assert held is not None and held.holdout and h.offers == []
+
+
+def test_a_visit_gives_its_session_the_history_whenever_it_arrives() -> None:
+    host = SessionHost()
+    score = lambda rows: [0.0] * len(rows)  # noqa: E731
+    ev = {"type": "page_view", "seq": 1, "ts": T0, "path": "/"}
+    hist = history_of(update(None, summary("s-0")), T0)
+    host.visit("s-new", "v-aaaaaaaa", hist)
+    host.process([("s-new", "demo", ["analytics", "personalization"], [ev])], score)
+    assert host.get("s-new").history == hist
+    host.visit("s-new", "v-aaaaaaaa", None)  # a later hello without personalisation consent
+    assert host.get("s-new").history is None
+    # The history survives compaction (it rides in the state).
+    host.visit("s-new", "v-aaaaaaaa", hist)
+    host.sweep(now_ms=T0 + host.compact_after_ms)
+    assert "s-new" in host.dormant and host.get("s-new").history == hist
