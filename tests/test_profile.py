@@ -206,3 +206,21 @@ def test_a_visit_gives_its_session_the_history_whenever_it_arrives() -> None:
     host.visit("s-new", "v-aaaaaaaa", hist)
     host.sweep(now_ms=T0 + host.compact_after_ms)
     assert "s-new" in host.dormant and host.get("s-new").history == hist
+
+
+def test_the_recommender_starts_a_new_visit_from_the_visitors_history() -> None:
+    from serve.apps.recommender import RecommenderService, SessionKNN
+
+    sessions = [["x", "y"], ["x", "y", "z"], ["p"], ["p"], ["p"], ["a", "b"]]
+    svc = RecommenderService({"demo": SessionKNN.fit(sessions)})
+    cold = svc.recommend({"site": "demo", "recent_items": [], "k": 2})["items"]
+    assert cold[0]["id"] == "p", "a first page without history gets the popular items"
+    warm = svc.recommend({"site": "demo", "recent_items": [], "history_items": ["x"], "k": 2})
+    assert [i["id"] for i in warm["items"]] == ["y", "z"], "x's neighbours first"
+    # This visit's own items weigh more than the history's (newest first).
+    mixed = svc.recommend({"site": "demo", "recent_items": ["a"], "history_items": ["x"], "k": 1})[
+        "items"
+    ]
+    assert mixed[0]["id"] == "b"
+    junk = svc.recommend({"site": "demo", "recent_items": [], "history_items": "x", "k": 2})
+    assert junk["items"] == cold

@@ -976,12 +976,16 @@ class ShardCore:
     def _enrich_context(self, d: Decision, session: Any) -> dict[str, Any]:
         """What the deployment needs about the session, read while the batch holds the lock."""
         if KIND[d.kind].follow_up == "recommend":
-            return {
+            ctx = {
                 "site": session.site,
                 "recent_items": list(session.recent_items),
                 "cart_items": list(session.cart_item_ids),
                 "k": 4,
             }
+            # The visitor's earlier visits seed it: with personalisation consent only.
+            if session.history is not None and "personalization" in session.consent:
+                ctx["history_items"] = list(session.history[2])
+            return ctx
         return {
             "site": session.site,
             "iid": d.iid,
