@@ -224,3 +224,43 @@ def test_the_recommender_starts_a_new_visit_from_the_visitors_history() -> None:
     assert mixed[0]["id"] == "b"
     junk = svc.recommend({"site": "demo", "recent_items": [], "history_items": "x", "k": 2})
     assert junk["items"] == cold
+
+
+class _Risky:
+    """A scorer that finds every moment risky, with no explanation to give."""
+
+    segments = None
+
+    def __call__(self, rows):
+        return [0.99] * len(rows)
+
+    def explain(self, rows):
+        return [[0.0] * len(r) for r in rows]
+
+
+def test_replay_carries_a_visitors_profile_from_one_session_to_the_next() -> None:
+    from training.loaders import SessionEvents
+    from training.replay import replay
+
+    def pages(sid: str, start: int, n: int) -> list[dict]:
+        return [
+            {"type": "page_view", "path": f"/product/p{k}", "seq": k, "ts": start + k * 1000}
+            for k in range(1, n + 1)
+        ]
+
+    first = pages("tb-7-0", T0, 3)
+    # The replay decides at the third event (min_events 3); the visitor dismisses that help.
+    first.append({"type": "intervention_dismissed", "iid": "i-tb-7-0-3", "seq": 4, "ts": T0 + 5000})
+    later = T0 + 3_600_000
+    sessions = [
+        SessionEvents("tb-7-0", first, False, "taobao", T0, {"user_id": "7"}),
+        SessionEvents(
+            "tb-7-1", pages("tb-7-1", later, 4), False, "taobao", later, {"user_id": "7"}
+        ),
+    ]
+    policy = PolicyConfig(holdout=0.0, budget=1.0, risk_threshold=0.5)
+    kinds = lambda r: {sid: [d.kind for d in ds] for sid, ds in r.decisions.items()}  # noqa: E731
+    remembered = replay(sessions, _Risky(), policy=policy)
+    assert kinds(remembered) == {"tb-7-0": [HELP_OFFER]}, "the dismissed kind is not offered again"
+    newcomer = replay(sessions, _Risky(), policy=policy, consent=("analytics",))
+    assert kinds(newcomer) == {"tb-7-0": [HELP_OFFER], "tb-7-1": [HELP_OFFER]}
