@@ -11,6 +11,7 @@ first-time visitor.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -78,7 +79,7 @@ async def test_a_returning_visitor_is_remembered_only_with_personalisation_conse
     history = await stack.shard_for(second).session_history.remote(second)
     assert history is not None and history[0][VISITS_BEFORE] == 1
     assert dismissed in history[1] and history[2] == list(profile.items)
-    assert dismissed not in [iv["kind"] for iv in ivs2], ivs2
+    assert ivs2 and dismissed not in [iv["kind"] for iv in ivs2], ivs2
 
     # 3. The same visitor without personalisation consent: nothing of the profile is used,
     # and the decisions are a first-time visitor's (the first visit's, same journey and consent
@@ -90,3 +91,11 @@ async def test_a_returning_visitor_is_remembered_only_with_personalisation_conse
         (iv["kind"], iv["seq"]) for iv in ivs4
     ]
     assert ivs3[0]["kind"] == dismissed or dismissed == "recommendations"
+    # The decisions' records say what the profile told the policy: only with the consent.
+    for sid in (second, third):
+        await stack.shard_for(sid).flush.remote()  # records written
+    for iv in ivs2:
+        returning = json.loads(await r.hget(keys.intervention(iv["iid"]), "returning"))
+        assert returning[VISITS_BEFORE] == 1
+    for iv in ivs3:
+        assert await r.hget(keys.intervention(iv["iid"]), "returning") == b""

@@ -123,6 +123,9 @@ class Decision:
     signals: dict[str, float] = field(default_factory=dict)
     # The features that pushed the score up most (filled in off the hot path, see reasons.py).
     drivers: tuple[Driver, ...] = ()
+    # The visitor's returning features as the policy saw them (RETURNING_FEATURES order;
+    # empty: a session without a visitor profile or without personalisation consent).
+    returning: tuple[float, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
         d = asdict(self)
@@ -229,6 +232,7 @@ def decide(
         reasons=reasons,
         holdout=holdout,
         target=target,
+        returning=tuple(session.history[0]) if personalized and session.history else (),
         personalized=personalized,
         segment=segment,
         page_path=view.page_path,

@@ -771,6 +771,8 @@ class ShardCore:
                 "segment_name": names[d.segment]
                 if d.segment is not None and d.segment < len(names)
                 else "",
+                # Returning visitors (with personalisation consent): what their profile said.
+                "returning": json.dumps(list(d.returning)) if d.returning else "",
             }
             for d, (_row, used), drivers in zip(
                 decisions, scored, await self._drivers(scored), strict=True
