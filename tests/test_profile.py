@@ -264,3 +264,49 @@ def test_replay_carries_a_visitors_profile_from_one_session_to_the_next() -> Non
     assert kinds(remembered) == {"tb-7-0": [HELP_OFFER]}, "the dismissed kind is not offered again"
     newcomer = replay(sessions, _Risky(), policy=policy, consent=("analytics",))
     assert kinds(newcomer) == {"tb-7-0": [HELP_OFFER], "tb-7-1": [HELP_OFFER]}
+
+
+def test_history_holds_the_newest_items_only() -> None:
+    from actors.core.profile import HISTORY_ITEMS
+
+    p = update(None, summary("s-1", items=tuple(f"i{n}" for n in range(15))))
+    hist = history_of(p, T0)
+    assert hist[2] == [f"i{n}" for n in range(15 - HISTORY_ITEMS, 15)]
+
+
+async def test_shards_merging_one_visitors_sessions_at_once_both_count(redis_url, prefix) -> None:
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from actors.shard.profiles import ShardProfiles
+    from cluster.keys import VISITOR_PROFILE_TTL_S, Keys
+
+    clients = [aioredis.from_url(redis_url) for _ in range(2)]
+    keys = Keys(prefix)
+    shards = [ShardProfiles(c, keys) for c in clients]
+    try:
+        # Two shards, each ending its own session of the same visitor, concurrently, many times.
+        for n in range(10):
+            await asyncio.gather(
+                *(
+                    shard.remember(
+                        [("demo", "v-aaaaaaaa", summary(f"s-{n}-{i}", items=(f"i{n}",)))]
+                    )
+                    for i, shard in enumerate(shards)
+                )
+            )
+        profile = unpack(await clients[0].get(keys.visitor_profile("demo", "v-aaaaaaaa")))
+        assert profile is not None and profile.visits == 20, "no merge lost to another"
+        assert (
+            0
+            < await clients[0].ttl(keys.visitor_profile("demo", "v-aaaaaaaa"))
+            <= (VISITOR_PROFILE_TTL_S)
+        )
+        hist = await shards[0].histories([("s-new", "demo", "v-aaaaaaaa")], T0)
+        assert hist["s-new"][0][F["visits_before"]] == 20
+        none = await shards[0].histories([("s-x", "demo", "v-bbbbbbbb")], T0)
+        assert none["s-x"][0] == list(FIRST_VISIT)
+    finally:
+        for c in clients:
+            await c.aclose()

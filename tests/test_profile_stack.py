@@ -16,7 +16,7 @@ import time
 import uuid
 
 from actors.core.features import RETURNING_FEATURES
-from actors.core.profile import FIRST_VISIT, unpack
+from actors.core.profile import FIRST_VISIT, HISTORY_ITEMS, unpack
 from cluster.keys import VISITOR_PROFILE_TTL_S
 from serve.dev.pyclient import LifelineClient
 from tests.test_spine import ORIGIN, journey, send_all, treated_sid
@@ -78,7 +78,7 @@ async def test_a_returning_visitor_is_remembered_only_with_personalisation_conse
     second, ivs2 = await visit(stack, vid, PERSONAL)
     history = await stack.shard_for(second).session_history.remote(second)
     assert history is not None and history[0][VISITS_BEFORE] == 1
-    assert dismissed in history[1] and history[2] == list(profile.items)
+    assert dismissed in history[1] and history[2] == list(profile.items[-HISTORY_ITEMS:])
     assert ivs2 and dismissed not in [iv["kind"] for iv in ivs2], ivs2
 
     # 3. The same visitor without personalisation consent: nothing of the profile is used,

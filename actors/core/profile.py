@@ -34,6 +34,10 @@ MAX_SESSIONS = 16  # digests of the last sessions merged (a re-merge of older on
 MAX_OFFERS = 32  # the latest interventions offered
 MAX_ITEMS = 20  # the items viewed most recently, across visits
 MAX_SEGMENTS = 8  # the segments seen most recently
+# The profile's items a session holds, to seed recommendations: the recommender weighs
+# only the few newest items it is given (RecParams.recent = 5), so more would be memory
+# spent on every returning session for nothing.
+HISTORY_ITEMS = 8
 MAX_ID_CHARS = 64  # item ids and segment names are cut to this (the events' own limit)
 MAX_KIND_CHARS = 32
 # The bound on a packed profile, worst case included (every list full, every string at its cap).
@@ -236,12 +240,12 @@ def history_of(profile: Profile | None, now_ms: float) -> list[Any]:
     Made once, when a visit starts, and only with personalisation consent:
     the returning features (:func:`returning_features`), the latest dismissal
     of each kind (kind -> ms; the policy applies the site's window) and the
-    items viewed lately (oldest first). A plain list, so it rides in the
+    last :data:`HISTORY_ITEMS` items viewed (oldest first). A plain list, so it rides in the
     session's snapshot.
     """
     dismissed: dict[str, int] = {}
     for o in profile.offers if profile is not None else ():
         if o.outcome == "dismissed":
             dismissed[o.kind] = max(dismissed.get(o.kind, 0), o.ts)
-    items = list(profile.items) if profile is not None else []
+    items = list(profile.items[-HISTORY_ITEMS:]) if profile is not None else []
     return [returning_features(profile, now_ms), dismissed, items]
