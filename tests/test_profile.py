@@ -310,3 +310,24 @@ async def test_shards_merging_one_visitors_sessions_at_once_both_count(redis_url
     finally:
         for c in clients:
             await c.aclose()
+
+
+def test_the_access_document_holds_everything_the_profile_keeps() -> None:
+    import json
+
+    from actors.core.profile import as_document
+
+    p = update(
+        None,
+        summary(
+            "s-1",
+            purchased=True,
+            items=("a",),
+            segment="browsers",
+            offers=(("i-1", HELP_OFFER, "dismissed", T0),),
+        ),
+    )
+    doc = json.loads(json.dumps(as_document(p)))
+    assert doc["visits"] == 1 and doc["visits_with_a_purchase"] == 1
+    assert doc["items_viewed_lately"] == ["a"] and doc["segments_seen"] == ["browsers"]
+    assert doc["help_offered"] == [{"kind": HELP_OFFER, "what_you_did": "dismissed", "ts_ms": T0}]

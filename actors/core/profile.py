@@ -189,6 +189,22 @@ def summary_of(session: Any, segment: str | None = None) -> SessionSummary:
     )
 
 
+def as_document(profile: Profile) -> dict[str, Any]:
+    """The profile as JSON-ready data, in words: what a visitor's access request shows of it."""
+    return {
+        "visits": profile.visits,
+        "first_visit_ms": profile.first_ts,
+        "last_visit_ms": profile.last_ts,
+        "visits_with_a_purchase": profile.purchases,
+        "segments_seen": list(profile.segments),
+        "help_offered": [
+            {"kind": o.kind, "what_you_did": o.outcome, "ts_ms": o.ts} for o in profile.offers
+        ],
+        "items_viewed_lately": list(profile.items),
+        "sessions_remembered": len(profile.sessions),
+    }
+
+
 def pack(profile: Profile) -> bytes:
     """The profile as stored (msgpack): ``[PROFILE_LAYOUT, fields...]``."""
     return msgpack.packb(
