@@ -17,7 +17,7 @@
 | ``{p}consent:{site}:{sid}`` | stream | the session's consent records: one entry per change (consent, ts, site, via) |
 | ``{p}v:{site}:{vid}`` | hash | a visitor's record (the pseudonymous visitor id of the client, created with analytics consent) |
 | ``{p}vs:{site}:{vid}`` | sorted set | the visitor's sessions: sid by creation time (ms); added by each hello that carries the vid |
-| ``{p}vp:{site}:{vid}`` | string | the visitor's profile across visits (msgpack) |
+| ``{p}vp:{site}:{vid}`` | string | the visitor's profile across visits (msgpack, actors/core/profile.py; at most 4 KB), written by the shards as the visitor's sessions end, with analytics consent; expires ``VISITOR_PROFILE_TTL_S`` after the last update |
 | ``{p}vc:{site}:{vid}`` | stream | the visitor's consent records |
 | ``{p}dk:{site}:{subject}`` | string | the data key (AES-256, wrapped by the master key ``LIFELINE_DATA_KEY``) sealing the event-log entries of a subject: a visitor (``vid``), or a session without one (``sid``); expires ``DATA_KEY_TTL_S`` after its last use (cluster/sealing.py) |
 | ``{p}erased:{site}:{digest}`` | hash | the minimal proof of an erasure: no visitor or session id, a digest of the visitor's |
@@ -72,6 +72,9 @@ DATA_KEY_TTL_S = SESSION_TTL_S + 24 * 3600
 # in count and in bytes (serve/apps/chat_memory.py trims the oldest first).
 CHAT_TURNS_MAX = 40
 CHAT_BYTES_MAX = 32 * 1024
+# A visitor's profile (actors/core/profile.py) expires this long after the last visit
+# that updated it. A constant until sites configure their own retention.
+VISITOR_PROFILE_TTL_S = 90 * 24 * 3600
 CONSENT_RECORDS_MAX = 256  # per session, so no visitor's changes evict another's records
 
 

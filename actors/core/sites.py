@@ -22,6 +22,11 @@ port, the scheme's default included; no port means the scheme's default
 (80 for http, 443 for https). Hosts compare case-insensitively; write
 internationalised names in their ASCII (``xn--``) form, as browsers send them.
 
+A site's ``[policy]`` table may set ``dismissed_days`` (default 30; 0 turns
+it off): a returning visitor with personalisation consent is not offered again
+a kind of intervention they dismissed in an earlier visit within that many
+days (their profile's memory, actors/core/profile.py).
+
 A site's ``goals`` name the ``custom`` events (``lifeline.track("signup")``)
 that count as conversions besides ``purchase``, which always does
 (:meth:`Site.conversion`; the outcome report measures them).
