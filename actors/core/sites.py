@@ -22,6 +22,14 @@ port, the scheme's default included; no port means the scheme's default
 (80 for http, 443 for https). Hosts compare case-insensitively; write
 internationalised names in their ASCII (``xn--``) form, as browsers send them.
 
+A site's ``retention`` table says how many days each kind of its data is
+kept (``events``, ``sessions``, ``decisions``, ``profiles``, ``consent``: the
+proof of consents and erasures); left out, a kind keeps the default of
+cluster/keys.py. Fractions of a day are allowed (a test's seconds). The
+keys' TTLs are set from it where each kind is written (:class:`Retention`).
+``consent_policy`` names the version of the site's consent text that
+grants are recorded against (any short string, ``""`` by default).
+
 A site's ``goals`` name the ``custom`` events (``lifeline.track("signup")``)
 that count as conversions besides ``purchase``, which always does
 (:meth:`Site.conversion`; the outcome report measures them).
@@ -45,8 +53,11 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli 
 from actors.core.detectors import DetectorConfig
 from actors.core.events import EVENT_TYPES
 from actors.core.policy import PolicyConfig
+from cluster.keys import CONSENT_TTL_S, PROFILE_TTL_S, SESSION_TTL_S
 
-_SITE_KEYS = {"origins", "policy", "detectors", "name", "goals"}
+_SITE_KEYS = {"origins", "policy", "detectors", "name", "goals", "retention", "consent_policy"}
+MAX_POLICY_LEN = 64
+DAY_S = 86400
 PURCHASE = "purchase"  # the conversion every site has: the ``purchase`` event
 MAX_GOAL_LEN = 64  # the tracking client cuts a custom event's name to this
 
@@ -130,6 +141,47 @@ class OriginPattern:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """How long a site's data is kept, in seconds per kind (the sites file says days).
+
+    ``events``: event logs; ``sessions``: session hashes, snapshots, owner
+    keys, visitor records and session lists, explorer entries; ``decisions``:
+    intervention records; ``profiles``: visitor profiles; ``consent``:
+    consent records and erasure proofs. Each is applied as a TTL where its
+    keys are written.
+    """
+
+    events: int = SESSION_TTL_S
+    sessions: int = SESSION_TTL_S
+    decisions: int = SESSION_TTL_S
+    profiles: int = PROFILE_TTL_S
+    consent: int = CONSENT_TTL_S
+
+    @classmethod
+    def from_mapping(cls, table: Any) -> Retention:
+        """From the sites file's ``retention`` table (days); ValueError names what is wrong."""
+        if table is None:
+            return cls()
+        if not isinstance(table, dict):
+            raise ValueError(f"retention must be a table of days, got {table!r}")
+        unknown = set(table) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"retention has unknown kinds {sorted(unknown)}")
+        out = {}
+        for kind, days in table.items():
+            if isinstance(days, bool) or not isinstance(days, (int, float)) or not days > 0:
+                raise ValueError(f"retention.{kind} must be a positive number of days")
+            if days > 36500:
+                raise ValueError(f"retention.{kind}: at most 36500 days")
+            out[kind] = max(1, round(days * DAY_S))
+        return cls(**out)
+
+    def days(self) -> dict[str, float]:
+        """Each kind in days, as the sites file writes them (the console shows these)."""
+        return {k: getattr(self, k) / DAY_S for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
 class Site:
     """One site that may send events."""
 
@@ -139,12 +191,16 @@ class Site:
     detectors: DetectorConfig = field(default_factory=DetectorConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     goals: tuple[str, ...] = ()  # custom events that count as conversions, besides purchase
+    retention: Retention = field(default_factory=Retention)
+    consent_policy: str = ""  # the version of the consent text grants are recorded against
     patterns: tuple[OriginPattern, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Parsed once, here: a malformed pattern fails at start-up (ValueError).
         object.__setattr__(self, "patterns", tuple(OriginPattern.parse(o) for o in self.origins))
         _check_goals(self.goals)
+        if not isinstance(self.consent_policy, str) or len(self.consent_policy) > MAX_POLICY_LEN:
+            raise ValueError(f"consent_policy must be a string of at most {MAX_POLICY_LEN}")
 
     def conversion(self, event: dict[str, Any]) -> str | None:
         """The goal a (validated) event reaches: ``purchase``, one of ``goals``, or None."""
@@ -204,6 +260,8 @@ def parse_sites(data: dict[str, Any], source: str = "<sites>") -> dict[str, Site
                 detectors=DetectorConfig.from_mapping(table.get("detectors")),
                 policy=PolicyConfig.from_mapping(table.get("policy")),
                 goals=_as_tuple(table.get("goals", ())),
+                retention=Retention.from_mapping(table.get("retention")),
+                consent_policy=table.get("consent_policy", ""),
             )
         except (TypeError, ValueError) as exc:
             raise SiteConfigError(f"{source}: [sites.{key}]: {exc}") from exc

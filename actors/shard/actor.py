@@ -41,7 +41,7 @@ from actors.core.host import BatchItem, Forget, SessionHost, Visit, unpack_batch
 from actors.core.kinds import KIND
 from actors.core.policy import Decision
 from actors.core.reasons import Driver, top_drivers
-from actors.core.sites import Site, load_sites
+from actors.core.sites import Retention, Site, load_sites
 from actors.model.scoring import SchemaMismatch, Scorer
 from actors.shard.index import Entry, SessionIndex
 from actors.shard.link import LinkServer, LinkTLS
@@ -154,8 +154,9 @@ class ShardCore:
         )
         self.redis_url = redis_url
         self.redis = async_client(redis_url)  # used on the I/O loop only
-        self.records = ShardRecords(self.redis, self.keys)
-        self.session_index = SessionIndex(self.redis, self.keys, self.sites)  # the explorer's
+        self.records = ShardRecords(self.redis, self.keys, self._retention)
+        # The explorer's index.
+        self.session_index = SessionIndex(self.redis, self.keys, self.sites, self._retention)
         self.tallies = ShardTallies(
             self.redis, self.keys, self.sites, lambda site: self._rules(site)[1].holdout
         )
@@ -355,6 +356,11 @@ class ShardCore:
             "policy": dataclasses.asdict(s.policy),
             "detectors": dataclasses.asdict(s.detectors),
         }
+
+    def _retention(self, site: str) -> Retention:
+        """``site``'s retention, as its rules now say (the default for a site not configured)."""
+        known = self.sites.get(site)
+        return known.retention if known is not None else Retention()
 
     def _rules(self, site: str):
         s = self.sites.get(site)

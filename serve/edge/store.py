@@ -22,30 +22,35 @@ from typing import Any, NamedTuple
 import msgpack
 import redis.asyncio as aioredis
 
-from cluster.keys import CONSENT_RECORDS_MAX, CONSENT_TTL_S, SESSION_TTL_S, Keys
+from actors.core.sites import Retention, Site
+from cluster.keys import CONSENT_RECORDS_MAX, Keys, subject_digest
 from cluster.redis_server import script_arg
 from serve.edge.resp import ScriptCaller
 
 READ_PAGE_ENTRIES = 128  # stream entries per read of read_events(limit=...)
+# For a site the store has not been told of (tests, a site just removed).
+DEFAULT_RETENTION = Retention()
 
 # One call appends the runs of many sessions (one append round of the gateway).
-# ARGV[1] is one msgpack array: ttl, the event-log key prefix, the session-hash
-# key prefix, then for each run: sid, first consumed seq, last consumed seq,
-# payload ('' when every event of the run was refused), first and last appended
-# seq. One packed argument instead of seven per run: redis-py built and encoded
+# ARGV[1] is one msgpack array: the TTL table (one [events TTL, sessions TTL] per
+# site of the call: the sites' retention, cheap per call and nothing per event),
+# the event-log key prefix, the session-hash key prefix, then for each run: sid,
+# first consumed seq, last consumed seq, payload ('' when every event of the run
+# was refused), first and last appended seq, and its site's index in the TTL table
+# (1-based). One packed argument instead of seven per run: redis-py built and encoded
 # every argument in Python, ~10 % of a gateway's CPU (py-spy, 2026-11-21).
 # Returns, for each run, the durable seq and 1 if the run was appended, else 0
 # (it did not start right after the durable seq). Runs of one session are
 # applied in order. The script names its keys itself, so it needs a standalone
 # Redis (on Redis Cluster the session keys would need a shared hash tag).
 # TTLs are refreshed when a session's seq crosses a multiple of 64 (the TTL is
-# a week), and the stream's the first time it gets an entry (field 'log_ttl'): two
+# days), and the stream's the first time it gets an entry (field 'log_ttl'): two
 # EXPIREs per run were ~40 % of the script's calls.
 APPEND_LUA = """
 local arg = cmsgpack.unpack(ARGV[1])
-local ttl, ev_prefix, s_prefix = arg[1], arg[2], arg[3]
+local ttls, ev_prefix, s_prefix = arg[1], arg[2], arg[3]
 local out = {}
-for i = 4, #arg, 6 do
+for i = 4, #arg, 7 do
   local sid = arg[i]
   local stream, hash = ev_prefix .. sid, s_prefix .. sid
   local state = redis.call('HMGET', hash, 'seq', 'log_ttl')
@@ -55,11 +60,12 @@ for i = 4, #arg, 6 do
     out[#out + 1] = cur
     out[#out + 1] = 0
   else
+    local ttl = ttls[arg[i + 6]]
     local refresh = math.floor(last / 64) ~= math.floor(cur / 64) or cur == 0
     if arg[i + 3] ~= '' then
       redis.call('XADD', stream, '*', 'f', arg[i + 4], 'l', arg[i + 5], 'ev', arg[i + 3])
       if refresh or not state[2] then
-        redis.call('EXPIRE', stream, ttl)
+        redis.call('EXPIRE', stream, ttl[1])
         redis.call('HSET', hash, 'seq', last, 'log_ttl', 1)
       else
         redis.call('HSET', hash, 'seq', last)
@@ -68,7 +74,7 @@ for i = 4, #arg, 6 do
       redis.call('HSET', hash, 'seq', last)
     end
     if refresh then
-      redis.call('EXPIRE', hash, ttl)
+      redis.call('EXPIRE', hash, ttl[2])
     end
     out[#out + 1] = last
     out[#out + 1] = 1
@@ -78,27 +84,42 @@ return out
 """
 
 
-# A session's hello or consent change. ARGV: session hash, consent-record stream,
-# site, consent (JSON), now (ms), session TTL, consent-record TTL, records kept,
-# mode ('hello' or 'change'), whether the hello carried a (valid) token, the
-# sid's owner key, the hello's visitor id ('' for none) and that visitor's
-# sessions key. A sid belongs to the site whose hello created its session:
-# the owner key is set once, here, and a hello from any other site is refused.
-# A session belongs to one visitor the same way: its hash's vid is set by the
-# first hello that names one, and a hello naming another is refused.
+# A session's hello or consent change. ARGV: 1 session hash, 2 the session's
+# consent-record stream, 3 site, 4 consent (JSON), 5 now (ms), 6 sessions TTL,
+# 7 consent-proof TTL, 8 records kept, 9 mode ('hello' or 'change'), 10 whether
+# the hello carried a (valid) token, 11 the sid's owner key, 12 the hello's
+# visitor id ('' for none), 13 that visitor's sessions key, 14 sid, 15 the
+# session's erasure marker, 16 the visitor's ('' for none), 17 the visitor
+# record's key prefix and 18 the visitor consent records' ("{p}v:{site}:",
+# "{p}vc:{site}:"), 19 the record's source (via: hello, banner, api, change),
+# 20 the site's consent policy version.
+# A sid belongs to the site whose hello created its session: the owner key is
+# set once, here, and a hello from any other site is refused. A session belongs
+# to one visitor the same way: its hash's vid is set by the first hello that
+# names one, and a hello naming another is refused. A hello for an erased
+# session or visitor (serve/rights/erasure.py) is refused.
+# Consent records: a session with a visitor records to the visitor's stream,
+# when the visitor's consent changes (the record's consent field); one without
+# records to its own stream, when the session's changes. When a session first
+# gets its visitor, its own records move to the visitor's (the migration of the
+# per-session records: sessions without a visitor keep theirs).
 SESSION_LUA = """
 local h, cl, site, consent, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local owner = redis.call('GET', ARGV[11])
 if owner and owner ~= site then
   return {'other_site', 0}
 end
+local mode, vid = ARGV[9], ARGV[12]
+if mode == 'hello' and (redis.call('EXISTS', ARGV[15]) == 1
+    or (ARGV[16] ~= '' and redis.call('EXISTS', ARGV[16]) == 1)) then
+  return {'erased', 0}
+end
 local st = redis.call('HMGET', h, 'seq', 'consent', 'vid', 'created')
 local seq, stored, had, created = st[1], st[2], st[3], st[4]
-if ARGV[9] == 'hello' then
+if mode == 'hello' then
   if seq and ARGV[10] == '0' then
     return {'needs_token', tonumber(seq)}
   end
-  local vid = ARGV[12]
   if vid ~= '' and had and had ~= vid then
     return {'other_visitor', tonumber(seq or 0)}
   end
@@ -108,11 +129,25 @@ if ARGV[9] == 'hello' then
     redis.call('HSET', h, 'seq', 0, 'created', now, 'site', site)
   end
   if vid ~= '' then
+    local vc = ARGV[18] .. vid
     if not had then
       redis.call('HSET', h, 'vid', vid)
+      for _, e in ipairs(redis.call('XRANGE', cl, '-', '+')) do
+        local f = e[2]
+        f[#f + 1] = 'sid'
+        f[#f + 1] = ARGV[14]
+        redis.call('XADD', vc, 'MAXLEN', '~', ARGV[8], '*', unpack(f))
+        redis.call('EXPIRE', vc, ARGV[7])
+      end
+      redis.call('DEL', cl)
     end
     redis.call('ZADD', ARGV[13], 'NX', created or now, ARGV[14])
     redis.call('EXPIRE', ARGV[13], ARGV[6])
+    local v = ARGV[17] .. vid
+    redis.call('HSETNX', v, 'created', now)
+    redis.call('HSET', v, 'last', now)
+    redis.call('EXPIRE', v, ARGV[6])
+    had = vid
   end
   redis.call('SET', ARGV[11], site, 'EX', ARGV[6])
   redis.call('EXPIRE', h, ARGV[6])
@@ -121,7 +156,20 @@ elseif not seq then
 end
 if stored ~= consent then
   redis.call('HSET', h, 'consent', consent)
-  redis.call('XADD', cl, 'MAXLEN', '~', ARGV[8], '*', 'consent', consent, 'ts', now, 'site', site, 'via', ARGV[9])
+end
+if had then
+  local v = ARGV[17] .. had
+  if redis.call('HGET', v, 'consent') ~= consent then
+    local vc = ARGV[18] .. had
+    redis.call('HSET', v, 'consent', consent, 'policy', ARGV[20])
+    redis.call('EXPIRE', v, ARGV[6])
+    redis.call('XADD', vc, 'MAXLEN', '~', ARGV[8], '*', 'consent', consent, 'ts', now,
+      'site', site, 'via', ARGV[19], 'policy', ARGV[20], 'sid', ARGV[14])
+    redis.call('EXPIRE', vc, ARGV[7])
+  end
+elseif stored ~= consent then
+  redis.call('XADD', cl, 'MAXLEN', '~', ARGV[8], '*', 'consent', consent, 'ts', now,
+    'site', site, 'via', ARGV[19], 'policy', ARGV[20])
   redis.call('EXPIRE', cl, ARGV[7])
 end
 return {'ok', tonumber(seq)}
@@ -165,9 +213,12 @@ class Append(NamedTuple):
 class EventStore:
     """Appends to and reads from the event log; one instance per gateway process."""
 
-    def __init__(self, r: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, r: aioredis.Redis, keys: Keys, sites: dict[str, Site] | None = None) -> None:
         self.r = r
         self.keys = keys
+        # The sites in force, for their retention and consent policy; the gateway
+        # replaces the dict whole when the rules change.
+        self.sites: dict[str, Site] = sites or {}
         # The hot path's one call, on a connection of its own (serve/edge/resp.py says why).
         self._append = ScriptCaller(r, APPEND_LUA)
         self._session_script = r.register_script(SESSION_LUA)
@@ -194,50 +245,72 @@ class EventStore:
         binds the session to that visitor (refusing with ("other_visitor",
         seq) one bound to another) and adds it to the visitor's sessions.
         Records the consent if it changed (see :meth:`record_consent`).
+        Refuses with ("erased", 0) a session or visitor whose data was erased.
         """
         status, seq = await self._session_script(
-            args=[
-                *self._consent_args(sid, site, consent),
-                "hello",
-                int(token),
-                self.keys.owner(sid),
-                vid or "",
-                self.keys.visitor_sessions(site, vid) if vid else "",
-                sid,
-            ]
+            args=self._session_args(sid, site, consent, "hello", token, vid, "hello")
         )
         return (status.decode() if isinstance(status, bytes) else status), int(seq)
 
-    async def record_consent(self, sid: str, site: str, consent: list[str]) -> None:
+    async def record_consent(
+        self, sid: str, site: str, consent: list[str], via: str = "change"
+    ) -> None:
         """A consent change on a live session: its current consent, and a consent record.
 
-        A record is appended only when the consent differs from the stored one,
-        to the session's own capped stream: one visitor's traffic can never
-        evict another's proof.
+        A record (time, categories, the site's consent policy version, ``via``:
+        its source) is appended only when the consent differs from the stored
+        one, to the visitor's own capped stream (the session's, for a session
+        without a visitor): one visitor's traffic can never evict another's proof.
         """
         await self._session_script(
-            args=[
-                *self._consent_args(sid, site, consent),
-                "change",
-                1,
-                self.keys.owner(sid),
-                "",
-                "",
-                sid,
-            ]
+            args=self._session_args(sid, site, consent, "change", True, None, via)
         )
 
-    def _consent_args(self, sid: str, site: str, consent: list[str]) -> list[Any]:
+    def _session_args(
+        self,
+        sid: str,
+        site: str,
+        consent: list[str],
+        mode: str,
+        token: bool,
+        vid: str | None,
+        via: str,
+    ) -> list[Any]:
+        """``SESSION_LUA``'s arguments (its comment lists them)."""
+        known = self.sites.get(site)
+        keep = known.retention if known is not None else DEFAULT_RETENTION
+        keys = self.keys
         return [
-            self.keys.session(site, sid),
-            self.keys.consent_records(site, sid),
+            keys.session(site, sid),
+            keys.consent_records(site, sid),
             site,
             json.dumps(consent),
             int(time.time() * 1000),
-            SESSION_TTL_S,
-            CONSENT_TTL_S,
+            keep.sessions,
+            keep.consent,
             CONSENT_RECORDS_MAX,
+            mode,
+            int(token),
+            keys.owner(sid),
+            vid or "",
+            keys.visitor_sessions(site, vid) if vid else "",
+            sid,
+            keys.erased(site, subject_digest(site, sid)),
+            keys.erased(site, subject_digest(site, vid)) if vid else "",
+            keys.visitor(site, ""),
+            keys.visitor_consent(site, ""),
+            via,
+            known.consent_policy if known is not None else "",
         ]
+
+    async def erased(self, site: str, subject: str) -> bool:
+        """True if the session or visitor ``subject`` of ``site`` was erased (its marker lives)."""
+        return bool(await self.r.exists(self.keys.erased(site, subject_digest(site, subject))))
+
+    def retention(self, site: str) -> Retention:
+        """``site``'s retention (the default for a site the store was not told of)."""
+        known = self.sites.get(site)
+        return known.retention if known is not None else DEFAULT_RETENTION
 
     async def append_many(self, runs: Sequence[Append]) -> list[tuple[int, bool]]:
         """Append every run in one round trip and one script call; (durable seq, appended?) each.
@@ -268,11 +341,18 @@ class EventStore:
     def append_arg(self, runs: Sequence[Append]) -> bytes:
         """The append script's one argument for ``runs`` (see ``APPEND_LUA``)."""
         p = self.keys.script_prefixes()
-        arg: list[Any] = [SESSION_TTL_S, p["ev"], p["s"]]
+        ttls: list[list[int]] = []
+        index: dict[str, int] = {}  # site -> its row of ttls (1-based, as Lua counts)
+        arg: list[Any] = [ttls, p["ev"], p["s"]]
         scoped = self.keys.session_id
         for run in runs:
+            i = index.get(run.site)
+            if i is None:
+                keep = self.retention(run.site)
+                ttls.append([keep.events, keep.sessions])
+                i = index[run.site] = len(ttls)
             arg += [scoped(run.site, run.sid), run.first, run.last, run.payload]
-            arg += [run.ev_first, run.ev_last]
+            arg += [run.ev_first, run.ev_last, i]
         return script_arg(arg)
 
     def close(self) -> None:

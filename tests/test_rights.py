@@ -1,0 +1,325 @@
+"""Visitors' data rights on a real stack: access, erasure that reaches everything, objection.
+
+Several visitors, each with several sessions driven over real WebSockets
+(serve/dev/pyclient.py), struggling journeys that get help, help accepted;
+then one visitor asks for their data and for its erasure from the page's
+HTTP endpoints, while one of their sessions is still connected. The whole
+keyspace under the stack's prefix is scanned afterwards (key names, hash
+fields and values, stream entries, set and sorted-set members, strings) for
+the visitor's id and every one of their session ids: nothing may be left
+but the documented proof, which holds none of them.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import msgpack
+import pytest
+
+from cluster.keys import SUBJECT_FAMILIES, subject_digest
+from serve.dev.pyclient import LifelineClient
+from serve.rights.access import ACCESS_SCHEMA
+from tests.test_spine import ORIGIN, journey, send_all, treated_sid
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+SITE = "demo"
+
+
+@dataclass
+class Visitor:
+    vid: str
+    sids: list[str] = field(default_factory=list)
+    tokens: dict[str, str] = field(default_factory=dict)
+    iids: list[str] = field(default_factory=list)
+    live: LifelineClient | None = None  # a session still connected
+
+
+def new_vid() -> str:
+    return "v-" + uuid.uuid4().hex[:16]
+
+
+async def visit(stack, visitor: Visitor, accept: bool, keep_open: bool = False) -> None:
+    """One struggling session of ``visitor`` that gets help (accepted when ``accept``)."""
+    sid = treated_sid("rights")
+    client = LifelineClient(stack.ws_url, SITE, sid, ORIGIN, vid=visitor.vid)
+    welcome = await client.connect()
+    assert welcome["t"] == "welcome", welcome
+    events = journey("struggling", sid)
+    await send_all(client, events)
+    iv = await client.wait_for(lambda f: f["t"] == "intervention", timeout=15)
+    ts = events[-1]["ts"]
+    outcome = "intervention_accepted" if accept else "intervention_dismissed"
+    more = [
+        {"type": "intervention_shown", "iid": iv["iid"], "ts": ts + 300, "seq": len(events) + 1},
+        {"type": outcome, "iid": iv["iid"], "ts": ts + 900, "seq": len(events) + 2},
+    ]
+    await client.send_events(more)
+    await client.wait_acked(len(events) + 2)
+    await stack.gateway.wait_scored(sid, len(events) + 2)
+    visitor.sids.append(sid)
+    visitor.tokens[sid] = welcome["token"]
+    visitor.iids.append(iv["iid"])
+    if keep_open:
+        visitor.live = client
+    else:
+        await client.close()
+
+
+async def flush_shards(stack) -> None:
+    """Every shard writes what it holds (records, snapshots): Redis is then complete."""
+    for shard in stack.shards:
+        await shard.flush.remote()
+
+
+async def post(stack, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{stack.http_url}{path}?site={SITE}", json=body, headers={"Origin": ORIGIN}
+        ) as resp,
+    ):
+        return resp.status, await resp.json(), resp.headers
+
+
+@pytest.fixture(scope="module")
+async def population(lifeline_stack) -> dict[str, Visitor]:
+    """Three visitors: A (three sessions, one left connected), B and C (two each)."""
+    stack = lifeline_stack
+    people = {name: Visitor(new_vid()) for name in "ABC"}
+    for name, visitor in people.items():
+        n = 3 if name == "A" else 2
+        for i in range(n):
+            await visit(stack, visitor, accept=i == 0, keep_open=name == "A" and i == n - 1)
+    await flush_shards(stack)
+    return people
+
+
+def _strip(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "generated"}
+
+
+async def access(stack, visitor: Visitor) -> dict[str, Any]:
+    sid = visitor.sids[0]
+    status, doc, headers = await post(
+        stack, "/v1/visitor/access", {"sid": sid, "token": visitor.tokens[sid]}
+    )
+    assert status == 200, doc
+    assert headers["Cache-Control"] == "no-store"
+    return doc
+
+
+async def test_access_document_holds_every_kind_of_record_and_only_the_visitors(
+    lifeline_stack, population
+) -> None:
+    stack = lifeline_stack
+    keys, r = stack.gateway.keys, stack.gateway.redis
+    c, b = population["C"], population["B"]
+    # The profile is the visitor-profile feature's to write; one in its format stands in here.
+    profile = {"visits": 2, "viewed": ["sku-1"]}
+    await r.set(keys.visitor_profile(SITE, c.vid), msgpack.packb(profile), ex=60)
+    doc = await access(stack, c)
+    assert doc["schema"] == ACCESS_SCHEMA and doc["vid"] == c.vid and doc["site"] == SITE
+    assert doc["profile"] == profile
+    assert doc["visitor"]["created"] and json.loads(doc["visitor"]["consent"])
+    assert doc["consent"] and doc["consent"][0]["via"] == "hello"
+    assert doc["consent"][0]["sid"] in c.sids
+    assert doc["data_key"] == {"present": False}
+    assert sorted(s["sid"] for s in doc["sessions"]) == sorted(c.sids)
+    assert sorted(m for m, _score in doc["session_ids"]) == sorted(c.sids)
+    for s in doc["sessions"]:
+        for fam in SUBJECT_FAMILIES:
+            if fam.scope == "session":
+                assert fam.name in s, fam.name
+        assert s["session"]["vid"] == c.vid
+        assert len(s["events"]) == int(s["session"]["seq"])
+        assert [e["seq"] for e in s["events"]] == list(range(1, len(s["events"]) + 1))
+        assert s["snapshot"] is not None
+        assert s["decisions"] and all(d["sid"] == s["sid"] for d in s["decisions"])
+        assert s["decision_ids"] == sorted(d["iid"] for d in s["decisions"])
+    outcomes = {d["iid"]: d.get("outcome") for s in doc["sessions"] for d in s["decisions"]}
+    assert outcomes[c.iids[0]] == "accepted" and outcomes[c.iids[1]] == "dismissed"
+    text = json.dumps(doc)
+    assert b.vid not in text and not any(sid in text for sid in b.sids)
+
+    # A wrong token gets nothing; nor does another site's origin.
+    status, err, _ = await post(stack, "/v1/visitor/access", {"sid": c.sids[0], "token": "0" * 32})
+    assert (status, err["code"]) == (403, "bad_token")
+    status, err, _ = await post(stack, "/v1/visitor/access", {"sid": c.sids[0]})
+    assert (status, err["code"]) == (403, "bad_token")
+
+
+async def scan_for(r, prefix: str, needles: list[str]) -> list[str]:
+    """Every place under ``prefix`` that holds one of ``needles``: key, field, value, member."""
+    found = []
+    raw = [n.encode() for n in needles]
+
+    def hit(blob: bytes) -> bool:
+        return any(n in blob for n in raw)
+
+    async for key in r.scan_iter(match=f"{prefix}*", count=1000):
+        kind = (await r.type(key)).decode()
+        parts: list[bytes] = [key]
+        if kind == "string":
+            parts.append(await r.get(key) or b"")
+        elif kind == "hash":
+            for f, v in (await r.hgetall(key)).items():
+                parts += [f, v]
+        elif kind == "stream":
+            for eid, fields in await r.xrange(key):
+                parts += [eid, *fields.keys(), *fields.values()]
+        elif kind == "set":
+            parts += list(await r.smembers(key))
+        elif kind == "zset":
+            parts += [m for m, _ in await r.zrange(key, 0, -1, withscores=True)]
+        elif kind == "list":
+            parts += list(await r.lrange(key, 0, -1))
+        found += [f"{kind} {key.decode()}" for p in parts if hit(p)]
+    return found
+
+
+async def test_erasure_reaches_every_key_and_entry_and_refuses_the_visitor_after(
+    lifeline_stack, population
+) -> None:
+    stack = lifeline_stack
+    keys, r = stack.gateway.keys, stack.gateway.redis
+    a = population["A"]
+    others = [population["B"], population["C"]]
+    needles = [a.vid, *a.sids]
+    before_access = await access(stack, a)
+    assert len(before_access["sessions"]) == 3
+    assert await scan_for(r, keys.prefix, needles), "the visitor's data is there to erase"
+    others_before = [_strip(await access(stack, v)) for v in others]
+    others_log = sorted(
+        (eid, f[b"sid"])
+        for eid, f in await r.xrange(keys.intervention_log)
+        if f[b"sid"].decode() in {s for v in others for s in v.sids}
+    )
+
+    live_sid = a.sids[-1]
+    status, body, headers = await post(
+        stack, "/v1/visitor/erase", {"sid": live_sid, "token": a.tokens[live_sid]}
+    )
+    assert status == 200, body
+    assert headers["Cache-Control"] == "no-store"
+    assert body["erased"] is True and body["sessions"] == 3
+    assert body["entries"] == len(a.iids), "each decision's intervention-log entry"
+    assert body["keys"] > 3 * 4
+    # The connected session is told, and carries nothing more.
+    assert a.live is not None
+    told = await a.live.wait_for(lambda f: f["t"] == "error" and f.get("code") == "erased")
+    assert told["sid"] == live_sid
+    await flush_shards(stack)  # whatever a shard still held would be written now
+
+    assert await scan_for(r, keys.prefix, needles) == []
+    for sid in a.sids:
+        assert await stack.shard_for(sid).session_row.remote(sid) is None
+    proof = await r.hgetall(keys.erased(SITE, subject_digest(SITE, a.vid)))
+    assert proof[b"kind"] == b"visitor" and proof[b"reason"] == b"request"
+    assert int(proof[b"sessions"]) == 3 and int(proof[b"entries"]) == len(a.iids)
+    assert await r.ttl(keys.erased(SITE, subject_digest(SITE, a.vid))) > 0
+
+    # The other visitors' data is what it was.
+    assert [_strip(await access(stack, v)) for v in others] == others_before
+    assert (
+        sorted(
+            (eid, f[b"sid"])
+            for eid, f in await r.xrange(keys.intervention_log)
+            if f[b"sid"].decode() in {s for v in others for s in v.sids}
+        )
+        == others_log
+    )
+
+    # Refused from now on: a hello naming the vid, a resume of an erased session, its beacon.
+    fresh = LifelineClient(stack.ws_url, SITE, treated_sid("after"), ORIGIN, vid=a.vid)
+    refused = await fresh.connect()
+    assert (refused["t"], refused.get("code")) == ("error", "erased")
+    await fresh.close()
+    resume = LifelineClient(stack.ws_url, SITE, a.sids[0], ORIGIN)
+    resume.token = a.tokens[a.sids[0]]
+    refused = await resume.connect()
+    assert (refused["t"], refused.get("code")) == ("error", "erased")
+    await resume.close()
+    beacon = {"sid": a.sids[0], "token": a.tokens[a.sids[0]], "events": []}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{stack.http_url}/beacon?site={SITE}", json=beacon, headers={"Origin": ORIGIN}
+        ) as resp,
+    ):
+        assert resp.status == 403 and (await resp.json())["code"] == "erased"
+    assert await scan_for(r, keys.prefix, needles) == []
+
+    # Idempotent: a second request finds the session erased; the proof is unchanged.
+    status, again, _ = await post(
+        stack, "/v1/visitor/erase", {"sid": live_sid, "token": a.tokens[live_sid]}
+    )
+    assert (status, again["code"]) == (410, "erased")
+    again_proof = await stack.gateway.eraser.erase_visitor(
+        SITE, a.vid, stack.gateway.store.retention(SITE)
+    )
+    assert again_proof["sessions"] == 3 and again_proof["entries"] == len(a.iids)
+    await a.live.close()
+
+
+async def test_withdrawing_analytics_erases_the_whole_visitor(lifeline_stack) -> None:
+    stack = lifeline_stack
+    keys, r = stack.gateway.keys, stack.gateway.redis
+    v = Visitor(new_vid())
+    await visit(stack, v, accept=True)
+    await visit(stack, v, accept=False, keep_open=True)
+    await flush_shards(stack)
+    assert v.live is not None
+    await v.live.send_frame(
+        {"t": "consent", "sid": v.sids[-1], "consent": ["necessary"], "via": "banner"}
+    )
+    reply = await v.live.wait_for(lambda f: f["t"] == "consent")
+    assert reply["consent"] == ["necessary"]
+    await flush_shards(stack)
+    assert await scan_for(r, keys.prefix, [v.vid, *v.sids]) == []
+    proof = await r.hgetall(keys.erased(SITE, subject_digest(SITE, v.vid)))
+    assert proof[b"reason"] == b"withdrawal" and int(proof[b"sessions"]) == 2
+    await v.live.close()
+
+
+async def test_consent_records_are_the_visitors_with_source_and_policy(lifeline_stack) -> None:
+    stack = lifeline_stack
+    keys, r = stack.gateway.keys, stack.gateway.redis
+    vid = new_vid()
+    sid = treated_sid("consent")
+    client = LifelineClient(stack.ws_url, SITE, sid, ORIGIN, vid=vid, consent=("analytics",))
+    assert (await client.connect())["t"] == "welcome"
+    await client.send_frame(
+        {"t": "consent", "sid": sid, "consent": ["analytics", "marketing"], "via": "api"}
+    )
+    await client.wait_for(lambda f: f["t"] == "consent")
+    await client.send_frame({"t": "consent", "sid": sid, "consent": ["analytics"], "via": "sms"})
+    bad = await client.wait_for(lambda f: f["t"] == "error")
+    assert (bad["code"], bad["field"]) == ("bad_frame", "via")
+    # A second session of the same visitor with the same consent adds no record.
+    other = LifelineClient(
+        stack.ws_url,
+        SITE,
+        treated_sid("consent"),
+        ORIGIN,
+        vid=vid,
+        consent=("analytics", "marketing"),
+    )
+    assert (await other.connect())["t"] == "welcome"
+    records = [f for _, f in await r.xrange(keys.visitor_consent(SITE, vid))]
+    assert [(json.loads(f[b"consent"]), f[b"via"]) for f in records] == [
+        (["analytics"], b"hello"),
+        (["analytics", "marketing"], b"api"),
+    ]
+    policy = stack.gateway.sites[SITE].consent_policy.encode()
+    assert all(f[b"policy"] == policy and f[b"sid"] == sid.encode() for f in records)
+    assert not await r.exists(keys.consent_records(SITE, sid)), "a visitor's go to the visitor"
+    ttl = await r.ttl(keys.visitor_consent(SITE, vid))
+    assert stack.gateway.sites[SITE].retention.consent - 60 < ttl
+    await client.close()
+    await other.close()
