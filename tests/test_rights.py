@@ -323,3 +323,47 @@ async def test_consent_records_are_the_visitors_with_source_and_policy(lifeline_
     assert stack.gateway.sites[SITE].retention.consent - 60 < ttl
     await client.close()
     await other.close()
+
+
+async def test_an_admin_looks_up_downloads_and_erases_a_visitor_audited_by_digest(
+    lifeline_stack,
+) -> None:
+    from tests.test_console_auth import csrf_of, new_operator, sign_in
+
+    stack = lifeline_stack
+    keys, r = stack.gateway.keys, stack.gateway.redis
+    v = Visitor(new_vid())
+    await visit(stack, v, accept=True)
+    await flush_shards(stack)
+    base = f"/api/visitors/{SITE}/{v.vid}"
+    analyst = await sign_in(stack, await new_operator(stack, "analyst"))
+    async with analyst:
+        assert (await analyst.get(base)).status == 403
+    admin = await sign_in(stack, await new_operator(stack, "admin"))
+    async with admin:
+        found = await (await admin.get(base)).json()
+        assert found["found"] and [s["sid"] for s in found["sessions"]] == v.sids
+        assert [c["via"] for c in found["consent"]] == ["hello"]
+        view = await (
+            await admin.get("/api/view/visitors", params={"site": SITE, "vid": v.vid})
+        ).json()
+        consent_table = next(t for t in view["tables"] if t["id"] == "consent")
+        assert len(consent_table["rows"]) == 1
+        resp = await admin.get(f"{base}/access")
+        assert resp.status == 200 and "attachment" in resp.headers["Content-Disposition"]
+        assert resp.headers["Cache-Control"] == "no-store"
+        doc = await resp.json()
+        assert doc["vid"] == v.vid and [s["sid"] for s in doc["sessions"]] == v.sids
+        csrf = await csrf_of(admin)
+        erased = await (await admin.post(f"{base}/erase", headers={"X-CSRF-Token": csrf})).json()
+        assert erased["erased"] and erased["sessions"] == 1
+        digest = subject_digest(SITE, v.vid)
+        assert erased["digest"] == digest
+    entries = [f for _, f in await r.xrange(keys.audit)]
+    mine = [json.loads(f[b"detail"]) for f in entries if digest.encode() in f[b"detail"]]
+    assert {"visitor looked up", "visitor access document", "visitor erased"} <= {
+        f[b"action"].decode() for f in entries if digest.encode() in f[b"detail"]
+    }
+    assert all(d["visitor"] == digest for d in mine)
+    # The audit log names the digest only: nothing anywhere holds the vid or its session.
+    assert await scan_for(r, keys.prefix, [v.vid, *v.sids]) == []

@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from serve.console import admin_views, audit, explorer_view, insights, live
+from serve.console import admin_views, audit, explorer_view, insights, live, visitors
 from serve.console.accounts import ROLES, SCOPES, Operator
 from serve.console.auth import error
 from serve.console.pages import PAGES, SESSION_PAGE
@@ -141,6 +141,7 @@ VIEWS: dict[str, ViewFn] = {
     "sites": admin_views.sites_view,
     "sessions": explorer_view.sessions_view,
     "session": explorer_view.session_view,
+    "visitors": visitors.visitors_view,
     "operators": operators_view,
     "audit": audit_view,
 }
