@@ -111,6 +111,7 @@ class Visitor:
         rng: random.Random,
     ) -> None:
         self.sid = f"lt-{uuid.uuid4().hex[:16]}"
+        self.vid = f"v-{uuid.uuid4().hex[:16]}"  # a visitor, as the real client names one
         self.journeys, self.rate, self.res, self.window, self.rng = journeys, rate, res, window, rng
         self.j = rng.randrange(len(journeys))
         self.events, self.idx = journeys[self.j], 0
@@ -125,7 +126,7 @@ class Visitor:
     async def connect(self, ws_url: str) -> None:
         self.welcome = asyncio.get_running_loop().create_future()
         self.ws = await WsClient.connect(f"{ws_url}?site=loadtest", ORIGIN, self.on_message)
-        self.ws.send(msgpack.packb(hello_frame(self.sid)))
+        self.ws.send(msgpack.packb(hello_frame(self.sid, vid=self.vid)))
         welcome = await asyncio.wait_for(self.welcome, 30)
         if welcome.get("t") != "welcome":
             raise ConnectionError(f"refused: {welcome}")

@@ -27,6 +27,9 @@ from serve.edge.client_build import is_fresh, stamp  # noqa: E402
 
 SRC = ROOT / "serve" / "static" / "lifeline.js"
 MIN = ROOT / "serve" / "static" / "lifeline.min.js"
+# The cards' code the tracker loads on demand: built the same way, outside the tracker's budget.
+UI_SRC = ROOT / "serve" / "static" / "lifeline-ui.js"
+UI_MIN = ROOT / "serve" / "static" / "lifeline-ui.min.js"
 BUDGET = 8 * 1024
 TERSER_ARGS = ["--ecma", "2020", "--compress", "passes=3", "--mangle", "--comments", "/^!/"]
 
@@ -45,12 +48,14 @@ def terser_command() -> list[str] | None:
     return None
 
 
-def minify() -> bool:
+def minify(src: Path | None = None, out: Path | None = None) -> bool:
+    """Minify ``src`` (default: the tracker) to ``out`` and stamp it; False without terser."""
+    src, out = src or SRC, out or MIN
     cmd = terser_command()
     if cmd is None:
         return False
-    subprocess.run([*cmd, str(SRC), *TERSER_ARGS, "-o", str(MIN)], check=True)
-    MIN.write_bytes(stamp(MIN.read_bytes(), SRC.read_bytes()))
+    subprocess.run([*cmd, str(src), *TERSER_ARGS, "-o", str(out)], check=True)
+    out.write_bytes(stamp(out.read_bytes(), src.read_bytes()))
     return True
 
 
@@ -64,7 +69,7 @@ def main() -> int:
         "--check", action="store_true", help="do not minify; measure the committed min file"
     )
     args = ap.parse_args()
-    fresh = False if args.check else minify()
+    fresh = False if args.check else minify() and minify(UI_SRC, UI_MIN)
     if not MIN.exists():
         print("no lifeline.min.js and no terser to make one (npm install terser)", file=sys.stderr)
         return 2
@@ -83,6 +88,12 @@ def main() -> int:
     print(
         f"budget           {BUDGET:6d} B: {'within' if size <= BUDGET else 'OVER'} ({BUDGET - size:+d} B)"
     )
+    if UI_MIN.exists():
+        ui = UI_MIN.read_bytes()
+        stale = "" if is_fresh(UI_SRC.read_bytes(), ui) else " (STALE: rerun without --check)"
+        print(
+            f"lifeline-ui.min.js {len(ui):5d} B minified, {gz(ui):5d} B minified+gzipped, on demand{stale}"
+        )
     return 0 if size <= BUDGET else 1
 
 

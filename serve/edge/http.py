@@ -51,7 +51,8 @@ def build_app(gateway: Gateway, ws_url: str, demo_site: str = "demo") -> web.App
     """
     h = Handlers(gateway, ws_url, demo_site)
     app = web.Application(client_max_size=BEACON_MAX_BYTES)
-    app.router.add_get("/lifeline.js", h.client_js)
+    for path in client_build.SCRIPTS:
+        app.router.add_get(path, h.client_js)
     app.router.add_post("/beacon", h.beacon)
     RightsEndpoints(gateway).routes(app)
     app.router.add_get("/help/{article:[A-Za-z0-9_-]+}", h.help_article)
@@ -67,16 +68,21 @@ class Handlers:
         self.gateway = gateway
         self.ws_url = ws_url
         self.demo_site = demo_site
-        self.client = client_build.load()  # once: the files are part of the installed package
+        # Once: the files are part of the installed package.
+        self.scripts = {
+            path: client_build.load(source_name=src, build_name=build)
+            for path, (src, build) in client_build.SCRIPTS.items()
+        }
 
     async def client_js(self, request: web.Request) -> web.Response:
-        """The minified client (8 KB gzipped), gzip-encoded when accepted, revalidated by ETag.
+        """A client script (the tracker, 8 KB gzipped, or the cards' code it loads on demand),
+        minified, gzip-encoded when accepted, revalidated by ETag.
 
         Browsers may reuse it for 5 minutes, then ask again with If-None-Match
         and get a bodiless 304 while it is unchanged: a new client reaches
         every visitor within 5 minutes of a deploy.
         """
-        client = self.client
+        client = self.scripts[request.path]
         gz = "gzip" in request.headers.get("Accept-Encoding", "")
         etag = client.gzip_etag if gz else client.etag
         headers = {

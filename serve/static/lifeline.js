@@ -55,9 +55,9 @@
   // and reloads of the tab), its unacknowledged events in localStorage (ll:q:<sid>).
   let sid, tok, seq, last, q = [], acked = 0, sentTo = 0, dropped = 0, beaconTo = 0, saveT = 0;
   const qKey = () => "ll:q:" + sid;
+  const rid = (p) => p + Array.from(crypto.getRandomValues(new Uint8Array(16)), (x) => (x % 36).toString(36)).join("");
   const fresh = () => {
-    const a = crypto.getRandomValues(new Uint8Array(16));
-    sid = "s-" + Array.from(a, (x) => (x % 36).toString(36)).join("");
+    sid = rid("s-");
     tok = null; seq = 0; last = now(); q = [];
     acked = sentTo = beaconTo = 0;
   };
@@ -140,7 +140,7 @@
     let s;
     try { s = ws = new WebSocket(wsUrl); } catch (e) { ws = null; return retry(); }
     s.binaryType = "arraybuffer";
-    s.onopen = safe(() => send({ t: "hello", v: 1, sid, token: tok, consent: consentList(), now: now() }));
+    s.onopen = safe(() => send({ t: "hello", v: 1, sid, token: tok, consent: consentList(), vid: get(LS, "ll:v"), now: now() }));
     s.onmessage = safe((m) => s === ws && frame(typeof m.data == "string" ? JSON.parse(m.data) : codec().decode(new Uint8Array(m.data))));
     s.onclose = safe((e) => {
       if (s !== ws) return;
@@ -173,7 +173,7 @@
     else if (t == "intervention") intervene(f);
     else if (t == "update") update(f);
     else if (t == "error") {
-      if (/^bad_(token|sid)$/.test(code)) { fresh(); reconnect(); } // the server will not resume this session
+      if (/^bad_(token|sid|vid)$/.test(code)) { fresh(); reconnect(); } // the server will not resume this session
       else if (code == "unknown_session") reconnect();
       else if (f.expected || /^(sequence_gap|rate_limited|overloaded)$/.test(code)) {
         // resend everything unacknowledged; if the server expects a number below our oldest
@@ -199,7 +199,6 @@
   };
 
   // ---------------------------------------------------------------- capture
-  let host = null;
   const secret = (el) => el.type == "password" || /^cc-/.test(el.autocomplete) ||
     /pass|card|cc-?(num|csc|cvc|exp)|cvv|cvc|iban|ssn|secret/i.test(el.name + " " + el.id);
   const isField = (el) => /^(INPUT|SELECT|TEXTAREA)$/.test(el.tagName);
@@ -263,14 +262,14 @@
     // in a burst the window is only the current task (synchronous reactions) and the click goes at once
     pend = { f: { selector: sel(el), x, y, target: kindOf(el) }, u: burst.length > 2 };
     pend.t = later(settle, pend.u ? 0 : deadMs);
-    mo = mo || new MutationObserver(safe((ms) => ms.some((m) => !host || !(host.contains(m.target) || m.addedNodes[0] == host)) && reaction()));
+    mo = mo || new MutationObserver(safe((ms) => ms.some((m) => !U.h || !(U.h.contains(m.target) || m.addedNodes[0] == U.h)) && reaction()));
     mo.observe(root, { childList: true, subtree: true, attributes: true, characterData: true });
   });
   on(D, "focusin", (e) => {
     const f = e.target;
     if (pend && !f.contains(lastEl)) reaction(); // focusing the clicked control itself is no reaction
     if (isField(f) && !ignored(f)) { f._ll = 0; emit("form_focus", { form: formId(f.form), field: fieldId(f) }); }
-    relayout();
+    U.r();
   });
   on(D, "input", (e) => { const f = e.target; if (isField(f) && !ignored(f)) f._ll = (f._ll || 0) + 1; }); // counted, never read
   on(D, "focusout", (e) => {
@@ -401,127 +400,38 @@
   on(W, "online", () => ws || ((tries = 0), connect()));
 
   // ---------------------------------------------------------- interventions
-  const ivs = {};
-  let shown = [], ui = null, n = 0, layT = 0;
-  const CSS = ":host{all:initial}*{box-sizing:border-box}" +
-    ".c{position:fixed;z-index:2147483000;font:14px/1.45 system-ui,sans-serif;color:#223;background:#fff;border-radius:14px;" +
-    "box-shadow:0 8px 30px #0003;padding:16px;width:320px;max-width:calc(100vw - 32px);animation:a .2s}" +
-    "@keyframes a{from{opacity:0;transform:translateY(8px)}}@media(prefers-reduced-motion){.c{animation:none}}" +
-    "h2{margin:0 24px 6px 0;font-size:15px;color:#43c}p{margin:0 0 12px}" +
-    "button{font:600 14px system-ui,sans-serif;cursor:pointer;border:0;border-radius:9px;padding:8px 14px;margin-right:8px;background:#43c;color:#fff}" +
-    ".s{background:#eef;color:#43c}.x{position:absolute;top:6px;right:0;background:none;color:#667;font-size:20px}" +
-    ":focus-visible{outline:3px solid #88f}" +
-    ".f{width:340px;padding-right:36px;background:#ffe;border:1px solid #eb5}.f p{margin-bottom:8px}" +
-    ".f:before{position:absolute;left:22px;width:12px;height:12px;background:inherit;border:inherit;transform:rotate(45deg)}" +
-    // the arrow (content) only for a hint right under (d) or over (u) its field, not beside it or in a corner
-    ".d:before{content:'';top:-7px;border-width:1px 0 0 1px}.u:before{content:'';bottom:-7px;border-width:0 1px 1px 0}" +
-    ".r{width:auto;right:0;max-width:none;border-radius:16px 16px 0 0}ul{display:flex;gap:10px;overflow:auto;list-style:none;margin:0;padding:2px}" +
-    "li a{display:block;min-width:150px;padding:10px;border:1px solid #dde;border-radius:10px;color:inherit;text-decoration:none}" +
-    "li span{display:block;color:#43c}.sr{position:absolute;clip:rect(0 0 0 0)}";
-  const esc = (s) => str(s, 600).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-  const href = (u) => esc(/^(https?:|\/|\?)/.test(u) ? u : "#"); // no javascript: or data: links
-  // A card's text as HTML, with the help guide it names as a link: an update's `link` carries
-  // the guide's url and title, and the server has put that title into the text (a visitor
-  // reads a title, not a path). The guide opens in a new tab, so a half-filled form is not
-  // lost; opening it counts as taking the help (data-a: accepted).
-  const html = (iv) => {
-    const g = iv.link, t = esc(iv.text);
-    return g ? t.replace(esc(g.title), `<a data-a href="${href(g.url)}" target=_blank>$&</a>`) : t;
-  };
-  // kind: [role, heading, accept label, dismiss label]
-  const KINDS = {
-    help_offer: ["dialog", "We're here to help", "Chat with us", "No thanks"],
-    form_hint: ["note", "", "Got it"],
-    content_suggestion: ["region", "A suggestion", "Thanks"],
-    recommendations: ["region", "You might also like"]
+  // Cards are drawn by lifeline-ui.js, loaded from beside this script on demand (the first
+  // intervention to draw, or an idle moment after the start; "ui" overrides its URL); U
+  // holds its functions (render, x: remove, r: relayout, c: remove those matching,
+  // u: show an update, h: its host element), no-ops until it is here.
+  const ivs = {}, nop = () => {}, U = { r: nop, c: nop }, waiting = [];
+  let uiS = 0;
+  const ui = (fn) => {
+    if (U.render) return fn && fn();
+    fn && waiting.push(fn);
+    if (uiS || !D.head) return;
+    uiS = D.createElement("script");
+    uiS.src = opt("ui") || new URL("lifeline-ui.js", base);
+    uiS.onerror = () => { uiS.remove(); uiS = 0; }; // the next intervention tries again
+    D.head.appendChild(uiS);
   };
   const report = (iv, what) => {
     if (iv["_" + what] || (what != "shown" && (iv._accepted || iv._dismissed))) return;
     iv["_" + what] = 1;
-    if (what != "shown") { remove(iv); fire(what.slice(0, -2), iv); } // "accept" / "dismiss" hooks
+    if (what != "shown") { iv.el && U.x(iv); fire(what.slice(0, -2), iv); } // "accept" / "dismiss" hooks
     emit("intervention_" + what, { iid: iv.iid });
   };
-  const remove = (iv) => {
-    const el = iv.el;
-    if (!el) return;
-    iv.el = null;
-    shown = shown.filter((x) => x != iv);
-    const had = el.contains(host.shadowRoot.activeElement);
-    el.remove();
-    if (had && iv.prev) try { iv.prev.focus(); } catch (e) { /* gone */ }
-    relayout();
-  };
-  const target = (t) => { try { return t && (D.getElementById(t) || $(t)); } catch (e) { return null; } };
-  const render = (iv) => {
-    if (iv.el || iv._accepted || iv._dismissed || !D.body) return;
-    const f = target(iv.target), k = iv.kind == "form_hint" && !f ? "content_suggestion" : iv.kind; // no field: say it as a nudge
-    const [role, title, yes, no] = KINDS[k], id = "ll" + ++n;
-    if (!ui) {
-      host = D.createElement("div");
-      host.setAttribute("data-lifeline-ignore", "");
-      host.id = "lifeline-ui";
-      const sr = host.attachShadow({ mode: "open" }); // styles isolated both ways
-      sr.innerHTML = `<style>${CSS}</style><div class=sr aria-live=polite></div><div></div>`;
-      ui = sr.lastChild;
-    }
-    host.isConnected || D.body.appendChild(host);
-    shown.filter((o) => o.kind == iv.kind).forEach(remove); // one of each kind at a time: the newer replaces the older
-    ui.insertAdjacentHTML("beforeend", `<div class="c ${k[0]}" data-kind=${k} role=${role} aria-describedby=${id}t ` +
-      (title ? `aria-labelledby=${id}><h2 id=${id}>${title}</h2>` : "aria-label=Hint>") +
-      (k[0] == "r" ? "<ul>" + iv.items.slice(0, 8).map((it) => `<li><a data-a href="${href(it.url)}">${esc(it.name)}` +
-        (it.price > 0 ? `<span>${(+it.price).toFixed(2)}</span>` : "") + "</a>").join("") + "</ul>" :
-      `<p id=${id}t aria-live=polite>${html(iv)}</p>` + (yes ? `<button data-a>${yes}</button>` : "") + (no ? `<button class=s data-d>${no}</button>` : "")) +
-      "<button class=x data-d aria-label=Dismiss>×</button></div>");
-    const el = ui.lastChild;
-    el.addEventListener("click", safe((e) => { const b = e.target.closest("[data-a],[data-d]"); b && report(iv, b.hasAttribute("data-a") ? "accepted" : "dismissed"); }));
-    Object.assign(iv, { el, k, f: k[0] == "f" && f, prev: D.activeElement }); // f: a form hint's field
-    shown.push(iv);
-    layout();
-    ui.previousSibling.textContent = (title || "Hint") + ": " + str(iv.text, 300); // announced by screen readers
-    // take focus only when the visitor is not working on anything
-    if (role == "dialog" && (!iv.prev || iv.prev == D.body)) $("[data-a]", el).focus({ preventScroll: true });
-    fire("render", iv, el);
-    report(iv, "shown");
-  };
-  const rect = (el) => el && el != D.body && el.getBoundingClientRect(); // elements only: the focused one, the clicked one, fields
-  const relayout = () => shown.length && !layT && (layT = requestAnimationFrame(safe(() => { layT = 0; layout(); })));
-  // Place every card where it covers neither the element in use nor another card: a hint
-  // under its field (else above, else beside, else in a corner), and clear of the page's
-  // other fields and buttons too (over the field the visitor typed into, or the next one,
-  // it hides what it is about); with no such place, under its field, which it then still
-  // never hides. The strip at the bottom (else the top), the other cards in a bottom
-  // corner (else a top corner).
-  const layout = () => {
-    // taken: what a card must not cover ({} when nothing is in use: it hits nothing)
-    const taken = [rect(D.activeElement) || rect(lastEl) || {}], vw = root.clientWidth, vh = W.innerHeight;
-    // placed in this order: form_hint, recommendations, help_offer, content_suggestion
-    shown.slice().sort((a, b) => "frhc".indexOf(a.k[0]) - "frhc".indexOf(b.k[0])).forEach((iv) => {
-      const el = iv.el, fr = rect(iv.f), w = el.offsetWidth, h = el.offsetHeight, R = vw - w - 16;
-      const box = ([x, y]) => new DOMRect(x, y, w, h);
-      let c = iv.k[0] == "r" ? [[0, vh - h], [0, 0]] : [[R, vh - h - 16], [16, vh - h - 16], [R, 16], [16, 16]];
-      if (fr) {
-        const x = Math.max(8, Math.min(fr.left, vw - w - 8));
-        taken.push(fr, ...Array.from(D.querySelectorAll("button,input,select,textarea"), rect));
-        c = [[x, fr.bottom + 10, "d"], [x, fr.top - h - 10, "u"], [fr.right + 10, fr.top], ...c];
-      }
-      const best = c.find((p) => { const r = box(p); return r.left >= 0 && r.top >= 0 && r.right <= vw && r.bottom <= vh && !taken.some((t) => r.left < t.right + 8 && t.left < r.right + 8 && r.top < t.bottom + 8 && t.top < r.bottom + 8); }) || c[0];
-      el.style.left = best[0] + "px"; el.style.top = best[1] + "px";
-      el.className = `c ${iv.k[0]} ${best[2] || ""}`; // + d / u: the arrow's side
-      taken.push(box(best));
-    });
-  };
-  on(W, "resize", relayout, 1);
-  on(W, "scroll", () => { active && (reaction(), scrolled()); relayout(); }, 1); // capture (when on) and placement
-  on(D, "keydown", (e) => e.key == "Escape" && shown.length && report(shown[shown.length - 1], "dismissed"), 1); // Esc dismisses the newest
+  on(W, "scroll", () => { active && (reaction(), scrolled()); U.r(); }, 1); // capture (when on) and placement
   const intervene = (f) => {
-    if (!f.iid || ivs[f.iid] || !KINDS[f.kind] || (f.kind == "recommendations" && !granted("personalization"))) return;
+    if (!f.iid || ivs[f.iid] || !/^(help_offer|form_hint|content_suggestion|recommendations)$/.test(f.kind) || (f.kind == "recommendations" && !granted("personalization"))) return;
     const iv = ivs[f.iid] = {
       iid: str(f.iid), kind: f.kind, text: f.text, target: f.target, items: f.items || [], score: f.score, reasons: f.reasons || [], seq: f.seq
     };
     let own = !doRender;
     const m = (what) => safe(() => report(iv, what));
-    Object.assign(iv, { shown: m("shown"), accept: m("accepted"), dismiss: m("dismissed"), render: safe(() => render(iv)), preventDefault: () => { own = 1; } });
-    fire("intervention", iv) && !own && render(iv);
+    const draw = safe(() => ui(() => U.render(iv)));
+    Object.assign(iv, { shown: m("shown"), accept: m("accepted"), dismiss: m("dismissed"), render: draw, preventDefault: () => { own = 1; } });
+    fire("intervention", iv) && !own && draw();
   };
   const update = (f) => {
     const iv = ivs[f.iid];
@@ -529,21 +439,21 @@
     if (typeof f.text == "string") iv.text = f.text, iv.link = f.link; // a new text brings its own link, or none
     if (Array.isArray(f.items) && granted("personalization")) iv.items = f.items;
     fire("update", iv);
-    if (iv.el) {
-      const p = $("p", iv.el);
-      if (p && typeof f.text == "string") p.innerHTML = html(iv);
-      else if (f.items) { remove(iv); render(iv); }
-      relayout();
-    }
+    iv.el && U.u(iv, f);
   };
-
   // -------------------------------------------------------------- lifecycle
+  // Unsent queues in localStorage: all of them, or those of sessions idle past the session timeout.
+  const sweep = (all) => {
+    try {
+      for (let i = LS.length; i--;) { const k = LS.key(i), o = /^ll:q:/.test(k) && get(LS, k); if (o && (all || now() - o.l > IDLE)) LS.removeItem(k); }
+    } catch (e) { /* storage blocked */ }
+  };
   const start = () => {
     if (active || !site || !granted("analytics")) return;
     active = true;
-    try { // forget queues of sessions that ended (their tail went by beacon when their page was hidden)
-      for (let i = LS.length; i--;) { const k = LS.key(i), o = /^ll:q:/.test(k) && get(LS, k); if (o && now() - o.l > IDLE) LS.removeItem(k); }
-    } catch (e) { /* storage blocked */ }
+    get(LS, "ll:v") || put(LS, "ll:v", rid("v-")); // the pseudonymous visitor id: first-party, made with analytics consent
+    doRender && later(ui, 2e3); // the cards' code, before the first intervention needs it
+    sweep(); // forget queues of sessions that ended (their tail went by beacon when their page was hidden)
     load();
     lastPath = "";
     pageView();
@@ -556,9 +466,9 @@
     [retryT, flushT, saveT].forEach(clearTimeout);
     retryT = flushT = saveT = 0;
     try { s && s.close(1000); } catch (e) { /* closing */ }
-    shown.forEach(remove);
-    try { for (let i = LS.length; i--;) /^ll:q:/.test(LS.key(i)) && LS.removeItem(LS.key(i)); } catch (e) { /* blocked */ }
-    put(SS, "ll:s"); put(SS, "ll:live");
+    U.c(Boolean);
+    sweep(1);
+    put(SS, "ll:s"); put(SS, "ll:live"); put(LS, "ll:v"); // the next grant is a new visitor
     q = []; sid = null;
   };
   const setConsent = (c) => {
@@ -569,7 +479,7 @@
     if (cur.join() != prev) {
       ready && send({ t: "consent", sid, consent: cur });
       granted("analytics") ? start() : active && stop();
-      granted("personalization") || shown.filter((iv) => iv.kind == "recommendations").forEach(remove);
+      granted("personalization") || U.c((iv) => iv.kind == "recommendations");
       fire("consent", cur);
     }
     return cur;
@@ -593,9 +503,18 @@
       get: consentList,
       set: setConsent,
       withdraw: (c) => setConsent(c ? consent.filter((x) => !list(c).includes(x)) : [])
-    }
+    },
+    // The visitor's rights (docs/CLIENT.md): a copy of all that is held about them, or its
+    // erasure, authenticated by this session's token. After an erasure this visitor starts
+    // afresh (a new visitor id and session): the old id is refused from then on.
+    privacy: {
+      access: () => rights("access"),
+      erase: () => rights("erase").then((r) => (r.erased && active && (stop(), start()), r))
+    },
+    _ui: (install) => { install({ U, safe, str, $, on, fire, report, lastEl: () => lastEl }); waiting.splice(0).forEach((f) => safe(f)()); }
   };
-  for (const o of [api, api.consent]) for (const k in o) if (typeof o[k] == "function") o[k] = safe(o[k]);
+  const rights = (what) => fetch(withSite(base.origin + "/v1/visitor/" + what), { method: "POST", body: JSON.stringify({ sid, token: tok }) }).then((r) => r.json());
+  for (const o of [api, api.consent, api.privacy]) for (const k in o) if (typeof o[k] == "function") o[k] = safe(o[k]);
   W.lifeline = api;
   // calls queued before the script loaded (hooks first, so they see the first page view):
   // window.lifelineQueue = [["on", "intervention", fn], ["consent.set", ["analytics"]], ["track", "purchase", {...}]]

@@ -170,10 +170,8 @@ def serve_file(name: str, ws_url: str = GW, site: str = "demo") -> tuple[bytes, 
 
         page = article_html(site, name[5:])
         return None if page is None else (page.encode(), "text/html")
-    if name == "lifeline.js":
-        path = STATIC / "lifeline.js"
-    elif name == "lifeline.min.js":
-        path = STATIC / "lifeline.min.js"
+    if name in ("lifeline.js", "lifeline.min.js", "lifeline-ui.js", "lifeline-ui.min.js"):
+        path = STATIC / name
     else:
         path = (DEMO / (name or "index.html")).resolve()
         if DEMO.resolve() not in path.parents:

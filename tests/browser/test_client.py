@@ -113,6 +113,14 @@ async def test_consent_opens_the_socket_and_hello_carries_it(shop):
     assert hello["t"] == "hello" and hello["v"] == 1 and hello["token"] is None
     assert hello["consent"] == ["necessary", "analytics", "personalization"]
     assert 8 <= len(hello["sid"]) <= 64
+    # the visitor id: made with analytics consent, kept first-party, named by every hello
+    vid = json.loads(await page.evaluate("localStorage.getItem('ll:v')"))
+    assert (
+        hello["vid"] == vid
+        and vid.startswith("v-")
+        and len(vid) == 18
+        and vid[2:] != hello["sid"][2:]
+    )
     await wait_until(lambda: shop.gw.events("page_view"))
     pv = shop.gw.events("page_view")[0]
     assert pv["seq"] == 1 and pv["path"] == "/" and pv["page_type"] == "home"
@@ -123,10 +131,28 @@ async def test_consent_opens_the_socket_and_hello_carries_it(shop):
     await page.wait_for_function("window.lifeline && lifeline.stats().connected")
     assert await page.locator(".consent").count() == 0
     hellos = [f for f in shop.gw.frames if f["t"] == "hello"]
-    assert [(h["sid"], h["token"]) for h in hellos] == [
-        (hello["sid"], None),
-        (hello["sid"], "tok-" + hello["sid"]),
+    assert [(h["sid"], h["token"], h["vid"]) for h in hellos] == [
+        (hello["sid"], None, vid),
+        (hello["sid"], "tok-" + hello["sid"], vid),
     ]
+
+
+async def test_no_visitor_id_before_consent_and_a_new_one_after_a_withdrawal(shop):
+    page = await shop.new_page()
+    await page.goto(SHOP + "/")
+    await ready(page)
+    assert await page.evaluate("localStorage.getItem('ll:v')") is None  # nothing before consent
+    await page.evaluate("lifeline.consent.set(['analytics'])")
+    await page.wait_for_function("lifeline.stats().connected")
+    first = shop.gw.frames[0]["vid"]
+    await page.evaluate("lifeline.consent.withdraw()")
+    await page.wait_for_function("!lifeline.stats().connected")
+    assert await page.evaluate("localStorage.getItem('ll:v')") is None
+    await page.evaluate("lifeline.consent.set(['analytics'])")
+    await page.wait_for_function("lifeline.stats().connected")
+    hellos = [f for f in shop.gw.frames if f["t"] == "hello"]
+    assert len(hellos) == 2 and hellos[1]["vid"].startswith("v-") and hellos[1]["vid"] != first
+    assert hellos[1]["sid"] != hellos[0]["sid"]
 
 
 async def test_withdrawing_consent_disconnects_and_clears_local_state(shop):
@@ -693,6 +719,22 @@ async def test_site_hook_can_render_its_own_and_report(shop):
     assert await page.locator("#lifeline-ui [data-kind]").count() == 0
     assert [e["iid"] for e in shop.gw.events("intervention_shown")] == ["i-own"]
     assert [e["iid"] for e in shop.gw.events("intervention_dismissed")] == ["i-own"]
+
+
+async def test_the_cards_code_loads_once_on_demand_beside_the_tracker(shop):
+    page = await shop.new_page()
+    loads: list[str] = []
+    page.on("request", lambda r: "lifeline-ui" in r.url and loads.append(r.url))
+    await page.goto(SHOP + "/calculator.html")
+    await ready(page)
+    await page.evaluate("lifeline.consent.set(['analytics'])")
+    await page.wait_for_function("lifeline.stats().connected")
+    shop.gw.intervene("help_offer", "i-ui1", "First card.")
+    await page.locator("#lifeline-ui [data-kind=help_offer]").wait_for()
+    shop.gw.intervene("form_hint", "i-ui2", "Second card.", target="loan-amount")
+    await page.locator("#lifeline-ui [data-kind=form_hint]").wait_for()
+    assert loads == [SHOP + "/lifeline-ui.js"]
+    assert shop.page_errors == []
 
 
 async def test_bad_frames_and_throwing_hooks_never_reach_the_page(shop):
