@@ -56,19 +56,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-SESSION_TTL_S = 7 * 24 * 3600  # event logs and snapshots are kept a week for training export
-# Consent records outlive the data they cover: they are the proof of a grant
-# and the record of a withdrawal after an erasure. 400 days: a consent is
-# asked again after 13 months (CNIL), and its proof is kept as long.
-CONSENT_TTL_S = 400 * 24 * 3600
+# The default retention, declared with a site's own (actors/core/retention.py).
+from actors.core.retention import CONSENT_TTL_S, PROFILE_TTL_S, SESSION_TTL_S  # noqa: F401
+
 # The console's tallies are sums without session ids: a day's go with the records
 # they sum (a week), a minute's are for the Live page's last hour.
 TALLY_DAY_TTL_S = SESSION_TTL_S
 TALLY_MINUTE_TTL_S = 2 * 3600
 # Per visitor (or session), so no visitor's changes evict another's records.
 CONSENT_RECORDS_MAX = 256
-# A visitor's profile lasts longer than one visit's data: half a year without a visit.
-PROFILE_TTL_S = 180 * 24 * 3600
 
 
 @dataclass(frozen=True)

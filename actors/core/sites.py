@@ -53,11 +53,10 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli 
 from actors.core.detectors import DetectorConfig
 from actors.core.events import EVENT_TYPES
 from actors.core.policy import PolicyConfig
-from cluster.keys import CONSENT_TTL_S, PROFILE_TTL_S, SESSION_TTL_S
+from actors.core.retention import Retention
 
 _SITE_KEYS = {"origins", "policy", "detectors", "name", "goals", "retention", "consent_policy"}
 MAX_POLICY_LEN = 64
-DAY_S = 86400
 PURCHASE = "purchase"  # the conversion every site has: the ``purchase`` event
 MAX_GOAL_LEN = 64  # the tracking client cuts a custom event's name to this
 
@@ -138,47 +137,6 @@ class OriginPattern:
         if self.port != ANY_PORT and port != self.port:
             return False
         return all(p == "*" or p == label for p, label in zip(self.labels, labels, strict=True))
-
-
-@dataclass(frozen=True)
-class Retention:
-    """How long a site's data is kept, in seconds per kind (the sites file says days).
-
-    ``events``: event logs; ``sessions``: session hashes, snapshots, owner
-    keys, visitor records and session lists, explorer entries; ``decisions``:
-    intervention records; ``profiles``: visitor profiles; ``consent``:
-    consent records and erasure proofs. Each is applied as a TTL where its
-    keys are written.
-    """
-
-    events: int = SESSION_TTL_S
-    sessions: int = SESSION_TTL_S
-    decisions: int = SESSION_TTL_S
-    profiles: int = PROFILE_TTL_S
-    consent: int = CONSENT_TTL_S
-
-    @classmethod
-    def from_mapping(cls, table: Any) -> Retention:
-        """From the sites file's ``retention`` table (days); ValueError names what is wrong."""
-        if table is None:
-            return cls()
-        if not isinstance(table, dict):
-            raise ValueError(f"retention must be a table of days, got {table!r}")
-        unknown = set(table) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"retention has unknown kinds {sorted(unknown)}")
-        out = {}
-        for kind, days in table.items():
-            if isinstance(days, bool) or not isinstance(days, (int, float)) or not days > 0:
-                raise ValueError(f"retention.{kind} must be a positive number of days")
-            if days > 36500:
-                raise ValueError(f"retention.{kind}: at most 36500 days")
-            out[kind] = max(1, round(days * DAY_S))
-        return cls(**out)
-
-    def days(self) -> dict[str, float]:
-        """Each kind in days, as the sites file writes them (the console shows these)."""
-        return {k: getattr(self, k) / DAY_S for k in self.__dataclass_fields__}
 
 
 @dataclass(frozen=True)
