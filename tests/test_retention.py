@@ -14,7 +14,8 @@ import uuid
 
 import pytest
 
-from actors.core.sites import DAY_S, Retention, SiteConfigError, parse_sites
+from actors.core.retention import DAY_S, Retention
+from actors.core.sites import SiteConfigError, parse_sites
 from cluster import site_rules
 from cluster.keys import CONSENT_TTL_S, PROFILE_TTL_S, SESSION_TTL_S
 from serve.dev.pyclient import LifelineClient
@@ -106,3 +107,30 @@ async def test_short_retention_sets_every_ttl_and_the_keys_expire(lifeline_stack
         assert await r.exists(*expected) == 0
     finally:
         await site_rules.remove_override(r, keys, key)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_shared_intervention_log_is_trimmed_by_each_sites_decisions_retention(
+    redis_url: str, prefix: str
+) -> None:
+    import redis.asyncio as aioredis
+
+    from actors.shard.records import ShardRecords
+    from cluster.keys import Keys
+
+    keys = Keys(prefix)
+    r = aioredis.Redis.from_url(redis_url)
+    keep = {"short": Retention(decisions=60), "long": Retention(decisions=3600)}
+    records = ShardRecords(r, keys, lambda site: keep.get(site, Retention()))
+    now = int(time.time() * 1000)
+    entries = [("short", 30), ("short", 120), ("long", 120), ("long", 7200)]
+    entries += [("other", 120), ("other", 8 * 86400)]  # (site, seconds ago)
+    for i, (site, age) in enumerate(sorted(entries, key=lambda e: -e[1])):  # ids only grow
+        entry = {"site": site, "iid": f"{site}-{age}"}
+        await r.xadd(keys.intervention_log, entry, id=f"{now - age * 1000}-{i}")
+    # Older than its site's retention: short's 120 s (> 60), long's 7200 s (> 3600),
+    # other's 8 days (> the default week). Younger ones stay.
+    assert await records.trim_log(["short", "long"], now) == 3
+    left = {f[b"iid"].decode() for _id, f in await r.xrange(keys.intervention_log)}
+    assert left == {"short-30", "long-120", "other-120"}
+    await r.aclose()

@@ -41,7 +41,8 @@ from actors.core.host import BatchItem, Forget, SessionHost, Visit, unpack_batch
 from actors.core.kinds import KIND
 from actors.core.policy import Decision
 from actors.core.reasons import Driver, top_drivers
-from actors.core.sites import Retention, Site, load_sites
+from actors.core.retention import Retention
+from actors.core.sites import Site, load_sites
 from actors.model.scoring import SchemaMismatch, Scorer
 from actors.shard.index import Entry, SessionIndex
 from actors.shard.link import LinkServer, LinkTLS
@@ -785,7 +786,8 @@ class ShardCore:
         with self._lock:  # held by a batch for its compute only, never across I/O
             unpackable = self.host.unpackable
             states = self.host.take_dirty()
-            if time.monotonic() - self._last_sweep >= SWEEP_EVERY_S:
+            trim = time.monotonic() - self._last_sweep >= SWEEP_EVERY_S
+            if trim:
                 self._last_sweep = time.monotonic()
                 states += self.host.sweep(time.time() * 1000.0)
             if self.host.unpackable != unpackable:  # skipped, the others went ahead
@@ -793,6 +795,11 @@ class ShardCore:
             # The explorer's index rides on the snapshot tick: no per-event cost.
             seen = self.session_index.seen(self.host, states)
         await self._write_snapshots(states, seen)
+        if trim:
+            try:  # the decisions' retention, on the intervention log all sites share
+                await self.records.trim_log(list(self.sites), int(time.time() * 1000))
+            except redis.RedisError as exc:
+                log.error("shard %d: intervention-log trim failed: %s", self.index, exc)
 
     async def _write_snapshots(
         self, states: list[tuple[str, str, bytes]], seen: list[Entry] | None = None

@@ -45,7 +45,7 @@ import msgpack
 import redis.asyncio as aioredis
 
 from actors.core.host import SessionHost
-from actors.core.sites import Retention
+from actors.core.retention import Retention
 from cluster.keys import Keys
 from cluster.redis_server import script_arg
 

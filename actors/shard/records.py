@@ -35,7 +35,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from actors.core.policy import Decision
-from actors.core.sites import Retention
+from actors.core.retention import Retention
 from actors.shard.index import IX_ADD_LUA, IX_REMOVE_LUA
 from cluster.keys import Keys
 from cluster.redis_server import script_arg
@@ -149,6 +149,33 @@ return #a.s
 """
 
 
+# ARGV[1]: a msgpack map: log (the intervention log's key), cuts (site -> ms: its
+# entries logged before it are past the site's decisions retention), default (the cut
+# of a site not in cuts), upto (the latest cut: no entry after it is looked at), max.
+# Deletes the entries past their site's retention among the oldest ``max``; returns
+# how many. Limit: entries of a site with a longer retention that are older than
+# another's can hold up the other's for as long as ``max`` of them stand in front.
+TRIM_LOG_LUA = """
+local a = cmsgpack.unpack(ARGV[1])
+local n = 0
+for _, e in ipairs(redis.call('XRANGE', a.log, '-', a.upto, 'COUNT', a.max)) do
+  local f, site = e[2], ''
+  for i = 1, #f, 2 do
+    if f[i] == 'site' then
+      site = f[i + 1]
+      break
+    end
+  end
+  local ms = tonumber(string.match(e[1], '^(%d+)-'))
+  if ms < (a.cuts[site] or a.default) then
+    n = n + redis.call('XDEL', a.log, e[1])
+  end
+end
+return n
+"""
+TRIM_LOG_MAX = 5000  # entries looked at per trim: a call never blocks Redis long
+
+
 class ShardRecords:
     """Writes decisions, outcomes and snapshots, and erases a session's records; one per shard."""
 
@@ -160,6 +187,8 @@ class ShardRecords:
         self._record = r.register_script(RECORD_LUA)
         self._snapshots = r.register_script(SNAPSHOT_LUA)
         self._erase = r.register_script(ERASE_LUA)
+        self._trim_log = r.register_script(TRIM_LOG_LUA)
+        self._log = keys.intervention_log
         self._p = keys.script_prefixes()
         self._scoped = keys.session_id
 
@@ -219,6 +248,23 @@ class ShardRecords:
             "s": [[scoped(site, sid), state, keep(site).sessions] for sid, site, state in states],
         }
         await self._snapshots(args=[script_arg(arg)])
+
+    async def trim_log(self, sites: Sequence[str], now_ms: int) -> int:
+        """Delete intervention-log entries past their site's decisions retention; how many went.
+
+        The log is shared by every site (capped at ``INTERVENTION_LOG_MAXLEN``);
+        each entry names its site, whose retention says when it goes.
+        """
+        cuts = {site: now_ms - self.retention(site).decisions * 1000 for site in sites}
+        default = now_ms - DEFAULT_RETENTION.decisions * 1000
+        arg = {
+            "log": self._log,
+            "cuts": cuts,
+            "default": default,
+            "upto": max([default, *cuts.values()]),
+            "max": TRIM_LOG_MAX,
+        }
+        return int(await self._trim_log(args=[script_arg(arg)]))
 
     async def erase(self, sessions: Sequence[tuple[str, str]]) -> int:
         """Delete all that the (site, sid) ``sessions`` left but their consent records.

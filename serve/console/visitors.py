@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from actors.core.sites import Retention
+from actors.core.retention import Retention
 from cluster.keys import subject_digest
 from cluster.site_rules import SITE_KEY_RE
 from serve.console.audit import record_action

@@ -22,7 +22,8 @@ from typing import Any, NamedTuple
 import msgpack
 import redis.asyncio as aioredis
 
-from actors.core.sites import Retention, Site
+from actors.core.retention import Retention
+from actors.core.sites import Site
 from cluster.keys import CONSENT_RECORDS_MAX, Keys, subject_digest
 from cluster.redis_server import script_arg
 from serve.edge.resp import ScriptCaller

@@ -46,7 +46,7 @@ from typing import Any
 import msgpack
 import redis.asyncio as aioredis
 
-from actors.core.sites import Retention
+from actors.core.retention import Retention
 from actors.shard.index import IX_REMOVE_LUA
 from cluster.keys import SUBJECT_FAMILIES, Keys, subject_digest
 from cluster.redis_server import script_arg
