@@ -367,3 +367,70 @@ async def test_an_admin_looks_up_downloads_and_erases_a_visitor_audited_by_diges
     assert all(d["visitor"] == digest for d in mine)
     # The audit log names the digest only: nothing anywhere holds the vid or its session.
     assert await scan_for(r, keys.prefix, [v.vid, *v.sids]) == []
+
+
+def test_every_key_family_names_its_keys_as_the_keys_methods_do() -> None:
+    from cluster.keys import Keys
+
+    keys = Keys("p:")
+    methods = {
+        "s": keys.session,
+        "ev": keys.events,
+        "snap": keys.snapshot,
+        "ivs": keys.interventions_of,
+        "consent": keys.consent_records,
+        "dk": keys.data_key,
+        "v": keys.visitor,
+        "vp": keys.visitor_profile,
+        "vc": keys.visitor_consent,
+        "vs": keys.visitor_sessions,
+    }
+    for fam in SUBJECT_FAMILIES:
+        assert keys.family(fam, "demo", "x-12345678") == methods[fam.tag]("demo", "x-12345678")
+    assert len({(f.scope, f.name) for f in SUBJECT_FAMILIES}) == len(SUBJECT_FAMILIES)
+
+
+async def test_a_session_without_a_visitor_is_its_own_subject_and_requests_are_rate_limited(
+    lifeline_stack,
+) -> None:
+    from serve.edge.rights_http import RIGHTS_PER_SESSION
+
+    stack = lifeline_stack
+    keys, r = stack.gateway.keys, stack.gateway.redis
+    anon = Visitor("")
+    for _ in range(2):
+        sid = treated_sid("anon")
+        client = LifelineClient(stack.ws_url, SITE, sid, ORIGIN)
+        welcome = await client.connect()
+        events = journey("calm", sid)[:5]
+        await send_all(client, events)
+        await client.wait_acked(len(events))
+        await stack.gateway.wait_scored(sid, len(events))
+        anon.sids.append(sid)
+        anon.tokens[sid] = welcome["token"]
+        await client.close()
+    await flush_shards(stack)
+    first, second = anon.sids
+    body = {"sid": first, "token": anon.tokens[first]}
+    status, doc, _ = await post(stack, "/v1/visitor/access", body)
+    assert status == 200 and doc["vid"] is None and doc["sid"] == first
+    assert [s["sid"] for s in doc["sessions"]] == [first] and len(doc["sessions"][0]["events"]) == 5
+    assert doc["sessions"][0]["consent"][0]["via"] == "hello"  # an anonymous session keeps its own
+    for _ in range(RIGHTS_PER_SESSION - 1):
+        assert (await post(stack, "/v1/visitor/access", body))[0] == 200
+    status, err, _ = await post(stack, "/v1/visitor/access", body)
+    assert (status, err["code"]) == (429, "rate_limited")
+
+    status, done, _ = await post(
+        stack, "/v1/visitor/erase", {"sid": second, "token": anon.tokens[second]}
+    )
+    assert status == 200 and done["sessions"] == 1
+    await flush_shards(stack)
+    assert await scan_for(r, keys.prefix, [second]) == []
+    assert await scan_for(r, keys.prefix, [first]), "the other session is not the subject"
+    proof = await r.hgetall(keys.erased(SITE, subject_digest(SITE, second)))
+    assert proof[b"kind"] == b"session" and int(proof[b"sessions"]) == 1
+    resume = LifelineClient(stack.ws_url, SITE, second, ORIGIN)
+    resume.token = anon.tokens[second]
+    assert (await resume.connect()).get("code") == "erased"
+    await resume.close()
