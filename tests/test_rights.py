@@ -434,3 +434,68 @@ async def test_a_session_without_a_visitor_is_its_own_subject_and_requests_are_r
     resume.token = anon.tokens[second]
     assert (await resume.connect()).get("code") == "erased"
     await resume.close()
+
+
+async def test_a_sessions_own_consent_records_move_to_its_visitor_when_it_names_one(
+    redis_url: str, prefix: str
+) -> None:
+    import redis.asyncio as aioredis
+
+    from cluster.keys import Keys
+    from serve.edge.store import EventStore
+
+    keys = Keys(prefix)
+    r = aioredis.Redis.from_url(redis_url)
+    store = EventStore(r, keys)
+    sid, vid = "s-migrate-01", new_vid()
+    assert (await store.claim(sid, SITE, ["analytics"], False))[0] == "ok"
+    await store.record_consent(sid, SITE, ["analytics", "marketing"], "banner")
+    own = [f for _, f in await r.xrange(keys.consent_records(SITE, sid))]
+    assert [f[b"via"] for f in own] == [b"hello", b"banner"]
+    # The same session, resumed by a client that now has a visitor id.
+    assert (await store.claim(sid, SITE, ["analytics", "marketing"], True, vid))[0] == "ok"
+    assert not await r.exists(keys.consent_records(SITE, sid))
+    moved = [f for _, f in await r.xrange(keys.visitor_consent(SITE, vid))]
+    assert [(f[b"via"], f[b"sid"]) for f in moved] == [
+        (b"hello", sid.encode()),
+        (b"banner", sid.encode()),
+    ]
+    assert json.loads(await r.hget(keys.visitor(SITE, vid), "consent")) == [
+        "analytics",
+        "marketing",
+    ]
+    store.close()
+    await r.aclose()
+
+
+async def test_bad_data_requests_get_a_code_and_touch_nothing(lifeline_stack) -> None:
+    stack = lifeline_stack
+    bodies = [
+        b"nope",
+        b"[]",
+        b'{"sid": 5, "token": "x"}',
+        b'{"sid": "short"}',
+        b"{" + b" " * 2000 + b"}",
+    ]
+    async with aiohttp.ClientSession() as http:
+        for raw in bodies:
+            for what in ("access", "erase"):
+                async with http.post(
+                    f"{stack.http_url}/v1/visitor/{what}?site={SITE}",
+                    data=raw,
+                    headers={"Origin": ORIGIN},
+                ) as resp:
+                    body = await resp.json()
+                    assert resp.status == 400 and body["code"] in ("bad_frame", "bad_sid"), raw
+                    assert resp.headers["Cache-Control"] == "no-store"
+        async with http.post(
+            f"{stack.http_url}/v1/visitor/access?site={SITE}",
+            json={"sid": "s-12345678", "token": "x"},
+            headers={"Origin": "http://evil.test"},
+        ) as resp:
+            assert resp.status == 403 and (await resp.json())["code"] == "forbidden"
+        async with http.options(
+            f"{stack.http_url}/v1/visitor/erase?site={SITE}", headers={"Origin": ORIGIN}
+        ) as resp:
+            assert resp.status == 204
+            assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN

@@ -31,6 +31,18 @@ from serve.edge.resp import ScriptCaller
 READ_PAGE_ENTRIES = 128  # stream entries per read of read_events(limit=...)
 # For a site the store has not been told of (tests, a site just removed).
 DEFAULT_RETENTION = Retention()
+VISITOR_SLACK_S = 86400
+
+
+def visitor_ttl(keep: Retention) -> int:
+    """The TTL of a visitor's record and sessions list: the sessions retention, and again up to a day.
+
+    A session's own keys are refreshed by its appends, so they can outlive its
+    last hello (the list's last refresh); an erasure must still find the
+    session in the list, without a SCAN.
+    """
+    return keep.sessions + min(keep.sessions, VISITOR_SLACK_S)
+
 
 # One call appends the runs of many sessions (one append round of the gateway).
 # ARGV[1] is one msgpack array: the TTL table (one [events TTL, sessions TTL] per
@@ -93,7 +105,8 @@ return out
 # session's erasure marker, 16 the visitor's ('' for none), 17 the visitor
 # record's key prefix and 18 the visitor consent records' ("{p}v:{site}:",
 # "{p}vc:{site}:"), 19 the record's source (via: hello, banner, api, change),
-# 20 the site's consent policy version.
+# 20 the site's consent policy version, 21 the TTL of the visitor's record and
+# sessions list (:func:`visitor_ttl`).
 # A sid belongs to the site whose hello created its session: the owner key is
 # set once, here, and a hello from any other site is refused. A session belongs
 # to one visitor the same way: its hash's vid is set by the first hello that
@@ -130,7 +143,7 @@ if mode == 'hello' then
     redis.call('HSET', h, 'seq', 0, 'created', now, 'site', site)
   end
   if vid ~= '' then
-    local vc = ARGV[18] .. vid
+    local vc, v = ARGV[18] .. vid, ARGV[17] .. vid
     if not had then
       redis.call('HSET', h, 'vid', vid)
       for _, e in ipairs(redis.call('XRANGE', cl, '-', '+')) do
@@ -141,13 +154,15 @@ if mode == 'hello' then
         redis.call('EXPIRE', vc, ARGV[7])
       end
       redis.call('DEL', cl)
+      if stored then  -- what the moved records last said is the visitor's consent, if it had none
+        redis.call('HSETNX', v, 'consent', stored)
+      end
     end
     redis.call('ZADD', ARGV[13], 'NX', created or now, ARGV[14])
-    redis.call('EXPIRE', ARGV[13], ARGV[6])
-    local v = ARGV[17] .. vid
+    redis.call('EXPIRE', ARGV[13], ARGV[21])
     redis.call('HSETNX', v, 'created', now)
     redis.call('HSET', v, 'last', now)
-    redis.call('EXPIRE', v, ARGV[6])
+    redis.call('EXPIRE', v, ARGV[21])
     had = vid
   end
   redis.call('SET', ARGV[11], site, 'EX', ARGV[6])
@@ -163,7 +178,7 @@ if had then
   if redis.call('HGET', v, 'consent') ~= consent then
     local vc = ARGV[18] .. had
     redis.call('HSET', v, 'consent', consent, 'policy', ARGV[20])
-    redis.call('EXPIRE', v, ARGV[6])
+    redis.call('EXPIRE', v, ARGV[21])
     redis.call('XADD', vc, 'MAXLEN', '~', ARGV[8], '*', 'consent', consent, 'ts', now,
       'site', site, 'via', ARGV[19], 'policy', ARGV[20], 'sid', ARGV[14])
     redis.call('EXPIRE', vc, ARGV[7])
@@ -302,6 +317,7 @@ class EventStore:
             keys.visitor_consent(site, ""),
             via,
             known.consent_policy if known is not None else "",
+            visitor_ttl(keep),
         ]
 
     async def erased(self, site: str, subject: str) -> bool:
