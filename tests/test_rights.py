@@ -499,3 +499,32 @@ async def test_bad_data_requests_get_a_code_and_touch_nothing(lifeline_stack) ->
         ) as resp:
             assert resp.status == 204
             assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+
+
+async def test_two_erasures_of_a_many_session_visitor_at_once_erase_it_once(
+    redis_url: str, prefix: str
+) -> None:
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from actors.core.retention import Retention
+    from cluster.keys import Keys
+    from loadtests.bench_erasure import left_of, seed
+    from serve.rights.erasure import PAGE, Eraser
+
+    keys = Keys(prefix)
+    r = aioredis.Redis.from_url(redis_url)
+    vid = new_vid()
+    n = PAGE + PAGE // 2  # more than one page
+    sids = await seed(r, keys, vid, n, events=20, decisions=1)
+    assert await left_of(r, keys, [vid, *sids]) > n
+    first, second = await asyncio.gather(
+        Eraser(r, keys).erase_visitor(SITE, vid, Retention()),
+        Eraser(r, keys).erase_visitor(SITE, vid, Retention()),
+    )
+    assert await left_of(r, keys, [vid, *sids]) == 0
+    final = await Eraser(r, keys).proof(SITE, subject_digest(SITE, vid))
+    assert final["sessions"] == n and final["entries"] == n, "each key counted once"
+    assert {first["digest"], second["digest"]} == {final["digest"]}
+    await r.aclose()
