@@ -196,8 +196,15 @@ async def visitors_view(request: web.Request) -> View:
         table(
             "sessions",
             "Sessions",
-            [col("sid", "Session"), col("created", "Started")],
-            [{"sid": s["sid"], "created": when(s["created"])} for s in found["sessions"]],
+            [col("sid", "Session", link="href"), col("created", "Started")],
+            [
+                {
+                    "sid": s["sid"],
+                    "created": when(s["created"]),
+                    "href": f"/sessions/{site}/{s['sid']}",
+                }
+                for s in found["sessions"]
+            ],
             csv=False,
         ),
     ]

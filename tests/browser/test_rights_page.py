@@ -68,3 +68,42 @@ async def test_your_data_page_downloads_then_erases(browser, lifeline_stack) -> 
     assert await scan_for(r, keys.prefix, [vid, sid]) == []
     assert errors == []
     await context.close()
+
+
+async def test_an_admin_erases_a_visitor_from_the_console_visitors_page(
+    browser, lifeline_stack
+) -> None:
+    from test_console import shot, signed_in
+
+    from tests.test_rights import Visitor, flush_shards, new_vid, visit
+
+    stack = lifeline_stack
+    keys, r = stack.gateway.keys, stack.gateway.redis
+    v = Visitor(new_vid())
+    await visit(stack, v, accept=True)
+    await visit(stack, v, accept=False)
+    await flush_shards(stack)
+    context, page, errors = await signed_in(browser, stack, "admin")
+    page.on("dialog", lambda d: d.accept())  # the Erase button asks first
+    await page.goto(f"{stack.console_url}/visitors")
+    await page.wait_for_selector("main[data-loaded]")
+    await page.select_option("#f-site", "demo")
+    await page.fill("#f-vid", v.vid)
+    await page.click("#sec-filters button[type=submit]")
+    await page.wait_for_selector("#sec-table-consent tbody tr")
+    assert await page.locator("#sec-table-sessions tbody tr").count() == 2
+    assert "hello" in await page.text_content("#sec-table-consent tbody")
+    href = await page.get_attribute("#sec-table-visitor a", "href")
+    assert href == f"/api/visitors/demo/{v.vid}/access"
+    await shot(page, "visitors")
+    await page.click("#sec-table-visitor button:has-text('Erase')")
+    await page.wait_for_function(
+        "() => document.querySelector('main .status').textContent.startsWith('Erased')"
+    )
+    await page.wait_for_function(
+        "() => document.querySelectorAll('#sec-table-sessions tbody tr').length === 0"
+    )
+    await flush_shards(stack)
+    assert await scan_for(r, keys.prefix, [v.vid, *v.sids]) == []
+    assert errors == []
+    await context.close()
