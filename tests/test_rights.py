@@ -528,3 +528,25 @@ async def test_two_erasures_of_a_many_session_visitor_at_once_erase_it_once(
     assert final["sessions"] == n and final["entries"] == n, "each key counted once"
     assert {first["digest"], second["digest"]} == {final["digest"]}
     await r.aclose()
+
+
+async def test_a_withdrawal_on_a_connection_that_did_not_name_the_visitor_still_erases_it(
+    lifeline_stack,
+) -> None:
+    stack = lifeline_stack
+    keys, r = stack.gateway.keys, stack.gateway.redis
+    v = Visitor(new_vid())
+    await visit(stack, v, accept=True)
+    await visit(stack, v, accept=False)
+    # The visitor's second session, resumed by a client that lost its visitor id.
+    sid = v.sids[-1]
+    client = LifelineClient(stack.ws_url, SITE, sid, ORIGIN)
+    client.token = v.tokens[sid]
+    assert (await client.connect())["t"] == "welcome"
+    await client.send_frame({"t": "consent", "sid": sid, "consent": ["necessary"]})
+    await client.wait_for(lambda f: f["t"] == "consent")
+    await flush_shards(stack)
+    assert await scan_for(r, keys.prefix, [v.vid, *v.sids]) == []
+    proof = await r.hgetall(keys.erased(SITE, subject_digest(SITE, v.vid)))
+    assert proof[b"reason"] == b"withdrawal" and int(proof[b"sessions"]) == 2
+    await client.close()

@@ -262,11 +262,14 @@ class Gateway:
             await self.store.record_consent(cursor.sid, cursor.site, cursor.consent, cursor.via)
             if "analytics" not in cursor.consent:
                 self.peers_by_sid.pop(cursor.sid, None)
-                if cursor.vid is not None:
+                # The session's visitor, as its hello named it or (a hello without the
+                # vid, on another connection) as the store bound it.
+                vid = cursor.vid or await self.store.visitor_of(cursor.site, cursor.sid)
+                if vid is not None:
                     # An objection (art. 21): the whole visitor goes, every session,
                     # their profile and records, as an erasure request would take them.
                     keep = self.store.retention(cursor.site)
-                    await self.eraser.erase_visitor(cursor.site, cursor.vid, keep, "withdrawal")
+                    await self.eraser.erase_visitor(cursor.site, vid, keep, "withdrawal")
                 else:
                     self.pipeline.withdraw(Forget(cursor.sid, cursor.site))
         peer.send(reply)

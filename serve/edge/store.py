@@ -320,6 +320,11 @@ class EventStore:
             visitor_ttl(keep),
         ]
 
+    async def visitor_of(self, site: str, sid: str) -> str | None:
+        """The visitor ``site``'s session ``sid`` belongs to, or None."""
+        vid = await self.r.hget(self.keys.session(site, sid), "vid")
+        return vid.decode() if vid is not None else None
+
     async def erased(self, site: str, subject: str) -> bool:
         """True if the session or visitor ``subject`` of ``site`` was erased (its marker lives)."""
         return bool(await self.r.exists(self.keys.erased(site, subject_digest(site, subject))))
