@@ -42,9 +42,16 @@ class RightsEndpoints:
     """The two routes, their checks and rate limits; one per gateway process."""
 
     def __init__(self, gateway: Any) -> None:
-        self.gateway = gateway
-        self.reader = AccessReader(gateway.redis, gateway.keys)
+        self.gateway = gateway  # None in tests that serve only the static files
+        self._reader: AccessReader | None = None
         self._buckets: dict[str, TokenBucket] = {}
+
+    @property
+    def reader(self) -> AccessReader:
+        """Made on first use, over the gateway's Redis client."""
+        if self._reader is None:
+            self._reader = AccessReader(self.gateway.redis, self.gateway.keys)
+        return self._reader
 
     def routes(self, app: web.Application) -> None:
         for path, handler in (
