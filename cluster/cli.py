@@ -22,11 +22,12 @@ def _up(args: argparse.Namespace) -> int:
         os.environ["LIFELINE_HTTP_PORT"] = str(args.http_port)
     if args.console_port is not None:
         os.environ["LIFELINE_CONSOLE_PORT"] = str(args.console_port)
-    from cluster.config import InsecureSettings, Settings, check_secret
+    from cluster.config import InsecureSettings, Settings, check_data_key, check_secret
     from cluster.stack import run
 
     try:  # before anything starts: a refused start leaves nothing behind
         check_secret(Settings())
+        check_data_key(Settings())
     except InsecureSettings as exc:
         print(f"lifeline up: refusing to start: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -45,6 +46,22 @@ def _up(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _datakeys(args: argparse.Namespace) -> int:
+    import redis
+
+    from cluster.config import Settings
+    from cluster.keys import Keys
+    from cluster.redis_server import ensure_redis
+    from cluster.sealing import master_keys, rewrap
+
+    settings = Settings()
+    r = redis.Redis.from_url(ensure_redis(settings.redis_url).url)
+    counts = rewrap(r, Keys(settings.prefix), master_keys(settings))
+    print(" ".join(f"{k}={v}" for k, v in counts.items()))
+    # Keys no configured master key opens: keep the old master key until they are 0.
+    return 1 if counts["unopenable"] else 0
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -103,6 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("config", help="print every setting, its current value and meaning")
     cfg.set_defaults(func=_config)
+
+    dk = sub.add_parser(
+        "datakeys",
+        help="the event log's data keys: re-wrap them under the current master key",
+        description="Encryption at rest (cluster/sealing.py). `rewrap`: re-wrap every data key "
+        "in Redis under the first key of LIFELINE_DATA_KEY, the second step of a master-key "
+        "rotation (put the new key first, keep the old after it, restart, rewrap, then drop "
+        "the old key and restart).",
+    )
+    dk.add_argument("action", choices=["rewrap"])
+    dk.set_defaults(func=_datakeys)
 
     from serve.console.cli import add_commands as add_operator_commands
 

@@ -21,6 +21,8 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 # file), so a token signed with it proves nothing: a service reachable from
 # other machines refuses to start with it (check_secret).
 DEV_SECRET = "dev-secret-change-me"
+# The event log's public development master key (cluster/sealing.py; check_data_key).
+DEV_DATA_KEY = "dev-data-key-change-me"
 
 
 class InsecureSettings(RuntimeError):
@@ -99,6 +101,23 @@ class Settings:
             "env": "LIFELINE_SECRET",
             "help": "HMAC key for session resume tokens (the default is refused off loopback)",
             "secret": True,
+        },
+    )
+    data_key: str = field(
+        default_factory=lambda: _env("LIFELINE_DATA_KEY", DEV_DATA_KEY),
+        metadata={
+            "env": "LIFELINE_DATA_KEY",
+            "help": "master key(s) wrapping the per-visitor data keys of the event log, "
+            "comma-separated, the first current (the default is refused off loopback)",
+            "secret": True,
+        },
+    )
+    encrypt_at_rest: bool = field(
+        default_factory=lambda: _env("LIFELINE_ENCRYPT_AT_REST", "1") not in ("0", "false", ""),
+        metadata={
+            "env": "LIFELINE_ENCRYPT_AT_REST",
+            "help": "1: seal logged events with their visitor's data key; 0: log plaintext "
+            "(sealed entries stay readable)",
         },
     )
     data_dir: str = field(
@@ -192,11 +211,11 @@ class Settings:
         """
         out = []
         for f in fields(self):
-            value = str(getattr(self, f.name))
+            value = _env_value(getattr(self, f.name))
             if f.metadata.get("secret"):
                 if not value:
                     value = "(not set)"
-                elif value == DEV_SECRET:
+                elif value in (DEV_SECRET, DEV_DATA_KEY):
                     value = "(development default)"
                 else:
                     value = "(set)"
@@ -211,7 +230,12 @@ class Settings:
         Secrets go to children this way, never on their command line, where
         ``ps`` shows them to every user of the machine.
         """
-        return {f.metadata["env"]: str(getattr(self, f.name)) for f in fields(self)}
+        return {f.metadata["env"]: _env_value(getattr(self, f.name)) for f in fields(self)}
+
+
+def _env_value(value: object) -> str:
+    # A flag as the variable that reads back as it (str(False) would read back as on).
+    return ("1" if value else "0") if isinstance(value, bool) else str(value)
 
 
 def _traces_endpoint(env: Mapping[str, str]) -> str:
@@ -292,4 +316,30 @@ def check_secret(settings: Settings) -> str | None:
         f"LIFELINE_SECRET is {what}: resume tokens can be forged by anyone who can connect. "
         f"Accepted only because LIFELINE_HOST={settings.host} is loopback (development); "
         "set LIFELINE_SECRET before serving anyone else."
+    )
+
+
+def check_data_key(settings: Settings) -> str | None:
+    """Refuse a master key anyone can know for the event log, unless only this machine can connect.
+
+    Like :func:`check_secret`, for ``LIFELINE_DATA_KEY`` (cluster/sealing.py):
+    raises :class:`InsecureSettings` when it is the public development
+    default (or empty) and the service listens beyond loopback; a warning on
+    loopback; ``None`` when the key is the operator's own.
+    """
+    if settings.data_key.strip(", ") and settings.data_key != DEV_DATA_KEY:
+        return None
+    what = "empty" if not settings.data_key.strip(", ") else "the public development default"
+    if not is_loopback(settings.host):
+        raise InsecureSettings(
+            f"LIFELINE_DATA_KEY is {what}, and LIFELINE_HOST={settings.host} is reachable from "
+            "other machines: the event log's data keys would be wrapped by a key anyone knows. "
+            "Set LIFELINE_DATA_KEY to a long random value (e.g. `python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'`), the same on every process, and keep it "
+            "outside Redis and its backups."
+        )
+    return (
+        f"LIFELINE_DATA_KEY is {what}: the event log's data keys are wrapped by a public key. "
+        f"Accepted only because LIFELINE_HOST={settings.host} is loopback (development); "
+        "set LIFELINE_DATA_KEY before serving anyone else."
     )

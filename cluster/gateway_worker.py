@@ -50,13 +50,15 @@ async def serve(args: argparse.Namespace) -> None:
     import ray
 
     from actors.core.sites import load_sites
-    from cluster.config import Settings, check_secret
+    from cluster.config import Settings, check_data_key, check_secret
+    from cluster.sealing import master_keys
     from cluster.stack import RAY_NAMESPACE
     from cluster.tracing import TraceConfig, tracing_for
     from serve.edge.gateway import Gateway
 
     settings = Settings()
     check_secret(settings)  # the stack checked the same settings; a hand start is refused too
+    check_data_key(settings)
     ray.init(address=args.ray_address, namespace=RAY_NAMESPACE, logging_level="WARNING")
     shards = [ray.get_actor(name) for name in args.shards.split(",")]
     gateway = Gateway(
@@ -68,6 +70,8 @@ async def serve(args: argparse.Namespace) -> None:
         batch_window_ms=settings.batch_window_ms,
         append_window_ms=settings.append_window_ms,
         tracing=tracing_for("lifeline-gateway", TraceConfig.of(settings)),
+        seal=settings.encrypt_at_rest,
+        master=master_keys(settings),
     )
     await gateway.start(settings.host, settings.ws_port, reuse_port=True)
     print("ready", flush=True)

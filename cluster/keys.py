@@ -2,7 +2,7 @@
 
 | key | type | holds |
 |---|---|---|
-| ``{p}ev:{site}:{sid}`` | stream | the session's event log; entry fields f, l (first/last seq), ev (msgpack list of events) |
+| ``{p}ev:{site}:{sid}`` | stream | the session's event log; entry fields f, l (first/last seq), ev (msgpack list of events, sealed with AES-GCM when the entry has k), k (the sealing subject, ``{site}:{vid}`` or ``{site}:{sid}``; cluster/sealing.py) |
 | ``{p}s:{site}:{sid}`` | hash | seq (last durable seq), site (the one that created it), created, consent, iv_count, iv_last, seg (segment name of its latest decision), ix_seg (the segment it is indexed under) |
 | ``{p}snap:{site}:{sid}`` | string | msgpack session snapshot |
 | ``{p}iv:{iid}`` | hash | one intervention decision (with its sid, site and segment), its outcome, the session's first conversion after it (``converted``, ``converted_seq``, ``goal``) and its ``log_id`` in ivlog |
@@ -19,7 +19,7 @@
 | ``{p}vs:{site}:{vid}`` | sorted set | the visitor's sessions: sid by creation time (ms); added by each hello that carries the vid |
 | ``{p}vp:{site}:{vid}`` | string | the visitor's profile across visits (msgpack) |
 | ``{p}vc:{site}:{vid}`` | stream | the visitor's consent records |
-| ``{p}dk:{site}:{subject}`` | string | a data key (wrapped) of a subject: a visitor, or a session without one |
+| ``{p}dk:{site}:{subject}`` | string | the data key (AES-256, wrapped by the master key ``LIFELINE_DATA_KEY``) sealing the event-log entries of a subject: a visitor (``vid``), or a session without one (``sid``); expires ``DATA_KEY_TTL_S`` after its last use (cluster/sealing.py) |
 | ``{p}erased:{site}:{digest}`` | hash | the minimal proof of an erasure (a visitor's: kind, reason, ts, sessions, keys, entries; kept the site's consent-proof period) or the refusal marker of an erased session (kind, ts); named by :func:`subject_digest`, holds no visitor or session id (serve/rights/erasure.py) |
 | ``{p}rights`` | pub/sub channel | erasures: (site, sids) whose sessions every gateway drops and forgets on their shards (serve/rights/erasure.py) |
 | ``{p}tally:d:{site}:{day}`` | hash | the console's counts of one site and UTC day (YYYY-MM-DD): funnel steps, signals by page type, decisions, reactions, conversions, segments (actors/core/tally.py); kept ``TALLY_DAY_TTL_S`` |
@@ -35,6 +35,7 @@
 | ``{p}sites:version`` | counter | bumped with every change of ``sites:overrides``; gateways and shards poll it |
 | ``{p}recsys:{site}:model`` (``:version``), ``{p}recsys:{site}:catalog`` | string, hash | a site's recommender model and catalog (serve/apps/recommender.py) |
 | ``{p}nudge:{version}:{facts}`` | string | a cached LLM nudge for one situation (serve/apps/nudge.py) |
+| ``{p}chat:{site}:{sid}`` | list | a session's help-chat memory: JSON turns (role, text, ts), the last ``CHAT_TURNS_MAX``, expiring with the session (``SESSION_TTL_S``); the visitor's free text, so erased and exported with the session (serve/apps/chat_memory.py) |
 | ``{p}audit`` | stream | the console's audit log: who, action, from, detail (serve/console/audit.py) |
 | ``{p}op:user:{name}`` | hash | an operator account: role, password hash (scrypt), created (serve/console/accounts.py) |
 | ``{p}op:token:{sha256}`` | hash | an API token (by its digest): name, role, scopes, expires |
@@ -54,6 +55,7 @@ last ``:`` splits a session id.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 # The default retention, declared with a site's own (actors/core/retention.py).
@@ -63,6 +65,13 @@ from actors.core.retention import CONSENT_TTL_S, PROFILE_TTL_S, SESSION_TTL_S  #
 # they sum (a week), a minute's are for the Live page's last hour.
 TALLY_DAY_TTL_S = SESSION_TTL_S
 TALLY_MINUTE_TTL_S = 2 * 3600
+# A data key outlives the logs it seals by a day (both are refreshed as the subject
+# comes back), then goes: entries copied out under it become unreadable.
+DATA_KEY_TTL_S = SESSION_TTL_S + 24 * 3600
+# A chat's memory: the turns the assistant re-reads and an operator sees. Bounded
+# in count and in bytes (serve/apps/chat_memory.py trims the oldest first).
+CHAT_TURNS_MAX = 40
+CHAT_BYTES_MAX = 32 * 1024
 # Per visitor (or session), so no visitor's changes evict another's records.
 CONSENT_RECORDS_MAX = 256
 
@@ -73,9 +82,10 @@ class KeyFamily:
 
     ``tag`` is the key's name part (``{p}{tag}:{site}:{id}``), ``scope``
     ``session`` (``id`` is a sid) or ``visitor`` (a vid), ``kind`` the Redis
-    type (``string``, ``hash``, ``stream``, ``set``, ``zset``), ``codec`` how
+    type (``string``, ``hash``, ``stream``, ``set``, ``zset``, ``list``), ``codec`` how
     its values read (``msgpack``: a string or the ``ev``/``state`` fields,
-    ``events``: an event-log stream, ``json``/``raw``: as stored; ``secret``:
+    ``events``: an event-log stream, sealed or not; ``json``: JSON elements;
+    ``raw``: as stored; ``secret``:
     never exported, only deleted). A helper that adds a per-session or
     per-visitor key family (chat memory, say) adds one row to
     :data:`SUBJECT_FAMILIES` and its method to :class:`Keys`: the erasure
@@ -102,6 +112,8 @@ SUBJECT_FAMILIES: tuple[KeyFamily, ...] = (
     # The data key of a session without a visitor (encryption at rest): shredding it
     # makes every copy of the session's encrypted events unreadable.
     KeyFamily("data_key", "dk", "session", "string", "secret"),
+    # The help chat's memory: the visitor's own words (serve/apps/chat_memory.py).
+    KeyFamily("chat", "chat", "session", "list", "json"),
     KeyFamily("visitor", "v", "visitor", "hash"),
     KeyFamily("profile", "vp", "visitor", "string", "msgpack"),
     KeyFamily("consent", "vc", "visitor", "stream"),
@@ -164,7 +176,25 @@ class Keys:
         return f"{self.prefix}vc:{site}:{vid}"
 
     def data_key(self, site: str, subject: str) -> str:
+        """The wrapped data key of ``subject``: a visitor's vid, or a session's sid.
+
+        A visitor's events are sealed under ``data_key(site, vid)``, and a
+        session's events logged before its hello named a visitor under
+        ``data_key(site, sid)``: erasing a visitor deletes both (the visitor's
+        and each of its sessions'), and every copy of their events is then
+        unreadable.
+        """
         return f"{self.prefix}dk:{site}:{subject}"
+
+    def data_keys_of(self, site: str, vid: str | None, sids: Iterable[str]) -> list[str]:
+        """Every data key an erasure of visitor ``vid`` (or of sessions ``sids``) must delete.
+
+        The visitor's own, and each session's (its entries logged before a
+        hello named the visitor). Deleting them makes every copy of those
+        events unreadable: the log, exports, backups (docs/ENCRYPTION.md).
+        """
+        subjects = ([vid] if vid else []) + list(sids)
+        return [self.data_key(site, s) for s in subjects]
 
     def erased(self, site: str, digest: str) -> str:
         return f"{self.prefix}erased:{site}:{digest}"
@@ -211,6 +241,7 @@ class Keys:
             "iv": f"{self.prefix}iv:",
             "log": self.intervention_log,
             "ix": f"{self.prefix}ix:",
+            "dk": f"{self.prefix}dk:",
         }
 
     def model(self, part: str) -> str:
@@ -231,6 +262,10 @@ class Keys:
 
     def nudge(self, version: str, facts: list[str]) -> str:
         return f"{self.prefix}nudge:{version}:" + ":".join(facts)
+
+    def chat(self, site: str, sid: str) -> str:
+        """A session's help-chat memory (list of JSON turns); see CHAT_TURNS_MAX."""
+        return f"{self.prefix}chat:{site}:{sid}"
 
     @property
     def audit(self) -> str:

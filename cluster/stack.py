@@ -26,11 +26,12 @@ from aiohttp import web
 from actors.core.sites import Site, load_sites
 from actors.shard.actor import SessionShard
 from cluster import ray_sessions
-from cluster.config import Settings, check_secret, redact_url
+from cluster.config import Settings, check_data_key, check_secret, redact_url
 from cluster.keys import Keys
 from cluster.migrate import scope_sessions_by_site
 from cluster.processes import Supervised
 from cluster.redis_server import Persistence, RedisServer, ensure_redis, persistence
+from cluster.sealing import master_keys
 from cluster.tracing import TraceConfig, tracing_for
 from serve.console.app import build_console
 from serve.console.context import ConsoleContext
@@ -108,6 +109,9 @@ class Stack:
         secret_warning = check_secret(s)  # raises off loopback with a key anyone can know
         if secret_warning:
             self._warn(secret_warning)
+        data_key_warning = check_data_key(s)  # the same for the event log's master key
+        if data_key_warning:
+            self._warn(data_key_warning)
         self.redis = ensure_redis(s.redis_url, data_dir=s.data_dir)
         if self.redis.embedded:
             log.warning(
@@ -149,7 +153,16 @@ class Stack:
         trace = TraceConfig.of(s)  # explicit: a joined Ray cluster's workers have their own env
         self.shards = [
             SessionShard.options(name=name, lifetime=None).remote(
-                i, self.redis.url, s.prefix, s.sites_file, s.idle_deactivate_s, with_serve, trace
+                i,
+                self.redis.url,
+                s.prefix,
+                s.sites_file,
+                s.idle_deactivate_s,
+                with_serve,
+                trace,
+                master_keys(
+                    s
+                ),  # recovery opens the sealed log (a joined cluster's env may lack it)
             )
             for i, name in enumerate(names)
         ]
@@ -166,6 +179,8 @@ class Stack:
             batch_window_ms=s.batch_window_ms,
             append_window_ms=s.append_window_ms,
             tracing=tracing_for("lifeline-gateway", trace),
+            seal=s.encrypt_at_rest,
+            master=master_keys(s),
         )
         self.ws_port = await self.gateway.start(s.host, s.ws_port, reuse_port=gateways > 1)
         for _ in range(gateways - 1):

@@ -747,6 +747,12 @@ def main() -> int:
             "spans_received": sink.received if sink is not None else None,
         }
         summary["console_live_open"] = args.console_live
+        # The server inherits this environment: LIFELINE_ENCRYPT_AT_REST=0 is the plain arm.
+        summary["encrypt_at_rest"] = env.get("LIFELINE_ENCRYPT_AT_REST", "1") not in (
+            "0",
+            "false",
+            "",
+        )
         summary["runs"] = runs
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=1, default=str))

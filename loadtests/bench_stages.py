@@ -6,8 +6,10 @@ Diginetica and YOOCHOOSE, as visitors send them), each a median over
 
 * **gateway**: the protocol work per events frame of 1-2 events, as
   ``serve.edge.gateway`` does it: decode and check the frame, validate and
-  sequence its events, pack them once for the log and the shard, encode the
+  sequence its events, pack them once for the log and the shard (and seal
+  them for the log, unless ``LIFELINE_ENCRYPT_AT_REST=0``), encode the
   ack. No sockets, no Redis (their cost is the rest of a gateway's CPU).
+  ``--seal-only`` runs this stage alone, with and without sealing, alternated.
 * **socket**: a gateway's whole in-process path per events frame: masked
   WebSocket frames into ``Peer.data_received``, the append loop against a
   store that is always durable, acks to a transport that only counts (no
@@ -86,20 +88,29 @@ class Replay:
         return items
 
 
-def gateway_stage(journeys: list, frames: int) -> dict[str, float]:
-    """us per frame for each step of the gateway's protocol work."""
+def gateway_stage(journeys: list, frames: int, seal: bool = False) -> dict[str, float]:
+    """us per frame for each step of the gateway's protocol work.
+
+    ``seal``: each session has its data key (cluster/sealing.py), as with
+    ``LIFELINE_ENCRYPT_AT_REST=1``, and ``pack`` includes sealing the run for the log.
+    """
     import msgpack
 
+    from cluster.sealing import MasterKeys
     from serve.edge.protocol import Connection, Limits
 
     replay = Replay(journeys, seed=1)
     limits = Limits(events_per_s=1e9, burst=1e9)
+    master = MasterKeys("bench-master-key-0123456789")
     conns = []
     for sid in replay.sids:
         c = Connection("loadtest", b"secret", limits)
         c.accept_hello(
             c.hello({"t": "hello", "v": 1, "sid": sid, "consent": ["analytics"]}), False, 0
         )
+        if seal:  # what the hello's reply gives the cursor, once per session
+            ref = f"loadtest:{sid}"
+            c.sessions[sid].sealer = master.sealer(ref, master.new_wrapped("loadtest"))
         conns.append(c)
     wire = []
     for _ in range(frames):
@@ -114,7 +125,7 @@ def gateway_stage(journeys: list, frames: int) -> dict[str, float]:
         t1 = time.perf_counter()
         plan = c.events(frame, now_ms)
         t2 = time.perf_counter()
-        Append.of(c.site, plan.sid, plan.first, plan.last, plan.append)
+        Append.of(c.site, plan.sid, plan.first, plan.last, plan.append, plan.sealer)
         t3 = time.perf_counter()
         c.encode(c.appended(plan.sid, plan.last))
         t4 = time.perf_counter()
@@ -433,6 +444,34 @@ def core_only(args: argparse.Namespace) -> int:
     return 0
 
 
+def seal_only(args: argparse.Namespace) -> int:
+    """The gateway stage with and without sealing, alternated; prints, writes nothing."""
+    from cluster.sealing import MasterKeys
+
+    journeys = load_journeys("mix", 2000, seed=1)
+    plain, sealed = [], []
+    for _ in range(args.runs):
+        plain.append(gateway_stage(journeys, 20_000, seal=False))
+        sealed.append(gateway_stage(journeys, 20_000, seal=True))
+    master = MasterKeys("bench-master-key-0123456789")
+    n = 2000
+    t0 = time.perf_counter()
+    for _ in range(n):  # a hello's key work: a candidate, then the stored key unwrapped
+        master.sealer("loadtest:s", master.new_wrapped("loadtest"))
+    hello_us = (time.perf_counter() - t0) / n * 1e6
+    out = {
+        "plain_us_per_frame": {k: statistics.median(g[k] for g in plain) for k in plain[0]},
+        "sealed_us_per_frame": {k: statistics.median(g[k] for g in sealed) for k in sealed[0]},
+        "hello_key_us_per_session": hello_us,
+        "runs": args.runs,
+    }
+    out["seal_us_per_frame"] = (
+        out["sealed_us_per_frame"]["pack"] - out["plain_us_per_frame"]["pack"]
+    )
+    print(json.dumps(out, indent=1))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -445,15 +484,23 @@ def main() -> int:
         action="store_true",
         help="only the core stage, with and without the console tally (prints, writes nothing)",
     )
+    ap.add_argument(
+        "--seal-only",
+        action="store_true",
+        help="only the gateway stage, with and without encryption at rest (prints, writes nothing)",
+    )
     args = ap.parse_args()
     if args.core_only:
         return core_only(args)
+    if args.seal_only:
+        return seal_only(args)
     redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
     journeys = load_journeys("mix", 2000, seed=1)
     from cluster.gc_tuning import tune_for_throughput
 
     tune_for_throughput()  # the collector settings the gateways and shards run with
-    gateway = [gateway_stage(journeys, 20_000) for _ in range(args.runs)]
+    seal = os.environ.get("LIFELINE_ENCRYPT_AT_REST", "1") not in ("0", "false", "")
+    gateway = [gateway_stage(journeys, 20_000, seal) for _ in range(args.runs)]
     sockets = [socket_stage(journeys, 20_000) for _ in range(args.runs)]
     core = [core_stage(journeys, args.batch, 20_000) for _ in range(args.runs)]
     appends = append_stage(journeys, 2000, args.runs, redis_url)

@@ -27,6 +27,7 @@ from serve.apps.nudge import (
 )
 
 CLIENT = Path(__file__).resolve().parent.parent / "serve" / "static" / "lifeline.js"
+CLIENT_UI = CLIENT.with_name("lifeline-ui.js")  # the cards, which the tracker loads on demand
 
 
 @pytest.mark.parametrize("signal", SIGNALS_DECLARED, ids=lambda s: s.name)
@@ -90,10 +91,10 @@ def test_every_kind_has_prompt_template_and_its_frame_follows_its_follow_up():
 
 
 def _client_kinds() -> dict[str, list[str]]:
-    """The client's ``KINDS`` table (``kind: [role, heading, accept, dismiss]``), parsed."""
-    src = CLIENT.read_text()
+    """The cards' ``KINDS`` table (``kind: [role, heading, accept, dismiss]``), parsed."""
+    src = CLIENT_UI.read_text()
     m = re.search(r"const KINDS = \{(.*?)\n\s*\};", src, re.S)
-    assert m, "lifeline.js has no KINDS table"
+    assert m, "lifeline-ui.js has no KINDS table"
     body = re.sub(r"(\w+):", r'"\1":', m.group(1))
     return json.loads("{" + body + "}")
 
@@ -104,9 +105,12 @@ def test_the_clients_kind_table_matches_the_servers_declarations():
     for kind in KINDS_DECLARED:
         row = table[kind.name] + [""] * (4 - len(table[kind.name]))
         assert row == [kind.role, kind.heading, kind.accept, kind.dismiss], kind.name
+    # The tracker takes exactly the declared kinds (it drops any other before loading the cards).
+    known = re.search(r"!/\^\(([a-z_|]+)\)\$/\.test\(f\.kind\)", CLIENT.read_text())
+    assert known and known.group(1).split("|") == [k.name for k in KINDS_DECLARED]
     # What the client's renderer assumes of particular kinds holds for the declarations:
     # an item list for kinds starting with "r", a consent check and a field to point at.
-    src = CLIENT.read_text()
+    src = CLIENT.read_text() + CLIENT_UI.read_text()
     assert 'k[0] == "r"' in src
     for kind in KINDS_DECLARED:
         assert (kind.name[0] == "r") == (kind.follow_up == "recommend"), kind.name

@@ -129,7 +129,8 @@ async def test_access_document_holds_every_kind_of_record_and_only_the_visitors(
     assert doc["visitor"]["created"] and json.loads(doc["visitor"]["consent"])
     assert doc["consent"] and doc["consent"][0]["via"] == "hello"
     assert doc["consent"][0]["sid"] in c.sids
-    assert doc["data_key"] == {"present": False}
+    # Sealed at rest (cluster/sealing.py): the visitor's data key exists, and is never exported.
+    assert doc["data_key"] == {"present": stack.gateway.store.sealing is not None}
     assert sorted(s["sid"] for s in doc["sessions"]) == sorted(c.sids)
     assert sorted(m for m, _score in doc["session_ids"]) == sorted(c.sids)
     for s in doc["sessions"]:
@@ -137,7 +138,7 @@ async def test_access_document_holds_every_kind_of_record_and_only_the_visitors(
             if fam.scope == "session":
                 assert fam.name in s, fam.name
         assert s["session"]["vid"] == c.vid
-        assert len(s["events"]) == int(s["session"]["seq"])
+        assert len(s["events"]) == int(s["session"]["seq"]) and s["unreadable_entries"] == 0
         assert [e["seq"] for e in s["events"]] == list(range(1, len(s["events"]) + 1))
         assert s["snapshot"] is not None
         assert s["decisions"] and all(d["sid"] == s["sid"] for d in s["decisions"])
@@ -384,6 +385,7 @@ def test_every_key_family_names_its_keys_as_the_keys_methods_do() -> None:
         "vp": keys.visitor_profile,
         "vc": keys.visitor_consent,
         "vs": keys.visitor_sessions,
+        "chat": keys.chat,
     }
     for fam in SUBJECT_FAMILIES:
         assert keys.family(fam, "demo", "x-12345678") == methods[fam.tag]("demo", "x-12345678")

@@ -137,12 +137,16 @@ async def test_withdrawn_consent_erases_the_session_from_its_shard_and_log(lifel
     await client.wait_acked(len(events) + 1)
     await stack.gateway.wait_scored(sid, len(events) + 1)
     assert await stack.shard_for(sid).flush.remote() >= 1  # records and a snapshot written
-    # What the withdrawal must take away: the log, the snapshot, the decision and its outcome.
+    # What the withdrawal must take away: the log, the snapshot, the decision and its outcome,
+    # and the data key its log is sealed with (so every copy of the log is unreadable too).
     assert (
         await r.exists(
-            keys.snapshot("demo", sid), keys.events("demo", sid), keys.interventions_of("demo", sid)
+            keys.snapshot("demo", sid),
+            keys.events("demo", sid),
+            keys.interventions_of("demo", sid),
+            keys.data_key("demo", sid),
         )
-        == 3
+        == 4
     )
     assert await r.hget(keys.intervention(iv["iid"]), "outcome") == b"shown"
     logged = await r.xrange(keys.intervention_log)
@@ -165,6 +169,7 @@ async def test_withdrawn_consent_erases_the_session_from_its_shard_and_log(lifel
         keys.snapshot("demo", sid),
         keys.events("demo", sid),
         keys.interventions_of("demo", sid),
+        keys.data_key("demo", sid),
     ]
     assert await r.exists(*gone, keys.intervention(iv["iid"])) == 0
     logged = await r.xrange(keys.intervention_log)
@@ -364,6 +369,9 @@ async def test_shard_crash_recovery_keeps_exact_features(lifeline_stack):
     assert stack.gateway.stats.shard_restarts["0"] == restarts + 1
 
     for sid, evs in journeys.items():
+        # Recovered from a sealed log (encryption at rest is on by default; cluster/sealing.py).
+        entries = await stack.gateway.redis.xrange(stack.gateway.keys.events("demo", sid))
+        assert entries and all(f[b"k"] == f"demo:{sid}".encode() for _, f in entries)
         live = await shard.session_row.remote(sid)
         stored = await stack.gateway.store.read_events("demo", sid)
         uninterrupted = replay(

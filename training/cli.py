@@ -26,6 +26,8 @@ from typing import Any
 from actors.core.detectors import DetectorConfig
 from actors.core.policy import PolicyConfig
 from cluster.config import PACKAGE_ROOT, Settings
+from cluster.keys import Keys
+from cluster.sealing import opener_for
 from training.labels import DEFAULT_HORIZON_S, EXIT_SOON, LABELS
 
 log = logging.getLogger("lifeline.training")
@@ -141,6 +143,7 @@ def load_sessions(args: argparse.Namespace) -> tuple[list, dict[str, Any]]:
 
     src = "live" if args.source in LIVE else args.source
     t0 = time.monotonic()
+    opener: Any = None  # the sealed log's key reader, for the live log and sealed exports
     desc: dict[str, Any] = {"source": src}
     if src == "sim":
         from training.simulator import simulate
@@ -182,14 +185,35 @@ def load_sessions(args: argparse.Namespace) -> tuple[list, dict[str, Any]]:
             raise UserError(
                 "--source jsonl needs --file PATH (a file written by `lifeline export`)"
             )
-        sessions = read_jsonl(args.file)
+        opener = opener_for(Settings(), Keys(_prefix(args)))
+        # A sealed export (`lifeline export` of the live log) opens with the keys in Redis.
+        redis = _redis(args) if _is_sealed_export(args.file) else None
+        sessions = read_jsonl(args.file, redis=redis, opener=opener)
         desc.update(file=str(args.file))
     elif src in LIVE:
         read_at = int(time.time() * 1000)
-        sessions = export_redis(_redis(args), _prefix(args), progress=True, read_at_ms=read_at)
+        opener = opener_for(Settings(), Keys(_prefix(args)))
+        sessions = export_redis(
+            _redis(args), _prefix(args), progress=True, read_at_ms=read_at, opener=opener
+        )
         desc.update(source="live", prefix=_prefix(args), read_at_ms=read_at)
     else:  # argparse's choices make this unreachable
         raise UserError(f"unknown source {src!r}")
+    if opener is not None and opener.dropped_sessions:
+        # Their data keys are gone: erased visitors (or past retention), in every copy.
+        desc["unreadable_sessions_dropped"] = opener.dropped_sessions
+        print(
+            f"dropped {opener.dropped_sessions} sessions whose data keys are gone "
+            "(erased or expired)",
+            file=sys.stderr,
+        )
+    if opener is not None and opener.unopenable_keys:
+        desc["unopenable_data_keys"] = opener.unopenable_keys
+        print(
+            f"{opener.unopenable_keys} data keys in Redis open with no configured master key: "
+            "is LIFELINE_DATA_KEY this deployment's?",
+            file=sys.stderr,
+        )
     if args.limit is not None:
         sessions = sessions[: args.limit]
         desc["limit"] = args.limit
@@ -844,9 +868,32 @@ def _add_drift(sub: Any) -> None:
 
 
 # -- export -----------------------------------------------------------------------------------------
+def _is_sealed_export(path: Path) -> bool:
+    """Whether ``path`` is a sealed export (its first row has ``sealed``; sealed_export.py)."""
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    return '"sealed"' in line
+    except OSError:
+        return False  # read_jsonl says what is wrong with it
+    return False
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from training.dataset import write_jsonl
 
+    if args.source in LIVE:
+        # The live log leaves sealed: an erasure later makes the copy unreadable too.
+        from training.sealed_export import write_sealed_jsonl
+
+        n, entries = write_sealed_jsonl(_redis(args), _prefix(args), args.out)
+        print(f"wrote {n} sessions ({entries} log entries, sealed as stored) to {args.out}")
+        print(
+            f"train on them with: lifeline train --source jsonl --file {args.out} "
+            "(reading needs this deployment's Redis and LIFELINE_DATA_KEY)"
+        )
+        return 0
     sessions, desc = load_sessions(args)
     n = write_jsonl(sessions, args.out)
     conv = sum(1 for s in sessions if s.converted)
@@ -862,8 +909,10 @@ def _add_export(sub: Any) -> None:
         "export",
         help="write recorded sessions (default: the live event log) to a JSON-lines file",
         description="Export sessions as JSON lines {sid, site, converted, events} with normalised "
-        "events, by default from the live system's Redis event log, so they can be kept, inspected "
-        "and trained on (`lifeline train --source jsonl --file FILE`).",
+        "events, so they can be kept, inspected and trained on (`lifeline train --source jsonl "
+        "--file FILE`). From the live event log (the default), rows hold the log's entries still "
+        "sealed under their visitors' data keys ({sid, site, sealed}): reading them needs the "
+        "deployment's Redis and master key, and an erased visitor's rows stay unreadable.",
     )
     p.add_argument("--out", type=Path, required=True, help="the JSON-lines file to write")
     _add_source_options(p, default="live")

@@ -47,9 +47,12 @@ from actors.core.detectors import DEFAULT_DETECTORS, DetectorConfig
 from actors.core.events import EventError, validate_event
 from actors.core.features import FEATURE_NAMES
 from actors.core.session import Session
+from cluster.config import Settings
 from cluster.keys import Keys
+from cluster.sealing import Opener, opener_for
 from training.loaders import DataError, SessionEvents
 from training.progress import Progress
+from training.sealed_export import iter_logs, open_events, sealed_entries
 
 META_COLUMNS: tuple[str, ...] = (
     "sid",
@@ -303,11 +306,18 @@ def write_jsonl(sessions: Iterable[SessionEvents], path: Path) -> int:
     return n
 
 
-def read_jsonl(path: Path) -> list[SessionEvents]:
-    """Read sessions written by :func:`write_jsonl` (or by hand: ``{"sid", "events"}`` per line).
+def read_jsonl(
+    path: Path, *, redis: Any = None, opener: Opener | None = None
+) -> list[SessionEvents]:
+    """Read sessions written by :func:`write_jsonl` (or by hand: ``{"sid", "events"}`` per line),
+    or the sealed rows of ``lifeline export`` (training/sealed_export.py).
 
     Events may be raw or normalised; they are validated again. A missing
     ``converted`` is derived from the events (a ``purchase`` means converted).
+    A sealed row is opened with the data keys ``redis`` (synchronous) holds
+    now; a row whose key is gone (its visitor was erased) is dropped and
+    counted in ``opener.dropped_sessions``. A sealed row without ``redis``
+    is a :class:`DataError`.
     """
     if not path.is_file():
         raise DataError(
@@ -324,6 +334,17 @@ def read_jsonl(path: Path) -> list[SessionEvents]:
                 raise DataError(
                     path, f"not JSON ({exc.msg}); expected one session object per line", lineno
                 ) from None
+            if isinstance(rec, dict) and isinstance(rec.get("sealed"), list):
+                if redis is None:
+                    raise DataError(
+                        path, "a sealed row: reading it needs the deployment's Redis", lineno
+                    )
+                if opener is None:
+                    opener = opener_for(Settings())
+                entries = sealed_entries(rec, f"{path}:{lineno}")
+                rec["events"] = open_events(opener, redis, entries, f"{path}:{lineno}")
+                if rec["events"] is None:
+                    continue  # its data key is gone: erased, everywhere
             if (
                 not isinstance(rec, dict)
                 or not isinstance(rec.get("sid"), str)
@@ -357,42 +378,24 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def iter_redis_sessions(r: Any, prefix: str, *, count: int = 500) -> Iterator[SessionEvents]:
+def iter_redis_sessions(
+    r: Any, prefix: str, *, count: int = 500, opener: Opener | None = None
+) -> Iterator[SessionEvents]:
     """Sessions from the live event log: streams ``{prefix}ev:{site}:{sid}``, field ``ev``.
 
-    Each stream entry holds a msgpack list of normalised events (an empty
-    payload is skipped); entries are read in stream order and events
+    Each stream entry holds a msgpack list of normalised events, sealed
+    under its subject's data key when it names one (cluster/sealing.py; an
+    empty payload is skipped); entries are read in stream order and events
     deduplicated by ``seq`` (a resend logged twice counts once, as in the
     live session). The session's site is part of its key (cluster/keys.py).
+    Sealed entries are opened with the keys Redis holds now (``opener``,
+    default: one for this process's settings); a session with an entry
+    whose key is gone (erased, expired) is left out and counted in
+    ``opener.dropped_sessions``.
     """
-    keys = Keys(prefix)
-    for key in r.scan_iter(match=keys.events_pattern, count=count, _type="stream"):
-        k = _text(key)
-        site, sid = keys.session_of_events_key(k)
-        events: list[dict[str, Any]] = []
-        last_seq = 0
-        start = "-"
-        while True:
-            entries = r.xrange(key, min=start, max="+", count=1000)
-            if not entries:
-                break
-            for entry_id, fields in entries:
-                blob = fields.get(b"ev", fields.get("ev"))
-                if blob is None:
-                    raise DataError(k, f"stream entry {_text(entry_id)} has no 'ev' field")
-                if not blob:
-                    continue
-                try:
-                    logged = msgpack.unpackb(blob, raw=False)
-                except (ValueError, msgpack.UnpackException) as exc:
-                    raise DataError(
-                        k, f"entry {_text(entry_id)}: 'ev' is not msgpack: {exc}"
-                    ) from None
-                for ev in logged:
-                    if ev.get("seq", 0) > last_seq:
-                        events.append(ev)
-                        last_seq = ev["seq"]
-            start = "(" + _text(entries[-1][0])  # exclusive: continue after the last entry
+    opener = opener or opener_for(Settings(), Keys(prefix))
+    for site, sid, entries in iter_logs(r, prefix, count=count):
+        events = open_events(opener, r, entries, f"{prefix}ev:{site}:{sid}")
         if events:
             yield SessionEvents(
                 sid, events, converted_of(events), "redis", events[0]["ts"], {"site": site}
@@ -400,16 +403,22 @@ def iter_redis_sessions(r: Any, prefix: str, *, count: int = 500) -> Iterator[Se
 
 
 def export_redis(
-    r: Any, prefix: str, *, progress: bool = False, read_at_ms: int | None = None
+    r: Any,
+    prefix: str,
+    *,
+    progress: bool = False,
+    read_at_ms: int | None = None,
+    opener: Opener | None = None,
 ) -> list[SessionEvents]:
-    """All sessions of the live event log, ordered by start time.
+    """All readable sessions of the live event log, ordered by start time.
 
     ``read_at_ms``: when the log was read; nothing after a session's last
     event is known past it (``observed_until_ms``, which labels censor on).
+    ``opener``: see :func:`iter_redis_sessions` (its counts say what was left out).
     """
     bar = Progress(None, "export", enabled=progress)
     out = []
-    for s in iter_redis_sessions(r, prefix):
+    for s in iter_redis_sessions(r, prefix, opener=opener):
         if read_at_ms is not None:
             s.extra.setdefault("observed_until_ms", read_at_ms)
         out.append(s)

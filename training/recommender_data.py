@@ -39,7 +39,9 @@ from typing import Any
 
 import msgpack
 
+from cluster.config import Settings
 from cluster.keys import Keys
+from cluster.sealing import opener_for
 from serve.apps.recommender import (
     RecParams,
     SessionKNN,
@@ -425,13 +427,15 @@ async def sessions_from_event_log(
     """Item sequences of every session in the event log under ``prefix``.
 
     ``redis`` is a ``redis.asyncio.Redis``. Entries whose ``ev`` field is not
-    a msgpack list are skipped (the log may hold other fields later).
+    a msgpack list are skipped (the log may hold other fields later), and so
+    are sealed entries whose data key is gone (erased; cluster/sealing.py).
     """
     sessions: list[list[str]] = []
+    opener = opener_for(Settings(), Keys(prefix))
     async for key in redis.scan_iter(match=Keys(prefix).events_pattern, count=500):
         events: list[Mapping[str, Any]] = []
-        for _entry_id, fields in await redis.xrange(key):
-            raw = fields.get(b"ev")
+        entries = [(i, f) for i, f in await redis.xrange(key) if f.get(b"ev") is not None]
+        for raw in await opener.aopen_entries(redis, entries):
             if raw is None:
                 continue
             try:

@@ -48,9 +48,11 @@ from actors.shard.index import Entry, SessionIndex
 from actors.shard.link import LinkServer, LinkTLS
 from actors.shard.records import ShardRecords
 from actors.shard.tallies import ShardTallies
+from cluster.config import Settings
 from cluster.keys import Keys
 from cluster.loops import Failures, Supervisor
 from cluster.redis_server import async_client
+from cluster.sealing import MasterKeys, Opener, master_keys
 from cluster.site_rules import SiteRules
 from cluster.tracing import Carrier, TraceConfig, Tracing, tracing_for
 
@@ -139,8 +141,12 @@ class ShardCore:
         idle_deactivate_s: float = 1800.0,
         enrich: bool = True,
         tracing: TraceConfig | None = None,
+        master: MasterKeys | None = None,
     ) -> None:
         self.index = index
+        # The event log's master keys: recovery opens sealed entries (cluster/sealing.py).
+        # Not given (a hand-made shard): this process's LIFELINE_DATA_KEY.
+        self.master = master if master is not None else master_keys(Settings())
         # None when tracing is off: the batch path then tests one attribute (cluster/tracing.py).
         self.tracing: Tracing | None = tracing_for("lifeline-shard", tracing)
         self.keys = Keys(prefix)
@@ -192,6 +198,7 @@ class ShardCore:
             "inbound_ms": 0.0,  # from the gateway's send to this batch's start (the link and queueing)
             "forgotten": 0,  # sessions dropped on a withdrawal of analytics consent
             "outcomes_refused": 0,  # intervention outcomes naming another session's record
+            "unreadable_entries": 0,  # logged entries whose data key is gone (erased), skipped
         }
         # The I/O loop's long-running work: restarted if it fails, never ended silently.
         self.loops = Supervisor(log, f"shard {index}", counted=self._metrics.failed)
@@ -656,6 +663,10 @@ class ShardCore:
             pipe.xrange(keys.events(site, sid))
             pipe.hmget(keys.session(site, sid), "iv_count", "iv_last", "vid")
         replies = await pipe.execute()
+        # Sealed entries open with their subjects' data keys, read once for all of them
+        # (activations only: the hot path gets plaintext over the link).
+        opener = Opener(keys, self.master)
+        await opener.aload(self.redis, (f.get(b"k") for es in replies[1::3] for _, f in es))
         out: dict[str, tuple] = {}
         for i, sid in enumerate(need):
             snap, entries, ivs = replies[3 * i : 3 * i + 3]
@@ -663,11 +674,23 @@ class ShardCore:
             state = msgpack.unpackb(snap) if snap else None
             events: list[dict[str, Any]] = []
             for _eid, fields in entries:
+                if int(fields[b"f"]) >= before:
+                    continue
+                payload = opener.open_fields(fields)
+                if payload is None:  # its data key is gone: the visitor was erased
+                    continue
                 if int(fields[b"l"]) < before:
-                    events.extend(msgpack.unpackb(fields[b"ev"]))
-                elif int(fields[b"f"]) < before:
-                    events.extend(e for e in msgpack.unpackb(fields[b"ev"]) if e["seq"] < before)
+                    events.extend(msgpack.unpackb(payload))
+                else:
+                    events.extend(e for e in msgpack.unpackb(payload) if e["seq"] < before)
             out[sid] = (site, state, events, before, ivs)
+        self.stats["unreadable_entries"] += opener.unreadable
+        if opener.unopenable_keys:  # not an erasure: this shard lacks a master key in use
+            log.error(
+                "shard %d: %d data keys open with no configured master key (LIFELINE_DATA_KEY)",
+                self.index,
+                opener.unopenable_keys,
+            )
         return out
 
     def _activate(
@@ -1146,9 +1169,10 @@ class SessionShard:
         idle_deactivate_s: float = 1800.0,
         enrich: bool = True,
         tracing: TraceConfig | None = None,
+        master: MasterKeys | None = None,
     ) -> None:
         self.core = ShardCore(
-            index, redis_url, prefix, sites_file, idle_deactivate_s, enrich, tracing
+            index, redis_url, prefix, sites_file, idle_deactivate_s, enrich, tracing, master
         )
         # Batches come over the link's thread (gateways) or as Ray calls (tools, benchmarks):
         # one at a time either way, so each session's events stay in order.

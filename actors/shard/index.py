@@ -46,8 +46,10 @@ import redis.asyncio as aioredis
 
 from actors.core.host import SessionHost
 from actors.core.retention import Retention
+from cluster.config import Settings
 from cluster.keys import Keys
 from cluster.redis_server import script_arg
+from cluster.sealing import MasterKeys, Opener, master_keys
 
 TRIM_EVERY_S = 60.0
 TRIM_MAX = 10_000  # entries trimmed per site and call: a call never blocks Redis long
@@ -217,7 +219,9 @@ class SessionIndex:
         return n
 
 
-async def reindex(r: aioredis.Redis, keys: Keys, batch: int = 500) -> dict[str, int]:
+async def reindex(
+    r: aioredis.Redis, keys: Keys, batch: int = 500, master: MasterKeys | None = None
+) -> dict[str, int]:
     """Index the sessions Redis already holds: for tools, never a page view (it SCANs).
 
     For sessions that were stored before the index existed (an upgrade) or
@@ -227,7 +231,11 @@ async def reindex(r: aioredis.Redis, keys: Keys, batch: int = 500) -> dict[str, 
     with intervention records gets ``iv_count`` and the ``seg`` of its latest
     decision where its hash lacks them, as the record script would have set.
     Returns counts: sessions seen, indexed, skipped without consent.
+    ``master``: the event log's master keys (default: this process's
+    ``LIFELINE_DATA_KEY``); a last entry that does not open counts as none.
     """
+    if master is None:
+        master = master_keys(Settings())
     index = SessionIndex(r, keys)
     start = len(keys.session("", "")) - 1  # where "{site}:{sid}" begins in a session key
     counts = {"sessions": 0, "indexed": 0, "no_consent": 0}
@@ -241,6 +249,8 @@ async def reindex(r: aioredis.Redis, keys: Keys, batch: int = 500) -> dict[str, 
             pipe.xrevrange(keys.events(site, sid), count=1)
             pipe.smembers(keys.interventions_of(site, sid))
         replies = await pipe.execute()
+        opener = Opener(keys, master)  # the last entries may be sealed (cluster/sealing.py)
+        await opener.aload(r, (last[0][1].get(b"k") for last in replies[1::3] if last))
         fix = r.pipeline(transaction=False)
         iv_reads: list[tuple[str, str, list[str]]] = []
         entries: list[Entry] = []
@@ -249,7 +259,8 @@ async def reindex(r: aioredis.Redis, keys: Keys, batch: int = 500) -> dict[str, 
             if not consent or b'"analytics"' not in consent:
                 counts["no_consent"] += 1
                 continue
-            ts = int(msgpack.unpackb(last[0][1][b"ev"])[-1]["ts"]) if last else int(created or 0)
+            payload = opener.open_fields(last[0][1]) if last else None
+            ts = int(msgpack.unpackb(payload)[-1]["ts"]) if payload else int(created or 0)
             entries.append((site, sid, min(ts, now_ms)))
             if iids and (iv_count is None or seg is None):
                 iv_reads.append((site, sid, sorted(m.decode() for m in iids)))

@@ -129,7 +129,7 @@ for _, sid in ipairs(a.sids) do
     end
     redis.call('DEL', key)
   end
-  redis.call('DEL', set, p.ev .. sid, p.snap .. sid)
+  redis.call('DEL', set, p.ev .. sid, p.snap .. sid, p.dk .. sid)
   redis.call('HDEL', p.s .. sid, 'iv_count', 'iv_last', 'log_ttl')
 end
 return n

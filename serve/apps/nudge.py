@@ -261,18 +261,13 @@ SYSTEM_PROMPT = (
 )
 
 
-def build_prompt(
-    ctx: Mapping[str, Any], articles: Sequence[GroundingArticle], excerpt_chars: int = 420
-) -> tuple[str, str]:
-    """(system, user) prompt for the nudge writer.
+def context_lines(f: PromptFacts) -> list[str]:
+    """The session's context as prompt lines: page, signals, cart, segment, promotions.
 
-    Only :func:`prompt_facts` fields and the site's own article excerpts go
-    in: never the page path beyond its first segment, never typed values,
-    never identifiers.
+    Shared by the nudge writer and the help-chat assistant (serve/apps/chat_answer.py),
+    so both say the same allow-listed facts the same way.
     """
-    f = prompt_facts(ctx)
     lines = [
-        f"Task: {KIND_TEXT[f.kind]}.",
         f"Page type: {f.page_type}",
         f"Site section: /{f.section}" if f.section != "root" else "Site section: home",
     ]
@@ -293,6 +288,20 @@ def build_prompt(
         if f.marketing
         else "Promotions: do not mention offers, discounts or promotions."
     )
+    return lines
+
+
+def build_prompt(
+    ctx: Mapping[str, Any], articles: Sequence[GroundingArticle], excerpt_chars: int = 420
+) -> tuple[str, str]:
+    """(system, user) prompt for the nudge writer.
+
+    Only :func:`prompt_facts` fields and the site's own article excerpts go
+    in: never the page path beyond its first segment, never typed values,
+    never identifiers.
+    """
+    f = prompt_facts(ctx)
+    lines = [f"Task: {KIND_TEXT[f.kind]}.", *context_lines(f)]
     if articles:
         lines.append("Help articles:")
         for i, a in enumerate(articles, 1):

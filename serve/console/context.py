@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from actors.core.sites import Site
 from cluster.config import Settings
 from cluster.keys import Keys
+from cluster.sealing import MasterKeys, master_keys
 
 
 @dataclass
@@ -38,6 +39,8 @@ class ConsoleContext:
     processes: Callable[[], list[dict[str, Any]]] | None = None
     status: Callable[[], dict[str, Any]] | None = None
     redis: aioredis.Redis = field(init=False)
+    master: MasterKeys = field(init=False)  # opens the sealed event log (cluster/sealing.py)
 
     def __post_init__(self) -> None:
         self.redis = aioredis.Redis.from_url(self.redis_url)
+        self.master = master_keys(self.settings)

@@ -457,7 +457,7 @@ async def timeline(
     info = await ctx.redis.hgetall(ctx.keys.session(site, sid))
     if not info:
         raise ExplorerError("unknown_session", f"site {site!r} has no session {sid!r}", 404)
-    store = EventStore(ctx.redis, ctx.keys)
+    store = EventStore(ctx.redis, ctx.keys, ctx.master, seal=False)
     events = await store.read_events(site, sid, max_events + 1)
     cut = len(events) > max_events
     events = events[:max_events]

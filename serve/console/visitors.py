@@ -21,6 +21,7 @@ from aiohttp import web
 
 from actors.core.retention import Retention
 from cluster.keys import subject_digest
+from cluster.sealing import master_keys
 from cluster.site_rules import SITE_KEY_RE
 from serve.console.audit import record_action
 from serve.console.auth import error
@@ -93,7 +94,7 @@ async def get_access(request: web.Request) -> web.Response:
         return subject
     site, vid = subject
     ctx = request.app["ctx"]
-    doc = await AccessReader(ctx.redis, ctx.keys).visitor(site, vid)
+    doc = await AccessReader(ctx.redis, ctx.keys, master_keys(ctx.settings)).visitor(site, vid)
     digest = subject_digest(site, vid)
     await record_action(
         request, "visitor access document", site=site, visitor=digest, sessions=len(doc["sessions"])

@@ -17,7 +17,16 @@ whole intervention path can be seen working without a key or a network.
 Run alone: ``python -m serve.dev.llm_stub --port 8787`` then set
 ``ANTHROPIC_BASE_URL=http://127.0.0.1:8787`` and any ``ANTHROPIC_API_KEY``.
 
-Limits: no streaming, no tool use, token counts are estimates (4 characters a
+Streaming (``"stream": true``) answers with Server-Sent Events like the real
+API (message_start, content_block_start, ping, content_block_delta..., content_block_stop,
+message_delta, message_stop) at a configurable pace: ``first_token_s`` before
+the first delta and ``tokens_per_s`` after it (0: no pacing), per stub or per
+behaviour. To a help-chat prompt (serve/apps/chat_answer.py) it answers the way
+a grounded model would: it quotes the first excerpt's opening sentences and
+cites its path, or says it does not know when the prompt has no excerpt, so
+grounding can be measured end to end. :func:`cut` ends a stream mid-answer.
+
+Limits: no tool use, token counts are estimates (4 characters a
 token); it checks the request's shape only as far as the real API would
 refuse it (auth header, version header, model, max_tokens, messages).
 """
@@ -74,11 +83,32 @@ class Behaviour:
     retry_after: float | None = None
     shape: str = "json"  # malformed: "json" (not JSON at all) or "shape" (JSON, no content)
     stop_reason: str = "end_turn"
+    first_token_s: float | None = None  # streaming pace; None: the stub's
+    tokens_per_s: float | None = None
+    cut_after: int | None = None  # streaming: drop the connection after this many deltas
 
 
-def ok(text: str | None = None, delay_s: float = 0.0, stop_reason: str = "end_turn") -> Behaviour:
-    """A normal answer, after ``delay_s`` seconds."""
-    return Behaviour("ok", text=text, delay_s=delay_s, stop_reason=stop_reason)
+def ok(
+    text: str | None = None,
+    delay_s: float = 0.0,
+    stop_reason: str = "end_turn",
+    first_token_s: float | None = None,
+    tokens_per_s: float | None = None,
+) -> Behaviour:
+    """A normal answer, after ``delay_s`` seconds (streamed: at the given pace)."""
+    return Behaviour(
+        "ok",
+        text=text,
+        delay_s=delay_s,
+        stop_reason=stop_reason,
+        first_token_s=first_token_s,
+        tokens_per_s=tokens_per_s,
+    )
+
+
+def cut(after: int, text: str | None = None) -> Behaviour:
+    """A streamed answer whose connection drops after ``after`` text deltas."""
+    return Behaviour("ok", text=text, cut_after=after)
 
 
 def error(status: int, retry_after: float | None = None, delay_s: float = 0.0) -> Behaviour:
@@ -147,11 +177,44 @@ def demo_nudge(system: str, user: str, rng: random.Random) -> str:
     return candidates[-1][:200]
 
 
+CHAT_MARKER = "You are the help chat of a website."  # serve/apps/chat_answer.py's system prompt
+CHAT_DONT_KNOW = "I don't know the answer to that from our help pages."
+
+
+def demo_chat(last_user: str) -> str:
+    """Answer a help-chat prompt from its first excerpt: quote its opening, cite its path."""
+    m = re.search(r"^\[1\] (.+) \((/[^)\s]*)\)\n(.+)$", last_user, flags=re.MULTILINE)
+    if not m:
+        return CHAT_DONT_KNOW
+    url, excerpt = m.group(2), m.group(3).strip()
+    sentences = re.split(r"(?<=[.!?])\s", excerpt)
+    answer = sentences[0]
+    if len(sentences) > 1 and len(answer) + len(sentences[1]) < 260:
+        answer += " " + sentences[1]
+    return f"{answer} More in our guide: {url}"
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(b.get("text", "") for b in content if isinstance(b, dict))
+    return ""
+
+
 class StubLLM:
     """The scriptable Messages API server. One instance, one port."""
 
-    def __init__(self, api_key: str | None = None, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        api_key: str | None = None,
+        seed: int | None = None,
+        first_token_s: float = 0.0,
+        tokens_per_s: float = 0.0,
+    ) -> None:
         self.api_key = api_key  # if set, requests must present exactly this key
+        self.first_token_s = first_token_s  # streaming pace (0: as fast as possible)
+        self.tokens_per_s = tokens_per_s
         self.script: deque[Behaviour] = deque()
         self.requests: list[dict[str, Any]] = []
         self.url = ""
@@ -254,18 +317,101 @@ class StubLLM:
                     text='{"id": "msg_broken", "content": [', content_type="application/json"
                 )
             return web.json_response({"id": "msg_x", "type": "message", "role": "assistant"})
-        return web.json_response(self._message(body, beh))
+        message = self._message(body, beh)
+        if body.get("stream") is True:
+            return await self._stream(request, message, beh)
+        return web.json_response(message)
+
+    async def _stream(
+        self, request: web.Request, message: dict[str, Any], beh: Behaviour
+    ) -> web.StreamResponse:
+        """Send ``message`` as the real API's Server-Sent Events, paced like a model."""
+        resp = web.StreamResponse(
+            headers={
+                "content-type": "text/event-stream",
+                "cache-control": "no-cache",
+                "request-id": f"req_{uuid.uuid4().hex[:24]}",
+            }
+        )
+        await resp.prepare(request)
+
+        async def event(kind: str, data: dict[str, Any]) -> None:
+            await resp.write(f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode())
+
+        try:
+            return await self._events(request, resp, event, message, beh)
+        except ConnectionError:  # aiohttp.ClientConnectionResetError among them
+            return resp  # the client went away mid-stream (it gave up, or refused the text)
+
+    async def _events(
+        self,
+        request: web.Request,
+        resp: web.StreamResponse,
+        event: Any,
+        message: dict[str, Any],
+        beh: Behaviour,
+    ) -> web.StreamResponse:
+
+        text = message["content"][0]["text"]
+        start = {**message, "content": [], "stop_reason": None}
+        start["usage"] = {**message["usage"], "output_tokens": 1}
+        await event("message_start", {"type": "message_start", "message": start})
+        await event(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        )
+        await event("ping", {"type": "ping"})
+        first = self.first_token_s if beh.first_token_s is None else beh.first_token_s
+        rate = self.tokens_per_s if beh.tokens_per_s is None else beh.tokens_per_s
+        loop = asyncio.get_running_loop()
+        t0 = loop.time() + first
+        for i, tok in enumerate(re.findall(r".{1,4}", text, flags=re.S)):
+            if beh.cut_after is not None and i >= beh.cut_after:
+                request.transport.close()  # type: ignore[union-attr]  # the connection drops
+                return resp
+            due = t0 + (i / rate if rate > 0 else 0.0)
+            wait = due - loop.time()
+            if wait > 0:
+                try:
+                    await asyncio.wait_for(self._closing.wait(), wait)
+                    return resp  # closing: stop mid-stream
+                except asyncio.TimeoutError:
+                    pass
+            await event(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": tok},
+                },
+            )
+        await event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        await event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                "usage": {"output_tokens": message["usage"]["output_tokens"]},
+            },
+        )
+        await event("message_stop", {"type": "message_stop"})
+        await resp.write_eof()
+        return resp
 
     def _message(self, body: dict[str, Any], beh: Behaviour) -> dict[str, Any]:
-        system = body.get("system") if isinstance(body.get("system"), str) else ""
-        user = ""
-        for msg in body["messages"]:
-            content = msg.get("content") if isinstance(msg, dict) else None
-            if isinstance(content, str):
-                user += content
-            elif isinstance(content, list):
-                user += "".join(b.get("text", "") for b in content if isinstance(b, dict))
-        text = beh.text if beh.text is not None else demo_nudge(system, user, self._rng)
+        system = _text_of(body.get("system"))
+        msgs = [m for m in body["messages"] if isinstance(m, dict)]
+        user = "".join(_text_of(m.get("content")) for m in msgs)
+        if beh.text is not None:
+            text = beh.text
+        elif system.startswith(CHAT_MARKER):
+            text = demo_chat(_text_of(msgs[-1].get("content")) if msgs else "")
+        else:
+            text = demo_nudge(system, user, self._rng)
         stop = beh.stop_reason
         out_tokens = _tokens(text)
         if out_tokens > body["max_tokens"]:
@@ -292,16 +438,22 @@ class StubLLM:
 
 
 async def start_stub_server(
-    host: str = "127.0.0.1", port: int = 0, api_key: str | None = None
+    host: str = "127.0.0.1",
+    port: int = 0,
+    api_key: str | None = None,
+    first_token_s: float = 0.0,
+    tokens_per_s: float = 0.0,
 ) -> StubLLM:
     """Start the stub in the running event loop (the demo's LLM); ``.url``, ``await .stop()``."""
-    stub = StubLLM(api_key=api_key)
+    stub = StubLLM(api_key=api_key, first_token_s=first_token_s, tokens_per_s=tokens_per_s)
     await stub.start(host, port)
     return stub
 
 
-async def _serve_forever(host: str, port: int) -> None:
-    stub = await start_stub_server(host, port)
+async def _serve_forever(host: str, port: int, first_token_s: float, tokens_per_s: float) -> None:
+    stub = await start_stub_server(
+        host, port, first_token_s=first_token_s, tokens_per_s=tokens_per_s
+    )
     url = stub.url
     print(
         f"Anthropic Messages API stand-in listening at {url} (set ANTHROPIC_BASE_URL={url})",
@@ -318,9 +470,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8787)
+    p.add_argument("--first-token-s", type=float, default=0.0, help="streaming: first delta after")
+    p.add_argument("--tokens-per-s", type=float, default=0.0, help="streaming pace (0: none)")
     a = p.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_forever(a.host, a.port))
+        asyncio.run(_serve_forever(a.host, a.port, a.first_token_s, a.tokens_per_s))
     return 0
 
 

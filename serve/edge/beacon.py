@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from actors.core.sites import Site
+from cluster.sealing import KeyUnavailable
 from serve.edge.peer import Peer
 from serve.edge.pipeline import AppendSink, Pipeline
 from serve.edge.protocol import Connection, HelloRequest, Limits, TokenBucket, error
@@ -104,6 +105,10 @@ class Beacons:
             "now": body.get("now"),
             "events": body.get("events"),
         }
+        try:  # the session's data key, once per beacon (its events are logged sealed)
+            sealer = await self.store.sealer_of(site.key, req.sid)
+        except KeyUnavailable:
+            return 503, error("overloaded", "the store cannot open this session now", sid=req.sid)
         seq = info.seq
         # A beacon can race the page's own socket, or another beacon, for the same
         # session: when the store says it already holds more, plan again from there.
@@ -114,6 +119,7 @@ class Beacons:
             welcome = conn.accept_hello(req, True, seq)
             if welcome["t"] != "welcome":
                 return 403, welcome
+            conn.sessions[req.sid].sealer = sealer
             plan = conn.events(frame, int(time.time() * 1000))
             if isinstance(plan, dict):
                 return 400, plan

@@ -37,6 +37,7 @@ from actors.shard.link import LinkTLS, ShardLink
 from cluster.keys import Keys
 from cluster.loops import Supervisor
 from cluster.redis_server import async_client
+from cluster.sealing import MasterKeys
 from cluster.site_rules import SiteRules
 from cluster.tracing import Tracing
 from serve.edge import metrics
@@ -77,11 +78,15 @@ class Gateway:
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
         half_open_per_ip: int = HALF_OPEN_PER_IP,
         tracing: Tracing | None = None,
+        master: MasterKeys | None = None,
+        seal: bool = True,
     ) -> None:
+        """``master``: the event log's master keys (cluster/sealing.py); with ``seal``, each
+        session's events are logged sealed under its subject's data key. None: plaintext."""
         self.id = uuid.uuid4().hex[:12]
         self.keys = Keys(prefix)
         self.redis = async_client(redis_url)
-        self.store = EventStore(self.redis, self.keys, sites)
+        self.store = EventStore(self.redis, self.keys, master, seal, sites)
         self.shards = shards
         tls = LinkTLS.from_env()  # the cluster's, as the shards read it
         self.links = [ShardLink(shard, self.id, tls) for shard in shards]
@@ -287,16 +292,18 @@ class Gateway:
             return
         # Atomic in Redis: of two hellos racing for a fresh id (two sites, or two
         # tabs without a token) one creates the session and the other is refused.
-        status, seq = await self.store.claim(
+        status, seq, sealer = await self.store.open_session(
             req.sid, peer.conn.site, req.consent, req.token is not None, req.vid
         )
         if status != "ok":
             peer.conn.sessions.pop(req.sid, None)
             peer.send(error(*CLAIM_REFUSALS[status], sid=req.sid))
             return
-        if seq != info.seq:  # another connection appended meanwhile: start from what is durable
-            cursor = peer.conn.sessions[req.sid]
-            cursor.acked, cursor.next = seq, seq + 1
+        cursor = peer.conn.sessions.get(req.sid)
+        if cursor is not None:
+            cursor.sealer = sealer  # once per hello: every event frame of the session uses it
+        if seq != info.seq and cursor is not None:  # another connection appended meanwhile:
+            cursor.acked, cursor.next = seq, seq + 1  # start from what is durable
             reply["acked"] = seq
         if peer not in self.peers:
             return  # the socket went away while Redis answered

@@ -221,7 +221,9 @@ class Pipeline:
         error frame, as validation would have refused them.
         """
         try:
-            return Append.of(sink.peer.conn.site, plan.sid, plan.first, plan.last, plan.append)
+            return Append.of(
+                sink.peer.conn.site, plan.sid, plan.first, plan.last, plan.append, plan.sealer
+            )
         except (ValueError, TypeError, OverflowError) as exc:
             log.error("events of one frame could not be packed (%s): refused", type(exc).__name__)
             for ev in plan.append:

@@ -40,6 +40,9 @@ CLAIM_REFUSALS = {
     "needs_token": ("bad_token", "this session exists: resuming needs its token"),
     "other_visitor": ("bad_vid", "this session belongs to another visitor"),
     "erased": ("erased", "this visitor's or session's data was erased: start afresh"),
+    # The session's data key is wrapped by a master key this gateway lacks (a
+    # rotation dropped it too early): the store failed, as far as the client knows.
+    "key_unavailable": ("overloaded", "the store cannot open this session now: retry later"),
 }
 # Where a consent change came from (a consent frame's optional ``via``): the site's
 # consent banner, or the page's own code through the client API.
@@ -195,6 +198,9 @@ class Cursor:
     scored: int = 0  # highest seq the shard has scored (and queued interventions for)
     vid: str | None = None  # the visitor the hello named (pseudonymous, first-party)
     via: str = "change"  # the source of its latest consent change (a consent frame's via)
+    # The session's data key (cluster/sealing.py Sealer), set by the shell on the
+    # hello: its events are sealed with it on their way to the log. None: plaintext.
+    sealer: Any = None
 
 
 @dataclass
@@ -219,6 +225,7 @@ class EventsPlan:
     # The session's consent when the frame was validated: what its events go to
     # the shard with, even if the session has left this connection by then.
     consent: list[str] | tuple[str, ...] = ()
+    sealer: Any = None  # the session's Sealer when the frame was validated (see Cursor)
 
 
 class Connection:
@@ -410,7 +417,7 @@ class Connection:
                     )
                 )
             offset = now_ms - int(client_now)
-        plan = EventsPlan(cursor.sid, consent=cursor.consent)
+        plan = EventsPlan(cursor.sid, consent=cursor.consent, sealer=cursor.sealer)
         expected = cursor.next
         for raw in raw_events:
             seq = raw.get("seq") if isinstance(raw, dict) else None

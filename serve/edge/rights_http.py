@@ -50,7 +50,8 @@ class RightsEndpoints:
     def reader(self) -> AccessReader:
         """Made on first use, over the gateway's Redis client."""
         if self._reader is None:
-            self._reader = AccessReader(self.gateway.redis, self.gateway.keys)
+            gw = self.gateway
+            self._reader = AccessReader(gw.redis, gw.keys, gw.store.master)
         return self._reader
 
     def routes(self, app: web.Application) -> None:

@@ -10,11 +10,18 @@ script call (one round trip).
 
 Durability is Redis's: run it with AOF (``appendfsync everysec`` or
 ``always``) where losing the last second of acknowledged events matters.
+
+Encryption at rest (cluster/sealing.py): a gateway that seals gets each
+session's data key on its hello, in the session script's round trip, and
+appends each run sealed under it with the subject's reference (field ``k``);
+the shard gets the plaintext payload over its link. Readers open entries
+with the keys Redis holds when they read.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Sequence
 from typing import Any, NamedTuple
@@ -24,9 +31,12 @@ import redis.asyncio as aioredis
 
 from actors.core.retention import Retention
 from actors.core.sites import Site
-from cluster.keys import CONSENT_RECORDS_MAX, Keys, subject_digest
+from cluster.keys import CONSENT_RECORDS_MAX, DATA_KEY_TTL_S, SESSION_TTL_S, Keys, subject_digest
 from cluster.redis_server import script_arg
+from cluster.sealing import KeyUnavailable, MasterKeys, Opener, Sealer
 from serve.edge.resp import ScriptCaller
+
+log = logging.getLogger("lifeline.store")
 
 READ_PAGE_ENTRIES = 128  # stream entries per read of read_events(limit=...)
 # For a site the store has not been told of (tests, a site just removed).
@@ -44,26 +54,34 @@ def visitor_ttl(keep: Retention) -> int:
     return keep.sessions + min(keep.sessions, VISITOR_SLACK_S)
 
 
+def data_key_ttl(keep: Retention) -> int:
+    """The TTL of a data key: its site's event-log retention and the margin of
+    ``DATA_KEY_TTL_S`` (cluster/keys.py), so it outlives the logs it seals."""
+    return keep.events + DATA_KEY_TTL_S - SESSION_TTL_S
+
+
 # One call appends the runs of many sessions (one append round of the gateway).
-# ARGV[1] is one msgpack array: the TTL table (one [events TTL, sessions TTL] per
-# site of the call: the sites' retention, cheap per call and nothing per event),
-# the event-log key prefix, the session-hash key prefix, then for each run: sid,
-# first consumed seq, last consumed seq, payload ('' when every event of the run
-# was refused), first and last appended seq, and its site's index in the TTL table
-# (1-based). One packed argument instead of seven per run: redis-py built and encoded
-# every argument in Python, ~10 % of a gateway's CPU (py-spy, 2026-11-21).
+# ARGV[1] is one msgpack array: the TTL table (one [events, sessions, data key] TTL
+# row per site of the call: the sites' retention, cheap per call and nothing per
+# event), the event-log key prefix, the session-hash key prefix, the data-key
+# prefix, then for each run: sid, first consumed seq, last consumed seq, payload
+# ('' when every event of the run was refused; sealed when the run names its data
+# key), first and last appended seq, the run's subject reference ('site:subject',
+# '' for a plaintext run) and its site's row in the TTL table (1-based). One packed
+# argument instead of eight per run: redis-py built and encoded every argument in Python, ~10 % of a gateway's CPU (py-spy, 2026-11-21).
 # Returns, for each run, the durable seq and 1 if the run was appended, else 0
 # (it did not start right after the durable seq). Runs of one session are
 # applied in order. The script names its keys itself, so it needs a standalone
 # Redis (on Redis Cluster the session keys would need a shared hash tag).
 # TTLs are refreshed when a session's seq crosses a multiple of 64 (the TTL is
 # days), and the stream's the first time it gets an entry (field 'log_ttl'): two
-# EXPIREs per run were ~40 % of the script's calls.
+# EXPIREs per run were ~40 % of the script's calls. The data key's TTL is refreshed
+# with them, so it outlives the logs it seals.
 APPEND_LUA = """
 local arg = cmsgpack.unpack(ARGV[1])
-local ttls, ev_prefix, s_prefix = arg[1], arg[2], arg[3]
+local ttls, ev_prefix, s_prefix, dk_prefix = arg[1], arg[2], arg[3], arg[4]
 local out = {}
-for i = 4, #arg, 7 do
+for i = 5, #arg, 8 do
   local sid = arg[i]
   local stream, hash = ev_prefix .. sid, s_prefix .. sid
   local state = redis.call('HMGET', hash, 'seq', 'log_ttl')
@@ -73,10 +91,18 @@ for i = 4, #arg, 7 do
     out[#out + 1] = cur
     out[#out + 1] = 0
   else
-    local ttl = ttls[arg[i + 6]]
+    local ttl = ttls[arg[i + 7]]
     local refresh = math.floor(last / 64) ~= math.floor(cur / 64) or cur == 0
     if arg[i + 3] ~= '' then
-      redis.call('XADD', stream, '*', 'f', arg[i + 4], 'l', arg[i + 5], 'ev', arg[i + 3])
+      local ref = arg[i + 6]
+      if ref ~= '' then
+        redis.call('XADD', stream, '*', 'f', arg[i + 4], 'l', arg[i + 5], 'ev', arg[i + 3], 'k', ref)
+        if refresh then
+          redis.call('EXPIRE', dk_prefix .. ref, ttl[3])
+        end
+      else
+        redis.call('XADD', stream, '*', 'f', arg[i + 4], 'l', arg[i + 5], 'ev', arg[i + 3])
+      end
       if refresh or not state[2] then
         redis.call('EXPIRE', stream, ttl[1])
         redis.call('HSET', hash, 'seq', last, 'log_ttl', 1)
@@ -97,6 +123,18 @@ return out
 """
 
 
+# One subject's data key, made once: two gateways racing for a fresh subject both
+# offer a random candidate, the first SET NX wins, and both read the winner back.
+# Each use refreshes its TTL (cluster/keys.py DATA_KEY_TTL_S).
+DATA_KEY_FN = """
+local function data_key(name, candidate, ttl)
+  redis.call('SET', name, candidate, 'NX', 'EX', ttl)
+  redis.call('EXPIRE', name, ttl)
+  return redis.call('GET', name)
+end
+"""
+
+
 # A session's hello or consent change. ARGV: 1 session hash, 2 the session's
 # consent-record stream, 3 site, 4 consent (JSON), 5 now (ms), 6 sessions TTL,
 # 7 consent-proof TTL, 8 records kept, 9 mode ('hello' or 'change'), 10 whether
@@ -106,7 +144,10 @@ return out
 # record's key prefix and 18 the visitor consent records' ("{p}v:{site}:",
 # "{p}vc:{site}:"), 19 the record's source (via: hello, banner, api, change),
 # 20 the site's consent policy version, 21 the TTL of the visitor's record and
-# sessions list (:func:`visitor_ttl`).
+# sessions list (:func:`visitor_ttl`). With ARGV[22] (the data-key prefix; '' or
+# absent when the gateway does not seal), a welcomed hello also returns its
+# subject's reference and wrapped data key, creating it from the candidate
+# ARGV[23] if it has none (DATA_KEY_FN), TTL ARGV[24].
 # A sid belongs to the site whose hello created its session: the owner key is
 # set once, here, and a hello from any other site is refused. A session belongs
 # to one visitor the same way: its hash's vid is set by the first hello that
@@ -117,8 +158,11 @@ return out
 # records to its own stream, when the session's changes. When a session first
 # gets its visitor, its own records move to the visitor's (the migration of the
 # per-session records: sessions without a visitor keep theirs).
-SESSION_LUA = """
+SESSION_LUA = (
+    DATA_KEY_FN
+    + """
 local h, cl, site, consent, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local sealing = nil
 local owner = redis.call('GET', ARGV[11])
 if owner and owner ~= site then
   return {'other_site', 0}
@@ -167,6 +211,9 @@ if mode == 'hello' then
   end
   redis.call('SET', ARGV[11], site, 'EX', ARGV[6])
   redis.call('EXPIRE', h, ARGV[6])
+  if ARGV[22] and ARGV[22] ~= '' then
+    sealing = site .. ':' .. (had or ARGV[14])
+  end
 elseif not seq then
   return {'unknown', 0}
 end
@@ -188,8 +235,25 @@ elseif stored ~= consent then
     'site', site, 'via', ARGV[19], 'policy', ARGV[20])
   redis.call('EXPIRE', cl, ARGV[7])
 end
+if sealing then
+  return {'ok', tonumber(seq), sealing, data_key(ARGV[22] .. sealing, ARGV[23], ARGV[24])}
+end
 return {'ok', tonumber(seq)}
 """
+)
+
+# The data key of an existing session's subject (a beacon's append): the
+# visitor's if the session hash names one, else the session's; created from
+# the candidate if missing. ARGV: session hash, site, sid, data-key prefix,
+# candidate, TTL. Returns the subject reference and the wrapped key.
+DATA_KEY_LUA = (
+    DATA_KEY_FN
+    + """
+local vid = redis.call('HGET', ARGV[1], 'vid')
+local ref = ARGV[2] .. ':' .. (vid or ARGV[3])
+return {ref, data_key(ARGV[4] .. ref, ARGV[5], ARGV[6])}
+"""
+)
 
 
 class SessionInfo(NamedTuple):
@@ -214,30 +278,63 @@ class Append(NamedTuple):
     payload: bytes  # the accepted events, normalised, in order, as msgpack ('' for none)
     ev_first: int = 0  # seq of the first and last accepted event (0: none)
     ev_last: int = 0
+    sealed: bytes = b""  # the payload sealed under the subject's data key (with ``ref``)
+    ref: str = ""  # the subject reference of ``sealed`` ('' : the log gets the plaintext)
 
     @classmethod
     def of(
-        cls, site: str, sid: str, first: int, last: int, events: Sequence[dict[str, Any]]
+        cls,
+        site: str,
+        sid: str,
+        first: int,
+        last: int,
+        events: Sequence[dict[str, Any]],
+        sealer: Sealer | None = None,
     ) -> Append:
-        """Pack the events once: the same bytes go to the log and to the shard."""
+        """Pack the events once: the plaintext goes to the shard, sealed (with ``sealer``) to the log."""
         if not events:
             return cls(site, sid, first, last, b"")
         packed = msgpack.packb(events)
-        return cls(site, sid, first, last, packed, events[0]["seq"], events[-1]["seq"])
+        if sealer is None:
+            return cls(site, sid, first, last, packed, events[0]["seq"], events[-1]["seq"])
+        return cls(
+            site,
+            sid,
+            first,
+            last,
+            packed,
+            events[0]["seq"],
+            events[-1]["seq"],
+            sealer.seal(packed),
+            sealer.ref,
+        )
 
 
 class EventStore:
     """Appends to and reads from the event log; one instance per gateway process."""
 
-    def __init__(self, r: aioredis.Redis, keys: Keys, sites: dict[str, Site] | None = None) -> None:
+    def __init__(
+        self,
+        r: aioredis.Redis,
+        keys: Keys,
+        master: MasterKeys | None = None,
+        seal: bool = True,
+        sites: dict[str, Site] | None = None,
+    ) -> None:
+        """``master``: the master keys (cluster/sealing.py) that open sealed entries, and
+        seal new ones when ``seal``; None: plaintext only (sealed entries read as unreadable).
+        ``sites``: the sites in force, for their retention and consent policy (the gateway
+        replaces the dict whole when the rules change)."""
         self.r = r
         self.keys = keys
-        # The sites in force, for their retention and consent policy; the gateway
-        # replaces the dict whole when the rules change.
         self.sites: dict[str, Site] = sites or {}
+        self.master = master
+        self.sealing = master if seal else None  # writers seal iff set
         # The hot path's one call, on a connection of its own (serve/edge/resp.py says why).
         self._append = ScriptCaller(r, APPEND_LUA)
         self._session_script = r.register_script(SESSION_LUA)
+        self._data_key_script = r.register_script(DATA_KEY_LUA)
+        self.unreadable = 0  # entries read_events could not open (their data key is gone)
 
     async def session_info(self, site: str, sid: str) -> SessionInfo:
         """What the store holds of ``site``'s session ``sid``: whether it exists, durable seq, consent."""
@@ -251,6 +348,13 @@ class EventStore:
     async def claim(
         self, sid: str, site: str, consent: list[str], token: bool, vid: str | None = None
     ) -> tuple[str, int]:
+        """:meth:`open_session` without its sealer: ("ok", durable seq) or a refusal."""
+        status, seq, _sealer = await self.open_session(sid, site, consent, token, vid)
+        return status, seq
+
+    async def open_session(
+        self, sid: str, site: str, consent: list[str], token: bool, vid: str | None = None
+    ) -> tuple[str, int, Sealer | None]:
         """Open ``sid`` for ``site`` on a hello, atomically: ("ok", durable seq) or a refusal.
 
         Creates the session if it does not exist, for ``site``. Refuses with
@@ -262,11 +366,50 @@ class EventStore:
         seq) one bound to another) and adds it to the visitor's sessions.
         Records the consent if it changed (see :meth:`record_consent`).
         Refuses with ("erased", 0) a session or visitor whose data was erased.
+
+        When this store seals, the same call gets (or creates) the data key of
+        the session's subject (its visitor, else itself) and returns it
+        unwrapped as a :class:`~cluster.sealing.Sealer`, once per hello; a key
+        that no master key opens refuses the hello with ("key_unavailable", seq).
         """
-        status, seq = await self._session_script(
-            args=self._session_args(sid, site, consent, "hello", token, vid, "hello")
+        sealing = self.sealing
+        args = self._session_args(sid, site, consent, "hello", token, vid, "hello")
+        if sealing is not None:
+            args += [
+                self.keys.script_prefixes()["dk"],
+                sealing.new_wrapped(site),
+                data_key_ttl(self.retention(site)),
+            ]
+        reply = await self._session_script(args=args)
+        status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+        seq = int(reply[1])
+        if sealing is None or len(reply) < 4:
+            return status, seq, None
+        try:
+            return status, seq, sealing.sealer(reply[2], reply[3])
+        except KeyUnavailable as exc:
+            log.error("session's data key does not open: %s", exc)
+            return "key_unavailable", seq, None
+
+    async def sealer_of(self, site: str, sid: str) -> Sealer | None:
+        """The sealer of an existing session's subject (a beacon's), or None when not sealing.
+
+        Raises :class:`~cluster.sealing.KeyUnavailable` when no master key opens it.
+        """
+        sealing = self.sealing
+        if sealing is None:
+            return None
+        ref, wrapped = await self._data_key_script(
+            args=[
+                self.keys.session(site, sid),
+                site,
+                sid,
+                self.keys.script_prefixes()["dk"],
+                sealing.new_wrapped(site),
+                data_key_ttl(self.retention(site)),
+            ]
         )
-        return (status.decode() if isinstance(status, bytes) else status), int(seq)
+        return sealing.sealer(ref, wrapped)
 
     async def record_consent(
         self, sid: str, site: str, consent: list[str], via: str = "change"
@@ -365,16 +508,25 @@ class EventStore:
         p = self.keys.script_prefixes()
         ttls: list[list[int]] = []
         index: dict[str, int] = {}  # site -> its row of ttls (1-based, as Lua counts)
-        arg: list[Any] = [ttls, p["ev"], p["s"]]
-        for site, sid, first, last, payload, ev_first, ev_last in runs:
+        arg: list[Any] = [ttls, p["ev"], p["s"], p["dk"]]
+        for site, sid, first, last, payload, ev_first, ev_last, sealed, ref in runs:
             i = index.get(site)
             if i is None:
                 keep = self.retention(site)
-                ttls.append([keep.events, keep.sessions])
+                ttls.append([keep.events, keep.sessions, data_key_ttl(keep)])
                 i = index[site] = len(ttls)
             # f"{site}:{sid}" is Keys.session_id inlined: the call and the attribute
-            # reads per run were a sixth of this function (64 runs: 23 us before, 20 now).
-            arg += (f"{site}:{sid}", first, last, payload, ev_first, ev_last, i)
+            # reads per run were a sixth of this function.
+            arg += (
+                f"{site}:{sid}",
+                first,
+                last,
+                sealed if ref else payload,
+                ev_first,
+                ev_last,
+                ref,
+                i,
+            )
         return script_arg(arg)
 
     def close(self) -> None:
@@ -387,20 +539,24 @@ class EventStore:
         """Every logged event of a session, in order (tests, export, recovery checks).
 
         With ``limit``, its first ``limit`` events only, read a page of
-        entries at a time, so a very long session is not read whole.
+        entries at a time, so a very long session is not read whole. Sealed
+        entries are opened with the data keys Redis holds now; an entry whose
+        key is gone (the visitor was erased) is left out and counted in
+        ``unreadable``.
         """
         key = self.keys.events(site, sid)
-        if limit is None:
-            out: list[dict[str, Any]] = []
-            for _eid, fields in await self.r.xrange(key):
-                out.extend(msgpack.unpackb(fields[b"ev"]))
-            return out
-        out, start = [], "-"
-        while len(out) < limit:
-            page = await self.r.xrange(key, min=start, count=READ_PAGE_ENTRIES)
-            for _eid, fields in page:
-                out.extend(msgpack.unpackb(fields[b"ev"]))
-            if len(page) < READ_PAGE_ENTRIES:
+        opener = Opener(self.keys, self.master)
+        out: list[dict[str, Any]] = []
+        start = "-"
+        while limit is None or len(out) < limit:
+            page = await self.r.xrange(
+                key, min=start, count=None if limit is None else READ_PAGE_ENTRIES
+            )
+            for payload in await opener.aopen_entries(self.r, page):
+                if payload is not None:
+                    out.extend(msgpack.unpackb(payload))
+            if limit is None or len(page) < READ_PAGE_ENTRIES:
                 break
             start = "(" + page[-1][0].decode()
-        return out[:limit]
+        self.unreadable += opener.unreadable
+        return out if limit is None else out[:limit]

@@ -12,8 +12,11 @@ entries (``id`` plus fields), event logs as the decoded events, msgpack
 strings decoded; JSON-valued fields (consent, reasons, drivers) stay the
 strings they are. Bytes that are not UTF-8 are given as ``{"base64": ...}``.
 A ``secret`` family (a data key) is never exported: only whether it exists.
-``decode_events`` is the hook for stored payloads that are not plain msgpack
-(encryption at rest): it gets the site, the subject and the entry's ``ev`` bytes.
+Event-log entries sealed at rest (cluster/sealing.py) are opened with the
+subjects' data keys Redis holds now and the given master keys; an entry
+that cannot be opened is left out and counted in the session's
+``unreadable_entries``. A ``list`` family (chat memory) is its elements,
+JSON-decoded with codec ``json``.
 
 Limits: the document is built in memory; a visitor's sessions are read a
 page at a time (no SCAN), and each stream in pages of ``READ_PAGE`` entries.
@@ -22,25 +25,19 @@ page at a time (no SCAN), and each stream in pages of ``READ_PAGE`` entries.
 from __future__ import annotations
 
 import base64
+import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 import msgpack
 import redis.asyncio as aioredis
 
 from cluster.keys import SUBJECT_FAMILIES, KeyFamily, Keys
+from cluster.sealing import MasterKeys, Opener
 
 ACCESS_SCHEMA = "lifeline.access/1"
 READ_PAGE = 1000
 SESSIONS_PAGE = 100
-
-# (site, subject, packed events) -> events; the default reads plain msgpack.
-EventDecoder = Callable[[str, str, bytes], list[Any]]
-
-
-def _plain_events(site: str, subject: str, packed: bytes) -> list[Any]:
-    return msgpack.unpackb(packed)
 
 
 def jsonable(value: Any) -> Any:
@@ -60,19 +57,17 @@ def jsonable(value: Any) -> Any:
 class AccessReader:
     """Builds access documents from one Redis; one per process that answers access requests."""
 
-    def __init__(
-        self, r: aioredis.Redis, keys: Keys, decode_events: EventDecoder | None = None
-    ) -> None:
+    def __init__(self, r: aioredis.Redis, keys: Keys, master: MasterKeys | None = None) -> None:
         self.r = r
         self.keys = keys
-        self.decode_events = decode_events or _plain_events
+        self.master = master  # opens event-log entries sealed at rest
 
     async def visitor(self, site: str, vid: str) -> dict[str, Any]:
         """The document of visitor ``vid`` of ``site``: their keys and every session's."""
         doc = self._head(site, vid=vid, sid=None)
         for fam in SUBJECT_FAMILIES:
             if fam.scope == "visitor":
-                doc[fam.name] = await self._read(fam, site, vid, vid)
+                doc[fam.name] = await self._read(fam, site, vid, None)
         vs = self.keys.visitor_sessions(site, vid)
         start = 0
         while True:
@@ -106,9 +101,11 @@ class AccessReader:
         out: dict[str, Any] = {"sid": sid}
         if created is not None:
             out["created"] = created
+        opener = Opener(self.keys, self.master)  # per session: an erasure meanwhile is seen
         for fam in SUBJECT_FAMILIES:
             if fam.scope == "session":
-                out[fam.name] = await self._read(fam, site, sid, sid)
+                out[fam.name] = await self._read(fam, site, sid, opener)
+        out["unreadable_entries"] = opener.unreadable
         iids = sorted(out.get("decision_ids") or [])
         pipe = self.r.pipeline(transaction=False)
         for iid in iids:
@@ -120,7 +117,7 @@ class AccessReader:
         ]
         return out
 
-    async def _read(self, fam: KeyFamily, site: str, subject: str, owner: str) -> Any:
+    async def _read(self, fam: KeyFamily, site: str, subject: str, opener: Opener | None) -> Any:
         """One family's key of ``subject``, read by its Redis type and codec."""
         key = self.keys.family(fam, site, subject)
         r = self.r
@@ -137,19 +134,25 @@ class AccessReader:
             return sorted(jsonable(list(await r.smembers(key))))
         if fam.kind == "zset":
             return [[jsonable(m), s] for m, s in await r.zrange(key, 0, -1, withscores=True)]
+        if fam.kind == "list":
+            items = await r.lrange(key, 0, -1)
+            return [json.loads(x) if fam.codec == "json" else jsonable(x) for x in items]
         if fam.kind == "stream":
-            return await self._stream(key, fam, site, owner)
+            return await self._stream(key, fam, opener)
         raise ValueError(f"key family {fam.name}: unknown kind {fam.kind!r}")
 
-    async def _stream(self, key: str, fam: KeyFamily, site: str, owner: str) -> list[Any]:
+    async def _stream(self, key: str, fam: KeyFamily, opener: Opener | None) -> list[Any]:
         out: list[Any] = []
         start = "-"
         while True:
             page = await self.r.xrange(key, min=start, count=READ_PAGE)
-            for eid, fields in page:
-                if fam.codec == "events":
-                    out.extend(jsonable(self.decode_events(site, owner, fields[b"ev"])))
-                else:
+            if fam.codec == "events":
+                opener = opener or Opener(self.keys, self.master)
+                for payload in await opener.aopen_entries(self.r, page):
+                    if payload is not None:
+                        out.extend(jsonable(msgpack.unpackb(payload)))
+            else:
+                for eid, fields in page:
                     out.append({"id": eid.decode(), **jsonable(fields)})
             if len(page) < READ_PAGE:
                 return out
