@@ -10,8 +10,8 @@ and outcomes) and snapshot script. Then times
 :meth:`serve.rights.erasure.Eraser.erase_visitor` (announcing the sessions
 on the ``rights`` channel, as an erasure from the console of a process
 without a gateway does; the Forgets themselves are the shards' work, not
-timed here; with ``--stack`` the erasure goes through a running stack's
-gateway instead, which queues a Forget per session to the Ray shards and
+timed here; with ``--stack`` the events are sealed at rest as the stack's gateway
+seals them (cluster/sealing.py), and the erasure goes through its gateway instead, which queues a Forget per session to the Ray shards and
 waits for them, as a visitor's request does). ``--runs`` times each, seeding afresh before each erasure;
 prints JSON with the median and every run (ms). Checks that nothing of the
 visitor is left after each erasure. Uses its own key prefix and deletes it.
@@ -53,17 +53,28 @@ SITE = "demo"
 
 
 async def seed(
-    r: aioredis.Redis, keys: Keys, vid: str, sessions: int, events: int, decisions: int
+    r: aioredis.Redis,
+    keys: Keys,
+    vid: str,
+    sessions: int,
+    events: int,
+    decisions: int,
+    master: Any = None,
 ) -> list[str]:
-    """One visitor's ``sessions`` sessions, written by the service's own scripts; their sids."""
-    store = EventStore(r, keys)
+    """One visitor's ``sessions`` sessions, written by the service's own scripts; their sids.
+
+    With ``master`` (cluster/sealing.py), the events are sealed at rest as a gateway seals them.
+    """
+    store = EventStore(r, keys, master)
     records = ShardRecords(r, keys)
     index = SessionIndex(r, keys, [SITE])
     sids = []
     now = int(time.time() * 1000)
     for n in range(sessions):
         sid = f"s-bench-{uuid.uuid4().hex[:12]}"
-        status, _ = await store.claim(sid, SITE, ["necessary", "analytics"], False, vid)
+        status, _, sealer = await store.open_session(
+            sid, SITE, ["necessary", "analytics"], False, vid
+        )
         assert status == "ok", status
         evs = []
         while len(evs) < events:
@@ -72,7 +83,7 @@ async def seed(
         for i in range(0, events, 50):
             chunk = evs[i : i + 50]
             await store.append_many(
-                [Append.of(SITE, sid, chunk[0]["seq"], chunk[-1]["seq"], chunk)]
+                [Append.of(SITE, sid, chunk[0]["seq"], chunk[-1]["seq"], chunk, sealer)]
             )
         ds = [
             Decision(
@@ -126,17 +137,20 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         stack = Stack(settings)
         await stack.start()
         eraser = stack.gateway.eraser
+        master = stack.gateway.store.sealing  # sealed at rest, as the stack's gateway seals
     else:
         eraser = Eraser(r, keys)
+        master = None
     try:
         for _ in range(args.runs):
             vid = f"v-{uuid.uuid4().hex[:16]}"
-            sids = await seed(r, keys, vid, args.sessions, args.events, args.decisions)
+            sids = await seed(r, keys, vid, args.sessions, args.events, args.decisions, master)
             t0 = time.perf_counter()
-            doc = await AccessReader(r, keys).visitor(SITE, vid)
+            doc = await AccessReader(r, keys, master).visitor(SITE, vid)
             access_ms.append((time.perf_counter() - t0) * 1000)
             sizes.append(len(json.dumps(doc)))
             assert len(doc["sessions"]) == args.sessions
+            assert all(len(s["events"]) == args.events for s in doc["sessions"])
             t0 = time.perf_counter()
             proof = await eraser.erase_visitor(SITE, vid, Retention())
             erase_ms.append((time.perf_counter() - t0) * 1000)
@@ -151,6 +165,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         server.stop()
     return {
         "through": "a running stack's gateway and shards" if args.stack else "Redis only",
+        "sealed_at_rest": master is not None,
         "sessions": args.sessions,
         "events_per_session": args.events,
         "decisions_per_session": args.decisions,
