@@ -279,12 +279,14 @@ async def test_shards_merging_one_visitors_sessions_at_once_both_count(redis_url
 
     import redis.asyncio as aioredis
 
+    from actors.core.retention import Retention
     from actors.shard.profiles import ShardProfiles
-    from cluster.keys import VISITOR_PROFILE_TTL_S, Keys
+    from cluster.keys import Keys, subject_digest
 
     clients = [aioredis.from_url(redis_url) for _ in range(2)]
     keys = Keys(prefix)
-    shards = [ShardProfiles(c, keys) for c in clients]
+    hour = Retention(profiles=3600)  # the site's profiles retention sets the TTL
+    shards = [ShardProfiles(c, keys, lambda site: hour) for c in clients]
     try:
         # Two shards, each ending its own session of the same visitor, concurrently, many times.
         for n in range(10):
@@ -298,11 +300,11 @@ async def test_shards_merging_one_visitors_sessions_at_once_both_count(redis_url
             )
         profile = unpack(await clients[0].get(keys.visitor_profile("demo", "v-aaaaaaaa")))
         assert profile is not None and profile.visits == 20, "no merge lost to another"
-        assert (
-            0
-            < await clients[0].ttl(keys.visitor_profile("demo", "v-aaaaaaaa"))
-            <= (VISITOR_PROFILE_TTL_S)
-        )
+        assert 0 < await clients[0].ttl(keys.visitor_profile("demo", "v-aaaaaaaa")) <= 3600
+        # An erased visitor's profile is never written back by a session that ends later.
+        await clients[0].hset(keys.erased("demo", subject_digest("demo", "v-erased0")), "ts", 1)
+        assert await shards[0].remember([("demo", "v-erased0", summary("s-late"))]) == 0
+        assert await clients[0].exists(keys.visitor_profile("demo", "v-erased0")) == 0
         hist = await shards[0].histories([("s-new", "demo", "v-aaaaaaaa")], T0)
         assert hist["s-new"][0][F["visits_before"]] == 20
         none = await shards[0].histories([("s-x", "demo", "v-bbbbbbbb")], T0)

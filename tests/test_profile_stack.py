@@ -17,7 +17,7 @@ import uuid
 
 from actors.core.features import RETURNING_FEATURES
 from actors.core.profile import FIRST_VISIT, HISTORY_ITEMS, unpack
-from cluster.keys import VISITOR_PROFILE_TTL_S
+from actors.core.retention import PROFILE_TTL_S
 from serve.dev.pyclient import LifelineClient
 from tests.test_spine import ORIGIN, journey, send_all, treated_sid
 
@@ -72,7 +72,9 @@ async def test_a_returning_visitor_is_remembered_only_with_personalisation_conse
     profile = unpack(await r.get(keys.visitor_profile("demo", vid)))
     assert profile is not None and profile.visits == 1
     assert (dismissed, "dismissed") in [(o.kind, o.outcome) for o in profile.offers]
-    assert 0 < await r.ttl(keys.visitor_profile("demo", vid)) <= VISITOR_PROFILE_TTL_S
+    assert (
+        0 < await r.ttl(keys.visitor_profile("demo", vid)) <= PROFILE_TTL_S
+    )  # the demo site keeps profiles the default 180 days
 
     # 2. Next visit with personalisation consent: returning features, no repeat of the kind.
     second, ivs2 = await visit(stack, vid, PERSONAL)

@@ -41,6 +41,7 @@ from actors.core.host import BatchItem, Forget, SessionHost, Visit, unpack_batch
 from actors.core.kinds import KIND
 from actors.core.policy import Decision
 from actors.core.reasons import Driver, top_drivers
+from actors.core.retention import Retention
 from actors.core.sites import Site, load_sites
 from actors.model.scoring import SchemaMismatch, Scorer
 from actors.shard.index import Entry, SessionIndex
@@ -161,9 +162,12 @@ class ShardCore:
         )
         self.redis_url = redis_url
         self.redis = async_client(redis_url)  # used on the I/O loop only
-        self.records = ShardRecords(self.redis, self.keys)
-        self.profiles = ShardProfiles(self.redis, self.keys)  # visitors' memory across visits
-        self.session_index = SessionIndex(self.redis, self.keys, self.sites)  # the explorer's
+        self.records = ShardRecords(self.redis, self.keys, self._retention)
+        self.profiles = ShardProfiles(
+            self.redis, self.keys, self._retention
+        )  # visitors' memory across visits
+        # The explorer's index.
+        self.session_index = SessionIndex(self.redis, self.keys, self.sites, self._retention)
         self.tallies = ShardTallies(
             self.redis, self.keys, self.sites, lambda site: self._rules(site)[1].holdout
         )
@@ -364,6 +368,11 @@ class ShardCore:
             "policy": dataclasses.asdict(s.policy),
             "detectors": dataclasses.asdict(s.detectors),
         }
+
+    def _retention(self, site: str) -> Retention:
+        """``site``'s retention, as its rules now say (the default for a site not configured)."""
+        known = self.sites.get(site)
+        return known.retention if known is not None else Retention()
 
     def _rules(self, site: str):
         s = self.sites.get(site)
@@ -858,6 +867,11 @@ class ShardCore:
         await self._write_snapshots(states, seen)
         if retired:
             await self._remember(retired)
+        if sweep_at is not None:
+            try:  # the decisions' retention, on the intervention log all sites share
+                await self.records.trim_log(list(self.sites), int(time.time() * 1000))
+            except redis.RedisError as exc:
+                log.error("shard %d: intervention-log trim failed: %s", self.index, exc)
         return len(retired)
 
     async def _remember(self, states: Sequence[tuple[str, str, bytes]]) -> None:

@@ -21,7 +21,7 @@ which prevents it for the sessions it knows.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -29,8 +29,9 @@ import redis
 import redis.asyncio as aioredis
 
 from actors.core.profile import SessionSummary, history_of, pack, summary_of, unpack, update
+from actors.core.retention import Retention
 from actors.core.session import Session, SnapshotMismatch
-from cluster.keys import VISITOR_PROFILE_TTL_S, Keys
+from cluster.keys import Keys, subject_digest
 
 log = logging.getLogger("lifeline.shard")
 
@@ -66,9 +67,12 @@ def finished(
 class ShardProfiles:
     """Reads and merges visitor profiles for one shard (on its I/O loop)."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+    def __init__(
+        self, client: aioredis.Redis, keys: Keys, retention: Callable[[str], Retention]
+    ) -> None:
         self.redis = client
         self.keys = keys
+        self.retention = retention  # a site's retention: its profiles' TTL
         self.written = 0  # profiles written
         self.given_up = 0  # merges given up after WRITE_TRIES conflicts
 
@@ -87,9 +91,10 @@ class ShardProfiles:
 
     async def remember(self, sessions: Sequence[Remembered]) -> int:
         """Merge each finished session into its visitor's profile; returns profiles written."""
-        by_key: dict[str, list[SessionSummary]] = {}
+        by_key: dict[str, tuple[str, str, list[SessionSummary]]] = {}
         for site, vid, summary in sessions:
-            by_key.setdefault(self.keys.visitor_profile(site, vid), []).append(summary)
+            key = self.keys.visitor_profile(site, vid)
+            by_key.setdefault(key, (site, vid, []))[2].append(summary)
         keys = list(by_key)
         written = 0
         for i in range(0, len(keys), WRITE_CHUNK):
@@ -97,21 +102,33 @@ class ShardProfiles:
         self.written += written
         return written
 
-    async def _merge(self, by_key: dict[str, list[SessionSummary]]) -> int:
+    async def _merge(self, by_key: dict[str, tuple[str, str, list[SessionSummary]]]) -> int:
         keys = list(by_key)
+        # An erased visitor's proof marker: a session that ends while (or after) its
+        # visitor is erased must not write the profile back (serve/rights/erasure.py).
+        erased = [
+            self.keys.erased(site, subject_digest(site, vid)) for site, vid, _ in by_key.values()
+        ]
         for _ in range(WRITE_TRIES):
             try:
                 async with self.redis.pipeline(transaction=True) as pipe:
-                    await pipe.watch(*keys)
+                    await pipe.watch(*keys, *erased)
                     old = await pipe.mget(keys)
+                    gone = [await pipe.exists(k) for k in erased]  # hashes: MGET reads nil
                     pipe.multi()
-                    for key, data in zip(keys, old, strict=True):
+                    written = 0
+                    for key, data, mark in zip(keys, old, gone, strict=True):
+                        if mark:
+                            continue
+                        site, _vid, summaries = by_key[key]
                         profile = unpack(data)
-                        for summary in sorted(by_key[key], key=lambda s: s.end_ts):
+                        for summary in sorted(summaries, key=lambda s: s.end_ts):
                             profile = update(profile, summary)
-                        pipe.set(key, pack(profile), ex=VISITOR_PROFILE_TTL_S)
+                        ttl = max(1, int(self.retention(site).profiles))
+                        pipe.set(key, pack(profile), ex=ttl)
+                        written += 1
                     await pipe.execute()
-                return len(keys)
+                return written
             except redis.WatchError:
                 continue
         self.given_up += len(keys)
