@@ -128,7 +128,6 @@ async def test_adding_and_removing_a_shard_under_load_loses_and_repeats_nothing(
         await asyncio.sleep(0.05)
     assert not any(v.unacked for v in visitors)
     assert max(moved_after) < 5.0, max(moved_after)
-    print("moved", len(moved_after), "max", max(moved_after), "acked", sum(v.acked for v in visitors), res["errors"])
 
     rows = []
     for v in visitors:
