@@ -17,10 +17,11 @@
 | ``{p}consent:{site}:{sid}`` | stream | the session's consent records: one entry per change (consent, ts, site, via) |
 | ``{p}v:{site}:{vid}`` | hash | a visitor's record (the pseudonymous visitor id of the client, created with analytics consent) |
 | ``{p}vs:{site}:{vid}`` | sorted set | the visitor's sessions: sid by creation time (ms); added by each hello that carries the vid |
-| ``{p}vp:{site}:{vid}`` | string | the visitor's profile across visits (msgpack) |
+| ``{p}vp:{site}:{vid}`` | string | the visitor's profile across visits (msgpack, actors/core/profile.py; at most 4 KB), written by the shards as the visitor's sessions end, with analytics consent; expires the site's profiles retention after the last update |
 | ``{p}vc:{site}:{vid}`` | stream | the visitor's consent records |
 | ``{p}dk:{site}:{subject}`` | string | the data key (AES-256, wrapped by the master key ``LIFELINE_DATA_KEY``) sealing the event-log entries of a subject: a visitor (``vid``), or a session without one (``sid``); expires ``DATA_KEY_TTL_S`` after its last use (cluster/sealing.py) |
-| ``{p}erased:{site}:{digest}`` | hash | the minimal proof of an erasure: no visitor or session id, a digest of the visitor's |
+| ``{p}erased:{site}:{digest}`` | hash | the minimal proof of an erasure (a visitor's: kind, reason, ts, sessions, keys, entries; kept the site's consent-proof period) or the refusal marker of an erased session (kind, ts); named by :func:`subject_digest`, holds no visitor or session id (serve/rights/erasure.py) |
+| ``{p}rights`` | pub/sub channel | erasures: (site, sids) whose sessions every gateway drops and forgets on their shards (serve/rights/erasure.py) |
 | ``{p}tally:d:{site}:{day}`` | hash | the console's counts of one site and UTC day (YYYY-MM-DD): funnel steps, signals by page type, decisions, reactions, conversions, segments (actors/core/tally.py); kept ``TALLY_DAY_TTL_S`` |
 | ``{p}tally:m:{site}:{minute}`` | hash | the same counts (decisions, reactions, conversions, sessions) of one UTC minute (epoch minutes), for the Live page; kept ``TALLY_MINUTE_TTL_S`` |
 | ``{p}push:{gateway}`` | pub/sub channel | intervention updates for one gateway's sockets |
@@ -58,14 +59,13 @@ last ``:`` splits a session id.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-SESSION_TTL_S = 7 * 24 * 3600  # event logs and snapshots are kept a week for training export
-# Consent records outlive the data they cover: they are the proof of a grant
-# and the record of a withdrawal after an erasure. 400 days: a consent is
-# asked again after 13 months (CNIL), and its proof is kept as long.
-CONSENT_TTL_S = 400 * 24 * 3600
+# The default retention, declared with a site's own (actors/core/retention.py).
+from actors.core.retention import CONSENT_TTL_S, PROFILE_TTL_S, SESSION_TTL_S  # noqa: F401
+
 # The console's tallies are sums without session ids: a day's go with the records
 # they sum (a week), a minute's are for the Live page's last hour.
 TALLY_DAY_TTL_S = SESSION_TTL_S
@@ -77,7 +77,65 @@ DATA_KEY_TTL_S = SESSION_TTL_S + 24 * 3600
 # in count and in bytes (serve/apps/chat_memory.py trims the oldest first).
 CHAT_TURNS_MAX = 40
 CHAT_BYTES_MAX = 32 * 1024
-CONSENT_RECORDS_MAX = 256  # per session, so no visitor's changes evict another's records
+# Per visitor (or session), so no visitor's changes evict another's records.
+CONSENT_RECORDS_MAX = 256
+
+
+@dataclass(frozen=True)
+class KeyFamily:
+    """One kind of key that holds a data subject's data: erasure deletes it, access exports it.
+
+    ``tag`` is the key's name part (``{p}{tag}:{site}:{id}``), ``scope``
+    ``session`` (``id`` is a sid) or ``visitor`` (a vid), ``kind`` the Redis
+    type (``string``, ``hash``, ``stream``, ``set``, ``zset``, ``list``), ``codec`` how
+    its values read (``msgpack``: a string or the ``ev``/``state`` fields,
+    ``events``: an event-log stream, sealed or not; ``json``: JSON elements;
+    ``raw``: as stored; ``secret``:
+    never exported, only deleted). A helper that adds a per-session or
+    per-visitor key family (chat memory, say) adds one row to
+    :data:`SUBJECT_FAMILIES` and its method to :class:`Keys`: the erasure
+    and access code (serve/rights/) read this table, nothing else.
+    """
+
+    name: str  # the access document's field
+    tag: str
+    scope: str
+    kind: str
+    codec: str = "raw"
+
+
+# Every family of keys named by a session or a visitor id. Keys that hold a
+# subject's id elsewhere (the intervention records ``iv:{iid}`` and their
+# ``ivlog`` entries, found through ``ivs``; the explorer's ``ix:`` entries; the
+# sid's ``owner`` key) are erased by serve/rights/erasure.py's script itself.
+SUBJECT_FAMILIES: tuple[KeyFamily, ...] = (
+    KeyFamily("session", "s", "session", "hash"),
+    KeyFamily("events", "ev", "session", "stream", "events"),
+    KeyFamily("snapshot", "snap", "session", "string", "msgpack"),
+    KeyFamily("decision_ids", "ivs", "session", "set"),
+    KeyFamily("consent", "consent", "session", "stream"),
+    # The data key of a session without a visitor (encryption at rest): shredding it
+    # makes every copy of the session's encrypted events unreadable.
+    KeyFamily("data_key", "dk", "session", "string", "secret"),
+    # The help chat's memory: the visitor's own words (serve/apps/chat_memory.py).
+    KeyFamily("chat", "chat", "session", "list", "json"),
+    KeyFamily("visitor", "v", "visitor", "hash"),
+    KeyFamily("profile", "vp", "visitor", "string", "msgpack"),
+    KeyFamily("consent", "vc", "visitor", "stream"),
+    KeyFamily("data_key", "dk", "visitor", "string", "secret"),
+    # Last: the page-by-page erasure reads the visitor's sessions from it.
+    KeyFamily("session_ids", "vs", "visitor", "zset"),
+)
+
+
+def subject_digest(site: str, subject: str) -> str:
+    """The pseudonym of an erased visitor or session: SHA-256 of ``site|subject``, 32 hex digits.
+
+    Names the erasure proof and the refusal markers (``{p}erased:{site}:{digest}``)
+    and stands for the visitor in the console's audit log. One-way: ids are
+    long random strings, so the digest cannot be reversed by guessing.
+    """
+    return hashlib.sha256(f"{site}|{subject}".encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -145,6 +203,15 @@ class Keys:
 
     def erased(self, site: str, digest: str) -> str:
         return f"{self.prefix}erased:{site}:{digest}"
+
+    def family(self, family: KeyFamily, site: str, subject: str) -> str:
+        """The key of ``family`` for ``subject`` (a sid or a vid, as its scope says)."""
+        return f"{self.prefix}{family.tag}:{site}:{subject}"
+
+    @property
+    def rights(self) -> str:
+        """Pub/sub channel of erasures, for the gateways (serve/rights/erasure.py)."""
+        return f"{self.prefix}rights"
 
     def session_index(self, site: str, part: str) -> str:
         """The session explorer's index of ``site``: ``seen``, ``ids``, ``iv``, ``segs``, ``seg:{name}``."""

@@ -34,6 +34,7 @@ from typing import Any
 from actors.core.detectors import DetectorConfig
 from actors.core.host import SessionHost
 from actors.core.policy import Decision, PolicyConfig
+from actors.core.profile import Profile, history_of, summary_of, update
 from training.dataset import converted_of
 from training.loaders import SessionEvents
 
@@ -75,7 +76,12 @@ def replay(
     """Run ``sessions`` through a :class:`SessionHost`, events merged by timestamp.
 
     ``scorer`` is a :class:`actors.model.scoring.Scorer` (called on feature
-    rows, with ``explain`` for the drivers of each decision).
+    rows, with ``explain`` for the drivers of each decision). Sessions with a
+    ``user_id`` (Taobao's) are one visitor's visits, as the shards see them: a
+    session's first event comes with a Visit carrying that visitor's profile
+    (with personalisation consent), and its last event merges it into the
+    profile (with analytics consent): the same functions as live
+    (actors/core/profile.py), a session's end standing for its retirement.
     """
     rules = (detectors or DetectorConfig(), policy or PolicyConfig())
     host = SessionHost(rules=lambda _site: rules)
@@ -86,11 +92,23 @@ def replay(
         [(ev["ts"], i, ev["seq"], s.sid, ev) for ev in s.events] for i, s in enumerate(sessions)
     ]
     consent_list = list(consent)
+    visitors = {s.sid: str(s.extra["user_id"]) for s in sessions if s.extra.get("user_id")}
+    ends = {s.sid: (s.events[0]["seq"], s.events[-1]["seq"]) for s in sessions if s.events}
+    profiles: dict[str, Profile] = {}
+    personal = "personalization" in consent_list
     for _ts, _i, _seq, sid, ev in heapq.merge(*streams):
+        vid = visitors.get(sid)
+        if vid is not None and ev["seq"] == ends[sid][0]:
+            history = history_of(profiles.get(vid), ev["ts"]) if personal else None
+            host.visit(sid, vid, history)
         (result,) = host.process([(sid, site, consent_list, [ev])], scorer, segment, scorer.explain)
         decision = result.decisions[0] if result.decisions else None
         if decision is not None:
             out.decisions.setdefault(sid, []).append(decision)
+        if vid is not None and ev["seq"] == ends[sid][1] and "analytics" in consent_list:
+            ended = host.get(sid)
+            if ended is not None:
+                profiles[vid] = update(profiles.get(vid), summary_of(ended))
         out.rows.append(
             (
                 sid,

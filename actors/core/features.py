@@ -173,6 +173,29 @@ WORDS: dict[str, str] = {
 WORDS.update({f"page_{p}": f"on a {p} page" for p in PAGE_TYPES})
 WORDS.update({f"sig_{s}": f"{s.replace('_', ' ')} signal" for s in SIGNALS})
 
+# Returning-visitor features: what a visitor's profile (actors/core/profile.py) says
+# when their session starts. Not columns of the row above (the bundled model was not
+# trained with them): the policy gets them, with personalisation consent only, and
+# training can append them to rows (training/returning_eval.py measures what they add).
+RETURNING_FEATURES: tuple[str, ...] = (
+    "visits_before",
+    "days_since_last_visit",  # -1: never visited before
+    "purchases_before",  # earlier visits that bought
+    "offers_before",  # interventions shown in earlier visits (the profile keeps the latest 32)
+    "offers_dismissed_before",
+    "offers_accepted_before",
+)
+WORDS.update(
+    {
+        "visits_before": "earlier visits",
+        "days_since_last_visit": "days since the last visit",
+        "purchases_before": "earlier visits that bought",
+        "offers_before": "help shown in earlier visits",
+        "offers_dismissed_before": "help dismissed in earlier visits",
+        "offers_accepted_before": "help accepted in earlier visits",
+    }
+)
+
 STRONG_SIGNAL = 0.7  # a signal at or above this strength counts as "strong"
 
 FEATURE_NAMES: tuple[str, ...] = tuple(n for f in FEATURES for n in f.names)

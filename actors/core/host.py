@@ -189,7 +189,7 @@ class SessionHost:
         # Visitors named by a Visit before their session's first events reached this
         # host: taken when the session is made. Bounded: a hello whose events never
         # come must not hold memory for ever.
-        self.visitors: dict[str, str] = {}
+        self.visitors: dict[str, tuple[str, list[Any] | None]] = {}  # sid -> (vid, history)
 
     def __contains__(self, sid: str) -> bool:
         return sid in self.active or sid in self.dormant
@@ -204,19 +204,23 @@ class SessionHost:
         self.visitors.pop(sid, None)
         self._turn(sid).discard(sid)
 
-    def visit(self, sid: str, vid: str) -> None:
+    def visit(self, sid: str, vid: str, history: list[Any] | None = None) -> None:
         """Name ``sid``'s visitor: now if the session is active, else when it is made or woken.
 
+        ``history``: what the visit may use of the visitor's profile
+        (:func:`actors.core.profile.history_of`), given only with personalisation
+        consent; None clears what an earlier hello gave (a withdrawn consent).
         Never makes a session: one with a past in Redis that this host does not
         hold must be activated from there, not started empty.
         """
         session = self.active.get(sid)
         if session is not None:
             session.vid = vid
+            session.history = history
             return
         if len(self.visitors) >= MAX_PENDING_VISITORS:
             self.visitors.pop(next(iter(self.visitors)))  # the oldest
-        self.visitors[sid] = vid
+        self.visitors[sid] = (vid, history)
 
     def missing(self, items: Sequence[BatchItem]) -> list[str]:
         """Sessions in ``items`` this host does not hold, each once: the shell must activate them."""
@@ -259,9 +263,9 @@ class SessionHost:
 
     def _named(self, session: Session) -> None:
         """Give ``session`` the visitor a Visit named before the session was held."""
-        vid = self.visitors.pop(session.sid, None)
-        if vid is not None:
-            session.vid = vid
+        named = self.visitors.pop(session.sid, None)
+        if named is not None:
+            session.vid, session.history = named
 
     def _get(self, sid: str, site: str) -> Session:
         session = self.active.get(sid)
@@ -417,6 +421,21 @@ class SessionHost:
             return session.packed()
         dormant = self.dormant.get(sid)
         return dormant[0] if dormant else None
+
+    def held_with_visitor(self) -> list[tuple[str, str, bytes]]:
+        """(sid, site, packed state) of every session held with a visitor id (a clean stop's profiles).
+
+        Dormant sessions are included as they are packed (whether they name a
+        visitor is read when they are unpacked).
+        """
+        out = []
+        for sid, session in self.active.items():
+            if session.vid:
+                packed = self._try_packed_session(sid, session)
+                if packed is not None:
+                    out.append((sid, session.site, packed))
+        out += [(sid, site, packed) for sid, (packed, _, site) in self.dormant.items()]
+        return out
 
     def sweep(self, now_ms: float) -> list[tuple[str, str, bytes]]:
         """Compact sessions idle for a minute; retire those idle past the timeout.

@@ -8,7 +8,9 @@ leaving cart: recommendations, or a help offer without personalisation
 consent; otherwise a help offer). A cooldown and a per-session cap keep it
 polite; a holdout share of sessions gets decisions recorded but not shown,
 so uplift can be measured against them. A dismissed offer ends further
-help in that session. On top of those rules, a budget
+help in that session, and a returning visitor with personalisation consent
+is not offered again a kind they dismissed in an earlier visit within the
+site's ``dismissed_days``. On top of those rules, a budget
 (:mod:`actors.core.budget`) keeps the share of sessions offered help within
 the site's ``budget`` and gives it to those who need it most (struggle
 first, then risk).
@@ -65,6 +67,9 @@ class PolicyConfig:
     # view says little, and a pop-up on arrival is the opposite of help.
     min_events: int = 3
     kinds: tuple[str, ...] = KINDS  # the kinds this site allows
+    # A returning visitor (with personalisation consent) is not offered again a kind
+    # they dismissed in an earlier visit within this many days (0: no such rule).
+    dismissed_days: float = 30.0
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any] | None) -> PolicyConfig:
@@ -79,6 +84,8 @@ class PolicyConfig:
             values["kinds"] = tuple(values["kinds"])
         if not 0.0 <= float(values.get("holdout", 0.0)) < 1.0:
             raise ValueError("holdout must be in [0, 1)")
+        if float(values.get("dismissed_days", 0.0)) < 0.0:
+            raise ValueError("dismissed_days must be >= 0")
         if not 0.0 < float(values.get("budget", 0.1)) <= 1.0:
             raise ValueError("budget must be in (0, 1]: the share of sessions offered help")
         return replace(cls(), **values)
@@ -116,6 +123,9 @@ class Decision:
     signals: dict[str, float] = field(default_factory=dict)
     # The features that pushed the score up most (filled in off the hot path, see reasons.py).
     drivers: tuple[Driver, ...] = ()
+    # The visitor's returning features as the policy saw them (RETURNING_FEATURES order;
+    # empty: a session without a visitor profile or without personalisation consent).
+    returning: tuple[float, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
         d = asdict(self)
@@ -194,7 +204,9 @@ def decide(
     )
     by_signals = len(strong) >= cfg.min_signals  # always true when not by risk (see above)
     personalized = "personalization" in session.consent
-    kind, target = _choose_kind(view, sig, cfg, session.consent)
+    # The visitor's profile counts only with personalisation consent, checked here, per decision.
+    banned = _dismissed_before(session, now, cfg) if personalized else ()
+    kind, target = _choose_kind(view, sig, cfg, session.consent, banned)
     if kind is None:
         return None
     if budget is not None:
@@ -205,8 +217,12 @@ def decide(
     trigger = "risk+signals" if by_risk and by_signals else ("risk" if by_risk else "signals")
     session.iv_count += 1
     session.iv_last_ts = now
+    iid = f"i-{session.sid[-12:]}-{view.seq}"
+    holdout = in_holdout(session.sid, cfg.holdout)
+    if not holdout:
+        session.offered(iid, kind, now)
     return Decision(
-        iid=f"i-{session.sid[-12:]}-{view.seq}",
+        iid=iid,
         sid=session.sid,
         seq=view.seq,
         ts=now,
@@ -214,8 +230,9 @@ def decide(
         score=round(score, 4),
         trigger=trigger,
         reasons=reasons,
-        holdout=in_holdout(session.sid, cfg.holdout),
+        holdout=holdout,
         target=target,
+        returning=tuple(session.history[0]) if personalized and session.history else (),
         personalized=personalized,
         segment=segment,
         page_path=view.page_path,
@@ -224,8 +241,21 @@ def decide(
     )
 
 
+def _dismissed_before(session: Session, now: int, cfg: PolicyConfig) -> tuple[str, ...]:
+    """Kinds this visitor dismissed in an earlier visit within the site's ``dismissed_days``."""
+    history = session.history
+    if history is None or cfg.dismissed_days <= 0:
+        return ()
+    since = now - cfg.dismissed_days * 86_400_000.0
+    return tuple(kind for kind, ts in history[1].items() if ts >= since)
+
+
 def _choose_kind(
-    view: EventView, sig: dict[str, float], cfg: PolicyConfig, consent: list[str]
+    view: EventView,
+    sig: dict[str, float],
+    cfg: PolicyConfig,
+    consent: list[str],
+    banned: tuple[str, ...] = (),
 ) -> tuple[str | None, str | None]:
     """The most specific help for the context, among the kinds the site allows.
 
@@ -233,7 +263,8 @@ def _choose_kind(
     strong (or its ``suggest_if`` context holds), in declaration order; a
     kind that needs a target (a form field) is skipped without one, and one
     that needs a consent the visitor has not given becomes its ``instead``
-    kind. The help offer closes the list.
+    kind. The help offer closes the list. ``banned``: kinds the visitor
+    dismissed lately (their profile's), never chosen.
     """
     strong = cfg.signal_strength
     candidates: list[tuple[str, str | None]] = []
@@ -254,7 +285,7 @@ def _choose_kind(
         candidates.append((kind.name, target))
     candidates.append((HELP_OFFER, None))
     for kind_name, target in candidates:
-        if kind_name in cfg.kinds:
+        if kind_name in cfg.kinds and kind_name not in banned:
             return kind_name, target
     return None, None
 

@@ -55,6 +55,7 @@ MAX_UNIQUE_PAGES = 64  # beyond this, n_unique_pages saturates (bounded memory)
 MAX_ERROR_FIELDS = 16
 EVENTS_HALF_LIFE_S = 30.0
 CLICKS_HALF_LIFE_S = 15.0
+MAX_OFFERS = 8  # interventions remembered per session (the policy caps them far lower)
 MAX_VIDEO_RATE = 16.0  # browsers refuse faster rates; a bigger number is noise
 
 
@@ -130,6 +131,7 @@ C_HIDDEN = C["hidden_count"]
 C_CART_ADD = C["cart_adds"]
 C_CART_RM = C["cart_removes"]
 
+_OUTCOMES = {"intervention_accepted": "accepted", "intervention_dismissed": "dismissed"}
 _IV_COUNTERS = {
     "intervention_shown": C["iv_shown"],
     "intervention_dismissed": C["iv_dismissed"],
@@ -254,6 +256,8 @@ class Session:
         "iv_peak",
         "consent",
         "vid",
+        "offers",
+        "history",
         "tally",
     )
 
@@ -309,6 +313,12 @@ class Session:
         self.consent: list[str] = []
         # The visitor the session's hello named (pseudonymous; None: an anonymous session).
         self.vid: str | None = None
+        # The interventions shown in this session, [iid, kind, ts, outcome] (bounded): what
+        # the visitor's profile remembers of them when the session ends (actors/core/profile.py).
+        self.offers: list[list[Any]] = []
+        # What this visit may use of the visitor's profile, set when the visit starts and
+        # only with personalisation consent (profile.history_of); None: a first visit.
+        self.history: list[Any] | None = None
         # What the console's tally already counted of this session today
         # (actors.core.tally: day, furthest funnel step, strong signals, flags).
         self.tally = [-1, -1, 0, 0]
@@ -567,6 +577,18 @@ class Session:
 
     def _intervention(self, ev: dict[str, Any], ts: int) -> None:
         self.counts[_IV_COUNTERS[ev["type"]]] += 1
+        outcome = _OUTCOMES.get(ev["type"])
+        if outcome is not None:
+            for offer in self.offers:
+                if offer[0] == ev["iid"]:
+                    offer[3] = outcome
+                    break
+
+    def offered(self, iid: str, kind: str, ts: int) -> None:
+        """Note an intervention shown to the visitor (the policy calls it; holdouts are not shown)."""
+        if len(self.offers) >= MAX_OFFERS:
+            self.offers.pop(0)
+        self.offers.append([iid, kind, ts, "ignored"])
 
     def _saw_item(self, item: str) -> None:
         """Remember the last few items seen, for recommendations (ids, never personal data)."""

@@ -22,6 +22,19 @@ port, the scheme's default included; no port means the scheme's default
 (80 for http, 443 for https). Hosts compare case-insensitively; write
 internationalised names in their ASCII (``xn--``) form, as browsers send them.
 
+A site's ``[policy]`` table may set ``dismissed_days`` (default 30; 0 turns
+it off): a returning visitor with personalisation consent is not offered again
+a kind of intervention they dismissed in an earlier visit within that many
+days (their profile's memory, actors/core/profile.py).
+
+A site's ``retention`` table says how many days each kind of its data is
+kept (``events``, ``sessions``, ``decisions``, ``profiles``, ``consent``: the
+proof of consents and erasures); left out, a kind keeps the default of
+cluster/keys.py. Fractions of a day are allowed (a test's seconds). The
+keys' TTLs are set from it where each kind is written (:class:`Retention`).
+``consent_policy`` names the version of the site's consent text that
+grants are recorded against (any short string, ``""`` by default).
+
 A site's ``goals`` name the ``custom`` events (``lifeline.track("signup")``)
 that count as conversions besides ``purchase``, which always does
 (:meth:`Site.conversion`; the outcome report measures them).
@@ -45,8 +58,10 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli 
 from actors.core.detectors import DetectorConfig
 from actors.core.events import EVENT_TYPES
 from actors.core.policy import PolicyConfig
+from actors.core.retention import Retention
 
-_SITE_KEYS = {"origins", "policy", "detectors", "name", "goals"}
+_SITE_KEYS = {"origins", "policy", "detectors", "name", "goals", "retention", "consent_policy"}
+MAX_POLICY_LEN = 64
 PURCHASE = "purchase"  # the conversion every site has: the ``purchase`` event
 MAX_GOAL_LEN = 64  # the tracking client cuts a custom event's name to this
 
@@ -139,12 +154,16 @@ class Site:
     detectors: DetectorConfig = field(default_factory=DetectorConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     goals: tuple[str, ...] = ()  # custom events that count as conversions, besides purchase
+    retention: Retention = field(default_factory=Retention)
+    consent_policy: str = ""  # the version of the consent text grants are recorded against
     patterns: tuple[OriginPattern, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Parsed once, here: a malformed pattern fails at start-up (ValueError).
         object.__setattr__(self, "patterns", tuple(OriginPattern.parse(o) for o in self.origins))
         _check_goals(self.goals)
+        if not isinstance(self.consent_policy, str) or len(self.consent_policy) > MAX_POLICY_LEN:
+            raise ValueError(f"consent_policy must be a string of at most {MAX_POLICY_LEN}")
 
     def conversion(self, event: dict[str, Any]) -> str | None:
         """The goal a (validated) event reaches: ``purchase``, one of ``goals``, or None."""
@@ -204,6 +223,8 @@ def parse_sites(data: dict[str, Any], source: str = "<sites>") -> dict[str, Site
                 detectors=DetectorConfig.from_mapping(table.get("detectors")),
                 policy=PolicyConfig.from_mapping(table.get("policy")),
                 goals=_as_tuple(table.get("goals", ())),
+                retention=Retention.from_mapping(table.get("retention")),
+                consent_policy=table.get("consent_policy", ""),
             )
         except (TypeError, ValueError) as exc:
             raise SiteConfigError(f"{source}: [sites.{key}]: {exc}") from exc

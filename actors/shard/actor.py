@@ -42,10 +42,12 @@ from actors.core.kinds import KIND
 from actors.core.placement import HashRing
 from actors.core.policy import Decision
 from actors.core.reasons import Driver, top_drivers
+from actors.core.retention import Retention
 from actors.core.sites import Site, load_sites
 from actors.model.scoring import SchemaMismatch, Scorer
 from actors.shard.index import Entry, SessionIndex
 from actors.shard.link import LinkServer, LinkTLS
+from actors.shard.profiles import ShardProfiles, finished
 from actors.shard.records import ShardRecords
 from actors.shard.tallies import ShardTallies
 from cluster.config import Settings
@@ -161,8 +163,12 @@ class ShardCore:
         )
         self.redis_url = redis_url
         self.redis = async_client(redis_url)  # used on the I/O loop only
-        self.records = ShardRecords(self.redis, self.keys)
-        self.session_index = SessionIndex(self.redis, self.keys, self.sites)  # the explorer's
+        self.records = ShardRecords(self.redis, self.keys, self._retention)
+        self.profiles = ShardProfiles(
+            self.redis, self.keys, self._retention
+        )  # visitors' memory across visits
+        # The explorer's index.
+        self.session_index = SessionIndex(self.redis, self.keys, self.sites, self._retention)
         self.tallies = ShardTallies(
             self.redis, self.keys, self.sites, lambda site: self._rules(site)[1].holdout
         )
@@ -365,6 +371,11 @@ class ShardCore:
             "detectors": dataclasses.asdict(s.detectors),
         }
 
+    def _retention(self, site: str) -> Retention:
+        """``site``'s retention, as its rules now say (the default for a site not configured)."""
+        known = self.sites.get(site)
+        return known.retention if known is not None else Retention()
+
     def _rules(self, site: str):
         s = self.sites.get(site)
         if s is None:
@@ -430,6 +441,8 @@ class ShardCore:
         clock = _ScoreClock() if self.tracing is not None else None
         firsts = first_events(items)
         loaded: dict[str, tuple] = {}
+        # Visits that may use their visitor's profile: read before their events are scored.
+        histories = self._histories(items)
         while True:
             with self._lock:
                 missing = self._to_load(items, firsts)
@@ -437,7 +450,7 @@ class ShardCore:
                 if not need:
                     locked = time.perf_counter()
                     out, decisions, scored, follow_ups, iv_counts = self._process(
-                        items, loaded, missing, gateway_id, clock
+                        items, loaded, missing, gateway_id, clock, histories
                     )
                     processed = time.perf_counter()
                     break
@@ -562,6 +575,7 @@ class ShardCore:
         missing: list[str],
         gateway_id: str,
         clock: _ScoreClock | None = None,
+        histories: dict[str, list[Any]] | None = None,
     ) -> tuple[
         list[tuple],
         list[Decision],
@@ -572,7 +586,8 @@ class ShardCore:
         """Activate the missing sessions from what was loaded, then apply, score and decide.
 
         Called with the lock held; ``missing`` is :meth:`_to_load` under that same lock.
-        ``clock``: when tracing, times the model's calls.
+        ``clock``: when tracing, times the model's calls. ``histories``: what each
+        visit with personalisation consent may use of its visitor's profile, by sid.
         """
         for sid in missing:
             self._activate(sid, *loaded[sid])
@@ -590,7 +605,7 @@ class ShardCore:
         scored: list[tuple[list[float], Scorer]] = []
         follow_ups: list[tuple[Decision, dict[str, Any]]] = []
         iv_counts: dict[str, int] = {}
-        results = self._apply(items, score, segment, timed_challenger)
+        results = self._apply(items, score, segment, timed_challenger, histories or {})
         # The console's counts, in memory; written by the tallies loop (actors/shard/tallies.py).
         names = scorer.segments.names if scorer.segments is not None else ()
         self.tallies.batch(items, results, self.host.active, names)
@@ -617,14 +632,17 @@ class ShardCore:
         scorer: Scorer,
         segment: Any,
         challenger: tuple[Scorer, float] | None = None,
+        histories: dict[str, list[Any]] | None = None,
     ) -> list[Any]:
         """Run the host over the batch; a withdrawal forgets its session where it stands in it."""
+        histories = histories or {}
         results: list[Any] = []
         live: list[BatchItem] = []
         for item in items:
             kind = type(item)
             if kind is Visit:
-                self.host.visit(item[0], item.vid)  # type: ignore[union-attr]
+                # No history without personalisation consent: the visit is a first one.
+                self.host.visit(item[0], item.vid, histories.get(item[0]))  # type: ignore[union-attr]
                 continue
             if kind is not Forget:
                 live.append(item)
@@ -637,6 +655,28 @@ class ShardCore:
         if live:
             results += self.host.process(live, scorer, segment, challenger=challenger)
         return results
+
+    def _histories(self, items: Sequence[BatchItem | Forget | Visit]) -> dict[str, list[Any]]:
+        """The profile-based history of each visit in ``items`` with personalisation consent, by sid.
+
+        Once per hello that named a visitor (a per-session cost, never per
+        event), read before the batch is processed, like a session's
+        activation. Redis failing: the visits go on as first visits.
+        """
+        visits = [
+            (item.sid, item.site, item.vid)
+            for item in items
+            if type(item) is Visit and "personalization" in item.consent
+        ]
+        if not visits:
+            return {}
+        try:
+            return self._run(self.profiles.histories(visits, time.time() * 1000.0))
+        except redis.RedisError as exc:
+            log.error(
+                "shard %d: could not read %d visitor profiles: %s", self.index, len(visits), exc
+            )
+            return {}
 
     def _to_load(
         self, items: Sequence[BatchItem | Forget], firsts: dict[str, tuple[str, int]]
@@ -742,6 +782,8 @@ class ShardCore:
                 "segment_name": names[d.segment]
                 if d.segment is not None and d.segment < len(names)
                 else "",
+                # Returning visitors (with personalisation consent): what their profile said.
+                "returning": json.dumps(list(d.returning)) if d.returning else "",
             }
             for d, (_row, used), drivers in zip(
                 decisions, scored, await self._drivers(scored), strict=True
@@ -801,17 +843,73 @@ class ShardCore:
         20-75 ms and both cores for up to 300 ms every 5 s at 10k events/s:
         most of the spine's latency tail. Small ticks keep each pause short.
         """
+        sweep_at = None
+        if time.monotonic() - self._last_sweep >= SWEEP_EVERY_S:
+            self._last_sweep = time.monotonic()
+            sweep_at = time.time() * 1000.0
+        await self._tick(sweep_at)
+
+    async def _tick(self, sweep_at: float | None) -> int:
+        """Write the due snapshots; with ``sweep_at`` (ms), retire the sessions idle at that time.
+
+        A retired session's visitor profile is updated after its last snapshot.
+        Returns how many sessions were retired.
+        """
+        retired: list[tuple[str, str, bytes]] = []
         with self._lock:  # held by a batch for its compute only, never across I/O
             unpackable = self.host.unpackable
             states = self.host.take_dirty()
-            if time.monotonic() - self._last_sweep >= SWEEP_EVERY_S:
-                self._last_sweep = time.monotonic()
-                states += self.host.sweep(time.time() * 1000.0)
+            if sweep_at is not None:
+                retired = self.host.sweep(sweep_at)
+                states += retired
             if self.host.unpackable != unpackable:  # skipped, the others went ahead
                 self._unpackable.note(self.host.last_pack_error)
             # The explorer's index rides on the snapshot tick: no per-event cost.
             seen = self.session_index.seen(self.host, states)
         await self._write_snapshots(states, seen)
+        if retired:
+            await self._remember(retired)
+        if sweep_at is not None:
+            try:  # the decisions' retention, on the intervention log all sites share
+                await self.records.trim_log(list(self.sites), int(time.time() * 1000))
+            except redis.RedisError as exc:
+                log.error("shard %d: intervention-log trim failed: %s", self.index, exc)
+        return len(retired)
+
+    async def _remember(self, states: Sequence[tuple[str, str, bytes]]) -> None:
+        """Merge these sessions (sid, site, packed state) into their visitors' profiles.
+
+        Only those with a visitor id and analytics consent (actors/shard/profiles.py).
+        Off the batch path, on the I/O loop; a failure is logged, never raised.
+        """
+        try:
+            sessions = await asyncio.to_thread(finished, states, self._segment_name())
+            if sessions:
+                await self.profiles.remember(sessions)
+        except Exception as exc:  # a memory: never the snapshot loop's failure
+            self._record_failures.note(exc)
+
+    def _segment_name(self) -> Any:
+        """A function from a feature row to its segment's name, or None if the model has none."""
+        segments = self.scorer.segments
+        if segments is None:
+            return None
+        names = segments.names
+
+        def name(row: list[float]) -> str | None:
+            i = segments.nearest(row)
+            return names[i] if i is not None and i < len(names) else None
+
+        return name
+
+    def retire_idle(self, now_ms: float) -> int:
+        """Run the idle sweep as if the clock read ``now_ms``: tests and operators.
+
+        The sessions idle past the timeout by then are snapshotted, dropped from
+        memory, and merged into their visitors' profiles. Returns how many.
+        """
+        self._start()
+        return self._run(self._tick(now_ms))
 
     async def _write_snapshots(
         self, states: list[tuple[str, str, bytes]], seen: list[Entry] | None = None
@@ -870,7 +968,8 @@ class ShardCore:
             if self.host.unpackable != unpackable:
                 self._unpackable.note(self.host.last_pack_error)
             seen = self.session_index.seen(self.host, states)
-        self._run(self._flush(states, seen))
+            held = self.host.held_with_visitor()
+        self._run(self._flush(states, seen, held))
         return len(states)
 
     def release(self, members: list[str], me: str) -> int:
@@ -897,10 +996,19 @@ class ShardCore:
         self.stats["released"] += len(moved)
         return len(moved)
 
-    async def _flush(self, states: list[tuple[str, str, bytes]], seen: list[Entry]) -> None:
+    async def _flush(
+        self,
+        states: list[tuple[str, str, bytes]],
+        seen: list[Entry],
+        held: Sequence[tuple[str, str, bytes]] = (),
+    ) -> None:
         await self._records_written()
         await self._write_snapshots(states, seen)
         await self.tallies.flush()
+        # A clean stop flushes: the sessions held so far count in their visitors' profiles
+        # (merged again, idempotently, when they end on this shard or another).
+        if held:
+            await self._remember(held)
 
     async def _records_written(self) -> None:
         """Wait for the intervention records already being written (on the I/O loop)."""
@@ -910,12 +1018,16 @@ class ShardCore:
     def _enrich_context(self, d: Decision, session: Any) -> dict[str, Any]:
         """What the deployment needs about the session, read while the batch holds the lock."""
         if KIND[d.kind].follow_up == "recommend":
-            return {
+            ctx = {
                 "site": session.site,
                 "recent_items": list(session.recent_items),
                 "cart_items": list(session.cart_item_ids),
                 "k": 4,
             }
+            # The visitor's earlier visits seed it: with personalisation consent only.
+            if session.history is not None and "personalization" in session.consent:
+                ctx["history_items"] = list(session.history[2])
+            return ctx
         return {
             "site": session.site,
             "iid": d.iid,
@@ -1020,6 +1132,12 @@ class ShardCore:
         with self._lock:
             session = self.host.get(sid)
             return session.vid if session else None
+
+    def session_history(self, sid: str) -> list[Any] | None:
+        """What one held session may use of its visitor's profile, or None (tests and operators)."""
+        with self._lock:
+            session = self.host.get(sid)
+            return session.history if session else None
 
     def compact_all(self) -> int:
         """Compact every session now, as a minute of idleness would; returns how many are dormant."""
@@ -1214,6 +1332,10 @@ class SessionShard:
         """The visitor id of one session this shard holds (tests and operators)."""
         return self.core.session_visitor(sid)
 
+    def session_history(self, sid: str) -> list[Any] | None:
+        """What one held session may use of its visitor's profile (tests and operators)."""
+        return self.core.session_history(sid)
+
     def memory(self) -> dict[str, int]:
         """Resident memory and pid of this actor's process (benchmarks, operators)."""
         import psutil
@@ -1248,10 +1370,15 @@ class SessionShard:
         return self.core.wait_sites(version, timeout)
 
     def flush(self) -> int:
-        """Write snapshots of every changed session now, and the console's counts."""
+        """Write snapshots of every changed session now, the console's counts and visitor profiles."""
         return self.core.flush_snapshots()
 
     def release(self, members: list[str], me: str) -> int:
         """Hand over the sessions the shard set ``members`` moves off ``me`` (:meth:`ShardCore.release`)."""
         with self._batch:  # between batches: none of them is half applied
             return self.core.release(members, me)
+
+    def retire_idle(self, now_ms: float) -> int:
+        """Retire the sessions idle at ``now_ms`` now (:meth:`ShardCore.retire_idle`)."""
+        with self._batch:
+            return self.core.retire_idle(now_ms)

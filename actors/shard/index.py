@@ -28,7 +28,7 @@ nothing.
 Limits: last-seen is the session's latest event time, clamped to the
 shard's clock, as of its last snapshot tick (so up to ~5 s behind); time
 searches are on last-seen, not on the span of the session. Entries older
-than the sessions' retention (``SESSION_TTL_S``) are trimmed every
+than their site's sessions retention (actors/core/sites.py) are trimmed every
 ``TRIM_EVERY_S`` by each shard, at most ``TRIM_MAX`` per site and call; an
 entry can outlive its event log by the log's TTL refresh step (the append
 script refreshes it every 64 events), and the explorer then shows an empty
@@ -38,15 +38,16 @@ timeline. The scripts name their keys themselves (standalone Redis).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgpack
 import redis.asyncio as aioredis
 
 from actors.core.host import SessionHost
+from actors.core.retention import Retention
 from cluster.config import Settings
-from cluster.keys import SESSION_TTL_S, Keys
+from cluster.keys import Keys
 from cluster.redis_server import script_arg
 from cluster.sealing import MasterKeys, Opener, master_keys
 
@@ -116,22 +117,23 @@ return n
 """
 )
 
-# ARGV[1]: a msgpack map: p (prefixes), cut (ms: entries last seen before it go), max,
-# sites. Returns how many sessions left the index.
+# ARGV[1]: a msgpack map: p (prefixes), max, sites ([site, cut] pairs: entries last
+# seen before cut (ms) go: each site's sessions retention). Returns how many sessions left the index.
 TRIM_LUA = """
 local a = cmsgpack.unpack(ARGV[1])
 local n = 0
-for _, site in ipairs(a.sites) do
+for _, sc in ipairs(a.sites) do
+  local site, cut = sc[1], sc[2]
   local ix = a.p.ix .. site .. ':'
-  local old = redis.call('ZRANGE', ix .. 'seen', '-inf', a.cut, 'BYSCORE', 'LIMIT', 0, a.max)
+  local old = redis.call('ZRANGE', ix .. 'seen', '-inf', cut, 'BYSCORE', 'LIMIT', 0, a.max)
   for i = 1, #old, 500 do
     local chunk = {unpack(old, i, math.min(i + 499, #old))}
     redis.call('ZREM', ix .. 'ids', unpack(chunk))
     redis.call('ZREM', ix .. 'seen', unpack(chunk))
   end
-  redis.call('ZREMRANGEBYSCORE', ix .. 'iv', '-inf', a.cut)
+  redis.call('ZREMRANGEBYSCORE', ix .. 'iv', '-inf', cut)
   for _, seg in ipairs(redis.call('SMEMBERS', ix .. 'segs')) do
-    redis.call('ZREMRANGEBYSCORE', ix .. 'seg:' .. seg, '-inf', a.cut)
+    redis.call('ZREMRANGEBYSCORE', ix .. 'seg:' .. seg, '-inf', cut)
   end
   n = n + #old
 end
@@ -171,7 +173,14 @@ def seen_entries(
 class SessionIndex:
     """Writes one shard's index entries and trims the index by age; one per shard (I/O loop)."""
 
-    def __init__(self, r: aioredis.Redis, keys: Keys, sites: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        r: aioredis.Redis,
+        keys: Keys,
+        sites: Iterable[str] = (),
+        retention: Callable[[str], Retention] | None = None,
+    ) -> None:
+        self.retention = retention or (lambda site: Retention())
         self._write = r.register_script(INDEX_LUA)
         self._trim = r.register_script(TRIM_LUA)
         self._p = keys.script_prefixes()
@@ -194,16 +203,17 @@ class SessionIndex:
             )
         if time.monotonic() - self._last_trim >= TRIM_EVERY_S:
             self._last_trim = time.monotonic()
-            await self.trim(int(time.time() * 1000) - SESSION_TTL_S * 1000)
+            await self.trim()
 
-    async def trim(self, cut_ms: int) -> int:
-        """Remove the entries of sessions last seen before ``cut_ms``; returns how many left."""
-        arg: dict[str, Any] = {
-            "p": self._p,
-            "cut": cut_ms,
-            "max": TRIM_MAX,
-            "sites": sorted(self.sites),
-        }
+    async def trim(self, cut_ms: int | None = None) -> int:
+        """Remove the entries of sessions last seen before ``cut_ms`` (default: each site's
+        sessions retention ago); returns how many left."""
+        now = int(time.time() * 1000)
+        cuts = [
+            [site, cut_ms if cut_ms is not None else now - self.retention(site).sessions * 1000]
+            for site in sorted(self.sites)
+        ]
+        arg: dict[str, Any] = {"p": self._p, "max": TRIM_MAX, "sites": cuts}
         n = int(await self._trim(args=[script_arg(arg)]))
         self.trimmed += n
         return n

@@ -29,21 +29,24 @@ could be missed (it is then not counted, never counted twice).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from actors.core.policy import Decision
+from actors.core.retention import Retention
 from actors.shard.index import IX_ADD_LUA, IX_REMOVE_LUA
-from cluster.keys import SESSION_TTL_S, Keys
+from cluster.keys import Keys
 from cluster.redis_server import script_arg
 
 INTERVENTION_LOG_MAXLEN = 100_000
+DEFAULT_RETENTION = Retention()
 
-# ARGV[1]: a msgpack map: p (prefixes), ttl, maxlen, d (decisions: session id
+# ARGV[1]: a msgpack map: p (prefixes), maxlen, d (decisions: session id
 # (Keys.session_id), iid,
-# flat field list, running count, last ts, site, sid, segment name or ''), o (outcomes: iid, outcome, ts, sid,
+# flat field list, running count, last ts, site, sid, segment name or '', TTL: the
+# site's decisions retention), o (outcomes: iid, outcome, ts, sid,
 # site of the session that sent it), c (conversions: session id, goal, seq, ts).
 # A conversion marks each of the session's decisions triggered before it
 # (by seq) that has none yet; a session without decisions has an empty set,
@@ -67,9 +70,9 @@ for _, d in ipairs(a.d) do
   for i = 1, #fields do entry[#entry + 1] = fields[i] end
   local id = redis.call('XADD', unpack(entry))
   redis.call('HSET', key, 'log_id', id)
-  redis.call('EXPIRE', key, a.ttl)
+  redis.call('EXPIRE', key, d[9])
   redis.call('SADD', p.ivs .. sid, iid)
-  redis.call('EXPIRE', p.ivs .. sid, a.ttl)
+  redis.call('EXPIRE', p.ivs .. sid, d[9])
   -- The running count, so a session activated elsewhere keeps its cap and cooldown.
   redis.call('HSET', p.s .. sid, 'iv_count', d[4], 'iv_last', d[5])
   if d[8] ~= '' then
@@ -134,25 +137,58 @@ return n
 )
 
 
-# ARGV[1]: a msgpack map: p (the snapshot key prefix), ttl, s (session id, packed
-# state pairs). One call instead of a pipeline of SETs: redis-py spent ~35 us of the
+# ARGV[1]: a msgpack map: p (the snapshot key prefix), s (session id, packed
+# state, TTL: the site's sessions retention). One call instead of a pipeline of SETs: redis-py spent ~35 us of the
 # shard's CPU on each pipelined command, the script ~4.
 SNAPSHOT_LUA = """
 local a = cmsgpack.unpack(ARGV[1])
 for _, s in ipairs(a.s) do
-  redis.call('SET', a.p .. s[1], s[2], 'EX', a.ttl)
+  redis.call('SET', a.p .. s[1], s[2], 'EX', s[3])
 end
 return #a.s
 """
 
 
+# ARGV[1]: a msgpack map: log (the intervention log's key), cuts (site -> ms: its
+# entries logged before it are past the site's decisions retention), default (the cut
+# of a site not in cuts), upto (the latest cut: no entry after it is looked at), max.
+# Deletes the entries past their site's retention among the oldest ``max``; returns
+# how many. Limit: entries of a site with a longer retention that are older than
+# another's can hold up the other's for as long as ``max`` of them stand in front.
+TRIM_LOG_LUA = """
+local a = cmsgpack.unpack(ARGV[1])
+local n = 0
+for _, e in ipairs(redis.call('XRANGE', a.log, '-', a.upto, 'COUNT', a.max)) do
+  local f, site = e[2], ''
+  for i = 1, #f, 2 do
+    if f[i] == 'site' then
+      site = f[i + 1]
+      break
+    end
+  end
+  local ms = tonumber(string.match(e[1], '^(%d+)-'))
+  if ms < (a.cuts[site] or a.default) then
+    n = n + redis.call('XDEL', a.log, e[1])
+  end
+end
+return n
+"""
+TRIM_LOG_MAX = 5000  # entries looked at per trim: a call never blocks Redis long
+
+
 class ShardRecords:
     """Writes decisions, outcomes and snapshots, and erases a session's records; one per shard."""
 
-    def __init__(self, r: aioredis.Redis, keys: Keys) -> None:
+    def __init__(
+        self, r: aioredis.Redis, keys: Keys, retention: Callable[[str], Retention] | None = None
+    ) -> None:
+        # A site's retention (actors/core/sites.py): the TTLs of what is written for it.
+        self.retention = retention or (lambda site: DEFAULT_RETENTION)
         self._record = r.register_script(RECORD_LUA)
         self._snapshots = r.register_script(SNAPSHOT_LUA)
         self._erase = r.register_script(ERASE_LUA)
+        self._trim_log = r.register_script(TRIM_LOG_LUA)
+        self._log = keys.intervention_log
         self._p = keys.script_prefixes()
         self._scoped = keys.session_id
 
@@ -175,9 +211,9 @@ class ShardRecords:
         before them, those of this call included. Returns how many outcomes
         were refused for naming another session's record.
         """
+        keep = self.retention
         arg = {
             "p": self._p,
-            "ttl": SESSION_TTL_S,
             "maxlen": INTERVENTION_LOG_MAXLEN,
             "d": [
                 [
@@ -189,6 +225,7 @@ class ShardRecords:
                     f.get("site", ""),
                     d.sid,
                     str(f.get("segment_name", "")),
+                    keep(f.get("site", "")).decisions,
                 ]
                 for d, f in zip(decisions, fields, strict=True)
             ],
@@ -205,13 +242,29 @@ class ShardRecords:
 
     async def snapshots(self, states: Sequence[tuple[str, str, bytes]]) -> None:
         """Write (sid, site, packed state) snapshots, each expiring with the session's other keys."""
-        scoped = self._scoped
+        scoped, keep = self._scoped, self.retention
         arg = {
             "p": self._p["snap"],
-            "ttl": SESSION_TTL_S,
-            "s": [[scoped(site, sid), state] for sid, site, state in states],
+            "s": [[scoped(site, sid), state, keep(site).sessions] for sid, site, state in states],
         }
         await self._snapshots(args=[script_arg(arg)])
+
+    async def trim_log(self, sites: Sequence[str], now_ms: int) -> int:
+        """Delete intervention-log entries past their site's decisions retention; how many went.
+
+        The log is shared by every site (capped at ``INTERVENTION_LOG_MAXLEN``);
+        each entry names its site, whose retention says when it goes.
+        """
+        cuts = {site: now_ms - self.retention(site).decisions * 1000 for site in sites}
+        default = now_ms - DEFAULT_RETENTION.decisions * 1000
+        arg = {
+            "log": self._log,
+            "cuts": cuts,
+            "default": default,
+            "upto": max([default, *cuts.values()]),
+            "max": TRIM_LOG_MAX,
+        }
+        return int(await self._trim_log(args=[script_arg(arg)]))
 
     async def erase(self, sessions: Sequence[tuple[str, str]]) -> int:
         """Delete all that the (site, sid) ``sessions`` left but their consent records.

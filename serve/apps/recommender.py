@@ -40,7 +40,8 @@ import msgpack
 from cluster.keys import Keys
 
 FORMAT_VERSION = 1
-DEFAULT_ITEM_URL = "/product.html?id={id}"  # the demo shop's product pages
+DEFAULT_ITEM_URL = "/product.html?id={id}"
+MAX_HISTORY_ITEMS = 20  # a visitor profile keeps as many (actors/core/profile.py MAX_ITEMS)  # the demo shop's product pages
 
 
 def model_key(prefix: str, site: str) -> str:
@@ -304,7 +305,8 @@ class RecommenderService:
     def recommend(self, ctx: Mapping[str, Any]) -> dict[str, Any]:
         """``{"items": [{"id", "name", "url", "score"}]}`` for one request context.
 
-        ``ctx``: ``{"site", "recent_items": [...], "cart_items": [...], "k": int}``.
+        ``ctx``: ``{"site", "recent_items": [...], "cart_items": [...], "k": int}``, and
+        optionally ``"history_items"``: items of the visitor's earlier visits, oldest first.
         The item on screen (the last recent one) is not recommended either.
         Unknown site or malformed context: an empty list, never an exception.
         """
@@ -313,13 +315,17 @@ class RecommenderService:
         if model is None:
             return {"items": []}
         recent = _as_items(ctx.get("recent_items"))
+        # Items the visitor viewed in earlier visits (their profile, sent only with
+        # personalisation consent): older than this visit's, so they seed a new visit's
+        # first page and weigh less as the visit goes on.
+        history = _as_items(ctx.get("history_items"), limit=MAX_HISTORY_ITEMS)
         cart = _as_items(ctx.get("cart_items"), limit=200)
         k = ctx.get("k", 4)
         k = max(1, min(self.MAX_K, k)) if isinstance(k, int) and not isinstance(k, bool) else 4
         catalog = self.catalogs.get(site)
         exclude = recent[-1:]
         # Ask for more than k when a catalog may filter some out.
-        ranked = model.recommend(recent, cart, k=k * 3 if catalog else k, exclude=exclude)
+        ranked = model.recommend(history + recent, cart, k=k * 3 if catalog else k, exclude=exclude)
         items = []
         for item, score in ranked:
             if catalog is not None:

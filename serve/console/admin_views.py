@@ -149,10 +149,11 @@ async def sites_view(request: web.Request) -> View:
                 "source": s["source"],
                 "origins": ", ".join(s["origins"]["value"]),
                 "goals": ", ".join(s["goals"]["value"]),
+                "consent_policy": s["consent_policy"]["value"],
                 "refused": s.get("override_refused", ""),
             }
         )
-        for group in ("policy", "detectors"):
+        for group in ("policy", "detectors", "retention"):
             for rule, v in s[group].items():
                 rule_rows.append(
                     {
@@ -199,13 +200,14 @@ async def sites_view(request: web.Request) -> View:
                     col("source", "From"),
                     col("origins", "Allowed origins"),
                     col("goals", "Goals"),
+                    col("consent_policy", "Consent policy"),
                     col("refused", "Override refused"),
                 ],
                 site_rows,
             ),
             table(
                 "rules",
-                "Policy and detector rules",
+                "Policy, detector and retention (days) rules",
                 [
                     col("site", "Site"),
                     col("group", "Group"),

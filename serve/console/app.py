@@ -24,6 +24,7 @@ ROUTE_MODULES = (
     "serve.console.insights",
     "serve.console.models",
     "serve.console.sites",
+    "serve.console.visitors",
 )
 
 

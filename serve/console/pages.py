@@ -37,6 +37,7 @@ PAGES = (
     Page("/sessions", "sessions", "Sessions", "analyst"),
     Page("/models", "models", "Models", "viewer"),
     Page("/sites", "sites", "Sites", "admin"),
+    Page("/visitors", "visitors", "Visitors", "admin"),
     Page("/operators", "operators", "Operators", "admin"),
     Page("/audit", "audit", "Audit log", "admin"),
 )

@@ -52,6 +52,13 @@ def describe(key: str, site: Site, table: dict[str, Any], origin: str) -> dict[s
         "name": valued("name", site.name, table),
         "origins": valued("origins", list(site.origins), table),
         "goals": valued("goals", list(site.goals), table),
+        "consent_policy": valued("consent_policy", site.consent_policy, table),
+        "retention": {
+            k: valued(
+                k, days, table.get("retention") if isinstance(table.get("retention"), dict) else {}
+            )
+            for k, days in site.retention.days().items()
+        },
         "policy": rules(site.policy, table.get("policy")),
         "detectors": rules(site.detectors, table.get("detectors")),
         "table": table,

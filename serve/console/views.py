@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from serve.console import admin_views, audit, explorer_view, insights, live
+from serve.console import admin_views, audit, explorer_view, insights, live, visitors
 from serve.console.accounts import ROLES, SCOPES, Operator
 from serve.console.auth import error
 from serve.console.pages import PAGES, SESSION_PAGE
@@ -141,6 +141,7 @@ VIEWS: dict[str, ViewFn] = {
     "sites": admin_views.sites_view,
     "sessions": explorer_view.sessions_view,
     "session": explorer_view.session_view,
+    "visitors": visitors.visitors_view,
     "operators": operators_view,
     "audit": audit_view,
 }
@@ -181,7 +182,9 @@ async def export_csv(request: web.Request) -> web.StreamResponse:
     if not op.may(_page_role(name)):
         return error(403, "forbidden", f"this needs the {_page_role(name)} role; you are {op.role}")
     view = await fn(request)
-    found = [t for t in view.get("tables", []) if t["id"] == tid]
+    # A table marked csv=False is not for export (the Visitors page's: its query holds a
+    # visitor id, which the audit entry below would keep).
+    found = [t for t in view.get("tables", []) if t["id"] == tid and t.get("csv") is not False]
     if not found:
         return error(404, "not_found", f"page {name!r} has no table {tid!r}")
     await audit.record_action(

@@ -89,6 +89,8 @@ class Beacons:
             return (403 if req["code"] in ("consent_required", "bad_token") else 400), req
         info = await self.store.session_info(site.key, req.sid)
         if not info.known:  # keys are scoped by site: another site's session is not found
+            if await self.store.erased(site.key, req.sid):
+                return 403, error("erased", "this session's data was erased", sid=req.sid)
             return 403, error("unknown_session", "no such session for this site", sid=req.sid)
         if "analytics" not in info.consent:
             return 403, error(

@@ -21,6 +21,7 @@ the gateway later on a Redis pub/sub channel of its own and goes out as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -48,6 +49,8 @@ from serve.edge.pipeline import Pipeline
 from serve.edge.protocol import CLAIM_REFUSALS, CLOSE_TAKEN_OVER, HelloRequest, Limits, error
 from serve.edge.stats import Stats
 from serve.edge.store import EventStore
+from serve.rights.erasure import Eraser, parse_announcement
+from serve.rights.erasure import announce as rights_announce
 
 log = logging.getLogger("lifeline.gateway")
 
@@ -55,6 +58,7 @@ OUTBOX_BYTES = 1 << 20  # unsent bytes one slow client may hold before it is dis
 PING_INTERVAL_S = 20.0  # a socket silent this long is pinged; silent for two, dropped
 HANDSHAKE_TIMEOUT_S = 10.0  # from TCP accept to a complete HTTP upgrade request
 HALF_OPEN_PER_IP = 256  # sockets of one address still in their handshake, at once
+FORGET_WAIT_S = 10.0  # an erasure waits this long at most for the shards to drop its sessions
 
 
 class Gateway:
@@ -89,7 +93,7 @@ class Gateway:
         self.id = uuid.uuid4().hex[:12]
         self.keys = Keys(prefix)
         self.redis = async_client(redis_url)
-        self.store = EventStore(self.redis, self.keys, master, seal)
+        self.store = EventStore(self.redis, self.keys, master, seal, sites)
         self.ring = HashRing(shard_names or len(shards))
         self.shards = dict(zip(self.ring.names, shards, strict=True))  # by name, as the ring
         self.follow_shards = shard_names is not None
@@ -128,6 +132,7 @@ class Gateway:
         # Bound once: on_message runs per frame, and an events frame goes straight in.
         self._admit = self.pipeline.admit
         self.beacons = Beacons(self.store, self.pipeline, self.stats, self.limits, self.secret)
+        self.eraser = Eraser(self.redis, self.keys, self.drop_sessions)
         self._server: asyncio.Server | None = None
         self.peers: set[Peer] = set()
         self.port = 0
@@ -139,6 +144,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         # The overrides stored before this gateway started are in force from its first socket.
         self.sites = await self.site_rules.refresh(self.redis) or self.sites
+        self.store.sites = self.sites
         # Supervised: a loop that fails is restarted, logged, counted and shown by health.
         self.loops.start("append", self.pipeline.append_loop)
         self.loops.start("settle", self.pipeline.settle_loop)
@@ -151,6 +157,7 @@ class Gateway:
             self.shard_set.version = version
             self.loops.start("shards", lambda: self.shard_set.loop(self.redis, self._switch))
         self.loops.start("push", self._push_loop)
+        self.loops.start("rights", self._rights_loop)
         self.loops.start("keepalive", self._keepalive_loop)
         self.loops.start("metrics", self._metrics_loop)
         self.loops.start("sites", lambda: self.site_rules.loop(self.redis, self._sites_changed))
@@ -232,6 +239,7 @@ class Gateway:
     def _sites_changed(self, sites: dict[str, Site]) -> None:
         """New site rules: the next handshake and beacon use them; open sockets stay open."""
         self.sites = sites
+        self.store.sites = sites  # retention and consent policy from the next write on
 
     def half_open_take(self, ip: str) -> bool:
         """Count a socket of ``ip`` in its handshake; False if the address has too many."""
@@ -310,10 +318,19 @@ class Gateway:
         assert peer.conn is not None
         cursor, reply = peer.conn.consent(frame)
         if cursor is not None:
-            await self.store.record_consent(cursor.sid, cursor.site, cursor.consent)
+            await self.store.record_consent(cursor.sid, cursor.site, cursor.consent, cursor.via)
             if "analytics" not in cursor.consent:
                 self.peers_by_sid.pop(cursor.sid, None)
-                self.pipeline.withdraw(Forget(cursor.sid, cursor.site))
+                # The session's visitor, as its hello named it or (a hello without the
+                # vid, on another connection) as the store bound it.
+                vid = cursor.vid or await self.store.visitor_of(cursor.site, cursor.sid)
+                if vid is not None:
+                    # An objection (art. 21): the whole visitor goes, every session,
+                    # their profile and records, as an erasure request would take them.
+                    keep = self.store.retention(cursor.site)
+                    await self.eraser.erase_visitor(cursor.site, vid, keep, "withdrawal")
+                else:
+                    self.pipeline.withdraw(Forget(cursor.sid, cursor.site))
         peer.send(reply)
 
     async def _on_hello(self, peer: Peer, frame: dict[str, Any]) -> None:
@@ -357,6 +374,49 @@ class Gateway:
     async def wait_scored(self, sid: str, seq: int, timeout: float = 30.0) -> None:
         """Resolve once event ``seq`` of ``sid`` has been scored (:meth:`Pipeline.wait_scored`)."""
         await self.pipeline.wait_scored(sid, seq, timeout)
+
+    # -- erasure ----------------------------------------------------------------------
+
+    async def drop_sessions(self, site: str, sids: list[str], announce: bool = True) -> None:
+        """Drop erased sessions everywhere: here, on their shards, and (``announce``) on every gateway.
+
+        A socket carrying one gets an ``erased`` error and carries it no more;
+        each session's Forget goes to its shard behind the events already on
+        their way, as a withdrawal's does. Resolves when this gateway's shards
+        have taken the Forgets (or after a timeout: the eraser's second pass
+        takes what a late write left).
+        """
+        done = self._drop_here(site, sids)
+        if announce:
+            await rights_announce(self.redis, self.keys, self.id, site, sids)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(done, FORGET_WAIT_S)
+
+    def _drop_here(self, site: str, sids: list[str]) -> asyncio.Future:
+        """Take ``sids`` off this gateway's sockets and queue their Forgets; resolves when sent."""
+        for sid in sids:
+            peer = self.peers_by_sid.pop(sid, None)
+            if peer is not None and peer.conn is not None:
+                peer.conn.sessions.pop(sid, None)
+                peer.send(error("erased", "this session's data was erased", sid=sid))
+        return self.pipeline.forget_all([Forget(sid, site) for sid in sids])
+
+    async def _rights_loop(self) -> None:
+        """Drop the sessions other processes erased (the ``rights`` channel)."""
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(self.keys.rights)
+        try:
+            async for msg in pubsub.listen():
+                if msg.get("type") != "message":
+                    continue
+                parsed = parse_announcement(msg["data"])
+                if parsed is None or parsed[0] == self.id:
+                    continue
+                _origin, site, sids = parsed
+                # Not awaited: the requester's process waits for its own gateway's drops.
+                self._drop_here(site, sids)
+        finally:
+            await pubsub.aclose()
 
     # -- updates from the shards (LLM text, recommendations) ----------------------------
 

@@ -1,4 +1,5 @@
-"""The gateway's public HTTP side (aiohttp): client script, demo shop, beacon, help articles.
+"""The gateway's public HTTP side (aiohttp): client script, demo shop, beacon, help articles,
+the visitor's data-rights requests (:mod:`serve.edge.rights_http`).
 
 The WebSocket endpoint is served by the ``websockets`` library on its own
 port (:mod:`serve.edge.gateway`); everything a browser fetches over plain HTTP is
@@ -20,6 +21,7 @@ from aiohttp import web
 from serve.edge import client_build
 from serve.edge.gateway import Gateway
 from serve.edge.protocol import decode, nests_within
+from serve.edge.rights_http import RightsEndpoints
 
 log = logging.getLogger("lifeline.http")
 
@@ -52,6 +54,7 @@ def build_app(gateway: Gateway, ws_url: str, demo_site: str = "demo") -> web.App
     for path in client_build.SCRIPTS:
         app.router.add_get(path, h.client_js)
     app.router.add_post("/beacon", h.beacon)
+    RightsEndpoints(gateway).routes(app)
     app.router.add_get("/help/{article:[A-Za-z0-9_-]+}", h.help_article)
     app.router.add_get("/", h.demo)
     app.router.add_get("/{name:[A-Za-z0-9_.-]+}", h.demo)

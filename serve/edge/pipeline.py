@@ -129,6 +129,7 @@ class Pipeline:
         # Set when a round is settled, then replaced: read it afresh for each wait.
         self.round_done = asyncio.Event()
         self._scored_waiters: dict[str, list[tuple[int, asyncio.Future]]] = {}
+        self._forget_waiters: dict[str, list[asyncio.Future]] = {}  # sid -> erasures waiting
         self._settled_at = 0.0  # perf_counter when the round being settled was acknowledged
 
     # -- what enters the pipeline -----------------------------------------------------
@@ -156,6 +157,22 @@ class Pipeline:
     def submit(self, sink: AppendSink, plan: EventsPlan) -> None:
         """Queue a planned append whose outcome goes to ``sink`` (a beacon's future)."""
         self._appends.put_nowait((sink, plan))
+
+    def forget_all(self, forgets: list[Forget]) -> asyncio.Future:
+        """Withdraw each session (:meth:`withdraw`); the future resolves once their shards took them.
+
+        For an erasure, which must know the shards dropped the sessions
+        before it looks for what they wrote last. Resolved however the shard
+        calls end (a failed call's shard restarts without the sessions).
+        """
+        loop = asyncio.get_running_loop()
+        waits = []
+        for f in forgets:
+            fut = loop.create_future()
+            self._forget_waiters.setdefault(f.sid, []).append(fut)
+            waits.append(fut)
+            self.withdraw(f)
+        return asyncio.ensure_future(asyncio.gather(*waits))
 
     def withdraw(self, forget: Forget) -> None:
         """Queue a session's forget behind its events still on their way to Redis.
@@ -385,6 +402,8 @@ class Pipeline:
                 self._pending_events -= n
                 self._calling.discard(name)
                 self._idle.set()
+                if self._forget_waiters:
+                    self._forgotten(items)
             t_reply = time.perf_counter()
             took = t_reply - t_call
             self.stats.shard_call_ms += took * 1000.0
@@ -405,6 +424,14 @@ class Pipeline:
                     self._trace(self.tracing, int(i), items, results, triggered, t_call, t_reply, n)
                 except Exception as exc:  # tracing must never cost a visitor anything
                     self.loops.failed(self.loops.loops[f"shard{i}"], exc, time.monotonic())
+
+    def _forgotten(self, items: list[tuple]) -> None:
+        """Resolve the erasures waiting for the Forgets among ``items`` (a shard call ended)."""
+        for it in items:
+            if it[5] == FORGET:
+                for fut in self._forget_waiters.pop(it[0], ()):
+                    if not fut.done():
+                        fut.set_result(None)
 
     def _trace(
         self,

@@ -39,10 +39,14 @@ CLAIM_REFUSALS = {
     "other_site": ("bad_token", "this session belongs to another site"),
     "needs_token": ("bad_token", "this session exists: resuming needs its token"),
     "other_visitor": ("bad_vid", "this session belongs to another visitor"),
+    "erased": ("erased", "this visitor's or session's data was erased: start afresh"),
     # The session's data key is wrapped by a master key this gateway lacks (a
     # rotation dropped it too early): the store failed, as far as the client knows.
     "key_unavailable": ("overloaded", "the store cannot open this session now: retry later"),
 }
+# Where a consent change came from (a consent frame's optional ``via``): the site's
+# consent banner, or the page's own code through the client API.
+CONSENT_SOURCES = ("banner", "api")
 
 # Close codes (docs/PROTOCOL.md).
 CLOSE_BAD_FRAMES = 4400
@@ -193,6 +197,7 @@ class Cursor:
     next: int  # next seq this connection will accept (appends may be in flight below it)
     scored: int = 0  # highest seq the shard has scored (and queued interventions for)
     vid: str | None = None  # the visitor the hello named (pseudonymous, first-party)
+    via: str = "change"  # the source of its latest consent change (a consent frame's via)
     # The session's data key (cluster/sealing.py Sealer), set by the shell on the
     # hello: its events are sealed with it on their way to the log. None: plaintext.
     sealer: Any = None
@@ -481,6 +486,12 @@ class Connection:
         consent = frame.get("consent")
         if not isinstance(consent, list) or not all(isinstance(c, str) for c in consent):
             return None, error("bad_frame", "consent must be a list of categories", sid=cursor.sid)
+        via = frame.get("via")
+        if via is not None and via not in CONSENT_SOURCES:
+            return None, error(
+                "bad_frame", "via must be 'banner' or 'api'", sid=cursor.sid, field="via"
+            )
+        cursor.via = via or "change"
         cursor.consent = [c for c in consent if c in CONSENT_CATEGORIES]
         if "analytics" not in cursor.consent:
             del self.sessions[cursor.sid]

@@ -173,7 +173,10 @@
     else if (t == "intervention") intervene(f);
     else if (t == "update") update(f);
     else if (t == "error") {
-      if (/^bad_(token|sid|vid)$/.test(code)) { fresh(); reconnect(); } // the server will not resume this session
+      if (/^(bad_(token|sid|vid)|erased)$/.test(code)) { // the server will not resume this session
+        code[0] == "e" && put(LS, "ll:v", rid("v-")); // this visitor was erased (in another tab): a new one
+        fresh(); reconnect();
+      }
       else if (code == "unknown_session") reconnect();
       else if (f.expected || /^(sequence_gap|rate_limited|overloaded)$/.test(code)) {
         // resend everything unacknowledged; if the server expects a number below our oldest

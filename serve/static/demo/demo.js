@@ -55,7 +55,7 @@ function header() {
     <nav aria-label="Main">${link("/", "Shop")}${link("/calculator.html", "Financing")}${link("/cart.html", "Cart<span class=\"cart-count\">0</span>")}</nav>
   </div></header>`);
   document.body.insertAdjacentHTML("beforeend", `<footer><div class="in">Ridgeline Outfitters is the demo shop of
-    Lifeline. Nothing here is for sale.</div></footer>`);
+    Lifeline. Nothing here is for sale. <a href="/privacy.html">Your data</a></div></footer>`);
   renderCount();
 }
 

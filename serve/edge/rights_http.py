@@ -1,0 +1,167 @@
+"""The visitor's own data-rights requests on the gateway's HTTP listener (docs/RIGHTS.md).
+
+``POST /v1/visitor/access?site=KEY`` and ``POST /v1/visitor/erase?site=KEY``,
+body ``{"sid": ..., "token": ...}``: the session's resume token (the one
+its welcome gave) authenticates the request. The server reads the
+session's visitor from its hash and acts for that visitor, every session
+of theirs (a session without a visitor: that session only). Access answers
+the JSON document (serve/rights/access.py), erasure ``{"erased": true,
+"sessions": n, "keys": n, "entries": n}``. Both answer ``Cache-Control:
+no-store``; the Origin must be one of the site's (as for the beacon), and
+a cross-origin page gets CORS headers for it.
+
+Refusals (JSON ``{"code", "detail"}``): 403 ``forbidden`` (site or
+origin), 400 ``bad_frame`` (body), 403 ``bad_token``, 404
+``unknown_session``, 410 ``erased`` (already erased), 429 ``rate_limited``
+(``RIGHTS_PER_SESSION`` requests per ``RIGHTS_WINDOW_S`` per session,
+``RIGHTS_PER_SITE`` per second per site).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from actors.core.sites import Site
+from serve.edge.protocol import SID_RE, TokenBucket, sign_token
+from serve.rights.access import AccessReader
+
+RIGHTS_PER_SESSION = 5  # requests of one session in RIGHTS_WINDOW_S
+RIGHTS_WINDOW_S = 60.0
+RIGHTS_PER_SITE = 20.0  # requests per second of one site, every session together
+RIGHTS_BUCKETS = 10_000  # sessions whose rate is remembered (oldest forgotten first)
+NO_STORE = {"Cache-Control": "no-store"}
+BODY_MAX = 1024
+
+
+class RightsEndpoints:
+    """The two routes, their checks and rate limits; one per gateway process."""
+
+    def __init__(self, gateway: Any) -> None:
+        self.gateway = gateway  # None in tests that serve only the static files
+        self._reader: AccessReader | None = None
+        self._buckets: dict[str, TokenBucket] = {}
+
+    @property
+    def reader(self) -> AccessReader:
+        """Made on first use, over the gateway's Redis client."""
+        if self._reader is None:
+            gw = self.gateway
+            self._reader = AccessReader(gw.redis, gw.keys, gw.store.master)
+        return self._reader
+
+    def routes(self, app: web.Application) -> None:
+        for path, handler in (
+            ("/v1/visitor/access", self.access),
+            ("/v1/visitor/erase", self.erase),
+        ):
+            app.router.add_post(path, handler)
+            app.router.add_route("OPTIONS", path, self.preflight)
+
+    async def preflight(self, request: web.Request) -> web.Response:
+        """CORS preflight: a page of the site on another origin may POST JSON here."""
+        site = self._site(request)
+        if isinstance(site, web.Response):
+            return site
+        headers = {
+            **self._cors(request),
+            "Access-Control-Allow-Methods": "POST",
+            "Access-Control-Allow-Headers": "Content-Type",
+            "Access-Control-Max-Age": "600",
+        }
+        return web.Response(status=204, headers=headers)
+
+    async def access(self, request: web.Request) -> web.Response:
+        """The visitor's access document."""
+        found = await self._authorised(request)
+        if isinstance(found, web.Response):
+            return found
+        site, sid, vid = found
+        reader = self.reader
+        doc = await (reader.visitor(site.key, vid) if vid else reader.session(site.key, sid))
+        return web.json_response(doc, headers={**NO_STORE, **self._cors(request)})
+
+    async def erase(self, request: web.Request) -> web.Response:
+        """Erase the visitor (or the session without one); the answer gives the proof's counts."""
+        found = await self._authorised(request)
+        if isinstance(found, web.Response):
+            return found
+        site, sid, vid = found
+        gw = self.gateway
+        keep = gw.store.retention(site.key)
+        if vid:
+            proof = await gw.eraser.erase_visitor(site.key, vid, keep, "request")
+        else:
+            proof = await gw.eraser.erase_session(site.key, sid, keep, "request")
+        body = {"erased": True, **{k: proof.get(k, 0) for k in ("sessions", "keys", "entries")}}
+        return web.json_response(body, headers={**NO_STORE, **self._cors(request)})
+
+    # -- checks ---------------------------------------------------------------------
+
+    def _site(self, request: web.Request) -> Site | web.Response:
+        site = self.gateway.site_for(request.query_string, request.headers.get("Origin"))
+        if isinstance(site, str):
+            return _refuse(403, "forbidden", site)
+        return site
+
+    def _cors(self, request: web.Request) -> dict[str, str]:
+        origin = request.headers.get("Origin")
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"} if origin else {}
+
+    async def _authorised(
+        self, request: web.Request
+    ) -> tuple[Site, str, str | None] | web.Response:
+        """(site, sid, the session's vid or None) of a request whose token is right, or its refusal."""
+        site = self._site(request)
+        if isinstance(site, web.Response):
+            return site
+        raw = await request.content.read(BODY_MAX + 1)
+        try:
+            body = json.loads(raw) if len(raw) <= BODY_MAX else None
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return _refuse(
+                400, "bad_frame", f"body must be a JSON object of at most {BODY_MAX} bytes"
+            )
+        sid, token = body.get("sid"), body.get("token")
+        if not isinstance(sid, str) or SID_RE.fullmatch(sid) is None:
+            return _refuse(400, "bad_sid", "sid must be 8 to 64 characters of [A-Za-z0-9_-]")
+        expected = sign_token(self.gateway.secret, site.key, sid)
+        if not isinstance(token, str) or not hmac.compare_digest(
+            token.encode("utf-8", "surrogatepass"), expected.encode()
+        ):
+            return _refuse(403, "bad_token", "token does not match this session")
+        if not self._allowed(site.key, sid):
+            return _refuse(429, "rate_limited", "too many data requests: try again in a minute")
+        store = self.gateway.store
+        fields = await store.r.hmget(store.keys.session(site.key, sid), "seq", "vid")
+        if fields[0] is None:
+            if await store.erased(site.key, sid):
+                return _refuse(410, "erased", "this session's data was erased")
+            return _refuse(404, "unknown_session", "no such session for this site")
+        vid = fields[1].decode() if fields[1] is not None else None
+        return site, sid, vid
+
+    def _allowed(self, site: str, sid: str) -> bool:
+        now = time.monotonic()
+        buckets = self._buckets
+        ok = True
+        for key, rate, burst in (
+            (f"{site}|{sid}", RIGHTS_PER_SESSION / RIGHTS_WINDOW_S, float(RIGHTS_PER_SESSION)),
+            (site, RIGHTS_PER_SITE, RIGHTS_PER_SITE),
+        ):
+            bucket = buckets.pop(key, None) or TokenBucket(rate, burst, now)
+            buckets[key] = bucket
+            ok = bucket.take(1, now) and ok
+        while len(buckets) > RIGHTS_BUCKETS:
+            del buckets[next(iter(buckets))]
+        return ok
+
+
+def _refuse(status: int, code: str, detail: str) -> web.Response:
+    return web.json_response({"code": code, "detail": detail}, status=status, headers=NO_STORE)
