@@ -64,6 +64,38 @@ def _datakeys(args: argparse.Namespace) -> int:
     return 1 if counts["unopenable"] else 0
 
 
+def _shards(args: argparse.Namespace) -> int:
+    """``lifeline shards list|add|remove NAME``: asks the running ``lifeline up`` (over Redis)."""
+    import json
+
+    from cluster.config import Settings
+    from cluster.keys import Keys
+    from cluster.redis_server import async_client
+    from cluster.shard_set import read_members, request
+
+    settings = Settings()
+
+    async def ask() -> dict:
+        redis = async_client(settings.redis_url)
+        keys = Keys(settings.prefix)
+        try:
+            if args.action == "list":  # what the gateways follow; no running stack needed
+                version, names = await read_members(redis, keys)
+                return {"ok": True, "op": "list", "shards": names, "version": version}
+            if args.action == "remove" and not args.name:
+                return {"ok": False, "error": "name_required"}
+            try:
+                return await request(redis, keys, args.action, args.name or "", args.timeout)
+            except TimeoutError as exc:
+                return {"ok": False, "error": "no_answer", "detail": str(exc)}
+        finally:
+            await redis.aclose()
+
+    outcome = asyncio.run(ask())
+    print(json.dumps(outcome))
+    return 0 if outcome.get("ok") else 1
+
+
 def _config(args: argparse.Namespace) -> int:
     from cluster.config import Settings
 
@@ -120,6 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("config", help="print every setting, its current value and meaning")
     cfg.set_defaults(func=_config)
+
+    sh = sub.add_parser(
+        "shards",
+        help="list the session shards, or add or remove one while the service runs",
+        description="`list` prints the shard set the gateways follow; `add` starts one more "
+        "shard and `remove NAME` hands a shard's sessions over to the others and stops it. "
+        "The running `lifeline up` (same LIFELINE_PREFIX and Redis) does the work and "
+        "answers with JSON; the sessions that move are activated from Redis by their new "
+        "shard, losing and repeating nothing.",
+    )
+    sh.add_argument("action", choices=["list", "add", "remove"])
+    sh.add_argument("name", nargs="?", help="the shard to remove (as `list` names it)")
+    sh.add_argument("--timeout", type=float, default=150.0, help="seconds to wait for the answer")
+    sh.set_defaults(func=_shards)
 
     dk = sub.add_parser(
         "datakeys",

@@ -60,7 +60,9 @@ async def serve(args: argparse.Namespace) -> None:
     check_secret(settings)  # the stack checked the same settings; a hand start is refused too
     check_data_key(settings)
     ray.init(address=args.ray_address, namespace=RAY_NAMESPACE, logging_level="WARNING")
-    shards = [ray.get_actor(name) for name in args.shards.split(",")]
+    # The set in force now (a restart after `lifeline shards add` must not use the first one).
+    names = await current_names(settings) or args.shards.split(",")
+    shards = [ray.get_actor(name) for name in names]
     gateway = Gateway(
         settings.redis_url,
         settings.prefix,
@@ -72,6 +74,7 @@ async def serve(args: argparse.Namespace) -> None:
         tracing=tracing_for("lifeline-gateway", TraceConfig.of(settings)),
         seal=settings.encrypt_at_rest,
         master=master_keys(settings),
+        shard_names=names,
     )
     await gateway.start(settings.host, settings.ws_port, reuse_port=True)
     print("ready", flush=True)
@@ -81,6 +84,19 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await gateway.stop()
+
+
+async def current_names(settings) -> list[str]:
+    """The shard names stored in Redis (cluster/shard_set.py), [] if none are."""
+    from cluster.keys import Keys
+    from cluster.redis_server import async_client
+    from cluster.shard_set import read_members
+
+    redis = async_client(settings.redis_url)
+    try:
+        return (await read_members(redis, Keys(settings.prefix)))[1]
+    finally:
+        await redis.aclose()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,11 @@
 | ``{p}model:plots:{version}`` | hash | one registered model's training-report plots: file name -> PNG bytes |
 | ``{p}sites:overrides`` | hash | run-time site rules: site key -> the site's whole table as JSON, replacing the sites file's (cluster/site_rules.py) |
 | ``{p}sites:version`` | counter | bumped with every change of ``sites:overrides``; gateways and shards poll it |
+| ``{p}shards:members`` | list | the shard set in force: the shards' Ray actor names, in the order they were added; gateways build their hash rings from these names (cluster/shard_set.py) |
+| ``{p}shards:version`` | counter | bumped with every change of ``shards:members`` (in the same transaction); gateways poll it |
+| ``{p}shards:applied`` | hash | gateway id -> the ``shards:version`` it has switched to (its old shards drained and released); a removed shard is stopped once every live gateway is there |
+| ``{p}shards:requests`` | list | operators' requests to the running ``lifeline up`` (JSON: op ``add``/``remove``, name, id); the stack pops and performs them (``lifeline shards``) |
+| ``{p}shards:reply:{id}`` | list | the outcome of one request (JSON), pushed by the stack for the waiting command; expires after a minute |
 | ``{p}recsys:{site}:model`` (``:version``), ``{p}recsys:{site}:catalog`` | string, hash | a site's recommender model and catalog (serve/apps/recommender.py) |
 | ``{p}nudge:{version}:{facts}`` | string | a cached LLM nudge for one situation (serve/apps/nudge.py) |
 | ``{p}chat:{site}:{sid}`` | list | a session's help-chat memory: JSON turns (role, text, ts), the last ``CHAT_TURNS_MAX``, expiring with the session (``SESSION_TTL_S``); the visitor's free text, so erased and exported with the session (serve/apps/chat_memory.py) |
@@ -253,6 +258,10 @@ class Keys:
     def sites(self, part: str) -> str:
         """Run-time site rules: ``overrides`` (hash), ``version`` (counter) (cluster/site_rules.py)."""
         return f"{self.prefix}sites:{part}"
+
+    def shards(self, part: str) -> str:
+        """The shard set: ``members``, ``version``, ``applied``, ``requests``, ``reply:{id}``."""
+        return f"{self.prefix}shards:{part}"
 
     def recsys_model(self, site: str) -> str:
         return f"{self.prefix}recsys:{site}:model"

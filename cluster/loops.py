@@ -159,6 +159,16 @@ class Supervisor:
         now = time.monotonic()
         return {name: s.to_json(now) for name, s in self.loops.items()}
 
+    async def end(self, name: str) -> None:
+        """Cancel the loop ``name`` for good (its work is gone, e.g. a shard left the set)."""
+        for t in [t for t in self.tasks if t.get_name() == name]:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+            self.tasks.remove(t)
+        self.loops.pop(name, None)
+        self.counts.pop(name, None)
+
     async def stop(self) -> None:
         """Cancel every loop and wait for them to end."""
         for t in self.tasks:

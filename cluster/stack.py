@@ -31,6 +31,7 @@ from cluster.keys import Keys
 from cluster.migrate import scope_sessions_by_site
 from cluster.processes import Supervised
 from cluster.redis_server import Persistence, RedisServer, ensure_redis, persistence
+from cluster.resharding import ShardControl
 from cluster.sealing import master_keys
 from cluster.tracing import TraceConfig, tracing_for
 from serve.console.app import build_console
@@ -80,6 +81,8 @@ class Stack:
     persistence: Persistence | None = None
     warnings: list[str] = field(default_factory=list)  # said at start-up, and again in the banner
     ray_record: Path | None = None  # this run's local Ray cluster (cluster/ray_sessions.py)
+    control: ShardControl | None = None  # adds and removes shards (cluster/resharding.py)
+    _control_task: asyncio.Future | None = None
 
     @property
     def redis_url(self) -> str:
@@ -149,12 +152,14 @@ class Stack:
 
             self.serve_handles = await asyncio.to_thread(deploy, s, self.redis.url, s.prefix)
         n = shard_count(s)
-        names = [f"lifeline-shard-{i}{shard_name_suffix}" for i in range(n)]
         trace = TraceConfig.of(s)  # explicit: a joined Ray cluster's workers have their own env
-        self.shards = [
-            SessionShard.options(name=name, lifetime=None).remote(
+
+        def make(i: int) -> tuple[str, Any]:
+            """Start SessionShard number ``i`` (at start, and by ``lifeline shards add``)."""
+            name = f"lifeline-shard-{i}{shard_name_suffix}"
+            return name, SessionShard.options(name=name, lifetime=None).remote(
                 i,
-                self.redis.url,
+                self.redis_url,
                 s.prefix,
                 s.sites_file,
                 s.idle_deactivate_s,
@@ -164,8 +169,8 @@ class Stack:
                     s
                 ),  # recovery opens the sealed log (a joined cluster's env may lack it)
             )
-            for i, name in enumerate(names)
-        ]
+
+        names, self.shards = map(list, zip(*(make(i) for i in range(n)), strict=True))
         # Wait until every shard has loaded its model and opened its Serve handles:
         # the first visitor must not pay for either.
         await asyncio.gather(*(sh.warm_up.remote() for sh in self.shards))
@@ -181,10 +186,17 @@ class Stack:
             tracing=tracing_for("lifeline-gateway", trace),
             seal=s.encrypt_at_rest,
             master=master_keys(s),
+            shard_names=names,
         )
+        self.control = ShardControl(
+            self.gateway.redis, Keys(s.prefix), names, self.shards, make, self.gateway
+        )
+        self.control.changed = self._shards_changed
+        await self.control.publish()  # before the gateways start: they follow it from there
         self.ws_port = await self.gateway.start(s.host, s.ws_port, reuse_port=gateways > 1)
         for _ in range(gateways - 1):
             await self._start_extra_gateway(names)
+        self._control_task = asyncio.ensure_future(self.control.serve())
         self.runner, self.http_port = await _serve(
             build_app(self.gateway, self.ws_url), s.host, s.http_port
         )
@@ -202,6 +214,19 @@ class Stack:
             build_console(console), s.console_host, s.console_port
         )
         return self
+
+    def _shards_changed(self, shards: list[Any]) -> None:
+        self.shards = shards
+
+    async def add_shard(self) -> dict[str, Any]:
+        """One more shard, in force at every gateway when this returns (cluster/resharding.py)."""
+        assert self.control is not None
+        return await self.control.add()
+
+    async def remove_shard(self, name: str) -> dict[str, Any]:
+        """Hand over shard ``name``'s sessions and stop it (cluster/resharding.py)."""
+        assert self.control is not None
+        return await self.control.remove(name)
 
     def _warn(self, message: str) -> None:
         log.warning("%s", message)
@@ -255,7 +280,7 @@ class Stack:
     def shard_for(self, sid: str) -> Any:
         """The SessionShard actor that hosts ``sid``."""
         assert self.gateway is not None
-        return self.shards[self.gateway.ring.shard_of(sid)]
+        return self.gateway.shards[self.gateway.ring.owner(sid)]
 
     async def operator_count(self) -> int:
         """How many operators can sign in to the console."""
@@ -267,6 +292,10 @@ class Stack:
         return list(await asyncio.gather(*(sh.ping.remote() for sh in self.shards)))
 
     async def stop(self) -> None:
+        if self._control_task is not None:
+            self._control_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._control_task
         await asyncio.gather(*(proc.stop() for proc in self.processes))
         for runner in (self.console_runner, self.runner):
             if runner is not None:

@@ -78,7 +78,18 @@ def alternated(fns: dict[str, Any], n: int, repeat: int) -> dict[str, float]:
 
 
 def pipeline(tracing: Tracing | None) -> Pipeline:
-    return Pipeline(None, HashRing(2), [None, None], Stats(), None, {}, 0.0, 0.0, 10**9, tracing)  # type: ignore[arg-type]
+    return Pipeline(
+        None,
+        HashRing(2),
+        dict.fromkeys(HashRing(2).names),
+        Stats(),
+        None,
+        {},
+        0.0,
+        0.0,
+        10**9,
+        tracing,
+    )  # type: ignore[arg-type]
 
 
 def frames(p: Pipeline, plan: EventsPlan, conn: Any) -> Any:
@@ -87,8 +98,8 @@ def frames(p: Pipeline, plan: EventsPlan, conn: Any) -> Any:
         for k in range(n):
             to_shard(plan, b"x", conn, 1.0)
             if k & 1023 == 0:  # keep the lists short, as the shard loop does
-                pending[0].clear()
-                pending[1].clear()
+                pending["shard-0"].clear()
+                pending["shard-1"].clear()
 
     return run
 
@@ -97,7 +108,7 @@ def before(p: Pipeline, plan: EventsPlan, conn: Any) -> Any:
     """_to_shard as it was before tracing: a 6-field item, no draw."""
 
     def to_shard(plan: EventsPlan, payload: bytes, conn: Any) -> None:
-        i = p.ring.shard_of(plan.sid)
+        i = p.ring.owner(plan.sid)
         p._pending[i].append((plan.sid, conn.site, plan.consent, payload, len(plan.append), EVENTS))
         p._pending_events += len(plan.append)
         p._wake[i].set()
@@ -107,8 +118,8 @@ def before(p: Pipeline, plan: EventsPlan, conn: Any) -> Any:
         for k in range(n):
             to_shard(plan, b"x", conn)
             if k & 1023 == 0:
-                pending[0].clear()
-                pending[1].clear()
+                pending["shard-0"].clear()
+                pending["shard-1"].clear()
 
     return run
 
@@ -141,7 +152,7 @@ def main() -> int:
     p = pipeline(tr0)
     for k in range(64):
         p._to_shard(EventsPlan(f"s-{k}", [{"seq": 1}], 1, 1, [], ()), b"x", conn, 1.0)
-    items = p._pending[0] + p._pending[1]
+    items = p._pending["shard-0"] + p._pending["shard-1"]
 
     def call_overhead(m: int) -> None:
         for _ in range(m):

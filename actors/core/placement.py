@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
+from collections.abc import Sequence
 
 VNODES = 64  # points per shard: evens out the load to a few percent
 
@@ -22,19 +23,37 @@ def _point(key: str) -> int:
 
 
 class HashRing:
-    """Maps a session id to one of ``n`` shards, stably."""
+    """Maps a session id to one of a set of named shards, stably.
 
-    def __init__(self, n: int, vnodes: int = VNODES) -> None:
-        if n < 1:
+    Built from the shards' names (their Ray actor names), not their
+    positions: a shard's points depend on its name alone, so adding or
+    removing one shard moves only the sessions whose ring position it
+    takes or gives up, and none between two shards that stay. ``HashRing(n)``
+    names the shards ``shard-0`` .. ``shard-{n-1}`` (tools and tests).
+    """
+
+    def __init__(self, shards: int | Sequence[str], vnodes: int = VNODES) -> None:
+        names = [f"shard-{s}" for s in range(shards)] if isinstance(shards, int) else list(shards)
+        if not names:
             raise ValueError("a ring needs at least one shard")
-        self.n = n
-        points = sorted((_point(f"shard-{s}#{v}"), s) for s in range(n) for v in range(vnodes))
+        if len(set(names)) != len(names):
+            raise ValueError(f"shard names must be distinct: {names}")
+        self.names = names
+        self.n = len(names)
+        points = sorted(
+            (_point(f"{name}#{v}"), s) for s, name in enumerate(names) for v in range(vnodes)
+        )
         self._keys = [p for p, _ in points]
         self._owners = [s for _, s in points]
         # A live session's shard is asked for on every frame: remember recent answers.
         self.shard_of = functools.lru_cache(maxsize=1 << 16)(self._shard_of)
+        self.owner = functools.lru_cache(maxsize=1 << 16)(self._owner)
 
     def _shard_of(self, sid: str) -> int:
-        """The shard that owns ``sid``."""
+        """The position (in ``names``) of the shard that owns ``sid``."""
         i = bisect.bisect(self._keys, _point(sid))
         return self._owners[i % len(self._owners)]
+
+    def _owner(self, sid: str) -> str:
+        """The name of the shard that owns ``sid``."""
+        return self.names[self.shard_of(sid)]

@@ -39,6 +39,7 @@ import redis
 
 from actors.core.host import BatchItem, Forget, SessionHost, Visit, unpack_batch
 from actors.core.kinds import KIND
+from actors.core.placement import HashRing
 from actors.core.policy import Decision
 from actors.core.reasons import Driver, top_drivers
 from actors.core.retention import Retention
@@ -201,6 +202,7 @@ class ShardCore:
             "lock_wait_ms": 0.0,
             "inbound_ms": 0.0,  # from the gateway's send to this batch's start (the link and queueing)
             "forgotten": 0,  # sessions dropped on a withdrawal of analytics consent
+            "released": 0,  # sessions handed over to another shard by a shard-set change
             "outcomes_refused": 0,  # intervention outcomes naming another session's record
             "unreadable_entries": 0,  # logged entries whose data key is gone (erased), skipped
         }
@@ -970,6 +972,30 @@ class ShardCore:
         self._run(self._flush(states, seen, held))
         return len(states)
 
+    def release(self, members: list[str], me: str) -> int:
+        """Hand over the sessions a new shard set gives to other shards; returns how many.
+
+        Each held session that the ring of ``members`` does not place on
+        ``me`` is snapshotted and dropped, after the decision records being
+        written: the shard that gets it next activates it from Redis
+        (snapshot + log, as after a crash), and a later move back here loads
+        it again instead of using stale memory. The gateway calls this once
+        it has drained every batch of the old set (serve/edge/pipeline.py).
+        """
+        ring = HashRing(members)
+        with self._lock:
+            held = [*self.host.active, *self.host.dormant]
+            moved = [sid for sid in held if ring.owner(sid) != me]
+            states = []
+            for sid in moved:
+                packed = self.host._try_packed(sid)
+                if packed is not None:
+                    states.append((sid, *packed))
+                self.host.forget(sid)
+        self._run(self._flush(states, []))
+        self.stats["released"] += len(moved)
+        return len(moved)
+
     async def _flush(
         self,
         states: list[tuple[str, str, bytes]],
@@ -1346,6 +1372,11 @@ class SessionShard:
     def flush(self) -> int:
         """Write snapshots of every changed session now, the console's counts and visitor profiles."""
         return self.core.flush_snapshots()
+
+    def release(self, members: list[str], me: str) -> int:
+        """Hand over the sessions the shard set ``members`` moves off ``me`` (:meth:`ShardCore.release`)."""
+        with self._batch:  # between batches: none of them is half applied
+            return self.core.release(members, me)
 
     def retire_idle(self, now_ms: float) -> int:
         """Retire the sessions idle at ``now_ms`` now (:meth:`ShardCore.retire_idle`)."""

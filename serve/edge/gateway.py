@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import msgpack
+import ray
 
 from actors.core.host import Forget
 from actors.core.placement import HashRing
@@ -38,6 +39,7 @@ from cluster.keys import Keys
 from cluster.loops import Supervisor
 from cluster.redis_server import async_client
 from cluster.sealing import MasterKeys
+from cluster.shard_set import ShardSet, read_members
 from cluster.site_rules import SiteRules
 from cluster.tracing import Tracing
 from serve.edge import metrics
@@ -80,17 +82,24 @@ class Gateway:
         tracing: Tracing | None = None,
         master: MasterKeys | None = None,
         seal: bool = True,
+        shard_names: list[str] | None = None,
     ) -> None:
-        """``master``: the event log's master keys (cluster/sealing.py); with ``seal``, each
+        """``shard_names``: the shards' Ray actor names, which the ring hashes and the shard
+        set in Redis names (cluster/shard_set.py); None: ``shard-{i}``, and the set is not
+        followed (tools and tests that hand over anonymous actors).
+
+        ``master``: the event log's master keys (cluster/sealing.py); with ``seal``, each
         session's events are logged sealed under its subject's data key. None: plaintext."""
         self.id = uuid.uuid4().hex[:12]
         self.keys = Keys(prefix)
         self.redis = async_client(redis_url)
         self.store = EventStore(self.redis, self.keys, master, seal, sites)
-        self.shards = shards
-        tls = LinkTLS.from_env()  # the cluster's, as the shards read it
-        self.links = [ShardLink(shard, self.id, tls) for shard in shards]
-        self.ring = HashRing(len(shards))
+        self.ring = HashRing(shard_names or len(shards))
+        self.shards = dict(zip(self.ring.names, shards, strict=True))  # by name, as the ring
+        self.follow_shards = shard_names is not None
+        self._tls = LinkTLS.from_env()  # the cluster's, as the shards read it
+        self.links = {name: ShardLink(sh, self.id, self._tls) for name, sh in self.shards.items()}
+        self.shard_set = ShardSet(self.keys, self.id)
         # The sites file's sites, then the run-time overrides (cluster/site_rules.py):
         # ``sites`` is replaced whole on a change, so a handshake reads one dict.
         self.site_rules = SiteRules(sites, self.keys, log)
@@ -139,8 +148,14 @@ class Gateway:
         # Supervised: a loop that fails is restarted, logged, counted and shown by health.
         self.loops.start("append", self.pipeline.append_loop)
         self.loops.start("settle", self.pipeline.settle_loop)
-        for i in range(len(self.shards)):
-            self.loops.start(f"shard{i}", lambda i=i: self.pipeline.shard_loop(i))
+        for name in self.ring.names:
+            self._start_shard_loop(name)
+        if self.follow_shards:
+            version, names = await read_members(self.redis, self.keys)
+            if names and names != self.ring.names:  # changed since we were told the names
+                await self._switch(names)
+            self.shard_set.version = version
+            self.loops.start("shards", lambda: self.shard_set.loop(self.redis, self._switch))
         self.loops.start("push", self._push_loop)
         self.loops.start("rights", self._rights_loop)
         self.loops.start("keepalive", self._keepalive_loop)
@@ -163,7 +178,7 @@ class Gateway:
                 peer.close(CLOSE_GOING_AWAY, "server shutting down")
             await self._server.wait_closed()
         await self.loops.stop()
-        for link in self.links:
+        for link in self.links.values():
             link.close()
         self.store.close()
         await self.redis.aclose()
@@ -181,6 +196,45 @@ class Gateway:
         if not site.origin_allowed(origin):
             return f"origin {origin!r} not allowed for site {site.key}"
         return site
+
+    # -- the shard set (cluster/shard_set.py) -------------------------------------------
+
+    def _start_shard_loop(self, name: str) -> None:
+        label = self.pipeline.labels[name]
+        self.loops.start(f"shard{label}", lambda: self.pipeline.shard_loop(name))
+
+    async def _end_shard_loop(self, name: str) -> None:
+        await self.loops.end(f"shard{self.pipeline.labels[name]}")
+
+    async def _switch(self, names: list[str]) -> None:
+        """Follow a new shard set: look up the new actors, then drain and switch the pipeline."""
+        if names == self.ring.names:
+            return
+        shards = {n: self.shards.get(n) for n in names}
+        for n in names:
+            if shards[n] is None:
+                shards[n] = await asyncio.to_thread(ray.get_actor, n)
+        links = {n: self.links.get(n) or ShardLink(shards[n], self.id, self._tls) for n in names}
+        old = self.shards
+
+        async def release(name: str) -> None:
+            try:
+                moved = await old[name].release.remote(names, name)
+            except ray.exceptions.RayActorError as exc:  # gone: it holds nothing to hand over
+                log.warning("shard %s could not hand over its sessions: %s", name, exc)
+                return
+            log.warning("shard %s handed over %d sessions", name, moved)
+
+        held = await self.pipeline.switch(
+            HashRing(names), links, release, self._start_shard_loop, self._end_shard_loop
+        )
+        for n, link in self.links.items():
+            if n not in links:
+                link.close()
+        self.shards, self.links, self.ring = shards, links, self.pipeline.ring
+        log.warning(
+            "gateway %s now on %d shards (%d items held meanwhile)", self.id, len(names), held
+        )
 
     def _sites_changed(self, sites: dict[str, Site]) -> None:
         """New site rules: the next handshake and beacon use them; open sockets stay open."""

@@ -21,6 +21,14 @@ ride along with its events (two floats), so the spans of a frame that turns
 out to be traced (sampled, or its events triggered an intervention) are
 recorded after the shard's reply, from those times.
 
+Shard-set changes (cluster/shard_set.py): :meth:`Pipeline.switch` holds
+new batches back, drains every shard's queue and call in flight under the
+old ring, has each old shard hand over the sessions the new ring moves
+(snapshot, then drop), and only then queues the held batches under the new
+ring. So a moved session's events reach its old shard first and its new one
+after, which activates it from Redis: nothing is applied twice, and no
+event is decided on twice.
+
 Backpressure: when the shards fall behind by more than ``max_pending``
 events, new frames are refused with ``overloaded`` (not acknowledged: the
 client resends later) instead of queueing without bound.
@@ -31,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
@@ -77,7 +86,7 @@ class Pipeline:
         self,
         store: EventStore,
         ring: HashRing,
-        links: list[ShardLink],
+        links: dict[str, ShardLink],
         stats: Stats,
         loops: Supervisor,
         peers_by_sid: dict[str, Peer],
@@ -90,22 +99,29 @@ class Pipeline:
         self.store = store
         self.tracing = tracing  # None: off, and the per-frame path tests just that
         self.ring = ring
-        self.links = links
+        self.links = links  # by shard name, as the ring names them
         self.stats = stats
         self.metrics = metrics or GatewayMetrics()
+        # A shard's label in loop names and metrics: its position when this gateway first
+        # saw it (the first set's are 0..n-1, as before), never reused for another shard.
+        self.labels = {name: str(i) for i, name in enumerate(ring.names)}
         # Every shard's series from the start, at 0: Prometheus' increase() cannot see
         # the first restart of a series that is born at 1.
-        stats.shard_restarts.update({str(i): 0 for i in range(len(links))})
+        stats.shard_restarts.update({lb: 0 for lb in self.labels.values()})
         self.loops = loops
         self.peers_by_sid = peers_by_sid
         self.window_s = window_s
         self.append_window_s = append_window_s
         self.max_pending = max_pending
         self._appends: asyncio.Queue[tuple[Any, EventsPlan | None]] = asyncio.Queue()
-        self._pending: list[list[tuple]] = [[] for _ in links]
-        self._drawn = [0 for _ in links]  # pending items the trace head drew, per shard
+        self._pending: dict[str, list[tuple]] = {name: [] for name in ring.names}
+        self._drawn = dict.fromkeys(ring.names, 0)  # pending items the trace head drew, per shard
         self._pending_events = 0
-        self._wake = [asyncio.Event() for _ in links]
+        self._wake = {name: asyncio.Event() for name in ring.names}
+        # While a shard-set change drains the old shards: (name-less) items held back.
+        self._held: list[tuple] | None = None
+        self._calling: set[str] = set()  # shards with a batch call in flight
+        self._idle = asyncio.Event()  # set whenever a shard call ends (the drain waits on it)
         self._rounds_open = 0  # rounds begun (gathering or at Redis) and not yet settled
         self._slots = asyncio.Semaphore(ROUNDS_IN_FLIGHT)
         # (batch, appends, runs, outcome, when the round went to Redis)
@@ -317,15 +333,22 @@ class Pipeline:
         Queued now, so it reaches the shard before the events that follow the
         hello; once per hello, never per event.
         """
-        i = self.ring.shard_of(sid)
-        self._pending[i].append((sid, site, consent, vid.encode(), 0, VISIT, 0.0, 0.0, None, 0, 0))
-        self._wake[i].set()
+        self._queue((sid, site, consent, vid.encode(), 0, VISIT, 0.0, 0.0, None, 0, 0))
 
     def _forget(self, forget: Forget) -> None:
         """Queue the shard's forget of a session, behind that session's events."""
-        i = self.ring.shard_of(forget.sid)
-        self._pending[i].append((forget.sid, forget.site, (), b"", 0, FORGET, 0.0, 0.0, None, 0, 0))
-        self._wake[i].set()
+        self._queue((forget.sid, forget.site, (), b"", 0, FORGET, 0.0, 0.0, None, 0, 0))
+
+    def _queue(self, item: tuple) -> None:
+        """Queue one item for its session's shard (held back while the shard set changes)."""
+        if self._held is not None:
+            self._held.append(item)
+            return
+        name = self.ring.owner(item[0])
+        if item[8] is not None:
+            self._drawn[name] += 1  # so a batch with none drawn skips tracing in O(1)
+        self._pending[name].append(item)
+        self._wake[name].set()
 
     def _to_shard(self, plan: EventsPlan, payload: bytes, conn: Connection, read: float) -> None:
         """Queue a durable run of events for its shard.
@@ -335,12 +358,10 @@ class Pipeline:
         connection while its events were on their way to Redis. ``read``: when
         the frame was read, for its spans if it is traced.
         """
-        i = self.ring.shard_of(plan.sid)
         tracing = self.tracing
         head = tracing.head() if tracing is not None else None  # one random draw per frame
-        if head is not None:
-            self._drawn[i] += 1  # so a batch with none drawn skips tracing in O(1)
-        self._pending[i].append(
+        self._pending_events += len(plan.append)
+        self._queue(
             (
                 plan.sid,
                 conn.site,
@@ -355,35 +376,39 @@ class Pipeline:
                 plan.last,
             )
         )
-        self._pending_events += len(plan.append)
-        self._wake[i].set()
 
-    async def shard_loop(self, i: int) -> None:
+    async def shard_loop(self, name: str) -> None:
+        """Hand shard ``name`` its pending items, one call at a time, until it leaves the set."""
+        i = self.labels[name]
+        wake = self._wake[name]
         while True:
-            await self._wake[i].wait()
+            await wake.wait()
             if self.window_s:
                 await asyncio.sleep(self.window_s)  # gather what arrives in the next few ms
-            self._wake[i].clear()
-            items, self._pending[i] = self._pending[i], []
-            drawn, self._drawn[i] = self._drawn[i], 0
+            wake.clear()
+            items, self._pending[name] = self._pending[name], []
+            drawn, self._drawn[name] = self._drawn[name], 0
             if not items:
                 continue
+            self._calling.add(name)
             n = sum(it[4] for it in items)
             self.stats.batch_events.append(n)
             if len(self.stats.batch_events) > 10_000:
                 del self.stats.batch_events[:5_000]
             t_call = time.perf_counter()
             try:
-                reply = await self._call_shard(i, items, drawn)
+                reply = await self._call_shard(name, items, drawn)
             finally:  # however the call ends, these events no longer wait for the shard
                 self._pending_events -= n
+                self._calling.discard(name)
+                self._idle.set()
                 if self._forget_waiters:
                     self._forgotten(items)
             t_reply = time.perf_counter()
             took = t_reply - t_call
             self.stats.shard_call_ms += took * 1000.0
-            if self.links[i].restarts:
-                self.stats.shard_restarts[str(i)] = self.links[i].restarts
+            if self.links[name].restarts:
+                self.stats.shard_restarts[i] = self.links[name].restarts
             if reply is None:
                 continue
             self.metrics.shard_call(took)
@@ -396,7 +421,7 @@ class Pipeline:
                     self.loops.failed(self.loops.loops[f"shard{i}"], exc, time.monotonic())
             if self.tracing is not None and (drawn or triggered):
                 try:
-                    self._trace(self.tracing, i, items, results, triggered, t_call, t_reply, n)
+                    self._trace(self.tracing, int(i), items, results, triggered, t_call, t_reply, n)
                 except Exception as exc:  # tracing must never cost a visitor anything
                     self.loops.failed(self.loops.loops[f"shard{i}"], exc, time.monotonic())
 
@@ -531,7 +556,7 @@ class Pipeline:
         ]
 
     async def _call_shard(
-        self, i: int, items: list[tuple], drawn: int = 0
+        self, i: str, items: list[tuple], drawn: int = 0
     ) -> tuple[list, list] | None:
         """Hand a shard a batch over its link, retrying while Ray restarts it.
 
@@ -548,7 +573,7 @@ class Pipeline:
                 return msgpack.unpackb(await self.links[i].call(packed, time.time()))
             except ShardFailed as exc:  # a bug in the shard, not a restart: retrying won't help
                 log.error(
-                    "shard %d failed a batch of %d events: %s", i, sum(it[4] for it in items), exc
+                    "shard %s failed a batch of %d events: %s", i, sum(it[4] for it in items), exc
                 )
                 return None
             except (
@@ -558,7 +583,7 @@ class Pipeline:
             ) as exc:
                 if time.monotonic() > deadline:
                     log.error(
-                        "shard %d unavailable for %.0f s; %d events stay in the log only: %s",
+                        "shard %s unavailable for %.0f s; %d events stay in the log only: %s",
                         i,
                         SHARD_RETRY_S,
                         sum(it[4] for it in items),
@@ -566,9 +591,59 @@ class Pipeline:
                     )
                     return None
                 self.stats.shard_retries += 1
-                log.warning("shard %d call failed (%s); retrying", i, type(exc).__name__)
+                log.warning("shard %s call failed (%s); retrying", i, type(exc).__name__)
                 await asyncio.sleep(delay)  # backing off while Ray restarts the actor
                 delay = min(delay * 2, 1.0)
+
+    # -- shard-set changes -------------------------------------------------------------
+
+    async def switch(
+        self,
+        ring: HashRing,
+        links: dict[str, ShardLink],
+        release: Callable[[str], Awaitable[Any]],
+        start_loop: Callable[[str], Any],
+        stop_loop: Callable[[str], Awaitable[Any]],
+    ) -> int:
+        """Move to a new shard set without losing, reordering or re-applying an event.
+
+        ``links``: one for every shard of ``ring`` (the ones kept are reused);
+        ``await release(name)`` makes the old shard ``name`` hand over the
+        sessions the new ring moves off it; ``start_loop(name)`` starts the
+        dispatcher of a new shard and ``await stop_loop(name)`` ends a removed
+        one's (drained, so it is idle). Returns how many items were held back.
+        Items queued meanwhile wait (per shard they keep their order); a shard
+        that cannot be reached holds the change up to its retry window.
+        """
+        old = self.ring
+        self._held = []
+        try:
+            for wake in self._wake.values():
+                wake.set()
+            # Drained: every old shard's queue taken and its call answered.
+            while any(self._pending.values()) or self._calling:
+                self._idle.clear()
+                await self._idle.wait()
+            await asyncio.gather(*(release(name) for name in old.names))
+            gone = [name for name in old.names if name not in links]
+            self.ring = ring
+            self.links = links
+            for name in ring.names:
+                if name not in self._pending:
+                    self.labels.setdefault(name, str(len(self.labels)))
+                    self.stats.shard_restarts.setdefault(self.labels[name], 0)
+                    self._pending[name] = []
+                    self._drawn[name] = 0
+                    self._wake[name] = asyncio.Event()
+                    start_loop(name)
+            for name in gone:
+                await stop_loop(name)
+                del self._pending[name], self._drawn[name], self._wake[name]
+        finally:
+            held, self._held = self._held, None
+        for item in held:
+            self._queue(item)
+        return len(held)
 
 
 def _read_time(items: list[tuple], sid: str, seq: Any) -> float:
