@@ -103,6 +103,30 @@ class Settings:
             "secret": True,
         },
     )
+    secret_id: str = field(
+        default_factory=lambda: _env("LIFELINE_SECRET_ID", "1"),
+        metadata={
+            "env": "LIFELINE_SECRET_ID",
+            "help": "id of LIFELINE_SECRET, written into every token it signs (1-16 of A-Z a-z "
+            "0-9 _ -); change it with the key when rotating",
+        },
+    )
+    secret_previous: str = field(
+        default_factory=lambda: _env("LIFELINE_SECRET_PREVIOUS", ""),
+        metadata={
+            "env": "LIFELINE_SECRET_PREVIOUS",
+            "help": "retired-but-still-accepted token keys, id:key,id:key; a token whose key id "
+            "is in neither setting is refused",
+            "secret": True,
+        },
+    )
+    token_days: float = field(
+        default_factory=lambda: float(_env("LIFELINE_TOKEN_DAYS", "30")),
+        metadata={
+            "env": "LIFELINE_TOKEN_DAYS",
+            "help": "days a resume token stays valid (each hello issues a fresh one)",
+        },
+    )
     data_key: str = field(
         default_factory=lambda: _env("LIFELINE_DATA_KEY", DEV_DATA_KEY),
         metadata={

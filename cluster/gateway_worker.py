@@ -53,6 +53,7 @@ async def serve(args: argparse.Namespace) -> None:
     from cluster.config import Settings, check_data_key, check_secret
     from cluster.sealing import master_keys
     from cluster.stack import RAY_NAMESPACE
+    from cluster.tokens import token_keyring
     from cluster.tracing import TraceConfig, tracing_for
     from serve.edge.gateway import Gateway
 
@@ -66,7 +67,7 @@ async def serve(args: argparse.Namespace) -> None:
         settings.prefix,
         shards,
         load_sites(settings.sites_file),
-        settings.secret,
+        token_keyring(settings),
         batch_window_ms=settings.batch_window_ms,
         append_window_ms=settings.append_window_ms,
         tracing=tracing_for("lifeline-gateway", TraceConfig.of(settings)),

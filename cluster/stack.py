@@ -32,6 +32,7 @@ from cluster.migrate import scope_sessions_by_site
 from cluster.processes import Supervised
 from cluster.redis_server import Persistence, RedisServer, ensure_redis, persistence
 from cluster.sealing import master_keys
+from cluster.tokens import token_keyring
 from cluster.tracing import TraceConfig, tracing_for
 from serve.console.app import build_console
 from serve.console.context import ConsoleContext
@@ -174,7 +175,7 @@ class Stack:
             s.prefix,
             self.shards,
             self.sites,
-            s.secret,
+            token_keyring(s),
             limits=limits,
             batch_window_ms=s.batch_window_ms,
             append_window_ms=s.append_window_ms,

@@ -15,6 +15,7 @@ from typing import Any
 
 from actors.core.sites import Site
 from cluster.sealing import KeyUnavailable
+from cluster.tokens import Keyring
 from serve.edge.peer import Peer
 from serve.edge.pipeline import AppendSink, Pipeline
 from serve.edge.protocol import Connection, HelloRequest, Limits, TokenBucket, error
@@ -29,7 +30,7 @@ class Beacons:
     """Beacon requests of every site, and their rate limits (a beacon has no socket to keep them)."""
 
     def __init__(
-        self, store: EventStore, pipeline: Pipeline, stats: Stats, limits: Limits, secret: bytes
+        self, store: EventStore, pipeline: Pipeline, stats: Stats, limits: Limits, secret: Keyring
     ) -> None:
         self.store = store
         self.pipeline = pipeline

@@ -38,6 +38,7 @@ from cluster.loops import Supervisor
 from cluster.redis_server import async_client
 from cluster.sealing import MasterKeys
 from cluster.site_rules import SiteRules
+from cluster.tokens import Keyring
 from cluster.tracing import Tracing
 from serve.edge import metrics
 from serve.edge.beacon import Beacons
@@ -64,7 +65,7 @@ class Gateway:
         prefix: str,
         shards: list[Any],
         sites: dict[str, Site],
-        secret: str,
+        secret: str | Keyring,
         limits: Limits | None = None,
         batch_window_ms: float = 0.0,
         append_window_ms: float = 0.0,
@@ -91,7 +92,8 @@ class Gateway:
         # ``sites`` is replaced whole on a change, so a handshake reads one dict.
         self.site_rules = SiteRules(sites, self.keys, log)
         self.sites = sites
-        self.secret = secret.encode()
+        # The resume-token keys (cluster/tokens.py); a bare string is one key with id 1.
+        self.secret = secret if isinstance(secret, Keyring) else Keyring("1", secret.encode())
         self.limits = limits or Limits()
         self.ping_interval_s = ping_interval_s
         self.outbox_bytes = outbox_bytes

@@ -16,8 +16,6 @@ expected number.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import re
 import time
@@ -27,12 +25,14 @@ from typing import Any
 import msgpack
 
 from actors.core.events import MAX_NUM, SEQUENCE_GAP, EventError, validate_event
+from cluster.tokens import Keyring
 
 PROTOCOL_VERSION = 1
 CONSENT_CATEGORIES = ("necessary", "analytics", "personalization", "marketing")
 # Used with fullmatch: "$" alone would accept a trailing newline.
 SID_RE = re.compile(r"[A-Za-z0-9_-]{8,64}")
-MAX_TOKEN = 128  # a resume token is 32 hex digits; anything much longer is not one
+MAX_TOKEN = 128  # a resume token is about 60 characters (cluster/tokens.py); much longer is not one
+RESUME = "resume"  # the purpose a session's resume token is signed for (cluster/tokens.py)
 
 # The store's refusals of a hello (serve/edge/store.py ``claim``) as error frames: (code, detail).
 CLAIM_REFUSALS = {
@@ -42,6 +42,14 @@ CLAIM_REFUSALS = {
     # The session's data key is wrapped by a master key this gateway lacks (a
     # rotation dropped it too early): the store failed, as far as the client knows.
     "key_unavailable": ("overloaded", "the store cannot open this session now: retry later"),
+}
+
+# Why a resume token was refused (cluster/tokens.py Keyring.check), as the detail to send.
+_TOKEN_REFUSALS = {
+    "malformed": "token is not one this service issues",
+    "mismatch": "token does not match this session",
+    "expired": "token has expired: start a new session",
+    "retired": "token was signed by a key that has been retired: start a new session",
 }
 
 # Close codes (docs/PROTOCOL.md).
@@ -92,9 +100,14 @@ def is_visitor_id(value: Any) -> bool:
     return _is_sid(value)
 
 
-def sign_token(secret: bytes, site: str, sid: str) -> str:
+def keyring_of(secret: bytes | Keyring) -> Keyring:
+    """A bare secret as a one-key keyring (id ``1``, the default TTL): tests and tools pass bytes."""
+    return secret if isinstance(secret, Keyring) else Keyring("1", secret)
+
+
+def sign_token(secret: bytes | Keyring, site: str, sid: str, now: float | None = None) -> str:
     """The resume token for a session: only whoever got the welcome can resume it."""
-    return hmac.new(secret, f"{site}|{sid}".encode(), hashlib.sha256).hexdigest()[:32]
+    return keyring_of(secret).sign(RESUME, site, sid, now)
 
 
 def _no_constant(name: str) -> Any:
@@ -227,12 +240,16 @@ class Connection:
     """One WebSocket connection's protocol state, for one site."""
 
     def __init__(
-        self, site: str, secret: bytes, limits: Limits | None = None, now: float | None = None
+        self,
+        site: str,
+        secret: bytes | Keyring,
+        limits: Limits | None = None,
+        now: float | None = None,
     ) -> None:
         now = time.monotonic() if now is None else now
         limits = limits or Limits()
         self.site = site
-        self.secret = secret
+        self.keyring = keyring_of(secret)
         self.limits = limits
         self.sessions: dict[str, Cursor] = {}
         self.binary = False
@@ -337,12 +354,12 @@ class Connection:
 
     def accept_hello(self, req: HelloRequest, known: bool, stored_seq: int) -> dict[str, Any]:
         """Finish a hello once the shell knows whether the sid exists and its durable seq."""
-        expected = sign_token(self.secret, self.site, req.sid)
-        # Bytes: compare_digest refuses str with non-ASCII characters (TypeError).
-        if req.token is not None and not hmac.compare_digest(
-            req.token.encode("utf-8", "surrogatepass"), expected.encode()
-        ):
-            return error("bad_token", "token does not match this session", sid=req.sid)
+        if req.token is not None:
+            # One HMAC; the reason (mismatch, expired, retired, malformed) is machine-readable,
+            # the code stays bad_token: the client starts afresh after any of them.
+            why = self.keyring.check(req.token, RESUME, self.site, req.sid)
+            if why is not None:
+                return error("bad_token", _TOKEN_REFUSALS[why], sid=req.sid, reason=why)
         if known and req.token is None:
             return error("bad_token", "this session exists: resuming needs its token", sid=req.sid)
         self.sessions[req.sid] = Cursor(
@@ -352,7 +369,7 @@ class Connection:
             "t": "welcome",
             "v": PROTOCOL_VERSION,
             "sid": req.sid,
-            "token": expected,
+            "token": self.keyring.sign(RESUME, self.site, req.sid),  # fresh expiry every hello
             "acked": stored_seq,
             "limits": self.limits.to_wire(),
         }
