@@ -103,6 +103,24 @@ class Settings:
             "secret": True,
         },
     )
+    production: bool = field(
+        default_factory=lambda: _env("LIFELINE_PRODUCTION", "0") not in ("0", "false", ""),
+        metadata={
+            "env": "LIFELINE_PRODUCTION",
+            "help": "1: production mode (`lifeline up --production`); it is also on whenever "
+            "the gateway or console binds beyond loopback (cluster/production.py)",
+        },
+    )
+    tls_terminated_by_proxy: bool = field(
+        default_factory=lambda: (
+            _env("LIFELINE_TLS_TERMINATED_BY_PROXY", "0") not in ("0", "false", "")
+        ),
+        metadata={
+            "env": "LIFELINE_TLS_TERMINATED_BY_PROXY",
+            "help": "1: a reverse proxy in front terminates TLS (wss/https) for every listener "
+            "bound beyond loopback; production mode requires this stated",
+        },
+    )
     secret_id: str = field(
         default_factory=lambda: _env("LIFELINE_SECRET_ID", "1"),
         metadata={
@@ -315,6 +333,19 @@ def is_loopback(host: str) -> bool:
         return False
     return bool(infos) and all(
         ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos
+    )
+
+
+def is_production(settings: Settings) -> bool:
+    """The one predicate for production mode: asked for, or a listener reachable from elsewhere.
+
+    Production mode refuses to start on any unsafe setting (cluster/production.py);
+    development (everything on loopback) starts with warnings instead.
+    """
+    return (
+        settings.production
+        or not is_loopback(settings.host)
+        or not is_loopback(settings.console_host)
     )
 
 

@@ -46,7 +46,7 @@ from actors.core.detectors import DetectorConfig
 from actors.core.events import EVENT_TYPES
 from actors.core.policy import PolicyConfig
 
-_SITE_KEYS = {"origins", "policy", "detectors", "name", "goals"}
+_SITE_KEYS = {"origins", "policy", "detectors", "name", "goals", "dev_only"}
 PURCHASE = "purchase"  # the conversion every site has: the ``purchase`` event
 MAX_GOAL_LEN = 64  # the tracking client cuts a custom event's name to this
 
@@ -139,6 +139,9 @@ class Site:
     detectors: DetectorConfig = field(default_factory=DetectorConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     goals: tuple[str, ...] = ()  # custom events that count as conversions, besides purchase
+    # A site for development and benchmarks only (the ``loadtest`` site): production mode
+    # (cluster/production.py) refuses to start while the sites file has one.
+    dev_only: bool = False
     patterns: tuple[OriginPattern, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -204,10 +207,17 @@ def parse_sites(data: dict[str, Any], source: str = "<sites>") -> dict[str, Site
                 detectors=DetectorConfig.from_mapping(table.get("detectors")),
                 policy=PolicyConfig.from_mapping(table.get("policy")),
                 goals=_as_tuple(table.get("goals", ())),
+                dev_only=_as_bool(table.get("dev_only", False)),
             )
         except (TypeError, ValueError) as exc:
             raise SiteConfigError(f"{source}: [sites.{key}]: {exc}") from exc
     return out
+
+
+def _as_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError("dev_only must be true or false")
+    return value
 
 
 def _as_tuple(value: Any) -> Any:
