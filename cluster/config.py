@@ -111,6 +111,18 @@ class Settings:
             "the gateway or console binds beyond loopback (cluster/production.py)",
         },
     )
+    tls_cert: str = field(
+        default_factory=lambda: _env("LIFELINE_TLS_CERT", ""),
+        metadata={
+            "env": "LIFELINE_TLS_CERT",
+            "help": "PEM certificate (chain) for the gateway's WebSocket and HTTP listeners and "
+            "the console: wss/https; empty: plain ws/http",
+        },
+    )
+    tls_key: str = field(
+        default_factory=lambda: _env("LIFELINE_TLS_KEY", ""),
+        metadata={"env": "LIFELINE_TLS_KEY", "help": "PEM private key of LIFELINE_TLS_CERT"},
+    )
     tls_terminated_by_proxy: bool = field(
         default_factory=lambda: (
             _env("LIFELINE_TLS_TERMINATED_BY_PROXY", "0") not in ("0", "false", "")

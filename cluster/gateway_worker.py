@@ -51,6 +51,7 @@ async def serve(args: argparse.Namespace) -> None:
 
     from actors.core.sites import load_sites
     from cluster.config import Settings, check_data_key, check_secret
+    from cluster.listener_tls import server_context
     from cluster.sealing import master_keys
     from cluster.stack import RAY_NAMESPACE
     from cluster.tokens import token_keyring
@@ -74,7 +75,9 @@ async def serve(args: argparse.Namespace) -> None:
         seal=settings.encrypt_at_rest,
         master=master_keys(settings),
     )
-    await gateway.start(settings.host, settings.ws_port, reuse_port=True)
+    await gateway.start(
+        settings.host, settings.ws_port, reuse_port=True, ssl=server_context(settings)
+    )
     print("ready", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -11,9 +11,6 @@ too), the event log's master key, no development-only site (``loadtest``),
 at least one operator account, TLS for every listener bound beyond loopback
 (or a stated proxy that terminates it; the console's Secure cookie then also
 works), and a Redis URL with a password or ACL user.
-
-Limit: TLS on the listeners themselves is not built yet, so beyond loopback
-the only accepted answer is ``LIFELINE_TLS_TERMINATED_BY_PROXY=1``.
 """
 
 from __future__ import annotations
@@ -23,6 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 from actors.core.sites import SiteConfigError, load_sites
 from cluster.config import DEV_DATA_KEY, DEV_SECRET, Settings, is_loopback, redact_url
 from cluster.keys import Keys
+from cluster.listener_tls import TLSConfigError, server_context
 from cluster.tokens import KeyringError, token_keyring
 
 MIN_SECRET = 32  # characters; `secrets.token_urlsafe(32)` gives 43
@@ -84,13 +82,20 @@ def _tls_problems(settings: Settings) -> list[str]:
         )
         if not is_loopback(host)
     ]
+    if settings.tls_cert or settings.tls_key:
+        try:
+            server_context(settings)
+        except TLSConfigError as exc:
+            return [str(exc)]
+        return []
     if not exposed or settings.tls_terminated_by_proxy:
         return []
     return [
         f"{', '.join(exposed)} {'is' if len(exposed) == 1 else 'are'} reachable from other "
         "machines without TLS: visitors' events and the console's cookie (Secure, so useless "
-        "over plain HTTP) would cross the network in clear. Put a TLS-terminating proxy in "
-        "front and state it with LIFELINE_TLS_TERMINATED_BY_PROXY=1"
+        "over plain HTTP) would cross the network in clear. Set LIFELINE_TLS_CERT and "
+        "LIFELINE_TLS_KEY, or put a TLS-terminating proxy in front and state it with "
+        "LIFELINE_TLS_TERMINATED_BY_PROXY=1"
     ]
 
 

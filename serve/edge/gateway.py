@@ -24,6 +24,7 @@ import asyncio
 import logging
 import time
 import uuid
+from ssl import SSLContext
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -127,8 +128,10 @@ class Gateway:
 
     # -- lifecycle ------------------------------------------------------------
 
-    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
-        """Listen; with ``reuse_port`` several gateway processes share one port."""
+    async def start(
+        self, host: str, port: int, reuse_port: bool = False, ssl: SSLContext | None = None
+    ) -> int:
+        """Listen; with ``reuse_port`` several gateway processes share one port; with ``ssl``, wss."""
         loop = asyncio.get_running_loop()
         # The overrides stored before this gateway started are in force from its first socket.
         self.sites = await self.site_rules.refresh(self.redis) or self.sites
@@ -142,7 +145,7 @@ class Gateway:
         self.loops.start("metrics", self._metrics_loop)
         self.loops.start("sites", lambda: self.site_rules.loop(self.redis, self._sites_changed))
         self._server = await loop.create_server(
-            lambda: Peer(self), host, port, reuse_port=reuse_port, backlog=2048
+            lambda: Peer(self), host, port, reuse_port=reuse_port, backlog=2048, ssl=ssl
         )
         self.port = self._server.sockets[0].getsockname()[1]
         from cluster.gc_tuning import tune_for_throughput
