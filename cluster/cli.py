@@ -40,7 +40,7 @@ def _up(args: argparse.Namespace) -> int:
         problems = production_problems(Settings(), count_operators(Settings()))
         if problems:
             print(
-                "lifeline up: production mode refuses to start:\n"
+                "lifeline up: refusing to start (production mode), fix all of these:\n"
                 + "\n".join(f"  - {p}" for p in problems),
                 file=sys.stderr,
                 flush=True,

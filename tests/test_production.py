@@ -127,7 +127,7 @@ def test_cli_refuses_with_the_whole_list_and_no_secret(tmp_path: Path) -> None:
         timeout=60,
     )
     assert out.returncode == 2, out.stderr
-    assert "production mode refuses to start" in out.stderr
+    assert "refusing to start (production mode)" in out.stderr
     lines = [line for line in out.stderr.splitlines() if line.startswith("  - ")]
     assert len(lines) >= 4  # secret, data key, loadtest site, Redis not answering
     assert "short-but-secret-value" not in out.stderr + out.stdout
