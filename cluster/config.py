@@ -133,6 +133,21 @@ class Settings:
             "bound beyond loopback; production mode requires this stated",
         },
     )
+    conns_per_ip: int = field(
+        default_factory=lambda: int(_env("LIFELINE_CONNS_PER_IP", "512")),
+        metadata={
+            "env": "LIFELINE_CONNS_PER_IP",
+            "help": "open WebSocket connections one address may hold (loopback exempt)",
+        },
+    )
+    handshakes_per_ip_s: float = field(
+        default_factory=lambda: float(_env("LIFELINE_HANDSHAKES_PER_IP_S", "20")),
+        metadata={
+            "env": "LIFELINE_HANDSHAKES_PER_IP_S",
+            "help": "new WebSocket connections per second from one address, burst 5x "
+            "(loopback exempt)",
+        },
+    )
     secret_id: str = field(
         default_factory=lambda: _env("LIFELINE_SECRET_ID", "1"),
         metadata={

@@ -57,6 +57,7 @@ async def serve(args: argparse.Namespace) -> None:
     from cluster.tokens import token_keyring
     from cluster.tracing import TraceConfig, tracing_for
     from serve.edge.gateway import Gateway
+    from serve.edge.ip_limits import ip_limits_of
 
     settings = Settings()
     check_secret(settings)  # the stack checked the same settings; a hand start is refused too
@@ -69,6 +70,7 @@ async def serve(args: argparse.Namespace) -> None:
         shards,
         load_sites(settings.sites_file),
         token_keyring(settings),
+        ip_limits=ip_limits_of(settings),
         batch_window_ms=settings.batch_window_ms,
         append_window_ms=settings.append_window_ms,
         tracing=tracing_for("lifeline-gateway", TraceConfig.of(settings)),

@@ -40,6 +40,7 @@ from serve.console.app import build_console
 from serve.console.context import ConsoleContext
 from serve.edge.gateway import Gateway
 from serve.edge.http import build_app
+from serve.edge.ip_limits import ip_limits_of
 from serve.edge.protocol import Limits
 
 log = logging.getLogger("lifeline")
@@ -183,6 +184,7 @@ class Stack:
             self.sites,
             token_keyring(s),
             limits=limits,
+            ip_limits=ip_limits_of(s),
             batch_window_ms=s.batch_window_ms,
             append_window_ms=s.append_window_ms,
             tracing=tracing_for("lifeline-gateway", trace),

@@ -43,6 +43,7 @@ from cluster.tokens import Keyring
 from cluster.tracing import Tracing
 from serve.edge import metrics
 from serve.edge.beacon import Beacons
+from serve.edge.ip_limits import IpLimits
 from serve.edge.peer import CLOSE_GOING_AWAY, Peer
 from serve.edge.pipeline import Pipeline
 from serve.edge.protocol import CLAIM_REFUSALS, CLOSE_TAKEN_OVER, HelloRequest, Limits, error
@@ -75,6 +76,7 @@ class Gateway:
         outbox_bytes: int = OUTBOX_BYTES,
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
         half_open_per_ip: int = HALF_OPEN_PER_IP,
+        ip_limits: IpLimits | None = None,
         tracing: Tracing | None = None,
         master: MasterKeys | None = None,
         seal: bool = True,
@@ -101,6 +103,9 @@ class Gateway:
         self.handshake_timeout_s = handshake_timeout_s
         self.half_open_per_ip = half_open_per_ip
         self._half_open: dict[str, int] = {}
+        self.ip_limits = (
+            ip_limits or IpLimits()
+        )  # open sockets and new ones per second, per address
         self.stats = Stats()
         self.metrics = metrics.GatewayMetrics()
         self.loops = Supervisor(log, f"gateway {self.id}")
