@@ -148,6 +148,14 @@ class Settings:
             "(loopback exempt)",
         },
     )
+    site_events_per_s: float = field(
+        default_factory=lambda: float(_env("LIFELINE_SITE_EVENTS_PER_S", "50000")),
+        metadata={
+            "env": "LIFELINE_SITE_EVENTS_PER_S",
+            "help": "events/s one site may send through one gateway process, burst 2 s "
+            "(0: no budget); over it: rate_limited with limit=site, nothing acked",
+        },
+    )
     secret_id: str = field(
         default_factory=lambda: _env("LIFELINE_SECRET_ID", "1"),
         metadata={

@@ -71,6 +71,7 @@ async def serve(args: argparse.Namespace) -> None:
         load_sites(settings.sites_file),
         token_keyring(settings),
         ip_limits=ip_limits_of(settings),
+        site_events_per_s=settings.site_events_per_s,
         batch_window_ms=settings.batch_window_ms,
         append_window_ms=settings.append_window_ms,
         tracing=tracing_for("lifeline-gateway", TraceConfig.of(settings)),

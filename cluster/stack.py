@@ -185,6 +185,7 @@ class Stack:
             token_keyring(s),
             limits=limits,
             ip_limits=ip_limits_of(s),
+            site_events_per_s=s.site_events_per_s,
             batch_window_ms=s.batch_window_ms,
             append_window_ms=s.append_window_ms,
             tracing=tracing_for("lifeline-gateway", trace),

@@ -46,7 +46,14 @@ from serve.edge.beacon import Beacons
 from serve.edge.ip_limits import IpLimits
 from serve.edge.peer import CLOSE_GOING_AWAY, Peer
 from serve.edge.pipeline import Pipeline
-from serve.edge.protocol import CLAIM_REFUSALS, CLOSE_TAKEN_OVER, HelloRequest, Limits, error
+from serve.edge.protocol import (
+    CLAIM_REFUSALS,
+    CLOSE_TAKEN_OVER,
+    HelloRequest,
+    Limits,
+    TokenBucket,
+    error,
+)
 from serve.edge.stats import Stats
 from serve.edge.store import EventStore
 
@@ -77,6 +84,7 @@ class Gateway:
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
         half_open_per_ip: int = HALF_OPEN_PER_IP,
         ip_limits: IpLimits | None = None,
+        site_events_per_s: float = 0.0,
         tracing: Tracing | None = None,
         master: MasterKeys | None = None,
         seal: bool = True,
@@ -103,6 +111,8 @@ class Gateway:
         self.handshake_timeout_s = handshake_timeout_s
         self.half_open_per_ip = half_open_per_ip
         self._half_open: dict[str, int] = {}
+        self.site_events_per_s = site_events_per_s  # 0: no per-site budget
+        self._site_buckets: dict[str, TokenBucket] = {}
         self.ip_limits = (
             ip_limits or IpLimits()
         )  # open sockets and new ones per second, per address
@@ -126,7 +136,9 @@ class Gateway:
         )
         # Bound once: on_message runs per frame, and an events frame goes straight in.
         self._admit = self.pipeline.admit
-        self.beacons = Beacons(self.store, self.pipeline, self.stats, self.limits, self.secret)
+        self.beacons = Beacons(
+            self.store, self.pipeline, self.stats, self.limits, self.secret, self.site_bucket
+        )
         self._server: asyncio.Server | None = None
         self.peers: set[Peer] = set()
         self.port = 0
@@ -188,6 +200,20 @@ class Gateway:
     def _sites_changed(self, sites: dict[str, Site]) -> None:
         """New site rules: the next handshake and beacon use them; open sockets stay open."""
         self.sites = sites
+
+    def site_bucket(self, site: str) -> TokenBucket | None:
+        """The site's event budget on this gateway (events/s, burst 2 s of it); None: unlimited.
+
+        One bucket per site, shared by its sockets and beacons: one take per events
+        frame (O(1)), like the per-connection bucket.
+        """
+        if self.site_events_per_s <= 0:
+            return None
+        bucket = self._site_buckets.get(site)
+        if bucket is None:
+            rate = self.site_events_per_s
+            bucket = self._site_buckets[site] = TokenBucket(rate, 2 * rate, time.monotonic())
+        return bucket
 
     def half_open_take(self, ip: str) -> bool:
         """Count a socket of ``ip`` in its handshake; False if the address has too many."""

@@ -33,7 +33,7 @@ from websockets.server import ServerProtocol
 from actors.core.sites import Site
 from serve.edge import wire
 from serve.edge.ip_limits import IpLimits
-from serve.edge.protocol import CLOSE_HELLO_TIMEOUT, Connection, Limits, error
+from serve.edge.protocol import CLOSE_HELLO_TIMEOUT, Connection, Limits, TokenBucket, error
 from serve.edge.stats import Stats
 
 log = logging.getLogger("lifeline.gateway")
@@ -76,6 +76,8 @@ class PeerHost(Protocol):
     def site_for(self, query: str, origin: str | None) -> Site | str: ...
 
     ip_limits: IpLimits
+
+    def site_bucket(self, site: str) -> TokenBucket | None: ...
 
     def half_open_take(self, ip: str) -> bool: ...
 
@@ -241,7 +243,7 @@ class Peer(asyncio.Protocol):
         if ws.state is not State.OPEN:  # not a valid WebSocket upgrade: answered and closed
             log.info("failed handshake: %s", ws.handshake_exc)
             return
-        self.conn = Connection(site.key, gw.secret, gw.limits)
+        self.conn = Connection(site.key, gw.secret, gw.limits, site_bucket=gw.site_bucket(site.key))
         if between_frames:
             self.rx = bytearray()  # frames are parsed here until one is not plain
         gw.attach(self)

@@ -245,11 +245,14 @@ class Connection:
         secret: bytes | Keyring,
         limits: Limits | None = None,
         now: float | None = None,
+        site_bucket: TokenBucket | None = None,
     ) -> None:
         now = time.monotonic() if now is None else now
         limits = limits or Limits()
         self.site = site
         self.keyring = keyring_of(secret)
+        # The site's event budget, shared by every connection of the site on this gateway.
+        self.site_bucket = site_bucket
         self.limits = limits
         self.sessions: dict[str, Cursor] = {}
         self.binary = False
@@ -401,10 +404,18 @@ class Connection:
         cursor = self._session_of(frame)
         raw_events = frame.get("events")
         cost = min(len(raw_events), self.limits.batch) if isinstance(raw_events, list) else 1
-        if not self._take(cost or 1, time.monotonic() if now is None else now):
+        now = time.monotonic() if now is None else now
+        if not self._take(cost or 1, now):
             return self._rate_limited(None if isinstance(cursor, dict) else cursor.sid)
         if isinstance(cursor, dict):
             return cursor
+        if self.site_bucket is not None and not self.site_bucket.take(cost or 1, now):
+            # Not this client's fault: no strike. Nothing is consumed or acked; the client
+            # resends after a pause, as after its own rate limit (the code it already knows).
+            return error(
+                "rate_limited", "the site is over its event budget: resend later",
+                sid=cursor.sid, limit="site",
+            )  # fmt: skip
         if not isinstance(raw_events, list):
             return error("bad_frame", "'events' must be a list", sid=cursor.sid)
         if len(raw_events) > self.limits.batch:
