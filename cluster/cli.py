@@ -22,9 +22,30 @@ def _up(args: argparse.Namespace) -> int:
         os.environ["LIFELINE_HTTP_PORT"] = str(args.http_port)
     if args.console_port is not None:
         os.environ["LIFELINE_CONSOLE_PORT"] = str(args.console_port)
-    from cluster.config import InsecureSettings, Settings, check_data_key, check_secret
+    if args.production:
+        os.environ["LIFELINE_PRODUCTION"] = "1"  # children read it too (Settings.to_env)
+    from cluster.config import (
+        InsecureSettings,
+        Settings,
+        check_data_key,
+        check_secret,
+        is_production,
+    )
     from cluster.stack import run
 
+    if is_production(Settings()):
+        from cluster.production import count_operators, production_problems
+
+        # Every problem at once, before anything starts: one round of fixes, not one per run.
+        problems = production_problems(Settings(), count_operators(Settings()))
+        if problems:
+            print(
+                "lifeline up: refusing to start (production mode), fix all of these:\n"
+                + "\n".join(f"  - {p}" for p in problems),
+                file=sys.stderr,
+                flush=True,
+            )
+            return 2
     try:  # before anything starts: a refused start leaves nothing behind
         check_secret(Settings())
         check_data_key(Settings())
@@ -120,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start Redis (embedded if none answers), a local Ray cluster, the "
         "session shards, the Serve deployments, the WebSocket gateway and "
         "the demo shop. Runs until Ctrl-C.",
+    )
+    up.add_argument(
+        "--production",
+        action="store_true",
+        help="refuse to start on any unsafe setting (also on whenever a listener binds "
+        "beyond loopback; docs/SECURITY.md)",
     )
     up.add_argument(
         "--ws-port", type=int, help="WebSocket port (default $LIFELINE_WS_PORT or 8765)"

@@ -103,6 +103,83 @@ class Settings:
             "secret": True,
         },
     )
+    production: bool = field(
+        default_factory=lambda: _env("LIFELINE_PRODUCTION", "0") not in ("0", "false", ""),
+        metadata={
+            "env": "LIFELINE_PRODUCTION",
+            "help": "1: production mode (`lifeline up --production`); it is also on whenever "
+            "the gateway or console binds beyond loopback (cluster/production.py)",
+        },
+    )
+    tls_cert: str = field(
+        default_factory=lambda: _env("LIFELINE_TLS_CERT", ""),
+        metadata={
+            "env": "LIFELINE_TLS_CERT",
+            "help": "PEM certificate (chain) for the gateway's WebSocket and HTTP listeners and "
+            "the console: wss/https; empty: plain ws/http",
+        },
+    )
+    tls_key: str = field(
+        default_factory=lambda: _env("LIFELINE_TLS_KEY", ""),
+        metadata={"env": "LIFELINE_TLS_KEY", "help": "PEM private key of LIFELINE_TLS_CERT"},
+    )
+    tls_terminated_by_proxy: bool = field(
+        default_factory=lambda: (
+            _env("LIFELINE_TLS_TERMINATED_BY_PROXY", "0") not in ("0", "false", "")
+        ),
+        metadata={
+            "env": "LIFELINE_TLS_TERMINATED_BY_PROXY",
+            "help": "1: a reverse proxy in front terminates TLS (wss/https) for every listener "
+            "bound beyond loopback; production mode requires this stated",
+        },
+    )
+    conns_per_ip: int = field(
+        default_factory=lambda: int(_env("LIFELINE_CONNS_PER_IP", "512")),
+        metadata={
+            "env": "LIFELINE_CONNS_PER_IP",
+            "help": "open WebSocket connections one address may hold (loopback exempt)",
+        },
+    )
+    handshakes_per_ip_s: float = field(
+        default_factory=lambda: float(_env("LIFELINE_HANDSHAKES_PER_IP_S", "20")),
+        metadata={
+            "env": "LIFELINE_HANDSHAKES_PER_IP_S",
+            "help": "new WebSocket connections per second from one address, burst 5x "
+            "(loopback exempt)",
+        },
+    )
+    site_events_per_s: float = field(
+        default_factory=lambda: float(_env("LIFELINE_SITE_EVENTS_PER_S", "50000")),
+        metadata={
+            "env": "LIFELINE_SITE_EVENTS_PER_S",
+            "help": "events/s one site may send through one gateway process, burst 2 s "
+            "(0: no budget); over it: rate_limited with limit=site, nothing acked",
+        },
+    )
+    secret_id: str = field(
+        default_factory=lambda: _env("LIFELINE_SECRET_ID", "1"),
+        metadata={
+            "env": "LIFELINE_SECRET_ID",
+            "help": "id of LIFELINE_SECRET, written into every token it signs (1-16 of A-Z a-z "
+            "0-9 _ -); change it with the key when rotating",
+        },
+    )
+    secret_previous: str = field(
+        default_factory=lambda: _env("LIFELINE_SECRET_PREVIOUS", ""),
+        metadata={
+            "env": "LIFELINE_SECRET_PREVIOUS",
+            "help": "retired-but-still-accepted token keys, id:key,id:key; a token whose key id "
+            "is in neither setting is refused",
+            "secret": True,
+        },
+    )
+    token_days: float = field(
+        default_factory=lambda: float(_env("LIFELINE_TOKEN_DAYS", "30")),
+        metadata={
+            "env": "LIFELINE_TOKEN_DAYS",
+            "help": "days a resume token stays valid (each hello issues a fresh one)",
+        },
+    )
     data_key: str = field(
         default_factory=lambda: _env("LIFELINE_DATA_KEY", DEV_DATA_KEY),
         metadata={
@@ -291,6 +368,19 @@ def is_loopback(host: str) -> bool:
         return False
     return bool(infos) and all(
         ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos
+    )
+
+
+def is_production(settings: Settings) -> bool:
+    """The one predicate for production mode: asked for, or a listener reachable from elsewhere.
+
+    Production mode refuses to start on any unsafe setting (cluster/production.py);
+    development (everything on loopback) starts with warnings instead.
+    """
+    return (
+        settings.production
+        or not is_loopback(settings.host)
+        or not is_loopback(settings.console_host)
     )
 
 

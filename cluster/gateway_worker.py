@@ -51,10 +51,13 @@ async def serve(args: argparse.Namespace) -> None:
 
     from actors.core.sites import load_sites
     from cluster.config import Settings, check_data_key, check_secret
+    from cluster.listener_tls import server_context
     from cluster.sealing import master_keys
     from cluster.stack import RAY_NAMESPACE
+    from cluster.tokens import token_keyring
     from cluster.tracing import TraceConfig, tracing_for
     from serve.edge.gateway import Gateway
+    from serve.edge.ip_limits import ip_limits_of
 
     settings = Settings()
     check_secret(settings)  # the stack checked the same settings; a hand start is refused too
@@ -68,7 +71,9 @@ async def serve(args: argparse.Namespace) -> None:
         settings.prefix,
         shards,
         load_sites(settings.sites_file),
-        settings.secret,
+        token_keyring(settings),
+        ip_limits=ip_limits_of(settings),
+        site_events_per_s=settings.site_events_per_s,
         batch_window_ms=settings.batch_window_ms,
         append_window_ms=settings.append_window_ms,
         tracing=tracing_for("lifeline-gateway", TraceConfig.of(settings)),
@@ -76,7 +81,9 @@ async def serve(args: argparse.Namespace) -> None:
         master=master_keys(settings),
         shard_names=names,
     )
-    await gateway.start(settings.host, settings.ws_port, reuse_port=True)
+    await gateway.start(
+        settings.host, settings.ws_port, reuse_port=True, ssl=server_context(settings)
+    )
     print("ready", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

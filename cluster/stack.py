@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +29,19 @@ from actors.shard.actor import SessionShard
 from cluster import ray_sessions
 from cluster.config import Settings, check_data_key, check_secret, redact_url
 from cluster.keys import Keys
+from cluster.listener_tls import server_context
 from cluster.migrate import scope_sessions_by_site
 from cluster.processes import Supervised
 from cluster.redis_server import Persistence, RedisServer, ensure_redis, persistence
 from cluster.resharding import ShardControl
 from cluster.sealing import master_keys
+from cluster.tokens import token_keyring
 from cluster.tracing import TraceConfig, tracing_for
 from serve.console.app import build_console
 from serve.console.context import ConsoleContext
 from serve.edge.gateway import Gateway
 from serve.edge.http import build_app
+from serve.edge.ip_limits import ip_limits_of
 from serve.edge.protocol import Limits
 
 log = logging.getLogger("lifeline")
@@ -91,15 +95,19 @@ class Stack:
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.settings.host}:{self.http_port}"
+        return f"{self._scheme('http')}://{self.settings.host}:{self.http_port}"
 
     @property
     def console_url(self) -> str:
-        return f"http://{self.settings.console_host}:{self.console_port}"
+        return f"{self._scheme('http')}://{self.settings.console_host}:{self.console_port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self.settings.host}:{self.ws_port}/ws"
+        return f"{self._scheme('ws')}://{self.settings.host}:{self.ws_port}/ws"
+
+    def _scheme(self, plain: str) -> str:
+        """``ws``/``http``, or ``wss``/``https`` when the listeners have a certificate."""
+        return plain + "s" if self.settings.tls_cert else plain
 
     async def start(
         self,
@@ -179,8 +187,10 @@ class Stack:
             s.prefix,
             self.shards,
             self.sites,
-            s.secret,
+            token_keyring(s),
             limits=limits,
+            ip_limits=ip_limits_of(s),
+            site_events_per_s=s.site_events_per_s,
             batch_window_ms=s.batch_window_ms,
             append_window_ms=s.append_window_ms,
             tracing=tracing_for("lifeline-gateway", trace),
@@ -193,12 +203,13 @@ class Stack:
         )
         self.control.changed = self._shards_changed
         await self.control.publish()  # before the gateways start: they follow it from there
-        self.ws_port = await self.gateway.start(s.host, s.ws_port, reuse_port=gateways > 1)
+        tls = server_context(s)  # None without a certificate; raises on a bad one, before listening
+        self.ws_port = await self.gateway.start(s.host, s.ws_port, reuse_port=gateways > 1, ssl=tls)
         for _ in range(gateways - 1):
             await self._start_extra_gateway(names)
         self._control_task = asyncio.ensure_future(self.control.serve())
         self.runner, self.http_port = await _serve(
-            build_app(self.gateway, self.ws_url), s.host, s.http_port
+            build_app(self.gateway, self.ws_url), s.host, s.http_port, tls
         )
         console = ConsoleContext(
             s,
@@ -211,7 +222,7 @@ class Stack:
             status=self._status,
         )
         self.console_runner, self.console_port = await _serve(
-            build_console(console), s.console_host, s.console_port
+            build_console(console), s.console_host, s.console_port, tls
         )
         return self
 
@@ -322,12 +333,14 @@ class Stack:
         ray_sessions.forget(self.ray_record)  # Ray stops its processes as this one exits
 
 
-async def _serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Serve ``app`` on ``host:port`` (0: any free port); its runner and the port it got."""
+async def _serve(
+    app: web.Application, host: str, port: int, tls: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on ``host:port`` (0: any free port; ``tls``: https); its runner and port."""
     # Long responses (the console's live stream) get 2 s to end, not aiohttp's 60.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
     await site.start()
     return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 

@@ -60,7 +60,16 @@ from actors.core.events import EVENT_TYPES
 from actors.core.policy import PolicyConfig
 from actors.core.retention import Retention
 
-_SITE_KEYS = {"origins", "policy", "detectors", "name", "goals", "retention", "consent_policy"}
+_SITE_KEYS = {
+    "origins",
+    "policy",
+    "detectors",
+    "name",
+    "goals",
+    "retention",
+    "consent_policy",
+    "dev_only",
+}
 MAX_POLICY_LEN = 64
 PURCHASE = "purchase"  # the conversion every site has: the ``purchase`` event
 MAX_GOAL_LEN = 64  # the tracking client cuts a custom event's name to this
@@ -156,6 +165,9 @@ class Site:
     goals: tuple[str, ...] = ()  # custom events that count as conversions, besides purchase
     retention: Retention = field(default_factory=Retention)
     consent_policy: str = ""  # the version of the consent text grants are recorded against
+    # A site for development and benchmarks only (the ``loadtest`` site): production mode
+    # (cluster/production.py) refuses to start while the sites file has one.
+    dev_only: bool = False
     patterns: tuple[OriginPattern, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -225,10 +237,17 @@ def parse_sites(data: dict[str, Any], source: str = "<sites>") -> dict[str, Site
                 goals=_as_tuple(table.get("goals", ())),
                 retention=Retention.from_mapping(table.get("retention")),
                 consent_policy=table.get("consent_policy", ""),
+                dev_only=_as_bool(table.get("dev_only", False)),
             )
         except (TypeError, ValueError) as exc:
             raise SiteConfigError(f"{source}: [sites.{key}]: {exc}") from exc
     return out
+
+
+def _as_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError("dev_only must be true or false")
+    return value
 
 
 def _as_tuple(value: Any) -> Any:

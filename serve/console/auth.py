@@ -26,6 +26,7 @@ from aiohttp import web
 
 from serve.console.accounts import ABSOLUTE_S, AccountError, Accounts, Operator
 from serve.console.audit import client_address, record_action
+from serve.headers import security_headers as shared_security_headers
 
 COOKIE = "ll_console"
 LOGIN_CSRF_COOKIE = "ll_login_csrf"
@@ -72,19 +73,8 @@ def _same_origin(request: web.Request) -> bool:
     return parts.netloc == request.host
 
 
-@web.middleware
-async def security_headers(request: web.Request, handler):
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        response = exc
-    for k, v in SECURITY_HEADERS.items():
-        response.headers.setdefault(k, v)
-    if request.secure:
-        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
-    if isinstance(response, web.HTTPException) and response.status >= 400:
-        raise response
-    return response
+# The console's headers on every response (serve/headers.py, shared with the gateway).
+security_headers = shared_security_headers(SECURITY_HEADERS)
 
 
 @web.middleware

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 from actors.core.sites import Site
 from cluster.sealing import KeyUnavailable
+from cluster.tokens import Keyring
 from serve.edge.peer import Peer
 from serve.edge.pipeline import AppendSink, Pipeline
 from serve.edge.protocol import Connection, HelloRequest, Limits, TokenBucket, error
@@ -29,13 +31,20 @@ class Beacons:
     """Beacon requests of every site, and their rate limits (a beacon has no socket to keep them)."""
 
     def __init__(
-        self, store: EventStore, pipeline: Pipeline, stats: Stats, limits: Limits, secret: bytes
+        self,
+        store: EventStore,
+        pipeline: Pipeline,
+        stats: Stats,
+        limits: Limits,
+        secret: Keyring,
+        site_bucket: Callable[[str], TokenBucket | None] = lambda site: None,
     ) -> None:
         self.store = store
         self.pipeline = pipeline
         self.stats = stats
         self.limits = limits
         self.secret = secret
+        self.site_bucket = site_bucket  # the site's event budget, shared with its sockets
         # Per session and per site, in order of last use.
         self._buckets: dict[str, TokenBucket] = {}
 
@@ -73,7 +82,9 @@ class Beacons:
         return allowed
 
     async def _receive(self, site: Site, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        conn = Connection(site.key, self.secret, self.limits)
+        conn = Connection(
+            site.key, self.secret, self.limits, site_bucket=self.site_bucket(site.key)
+        )
         # A beacon's rate is the session's and the site's (_allowed), kept here across
         # beacons; the throwaway connection's own bucket must not refuse it again.
         conn.bucket = TokenBucket(float("inf"), float("inf"), time.monotonic())
@@ -121,8 +132,8 @@ class Beacons:
                 return 403, welcome
             conn.sessions[req.sid].sealer = sealer
             plan = conn.events(frame, int(time.time() * 1000))
-            if isinstance(plan, dict):
-                return 400, plan
+            if isinstance(plan, dict):  # the site's event budget, or a bad frame
+                return (429 if plan["code"] == "rate_limited" else 400), plan
             errors = [r for r in plan.replies if r["t"] == "error"]
             gap = any(r.get("code") == "sequence_gap" for r in errors)
             if gap and not plan.last and _attempt < 2:

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import time
 import uuid
+from ssl import SSLContext
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -41,12 +42,21 @@ from cluster.redis_server import async_client
 from cluster.sealing import MasterKeys
 from cluster.shard_set import ShardSet, read_members
 from cluster.site_rules import SiteRules
+from cluster.tokens import Keyring
 from cluster.tracing import Tracing
 from serve.edge import metrics
 from serve.edge.beacon import Beacons
+from serve.edge.ip_limits import IpLimits
 from serve.edge.peer import CLOSE_GOING_AWAY, Peer
 from serve.edge.pipeline import Pipeline
-from serve.edge.protocol import CLAIM_REFUSALS, CLOSE_TAKEN_OVER, HelloRequest, Limits, error
+from serve.edge.protocol import (
+    CLAIM_REFUSALS,
+    CLOSE_TAKEN_OVER,
+    HelloRequest,
+    Limits,
+    TokenBucket,
+    error,
+)
 from serve.edge.stats import Stats
 from serve.edge.store import EventStore
 from serve.rights.erasure import Eraser, parse_announcement
@@ -70,7 +80,7 @@ class Gateway:
         prefix: str,
         shards: list[Any],
         sites: dict[str, Site],
-        secret: str,
+        secret: str | Keyring,
         limits: Limits | None = None,
         batch_window_ms: float = 0.0,
         append_window_ms: float = 0.0,
@@ -79,6 +89,8 @@ class Gateway:
         outbox_bytes: int = OUTBOX_BYTES,
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
         half_open_per_ip: int = HALF_OPEN_PER_IP,
+        ip_limits: IpLimits | None = None,
+        site_events_per_s: float = 0.0,
         tracing: Tracing | None = None,
         master: MasterKeys | None = None,
         seal: bool = True,
@@ -104,13 +116,19 @@ class Gateway:
         # ``sites`` is replaced whole on a change, so a handshake reads one dict.
         self.site_rules = SiteRules(sites, self.keys, log)
         self.sites = sites
-        self.secret = secret.encode()
+        # The resume-token keys (cluster/tokens.py); a bare string is one key with id 1.
+        self.secret = secret if isinstance(secret, Keyring) else Keyring("1", secret.encode())
         self.limits = limits or Limits()
         self.ping_interval_s = ping_interval_s
         self.outbox_bytes = outbox_bytes
         self.handshake_timeout_s = handshake_timeout_s
         self.half_open_per_ip = half_open_per_ip
         self._half_open: dict[str, int] = {}
+        self.site_events_per_s = site_events_per_s  # 0: no per-site budget
+        self._site_buckets: dict[str, TokenBucket] = {}
+        self.ip_limits = (
+            ip_limits or IpLimits()
+        )  # open sockets and new ones per second, per address
         self.stats = Stats()
         self.metrics = metrics.GatewayMetrics()
         self.loops = Supervisor(log, f"gateway {self.id}")
@@ -131,7 +149,9 @@ class Gateway:
         )
         # Bound once: on_message runs per frame, and an events frame goes straight in.
         self._admit = self.pipeline.admit
-        self.beacons = Beacons(self.store, self.pipeline, self.stats, self.limits, self.secret)
+        self.beacons = Beacons(
+            self.store, self.pipeline, self.stats, self.limits, self.secret, self.site_bucket
+        )
         self.eraser = Eraser(self.redis, self.keys, self.drop_sessions)
         self._server: asyncio.Server | None = None
         self.peers: set[Peer] = set()
@@ -139,8 +159,10 @@ class Gateway:
 
     # -- lifecycle ------------------------------------------------------------
 
-    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
-        """Listen; with ``reuse_port`` several gateway processes share one port."""
+    async def start(
+        self, host: str, port: int, reuse_port: bool = False, ssl: SSLContext | None = None
+    ) -> int:
+        """Listen; with ``reuse_port`` several gateway processes share one port; with ``ssl``, wss."""
         loop = asyncio.get_running_loop()
         # The overrides stored before this gateway started are in force from its first socket.
         self.sites = await self.site_rules.refresh(self.redis) or self.sites
@@ -162,7 +184,7 @@ class Gateway:
         self.loops.start("metrics", self._metrics_loop)
         self.loops.start("sites", lambda: self.site_rules.loop(self.redis, self._sites_changed))
         self._server = await loop.create_server(
-            lambda: Peer(self), host, port, reuse_port=reuse_port, backlog=2048
+            lambda: Peer(self), host, port, reuse_port=reuse_port, backlog=2048, ssl=ssl
         )
         self.port = self._server.sockets[0].getsockname()[1]
         from cluster.gc_tuning import tune_for_throughput
@@ -240,6 +262,20 @@ class Gateway:
         """New site rules: the next handshake and beacon use them; open sockets stay open."""
         self.sites = sites
         self.store.sites = sites  # retention and consent policy from the next write on
+
+    def site_bucket(self, site: str) -> TokenBucket | None:
+        """The site's event budget on this gateway (events/s, burst 2 s of it); None: unlimited.
+
+        One bucket per site, shared by its sockets and beacons: one take per events
+        frame (O(1)), like the per-connection bucket.
+        """
+        if self.site_events_per_s <= 0:
+            return None
+        bucket = self._site_buckets.get(site)
+        if bucket is None:
+            rate = self.site_events_per_s
+            bucket = self._site_buckets[site] = TokenBucket(rate, 2 * rate, time.monotonic())
+        return bucket
 
     def half_open_take(self, ip: str) -> bool:
         """Count a socket of ``ip`` in its handshake; False if the address has too many."""

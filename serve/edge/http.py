@@ -12,9 +12,13 @@ HTML pages of the demo carry placeholders filled in per request:
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -22,6 +26,7 @@ from serve.edge import client_build
 from serve.edge.gateway import Gateway
 from serve.edge.protocol import decode, nests_within
 from serve.edge.rights_http import RightsEndpoints
+from serve.headers import NO_STORE, security_headers
 
 log = logging.getLogger("lifeline.http")
 
@@ -30,6 +35,17 @@ DEMO = STATIC / "demo"
 BEACON_MAX_BYTES = 64 * 1024
 CLIENT_CACHE_CONTROL = "public, max-age=300"
 BEACON_MAX_DEPTH = 16  # body, events, event, then a field of MAX_DEPTH (8) in actors/core/events.py
+# Every response of the public side (serve/headers.py adds HSTS under TLS). Pages get a
+# fuller CSP of their own (Handlers.page_csp); this one covers the rest.
+GATEWAY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    # The browsers' default, stated: the demo's own navigation keeps its referrer (the
+    # tracker reads it), other sites get the origin only.
+    "Referrer-Policy": "strict-origin-when-cross-origin",
+    "X-Frame-Options": "DENY",
+}
+_INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
 _TYPES = {
     ".html": "text/html",
     ".js": "application/javascript",
@@ -50,7 +66,9 @@ def build_app(gateway: Gateway, ws_url: str, demo_site: str = "demo") -> web.App
     console's port (:mod:`serve.console.ops`).
     """
     h = Handlers(gateway, ws_url, demo_site)
-    app = web.Application(client_max_size=BEACON_MAX_BYTES)
+    app = web.Application(
+        client_max_size=BEACON_MAX_BYTES, middlewares=[security_headers(GATEWAY_HEADERS)]
+    )
     for path in client_build.SCRIPTS:
         app.router.add_get(path, h.client_js)
     app.router.add_post("/beacon", h.beacon)
@@ -68,6 +86,8 @@ class Handlers:
         self.gateway = gateway
         self.ws_url = ws_url
         self.demo_site = demo_site
+        ws = urlsplit(ws_url)
+        self.ws_origin = f"{ws.scheme}://{ws.netloc}"
         # Once: the files are part of the installed package.
         self.scripts = {
             path: client_build.load(source_name=src, build_name=build)
@@ -116,11 +136,27 @@ class Handlers:
                 .replace("{{LIFELINE_WS}}", self.ws_url)
                 .replace("{{LIFELINE_SITE}}", self.demo_site)
             )
-            return web.Response(
-                text=html, content_type="text/html", headers={"Cache-Control": "no-cache"}
-            )
+            headers = {"Cache-Control": "no-cache", "Content-Security-Policy": self.page_csp(html)}
+            return web.Response(text=html, content_type="text/html", headers=headers)
         return web.FileResponse(
             path, headers={"Content-Type": _TYPES.get(path.suffix, "application/octet-stream")}
+        )
+
+    def page_csp(self, html: str) -> str:
+        """A demo page's CSP: same-origin scripts plus its own inline ones (by hash), the socket.
+
+        Styles allow 'unsafe-inline': the intervention cards style their shadow root
+        with a ``<style>`` element and the demo uses style attributes; scripts, what an
+        injection would need, stay locked to the page's own files and hashes.
+        """
+        hashes = " ".join(
+            "'sha256-" + base64.b64encode(hashlib.sha256(m.encode()).digest()).decode() + "'"
+            for m in _INLINE_SCRIPT.findall(html)
+        )
+        return (
+            f"default-src 'self'; script-src 'self' {hashes}; style-src 'self' 'unsafe-inline'; "
+            f"img-src 'self' data:; media-src 'self'; connect-src 'self' {self.ws_origin}; "
+            "frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'"
         )
 
     async def help_article(self, request: web.Request) -> web.Response:
@@ -136,12 +172,15 @@ class Handlers:
         """``POST /beacon``: a page-hide flush, checked here for size and shape, then the gateway's."""
         site = self.gateway.site_for(request.query_string, request.headers.get("Origin"))
         if isinstance(site, str):
-            return web.json_response({"code": "forbidden", "detail": site}, status=403)
+            return web.json_response(
+                {"code": "forbidden", "detail": site}, status=403, headers=NO_STORE
+            )
         body = beacon_body(await request.read())
         if isinstance(body, web.Response):
+            body.headers.update(NO_STORE)
             return body
         status, reply = await self.gateway.beacons.receive(site, body)
-        return web.json_response(reply, status=status)
+        return web.json_response(reply, status=status, headers=NO_STORE)
 
 
 def beacon_body(raw: bytes) -> dict[str, Any] | web.Response:

@@ -18,6 +18,7 @@ paused so its later frames wait in the kernel.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import deque
@@ -31,7 +32,8 @@ from websockets.server import ServerProtocol
 
 from actors.core.sites import Site
 from serve.edge import wire
-from serve.edge.protocol import CLOSE_HELLO_TIMEOUT, Connection, Limits, error
+from serve.edge.ip_limits import IpLimits
+from serve.edge.protocol import CLOSE_HELLO_TIMEOUT, Connection, Limits, TokenBucket, error
 from serve.edge.stats import Stats
 
 log = logging.getLogger("lifeline.gateway")
@@ -40,6 +42,22 @@ CLOSE_TIMEOUT_S = 5.0  # how long a closing handshake may take before the socket
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_KEEPALIVE = 1011
+
+
+def _http_429(code: str, detail: str) -> bytes:
+    body = json.dumps({"code": code, "detail": detail}).encode()
+    head = (
+        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+# IpLimits' refusals as the raw HTTP response a socket gets before its handshake.
+_TOO_MANY = {
+    "connections": _http_429("too_many_connections", "too many open sockets from this address"),
+    "handshake_rate": _http_429("handshake_rate", "too many new sockets from this address"),
+}
 
 
 class PeerHost(Protocol):
@@ -56,6 +74,10 @@ class PeerHost(Protocol):
     handshake_timeout_s: float
 
     def site_for(self, query: str, origin: str | None) -> Site | str: ...
+
+    ip_limits: IpLimits
+
+    def site_bucket(self, site: str) -> TokenBucket | None: ...
 
     def half_open_take(self, ip: str) -> bool: ...
 
@@ -93,6 +115,7 @@ class Peer(asyncio.Protocol):
         self.close_timer: asyncio.TimerHandle | None = None
         self.handshake_timer: asyncio.TimerHandle | None = None
         self.half_open_ip: str | None = None  # counted among its address's half-open sockets
+        self.open_ip: str | None = None  # counted among its address's open sockets (IpLimits)
 
     # -- asyncio callbacks ------------------------------------------------------
 
@@ -108,6 +131,14 @@ class Peer(asyncio.Protocol):
         # request (or opens thousands and says nothing) cannot hold sockets open.
         peer = transport.get_extra_info("peername")
         ip = peer[0] if isinstance(peer, tuple) and peer else "?"
+        refused = self.gw.ip_limits.admit(ip)
+        if refused is not None:
+            # Machine-readable before any WebSocket exists: a 429 with the limit's code.
+            self.gw.stats.ip_refused += 1
+            transport.write(_TOO_MANY[refused])  # type: ignore[attr-defined]
+            transport.close()
+            return
+        self.open_ip = ip
         if not self.gw.half_open_take(ip):
             self.gw.stats.half_open_refused += 1
             transport.abort()
@@ -169,6 +200,9 @@ class Peer(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self._handshake_over()
+        if self.open_ip is not None and self.gw is not None:
+            self.gw.ip_limits.release(self.open_ip)
+            self.open_ip = None
         if self.gw is not None and self.conn is not None:
             self.gw.detach(self)
 
@@ -209,7 +243,7 @@ class Peer(asyncio.Protocol):
         if ws.state is not State.OPEN:  # not a valid WebSocket upgrade: answered and closed
             log.info("failed handshake: %s", ws.handshake_exc)
             return
-        self.conn = Connection(site.key, gw.secret, gw.limits)
+        self.conn = Connection(site.key, gw.secret, gw.limits, site_bucket=gw.site_bucket(site.key))
         if between_frames:
             self.rx = bytearray()  # frames are parsed here until one is not plain
         gw.attach(self)

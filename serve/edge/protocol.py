@@ -16,8 +16,6 @@ expected number.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import re
 import time
@@ -27,12 +25,14 @@ from typing import Any
 import msgpack
 
 from actors.core.events import MAX_NUM, SEQUENCE_GAP, EventError, validate_event
+from cluster.tokens import Keyring
 
 PROTOCOL_VERSION = 1
 CONSENT_CATEGORIES = ("necessary", "analytics", "personalization", "marketing")
 # Used with fullmatch: "$" alone would accept a trailing newline.
 SID_RE = re.compile(r"[A-Za-z0-9_-]{8,64}")
-MAX_TOKEN = 128  # a resume token is 32 hex digits; anything much longer is not one
+MAX_TOKEN = 128  # a resume token is about 60 characters (cluster/tokens.py); much longer is not one
+RESUME = "resume"  # the purpose a session's resume token is signed for (cluster/tokens.py)
 
 # The store's refusals of a hello (serve/edge/store.py ``claim``) as error frames: (code, detail).
 CLAIM_REFUSALS = {
@@ -47,6 +47,14 @@ CLAIM_REFUSALS = {
 # Where a consent change came from (a consent frame's optional ``via``): the site's
 # consent banner, or the page's own code through the client API.
 CONSENT_SOURCES = ("banner", "api")
+
+# Why a resume token was refused (cluster/tokens.py Keyring.check), as the detail to send.
+_TOKEN_REFUSALS = {
+    "malformed": "token is not one this service issues",
+    "mismatch": "token does not match this session",
+    "expired": "token has expired: start a new session",
+    "retired": "token was signed by a key that has been retired: start a new session",
+}
 
 # Close codes (docs/PROTOCOL.md).
 CLOSE_BAD_FRAMES = 4400
@@ -96,9 +104,14 @@ def is_visitor_id(value: Any) -> bool:
     return _is_sid(value)
 
 
-def sign_token(secret: bytes, site: str, sid: str) -> str:
+def keyring_of(secret: bytes | Keyring) -> Keyring:
+    """A bare secret as a one-key keyring (id ``1``, the default TTL): tests and tools pass bytes."""
+    return secret if isinstance(secret, Keyring) else Keyring("1", secret)
+
+
+def sign_token(secret: bytes | Keyring, site: str, sid: str, now: float | None = None) -> str:
     """The resume token for a session: only whoever got the welcome can resume it."""
-    return hmac.new(secret, f"{site}|{sid}".encode(), hashlib.sha256).hexdigest()[:32]
+    return keyring_of(secret).sign(RESUME, site, sid, now)
 
 
 def _no_constant(name: str) -> Any:
@@ -232,12 +245,19 @@ class Connection:
     """One WebSocket connection's protocol state, for one site."""
 
     def __init__(
-        self, site: str, secret: bytes, limits: Limits | None = None, now: float | None = None
+        self,
+        site: str,
+        secret: bytes | Keyring,
+        limits: Limits | None = None,
+        now: float | None = None,
+        site_bucket: TokenBucket | None = None,
     ) -> None:
         now = time.monotonic() if now is None else now
         limits = limits or Limits()
         self.site = site
-        self.secret = secret
+        self.keyring = keyring_of(secret)
+        # The site's event budget, shared by every connection of the site on this gateway.
+        self.site_bucket = site_bucket
         self.limits = limits
         self.sessions: dict[str, Cursor] = {}
         self.binary = False
@@ -342,12 +362,12 @@ class Connection:
 
     def accept_hello(self, req: HelloRequest, known: bool, stored_seq: int) -> dict[str, Any]:
         """Finish a hello once the shell knows whether the sid exists and its durable seq."""
-        expected = sign_token(self.secret, self.site, req.sid)
-        # Bytes: compare_digest refuses str with non-ASCII characters (TypeError).
-        if req.token is not None and not hmac.compare_digest(
-            req.token.encode("utf-8", "surrogatepass"), expected.encode()
-        ):
-            return error("bad_token", "token does not match this session", sid=req.sid)
+        if req.token is not None:
+            # One HMAC; the reason (mismatch, expired, retired, malformed) is machine-readable,
+            # the code stays bad_token: the client starts afresh after any of them.
+            why = self.keyring.check(req.token, RESUME, self.site, req.sid)
+            if why is not None:
+                return error("bad_token", _TOKEN_REFUSALS[why], sid=req.sid, reason=why)
         if known and req.token is None:
             return error("bad_token", "this session exists: resuming needs its token", sid=req.sid)
         self.sessions[req.sid] = Cursor(
@@ -357,7 +377,7 @@ class Connection:
             "t": "welcome",
             "v": PROTOCOL_VERSION,
             "sid": req.sid,
-            "token": expected,
+            "token": self.keyring.sign(RESUME, self.site, req.sid),  # fresh expiry every hello
             "acked": stored_seq,
             "limits": self.limits.to_wire(),
         }
@@ -389,10 +409,18 @@ class Connection:
         cursor = self._session_of(frame)
         raw_events = frame.get("events")
         cost = min(len(raw_events), self.limits.batch) if isinstance(raw_events, list) else 1
-        if not self._take(cost or 1, time.monotonic() if now is None else now):
+        now = time.monotonic() if now is None else now
+        if not self._take(cost or 1, now):
             return self._rate_limited(None if isinstance(cursor, dict) else cursor.sid)
         if isinstance(cursor, dict):
             return cursor
+        if self.site_bucket is not None and not self.site_bucket.take(cost or 1, now):
+            # Not this client's fault: no strike. Nothing is consumed or acked; the client
+            # resends after a pause, as after its own rate limit (the code it already knows).
+            return error(
+                "rate_limited", "the site is over its event budget: resend later",
+                sid=cursor.sid, limit="site",
+            )  # fmt: skip
         if not isinstance(raw_events, list):
             return error("bad_frame", "'events' must be a list", sid=cursor.sid)
         if len(raw_events) > self.limits.batch:

@@ -19,7 +19,6 @@ origin), 400 ``bad_frame`` (body), 403 ``bad_token``, 404
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from actors.core.sites import Site
-from serve.edge.protocol import SID_RE, TokenBucket, sign_token
+from serve.edge.protocol import RESUME, SID_RE, TokenBucket, keyring_of
 from serve.rights.access import AccessReader
 
 RIGHTS_PER_SESSION = 5  # requests of one session in RIGHTS_WINDOW_S
@@ -131,10 +130,8 @@ class RightsEndpoints:
         sid, token = body.get("sid"), body.get("token")
         if not isinstance(sid, str) or SID_RE.fullmatch(sid) is None:
             return _refuse(400, "bad_sid", "sid must be 8 to 64 characters of [A-Za-z0-9_-]")
-        expected = sign_token(self.gateway.secret, site.key, sid)
-        if not isinstance(token, str) or not hmac.compare_digest(
-            token.encode("utf-8", "surrogatepass"), expected.encode()
-        ):
+        # The session's resume token, as a resume checks it (cluster/tokens.py: key id, expiry).
+        if keyring_of(self.gateway.secret).check(token, RESUME, site.key, sid) is not None:
             return _refuse(403, "bad_token", "token does not match this session")
         if not self._allowed(site.key, sid):
             return _refuse(429, "rate_limited", "too many data requests: try again in a minute")

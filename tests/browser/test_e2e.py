@@ -45,6 +45,12 @@ async def new_visitor(browser, sid: str | None = None):
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    # The demo is served with a strict Content-Security-Policy (serve/edge/http.py): anything
+    # it blocks (a script, the socket, the beacon) is reported on the console; count it as an error.
+    page.on(
+        "console",
+        lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
+    )
     return context, page, errors
 
 
@@ -52,13 +58,13 @@ async def consent(page, choice: str = "all") -> None:
     await page.click(f".consent [data-c={choice}]")
     if choice != "none":
         await page.wait_for_function(
-            "window.lifeline && lifeline.stats().connected", timeout=15_000
+            "() => window.lifeline && lifeline.stats().connected", timeout=15_000
         )
 
 
 async def all_acked(page) -> None:
     await page.wait_for_function(
-        "window.lifeline && (() => { const s = lifeline.stats(); return s.queued === 0 && s.acked === s.seq; })()",
+        "() => window.lifeline && (() => { const s = lifeline.stats(); return s.queued === 0 && s.acked === s.seq; })()",
         timeout=15_000,
     )
 
@@ -83,7 +89,7 @@ async def test_struggling_visitors_get_help_fast(browser, lifeline_stack):
         await struggle(page)
         card = page.locator("#lifeline-ui [data-kind]").first
         await card.wait_for(timeout=5_000)
-        await page.wait_for_function("__ll.renders.length > 0")
+        await page.wait_for_function("() => __ll.renders.length > 0")
         r, emitted = await page.evaluate("[__ll.renders[0], __ll.events]")
         trigger = [e for e in emitted if e["seq"] == r["seq"]]
         assert trigger, f"the intervention names its triggering event (seq {r['seq']})"
@@ -130,17 +136,17 @@ async def test_calm_visitor_gets_no_intervention(browser, lifeline_stack):
     await page.mouse.wheel(0, 400)
     await page.wait_for_timeout(2000)
     await page.click("a.card >> nth=2")
-    await page.wait_for_function("window.lifeline && lifeline.stats().connected")
+    await page.wait_for_function("() => window.lifeline && lifeline.stats().connected")
     await page.wait_for_timeout(3000)
     # An engaged visitor: watches the product video to the end, then reads on.
     # (A quick look-and-leave, or a fresh cart view with an item, is scored as
     # likely to leave, which is what such visits mostly do: not calm.)
     await page.evaluate("document.querySelector('video').muted = true")
     await page.evaluate("document.querySelector('video').play()")
-    await page.wait_for_function("document.querySelector('video').ended", timeout=20_000)
+    await page.wait_for_function("() => document.querySelector('video').ended", timeout=20_000)
     await page.wait_for_timeout(1500)
     await page.mouse.wheel(0, 300)
-    await page.wait_for_function("window.lifeline && lifeline.stats().connected")
+    await page.wait_for_function("() => window.lifeline && lifeline.stats().connected")
     await all_acked(page)
     s = await page.evaluate("lifeline.stats()")
     await lifeline_stack.gateway.wait_scored(s["sid"], s["seq"])
@@ -201,14 +207,14 @@ async def test_cut_connection_loses_and_duplicates_nothing(browser, lifeline_sta
     ws, server = links[-1]
     await server.close()
     await ws.close(code=4000, reason="test: connection cut")
-    await page.wait_for_function("!lifeline.stats().connected")
+    await page.wait_for_function("() => !lifeline.stats().connected")
     await page.fill("#loan-term", "2 years")
     await page.click("#calc-submit")
     await page.click("#apply-now")
     await page.mouse.wheel(0, 300)
     assert (await page.evaluate("lifeline.stats()"))["queued"] > 0
     state["down"] = False
-    await page.wait_for_function("lifeline.stats().connected", timeout=20_000)
+    await page.wait_for_function("() => lifeline.stats().connected", timeout=20_000)
     await page.click("#apply-now")
     await all_acked(page)
     s = await page.evaluate("lifeline.stats()")
@@ -240,7 +246,7 @@ async def test_page_hide_flush_arrives_through_the_beacon_endpoint(browser, life
     s = await page.evaluate("lifeline.stats()")
     assert s["acked"] < s["seq"]  # these never reached the server over the socket
     await page.click("nav >> text=Cart")  # page hide: the unsent tail leaves by beacon
-    await page.wait_for_function("window.lifeline && __ll.events.length > 0")
+    await page.wait_for_function("() => window.lifeline && __ll.events.length > 0")
     hidden_at = await page.evaluate("__ll.events[0].seq - 1")  # the new page numbers on from there
     assert hidden_at > s["seq"]
     deadline = time.monotonic() + 10

@@ -1,0 +1,124 @@
+"""TLS on the public listeners (cluster/listener_tls.py): wss and https with a CA made here.
+
+A second gateway over the shared stack's shards and Redis listens with a
+certificate signed by a CA this test makes (``cryptography``, as tests/test_link.py);
+real clients trust only that CA and speak wss and https to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import ipaddress
+import json
+import ssl
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+import websockets
+
+from cluster.listener_tls import TLSConfigError, server_context
+from cluster.stack import _serve
+from cluster.tokens import token_keyring
+from serve.edge.gateway import Gateway
+from serve.edge.http import build_app
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+ORIGIN = "http://127.0.0.1:8080"
+
+
+def _pem_pair(tmp: Path) -> tuple[Path, Path, Path]:
+    """(CA certificate, server certificate for 127.0.0.1, server key), written to ``tmp``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def build(subject: str, issuer: x509.Name | None, key, signer, ca: bool) -> x509.Certificate:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer or name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            b = b.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+        return b.sign(signer, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = build("test-ca", None, ca_key, ca_key, True)
+    leaf = build("127.0.0.1", ca.subject, key, ca_key, False)
+    paths = tmp / "ca.crt", tmp / "server.crt", tmp / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+async def test_wss_and_https_with_a_certificate_from_files(lifeline_stack, tmp_path: Path):
+    ca, cert, key = _pem_pair(tmp_path)
+    s = dataclasses.replace(lifeline_stack.settings, tls_cert=str(cert), tls_key=str(key))
+    tls = server_context(s)
+    assert tls is not None
+    gw = Gateway(
+        lifeline_stack.redis.url, s.prefix, lifeline_stack.shards, lifeline_stack.sites,
+        token_keyring(s),
+    )  # fmt: skip
+    port = await gw.start("127.0.0.1", 0, ssl=tls)
+    ws_url = f"wss://127.0.0.1:{port}/ws"
+    runner, http_port = await _serve(build_app(gw, ws_url), "127.0.0.1", 0, tls)
+    client_tls = ssl.create_default_context(cafile=str(ca))
+    try:
+        sid = "tls-" + uuid.uuid4().hex[:12]
+        async with websockets.connect(ws_url + "?site=demo", origin=ORIGIN, ssl=client_tls) as ws:
+            await ws.send(json.dumps({"t": "hello", "v": 1, "sid": sid, "consent": ["analytics"]}))
+            welcome = json.loads(await ws.recv())
+        assert welcome["t"] == "welcome" and welcome["sid"] == sid
+        assert token_keyring(s).check(welcome["token"], "resume", "demo", sid) is None
+
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"https://127.0.0.1:{http_port}/", ssl=client_tls) as r:
+                assert r.status == 200
+                assert r.headers["Strict-Transport-Security"].startswith("max-age=")
+                assert (
+                    f"connect-src 'self' wss://127.0.0.1:{port}"
+                    in r.headers["Content-Security-Policy"]
+                )
+                assert ws_url in await r.text()  # the page is told to use wss
+            # A client that does not trust the CA is refused: it is TLS, with this certificate.
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                await http.get(f"https://127.0.0.1:{http_port}/", ssl=ssl.create_default_context())
+            # Plain HTTP to the TLS port gets no page.
+            with pytest.raises(aiohttp.ClientError):
+                async with http.get(f"http://127.0.0.1:{http_port}/") as r:
+                    await r.read()
+    finally:
+        await runner.cleanup()
+        await gw.stop()
+
+
+def test_half_a_certificate_setting_is_refused(lifeline_stack, tmp_path: Path) -> None:
+    s = lifeline_stack.settings
+    with pytest.raises(TLSConfigError, match="both"):
+        server_context(dataclasses.replace(s, tls_cert=str(tmp_path / "x.crt"), tls_key=""))
+    with pytest.raises(TLSConfigError, match="do not load"):
+        server_context(dataclasses.replace(s, tls_cert="/nonexistent", tls_key="/nonexistent"))
+    assert server_context(dataclasses.replace(s, tls_cert="", tls_key="")) is None
