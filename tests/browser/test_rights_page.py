@@ -30,14 +30,14 @@ async def test_your_data_page_downloads_then_erases(browser, lifeline_stack) -> 
     await page.goto(stack.http_url + "/")
     await consent(page, "all")
     await page.click(".card")  # a product page: more events
-    await page.wait_for_function("window.lifeline && lifeline.stats().connected", timeout=15_000)
+    await page.wait_for_function("() => window.lifeline && lifeline.stats().connected", timeout=15_000)
     await all_acked(page)
     vid = json.loads(await page.evaluate("localStorage.getItem('ll:v')"))
     sid = await page.evaluate("lifeline.stats().sid")
     assert vid.startswith("v-")
 
     await page.click("footer a[href='/privacy.html']")
-    await page.wait_for_function("window.lifeline && lifeline.stats().connected", timeout=15_000)
+    await page.wait_for_function("() => window.lifeline && lifeline.stats().connected", timeout=15_000)
     await all_acked(page)
     async with page.expect_download() as got:
         await page.click("#download")
@@ -48,20 +48,21 @@ async def test_your_data_page_downloads_then_erases(browser, lifeline_stack) -> 
     assert "page_view" in types
     assert doc["consent"] and "analytics" in doc["consent"][0]["consent"]
     await page.wait_for_function(
-        "document.getElementById('rights-status').textContent.startsWith('Your data')"
+        "() => document.getElementById('rights-status').textContent.startsWith('Your data')"
     )
     assert await scan_for(r, keys.prefix, [vid, sid]), "the data is there before the erasure"
 
     await page.click("#erase")
     await page.wait_for_function(
-        "document.getElementById('rights-status').textContent.startsWith('Erased')",
+        "() => document.getElementById('rights-status').textContent.startsWith('Erased')",
         timeout=15_000,
     )
     status = await page.text_content("#rights-status")
     assert "1 visit" in status or "visits" in status
     # The page goes on as a new visitor: a new visitor id, never the erased one again.
     await page.wait_for_function(
-        f"(() => {{ const v = JSON.parse(localStorage.getItem('ll:v')); return v && v !== '{vid}'; }})()"
+        "(old) => { const v = JSON.parse(localStorage.getItem('ll:v')); return v && v !== old; }",
+        arg=vid,
     )
     for shard in stack.shards:
         await shard.flush.remote()
