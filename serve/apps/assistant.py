@@ -68,7 +68,7 @@ from serve.apps.chat_answer import (
 from serve.apps.chat_answer import NO_ANSWER_BELOW as DEFAULT_THRESHOLD
 from serve.apps.chat_memory import ChatMemory
 from serve.apps.knowledge import KB_ROOT, Article, KnowledgeBase
-from serve.apps.llm import _classify, retry_after_s
+from serve.apps.llm import _classify, client_settings, retry_after_s
 from serve.apps.nudge import personalization_allowed
 
 log = logging.getLogger("lifeline.assistant")
@@ -444,13 +444,7 @@ class ChatAssistant:
 
 def assistant_settings(settings: Any, overrides: dict[str, Any] | None = None) -> AssistantSettings:
     """Assistant settings from the process :class:`cluster.config.Settings` plus overrides."""
-    base = {
-        "api_key": getattr(settings, "anthropic_api_key", ""),
-        "base_url": getattr(settings, "anthropic_base_url", ""),
-        "model": getattr(settings, "llm_model", AssistantSettings.model),
-    }
-    base.update({k: v for k, v in (overrides or {}).items() if k != "api_key"})
-    return AssistantSettings.from_mapping(base)
+    return client_settings(AssistantSettings, settings, overrides)
 
 
 def assistant_app(args: dict[str, Any]) -> Any:

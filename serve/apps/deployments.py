@@ -40,7 +40,7 @@ from ray.serve.handle import DeploymentHandle
 from actors.core.kinds import KIND
 from cluster.tracing import Carrier, TraceConfig, Tracing, span, tracing_for
 from serve.apps.knowledge import KB_ROOT, KnowledgeBase
-from serve.apps.llm import LLMSettings, NudgeLLM
+from serve.apps.llm import LLMSettings, NudgeLLM, client_settings
 from serve.apps.nudge import (
     KINDS,
     build_prompt,
@@ -435,13 +435,7 @@ class Recommender:
 
 def llm_settings(settings: Any, overrides: Mapping[str, Any] | None = None) -> LLMSettings:
     """LLM settings from the process :class:`cluster.config.Settings` plus config-file overrides."""
-    base = {
-        "api_key": getattr(settings, "anthropic_api_key", ""),
-        "base_url": getattr(settings, "anthropic_base_url", ""),
-        "model": getattr(settings, "llm_model", LLMSettings.model),
-    }
-    base.update({k: v for k, v in (overrides or {}).items() if k not in ("api_key",)})
-    return LLMSettings.from_mapping(base)
+    return client_settings(LLMSettings, settings, overrides)
 
 
 def nudge_app(args: dict[str, Any]) -> Any:

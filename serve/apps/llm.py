@@ -31,7 +31,7 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -494,3 +494,19 @@ class NudgeLLM:
         """Close the HTTP client (the Redis client belongs to the caller)."""
         if self._client is not None:
             await self._client.close()
+
+
+def client_settings(cls: Any, settings: Any, overrides: Mapping[str, Any] | None = None) -> Any:
+    """``cls`` (:class:`LLMSettings`, the assistant's settings) from the process settings.
+
+    The key, the API's URL and the model come from :class:`cluster.config.Settings`;
+    config-file ``overrides`` (a Serve app's args) win, except for the key, which
+    only the environment gives.
+    """
+    base = {
+        "api_key": getattr(settings, "anthropic_api_key", ""),
+        "base_url": getattr(settings, "anthropic_base_url", ""),
+        "model": getattr(settings, "llm_model", cls.model),
+    }
+    base.update({k: v for k, v in (overrides or {}).items() if k != "api_key"})
+    return cls.from_mapping(base)
