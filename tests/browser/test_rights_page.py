@@ -30,14 +30,18 @@ async def test_your_data_page_downloads_then_erases(browser, lifeline_stack) -> 
     await page.goto(stack.http_url + "/")
     await consent(page, "all")
     await page.click(".card")  # a product page: more events
-    await page.wait_for_function("() => window.lifeline && lifeline.stats().connected", timeout=15_000)
+    await page.wait_for_function(
+        "() => window.lifeline && lifeline.stats().connected", timeout=15_000
+    )
     await all_acked(page)
     vid = json.loads(await page.evaluate("localStorage.getItem('ll:v')"))
     sid = await page.evaluate("lifeline.stats().sid")
     assert vid.startswith("v-")
 
     await page.click("footer a[href='/privacy.html']")
-    await page.wait_for_function("() => window.lifeline && lifeline.stats().connected", timeout=15_000)
+    await page.wait_for_function(
+        "() => window.lifeline && lifeline.stats().connected", timeout=15_000
+    )
     await all_acked(page)
     async with page.expect_download() as got:
         await page.click("#download")
