@@ -79,7 +79,8 @@ async def test_a_resume_while_the_old_round_is_in_flight_erases_nothing(lifeline
         iv = await old.wait_for(lambda f: f["t"] == "intervention", timeout=15)
         await old.wait_acked(n)
         await gw.wait_scored(sid, n)
-        assert await stack.shard_for(sid).flush.remote() >= 1  # records and a snapshot written
+        # Records and a snapshot written now (or already, by the periodic flush).
+        await stack.shard_for(sid).flush.remote()
         assert (
             await r.exists(
                 keys.snapshot("demo", sid),
