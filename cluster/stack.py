@@ -288,6 +288,25 @@ class Stack:
         assert self.gateway is not None
         return len(await self.gateway.store.read_events(site, sid))
 
+    def side_gateway(self, redis_url: str | None = None, **options: Any) -> Gateway:
+        """Another gateway over this stack's shards, by their names (tests and tools).
+
+        It routes every session to the shard the stack's own gateway does: a ring of
+        other names would send a session's events to another shard. ``options`` go to
+        :class:`Gateway` (limits, budgets, ...); call its ``start`` and ``stop``.
+        """
+        assert self.gateway is not None and self.redis is not None
+        s = self.settings
+        return Gateway(
+            redis_url or self.redis.url,
+            s.prefix,
+            list(self.gateway.shards.values()),
+            self.sites,
+            token_keyring(s),
+            shard_names=list(self.gateway.shards),
+            **options,
+        )
+
     def shard_for(self, sid: str) -> Any:
         """The SessionShard actor that hosts ``sid``."""
         assert self.gateway is not None

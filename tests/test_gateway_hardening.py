@@ -47,10 +47,7 @@ def clicks(first: int, last: int) -> list[dict]:
 
 def side_gateway(stack, redis_url: str | None = None, **options) -> Gateway:
     """Another gateway over the shared stack's shards, with its own settings (and Redis)."""
-    s = stack.settings
-    return Gateway(
-        redis_url or stack.redis.url, s.prefix, stack.shards, stack.sites, s.secret, **options
-    )
+    return stack.side_gateway(redis_url, **options)
 
 
 async def until(cond, timeout: float = 15.0, what: str = "condition") -> None:

@@ -39,8 +39,7 @@ def hello(sid: str) -> bytes:
 
 def side_gateway(stack, **options) -> Gateway:
     """Another gateway over the shared stack's shards and Redis, with its own settings."""
-    s = stack.settings
-    return Gateway(stack.redis.url, s.prefix, stack.shards, stack.sites, s.secret, **options)
+    return stack.side_gateway(**options)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

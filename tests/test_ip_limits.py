@@ -35,8 +35,7 @@ def test_counts_are_per_address_and_released() -> None:
 
 
 async def _gateway(stack, limits: IpLimits) -> tuple[Gateway, str]:
-    s = stack.settings
-    gw = Gateway(stack.redis.url, s.prefix, stack.shards, stack.sites, s.secret, ip_limits=limits)
+    gw = stack.side_gateway(ip_limits=limits)
     port = await gw.start("127.0.0.1", 0)
     return gw, f"ws://127.0.0.1:{port}/ws?site=demo"
 

@@ -22,7 +22,6 @@ import websockets
 from cluster.listener_tls import TLSConfigError, server_context
 from cluster.stack import _serve
 from cluster.tokens import token_keyring
-from serve.edge.gateway import Gateway
 from serve.edge.http import build_app
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -78,10 +77,7 @@ async def test_wss_and_https_with_a_certificate_from_files(lifeline_stack, tmp_p
     s = dataclasses.replace(lifeline_stack.settings, tls_cert=str(cert), tls_key=str(key))
     tls = server_context(s)
     assert tls is not None
-    gw = Gateway(
-        lifeline_stack.redis.url, s.prefix, lifeline_stack.shards, lifeline_stack.sites,
-        token_keyring(s),
-    )  # fmt: skip
+    gw = lifeline_stack.side_gateway()
     port = await gw.start("127.0.0.1", 0, ssl=tls)
     ws_url = f"wss://127.0.0.1:{port}/ws"
     runner, http_port = await _serve(build_app(gw, ws_url), "127.0.0.1", 0, tls)

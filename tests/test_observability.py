@@ -125,7 +125,7 @@ async def test_prometheus_scrapes_lifeline_and_ray_and_loads_the_alerts(
     ray_port = ray._private.worker._global_node.metrics_export_port
     # A second gateway process's stand-in: another Gateway publishing to the same Redis,
     # with no HTTP port of its own, as cluster/gateway_worker.py runs one.
-    extra = Gateway(stack.redis_url, stack.prefix, stack.shards, stack.sites, stack.settings.secret)
+    extra = stack.side_gateway()
     await extra.start("127.0.0.1", 0)
     client = await _struggle(stack)
 

@@ -52,8 +52,7 @@ def journey(kind: str, sid: str) -> list[dict]:
 
 def side_gateway(stack) -> Gateway:
     """Another gateway over the shared stack's shards and Redis (this test holds its rounds)."""
-    s = stack.settings
-    return Gateway(stack.redis.url, s.prefix, stack.shards, stack.sites, s.secret)
+    return stack.side_gateway()
 
 
 # -- 3: a resume must not erase a consenting visitor's data --------------------------------

@@ -12,8 +12,6 @@ import uuid
 import pytest
 import websockets
 
-from serve.edge.gateway import Gateway
-
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
@@ -40,11 +38,7 @@ async def _reply(ws) -> dict:
 
 
 async def test_a_site_over_its_budget_is_refused_and_others_are_not(lifeline_stack) -> None:
-    s = lifeline_stack.settings
-    gw = Gateway(
-        lifeline_stack.redis.url, s.prefix, lifeline_stack.shards, lifeline_stack.sites,
-        s.secret, site_events_per_s=5.0,
-    )  # fmt: skip
+    gw = lifeline_stack.side_gateway(site_events_per_s=5.0)
     port = await gw.start("127.0.0.1", 0)
     base = f"ws://127.0.0.1:{port}/ws"
     demo, other = f"d-{uuid.uuid4().hex[:12]}", f"l-{uuid.uuid4().hex[:12]}"
