@@ -83,8 +83,9 @@
         "<button class='s ps' data-k=person hidden>Talk to a person</button>" +
         `<form data-k=send><label for=i class=sr>Your message</label><textarea id=i maxlength=${MAX} placeholder='Type your question' autocomplete=off></textarea><button>Send</button></form>` +
         `<form data-k=leave hidden><label for=l>Leave a message for our team</label><textarea id=l maxlength=${MAX}></textarea><button>Leave message</button></form>` +
-        "<div class=sr aria-live=polite></div></div><button class=ln data-k=launch aria-label='Open help chat' hidden>Help chat<span class=n></span></button>";
-      [P, log, ta, who, note, err, person, launch, ann, leave, conf] = [".p", "ol", "#i", ".w", ".note", ".err", ".ps", ".ln", ".p>.sr", "[data-k=leave]", ".cf"].map($);
+        "</div><button class=ln data-k=launch aria-label='Open help chat' hidden>Help chat<span class=n></span></button>" +
+        "<div class='sr live' aria-live=polite></div>"; // outside the panel: replies are announced while it is minimised too
+      [P, log, ta, who, note, err, person, launch, ann, leave, conf] = [".p", "ol", "#i", ".w", ".note", ".err", ".ps", ".ln", ".live", "[data-k=leave]", ".cf"].map($);
       sr.addEventListener("click", safe((e) => { const b = e.target.closest("button[data-k]"); b && act[b.dataset.k](); }));
       sr.addEventListener("submit", safe((e) => { e.preventDefault(); (e.target == leave ? leaveMessage : sendMessage)(); }));
       sr.addEventListener("keydown", safe(keys));
@@ -241,6 +242,7 @@
       streaming.forEach((li) => byId.has(li.dataset.id) || (log.append(li), byId.set(li.dataset.id, li)));
       pend.forEach((p) => log.append(p.li));
       if (OPEN(st)) P.hidden && launch.hidden ? recall() == "m" ? minimise(1) : expand(1) : mem(expanded ? "o" : "m"); // restored after a navigation
+      if (OPEN(st) && err.textContent == SAY.not_open) setErr(); // reopened
       status(); bottom();
       flush();
     };
@@ -254,7 +256,7 @@
         if (f.id == null) return;
         let li = byId.get(String(f.id));
         if (!li) { li = turn({ id: f.id, role: "assistant", text: "" }); li.setAttribute("aria-busy", "true"); }
-        li.lastChild.nodeName == "SPAN" && (li.lastChild.textContent += str(f.text, MAX));
+        li.hasAttribute("aria-busy") && (li.lastChild.textContent += str(f.text, MAX)); // none after the final text
         bottom();
       } else if (t == "chat_turn" && f.turn && typeof f.turn == "object") {
         const x = f.turn, p = x.mid && pend.get(x.mid);

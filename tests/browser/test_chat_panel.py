@@ -165,10 +165,13 @@ async def test_a_question_streams_its_answer_and_the_final_turn_replaces_it(shop
     await page.wait_for_function("() => window.__said.length > 0")
     assert await page.evaluate("window.__said") == ["Assistant: " + final]  # announced once
     await shot(page, "chat_panel")
+    # a piece arriving after the final text changes nothing
+    shop.gw.push({"t": "chat_delta", "sid": shop.gw.sid, "id": "t2", "text": " late"})
     # a citation's link follows the cards' rule: no javascript: (or data:) links
     bad = {"title": "Not a link", "url": "javascript:alert(1)"}
     shop.gw.push(turn(shop, "t3", "assistant", "More?", citations=[bad]))
     assert await page.get_by_role("link", name="Not a link").get_attribute("href") == "#"
+    assert await answer.nth(0).locator("span").inner_text() == final
     # only the chat's own box is read: what is typed on the page never leaves, and typing
     # in the chat does not show up as page activity (no form events from the chat)
     await page.fill("#income", "secret-income-typed-on-the-page")
@@ -210,7 +213,7 @@ async def test_a_person_is_asked_for_joins_by_name_and_a_message_can_be_left(sho
     await reply.wait_for()
     assert await reply.locator("b").inner_text() == "Sam"
     assert "Let me look." in await reply.inner_text()
-    live = page.locator(PANEL + " > .sr")
+    live = page.locator("#lifeline-chat .live")
     assert await live.inner_text() == "Sam: Hi, I'm Sam. Let me look."
     # no one came in time (another chat): told, and offered to leave a message
     shop.gw.push(
@@ -296,6 +299,8 @@ async def test_keyboard_only_focus_is_trapped_escape_minimises_and_end_closes(sh
     launcher = page.get_by_role("button", name="Open help chat")
     shop.gw.push(turn(shop, "t1", "assistant", "Anything else?"))
     await page.get_by_role("button", name="Open help chat, 1 new").wait_for()
+    # announced while minimised too
+    assert await page.locator("#lifeline-chat .live").inner_text() == "Assistant: Anything else?"
     await launcher.focus()
     await page.keyboard.press("Enter")
     await page.locator(PANEL).wait_for()
