@@ -100,8 +100,9 @@
         st == "assistant" ? `${name || "Our assistant"} (automated) is answering` :
         st == "waiting_for_person" ? "Waiting for a person…" : st == "ended" ? "Chat ended" : "Connecting…";
       const w = +P.dataset.wait;
+      // wait_s: the site's wait limit, after which the server says no one came
       note.textContent = !live() ? SAY.consent : st == "waiting_for_person" ? "A person will join as soon as one is free" +
-        (w > 0 ? `, usually within ${w < 90 ? Math.round(w) + " seconds" : Math.round(w / 60) + " minutes"}.` : ".") :
+        (w > 0 ? `; if no one can within ${w < 90 ? Math.round(w) + " seconds" : Math.round(w / 60) + " minutes"}, we'll tell you.` : ".") :
         st == "ended" ? "This chat has ended. Send a message to start a new one." : "";
       note.hidden = !note.textContent;
       person.hidden = st != "assistant";
