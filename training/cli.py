@@ -45,11 +45,10 @@ class UserError(RuntimeError):
 # -- shared helpers ---------------------------------------------------------------------------------
 def _redis(args: argparse.Namespace):
     """A Redis client for the configured deployment (``--redis-url`` / ``REDIS_URL``)."""
-    import redis
-
+    from cluster.redis_client import redis_client
     from cluster.redis_server import RedisUnavailable, ensure_redis
 
-    url = args.redis_url if args.redis_url is not None else Settings().redis_url
+    url = args.redis_url if args.redis_url is not None else Settings().redis_target
     try:
         server = ensure_redis(url)
     except RedisUnavailable as exc:
@@ -61,7 +60,7 @@ def _redis(args: argparse.Namespace):
             file=sys.stderr,
         )
         args._embedded = server  # keep it alive for the command's duration
-    return redis.Redis.from_url(server.url)
+    return redis_client(server.url)
 
 
 def _prefix(args: argparse.Namespace) -> str:
