@@ -43,7 +43,7 @@ from serve.dev.pyclient import LifelineClient
 from tests.certs import TLSFiles, tls_files
 from tests.test_gateway_hardening import clicks, until
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+ASYNC = pytest.mark.asyncio(loop_scope="session")
 
 ORIGIN = "http://127.0.0.1:8080"
 REDIS_SERVER = "/usr/bin/redis-server"  # Debian's, built with TLS (checked below)
@@ -150,6 +150,7 @@ def _tree() -> list[psutil.Process]:
     return [me, *me.children(recursive=True)]
 
 
+@ASYNC
 async def test_events_are_stored_over_tls_and_the_password_shows_nowhere(
     secure_stack: Stack, secure_redis: SecureRedis, caplog, capfd
 ) -> None:
@@ -234,6 +235,7 @@ async def test_events_are_stored_over_tls_and_the_password_shows_nowhere(
     assert scanned > 0
 
 
+@ASYNC
 async def test_a_restarted_shard_finds_the_redis_url_again(secure_stack: Stack) -> None:
     """The URL reaches the shard through the object store (cluster/ray_secret.py): a restart reads it."""
     stack = secure_stack
@@ -264,6 +266,7 @@ def test_the_cli_prints_no_password(secure_redis: SecureRedis, monkeypatch, caps
     assert secure_redis.password not in printed
 
 
+@ASYNC
 async def test_a_wrong_password_is_refused_at_start(secure_redis: SecureRedis) -> None:
     wrong = "wrong-" + secrets.token_hex(8)
     url = secure_redis.url.replace(secure_redis.password, wrong)
@@ -275,6 +278,7 @@ async def test_a_wrong_password_is_refused_at_start(secure_redis: SecureRedis) -
     assert wrong not in str(caught.value) and "lifeline:***@" in str(caught.value)
 
 
+@ASYNC
 async def test_a_certificate_from_another_ca_is_refused_at_start(
     secure_redis: SecureRedis, tmp_path: Path
 ) -> None:
