@@ -90,25 +90,30 @@ def check_url(url: str) -> None:
 
 @overload
 def redis_client(
-    url: str, *, aio: Literal[False] = False, max_connections: int = ..., **options: Any
+    url: str, *, aio: Literal[False] = False, max_connections: int | None = ..., **options: Any
 ) -> redis.Redis: ...
 @overload
 def redis_client(
-    url: str, *, aio: Literal[True], max_connections: int = ..., **options: Any
+    url: str, *, aio: Literal[True], max_connections: int | None = ..., **options: Any
 ) -> aioredis.Redis: ...
 def redis_client(
-    url: str, *, aio: bool = False, max_connections: int = 64, **options: Any
+    url: str, *, aio: bool = False, max_connections: int | None = None, **options: Any
 ) -> redis.Redis | aioredis.Redis:
     """A client for the Redis at ``url`` (:func:`check_url` first): ``aio`` for ``redis.asyncio``.
 
-    Its pool waits (up to 10 s) for a free connection instead of failing: a
-    burst of hundreds of hellos at once needs more than ``max_connections``
-    for a moment, and waiting a few milliseconds is the right answer under
-    load. ``options`` (``socket_timeout``, ``decode_responses``, ...) go to
-    the connections. Opening a client connects nothing: the first command does.
+    ``max_connections``: a pool of at most that many connections that waits
+    (up to 10 s) for a free one instead of failing, as the gateway and the
+    shards want: a burst of hundreds of hellos at once needs more than the
+    limit for a moment, and waiting a few milliseconds is the right answer
+    under load. ``None``: redis-py's default pool, without a limit (the
+    console's live streams each hold a connection). ``options``
+    (``socket_timeout``, ``decode_responses``, ...) go to the connections.
+    Opening a client connects nothing: the first command does.
     """
     check_url(url)
     module = aioredis if aio else redis
+    if max_connections is None:
+        return module.Redis.from_url(url, **options)
     pool = module.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=10, **options
     )

@@ -163,7 +163,7 @@ class ShardCore:
             snapshot_ticks=round(SNAPSHOT_EVERY_S / SNAPSHOT_TICK_S),
         )
         self.redis_url = redis_url
-        self.redis = redis_client(redis_url, aio=True)  # used on the I/O loop only
+        self.redis = redis_client(redis_url, aio=True, max_connections=64)  # the I/O loop only
         self.records = ShardRecords(self.redis, self.keys, self._retention)
         self.profiles = ShardProfiles(
             self.redis, self.keys, self._retention

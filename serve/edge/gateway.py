@@ -104,7 +104,7 @@ class Gateway:
         session's events are logged sealed under its subject's data key. None: plaintext."""
         self.id = uuid.uuid4().hex[:12]
         self.keys = Keys(prefix)
-        self.redis = redis_client(redis_url, aio=True)
+        self.redis = redis_client(redis_url, aio=True, max_connections=64)
         self.store = EventStore(self.redis, self.keys, master, seal, sites)
         self.ring = HashRing(shard_names or len(shards))
         self.shards = dict(zip(self.ring.names, shards, strict=True))  # by name, as the ring
