@@ -14,6 +14,7 @@ and exit code 2, not a traceback. A promotion the promotion guard refuses
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -48,7 +49,10 @@ def _redis(args: argparse.Namespace):
     from cluster.redis_client import redis_client
     from cluster.redis_server import RedisUnavailable, ensure_redis
 
-    url = args.redis_url if args.redis_url is not None else Settings().redis_target
+    settings = Settings()
+    if args.redis_url is not None:  # the TLS settings (LIFELINE_REDIS_CA, ...) still apply
+        settings = dataclasses.replace(settings, redis_url=args.redis_url)
+    url = settings.redis_target
     try:
         server = ensure_redis(url)
     except RedisUnavailable as exc:
