@@ -10,8 +10,8 @@ the resume-token keys (not the public default, long enough, previous keys
 too), the event log's master key, no development-only site (``loadtest``),
 at least one operator account, TLS for every listener bound beyond loopback
 (or a stated proxy that terminates it; the console's Secure cookie then also
-works), a Redis URL with a password or ACL user, and TLS to a Redis that is
-not on this machine (:func:`redis_tls_problems`).
+works), a Redis URL with a password or ACL user, and TLS settings that work
+(:func:`redis_tls_problems`).
 """
 
 from __future__ import annotations
@@ -40,30 +40,18 @@ def redis_has_credentials(url: str) -> bool:
 
 
 def redis_tls_problems(settings: Settings) -> list[str]:
-    """Why the Redis connection is not safe across a network: empty when it is.
+    """A Redis URL or TLS setting that cannot work or turns verification off; empty when none.
 
-    ``rediss://`` (verified TLS; cluster/redis_client.py refuses to turn
-    verification off) is; so is a plain ``redis://`` to a loopback address
-    or a unix socket (a local Redis, or a local TLS tunnel such as stunnel or
-    a sidecar). A plain ``redis://`` to any other host is not: the password
-    and every event would cross the network in clear. A TLS setting that
-    cannot work (a missing file, a certificate without its key, ...) is a
-    problem too.
+    (A missing file, a client certificate without its key, TLS options on a
+    ``redis://`` URL, ``ssl_cert_reqs=none``: cluster/redis_client.py.)
+    Plain ``redis://`` to another machine is warned about at start
+    (:func:`cluster.redis_client.cleartext_warning`), not refused.
     """
-    target = settings.redis_target
     try:
-        check_url(target)
+        check_url(settings.redis_target)
     except RedisConfigError as exc:
         return [str(exc)]
-    parts = urlsplit(target)
-    if parts.scheme != "redis" or is_loopback(parts.hostname or "localhost"):
-        return []
-    return [
-        f"REDIS_URL={redact_url(settings.redis_url)} is plain redis:// to {parts.hostname}, "
-        "which is not this machine: the password and every visitor's event would cross the "
-        "network in clear. Use rediss:// (TLS; LIFELINE_REDIS_CA names the CA that signed "
-        "Redis's certificate), or a local TLS tunnel on a loopback address"
-    ]
+    return []
 
 
 def _key_problems(settings: Settings) -> list[str]:

@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, urlsplit
 import redis
 import redis.asyncio as aioredis
 
-from cluster.config import redact_url
+from cluster.config import is_loopback, redact_url
 
 # (query option, the setting that fills it) for the files a TLS connection may read.
 TLS_FILES = (
@@ -86,6 +86,27 @@ def check_url(url: str) -> None:
         path = options.get(option)
         if path is not None and not Path(path).is_file():
             raise RedisConfigError(f"{setting} ({option}) names no readable file: {path}")
+
+
+def cleartext_warning(url: str) -> str | None:
+    """What to warn about when ``url`` sends the password and events in clear across a network.
+
+    ``None`` for ``rediss://``, a unix socket, or plain ``redis://`` to a
+    loopback address (a local Redis, or a local TLS tunnel such as stunnel);
+    a warning for plain ``redis://`` to any other host. A warning, not a
+    refusal, even in production mode: Redis on a private network without TLS
+    is common (the Kubernetes manifests here run it so, cluster/kubernetes),
+    and only the operator knows whether that network is private.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "redis" or is_loopback(parts.hostname or "localhost"):
+        return None
+    return (
+        f"REDIS_URL={redact_url(url)} is plain redis:// to {parts.hostname}, not this machine: "
+        "the password and every visitor's event cross the network in clear. Use rediss:// "
+        "(LIFELINE_REDIS_CA names the CA that signed Redis's certificate) unless that network "
+        "is private to Lifeline and Redis"
+    )
 
 
 @overload

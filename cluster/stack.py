@@ -32,7 +32,7 @@ from cluster.listener_tls import server_context
 from cluster.migrate import scope_sessions_by_site
 from cluster.processes import Supervised
 from cluster.ray_secret import RaySecret
-from cluster.redis_client import redis_client
+from cluster.redis_client import cleartext_warning, redis_client
 from cluster.redis_server import Persistence, RedisServer, ensure_redis, persistence
 from cluster.resharding import ShardControl
 from cluster.sealing import master_keys
@@ -126,6 +126,9 @@ class Stack:
         if data_key_warning:
             self._warn(data_key_warning)
         self.redis = ensure_redis(s.redis_target, data_dir=s.data_dir)
+        cleartext = cleartext_warning(self.redis.url)
+        if cleartext:
+            self._warn(cleartext)
         if self.redis.embedded:
             log.warning(
                 "no Redis configured or answering at 127.0.0.1:6379: using an embedded one at %s "

@@ -34,7 +34,7 @@ import ray
 from cluster.config import Settings
 from cluster.keys import Keys
 from cluster.production import redis_tls_problems
-from cluster.redis_client import RedisConfigError, redis_client
+from cluster.redis_client import RedisConfigError, cleartext_warning, redis_client
 from cluster.redis_server import RedisUnavailable, _free_port, refusal
 from cluster.stack import Stack
 from serve.console.context import ConsoleContext
@@ -322,18 +322,25 @@ def test_unsafe_or_broken_redis_urls_are_refused(url: str, why: str) -> None:
     assert "secret-pw" not in str(caught.value)
 
 
-def test_production_wants_tls_to_a_redis_on_another_machine(tmp_path: Path) -> None:
+def test_plain_redis_to_another_machine_is_warned_about_and_broken_tls_refused(
+    tmp_path: Path,
+) -> None:
+    plain = "redis://u:pw-plain@10.1.2.3:6379/0"
+    warning = cleartext_warning(plain)
+    assert warning is not None and "in clear" in warning and "pw-plain" not in warning
+    for quiet in ("rediss://u:pw@10.1.2.3:6380/0", "redis://u:pw@127.0.0.1:6379/0", "unix:///r.s"):
+        assert cleartext_warning(quiet) is None
+    # Production mode refuses TLS settings that cannot work, and lets plain redis:// start
+    # (with the warning above): only the operator knows whether the network is private.
     ca = tmp_path / "ca.pem"
     ca.write_text("not read here")
-    plain = Settings(redis_url="redis://u:pw-plain@10.1.2.3:6379/0")
-    [problem] = redis_tls_problems(plain)
-    assert "in clear" in problem and "pw-plain" not in problem
-    assert redis_tls_problems(Settings(redis_url="rediss://u:pw@10.1.2.3:6380/0")) == []
+    assert redis_tls_problems(Settings(redis_url=plain)) == []
     tls = Settings(redis_url="rediss://u:pw@10.1.2.3:6380/0", redis_ca=str(ca))
     assert redis_tls_problems(tls) == []
-    assert redis_tls_problems(Settings(redis_url="redis://u:pw@127.0.0.1:6379/0")) == []
     broken = Settings(redis_url="redis://u:pw@127.0.0.1:6379/0", redis_ca=str(ca))
     assert "need a rediss:// URL" in redis_tls_problems(broken)[0]
+    missing = Settings(redis_url="rediss://u:pw@10.1.2.3:6380/0", redis_ca=str(tmp_path / "no"))
+    assert "LIFELINE_REDIS_CA" in redis_tls_problems(missing)[0]
 
 
 def test_every_redis_client_is_opened_by_the_one_function() -> None:
