@@ -255,7 +255,10 @@ def core_stage(journeys: list, batch: int, events: int, tally: bool = False) -> 
     scorer = Scorer.bundled()
     # Never flushed here: only its in-memory counting is timed (the flush runs on the I/O loop).
     tallies = ShardTallies(
-        redis_client("redis://127.0.0.1:6379/0", aio=True), Keys(), {}, lambda _s: 0.1
+        redis_client("redis://127.0.0.1:6379/0", aio=True, max_connections=64),
+        Keys(),
+        {},
+        lambda _s: 0.1,
     )
     names = scorer.segments.names if scorer.segments is not None else ()
     replay = Replay(journeys, seed=2)

@@ -100,7 +100,7 @@ def test_operator_accounts_are_counted_in_the_real_redis(redis_url: str, prefix:
     assert count_operators(s) == 0
 
     async def add() -> None:
-        client = redis_client(url, aio=True)
+        client = redis_client(url, aio=True, max_connections=64)
         try:
             await Accounts(client, Keys(prefix)).add("root", "admin", "a-long-password-1")
         finally:

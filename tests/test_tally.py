@@ -362,7 +362,10 @@ def test_the_shard_hook_counts_resent_events_once():
 
     host = SessionHost()
     tallies = ShardTallies(
-        redis_client("redis://127.0.0.1:6379/0", aio=True), Keys("x:"), {}, lambda _s: 0.1
+        redis_client("redis://127.0.0.1:6379/0", aio=True, max_connections=64),
+        Keys("x:"),
+        {},
+        lambda _s: 0.1,
     )
     sid = sid_in(False, 0.10)
     t = T0 + 1000
