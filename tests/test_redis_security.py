@@ -124,7 +124,9 @@ async def _indexed(stack: Stack, sid: str) -> None:
     reader = redis_client(stack.redis_url)
     key = Keys(stack.prefix).session_index("demo", "seen")
     try:
-        await until(lambda: reader.zscore(key, sid) is not None, what="the shard's session index")
+        await until(
+            lambda: reader.zscore(key, sid) is not None, 30, what="the shard's session index"
+        )
     finally:
         reader.close()
 
@@ -243,8 +245,10 @@ async def test_a_restarted_shard_finds_the_redis_url_again(secure_stack: Stack) 
     actor_id = shard._actor_id.hex()
     before = _actor(actor_id)["NumRestarts"]
     ray.kill(shard, no_restart=False)
-    await until(lambda: _actor(actor_id)["NumRestarts"] > before, what="the shard's restart")
-    await until(lambda: _actor(actor_id)["State"] == "ALIVE", what="the shard alive again")
+    # Generous timeouts: a restart starts a worker process and loads a model (a loaded
+    # 2-core machine takes its time); a shard that cannot connect never gets there.
+    await until(lambda: _actor(actor_id)["NumRestarts"] > before, 60, what="the shard's restart")
+    await until(lambda: _actor(actor_id)["State"] == "ALIVE", 60, what="the shard alive again")
     sid = f"t-sec-after-{uuid.uuid4().hex[:12]}"
     client = LifelineClient(stack.ws_url, "demo", sid, ORIGIN)
     assert (await client.connect())["t"] == "welcome"
