@@ -410,9 +410,9 @@ class ChatAssistant:
     ) -> None:
         redis = None
         if redis_url:
-            import redis.asyncio as aioredis
+            from cluster.redis_client import redis_client
 
-            redis = aioredis.Redis.from_url(redis_url, socket_timeout=1.0)
+            redis = redis_client(redis_url, aio=True, socket_timeout=1.0)
         self.assistant = Assistant(
             AssistantSettings.from_mapping(settings),
             redis,
@@ -454,7 +454,7 @@ def assistant_app(args: dict[str, Any]) -> Any:
     s = Settings()
     return ChatAssistant.bind(
         asdict(assistant_settings(s, args.get("assistant"))),
-        args.get("redis_url", s.redis_url),
+        args.get("redis_url", s.redis_target),
         args.get("prefix", s.prefix),
         args.get("site_hosts"),
     )
