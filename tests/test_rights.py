@@ -424,7 +424,7 @@ async def test_a_session_without_a_visitor_is_its_own_subject_and_requests_are_r
     for _ in range(RIGHTS_PER_SESSION - 1):
         assert (await post(stack, "/v1/visitor/access", body))[0] == 200
     status, err, _ = await post(stack, "/v1/visitor/access", body)
-    assert (status, err["code"]) == (429, "rate_limited")
+    assert (status, err["code"], err["limit"]) == (429, "rate_limited", "session")
 
     status, done, _ = await post(
         stack, "/v1/visitor/erase", {"sid": second, "token": anon.tokens[second]}

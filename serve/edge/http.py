@@ -24,6 +24,7 @@ from aiohttp import web
 
 from serve.edge import client_build
 from serve.edge.gateway import Gateway
+from serve.edge.ip_limits import RETRY_AFTER, address_refusal
 from serve.edge.protocol import decode, nests_within
 from serve.edge.rights_http import RightsEndpoints
 from serve.headers import NO_STORE, security_headers
@@ -169,7 +170,12 @@ class Handlers:
         return web.Response(text=html, content_type="text/html")
 
     async def beacon(self, request: web.Request) -> web.Response:
-        """``POST /beacon``: a page-hide flush, checked here for size and shape, then the gateway's."""
+        """``POST /beacon``: a page-hide flush, checked here for its address's rate, size and
+        shape, then the gateway's."""
+        refused = address_refusal(self.gateway.ip_limits, request.remote)
+        if refused is not None:
+            self.gateway.stats.ip_refused += 1
+            return web.json_response(refused, status=429, headers={**NO_STORE, **RETRY_AFTER})
         site = self.gateway.site_for(request.query_string, request.headers.get("Origin"))
         if isinstance(site, str):
             return web.json_response(
