@@ -181,7 +181,11 @@ class Handlers:
             return web.json_response(
                 {"code": "forbidden", "detail": site}, status=403, headers=NO_STORE
             )
-        body = beacon_body(await request.read())
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:  # aiohttp's client_max_size: answered as ours
+            raw = None
+        body = beacon_body(raw)
         if isinstance(body, web.Response):
             body.headers.update(NO_STORE)
             return body
@@ -189,13 +193,14 @@ class Handlers:
         return web.json_response(reply, status=status, headers=NO_STORE)
 
 
-def beacon_body(raw: bytes) -> dict[str, Any] | web.Response:
+def beacon_body(raw: bytes | None) -> dict[str, Any] | web.Response:
     """A beacon's body as a JSON object, or the error response that refuses it.
 
     The socket's decoder, so a beacon body is refused for what a frame is
-    (NaN, Infinity, nesting past the stack: a 400, never a 500).
+    (NaN, Infinity, nesting past the stack: a 400, never a 500). ``raw`` None:
+    the body was too large to read.
     """
-    if len(raw) > BEACON_MAX_BYTES:
+    if raw is None or len(raw) > BEACON_MAX_BYTES:
         return web.json_response(
             {"code": "frame_too_large", "detail": "beacon over 64 KiB"}, status=413
         )
