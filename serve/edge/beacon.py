@@ -156,10 +156,12 @@ class Beacons:
             if not plan.last:
                 return 200, {"acked": conn.sessions[req.sid].acked, "errors": errors}
             future = asyncio.get_running_loop().create_future()
-            self.pipeline.submit(AppendSink(peer, future), plan)
+            self.pipeline.submit(AppendSink(peer, future, existing=True), plan)
             reply = await future
             if reply["t"] == "ack":
                 return 200, {"acked": reply["seq"], "errors": errors}
+            if await self.store.erased(site.key, req.sid):  # erased since it was looked up
+                return 403, error("erased", "this session's data was erased", sid=req.sid)
             if reply.get("code") != "sequence_gap":
                 return 503, {"acked": seq, "errors": errors + [reply]}
         return 409, {"acked": seq, "errors": errors + [reply]}
