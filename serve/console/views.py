@@ -12,7 +12,10 @@ A view is ``{"kpis": [...], "charts": [...], "tables": [...], "forms":
 "type": "line"|"bar", "labels", "series": [{"name", "values"}]}``; a table
 is ``{"id", "title", "columns": [{"key", "label", "num"?, "link"?}],
 "rows": [{...}]}`` where a row may carry ``_actions`` (buttons: label,
-method, url, body) that only a role allowed to use them is given.
+method, url, body; ``download``: save the answer as that file; an answer
+with ``view`` is rendered as the page) that only a role allowed to use them
+is given. A form with ``view`` set answers the page's view, rendered in place
+(the Visitors look-up: its fields travel in a POST body, not the URL).
 """
 
 from __future__ import annotations
