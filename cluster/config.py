@@ -163,8 +163,8 @@ class Settings:
         default_factory=lambda: float(_env("LIFELINE_HANDSHAKES_PER_IP_S", "20")),
         metadata={
             "env": "LIFELINE_HANDSHAKES_PER_IP_S",
-            "help": "new WebSocket connections per second from one address, burst 5x "
-            "(loopback exempt)",
+            "help": "new requests per second from one address (WebSocket connections, "
+            "beacons, data-rights requests: one budget), burst 5x (loopback exempt)",
         },
     )
     site_events_per_s: float = field(
