@@ -21,6 +21,7 @@ with its sockets and beacons: serve/edge/ip_limits.py), ``session``
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -125,7 +126,11 @@ class RightsEndpoints:
         site = self._site(request)
         if isinstance(site, web.Response):
             return site
-        raw = await request.content.read(BODY_MAX + 1)
+        # read(n) may return a first chunk only: read to the end, or one byte past the bound.
+        try:
+            raw = await request.content.readexactly(BODY_MAX + 1)
+        except asyncio.IncompleteReadError as short:
+            raw = short.partial
         try:
             body = json.loads(raw) if len(raw) <= BODY_MAX else None
         except ValueError:
