@@ -110,6 +110,7 @@ class LocalCluster:
         dashboard: bool = True,
         system_config: dict | None = None,
         root: str | Path | None = None,
+        gcs_redis: str | None = None,
     ) -> None:
         # Short: Ray's Unix sockets live under it (a socket path has at most 107 bytes).
         self.root = Path(root or tempfile.mkdtemp(prefix="llray-", dir="/tmp"))
@@ -127,6 +128,12 @@ class LocalCluster:
             "RAY_USAGE_STATS_ENABLED": "0",
         }
         self.env.pop("RAY_AUTH_TOKEN_PATH", None)
+        # GCS fault tolerance: the GCS keeps its tables in this Redis ("host:port"), under a
+        # namespace of this cluster's own, and a restarted GCS finds them there.
+        self.gcs_namespace = f"llgcs-{self.root.name}"
+        if gcs_redis:
+            self.env["RAY_REDIS_ADDRESS"] = gcs_redis
+            self.env["RAY_external_storage_namespace"] = self.gcs_namespace
 
     @property
     def address(self) -> str:
@@ -187,6 +194,10 @@ class LocalCluster:
             self._start(node, head=False)
         return self
 
+    def restart_gcs(self) -> subprocess.Popen:
+        """SIGKILL the head's GCS server and start it again (:func:`restart_gcs`)."""
+        return restart_gcs(self.head.temp_dir)
+
     def kill_node(self, name: str) -> list[int]:
         """SIGKILL worker ``name``'s raylet and every process under it; their pids."""
         return self.workers[name].kill()
@@ -207,3 +218,27 @@ def _stop(procs: list[psutil.Process], grace_s: float = 3.0) -> None:
         with contextlib.suppress(psutil.Error):
             proc.kill()
     psutil.wait_procs(alive, timeout=grace_s)
+
+
+def gcs_server(head_dir: str | Path) -> psutil.Process:
+    """The GCS server process of the head whose temp directory is ``head_dir``."""
+    for proc in processes_of(str(head_dir)):
+        with contextlib.suppress(psutil.Error):
+            if proc.name() == "gcs_server":
+                return proc
+    raise LookupError(f"no GCS server running for {head_dir}")
+
+
+def restart_gcs(head_dir: str | Path) -> subprocess.Popen:
+    """SIGKILL the GCS server and start it again as it was (command line, environment).
+
+    What a head restart does to the GCS, without touching the head's raylet. Only
+    with ``gcs_redis`` (GCS fault tolerance): without it the new GCS starts empty.
+    """
+    old = gcs_server(head_dir)
+    argv, env = old.cmdline(), old.environ()
+    old.kill()
+    old.wait(10)
+    return subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )

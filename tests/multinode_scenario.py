@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 import sys
 import time
 import uuid
@@ -31,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from actors.core.events import validate_event  # noqa: E402
 from actors.core.session import replay  # noqa: E402
 from cluster.config import Settings  # noqa: E402
-from cluster.local_cluster import LocalNode  # noqa: E402
+from cluster.local_cluster import LocalNode, gcs_server  # noqa: E402
 from cluster.stack import Stack  # noqa: E402
 from serve.dev.pyclient import LifelineClient  # noqa: E402
 from training.simulator import scripted  # noqa: E402
@@ -230,6 +231,67 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+async def gcs_restart(args: argparse.Namespace) -> dict[str, Any]:
+    """The head's GCS dies and comes back (GCS fault tolerance): scoring never stops."""
+    import ray
+
+    settings = Settings(
+        redis_url=args.redis,
+        prefix=args.prefix,
+        ws_port=0,
+        http_port=0,
+        console_port=0,
+        shards=args.shards,
+        host="127.0.0.1",
+    )
+    out: dict[str, Any] = {}
+    stack = Stack(settings)
+    await stack.start()
+    sid = f"gcs-{uuid.uuid4().hex[:8]}"
+    events = journey(int(time.time() * 1000) - 300_000)
+    client = LifelineClient(stack.ws_url, "demo", sid, ORIGIN)
+    await client.connect()
+    await client.send_events(events[:10])
+    await stack.gateway.wait_scored(sid, 10, timeout=30)
+    # The GCS goes: batches keep flowing over the shards' own links, which need no GCS.
+    old = await asyncio.to_thread(gcs_server, Path(args.root) / "head")
+    argv, env = old.cmdline(), old.environ()
+    old.kill()
+    await asyncio.to_thread(old.wait, 10)
+    down_at = time.monotonic()
+    await client.send_events(events[10:20])
+    await stack.gateway.wait_scored(sid, 20, timeout=30)
+    out["scored_while_down_s"] = time.monotonic() - down_at
+    out["gcs_was_down"] = not old.is_running()
+    subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    back_at = time.monotonic()
+    # Ray calls work again: a name lookup goes through the (new) GCS.
+    name = list(stack.gateway.shards)[0]
+    while True:
+        try:
+            await asyncio.to_thread(ray.get_actor, name, namespace="lifeline")
+            break
+        except Exception:  # not yet: the GCS is starting, the driver reconnecting
+            if time.monotonic() - back_at > 60:
+                raise
+            await asyncio.sleep(0.2)  # nothing to await but the lookup itself
+    out["lookup_after_restart_s"] = time.monotonic() - back_at
+    pings = [await sh.ping.remote() for sh in stack.shards]
+    out["shards_answer"] = len(pings)
+    await client.send_events(events[20:])
+    await stack.gateway.wait_scored(sid, len(events), timeout=30)
+    stored = await stack.gateway.store.read_events("demo", sid)
+    out["stored"] = [e["seq"] for e in stored] == list(range(1, len(events) + 1))
+    live = await stack.shard_for(sid).session_row.remote(sid)
+    uninterrupted = replay(
+        [validate_event(e, now_ms=e["ts"]) for e in stored], sid=sid, site="demo"
+    )
+    out["equal"] = live == uninterrupted[-1]
+    await client.close()
+    await stack.stop()
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", required=True, help="the LocalCluster's root directory")
@@ -238,8 +300,9 @@ def main() -> int:
     ap.add_argument("--prefix", required=True)
     ap.add_argument("--shards", type=int, default=3)
     ap.add_argument("--sessions", type=int, default=24)
+    ap.add_argument("--gcs-restart", action="store_true", help="the GCS restart scenario instead")
     args = ap.parse_args()
-    out = asyncio.run(run(args))
+    out = asyncio.run(gcs_restart(args) if args.gcs_restart else run(args))
     print("RESULT " + json.dumps(out), flush=True)
     return 0
 

@@ -31,12 +31,15 @@ RESUME_BOUND_S = 20.0  # the whole, kill to scored again (target 5 s: see the re
 
 
 @pytest.fixture(scope="module")
-def nodes() -> Iterator[LocalCluster]:
-    cluster = LocalCluster(workers=("a", "b"), cpus=1, head_cpus=1)
+def nodes(redis_url: str) -> Iterator[LocalCluster]:
+    # GCS fault tolerance: the GCS keeps its tables in the test Redis (a namespace of its own).
+    host_port = redis_url.split("@")[-1].split("//")[-1].split("/")[0]
+    cluster = LocalCluster(workers=("a", "b"), cpus=1, head_cpus=1, gcs_redis=host_port)
     try:
         yield cluster.start()
     finally:
         cluster.stop()
+        delete_prefix(redis_url, f"RAY{cluster.gcs_namespace}")
 
 
 def run(
@@ -100,5 +103,30 @@ def test_a_lost_worker_node_loses_nothing_and_its_shards_score_again_elsewhere(n
         assert sorted(stopped["stopped"]) == sorted(names)
         again = run(nodes, [sys.executable, "-m", "cluster.cli", "down"], timeout=60)
         assert json.loads(again.stdout.strip().splitlines()[-1])["stopped"] == []
+    finally:
+        delete_prefix(redis_url, prefix)
+
+
+def test_the_head_s_gcs_restarts_and_scoring_never_stops(nodes, redis_url):
+    """GCS fault tolerance with an external Redis: the GCS dies and comes back as it was."""
+    prefix = f"lltest-gcs-{uuid.uuid4().hex[:8]}:"
+    try:
+        done = run(
+            nodes,
+            [sys.executable, str(SCENARIO), "--gcs-restart", "--root", str(nodes.root)]
+            + ["--dashboard", nodes.dashboard_url, "--redis", redis_url, "--prefix", prefix],
+        )
+        lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+        assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-5000:]
+        out = json.loads(lines[-1].removeprefix("RESULT "))
+        print(json.dumps(out))
+        assert out["gcs_was_down"]
+        # Batches go over the shards' links, not through the GCS: scored while it is down.
+        assert out["scored_while_down_s"] < 5.0, out
+        # The new GCS found the tables in Redis: the shards are still known by name.
+        assert out["lookup_after_restart_s"] < 60.0 and out["shards_answer"] == 3, out
+        assert out["stored"] and out["equal"], out
+        down = run(nodes, [sys.executable, "-m", "cluster.cli", "down"], timeout=60)
+        assert down.returncode == 0, down.stderr[-3000:]
     finally:
         delete_prefix(redis_url, prefix)
