@@ -16,6 +16,8 @@ import sys
 
 
 def _up(args: argparse.Namespace) -> int:
+    if args.address:
+        os.environ["RAY_ADDRESS"] = args.address  # children (gateway processes) read it too
     if args.ws_port is not None:
         os.environ["LIFELINE_WS_PORT"] = str(args.ws_port)
     if args.http_port is not None:
@@ -66,6 +68,42 @@ def _up(args: argparse.Namespace) -> int:
             gateways=args.gateways,
         )
     )
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    """``lifeline down``: stop the detached shards a joined ``lifeline up`` left running."""
+    import json
+
+    import ray
+
+    from cluster.config import Settings
+    from cluster.shard_actors import running_shards
+    from cluster.stack import RAY_NAMESPACE
+
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        print(
+            json.dumps({"ok": False, "error": "address_required"}),
+            "\nlifeline down: give --address (or RAY_ADDRESS): only a joined cluster keeps shards",
+            file=sys.stderr,
+        )
+        return 2
+    Settings()  # refuse unreadable settings the same way `up` does
+    ray.init(address=address, namespace=RAY_NAMESPACE, logging_level="WARNING")
+    stopped = []
+    for name in running_shards(RAY_NAMESPACE):
+        try:
+            shard = ray.get_actor(name, namespace=RAY_NAMESPACE)
+        except ValueError:  # gone meanwhile
+            continue
+        try:  # a clean stop writes what the shard holds in memory (snapshots, tallies)
+            ray.get(shard.flush.remote(), timeout=args.timeout)
+        except Exception as exc:  # a shard that cannot flush is stopped anyway: the log has it all
+            print(f"lifeline down: {name} did not flush ({type(exc).__name__})", file=sys.stderr)
+        ray.kill(shard, no_restart=True)
+        stopped.append(name)
+    print(json.dumps({"ok": True, "stopped": stopped}))
     return 0
 
 
@@ -157,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="operator console, /metrics and /healthz (default $LIFELINE_CONSOLE_PORT or 8090)",
     )
     up.add_argument(
+        "--address",
+        help="join this Ray cluster (`auto`, `HOST:PORT` of its GCS, or `ray://HOST:10001`; "
+        "default $RAY_ADDRESS) instead of starting a local one: the shards then are detached "
+        "actors spread over its nodes, found again by the next `lifeline up`, stopped by "
+        "`lifeline down`",
+    )
+    up.add_argument(
         "--gateways",
         type=int,
         default=1,
@@ -175,6 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(nudges stay templated)",
     )
     up.set_defaults(func=_up)
+
+    down = sub.add_parser(
+        "down",
+        help="stop the shards a `lifeline up --address` left running on a Ray cluster",
+        description="On a joined Ray cluster the shards are detached actors: they outlive "
+        "`lifeline up` so that the next one finds them. This flushes each (snapshots, console "
+        "counts) and stops it for good; sessions resume from Redis under the next `up`.",
+    )
+    down.add_argument("--address", help="the Ray cluster (default $RAY_ADDRESS)")
+    down.add_argument("--timeout", type=float, default=30.0, help="seconds a shard may flush")
+    down.set_defaults(func=_down)
 
     cfg = sub.add_parser("config", help="print every setting, its current value and meaning")
     cfg.set_defaults(func=_config)

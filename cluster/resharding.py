@@ -29,6 +29,7 @@ from typing import Any
 import ray
 
 from cluster.keys import Keys
+from cluster.shard_actors import next_index
 from cluster.shard_set import applied, read_members, reply, write_members
 
 log = logging.getLogger("lifeline.resharding")
@@ -61,7 +62,8 @@ class ShardControl:
         self.names = list(names)
         self.actors = dict(zip(names, actors, strict=True))
         self.make = make
-        self.next_index = len(names)
+        # After the first: a joined run may have found a resharded set (0, 2, 3 -> 4 next).
+        self.next_index = next_index(names)
         self.gateway = gateway
         self._lock = asyncio.Lock()  # one change at a time
         self.changed: Callable[[list[Any]], None] = lambda shards: None  # told the new actors

@@ -31,11 +31,12 @@ from cluster.keys import Keys
 from cluster.listener_tls import server_context
 from cluster.migrate import scope_sessions_by_site
 from cluster.processes import Supervised
-from cluster.ray_secret import RaySecret
 from cluster.redis_client import cleartext_warning, redis_client
 from cluster.redis_server import Persistence, RedisServer, ensure_redis, persistence
 from cluster.resharding import ShardControl
 from cluster.sealing import master_keys
+from cluster.shard_actors import Placement, shard_index, shard_name, start_or_find
+from cluster.shard_set import read_members
 from cluster.tokens import token_keyring
 from cluster.tracing import TraceConfig, tracing_for
 from serve.console.app import build_console
@@ -87,8 +88,11 @@ class Stack:
     warnings: list[str] = field(default_factory=list)  # said at start-up, and again in the banner
     ray_record: Path | None = None  # this run's local Ray cluster (cluster/ray_sessions.py)
     control: ShardControl | None = None  # adds and removes shards (cluster/resharding.py)
+    # Local: shards end with this process. Joined (RAY_ADDRESS): detached, found again by name
+    # by the next run, stopped by `lifeline down` (cluster/shard_actors.py).
+    placement: Placement = field(default_factory=Placement)
+    found_shards: list[str] = field(default_factory=list)  # joined: already running at start
     _control_task: asyncio.Future | None = None
-    _redis_secret: RaySecret | None = None  # the Redis URL in Ray's object store, for shards
 
     @property
     def redis_url(self) -> str:
@@ -145,8 +149,9 @@ class Stack:
         await asyncio.to_thread(
             scope_sessions_by_site, redis_client(self.redis.url), Keys(s.prefix)
         )
+        address = os.environ.get("RAY_ADDRESS") or None
+        self.placement = Placement(detached=address is not None, namespace=RAY_NAMESPACE)
         if not ray.is_initialized():
-            address = os.environ.get("RAY_ADDRESS") or None
             if address is None:  # a cluster of our own: first clear what a killed run left
                 await asyncio.to_thread(ray_sessions.stop_stale, s.data_dir)
             ctx = ray.init(
@@ -164,30 +169,43 @@ class Stack:
             from serve.apps.deployments import deploy
 
             self.serve_handles = await asyncio.to_thread(deploy, s, self.redis.url, s.prefix)
-        n = shard_count(s)
-        # The URL (password included) reaches the shards through Ray's object store, not
-        # inline in their creation task (docs/SECURITY.md, "Redis credentials"). Held here
-        # for as long as the stack runs, so that a shard Ray restarts finds it again.
-        self._redis_secret = RaySecret(self.redis_url, redact_url(self.redis_url))
         trace = TraceConfig.of(s)  # explicit: a joined Ray cluster's workers have their own env
+
+        def start_named(name: str) -> Any:
+            """The shard called ``name``: the running one on a joined cluster, else a new one."""
+            i = shard_index(name)
+            shard, found = start_or_find(
+                self.placement,
+                name,
+                lambda options: SessionShard.options(**options).remote(
+                    i,
+                    self.redis_url,
+                    s.prefix,
+                    s.sites_file,
+                    s.idle_deactivate_s,
+                    with_serve,
+                    trace,
+                    master_keys(s),  # recovery opens the sealed log (a joined env may lack it)
+                ),
+            )
+            if found:
+                self.found_shards.append(name)
+            return shard
 
         def make(i: int) -> tuple[str, Any]:
             """Start SessionShard number ``i`` (at start, and by ``lifeline shards add``)."""
-            name = f"lifeline-shard-{i}{shard_name_suffix}"
-            return name, SessionShard.options(name=name, lifetime=None).remote(
-                i,
-                self._redis_secret,
-                s.prefix,
-                s.sites_file,
-                s.idle_deactivate_s,
-                with_serve,
-                trace,
-                master_keys(
-                    s
-                ),  # recovery opens the sealed log (a joined cluster's env may lack it)
-            )
+            name = shard_name(i, shard_name_suffix)
+            return name, start_named(name)
 
-        names, self.shards = map(list, zip(*(make(i) for i in range(n)), strict=True))
+        names = await self._shard_names(shard_name_suffix)
+        self.shards = [start_named(name) for name in names]
+        if self.found_shards:
+            log.warning(
+                "found %d of %d shards running on the joined Ray cluster (%s): using them",
+                len(self.found_shards),
+                len(names),
+                ", ".join(self.found_shards),
+            )
         # Wait until every shard has loaded its model and opened its Serve handles:
         # the first visitor must not pay for either.
         await asyncio.gather(*(sh.warm_up.remote() for sh in self.shards))
@@ -234,6 +252,23 @@ class Stack:
             build_console(console), s.console_host, s.console_port, tls
         )
         return self
+
+    async def _shard_names(self, suffix: str) -> list[str]:
+        """The shards this run serves with.
+
+        Joined: the set an earlier run left in Redis (resharded, maybe), so a
+        restart finds the same actors; the first run on a cluster, and every
+        local run, names ``shard_count`` new ones.
+        """
+        if self.placement.detached:
+            client = redis_client(self.redis_url, aio=True)
+            try:
+                _, stored = await read_members(client, Keys(self.settings.prefix))
+            finally:
+                await client.aclose()
+            if stored:
+                return stored
+        return [shard_name(i, suffix) for i in range(shard_count(self.settings))]
 
     def _shards_changed(self, shards: list[Any]) -> None:
         self.shards = shards
@@ -349,9 +384,10 @@ class Stack:
                 await asyncio.wait_for(
                     asyncio.gather(*(sh.flush.remote() for sh in self.shards)), 10.0
                 )
-        for sh in self.shards:
-            with contextlib.suppress(Exception):  # already gone
-                ray.kill(sh)
+        if not self.placement.detached:  # joined: they outlive us (`lifeline down` stops them)
+            for sh in self.shards:
+                with contextlib.suppress(Exception):  # already gone
+                    ray.kill(sh)
         for thing in self.extra:
             stop = getattr(thing, "stop", None)
             if stop is not None:

@@ -422,8 +422,11 @@ def test_settings_are_lifelines_own(objects) -> None:
 def test_the_shard_names_are_the_ones_lifeline_up_creates(objects) -> None:
     data = settings(objects)
     stack = (ROOT / "cluster" / "stack.py").read_text()
-    assert 'f"lifeline-shard-{i}{shard_name_suffix}"' in stack  # how `lifeline up` names them
-    expected = ",".join(f"lifeline-shard-{i}" for i in range(int(data["LIFELINE_SHARDS"])))
+    from cluster.shard_actors import shard_name
+
+    assert "shard_name(i, shard_name_suffix)" in stack  # how `lifeline up` names them
+    expected = ",".join(shard_name(i) for i in range(int(data["LIFELINE_SHARDS"])))
+    assert expected.startswith("lifeline-shard-0")
     assert data["LIFELINE_SHARD_NAMES"] == expected
     (gw,) = [o for o in objects if key(o) == "Deployment/lifeline-gateway"]
     args = gw["spec"]["template"]["spec"]["containers"][0]["args"]

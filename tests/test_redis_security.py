@@ -239,7 +239,7 @@ async def test_events_are_stored_over_tls_and_the_password_shows_nowhere(
 
 @ASYNC
 async def test_a_restarted_shard_finds_the_redis_url_again(secure_stack: Stack) -> None:
-    """The URL reaches the shard through the object store (cluster/ray_secret.py): a restart reads it."""
+    """A shard Ray restarts has the URL again (its creation arguments): it writes to Redis."""
     stack = secure_stack
     shard = stack.shards[0]
     actor_id = shard._actor_id.hex()

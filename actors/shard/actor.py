@@ -37,6 +37,10 @@ import msgpack
 import ray
 import redis
 
+from actors.shard import lean  # noqa: F401  (first: keeps scikit-learn out of shard processes)
+
+# isort: split
+
 from actors.core.host import BatchItem, Forget, SessionHost, Visit, unpack_batch
 from actors.core.kinds import KIND
 from actors.core.placement import HashRing
@@ -53,7 +57,6 @@ from actors.shard.tallies import ShardTallies
 from cluster.config import Settings
 from cluster.keys import Keys
 from cluster.loops import Failures, Supervisor
-from cluster.ray_secret import RaySecret, reveal
 from cluster.redis_client import redis_client
 from cluster.sealing import MasterKeys, Opener, master_keys
 from cluster.site_rules import SiteRules
@@ -1280,6 +1283,12 @@ class _ShardMetrics:
             self.decisions.inc(1, tags={"kind": d.kind, "holdout": str(d.holdout).lower()})
 
 
+# Calls that only read, or write what is idempotent (a snapshot), are retried on the restarted
+# actor when the shard dies under them (a killed process, a lost node); the rest are not:
+# a batch is resent by its gateway, which knows which events it still needs.
+SAFE_RETRIES = 3
+
+
 @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=1)
 class SessionShard:
     """The Ray actor around a :class:`ShardCore`: restarted by Ray when it dies.
@@ -1295,7 +1304,7 @@ class SessionShard:
     def __init__(
         self,
         index: int,
-        redis_url: str | RaySecret,
+        redis_url: str,
         prefix: str,
         sites_file: str,
         idle_deactivate_s: float = 1800.0,
@@ -1303,29 +1312,40 @@ class SessionShard:
         tracing: TraceConfig | None = None,
         master: MasterKeys | None = None,
     ) -> None:
-        # The stack hands the URL over as a RaySecret: not inline in this creation task.
+        self._started_at = time.time()  # wall clock: when Ray (re)started it, for operators
         self.core = ShardCore(
-            index, reveal(redis_url), prefix, sites_file, idle_deactivate_s, enrich, tracing, master
+            index, redis_url, prefix, sites_file, idle_deactivate_s, enrich, tracing, master
         )
         # Batches come over the link's thread (gateways) or as Ray calls (tools, benchmarks):
         # one at a time either way, so each session's events stay in order.
         self._batch = threading.Lock()
         self.link = LinkServer(self.handle, ray.util.get_node_ip_address(), LinkTLS.from_env())
+        self._ready_at = time.time()
 
     def handle(self, batch: bytes, gateway_id: str = "", sent_at: float = 0.0) -> bytes:
         with self._batch:
             return self.core.handle(batch, gateway_id, sent_at)
 
+    @ray.method(max_task_retries=SAFE_RETRIES)
     def link_address(self) -> tuple[str, int, str]:
         """(host, port, token) of this shard's link, where gateways send their batches."""
         return self.link.address()
 
+    @ray.method(max_task_retries=SAFE_RETRIES)
     def warm_up(self, timeout: float = 60.0) -> bool:
         return self.core.warm_up(timeout)
 
+    @ray.method(max_task_retries=SAFE_RETRIES)
     def ping(self) -> dict[str, Any]:
-        return self.core.info()
+        # The node too: on a cluster, where Ray placed (or re-placed) this shard.
+        return {
+            **self.core.info(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "started_at": self._started_at,  # this process's start (a restart moves it)
+            "ready_at": self._ready_at,  # model loaded, link listening
+        }
 
+    @ray.method(max_task_retries=SAFE_RETRIES)
     def session_row(self, sid: str) -> list[float] | None:
         """The current feature row of one session (tests and operators)."""
         return self.core.session_row(sid)
@@ -1338,6 +1358,7 @@ class SessionShard:
         """What one held session may use of its visitor's profile (tests and operators)."""
         return self.core.session_history(sid)
 
+    @ray.method(max_task_retries=SAFE_RETRIES)
     def memory(self) -> dict[str, int]:
         """Resident memory and pid of this actor's process (benchmarks, operators)."""
         import psutil
@@ -1371,6 +1392,7 @@ class SessionShard:
         """Wait until the shard applies site rules ``version``; for tests and operators."""
         return self.core.wait_sites(version, timeout)
 
+    @ray.method(max_task_retries=SAFE_RETRIES)
     def flush(self) -> int:
         """Write snapshots of every changed session now, the console's counts and visitor profiles."""
         return self.core.flush_snapshots()
