@@ -189,8 +189,8 @@ class Sealer:
 
     Made once per session (on its hello), never per event: per entry the
     cost is a 12-byte nonce from the process's counter (``_nonces``) and the
-    AES-GCM call (which builds OpenSSL's cipher context for each call: the
-    ``cryptography`` package keeps none between calls, and holds the GIL).
+    AES-GCM call (``cryptography`` copies the key's OpenSSL cipher context
+    for each call, and holds the GIL through it: a thread would not help).
     """
 
     __slots__ = ("ref", "_encrypt")

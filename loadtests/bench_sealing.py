@@ -21,20 +21,23 @@ median over ``--repeats``):
 * ``encrypt``: the AES-GCM call alone (one fixed nonce: timing only);
 * per hello: ``hello_candidate`` (``MasterKeys.new_wrapped``: the candidate
   key a hello offers), ``hello_sealer`` (``MasterKeys.sealer``: unwrap the
-  stored key, build its AES-GCM object) and ``first_seal`` (a new
-  ``Sealer``'s first call, which builds OpenSSL's cipher context).
+  stored key, build its AES-GCM object, whose OpenSSL contexts are set up
+  with the key there) and ``first_seal`` (a new ``Sealer``'s first call).
 
 Per entry figures are ns per run (one stream entry); ``ns_per_event``
 divides by the mean events per run. No Redis, no sockets.
 
-``--gateway``: instead, a whole gateway in-process, sealing on and off
-alternated: masked WebSocket frames into ``Peer.data_received``, the real
-append pipeline and its script against the real Redis ($REDIS_URL or
-127.0.0.1:6379, keys under a fresh prefix, deleted after), acks to a
-transport that only counts (no shards: their batches are dropped). Reports
-the process's CPU us per frame with and without sealing (medians over
-``--repeats``), the per-frame figure the spine benchmark's gateway CPU is
-made of; ``--profile DIR`` also writes a cProfile of each arm's last repeats.
+``--gateway``: instead, a whole gateway in-process, 1,000 sessions, in three
+arms taken in turn: not sealing, sealing, and sealing with session 15's
+``os.urandom`` nonces. Masked WebSocket frames go into
+``Peer.data_received``, through the real append pipeline and its script to
+the real Redis ($REDIS_URL or 127.0.0.1:6379, keys under a fresh prefix,
+deleted after), acks to a transport that only counts (no shards: their
+batches are dropped). Reports the process's CPU us per frame in each arm
+(medians over ``--repeats``, and the median of each sealing arm's
+difference to the plain arm of the same repeat), the per-frame figure the spine benchmark's
+gateway CPU is made of; ``--profile DIR`` also writes a cProfile of each
+arm's last two repeats.
 
     python loadtests/bench_sealing.py --entries 20000 --repeats 15 --out loadtests/results/session16/sealperf/bench_sealing.json
     python loadtests/bench_sealing.py --gateway --frames 20000 --repeats 6
@@ -61,7 +64,7 @@ import msgpack  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
 from cluster import sealing  # noqa: E402
-from cluster.sealing import NONCE_BYTES, MasterKeys  # noqa: E402
+from cluster.sealing import NONCE_BYTES, MasterKeys, Sealer  # noqa: E402
 from loadtests.bench_stages import Replay  # noqa: E402
 from loadtests.journeys import load_journeys  # noqa: E402
 from serve.edge.store import Append  # noqa: E402
@@ -103,12 +106,27 @@ def timed(fn: Callable[[], Any]) -> int:
         gc.enable()
 
 
-def gateway_frames(journeys: list, frames: int, seal: bool, redis_url: str, profile: Any) -> float:
+class UrandomSealer(Sealer):
+    """``Sealer`` as it was up to session 15: a fresh ``os.urandom`` nonce per entry."""
+
+    __slots__ = ()
+
+    def seal(self, payload: bytes) -> bytes:
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + self._encrypt(nonce, payload, None)
+
+
+ARMS = ("plain", "sealed", "sealed_urandom")
+
+
+def gateway_frames(journeys: list, frames: int, arm: str, redis_url: str, profile: Any) -> float:
     """CPU us per events frame of an in-process gateway appending to the real Redis.
 
-    ``seal``: every session has its visitor's data key (as the hello's reply
-    gives it), and its runs are sealed on their way to the log. ``profile``:
-    a ``cProfile.Profile`` to run around the frames, or None.
+    ``arm``: "plain" (not sealing), "sealed" (every session has its visitor's
+    data key, as the hello's reply gives it, and its runs are sealed on their
+    way to the log) or "sealed_urandom" (the same with session 15's
+    :class:`UrandomSealer`). ``profile``: a ``cProfile.Profile`` to run
+    around the frames, or None.
     """
     import asyncio
     import uuid
@@ -128,7 +146,14 @@ def gateway_frames(journeys: list, frames: int, seal: bool, redis_url: str, prof
         site = Site(SITE, origins=("http://loadtest.local",))
         limits = Limits(events_per_s=1e9, burst=1e9)
         gw = Gateway(
-            redis_url, prefix, [None, None], {site.key: site}, "s", limits, master=master, seal=seal
+            redis_url,
+            prefix,
+            [None, None],
+            {site.key: site},
+            "s",
+            limits,
+            master=master,
+            seal=arm != "plain",
         )
         replay = Replay(journeys, seed=3)
         peers = []
@@ -145,9 +170,12 @@ def gateway_frames(journeys: list, frames: int, seal: bool, redis_url: str, prof
             peer.hello_timer.cancel()
             req = peer.conn.hello({"t": "hello", "sid": sid, "consent": ["analytics"]})
             peer.conn.accept_hello(req, False, 0)  # type: ignore[arg-type]
-            if seal:  # what the hello's script reply gives the cursor: a visitor's key
+            if arm != "plain":  # what the hello's script reply gives the cursor: a visitor's key
                 ref = f"{SITE}:v-{sid[3:]}"
-                peer.conn.sessions[sid].sealer = master.sealer(ref, master.new_wrapped(SITE))
+                sealer = master.sealer(ref, master.new_wrapped(SITE))
+                if arm == "sealed_urandom":
+                    sealer = UrandomSealer(ref, master.unwrap_ref(ref, master.new_wrapped(SITE)))
+                peer.conn.sessions[sid].sealer = sealer
             gw.peers_by_sid[sid] = peer
             peers.append(peer)
         for peer in peers:
@@ -189,7 +217,7 @@ def gateway_frames(journeys: list, frames: int, seal: bool, redis_url: str, prof
 
 
 def gateway_main(args: argparse.Namespace) -> int:
-    """``--gateway``: CPU per frame of an in-process gateway, sealing on and off, alternated."""
+    """``--gateway``: CPU per frame of an in-process gateway, each arm in turn (rotating order)."""
     import cProfile
 
     from cluster.gc_tuning import tune_for_throughput
@@ -197,21 +225,28 @@ def gateway_main(args: argparse.Namespace) -> int:
     tune_for_throughput()  # the collector settings the gateways run with
     redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
     journeys = load_journeys("sim", 2000, seed=1)
-    us: dict[str, list[float]] = {"plain": [], "sealed": []}
+    us: dict[str, list[float]] = {arm: [] for arm in ARMS}
     for rep in range(args.repeats):
-        for arm in ("plain", "sealed") if rep % 2 == 0 else ("sealed", "plain"):
+        for arm in ARMS[rep % 3 :] + ARMS[: rep % 3]:
             profile = None
             if args.profile is not None and rep >= args.repeats - 2:
                 profile = cProfile.Profile()
-            sealed = arm == "sealed"
-            us[arm].append(gateway_frames(journeys, args.frames, sealed, redis_url, profile))
+            us[arm].append(gateway_frames(journeys, args.frames, arm, redis_url, profile))
             if profile is not None:
                 args.profile.mkdir(parents=True, exist_ok=True)
                 profile.dump_stats(args.profile / f"gateway-{arm}-{rep}.prof")
     med = {arm: statistics.median(v) for arm, v in us.items()}
+    # The arms of one repeat ran back to back: their differences cancel most of
+    # what the machine's other load did to that repeat.
+    paired = {
+        arm: statistics.median(a - b for a, b in zip(us[arm], us["plain"], strict=True))
+        for arm in ARMS[1:]
+    }
     out = {
         "gateway_cpu_us_per_frame": med,
+        "paired_extra_us_per_frame": paired,
         "seal_cpu_us_per_frame": med["sealed"] - med["plain"],
+        "seal_urandom_cpu_us_per_frame": med["sealed_urandom"] - med["plain"],
         "seal_share_percent": 100.0 * (med["sealed"] - med["plain"]) / med["plain"],
         "runs_us": us,
         "args": {k: str(v) for k, v in vars(args).items()},
@@ -269,7 +304,7 @@ def main() -> int:
         for sealer, payload in packed:
             sealer.seal(payload)
 
-    def seal_urandom() -> None:  # Sealer.seal up to session 15
+    def seal_urandom() -> None:  # Sealer.seal up to session 15 (UrandomSealer)
         for sealer, payload in packed:
             nonce = urandom(NONCE_BYTES)
             nonce + sealer._encrypt(nonce, payload, None)
