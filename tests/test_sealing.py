@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pickle
+import subprocess
+import sys
 import time
 import uuid
 
@@ -73,6 +76,51 @@ def test_master_keys_wrap_rotate_and_never_show_a_secret() -> None:
     assert pickle.loads(pickle.dumps(rotated)).unwrap("demo", wrapped) == old.unwrap(
         "demo", wrapped
     )
+
+
+def test_nonces_never_repeat_in_a_process_nor_across_a_fork() -> None:
+    """Entries are sealed with a per-process counter nonce (cluster/sealing.py ``_nonces``).
+
+    GCM under one key must never see a nonce twice: every nonce of a sealer
+    differs, the next process call continues the count, and a forked child
+    draws a start of its own instead of repeating its parent's next nonces.
+    Entries sealed before the counter (a random nonce each) still open.
+    """
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from cluster.sealing import NONCE_BYTES, next_nonce
+
+    key = b"k" * 32
+    sealer = MASTER.sealer("demo:v-nonce", MASTER.wrap("demo", key))
+    blobs = [sealer.seal(b"payload %d" % i) for i in range(2000)]
+    assert len({b[:NONCE_BYTES] for b in blobs}) == len(blobs)
+    last = int.from_bytes(blobs[-1][:NONCE_BYTES], "big")
+    assert int.from_bytes(next_nonce(), "big") == (last + 1) % 2**96  # one counter per process
+    opener = Opener(Keys("unused:"), MASTER)
+    opener.learn(["demo:v-nonce"], [MASTER.wrap("demo", key)])
+    assert [opener.open("demo:v-nonce", b) for b in blobs] == [
+        b"payload %d" % i for i in range(2000)
+    ]
+    old = os.urandom(NONCE_BYTES)  # how an entry was sealed up to session 15
+    assert opener.open("demo:v-nonce", old + AESGCM(key).encrypt(old, b"before", None)) == b"before"
+    # A fork, in a subprocess of its own (never fork the test process: it runs threads).
+    script = (
+        "import os\n"
+        "from cluster.sealing import next_nonce\n"
+        "parent = next_nonce()\n"
+        "r, w = os.pipe()\n"
+        "if os.fork() == 0:\n"
+        "    os.write(w, next_nonce())\n"
+        "    os._exit(0)\n"
+        "os.wait()\n"
+        "print(parent.hex(), os.read(r, 12).hex(), next_nonce().hex())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    parent, child, parent_next = (int(x, 16) for x in out)
+    assert parent_next == parent + 1  # the parent's count goes on
+    assert abs(child - parent) > 2**64  # the child drew its own start, far from its parent's
 
 
 def test_the_development_master_key_is_refused_off_loopback() -> None:
