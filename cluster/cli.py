@@ -70,15 +70,13 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _datakeys(args: argparse.Namespace) -> int:
-    import redis
-
     from cluster.config import Settings
     from cluster.keys import Keys
-    from cluster.redis_server import ensure_redis
+    from cluster.redis_server import ensure_redis, sync_client
     from cluster.sealing import master_keys, rewrap
 
     settings = Settings()
-    r = redis.Redis.from_url(ensure_redis(settings.redis_url).url)
+    r = sync_client(ensure_redis(settings.redis_url).url)
     counts = rewrap(r, Keys(settings.prefix), master_keys(settings))
     print(" ".join(f"{k}={v}" for k, v in counts.items()))
     # Keys no configured master key opens: keep the old master key until they are 0.

@@ -35,6 +35,7 @@ import msgpack
 import psutil
 import redis
 
+from cluster import sentinel
 from cluster.config import redact_url
 
 DEFAULT_LOCAL = "redis://127.0.0.1:6379/0"
@@ -80,17 +81,29 @@ class RedisServer:
             self._tmp = None
 
 
-def async_client(url: str, max_connections: int = 64):
+def sync_client(url: str, **kwargs: Any) -> redis.Redis:
+    """A redis-py client for ``url``: a plain ``redis://`` URL, or ``redis+sentinel://``
+    (cluster/sentinel.py: the client follows the primary the sentinels name)."""
+    if sentinel.is_sentinel(url):
+        return sentinel.sync_client(url, **kwargs)
+    return redis.Redis.from_url(url, **kwargs)
+
+
+def async_client(url: str, max_connections: int = 64, **kwargs: Any):
     """An asyncio Redis client whose pool waits for a free connection instead of failing.
 
     The default pool raises "Too many connections" when a burst of sockets
     (hundreds of hellos at once) needs more than its limit; waiting a few
-    milliseconds for a connection is the right answer under load.
+    milliseconds for a connection is the right answer under load. A
+    ``redis+sentinel://`` URL gets the same pool that asks Sentinel for the primary.
     """
     import redis.asyncio as aioredis
 
+    if sentinel.is_sentinel(url):
+        return sentinel.async_client(url, max_connections=max_connections, **kwargs)
+
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=10
+        url, max_connections=max_connections, timeout=10, **kwargs
     )
     return aioredis.Redis(connection_pool=pool)
 
@@ -107,7 +120,7 @@ def script_arg(value: Any) -> bytes:
 
 def delete_prefix(url: str, prefix: str, batch: int = 5000) -> int:
     """Delete every key under ``prefix`` (tests and benchmarks clean up their own); returns how many."""
-    r = redis.Redis.from_url(url)
+    r = sync_client(url)
     try:
         keys = list(r.scan_iter(match=prefix + "*", count=batch))
         for i in range(0, len(keys), batch):
@@ -120,7 +133,7 @@ def delete_prefix(url: str, prefix: str, batch: int = 5000) -> int:
 def answers(url: str, timeout: float = 0.5) -> bool:
     """True if a Redis at ``url`` answers PING."""
     try:
-        r = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        r = sync_client(url, socket_connect_timeout=timeout, socket_timeout=timeout)
         ok = bool(r.ping())
         r.close()
         return ok
@@ -317,7 +330,7 @@ class Persistence:
 
 def persistence(url: str) -> Persistence:
     """Ask the Redis at ``url`` how it persists (AOF, fsync policy, RDB save points)."""
-    r = redis.Redis.from_url(url, socket_timeout=2.0, decode_responses=True)
+    r = sync_client(url, socket_timeout=2.0, decode_responses=True)
     try:
         aof = r.config_get("appendonly").get("appendonly", "")
         fsync = r.config_get("appendfsync").get("appendfsync", "")

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import redis
 from aiohttp import web
 
 from actors.core.sites import Site, load_sites
@@ -32,7 +31,13 @@ from cluster.keys import Keys
 from cluster.listener_tls import server_context
 from cluster.migrate import scope_sessions_by_site
 from cluster.processes import Supervised
-from cluster.redis_server import Persistence, RedisServer, ensure_redis, persistence
+from cluster.redis_server import (
+    Persistence,
+    RedisServer,
+    ensure_redis,
+    persistence,
+    sync_client,
+)
 from cluster.resharding import ShardControl
 from cluster.sealing import master_keys
 from cluster.tokens import token_keyring
@@ -137,9 +142,7 @@ class Stack:
             self._warn(persistence_warning)
         self.sites = load_sites(s.sites_file)
         # Sessions an earlier release stored keep their events and resume where they were.
-        await asyncio.to_thread(
-            scope_sessions_by_site, redis.Redis.from_url(self.redis.url), Keys(s.prefix)
-        )
+        await asyncio.to_thread(scope_sessions_by_site, sync_client(self.redis.url), Keys(s.prefix))
         if not ray.is_initialized():
             address = os.environ.get("RAY_ADDRESS") or None
             if address is None:  # a cluster of our own: first clear what a killed run left
@@ -197,6 +200,7 @@ class Stack:
             seal=s.encrypt_at_rest,
             master=master_keys(s),
             shard_names=names,
+            replica_ack=s.replica_ack,
         )
         self.control = ShardControl(
             self.gateway.redis, Keys(s.prefix), names, self.shards, make, self.gateway
@@ -315,7 +319,7 @@ class Stack:
     async def operator_count(self) -> int:
         """How many operators can sign in to the console."""
         assert self.redis is not None
-        r = redis.Redis.from_url(self.redis.url)
+        r = sync_client(self.redis.url)
         return int(await asyncio.to_thread(r.scard, Keys(self.prefix).operator("users")))
 
     async def shard_info(self) -> list[dict[str, Any]]:

@@ -53,7 +53,7 @@ from actors.shard.tallies import ShardTallies
 from cluster.config import Settings
 from cluster.keys import Keys
 from cluster.loops import Failures, Supervisor
-from cluster.redis_server import async_client
+from cluster.redis_server import async_client, sync_client
 from cluster.sealing import MasterKeys, Opener, master_keys
 from cluster.site_rules import SiteRules
 from cluster.tracing import Carrier, TraceConfig, Tracing, tracing_for
@@ -221,7 +221,7 @@ class ShardCore:
     def _registry(self):
         from training.registry import ModelRegistry  # training is optional at import time
 
-        return ModelRegistry(redis.Redis.from_url(self.redis_url), self.prefix)
+        return ModelRegistry(sync_client(self.redis_url), self.prefix)
 
     def _initial_model(self) -> Scorer:
         try:
@@ -336,7 +336,7 @@ class ShardCore:
 
     def _initial_sites(self, redis_url: str) -> dict[str, Site]:
         try:
-            return self.site_rules.read_sync(redis.Redis.from_url(redis_url))
+            return self.site_rules.read_sync(sync_client(redis_url))
         except redis.RedisError as exc:  # the sites loop reads them once Redis answers
             log.error("shard %d: site overrides not read (%s); the file's rules", self.index, exc)
             return self.site_rules.sites

@@ -410,9 +410,9 @@ class ChatAssistant:
     ) -> None:
         redis = None
         if redis_url:
-            import redis.asyncio as aioredis
+            from cluster.redis_server import async_client
 
-            redis = aioredis.Redis.from_url(redis_url, socket_timeout=1.0)
+            redis = async_client(redis_url, socket_timeout=1.0)
         self.assistant = Assistant(
             AssistantSettings.from_mapping(settings),
             redis,

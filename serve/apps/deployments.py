@@ -169,9 +169,9 @@ class NudgeWriter:
         self.tracing = tracing_for("lifeline-serve", TraceConfig(**tracing) if tracing else None)
         self.redis = None
         if redis_url:
-            import redis.asyncio as aioredis
+            from cluster.redis_server import async_client
 
-            self.redis = aioredis.Redis.from_url(redis_url, socket_timeout=1.0)
+            self.redis = async_client(redis_url, socket_timeout=1.0)
         # Our own meter provider: the replica's metrics are read by `metrics()`
         # (the gateway's /metrics can append them) whatever the global setup is.
         self._reader = InMemoryMetricReader()
@@ -310,9 +310,9 @@ class Recommender:
         self._batched.set_batch_wait_timeout_s(batch_wait_s)
         self.redis = None
         if redis_url:
-            import redis.asyncio as aioredis
+            from cluster.redis_server import async_client
 
-            self.redis = aioredis.Redis.from_url(redis_url, socket_timeout=2.0)
+            self.redis = async_client(redis_url, socket_timeout=2.0)
         self.service = RecommenderService(
             {s: SessionKNN.from_bytes(b) for s, b in (models or {}).items()}, catalogs or {}
         )

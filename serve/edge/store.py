@@ -9,7 +9,10 @@ hole. Appends from every connection that arrive together go to Redis in one
 script call (one round trip).
 
 Durability is Redis's: run it with AOF (``appendfsync everysec`` or
-``always``) where losing the last second of acknowledged events matters.
+``always``) where losing the last second of acknowledged events matters,
+and with ``wait`` (``LIFELINE_REDIS_WAIT_REPLICAS``) an append is
+acknowledged only once that many replicas have it (README, "Redis: what an
+acknowledgement promises").
 
 Encryption at rest (cluster/sealing.py): a gateway that seals gets each
 session's data key on its hello, in the session script's round trip, and
@@ -320,18 +323,20 @@ class EventStore:
         master: MasterKeys | None = None,
         seal: bool = True,
         sites: dict[str, Site] | None = None,
+        wait: tuple[int, int] | None = None,
     ) -> None:
         """``master``: the master keys (cluster/sealing.py) that open sealed entries, and
         seal new ones when ``seal``; None: plaintext only (sealed entries read as unreadable).
         ``sites``: the sites in force, for their retention and consent policy (the gateway
-        replaces the dict whole when the rules change)."""
+        replaces the dict whole when the rules change). ``wait``: (replicas, timeout ms)
+        an append round's writes must reach before it succeeds (serve/edge/resp.py)."""
         self.r = r
         self.keys = keys
         self.sites: dict[str, Site] = sites or {}
         self.master = master
         self.sealing = master if seal else None  # writers seal iff set
         # The hot path's one call, on a connection of its own (serve/edge/resp.py says why).
-        self._append = ScriptCaller(r, APPEND_LUA)
+        self._append = ScriptCaller(r, APPEND_LUA, wait=wait)
         self._session_script = r.register_script(SESSION_LUA)
         self._data_key_script = r.register_script(DATA_KEY_LUA)
         self.unreadable = 0  # entries read_events could not open (their data key is gone)
