@@ -126,9 +126,9 @@ def count_operators(settings: Settings) -> int | None:
     import redis
 
     try:
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=3, socket_connect_timeout=3
-        )
+        from cluster.redis_server import sync_client
+
+        client = sync_client(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
         try:
             return int(client.scard(Keys(settings.prefix).operator("users")))
         finally:

@@ -45,7 +45,6 @@ class UserError(RuntimeError):
 # -- shared helpers ---------------------------------------------------------------------------------
 def _redis(args: argparse.Namespace):
     """A Redis client for the configured deployment (``--redis-url`` / ``REDIS_URL``)."""
-    import redis
 
     from cluster.redis_server import RedisUnavailable, ensure_redis
 
@@ -61,7 +60,9 @@ def _redis(args: argparse.Namespace):
             file=sys.stderr,
         )
         args._embedded = server  # keep it alive for the command's duration
-    return redis.Redis.from_url(server.url)
+    from cluster.redis_server import sync_client
+
+    return sync_client(server.url)
 
 
 def _prefix(args: argparse.Namespace) -> str:

@@ -481,9 +481,9 @@ async def build(
     with the site's own item ids; with a catalog they are never shown, they
     only sharpen popularity and co-occurrence statistics of their own items.
     """
-    import redis.asyncio as aioredis
+    from cluster.redis_server import async_client
 
-    r = aioredis.Redis.from_url(redis_url)
+    r = async_client(redis_url)
     try:
         sessions = await sessions_from_event_log(r, prefix)
         n_log = len(sessions)

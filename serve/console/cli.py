@@ -30,14 +30,13 @@ def _password(args: argparse.Namespace) -> str:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    import redis.asyncio as aioredis
-
+    from cluster.redis_server import async_client
     from serve.console import audit
     from serve.console.accounts import AccountError, Accounts
 
     s = Settings()
     server = ensure_redis(s.redis_url, data_dir=s.data_dir)
-    client = aioredis.Redis.from_url(server.url)
+    client = async_client(server.url)
     keys = Keys(s.prefix)
     accounts = Accounts(client, keys)
     who = f"cli:{getpass.getuser()}"

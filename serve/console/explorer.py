@@ -45,7 +45,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
 from aiohttp import web
 
 from actors.core.events import FIELDS
@@ -55,6 +54,7 @@ from actors.core.session import replay
 from actors.core.signals import SIGNALS
 from actors.core.sites import Site
 from actors.model.scoring import Scorer
+from cluster.redis_server import sync_client
 from serve.apps.nudge import render_template
 from serve.console.auth import error
 from serve.console.context import ConsoleContext
@@ -368,7 +368,7 @@ def _scorer_for(ctx: ConsoleContext, sid: str) -> Scorer:
     """
     from training.registry import ModelRegistry
 
-    with redis.Redis.from_url(ctx.redis_url) as r:
+    with sync_client(ctx.redis_url) as r:
         reg = ModelRegistry(r, ctx.keys.prefix)
         version = reg.live()
         chall = reg.challenger()

@@ -32,11 +32,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import redis
 from aiohttp import web
 
 from actors.core.features import FEATURE_SCHEMA_HASH
 from cluster.config import PACKAGE_ROOT
+from cluster.redis_server import sync_client
 from serve.console.audit import record_action
 from serve.console.auth import error, json_body
 from serve.console.routing import Route
@@ -76,7 +76,7 @@ _promoting = threading.Lock()  # one guarded promotion at a time, whatever the e
 @functools.lru_cache(maxsize=8)
 def _registry(redis_url: str, prefix: str) -> ModelRegistry:
     """The registry (synchronous: it is shared with the CLI; called in worker threads)."""
-    return ModelRegistry(redis.Redis.from_url(redis_url), prefix)
+    return ModelRegistry(sync_client(redis_url), prefix)
 
 
 def registry(request: web.Request) -> ModelRegistry:

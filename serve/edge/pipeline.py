@@ -306,6 +306,12 @@ class Pipeline:
         self, sink: AppendSink, plan: EventsPlan, run: Append, durable: int, ok: bool
     ) -> None:
         conn = sink.peer.conn
+        if not ok and plan.last and durable >= plan.last:
+            # Already in the log: the resend of a round whose reply was lost (a failover,
+            # a WAIT that fell short, a timeout). The seq check kept it from being appended
+            # twice; it is acked now, and its events go to the shard, which never got them
+            # (it skips any it has). Only runs that consumed numbers (plan.last > 0).
+            ok = True
         if ok:
             reply = conn.appended(plan.sid, plan.last)
             self.stats.events_acked += len(plan.append)
