@@ -168,6 +168,9 @@ def test_a_sentinel_url_names_the_sentinels_the_master_and_the_nodes_settings():
     assert s.sentinel_kwargs() == {"password": "s3cret", "socket_timeout": 1.5}  # no db
     assert parse("rediss+sentinel://s1:1/m").tls
     assert "s3cret" not in redact_url(url)
+    from cluster.production import redis_has_credentials
+
+    assert redis_has_credentials(url) and not redis_has_credentials("redis+sentinel://s1:1/m")
     for bad in ("redis+sentinel://s1:1", "redis+sentinel://s1:x/m", "redis+sentinel://s1/m/0/9"):
         with pytest.raises(BadSentinelURL):
             parse(bad)
