@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import SentinelConnectionPool
+
 SCHEMES = {"redis+sentinel": "redis", "rediss+sentinel": "rediss"}
 DEFAULT_SENTINEL_PORT = 26379
 
@@ -95,6 +98,10 @@ def parse(url: str) -> SentinelURL:
     return SentinelURL(tuple(sentinels), unquote(parts[0]), node, plain == "rediss")
 
 
+class BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Sentinel's primary lookup with the blocking pool's wait for a free connection."""
+
+
 def sync_client(url: str, **overrides: Any):
     """A redis-py client of the current primary named by ``url``."""
     from redis.sentinel import Sentinel
@@ -111,11 +118,7 @@ def async_client(url: str, max_connections: int = 64, **overrides: Any):
     As cluster/redis_server.py's ``async_client`` for a plain URL: a burst needing
     more than ``max_connections`` waits (up to 10 s) instead of failing.
     """
-    import redis.asyncio as aioredis
-    from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-
-    class BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
-        """Sentinel's primary lookup with the blocking pool's wait for a connection."""
+    from redis.asyncio.sentinel import Sentinel
 
     s = parse(url)
     node = {**s.node, **overrides}
@@ -142,6 +145,4 @@ async def primary_of(pool: Any) -> tuple[str, int]:
 
 def is_sentinel_pool(pool: Any) -> bool:
     """True if ``pool`` is an asyncio redis-py pool that asks Sentinel for the primary."""
-    from redis.asyncio.sentinel import SentinelConnectionPool
-
     return isinstance(pool, SentinelConnectionPool)
