@@ -54,7 +54,7 @@ from serve.edge.metrics import GatewayMetrics
 from serve.edge.peer import Peer
 from serve.edge.protocol import Connection, EventsPlan, error
 from serve.edge.stats import Stats
-from serve.edge.store import Append, EventStore
+from serve.edge.store import Append, EventStore, Unconfirmed
 
 log = logging.getLogger("lifeline.gateway")
 
@@ -273,10 +273,18 @@ class Pipeline:
                 # Rounds are settled in send order, as Redis answers them: this is the
                 # reply's arrival unless the loop was still settling the round before.
                 self.metrics.redis_append(time.perf_counter() - sent)
-        except Exception as exc:  # Redis down: nothing was acked, the clients resend
-            log.error("append of %d runs failed: %s", len(runs), exc)
+        except Unconfirmed as exc:  # in the primary's log, not on enough replicas: not acked
+            log.error("append of %d runs unconfirmed: %s", len(runs), exc)
             self.stats.append_failures += 1
             results = [(-1, False)] * len(runs)
+            # Their events go to the shard all the same: the resends the clients make are
+            # acked as already logged (_settle_one) and skipped by the shard, which would
+            # otherwise never see them. Should the primary die first, the resends are
+            # stored anew with the same events: log and shard still agree.
+            stored = exc.results if len(exc.results) == len(runs) else []
+            for (sink, plan), run, (_seq, ok) in zip(appends, runs, stored, strict=False):
+                if ok and plan.append:
+                    self._to_shard(plan, run.payload, sink.peer.conn, sink.since)
         if len(results) != len(runs):  # never acknowledge what the reply does not cover
             log.error("append reply has %d results for %d runs", len(results), len(runs))
             self.stats.append_failures += 1

@@ -109,7 +109,14 @@ def _retrieved(fut: asyncio.Future) -> None:
 
 
 class ReplicasBehind(RedisConnectionError):
-    """``WAIT`` confirmed fewer replicas than asked: the call ran on the primary, unconfirmed."""
+    """``WAIT`` confirmed fewer replicas than asked: the call ran on the primary, unconfirmed.
+
+    ``reply``: the call's own reply (what it did).
+    """
+
+    def __init__(self, message: str, reply: Any = None) -> None:
+        super().__init__(message)
+        self.reply = reply
 
 
 class ScriptCaller:
@@ -201,7 +208,8 @@ class ScriptCaller:
             replicas = await acked
             if isinstance(replicas, hiredis.ReplyError) or replicas < self._wait[0]:  # type: ignore[index]
                 raise ReplicasBehind(
-                    f"WAIT: {replicas} of {self._wait[0]} replicas confirmed in {self._wait[1]} ms"  # type: ignore[index]
+                    f"WAIT: {replicas} of {self._wait[0]} replicas confirmed in {self._wait[1]} ms",  # type: ignore[index]
+                    reply,
                 )
         return reply
 

@@ -37,7 +37,7 @@ from actors.core.sites import Site
 from cluster.keys import CONSENT_RECORDS_MAX, DATA_KEY_TTL_S, SESSION_TTL_S, Keys, subject_digest
 from cluster.redis_server import script_arg
 from cluster.sealing import KeyUnavailable, MasterKeys, Opener, Sealer
-from serve.edge.resp import ScriptCaller
+from serve.edge.resp import ReplicasBehind, ScriptCaller
 
 log = logging.getLogger("lifeline.store")
 
@@ -257,6 +257,18 @@ local ref = ARGV[2] .. ':' .. (vid or ARGV[3])
 return {ref, data_key(ARGV[4] .. ref, ARGV[5], ARGV[6])}
 """
 )
+
+
+class Unconfirmed(Exception):
+    """An append round that Redis ran but fewer replicas than asked confirmed (``WAIT``).
+
+    ``results``: what the round's reply said, as :meth:`EventStore.append_many`
+    returns it: the runs appended are in the primary's log, unacknowledged.
+    """
+
+    def __init__(self, results: list[tuple[int, bool]], why: str) -> None:
+        super().__init__(why)
+        self.results = results
 
 
 class SessionInfo(NamedTuple):
@@ -505,7 +517,13 @@ class EventStore:
 
     @staticmethod
     async def _outcome(reply: Awaitable[Any]) -> list[tuple[int, bool]]:
-        flat = await reply
+        """(durable seq, appended?) per run; raises :class:`Unconfirmed` when WAIT fell short."""
+        try:
+            flat = await reply
+        except ReplicasBehind as exc:
+            flat = exc.reply
+            results = [(int(flat[i]), bool(flat[i + 1])) for i in range(0, len(flat), 2)]
+            raise Unconfirmed(results, str(exc)) from None
         return [(int(flat[i]), bool(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     def append_arg(self, runs: Sequence[Append]) -> bytes:
