@@ -285,6 +285,10 @@ class Pipeline:
             for (sink, plan), run, (_seq, ok) in zip(appends, runs, stored, strict=False):
                 if ok and plan.append:
                     self._to_shard(plan, run.payload, sink.peer.conn, sink.since)
+        except Exception as exc:  # Redis down: nothing was acked, the clients resend
+            log.error("append of %d runs failed: %s", len(runs), exc)
+            self.stats.append_failures += 1
+            results = [(-1, False)] * len(runs)
         if len(results) != len(runs):  # never acknowledge what the reply does not cover
             log.error("append reply has %d results for %d runs", len(results), len(runs))
             self.stats.append_failures += 1
