@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 import time
 import uuid
 
@@ -196,3 +197,47 @@ async def test_without_replica_acks_the_loss_stays_within_the_documented_bound(
             v.ws.close()
     finally:
         await stack.stop()
+
+
+async def test_a_round_no_replica_confirmed_is_not_acked_yet_scored_and_its_resend_is_acked_once(
+    lifeline_stack, sentinels
+):
+    """WAIT short of replicas: the client hears ``overloaded``, the shard still gets the
+    events (they are in the primary's log), and the resend is acked without a second copy."""
+    from serve.dev.pyclient import LifelineClient
+
+    sset = sentinels(1)
+    primary = f"redis://127.0.0.1:{sset.redis_ports[0]}/0"
+    # The gateway's Redis is this primary; the shards keep the shared one (a new session's
+    # first events start it, so they need nothing from this one).
+    gw = lifeline_stack.side_gateway(primary, replica_ack=(1, 50))
+    ws_port = await gw.start("127.0.0.1", 0)
+    sid = f"t-wait-{uuid.uuid4().hex[:12]}"
+    client = LifelineClient(f"ws://127.0.0.1:{ws_port}/ws", "demo", sid, "http://127.0.0.1:8080")
+    now = int(time.time() * 1000)
+    clicks = [
+        {"type": "click", "seq": s, "ts": now, "selector": "#b", "x": 1, "y": 2, "reacted": True}
+        for s in range(1, 6)
+    ]
+    replica = sset.procs[sset.redis_ports[1]]
+    try:
+        assert (await client.connect())["t"] == "welcome"
+        await client.send_events(clicks[:2])
+        await client.wait_acked(2)
+        replica.send_signal(signal.SIGSTOP)  # the replica stops reading its replication stream
+        try:
+            start = len(client.frames)
+            await client.send_events(clicks[2:])
+            await client.wait_for(lambda f: f.get("code") == "overloaded", timeout=10, start=start)
+            await gw.wait_scored(sid, 5, timeout=10)  # the shard has them all the same
+            assert client.acked == 2
+        finally:
+            replica.send_signal(signal.SIGCONT)
+        await client.resend_unacked()
+        await client.wait_acked(5, timeout=10)
+        assert [e["seq"] for e in await gw.store.read_events("demo", sid)] == [1, 2, 3, 4, 5]
+        row = await lifeline_stack.shard_for(sid).session_row.remote(sid)
+        assert row[0] == 5, "each event applied once"
+    finally:
+        await client.close()
+        await gw.stop()
