@@ -72,11 +72,12 @@ def _up(args: argparse.Namespace) -> int:
 def _datakeys(args: argparse.Namespace) -> int:
     from cluster.config import Settings
     from cluster.keys import Keys
-    from cluster.redis_server import ensure_redis, sync_client
+    from cluster.redis_client import redis_client
+    from cluster.redis_server import ensure_redis
     from cluster.sealing import master_keys, rewrap
 
     settings = Settings()
-    r = sync_client(ensure_redis(settings.redis_url).url)
+    r = redis_client(ensure_redis(settings.redis_target).url)
     counts = rewrap(r, Keys(settings.prefix), master_keys(settings))
     print(" ".join(f"{k}={v}" for k, v in counts.items()))
     # Keys no configured master key opens: keep the old master key until they are 0.
@@ -89,13 +90,13 @@ def _shards(args: argparse.Namespace) -> int:
 
     from cluster.config import Settings
     from cluster.keys import Keys
-    from cluster.redis_server import async_client
+    from cluster.redis_client import redis_client
     from cluster.shard_set import read_members, request
 
     settings = Settings()
 
     async def ask() -> dict:
-        redis = async_client(settings.redis_url)
+        redis = redis_client(settings.redis_target, aio=True)
         keys = Keys(settings.prefix)
         try:
             if args.action == "list":  # what the gateways follow; no running stack needed

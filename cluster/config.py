@@ -68,6 +68,25 @@ class Settings:
             "in time: the round is not acked (overloaded, the client resends)",
         },
     )
+    redis_ca: str = field(
+        default_factory=lambda: _env("LIFELINE_REDIS_CA", ""),
+        metadata={
+            "env": "LIFELINE_REDIS_CA",
+            "help": "PEM CA certificate(s) that signed Redis's certificate, for a rediss:// "
+            "REDIS_URL (verification is always on; empty: the system's trust store)",
+        },
+    )
+    redis_cert: str = field(
+        default_factory=lambda: _env("LIFELINE_REDIS_CERT", ""),
+        metadata={
+            "env": "LIFELINE_REDIS_CERT",
+            "help": "PEM client certificate for Redis's mutual TLS (with LIFELINE_REDIS_KEY)",
+        },
+    )
+    redis_key: str = field(
+        default_factory=lambda: _env("LIFELINE_REDIS_KEY", ""),
+        metadata={"env": "LIFELINE_REDIS_KEY", "help": "PEM private key of LIFELINE_REDIS_CERT"},
+    )
     prefix: str = field(
         default_factory=lambda: _env("LIFELINE_PREFIX", "ll:"),
         metadata={
@@ -162,8 +181,8 @@ class Settings:
         default_factory=lambda: float(_env("LIFELINE_HANDSHAKES_PER_IP_S", "20")),
         metadata={
             "env": "LIFELINE_HANDSHAKES_PER_IP_S",
-            "help": "new WebSocket connections per second from one address, burst 5x "
-            "(loopback exempt)",
+            "help": "new requests per second from one address (WebSocket connections, "
+            "beacons, data-rights requests: one budget), burst 5x (loopback exempt)",
         },
     )
     site_events_per_s: float = field(
@@ -299,6 +318,34 @@ class Settings:
         if self.redis_wait_replicas <= 0:
             return None
         return self.redis_wait_replicas, max(1, self.redis_wait_ms)
+
+    def redis_target(self) -> str:
+        """``REDIS_URL`` with the TLS file settings folded in: what every client is opened with.
+
+        The CA, client certificate and key become redis-py's ``ssl_ca_certs``,
+        ``ssl_certfile`` and ``ssl_keyfile`` query options (an option the URL
+        already names stays as it is), so the one URL string carries all a
+        process or actor needs (cluster/redis_client.py checks it). Empty when
+        no URL is configured.
+        """
+        if not self.redis_url:
+            return ""
+        extra = [
+            (option, path)
+            for option, path in (
+                ("ssl_ca_certs", self.redis_ca),
+                ("ssl_certfile", self.redis_cert),
+                ("ssl_keyfile", self.redis_key),
+            )
+            if path
+        ]
+        parts = urlsplit(self.redis_url)
+        named = {k.lower() for k, _ in parse_qsl(parts.query, keep_blank_values=True)}
+        extra = [(k, v) for k, v in extra if k not in named]
+        if not extra:
+            return self.redis_url
+        query = "&".join(q for q in (parts.query, urlencode(extra)) if q)
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:

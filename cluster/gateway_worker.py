@@ -62,12 +62,16 @@ async def serve(args: argparse.Namespace) -> None:
     settings = Settings()
     check_secret(settings)  # the stack checked the same settings; a hand start is refused too
     check_data_key(settings)
-    ray.init(address=args.ray_address, namespace=RAY_NAMESPACE, logging_level="WARNING")
+    ray.init(
+        address=args.ray_address,
+        namespace=args.ray_namespace or RAY_NAMESPACE,
+        logging_level="WARNING",
+    )
     # The set in force now (a restart after `lifeline shards add` must not use the first one).
     names = await current_names(settings) or args.shards.split(",")
     shards = [ray.get_actor(name) for name in names]
     gateway = Gateway(
-        settings.redis_url,
+        settings.redis_target,
         settings.prefix,
         shards,
         load_sites(settings.sites_file),
@@ -97,10 +101,10 @@ async def serve(args: argparse.Namespace) -> None:
 async def current_names(settings) -> list[str]:
     """The shard names stored in Redis (cluster/shard_set.py), [] if none are."""
     from cluster.keys import Keys
-    from cluster.redis_server import async_client
+    from cluster.redis_client import redis_client
     from cluster.shard_set import read_members
 
-    redis = async_client(settings.redis_url)
+    redis = redis_client(settings.redis_target, aio=True)
     try:
         return (await read_members(redis, Keys(settings.prefix)))[1]
     finally:
@@ -111,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ray-address", required=True)
     ap.add_argument("--shards", required=True, help="comma-separated shard actor names")
+    ap.add_argument("--ray-namespace", default="", help="the shards' namespace (default: lifeline)")
     args = ap.parse_args(argv)
     die_with_parent()
     logging.basicConfig(

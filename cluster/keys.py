@@ -40,7 +40,7 @@
 | ``{p}shards:reply:{id}`` | list | the outcome of one request (JSON), pushed by the stack for the waiting command; expires after a minute |
 | ``{p}recsys:{site}:model`` (``:version``), ``{p}recsys:{site}:catalog`` | string, hash | a site's recommender model and catalog (serve/apps/recommender.py) |
 | ``{p}nudge:{version}:{facts}`` | string | a cached LLM nudge for one situation (serve/apps/nudge.py) |
-| ``{p}chat:{site}:{sid}`` | list | a session's help-chat memory: JSON turns (role, text, ts), the last ``CHAT_TURNS_MAX``, expiring with the session (``SESSION_TTL_S``); the visitor's free text, so erased and exported with the session (serve/apps/chat_memory.py) |
+| ``{p}chat:{site}:{sid}`` | list | a session's help-chat memory: JSON turns (role, text, ts), the last ``CHAT_TURNS_MAX``, expiring with the site's ``chats`` retention (a week by default); the visitor's free text, so erased and exported with the session (serve/apps/chat_memory.py) |
 | ``{p}audit`` | stream | the console's audit log: who, action, from, detail (serve/console/audit.py) |
 | ``{p}op:user:{name}`` | hash | an operator account: role, password hash (scrypt), created (serve/console/accounts.py) |
 | ``{p}op:token:{sha256}`` | hash | an API token (by its digest): name, role, scopes, expires |

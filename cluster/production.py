@@ -10,7 +10,8 @@ the resume-token keys (not the public default, long enough, previous keys
 too), the event log's master key, no development-only site (``loadtest``),
 at least one operator account, TLS for every listener bound beyond loopback
 (or a stated proxy that terminates it; the console's Secure cookie then also
-works), and a Redis URL with a password or ACL user.
+works), a Redis URL with a password or ACL user, and TLS settings that work
+(:func:`redis_tls_problems`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from actors.core.sites import SiteConfigError, load_sites
 from cluster.config import DEV_DATA_KEY, DEV_SECRET, Settings, is_loopback, redact_url
 from cluster.keys import Keys
 from cluster.listener_tls import TLSConfigError, server_context
+from cluster.redis_client import RedisConfigError, check_url, redis_client
 from cluster.tokens import KeyringError, token_keyring
 
 MIN_SECRET = 32  # characters; `secrets.token_urlsafe(32)` gives 43
@@ -35,6 +37,21 @@ def redis_has_credentials(url: str) -> bool:
     if parts.password:
         return True
     return any(k.lower() == "password" and v for k, v in parse_qsl(parts.query))
+
+
+def redis_tls_problems(settings: Settings) -> list[str]:
+    """A Redis URL or TLS setting that cannot work or turns verification off; empty when none.
+
+    (A missing file, a client certificate without its key, TLS options on a
+    ``redis://`` URL, ``ssl_cert_reqs=none``: cluster/redis_client.py.)
+    Plain ``redis://`` to another machine is warned about at start
+    (:func:`cluster.redis_client.cleartext_warning`), not refused.
+    """
+    try:
+        check_url(settings.redis_target)
+    except RedisConfigError as exc:
+        return [str(exc)]
+    return []
 
 
 def _key_problems(settings: Settings) -> list[str]:
@@ -111,6 +128,8 @@ def _redis_problems(settings: Settings, operators: int | None) -> list[str]:
             f"REDIS_URL={redact_url(settings.redis_url)} has no password or ACL user: anyone "
             "who reaches Redis reads every visitor's events"
         )
+    if settings.redis_url:
+        out += redis_tls_problems(settings)
     if operators == 0:
         out.append(
             "no operator account exists: create an admin first "
@@ -126,9 +145,7 @@ def count_operators(settings: Settings) -> int | None:
     import redis
 
     try:
-        from cluster.redis_server import sync_client
-
-        client = sync_client(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+        client = redis_client(settings.redis_target, socket_timeout=3, socket_connect_timeout=3)
         try:
             return int(client.scard(Keys(settings.prefix).operator("users")))
         finally:

@@ -35,8 +35,8 @@ import msgpack
 import psutil
 import redis
 
-from cluster import sentinel
 from cluster.config import redact_url
+from cluster.redis_client import RedisConfigError, redis_client
 
 DEFAULT_LOCAL = "redis://127.0.0.1:6379/0"
 log = logging.getLogger("lifeline")
@@ -81,33 +81,6 @@ class RedisServer:
             self._tmp = None
 
 
-def sync_client(url: str, **kwargs: Any) -> redis.Redis:
-    """A redis-py client for ``url``: a plain ``redis://`` URL, or ``redis+sentinel://``
-    (cluster/sentinel.py: the client follows the primary the sentinels name)."""
-    if sentinel.is_sentinel(url):
-        return sentinel.sync_client(url, **kwargs)
-    return redis.Redis.from_url(url, **kwargs)
-
-
-def async_client(url: str, max_connections: int = 64, **kwargs: Any):
-    """An asyncio Redis client whose pool waits for a free connection instead of failing.
-
-    The default pool raises "Too many connections" when a burst of sockets
-    (hundreds of hellos at once) needs more than its limit; waiting a few
-    milliseconds for a connection is the right answer under load. A
-    ``redis+sentinel://`` URL gets the same pool that asks Sentinel for the primary.
-    """
-    import redis.asyncio as aioredis
-
-    if sentinel.is_sentinel(url):
-        return sentinel.async_client(url, max_connections=max_connections, **kwargs)
-
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=10, **kwargs
-    )
-    return aioredis.Redis(connection_pool=pool)
-
-
 def script_arg(value: Any) -> bytes:
     """``value`` packed for a Lua script that reads it with ``cmsgpack.unpack(ARGV[1])``.
 
@@ -120,7 +93,7 @@ def script_arg(value: Any) -> bytes:
 
 def delete_prefix(url: str, prefix: str, batch: int = 5000) -> int:
     """Delete every key under ``prefix`` (tests and benchmarks clean up their own); returns how many."""
-    r = sync_client(url)
+    r = redis_client(url)
     try:
         keys = list(r.scan_iter(match=prefix + "*", count=batch))
         for i in range(0, len(keys), batch):
@@ -132,13 +105,42 @@ def delete_prefix(url: str, prefix: str, batch: int = 5000) -> int:
 
 def answers(url: str, timeout: float = 0.5) -> bool:
     """True if a Redis at ``url`` answers PING."""
+    return refusal(url, timeout) is None
+
+
+def refusal(url: str, timeout: float = 2.0) -> str | None:
+    """Why the Redis at ``url`` cannot be used, in words fit to print; ``None`` if PING works.
+
+    Tells a wrong password or user, a certificate that does not verify and a
+    server that does not answer apart, within ``timeout`` (no hang). The
+    reason never holds the password (redis-py's messages name host and
+    port only; the URL is shown redacted by the caller).
+    """
     try:
-        r = sync_client(url, socket_connect_timeout=timeout, socket_timeout=timeout)
-        ok = bool(r.ping())
+        r = redis_client(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    except RedisConfigError as exc:
+        return str(exc)
+    try:
+        r.ping()
+        return None
+    except redis.AuthenticationError as exc:  # also AUTH of an unknown ACL user
+        return f"Redis refused the user or password: {exc}"
+    except redis.ResponseError as exc:
+        if "NOAUTH" in str(exc) or "NOPERM" in str(exc):
+            return f"Redis requires a password or ACL user this URL lacks: {exc}"
+        return f"Redis refused PING: {exc}"
+    except (redis.RedisError, OSError) as exc:
+        text = str(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in text or "certificate" in text.lower():
+            return (
+                f"Redis's TLS certificate did not verify (LIFELINE_REDIS_CA must name the CA "
+                f"that signed it, and it must name the host): {text}"
+            )
+        if "SSL" in text or "ssl" in text:
+            return f"TLS with Redis failed (is it a rediss:// server?): {text}"
+        return f"does not answer: {text}"
+    finally:
         r.close()
-        return ok
-    except (redis.RedisError, OSError):
-        return False
 
 
 def _free_port() -> int:
@@ -285,8 +287,9 @@ def ensure_redis(configured: str = "", data_dir: str | Path | None = None) -> Re
     (see :func:`start_embedded`).
     """
     if configured:
-        if not answers(configured, timeout=2.0):
-            raise RedisUnavailable(f"REDIS_URL={redact_url(configured)} does not answer")
+        why = refusal(configured, timeout=2.0)
+        if why is not None:
+            raise RedisUnavailable(f"REDIS_URL={redact_url(configured)}: {why}")
         return RedisServer(configured)
     if answers(DEFAULT_LOCAL):
         return RedisServer(DEFAULT_LOCAL)
@@ -330,7 +333,7 @@ class Persistence:
 
 def persistence(url: str) -> Persistence:
     """Ask the Redis at ``url`` how it persists (AOF, fsync policy, RDB save points)."""
-    r = sync_client(url, socket_timeout=2.0, decode_responses=True)
+    r = redis_client(url, socket_timeout=2.0, decode_responses=True)
     try:
         aof = r.config_get("appendonly").get("appendonly", "")
         fsync = r.config_get("appendfsync").get("appendfsync", "")

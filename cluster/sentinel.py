@@ -102,27 +102,27 @@ class BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPo
     """Sentinel's primary lookup with the blocking pool's wait for a free connection."""
 
 
-def sync_client(url: str, **overrides: Any):
-    """A redis-py client of the current primary named by ``url``."""
-    from redis.sentinel import Sentinel
+def client(url: str, *, aio: bool = False, max_connections: int | None = None, **options: Any):
+    """A client of the current primary named by ``url``: ``aio`` for ``redis.asyncio``.
 
-    s = parse(url)
-    node = {**s.node, **overrides}
-    manager = Sentinel(list(s.sentinels), sentinel_kwargs=s.sentinel_kwargs())
-    return manager.master_for(s.master, ssl=s.tls, **node)
-
-
-def async_client(url: str, max_connections: int = 64, **overrides: Any):
-    """An asyncio client of the current primary whose pool waits for a free connection.
-
-    As cluster/redis_server.py's ``async_client`` for a plain URL: a burst needing
-    more than ``max_connections`` waits (up to 10 s) instead of failing.
+    As :func:`cluster.redis_client.redis_client` (which calls this for a
+    sentinel URL): with ``max_connections`` an asyncio pool waits (up to 10 s)
+    for a free connection instead of failing; ``options`` go to the connections
+    to the nodes and win over the URL's.
     """
+    s = parse(url)
+    node = {**s.node, **options}
+    if not aio:
+        from redis.sentinel import Sentinel as SyncSentinel
+
+        manager = SyncSentinel(list(s.sentinels), sentinel_kwargs=s.sentinel_kwargs())
+        extra = {} if max_connections is None else {"max_connections": max_connections}
+        return manager.master_for(s.master, ssl=s.tls, **extra, **node)
     from redis.asyncio.sentinel import Sentinel
 
-    s = parse(url)
-    node = {**s.node, **overrides}
     manager = Sentinel(list(s.sentinels), sentinel_kwargs=s.sentinel_kwargs())
+    if max_connections is None:
+        return manager.master_for(s.master, ssl=s.tls, **node)
     return manager.master_for(
         s.master,
         connection_pool_class=BlockingSentinelPool,

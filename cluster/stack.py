@@ -31,13 +31,9 @@ from cluster.keys import Keys
 from cluster.listener_tls import server_context
 from cluster.migrate import scope_sessions_by_site
 from cluster.processes import Supervised
-from cluster.redis_server import (
-    Persistence,
-    RedisServer,
-    ensure_redis,
-    persistence,
-    sync_client,
-)
+from cluster.ray_secret import RaySecret
+from cluster.redis_client import cleartext_warning, redis_client
+from cluster.redis_server import Persistence, RedisServer, ensure_redis, persistence
 from cluster.resharding import ShardControl
 from cluster.sealing import master_keys
 from cluster.tokens import token_keyring
@@ -92,6 +88,7 @@ class Stack:
     ray_record: Path | None = None  # this run's local Ray cluster (cluster/ray_sessions.py)
     control: ShardControl | None = None  # adds and removes shards (cluster/resharding.py)
     _control_task: asyncio.Future | None = None
+    _redis_secret: RaySecret | None = None  # the Redis URL in Ray's object store, for shards
 
     @property
     def redis_url(self) -> str:
@@ -128,7 +125,10 @@ class Stack:
         data_key_warning = check_data_key(s)  # the same for the event log's master key
         if data_key_warning:
             self._warn(data_key_warning)
-        self.redis = ensure_redis(s.redis_url, data_dir=s.data_dir)
+        self.redis = ensure_redis(s.redis_target, data_dir=s.data_dir)
+        cleartext = cleartext_warning(self.redis.url)
+        if cleartext:
+            self._warn(cleartext)
         if self.redis.embedded:
             log.warning(
                 "no Redis configured or answering at 127.0.0.1:6379: using an embedded one at %s "
@@ -142,7 +142,9 @@ class Stack:
             self._warn(persistence_warning)
         self.sites = load_sites(s.sites_file)
         # Sessions an earlier release stored keep their events and resume where they were.
-        await asyncio.to_thread(scope_sessions_by_site, sync_client(self.redis.url), Keys(s.prefix))
+        await asyncio.to_thread(
+            scope_sessions_by_site, redis_client(self.redis.url), Keys(s.prefix)
+        )
         if not ray.is_initialized():
             address = os.environ.get("RAY_ADDRESS") or None
             if address is None:  # a cluster of our own: first clear what a killed run left
@@ -163,6 +165,10 @@ class Stack:
 
             self.serve_handles = await asyncio.to_thread(deploy, s, self.redis.url, s.prefix)
         n = shard_count(s)
+        # The URL (password included) reaches the shards through Ray's object store, not
+        # inline in their creation task (docs/SECURITY.md, "Redis credentials"). Held here
+        # for as long as the stack runs, so that a shard Ray restarts finds it again.
+        self._redis_secret = RaySecret(self.redis_url, redact_url(self.redis_url))
         trace = TraceConfig.of(s)  # explicit: a joined Ray cluster's workers have their own env
 
         def make(i: int) -> tuple[str, Any]:
@@ -170,7 +176,7 @@ class Stack:
             name = f"lifeline-shard-{i}{shard_name_suffix}"
             return name, SessionShard.options(name=name, lifetime=None).remote(
                 i,
-                self.redis_url,
+                self._redis_secret,
                 s.prefix,
                 s.sites_file,
                 s.idle_deactivate_s,
@@ -260,6 +266,8 @@ class Stack:
         argv = [sys.executable, "-m", "cluster.gateway_worker"]
         argv += ["--ray-address", ray.get_runtime_context().gcs_address]
         argv += ["--shards", ",".join(shard_names)]
+        # The shards are named in this driver's namespace (a test run has its own).
+        argv += ["--ray-namespace", ray.get_runtime_context().namespace]
         proc = Supervised(f"gateway process {len(self.processes) + 1}", argv, env, ROOT)
         await proc.start()
         self.processes.append(proc)
@@ -319,7 +327,7 @@ class Stack:
     async def operator_count(self) -> int:
         """How many operators can sign in to the console."""
         assert self.redis is not None
-        r = sync_client(self.redis.url)
+        r = redis_client(self.redis.url)
         return int(await asyncio.to_thread(r.scard, Keys(self.prefix).operator("users")))
 
     async def shard_info(self) -> list[dict[str, Any]]:

@@ -93,12 +93,12 @@ def main() -> int:
         t0 = time.perf_counter()
         seeded = seed(redis_url, prefix, args.sessions, args.events)
         # The session explorer's index, as the shards' snapshot ticks would have written it.
-        import redis.asyncio as aioredis
 
         from actors.shard.index import reindex
         from cluster.keys import Keys
+        from cluster.redis_client import redis_client
 
-        seeded["reindex"] = asyncio.run(reindex(aioredis.Redis.from_url(redis_url), Keys(prefix)))
+        seeded["reindex"] = asyncio.run(reindex(redis_client(redis_url, aio=True), Keys(prefix)))
         print(f"seeded {prefix} in {time.perf_counter() - t0:.0f} s: {seeded}", flush=True)
     env = dict(os.environ, LIFELINE_PREFIX=prefix, PYTHONUNBUFFERED="1")
     add = [sys.executable, "-m", "cluster.cli", "operators", "add", "bench-admin"]

@@ -43,6 +43,7 @@ from actors.core.retention import Retention  # noqa: E402
 from actors.shard.index import SessionIndex  # noqa: E402
 from actors.shard.records import ShardRecords  # noqa: E402
 from cluster.keys import Keys  # noqa: E402
+from cluster.redis_client import redis_client  # noqa: E402
 from cluster.redis_server import delete_prefix, ensure_redis  # noqa: E402
 from serve.edge.store import Append, EventStore  # noqa: E402
 from serve.rights.access import AccessReader  # noqa: E402
@@ -126,7 +127,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     server = ensure_redis(args.redis_url)
     prefix = f"llbench-erase-{uuid.uuid4().hex[:8]}:"
     keys = Keys(prefix)
-    r = aioredis.Redis.from_url(server.url)
+    r = redis_client(server.url, aio=True)
     access_ms, erase_ms, sizes, counts = [], [], [], []
     stack = None
     if args.stack:

@@ -51,6 +51,7 @@ from actors.core.sites import load_sites  # noqa: E402
 from actors.shard.index import SessionIndex, reindex, seen_entries  # noqa: E402
 from cluster.config import Settings  # noqa: E402
 from cluster.keys import SESSION_TTL_S, Keys  # noqa: E402
+from cluster.redis_client import redis_client  # noqa: E402
 from cluster.redis_server import delete_prefix, ensure_redis  # noqa: E402
 from serve.console.context import ConsoleContext  # noqa: E402
 from serve.console.explorer import search, timeline  # noqa: E402
@@ -215,7 +216,7 @@ async def main() -> None:
     server = ensure_redis(os.environ.get("REDIS_URL", ""))
     prefix = args.prefix or f"llbench-explorer-{uuid.uuid4().hex[:8]}:"
     keys = Keys(prefix)
-    r = aioredis.from_url(server.url)
+    r = redis_client(server.url, aio=True)
     sites = load_sites(str(ROOT / "cluster" / "sites.toml"))
     ctx = ConsoleContext(Settings(redis_url=server.url, prefix=prefix), server.url, keys, sites)
     now = int(time.time() * 1000)

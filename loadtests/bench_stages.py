@@ -248,13 +248,18 @@ def core_stage(journeys: list, batch: int, events: int, tally: bool = False) -> 
     from actors.model.scoring import Scorer
     from actors.shard.tallies import ShardTallies
     from cluster.keys import Keys
-    from cluster.redis_server import async_client
+    from cluster.redis_client import redis_client
 
     rules = (DetectorConfig(), PolicyConfig())
     host = SessionHost(lambda _site: rules)
     scorer = Scorer.bundled()
     # Never flushed here: only its in-memory counting is timed (the flush runs on the I/O loop).
-    tallies = ShardTallies(async_client("redis://127.0.0.1:6379/0"), Keys(), {}, lambda _s: 0.1)
+    tallies = ShardTallies(
+        redis_client("redis://127.0.0.1:6379/0", aio=True, max_connections=64),
+        Keys(),
+        {},
+        lambda _s: 0.1,
+    )
     names = scorer.segments.names if scorer.segments is not None else ()
     replay = Replay(journeys, seed=2)
     batches = [replay.batch(batch) for _ in range(events // batch)]
@@ -372,9 +377,9 @@ def append_stage(journeys: list, rounds: int, runs: int, redis_url: str) -> list
     same rounds of ~8 sessions' runs each, alternated within each run. The
     CPU includes the system calls and the loopback's share of the kernel.
     """
-    import redis.asyncio as aioredis
 
     from cluster.keys import Keys
+    from cluster.redis_client import redis_client
     from cluster.redis_server import delete_prefix
     from serve.edge.resp import ScriptCaller
     from serve.edge.store import APPEND_LUA, EventStore
@@ -382,7 +387,7 @@ def append_stage(journeys: list, rounds: int, runs: int, redis_url: str) -> list
     prefix = f"llstages-{uuid.uuid4().hex[:6]}:"
 
     async def run() -> list[dict[str, float]]:
-        r = aioredis.Redis.from_url(redis_url)
+        r = redis_client(redis_url, aio=True)
         store = EventStore(r, Keys(prefix))  # encodes the rounds, as the gateway does
         own = ScriptCaller(r, APPEND_LUA)
         baseline = r.register_script(APPEND_LUA)

@@ -43,7 +43,6 @@ def _fmt(k: int, n: int) -> str:
 
 
 async def run(site: str, redis_url: str) -> dict[str, object]:
-    import redis.asyncio as aioredis
 
     from serve.apps.assistant import Assistant, AssistantSettings
     from serve.apps.knowledge import KB_ROOT, KnowledgeBase, load_questions
@@ -55,7 +54,9 @@ async def run(site: str, redis_url: str) -> dict[str, object]:
     stub = StubLLM(api_key="grounding")
     await stub.start()
     prefix = f"llground-{uuid.uuid4().hex[:8]}:"
-    r = aioredis.Redis.from_url(redis_url)
+    from cluster.redis_client import redis_client
+
+    r = redis_client(redis_url, aio=True)
     a = Assistant(AssistantSettings(api_key="grounding", base_url=stub.url), r, prefix)
     kb = KnowledgeBase.load(site)
 

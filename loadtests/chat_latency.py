@@ -120,9 +120,10 @@ async def main_async(a: argparse.Namespace) -> None:
         serve.shutdown()
         ray.shutdown()
         await stub.close()
-        import redis
 
-        r = redis.Redis.from_url(a.redis_url)
+        from cluster.redis_client import redis_client
+
+        r = redis_client(a.redis_url)
         keys = list(r.scan_iter(match=prefix + "*"))
         if keys:
             r.delete(*keys)

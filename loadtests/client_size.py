@@ -23,13 +23,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from serve.edge.client_build import is_fresh, stamp  # noqa: E402
+from serve.edge.client_build import SCRIPTS, is_fresh, stamp  # noqa: E402
 
 SRC = ROOT / "serve" / "static" / "lifeline.js"
 MIN = ROOT / "serve" / "static" / "lifeline.min.js"
-# The cards' code the tracker loads on demand: built the same way, outside the tracker's budget.
-UI_SRC = ROOT / "serve" / "static" / "lifeline-ui.js"
-UI_MIN = ROOT / "serve" / "static" / "lifeline-ui.min.js"
+STATIC = ROOT / "serve" / "static"
+# The modules the tracker loads on demand (the cards, the help chat): built the same way,
+# outside the tracker's budget.
+ON_DEMAND = [(STATIC / src, STATIC / build) for src, build in SCRIPTS.values() if src != SRC.name]
 BUDGET = 8 * 1024
 TERSER_ARGS = ["--ecma", "2020", "--compress", "passes=3", "--mangle", "--comments", "/^!/"]
 
@@ -69,7 +70,7 @@ def main() -> int:
         "--check", action="store_true", help="do not minify; measure the committed min file"
     )
     args = ap.parse_args()
-    fresh = False if args.check else minify() and minify(UI_SRC, UI_MIN)
+    fresh = False if args.check else minify() and all(minify(s, m) for s, m in ON_DEMAND)
     if not MIN.exists():
         print("no lifeline.min.js and no terser to make one (npm install terser)", file=sys.stderr)
         return 2
@@ -88,12 +89,13 @@ def main() -> int:
     print(
         f"budget           {BUDGET:6d} B: {'within' if size <= BUDGET else 'OVER'} ({BUDGET - size:+d} B)"
     )
-    if UI_MIN.exists():
-        ui = UI_MIN.read_bytes()
-        stale = "" if is_fresh(UI_SRC.read_bytes(), ui) else " (STALE: rerun without --check)"
-        print(
-            f"lifeline-ui.min.js {len(ui):5d} B minified, {gz(ui):5d} B minified+gzipped, on demand{stale}"
-        )
+    for src_path, min_path in ON_DEMAND:
+        if min_path.exists():
+            m = min_path.read_bytes()
+            stale = "" if is_fresh(src_path.read_bytes(), m) else " (STALE: rerun without --check)"
+            print(
+                f"{min_path.name:<20} {len(m):5d} B minified, {gz(m):5d} B minified+gzipped, on demand{stale}"
+            )
     return 0 if size <= BUDGET else 1
 
 

@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -56,6 +55,7 @@ from actors.core.tally import MINUTE_MS, Tally  # noqa: E402
 from actors.shard.tallies import FLUSH_LUA  # noqa: E402
 from actors.shard.tallies import hashes as tally_hashes  # noqa: E402
 from cluster.keys import SESSION_TTL_S, TALLY_MINUTE_TTL_S, Keys  # noqa: E402
+from cluster.redis_client import redis_client  # noqa: E402
 from cluster.redis_server import script_arg  # noqa: E402
 
 SITES = ("demo", "loadtest")
@@ -103,7 +103,7 @@ def seed(
     sites = load_sites(str(ROOT / "cluster" / "sites.toml"))
     share = {s: sites[s].policy.holdout if s in sites else 0.1 for s in SITES}
     journeys = _journeys(2000, seed_value)
-    r = redis.Redis.from_url(redis_url)
+    r = redis_client(redis_url)
     pipe = r.pipeline(transaction=False)
     tally = Tally()
     now = int(time.time() * 1000)

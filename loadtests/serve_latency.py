@@ -163,9 +163,10 @@ async def run(args) -> None:
         serve.shutdown()
         ray.shutdown()
         await stub.close()
-        import redis
 
-        r = redis.Redis.from_url(server.url)
+        from cluster.redis_client import redis_client
+
+        r = redis_client(server.url)
         keys = list(r.scan_iter(match=prefix + "*"))
         if keys:
             r.delete(*keys)

@@ -120,6 +120,28 @@ async def test_memory_carries_a_follow_up_and_expires_with_the_session(env):
     assert [t["role"] for t in turns] == ["visitor", "assistant"] * 2
 
 
+async def test_memory_expires_with_the_sites_chats_retention(env):
+    """A site's ``chats`` retention is its chat memory's TTL (without one: the default)."""
+    from actors.core.sites import parse_sites
+
+    table = {"origins": ["http://127.0.0.1:*"], "retention": {"chats": 0.001}}  # 86 s
+    sites = parse_sites({"sites": {"demo": table}})
+    settings = A.AssistantSettings(api_key="test-key", base_url=env["stub"].url)
+    keys = Keys(env["prefix"])
+    for given, longest in ((sites, 86), (None, SESSION_TTL_S)):
+        a = A.Assistant(settings, env["redis"], env["prefix"], sites=given)
+        sid = "s-" + uuid.uuid4().hex[:8]
+        items = [
+            i async for i in a.answer({"site": "demo", "sid": sid, "text": "is delivery free"})
+        ]
+        assert items[-1]["t"] == "final"
+        ttl = await env["redis"].ttl(keys.chat("demo", sid))
+        assert longest - 60 < ttl <= longest, (given is None, ttl)
+    # A deployment's memory_ttl_s still overrides every site's.
+    mem = ChatMemory(env["redis"], env["prefix"], 30, retention=lambda s: sites[s].retention)
+    assert mem.ttl("demo") == 30 and ChatMemory(env["redis"], "x:").ttl("demo") == SESSION_TTL_S
+
+
 async def test_memory_is_bounded_in_turns_and_bytes(env):
     mem = ChatMemory(env["redis"], env["prefix"], ttl_s=60, max_turns=5, max_bytes=400)
     turns = [{"role": "visitor", "text": f"{i} " + "x" * 90, "ts": i} for i in range(8)]

@@ -22,9 +22,10 @@ import websockets
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from actors.core.sites import load_sites
 from cluster.config import PACKAGE_ROOT, Settings
-from cluster.keys import Keys
-from serve.console import audit, models, sites
+from cluster.keys import Keys, subject_digest
+from serve.console import audit, models, sites, views
 from serve.console.accounts import Operator
 from serve.console.context import ConsoleContext
 from serve.dev.pyclient import LifelineClient
@@ -43,8 +44,10 @@ def bundled() -> tuple[bytes, dict]:
 
 
 @asynccontextmanager
-async def console(redis_url: str, prefix: str) -> AsyncIterator[tuple[TestClient, ConsoleContext]]:
-    """A test client over the Models and Sites routes, signed in as an admin."""
+async def console(
+    redis_url: str, prefix: str, routes: list | None = None
+) -> AsyncIterator[tuple[TestClient, ConsoleContext]]:
+    """A test client over the Models and Sites routes (or ``routes``), signed in as an admin."""
     ctx = ConsoleContext(Settings(redis_url=redis_url, prefix=prefix), redis_url, Keys(prefix))
 
     @web.middleware
@@ -54,7 +57,7 @@ async def console(redis_url: str, prefix: str) -> AsyncIterator[tuple[TestClient
 
     app = web.Application(middlewares=[as_admin])
     app["ctx"] = ctx
-    for route in models.ROUTES + sites.ROUTES:
+    for route in routes if routes is not None else models.ROUTES + sites.ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     async with TestClient(TestServer(app)) as client:
         yield client, ctx
@@ -63,6 +66,24 @@ async def console(redis_url: str, prefix: str) -> AsyncIterator[tuple[TestClient
 
 async def actions(ctx: ConsoleContext) -> list[dict]:
     return await audit.read(ctx.redis, ctx.keys.audit, 100)
+
+
+async def test_an_exports_audit_entry_keeps_no_session_id(redis_url: str, prefix: str) -> None:
+    """The Sessions page's sid filter (a prefix, or a whole id) is audited by digest only."""
+    sid = "s-" + uuid.uuid4().hex
+    async with console(redis_url, prefix, views.routes()) as (client, ctx):
+        resp = await client.get("/api/export/sessions/sessions.csv?site=nowhere")
+        assert resp.status == 400  # a bad filter is said, not a 500
+        ctx.sites = load_sites(ctx.settings.sites_file)
+        resp = await client.get(f"/api/export/sessions/sessions.csv?site=demo&sid={sid}")
+        assert resp.status == 200, await resp.text()
+        (entry,) = await actions(ctx)
+    assert entry["action"] == "export" and entry["detail"]["table"] == "sessions"
+    assert entry["detail"]["query"] == {
+        "site": "demo",
+        "sid": f"{len(sid)} chars, digest {subject_digest('demo', sid)}",
+    }
+    assert sid not in json.dumps(entry)
 
 
 # -- models --------------------------------------------------------------------------------------

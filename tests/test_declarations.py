@@ -28,6 +28,7 @@ from serve.apps.nudge import (
 
 CLIENT = Path(__file__).resolve().parent.parent / "serve" / "static" / "lifeline.js"
 CLIENT_UI = CLIENT.with_name("lifeline-ui.js")  # the cards, which the tracker loads on demand
+CLIENT_CHAT = CLIENT.with_name("lifeline-chat.js")  # the help chat, loaded on demand too
 
 
 @pytest.mark.parametrize("signal", SIGNALS_DECLARED, ids=lambda s: s.name)
@@ -137,3 +138,24 @@ def test_the_row_is_built_from_the_feature_declarations():
     assert named["n_clicks"] == named["dead_clicks"] == 1 and named["dead_click_ratio"] == 1.0
     assert named["page_cart"] == 1.0 and named["page_home"] == 0.0
     assert named["session_age_s"] == 1.0 and named["n_events"] == 2
+
+
+def test_the_chat_panel_follows_the_chat_declarations():
+    from actors.core.chat import OPEN_STATES, REFUSALS, ROLES, STATES, ChatLimits
+
+    src = CLIENT_CHAT.read_text()
+    opened = re.search(r"const OPEN = \(s\) => /\^\(([a-z_|]+)\)\$/", src)
+    assert opened and opened.group(1).split("|") == list(OPEN_STATES)
+    # The tracker tells an open chat_state (which loads the chat) by its first letter.
+    first = re.search(r"/\^\[([a-z]+)\]/\.test\(f\.state\)", CLIENT.read_text())
+    assert first and set(first.group(1)) == {s[0] for s in OPEN_STATES}
+    assert not [s for s in STATES if s not in OPEN_STATES and s[0] in first.group(1)]
+    roles = re.search(r"/\^\(([a-z|]+)\)\$/\.test\(t\.role\)", src)
+    assert roles and roles.group(1).split("|") == list(ROLES)
+    assert re.search(r"const MAX = (\d+);", src).group(1) == str(ChatLimits().max_chars)
+    # Every refusal the visitor can cause reads as friendly text (already_open is silent:
+    # the chat_state that follows says everything).
+    say = re.search(r"const SAY = \{(.*?)\n\s*\};", src, re.S)
+    assert say
+    codes = set(re.findall(r"^\s*(\w+):", say.group(1), re.M))
+    assert (set(REFUSALS) - {"already_open"}) | {"chat_unavailable"} <= codes

@@ -239,7 +239,8 @@ async def test_beacons_are_rate_limited_per_session(lifeline_stack):
             ) as resp:
                 statuses.append(resp.status)
                 if resp.status == 429:
-                    assert (await resp.json())["code"] == "rate_limited"
+                    refused = await resp.json()
+                    assert (refused["code"], refused["limit"]) == ("rate_limited", "session")
                     break
     assert statuses[0] == 200 and statuses[-1] == 429, statuses
     await client.close()

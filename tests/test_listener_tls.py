@@ -8,8 +8,6 @@ real clients trust only that CA and speak wss and https to it.
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import ipaddress
 import json
 import ssl
 import uuid
@@ -23,57 +21,14 @@ from cluster.listener_tls import TLSConfigError, server_context
 from cluster.stack import _serve
 from cluster.tokens import token_keyring
 from serve.edge.http import build_app
+from tests.certs import pem_pair
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 ORIGIN = "http://127.0.0.1:8080"
 
 
-def _pem_pair(tmp: Path) -> tuple[Path, Path, Path]:
-    """(CA certificate, server certificate for 127.0.0.1, server key), written to ``tmp``."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def build(subject: str, issuer: x509.Name | None, key, signer, ca: bool) -> x509.Certificate:
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(issuer or name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if not ca:
-            b = b.add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False,
-            )
-        return b.sign(signer, hashes.SHA256())
-
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = build("test-ca", None, ca_key, ca_key, True)
-    leaf = build("127.0.0.1", ca.subject, key, ca_key, False)
-    paths = tmp / "ca.crt", tmp / "server.crt", tmp / "server.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return paths
-
-
 async def test_wss_and_https_with_a_certificate_from_files(lifeline_stack, tmp_path: Path):
-    ca, cert, key = _pem_pair(tmp_path)
+    ca, cert, key = pem_pair(tmp_path)
     s = dataclasses.replace(lifeline_stack.settings, tls_cert=str(cert), tls_key=str(key))
     tls = server_context(s)
     assert tls is not None

@@ -1,5 +1,6 @@
 """GET /lifeline.js serves the minified client within its 8 KB budget, cacheably, never stale;
-GET /lifeline-ui.js (the cards' code the tracker loads on demand) the same way."""
+GET /lifeline-ui.js and /lifeline-chat.js (the cards' and the help chat's code, which the
+tracker loads on demand) the same way."""
 
 from __future__ import annotations
 
@@ -70,11 +71,12 @@ def test_the_committed_build_was_made_from_the_committed_source(source_name, bui
         assert len(gzip.compress(build, compresslevel=9, mtime=0)) <= BUDGET
 
 
-async def test_the_cards_code_is_served_minified_beside_the_tracker():
+@pytest.mark.parametrize("name", ["lifeline-ui", "lifeline-chat"])
+async def test_the_on_demand_modules_are_served_minified_beside_the_tracker(name):
     async with TestClient(TestServer(app()), auto_decompress=False) as client:
-        r = await client.get("/lifeline-ui.js", headers={"Accept-Encoding": "gzip"})
+        r = await client.get(f"/{name}.js", headers={"Accept-Encoding": "gzip"})
         assert r.status == 200 and r.headers["Content-Type"].startswith("application/javascript")
-        assert gzip.decompress(await r.read()) == (STATIC / "lifeline-ui.min.js").read_bytes()
+        assert gzip.decompress(await r.read()) == (STATIC / f"{name}.min.js").read_bytes()
         tracker = await client.get("/lifeline.js")
         assert r.headers["ETag"] != tracker.headers["ETag"]
 
@@ -116,12 +118,16 @@ def test_rebuilding_with_terser_gives_the_committed_build(tmp_path):
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
     assert (tmp_path / "lifeline.min.js").read_bytes() == (STATIC / "lifeline.min.js").read_bytes()
-    shutil.copy(STATIC / "lifeline-ui.js", tmp_path / "lifeline-ui.js")
-    code = (
-        "import loadtests.client_size as c; from pathlib import Path;"
-        f"assert c.minify(Path({str(tmp_path / 'lifeline-ui.js')!r}), "
-        f"Path({str(tmp_path / 'lifeline-ui.min.js')!r}))"
-    )
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
-    rebuilt = (tmp_path / "lifeline-ui.min.js").read_bytes()
-    assert rebuilt == (STATIC / "lifeline-ui.min.js").read_bytes()
+    # and every module it loads on demand (the cards, the help chat)
+    for source_name, build_name in client_build.SCRIPTS.values():
+        if source_name == "lifeline.js":
+            continue
+        shutil.copy(STATIC / source_name, tmp_path / source_name)
+        code = (
+            "import loadtests.client_size as c; from pathlib import Path;"
+            f"assert c.minify(Path({str(tmp_path / source_name)!r}), "
+            f"Path({str(tmp_path / build_name)!r}))"
+        )
+        subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+        rebuilt = (tmp_path / build_name).read_bytes()
+        assert rebuilt == (STATIC / build_name).read_bytes(), build_name

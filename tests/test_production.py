@@ -15,7 +15,7 @@ import pytest
 from cluster.config import PACKAGE_ROOT, Settings, is_production
 from cluster.keys import Keys
 from cluster.production import count_operators, production_problems, redis_has_credentials
-from cluster.redis_server import async_client
+from cluster.redis_client import redis_client
 from serve.console.accounts import Accounts
 
 GOOD_SECRET = "s" * 43
@@ -100,7 +100,7 @@ def test_operator_accounts_are_counted_in_the_real_redis(redis_url: str, prefix:
     assert count_operators(s) == 0
 
     async def add() -> None:
-        client = async_client(url)
+        client = redis_client(url, aio=True, max_connections=64)
         try:
             await Accounts(client, Keys(prefix)).add("root", "admin", "a-long-password-1")
         finally:

@@ -29,7 +29,7 @@ def site(table: dict) -> dict:
 def test_retention_defaults_are_the_keys_ttls_and_days_convert_to_seconds() -> None:
     default = parse_sites(site({}))["x"]
     assert default.retention == Retention(
-        SESSION_TTL_S, SESSION_TTL_S, SESSION_TTL_S, PROFILE_TTL_S, CONSENT_TTL_S
+        SESSION_TTL_S, SESSION_TTL_S, SESSION_TTL_S, PROFILE_TTL_S, CONSENT_TTL_S, SESSION_TTL_S
     )
     assert default.consent_policy == ""
     got = parse_sites(site({"retention": {"events": 2, "consent": 0.5}, "consent_policy": "v3"}))

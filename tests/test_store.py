@@ -76,3 +76,28 @@ async def test_a_round_short_of_replicas_is_unconfirmed_but_logged_and_a_resend_
     finally:
         store.close()
         await r.aclose()
+
+
+async def test_a_run_that_needs_its_session_never_brings_an_erased_one_back(redis_url, prefix):
+    """A beacon's run (``existing``) that reaches the store after an erasure writes nothing."""
+    from actors.core.retention import Retention
+    from serve.rights.erasure import Eraser
+
+    r = aioredis.Redis.from_url(redis_url)
+    keys = Keys(prefix)
+    store = EventStore(r, keys)
+    try:
+        live = Append.of("demo", "s-live-1", 1, 2, events(1, 2))
+        assert await store.append_many([live]) == [(2, True)]
+        more = Append.of("demo", "s-live-1", 3, 3, events(3, 3))._replace(existing=True)
+        assert await store.append_many([more]) == [(3, True)]  # a live session: as any run
+        await Eraser(r, keys).erase_session("demo", "s-live-1", Retention())
+        late = Append.of("demo", "s-live-1", 1, 2, events(1, 2))._replace(existing=True)
+        assert await store.append_many([late]) == [(-1, False)]
+        assert (
+            await r.exists(keys.events("demo", "s-live-1"), keys.session("demo", "s-live-1")) == 0
+        )
+        assert await store.erased("demo", "s-live-1")
+    finally:
+        store.close()
+        await r.aclose()

@@ -358,10 +358,15 @@ def test_the_shard_hook_counts_resent_events_once():
     """A gateway's retry resends events the host already applied: they are not counted again."""
     from actors.core.host import SessionHost
     from actors.shard.tallies import ShardTallies
-    from cluster.redis_server import async_client
+    from cluster.redis_client import redis_client
 
     host = SessionHost()
-    tallies = ShardTallies(async_client("redis://127.0.0.1:6379/0"), Keys("x:"), {}, lambda _s: 0.1)
+    tallies = ShardTallies(
+        redis_client("redis://127.0.0.1:6379/0", aio=True, max_connections=64),
+        Keys("x:"),
+        {},
+        lambda _s: 0.1,
+    )
     sid = sid_in(False, 0.10)
     t = T0 + 1000
     evs = [

@@ -14,6 +14,7 @@ and exit code 2, not a traceback. A promotion the promotion guard refuses
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -45,10 +46,13 @@ class UserError(RuntimeError):
 # -- shared helpers ---------------------------------------------------------------------------------
 def _redis(args: argparse.Namespace):
     """A Redis client for the configured deployment (``--redis-url`` / ``REDIS_URL``)."""
-
+    from cluster.redis_client import redis_client
     from cluster.redis_server import RedisUnavailable, ensure_redis
 
-    url = args.redis_url if args.redis_url is not None else Settings().redis_url
+    settings = Settings()
+    if args.redis_url is not None:  # the TLS settings (LIFELINE_REDIS_CA, ...) still apply
+        settings = dataclasses.replace(settings, redis_url=args.redis_url)
+    url = settings.redis_target
     try:
         server = ensure_redis(url)
     except RedisUnavailable as exc:
@@ -60,9 +64,7 @@ def _redis(args: argparse.Namespace):
             file=sys.stderr,
         )
         args._embedded = server  # keep it alive for the command's duration
-    from cluster.redis_server import sync_client
-
-    return sync_client(server.url)
+    return redis_client(server.url)
 
 
 def _prefix(args: argparse.Namespace) -> str:

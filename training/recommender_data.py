@@ -481,9 +481,9 @@ async def build(
     with the site's own item ids; with a catalog they are never shown, they
     only sharpen popularity and co-occurrence statistics of their own items.
     """
-    from cluster.redis_server import async_client
+    from cluster.redis_client import redis_client
 
-    r = async_client(redis_url)
+    r = redis_client(redis_url, aio=True)
     try:
         sessions = await sessions_from_event_log(r, prefix)
         n_log = len(sessions)

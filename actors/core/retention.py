@@ -26,8 +26,9 @@ class Retention:
     ``events``: event logs; ``sessions``: session hashes, snapshots, owner
     keys, visitor records and session lists, explorer entries; ``decisions``:
     intervention records; ``profiles``: visitor profiles; ``consent``:
-    consent records and erasure proofs. Each is applied as a TTL where its
-    keys are written.
+    consent records and erasure proofs; ``chats``: a session's help-chat
+    memory (the visitor's own words, serve/apps/chat_memory.py). Each is
+    applied as a TTL where its keys are written.
     """
 
     events: int = SESSION_TTL_S
@@ -35,6 +36,7 @@ class Retention:
     decisions: int = SESSION_TTL_S
     profiles: int = PROFILE_TTL_S
     consent: int = CONSENT_TTL_S
+    chats: int = SESSION_TTL_S
 
     @classmethod
     def from_mapping(cls, table: Any) -> Retention:

@@ -53,7 +53,8 @@ from actors.shard.tallies import ShardTallies
 from cluster.config import Settings
 from cluster.keys import Keys
 from cluster.loops import Failures, Supervisor
-from cluster.redis_server import async_client, sync_client
+from cluster.ray_secret import RaySecret, reveal
+from cluster.redis_client import redis_client
 from cluster.sealing import MasterKeys, Opener, master_keys
 from cluster.site_rules import SiteRules
 from cluster.tracing import Carrier, TraceConfig, Tracing, tracing_for
@@ -162,7 +163,7 @@ class ShardCore:
             snapshot_ticks=round(SNAPSHOT_EVERY_S / SNAPSHOT_TICK_S),
         )
         self.redis_url = redis_url
-        self.redis = async_client(redis_url)  # used on the I/O loop only
+        self.redis = redis_client(redis_url, aio=True, max_connections=64)  # the I/O loop only
         self.records = ShardRecords(self.redis, self.keys, self._retention)
         self.profiles = ShardProfiles(
             self.redis, self.keys, self._retention
@@ -221,7 +222,7 @@ class ShardCore:
     def _registry(self):
         from training.registry import ModelRegistry  # training is optional at import time
 
-        return ModelRegistry(sync_client(self.redis_url), self.prefix)
+        return ModelRegistry(redis_client(self.redis_url), self.prefix)
 
     def _initial_model(self) -> Scorer:
         try:
@@ -336,7 +337,7 @@ class ShardCore:
 
     def _initial_sites(self, redis_url: str) -> dict[str, Site]:
         try:
-            return self.site_rules.read_sync(sync_client(redis_url))
+            return self.site_rules.read_sync(redis_client(redis_url))
         except redis.RedisError as exc:  # the sites loop reads them once Redis answers
             log.error("shard %d: site overrides not read (%s); the file's rules", self.index, exc)
             return self.site_rules.sites
@@ -1294,7 +1295,7 @@ class SessionShard:
     def __init__(
         self,
         index: int,
-        redis_url: str,
+        redis_url: str | RaySecret,
         prefix: str,
         sites_file: str,
         idle_deactivate_s: float = 1800.0,
@@ -1302,8 +1303,9 @@ class SessionShard:
         tracing: TraceConfig | None = None,
         master: MasterKeys | None = None,
     ) -> None:
+        # The stack hands the URL over as a RaySecret: not inline in this creation task.
         self.core = ShardCore(
-            index, redis_url, prefix, sites_file, idle_deactivate_s, enrich, tracing, master
+            index, reveal(redis_url), prefix, sites_file, idle_deactivate_s, enrich, tracing, master
         )
         # Batches come over the link's thread (gateways) or as Ray calls (tools, benchmarks):
         # one at a time either way, so each session's events stay in order.

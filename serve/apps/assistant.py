@@ -51,6 +51,8 @@ import anthropic
 from ray import serve
 
 from actors.core.chat import ChatLimits
+from actors.core.retention import Retention
+from actors.core.sites import Site, load_sites
 from serve.apps.breaker import CircuitBreaker
 from serve.apps.chat_answer import (
     ARTICLES_K,
@@ -93,7 +95,7 @@ class AssistantSettings:
     backoff_base_s: float = 0.2
     backoff_cap_s: float = 1.5
     no_answer_below: float = DEFAULT_THRESHOLD
-    memory_ttl_s: int | None = None  # None: the session's TTL (cluster/keys.py)
+    memory_ttl_s: int | None = None  # None: the site's chats retention (actors/core/retention.py)
 
     @property
     def enabled(self) -> bool:
@@ -139,14 +141,22 @@ class Assistant:
         site_hosts: dict[str, list[str]] | None = None,
         kb_root: Path = KB_ROOT,
         limits: ChatLimits | None = None,
+        sites: dict[str, Site] | None = None,
     ) -> None:
+        """``sites``: the sites file's sites, whose ``chats`` retention is each chat
+        memory's TTL (a site not in it: the default)."""
         self.settings = settings
         self.limits = limits or ChatLimits()
         self.site_hosts = {k: list(v) for k, v in (site_hosts or {}).items()}
         self.memory = None
         if redis is not None:
-            ttl = settings.memory_ttl_s
-            self.memory = ChatMemory(redis, prefix, **({"ttl_s": ttl} if ttl else {}))
+            known = sites or {}
+            self.memory = ChatMemory(
+                redis,
+                prefix,
+                settings.memory_ttl_s,
+                retention=lambda site: known[site].retention if site in known else Retention(),
+            )
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
         self.client: anthropic.AsyncAnthropic | None = None
         if settings.enabled:
@@ -407,18 +417,20 @@ class ChatAssistant:
         prefix: str,
         site_hosts: dict[str, list[str]] | None = None,
         kb_root: str | None = None,
+        sites_file: str | None = None,
     ) -> None:
         redis = None
         if redis_url:
-            from cluster.redis_server import async_client
+            from cluster.redis_client import redis_client
 
-            redis = async_client(redis_url, socket_timeout=1.0)
+            redis = redis_client(redis_url, aio=True, socket_timeout=1.0)
         self.assistant = Assistant(
             AssistantSettings.from_mapping(settings),
             redis,
             prefix,
             site_hosts,
             Path(kb_root) if kb_root else KB_ROOT,
+            sites=load_sites(sites_file) if sites_file else None,
         )
         where = self.assistant.settings.base_url or "api.anthropic.com"
         state = "ENABLED" if self.assistant.client is not None else "DISABLED (fallbacks only)"
@@ -454,9 +466,10 @@ def assistant_app(args: dict[str, Any]) -> Any:
     s = Settings()
     return ChatAssistant.bind(
         asdict(assistant_settings(s, args.get("assistant"))),
-        args.get("redis_url", s.redis_url),
+        args.get("redis_url", s.redis_target),
         args.get("prefix", s.prefix),
         args.get("site_hosts"),
+        sites_file=str(s.sites_file),
     )
 
 
@@ -487,5 +500,6 @@ def deploy_assistant(
         redis_url,
         prefix,
         site_hosts or args.get("site_hosts"),
+        sites_file=str(settings.sites_file),
     )
     return serve.run(app, name=name, route_prefix=None)

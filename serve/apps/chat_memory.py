@@ -1,10 +1,11 @@
-"""A session's help-chat memory in Redis: bounded, expiring with the session.
+"""A session's help-chat memory in Redis: bounded, expiring with the site's ``chats`` retention.
 
 One list per session (``Keys.chat``, JSON turns ``{"role", "text", "ts"[, "name"]}``),
 appended atomically by a Lua script that also trims it to the last
 ``CHAT_TURNS_MAX`` turns and ``CHAT_BYTES_MAX`` bytes (oldest first) and
-renews its expiry to the session's TTL, so an abandoned chat disappears with
-the session's other data.
+renews its expiry to the site's ``chats`` retention (actors/core/retention.py;
+the session's week by default), so an abandoned chat disappears on the
+site's schedule, counted from its last turn.
 
 The turns are the visitor's own free text: the data-rights work must erase
 (:meth:`ChatMemory.erase`) and export (:meth:`ChatMemory.history`) them with
@@ -17,10 +18,11 @@ caller bounds a turn's length (actors/core/chat.py ``ChatLimits.max_chars``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from cluster.keys import CHAT_BYTES_MAX, CHAT_TURNS_MAX, SESSION_TTL_S, Keys
+from actors.core.retention import Retention
+from cluster.keys import CHAT_BYTES_MAX, CHAT_TURNS_MAX, Keys
 
 # KEYS[1] the list; ARGV: ttl, max turns, max bytes, turn JSON...
 _APPEND = """
@@ -47,14 +49,22 @@ class ChatMemory:
         self,
         redis: Any,
         prefix: str,
-        ttl_s: int = SESSION_TTL_S,
+        ttl_s: int | None = None,
         max_turns: int = CHAT_TURNS_MAX,
         max_bytes: int = CHAT_BYTES_MAX,
+        retention: Callable[[str], Retention] = lambda site: Retention(),
     ) -> None:
+        """``retention``: a site's retention (its ``chats`` is the memory's TTL); ``ttl_s``,
+        when set, overrides it for every site (tests, a deployment's setting)."""
         self.redis = redis
         self.keys = Keys(prefix)
         self.ttl_s, self.max_turns, self.max_bytes = ttl_s, max_turns, max_bytes
+        self.retention = retention
         self._append = redis.register_script(_APPEND)
+
+    def ttl(self, site: str) -> int:
+        """Seconds ``site``'s chat memory is kept after its last turn."""
+        return self.ttl_s if self.ttl_s else self.retention(site).chats
 
     async def append(self, site: str, sid: str, turns: Iterable[Mapping[str, Any]]) -> int:
         """Add turns (oldest first) atomically; returns how many turns the memory holds."""
@@ -64,7 +74,7 @@ class ChatMemory:
         return int(
             await self._append(
                 keys=[self.keys.chat(site, sid)],
-                args=[self.ttl_s, self.max_turns, self.max_bytes, *raw],
+                args=[self.ttl(site), self.max_turns, self.max_bytes, *raw],
             )
         )
 

@@ -169,9 +169,9 @@ class NudgeWriter:
         self.tracing = tracing_for("lifeline-serve", TraceConfig(**tracing) if tracing else None)
         self.redis = None
         if redis_url:
-            from cluster.redis_server import async_client
+            from cluster.redis_client import redis_client
 
-            self.redis = async_client(redis_url, socket_timeout=1.0)
+            self.redis = redis_client(redis_url, aio=True, socket_timeout=1.0)
         # Our own meter provider: the replica's metrics are read by `metrics()`
         # (the gateway's /metrics can append them) whatever the global setup is.
         self._reader = InMemoryMetricReader()
@@ -310,9 +310,9 @@ class Recommender:
         self._batched.set_batch_wait_timeout_s(batch_wait_s)
         self.redis = None
         if redis_url:
-            from cluster.redis_server import async_client
+            from cluster.redis_client import redis_client
 
-            self.redis = async_client(redis_url, socket_timeout=2.0)
+            self.redis = redis_client(redis_url, aio=True, socket_timeout=2.0)
         self.service = RecommenderService(
             {s: SessionKNN.from_bytes(b) for s, b in (models or {}).items()}, catalogs or {}
         )
@@ -445,7 +445,7 @@ def nudge_app(args: dict[str, Any]) -> Any:
     s = Settings()
     return NudgeWriter.bind(
         asdict(llm_settings(s, args.get("llm"))),
-        args.get("redis_url", s.redis_url),
+        args.get("redis_url", s.redis_target),
         args.get("prefix", s.prefix),
         args.get("site_hosts"),
         tracing=asdict(TraceConfig.of(s)),
@@ -459,7 +459,7 @@ def recommender_app(args: dict[str, Any]) -> Any:
     s = Settings()
     rest = {k: v for k, v in args.items() if k not in ("redis_url", "prefix")}
     return Recommender.bind(
-        args.get("redis_url", s.redis_url),
+        args.get("redis_url", s.redis_target),
         args.get("prefix", s.prefix),
         tracing=asdict(TraceConfig.of(s)),
         **rest,

@@ -30,13 +30,13 @@ def _password(args: argparse.Namespace) -> str:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from cluster.redis_server import async_client
+    from cluster.redis_client import redis_client
     from serve.console import audit
     from serve.console.accounts import AccountError, Accounts
 
     s = Settings()
-    server = ensure_redis(s.redis_url, data_dir=s.data_dir)
-    client = async_client(server.url)
+    server = ensure_redis(s.redis_target, data_dir=s.data_dir)
+    client = redis_client(server.url, aio=True)
     keys = Keys(s.prefix)
     accounts = Accounts(client, keys)
     who = f"cli:{getpass.getuser()}"

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from actors.core.sites import Site
 from cluster.config import Settings
 from cluster.keys import Keys
-from cluster.redis_server import async_client
+from cluster.redis_client import redis_client
 from cluster.sealing import MasterKeys, master_keys
 
 
@@ -43,5 +43,5 @@ class ConsoleContext:
     master: MasterKeys = field(init=False)  # opens the sealed event log (cluster/sealing.py)
 
     def __post_init__(self) -> None:
-        self.redis = async_client(self.redis_url)
+        self.redis = redis_client(self.redis_url, aio=True)
         self.master = master_keys(self.settings)

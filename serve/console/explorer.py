@@ -54,7 +54,7 @@ from actors.core.session import replay
 from actors.core.signals import SIGNALS
 from actors.core.sites import Site
 from actors.model.scoring import Scorer
-from cluster.redis_server import sync_client
+from cluster.redis_client import redis_client
 from serve.apps.nudge import render_template
 from serve.console.auth import error
 from serve.console.context import ConsoleContext
@@ -368,7 +368,7 @@ def _scorer_for(ctx: ConsoleContext, sid: str) -> Scorer:
     """
     from training.registry import ModelRegistry
 
-    with sync_client(ctx.redis_url) as r:
+    with redis_client(ctx.redis_url) as r:
         reg = ModelRegistry(r, ctx.keys.prefix)
         version = reg.live()
         chall = reg.challenger()

@@ -39,7 +39,7 @@ from aiohttp import web
 from actors.core.kinds import KINDS
 from actors.core.signals import SIGNALS
 from actors.core.tally import FUNNEL, MINUTE_MS, NO_SEGMENT, totals
-from cluster.redis_server import sync_client
+from cluster.redis_client import redis_client
 from serve.console.auth import error
 from serve.console.context import ConsoleContext
 from serve.console.routing import Route
@@ -341,7 +341,7 @@ _refreshing: dict[OutcomeKey, asyncio.Task] = {}
 
 
 def _read_report(ctx: ConsoleContext, site: str | None, since_ms: int | None) -> dict[str, Any]:
-    r = sync_client(ctx.redis_url)
+    r = redis_client(ctx.redis_url)
     try:
         return read_outcomes(r, ctx.keys.prefix, since_ms, site)
     finally:

@@ -36,7 +36,7 @@ from aiohttp import web
 
 from actors.core.features import FEATURE_SCHEMA_HASH
 from cluster.config import PACKAGE_ROOT
-from cluster.redis_server import sync_client
+from cluster.redis_client import redis_client
 from serve.console.audit import record_action
 from serve.console.auth import error, json_body
 from serve.console.routing import Route
@@ -76,7 +76,7 @@ _promoting = threading.Lock()  # one guarded promotion at a time, whatever the e
 @functools.lru_cache(maxsize=8)
 def _registry(redis_url: str, prefix: str) -> ModelRegistry:
     """The registry (synchronous: it is shared with the CLI; called in worker threads)."""
-    return ModelRegistry(sync_client(redis_url), prefix)
+    return ModelRegistry(redis_client(redis_url), prefix)
 
 
 def registry(request: web.Request) -> ModelRegistry:

@@ -12,16 +12,20 @@ A view is ``{"kpis": [...], "charts": [...], "tables": [...], "forms":
 "type": "line"|"bar", "labels", "series": [{"name", "values"}]}``; a table
 is ``{"id", "title", "columns": [{"key", "label", "num"?, "link"?}],
 "rows": [{...}]}`` where a row may carry ``_actions`` (buttons: label,
-method, url, body) that only a role allowed to use them is given.
+method, url, body; ``download``: save the answer as that file; an answer
+with ``view`` is rendered as the page) that only a role allowed to use them
+is given. A form with ``view`` set answers the page's view, rendered in place
+(the Visitors look-up: its fields travel in a POST body, not the URL).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
+from cluster.keys import subject_digest
 from serve.console import admin_views, audit, explorer_view, insights, live, visitors
 from serve.console.accounts import ROLES, SCOPES, Operator
 from serve.console.auth import error
@@ -181,7 +185,10 @@ async def export_csv(request: web.Request) -> web.StreamResponse:
     op: Operator = request["operator"]
     if not op.may(_page_role(name)):
         return error(403, "forbidden", f"this needs the {_page_role(name)} role; you are {op.role}")
-    view = await fn(request)
+    try:
+        view = await fn(request)
+    except ValueError as exc:  # a bad filter: said, not a 500 (as the view's own route)
+        return error(400, "bad_request", str(exc))
     # A table marked csv=False is not for export (the Visitors page's: its query holds a
     # visitor id, which the audit entry below would keep).
     found = [t for t in view.get("tables", []) if t["id"] == tid and t.get("csv") is not False]
@@ -193,13 +200,32 @@ async def export_csv(request: web.Request) -> web.StreamResponse:
         page=name,
         table=tid,
         rows=len(found[0]["rows"]),
-        query=request.query_string,
+        query=audited_query(request.query),
     )
     return web.Response(
         text=to_csv(found[0]),
         content_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{name}-{tid}.csv"'},
     )
+
+
+# Query parameters whose value may name a subject (the Sessions page's sid prefix, a
+# session page's sid, a vid): the audit log, shared and kept longer than their data,
+# never holds them.
+SUBJECT_PARAMS = frozenset({"sid", "vid"})
+
+
+def audited_query(query: Mapping[str, str]) -> dict[str, str]:
+    """An export's query as its audit entry keeps it: each parameter as given, except that
+    a subject's id (or id prefix) becomes its length and its digest
+    (:func:`cluster.keys.subject_digest` of the site and the value, the pseudonym the
+    erasure proof and the Visitors page's audit use; a short prefix's digest can be
+    guessed, but a short prefix names nobody)."""
+    site = query.get("site", "")
+    return {
+        k: f"{len(v)} chars, digest {subject_digest(site, v)}" if k in SUBJECT_PARAMS else v
+        for k, v in query.items()
+    }
 
 
 def routes() -> list[Route]:

@@ -1,16 +1,19 @@
 """The Visitors page's back end: an admin looks a visitor up, downloads their data, erases them.
 
-``GET /api/visitors/{site}/{vid}`` (admin): what is stored about the visitor
-at a glance: their record, consent history, sessions, and the erasure
-proof if they were erased. ``GET /api/visitors/{site}/{vid}/access``
-(admin): the visitor's access document (serve/rights/access.py), as a
-download. ``POST /api/visitors/{site}/{vid}/erase`` (admin): erases them
-(serve/rights/erasure.py). Every one is in the audit log under the
-visitor's digest (:func:`cluster.keys.subject_digest`), never the vid: the
-audit log is shared by all visitors and kept longer than their data.
+Every route is a ``POST`` whose JSON body names the subject, ``{"site",
+"vid"}``: a visitor id never appears in a request path or query string,
+where a proxy's or browser's logs would keep it. ``POST /api/visitors/view``
+(admin): the page's view for that visitor (record, consent history,
+sessions, the erasure proof if erased); ``POST /api/visitors/lookup``: the
+same facts as JSON; ``POST /api/visitors/access``: the visitor's access
+document (serve/rights/access.py), as a download; ``POST
+/api/visitors/erase``: erases them (serve/rights/erasure.py) and answers the
+counts with the page's refreshed view. Every one is in the audit log under
+the visitor's digest (:func:`cluster.keys.subject_digest`), never the vid:
+the audit log is shared by all visitors and kept longer than their data.
 
-Limits: the vid is in the request path, so a proxy or access log in front
-of the console sees it (the console itself logs no request lines).
+Limits: the page's session links (``/sessions/{site}/{sid}``) carry session
+ids, as the Sessions page does.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from cluster.keys import subject_digest
 from cluster.sealing import master_keys
 from cluster.site_rules import SITE_KEY_RE
 from serve.console.audit import record_action
-from serve.console.auth import error
+from serve.console.auth import error, json_body
 from serve.console.routing import Route
 from serve.console.shapes import View, col, table, when
 from serve.edge.protocol import is_visitor_id
@@ -34,11 +37,17 @@ from serve.rights.erasure import Eraser
 NO_STORE = {"Cache-Control": "no-store"}
 
 
-def _subject(request: web.Request) -> tuple[str, str] | web.Response:
-    site, vid = request.match_info["site"], request.match_info["vid"]
-    if not SITE_KEY_RE.fullmatch(site) or not is_visitor_id(vid):
+async def _subject(request: web.Request) -> tuple[str, str] | web.Response:
+    """The ``{"site", "vid"}`` a request's body names, or the 400 refusing it."""
+    body = await json_body(request)
+    if isinstance(body, web.Response):
+        return body
+    site, vid = body.get("site"), body.get("vid")
+    if not isinstance(site, str) or not SITE_KEY_RE.fullmatch(site):
         return error(400, "bad_request", "a site key and a visitor id ([A-Za-z0-9_-]{8,64})")
-    return site, vid
+    if not isinstance(vid, str) or not is_visitor_id(vid.strip()):
+        return error(400, "bad_request", "a site key and a visitor id ([A-Za-z0-9_-]{8,64})")
+    return site, vid.strip()
 
 
 def _retention(request: web.Request, site: str) -> Retention:
@@ -76,9 +85,9 @@ async def lookup(request: web.Request, site: str, vid: str) -> dict[str, Any]:
     }
 
 
-async def get_visitor(request: web.Request) -> web.Response:
-    """``GET /api/visitors/{site}/{vid}``: the visitor at a glance (audited)."""
-    subject = _subject(request)
+async def post_lookup(request: web.Request) -> web.Response:
+    """``POST /api/visitors/lookup``: the visitor at a glance (audited)."""
+    subject = await _subject(request)
     if isinstance(subject, web.Response):
         return subject
     site, vid = subject
@@ -87,9 +96,9 @@ async def get_visitor(request: web.Request) -> web.Response:
     return web.json_response(found, headers=NO_STORE)
 
 
-async def get_access(request: web.Request) -> web.Response:
-    """``GET /api/visitors/{site}/{vid}/access``: the access document, as a file (audited)."""
-    subject = _subject(request)
+async def post_access(request: web.Request) -> web.Response:
+    """``POST /api/visitors/access``: the access document, as a file (audited)."""
+    subject = await _subject(request)
     if isinstance(subject, web.Response):
         return subject
     site, vid = subject
@@ -107,8 +116,9 @@ async def get_access(request: web.Request) -> web.Response:
 
 
 async def post_erase(request: web.Request) -> web.Response:
-    """``POST /api/visitors/{site}/{vid}/erase``: erase the visitor (audited with the counts)."""
-    subject = _subject(request)
+    """``POST /api/visitors/erase``: erase the visitor (audited with the counts); the answer
+    carries the page's refreshed view (``view``)."""
+    subject = await _subject(request)
     if isinstance(subject, web.Response):
         return subject
     site, vid = subject
@@ -119,47 +129,79 @@ async def post_erase(request: web.Request) -> web.Response:
     )
     counts = {k: proof.get(k, 0) for k in ("sessions", "keys", "entries")}
     await record_action(request, "visitor erased", site=site, visitor=proof["digest"], **counts)
-    return web.json_response({"erased": True, "digest": proof["digest"], **counts})
+    view = await _visitor_view(request, site, vid)
+    return web.json_response(
+        {"erased": True, "digest": proof["digest"], **counts, "view": view}, headers=NO_STORE
+    )
+
+
+def _form(request: web.Request, site: str = "", vid: str = "") -> dict[str, Any]:
+    """The look-up form: it POSTs its fields, so the vid stays out of every URL."""
+    ctx = request.app["ctx"]
+    sites = sorted((ctx.gateway.sites if ctx.gateway is not None else ctx.sites).keys())
+    return {
+        "id": "lookup",
+        "title": "Look a visitor up",
+        "method": "POST",
+        "url": "/api/visitors/view",
+        "view": True,  # the answer is this page's view for the visitor (console.js renders it)
+        "submit": "Look up",
+        "fields": [
+            {"name": "site", "label": "Site", "type": "select", "options": sites, "value": site},
+            {"name": "vid", "label": "Visitor id", "value": vid},
+        ],
+    }
+
+
+NOTE = (
+    "Look a visitor up by the id their browser holds (localStorage ll:v). Every "
+    "look-up, download and erasure is audited under the visitor's digest, never the id."
+)
 
 
 async def visitors_view(request: web.Request) -> View:
-    """The Visitors page: a lookup form; for a visitor, their consent history and sessions."""
-    ctx = request.app["ctx"]
-    sites = sorted((ctx.gateway.sites if ctx.gateway is not None else ctx.sites).keys())
-    site, vid = request.query.get("site", ""), request.query.get("vid", "").strip()
-    view: View = {
-        "filters": [
-            {"name": "site", "label": "Site", "options": [[s, s] for s in sites]},
-            {"name": "vid", "label": "Visitor id", "placeholder": "v-…"},
-        ],
-        "notes": [
-            "Look a visitor up by the id their browser holds (localStorage ll:v). Every "
-            "look-up, download and erasure is audited under the visitor's digest, never the id."
-        ],
-    }
-    if not vid:
-        return view
-    if not SITE_KEY_RE.fullmatch(site) or not is_visitor_id(vid):
-        raise ValueError("a site and a visitor id of 8 to 64 characters of [A-Za-z0-9_-]")
+    """The Visitors page before a look-up: the form."""
+    return {"forms": [_form(request)], "notes": [NOTE]}
+
+
+async def post_view(request: web.Request) -> web.Response:
+    """``POST /api/visitors/view``: the page's view for the visitor the body names (audited)."""
+    subject = await _subject(request)
+    if isinstance(subject, web.Response):
+        return subject
+    view = await _visitor_view(request, *subject)
+    return web.json_response(view, headers=NO_STORE)
+
+
+async def _visitor_view(request: web.Request, site: str, vid: str) -> View:
+    """The form (filled in), and the visitor's record, consent history and sessions."""
+    view: View = {"forms": [_form(request, site, vid)], "notes": [NOTE]}
     found = await lookup(request, site, vid)
     await record_action(request, "visitor looked up", site=site, visitor=found["digest"])
-    base = f"/api/visitors/{site}/{vid}"
+    who = {"site": site, "vid": vid}  # in POST bodies only
     subject = {
         "digest": found["digest"],
         "sessions": len(found["sessions"]),
         "consent_now": found["record"].get("consent", ""),
         "profile": "yes" if found["profile"] else "no",
         "erased": when(int(found["erased"]["ts"])) if found["erased"] else "",
-        "download": "Download (JSON)",
-        "href": f"{base}/access",
         "_actions": [
+            {
+                "label": "Download (JSON)",
+                "method": "POST",
+                "url": "/api/visitors/access",
+                "body": who,
+                "download": f"visitor-{found['digest'][:12]}.json",
+                "done": "Access document downloaded.",
+            },
             {
                 "label": "Erase",
                 "method": "POST",
-                "url": f"{base}/erase",
+                "url": "/api/visitors/erase",
+                "body": who,
                 "confirm": "Erase everything stored about this visitor? This cannot be undone.",
                 "done": "Erased: every session, the profile and the consent records.",
-            }
+            },
         ],
     }
     view["kpis"] = [
@@ -176,7 +218,6 @@ async def visitors_view(request: web.Request) -> View:
                 col("consent_now", "Consent now"),
                 col("profile", "Profile"),
                 col("erased", "Erased"),
-                col("download", "Access document", link="href"),
             ],
             [subject],
             csv=False,
@@ -213,7 +254,8 @@ async def visitors_view(request: web.Request) -> View:
 
 
 ROUTES = (
-    Route("GET", "/api/visitors/{site}/{vid}", get_visitor, "admin"),
-    Route("GET", "/api/visitors/{site}/{vid}/access", get_access, "admin"),
-    Route("POST", "/api/visitors/{site}/{vid}/erase", post_erase, "admin"),
+    Route("POST", "/api/visitors/view", post_view, "admin"),
+    Route("POST", "/api/visitors/lookup", post_lookup, "admin"),
+    Route("POST", "/api/visitors/access", post_access, "admin"),
+    Route("POST", "/api/visitors/erase", post_erase, "admin"),
 )

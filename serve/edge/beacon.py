@@ -64,28 +64,33 @@ class Beacons:
             self.stats.error(err.get("code", "bad_event"))
         return status, reply
 
-    def _allowed(self, site: str, sid: str, events: Any) -> bool:
-        """Take the beacon's events from its session's and its site's buckets."""
+    def _refused(self, site: str, sid: str, events: Any) -> str | None:
+        """Take the beacon's events from its session's and its site's buckets; None if both
+        had them, else the limit that refused (``session`` or ``site``)."""
         n = max(1, len(events)) if isinstance(events, list) else 1
         now = time.monotonic()
         buckets = self._buckets
-        allowed = True
-        for key, scale in ((f"{site}|{sid}", 1.0), (site, BEACON_SITE_RATE)):
+        refused = None
+        for limit, key, scale in (
+            ("session", f"{site}|{sid}", 1.0),
+            ("site", site, BEACON_SITE_RATE),
+        ):
             bucket = buckets.pop(key, None)  # re-inserted: the dict stays in order of last use
             if bucket is None:
                 lim = self.limits
                 bucket = TokenBucket(lim.events_per_s * scale, lim.burst * scale, now)
             buckets[key] = bucket
-            allowed = allowed and bucket.take(n, now)
+            if refused is None and not bucket.take(n, now):
+                refused = limit
         while len(buckets) > BEACON_BUCKETS:
             del buckets[next(iter(buckets))]
-        return allowed
+        return refused
 
     async def _receive(self, site: Site, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         conn = Connection(
             site.key, self.secret, self.limits, site_bucket=self.site_bucket(site.key)
         )
-        # A beacon's rate is the session's and the site's (_allowed), kept here across
+        # A beacon's rate is the session's and the site's (_refused), kept here across
         # beacons; the throwaway connection's own bucket must not refuse it again.
         conn.bucket = TokenBucket(float("inf"), float("inf"), time.monotonic())
         peer = Peer(None, conn)
@@ -107,8 +112,11 @@ class Beacons:
             return 403, error(
                 "consent_required", "no analytics consent: nothing may be collected", sid=req.sid
             )
-        if not self._allowed(site.key, req.sid, body.get("events")):
-            return 429, error("rate_limited", "too many beacon events: resend later", sid=req.sid)
+        limit = self._refused(site.key, req.sid, body.get("events"))
+        if limit is not None:
+            return 429, error(
+                "rate_limited", "too many beacon events: resend later", sid=req.sid, limit=limit
+            )
         req = HelloRequest(req.sid, token, info.consent)
         frame = {
             "t": "events",
@@ -148,10 +156,12 @@ class Beacons:
             if not plan.last:
                 return 200, {"acked": conn.sessions[req.sid].acked, "errors": errors}
             future = asyncio.get_running_loop().create_future()
-            self.pipeline.submit(AppendSink(peer, future), plan)
+            self.pipeline.submit(AppendSink(peer, future, existing=True), plan)
             reply = await future
             if reply["t"] == "ack":
                 return 200, {"acked": reply["seq"], "errors": errors}
+            if await self.store.erased(site.key, req.sid):  # erased since it was looked up
+                return 403, error("erased", "this session's data was erased", sid=req.sid)
             if reply.get("code") != "sequence_gap":
                 return 503, {"acked": seq, "errors": errors + [reply]}
         return 409, {"acked": seq, "errors": errors + [reply]}

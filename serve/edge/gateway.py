@@ -38,7 +38,7 @@ from actors.core.sites import Site
 from actors.shard.link import LinkTLS, ShardLink
 from cluster.keys import Keys
 from cluster.loops import Supervisor
-from cluster.redis_server import async_client
+from cluster.redis_client import redis_client
 from cluster.sealing import MasterKeys
 from cluster.shard_set import ShardSet, read_members
 from cluster.site_rules import SiteRules
@@ -108,7 +108,7 @@ class Gateway:
         many Redis replicas have them (``WAIT``; README, Redis); None: once the primary has."""
         self.id = uuid.uuid4().hex[:12]
         self.keys = Keys(prefix)
-        self.redis = async_client(redis_url)
+        self.redis = redis_client(redis_url, aio=True, max_connections=64)
         self.store = EventStore(self.redis, self.keys, master, seal, sites, wait=replica_ack)
         self.ring = HashRing(shard_names or len(shards))
         self.shards = dict(zip(self.ring.names, shards, strict=True))  # by name, as the ring

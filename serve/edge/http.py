@@ -24,6 +24,7 @@ from aiohttp import web
 
 from serve.edge import client_build
 from serve.edge.gateway import Gateway
+from serve.edge.ip_limits import RETRY_AFTER, address_refusal
 from serve.edge.protocol import decode, nests_within
 from serve.edge.rights_http import RightsEndpoints
 from serve.headers import NO_STORE, security_headers
@@ -169,13 +170,22 @@ class Handlers:
         return web.Response(text=html, content_type="text/html")
 
     async def beacon(self, request: web.Request) -> web.Response:
-        """``POST /beacon``: a page-hide flush, checked here for size and shape, then the gateway's."""
+        """``POST /beacon``: a page-hide flush, checked here for its address's rate, size and
+        shape, then the gateway's."""
+        refused = address_refusal(self.gateway.ip_limits, request.remote)
+        if refused is not None:
+            self.gateway.stats.ip_refused += 1
+            return web.json_response(refused, status=429, headers={**NO_STORE, **RETRY_AFTER})
         site = self.gateway.site_for(request.query_string, request.headers.get("Origin"))
         if isinstance(site, str):
             return web.json_response(
                 {"code": "forbidden", "detail": site}, status=403, headers=NO_STORE
             )
-        body = beacon_body(await request.read())
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:  # aiohttp's client_max_size: answered as ours
+            raw = None
+        body = beacon_body(raw)
         if isinstance(body, web.Response):
             body.headers.update(NO_STORE)
             return body
@@ -183,13 +193,14 @@ class Handlers:
         return web.json_response(reply, status=status, headers=NO_STORE)
 
 
-def beacon_body(raw: bytes) -> dict[str, Any] | web.Response:
+def beacon_body(raw: bytes | None) -> dict[str, Any] | web.Response:
     """A beacon's body as a JSON object, or the error response that refuses it.
 
     The socket's decoder, so a beacon body is refused for what a frame is
-    (NaN, Infinity, nesting past the stack: a 400, never a 500).
+    (NaN, Infinity, nesting past the stack: a 400, never a 500). ``raw`` None:
+    the body was too large to read.
     """
-    if len(raw) > BEACON_MAX_BYTES:
+    if raw is None or len(raw) > BEACON_MAX_BYTES:
         return web.json_response(
             {"code": "frame_too_large", "detail": "beacon over 64 KiB"}, status=413
         )

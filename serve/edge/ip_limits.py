@@ -1,6 +1,15 @@
-"""Per-address limits on the gateway's sockets: concurrent connections and new handshakes per second.
+"""Per-address limits on the gateway: concurrent sockets, and new requests per second.
 
-O(1) per accepted socket (a dict lookup and a token bucket); nothing per frame.
+One :class:`IpLimits` per gateway holds both. Its rate bucket is an
+address's budget of *new requests* of every kind: socket handshakes
+(:meth:`IpLimits.admit`), beacons and data-rights requests
+(:meth:`IpLimits.take`, serve/edge/http.py, serve/edge/rights_http.py). One
+shared bucket rather than one per endpoint: an address that alternates
+between the socket and the beacon gets no more than one budget, and a page's
+normal use (one socket, a beacon as it hides) costs two tokens of a burst of
+five seconds' worth.
+
+O(1) per accepted socket or request (a dict lookup and a token bucket); nothing per frame.
 Loopback peers are exempt by default: the load tests open thousands of sockets
 from 127.0.0.1, and a proxy on the same machine makes every visitor look like
 loopback (then the proxy must limit per client; docs/SECURITY.md). Memory is
@@ -21,6 +30,7 @@ if TYPE_CHECKING:
     from cluster.config import Settings
 
 MAX_TRACKED = 50_000
+RETRY_AFTER = {"Retry-After": "1"}  # an HTTP refusal's header, as a refused socket's
 
 
 def _is_loopback(ip: str) -> bool:
@@ -32,10 +42,10 @@ def _is_loopback(ip: str) -> bool:
 
 @dataclass
 class IpLimits:
-    """Admits or refuses a new socket of an address; ``release`` when it closes."""
+    """Admits or refuses a new socket (``release`` when it closes) or request of an address."""
 
     connections: int = 512  # open sockets per address at once
-    handshakes_per_s: float = 20.0  # new sockets per address, sustained
+    handshakes_per_s: float = 20.0  # new sockets, beacons and data requests per address, sustained
     burst: float = 100.0
     exempt_loopback: bool = True
     open: dict[str, int] = field(default_factory=dict)
@@ -49,15 +59,28 @@ class IpLimits:
         n = self.open.get(ip, 0)
         if n >= self.connections:
             return "connections"
+        if not self._bucket(ip, now).take(1, now):
+            return "handshake_rate"
+        self.open[ip] = n + 1
+        return None
+
+    def take(self, ip: str, now: float | None = None) -> str | None:
+        """None if ``ip`` may make one more request that holds no socket (a beacon, a
+        data-rights request): it spends the same per-address rate as a handshake;
+        else ``"address_rate"``, the limit that refused it."""
+        if self.exempt_loopback and _is_loopback(ip):
+            return None
+        now = time.monotonic() if now is None else now
+        return None if self._bucket(ip, now).take(1, now) else "address_rate"
+
+    def _bucket(self, ip: str, now: float) -> TokenBucket:
+        """The address's request-rate bucket (made full on first use)."""
         bucket = self.buckets.get(ip)
         if bucket is None:
             if len(self.buckets) >= MAX_TRACKED:
                 self._prune(now)
             bucket = self.buckets[ip] = TokenBucket(self.handshakes_per_s, self.burst, now)
-        if not bucket.take(1, now):
-            return "handshake_rate"
-        self.open[ip] = n + 1
-        return None
+        return bucket
 
     def release(self, ip: str) -> None:
         n = self.open.get(ip, 0) - 1
@@ -72,6 +95,21 @@ class IpLimits:
                 b.take(0, now)  # refill to now
                 if b.tokens >= b.burst:
                     del self.buckets[ip]
+
+
+def address_refusal(limits: IpLimits, ip: str | None) -> dict[str, str] | None:
+    """The 429 body refusing an HTTP request of ``ip`` over its address's rate, or None.
+
+    ``{"code": "rate_limited", "limit": "address", "detail": ...}``: the same
+    code as the other rate limits, ``limit`` naming which one refused.
+    """
+    if limits.take(ip or "?") is None:
+        return None
+    return {
+        "code": "rate_limited",
+        "limit": "address",
+        "detail": "too many requests from this address: try again in a second",
+    }
 
 
 def ip_limits_of(settings: Settings) -> IpLimits:

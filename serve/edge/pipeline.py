@@ -65,12 +65,17 @@ ROUNDS_IN_FLIGHT = 2  # append rounds on their way to Redis at once (see Pipelin
 class AppendSink:
     """Where an append's outcome goes: a socket (ack it) or a beacon request (await it)."""
 
-    __slots__ = ("peer", "future", "since")
+    __slots__ = ("peer", "future", "since", "existing")
 
-    def __init__(self, peer: Peer, future: asyncio.Future | None = None) -> None:
+    def __init__(
+        self, peer: Peer, future: asyncio.Future | None = None, existing: bool = False
+    ) -> None:
         self.peer = peer
         self.future = future
         self.since = time.perf_counter()  # when the frame was read
+        # Only onto a session that still exists (a beacon: no socket to drop when its
+        # session is erased, so the store refuses it instead; store.Append.existing).
+        self.existing = existing
 
 
 class Pipeline:
@@ -237,9 +242,10 @@ class Pipeline:
         error frame, as validation would have refused them.
         """
         try:
-            return Append.of(
+            run = Append.of(
                 sink.peer.conn.site, plan.sid, plan.first, plan.last, plan.append, plan.sealer
             )
+            return run._replace(existing=True) if sink.existing else run
         except (ValueError, TypeError, OverflowError) as exc:
             log.error("events of one frame could not be packed (%s): refused", type(exc).__name__)
             for ev in plan.append:
@@ -247,7 +253,8 @@ class Pipeline:
                     error("bad_event", "event could not be stored", sid=plan.sid, seq=ev["seq"])
                 )
             plan.append = []
-            return Append.of(sink.peer.conn.site, plan.sid, plan.first, plan.last, [])
+            empty = Append.of(sink.peer.conn.site, plan.sid, plan.first, plan.last, [])
+            return empty._replace(existing=sink.existing)
 
     async def settle_loop(self) -> None:
         """Acknowledge (or refuse) each round's frames once Redis has answered, in send order."""

@@ -13,12 +13,15 @@ a cross-origin page gets CORS headers for it.
 Refusals (JSON ``{"code", "detail"}``): 403 ``forbidden`` (site or
 origin), 400 ``bad_frame`` (body), 403 ``bad_token``, 404
 ``unknown_session``, 410 ``erased`` (already erased), 429 ``rate_limited``
-(``RIGHTS_PER_SESSION`` requests per ``RIGHTS_WINDOW_S`` per session,
-``RIGHTS_PER_SITE`` per second per site).
+with ``limit``: ``address`` (the gateway's per-address request rate, shared
+with its sockets and beacons: serve/edge/ip_limits.py), ``session``
+(``RIGHTS_PER_SESSION`` requests per ``RIGHTS_WINDOW_S``) or ``site``
+(``RIGHTS_PER_SITE`` per second).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -26,6 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from actors.core.sites import Site
+from serve.edge.ip_limits import RETRY_AFTER, address_refusal
 from serve.edge.protocol import RESUME, SID_RE, TokenBucket, keyring_of
 from serve.rights.access import AccessReader
 
@@ -115,10 +119,18 @@ class RightsEndpoints:
         self, request: web.Request
     ) -> tuple[Site, str, str | None] | web.Response:
         """(site, sid, the session's vid or None) of a request whose token is right, or its refusal."""
+        refused = address_refusal(self.gateway.ip_limits, request.remote)
+        if refused is not None:  # the address's rate, as its sockets and beacons (ip_limits.py)
+            self.gateway.stats.ip_refused += 1
+            return web.json_response(refused, status=429, headers={**NO_STORE, **RETRY_AFTER})
         site = self._site(request)
         if isinstance(site, web.Response):
             return site
-        raw = await request.content.read(BODY_MAX + 1)
+        # read(n) may return a first chunk only: read to the end, or one byte past the bound.
+        try:
+            raw = await request.content.readexactly(BODY_MAX + 1)
+        except asyncio.IncompleteReadError as short:
+            raw = short.partial
         try:
             body = json.loads(raw) if len(raw) <= BODY_MAX else None
         except ValueError:
@@ -133,8 +145,11 @@ class RightsEndpoints:
         # The session's resume token, as a resume checks it (cluster/tokens.py: key id, expiry).
         if keyring_of(self.gateway.secret).check(token, RESUME, site.key, sid) is not None:
             return _refuse(403, "bad_token", "token does not match this session")
-        if not self._allowed(site.key, sid):
-            return _refuse(429, "rate_limited", "too many data requests: try again in a minute")
+        limit = self._refused(site.key, sid)
+        if limit is not None:
+            return _refuse(
+                429, "rate_limited", "too many data requests: try again in a minute", limit=limit
+            )
         store = self.gateway.store
         fields = await store.r.hmget(store.keys.session(site.key, sid), "seq", "vid")
         if fields[0] is None:
@@ -144,21 +159,26 @@ class RightsEndpoints:
         vid = fields[1].decode() if fields[1] is not None else None
         return site, sid, vid
 
-    def _allowed(self, site: str, sid: str) -> bool:
+    def _refused(self, site: str, sid: str) -> str | None:
+        """Take one request from the session's and the site's buckets; None if both had it,
+        else the first limit that refused (``session`` or ``site``)."""
         now = time.monotonic()
         buckets = self._buckets
-        ok = True
-        for key, rate, burst in (
-            (f"{site}|{sid}", RIGHTS_PER_SESSION / RIGHTS_WINDOW_S, float(RIGHTS_PER_SESSION)),
-            (site, RIGHTS_PER_SITE, RIGHTS_PER_SITE),
+        refused = None
+        for limit, key, rate, burst in (
+            ("session", f"{site}|{sid}", RIGHTS_PER_SESSION / RIGHTS_WINDOW_S, RIGHTS_PER_SESSION),
+            ("site", site, RIGHTS_PER_SITE, RIGHTS_PER_SITE),
         ):
-            bucket = buckets.pop(key, None) or TokenBucket(rate, burst, now)
+            bucket = buckets.pop(key, None) or TokenBucket(rate, float(burst), now)
             buckets[key] = bucket
-            ok = bucket.take(1, now) and ok
+            if not bucket.take(1, now) and refused is None:
+                refused = limit
         while len(buckets) > RIGHTS_BUCKETS:
             del buckets[next(iter(buckets))]
-        return ok
+        return refused
 
 
-def _refuse(status: int, code: str, detail: str) -> web.Response:
-    return web.json_response({"code": code, "detail": detail}, status=status, headers=NO_STORE)
+def _refuse(status: int, code: str, detail: str, **extra: str) -> web.Response:
+    return web.json_response(
+        {"code": code, "detail": detail, **extra}, status=status, headers=NO_STORE
+    )

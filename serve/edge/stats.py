@@ -34,7 +34,7 @@ class Stats:
     ack_ms: float = 0.0  # summed time from reading a frame to acknowledging it
     handshake_timeouts: int = 0
     half_open_refused: int = 0
-    ip_refused: int = 0  # sockets refused by the per-address limits (serve/edge/ip_limits.py)
+    ip_refused: int = 0  # sockets, beacons, data requests refused per address (ip_limits.py)
     batch_events: list[int] = field(default_factory=list)
     errors_by_code: dict[str, int] = field(default_factory=dict)  # every error frame, by code
     loop_failures: dict[str, int] = field(default_factory=dict)  # set by the gateway's supervisor

@@ -70,7 +70,9 @@ def data_key_ttl(keep: Retention) -> int:
 # prefix, then for each run: sid, first consumed seq, last consumed seq, payload
 # ('' when every event of the run was refused; sealed when the run names its data
 # key), first and last appended seq, the run's subject reference ('site:subject',
-# '' for a plaintext run) and its site's row in the TTL table (1-based). One packed
+# '' for a plaintext run) and its site's row in the TTL table (1-based; negative
+# for a run that may only extend an existing session hash, ``Append.existing``:
+# else it gets -1 and 0 and nothing is written). One packed
 # argument instead of eight per run: redis-py built and encoded every argument in Python, ~10 % of a gateway's CPU (py-spy, 2026-11-21).
 # Returns, for each run, the durable seq and 1 if the run was appended, else 0
 # (it did not start right after the durable seq). Runs of one session are
@@ -89,12 +91,15 @@ for i = 5, #arg, 8 do
   local stream, hash = ev_prefix .. sid, s_prefix .. sid
   local state = redis.call('HMGET', hash, 'seq', 'log_ttl')
   local cur = tonumber(state[1] or '0')
-  local first, last = arg[i + 1], arg[i + 2]
-  if first ~= cur + 1 then
+  local first, last, row = arg[i + 1], arg[i + 2], arg[i + 7]
+  if row < 0 and not state[1] then
+    out[#out + 1] = -1
+    out[#out + 1] = 0
+  elseif first ~= cur + 1 then
     out[#out + 1] = cur
     out[#out + 1] = 0
   else
-    local ttl = ttls[arg[i + 7]]
+    local ttl = ttls[math.abs(row)]
     local refresh = math.floor(last / 64) ~= math.floor(cur / 64) or cur == 0
     if arg[i + 3] ~= '' then
       local ref = arg[i + 6]
@@ -295,6 +300,10 @@ class Append(NamedTuple):
     ev_last: int = 0
     sealed: bytes = b""  # the payload sealed under the subject's data key (with ``ref``)
     ref: str = ""  # the subject reference of ``sealed`` ('' : the log gets the plaintext)
+    # Append only onto a session hash that exists (a beacon's run): every hello writes
+    # it, and an erasure deletes it in the same script that writes the session's
+    # refusal marker, so a run checked this way can never bring an erased session back.
+    existing: bool = False
 
     @classmethod
     def of(
@@ -532,7 +541,7 @@ class EventStore:
         ttls: list[list[int]] = []
         index: dict[str, int] = {}  # site -> its row of ttls (1-based, as Lua counts)
         arg: list[Any] = [ttls, p["ev"], p["s"], p["dk"]]
-        for site, sid, first, last, payload, ev_first, ev_last, sealed, ref in runs:
+        for site, sid, first, last, payload, ev_first, ev_last, sealed, ref, existing in runs:
             i = index.get(site)
             if i is None:
                 keep = self.retention(site)
@@ -548,7 +557,7 @@ class EventStore:
                 ev_first,
                 ev_last,
                 ref,
-                i,
+                -i if existing else i,  # negative: only onto an existing session hash
             )
         return script_arg(arg)
 

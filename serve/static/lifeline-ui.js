@@ -8,7 +8,7 @@
 ((W, D) => {
   "use strict";
   const L = W.lifeline;
-  L && L._ui && L._ui(({ U, safe, str, $, on, fire, report, lastEl }) => {
+  L && L._m && L._m("ui", ({ U, safe, str, $, on, fire, report, lastEl, url }) => {
     const root = D.documentElement;
     let shown = [], ui = null, host = null, n = 0, layT = 0;
     const CSS = ":host{all:initial}*{box-sizing:border-box}" +
@@ -27,7 +27,7 @@
       "li a{display:block;min-width:150px;padding:10px;border:1px solid #dde;border-radius:10px;color:inherit;text-decoration:none}" +
       "li span{display:block;color:#43c}.sr{position:absolute;clip:rect(0 0 0 0)}";
     const esc = (s) => str(s, 600).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-    const href = (u) => esc(/^(https?:|\/|\?)/.test(u) ? u : "#"); // no javascript: or data: links
+    const href = (u) => esc(url(u)); // the tracker's link rule: no javascript: or data: links
     // A card's text as HTML, with the help guide it names as a link: an update's `link` carries
     // the guide's url and title, and the server has put that title into the text (a visitor
     // reads a title, not a path). The guide opens in a new tab, so a half-filled form is not
@@ -91,8 +91,9 @@
     // Place every card where it covers neither the element in use nor another card: a hint
     // under its field (else above, else beside, else in a corner), and clear of the page's
     // other fields and buttons too (over the field the visitor typed into, or the next one,
-    // it hides what it is about); with no such place, under its field, which it then still
-    // never hides. The strip at the bottom (else the top), the other cards in a bottom
+    // it hides what it is about; the site's Help button, [data-lifeline-chat], may be
+    // covered: the hint is help too, and a form field matters more); with no such place,
+    // under its field, which it then still never hides. The strip at the bottom (else the top), the other cards in a bottom
     // corner (else a top corner).
     const layout = () => {
       // taken: what a card must not cover ({} when nothing is in use: it hits nothing)
@@ -104,7 +105,7 @@
         let c = iv.k[0] == "r" ? [[0, vh - h], [0, 0]] : [[R, vh - h - 16], [16, vh - h - 16], [R, 16], [16, 16]];
         if (fr) {
           const x = Math.max(8, Math.min(fr.left, vw - w - 8));
-          taken.push(fr, ...Array.from(D.querySelectorAll("button,input,select,textarea"), rect));
+          taken.push(fr, ...Array.from(D.querySelectorAll("button:not([data-lifeline-chat]),input,select,textarea"), rect));
           c = [[x, fr.bottom + 10, "d"], [x, fr.top - h - 10, "u"], [fr.right + 10, fr.top], ...c];
         }
         const best = c.find((p) => { const r = box(p); return r.left >= 0 && r.top >= 0 && r.right <= vw && r.bottom <= vh && !taken.some((t) => r.left < t.right + 8 && t.left < r.right + 8 && r.top < t.bottom + 8 && t.top < r.bottom + 8); }) || c[0];
@@ -114,7 +115,8 @@
       });
     };
     on(W, "resize", relayout, 1);
-    on(D, "keydown", (e) => e.key == "Escape" && shown.length && report(shown[shown.length - 1], "dismissed"), 1); // Esc dismisses the newest
+    // Esc dismisses the newest card, unless it was pressed in the chat (which it minimises)
+    on(D, "keydown", (e) => e.key == "Escape" && shown.length && e.target.id != "lifeline-chat" && report(shown[shown.length - 1], "dismissed"), 1);
     Object.assign(U, {
       render,
       x: remove,

@@ -169,10 +169,13 @@
       ready = true; tries = 0;
       ack(f.acked || 0); sentTo = acked;
       flush(); save(1);
-    } else if (t == "ack") ack(f.seq);
+      toChat(f); // the chat sends what waited for a connection
+    } else if (/^chat_/.test(t)) { /^[awp]/.test(f.state) && need("chat"); toChat(f); } // an open chat_state loads the chat
+    else if (t == "ack") ack(f.seq);
     else if (t == "intervention") intervene(f);
     else if (t == "update") update(f);
     else if (t == "error") {
+      toChat(f);
       if (/^(bad_(token|sid|vid)|erased)$/.test(code)) { // the server will not resume this session
         code[0] == "e" && put(LS, "ll:v", rid("v-")); // this visitor was erased (in another tab): a new one
         fresh(); reconnect();
@@ -402,26 +405,34 @@
   });
   on(W, "online", () => ws || ((tries = 0), connect()));
 
-  // ---------------------------------------------------------- interventions
-  // Cards are drawn by lifeline-ui.js, loaded from beside this script on demand (the first
-  // intervention to draw, or an idle moment after the start; "ui" overrides its URL); U
-  // holds its functions (render, x: remove, r: relayout, c: remove those matching,
-  // u: show an update, h: its host element), no-ops until it is here.
-  const ivs = {}, nop = () => {}, U = { r: nop, c: nop }, waiting = [];
-  let uiS = 0;
-  const ui = (fn) => {
-    if (U.render) return fn && fn();
-    fn && waiting.push(fn);
-    if (uiS || !D.head) return;
-    uiS = D.createElement("script");
-    uiS.src = opt("ui") || new URL("lifeline-ui.js", base);
-    uiS.onerror = () => { uiS.remove(); uiS = 0; }; // the next intervention tries again
-    D.head.appendChild(uiS);
+  // ---------------------------------------------------------------- modules
+  // Code the tracker does not always need loads on demand from beside this script, as
+  // lifeline-NAME.js (the option NAME overrides its URL), and installs itself through
+  // api._m(NAME, install): the cards ("ui") and the help chat ("chat"). need(NAME, fn)
+  // runs fn once the module is here; calls made before wait, in order.
+  const mods = {}; // name -> { s: its <script> while loading, w: waiting calls, on: installed }
+  const need = (name, fn) => {
+    const m = mods[name] || (mods[name] = { w: [] });
+    if (m.on) return fn && fn();
+    fn && m.w.push(fn);
+    if (m.s || !D.head) return;
+    m.s = D.createElement("script");
+    m.s.src = opt(name) || new URL(`lifeline-${name}.js`, base);
+    m.s.onerror = () => { m.s.remove(); m.s = 0; }; // the next call tries again
+    D.head.appendChild(m.s);
   };
+
+  // ---------------------------------------------------------- interventions
+  // Cards are drawn by lifeline-ui.js (the first intervention to draw, or an idle moment
+  // after the start); U holds its functions (render, x: remove, r: relayout, c: remove
+  // those matching, u: show an update, h: its host element), no-ops until it is here.
+  const ivs = {}, nop = () => {}, U = { r: nop, c: nop };
+  const ui = (fn) => need("ui", fn);
   const report = (iv, what) => {
     if (iv["_" + what] || (what != "shown" && (iv._accepted || iv._dismissed))) return;
     iv["_" + what] = 1;
-    if (what != "shown") { iv.el && U.x(iv); fire(what.slice(0, -2), iv); } // "accept" / "dismiss" hooks
+    // "accept" / "dismiss" hooks; an accepted help offer opens the chat, unless a hook returned false
+    if (what != "shown") { iv.el && U.x(iv); fire(what.slice(0, -2), iv) && what[0] == "a" && iv.kind == "help_offer" && chat(iv.iid); }
     emit("intervention_" + what, { iid: iv.iid });
   };
   on(W, "scroll", () => { active && (reaction(), scrolled()); U.r(); }, 1); // capture (when on) and placement
@@ -444,6 +455,16 @@
     fire("update", iv);
     iv.el && U.u(iv, f);
   };
+  // ------------------------------------------------------------------- chat
+  // The help chat is lifeline-chat.js, loaded when the visitor opens it (an accepted help
+  // offer, lifeline.chat.open(), a click on [data-lifeline-chat]) or when the server restores
+  // an open chat after a navigation (a chat_state with an open state). CH holds its
+  // functions once it is here (f: take a frame, o: open the panel); frames wait until then.
+  const CH = {};
+  const chat = (iid) => need("chat", () => CH.o(iid));
+  const toChat = (f) => mods.chat && need("chat", () => CH.f(f));
+  on(D, "click", (e) => e.target.closest && e.target.closest("[data-lifeline-chat]") && chat(), 1);
+
   // -------------------------------------------------------------- lifecycle
   // Unsent queues in localStorage: all of them, or those of sessions idle past the session timeout.
   const sweep = (all) => {
@@ -514,10 +535,20 @@
       access: () => rights("access"),
       erase: () => rights("erase").then((r) => (r.erased && active && (stop(), start()), r))
     },
-    _ui: (install) => { install({ U, safe, str, $, on, fire, report, lastEl: () => lastEl }); waiting.splice(0).forEach((f) => safe(f)()); }
+    chat: { open: () => chat() },
+    // A module (lifeline-ui.js, lifeline-chat.js) installs itself with what it needs of the tracker.
+    // url: the one rule for links drawn from server text (http(s) or relative; no javascript: or data:).
+    // tx: send a frame for this session once the server welcomed it (false when it cannot).
+    _m: (name, install) => {
+      const m = mods[name] || (mods[name] = { w: [] });
+      install({ U, CH, safe, str, $, on, fire, report, lastEl: () => lastEl, tx: (f) => ready && send({ ...f, sid }), live: () => active,
+        url: (u) => /^(https?:|\/|\?)/.test(u) ? u : "#" });
+      m.on = 1;
+      m.w.splice(0).forEach((f) => safe(f)());
+    }
   };
   const rights = (what) => fetch(withSite(base.origin + "/v1/visitor/" + what), { method: "POST", body: JSON.stringify({ sid, token: tok }) }).then((r) => r.json());
-  for (const o of [api, api.consent, api.privacy]) for (const k in o) if (typeof o[k] == "function") o[k] = safe(o[k]);
+  for (const o of [api, api.consent, api.privacy, api.chat]) for (const k in o) if (typeof o[k] == "function") o[k] = safe(o[k]);
   W.lifeline = api;
   // calls queued before the script loaded (hooks first, so they see the first page view):
   // window.lifelineQueue = [["on", "intervention", fn], ["consent.set", ["analytics"]], ["track", "purchase", {...}]]

@@ -61,7 +61,8 @@ class ScriptedGateway:
 
     hello -> welcome (with a token, ``acked`` = what this stand-in holds), events ->
     cumulative ack of the contiguous prefix it holds (resends counted once), and
-    whatever the test pushes (``intervene``). ``ack_events=False`` holds acks back;
+    whatever the test pushes (``intervene``, ``push``; ``after_welcome`` frames follow every
+    welcome). Other frames (chat_*) are only recorded. ``ack_events=False`` holds acks back;
     ``cut()`` closes the page's socket as a dropped connection would.
     """
 
@@ -74,6 +75,8 @@ class ScriptedGateway:
         self.binary = False
         self.down = False  # refuse connections (a server that is away)
         self.sid: str | None = None
+        # frames sent right after every welcome (e.g. the chat_state of a session whose chat is open)
+        self.after_welcome: list[dict[str, Any]] = []
 
     async def install(self, context) -> None:
         await context.route_web_socket(re.compile(r"^ws://gw\.test/.*"), self._on_connect)
@@ -122,6 +125,8 @@ class ScriptedGateway:
                     },
                 },
             )
+            for extra in self.after_welcome:
+                self._send(ws, {**extra, "sid": f["sid"]})
         elif f.get("t") == "events":
             held = self.store.setdefault(f["sid"], {})
             for ev in f["events"]:
@@ -170,7 +175,7 @@ def serve_file(name: str, ws_url: str = GW, site: str = "demo") -> tuple[bytes, 
 
         page = article_html(site, name[5:])
         return None if page is None else (page.encode(), "text/html")
-    if name in ("lifeline.js", "lifeline.min.js", "lifeline-ui.js", "lifeline-ui.min.js"):
+    if re.fullmatch(r"lifeline(-ui|-chat)?(\.min)?\.js", name):
         path = STATIC / name
     else:
         path = (DEMO / (name or "index.html")).resolve()

@@ -509,7 +509,8 @@ async def test_help_offer_renders_accessibly_and_reports_accept(shop):
     await shot(page, "help_offer")
     await page.get_by_role("button", name="Chat with us").click()
     await card.wait_for(state="detached")
-    await page.locator(".chat").wait_for()  # the demo's own chat opens on accept
+    # the help chat opens on accept (tests/browser/test_chat_panel.py tests it)
+    await page.get_by_role("dialog", name="Help chat").wait_for()
     await wait_until(lambda: shop.gw.events("intervention_accepted"))
     assert [e["iid"] for e in shop.gw.events("intervention_accepted")] == ["i-help"]
     assert shop.gw.events("intervention_dismissed") == []

@@ -162,7 +162,6 @@ async def test_calm_visitor_gets_no_intervention(browser, lifeline_stack):
 
 
 async def test_without_analytics_consent_no_event_reaches_the_server(browser, lifeline_stack):
-    before = lifeline_stack.gateway.stats.snapshot()
     context, page, errors = await new_visitor(browser)
     sockets, posts = [], []
     page.on("websocket", lambda ws: sockets.append(ws.url))
@@ -173,11 +172,10 @@ async def test_without_analytics_consent_no_event_reaches_the_server(browser, li
     await page.goto(lifeline_stack.http_url + "/index.html")  # a page hide on the way
     await page.click("a.card >> nth=0")
     await page.wait_for_load_state()
-    after = lifeline_stack.gateway.stats.snapshot()
-    # The page opened no socket and posted nothing (exact); and no event reached the
-    # server (frames from earlier tests' closing pages may still arrive, events do not).
+    # The page opened no socket and posted nothing (no beacon, no fetch): the browser's own
+    # record of every request it made, so exact. (The gateway's global event count is not:
+    # an earlier test's closing page may still deliver its last events meanwhile.)
     assert sockets == [] and posts == []
-    assert after["events_acked"] == before["events_acked"]
     assert await page.evaluate("lifeline.stats().active") is False
     assert errors == []
     await context.close()

@@ -90,16 +90,20 @@ async def test_an_admin_erases_a_visitor_from_the_console_visitors_page(
     await flush_shards(stack)
     context, page, errors = await signed_in(browser, stack, "admin")
     page.on("dialog", lambda d: d.accept())  # the Erase button asks first
+    urls: list[str] = []  # every URL the page asks for: none may carry the vid
+    page.on("request", lambda req: urls.append(req.url))
     await page.goto(f"{stack.console_url}/visitors")
     await page.wait_for_selector("main[data-loaded]")
-    await page.select_option("#f-site", "demo")
-    await page.fill("#f-vid", v.vid)
-    await page.click("#sec-filters button[type=submit]")
+    await page.select_option("#lookup-site", "demo")
+    await page.fill("#lookup-vid", v.vid)
+    await page.click("#sec-form-lookup button[type=submit]")
     await page.wait_for_selector("#sec-table-consent tbody tr")
     assert await page.locator("#sec-table-sessions tbody tr").count() == 2
     assert "hello" in await page.text_content("#sec-table-consent tbody")
-    href = await page.get_attribute("#sec-table-visitor a", "href")
-    assert href == f"/api/visitors/demo/{v.vid}/access"
+    async with page.expect_download() as download:
+        await page.click("#sec-table-visitor button:has-text('Download')")
+    doc = json.loads(Path(await (await download.value).path()).read_text())
+    assert doc["vid"] == v.vid and len(doc["sessions"]) == 2
     await shot(page, "visitors")
     await page.click("#sec-table-visitor button:has-text('Erase')")
     await page.wait_for_function(
@@ -110,5 +114,6 @@ async def test_an_admin_erases_a_visitor_from_the_console_visitors_page(
     )
     await flush_shards(stack)
     assert await scan_for(r, keys.prefix, [v.vid, *v.sids]) == []
+    assert urls and not [u for u in urls if v.vid in u], urls
     assert errors == []
     await context.close()

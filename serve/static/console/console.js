@@ -104,10 +104,21 @@
     b.addEventListener("click", async () => {
       if (a.confirm && !window.confirm(a.confirm)) return;
       b.disabled = true;
-      try { const r = await api(a.method, a.url, a.body || {}); say(a.done || ("Done: " + a.label), false); if (r && r.token) say("New token (shown once): " + r.token); await load(); }
+      try {
+        const r = await api(a.method, a.url, a.body || {}); say(a.done || ("Done: " + a.label), false);
+        if (a.download) { saveJson(r, a.download); return; }  // a file, fetched by POST (no id in a URL)
+        if (r && r.token) say("New token (shown once): " + r.token);
+        if (r && r.view) render(r.view); else await load();  // an action that answers the page's view
+      }
       catch (e) { say(e.message, true); } finally { b.disabled = false; }
     });
     return b;
+  }
+  function saveJson(obj, name) {
+    const url = URL.createObjectURL(new Blob([JSON.stringify(obj)], { type: "application/json" }));
+    const a = el("a", { href: url, download: name });
+    document.body.append(a); a.click(); a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
   }
   function renderTables(list) {
     for (const t of list) {
@@ -154,7 +165,11 @@
           body[fld.name] = fld.json ? (() => { try { return JSON.parse(v); } catch (e) { return v; } })() : v;
         }
         const payload = f.body_field ? body[f.body_field] : body;  // a form whose one field is the body
-        try { const r = await api(f.method, f.url, payload); say(r && r.token ? "New token (shown once): " + r.token : (f.done || "Saved."), false); if (!(r && r.token)) await load(); }
+        try {
+          const r = await api(f.method, f.url, payload);
+          if (f.view) { render(r); return; }  // a form that answers the page's view (the Visitors look-up)
+          say(r && r.token ? "New token (shown once): " + r.token : (f.done || "Saved."), false); if (!(r && r.token)) await load();
+        }
         catch (e) { say(e.message, true); }
       });
       s.replaceChildren(el("h2", { text: f.title }), el("div", { class: "tools" }, form));

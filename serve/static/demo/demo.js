@@ -1,4 +1,6 @@
-// Lifeline demo shop: shared page code (header, catalog, cart, consent banner, help chat).
+// Lifeline demo shop: shared page code (header, catalog, cart, consent banner).
+// The help chat is Lifeline's own (lifeline-chat.js, docs/CLIENT.md): accepting a help offer
+// opens it, and so does the header's Help button, marked data-lifeline-chat.
 // The shop's own state (the cart) lives in localStorage under "demo-cart"; everything
 // Lifeline does goes through its public API (docs/CLIENT.md).
 "use strict";
@@ -53,6 +55,7 @@ function header() {
   document.body.insertAdjacentHTML("afterbegin", `<header class="top"><div class="in">
     <a class="logo" href="/">Ridgeline <span>Outfitters</span></a>
     <nav aria-label="Main">${link("/", "Shop")}${link("/calculator.html", "Financing")}${link("/cart.html", "Cart<span class=\"cart-count\">0</span>")}</nav>
+    <button class="btn secondary help" type="button" data-lifeline-chat>Help</button>
   </div></header>`);
   document.body.insertAdjacentHTML("beforeend", `<footer><div class="in">Ridgeline Outfitters is the demo shop of
     Lifeline. Nothing here is for sale. <a href="/privacy.html">Your data</a></div></footer>`);
@@ -83,19 +86,6 @@ function consentBanner() {
   });
   document.querySelector("header.top").after(box); // in the flow, above the page: it never covers it
 }
-
-// What the shop does when a visitor accepts Lifeline's help offer: open its (pretend) chat.
-function openChat() {
-  if (document.querySelector(".chat")) return;
-  document.body.insertAdjacentHTML("beforeend", `<section class="chat" role="dialog" aria-label="Support chat">
-    <header><span>Support chat</span><button aria-label="Close chat">×</button></header>
-    <div class="msgs"><div class="msg">Hi! I'm Sam from Ridgeline. I can see the financing form is being difficult —
-    what are you trying to do?</div></div></section>`);
-  const chat = document.querySelector(".chat");
-  chat.querySelector("button").addEventListener("click", () => chat.remove());
-  chat.querySelector("button").focus();
-}
-ll("on", "accept", (iv) => { if (iv.kind === "help_offer") openChat(); });
 
 // Product pictures: initials on a colour per category (no image files to ship).
 const initials = (name) => name.split(/\s+/).filter((w) => /^[A-Z]/.test(w)).slice(0, 2).map((w) => w[0]).join("");
