@@ -319,6 +319,7 @@ class Settings:
             return None
         return self.redis_wait_replicas, max(1, self.redis_wait_ms)
 
+    @property
     def redis_target(self) -> str:
         """``REDIS_URL`` with the TLS file settings folded in: what every client is opened with.
 
