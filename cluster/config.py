@@ -46,8 +46,26 @@ class Settings:
         default_factory=lambda: _env("REDIS_URL", ""),
         metadata={
             "env": "REDIS_URL",
-            "help": "Redis to use; empty: 127.0.0.1:6379 if it answers, else an embedded server",
+            "help": "Redis to use: redis://, rediss://, or redis+sentinel://host:port,host:port/"
+            "<master>[/db] (cluster/sentinel.py); empty: 127.0.0.1:6379 if it answers, else an "
+            "embedded server",
             "url": True,
+        },
+    )
+    redis_wait_replicas: int = field(
+        default_factory=lambda: int(_env("LIFELINE_REDIS_WAIT_REPLICAS", "0")),
+        metadata={
+            "env": "LIFELINE_REDIS_WAIT_REPLICAS",
+            "help": "events are acked only once this many Redis replicas have them (WAIT); "
+            "0: once the primary has (README, what an acknowledgement promises)",
+        },
+    )
+    redis_wait_ms: int = field(
+        default_factory=lambda: int(_env("LIFELINE_REDIS_WAIT_MS", "100")),
+        metadata={
+            "env": "LIFELINE_REDIS_WAIT_MS",
+            "help": "how long an append round waits for LIFELINE_REDIS_WAIT_REPLICAS; fewer "
+            "in time: the round is not acked (overloaded, the client resends)",
         },
     )
     redis_ca: str = field(
@@ -293,6 +311,13 @@ class Settings:
             "url": True,
         },
     )
+
+    @property
+    def replica_ack(self) -> tuple[int, int] | None:
+        """(replicas, timeout ms) an append round waits for (``WAIT``), or None: the primary's ack."""
+        if self.redis_wait_replicas <= 0:
+            return None
+        return self.redis_wait_replicas, max(1, self.redis_wait_ms)
 
     @property
     def redis_target(self) -> str:

@@ -84,6 +84,7 @@ async def serve(args: argparse.Namespace) -> None:
         seal=settings.encrypt_at_rest,
         master=master_keys(settings),
         shard_names=names,
+        replica_ack=settings.replica_ack,
     )
     await gateway.start(
         settings.host, settings.ws_port, reuse_port=True, ssl=server_context(settings)

@@ -1,8 +1,9 @@
 """The one way Lifeline opens a Redis client: :func:`redis_client`, sync or asyncio.
 
 A Redis is named by one URL string, which every process and actor is
-given: ``redis://[user:password@]host:port/db``, ``rediss://`` for TLS, or
-``unix://``. The TLS settings (``LIFELINE_REDIS_CA``, ``LIFELINE_REDIS_CERT``,
+given: ``redis://[user:password@]host:port/db``, ``rediss://`` for TLS,
+``unix://``, or ``redis+sentinel://`` (cluster/sentinel.py: the client asks
+the Sentinels for the primary). The TLS settings (``LIFELINE_REDIS_CA``, ``LIFELINE_REDIS_CERT``,
 ``LIFELINE_REDIS_KEY``) are folded into it as redis-py's own query options
 (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``) by
 :func:`cluster.config.Settings.redis_target`, so a shard, a Serve replica or
@@ -29,6 +30,7 @@ from urllib.parse import parse_qsl, urlsplit
 import redis
 import redis.asyncio as aioredis
 
+from cluster import sentinel
 from cluster.config import is_loopback, redact_url
 
 # (query option, the setting that fills it) for the files a TLS connection may read.
@@ -131,6 +133,12 @@ def redis_client(
     (``socket_timeout``, ``decode_responses``, ...) go to the connections.
     Opening a client connects nothing: the first command does.
     """
+    if sentinel.is_sentinel(url):
+        # Through Sentinel (cluster/sentinel.py): a client that follows the primary.
+        try:
+            return sentinel.client(url, aio=aio, max_connections=max_connections, **options)
+        except sentinel.BadSentinelURL as exc:
+            raise RedisConfigError(f"REDIS_URL={redact_url(url)}: {exc}") from exc
     check_url(url)
     module = aioredis if aio else redis
     if max_connections is None:

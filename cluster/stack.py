@@ -224,6 +224,7 @@ class Stack:
             seal=s.encrypt_at_rest,
             master=master_keys(s),
             shard_names=names,
+            replica_ack=s.replica_ack,
         )
         self.control = ShardControl(
             self.gateway.redis, Keys(s.prefix), names, self.shards, make, self.gateway

@@ -153,3 +153,24 @@ def test_persistence_warning_says_what_an_ack_survives(tmp_path, args, warned, f
         proc.wait(timeout=10)
     assert (warning is not None) is warned
     assert fragment in (warning or "")
+
+
+def test_a_sentinel_url_names_the_sentinels_the_master_and_the_nodes_settings():
+    from cluster.config import redact_url
+    from cluster.sentinel import BadSentinelURL, is_sentinel, parse
+
+    url = "redis+sentinel://:s3cret@s1:26380,s2,[::1]:26381/lifeline/2?socket_timeout=1.5"
+    assert is_sentinel(url) and not is_sentinel("redis://h:6379/0")
+    s = parse(url)
+    assert s.sentinels == (("s1", 26380), ("s2", 26379), ("::1", 26381))
+    assert s.master == "lifeline" and not s.tls
+    assert s.node == {"password": "s3cret", "db": 2, "socket_timeout": 1.5}
+    assert s.sentinel_kwargs() == {"password": "s3cret", "socket_timeout": 1.5}  # no db
+    assert parse("rediss+sentinel://s1:1/m").tls
+    assert "s3cret" not in redact_url(url)
+    from cluster.production import redis_has_credentials
+
+    assert redis_has_credentials(url) and not redis_has_credentials("redis+sentinel://s1:1/m")
+    for bad in ("redis+sentinel://s1:1", "redis+sentinel://s1:x/m", "redis+sentinel://s1/m/0/9"):
+        with pytest.raises(BadSentinelURL):
+            parse(bad)

@@ -175,3 +175,61 @@ async def test_a_script_lost_with_calls_in_flight_fails_them_and_the_next_call_r
         caller.close()
         await r.delete(key)
         await r.aclose()
+
+
+INCR = "return redis.call('INCR', ARGV[1])"
+
+
+@aio
+async def test_a_wait_that_confirms_fewer_replicas_fails_the_call(redis_url):
+    from serve.edge.resp import ReplicasBehind
+
+    r = aioredis.Redis.from_url(redis_url)
+    replicas = (await r.info("replication"))["connected_slaves"]
+    key = f"lltest-wait-{uuid.uuid4().hex}"
+    enough = ScriptCaller(r, INCR, wait=(replicas, 50)) if replicas else None
+    short = ScriptCaller(r, INCR, wait=(replicas + 1, 20))
+    try:
+        if enough is not None:
+            assert await enough(key.encode()) == 1
+        # The call ran on the primary, but is not confirmed: the caller hears so, and the
+        # connection stays (the next call, written behind the WAIT, is in order).
+        with pytest.raises(ReplicasBehind, match=f"0 of {replicas + 1}|{replicas} of"):
+            await short(key.encode())
+        assert int(await r.get(key)) == (2 if enough else 1)
+        conn = short._conn
+        pending = [await short.start(key.encode()) for _ in range(3)]  # pipelined, each + WAIT
+        for p in pending:
+            with pytest.raises(ReplicasBehind):
+                await p
+        assert short._conn is conn and int(await r.get(key)) == (5 if enough else 4)
+    finally:
+        short.close()
+        if enough is not None:
+            enough.close()
+        await r.delete(key)
+        await r.aclose()
+
+
+@aio
+async def test_a_primary_demoted_to_replica_fails_the_call_and_drops_the_connection():
+    from cluster.redis_server import start_embedded
+
+    server = start_embedded()
+    r = aioredis.Redis.from_url(server.url)
+    caller = ScriptCaller(r, INCR)
+    try:
+        assert await caller(b"k") == 1
+        conn = caller._conn
+        # What a failover does to the old primary: it becomes a replica (of a primary
+        # that is not there: the link stays down, the data stays read-only).
+        await r.execute_command("REPLICAOF", "127.0.0.1", "1")
+        with pytest.raises(RedisConnectionError, match="replica now"):
+            await caller(b"k")
+        assert conn is not None and conn.closed  # the next call opens a new connection
+        await r.execute_command("REPLICAOF", "NO", "ONE")
+        assert await caller(b"k") == 2 and caller._conn is not conn
+    finally:
+        caller.close()
+        await r.aclose()
+        server.stop()

@@ -56,6 +56,28 @@ async def test_runs_append_in_order_once_and_every_key_expires(redis_url, prefix
         await r.aclose()
 
 
+async def test_a_round_short_of_replicas_is_unconfirmed_but_logged_and_a_resend_is_not_stored_twice(
+    redis_url, prefix
+):
+    from serve.edge.store import Unconfirmed
+
+    r = aioredis.Redis.from_url(redis_url)
+    replicas = (await r.info("replication"))["connected_slaves"]
+    store = EventStore(r, Keys(prefix), wait=(replicas + 1, 20))
+    try:
+        run = Append.of("demo", "sw", 1, 4, events(1, 4))
+        with pytest.raises(Unconfirmed) as caught:
+            await store.append_many([run])
+        assert caught.value.results == [(4, True)]  # what Redis did, though unconfirmed
+        with pytest.raises(Unconfirmed) as again:
+            await store.append_many([run])  # the client's resend
+        assert again.value.results == [(4, False)]
+        assert [e["seq"] for e in await store.read_events("demo", "sw")] == [1, 2, 3, 4]
+    finally:
+        store.close()
+        await r.aclose()
+
+
 async def test_a_run_that_needs_its_session_never_brings_an_erased_one_back(redis_url, prefix):
     """A beacon's run (``existing``) that reaches the store after an erasure writes nothing."""
     from actors.core.retention import Retention

@@ -95,17 +95,21 @@ class Gateway:
         master: MasterKeys | None = None,
         seal: bool = True,
         shard_names: list[str] | None = None,
+        replica_ack: tuple[int, int] | None = None,
     ) -> None:
         """``shard_names``: the shards' Ray actor names, which the ring hashes and the shard
         set in Redis names (cluster/shard_set.py); None: ``shard-{i}``, and the set is not
         followed (tools and tests that hand over anonymous actors).
 
         ``master``: the event log's master keys (cluster/sealing.py); with ``seal``, each
-        session's events are logged sealed under its subject's data key. None: plaintext."""
+        session's events are logged sealed under its subject's data key. None: plaintext.
+
+        ``replica_ack``: (replicas, timeout ms): events are acknowledged only once that
+        many Redis replicas have them (``WAIT``; README, Redis); None: once the primary has."""
         self.id = uuid.uuid4().hex[:12]
         self.keys = Keys(prefix)
         self.redis = redis_client(redis_url, aio=True, max_connections=64)
-        self.store = EventStore(self.redis, self.keys, master, seal, sites)
+        self.store = EventStore(self.redis, self.keys, master, seal, sites, wait=replica_ack)
         self.ring = HashRing(shard_names or len(shards))
         self.shards = dict(zip(self.ring.names, shards, strict=True))  # by name, as the ring
         self.follow_shards = shard_names is not None

@@ -54,7 +54,7 @@ from serve.edge.metrics import GatewayMetrics
 from serve.edge.peer import Peer
 from serve.edge.protocol import Connection, EventsPlan, error
 from serve.edge.stats import Stats
-from serve.edge.store import Append, EventStore
+from serve.edge.store import Append, EventStore, Unconfirmed
 
 log = logging.getLogger("lifeline.gateway")
 
@@ -280,6 +280,18 @@ class Pipeline:
                 # Rounds are settled in send order, as Redis answers them: this is the
                 # reply's arrival unless the loop was still settling the round before.
                 self.metrics.redis_append(time.perf_counter() - sent)
+        except Unconfirmed as exc:  # in the primary's log, not on enough replicas: not acked
+            log.error("append of %d runs unconfirmed: %s", len(runs), exc)
+            self.stats.append_failures += 1
+            results = [(-1, False)] * len(runs)
+            # Their events go to the shard all the same: the resends the clients make are
+            # acked as already logged (_settle_one) and skipped by the shard, which would
+            # otherwise never see them. Should the primary die first, the resends are
+            # stored anew with the same events: log and shard still agree.
+            stored = exc.results if len(exc.results) == len(runs) else []
+            for (sink, plan), run, (_seq, ok) in zip(appends, runs, stored, strict=False):
+                if ok and plan.append:
+                    self._to_shard(plan, run.payload, sink.peer.conn, sink.since)
         except Exception as exc:  # Redis down: nothing was acked, the clients resend
             log.error("append of %d runs failed: %s", len(runs), exc)
             self.stats.append_failures += 1
@@ -313,6 +325,12 @@ class Pipeline:
         self, sink: AppendSink, plan: EventsPlan, run: Append, durable: int, ok: bool
     ) -> None:
         conn = sink.peer.conn
+        if not ok and plan.last and durable >= plan.last:
+            # Already in the log: the resend of a round whose reply was lost (a failover,
+            # a WAIT that fell short, a timeout). The seq check kept it from being appended
+            # twice; it is acked now, and its events go to the shard, which never got them
+            # (it skips any it has). Only runs that consumed numbers (plan.last > 0).
+            ok = True
         if ok:
             reply = conn.appended(plan.sid, plan.last)
             self.stats.events_acked += len(plan.append)

@@ -490,6 +490,10 @@ class Connection:
         if cursor is None:
             return None
         cursor.acked = max(cursor.acked, upto)
+        # A round that failed before this one rewound ``next``; what is durable now is not
+        # expected again (with rounds pipelined and WAIT per round, one can fail and the
+        # next succeed: its ack covers the failed one's events, which Redis ran first).
+        cursor.next = max(cursor.next, cursor.acked + 1)
         return {"t": "ack", "sid": sid, "seq": cursor.acked}
 
     def append_failed(self, sid: str, durable: int, code: str) -> dict[str, Any]:

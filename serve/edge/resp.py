@@ -18,6 +18,20 @@ and hands back an awaitable of its reply, so a second call can be on its
 way while Redis runs the first. Redis runs them in the order they were
 written, which is what lets the gateway keep two append rounds in flight.
 
+Behind Sentinel (a ``redis+sentinel://`` client, cluster/sentinel.py), each
+connection is opened to the primary the sentinels name at that moment, and
+a ``READONLY`` reply (the primary was demoted: a failover happened behind a
+live connection) fails the call with a connection error and closes the
+connection, so the next call asks the sentinels again. The gateway's
+append round fails unacknowledged and its clients resend; the append
+script's seq check keeps a resend from appending twice (serve/edge/store.py).
+
+Replica acknowledgement (``wait``: N replicas, T ms): each call is followed
+on the same connection, in the same write, by ``WAIT N T``; the call's reply
+is handed back only if ``WAIT`` says at least N replicas have every write of
+this connection so far, else it fails with :class:`ReplicasBehind`. Still one
+round trip: Redis answers the ``WAIT`` as soon as the replicas confirm.
+
 Limits: one script per instance; RESP2 replies; replies are matched to
 calls in order, so a call that times out closes the connection (the next
 call opens a new one). The script is loaded (``SCRIPT LOAD``) whenever a
@@ -41,6 +55,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from cluster.sentinel import is_sentinel_pool, primary_of
 
 
 def command(*args: bytes | str | int) -> bytes:
@@ -86,16 +102,44 @@ class _Replies(asyncio.Protocol):
                 fut.set_exception(RedisConnectionError(f"connection to Redis lost: {exc}"))
 
 
+def _retrieved(fut: asyncio.Future) -> None:
+    """Mark a reply nobody awaits any more as seen (asyncio would warn of its error)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+class ReplicasBehind(RedisConnectionError):
+    """``WAIT`` confirmed fewer replicas than asked: the call ran on the primary, unconfirmed.
+
+    ``reply``: the call's own reply (what it did).
+    """
+
+    def __init__(self, message: str, reply: Any = None) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
 class ScriptCaller:
     """``await caller(arg)``: run ``script`` with no keys and one argument, return its reply.
 
     ``preload``: load the script whenever a connection opens (off only to
-    test what happens when Redis does not know it).
+    test what happens when Redis does not know it). ``wait``: (replicas,
+    timeout ms) each call's writes must reach before its reply is handed
+    back (the module docstring says how); None: no replica acknowledgement.
     """
 
-    def __init__(self, client: aioredis.Redis, script: str, preload: bool = True) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        script: str,
+        preload: bool = True,
+        wait: tuple[int, int] | None = None,
+    ) -> None:
         pool = client.connection_pool
         self._settings = pool.connection_kwargs
+        self._sentinel = pool if is_sentinel_pool(pool) else None
+        self._wait = wait if wait and wait[0] > 0 else None
+        self._wait_cmd = command(b"WAIT", *self._wait) if self._wait else b""
         # For TLS, redis-py's own connection builds the context from the URL's ssl_* options.
         self._tls = (
             pool.connection_class(**pool.connection_kwargs).ssl_context
@@ -122,10 +166,23 @@ class ScriptCaller:
         conn = self._conn
         if conn is None or conn.closed:
             conn = await self._connect()
-        fut = self._write(conn, b"%s$%d\r\n%s\r\n" % (self._evalsha, len(arg), arg))
-        return self._reply(conn, fut, arg, conn.written)
+        call = b"%s$%d\r\n%s\r\n" % (self._evalsha, len(arg), arg)
+        if self._wait is None:
+            return self._reply(conn, self._write(conn, call), None, arg, conn.written)
+        # The WAIT goes in the same write, so the call still costs one round trip.
+        fut, acked = self._write_pair(conn, call)
+        return self._reply(conn, fut, acked, arg, conn.written)
 
-    async def _reply(self, conn: _Replies, fut: asyncio.Future, arg: bytes, number: int) -> Any:
+    async def _reply(
+        self,
+        conn: _Replies,
+        fut: asyncio.Future,
+        acked: asyncio.Future | None,
+        arg: bytes,
+        number: int,
+    ) -> Any:
+        if acked is not None:  # whatever becomes of the call, its WAIT's error is seen
+            acked.add_done_callback(_retrieved)
         reply = await fut
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
             if conn.written != number:
@@ -133,23 +190,55 @@ class ScriptCaller:
                 # resend would: this one cannot keep its place. Fail it and them.
                 conn.drop()
                 raise RedisConnectionError("Redis lost the script with calls in flight")
-            reply = await self._write(conn, command(b"EVAL", self._script, 0, arg))
+            if acked is not None:
+                await acked  # the WAIT written behind the failed call: its reply comes first
+                reply, acked = self._write_pair(conn, command(b"EVAL", self._script, 0, arg))
+                acked.add_done_callback(_retrieved)
+                reply = await reply
+            else:
+                reply = await self._write(conn, command(b"EVAL", self._script, 0, arg))
         if isinstance(reply, hiredis.ReplyError):
+            if "READONLY" in str(reply):
+                # A replica now (a failover demoted it): nothing of this call ran.
+                # Close, so the next call asks the sentinels for the primary.
+                conn.drop()
+                raise RedisConnectionError(f"Redis is a replica now: {reply}")
             raise ResponseError(str(reply))
+        if acked is not None:
+            replicas = await acked
+            if isinstance(replicas, hiredis.ReplyError) or replicas < self._wait[0]:  # type: ignore[index]
+                raise ReplicasBehind(
+                    f"WAIT: {replicas} of {self._wait[0]} replicas confirmed in {self._wait[1]} ms",  # type: ignore[index]
+                    reply,
+                )
         return reply
 
-    def _write(self, conn: _Replies, data: bytes) -> asyncio.Future:
+    def _write_pair(self, conn: _Replies, call: bytes) -> tuple[asyncio.Future, asyncio.Future]:
+        """Write ``call`` and the WAIT behind it at once; the futures of both replies.
+
+        The WAIT's timer is the call's plus the WAIT's own timeout, since Redis
+        holds its reply that long before answering.
+        """
+        return self._write(conn, call + self._wait_cmd, replies=2)
+
+    def _write(self, conn: _Replies, data: bytes, replies: int = 1) -> Any:
+        """Write ``data`` (``replies`` commands); the future of its reply (a tuple of them for 2)."""
         if conn.closed:
             raise RedisConnectionError("connection to Redis lost")
         loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        conn.waiting.append(fut)
-        conn.written += 1
+        futs = []
+        for k in range(replies):
+            fut = loop.create_future()
+            conn.waiting.append(fut)
+            # A WAIT's reply may take its own timeout on top of the call's.
+            limit = self.timeout_s + (self._wait[1] / 1000.0 if k and self._wait else 0.0)
+            timer = loop.call_later(limit, self._expire, conn, fut)
+            fut.add_done_callback(lambda _f, t=timer: t.cancel())
+            futs.append(fut)
+        conn.written += replies
         assert conn.transport is not None
         conn.transport.write(data)
-        timer = loop.call_later(self.timeout_s, self._expire, conn, fut)
-        fut.add_done_callback(lambda _f: timer.cancel())
-        return fut
+        return futs[0] if replies == 1 else tuple(futs)
 
     def _expire(self, conn: _Replies, fut: asyncio.Future) -> None:
         if not fut.done():
@@ -166,11 +255,17 @@ class ScriptCaller:
             if "path" in s:
                 opening = loop.create_unix_connection(_Replies, s["path"])
             else:
+                host, port = s.get("host", "localhost"), s.get("port", 6379)
+                if self._sentinel is not None:
+                    # Whichever primary the sentinels name now (raises if none does).
+                    try:
+                        host, port = await asyncio.wait_for(
+                            primary_of(self._sentinel), connect_timeout
+                        )
+                    except asyncio.TimeoutError as exc:
+                        raise RedisConnectionError("no sentinel named a primary") from exc
                 opening = loop.create_connection(
-                    _Replies,
-                    s.get("host", "localhost"),
-                    s.get("port", 6379),
-                    ssl=self._tls.get() if self._tls is not None else None,
+                    _Replies, host, port, ssl=self._tls.get() if self._tls is not None else None
                 )
             try:
                 _, conn = await asyncio.wait_for(opening, connect_timeout)

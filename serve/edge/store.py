@@ -9,7 +9,10 @@ hole. Appends from every connection that arrive together go to Redis in one
 script call (one round trip).
 
 Durability is Redis's: run it with AOF (``appendfsync everysec`` or
-``always``) where losing the last second of acknowledged events matters.
+``always``) where losing the last second of acknowledged events matters,
+and with ``wait`` (``LIFELINE_REDIS_WAIT_REPLICAS``) an append is
+acknowledged only once that many replicas have it (README, "Redis: what an
+acknowledgement promises").
 
 Encryption at rest (cluster/sealing.py): a gateway that seals gets each
 session's data key on its hello, in the session script's round trip, and
@@ -34,7 +37,7 @@ from actors.core.sites import Site
 from cluster.keys import CONSENT_RECORDS_MAX, DATA_KEY_TTL_S, SESSION_TTL_S, Keys, subject_digest
 from cluster.redis_server import script_arg
 from cluster.sealing import KeyUnavailable, MasterKeys, Opener, Sealer
-from serve.edge.resp import ScriptCaller
+from serve.edge.resp import ReplicasBehind, ScriptCaller
 
 log = logging.getLogger("lifeline.store")
 
@@ -261,6 +264,18 @@ return {ref, data_key(ARGV[4] .. ref, ARGV[5], ARGV[6])}
 )
 
 
+class Unconfirmed(Exception):
+    """An append round that Redis ran but fewer replicas than asked confirmed (``WAIT``).
+
+    ``results``: what the round's reply said, as :meth:`EventStore.append_many`
+    returns it: the runs appended are in the primary's log, unacknowledged.
+    """
+
+    def __init__(self, results: list[tuple[int, bool]], why: str) -> None:
+        super().__init__(why)
+        self.results = results
+
+
 class SessionInfo(NamedTuple):
     """A session's record in the store."""
 
@@ -329,18 +344,20 @@ class EventStore:
         master: MasterKeys | None = None,
         seal: bool = True,
         sites: dict[str, Site] | None = None,
+        wait: tuple[int, int] | None = None,
     ) -> None:
         """``master``: the master keys (cluster/sealing.py) that open sealed entries, and
         seal new ones when ``seal``; None: plaintext only (sealed entries read as unreadable).
         ``sites``: the sites in force, for their retention and consent policy (the gateway
-        replaces the dict whole when the rules change)."""
+        replaces the dict whole when the rules change). ``wait``: (replicas, timeout ms)
+        an append round's writes must reach before it succeeds (serve/edge/resp.py)."""
         self.r = r
         self.keys = keys
         self.sites: dict[str, Site] = sites or {}
         self.master = master
         self.sealing = master if seal else None  # writers seal iff set
         # The hot path's one call, on a connection of its own (serve/edge/resp.py says why).
-        self._append = ScriptCaller(r, APPEND_LUA)
+        self._append = ScriptCaller(r, APPEND_LUA, wait=wait)
         self._session_script = r.register_script(SESSION_LUA)
         self._data_key_script = r.register_script(DATA_KEY_LUA)
         self.unreadable = 0  # entries read_events could not open (their data key is gone)
@@ -509,7 +526,13 @@ class EventStore:
 
     @staticmethod
     async def _outcome(reply: Awaitable[Any]) -> list[tuple[int, bool]]:
-        flat = await reply
+        """(durable seq, appended?) per run; raises :class:`Unconfirmed` when WAIT fell short."""
+        try:
+            flat = await reply
+        except ReplicasBehind as exc:
+            flat = exc.reply
+            results = [(int(flat[i]), bool(flat[i + 1])) for i in range(0, len(flat), 2)]
+            raise Unconfirmed(results, str(exc)) from None
         return [(int(flat[i]), bool(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     def append_arg(self, runs: Sequence[Append]) -> bytes:
