@@ -369,22 +369,26 @@ class Stack:
         return list(await asyncio.gather(*(sh.ping.remote() for sh in self.shards)))
 
     async def stop(self) -> None:
+        """Stop everything this stack started; no step may hold the rest up for long.
+
+        Each step gets a bound: one that overruns (a socket that will not close, a
+        shard call that never answers) is logged by name and left behind, so the
+        steps after it (the shards' flush, Redis) still run.
+        """
         if self._control_task is not None:
             self._control_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._control_task
-        await asyncio.gather(*(proc.stop() for proc in self.processes))
+            await _bounded("the shard-set control loop", self._control_task)
+        await _bounded("gateway processes", asyncio.gather(*(p.stop() for p in self.processes)))
         for runner in (self.console_runner, self.runner):
             if runner is not None:
-                await runner.cleanup()
+                await _bounded("an HTTP listener", runner.cleanup())
         if self.gateway is not None:
-            await self.gateway.stop()
+            await _bounded("the gateway", self.gateway.stop())
         if self.shards:
             # A clean stop writes what the shards hold in memory (snapshots, console tallies).
-            with contextlib.suppress(Exception):  # a shard already gone, or too slow
-                await asyncio.wait_for(
-                    asyncio.gather(*(sh.flush.remote() for sh in self.shards)), 10.0
-                )
+            await _bounded(
+                "the shards' flush", asyncio.gather(*(sh.flush.remote() for sh in self.shards))
+            )
         if not self.placement.detached:  # joined: they outlive us (`lifeline down` stops them)
             for sh in self.shards:
                 with contextlib.suppress(Exception):  # already gone
@@ -394,10 +398,28 @@ class Stack:
             if stop is not None:
                 result = stop()
                 if asyncio.iscoroutine(result):
-                    await result
+                    await _bounded(type(thing).__name__, result)
         if self.redis is not None:
             self.redis.stop()
         ray_sessions.forget(self.ray_record)  # Ray stops its processes as this one exits
+
+
+STOP_STEP_S = 10.0  # the longest one stop step may take (Stack.stop)
+
+
+async def _bounded(what: str, step: Any, timeout: float = STOP_STEP_S) -> None:
+    """Await ``step`` for at most ``timeout`` s; log (by name) one that overran or failed.
+
+    ``asyncio.wait``, not ``wait_for``: a step that does not end when cancelled
+    must not hold the caller up either.
+    """
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()
+        log.warning("stopping: %s did not end within %.0f s; going on without it", what, timeout)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("stopping: %s failed: %r", what, task.exception())
 
 
 async def _serve(
