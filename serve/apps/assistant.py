@@ -20,7 +20,10 @@ always exactly one ``{"t": "final", ...}``:
 ``req``: ``{"site", "sid", "text"}`` plus ``"ctx"`` (the session's context as a
 shard gives it to the nudge writer: page type and path, signals, cart,
 segment, consent) and ``"person_available"``. Without ``personalization`` in
-``ctx["consent"]`` no session fact reaches the prompt.
+``ctx["consent"]`` no session fact reaches the prompt. A caller that keeps the
+transcript itself (the gateway's chat relay, serve/chat/relay.py) passes
+``"history"`` (the earlier turns) and ``"remember": false``: the memory is then
+neither read nor written here.
 
 The I/O shell of serve/apps/chat_answer.py: retrieval with the measured
 retrieval method (serve/apps/knowledge.py ``WINNER``), the conversation memory
@@ -234,7 +237,12 @@ class Assistant:
         ctx = dict(ctx, site=site) if personalization_allowed(ctx.get("consent")) else None
         person = bool(req.get("person_available"))
         kb = self._kb(site)
-        history = await self._history(site, sid)
+        given = req.get("history")
+        history = (
+            [t for t in given if isinstance(t, dict)]
+            if isinstance(given, list)
+            else await self._history(site, sid)
+        )
         articles = self._retrieve(kb, question, history)
         final: dict[str, Any]
         if not articles:
@@ -249,7 +257,8 @@ class Assistant:
                 else:
                     yield item
         self._count(f"source.{final['source']}")
-        await self._remember(site, sid, question, final)
+        if req.get("remember", True):
+            await self._remember(site, sid, question, final)
         yield final
 
     async def _generate(
@@ -445,6 +454,14 @@ class ChatAssistant:
 def assistant_settings(settings: Any, overrides: dict[str, Any] | None = None) -> AssistantSettings:
     """Assistant settings from the process :class:`cluster.config.Settings` plus overrides."""
     return client_settings(AssistantSettings, settings, overrides)
+
+
+def assistant_handle() -> Any:
+    """The running ChatAssistant app's handle (a gateway process joining a cluster), or None."""
+    try:
+        return serve.get_app_handle(APP_ASSISTANT)
+    except Exception:  # not deployed (``lifeline up --no-serve``, tests): fallback turns
+        return None
 
 
 def assistant_app(args: dict[str, Any]) -> Any:
