@@ -81,6 +81,9 @@ async def serve(args: argparse.Namespace) -> None:
         master=master_keys(settings),
         shard_names=names,
     )
+    from serve.apps.assistant import assistant_handle
+
+    gateway.chat.assistant = await asyncio.to_thread(assistant_handle)  # None: fallback turns
     await gateway.start(
         settings.host, settings.ws_port, reuse_port=True, ssl=server_context(settings)
     )

@@ -198,6 +198,9 @@ class Stack:
             master=master_keys(s),
             shard_names=names,
         )
+        # The help chat streams answers from the ChatAssistant app; without Serve the
+        # visitor gets fallback turns and the chat goes to the support queue.
+        self.gateway.chat.assistant = self.serve_handles.get("assistant")
         self.control = ShardControl(
             self.gateway.redis, Keys(s.prefix), names, self.shards, make, self.gateway
         )

@@ -483,7 +483,8 @@ def deploy(
     recommender_models: dict[str, bytes] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, DeploymentHandle]:
-    """Start both deployments as named Serve apps; returns ``{"nudge", "recommender"}`` handles.
+    """Start the deployments as named Serve apps; returns ``{"nudge", "recommender", "assistant"}``
+    handles (the help chat's assistant: serve/apps/assistant.py).
 
     Call from a process connected to the Ray cluster (after ``ray.init``).
     Replica counts and autoscaling come from ``serve_config.yaml``; no HTTP
@@ -508,14 +509,26 @@ def deploy(
     rec_app_ = Recommender.options(
         **deployment_options(config, APP_RECOMMENDER, "Recommender")
     ).bind(redis_url, prefix, models=recommender_models, tracing=tracing, **rec_args)
-    # Both apps in one call: their replicas start in parallel (seconds saved at start-up).
-    nudge, recommender = serve.run_many(
+    from serve.apps.assistant import APP_ASSISTANT, ChatAssistant, assistant_settings
+
+    chat_args = _app_args(config, APP_ASSISTANT) | dict((overrides or {}).get(APP_ASSISTANT, {}))
+    chat_app_ = ChatAssistant.options(
+        **deployment_options(config, APP_ASSISTANT, "ChatAssistant")
+    ).bind(
+        asdict(assistant_settings(settings, chat_args.get("assistant"))),
+        redis_url,
+        prefix,
+        site_hosts or chat_args.get("site_hosts"),
+    )
+    # The apps in one call: their replicas start in parallel (seconds saved at start-up).
+    nudge, recommender, assistant = serve.run_many(
         [
             serve.RunTarget(nudge_app_, name=APP_NUDGE, route_prefix=None),
             serve.RunTarget(rec_app_, name=APP_RECOMMENDER, route_prefix=None),
+            serve.RunTarget(chat_app_, name=APP_ASSISTANT, route_prefix=None),
         ]
     )
-    return {"nudge": nudge, "recommender": recommender}
+    return {"nudge": nudge, "recommender": recommender, "assistant": assistant}
 
 
 def get_handles() -> dict[str, DeploymentHandle]:
