@@ -328,6 +328,8 @@ async def test_outcomes_are_counted_on_the_offer_and_erasure_takes_the_chat(chat
         assert await gw.redis.exists(*keys) == 2
         await gw.eraser.erase_session("demo", c.sid, Retention())
         assert await gw.redis.exists(*keys) == 0
+        await gw.chat._expire("demo", c.sid)  # a wait timer that fires after the erasure
+        assert await gw.redis.exists(*keys) == 0  # brings nothing back
     finally:
         await c.close()
 

@@ -72,6 +72,11 @@ class ChatRelay:
         s = self.gw.sites.get(site)
         return ChatLimits(person_wait_s=getattr(s, "chat_wait_s", DEFAULT_WAIT_S))
 
+    def ttl_s(self, site: str) -> int | None:
+        """The chat is the visitor's own text: kept as long as the site keeps its sessions."""
+        s = self.gw.sites.get(site)
+        return s.retention.sessions if s is not None else None
+
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -99,7 +104,9 @@ class ChatRelay:
             return step(c)
 
         async with lock:
-            ch = await self.store.change(site, sid, with_expiry, self.limits(site), now=now, **kw)
+            ch = await self.store.change(
+                site, sid, with_expiry, self.limits(site), now=now, ttl_s=self.ttl_s(site), **kw
+            )
         if not lock.locked() and not lock._waiters:  # type: ignore[attr-defined]
             self._locks.pop(sid, None)
         return ch

@@ -15,6 +15,9 @@ Changes are announced on the ``chatev`` channel: ``to: "visitor"`` frames
 go to whichever gateway holds the session's socket, ``to: "ops"`` tells
 the console's Support pages to refresh.
 
+Both of a chat's keys expire the site's session retention after its last
+change (``ttl_s``): the chat is the visitor's own text, kept no longer.
+
 Limits: a queue entry of an erased session stays until the console lists
 the queue and finds no state (it is dropped then); the transcript is
 bounded like the chat memory (turns and bytes); nothing here logs text.
@@ -32,6 +35,7 @@ from redis.exceptions import WatchError
 
 from actors.core.chat import (
     ASSISTANT_ROLE,
+    CLOSED,
     OPERATOR,
     SYSTEM,
     VISITOR,
@@ -112,14 +116,17 @@ class ChatStore:
         extra: dict[str, Any] | None = None,
         mid: str | None = None,
         now: float | None = None,
+        ttl_s: int | None = None,
     ) -> Change:
         """Apply ``step`` to the stored machine and write the result atomically.
 
         ``step`` raises :class:`actors.core.chat.ChatRefused` to refuse (nothing
         is written). ``extra`` decorates the visitor or assistant turns it adds
         (mid, citations, offer_person). With ``mid``, a message id seen
-        before makes this a no-op (``duplicate``).
+        before makes this a no-op (``duplicate``). ``ttl_s``: how long the chat is kept
+        after this change (the site's session retention; default the store's).
         """
+        ttl = ttl_s or self.ttl_s
         limits = limits or ChatLimits()
         hkey, lkey = self.keys.chat_state(site, sid), self.keys.chat(site, sid)
         queue = self.keys.chat_queue(site)
@@ -127,12 +134,18 @@ class ChatStore:
             while True:
                 try:
                     await pipe.watch(hkey)
-                    chat, meta = self._decode(await pipe.hget(hkey, "c"), limits)
+                    raw = await pipe.hget(hkey, "c")
+                    chat, meta = self._decode(raw, limits)
                     before = chat.state
                     if mid is not None and mid in meta["mids"]:
                         await pipe.unwatch()
                         return Change(chat, None, before=before, duplicate=True)
                     result = step(chat)
+                    if raw is None and chat.state == CLOSED and not chat.turns:
+                        # Nothing to keep: never create a record for a chat that never opened
+                        # (a late timer after an erasure must not bring a key back).
+                        await pipe.unwatch()
+                        return Change(chat, result, before=before)
                     turns = []
                     for t in chat.turns:
                         meta["n"] += 1
@@ -143,12 +156,12 @@ class ChatStore:
                     doc = {"chat": chat.to_dict(), **meta}
                     pipe.multi()
                     pipe.hset(hkey, mapping={"c": json.dumps(doc), "state": chat.state})
-                    pipe.expire(hkey, self.ttl_s)
+                    pipe.expire(hkey, ttl)
                     if turns:
                         raw = [json.dumps(t, ensure_ascii=False) for t in turns]
                         await self.memory._append(
                             keys=[lkey],
-                            args=[self.ttl_s, self.memory.max_turns, self.memory.max_bytes, *raw],
+                            args=[ttl, self.memory.max_turns, self.memory.max_bytes, *raw],
                             client=pipe,
                         )
                     if chat.state == WAITING and before != WAITING:

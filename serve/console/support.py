@@ -257,7 +257,9 @@ async def _act(request: web.Request, action: str) -> web.Response:
             c.end(now, END_OPERATOR)
 
     try:
-        ch = await store.change(site, sid, step, _limits(ctx, site), now=now)
+        ch = await store.change(
+            site, sid, step, _limits(ctx, site), now=now, ttl_s=ctx.sites[site].retention.sessions
+        )
     except ChatRefused as e:
         return error(409, e.code, e.detail or f"the chat cannot do {action} now")
     if action != "reply":
