@@ -744,7 +744,10 @@ def main() -> int:
     )
     watcher = None
     try:
-        health = wait_http(f"http://127.0.0.1:{console_port}/healthz")
+        # Serve (its deployments and their replicas) adds a minute or more to the start.
+        health = wait_http(
+            f"http://127.0.0.1:{console_port}/healthz", 360.0 if args.serve else 120.0
+        )
         print("server up:", health)
         if args.console_live:
             watcher = watch_console(console_port, env)

@@ -50,6 +50,7 @@ async def chat(lifeline_stack, redis_url):
         name=name,
     )
     stack.gateway.chat.assistant = handle
+    stack.stub = stub  # type: ignore[attr-defined]  # its requests: what the model was sent
     yield stack
     stack.gateway.chat.assistant = None
     from ray import serve
@@ -345,3 +346,26 @@ async def test_the_support_pages_are_for_support_and_admin_only(chat):
             assert r.status == (403 if status == 403 else 409), (role, r.status)
         finally:
             await http.close()
+
+
+async def test_the_session_context_reaches_the_prompt_only_with_personalization_consent(chat):
+    import time
+
+    prompts = {}
+    for consent in (("necessary", "analytics", "personalization"), ("necessary", "analytics")):
+        c = await visitor(chat, consent)
+        try:
+            ev = {"type": "page_view", "seq": 1, "ts": int(time.time() * 1000), "path": "/cart"}
+            await c.send_events([ev])
+            await c.wait_acked(1)
+            await chat.gateway.wait_scored(c.sid, 1)  # the shard holds the session's context
+            await opened(c)
+            n, asked = len(c.frames), len(chat.stub.requests)
+            await c.send_frame({"t": "chat_send", "sid": c.sid, "text": QUESTION, "mid": "p1"})
+            await frame(c, lambda f: f["t"] == "chat_turn" and f["turn"]["role"] == "assistant", n)
+            assert len(chat.stub.requests) == asked + 1
+            prompts[len(consent)] = json.dumps(chat.stub.requests[-1])
+        finally:
+            await c.close()
+    assert "Page type: cart" in prompts[3]
+    assert "About the visitor" not in prompts[2] and "Page type" not in prompts[2]
