@@ -452,6 +452,18 @@ def console_json(port: int, path: str, prefix: str) -> dict[str, Any]:
 _TOKEN: str | None = None
 
 
+def port_free(port: int) -> bool:
+    """True if nothing listens on 127.0.0.1:``port`` (we could bind it)."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def wait_http(url: str, timeout: float = 120.0) -> dict[str, Any]:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -673,6 +685,9 @@ def main() -> int:
         help="run the server with its Serve deployments and the paced LLM stand-in (the "
         "baseline of --chats)",
     )
+    ap.add_argument(
+        "--port-offset", type=int, default=0, help="added to the server's and echo's ports"
+    )
     ap.add_argument("--llm-first-token-s", type=float, default=0.3)
     ap.add_argument("--llm-tokens-per-s", type=float, default=50.0)
     ap.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "spine.json")
@@ -697,14 +712,20 @@ def main() -> int:
         }
     else:
         env["LIFELINE_TRACE_SAMPLE"] = "0"
-    ws_port, http_port, echo_port, console_port = 18765, 18080, 18766, 18090
+    ports = [p + args.port_offset for p in (18765, 18080, 18766, 18090)]
+    for port in ports + ([18787 + args.port_offset] if args.serve else []):
+        # Another bench's server on these ports would answer our health check and take
+        # our load: measuring someone else's server silently is worse than stopping.
+        if not port_free(port):
+            raise SystemExit(f"port {port} is in use (another benchmark?): use --port-offset")
+    ws_port, http_port, echo_port, console_port = ports
     log_path = args.out.parent / "spine-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     server_log = log_path.open("w")
     stub = None
     if args.serve:
         # The model stand-in streams at a realistic pace, in a process of its own.
-        stub_port = 18787
+        stub_port = 18787 + args.port_offset
         stub = subprocess.Popen(
             [sys.executable, "-m", "serve.dev.llm_stub", "--port", str(stub_port),
              "--first-token-s", str(args.llm_first_token_s),

@@ -11,6 +11,8 @@ the sessions they carry, the counters, the background loops) and wires them:
   back;
 * :mod:`serve.edge.beacon`: a page's last events by ``POST /beacon``,
   through the same checks and the same append as a socket's.
+* :mod:`serve.chat.relay`: the help chat's frames, applied to the chat's
+  record in Redis, answers streamed from the ChatAssistant deployment.
 
 Hellos and consent changes are handled here, since they decide which socket
 carries which session. Richer content (LLM text, recommendations) reaches
