@@ -493,7 +493,8 @@ def deploy_assistant(
     replace its ``assistant`` settings. Stream answers with
     ``handle.options(stream=True).answer.remote(req)``.
     """
-    from serve.apps.deployments import _app_args, deployment_options, load_serve_config
+    from serve.apps.serve_config import app_args as _app_args
+    from serve.apps.serve_config import deployment_options, load_serve_config
 
     config = load_serve_config(config_path)
     args = _app_args(config, APP_ASSISTANT)

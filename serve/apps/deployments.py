@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-import yaml
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -58,31 +57,20 @@ from serve.apps.recommender import (
     cold_start_model,
     model_key,
 )
+from serve.apps.serve_config import (  # re-exported: tests and tools read them here
+    CONFIG_PATH,  # noqa: F401
+    deployment_options,
+    load_serve_config,
+)
+from serve.apps.serve_config import app_args as _app_args
 
 log = logging.getLogger("lifeline.serve")
 
 # App names; the shards look the deployments up by these (actors/shard/actor.py).
 APP_NUDGE = "nudge"
 APP_RECOMMENDER = "recommender"
-CONFIG_PATH = Path(__file__).with_name("serve_config.yaml")
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 BUDGET_S = 2.5  # trigger -> text in the browser: later text is not worth showing
-
-
-def load_serve_config(path: Path | str | None = None) -> dict[str, Any]:
-    """The Serve config file as a dict (``applications`` keyed as in the file)."""
-    with open(path or CONFIG_PATH) as f:
-        return yaml.safe_load(f)
-
-
-def deployment_options(config: Mapping[str, Any], app: str, deployment: str) -> dict[str, Any]:
-    """``.options(...)`` kwargs for one deployment from the Serve config file."""
-    for a in config.get("applications", []):
-        if a.get("name") == app:
-            for d in a.get("deployments", []):
-                if d.get("name") == deployment:
-                    return {k: v for k, v in d.items() if k != "name"}
-    return {}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -464,13 +452,6 @@ def recommender_app(args: dict[str, Any]) -> Any:
         tracing=asdict(TraceConfig.of(s)),
         **rest,
     )
-
-
-def _app_args(config: Mapping[str, Any], app: str) -> dict[str, Any]:
-    for a in config.get("applications", []):
-        if a.get("name") == app:
-            return dict(a.get("args") or {})
-    return {}
 
 
 def deploy(
