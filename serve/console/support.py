@@ -211,7 +211,7 @@ async def chat_view(request: web.Request) -> View:
         ],
         "forms": [],
     }
-    if chat.state == "person":
+    if chat.is_open:  # the server refuses a reply until the chat is taken (409 wrong_state)
         view["forms"].append(
             {
                 "id": "reply",

@@ -203,6 +203,8 @@
     try { render(await api("GET", "/api/view/" + page + "?" + viewParams().toString())); if (statusEl.dataset.from === "load") { say(""); delete statusEl.dataset.from; } }
     catch (e) { say("Could not load: " + e.message, true); statusEl.dataset.from = "load"; }
   }
+  // A support chat: the chat, its conversation and the reply box first, the session's journey below.
+  if (page === "chat") ["kpis", "table-chat", "table-conversation", "form-reply"].forEach((id) => section(id));
   // Pages that keep themselves current: the Live page, the Support queue and one support chat.
   const STREAMS = { live: "/api/live/stream", support: "/api/support/stream", chat: "/api/support/stream" };
   load().then(() => {
