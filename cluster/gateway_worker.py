@@ -86,6 +86,9 @@ async def serve(args: argparse.Namespace) -> None:
         shard_names=names,
         replica_ack=settings.replica_ack,
     )
+    from serve.apps.assistant import assistant_handle
+
+    gateway.chat.assistant = await asyncio.to_thread(assistant_handle)  # None: fallback turns
     await gateway.start(
         settings.host, settings.ws_port, reuse_port=True, ssl=server_context(settings)
     )

@@ -40,7 +40,11 @@
 | ``{p}shards:reply:{id}`` | list | the outcome of one request (JSON), pushed by the stack for the waiting command; expires after a minute |
 | ``{p}recsys:{site}:model`` (``:version``), ``{p}recsys:{site}:catalog`` | string, hash | a site's recommender model and catalog (serve/apps/recommender.py) |
 | ``{p}nudge:{version}:{facts}`` | string | a cached LLM nudge for one situation (serve/apps/nudge.py) |
-| ``{p}chat:{site}:{sid}`` | list | a session's help-chat memory: JSON turns (role, text, ts), the last ``CHAT_TURNS_MAX``, expiring with the site's ``chats`` retention (a week by default); the visitor's free text, so erased and exported with the session (serve/apps/chat_memory.py) |
+| ``{p}chat:{site}:{sid}`` | list | a session's help-chat memory: JSON turns (role, text, ts; from the gateway's chat also id, by, mid, citations), the last ``CHAT_TURNS_MAX``, expiring with the site's ``chats`` retention (a week by default); the visitor's free text, so erased and exported with the session (serve/apps/chat_memory.py, serve/chat/store.py) |
+| ``{p}chatst:{site}:{sid}`` | hash | a session's help-chat state (serve/chat/store.py): ``c`` (JSON: the state machine of actors/core/chat.py without its turns, the turn counter, the recent client message ids), ``state``; no chat text; both it and the chat list expire the site's ``chats`` retention after the chat's last change |
+| ``{p}chatq:{site}`` | sorted set | the site's support queue: sids of chats waiting for a person, by the time they started waiting (ms); sids only |
+| ``{p}chatleft:{site}`` | sorted set | the site's left messages: sids whose visitor left a message (the text is in the session's ``chat`` list), by time (ms) |
+| ``{p}chatev`` | pub/sub channel | help-chat frames for visitors (every gateway forwards those of its sockets) and changes for the console's Support pages (JSON: site, sid, to, frame) |
 | ``{p}audit`` | stream | the console's audit log: who, action, from, detail (serve/console/audit.py) |
 | ``{p}op:user:{name}`` | hash | an operator account: role, password hash (scrypt), created (serve/console/accounts.py) |
 | ``{p}op:token:{sha256}`` | hash | an API token (by its digest): name, role, scopes, expires |
@@ -119,6 +123,8 @@ SUBJECT_FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("data_key", "dk", "session", "string", "secret"),
     # The help chat's memory: the visitor's own words (serve/apps/chat_memory.py).
     KeyFamily("chat", "chat", "session", "list", "json"),
+    # The help chat's state (no text: states, counts, client message ids; serve/chat/store.py).
+    KeyFamily("chat_state", "chatst", "session", "hash"),
     KeyFamily("visitor", "v", "visitor", "hash"),
     KeyFamily("profile", "vp", "visitor", "string", "msgpack"),
     KeyFamily("consent", "vc", "visitor", "stream"),
@@ -275,6 +281,23 @@ class Keys:
     def chat(self, site: str, sid: str) -> str:
         """A session's help-chat memory (list of JSON turns); see CHAT_TURNS_MAX."""
         return f"{self.prefix}chat:{site}:{sid}"
+
+    def chat_state(self, site: str, sid: str) -> str:
+        """A session's help-chat state (hash, no text); see serve/chat/store.py."""
+        return f"{self.prefix}chatst:{site}:{sid}"
+
+    def chat_queue(self, site: str) -> str:
+        """The site's chats waiting for a person: sid -> waiting since (ms)."""
+        return f"{self.prefix}chatq:{site}"
+
+    def chat_left(self, site: str) -> str:
+        """The site's sessions whose visitor left a message: sid -> when (ms)."""
+        return f"{self.prefix}chatleft:{site}"
+
+    @property
+    def chat_events(self) -> str:
+        """Pub/sub channel of help-chat frames and changes (serve/chat/store.py)."""
+        return f"{self.prefix}chatev"
 
     @property
     def audit(self) -> str:

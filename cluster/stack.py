@@ -226,6 +226,9 @@ class Stack:
             shard_names=names,
             replica_ack=s.replica_ack,
         )
+        # The help chat streams answers from the ChatAssistant app; without Serve the
+        # visitor gets fallback turns and the chat goes to the support queue.
+        self.gateway.chat.assistant = self.serve_handles.get("assistant")
         self.control = ShardControl(
             self.gateway.redis, Keys(s.prefix), names, self.shards, make, self.gateway
         )

@@ -26,6 +26,15 @@ to ``--trace-endpoint`` or, without one, to a span-counting receiver this
 script runs (serve/dev/otlp_sink.py); without ``--trace`` tracing is off
 (``LIFELINE_TRACE_SAMPLE=0``). For the A/B, alternate single runs of each
 and sum them up with ``loadtests/ab_summary.py``.
+
+Help chats (loadtests/chat_load.py): ``--chats N`` runs N chats alongside
+the sessions, from a load-generator process of their own, against a server
+with its Serve deployments (the ChatAssistant among them) and the local
+Messages API stand-in streaming at ``--llm-first-token-s`` /
+``--llm-tokens-per-s``; each run then reports the chats' question -> first
+token p50/p95 too. For the chat's cost, compare with ``--serve`` (the same
+server, Serve and stand-in included, no chats): the A/B differs in the
+chats alone.
 """
 
 from __future__ import annotations
@@ -443,6 +452,18 @@ def console_json(port: int, path: str, prefix: str) -> dict[str, Any]:
 _TOKEN: str | None = None
 
 
+def port_free(port: int) -> bool:
+    """True if nothing listens on 127.0.0.1:``port`` (we could bind it)."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def wait_http(url: str, timeout: float = 120.0) -> dict[str, Any]:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -565,11 +586,22 @@ def run_lifeline(
         )
         for i, n in enumerate(shares)
     ]
+    chat_q: mp.Queue = mp.Queue()
+    if args.chats:
+        from loadtests.chat_load import chat_worker
+
+        ps.append(
+            mp.Process(
+                target=chat_worker,
+                args=(ws_url, args.chats, args.warmup, args.duration, chat_q, start_at),
+            )
+        )
     for p in ps:
         p.start()
     time.sleep(2.0 + args.warmup)  # into the measurement window
     usage = measure_procs(server_procs, args.duration * 0.8)
-    results = [q.get() for _ in ps]
+    results = [q.get() for _ in shares]
+    chats = chat_q.get() if args.chats else None
     for p in ps:
         p.join()
     ack = [x for r in results for x in r["ack_lat"]]
@@ -610,6 +642,7 @@ def run_lifeline(
         "procs": usage,
         # Is the tail spread over the run or a few stalls? p99 of each second's acks.
         "ack_p99_ms_by_second": [round(pct(b, 99) * 1000, 1) for b in by_second if b],
+        "chats": chats,  # --chats: the chats' question -> first token and errors, else None
     }
 
 
@@ -643,8 +676,23 @@ def main() -> int:
         action="store_true",
         help="keep the console's Live page open in Chromium during the runs (what it costs)",
     )
+    ap.add_argument(
+        "--chats", type=int, default=0, help="help chats alongside the sessions (implies --serve)"
+    )
+    ap.add_argument(
+        "--serve",
+        action="store_true",
+        help="run the server with its Serve deployments and the paced LLM stand-in (the "
+        "baseline of --chats)",
+    )
+    ap.add_argument(
+        "--port-offset", type=int, default=0, help="added to the server's and echo's ports"
+    )
+    ap.add_argument("--llm-first-token-s", type=float, default=0.3)
+    ap.add_argument("--llm-tokens-per-s", type=float, default=50.0)
     ap.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "spine.json")
     args = ap.parse_args()
+    args.serve = args.serve or args.chats > 0
 
     journeys = load_journeys(args.source, 2000, seed=1)
     print(
@@ -664,17 +712,37 @@ def main() -> int:
         }
     else:
         env["LIFELINE_TRACE_SAMPLE"] = "0"
-    ws_port, http_port, echo_port, console_port = 18765, 18080, 18766, 18090
+    ports = [p + args.port_offset for p in (18765, 18080, 18766, 18090)]
+    for port in ports + ([18787 + args.port_offset] if args.serve else []):
+        # Another bench's server on these ports would answer our health check and take
+        # our load: measuring someone else's server silently is worse than stopping.
+        if not port_free(port):
+            raise SystemExit(f"port {port} is in use (another benchmark?): use --port-offset")
+    ws_port, http_port, echo_port, console_port = ports
     log_path = args.out.parent / "spine-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     server_log = log_path.open("w")
+    stub = None
+    if args.serve:
+        # The model stand-in streams at a realistic pace, in a process of its own.
+        stub_port = 18787 + args.port_offset
+        stub = subprocess.Popen(
+            [sys.executable, "-m", "serve.dev.llm_stub", "--port", str(stub_port),
+             "--first-token-s", str(args.llm_first_token_s),
+             "--tokens-per-s", str(args.llm_tokens_per_s)],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        env |= {
+            "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{stub_port}",
+            "ANTHROPIC_API_KEY": "local-stand-in",
+        }
     server = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "cluster.cli",
             "up",
-            "--no-serve",
+            *([] if args.serve else ["--no-serve"]),
             "--no-llm-stub",
             "--ws-port",
             str(ws_port),
@@ -697,7 +765,10 @@ def main() -> int:
     )
     watcher = None
     try:
-        health = wait_http(f"http://127.0.0.1:{console_port}/healthz")
+        # Serve (its deployments and their replicas) adds a minute or more to the start.
+        health = wait_http(
+            f"http://127.0.0.1:{console_port}/healthz", 360.0 if args.serve else 120.0
+        )
         print("server up:", health)
         if args.console_live:
             watcher = watch_console(console_port, env)
@@ -753,6 +824,13 @@ def main() -> int:
             "false",
             "",
         )
+        if args.chats:
+            chat_runs = [r["chats"] for r in runs]
+            summary["chats"] = {
+                k: statistics.median(c[k] for c in chat_runs)
+                for k in ("questions", "ttft_p50_ms", "ttft_p95_ms", "total_p50_ms", "total_p95_ms")
+            }
+            print("chats (median of runs):", json.dumps(summary["chats"]))
         summary["runs"] = runs
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=1, default=str))
@@ -766,6 +844,8 @@ def main() -> int:
         if watcher is not None:
             watcher.kill()
         echo.terminate()
+        if stub is not None:
+            stub.terminate()
         server.terminate()
         try:
             server.wait(timeout=30)

@@ -1,7 +1,7 @@
 """Help-chat time to first token through a Serve DeploymentHandle, with a paced model stand-in.
 
 Usage: ``python loadtests/chat_latency.py [--requests 100] [--concurrency 1,20]
-[--first-token-s 0.3] [--tokens-per-s 50]``
+[--first-token-s 0.3] [--tokens-per-s 50] [--gateway [--gateway-seconds 40]]``
 
 Starts a local Ray cluster (2 CPUs), deploys the ChatAssistant
 (serve/apps/assistant.py ``deploy_assistant``) pointed at the local Messages
@@ -18,6 +18,15 @@ will. For each level it reports, in ms, p50 / p95 of:
 * total: request -> final message.
 
 The issue's target: client TTFT p95 < 1 s plus the model's own first-token time.
+
+``--gateway``: also through the real gateway, as a visitor sees it. The whole
+stack starts in this process (shards, gateway; cluster/stack.py) with the
+ChatAssistant behind its help chat, and ``--concurrency`` chats at a time
+(loadtests/chat_load.py: real sockets, ``chat_open``, questions paced under
+the chat's 8 messages a minute) ask for ``--gateway-seconds``; it reports
+question sent on the socket -> first ``chat_delta`` received (p50/p95) and ->
+the final ``chat_turn``. The clients share the gateway's process and event
+loop: at high concurrency their own work is in the figure.
 """
 
 from __future__ import annotations
@@ -116,6 +125,8 @@ async def main_async(a: argparse.Namespace) -> None:
                 f"| {r['hold_p95']:.0f} | {r['total_p50']:.0f} | {r['total_p95']:.0f} |"
             )
             print(f"  sources: {r['sources']}", file=sys.stderr)
+        if a.gateway:
+            await through_gateway(a, settings)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -129,6 +140,37 @@ async def main_async(a: argparse.Namespace) -> None:
             r.delete(*keys)
 
 
+async def through_gateway(a: argparse.Namespace, settings) -> None:
+    """Question sent on a socket -> first chat_delta, through the stack's gateway."""
+    from cluster.config import Settings
+    from cluster.redis_server import delete_prefix
+    from cluster.stack import Stack
+    from loadtests.chat_load import run_chats, summary
+    from serve.apps.assistant import deploy_assistant
+
+    prefix = f"llchatgw-{uuid.uuid4().hex[:8]}:"
+    stack = Stack(
+        Settings(redis_url=a.redis_url, prefix=prefix, ws_port=0, http_port=0, console_port=0)
+    )
+    await stack.start()
+    try:
+        handle = deploy_assistant(settings, a.redis_url, prefix, name="assistant-gw")
+        stack.gateway.chat.assistant = handle
+        await run_chats(stack.ws_url, 2, 3.0, think_s=(0.5, 1.0))  # warm-up
+        print("\nThrough the gateway: question sent on the socket -> first chat_delta (ms)\n")
+        print("| chats | questions | TTFT p50 | p95 | final turn p50 | p95 | errors |")
+        print("|---|---|---|---|---|---|---|")
+        for c in a.concurrency:
+            r = summary(await run_chats(stack.ws_url, c, a.gateway_seconds, think_s=(7.5, 9.0)))
+            print(
+                f"| {c} | {r['questions']} | {r['ttft_p50_ms']:.0f} | {r['ttft_p95_ms']:.0f} "
+                f"| {r['total_p50_ms']:.0f} | {r['total_p95_ms']:.0f} | {r['errors'] or ''} |"
+            )
+    finally:
+        await stack.stop()
+        delete_prefix(a.redis_url, prefix)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=100)
@@ -136,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first-token-s", type=float, default=0.3)
     p.add_argument("--tokens-per-s", type=float, default=50.0)
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379")
+    p.add_argument("--gateway", action="store_true", help="also through the real gateway")
+    p.add_argument("--gateway-seconds", type=float, default=40.0, help="per level, --gateway")
     asyncio.run(main_async(p.parse_args(argv)))
     return 0
 

@@ -196,3 +196,42 @@ def test_since_takes_a_span_or_a_date():
     assert parse_since("2026-05-01T02:00+02:00", now) == 1_777_593_600_000
     with pytest.raises(UserError, match="span"):
         parse_since("last week", now)
+
+
+def test_chats_opened_from_offers_are_counted_per_group_next_to_the_holdout():
+    t = DAY1 + 60_000
+    fields = {"iid": "i-h-4", "sid": "h", "site": "demo", "seq": "4", "ts": str(DAY1),
+              "kind": "help_offer", "holdout": "0", "chat_opened": "2", "chat_messages": "3",
+              "chat_resolved": "1"}  # fmt: skip
+    assert DecisionRecord.from_fields(fields).chat_opened == 2
+    rows, _ = join(
+        [
+            DecisionRecord.from_fields(fields),
+            rec(
+                "i",
+                4,
+                shown=t,
+                accepted=t,
+                chat_opened=1,
+                chat_messages=1,
+                chat_handoff=1,
+                converted=t + 5,
+                converted_seq=9,
+                goal="purchase",
+            ),  # fmt: skip
+            rec("j", 4, shown=t),  # offered, no chat
+            rec("k", 4, holdout=True, converted=t, converted_seq=9, goal="purchase"),
+        ]
+    )
+    totals = aggregate(rows)["totals"]
+    assert totals["chats"] == {
+        "sessions": 2,
+        "converted": 1,
+        "rate": 0.5,
+        "messages": 4,
+        "resolved_by_assistant": 1,
+        "handed_off": 1,
+    }
+    assert totals["holdout_n"] == 1  # the comparison the report sets it against
+    none = aggregate([r for r in rows if r.sid == "j"])["totals"]["chats"]
+    assert none["sessions"] == 0 and none["rate"] is None  # no data, never a made-up zero

@@ -336,3 +336,40 @@ def test_product_page_pattern_needs_a_full_match():
 
     assert item_of_page("/products/p1") == "p1"
     assert item_of_page("/products/p1\n") is None
+
+
+def test_chat_frames_are_checked_and_each_costs_a_rate_limit_token():
+    from serve.edge.protocol import ChatRequest
+
+    c = connected(Limits(events_per_s=1, burst=3, abuse_strikes=100))
+    send = {"t": "chat_send", "sid": SID, "text": "where is my parcel", "mid": "m1"}
+    for _ in range(3):
+        got, err = c.receive(json.dumps(send), now=0.0)
+        assert err is None
+        req = c.chat(got)
+        assert isinstance(req, ChatRequest) and req.text == "where is my parcel"
+        assert (req.kind, req.mid, req.site, req.consent) == (
+            "chat_send",
+            "m1",
+            "demo",
+            ["analytics"],
+        )
+    got, err = c.receive(json.dumps(send), now=0.0)
+    assert got is None and err["code"] == "rate_limited" and err["sid"] == SID
+    c = connected()
+    bad = [
+        ({"t": "chat_send", "sid": SID, "text": "x"}, "bad_frame", "mid"),
+        ({"t": "chat_send", "sid": SID, "text": "x", "mid": "\n"}, "bad_frame", "mid"),
+        ({"t": "chat_leave", "sid": SID, "text": ["x"], "mid": "a"}, "bad_frame", "text"),
+        ({"t": "chat_open", "sid": SID, "iid": 7}, "bad_frame", "iid"),
+        ({"t": "chat_send", "sid": SID, "text": "\t ", "mid": "a"}, "empty_message", None),
+        ({"t": "chat_send", "sid": SID, "text": "x" * 1001, "mid": "a"}, "message_too_long", None),
+        ({"t": "chat_close", "sid": "sess-other"}, "unknown_session", None),
+    ]
+    for f, code, field in bad:
+        err = c.chat(c.receive(json.dumps(f), now=0.0)[0])
+        assert isinstance(err, dict) and err["code"] == code and err.get("field") == field, f
+    ok = c.chat(c.receive(json.dumps({"t": "chat_open", "sid": SID, "iid": "i-x-1"}), now=0.0)[0])
+    assert isinstance(ok, ChatRequest) and ok.iid == "i-x-1"
+    _, err = c.receive(json.dumps({"t": "chat_typing", "sid": SID}), now=0.0)
+    assert err["code"] == "bad_frame"  # not a frame of the protocol

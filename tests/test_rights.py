@@ -393,6 +393,7 @@ def test_every_key_family_names_its_keys_as_the_keys_methods_do() -> None:
         "vc": keys.visitor_consent,
         "vs": keys.visitor_sessions,
         "chat": keys.chat,
+        "chatst": keys.chat_state,
     }
     for fam in SUBJECT_FAMILIES:
         assert keys.family(fam, "demo", "x-12345678") == methods[fam.tag]("demo", "x-12345678")

@@ -109,3 +109,16 @@ def test_goals_name_the_custom_events_that_convert_besides_purchase():
 def test_malformed_goals_are_refused_at_start_up(goals, why):
     with pytest.raises(SiteConfigError, match=why):
         parse_sites({"sites": {"shop": {"goals": goals}}})
+
+
+def test_the_help_chat_wait_for_a_person_is_a_site_setting():
+    def site(**table):
+        return parse_sites({"sites": {"s": {"origins": ["https://a.example"], **table}}})["s"]
+
+    assert site().chat_wait_s == 120.0
+    assert site(chat={"wait_s": 30}).chat_wait_s == 30.0
+    shipped = Path(__file__).resolve().parents[1] / "cluster" / "sites.toml"
+    assert load_sites(shipped)["demo"].chat_wait_s == 120.0
+    for bad in ({"wait_s": 0}, {"wait_s": 7200}, {"wait_s": "soon"}, {"wait_s": True}, {"x": 1}):
+        with pytest.raises(SiteConfigError, match="chat"):
+            site(chat=bad)

@@ -26,6 +26,12 @@ Definitions.
 * *Converted*: the session converted (purchase or goal) after its first
   decision. A conversion before any decision is not one the help could have
   caused, and the policy makes no decision after a purchase.
+* *Chat* (the help chat, serve/chat/outcomes.py): a treated session whose
+  visitor opened the chat from one of its offers; ``resolved_by_assistant``
+  (ended after an answer, no person asked for) and ``handed_off`` (a person
+  asked for) count those chats, ``messages`` their visitor messages, and
+  ``converted`` those that converted after the first decision, to compare
+  with the group's holdout rate (a holdout session is never offered a chat).
 * *Reaction* of a treated session, over all its interventions:
   ``accepted`` if the visitor accepted one, else ``dismissed`` if they
   dismissed one, else ``ignored`` if one was shown, else ``unseen`` (no
@@ -56,7 +62,9 @@ JSON schema (``format`` ``lifeline-outcomes/1``), from :func:`aggregate`::
              "excludes_zero": false,     # (training.uplift.Uplift.to_dict())
              "reactions": {"accepted": 10, "dismissed": 30, "ignored": 50, "unseen": 18},
              "goals": {"purchase": {"treated": 15, "holdout": 2},
-                       "lead": {"treated": 5, "holdout": 0}}}
+                       "lead": {"treated": 5, "holdout": 0}},
+             "chats": {"sessions": 9, "converted": 3, "rate": 0.333, "messages": 21,
+                       "resolved_by_assistant": 5, "handed_off": 2}}
 
 Rates, ``uplift``, ``low`` and ``high`` are null when a group has no
 treated or no holdout session ("no data", never a made-up zero). Keys of
@@ -112,6 +120,11 @@ class DecisionRecord:
     converted_seq: int | None = None
     goal: str | None = None
     expired: bool = False
+    # The help chat opened from this offer (serve/chat/outcomes.py): counts, None when none.
+    chat_opened: int | None = None
+    chat_messages: int | None = None
+    chat_resolved: int | None = None
+    chat_handoff: int | None = None
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, str], expired: bool = False) -> DecisionRecord:
@@ -134,6 +147,10 @@ class DecisionRecord:
             converted_seq=_int(fields.get("converted_seq")),
             goal=fields.get("goal") or None,
             expired=expired,
+            chat_opened=_int(fields.get("chat_opened")),
+            chat_messages=_int(fields.get("chat_messages")),
+            chat_resolved=_int(fields.get("chat_resolved")),
+            chat_handoff=_int(fields.get("chat_handoff")),
         )
 
 
@@ -153,6 +170,10 @@ class SessionOutcome:
     converted: bool
     goal: str | None  # what it converted on (purchase or a site goal), if it did
     decisions: int
+    chatted: bool = False  # the visitor opened the help chat from one of its offers
+    chat_messages: int = 0
+    chat_resolved: bool = False  # a chat of it was resolved by the assistant
+    chat_handoff: bool = False  # a chat of it was handed to a person
 
     def key(self, dimension: str) -> str:
         """The session's group in ``dimension`` (one of DIMENSIONS)."""
@@ -211,6 +232,10 @@ def join(records: Iterable[DecisionRecord]) -> tuple[list[SessionOutcome], int]:
                 converted=converted,
                 goal=first.goal if converted else None,
                 decisions=len(decisions),
+                chatted=any(d.chat_opened for d in decisions),
+                chat_messages=sum(d.chat_messages or 0 for d in decisions),
+                chat_resolved=any(d.chat_resolved for d in decisions),
+                chat_handoff=any(d.chat_handoff for d in decisions),
             )
         )
     rows.sort(key=lambda r: (r.first_ts, r.site, r.sid))
@@ -245,12 +270,22 @@ def group(key: str, rows: Sequence[SessionOutcome], level: float = 0.95) -> dict
         if r.goal is not None:
             arm = goals.setdefault(r.goal, {"treated": 0, "holdout": 0})
             arm["holdout" if r.holdout else "treated"] += 1
+    chatted = [r for r in treated if r.chatted]
+    chat_conv = sum(r.converted for r in chatted)
     return {
         "key": key,
         "sessions": len(rows),
         **u.to_dict(),
         "reactions": {name: reactions.get(name, 0) for name in REACTIONS},
         "goals": dict(sorted(goals.items())),
+        "chats": {
+            "sessions": len(chatted),
+            "converted": chat_conv,
+            "rate": chat_conv / len(chatted) if chatted else None,
+            "messages": sum(r.chat_messages for r in chatted),
+            "resolved_by_assistant": sum(r.chat_resolved for r in chatted),
+            "handed_off": sum(r.chat_handoff for r in chatted),
+        },
     }
 
 

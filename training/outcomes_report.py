@@ -334,17 +334,19 @@ def _table(dim: str, groups: list[dict[str, Any]]) -> list[str]:
         return ["no data", ""]
     head = (
         f"| {dim} | sessions | treated: converted / n | holdout: converted / n | uplift "
-        "(interval) | accepted | dismissed | ignored | unseen |"
+        "(interval) | accepted | dismissed | ignored | unseen | chatted: converted / n "
+        "| chats resolved by the assistant | chats handed off |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 12]
     for g in groups:
-        r = g["reactions"]
+        r, ch = g["reactions"], g["chats"]
         lines.append(
             f"| {g['key']} | {g['sessions']:,} "
             f"| {arm_text(g['treated_conversions'], g['treated_n'], g['treated_rate'])} "
             f"| {arm_text(g['holdout_conversions'], g['holdout_n'], g['holdout_rate'])} "
             f"| {uplift_text(g)} | {r['accepted']} | {r['dismissed']} | {r['ignored']} "
-            f"| {r['unseen']} |"
+            f"| {r['unseen']} | {arm_text(ch['converted'], ch['sessions'], ch['rate'])} "
+            f"| {ch['resolved_by_assistant']} | {ch['handed_off']} |"
         )
     return [*lines, ""]
 
@@ -416,7 +418,10 @@ def markdown(data: dict[str, Any], plots: dict[str, str], command: str | None = 
         f"{1 / (1 - data['level']):.0f} where the help changes nothing): trust a group's result "
         "when it holds over more days. "
         "Reactions count treated sessions by the most that happened: accepted, dismissed, "
-        "ignored (shown, no answer), unseen (the page never confirmed showing it). The numbers "
+        "ignored (shown, no answer), unseen (the page never confirmed showing it). *Chatted*: "
+        "treated sessions whose visitor opened the help chat from an offer, and how many of "
+        "them converted (compare with the holdout's rate; a chat's visitors chose to ask, so "
+        "the comparison is not a randomised one). The numbers "
         "are in `outcomes.json` (schema: training/outcomes.py).",
         "",
     ]

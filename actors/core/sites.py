@@ -69,7 +69,10 @@ _SITE_KEYS = {
     "retention",
     "consent_policy",
     "dev_only",
+    "chat",
 }
+CHAT_KEYS = {"wait_s"}
+MAX_CHAT_WAIT_S = 3600.0
 MAX_POLICY_LEN = 64
 PURCHASE = "purchase"  # the conversion every site has: the ``purchase`` event
 MAX_GOAL_LEN = 64  # the tracking client cuts a custom event's name to this
@@ -165,6 +168,9 @@ class Site:
     goals: tuple[str, ...] = ()  # custom events that count as conversions, besides purchase
     retention: Retention = field(default_factory=Retention)
     consent_policy: str = ""  # the version of the consent text grants are recorded against
+    # The help chat's ``[sites.X.chat]`` table: ``wait_s``, how long a visitor waits for a
+    # person before being told no one came and offered to leave a message.
+    chat_wait_s: float = 120.0
     # A site for development and benchmarks only (the ``loadtest`` site): production mode
     # (cluster/production.py) refuses to start while the sites file has one.
     dev_only: bool = False
@@ -238,10 +244,23 @@ def parse_sites(data: dict[str, Any], source: str = "<sites>") -> dict[str, Site
                 retention=Retention.from_mapping(table.get("retention")),
                 consent_policy=table.get("consent_policy", ""),
                 dev_only=_as_bool(table.get("dev_only", False)),
+                chat_wait_s=_chat_wait_s(table.get("chat", {})),
             )
         except (TypeError, ValueError) as exc:
             raise SiteConfigError(f"{source}: [sites.{key}]: {exc}") from exc
     return out
+
+
+def _chat_wait_s(table: Any) -> float:
+    """``[sites.X.chat] wait_s``: seconds, more than 0 and at most an hour (default 120)."""
+    if not isinstance(table, dict) or set(table) - CHAT_KEYS:
+        raise ValueError(f"chat must be a table with only {sorted(CHAT_KEYS)}")
+    wait = table.get("wait_s", 120.0)
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)):
+        raise TypeError("chat.wait_s must be a number of seconds")
+    if not 0 < wait <= MAX_CHAT_WAIT_S:
+        raise ValueError(f"chat.wait_s must be more than 0 and at most {MAX_CHAT_WAIT_S:g}")
+    return float(wait)
 
 
 def _as_bool(value: Any) -> bool:

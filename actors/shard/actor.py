@@ -1033,18 +1033,43 @@ class ShardCore:
                 ctx["history_items"] = list(session.history[2])
             return ctx
         return {
-            "site": session.site,
+            **self._session_context(session, d.page_path, d.page_type, d.signals, d.segment),
             "iid": d.iid,
             "kind": d.kind,
-            "page_path": d.page_path,
-            "page_type": d.page_type,
-            "signals": d.signals,
-            "segment": d.segment,
-            "cart": {"items": session.cart_items, "value": session.cart_value},
-            "consent": list(session.consent),
             "template": self._template(d),
             "trigger_ms": d.ts,
         }
+
+    @staticmethod
+    def _session_context(
+        session: Any, page_path: str, page_type: str, signals: dict[str, float], segment: Any
+    ) -> dict[str, Any]:
+        """The facts about a session an LLM prompt may use (the nudge writer's and the chat's).
+
+        The deployments keep only allow-listed facts, and only with the consent
+        the dict carries (serve/apps/nudge.py ``prompt_facts``).
+        """
+        return {
+            "site": session.site,
+            "page_path": page_path,
+            "page_type": page_type,
+            "signals": signals,
+            "segment": segment,
+            "cart": {"items": session.cart_items, "value": session.cart_value},
+            "consent": list(session.consent),
+        }
+
+    def chat_context(self, sid: str) -> dict[str, Any] | None:
+        """The context of a held session for the help chat's assistant, or None."""
+        with self._lock:
+            session = self.host.get(sid)
+            if session is None:
+                return None
+            signals = {n: round(v, 3) for n, v in session.signals().items() if v > 0}
+            seg = getattr(session, "segment", None)
+            return self._session_context(
+                session, session.page_path, session.page_type, signals, seg
+            )
 
     def _enrich(
         self,
@@ -1357,6 +1382,11 @@ class SessionShard:
     def session_history(self, sid: str) -> list[Any] | None:
         """What one held session may use of its visitor's profile (tests and operators)."""
         return self.core.session_history(sid)
+
+    @ray.method(max_task_retries=SAFE_RETRIES)
+    def chat_context(self, sid: str) -> dict[str, Any] | None:
+        """A held session's context for the help chat's assistant (serve/chat/relay.py)."""
+        return self.core.chat_context(sid)
 
     @ray.method(max_task_retries=SAFE_RETRIES)
     def memory(self) -> dict[str, int]:

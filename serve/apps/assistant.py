@@ -20,7 +20,10 @@ always exactly one ``{"t": "final", ...}``:
 ``req``: ``{"site", "sid", "text"}`` plus ``"ctx"`` (the session's context as a
 shard gives it to the nudge writer: page type and path, signals, cart,
 segment, consent) and ``"person_available"``. Without ``personalization`` in
-``ctx["consent"]`` no session fact reaches the prompt.
+``ctx["consent"]`` no session fact reaches the prompt. A caller that keeps the
+transcript itself (the gateway's chat relay, serve/chat/relay.py) passes
+``"history"`` (the earlier turns) and ``"remember": false``: the memory is then
+neither read nor written here.
 
 The I/O shell of serve/apps/chat_answer.py: retrieval with the measured
 retrieval method (serve/apps/knowledge.py ``WINNER``), the conversation memory
@@ -244,7 +247,12 @@ class Assistant:
         ctx = dict(ctx, site=site) if personalization_allowed(ctx.get("consent")) else None
         person = bool(req.get("person_available"))
         kb = self._kb(site)
-        history = await self._history(site, sid)
+        given = req.get("history")
+        history = (
+            [t for t in given if isinstance(t, dict)]
+            if isinstance(given, list)
+            else await self._history(site, sid)
+        )
         articles = self._retrieve(kb, question, history)
         final: dict[str, Any]
         if not articles:
@@ -259,7 +267,8 @@ class Assistant:
                 else:
                     yield item
         self._count(f"source.{final['source']}")
-        await self._remember(site, sid, question, final)
+        if req.get("remember", True):
+            await self._remember(site, sid, question, final)
         yield final
 
     async def _generate(
@@ -459,6 +468,14 @@ def assistant_settings(settings: Any, overrides: dict[str, Any] | None = None) -
     return client_settings(AssistantSettings, settings, overrides)
 
 
+def assistant_handle() -> Any:
+    """The running ChatAssistant app's handle (a gateway process joining a cluster), or None."""
+    try:
+        return serve.get_app_handle(APP_ASSISTANT)
+    except Exception:  # not deployed (``lifeline up --no-serve``, tests): fallback turns
+        return None
+
+
 def assistant_app(args: dict[str, Any]) -> Any:
     """Application builder for ``serve run`` / ``serve deploy`` with serve_config.yaml."""
     from cluster.config import Settings
@@ -489,7 +506,8 @@ def deploy_assistant(
     replace its ``assistant`` settings. Stream answers with
     ``handle.options(stream=True).answer.remote(req)``.
     """
-    from serve.apps.deployments import _app_args, deployment_options, load_serve_config
+    from serve.apps.serve_config import app_args as _app_args
+    from serve.apps.serve_config import deployment_options, load_serve_config
 
     config = load_serve_config(config_path)
     args = _app_args(config, APP_ASSISTANT)

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-import yaml
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -58,31 +57,20 @@ from serve.apps.recommender import (
     cold_start_model,
     model_key,
 )
+from serve.apps.serve_config import (  # re-exported: tests and tools read them here
+    CONFIG_PATH,  # noqa: F401
+    deployment_options,
+    load_serve_config,
+)
+from serve.apps.serve_config import app_args as _app_args
 
 log = logging.getLogger("lifeline.serve")
 
 # App names; the shards look the deployments up by these (actors/shard/actor.py).
 APP_NUDGE = "nudge"
 APP_RECOMMENDER = "recommender"
-CONFIG_PATH = Path(__file__).with_name("serve_config.yaml")
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 BUDGET_S = 2.5  # trigger -> text in the browser: later text is not worth showing
-
-
-def load_serve_config(path: Path | str | None = None) -> dict[str, Any]:
-    """The Serve config file as a dict (``applications`` keyed as in the file)."""
-    with open(path or CONFIG_PATH) as f:
-        return yaml.safe_load(f)
-
-
-def deployment_options(config: Mapping[str, Any], app: str, deployment: str) -> dict[str, Any]:
-    """``.options(...)`` kwargs for one deployment from the Serve config file."""
-    for a in config.get("applications", []):
-        if a.get("name") == app:
-            for d in a.get("deployments", []):
-                if d.get("name") == deployment:
-                    return {k: v for k, v in d.items() if k != "name"}
-    return {}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -466,13 +454,6 @@ def recommender_app(args: dict[str, Any]) -> Any:
     )
 
 
-def _app_args(config: Mapping[str, Any], app: str) -> dict[str, Any]:
-    for a in config.get("applications", []):
-        if a.get("name") == app:
-            return dict(a.get("args") or {})
-    return {}
-
-
 def deploy(
     settings: Any,
     redis_url: str,
@@ -483,7 +464,8 @@ def deploy(
     recommender_models: dict[str, bytes] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, DeploymentHandle]:
-    """Start both deployments as named Serve apps; returns ``{"nudge", "recommender"}`` handles.
+    """Start the deployments as named Serve apps; returns ``{"nudge", "recommender", "assistant"}``
+    handles (the help chat's assistant: serve/apps/assistant.py).
 
     Call from a process connected to the Ray cluster (after ``ray.init``).
     Replica counts and autoscaling come from ``serve_config.yaml``; no HTTP
@@ -508,14 +490,26 @@ def deploy(
     rec_app_ = Recommender.options(
         **deployment_options(config, APP_RECOMMENDER, "Recommender")
     ).bind(redis_url, prefix, models=recommender_models, tracing=tracing, **rec_args)
-    # Both apps in one call: their replicas start in parallel (seconds saved at start-up).
-    nudge, recommender = serve.run_many(
+    from serve.apps.assistant import APP_ASSISTANT, ChatAssistant, assistant_settings
+
+    chat_args = _app_args(config, APP_ASSISTANT) | dict((overrides or {}).get(APP_ASSISTANT, {}))
+    chat_app_ = ChatAssistant.options(
+        **deployment_options(config, APP_ASSISTANT, "ChatAssistant")
+    ).bind(
+        asdict(assistant_settings(settings, chat_args.get("assistant"))),
+        redis_url,
+        prefix,
+        site_hosts or chat_args.get("site_hosts"),
+    )
+    # The apps in one call: their replicas start in parallel (seconds saved at start-up).
+    nudge, recommender, assistant = serve.run_many(
         [
             serve.RunTarget(nudge_app_, name=APP_NUDGE, route_prefix=None),
             serve.RunTarget(rec_app_, name=APP_RECOMMENDER, route_prefix=None),
+            serve.RunTarget(chat_app_, name=APP_ASSISTANT, route_prefix=None),
         ]
     )
-    return {"nudge": nudge, "recommender": recommender}
+    return {"nudge": nudge, "recommender": recommender, "assistant": assistant}
 
 
 def get_handles() -> dict[str, DeploymentHandle]:

@@ -25,6 +25,7 @@ ROUTE_MODULES = (
     "serve.console.models",
     "serve.console.sites",
     "serve.console.visitors",
+    "serve.console.support",
 )
 
 
@@ -44,8 +45,8 @@ def all_routes() -> list[Route]:
         Route("GET", "/static/{path:[A-Za-z0-9_./-]+}", pages.static, None),
     ]
     routes += [Route("GET", p.path, pages.page_handler(p), p.role) for p in pages.PAGES]
-    s = pages.SESSION_PAGE
-    routes.append(Route("GET", s.path, pages.page_handler(s), s.role))
+    for s in (pages.SESSION_PAGE, pages.CHAT_PAGE):
+        routes.append(Route("GET", s.path, pages.page_handler(s), s.role))
     for name in ROUTE_MODULES:
         routes += importlib.import_module(name).ROUTES
     from serve.console import views

@@ -137,7 +137,12 @@ def _fields_text(fields: dict[str, Any]) -> str:
 async def session_view(request: web.Request) -> View:
     """``/api/view/session?site=&sid=``: one session's timeline."""
     ctx, q = request.app["ctx"], request.query
-    tl = await explorer.timeline(ctx, q.get("site", ""), q.get("sid", ""))
+    return await timeline_view(ctx, q.get("site", ""), q.get("sid", ""))
+
+
+async def timeline_view(ctx: Any, site: str, sid: str) -> View:
+    """One session's timeline as a view (the Session page's; the Support chat page's journey)."""
+    tl = await explorer.timeline(ctx, site, sid)
     events = tl["events"]
     shown = events[:MAX_CHART_POINTS]
     labels = [e["seq"] for e in shown]

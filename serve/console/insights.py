@@ -406,6 +406,10 @@ def _group_row(g: Mapping[str, Any]) -> dict[str, Any]:
         "dismissed": r["dismissed"],
         "ignored": r["ignored"],
         "unseen": r["unseen"],
+        "chatted": g["chats"]["sessions"],
+        "chat_rate": g["chats"]["rate"],
+        "chat_resolved": g["chats"]["resolved_by_assistant"],
+        "chat_handoff": g["chats"]["handed_off"],
     }
 
 
@@ -425,6 +429,10 @@ def _group_cols(first: str) -> list[dict[str, Any]]:
         col("dismissed", "Dismissed", True),
         col("ignored", "Ignored", True),
         col("unseen", "Unseen", True),
+        col("chatted", "Chatted", True),
+        col("chat_rate", "Chatted conv.", True),
+        col("chat_resolved", "Chats resolved by assistant", True),
+        col("chat_handoff", "Chats handed off", True),
     ]
 
 

@@ -40,8 +40,10 @@ PAGES = (
     Page("/visitors", "visitors", "Visitors", "admin"),
     Page("/operators", "operators", "Operators", "admin"),
     Page("/audit", "audit", "Audit log", "admin"),
+    Page("/support", "support", "Support", "support"),
 )
 SESSION_PAGE = Page("/sessions/{site}/{sid}", "session", "Session", "analyst")
+CHAT_PAGE = Page("/support/{site}/{sid}", "chat", "Support chat", "support")
 
 
 def _nav(op: Operator, current: str) -> str:

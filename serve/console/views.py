@@ -26,10 +26,10 @@ from typing import Any
 from aiohttp import web
 
 from cluster.keys import subject_digest
-from serve.console import admin_views, audit, explorer_view, insights, live, visitors
+from serve.console import admin_views, audit, explorer_view, insights, live, support, visitors
 from serve.console.accounts import ROLES, SCOPES, Operator
 from serve.console.auth import error
-from serve.console.pages import PAGES, SESSION_PAGE
+from serve.console.pages import CHAT_PAGE, PAGES, SESSION_PAGE
 from serve.console.routing import Route
 from serve.console.shapes import View, col, table, to_csv, when
 
@@ -148,11 +148,13 @@ VIEWS: dict[str, ViewFn] = {
     "visitors": visitors.visitors_view,
     "operators": operators_view,
     "audit": audit_view,
+    "support": support.queue_view,
+    "chat": support.chat_view,
 }
 
 
 def _page_role(name: str) -> str:
-    for p in (*PAGES, SESSION_PAGE):
+    for p in (*PAGES, SESSION_PAGE, CHAT_PAGE):
         if p.name == name:
             return p.role
     raise KeyError(name)

@@ -11,6 +11,8 @@ the sessions they carry, the counters, the background loops) and wires them:
   back;
 * :mod:`serve.edge.beacon`: a page's last events by ``POST /beacon``,
   through the same checks and the same append as a socket's.
+* :mod:`serve.chat.relay`: the help chat's frames, applied to the chat's
+  record in Redis, answers streamed from the ChatAssistant deployment.
 
 Hellos and consent changes are handled here, since they decide which socket
 carries which session. Richer content (LLM text, recommendations) reaches
@@ -44,12 +46,14 @@ from cluster.shard_set import ShardSet, read_members
 from cluster.site_rules import SiteRules
 from cluster.tokens import Keyring
 from cluster.tracing import Tracing
+from serve.chat.relay import ChatRelay
 from serve.edge import metrics
 from serve.edge.beacon import Beacons
 from serve.edge.ip_limits import IpLimits
 from serve.edge.peer import CLOSE_GOING_AWAY, Peer
 from serve.edge.pipeline import Pipeline
 from serve.edge.protocol import (
+    CHAT_FRAMES,
     CLAIM_REFUSALS,
     CLOSE_TAKEN_OVER,
     HelloRequest,
@@ -157,6 +161,9 @@ class Gateway:
             self.store, self.pipeline, self.stats, self.limits, self.secret, self.site_bucket
         )
         self.eraser = Eraser(self.redis, self.keys, self.drop_sessions)
+        # The help chat (serve/chat/relay.py); its ``assistant`` is the ChatAssistant
+        # deployment's handle when one is deployed (cluster/stack.py), else fallbacks.
+        self.chat = ChatRelay(self)
         self._server: asyncio.Server | None = None
         self.peers: set[Peer] = set()
         self.port = 0
@@ -183,6 +190,7 @@ class Gateway:
             self.shard_set.version = version
             self.loops.start("shards", lambda: self.shard_set.loop(self.redis, self._switch))
         self.loops.start("push", self._push_loop)
+        self.loops.start("chat", self._chat_loop)
         self.loops.start("rights", self._rights_loop)
         self.loops.start("keepalive", self._keepalive_loop)
         self.loops.start("metrics", self._metrics_loop)
@@ -204,6 +212,7 @@ class Gateway:
                 peer.close(CLOSE_GOING_AWAY, "server shutting down")
             await self._server.wait_closed()
         await self.loops.stop()
+        await self.chat.stop()
         for link in self.links.values():
             link.close()
         self.store.close()
@@ -350,6 +359,8 @@ class Gateway:
             return self._on_hello(peer, frame)
         elif kind == "consent":
             return self._on_consent(peer, frame)
+        elif kind in CHAT_FRAMES:
+            self.chat.on_frame(peer, frame)  # applied in a task: an answer streams for seconds
         else:
             peer.send({"t": "pong", "now": int(time.time() * 1000)})
         return None
@@ -410,6 +421,8 @@ class Gateway:
         if req.vid is not None:
             self.pipeline.visit(req.sid, peer.conn.site, req.consent, req.vid)
         peer.send(reply)
+        # An open help chat survives page navigations: its state follows the welcome.
+        self.chat.spawn(self.chat.restore(peer.conn.site, req.sid))
 
     async def wait_scored(self, sid: str, seq: int, timeout: float = 30.0) -> None:
         """Resolve once event ``seq`` of ``sid`` has been scored (:meth:`Pipeline.wait_scored`)."""
@@ -455,6 +468,17 @@ class Gateway:
                 _origin, site, sids = parsed
                 # Not awaited: the requester's process waits for its own gateway's drops.
                 self._drop_here(site, sids)
+        finally:
+            await pubsub.aclose()
+
+    async def _chat_loop(self) -> None:
+        """Help-chat frames from the console and other gateways (serve/chat/relay.py)."""
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(self.keys.chat_events)
+        try:
+            async for msg in pubsub.listen():
+                if msg.get("type") == "message":
+                    self.chat.on_channel(msg["data"])
         finally:
             await pubsub.aclose()
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import msgpack
 
+from actors.core.chat import ChatLimits
 from actors.core.events import MAX_NUM, SEQUENCE_GAP, EventError, validate_event
 from cluster.tokens import Keyring
 
@@ -55,6 +56,14 @@ _TOKEN_REFUSALS = {
     "expired": "token has expired: start a new session",
     "retired": "token was signed by a key that has been retired: start a new session",
 }
+
+# The help chat's frames (docs/PROTOCOL.md "Help chat"); each costs one token of the rate limit.
+CHAT_FRAMES = ("chat_open", "chat_send", "chat_person", "chat_leave", "chat_close")
+MAX_MID = 32  # a chat message's client id
+IID_RE = re.compile(
+    r"[A-Za-z0-9_-]{1,96}"
+)  # an intervention id (actors/core/policy.py: i-{sid}-{seq})
+CHAT_MAX_CHARS = ChatLimits().max_chars
 
 # Close codes (docs/PROTOCOL.md).
 CLOSE_BAD_FRAMES = 4400
@@ -227,6 +236,19 @@ class HelloRequest:
 
 
 @dataclass
+class ChatRequest:
+    """A chat frame that passed the local checks; the shell applies it to the stored chat."""
+
+    kind: str  # one of CHAT_FRAMES
+    sid: str
+    site: str
+    consent: list[str]
+    text: str | None = None
+    mid: str | None = None
+    iid: str | None = None
+
+
+@dataclass
 class EventsPlan:
     """What to do with one events frame."""
 
@@ -289,7 +311,7 @@ class Connection:
         kind = frame.get("t")
         if kind == "events":
             return frame, None
-        if kind not in ("hello", "consent", "ping"):
+        if kind not in ("hello", "consent", "ping") and kind not in CHAT_FRAMES:
             return None, self._bad(error("bad_frame", "unknown frame type 't'"))
         if not self._take(1, time.monotonic() if now is None else now):
             sid = frame.get("sid")
@@ -507,6 +529,44 @@ class Connection:
             cursor.acked = max(cursor.acked, durable)
             cursor.next = expected = cursor.acked + 1
         return error(code, f"not stored: resend from seq {expected}", sid=sid, expected=expected)
+
+    # -- help chat ----------------------------------------------------------
+
+    def chat(self, frame: dict[str, Any]) -> ChatRequest | dict[str, Any]:
+        """Check a chat frame (its rate-limit token was taken in :meth:`receive`).
+
+        Returns the request for the shell, or an error frame: ``unknown_session``,
+        ``bad_frame`` (with ``field``: a wrong type, a ``mid`` over 32
+        characters, a malformed ``iid``), ``empty_message``,
+        ``message_too_long``. A refused frame changes nothing.
+        """
+        cursor = self._session_of(frame)
+        if isinstance(cursor, dict):
+            return cursor
+        kind, sid = frame["t"], cursor.sid
+        req = ChatRequest(kind, sid, cursor.site, list(cursor.consent))
+        if kind == "chat_open":
+            iid = frame.get("iid")
+            if iid is not None and (not isinstance(iid, str) or not IID_RE.fullmatch(iid)):
+                return error("bad_frame", "iid must be an intervention id", sid=sid, field="iid")
+            req.iid = iid
+        elif kind in ("chat_send", "chat_leave"):
+            mid, text = frame.get("mid"), frame.get("text")
+            if not isinstance(mid, str) or not 0 < len(mid) <= MAX_MID or not mid.isprintable():
+                return error(
+                    "bad_frame", f"mid must be a string of 1 to {MAX_MID} characters",
+                    sid=sid, field="mid",
+                )  # fmt: skip
+            if not isinstance(text, str):
+                return error("bad_frame", "text must be a string", sid=sid, field="text")
+            if not text.strip():
+                return error("empty_message", "the message is empty", sid=sid, mid=mid)
+            if len(text) > CHAT_MAX_CHARS:
+                return error(
+                    "message_too_long", f"at most {CHAT_MAX_CHARS} characters", sid=sid, mid=mid
+                )
+            req.text, req.mid = text, mid
+        return req
 
     # -- consent ------------------------------------------------------------
 

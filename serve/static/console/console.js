@@ -1,6 +1,7 @@
 /* Lifeline console: renders a page's view (GET /api/view/{page}) into KPIs, charts, tables and forms.
  * One generic renderer: what a page shows is what its view JSON holds, which the server builds and
- * authorises (serve/console/views.py). The Live page keeps itself current over server-sent events.
+ * authorises (serve/console/views.py). The Live and Support pages keep themselves current over
+ * server-sent events.
  * State-changing calls send the page's CSRF token; nothing here decides who may do what. */
 "use strict";
 (function () {
@@ -217,9 +218,14 @@
     try { render(await api("GET", "/api/view/" + page + "?" + viewParams().toString())); if (statusEl.dataset.from === "load") { say(""); delete statusEl.dataset.from; } }
     catch (e) { say("Could not load: " + e.message, true); statusEl.dataset.from = "load"; }
   }
+  // A support chat: the chat, its conversation and the reply box first, the session's journey below.
+  if (page === "chat") ["kpis", "table-chat", "table-conversation", "form-reply"].forEach((id) => section(id));
+  // Pages that keep themselves current: the Live page, the Support queue and one support chat.
+  const STREAMS = { live: "/api/live/stream", support: "/api/support/stream", chat: "/api/support/stream" };
   load().then(() => {
-    if (page !== "live" || !window.EventSource) return;
-    const src = new EventSource("/api/live/stream");
+    if (!STREAMS[page] || !window.EventSource) return;
+    const q = page === "chat" ? "?" + new URLSearchParams({ site: main.dataset.site, sid: main.dataset.sid }).toString() : "";
+    const src = new EventSource(STREAMS[page] + q);
     src.onmessage = (m) => { try { render(JSON.parse(m.data)); main.dataset.updates = String(Number(main.dataset.updates || 0) + 1); } catch (e) { say(e.message, true); } };
     src.onerror = () => say("Live updates interrupted; retrying…", true);
     src.onopen = () => say("");
