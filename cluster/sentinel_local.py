@@ -22,6 +22,8 @@ from pathlib import Path
 
 import redis
 
+from cluster.redis_client import redis_client
+
 MASTER = "lifeline"
 # Debian installs both under /usr/bin; another redis-server earlier on PATH (a
 # pyenv shim) may lack sentinel mode.
@@ -126,7 +128,9 @@ class SentinelSet:
 
     @staticmethod
     def client(port: int) -> redis.Redis:
-        return redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2)
+        return redis_client(
+            f"redis://127.0.0.1:{port}/0", socket_timeout=2, socket_connect_timeout=2
+        )
 
     @property
     def url(self) -> str:

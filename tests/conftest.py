@@ -77,3 +77,39 @@ async def lifeline_stack(ray_cluster: None, redis_url: str):
     yield stack
     await stack.stop()
     delete_prefix(redis_url, prefix)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def chat(lifeline_stack, redis_url):
+    """The stack with a ChatAssistant (stand-in model) behind its gateway's chat.
+
+    The shared stack runs without a model; this deploys an assistant whose model is the
+    local Messages API stand-in (serve/dev/llm_stub.py) and hands it to the gateway for
+    the tests of one module.
+    """
+    import asyncio
+
+    from cluster.config import Settings
+    from serve.apps import assistant as A
+    from serve.dev.llm_stub import StubLLM
+
+    stack = lifeline_stack
+    stub = StubLLM(api_key="test-key", first_token_s=0.05, tokens_per_s=400)
+    await stub.start()
+    name = f"assistant-{uuid.uuid4().hex[:6]}"
+    handle = await asyncio.to_thread(
+        A.deploy_assistant,
+        Settings(anthropic_api_key="test-key", anthropic_base_url=stub.url),
+        redis_url,
+        stack.prefix,
+        overrides={"first_token_s": 3.0},
+        name=name,
+    )
+    stack.gateway.chat.assistant = handle
+    stack.stub = stub  # type: ignore[attr-defined]  # its requests: what the model was sent
+    yield stack
+    stack.gateway.chat.assistant = None
+    from ray import serve
+
+    serve.delete(name, _blocking=False)
+    await stub.close()

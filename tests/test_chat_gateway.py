@@ -16,47 +16,18 @@ import uuid
 
 import aiohttp
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
 
 from actors.core.retention import Retention
-from cluster.config import Settings
-from serve.apps import assistant as A
 from serve.apps.chat_answer import PERSON_WILL_ANSWER
 from serve.console import audit
 from serve.console.accounts import Accounts
-from serve.dev.llm_stub import StubLLM
 from serve.dev.pyclient import LifelineClient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 ORIGIN = "http://127.0.0.1:8080"
 PASSWORD = "correct horse battery"
 QUESTION = "how long until my parcel arrives"
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def chat(lifeline_stack, redis_url):
-    """The stack with a ChatAssistant (stand-in model) behind its gateway's chat."""
-    stack = lifeline_stack
-    stub = StubLLM(api_key="test-key", first_token_s=0.05, tokens_per_s=400)
-    await stub.start()
-    name = f"assistant-{uuid.uuid4().hex[:6]}"
-    handle = await asyncio.to_thread(
-        A.deploy_assistant,
-        Settings(anthropic_api_key="test-key", anthropic_base_url=stub.url),
-        redis_url,
-        stack.prefix,
-        overrides={"first_token_s": 3.0},
-        name=name,
-    )
-    stack.gateway.chat.assistant = handle
-    stack.stub = stub  # type: ignore[attr-defined]  # its requests: what the model was sent
-    yield stack
-    stack.gateway.chat.assistant = None
-    from ray import serve
-
-    serve.delete(name, _blocking=False)
-    await stub.close()
 
 
 async def visitor(stack, consent=("necessary", "analytics", "personalization")) -> LifelineClient:

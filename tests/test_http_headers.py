@@ -9,10 +9,13 @@ import re
 from aiohttp.test_utils import TestClient, TestServer
 
 from serve.edge.http import build_app
+from serve.edge.ip_limits import IpLimits
 
 
 class _NoSites:
     """A gateway stand-in that knows no site: the beacon's refusal needs nothing more."""
+
+    ip_limits = IpLimits()  # loopback is exempt: the test client is never limited
 
     def site_for(self, query: str, origin: str | None) -> str:
         return "unknown site key"
