@@ -457,6 +457,8 @@ def port_free(port: int) -> bool:
     import socket
 
     with socket.socket() as s:
+        # As the servers bind: a finished run's connections in TIME_WAIT do not count.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
