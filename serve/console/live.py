@@ -140,8 +140,11 @@ async def view(request: web.Request) -> View:
     return await live_view(request.app["ctx"], request.query)
 
 
-async def stream(request: web.Request) -> web.StreamResponse:
-    """``GET /api/live/stream``: the Live view every few seconds, as server-sent events."""
+async def event_stream(request: web.Request) -> web.StreamResponse:
+    """A prepared server-sent-events response (the Live and Support pages' streams).
+
+    Never cached, and not buffered by a proxy (``X-Accel-Buffering: no``).
+    """
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -150,6 +153,12 @@ async def stream(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
+    return response
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    """``GET /api/live/stream``: the Live view every few seconds, as server-sent events."""
+    response = await event_stream(request)
     try:
         while True:
             data = json.dumps(await live_view(request.app["ctx"], request.query), default=str)

@@ -30,6 +30,7 @@ from serve.chat.store import TO_OPS, TO_VISITOR, Change, ChatStore
 from serve.console import explorer, explorer_view
 from serve.console.audit import record_action
 from serve.console.auth import error, json_body
+from serve.console.live import event_stream
 from serve.console.routing import Route
 from serve.console.shapes import View, col, table, when
 
@@ -306,14 +307,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         if isinstance(got, web.Response):
             return got
         one = got
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-store",
-            "X-Accel-Buffering": "no",
-        }
-    )
-    await response.prepare(request)
+    response = await event_stream(request)
     pubsub = ctx.redis.pubsub()
     await pubsub.subscribe(ctx.keys.chat_events)
     try:
