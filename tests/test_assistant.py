@@ -93,6 +93,21 @@ def test_gate_releases_checked_sentences_only():
     assert CA.redact("mail a.b@x.example or +33 6 12 34 56 78") == "mail [email] or [number]"
 
 
+def test_titled_shows_article_titles_where_the_model_named_paths():
+    from serve.apps.knowledge import KnowledgeBase
+
+    arts = KnowledgeBase.load("demo").articles
+    by_url = {a.url: a.title for a in arts}
+    text = "It takes 3 days. More in our guide: /help/shipping"
+    assert (
+        CA.titled(text, arts) == f"It takes 3 days. More in our guide: {by_url['/help/shipping']}"
+    )
+    two = "See /help/shipping and /help/returns."
+    out = CA.titled(two, arts)
+    assert "/help/" not in out and by_url["/help/returns"] in out
+    assert CA.titled("No article: /help/nowhere", arts) == "No article: /help/nowhere"
+
+
 async def test_streamed_answer_in_chunks_cites_the_article(env):
     stub = env["stub"]
     n = len(stub.requests)
@@ -101,6 +116,7 @@ async def test_streamed_answer_in_chunks_cites_the_article(env):
     assert len(deltas) >= 2  # streamed sentence by sentence, not in one piece
     assert "".join(d["text"] for d in deltas).strip() == final["text"]
     assert final["citations"] == [{"title": "Delivery options and times", "url": "/help/shipping"}]
+    assert "/help/shipping" not in final["text"] and "Delivery options and times" in final["text"]
     assert len(stub.requests) == n + 1 and stub.requests[-1]["stream"] is True
 
 

@@ -340,3 +340,83 @@ async def test_the_session_context_reaches_the_prompt_only_with_personalization_
             await c.close()
     assert "Page type: cart" in prompts[3]
     assert "About the visitor" not in prompts[2] and "Page type" not in prompts[2]
+
+
+async def test_a_help_button_chat_shows_where_the_visitor_was_and_is_tallied(chat):
+    """No offer led to it: the queue shows the page and signals when it was queued, and the
+    Live page's tallies count it as a Help-button chat (without personalization consent)."""
+    import time
+
+    from actors.core.tally import MINUTE_MS, chat_field
+
+    gw = chat.gateway
+    c = await visitor(chat, ("necessary", "analytics"))
+    http = await operator(chat, "admin")
+    m0 = int(time.time() * 1000) // MINUTE_MS  # the test ends within the next minute
+    minutes = [gw.keys.tally_minute("demo", m) for m in (m0, m0 + 1)]
+
+    async def counted(what: str) -> int:
+        hashes = [await gw.redis.hgetall(k) for k in minutes]
+        return sum(int(h.get(chat_field(what, "button").encode(), 0)) for h in hashes)
+
+    before = {w: await counted(w) for w in ("opened", "handoff")}
+    try:
+        now = int(time.time() * 1000) - 1000
+        events = [{"type": "page_view", "seq": 1, "ts": now, "path": "/cart"}] + [
+            {"type": "click", "seq": s, "ts": now + 100 * s, "selector": "#pay", "x": 40, "y": 50}
+            | {"reacted": True}
+            for s in range(2, 8)
+        ]
+        await c.send_events(events)
+        await c.wait_acked(7)
+        await gw.wait_scored(c.sid, 7)
+        await opened(c)
+        n = len(c.frames)
+        await c.send_frame({"t": "chat_person", "sid": c.sid})
+        await frame(c, of("chat_state", state="waiting_for_person"), n)
+        queue = await (await http.get("/api/view/support")).json()
+        (row,) = [r for r in queue["tables"][0]["rows"] if r["sid"] == c.sid]
+        assert row["offer"] == "Help button" and row["page"] == "cart"
+        assert "rage_click" in row["signals"]
+        assert await counted("opened") == before["opened"] + 1
+        assert await counted("handoff") == before["handoff"] + 1
+        live = await (await http.get("/api/view/live")).json()
+        (chats,) = [t for t in live["tables"] if t["id"] == "chats"]
+        opened_row = next(r for r in chats["rows"] if r["what"] == "Chats opened")
+        assert opened_row["button"] >= 1
+    finally:
+        await http.close()
+        await c.close()
+
+
+async def test_an_answer_follows_the_visitor_to_another_gateway_mid_stream(chat):
+    """The question was asked on one gateway; the page navigated and its socket is on
+    another gateway when the answer streams: the deltas and the final turn reach it there."""
+    from serve.dev.llm_stub import ok
+
+    side = chat.side_gateway()
+    port = await side.start("127.0.0.1", 0)
+    c = await visitor(chat)
+    c2 = None
+    try:
+        await opened(c)
+        chat.stub.push(ok(first_token_s=1.5))  # time for the navigation before the answer
+        asked = len(chat.stub.requests)
+        await c.send_frame({"t": "chat_send", "sid": c.sid, "text": QUESTION, "mid": "g1"})
+        await chat.stub.wait_requests(asked + 1)
+        await c.close()
+        c2 = LifelineClient(f"ws://127.0.0.1:{port}/ws", "demo", c.sid, ORIGIN, binary=False)
+        c2.token = c.token
+        assert (await c2.connect())["t"] == "welcome"
+        final = await frame(
+            c2, lambda f: f["t"] == "chat_turn" and f["turn"]["role"] == "assistant"
+        )
+        assert final["replace"] is True and final["turn"]["citations"]
+        assert [f for f in c2.of_type("chat_delta") if f["id"] == final["turn"]["id"]]
+        # the path the model named is shown as the article's title
+        assert "/help/" not in final["turn"]["text"]
+        assert final["turn"]["citations"][0]["title"] in final["turn"]["text"]
+    finally:
+        if c2 is not None:
+            await c2.close()
+        await side.stop()

@@ -27,6 +27,11 @@ Counter fields (hash field -> increment), per (site, day):
   (purchase or a site goal), once per session per day; by goal.
 * ``seg:{segment}:{arm}``: sessions at their first decision, by the
   segment it carried (the model's K-means segment; ``none`` without one).
+* ``chat:{what}:{origin}``: help chats (:data:`CHAT_COUNTS`: opened,
+  visitor messages, handed to a person, resolved by the assistant), by
+  what opened them (:data:`CHAT_ORIGINS`: an offer, or the site's Help
+  button). Written by the gateways (serve/chat/outcomes.py), not the
+  shards, in the day's and the minute's hash alike.
 
 Per (site, minute): ``iv:{kind}:{arm}``, ``react:{...}``, ``conv`` and
 ``sessions`` (sessions starting their day), enough for the Live charts.
@@ -71,6 +76,15 @@ REACTIONS: tuple[str, ...] = ("shown", "accepted", "dismissed")
 _REACT = {f"intervention_{r}": f"react:{r}" for r in REACTIONS}
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
+CHAT_COUNTS = ("opened", "message", "handoff", "resolved")
+CHAT_ORIGINS = ("offer", "button")
+
+
+def chat_field(what: str, origin: str) -> str:
+    """The tally field counting help chats' ``what`` (:data:`CHAT_COUNTS`) from ``origin``."""
+    return f"chat:{what}:{origin}"
+
+
 NO_SEGMENT = "none"
 
 # Session.tally: [day, furthest step that day (-1: none yet), strong-signal bits, flags]

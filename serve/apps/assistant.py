@@ -69,6 +69,7 @@ from serve.apps.chat_answer import (
     is_follow_up,
     no_answer,
     redact,
+    titled,
 )
 from serve.apps.chat_answer import NO_ANSWER_BELOW as DEFAULT_THRESHOLD
 from serve.apps.chat_memory import ChatMemory
@@ -291,6 +292,7 @@ class Assistant:
         system, messages = build_chat_prompt(question, history, articles, ctx)
         sources = [question] + [f"{a.title} {a.url} {a.body}" for a in articles]
         check = answer_check(sources, self.site_hosts.get(site, []))
+        known = self._kb(site).articles  # the site's articles an answer may name by path
         s = self.settings
         deadline = time.monotonic() + s.first_token_s
         attempts = 0
@@ -314,15 +316,15 @@ class Assistant:
                             if not shown:
                                 self.ttft_ms.append((time.perf_counter() - started) * 1000.0)
                             shown = True
-                            yield {"t": "delta", "text": piece}
+                            yield {"t": "delta", "text": titled(piece, known)}
                         if stop is not None:
                             self.breaker.record_success()
                             # A refused whole answer raises GateRefused: handled below.
                             tail, verdict = gate.finish(truncated=stop == "max_tokens")
                             if tail:
-                                yield {"t": "delta", "text": tail}
-                            cites = citations(verdict.text, self._kb(site).articles)
-                            yield _final(verdict.text, "llm", None, cites)
+                                yield {"t": "delta", "text": titled(tail, known)}
+                            cites = citations(verdict.text, known)
+                            yield _final(titled(verdict.text, known), "llm", None, cites)
                             return
             except GateRefused as e:
                 self.breaker.record_success()  # the service worked; its text did not pass

@@ -19,7 +19,8 @@ The deployment (serve/apps/assistant.py) is the I/O shell around these:
 * :class:`SentenceGate` releases a streamed answer sentence by sentence, each
   only after the whole answer so far passed :func:`serve.apps.nudge.check_output`
   (the nudges' checks), so nothing unchecked reaches the visitor.
-* :func:`citations` turns the article paths an answer names into ``{title, url}`` links.
+* :func:`citations` turns the article paths an answer names into ``{title, url}`` links,
+  and :func:`titled` puts the titles in the text in their place.
 * :func:`fallback` is the final message when the model cannot be used.
 
 Pure: no Ray, Redis or network imports.
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from serve.apps.knowledge import Article, KnowledgeBase, load_questions
-from serve.apps.nudge import CheckResult, check_output, context_lines, prompt_facts
+from serve.apps.nudge import CheckResult, check_output, context_lines, link_guide, prompt_facts
 
 # Chosen by choose_threshold() on the demo's labelled in-KB visitor questions
 # (python -m serve.apps.chat_answer); tests/test_assistant.py re-measures it.
@@ -241,6 +242,22 @@ def citations(text: str, articles: Iterable[Article]) -> list[dict[str, str]]:
         if a is not None and all(c["url"] != a.url for c in out):
             out.append({"title": a.title, "url": a.url})
     return out
+
+
+def titled(text: str, articles: Iterable[Article]) -> str:
+    """The answer as the visitor reads it: each help-article path it names becomes the title.
+
+    The model names its sources by site path (the prompt asks it to, so that
+    :func:`citations` can find them); a path is no text to show in a bubble, and
+    the citations under the answer are its links. The nudges' rule
+    (:func:`serve.apps.nudge.link_guide`) applies, one path at a time.
+    """
+    pairs = [(a.title, a.url) for a in articles]
+    for _ in range(ARTICLES_K + 2):  # each round replaces one path; a bound, not a loop on trust
+        text, link = link_guide(text, pairs)
+        if link is None:
+            break
+    return text
 
 
 def no_answer(person_available: bool) -> dict[str, Any]:

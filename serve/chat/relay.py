@@ -88,11 +88,19 @@ class ChatRelay:
             exc = task.exception()
             log.warning("a chat task failed: %s", type(exc).__name__)  # no text: never the message
 
-    def _send(self, sid: str, frame: dict[str, Any]) -> None:
-        """To this gateway's socket of ``sid``, if it still carries the session."""
+    def _send(self, sid: str, frame: dict[str, Any]) -> bool:
+        """To this gateway's socket of ``sid``, if it still carries the session (then True)."""
         peer = self.gw.peers_by_sid.get(sid)
         if peer is not None and peer.conn is not None and sid in peer.conn.sessions:
             peer.send(frame)
+            return True
+        return False
+
+    async def _deliver(self, site: str, sid: str, frame: dict[str, Any]) -> None:
+        """To the visitor wherever their socket is now: this gateway's, else through the
+        channel to the gateway that has it (a page navigation mid-answer may land there)."""
+        if not self._send(sid, frame):
+            await self.store.publish(site, sid, TO_VISITOR, frame)
 
     async def _change(self, site: str, sid: str, step: Callable[[Chat], Any], **kw: Any) -> Change:
         """One stored change; an overdue wait for a person is applied first."""
@@ -162,19 +170,17 @@ class ChatRelay:
             return
         await self._after(site, sid, ch)
 
-    async def _after(self, site: str, sid: str, ch: Change, local: bool = True) -> None:
-        """The visitor gets the new state (``local``: on this gateway's socket, else through
-        the channel); the console hears of the change; the wait timer follows the state."""
+    async def _after(self, site: str, sid: str, ch: Change) -> None:
+        """The visitor gets the new state (wherever their socket is); the console hears of
+        the change; the wait timer follows the state."""
         if ch.chat.state == WAITING and ch.before != WAITING:
             self._schedule(site, sid, ch.chat.limits.person_wait_s)
             await record_outcome(self.gw.redis, self.gw.keys, site, sid, ch.chat.iid, "handoff")
+            if not ch.chat.iid:
+                await self._note_where(site, sid)
         elif ch.chat.state != WAITING:
             self._unschedule(sid)
-        frame = await self.store.state_frame(site, sid, ch.chat)
-        if local:
-            self._send(sid, frame)
-        else:
-            await self.store.publish(site, sid, TO_VISITOR, frame)
+        await self._deliver(site, sid, await self.store.state_frame(site, sid, ch.chat))
         await self.store.publish(site, sid, TO_OPS, {"state": ch.chat.state})
 
     async def _message(self, peer: Any, req: ChatRequest, now: float) -> None:
@@ -209,28 +215,44 @@ class ChatRelay:
 
     # -- the assistant's answer ---------------------------------------------------------
 
-    async def _context(self, req: ChatRequest) -> dict[str, Any]:
-        """The session's context from its shard (the nudges' builder), with this socket's consent.
+    async def _shard_context(self, sid: str) -> dict[str, Any]:
+        """The session's context from its shard (the nudges' builder), or {} if not in time."""
+        try:
+            shard = self.gw.shards[self.gw.ring.owner(sid)]
+            got = await asyncio.wait_for(shard.chat_context.remote(sid), CONTEXT_TIMEOUT_S)
+            return dict(got or {})
+        except Exception as exc:  # no context beats no answer
+            log.info("no session context for a chat: %s", type(exc).__name__)
+            return {}
 
-        The assistant puts it in the prompt only with personalization consent.
+    async def _context(self, req: ChatRequest) -> dict[str, Any]:
+        """The session's context for the assistant, with this socket's consent.
+
+        The assistant puts it in the prompt only with personalization consent,
+        so without it the shard is not even asked.
         """
-        ctx: dict[str, Any] = {}
-        if "personalization" in req.consent:
-            try:
-                shard = self.gw.shards[self.gw.ring.owner(req.sid)]
-                got = await asyncio.wait_for(shard.chat_context.remote(req.sid), CONTEXT_TIMEOUT_S)
-                ctx = dict(got or {})
-            except Exception as exc:  # no context beats no answer
-                log.info("no session context for a chat answer: %s", type(exc).__name__)
+        ctx = await self._shard_context(req.sid) if "personalization" in req.consent else {}
         ctx["consent"] = list(req.consent)  # this socket's, the latest the visitor gave
         return ctx
 
-    async def _stream(self, body: dict[str, Any], tid: str, sid: str) -> dict[str, Any]:
+    async def _note_where(self, site: str, sid: str) -> None:
+        """For the support queue: the page type and signals of a chat no offer led to.
+
+        (An offer's chat shows its decision's own; the operator, not a prompt, reads
+        these, so they need no personalization consent.)
+        """
+        ctx = await self._shard_context(sid)
+        signals = sorted((ctx.get("signals") or {}).items(), key=lambda kv: -kv[1])
+        text = ", ".join(f"{name} {value:.2f}" for name, value in signals[:6])
+        await self.store.set_where(site, sid, str(ctx.get("page_type") or ""), text)
+
+    async def _stream(self, body: dict[str, Any], tid: str, site: str, sid: str) -> dict[str, Any]:
         final: dict[str, Any] | None = None
         gen = self.assistant.options(stream=True).answer.remote(body)
         async for item in gen:
             if item.get("t") == "delta":
-                self._send(sid, {"t": "chat_delta", "sid": sid, "id": tid, "text": item["text"]})
+                delta = {"t": "chat_delta", "sid": sid, "id": tid, "text": item["text"]}
+                await self._deliver(site, sid, delta)
             else:
                 final = item
         if final is None or final.get("source") == "error" or not final.get("text"):
@@ -253,7 +275,7 @@ class ChatRelay:
         try:
             if self.assistant is None:
                 raise RuntimeError("no assistant deployed")
-            final = await asyncio.wait_for(self._stream(body, tid, sid), ANSWER_TIMEOUT_S)
+            final = await asyncio.wait_for(self._stream(body, tid, site, sid), ANSWER_TIMEOUT_S)
         except Exception as exc:
             log.warning("chat answer fell back: %s", type(exc).__name__)
             final = {**fallback(None, True), "replace": True, "source": "fallback"}
@@ -276,11 +298,14 @@ class ChatRelay:
             # The chat moved on meanwhile (a person was asked for, or it ended): the
             # answer is shown, not kept, and the state stays as the visitor made it.
             turn = {"id": tid, "role": "assistant", "text": final["text"], "ts": int(now * 1000)}
-            self._send(sid, {"t": "chat_turn", "sid": sid, "turn": turn, "replace": True})
+            await self._deliver(
+                site, sid, {"t": "chat_turn", "sid": sid, "turn": turn, "replace": True}
+            )
             return
         for turn in ch.turns:
             replace = turn["role"] == "assistant"
-            self._send(sid, {"t": "chat_turn", "sid": sid, "turn": turn, "replace": replace})
+            frame = {"t": "chat_turn", "sid": sid, "turn": turn, "replace": replace}
+            await self._deliver(site, sid, frame)
         if handoff:
             await self._after(site, sid, ch)
         else:
@@ -306,13 +331,9 @@ class ChatRelay:
         ch = await self._change(site, sid, lambda c: None)
         if ch.before == WAITING and ch.chat.state != WAITING:
             for turn in ch.turns:
-                await self.store.publish(
-                    site,
-                    sid,
-                    TO_VISITOR,
-                    {"t": "chat_turn", "sid": sid, "turn": turn, "replace": False},
-                )
-            await self._after(site, sid, ch, local=False)
+                frame = {"t": "chat_turn", "sid": sid, "turn": turn, "replace": False}
+                await self._deliver(site, sid, frame)
+            await self._after(site, sid, ch)
 
     # -- hello and the channel ----------------------------------------------------------
 

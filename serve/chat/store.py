@@ -2,7 +2,8 @@
 
 Three keys per chat (cluster/keys.py): the state hash ``chatst:{site}:{sid}``
 (the pure machine of actors/core/chat.py without its turns, the turn
-counter, the recent client message ids: no text), the transcript
+counter, the recent client message ids, and where the visitor was when the
+chat was queued: page type and signal names; no text), the transcript
 ``chat:{site}:{sid}`` (the chat memory of serve/apps/chat_memory.py: every
 turn the visitor sees, as wire turns) and, per site, the support queue
 ``chatq:{site}`` (sids waiting for a person) and the left messages
@@ -195,6 +196,22 @@ class ChatStore:
             left = chat.limits.person_wait_s - (time.time() - chat.waiting_since)
             frame["wait_s"] = max(0, round(left))
         return frame
+
+    async def set_where(self, site: str, sid: str, page: str, signals: str) -> None:
+        """Where the visitor was when the chat was queued (page type, signal names): what
+        the support queue shows for a chat no offer led to. Never text or personal data."""
+        hkey = self.keys.chat_state(site, sid)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(hkey, mapping={"page": page[:64], "sig": signals[:256]})
+            pipe.ttl(hkey)
+            _, ttl = await pipe.execute()
+        if ttl == -1:  # the state hash was gone: these fields alone must not outlive it
+            await self.redis.delete(hkey)
+
+    async def where(self, site: str, sid: str) -> tuple[str, str]:
+        """(page type, signals) stored by :meth:`set_where`, or ("", "")."""
+        page, sig = await self.redis.hmget(self.keys.chat_state(site, sid), "page", "sig")
+        return (page or b"").decode(), (sig or b"").decode()
 
     async def waiting(self, site: str) -> list[tuple[str, int]]:
         """The site's queue, longest waiting first: (sid, waiting since ms)."""

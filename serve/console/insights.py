@@ -38,7 +38,15 @@ from aiohttp import web
 
 from actors.core.kinds import KINDS
 from actors.core.signals import SIGNALS
-from actors.core.tally import FUNNEL, MINUTE_MS, NO_SEGMENT, totals
+from actors.core.tally import (
+    CHAT_COUNTS,
+    CHAT_ORIGINS,
+    FUNNEL,
+    MINUTE_MS,
+    NO_SEGMENT,
+    chat_field,
+    totals,
+)
 from cluster.redis_client import redis_client
 from serve.console.auth import error
 from serve.console.context import ConsoleContext
@@ -141,6 +149,13 @@ def _rate(num: int, den: int) -> float | None:
 
 # -- Live ------------------------------------------------------------------------------------
 
+CHAT_LABELS = (
+    "Chats opened",
+    "Visitor messages",
+    "Handed to a person",
+    "Resolved by the assistant",
+)
+
 
 async def live_business(
     ctx: ConsoleContext, query: Mapping[str, str], shards: list[dict[str, Any]] | None = None
@@ -225,11 +240,24 @@ async def live_business(
         ],
         "tables": [
             table(
+                "chats",
+                "Help chats (last hour), by what opened them",
+                [
+                    col("what", "What"),
+                    col("offer", "From an offer", True),
+                    col("button", "From the Help button", True),
+                ],
+                [
+                    {"what": label, **{o: _n(hour, chat_field(w, o)) for o in CHAT_ORIGINS}}
+                    for w, label in zip(CHAT_COUNTS, CHAT_LABELS, strict=True)
+                ],
+            ),
+            table(
                 "serve",
                 "Serve follow-ups (all shards, since start)",
                 [col("what", "What"), col("count", "Count", True)],
                 [{"what": k.removeprefix("followups_"), "count": v} for k, v in serve.items()],
-            )
+            ),
         ],
         "notes": [
             "Ignored = shown minus accepted minus dismissed, within the hour: an answer in the "

@@ -1,7 +1,8 @@
 """The Support pages: the help chats waiting for a person, and one chat taken over by an operator.
 
 ``/support`` lists each site's queue (how long each chat has waited, the
-page type and the signals of the intervention that led to it) and the
+page type and the signals of the intervention that led to it, or, for a
+chat opened with the Help button, where the visitor was when it was queued) and the
 messages visitors left when no one came; ``/support/{site}/{sid}`` shows
 one chat: its state, the conversation, and the session's journey (the
 Session page's timeline, serve/console/explorer_view.py), with "Take",
@@ -72,16 +73,19 @@ async def _queue_rows(ctx: Any, store: ChatStore, site: str) -> list[dict[str, A
         offer = next(
             (d for d in await explorer._decisions(ctx, site, sid) if d["iid"] == chat.iid), None
         )
+        if offer is not None:
+            page = offer.get("page_type") or ""
+            signals = ", ".join(f"{r['signal']} {r['strength']}" for r in offer.get("reasons", []))
+        else:  # the Help button: where the visitor was when the chat was queued
+            page, signals = await store.where(site, sid)
         rows.append(
             {
                 "site": site,
                 "sid": sid,
                 "url": f"/support/{site}/{sid}",
                 "waited_s": round((now - since) / 1000),
-                "page": (offer or {}).get("page_type") or "",
-                "signals": ", ".join(
-                    f"{r['signal']} {r['strength']}" for r in (offer or {}).get("reasons", [])
-                ),
+                "page": page,
+                "signals": signals,
                 "offer": f"{offer['kind']} ({chat.iid})" if offer else "Help button",
                 "_actions": [
                     {"label": "Take", "method": "POST", "url": f"/api/support/{site}/{sid}/take"}

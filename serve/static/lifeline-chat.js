@@ -35,7 +35,8 @@
       chat_unavailable: "The chat isn't available right now. Please try again in a little while.",
       consent: "The chat needs your permission: allow help in this site's privacy choices."
     };
-    const CSS = ":host{all:initial;position:fixed;right:16px;bottom:16px;z-index:2147482999;font:14px/1.45 system-ui,sans-serif;color:#223}" +
+    // Open (.x), the panel is above the cards (2147483000): on a phone a hint must not cover the sheet.
+    const CSS = ":host{all:initial;position:fixed;right:16px;bottom:16px;z-index:2147482999;font:14px/1.45 system-ui,sans-serif;color:#223}:host(.x){z-index:2147483001}" +
       "*{box-sizing:border-box}[hidden]{display:none!important}" +
       ".p{width:370px;height:min(580px,calc(100vh - 32px));display:flex;flex-direction:column;background:#fff;border-radius:14px;" +
       "box-shadow:0 8px 30px #0003;overflow:hidden;animation:a .2s}@keyframes a{from{opacity:0;transform:translateY(8px)}}" +

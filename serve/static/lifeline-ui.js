@@ -97,7 +97,8 @@
     // corner (else a top corner).
     const layout = () => {
       // taken: what a card must not cover ({} when nothing is in use: it hits nothing)
-      const taken = [rect(D.activeElement) || rect(lastEl()) || {}], vw = root.clientWidth, vh = W.innerHeight;
+      const taken = [rect(D.activeElement) || rect(lastEl()) || {}], vw = root.clientWidth, vh = W.innerHeight, ch = D.getElementById("lifeline-chat");
+      ch && ch.className == "x" && taken.push(rect(ch)); // the open chat panel, too
       // placed in this order: form_hint, recommendations, help_offer, content_suggestion
       shown.slice().sort((a, b) => "frhc".indexOf(a.k[0]) - "frhc".indexOf(b.k[0])).forEach((iv) => {
         const el = iv.el, fr = rect(iv.f), w = el.offsetWidth, h = el.offsetHeight, R = vw - w - 16;

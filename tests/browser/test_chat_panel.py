@@ -386,6 +386,10 @@ async def test_on_a_phone_the_chat_is_a_full_width_bottom_sheet(shop):
     )
     shop.gw.push(turn(shop, "t2", "assistant", answer, citations=[GUIDE], offer_person=True))
     await page.locator(PANEL + " ol > li.assistant").wait_for()
+    # measured once its opening animation (8 px of slide) has finished
+    await page.locator(PANEL).evaluate(
+        "(e) => Promise.all(e.getAnimations().map((a) => a.finished))"
+    )
     box = await page.locator(PANEL).bounding_box()
     assert box["x"] == 0 and box["width"] == 390
     assert abs(box["y"] + box["height"] - 844) < 1 and box["height"] > 600
@@ -396,6 +400,20 @@ async def test_on_a_phone_the_chat_is_a_full_width_bottom_sheet(shop):
         b = await page.get_by_role("button", name=name, exact=True).bounding_box()
         assert b["height"] >= 40, name  # big enough for a finger
     await shot(page, "chat_panel_mobile")
+    # A form hint that comes while the sheet is open never covers it: it is placed clear of
+    # the sheet where there is room, and where the two meet the chat is on top.
+    shop.gw.intervene("form_hint", "i-h2", "Whole dollars.", target="loan-amount")
+    card = page.locator("#lifeline-ui [data-kind=form_hint]")
+    await card.wait_for()
+    c, p = await card.bounding_box(), await page.locator(PANEL).bounding_box()
+    left, right = max(c["x"], p["x"]), min(c["x"] + c["width"], p["x"] + p["width"])
+    top, bottom = max(c["y"], p["y"]), min(c["y"] + c["height"], p["y"] + p["height"])
+    if left < right and top < bottom:
+        on_top = await page.evaluate(
+            "([x, y]) => document.elementFromPoint(x, y).id",
+            [(left + right) / 2, (top + bottom) / 2],
+        )
+        assert on_top == "lifeline-chat"
     assert shop.page_errors == []
 
 
