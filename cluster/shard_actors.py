@@ -11,11 +11,18 @@ Two modes, chosen by whether ``lifeline up`` joins a Ray cluster
   ``lifeline``. They outlive the process that started them, are restarted
   by Ray wherever it can place them (``max_restarts=-1``: a dead node's
   shards come back on the surviving nodes), and are spread over the nodes
-  (``SPREAD``). A restarted ``lifeline up`` or gateway finds them by name
+  that take work (CPU > 0): shard N is placed on the N-th of them, in node
+  id order, with *soft* node affinity, so that Ray restarts it elsewhere
+  when that node is gone. (Ray places actors that ask for no resource on a
+  random node whatever their strategy, ``SPREAD`` included: a test run once
+  found all three shards on one node. So a joined run's shards ask for
+  64 MiB of Ray's memory resource.) A restarted ``lifeline up`` or gateway finds them by name
   (:func:`ray.get_actor`) instead of starting new ones; ``lifeline down``
   stops them.
 
-Limits: a found shard keeps the arguments it was started with (its Redis
+Limits: the spread is decided when a shard starts; nodes that join later
+get shards only as shards are added or restarted. A found shard keeps the
+arguments it was started with (its Redis
 URL, key prefix, sites file); after changing those, ``lifeline down`` first.
 Names are per Ray namespace (``lifeline``), not per key prefix: one
 Lifeline per Ray cluster.
@@ -34,6 +41,7 @@ import ray
 log = logging.getLogger("lifeline")
 
 NAME_PREFIX = "lifeline-shard-"
+PLACED_MEMORY = 64 * 2**20  # what a joined run's shard asks of Ray's memory resource (bytes)
 _INDEX = re.compile(rf"^{NAME_PREFIX}(\d+)")
 
 
@@ -72,8 +80,12 @@ class Placement:
             "lifetime": "detached",
             # Atomic: two starts racing for one name get the same actor, never an error.
             "get_if_exists": True,
-            # Over every node with room; after a node dies Ray restarts its shards elsewhere.
-            "scheduling_strategy": "SPREAD",
+            "scheduling_strategy": spread(shard_index(name)),
+            # Ray places an actor that asks for no resource at all on a random node, whatever
+            # its strategy (only hard node affinity is kept); asking for some memory makes it
+            # honour the strategy. Memory, not CPU: a node whose CPUs Serve's replicas hold
+            # would keep a shard waiting there (soft affinity waits for a live node's room).
+            "memory": PLACED_MEMORY,
         }
 
     def find(self, name: str) -> Any | None:
@@ -84,6 +96,28 @@ class Placement:
             return ray.get_actor(name, namespace=self.namespace)
         except ValueError:  # no actor of that name (or it was killed for good)
             return None
+
+
+def working_nodes() -> list[str]:
+    """The ids of the alive nodes that take work (CPU > 0), in id order ([] without Ray)."""
+    if not ray.is_initialized():
+        return []
+    return sorted(
+        n["NodeID"]
+        for n in ray.nodes()
+        if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0
+    )
+
+
+def spread(index: int, nodes: Sequence[str] | None = None) -> Any:
+    """Shard ``index``'s scheduling strategy: soft affinity to node ``index`` mod the
+    working nodes (``nodes``, default :func:`working_nodes`); ``SPREAD`` if there are none."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = working_nodes() if nodes is None else nodes
+    if not nodes:
+        return "SPREAD"
+    return NodeAffinitySchedulingStrategy(nodes[index % len(nodes)], soft=True)
 
 
 def start_or_find(

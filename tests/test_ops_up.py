@@ -3,7 +3,9 @@
 One `lifeline up` (its own local Ray cluster: ~30 s to start) serves the
 whole module; the tests read its output as it comes and look at its
 processes. The tests run in file order: the last one kills it with SIGKILL
-and starts another, which must stop what the first left of its Ray cluster.
+and starts another (with Serve, as the quick start does), which must stop
+what the first left of its Ray cluster, and which a Ctrl-C during its
+start-up must stop cleanly.
 """
 
 from __future__ import annotations
@@ -44,11 +46,18 @@ def free_port() -> int:
 class Up:
     """A running `lifeline up` and everything it printed, line by line."""
 
-    def __init__(self, env: dict[str, str], gateways: int = 2) -> None:
+    def __init__(self, env: dict[str, str], gateways: int = 2, serve: bool = False) -> None:
         self.http_port, self.console_port = free_port(), free_port()
         self.env = env
         self.token = ""
-        cmd = [sys.executable, "-m", "cluster.cli", "up", "--no-serve"]
+        # With Serve (and no model stand-in), as the quick start runs it.
+        cmd = [
+            sys.executable,
+            "-m",
+            "cluster.cli",
+            "up",
+            "--no-llm-stub" if serve else "--no-serve",
+        ]
         cmd += ["--gateways", str(gateways)]
         cmd += ["--ws-port", str(free_port()), "--http-port", str(self.http_port)]
         cmd += ["--console-port", str(self.console_port)]
@@ -105,15 +114,19 @@ class Up:
         except psutil.NoSuchProcess:
             return []
 
-    def gateway_workers(self) -> list[psutil.Process]:
+    def children_running(self, what: str) -> list[psutil.Process]:
+        """Its descendant processes whose command line holds ``what``."""
         out = []
         for p in self.descendants():
             try:
-                if "cluster.gateway_worker" in " ".join(p.cmdline()):
+                if what in " ".join(p.cmdline()):
                     out.append(p)
             except psutil.Error:
                 continue
         return out
+
+    def gateway_workers(self) -> list[psutil.Process]:
+        return self.children_running("cluster.gateway_worker")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -214,17 +227,26 @@ def test_a_killed_gateway_is_restarted_and_health_is_red_meanwhile(up):
     assert body["gateways"][1] == {**body["gateways"][1], "state": "up", "restarts": 1}
 
 
-def test_a_restart_after_kill_9_stops_what_the_killed_run_left(up, up_env):
-    # Last in the file: it kills the module's `lifeline up`.
+def test_a_restart_after_kill_9_stops_what_the_killed_run_left_and_ctrl_c_stops_it(up, up_env):
+    """Last in the file: it kills the module's `lifeline up` with SIGKILL, starts another
+    (with Serve, as the quick start does), and presses Ctrl-C during that one's start-up."""
     left = up.descendants()
     assert any("DashboardAgent" in p.name() or "raylet" in p.name() for p in left), left
     up.proc.kill()
     up.proc.wait()
-    again = Up(up_env)
+    again = Up(up_env, serve=True)
     try:
-        again.wait_for("Lifeline is running")
-        # Gone by the time the new run serves (Ray's agents would exit on their own
-        # eventually, a minute or so later: that is not a clean restart).
+        again.wait_for(r"stopped \d+ process\(es\) of Ray session")
+        # Mid-start: its shards exist, its gateway does not listen yet. There is no event to
+        # await across processes, so the process table is polled.
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while len(again.children_running("SessionShard")) < 2:
+            assert again.proc.poll() is None, again.output
+            assert time.monotonic() < deadline, f"the shards never started:\n{again.output}"
+            time.sleep(0.2)
+        # What the killed run left is gone before the new one starts its own Ray cluster
+        # (Ray's agents would exit on their own eventually, a minute or so later: that is
+        # not a clean restart).
         alive = []
         for p in left:
             try:
@@ -233,7 +255,15 @@ def test_a_restart_after_kill_9_stops_what_the_killed_run_left(up, up_env):
             except psutil.NoSuchProcess:
                 continue
         assert not alive, f"still running after the restart: {alive}\n{again.output}"
-        assert re.search(r"stopped \d+ process\(es\) of Ray session", again.output), again.output
+        shards = again.children_running("SessionShard")
+        again.proc.send_signal(signal.SIGINT)
+        again.proc.wait(timeout=90)
+        assert again.proc.returncode == 0, again.output
+        assert "interrupted during start-up" in again.output, again.output
+        assert "Lifeline is running" not in again.output
+        _, alive = psutil.wait_procs(shards, timeout=30)
+        assert not alive, f"shards still running: {alive}"
+        # Stopped cleanly: no record of its Ray session is left for the next start to clear.
+        assert not list((Path(up_env["LIFELINE_DATA_DIR"]) / "ray-sessions").glob("*.json"))
     finally:
         again.stop()
-    assert again.proc.returncode == 0, again.output

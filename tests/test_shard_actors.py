@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from cluster.shard_actors import Placement, next_index, shard_index, shard_name
+from cluster.shard_actors import (
+    PLACED_MEMORY,
+    Placement,
+    next_index,
+    shard_index,
+    shard_name,
+    spread,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,7 +35,13 @@ def test_local_shards_end_with_the_driver_and_joined_ones_are_detached_and_sprea
     assert Placement().options("lifeline-shard-0") == {"name": "lifeline-shard-0", "lifetime": None}
     joined = Placement(detached=True, namespace="lifeline").options("lifeline-shard-0")
     assert joined["lifetime"] == "detached" and joined["namespace"] == "lifeline"
-    assert joined["scheduling_strategy"] == "SPREAD" and joined["get_if_exists"] is True
+    assert joined["get_if_exists"] is True and joined["memory"] == PLACED_MEMORY > 0
+    # Round robin over the working nodes, soft (Ray moves a shard off a lost node).
+    nodes = [c * 56 for c in "abc"]  # node ids are 56 hex digits
+    picks = [spread(i, nodes) for i in range(5)]
+    assert [p.node_id for p in picks] == [nodes[i] for i in (0, 1, 2, 0, 1)]
+    assert all(p.soft for p in picks)
+    assert spread(0, []) == "SPREAD"
     assert Placement().find("lifeline-shard-0") is None  # a local run never adopts
 
 
