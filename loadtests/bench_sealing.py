@@ -133,10 +133,9 @@ def gateway_frames(journeys: list, frames: int, arm: str, redis_url: str, profil
 
     from actors.core.sites import Site
     from cluster.redis_server import delete_prefix
-    from loadtests.bench_stages import _Transport
+    from loadtests.bench_stages import open_peer
     from serve.edge import wire
     from serve.edge.gateway import Gateway
-    from serve.edge.peer import Peer
     from serve.edge.protocol import Limits
 
     prefix = f"llbench-seal-{uuid.uuid4().hex[:8]}:"
@@ -158,18 +157,7 @@ def gateway_frames(journeys: list, frames: int, arm: str, redis_url: str, profil
         replay = Replay(journeys, seed=3)
         peers = []
         for sid in replay.sids:
-            peer = Peer(gw)
-            peer.connection_made(_Transport())  # type: ignore[arg-type]
-            peer.data_received(
-                b"GET /ws?site=loadtest HTTP/1.1\r\nHost: x\r\n"
-                b"Origin: http://loadtest.local\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-            )
-            assert peer.conn is not None and peer.hello_timer is not None
-            peer.hello_timer.cancel()
-            req = peer.conn.hello({"t": "hello", "sid": sid, "consent": ["analytics"]})
-            peer.conn.accept_hello(req, False, 0)  # type: ignore[arg-type]
+            peer = open_peer(gw, sid)
             if arm != "plain":  # what the hello's script reply gives the cursor: a visitor's key
                 ref = f"{SITE}:v-{sid[3:]}"
                 sealer = master.sealer(ref, master.new_wrapped(SITE))

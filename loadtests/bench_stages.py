@@ -139,6 +139,26 @@ def gateway_stage(journeys: list, frames: int, seal: bool = False) -> dict[str, 
     return out
 
 
+def open_peer(gw: Any, sid: str) -> Any:
+    """A gateway Peer on a :class:`_Transport`, its handshake and hello of ``sid`` done in
+    process (site ``loadtest``, analytics consent), as a socket's would be."""
+    from serve.edge.peer import Peer
+
+    peer = Peer(gw)
+    peer.connection_made(_Transport())  # type: ignore[arg-type]
+    peer.data_received(
+        b"GET /ws?site=loadtest HTTP/1.1\r\nHost: x\r\n"
+        b"Origin: http://loadtest.local\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    assert peer.conn is not None and peer.hello_timer is not None
+    peer.hello_timer.cancel()
+    req = peer.conn.hello({"t": "hello", "sid": sid, "consent": ["analytics"]})
+    peer.conn.accept_hello(req, False, 0)  # type: ignore[arg-type]
+    return peer
+
+
 class _Transport:
     """Where a Peer writes in :func:`socket_stage`: counts the frames, sends nothing."""
 
@@ -182,7 +202,6 @@ def socket_stage(journeys: list, frames: int) -> float:
     from actors.core.sites import Site
     from serve.edge import wire
     from serve.edge.gateway import Gateway
-    from serve.edge.peer import Peer
     from serve.edge.protocol import Limits
 
     async def run() -> float:
@@ -202,18 +221,7 @@ def socket_stage(journeys: list, frames: int) -> float:
         replay = Replay(journeys, seed=3)
         peers = []
         for sid in replay.sids:
-            peer = Peer(gw)
-            peer.connection_made(_Transport())  # type: ignore[arg-type]
-            peer.data_received(
-                b"GET /ws?site=loadtest HTTP/1.1\r\nHost: x\r\n"
-                b"Origin: http://loadtest.local\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-            )
-            assert peer.conn is not None and peer.hello_timer is not None
-            peer.hello_timer.cancel()
-            req = peer.conn.hello({"t": "hello", "sid": sid, "consent": ["analytics"]})
-            peer.conn.accept_hello(req, False, 0)  # type: ignore[arg-type]
+            peer = open_peer(gw, sid)
             gw.peers_by_sid[sid] = peer
             peers.append(peer)
         for peer in peers:
@@ -232,7 +240,7 @@ def socket_stage(journeys: list, frames: int) -> float:
                 peer.data_received(data)
             while pipe.busy:
                 await asyncio.sleep(0)
-            pipe._pending = [[] for _ in pipe._pending]
+            pipe._pending = {name: [] for name in pipe._pending}
             pipe._pending_events = 0
         spent = time.process_time() - t0
         for task in appender:
