@@ -107,7 +107,10 @@ class Visitor:
     resent as the browser client does it (serve/static/lifeline.js): flushed
     100 ms after the first pending event, at once for urgent events; after a
     ``sequence_gap`` everything unacknowledged is resent 30 ms later, after
-    ``overloaded`` or ``rate_limited`` 1-3 s later. Not a task: the process's
+    ``overloaded`` or ``rate_limited`` 1-3 s later. A cut socket (a gateway
+    died) is reopened with the browser's backoff (0.25-0.5 s, doubling),
+    the session resumed with its token, and everything unacknowledged resent;
+    events made meanwhile wait in ``pending``. Not a task: the process's
     scheduler calls :meth:`step` when the visitor is due.
     """
 
@@ -131,15 +134,65 @@ class Visitor:
         self.next_at = self.flush_at = self.resend_at = float("inf")
         self.ws: WsClient | None = None
         self.welcome: asyncio.Future | None = None
+        self.token: str | None = None  # the resume token of the last welcome
+        self.url = ""
+        self.open = False  # the socket is up and welcomed
+        self.leaving = False  # closed on purpose: no reconnection
+        self.cut_at: float | None = None  # perf_counter of the first cut (a gateway died)
 
     async def connect(self, ws_url: str) -> None:
-        self.welcome = asyncio.get_running_loop().create_future()
-        self.ws = await WsClient.connect(f"{ws_url}?site=loadtest", ORIGIN, self.on_message)
-        self.ws.send(msgpack.packb(hello_frame(self.sid, vid=self.vid)))
-        welcome = await asyncio.wait_for(self.welcome, 30)
-        if welcome.get("t") != "welcome":
-            raise ConnectionError(f"refused: {welcome}")
+        self.url = ws_url
+        await self._hello()
         self.next_at = time.perf_counter() + self.rng.expovariate(self.rate)
+
+    async def _hello(self) -> None:
+        """Open a socket and say hello (resuming with the token once there is one)."""
+        self.welcome = asyncio.get_running_loop().create_future()
+        ws = await WsClient.connect(f"{self.url}?site=loadtest", ORIGIN, self.on_message)
+        self.ws = ws
+        ws.send(msgpack.packb(hello_frame(self.sid, self.token, vid=self.vid)))
+        try:
+            welcome = await asyncio.wait_for(self.welcome, 30)
+        except BaseException:
+            ws.close()
+            raise
+        if welcome.get("t") != "welcome":
+            ws.close()
+            raise ConnectionError(f"refused: {welcome}")
+        self.token = welcome["token"]
+        self.ack(welcome["acked"], time.perf_counter())  # what the store has: acknowledged
+        self.open = True
+        ws.closed.add_done_callback(lambda _f: self._cut(ws))
+
+    def _cut(self, ws: WsClient) -> None:
+        if ws is not self.ws or self.leaving:
+            return
+        self.open = False
+        self.res["cuts"] = self.res.get("cuts", 0) + 1
+        if self.cut_at is None:
+            self.cut_at = time.perf_counter()
+        asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        """Reopen with the browser client's backoff (serve/static/lifeline.js), then resend."""
+        for tries in range(12):
+            d = min(30.0, 0.5 * 2**tries)
+            await asyncio.sleep(d / 2 + self.rng.random() * d / 2)
+            if self.leaving:
+                return
+            try:
+                await self._hello()
+            except (OSError, ConnectionError, asyncio.TimeoutError):
+                continue
+            self.res["resumed"] = self.res.get("resumed", 0) + 1
+            self.resend_at = time.perf_counter()  # the next step resends everything unacked
+            return
+
+    def leave(self) -> None:
+        """Close the socket for good (the end of the run)."""
+        self.leaving = True
+        if self.ws is not None:
+            self.ws.close()
 
     def in_window(self, t: float) -> bool:
         return self.window[0] <= t <= self.window[1]
@@ -155,6 +208,8 @@ class Visitor:
             sent = self.sent_at.get(frame.get("seq", -1))
             if sent is not None and self.in_window(now):
                 self.res["iv_lat"].append(now - sent)
+                # When, s into the window (the fault benchmark keeps the minute around a fault).
+                self.res.setdefault("iv_at", []).append(now - self.window[0])
         elif t in ("welcome", "error") and self.welcome is not None and not self.welcome.done():
             self.welcome.set_result(frame)
         elif t == "error":
@@ -203,7 +258,9 @@ class Visitor:
         return min(self.next_at, self.flush_at, self.resend_at)
 
     def flush(self, now: float) -> bool:
-        assert self.ws is not None
+        """Send what is pending; while the socket is cut it waits (the resume resends it)."""
+        if not self.open or self.ws is None:
+            return True
         for i in range(0, len(self.pending), 100):  # the server's per-frame limit
             batch = self.pending[i : i + 100]
             fresh = 0
@@ -212,10 +269,12 @@ class Visitor:
                     self.sent_at[ev["seq"]] = now
                     fresh += 1
                 self.unacked[ev["seq"]] = ev
-            if not self.ws.send(msgpack.packb(events_frame(self.sid, batch))):
-                return False
             if self.in_window(now):
                 self.res["sent"] += fresh
+            if not self.ws.send(msgpack.packb(events_frame(self.sid, batch))):
+                # Cut: this batch and the ones before are in ``unacked``, resent on resume.
+                self.pending = self.pending[i + 100 :]
+                return True
         self.pending = []
         return True
 
@@ -320,8 +379,7 @@ def lifeline_worker(
         while any(v.unacked for v in connected) and time.perf_counter() < deadline:
             await asyncio.sleep(0.05)  # the last acks: nothing to await across 1,000 sockets
         for v in connected:
-            assert v.ws is not None
-            v.ws.close()
+            v.leave()
 
     proc = psutil.Process()
     proc.cpu_percent()

@@ -10,6 +10,8 @@ start-up must stop cleanly.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import queue
@@ -27,14 +29,26 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgpack
 import psutil
 import pytest
+import websockets
 
+from actors.core.session import Session
+from cluster.config import Settings
+from cluster.keys import Keys
+from cluster.redis_client import redis_client
 from cluster.redis_server import _redis_binary, answers
+from cluster.sealing import master_keys
+from serve.dev.pyclient import LifelineClient
+from serve.edge.store import EventStore
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = f"pw-{uuid.uuid4().hex}"
 START_TIMEOUT_S = 180
+ORIGIN = "http://127.0.0.1:8080"  # one of the demo site's origins
+SEND_EVERY_S = 0.05  # each visitor's pace in the gateway-kill test: 20 events/s
+SOCKETS_MAX = 40  # sockets opened at most until each gateway holds some
 
 
 def free_port() -> int:
@@ -47,7 +61,7 @@ class Up:
     """A running `lifeline up` and everything it printed, line by line."""
 
     def __init__(self, env: dict[str, str], gateways: int = 2, serve: bool = False) -> None:
-        self.http_port, self.console_port = free_port(), free_port()
+        self.http_port, self.console_port, self.ws_port = free_port(), free_port(), free_port()
         self.env = env
         self.token = ""
         # With Serve (and no model stand-in), as the quick start runs it.
@@ -59,7 +73,7 @@ class Up:
             "--no-llm-stub" if serve else "--no-serve",
         ]
         cmd += ["--gateways", str(gateways)]
-        cmd += ["--ws-port", str(free_port()), "--http-port", str(self.http_port)]
+        cmd += ["--ws-port", str(self.ws_port), "--http-port", str(self.http_port)]
         cmd += ["--console-port", str(self.console_port)]
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -210,16 +224,146 @@ def test_up_warns_when_the_redis_in_use_has_no_persistence(up):
     assert up.health()[1]["redis_persistence"]["aof"] is False
 
 
+class Traffic:
+    """Visitors (serve/dev/pyclient.py) each sending an event every 50 ms, resuming when cut.
+
+    A cut socket is what a browser sees when its gateway dies: the visitor
+    reconnects (the kernel gives the shared port's new connection to a live
+    gateway), resumes with its token, resends what was not acknowledged (the
+    welcome's ``acked`` drops what the dead gateway had made durable) and
+    goes on numbering, as serve/static/lifeline.js does.
+    """
+
+    def __init__(self, ws_url: str) -> None:
+        self.ws_url = ws_url
+        self.clients: list[LifelineClient] = []
+        self.sent: dict[str, int] = {}  # sid -> last seq sent
+        self.resumed: dict[str, int] = {}  # sid -> reconnections
+        self.stop = asyncio.Event()
+        self.pumps: list[asyncio.Task] = []
+
+    async def open(self) -> LifelineClient:
+        client = LifelineClient(self.ws_url, "demo", f"gwkill-{uuid.uuid4().hex[:12]}", ORIGIN)
+        welcome = await client.connect()
+        assert welcome["t"] == "welcome", welcome
+        self.clients.append(client)
+        self.sent[client.sid] = self.resumed[client.sid] = 0
+        return client
+
+    def start(self) -> None:
+        self.pumps = [asyncio.create_task(self._pump(c)) for c in self.clients]
+
+    async def finish(self) -> None:
+        self.stop.set()
+        await asyncio.gather(*self.pumps)
+
+    async def _pump(self, client: LifelineClient) -> None:
+        while not self.stop.is_set():
+            if client.closed is not None and not await self._resume(client):
+                await asyncio.sleep(SEND_EVERY_S)  # a retry, as the browser client backs off
+                continue
+            seq = self.sent[client.sid] = self.sent[client.sid] + 1
+            ev = {"type": "click", "seq": seq, "ts": int(time.time() * 1000)}
+            ev |= {"selector": "#b", "x": 1, "y": 2, "reacted": True}
+            # Kept in ``unacked`` before it is sent: a cut socket's events go again on resume.
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await client.send_events([ev])
+            await asyncio.sleep(SEND_EVERY_S)  # the visitor's pace
+
+    async def _resume(self, client: LifelineClient) -> bool:
+        try:
+            welcome = await client.connect()  # with its token: the same session
+            assert welcome["t"] == "welcome", welcome
+            self.resumed[client.sid] += 1
+            await client.resend_unacked()
+        except (OSError, asyncio.TimeoutError, websockets.WebSocketException):
+            return False
+        return True
+
+    async def acked(self, seqs: dict[str, int], timeout: float = 15.0) -> None:
+        """Until every client's acknowledged seq reaches ``seqs[sid]``."""
+        deadline = time.monotonic() + timeout
+
+        async def one(client: LifelineClient) -> None:
+            while True:
+                try:
+                    left = max(0.01, deadline - time.monotonic())
+                    return await client.wait_acked(seqs[client.sid], timeout=left)
+                except ConnectionError:  # cut: its pump is reconnecting, no event to await
+                    assert time.monotonic() < deadline, f"{client.sid} stayed cut"
+                    await asyncio.sleep(SEND_EVERY_S)
+
+        await asyncio.gather(*(one(c) for c in self.clients))
+
+
+def client_ports(proc: psutil.Process, ws_port: int) -> set[int]:
+    """The client-side ports of the WebSocket sockets ``proc`` holds."""
+    conns = proc.net_connections(kind="tcp")
+    return {c.raddr.port for c in conns if c.raddr and c.laddr.port == ws_port}
+
+
+async def scored(store: EventStore, sid: str) -> int:
+    """The last seq the shard applied to ``sid``, as its latest snapshot (written within 5 s) says."""
+    raw = await store.r.get(store.keys.snapshot("demo", sid))
+    return Session.from_state(msgpack.unpackb(raw)).last_seq if raw else 0
+
+
+async def kill_under_traffic(up: Up, worker: psutil.Process) -> None:
+    """SIGKILL the extra gateway while visitors send, some through it; nothing lost or doubled."""
+    traffic = Traffic(f"ws://127.0.0.1:{up.ws_port}/ws")
+    # Both processes accept on the port (SO_REUSEPORT): open sockets until each holds some.
+    on_worker: set[str] = set()
+    while len(on_worker) < 3 or len(traffic.clients) - len(on_worker) < 2:
+        assert len(traffic.clients) < SOCKETS_MAX, "the kernel gave every socket to one gateway"
+        client = await traffic.open()
+        assert client.ws is not None
+        if client.ws.local_address[1] in client_ports(worker, up.ws_port):
+            on_worker.add(client.sid)
+    traffic.start()
+    await traffic.acked({sid: 10 for sid in traffic.sent})
+    worker.kill()
+    at_kill = dict(traffic.sent)
+    await asyncio.to_thread(
+        up.wait_for, rf"gateway process 1 \(pid {worker.pid}\) exited with code -9", 30
+    )
+    status, body = await asyncio.to_thread(up.health)
+    assert status == 503 and body["ok"] is False, body
+    assert body["gateways"][1]["state"] in ("down", "starting"), body
+    # Every visitor, resumed or not, gets ten events past the kill acknowledged, then stops.
+    await traffic.acked({sid: n + 10 for sid, n in at_kill.items()})
+    await traffic.finish()
+    await traffic.acked(traffic.sent)
+    assert {sid for sid, n in traffic.resumed.items() if n} == on_worker, traffic.resumed
+    settings = Settings(redis_url=up.env["REDIS_URL"], prefix=up.env["LIFELINE_PREFIX"])
+    redis = redis_client(settings.redis_target, aio=True)
+    store = EventStore(redis, Keys(settings.prefix), master_keys(settings))
+    try:
+        for sid, last in traffic.sent.items():
+            seqs = [e["seq"] for e in await store.read_events("demo", sid)]
+            assert seqs == list(range(1, last + 1)), (sid, sid in on_worker, seqs)
+        assert store.unreadable == 0
+        # Scored to the last event, resumed sessions too: the shards snapshot on their
+        # tick, in another process; nothing to await from here but the snapshot.
+        deadline = time.monotonic() + 15
+        behind = dict(traffic.sent)
+        while behind:
+            for sid in list(behind):
+                if await scored(store, sid) == behind[sid]:
+                    del behind[sid]
+            assert time.monotonic() < deadline, f"not scored to the end: {behind}"
+            await asyncio.sleep(0.2)
+    finally:
+        await redis.aclose()
+        await asyncio.gather(*(c.close() for c in traffic.clients), return_exceptions=True)
+
+
 def test_a_killed_gateway_is_restarted_and_health_is_red_meanwhile(up):
     status, body = up.health()
     assert status == 200 and body["ok"], body
     assert [g["state"] for g in body["gateways"]] == ["up", "up"]
     (worker,) = up.gateway_workers()
-    worker.kill()
-    up.wait_for(rf"gateway process 1 \(pid {worker.pid}\) exited with code -9", timeout=30)
-    status, body = up.health()
-    assert status == 503 and body["ok"] is False, body
-    assert body["gateways"][1]["state"] in ("down", "starting"), body
+    # Its sessions resume on the main gateway, exactly, while the worker is down.
+    asyncio.run(kill_under_traffic(up, worker))
     new_pid = int(up.wait_for(r"gateway process 1 restarted \(pid (\d+)\)", timeout=120)[1])
     assert new_pid != worker.pid and psutil.pid_exists(new_pid)
     status, body = up.health()

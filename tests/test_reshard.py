@@ -148,4 +148,4 @@ async def test_adding_and_removing_a_shard_under_load_loses_and_repeats_nothing(
     ]
     assert len(decided) == len(set(decided))
     for v in visitors:
-        v.ws.close()
+        v.leave()

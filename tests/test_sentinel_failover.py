@@ -163,7 +163,7 @@ async def test_with_replica_acks_a_primary_kill_loses_and_repeats_nothing(ray_cl
             f"errors {run['res']['errors']}"
         )
         for v in visitors:
-            v.ws.close()
+            v.leave()
     finally:
         await stack.stop()
 
@@ -194,7 +194,7 @@ async def test_without_replica_acks_the_loss_stays_within_the_documented_bound(
         assert duplicated == 0
         assert lost <= last_second
         for v in visitors:
-            v.ws.close()
+            v.leave()
     finally:
         await stack.stop()
 
