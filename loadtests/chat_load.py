@@ -52,6 +52,7 @@ async def one_chat(
     rng: random.Random,
 ) -> None:
     """One visitor chatting until ``t_end`` (perf_counter); results appended to ``out``."""
+    from serve.apps.chat_answer import PERSON_WILL_ANSWER
     from serve.dev.pyclient import LifelineClient
 
     c = LifelineClient(ws_url, "demo", "s-chatload-" + uuid.uuid4().hex[:12], ORIGIN)
@@ -88,9 +89,15 @@ async def one_chat(
                     out["samples"].append((sent, ttft, time.perf_counter() - sent))
                 else:  # no answer in the articles, or a fallback: nothing streamed, not timed
                     out["unstreamed"] += 1
-                if final["turn"].get("offer_person") or any(
-                    f.get("t") == "chat_state" and f.get("state") == "waiting_for_person"
-                    for _, f in c.frames[start:]
+                # A hand-off (the fallback's "a person will answer") sends its chat_state
+                # after the final turn: the text says it without waiting for that frame.
+                if (
+                    final["turn"].get("offer_person")
+                    or final["turn"]["text"] == PERSON_WILL_ANSWER
+                    or any(
+                        f.get("t") == "chat_state" and f.get("state") == "waiting_for_person"
+                        for _, f in c.frames[start:]
+                    )
                 ):
                     await c.send_frame({"t": "chat_close", "sid": c.sid})
                     await c.send_frame({"t": "chat_open", "sid": c.sid})
