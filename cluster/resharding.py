@@ -27,12 +27,14 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
+import redis
 
 from cluster.keys import Keys
 from cluster.shard_actors import next_index
 from cluster.shard_set import applied, read_members, reply, write_members
 
 log = logging.getLogger("lifeline.resharding")
+RETRY_S = 1.0  # after a failed read of the requests list
 
 APPLY_TIMEOUT_S = 130.0  # a gateway's drain waits out a restarting shard (SHARD_RETRY_S) at most
 LIVE_GATEWAY_S = (
@@ -135,7 +137,14 @@ class ShardControl:
         """Perform the requests operators push (``lifeline shards``), one at a time, forever."""
         key = self.keys.shards("requests")
         while True:
-            got = await self.redis.blpop([key], timeout=1)
+            try:
+                got = await self.redis.blpop([key], timeout=1)
+            except (redis.RedisError, OSError) as exc:
+                # Redis slow or away for a moment: this loop must outlive it (it is the only
+                # one serving `lifeline shards`); the requests wait in their list meanwhile.
+                log.warning("shard requests not read (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(RETRY_S)
+                continue
             if got is None:
                 continue
             try:
