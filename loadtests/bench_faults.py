@@ -67,7 +67,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from loadtests.bench_spine import Visitor, drive, pct, split  # noqa: E402
+from loadtests.bench_spine import Visitor, drain, drive, pct, split  # noqa: E402
 from loadtests.journeys import SOURCES, load_journeys  # noqa: E402
 
 AROUND_S = 30.0  # the "minute around the fault": this much either side of it
@@ -123,13 +123,7 @@ def worker(
         await asyncio.sleep(max(0.0, t0 + note_at - time.perf_counter()))
         q.put(("fault", {v.sid: (v.acked, v.seq + 1, v.cut_at is not None) for v in visitors}))
         await runner
-        for v in visitors:
-            v.next_at = float("inf")  # no new events: resend and await what is unacked
-        deadline = time.perf_counter() + DRAIN_S
-        while any(v.unacked or v.pending for v in visitors) and time.perf_counter() < deadline:
-            for v in visitors:
-                v.step(time.perf_counter())
-            await asyncio.sleep(0.05)  # resends and their acks, across many sockets
+        await drain(visitors, DRAIN_S)
         final = {v.sid: (v.acked, len(v.unacked) + len(v.pending)) for v in visitors}
         for v in visitors:
             v.leave()

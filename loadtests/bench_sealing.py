@@ -133,8 +133,7 @@ def gateway_frames(journeys: list, frames: int, arm: str, redis_url: str, profil
 
     from actors.core.sites import Site
     from cluster.redis_server import delete_prefix
-    from loadtests.bench_stages import open_peer
-    from serve.edge import wire
+    from loadtests.bench_stages import events_frames, open_peer
     from serve.edge.gateway import Gateway
     from serve.edge.protocol import Limits
 
@@ -168,11 +167,7 @@ def gateway_frames(journeys: list, frames: int, arm: str, redis_url: str, profil
             peers.append(peer)
         for peer in peers:
             peer.transport.writes = 0  # type: ignore[union-attr]  # not the handshake's
-        wire_frames = []
-        for _ in range(frames):
-            i, events = replay.next()
-            frame = {"t": "events", "sid": replay.sids[i], "events": events}
-            wire_frames.append((peers[i], wire.frame(wire.BINARY, msgpack.packb(frame), True)))
+        wire_frames = events_frames(replay, peers, frames)
         loop = asyncio.get_running_loop()
         pipe = gw.pipeline
         tasks = [loop.create_task(pipe.append_loop()), loop.create_task(pipe.settle_loop())]

@@ -279,6 +279,18 @@ class Visitor:
         return True
 
 
+async def drain(visitors: list[Visitor], timeout_s: float) -> None:
+    """Stop new events and step the visitors until nothing is pending or unacknowledged
+    (their resends go out and are acked), or ``timeout_s`` passes; the caller checks which."""
+    for v in visitors:
+        v.next_at = float("inf")
+    deadline = time.perf_counter() + timeout_s
+    while any(v.unacked or v.pending for v in visitors) and time.perf_counter() < deadline:
+        for v in visitors:
+            v.step(time.perf_counter())
+        await asyncio.sleep(0.05)  # resends and their acks, across many sockets
+
+
 async def drive(visitors: list[Visitor], t_end: float) -> None:
     """Call each visitor when it is due: one scheduler for the process, not a task per visitor."""
     heap = [(v.next_at, i) for i, v in enumerate(visitors)]

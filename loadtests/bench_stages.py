@@ -159,6 +159,21 @@ def open_peer(gw: Any, sid: str) -> Any:
     return peer
 
 
+def events_frames(replay: Replay, peers: list[Any], frames: int) -> list[tuple[Any, bytes]]:
+    """``frames`` masked binary ``events`` frames of the replay's journeys, each with the
+    peer of its session (``peers`` in the order of ``replay.sids``)."""
+    import msgpack
+
+    from serve.edge import wire
+
+    out = []
+    for _ in range(frames):
+        i, events = replay.next()
+        frame = {"t": "events", "sid": replay.sids[i], "events": events}
+        out.append((peers[i], wire.frame(wire.BINARY, msgpack.packb(frame), True)))
+    return out
+
+
 class _Transport:
     """Where a Peer writes in :func:`socket_stage`: counts the frames, sends nothing."""
 
@@ -197,10 +212,8 @@ def socket_stage(journeys: list, frames: int) -> float:
     shards). So: WebSocket parsing, the protocol work, the append round's
     bookkeeping and the ack writes, without system calls.
     """
-    import msgpack
 
     from actors.core.sites import Site
-    from serve.edge import wire
     from serve.edge.gateway import Gateway
     from serve.edge.protocol import Limits
 
@@ -226,11 +239,7 @@ def socket_stage(journeys: list, frames: int) -> float:
             peers.append(peer)
         for peer in peers:
             peer.transport.writes = 0  # type: ignore[union-attr]  # not the handshake's
-        wire_frames = []
-        for _ in range(frames):
-            i, events = replay.next()
-            frame = {"t": "events", "sid": replay.sids[i], "events": events}
-            wire_frames.append((peers[i], wire.frame(wire.BINARY, msgpack.packb(frame), True)))
+        wire_frames = events_frames(replay, peers, frames)
         loop = asyncio.get_running_loop()
         pipe = gw.pipeline
         appender = [loop.create_task(pipe.append_loop()), loop.create_task(pipe.settle_loop())]

@@ -90,8 +90,9 @@ async def wait_placed(dashboard: str, names: list[str], timeout: float = 30.0) -
         await asyncio.sleep(0.2)  # the state API has no event to await
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    settings = Settings(
+def settings_of(args: argparse.Namespace) -> Settings:
+    """The scenario's stack: the given Redis and prefix, free ports, ``args.shards`` shards."""
+    return Settings(
         redis_url=args.redis,
         prefix=args.prefix,
         ws_port=0,
@@ -100,6 +101,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         shards=args.shards,
         host="127.0.0.1",
     )
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    settings = settings_of(args)
     out: dict[str, Any] = {}
     t0 = time.monotonic()
     stack = Stack(settings)
@@ -235,15 +240,7 @@ async def gcs_restart(args: argparse.Namespace) -> dict[str, Any]:
     """The head's GCS dies and comes back (GCS fault tolerance): scoring never stops."""
     import ray
 
-    settings = Settings(
-        redis_url=args.redis,
-        prefix=args.prefix,
-        ws_port=0,
-        http_port=0,
-        console_port=0,
-        shards=args.shards,
-        host="127.0.0.1",
-    )
+    settings = settings_of(args)
     out: dict[str, Any] = {}
     stack = Stack(settings)
     await stack.start()

@@ -67,7 +67,7 @@ async def stack(ray_cluster, redis_url):
 
 
 async def test_adding_and_removing_a_shard_under_load_loses_and_repeats_nothing(stack):
-    from loadtests.bench_spine import Visitor, drive
+    from loadtests.bench_spine import Visitor, drain, drive
     from loadtests.journeys import load_journeys
 
     gw = stack.gateway
@@ -119,13 +119,7 @@ async def test_adding_and_removing_a_shard_under_load_loses_and_repeats_nothing(
         t.cancel()
     await asyncio.gather(*drivers, return_exceptions=True)
     # Whatever was sent is acknowledged or resent until it is (a visitor resends on errors).
-    for v in visitors:
-        v.next_at = float("inf")  # no new events: only what is pending or unacknowledged
-    deadline = time.monotonic() + 20
-    while any(v.unacked or v.pending for v in visitors) and time.monotonic() < deadline:
-        for v in visitors:
-            v.step(time.perf_counter())
-        await asyncio.sleep(0.05)
+    await drain(visitors, 20)
     assert not any(v.unacked for v in visitors)
     assert max(moved_after) < 5.0, max(moved_after)
 

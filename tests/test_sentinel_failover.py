@@ -130,6 +130,8 @@ async def _logged(stack, visitors) -> dict[str, list[int]]:
 
 
 async def test_with_replica_acks_a_primary_kill_loses_and_repeats_nothing(ray_cluster, sentinels):
+    from loadtests.bench_spine import drain
+
     sset = sentinels(2)  # one replica is left to WAIT for once the other is promoted
     stack = await _stack(sset.url, wait_replicas=1)
     try:
@@ -143,13 +145,7 @@ async def test_with_replica_acks_a_primary_kill_loses_and_repeats_nothing(ray_cl
         assert int(info["tcp_port"]) == run["new"]
         assert max(run["rescored_s"]) < RESCORED_WITHIN_S, run["rescored_s"]
         # Whatever is still unacknowledged is resent until it is acked.
-        for v in visitors:
-            v.next_at = float("inf")
-        deadline = time.monotonic() + 20
-        while any(v.unacked or v.pending for v in visitors) and time.monotonic() < deadline:
-            for v in visitors:
-                v.step(time.perf_counter())
-            await asyncio.sleep(0.05)
+        await drain(visitors, 20)
         assert not any(v.unacked for v in visitors)
         logged = await _logged(stack, visitors)
         for v in visitors:
