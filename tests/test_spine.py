@@ -385,6 +385,64 @@ async def test_shard_crash_recovery_keeps_exact_features(lifeline_stack):
         await clients[sid].close()
 
 
+def long_journey(sid: str) -> list[dict]:
+    """Scripted journeys back to back, numbered 1.. (~74 events)."""
+    out: list[dict] = []
+    t = int(time.time() * 1000) - 300_000
+    for kind in ("calm", "struggling", "calm", "struggling"):
+        part = scripted(kind, sid, t)
+        out += [dict(ev, seq=len(out) + i) for i, ev in enumerate(part, 1)]
+        t = part[-1]["ts"] + 1000
+    return out
+
+
+async def test_activation_reads_the_log_tail_after_the_snapshot_or_else_the_whole_log(
+    lifeline_stack,
+):
+    """A session comes back from its snapshot plus only its log's newest entries when they
+    reach back to the snapshot; from its whole log when they do not (an old snapshot)."""
+    from actors.shard.actor import TAIL_ENTRIES
+
+    stack = lifeline_stack
+    shard, me = stack.shards[0], stack.gateway.ring.names[0]
+    keys, r = stack.gateway.keys, stack.gateway.redis
+    sids = []
+    while len(sids) < 2:  # "tail", then "whole"; both on shard 0
+        sid = new_sid("tail")
+        if stack.gateway.ring.shard_of(sid) == 0:
+            sids.append(sid)
+    journeys = {sid: long_journey(sid) for sid in sids}
+    clients = {sid: await connect(stack, sid) for sid in sids}
+    for sid in sids:
+        await send_all(clients[sid], journeys[sid][:5])
+        await stack.gateway.wait_scored(sid, 5)
+    await shard.flush.remote()
+    old_snapshot = await r.get(keys.snapshot("demo", sids[1]))
+    for sid in sids:  # one frame an event: one log entry each, more than the tail holds
+        await send_all(clients[sid], journeys[sid][5:], batch=1)
+        await stack.gateway.wait_scored(sid, len(journeys[sid]))
+        assert await r.xlen(keys.events("demo", sid)) > TAIL_ENTRIES + 5
+    # Dropped from memory with a snapshot of where they are (a shard-set change's hand-over);
+    # the second gets its old snapshot back, so its log's tail no longer reaches it.
+    assert await shard.release.remote(["elsewhere"], me) >= 2
+    await r.set(keys.snapshot("demo", sids[1]), old_snapshot)
+    before = await shard.ping.remote()
+    for sid in sids:
+        last = journeys[sid][-1]
+        await send_all(clients[sid], [dict(last, seq=last["seq"] + 1, ts=last["ts"] + 500)])
+        await stack.gateway.wait_scored(sid, last["seq"] + 1)
+    after = await shard.ping.remote()
+    assert after["activations"] - before["activations"] == 2
+    assert after["whole_log_reads"] - before["whole_log_reads"] == 1
+    for sid in sids:
+        stored = await stack.gateway.store.read_events("demo", sid)
+        uninterrupted = replay(
+            [validate_event(e, now_ms=e["ts"]) for e in stored], sid=sid, site="demo"
+        )
+        assert await shard.session_row.remote(sid) == uninterrupted[-1]
+        await clients[sid].close()
+
+
 async def test_model_hot_reload_and_refusal(lifeline_stack):
     """A promoted model is picked up between batches; a mismatched one is refused."""
     import redis

@@ -638,13 +638,7 @@ class Session:
         Raises :class:`SnapshotMismatch` for a state of another layout (a
         snapshot written by an older or newer release).
         """
-        if not (isinstance(state, list) and len(state) == 2 and state[0] == SNAPSHOT_LAYOUT):
-            raise SnapshotMismatch("the snapshot was written by code with another session layout")
-        fields = state[1]
-        if not isinstance(fields, list) or len(fields) != len(_STATE_NAMES):
-            raise SnapshotMismatch(
-                f"snapshot has {len(fields)} fields, expected {len(_STATE_NAMES)}"
-            )
+        fields = _state_fields(state)
         s = cls.__new__(cls)
         s.cfg = cfg
         for name, value in zip(_STATE_NAMES, fields, strict=True):
@@ -656,8 +650,32 @@ class SnapshotMismatch(ValueError):
     """A snapshot this code cannot read: the session is rebuilt from its event log instead."""
 
 
+def _state_fields(state: Any) -> list[Any]:
+    """The fields of an unpacked snapshot of this layout; SnapshotMismatch for another."""
+    if not (isinstance(state, list) and len(state) == 2 and state[0] == SNAPSHOT_LAYOUT):
+        raise SnapshotMismatch("the snapshot was written by code with another session layout")
+    fields = state[1]
+    if not isinstance(fields, list) or len(fields) != len(_STATE_NAMES):
+        raise SnapshotMismatch(f"snapshot has {len(fields)} fields, expected {len(_STATE_NAMES)}")
+    return fields
+
+
+def snapshot_seq(state: Any) -> int:
+    """The last event seq an unpacked snapshot includes; 0 for none or one this code cannot read.
+
+    What an activation needs of the log: the events after it (0: the whole log).
+    """
+    if state is None:
+        return 0
+    try:
+        return int(_state_fields(state)[_LAST_SEQ])
+    except SnapshotMismatch:
+        return 0
+
+
 _STATE_NAMES = tuple(name for name in Session.__slots__ if name != "cfg")
 _STATE_FIELDS = operator.attrgetter(*_STATE_NAMES)
+_LAST_SEQ = _STATE_NAMES.index("last_seq")
 # What a snapshot's fields mean: their names and order, the counters' and decayed
 # signals' layout, and the feature schema. A release that changes any of them reads
 # no snapshot of an older one (and vice versa): those sessions replay their event log.

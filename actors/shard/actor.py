@@ -47,6 +47,7 @@ from actors.core.placement import HashRing
 from actors.core.policy import Decision
 from actors.core.reasons import Driver, top_drivers
 from actors.core.retention import Retention
+from actors.core.session import snapshot_seq
 from actors.core.sites import Site, load_sites
 from actors.model.scoring import SchemaMismatch, Scorer
 from actors.shard.index import Entry, SessionIndex
@@ -65,6 +66,10 @@ from cluster.tracing import Carrier, TraceConfig, Tracing, tracing_for
 log = logging.getLogger("lifeline.shard")
 
 SNAPSHOT_EVERY_S = 5.0  # a changed session's snapshot is at most this old (plus a tick)
+# Log entries read first when activating a session. A visitor's frames come a few a second
+# at most (the client flushes 100 ms after an event), so these usually reach back past its
+# snapshot (at most SNAPSHOT_EVERY_S old) and a restart's backlog; when not, the whole log.
+TAIL_ENTRIES = 32
 SNAPSHOT_TICK_S = 0.5  # each tick writes the sessions whose snapshot is due: a tenth of them
 SWEEP_EVERY_S = 10.0
 MODEL_POLL_S = 1.0
@@ -200,6 +205,8 @@ class ShardCore:
             "skipped": 0,
             "decisions": 0,
             "activations": 0,
+            "load_ms": 0.0,  # reading sessions to activate from Redis (snapshot, log, counts)
+            "whole_log_reads": 0,  # activations whose log tail did not reach their snapshot
             "model_swaps": 0,
             "model_refusals": 0,
             "busy_ms": 0.0,
@@ -460,7 +467,9 @@ class ShardCore:
                     break
             # Sessions are read from Redis without the lock; the loop checks again
             # what is missing, in case the sweep retired a session meanwhile.
+            reading = time.perf_counter()
             loaded.update(self._run(self._load(need, firsts)))
+            self.stats["load_ms"] += (time.perf_counter() - reading) * 1000.0
         self.stats["batches"] += 1
         self.stats["busy_ms"] += (time.perf_counter() - locked) * 1000.0
         self.stats["lock_wait_ms"] += (locked - started) * 1000.0
@@ -693,24 +702,45 @@ class ShardCore:
         return [sid for sid in self.host.missing(items) if firsts.get(sid, ("", 0))[1] > 1]
 
     async def _load(self, need: list[str], firsts: dict[str, tuple[str, int]]) -> dict[str, tuple]:
-        """Read snapshots, logged events and decision counts of ``need`` (on the I/O loop)."""
+        """Read snapshots, logged events and decision counts of ``need`` (on the I/O loop).
+
+        Of a log, only the newest ``TAIL_ENTRIES`` entries are read at first: a
+        snapshot is at most a few seconds old, so they usually hold every event
+        after it. The whole log is read for a session whose tail does not reach
+        back to its snapshot (or that has no readable snapshot), so what
+        :meth:`SessionHost.activate` gets is always complete.
+        """
         pipe = self.redis.pipeline(transaction=False)
         keys = self.keys
         for sid in need:
             site = firsts[sid][0]
             pipe.get(keys.snapshot(site, sid))
-            pipe.xrange(keys.events(site, sid))
+            pipe.xrevrange(keys.events(site, sid), count=TAIL_ENTRIES)
             pipe.hmget(keys.session(site, sid), "iv_count", "iv_last", "vid")
         replies = await pipe.execute()
+        snaps = [msgpack.unpackb(snap) if snap else None for snap in replies[0::3]]
+        logs = [entries[::-1] for entries in replies[1::3]]
+        short = [
+            i
+            for i, entries in enumerate(logs)
+            if len(entries) == TAIL_ENTRIES
+            and int(entries[0][1][b"f"]) > snapshot_seq(snaps[i]) + 1
+        ]
+        if short:
+            pipe = self.redis.pipeline(transaction=False)
+            for i in short:
+                pipe.xrange(keys.events(firsts[need[i]][0], need[i]))
+            for i, entries in zip(short, await pipe.execute(), strict=True):
+                logs[i] = entries
+            self.stats["whole_log_reads"] += len(short)
         # Sealed entries open with their subjects' data keys, read once for all of them
         # (activations only: the hot path gets plaintext over the link).
         opener = Opener(keys, self.master)
-        await opener.aload(self.redis, (f.get(b"k") for es in replies[1::3] for _, f in es))
+        await opener.aload(self.redis, (f.get(b"k") for es in logs for _, f in es))
         out: dict[str, tuple] = {}
         for i, sid in enumerate(need):
-            snap, entries, ivs = replies[3 * i : 3 * i + 3]
+            state, entries, ivs = snaps[i], logs[i], replies[3 * i + 2]
             site, before = firsts[sid]
-            state = msgpack.unpackb(snap) if snap else None
             events: list[dict[str, Any]] = []
             for _eid, fields in entries:
                 if int(fields[b"f"]) >= before:
