@@ -1,4 +1,4 @@
-"""Faults under the spine's load (issue #24): a Redis primary kill, a gateway kill, a shard change.
+"""Faults under the spine's load (issue #24): a worker node, a Redis primary or a gateway killed, a shard change.
 
 One benchmark, one load and one summary for every fault, chosen with ``--fault``:
 
@@ -17,6 +17,12 @@ One benchmark, one load and one summary for every fault, chosen with ``--fault``
   supervisor restarts the process meanwhile.
 * ``reshard``: at ``--add-at`` a shard is added, at ``--remove-at`` removed
   again, through the code path of ``lifeline shards add|remove``.
+* ``node``: a local Ray cluster of a head and two worker nodes, each its own
+  raylet (cluster/local_cluster.py, as tests/test_multinode.py starts it),
+  which the stack joins (detached shards, one per node with ``--shards 3``);
+  at ``--kill-at`` the worker node holding the most shards loses its raylet
+  and every process under it (SIGKILL), and Ray restarts its shards on the
+  surviving nodes.
 
 The stack runs in this process (its own Ray cluster, shards as in ``lifeline
 up``), so that the main gateway's record of what the shards scored
@@ -30,8 +36,8 @@ real client's batching, resends and reconnection). Reports:
   log lacks at the end; acked missing at end: the same for every ack;
 * duplicated: seqs logged twice, over every session's whole log;
 * rescored max/p99: for every affected session (``primary``: all;
-  ``gateway``: those whose socket the kill cut; ``reshard``: those whose
-  shard changed) the seconds from the fault until its first event sent after
+  ``gateway``: those whose socket the kill cut; ``node``: those whose shard
+  was on the killed node; ``reshard``: those whose shard changed) the seconds from the fault until its first event sent after
   the note was scored (``reshard``: from each change's request until the
   moved session's next event was scored by its new shard);
 * ack and intervention p50/p99 over the minute around the fault (30 s
@@ -42,6 +48,7 @@ real client's batching, resends and reconnection). Reports:
     python loadtests/bench_faults.py --fault primary --sessions 2000 --rate 5 --duration 60 --kill-at 30 --wait 1
     python loadtests/bench_faults.py --fault gateway --sessions 2000 --rate 5 --duration 60 --kill-at 30
     python loadtests/bench_faults.py --fault reshard --sessions 2000 --rate 5 --duration 90 --add-at 30 --remove-at 60
+    python loadtests/bench_faults.py --fault node --sessions 2000 --rate 5 --duration 60 --kill-at 30 --shards 3
 
 Smoke size (proves it runs, on two shared cores): ``--sessions 100 --rate 5
 --duration 20 --kill-at 8`` (``--add-at 6 --remove-at 13`` for ``reshard``).
@@ -52,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -146,6 +154,9 @@ class Fault:
         """Seconds into the run at which :meth:`inject` is called (0, 1, ...)."""
         return [self.args.kill_at]
 
+    async def prepare(self, i: int) -> None:
+        """Before fault ``i``'s clock starts: what may take a while to find (nothing by default)."""
+
     def settings(self, **extra: Any) -> Any:
         from cluster.config import Settings
 
@@ -168,6 +179,10 @@ class Fault:
 
     async def settle(self, at: float) -> dict[str, Any]:
         """After the first fault: wait for the system's own repair; its figures."""
+        return {}
+
+    async def after(self) -> dict[str, Any]:
+        """Once the affected sessions are scored again: more of the fault's figures."""
         return {}
 
     def affected(self, notes: dict[str, tuple[int, int, bool]]) -> list[str]:
@@ -282,10 +297,93 @@ class Reshard(Fault):
         return []  # timed per change, in inject
 
 
+class NodeKill(Fault):
+    """SIGKILL a worker node of a local multi-node Ray cluster (its raylet and everything under it)."""
+
+    async def start(self) -> Any:
+        from cluster.stack import Stack
+
+        # This process joins the cluster main() started (RAY_ADDRESS and the token are in its
+        # environment: Ray reads the token once, at import), as `lifeline up` would.
+        self.stack = Stack(self.settings())
+        return await self.stack.start()
+
+    def node(self, name: str) -> Any:
+        from cluster.local_cluster import LocalNode
+
+        return LocalNode(name, self.args.cluster_root / name, 1)
+
+    async def prepare(self, i: int) -> None:
+        import ray
+
+        names = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
+        self.node_of = {}  # shard name -> node name (head, a, b)
+        for name, shard in self.stack.gateway.shards.items():
+            node = names[(await shard.ping.remote())["node_id"]]
+            own = [k for k in node.get("Resources", {}) if k.startswith("lifeline_node_")]
+            self.node_of[name] = own[0].removeprefix("lifeline_node_") if own else "head"
+        on_workers = [n for n in self.node_of.values() if n != "head"]
+        self.victim = max(set(on_workers), key=on_workers.count)
+        self.moved = [s for s, n in self.node_of.items() if n == self.victim]
+        self.victim_id = next(
+            i for i, n in names.items() if f"lifeline_node_{self.victim}" in n.get("Resources", {})
+        )
+        # Found before the clock starts (it takes a while on a busy machine), killed at once.
+        self.procs = await asyncio.to_thread(self.node(self.victim).processes)
+
+    async def inject(self, i: int) -> dict[str, Any]:
+        self.killed_wall = time.time()
+        pids = await asyncio.to_thread(self.node(self.victim).kill, self.procs)
+        return {"victim": self.victim, "shards_on_it": self.moved, "killed_pids": len(pids)}
+
+    async def settle(self, at: float) -> dict[str, Any]:
+        import ray
+
+        # Where the time goes: the head declaring the node dead, Ray restarting its shards.
+        dead_s = None
+        while time.perf_counter() - at < 60:
+            alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+            if self.victim_id not in alive:
+                dead_s = round(time.perf_counter() - at, 2)
+                break
+            await asyncio.sleep(0.05)  # the GCS's node table has no event to await here
+        pings = [await self.stack.gateway.shards[s].ping.remote() for s in self.moved]
+        return {
+            "node_dead_after_s": dead_s,
+            "shard_started_after_s": round(
+                max(p["started_at"] for p in pings) - self.killed_wall, 2
+            ),
+            "shard_ready_after_s": round(max(p["ready_at"] for p in pings) - self.killed_wall, 2),
+            "placed_after": sorted({p["node_id"][:8] for p in pings}),
+        }
+
+    async def after(self) -> dict[str, Any]:
+        # Where the restarted shards' time went (busy: applying and scoring under the lock).
+        pings = [await self.stack.gateway.shards[s].ping.remote() for s in self.moved]
+        keys = ("activations", "whole_log_reads", "load_ms", "busy_ms", "batches", "events")
+        return {"restarted": [{k: round(p[k]) for k in keys} for p in pings]}
+
+    def affected(self, notes: dict[str, tuple[int, int, bool]]) -> list[str]:
+        ring = self.stack.gateway.ring
+        return [sid for sid in notes if ring.owner(sid) in self.moved]
+
+    async def stop(self) -> None:
+        import ray
+
+        if self.stack is None or self.stack.gateway is None:
+            return await super().stop()
+        names = list(self.stack.gateway.shards)
+        await super().stop()
+        for name in names:  # detached: what `lifeline down` does
+            with contextlib.suppress(Exception):
+                ray.kill(ray.get_actor(name, namespace="lifeline"), no_restart=True)
+
+
 FAULTS: dict[str, type[Fault]] = {
     "primary": PrimaryKill,
     "gateway": GatewayKill,
     "reshard": Reshard,
+    "node": NodeKill,
 }
 
 
@@ -329,6 +427,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         rescore: list[float] = []
         for i, t in enumerate(times):
             await asyncio.sleep(max(0.0, start_at + t - time.time()))
+            await fault.prepare(i)
             at, wall = time.perf_counter(), time.time()
             info = await fault.inject(i)
             info["at_s"] = round(wall - start_at, 2)
@@ -341,6 +440,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 waits = [rescored(gw, sid, notes[sid][1], at) for sid in fault.affected(notes)]
                 rescore += await asyncio.gather(*waits)
                 info |= await settling
+                info |= await fault.after()
                 info.setdefault("affected", len(waits))  # reshard: the sessions moved
             rescore += info.pop("rescored_s", [])
             faults.append(info)
@@ -420,6 +520,24 @@ async def summarize(
     }
 
 
+def on_local_cluster(argv: list[str]) -> int:
+    """``--fault node``: start a head and two worker raylets, run this benchmark as their driver.
+
+    A child process: Ray reads its token from the environment once, at import.
+    """
+    import subprocess
+
+    from cluster.local_cluster import LocalCluster
+
+    cluster = LocalCluster(workers=("a", "b"), cpus=1, head_cpus=1, dashboard=False)
+    cluster.start()
+    try:
+        argv = [sys.executable, __file__, *argv, "--cluster-root", str(cluster.root)]
+        return subprocess.run(argv, env=cluster.env, check=False).returncode
+    finally:
+        cluster.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -435,10 +553,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--remove-at", type=float, default=60.0, help="reshard: remove it")
     ap.add_argument("--wait", type=int, default=1, help="primary: LIFELINE_REDIS_WAIT_REPLICAS")
     ap.add_argument("--wait-ms", type=int, default=100, help="primary: LIFELINE_REDIS_WAIT_MS")
-    ap.add_argument("--shards", type=int, default=2, help="shards at start")
+    ap.add_argument("--shards", type=int, default=2, help="shards at start (node: 3, one a node)")
     ap.add_argument("--procs", type=int, default=2, help="load generator processes")
     ap.add_argument("--source", choices=SOURCES, default="sim", help="the visitors' journeys")
     ap.add_argument("--out", type=Path, help="default loadtests/results/faults-<fault>.json")
+    ap.add_argument("--cluster-root", type=Path, help=argparse.SUPPRESS)  # node: set by main()
     args = ap.parse_args(argv)
     if args.duration is None:
         args.duration = 90.0 if args.fault == "reshard" else 60.0
@@ -446,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < times[0] <= times[-1] < args.duration:
         ap.error("the fault times must fall inside --duration, in order")
     out = args.out or ROOT / "loadtests" / "results" / f"faults-{args.fault}.json"
+    if args.fault == "node" and args.cluster_root is None:
+        return on_local_cluster(argv if argv is not None else sys.argv[1:])
     os.environ.setdefault("LIFELINE_TRACE_SAMPLE", "0")
     try:
         import uvloop
