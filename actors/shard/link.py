@@ -272,7 +272,11 @@ class ShardLink:
         return await fut
 
     async def _connect(self) -> _ClientSide:
-        host, port, token = await self.shard.link_address.remote()
+        # No retries inside Ray: while the shard's node is being declared dead, Ray's own
+        # retries back off and held a gateway seconds past the restarted shard being ready.
+        # The caller polls instead; once Ray knows the actor is restarting, a call waits for
+        # it and returns as soon as it is up.
+        host, port, token = await self.shard.link_address.options(max_task_retries=0).remote()
         if self._token is not None and token != self._token:
             self.restarts += 1
         self._token = token

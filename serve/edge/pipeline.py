@@ -59,6 +59,9 @@ from serve.edge.store import Append, EventStore, Unconfirmed
 log = logging.getLogger("lifeline.gateway")
 
 SHARD_RETRY_S = 120.0  # how long a batch is retried while Ray restarts a shard
+# The longest wait between tries meanwhile: a failed try is one cheap Ray call (the link's
+# address), and each wait may add to the time until the restarted shard scores again.
+RESTART_POLL_S = 0.25
 ROUNDS_IN_FLIGHT = 2  # append rounds on their way to Redis at once (see Pipeline.append_loop)
 
 
@@ -618,7 +621,7 @@ class Pipeline:
                 self.stats.shard_retries += 1
                 log.warning("shard %s call failed (%s); retrying", i, type(exc).__name__)
                 await asyncio.sleep(delay)  # backing off while Ray restarts the actor
-                delay = min(delay * 2, 1.0)
+                delay = min(delay * 2, RESTART_POLL_S)
 
     # -- shard-set changes -------------------------------------------------------------
 
