@@ -133,6 +133,12 @@ def worker(
         await runner
         await drain(visitors, DRAIN_S)
         final = {v.sid: (v.acked, len(v.unacked) + len(v.pending)) for v in visitors}
+        # Seconds into the run of each cut visitor's cut and resume, and its attempts.
+        res["cut_resumed"] = [
+            (v.cut_at - t0, v.resumed_at - t0 if v.resumed_at else None, v.tries)
+            for v in visitors
+            if v.cut_at is not None
+        ]
         for v in visitors:
             v.leave()
         q.put(("done", {"res": res, "final": final}))
@@ -516,6 +522,7 @@ async def summarize(
         "iv_samples": len(iv),
         "cuts": sum(p["res"]["cuts"] for p in parts),
         "resumed": sum(p["res"]["resumed"] for p in parts),
+        **resume_figures(parts, fault_at[0]),
         "errors": errors,
     }
 
@@ -536,6 +543,21 @@ def on_local_cluster(argv: list[str]) -> int:
         return subprocess.run(argv, env=cluster.env, check=False).returncode
     finally:
         cluster.stop()
+
+
+def resume_figures(parts: list[dict[str, Any]], at: float) -> dict[str, Any]:
+    """For cut visitors: seconds from the fault to the cut and to the resume's welcome."""
+    rows = [r for p in parts for r in p["res"].get("cut_resumed", [])]
+    if not rows:
+        return {}
+    resumed = sorted(r - at for _c, r, _t in rows if r is not None)
+    cut = sorted(c - at for c, _r, _t in rows)
+    return {
+        "cut_max_s": round(cut[-1], 2),
+        "resumed_p50_s": round(pct(resumed, 50), 2) if resumed else None,
+        "resumed_max_s": round(resumed[-1], 2) if resumed else None,
+        "reconnect_tries_max": max(t for _c, _r, t in rows),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -139,6 +139,8 @@ class Visitor:
         self.open = False  # the socket is up and welcomed
         self.leaving = False  # closed on purpose: no reconnection
         self.cut_at: float | None = None  # perf_counter of the first cut (a gateway died)
+        self.resumed_at: float | None = None  # perf_counter of the first resume's welcome
+        self.tries = 0  # reconnection attempts
 
     async def connect(self, ws_url: str) -> None:
         self.url = ws_url
@@ -180,11 +182,14 @@ class Visitor:
             await asyncio.sleep(d / 2 + self.rng.random() * d / 2)
             if self.leaving:
                 return
+            self.tries += 1
             try:
                 await self._hello()
             except (OSError, ConnectionError, asyncio.TimeoutError):
                 continue
             self.res["resumed"] = self.res.get("resumed", 0) + 1
+            if self.resumed_at is None:
+                self.resumed_at = time.perf_counter()
             self.resend_at = time.perf_counter()  # the next step resends everything unacked
             return
 
