@@ -130,6 +130,7 @@ class Visitor:
         self.seq = self.acked = 0
         self.unacked: dict[int, dict] = {}
         self.sent_at: dict[int, float] = {}  # seq -> when first sent
+        self.iv_sent: dict[Any, float] = {}  # intervention id -> when its trigger was sent
         self.pending: list[dict] = []
         self.next_at = self.flush_at = self.resend_at = float("inf")
         self.ws: WsClient | None = None
@@ -211,10 +212,17 @@ class Visitor:
         elif t == "intervention":
             self.res["interventions"] += 1
             sent = self.sent_at.get(frame.get("seq", -1))
+            if sent is not None:
+                self.iv_sent[frame.get("iid")] = sent  # its follow-up is timed from it too
             if sent is not None and self.in_window(now):
                 self.res["iv_lat"].append(now - sent)
                 # When, s into the window (the fault benchmark keeps the minute around a fault).
                 self.res.setdefault("iv_at", []).append(now - self.window[0])
+        elif t == "update":  # the LLM nudge or recommendations following an intervention
+            self.res["updates"] = self.res.get("updates", 0) + 1
+            sent = self.iv_sent.pop(frame.get("iid"), None)
+            if sent is not None and self.in_window(now):
+                self.res.setdefault("upd_lat", []).append(now - sent)
         elif t in ("welcome", "error") and self.welcome is not None and not self.welcome.done():
             self.welcome.set_result(frame)
         elif t == "error":
@@ -687,6 +695,7 @@ def run_lifeline(
         for at, lat in zip(r["ack_at"], r["ack_lat"], strict=True):
             by_second[min(int(at), len(by_second) - 1)].append(lat)
     iv = [x for r in results for x in r["iv_lat"]]
+    upd = [x for r in results for x in r.get("upd_lat", [])]
     errors: dict[str, int] = {}
     for r in results:
         for k, v in r["errors"].items():
@@ -710,6 +719,10 @@ def run_lifeline(
         "iv_p99_ms": pct(iv, 99) * 1000,
         "interventions": sum(r["interventions"] for r in results),
         "iv_samples": len(iv),
+        # --serve: trigger -> the follow-up (LLM nudge text, recommendations) on the socket.
+        "updates": sum(r.get("updates", 0) for r in results),
+        "upd_p50_ms": pct(upd, 50) * 1000 if upd else None,
+        "upd_p99_ms": pct(upd, 99) * 1000 if upd else None,
         # Every sample, for percentiles pooled over runs: with the 60 s cooldown a
         # 30 s run sees only ~100-200 interventions, so its own p99 is its 2nd largest.
         "iv_ms": [round(x * 1000, 2) for x in sorted(iv)],
