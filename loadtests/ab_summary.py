@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from loadtests.bench_spine import pooled_iv, pooled_line  # noqa: E402
 
 FIGURES = ["events_per_s", "ack_p50_ms", "ack_p99_ms", "iv_p50_ms", "iv_p99_ms", "steal_percent"]
+FOLLOW_UPS = ["updates", "upd_p50_ms", "upd_p99_ms"]  # --serve runs: the deployments' updates
 
 
 def arm_summary(paths: list[str]) -> dict[str, Any]:
@@ -46,9 +47,11 @@ def arm_summary(paths: list[str]) -> dict[str, Any]:
         each = [g["ack_ms"] / g["acks"] for g in gw]
         out["gateway_ack_mean_ms"] = statistics.median(each)
         out["gateway_ack_mean_ms_each"] = [round(x, 1) for x in each]
-    for k in FIGURES:
+    shown = FIGURES + [k for k in FOLLOW_UPS if all(r.get(k) is not None for r in runs)]
+    for k in shown:
         out[k] = statistics.median(r[k] for r in runs)
         out[f"{k}_each"] = [round(r[k], 1) for r in runs]
+    out["shown"] = shown
     out |= pooled_iv(runs)
     out["busy_percent"] = statistics.median(r["procs"]["machine"]["busy_percent"] for r in runs)
     cpu: dict[str, list[float]] = {}
@@ -77,7 +80,7 @@ def main(argv: list[str]) -> int:
     }
     for name, s in arms.items():
         print(f"{name}: {s['runs']} runs, machine busy {s['busy_percent']:.1f} %")
-        for k in FIGURES:
+        for k in s["shown"]:
             print(f"  {k:>14}: median {s[k]:8.1f}   each {s[f'{k}_each']}")
         if "gateway_ack_mean_ms" in s:
             print(
