@@ -32,6 +32,10 @@ class _Address:
     def __init__(self, shard: FakeShard) -> None:
         self.shard = shard
 
+    def options(self, **options: object) -> _Address:
+        self.shard.options = options
+        return self
+
     async def remote(self) -> tuple[str, int, str]:
         self.shard.asked += 1
         return self.shard.address
@@ -43,6 +47,7 @@ class FakeShard:
     def __init__(self, server: LinkServer) -> None:
         self.address = server.address()
         self.asked = 0
+        self.options: dict[str, object] = {}  # the Ray call options the link asked with
         self.link_address = _Address(self)
 
 
@@ -93,6 +98,8 @@ async def test_a_failing_batch_is_reported_and_the_link_stays_up():
         link.close()
         server.close()
     assert shard.asked == 1  # one connection served both calls
+    # Asked without Ray's own retries: the gateway polls a restarting shard itself.
+    assert shard.options == {"max_task_retries": 0}
 
 
 async def test_a_dropped_link_fails_the_call_and_the_next_call_finds_the_new_shard():
