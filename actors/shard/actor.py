@@ -1381,9 +1381,12 @@ class SessionShard:
         with self._batch:
             return self.core.handle(batch, gateway_id, sent_at)
 
-    @ray.method(max_task_retries=SAFE_RETRIES)
     def link_address(self) -> tuple[str, int, str]:
-        """(host, port, token) of this shard's link, where gateways send their batches."""
+        """(host, port, token) of this shard's link, where gateways send their batches.
+
+        Not retried by Ray (the class's default): its caller, the gateway's link, polls a
+        restarting shard itself (actors/shard/link.py).
+        """
         return self.link.address()
 
     @ray.method(max_task_retries=SAFE_RETRIES)
