@@ -29,7 +29,7 @@ import secrets
 import socket
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +47,14 @@ FAST_FAILURE_DETECTION = {
     "health_check_failure_threshold": 3,
 }
 START_TIMEOUT_S = 120.0
+RESOURCE_PREFIX = "lifeline_node_"  # + a worker's name: the custom resource only it has
+
+
+def node_name(resources: Mapping[str, float]) -> str:
+    """Which node of a LocalCluster has ``resources`` (Ray's per-node table): a worker's
+    name, or ``head`` (the one without a resource of its own)."""
+    own = [k for k in resources if k.startswith(RESOURCE_PREFIX)]
+    return own[0].removeprefix(RESOURCE_PREFIX) if own else "head"
 
 
 def free_port() -> int:
@@ -67,7 +75,7 @@ class LocalNode:
     @property
     def resource(self) -> str:
         """The custom resource only this node has (``lifeline_node_<name>``)."""
-        return f"lifeline_node_{self.name}"
+        return f"{RESOURCE_PREFIX}{self.name}"
 
     def raylet(self) -> psutil.Process:
         """This node's raylet process."""

@@ -322,18 +322,17 @@ class NodeKill(Fault):
     async def prepare(self, i: int) -> None:
         import ray
 
-        names = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
-        self.node_of = {}  # shard name -> node name (head, a, b)
+        from cluster.local_cluster import node_name
+
+        # Node id -> node name (head, a, b), of the nodes alive now.
+        names = {n["NodeID"]: node_name(n.get("Resources", {})) for n in ray.nodes() if n["Alive"]}
+        self.node_of = {}  # shard name -> node name
         for name, shard in self.stack.gateway.shards.items():
-            node = names[(await shard.ping.remote())["node_id"]]
-            own = [k for k in node.get("Resources", {}) if k.startswith("lifeline_node_")]
-            self.node_of[name] = own[0].removeprefix("lifeline_node_") if own else "head"
+            self.node_of[name] = names[(await shard.ping.remote())["node_id"]]
         on_workers = [n for n in self.node_of.values() if n != "head"]
         self.victim = max(set(on_workers), key=on_workers.count)
         self.moved = [s for s, n in self.node_of.items() if n == self.victim]
-        self.victim_id = next(
-            i for i, n in names.items() if f"lifeline_node_{self.victim}" in n.get("Resources", {})
-        )
+        self.victim_id = next(i for i, n in names.items() if n == self.victim)
         # Found before the clock starts (it takes a while on a busy machine), killed at once.
         self.procs = await asyncio.to_thread(self.node(self.victim).processes)
 

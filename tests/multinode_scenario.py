@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from actors.core.events import validate_event  # noqa: E402
 from actors.core.session import replay  # noqa: E402
 from cluster.config import Settings  # noqa: E402
-from cluster.local_cluster import LocalNode, gcs_server  # noqa: E402
+from cluster.local_cluster import LocalNode, gcs_server, node_name  # noqa: E402
 from cluster.stack import Stack  # noqa: E402
 from serve.dev.pyclient import LifelineClient  # noqa: E402
 from training.simulator import scripted  # noqa: E402
@@ -62,8 +62,7 @@ def placement(dashboard: str) -> dict[str, Any]:
     node_names, dead_at = {}, {}
     # No state filter: with a dead node among them Ray reports the answer as truncated.
     for node in list_nodes(address=dashboard, detail=True, raise_on_missing_output=False):
-        custom = [k for k in node.resources_total if k.startswith("lifeline_node_")]
-        node_names[node.node_id] = custom[0].removeprefix("lifeline_node_") if custom else "head"
+        node_names[node.node_id] = node_name(node.resources_total)
         if node.state == "DEAD":
             dead_at[node_names[node.node_id]] = node.end_time_ms / 1000.0
     actors = list_actors(

@@ -385,23 +385,13 @@ async def test_shard_crash_recovery_keeps_exact_features(lifeline_stack):
         await clients[sid].close()
 
 
-def long_journey(sid: str) -> list[dict]:
-    """Scripted journeys back to back, numbered 1.. (~74 events)."""
-    out: list[dict] = []
-    t = int(time.time() * 1000) - 300_000
-    for kind in ("calm", "struggling", "calm", "struggling"):
-        part = scripted(kind, sid, t)
-        out += [dict(ev, seq=len(out) + i) for i, ev in enumerate(part, 1)]
-        t = part[-1]["ts"] + 1000
-    return out
-
-
 async def test_activation_reads_the_log_tail_after_the_snapshot_or_else_the_whole_log(
     lifeline_stack,
 ):
     """A session comes back from its snapshot plus only its log's newest entries when they
     reach back to the snapshot; from its whole log when they do not (an old snapshot)."""
     from actors.shard.actor import TAIL_ENTRIES
+    from tests.multinode_scenario import journey as long_journey  # ~74 events, numbered 1..
 
     stack = lifeline_stack
     shard, me = stack.shards[0], stack.gateway.ring.names[0]
@@ -411,7 +401,7 @@ async def test_activation_reads_the_log_tail_after_the_snapshot_or_else_the_whol
         sid = new_sid("tail")
         if stack.gateway.ring.shard_of(sid) == 0:
             sids.append(sid)
-    journeys = {sid: long_journey(sid) for sid in sids}
+    journeys = {sid: long_journey(int(time.time() * 1000) - 300_000) for sid in sids}
     clients = {sid: await connect(stack, sid) for sid in sids}
     for sid in sids:
         await send_all(clients[sid], journeys[sid][:5])
