@@ -177,3 +177,22 @@ class Supervisor:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self.tasks = []
+
+
+async def bounded(
+    what: str, step: Any, timeout: float, logger: logging.Logger | None = None
+) -> None:
+    """Await ``step`` for at most ``timeout`` s; log (by name) one that overran or failed.
+
+    For stops, where no one step may hold up the ones after it. ``asyncio.wait``,
+    not ``wait_for``: a step that does not end when cancelled must not hold the
+    caller up either.
+    """
+    logger = logger or logging.getLogger("lifeline")
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()
+        logger.warning("stopping: %s did not end within %.0f s; going on without it", what, timeout)
+    elif not task.cancelled() and task.exception() is not None:
+        logger.warning("stopping: %s failed: %r", what, task.exception())

@@ -29,6 +29,7 @@ from cluster import ray_sessions
 from cluster.config import Settings, check_data_key, check_secret, redact_url
 from cluster.keys import Keys
 from cluster.listener_tls import server_context
+from cluster.loops import bounded
 from cluster.migrate import scope_sessions_by_site
 from cluster.processes import Supervised
 from cluster.redis_client import cleartext_warning, redis_client
@@ -380,17 +381,25 @@ class Stack:
         """
         if self._control_task is not None:
             self._control_task.cancel()
-            await _bounded("the shard-set control loop", self._control_task)
-        await _bounded("gateway processes", asyncio.gather(*(p.stop() for p in self.processes)))
+            await bounded("the shard-set control loop", self._control_task, STOP_STEP_S, log)
+        await bounded(
+            "gateway processes",
+            asyncio.gather(*(p.stop() for p in self.processes)),
+            STOP_STEP_S,
+            log,
+        )
         for runner in (self.console_runner, self.runner):
             if runner is not None:
-                await _bounded("an HTTP listener", runner.cleanup())
+                await bounded("an HTTP listener", runner.cleanup(), STOP_STEP_S, log)
         if self.gateway is not None:
-            await _bounded("the gateway", self.gateway.stop())
+            await bounded("the gateway", self.gateway.stop(), STOP_STEP_S, log)
         if self.shards:
             # A clean stop writes what the shards hold in memory (snapshots, console tallies).
-            await _bounded(
-                "the shards' flush", asyncio.gather(*(sh.flush.remote() for sh in self.shards))
+            await bounded(
+                "the shards' flush",
+                asyncio.gather(*(sh.flush.remote() for sh in self.shards)),
+                STOP_STEP_S,
+                log,
             )
         if not self.placement.detached:  # joined: they outlive us (`lifeline down` stops them)
             for sh in self.shards:
@@ -401,28 +410,13 @@ class Stack:
             if stop is not None:
                 result = stop()
                 if asyncio.iscoroutine(result):
-                    await _bounded(type(thing).__name__, result)
+                    await bounded(type(thing).__name__, result, STOP_STEP_S, log)
         if self.redis is not None:
             self.redis.stop()
         ray_sessions.forget(self.ray_record)  # Ray stops its processes as this one exits
 
 
 STOP_STEP_S = 10.0  # the longest one stop step may take (Stack.stop)
-
-
-async def _bounded(what: str, step: Any, timeout: float = STOP_STEP_S) -> None:
-    """Await ``step`` for at most ``timeout`` s; log (by name) one that overran or failed.
-
-    ``asyncio.wait``, not ``wait_for``: a step that does not end when cancelled
-    must not hold the caller up either.
-    """
-    task = asyncio.ensure_future(step)
-    done, _ = await asyncio.wait({task}, timeout=timeout)
-    if not done:
-        task.cancel()
-        log.warning("stopping: %s did not end within %.0f s; going on without it", what, timeout)
-    elif not task.cancelled() and task.exception() is not None:
-        log.warning("stopping: %s failed: %r", what, task.exception())
 
 
 async def _serve(

@@ -57,7 +57,7 @@ from actors.shard.records import ShardRecords
 from actors.shard.tallies import ShardTallies
 from cluster.config import Settings
 from cluster.keys import Keys
-from cluster.loops import Failures, Supervisor
+from cluster.loops import Failures, Supervisor, bounded
 from cluster.redis_client import redis_client
 from cluster.sealing import MasterKeys, Opener, master_keys
 from cluster.site_rules import SiteRules
@@ -976,15 +976,24 @@ class ShardCore:
             return
         self._stopped = True
 
-        async def stop_all() -> None:
-            await self._records_written()
-            await self.loops.stop()
-            await self.tallies.flush()  # counted but not yet written: nothing lost on a clean stop
+        # Each step bounded (logged by name when it overruns), so that one that hangs leaves
+        # the rest to run: closing the Redis client once hung a full test run's stop for
+        # 30 s (redis-py's asyncio disconnect can wait for ever on a socket's close).
+        step_s = timeout / 6  # five steps, and room for the rest within ``timeout``
+
+        async def cancel_tasks() -> None:
             tasks = list(self._tasks)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await self.redis.aclose()
+
+        async def stop_all() -> None:
+            await bounded("the records being written", self._records_written(), step_s, log)
+            await bounded("the background loops", self.loops.stop(), step_s, log)
+            # Counted but not yet written: nothing lost on a clean stop.
+            await bounded("the tallies' flush", self.tallies.flush(), step_s, log)
+            await bounded("the background tasks", cancel_tasks(), step_s, log)
+            await bounded("closing Redis", self.redis.aclose(), step_s, log)
 
         self._run(stop_all(), timeout)
         self._io.call_soon_threadsafe(self._io.stop)
