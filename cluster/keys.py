@@ -27,6 +27,7 @@
 | ``{p}push:{gateway}`` | pub/sub channel | intervention updates for one gateway's sockets |
 | ``{p}gwmetrics:{gateway}`` | list | one gateway process's metrics snapshots (JSON: counters, cumulative histogram buckets), newest first, ~1 a second, the last 75; expires 10 s after the last (serve/edge/metrics.py) |
 | ``{p}gwmetrics`` | sorted set | gateway ids by the time of their last snapshot (the console's /metrics and Live page find them there, without a SCAN) |
+| ``{p}layout`` | string | ``tagged`` once an earlier release's keys are renamed to this layout (cluster/migrate.py) |
 | ``{p}model:seq``, ``{p}model:versions``, ``{p}model:live``, ``{p}model:history`` | counter, sorted set, string, list | the model registry (training/registry.py) |
 | ``{p}model:blob:{version}``, ``{p}model:meta:{version}`` | string, hash | one registered model |
 | ``{p}model:promoted`` | pub/sub channel | promotions |
@@ -51,6 +52,15 @@
 | ``{p}op:session:{sha256}`` | hash | a signed-in browser session (by its cookie's digest): name, role, csrf; expires |
 | ``{p}op:users``, ``{p}op:tokens:{name}``, ``{p}op:sessions:{name}`` | sets | operator names; an operator's token and session digests (to revoke them) |
 | ``{p}op:login:a:{address}``, ``{p}op:login:n:{name}`` | counter | failed sign-ins of an address or a name in the current window |
+
+Hash tags: in every key named by a session or a visitor (the families of
+:data:`SUBJECT_FAMILIES`, and ``owner``), the id is wrapped in braces, a Redis
+Cluster hash tag: the table's ``{site}:{sid}`` is written ``shop:{Xb3...}``,
+``owner:{sid}`` is ``owner:{Xb3...}``. So a session's log, record, snapshot,
+consent records, data key, chat and owner share one slot (and one node of a
+Redis Cluster), and so do a visitor's keys; a standalone Redis or Sentinel
+ignores the braces. Releases before kept the ids bare; cluster/migrate.py
+renames their keys at start-up.
 
 A session's keys are scoped by its site (``{site}:{sid}``, :meth:`Keys.session_id`):
 the data of one site's session is never under a key another site's session
@@ -150,41 +160,48 @@ class Keys:
 
     @staticmethod
     def session_id(site: str, sid: str) -> str:
-        """The part of a session's keys that names it: its site and its id."""
-        return f"{site}:{sid}"
+        """The part of a subject's keys that names it: its site and its id (a sid or a vid), tagged.
+
+        The id is a Redis Cluster hash tag (``{site}:{{id}}``, see the module's
+        docstring): every key of one session, or of one visitor, hashes to the
+        same slot, so a script that touches a session's log, record and
+        snapshot touches one slot.
+        """
+        return f"{site}:{{{sid}}}"
 
     @staticmethod
     def split_session_id(scoped: str) -> tuple[str, str]:
-        """(site, sid) of a :meth:`session_id`."""
+        """(site, id) of a :meth:`session_id`; also reads the untagged ``{site}:{id}`` of
+        an older layout (the subject references of event-log entries logged before it)."""
         site, _, sid = scoped.rpartition(":")
-        return site, sid
+        return site, sid.strip("{}")
 
     def events(self, site: str, sid: str) -> str:
-        return f"{self.prefix}ev:{site}:{sid}"
+        return f"{self.prefix}ev:{site}:{{{sid}}}"
 
     def session(self, site: str, sid: str) -> str:
-        return f"{self.prefix}s:{site}:{sid}"
+        return f"{self.prefix}s:{site}:{{{sid}}}"
 
     def snapshot(self, site: str, sid: str) -> str:
-        return f"{self.prefix}snap:{site}:{sid}"
+        return f"{self.prefix}snap:{site}:{{{sid}}}"
 
     def interventions_of(self, site: str, sid: str) -> str:
-        return f"{self.prefix}ivs:{site}:{sid}"
+        return f"{self.prefix}ivs:{site}:{{{sid}}}"
 
     def consent_records(self, site: str, sid: str) -> str:
-        return f"{self.prefix}consent:{site}:{sid}"
+        return f"{self.prefix}consent:{site}:{{{sid}}}"
 
     def visitor(self, site: str, vid: str) -> str:
-        return f"{self.prefix}v:{site}:{vid}"
+        return f"{self.prefix}v:{site}:{{{vid}}}"
 
     def visitor_sessions(self, site: str, vid: str) -> str:
-        return f"{self.prefix}vs:{site}:{vid}"
+        return f"{self.prefix}vs:{site}:{{{vid}}}"
 
     def visitor_profile(self, site: str, vid: str) -> str:
-        return f"{self.prefix}vp:{site}:{vid}"
+        return f"{self.prefix}vp:{site}:{{{vid}}}"
 
     def visitor_consent(self, site: str, vid: str) -> str:
-        return f"{self.prefix}vc:{site}:{vid}"
+        return f"{self.prefix}vc:{site}:{{{vid}}}"
 
     def data_key(self, site: str, subject: str) -> str:
         """The wrapped data key of ``subject``: a visitor's vid, or a session's sid.
@@ -195,7 +212,7 @@ class Keys:
         and each of its sessions'), and every copy of their events is then
         unreadable.
         """
-        return f"{self.prefix}dk:{site}:{subject}"
+        return f"{self.prefix}dk:{site}:{{{subject}}}"
 
     def data_keys_of(self, site: str, vid: str | None, sids: Iterable[str]) -> list[str]:
         """Every data key an erasure of visitor ``vid`` (or of sessions ``sids``) must delete.
@@ -212,7 +229,17 @@ class Keys:
 
     def family(self, family: KeyFamily, site: str, subject: str) -> str:
         """The key of ``family`` for ``subject`` (a sid or a vid, as its scope says)."""
-        return f"{self.prefix}{family.tag}:{site}:{subject}"
+        return f"{self.family_prefix(family, site)}{{{subject}}}"
+
+    def family_prefix(self, family: KeyFamily, site: str) -> str:
+        """What precedes the tagged subject in a key of ``family`` (``{p}{tag}:{site}:``), for
+        scripts, which add ``{subject}``."""
+        return f"{self.prefix}{family.tag}:{site}:"
+
+    @property
+    def layout(self) -> str:
+        """Which key layout the data is in (cluster/migrate.py)."""
+        return f"{self.prefix}layout"
 
     @property
     def rights(self) -> str:
@@ -224,7 +251,8 @@ class Keys:
         return f"{self.prefix}ix:{site}:{part}"
 
     def owner(self, sid: str) -> str:
-        return f"{self.prefix}owner:{sid}"
+        """The site that owns ``sid``; tagged by the sid, so it lives with the session's keys."""
+        return f"{self.prefix}owner:{{{sid}}}"
 
     def intervention(self, iid: str) -> str:
         return f"{self.prefix}iv:{iid}"
@@ -280,11 +308,11 @@ class Keys:
 
     def chat(self, site: str, sid: str) -> str:
         """A session's help-chat memory (list of JSON turns); see CHAT_TURNS_MAX."""
-        return f"{self.prefix}chat:{site}:{sid}"
+        return f"{self.prefix}chat:{site}:{{{sid}}}"
 
     def chat_state(self, site: str, sid: str) -> str:
         """A session's help-chat state (hash, no text); see serve/chat/store.py."""
-        return f"{self.prefix}chatst:{site}:{sid}"
+        return f"{self.prefix}chatst:{site}:{{{sid}}}"
 
     def chat_queue(self, site: str) -> str:
         """The site's chats waiting for a person: sid -> waiting since (ms)."""

@@ -1,27 +1,98 @@
 """Bring the Redis data of an earlier release to the key layout of this one, at start-up.
 
-Releases before site-scoped keys named a session's keys by its id alone
-(``{p}ev:{sid}``, ``{p}s:{sid}``, ...). This release scopes them by site
-(cluster/keys.py). :func:`scope_sessions_by_site` renames each old session's
-keys to the new names, using the site its session hash recorded, and sets
-the sid's owner, so that a visitor whose session spans the upgrade keeps
-every acknowledged event and resumes where it was.
+Two layouts came before this one (cluster/keys.py), and :func:`migrate` brings
+either to it, so that a visitor whose session spans the upgrade keeps every
+acknowledged event and resumes where it was:
 
-Limits: one SCAN over the old session hashes at each start (it finds
-nothing once migrated); RENAME is atomic per key, and the session hash is
-renamed last, so a migration cut short is picked up by the next start.
-Sessions whose hash has no site (none were written so) are left alone.
+* the first named a session's keys by its id alone (``{p}ev:{sid}``,
+  ``{p}s:{sid}``, ...): :func:`scope_sessions_by_site` renames each such
+  session's keys to site-scoped names, using the site its hash recorded, and
+  sets the sid's owner;
+* the second scoped them by site with a bare id (``{p}ev:{site}:{sid}``,
+  ``{p}owner:{sid}``, ``{p}v:{site}:{vid}``, ...): :func:`tag_subject_keys`
+  renames every key of every subject family, and each owner key, to the
+  tagged id (``{p}ev:{site}:{{sid}}``), so a subject's keys share a Redis
+  Cluster slot.
+
+When both have run, ``{p}layout`` records it and later starts skip the SCANs.
+
+Limits: run it with the earlier release's gateways and shards stopped (the
+stack runs it before it starts any), since a key an old process writes after
+the SCAN passed keeps the old name. RENAME is atomic per key and keeps its
+TTL; a key whose new name is already taken is left alone and logged. A
+migration cut short is finished by the next start (``layout`` is set last).
+Sessions whose hash has no site (none were written so) are left alone. The
+SCANs are over the whole keyspace, once. Event-log entries keep the subject
+reference they were sealed with (``site:subject``, field ``k``): readers take
+both forms (:meth:`Keys.split_session_id`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import redis
 
-from cluster.keys import SESSION_TTL_S, Keys
+from cluster.keys import SESSION_TTL_S, SUBJECT_FAMILIES, Keys
 
 log = logging.getLogger("lifeline")
+
+LAYOUT = "tagged"  # the value of {p}layout once this release's migration is done
+
+
+def migrate(r: redis.Redis, keys: Keys) -> dict[str, int]:
+    """Bring an earlier release's keys to this layout unless ``{p}layout`` says it is done.
+
+    Returns what moved: ``sessions`` (first layout), ``keys`` (tagged), ``kept``
+    (keys left alone: their tagged name was taken).
+    """
+    if r.get(keys.layout) == LAYOUT.encode():
+        return {"sessions": 0, "keys": 0, "kept": 0}
+    out = {"sessions": scope_sessions_by_site(r, keys), **tag_subject_keys(r, keys)}
+    r.set(keys.layout, LAYOUT)
+    return out
+
+
+def tag_subject_keys(r: redis.Redis, keys: Keys) -> dict[str, int]:
+    """Rename every subject key and owner key with a bare id to its tagged name.
+
+    Returns ``keys`` (renamed) and ``kept`` (left alone, the new name taken).
+    """
+    # (SCAN pattern, Redis type, new name of the part after the prefix and tag)
+    plans: list[tuple[str, str, Callable[[str], str | None]]] = []
+    seen: set[str] = set()
+    for fam in SUBJECT_FAMILIES:
+        if fam.tag in seen:
+            continue
+        seen.add(fam.tag)
+        plans.append(
+            (
+                fam.tag,
+                fam.kind,
+                lambda rest, fam=fam: keys.family(fam, *Keys.split_session_id(rest)),
+            )
+        )
+    plans.append(("owner", "string", lambda rest: keys.owner(rest) if ":" not in rest else None))
+    moved = kept = 0
+    for tag, kind, rename in plans:
+        head = f"{keys.prefix}{tag}:"
+        for raw in r.scan_iter(match=f"{head}*", count=1000, _type=kind):
+            name = raw.decode()
+            rest = name[len(head) :]
+            if "{" in rest or (tag != "owner" and ":" not in rest):
+                continue  # tagged already, or the first layout's (scope_sessions_by_site's)
+            new = rename(rest)
+            if new is None:
+                continue
+            if r.renamenx(name, new):
+                moved += 1
+            else:
+                kept += 1
+                log.warning("kept a %s key: its tagged name is taken", tag)
+    if moved:
+        log.warning("renamed %d Redis keys to the hash-tagged layout (cluster/keys.py)", moved)
+    return {"keys": moved, "kept": kept}
 
 
 def scope_sessions_by_site(r: redis.Redis, keys: Keys) -> int:

@@ -315,7 +315,7 @@ def rewrap(r: Any, keys: Keys, master: MasterKeys, count: int = 500) -> dict[str
     Returns counts: ``rewrapped``, ``current``, ``unopenable``.
     """
     script = r.register_script(_REWRAP_LUA)
-    start = len(keys.data_key("", "")) - 1  # where "{site}:{subject}" begins
+    start = len(keys.script_prefixes()["dk"])  # where "{site}:{subject}" begins
     counts = {"rewrapped": 0, "current": 0, "unopenable": 0}
     for name in r.scan_iter(match=keys.data_key("*", "*"), count=count):
         wrapped = r.get(name)

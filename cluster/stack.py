@@ -30,7 +30,7 @@ from cluster.config import Settings, check_data_key, check_secret, redact_url
 from cluster.keys import Keys
 from cluster.listener_tls import server_context
 from cluster.loops import bounded
-from cluster.migrate import scope_sessions_by_site
+from cluster.migrate import migrate
 from cluster.processes import Supervised
 from cluster.redis_client import cleartext_warning, redis_client
 from cluster.redis_server import Persistence, RedisServer, ensure_redis, persistence
@@ -147,9 +147,7 @@ class Stack:
             self._warn(persistence_warning)
         self.sites = load_sites(s.sites_file)
         # Sessions an earlier release stored keep their events and resume where they were.
-        await asyncio.to_thread(
-            scope_sessions_by_site, redis_client(self.redis.url), Keys(s.prefix)
-        )
+        await asyncio.to_thread(migrate, redis_client(self.redis.url), Keys(s.prefix))
         address = os.environ.get("RAY_ADDRESS") or None
         self.placement = Placement(detached=address is not None, namespace=RAY_NAMESPACE)
         if not ray.is_initialized():

@@ -1,12 +1,23 @@
-"""Sessions stored by a release before site-scoped keys keep everything across the upgrade."""
+"""Sessions stored by an earlier release's key layout keep everything across the upgrade."""
 
 from __future__ import annotations
 
-import msgpack
-import redis
+import time
+import uuid
 
+import msgpack
+import pytest
+import redis
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from actors.core.events import validate_event
 from cluster.keys import Keys
-from cluster.migrate import scope_sessions_by_site
+from cluster.migrate import migrate, scope_sessions_by_site
+from cluster.sealing import MasterKeys
+from serve.edge.store import Append, EventStore
+
+MASTER = MasterKeys("test-master-key-" + "m" * 20)
 
 
 def test_old_layout_sessions_move_to_site_scoped_keys_with_their_ttls(redis_url, prefix):
@@ -33,4 +44,57 @@ def test_old_layout_sessions_move_to_site_scoped_keys_with_their_ttls(redis_url,
         assert r.exists(f"{prefix}s:nosite-1")  # nothing to go by: left alone
         assert scope_sessions_by_site(r, keys) == 0  # a second start finds nothing to move
     finally:
+        r.close()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_bare_id_keys_move_to_hash_tagged_names_and_their_sealed_events_still_open(
+    redis_url, prefix
+):
+    """A sealed session with a visitor, stored under the bare-id layout, reads back whole after
+    the migration, resumes at its seq, and every key of it then shares one Cluster slot."""
+    r = redis.Redis.from_url(redis_url)
+    ar = aioredis.Redis.from_url(redis_url)
+    keys = Keys(prefix)
+    store = EventStore(ar, keys, MASTER)
+    sid, vid = "s-" + uuid.uuid4().hex[:12], "v-" + uuid.uuid4().hex[:16]
+    t0 = int(time.time() * 1000) - 60_000
+    evs = [
+        validate_event({"type": "page_view", "seq": s, "ts": t0 + s, "path": "/p"}, t0 + s)
+        for s in (1, 2, 3)
+    ]
+    try:
+        status, seq, sealer = await store.open_session(sid, "demo", ["analytics"], True, vid)
+        assert status == "ok"
+        await store.append_many([Append.of("demo", sid, 1, 3, evs, sealer)])
+        tagged = [k.decode() for k in r.scan_iter(match=f"{prefix}*{sid}*")]
+        tagged += [k.decode() for k in r.scan_iter(match=f"{prefix}*{vid}*")]
+        assert len(tagged) >= 7, tagged  # s, ev, owner, consent records, v, vs, vc, dk
+        # What the bare-id release had: the same keys without the braces, and the
+        # entries' subject reference ("demo:{vid}") bare too.
+        bare = {k: k.replace("{", "").replace("}", "") for k in tagged}
+        log = keys.events("demo", sid)
+        entries = r.xrange(log)
+        r.delete(log)
+        for _, fields in entries:
+            fields[b"k"] = fields[b"k"].replace(b"{", b"").replace(b"}", b"")
+            r.xadd(log, fields)
+        r.expire(log, 900)
+        for old, new in bare.items():
+            r.rename(old, new)
+        r.delete(keys.layout)
+
+        moved = migrate(r, keys)
+        assert moved["keys"] == len(tagged) and moved["kept"] == 0
+        assert not any(r.exists(k) for k in bare.values())
+        assert 0 < r.ttl(log) <= 900  # TTLs move with the keys
+        assert await store.read_events("demo", sid) == evs  # old references open
+        assert store.unreadable == 0
+        assert (await store.open_session(sid, "demo", ["analytics"], True, vid))[:2] == ("ok", 3)
+        assert len({key_slot(k.encode()) for k in tagged if sid in k}) == 1
+        assert len({key_slot(k.encode()) for k in tagged if vid in k}) == 1
+        assert migrate(r, keys) == {"sessions": 0, "keys": 0, "kept": 0}  # layout is recorded
+    finally:
+        store.close()
+        await ar.aclose()
         r.close()

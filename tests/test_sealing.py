@@ -144,7 +144,7 @@ async def test_the_log_holds_no_plaintext_and_reads_back_equal(redis_url, prefix
         evs = {anon: _events(1, 5, "sku-ANON-7731"), known: _events(1, 5, "sku-VISIT-4412")}
         await _log(store, anon, evs[anon])
         await _log(store, known, evs[known], vid)
-        for sid, ref in ((anon, f"demo:{anon}"), (known, f"demo:{vid}")):
+        for sid, ref in ((anon, Keys.session_id("demo", anon)), (known, f"demo:{{{vid}}}")):
             entries = await r.xrange(keys.events("demo", sid))
             raw = b"".join(v for _, f in entries for v in f.values())
             assert b"sku-" not in raw and b"/product" not in raw, "plaintext in Redis"
@@ -186,10 +186,10 @@ async def test_two_gateways_racing_for_a_subject_get_one_key(redis_url, prefix) 
             )
         )
         assert {status for status, _, _ in opened} == {"ok"}
-        assert {s.ref for _, _, s in opened} == {f"demo:{vid}"}
+        assert {s.ref for _, _, s in opened} == {Keys.session_id("demo", vid)}
         stored = MASTER.unwrap("demo", await clients[0].get(keys.data_key("demo", vid)))
         opener = Opener(keys, MASTER)
-        opener.learn([f"demo:{vid}"], [MASTER.wrap("demo", stored)])
+        opener.learn([Keys.session_id("demo", vid)], [MASTER.wrap("demo", stored)])
         for _, _, sealer in opened:  # each gateway seals under the one stored key
             assert opener.open(sealer.ref, sealer.seal(b"payload")) == b"payload"
         assert len(await clients[0].keys(keys.data_key("demo", "*"))) == 1
@@ -213,7 +213,10 @@ async def test_a_shard_recovers_a_session_from_its_sealed_log(ray_cluster, redis
         await _log(store, sid, first)
         await _log(store, sid, later, vid)
         refs = {f[b"k"] for _, f in await r.xrange(keys.events("demo", sid))}
-        assert refs == {f"demo:{sid}".encode(), f"demo:{vid}".encode()}
+        assert refs == {
+            Keys.session_id("demo", sid).encode(),
+            Keys.session_id("demo", vid).encode(),
+        }
         # This shard never saw the session: its next events make it load the past from Redis.
         last = _events(9, 1, "sku-LAST")
         await _log(store, sid, last, vid)
@@ -320,7 +323,7 @@ async def test_the_gateway_seals_socket_and_beacon_events_under_the_visitor_key(
     entries = await r.xrange(keys.events("demo", sid))
     raw = b"".join(v for _, f in entries for v in f.values())
     assert b"sku-SOCKET" not in raw and b"/cart/BCN" not in raw, "plaintext in Redis"
-    assert {f[b"k"] for _, f in entries} == {f"demo:{vid}".encode()}
+    assert {f[b"k"] for _, f in entries} == {Keys.session_id("demo", vid).encode()}
     paths = [e["path"] for e in await stack.gateway.store.read_events("demo", sid)]
     assert paths == ["/product/sku-SOCKET-991", "/product/sku-SOCKET-992", "/cart/BCN"]
 

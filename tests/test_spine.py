@@ -374,7 +374,9 @@ async def test_shard_crash_recovery_keeps_exact_features(lifeline_stack):
     for sid, evs in journeys.items():
         # Recovered from a sealed log (encryption at rest is on by default; cluster/sealing.py).
         entries = await stack.gateway.redis.xrange(stack.gateway.keys.events("demo", sid))
-        assert entries and all(f[b"k"] == f"demo:{sid}".encode() for _, f in entries)
+        assert entries and all(
+            f[b"k"] == stack.gateway.keys.session_id("demo", sid).encode() for _, f in entries
+        )
         live = await shard.session_row.remote(sid)
         stored = await stack.gateway.store.read_events("demo", sid)
         uninterrupted = replay(

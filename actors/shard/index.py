@@ -60,7 +60,7 @@ TRIM_MAX = 10_000  # entries trimmed per site and call: a call never blocks Redi
 # A session whose latest decision moved it to another segment leaves the old set.
 IX_ADD_LUA = """
 local function ix_add(p, site, sid, ts)
-  local h = p.s .. site .. ':' .. sid
+  local h = p.s .. site .. ':{' .. sid .. '}'
   local st = redis.call('HMGET', h, 'consent', 'iv_count', 'seg', 'ix_seg')
   if not st[1] or not string.find(st[1], '"analytics"', 1, true) then
     return 0
@@ -89,7 +89,7 @@ end
 # Lua: remove one session (a scoped id, Keys.session_id) from the index; used by the erase script.
 IX_REMOVE_LUA = """
 local function ix_remove(p, scoped)
-  local site, sid = string.match(scoped, '^(.*):([^:]*)$')
+  local site, sid = string.match(scoped, '^(.*):{([^:]*)}$')
   local h = p.s .. scoped
   local ix = p.ix .. site .. ':'
   local seg = redis.call('HGET', h, 'ix_seg')
@@ -237,7 +237,7 @@ async def reindex(
     if master is None:
         master = master_keys(Settings())
     index = SessionIndex(r, keys)
-    start = len(keys.session("", "")) - 1  # where "{site}:{sid}" begins in a session key
+    start = len(keys.script_prefixes()["s"])  # where "{site}:{sid}" begins in a session key
     counts = {"sessions": 0, "indexed": 0, "no_consent": 0}
     found: list[tuple[str, str]] = []
 

@@ -150,7 +150,7 @@ end
 # visitor id ('' for none), 13 that visitor's sessions key, 14 sid, 15 the
 # session's erasure marker, 16 the visitor's ('' for none), 17 the visitor
 # record's key prefix and 18 the visitor consent records' ("{p}v:{site}:",
-# "{p}vc:{site}:"), 19 the record's source (via: hello, banner, api, change),
+# "{p}vc:{site}:"; the script adds the tagged vid, "{vid}"), 19 the record's source (via: hello, banner, api, change),
 # 20 the site's consent policy version, 21 the TTL of the visitor's record and
 # sessions list (:func:`visitor_ttl`). With ARGV[22] (the data-key prefix; '' or
 # absent when the gateway does not seal), a welcomed hello also returns its
@@ -195,7 +195,7 @@ if mode == 'hello' then
     redis.call('HSET', h, 'seq', 0, 'created', now, 'site', site)
   end
   if vid ~= '' then
-    local vc, v = ARGV[18] .. vid, ARGV[17] .. vid
+    local vc, v = ARGV[18] .. '{' .. vid .. '}', ARGV[17] .. '{' .. vid .. '}'
     if not had then
       redis.call('HSET', h, 'vid', vid)
       for _, e in ipairs(redis.call('XRANGE', cl, '-', '+')) do
@@ -220,7 +220,7 @@ if mode == 'hello' then
   redis.call('SET', ARGV[11], site, 'EX', ARGV[6])
   redis.call('EXPIRE', h, ARGV[6])
   if ARGV[22] and ARGV[22] ~= '' then
-    sealing = site .. ':' .. (had or ARGV[14])
+    sealing = site .. ':{' .. (had or ARGV[14]) .. '}'
   end
 elseif not seq then
   return {'unknown', 0}
@@ -229,9 +229,9 @@ if stored ~= consent then
   redis.call('HSET', h, 'consent', consent)
 end
 if had then
-  local v = ARGV[17] .. had
+  local v = ARGV[17] .. '{' .. had .. '}'
   if redis.call('HGET', v, 'consent') ~= consent then
-    local vc = ARGV[18] .. had
+    local vc = ARGV[18] .. '{' .. had .. '}'
     redis.call('HSET', v, 'consent', consent, 'policy', ARGV[20])
     redis.call('EXPIRE', v, ARGV[21])
     redis.call('XADD', vc, 'MAXLEN', '~', ARGV[8], '*', 'consent', consent, 'ts', now,
@@ -258,7 +258,7 @@ DATA_KEY_LUA = (
     DATA_KEY_FN
     + """
 local vid = redis.call('HGET', ARGV[1], 'vid')
-local ref = ARGV[2] .. ':' .. (vid or ARGV[3])
+local ref = ARGV[2] .. ':{' .. (vid or ARGV[3]) .. '}'
 return {ref, data_key(ARGV[4] .. ref, ARGV[5], ARGV[6])}
 """
 )
@@ -482,8 +482,8 @@ class EventStore:
             sid,
             keys.erased(site, subject_digest(site, sid)),
             keys.erased(site, subject_digest(site, vid)) if vid else "",
-            keys.visitor(site, ""),
-            keys.visitor_consent(site, ""),
+            keys.visitor(site, "").removesuffix("{}"),
+            keys.visitor_consent(site, "").removesuffix("{}"),
             via,
             known.consent_policy if known is not None else "",
             visitor_ttl(keep),
@@ -547,10 +547,10 @@ class EventStore:
                 keep = self.retention(site)
                 ttls.append([keep.events, keep.sessions, data_key_ttl(keep)])
                 i = index[site] = len(ttls)
-            # f"{site}:{sid}" is Keys.session_id inlined: the call and the attribute
+            # f"{site}:{{{sid}}}" is Keys.session_id inlined: the call and the attribute
             # reads per run were a sixth of this function.
             arg += (
-                f"{site}:{sid}",
+                f"{site}:{{{sid}}}",
                 first,
                 last,
                 sealed if ref else payload,

@@ -68,7 +68,8 @@ local p = a.p
 local sessions, keys, entries = 0, 0, 0
 for _, s in ipairs(a.s) do
   local sid = s[1]
-  local scoped = a.site .. ':' .. sid
+  local tag = '{' .. sid .. '}'
+  local scoped = a.site .. ':' .. tag
   if a.one == 1 then
     sessions = sessions + redis.call('EXISTS', p.s .. scoped)
   end
@@ -83,10 +84,10 @@ for _, s in ipairs(a.s) do
     keys = keys + redis.call('DEL', key)
   end
   for _, prefix in ipairs(a.fam) do
-    keys = keys + redis.call('DEL', prefix .. sid)
+    keys = keys + redis.call('DEL', prefix .. tag)
   end
-  if redis.call('GET', p.owner .. sid) == a.site then
-    keys = keys + redis.call('DEL', p.owner .. sid)
+  if redis.call('GET', p.owner .. tag) == a.site then
+    keys = keys + redis.call('DEL', p.owner .. tag)
   end
   if a.vs ~= '' then
     sessions = sessions + redis.call('ZREM', a.vs, sid)
@@ -143,7 +144,7 @@ class Eraser:
         self._sessions = r.register_script(ERASE_SESSIONS_LUA)
         self._visitor = r.register_script(ERASE_VISITOR_LUA)
         p = dict(keys.script_prefixes())
-        p["owner"] = keys.owner("")
+        p["owner"] = f"{keys.prefix}owner:"
         self._p = p
 
     async def _announce(self, site: str, sids: list[str]) -> None:
@@ -210,7 +211,7 @@ class Eraser:
         retention: Retention,
         one: bool = False,
     ) -> list[int]:
-        fams = [self.keys.family(f, site, "") for f in SUBJECT_FAMILIES if f.scope == "session"]
+        fams = [self.keys.family_prefix(f, site) for f in SUBJECT_FAMILIES if f.scope == "session"]
         arg = {
             "p": self._p,
             "site": site,
