@@ -77,7 +77,8 @@ def data_key_ttl(keep: Retention) -> int:
 # Returns, for each run, the durable seq and 1 if the run was appended, else 0
 # (it did not start right after the durable seq). Runs of one session are
 # applied in order. The script names its keys itself, so it needs a standalone
-# Redis (on Redis Cluster the session keys would need a shared hash tag).
+# Redis: on Redis Cluster a run's own keys share its session's slot (cluster/keys.py),
+# but one call spans many sessions' slots and nodes.
 # TTLs are refreshed when a session's seq crosses a multiple of 64 (the TTL is
 # days), and the stream's the first time it gets an entry (field 'log_ttl'): two
 # EXPIREs per run were ~40 % of the script's calls. The data key's TTL is refreshed
@@ -509,8 +510,8 @@ class EventStore:
         One call for the whole round keeps the client-side cost at one command
         however many sessions took part (a pipeline of one call per session
         spent more time building and parsing commands than Redis spent running
-        them). Limit: all keys in one call, so on Redis Cluster the session keys
-        would need a shared hash tag.
+        them). Limit: all keys in one call, so not on Redis Cluster, where the
+        round would go as one call per node (README, "Which to choose").
         """
         return await (await self.start_append(runs))
 
