@@ -58,8 +58,12 @@ Hash tags: in every key named by a session or a visitor (the families of
 Cluster hash tag: the table's ``{site}:{sid}`` is written ``shop:{Xb3...}``,
 ``owner:{sid}`` is ``owner:{Xb3...}``. So a session's log, record, snapshot,
 consent records, data key, chat and owner share one slot (and one node of a
-Redis Cluster), and so do a visitor's keys; a standalone Redis or Sentinel
-ignores the braces. Releases before kept the ids bare; cluster/migrate.py
+Redis Cluster), and so do a visitor's keys. Keys that a transaction or a
+script uses together share a tag too: a site's explorer index its site
+(``ix:{site}:seen`` is ``ix:{shop}:seen``), and the model registry, the site
+rules, the shard set and the operator accounts each their group
+(``model:live`` is ``{model}:live``; likewise ``{sites}``, ``{shards}``,
+``{op}``). A standalone Redis or Sentinel ignores the braces. Releases before kept the ids bare; cluster/migrate.py
 renames their keys at start-up.
 
 A session's keys are scoped by its site (``{site}:{sid}``, :meth:`Keys.session_id`):
@@ -248,7 +252,7 @@ class Keys:
 
     def session_index(self, site: str, part: str) -> str:
         """The session explorer's index of ``site``: ``seen``, ``ids``, ``iv``, ``segs``, ``seg:{name}``."""
-        return f"{self.prefix}ix:{site}:{part}"
+        return f"{self.prefix}ix:{{{site}}}:{part}"
 
     def owner(self, sid: str) -> str:
         """The site that owns ``sid``; tagged by the sid, so it lives with the session's keys."""
@@ -283,19 +287,24 @@ class Keys:
             "dk": f"{self.prefix}dk:",
         }
 
+    @property
+    def model_promoted(self) -> str:
+        """The pub/sub channel of model promotions (a channel: not a key, so no hash tag)."""
+        return f"{self.prefix}model:promoted"
+
     def model(self, part: str) -> str:
-        """The model registry's keys: ``seq``, ``versions``, ``live``, ``history``, ``promoted``,
+        """The model registry's keys: ``seq``, ``versions``, ``live``, ``history``,
         ``challenger`` (hash: version, share), ``blob:{version}``, ``meta:{version}``,
         ``plots:{version}`` (hash: file name -> PNG)."""
-        return f"{self.prefix}model:{part}"
+        return f"{self.prefix}{{model}}:{part}"
 
     def sites(self, part: str) -> str:
         """Run-time site rules: ``overrides`` (hash), ``version`` (counter) (cluster/site_rules.py)."""
-        return f"{self.prefix}sites:{part}"
+        return f"{self.prefix}{{sites}}:{part}"
 
     def shards(self, part: str) -> str:
         """The shard set: ``members``, ``version``, ``applied``, ``requests``, ``reply:{id}``."""
-        return f"{self.prefix}shards:{part}"
+        return f"{self.prefix}{{shards}}:{part}"
 
     def recsys_model(self, site: str) -> str:
         return f"{self.prefix}recsys:{site}:model"
@@ -335,7 +344,7 @@ class Keys:
         """The console's accounts: ``users``, ``user:{name}``, ``token:{digest}``,
         ``session:{digest}``, ``tokens:{name}``, ``sessions:{name}``, ``login:a:{address}``,
         ``login:n:{name}`` (serve/console/accounts.py)."""
-        return f"{self.prefix}op:{part}"
+        return f"{self.prefix}{{op}}:{part}"
 
     def tally_day(self, site: str, day: str) -> str:
         """The console's counts of ``site`` on a UTC ``day`` (YYYY-MM-DD)."""

@@ -9,10 +9,10 @@ acknowledged event and resumes where it was:
   session's keys to site-scoped names, using the site its hash recorded, and
   sets the sid's owner;
 * the second scoped them by site with a bare id (``{p}ev:{site}:{sid}``,
-  ``{p}owner:{sid}``, ``{p}v:{site}:{vid}``, ...): :func:`tag_subject_keys`
-  renames every key of every subject family, and each owner key, to the
-  tagged id (``{p}ev:{site}:{{sid}}``), so a subject's keys share a Redis
-  Cluster slot.
+  ``{p}owner:{sid}``, ``{p}v:{site}:{vid}``, ``{p}ix:{site}:seen``,
+  ``{p}model:live``, ...): :func:`tag_keys` renames them to their
+  hash-tagged names (``{p}ev:{site}:{{sid}}``, ``{p}ix:{{site}}:seen``,
+  ``{p}{{model}}:live``), so keys used together share a Redis Cluster slot.
 
 When both have run, ``{p}layout`` records it and later starts skip the SCANs.
 
@@ -49,18 +49,21 @@ def migrate(r: redis.Redis, keys: Keys) -> dict[str, int]:
     """
     if r.get(keys.layout) == LAYOUT.encode():
         return {"sessions": 0, "keys": 0, "kept": 0}
-    out = {"sessions": scope_sessions_by_site(r, keys), **tag_subject_keys(r, keys)}
+    out = {"sessions": scope_sessions_by_site(r, keys), **tag_keys(r, keys)}
     r.set(keys.layout, LAYOUT)
     return out
 
 
-def tag_subject_keys(r: redis.Redis, keys: Keys) -> dict[str, int]:
-    """Rename every subject key and owner key with a bare id to its tagged name.
+def tag_keys(r: redis.Redis, keys: Keys) -> dict[str, int]:
+    """Rename every key of the bare-id layout to its hash-tagged name (cluster/keys.py).
 
+    The subject families' keys and the owner keys get their id tagged; a
+    site's explorer index its site (``ix:{site}:seen``); the model registry,
+    site rules, shard set and operator accounts their group (``{model}:live``).
     Returns ``keys`` (renamed) and ``kept`` (left alone, the new name taken).
     """
-    # (SCAN pattern, Redis type, new name of the part after the prefix and tag)
-    plans: list[tuple[str, str, Callable[[str], str | None]]] = []
+    # (name part after the prefix, Redis type or None for any, new name from the rest)
+    plans: list[tuple[str, str | None, Callable[[str], str | None]]] = []
     seen: set[str] = set()
     for fam in SUBJECT_FAMILIES:
         if fam.tag in seen:
@@ -70,19 +73,27 @@ def tag_subject_keys(r: redis.Redis, keys: Keys) -> dict[str, int]:
             (
                 fam.tag,
                 fam.kind,
-                lambda rest, fam=fam: keys.family(fam, *Keys.split_session_id(rest)),
+                lambda rest, fam=fam: (
+                    keys.family(fam, *Keys.split_session_id(rest)) if ":" in rest else None
+                ),
             )
         )
     plans.append(("owner", "string", lambda rest: keys.owner(rest) if ":" not in rest else None))
+    plans.append(
+        ("ix", None, lambda rest: keys.session_index(*rest.split(":", 1)) if ":" in rest else None)
+    )
+    for group in (keys.model, keys.sites, keys.shards, keys.operator):
+        name = group("").removeprefix(keys.prefix).strip("{}:")
+        plans.append((name, None, group))
     moved = kept = 0
     for tag, kind, rename in plans:
         head = f"{keys.prefix}{tag}:"
         for raw in r.scan_iter(match=f"{head}*", count=1000, _type=kind):
             name = raw.decode()
             rest = name[len(head) :]
-            if "{" in rest or (tag != "owner" and ":" not in rest):
-                continue  # tagged already, or the first layout's (scope_sessions_by_site's)
-            new = rename(rest)
+            if "{" in rest:
+                continue  # tagged already
+            new = rename(rest)  # None: not this layout's (the first's, scope_sessions_by_site's)
             if new is None:
                 continue
             if r.renamenx(name, new):

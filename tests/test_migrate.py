@@ -83,9 +83,23 @@ async def test_bare_id_keys_move_to_hash_tagged_names_and_their_sealed_events_st
         for old, new in bare.items():
             r.rename(old, new)
         r.delete(keys.layout)
+        # Keys used together by a transaction or script, under their bare names.
+        groups = {
+            f"{prefix}model:live": keys.model("live"),
+            f"{prefix}sites:version": keys.sites("version"),
+            f"{prefix}shards:members": keys.shards("members"),
+            f"{prefix}op:user:ada": keys.operator("user:ada"),
+            f"{prefix}ix:demo:seg:quick": keys.session_index("demo", "seg:quick"),
+        }
+        for old in groups:
+            r.set(old, old, ex=900)
 
         moved = migrate(r, keys)
-        assert moved["keys"] == len(tagged) and moved["kept"] == 0
+        assert moved["keys"] == len(tagged) + len(groups) and moved["kept"] == 0
+        assert [r.get(new) for new in groups.values()] == [old.encode() for old in groups]
+        assert key_slot(keys.session_index("demo", "seen").encode()) == key_slot(
+            keys.session_index("demo", "seg:quick").encode()
+        )
         assert not any(r.exists(k) for k in bare.values())
         assert 0 < r.ttl(log) <= 900  # TTLs move with the keys
         assert await store.read_events("demo", sid) == evs  # old references open

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from actors.core.features import FEATURE_NAMES, FEATURE_SCHEMA_HASH
+from cluster.keys import Keys
 from training.registry import ModelRegistry, RegistryError, SchemaMismatch, UnknownVersion
 
 
@@ -76,7 +77,7 @@ def test_promote_sets_pointer_and_publishes(
     sub.close()
     assert got == [v1, v2]
     assert reg.live() == v2
-    assert reg.r.get(f"{prefix}model:live") == v2.encode()
+    assert reg.r.get(Keys(prefix).model("live")) == v2.encode()
     assert [h["version"] for h in reg.history()] == [v2, v1]
     assert reg.history()[0]["previous"] == v1
     assert [m["version"] for m in reg.list() if m["live"]] == [v2]
@@ -108,6 +109,6 @@ def test_mismatched_schema_is_refused_and_live_model_kept(reg: ModelRegistry) ->
     reg.promote(bad)
     assert reg.live() == bad
     assert (
-        json.loads(reg.r.get(f"{reg.prefix}model:meta:{bad}"))["feature_schema"]
+        json.loads(reg.r.get(reg.keys.model(f"meta:{bad}")))["feature_schema"]
         != FEATURE_SCHEMA_HASH
     )

@@ -74,7 +74,7 @@ class ModelRegistry:
         self.k_live = keys.model("live")
         self.k_challenger = keys.model("challenger")
         self.k_history = keys.model("history")
-        self.channel = keys.model("promoted")
+        self.channel = keys.model_promoted
 
     def _k_blob(self, version: str) -> str:
         return self.keys.model(f"blob:{version}")

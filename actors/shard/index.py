@@ -65,7 +65,7 @@ local function ix_add(p, site, sid, ts)
   if not st[1] or not string.find(st[1], '"analytics"', 1, true) then
     return 0
   end
-  local ix = p.ix .. site .. ':'
+  local ix = p.ix .. '{' .. site .. '}:'
   redis.call('ZADD', ix .. 'seen', 'GT', ts, sid)
   redis.call('ZADD', ix .. 'ids', 'NX', 0, sid)
   if st[2] and tonumber(st[2]) > 0 then
@@ -91,7 +91,7 @@ IX_REMOVE_LUA = """
 local function ix_remove(p, scoped)
   local site, sid = string.match(scoped, '^(.*):{([^:]*)}$')
   local h = p.s .. scoped
-  local ix = p.ix .. site .. ':'
+  local ix = p.ix .. '{' .. site .. '}:'
   local seg = redis.call('HGET', h, 'ix_seg')
   if seg then
     redis.call('ZREM', ix .. 'seg:' .. seg, sid)
@@ -124,7 +124,7 @@ local a = cmsgpack.unpack(ARGV[1])
 local n = 0
 for _, sc in ipairs(a.sites) do
   local site, cut = sc[1], sc[2]
-  local ix = a.p.ix .. site .. ':'
+  local ix = a.p.ix .. '{' .. site .. '}:'
   local old = redis.call('ZRANGE', ix .. 'seen', '-inf', cut, 'BYSCORE', 'LIMIT', 0, a.max)
   for i = 1, #old, 500 do
     local chunk = {unpack(old, i, math.min(i + 499, #old))}
