@@ -67,7 +67,8 @@ async def serve(args: argparse.Namespace) -> None:
         namespace=args.ray_namespace or RAY_NAMESPACE,
         logging_level="WARNING",
     )
-    # The set in force now (a restart after `lifeline shards add` must not use the first one).
+    # The set in force now (a restart after `lifeline shards add` must not use the first one),
+    # once Redis is in this release's key layout.
     names = await current_names(settings) or args.shards.split(",")
     shards = [ray.get_actor(name) for name in names]
     gateway = Gateway(
@@ -102,13 +103,16 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 async def current_names(settings) -> list[str]:
-    """The shard names stored in Redis (cluster/shard_set.py), [] if none are."""
+    """The shard names stored in Redis (cluster/shard_set.py), [] if none are; first waits
+    for Redis to be in this release's key layout (cluster/migrate.py)."""
     from cluster.keys import Keys
+    from cluster.migrate import await_layout
     from cluster.redis_client import redis_client
     from cluster.shard_set import read_members
 
     redis = redis_client(settings.redis_target, aio=True)
     try:
+        await await_layout(redis, Keys(settings.prefix))
         return (await read_members(redis, Keys(settings.prefix)))[1]
     finally:
         await redis.aclose()

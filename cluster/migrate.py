@@ -29,8 +29,10 @@ both forms (:meth:`Keys.split_session_id`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -52,6 +54,28 @@ def migrate(r: redis.Redis, keys: Keys) -> dict[str, int]:
     out = {"sessions": scope_sessions_by_site(r, keys), **tag_keys(r, keys)}
     r.set(keys.layout, LAYOUT)
     return out
+
+
+async def await_layout(r: Any, keys: Keys, poll_s: float = 1.0) -> None:
+    """Return once Redis holds this release's key layout (``{p}layout``); poll until it does.
+
+    For a process that writes Redis but does not migrate it: a gateway worker,
+    which Kubernetes runs apart from the control process that migrates. Writing
+    this release's names before the migration would split a session's data
+    between two names. ``r`` is a ``redis.asyncio`` client. Logs once why it
+    waits. Limit: it cannot stop an earlier release's gateway, which knows
+    nothing of the marker: stop those before the upgrade (README, "Redis").
+    """
+    told = False
+    while await r.get(keys.layout) != LAYOUT.encode():
+        if not told:
+            log.warning(
+                "waiting for Redis to be in this release's key layout: the control process "
+                "(`lifeline up`) migrates it when it starts; stop the earlier release's "
+                "gateways first"
+            )
+            told = True
+        await asyncio.sleep(poll_s)
 
 
 def tag_keys(r: redis.Redis, keys: Keys) -> dict[str, int]:

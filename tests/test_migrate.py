@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -13,7 +14,7 @@ from redis.crc import key_slot
 
 from actors.core.events import validate_event
 from cluster.keys import Keys
-from cluster.migrate import migrate, scope_sessions_by_site
+from cluster.migrate import await_layout, migrate, scope_sessions_by_site
 from cluster.sealing import MasterKeys
 from serve.edge.store import Append, EventStore
 
@@ -110,5 +111,25 @@ async def test_bare_id_keys_move_to_hash_tagged_names_and_their_sealed_events_st
         assert migrate(r, keys) == {"sessions": 0, "keys": 0, "kept": 0}  # layout is recorded
     finally:
         store.close()
+        await ar.aclose()
+        r.close()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_gateway_worker_waits_for_the_migration_before_it_reads_or_writes(
+    redis_url, prefix
+):
+    """A process that does not migrate waits, while Redis is in an earlier layout, until the
+    control process has migrated it."""
+    r = redis.Redis.from_url(redis_url)
+    ar = aioredis.Redis.from_url(redis_url)
+    keys = Keys(prefix)
+    try:
+        waiting = asyncio.ensure_future(await_layout(ar, keys, poll_s=0.05))
+        done, _ = await asyncio.wait([waiting], timeout=0.3)
+        assert not done  # no layout marker: still waiting
+        migrate(r, keys)
+        await asyncio.wait_for(waiting, timeout=5)
+    finally:
         await ar.aclose()
         r.close()
