@@ -393,9 +393,10 @@ def iter_redis_sessions(
     whose key is gone (erased, expired) is left out and counted in
     ``opener.dropped_sessions``.
     """
-    opener = opener or opener_for(Settings(), Keys(prefix))
+    keys = Keys(prefix)
+    opener = opener or opener_for(Settings(), keys)
     for site, sid, entries in iter_logs(r, prefix, count=count):
-        events = open_events(opener, r, entries, f"{prefix}ev:{site}:{sid}")
+        events = open_events(opener, r, entries, keys.events(site, sid))
         if events:
             yield SessionEvents(
                 sid, events, converted_of(events), "redis", events[0]["ts"], {"site": site}
