@@ -64,7 +64,8 @@ async def await_layout(r: Any, keys: Keys, poll_s: float = 1.0) -> None:
     this release's names before the migration would split a session's data
     between two names. ``r`` is a ``redis.asyncio`` client. Logs once why it
     waits. Limit: it cannot stop an earlier release's gateway, which knows
-    nothing of the marker: stop those before the upgrade (README, "Redis").
+    nothing of the marker: stop those before the upgrade (cluster/kubernetes/README.md,
+    "Upgrade").
     """
     told = False
     while await r.get(keys.layout) != LAYOUT.encode():
