@@ -63,8 +63,8 @@ script uses together share a tag too: a site's explorer index its site
 (``ix:{site}:seen`` is ``ix:{shop}:seen``), and the model registry, the site
 rules, the shard set and the operator accounts each their group
 (``model:live`` is ``{model}:live``; likewise ``{sites}``, ``{shards}``,
-``{op}``). A standalone Redis or Sentinel ignores the braces. Releases before kept the ids bare; cluster/migrate.py
-renames their keys at start-up.
+``{op}``). A standalone Redis or Sentinel ignores the braces. Releases
+before kept the ids bare; cluster/migrate.py renames their keys at start-up.
 
 A session's keys are scoped by its site (``{site}:{sid}``, :meth:`Keys.session_id`):
 the data of one site's session is never under a key another site's session
