@@ -22,7 +22,7 @@ the SCAN passed keeps the old name. RENAME is atomic per key and keeps its
 TTL; a key whose new name is already taken is left alone and logged. A
 migration cut short is finished by the next start (``layout`` is set last).
 Sessions whose hash has no site (none were written so) are left alone. The
-SCANs are over the whole keyspace, once. Event-log entries keep the subject
+SCANs walk the whole keyspace, once. Event-log entries keep the subject
 reference they were sealed with (``site:subject``, field ``k``): readers take
 both forms (:meth:`Keys.split_session_id`).
 """
@@ -87,45 +87,35 @@ def tag_keys(r: redis.Redis, keys: Keys) -> dict[str, int]:
     site rules, shard set and operator accounts their group (``{model}:live``).
     Returns ``keys`` (renamed) and ``kept`` (left alone, the new name taken).
     """
-    # (name part after the prefix, Redis type or None for any, new name from the rest)
-    plans: list[tuple[str, str | None, Callable[[str], str | None]]] = []
-    seen: set[str] = set()
+    # The name part after the prefix -> the new name of the rest (None: not a key to rename).
+    plans: dict[str, Callable[[str], str | None]] = {}
     for fam in SUBJECT_FAMILIES:
-        if fam.tag in seen:
-            continue
-        seen.add(fam.tag)
-        plans.append(
-            (
-                fam.tag,
-                fam.kind,
-                lambda rest, fam=fam: (
-                    keys.family(fam, *Keys.split_session_id(rest)) if ":" in rest else None
-                ),
-            )
+        plans.setdefault(
+            fam.tag,
+            lambda rest, fam=fam: (
+                keys.family(fam, *Keys.split_session_id(rest)) if ":" in rest else None
+            ),
         )
-    plans.append(("owner", "string", lambda rest: keys.owner(rest) if ":" not in rest else None))
-    plans.append(
-        ("ix", None, lambda rest: keys.session_index(*rest.split(":", 1)) if ":" in rest else None)
-    )
+    plans["owner"] = lambda rest: keys.owner(rest) if ":" not in rest else None
+    plans["ix"] = lambda rest: keys.session_index(*rest.split(":", 1)) if ":" in rest else None
     for group in (keys.model, keys.sites, keys.shards, keys.operator):
-        name = group("").removeprefix(keys.prefix).strip("{}:")
-        plans.append((name, None, group))
+        plans[group("").removeprefix(keys.prefix).strip("{}:")] = group
     moved = kept = 0
-    for tag, kind, rename in plans:
-        head = f"{keys.prefix}{tag}:"
-        for raw in r.scan_iter(match=f"{head}*", count=1000, _type=kind):
-            name = raw.decode()
-            rest = name[len(head) :]
-            if "{" in rest:
-                continue  # tagged already
-            new = rename(rest)  # None: not this layout's (the first's, scope_sessions_by_site's)
-            if new is None:
-                continue
-            if r.renamenx(name, new):
-                moved += 1
-            else:
-                kept += 1
-                log.warning("kept a %s key: its tagged name is taken", tag)
+    # One SCAN for every plan (a MATCH still walks the whole keyspace). Renamed keys may
+    # come by again: their tagged names are skipped.
+    for raw in r.scan_iter(match=f"{keys.prefix}*", count=1000):
+        tag, _, rest = raw.decode()[len(keys.prefix) :].partition(":")
+        rename = plans.get(tag)
+        if rename is None or "{" in rest:
+            continue  # another kind of key, or tagged already
+        new = rename(rest)  # None: not this layout's (the first's, scope_sessions_by_site's)
+        if new is None:
+            continue
+        if r.renamenx(raw, new):
+            moved += 1
+        else:
+            kept += 1
+            log.warning("kept a %s key: its tagged name is taken", tag)
     if moved:
         log.warning("renamed %d Redis keys to the hash-tagged layout (cluster/keys.py)", moved)
     return {"keys": moved, "kept": kept}
