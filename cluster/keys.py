@@ -233,12 +233,12 @@ class Keys:
 
     def family(self, family: KeyFamily, site: str, subject: str) -> str:
         """The key of ``family`` for ``subject`` (a sid or a vid, as its scope says)."""
-        return f"{self.family_prefix(family, site)}{{{subject}}}"
+        return f"{self.subject_prefix(family.tag, site)}{{{subject}}}"
 
-    def family_prefix(self, family: KeyFamily, site: str) -> str:
-        """What precedes the tagged subject in a key of ``family`` (``{p}{tag}:{site}:``), for
-        scripts, which add ``{subject}``."""
-        return f"{self.prefix}{family.tag}:{site}:"
+    def subject_prefix(self, tag: str, site: str) -> str:
+        """What precedes the tagged subject in a subject key (``{p}{tag}:{site}:``, ``tag`` a
+        :class:`KeyFamily`'s), for scripts, which add ``{subject}``."""
+        return f"{self.prefix}{tag}:{site}:"
 
     @property
     def layout(self) -> str:

@@ -211,7 +211,9 @@ class Eraser:
         retention: Retention,
         one: bool = False,
     ) -> list[int]:
-        fams = [self.keys.family_prefix(f, site) for f in SUBJECT_FAMILIES if f.scope == "session"]
+        fams = [
+            self.keys.subject_prefix(f.tag, site) for f in SUBJECT_FAMILIES if f.scope == "session"
+        ]
         arg = {
             "p": self._p,
             "site": site,
