@@ -152,8 +152,9 @@ end
 # session's erasure marker, 16 the visitor's ('' for none), 17 the visitor
 # record's key prefix and 18 the visitor consent records' ("{p}v:{site}:",
 # "{p}vc:{site}:"; the script adds the tagged vid, "{vid}"), 19 the record's
-# source (via: hello, banner, api, change), 20 the site's consent policy version, 21 the TTL of the visitor's record and
-# sessions list (:func:`visitor_ttl`). With ARGV[22] (the data-key prefix; '' or
+# source (via: hello, banner, api, change), 20 the site's consent policy
+# version, 21 the TTL of the visitor's record and sessions list
+# (:func:`visitor_ttl`). With ARGV[22] (the data-key prefix; '' or
 # absent when the gateway does not seal), a welcomed hello also returns its
 # subject's reference and wrapped data key, creating it from the candidate
 # ARGV[23] if it has none (DATA_KEY_FN), TTL ARGV[24].
