@@ -2,8 +2,9 @@
 
 A Redis is named by one URL string, which every process and actor is
 given: ``redis://[user:password@]host:port/db``, ``rediss://`` for TLS,
-``unix://``, or ``redis+sentinel://`` (cluster/sentinel.py: the client asks
-the Sentinels for the primary). The TLS settings (``LIFELINE_REDIS_CA``, ``LIFELINE_REDIS_CERT``,
+``unix://``, ``redis+sentinel://`` (cluster/sentinel.py: the client asks
+the Sentinels for the primary) or ``redis+cluster://`` (cluster/redis_cluster.py:
+a Redis Cluster client that routes each key to its node). The TLS settings (``LIFELINE_REDIS_CA``, ``LIFELINE_REDIS_CERT``,
 ``LIFELINE_REDIS_KEY``) are folded into it as redis-py's own query options
 (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``) by
 :func:`cluster.config.Settings.redis_target`, so a shard, a Serve replica or
@@ -30,7 +31,7 @@ from urllib.parse import parse_qsl, urlsplit
 import redis
 import redis.asyncio as aioredis
 
-from cluster import sentinel
+from cluster import redis_cluster, sentinel
 from cluster.config import is_loopback, redact_url
 
 # (query option, the setting that fills it) for the files a TLS connection may read.
@@ -139,6 +140,13 @@ def redis_client(
             return sentinel.client(url, aio=aio, max_connections=max_connections, **options)
         except sentinel.BadSentinelURL as exc:
             raise RedisConfigError(f"REDIS_URL={redact_url(url)}: {exc}") from exc
+    if redis_cluster.is_cluster(url):
+        try:
+            _, single = redis_cluster.parse(url)
+        except redis_cluster.BadClusterURL as exc:
+            raise RedisConfigError(f"REDIS_URL={redact_url(url)}: {exc}") from exc
+        check_url(single)  # the TLS rules hold for every node
+        return redis_cluster.client(url, aio=aio, max_connections=max_connections, **options)
     check_url(url)
     module = aioredis if aio else redis
     if max_connections is None:

@@ -183,7 +183,7 @@ async def test_events_are_stored_over_tls_and_the_password_shows_nowhere(
     sid = sids[-1]
 
     # Those acks came from the gateway's own RESP connection (serve/edge/resp.py), over TLS.
-    append = stack.gateway.store._append._conn
+    append = stack.gateway.store._nodes.caller("")._conn
     assert append is not None and not append.closed and append.transport is not None
     assert append.transport.get_extra_info("ssl_object") is not None
     # The shard read and wrote through the same Redis: its session index names the session.

@@ -89,7 +89,7 @@ async def test_short_retention_sets_every_ttl_and_the_keys_expire(lifeline_stack
             keys.session(key, sid): seconds["sessions"],
             keys.snapshot(key, sid): seconds["sessions"],
             keys.owner(sid): seconds["sessions"],
-            # Longer (store.visitor_ttl): an erasure must find every session in the list.
+            # Longer (serve/edge/hello.py visitor_ttl): an erasure must find every session in the list.
             keys.visitor(key, vid): 2 * seconds["sessions"],
             keys.visitor_sessions(key, vid): 2 * seconds["sessions"],
             keys.intervention(iv["iid"]): seconds["decisions"],

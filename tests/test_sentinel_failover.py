@@ -136,7 +136,7 @@ async def test_with_replica_acks_a_primary_kill_loses_and_repeats_nothing(ray_cl
     stack = await _stack(sset.url, wait_replicas=1)
     try:
         # The setting reached the append connection (Settings -> Stack -> Gateway -> store).
-        assert stack.gateway.store._append._wait == (1, 500)
+        assert stack.gateway.store._nodes.caller("")._wait == (1, 500)
         run = await _load_and_kill(stack, sset)
         visitors = run["visitors"]
         assert run["new"] != run["old"]
@@ -170,7 +170,7 @@ async def test_without_replica_acks_the_loss_stays_within_the_documented_bound(
     sset = sentinels(1)
     stack = await _stack(sset.url, wait_replicas=0)
     try:
-        assert stack.gateway.store._append._wait is None
+        assert stack.gateway.store._nodes.caller("")._wait is None
         run = await _load_and_kill(stack, sset)
         visitors = run["visitors"]
         assert max(run["rescored_s"]) < RESCORED_WITHIN_S, run["rescored_s"]

@@ -130,20 +130,30 @@ class ScriptCaller:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | None,
         script: str,
         preload: bool = True,
         wait: tuple[int, int] | None = None,
+        node: Any = None,
     ) -> None:
-        pool = client.connection_pool
-        self._settings = pool.connection_kwargs
-        self._sentinel = pool if is_sentinel_pool(pool) else None
+        """``client``: the redis-py client whose settings the connection takes; or ``node``,
+        one node of a redis-py asyncio cluster client (cluster/redis_cluster.py)."""
+        if node is not None:
+            kwargs, conn_class = node.connection_kwargs, node.connection_class
+            self._settings = {**kwargs, "host": node.host, "port": node.port}
+            self._sentinel = None
+        else:
+            assert client is not None
+            pool = client.connection_pool
+            kwargs, conn_class = pool.connection_kwargs, pool.connection_class
+            self._settings = kwargs
+            self._sentinel = pool if is_sentinel_pool(pool) else None
         self._wait = wait if wait and wait[0] > 0 else None
         self._wait_cmd = command(b"WAIT", *self._wait) if self._wait else b""
         # For TLS, redis-py's own connection builds the context from the URL's ssl_* options.
         self._tls = (
-            pool.connection_class(**pool.connection_kwargs).ssl_context
-            if issubclass(pool.connection_class, aioredis.SSLConnection)
+            conn_class(**kwargs).ssl_context
+            if issubclass(conn_class, aioredis.SSLConnection)
             else None
         )
         self._script = script.encode()

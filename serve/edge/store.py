@@ -23,9 +23,9 @@ with the keys Redis holds when they read.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import time
 from collections.abc import Awaitable, Sequence
 from typing import Any, NamedTuple
 
@@ -34,27 +34,16 @@ import redis.asyncio as aioredis
 
 from actors.core.retention import Retention
 from actors.core.sites import Site
-from cluster.keys import CONSENT_RECORDS_MAX, DATA_KEY_TTL_S, SESSION_TTL_S, Keys, subject_digest
+from cluster.keys import DATA_KEY_TTL_S, SESSION_TTL_S, Keys, subject_digest
 from cluster.redis_server import script_arg
 from cluster.sealing import KeyUnavailable, MasterKeys, Opener, Sealer
-from serve.edge.resp import ReplicasBehind, ScriptCaller
+from serve.edge.hello import DEFAULT_RETENTION, SessionScripts
+from serve.edge.nodes import Nodes, group
+from serve.edge.resp import ReplicasBehind
 
 log = logging.getLogger("lifeline.store")
 
 READ_PAGE_ENTRIES = 128  # stream entries per read of read_events(limit=...)
-# For a site the store has not been told of (tests, a site just removed).
-DEFAULT_RETENTION = Retention()
-VISITOR_SLACK_S = 86400
-
-
-def visitor_ttl(keep: Retention) -> int:
-    """The TTL of a visitor's record and sessions list: the sessions retention, and again up to a day.
-
-    A session's own keys are refreshed by its appends, so they can outlive its
-    last hello (the list's last refresh); an erasure must still find the
-    session in the list, without a SCAN.
-    """
-    return keep.sessions + min(keep.sessions, VISITOR_SLACK_S)
 
 
 def data_key_ttl(keep: Retention) -> int:
@@ -67,7 +56,9 @@ def data_key_ttl(keep: Retention) -> int:
 # ARGV[1] is one msgpack array: the TTL table (one [events, sessions, data key] TTL
 # row per site of the call: the sites' retention, cheap per call and nothing per
 # event), the event-log key prefix, the session-hash key prefix, the data-key
-# prefix, then for each run: sid, first consumed seq, last consumed seq, payload
+# prefix, the set of subject references whose data key lives on another node (a
+# map, empty but on Redis Cluster: the gateway refreshes those itself), then for
+# each run: sid, first consumed seq, last consumed seq, payload
 # ('' when every event of the run was refused; sealed when the run names its data
 # key), first and last appended seq, the run's subject reference ('site:subject',
 # '' for a plaintext run) and its site's row in the TTL table (1-based; negative
@@ -76,18 +67,17 @@ def data_key_ttl(keep: Retention) -> int:
 # argument instead of eight per run: redis-py built and encoded every argument in Python, ~10 % of a gateway's CPU (py-spy, 2026-11-21).
 # Returns, for each run, the durable seq and 1 if the run was appended, else 0
 # (it did not start right after the durable seq). Runs of one session are
-# applied in order. The script names its keys itself, so it needs a standalone
-# Redis: on Redis Cluster a run's own keys share its session's slot (cluster/keys.py),
-# but one call spans many sessions' slots and nodes.
+# applied in order. The script names its keys itself; on Redis Cluster the
+# gateway sends each node the runs whose session lives there (serve/edge/nodes.py).
 # TTLs are refreshed when a session's seq crosses a multiple of 64 (the TTL is
 # days), and the stream's the first time it gets an entry (field 'log_ttl'): two
 # EXPIREs per run were ~40 % of the script's calls. The data key's TTL is refreshed
 # with them, so it outlives the logs it seals.
 APPEND_LUA = """
 local arg = cmsgpack.unpack(ARGV[1])
-local ttls, ev_prefix, s_prefix, dk_prefix = arg[1], arg[2], arg[3], arg[4]
+local ttls, ev_prefix, s_prefix, dk_prefix, remote = arg[1], arg[2], arg[3], arg[4], arg[5]
 local out = {}
-for i = 5, #arg, 8 do
+for i = 6, #arg, 8 do
   local sid = arg[i]
   local stream, hash = ev_prefix .. sid, s_prefix .. sid
   local state = redis.call('HMGET', hash, 'seq', 'log_ttl')
@@ -106,7 +96,7 @@ for i = 5, #arg, 8 do
       local ref = arg[i + 6]
       if ref ~= '' then
         redis.call('XADD', stream, '*', 'f', arg[i + 4], 'l', arg[i + 5], 'ev', arg[i + 3], 'k', ref)
-        if refresh then
+        if refresh and not remote[ref] then
           redis.call('EXPIRE', dk_prefix .. ref, ttl[3])
         end
       else
@@ -130,140 +120,6 @@ for i = 5, #arg, 8 do
 end
 return out
 """
-
-
-# One subject's data key, made once: two gateways racing for a fresh subject both
-# offer a random candidate, the first SET NX wins, and both read the winner back.
-# Each use refreshes its TTL (cluster/keys.py DATA_KEY_TTL_S).
-DATA_KEY_FN = """
-local function data_key(name, candidate, ttl)
-  redis.call('SET', name, candidate, 'NX', 'EX', ttl)
-  redis.call('EXPIRE', name, ttl)
-  return redis.call('GET', name)
-end
-"""
-
-
-# A session's hello or consent change. ARGV: 1 session hash, 2 the session's
-# consent-record stream, 3 site, 4 consent (JSON), 5 now (ms), 6 sessions TTL,
-# 7 consent-proof TTL, 8 records kept, 9 mode ('hello' or 'change'), 10 whether
-# the hello carried a (valid) token, 11 the sid's owner key, 12 the hello's
-# visitor id ('' for none), 13 that visitor's sessions key, 14 sid, 15 the
-# session's erasure marker, 16 the visitor's ('' for none), 17 the visitor
-# record's key prefix and 18 the visitor consent records' ("{p}v:{site}:",
-# "{p}vc:{site}:"; the script adds the tagged vid, "{vid}"), 19 the record's
-# source (via: hello, banner, api, change), 20 the site's consent policy
-# version, 21 the TTL of the visitor's record and sessions list
-# (:func:`visitor_ttl`). With ARGV[22] (the data-key prefix; '' or
-# absent when the gateway does not seal), a welcomed hello also returns its
-# subject's reference and wrapped data key, creating it from the candidate
-# ARGV[23] if it has none (DATA_KEY_FN), TTL ARGV[24].
-# A sid belongs to the site whose hello created its session: the owner key is
-# set once, here, and a hello from any other site is refused. A session belongs
-# to one visitor the same way: its hash's vid is set by the first hello that
-# names one, and a hello naming another is refused. A hello for an erased
-# session or visitor (serve/rights/erasure.py) is refused.
-# Consent records: a session with a visitor records to the visitor's stream,
-# when the visitor's consent changes (the record's consent field); one without
-# records to its own stream, when the session's changes. When a session first
-# gets its visitor, its own records move to the visitor's (the migration of the
-# per-session records: sessions without a visitor keep theirs).
-SESSION_LUA = (
-    DATA_KEY_FN
-    + """
-local h, cl, site, consent, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local sealing = nil
-local owner = redis.call('GET', ARGV[11])
-if owner and owner ~= site then
-  return {'other_site', 0}
-end
-local mode, vid = ARGV[9], ARGV[12]
-if mode == 'hello' and (redis.call('EXISTS', ARGV[15]) == 1
-    or (ARGV[16] ~= '' and redis.call('EXISTS', ARGV[16]) == 1)) then
-  return {'erased', 0}
-end
-local st = redis.call('HMGET', h, 'seq', 'consent', 'vid', 'created')
-local seq, stored, had, created = st[1], st[2], st[3], st[4]
-if mode == 'hello' then
-  if seq and ARGV[10] == '0' then
-    return {'needs_token', tonumber(seq)}
-  end
-  if vid ~= '' and had and had ~= vid then
-    return {'other_visitor', tonumber(seq or 0)}
-  end
-  if not seq then
-    seq = '0'
-    created = now
-    redis.call('HSET', h, 'seq', 0, 'created', now, 'site', site)
-  end
-  if vid ~= '' then
-    local vc, v = ARGV[18] .. '{' .. vid .. '}', ARGV[17] .. '{' .. vid .. '}'
-    if not had then
-      redis.call('HSET', h, 'vid', vid)
-      for _, e in ipairs(redis.call('XRANGE', cl, '-', '+')) do
-        local f = e[2]
-        f[#f + 1] = 'sid'
-        f[#f + 1] = ARGV[14]
-        redis.call('XADD', vc, 'MAXLEN', '~', ARGV[8], '*', unpack(f))
-        redis.call('EXPIRE', vc, ARGV[7])
-      end
-      redis.call('DEL', cl)
-      if stored then  -- what the moved records last said is the visitor's consent, if it had none
-        redis.call('HSETNX', v, 'consent', stored)
-      end
-    end
-    redis.call('ZADD', ARGV[13], 'NX', created or now, ARGV[14])
-    redis.call('EXPIRE', ARGV[13], ARGV[21])
-    redis.call('HSETNX', v, 'created', now)
-    redis.call('HSET', v, 'last', now)
-    redis.call('EXPIRE', v, ARGV[21])
-    had = vid
-  end
-  redis.call('SET', ARGV[11], site, 'EX', ARGV[6])
-  redis.call('EXPIRE', h, ARGV[6])
-  if ARGV[22] and ARGV[22] ~= '' then
-    sealing = site .. ':{' .. (had or ARGV[14]) .. '}'
-  end
-elseif not seq then
-  return {'unknown', 0}
-end
-if stored ~= consent then
-  redis.call('HSET', h, 'consent', consent)
-end
-if had then
-  local v = ARGV[17] .. '{' .. had .. '}'
-  if redis.call('HGET', v, 'consent') ~= consent then
-    local vc = ARGV[18] .. '{' .. had .. '}'
-    redis.call('HSET', v, 'consent', consent, 'policy', ARGV[20])
-    redis.call('EXPIRE', v, ARGV[21])
-    redis.call('XADD', vc, 'MAXLEN', '~', ARGV[8], '*', 'consent', consent, 'ts', now,
-      'site', site, 'via', ARGV[19], 'policy', ARGV[20], 'sid', ARGV[14])
-    redis.call('EXPIRE', vc, ARGV[7])
-  end
-elseif stored ~= consent then
-  redis.call('XADD', cl, 'MAXLEN', '~', ARGV[8], '*', 'consent', consent, 'ts', now,
-    'site', site, 'via', ARGV[19], 'policy', ARGV[20])
-  redis.call('EXPIRE', cl, ARGV[7])
-end
-if sealing then
-  return {'ok', tonumber(seq), sealing, data_key(ARGV[22] .. sealing, ARGV[23], ARGV[24])}
-end
-return {'ok', tonumber(seq)}
-"""
-)
-
-# The data key of an existing session's subject (a beacon's append): the
-# visitor's if the session hash names one, else the session's; created from
-# the candidate if missing. ARGV: session hash, site, sid, data-key prefix,
-# candidate, TTL. Returns the subject reference and the wrapped key.
-DATA_KEY_LUA = (
-    DATA_KEY_FN
-    + """
-local vid = redis.call('HGET', ARGV[1], 'vid')
-local ref = ARGV[2] .. ':{' .. (vid or ARGV[3]) .. '}'
-return {ref, data_key(ARGV[4] .. ref, ARGV[5], ARGV[6])}
-"""
-)
 
 
 class Unconfirmed(Exception):
@@ -359,9 +215,8 @@ class EventStore:
         self.master = master
         self.sealing = master if seal else None  # writers seal iff set
         # The hot path's one call, on a connection of its own (serve/edge/resp.py says why).
-        self._append = ScriptCaller(r, APPEND_LUA, wait=wait)
-        self._session_script = r.register_script(SESSION_LUA)
-        self._data_key_script = r.register_script(DATA_KEY_LUA)
+        self._nodes = Nodes(r, APPEND_LUA, wait=wait)
+        self._sessions = SessionScripts(r, keys)
         self.unreadable = 0  # entries read_events could not open (their data key is gone)
 
     async def session_info(self, site: str, sid: str) -> SessionInfo:
@@ -401,14 +256,23 @@ class EventStore:
         that no master key opens refuses the hello with ("key_unavailable", seq).
         """
         sealing = self.sealing
-        args = self._session_args(sid, site, consent, "hello", token, vid, "hello")
-        if sealing is not None:
-            args += [
+        args = self._session_args(
+            sid,
+            site,
+            consent,
+            "hello",
+            token,
+            vid,
+            "hello",
+            None
+            if sealing is None
+            else (
                 self.keys.script_prefixes()["dk"],
                 sealing.new_wrapped(site),
                 data_key_ttl(self.retention(site)),
-            ]
-        reply = await self._session_script(args=args)
+            ),
+        )
+        reply = await self._sessions.run(args)
         status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
         seq = int(reply[1])
         if sealing is None or len(reply) < 4:
@@ -427,15 +291,8 @@ class EventStore:
         sealing = self.sealing
         if sealing is None:
             return None
-        ref, wrapped = await self._data_key_script(
-            args=[
-                self.keys.session(site, sid),
-                site,
-                sid,
-                self.keys.script_prefixes()["dk"],
-                sealing.new_wrapped(site),
-                data_key_ttl(self.retention(site)),
-            ]
+        ref, wrapped = await self._sessions.data_key(
+            site, sid, sealing.new_wrapped(site), data_key_ttl(self.retention(site))
         )
         return sealing.sealer(ref, wrapped)
 
@@ -449,9 +306,7 @@ class EventStore:
         one, to the visitor's own capped stream (the session's, for a session
         without a visitor): one visitor's traffic can never evict another's proof.
         """
-        await self._session_script(
-            args=self._session_args(sid, site, consent, "change", True, None, via)
-        )
+        await self._sessions.run(self._session_args(sid, site, consent, "change", True, None, via))
 
     def _session_args(
         self,
@@ -462,34 +317,11 @@ class EventStore:
         token: bool,
         vid: str | None,
         via: str,
+        sealing: tuple[str, bytes, int] | None = None,
     ) -> list[Any]:
-        """``SESSION_LUA``'s arguments (its comment lists them)."""
+        """The session scripts' arguments (serve/edge/hello.py lists them)."""
         known = self.sites.get(site)
-        keep = known.retention if known is not None else DEFAULT_RETENTION
-        keys = self.keys
-        return [
-            keys.session(site, sid),
-            keys.consent_records(site, sid),
-            site,
-            json.dumps(consent),
-            int(time.time() * 1000),
-            keep.sessions,
-            keep.consent,
-            CONSENT_RECORDS_MAX,
-            mode,
-            int(token),
-            keys.owner(sid),
-            vid or "",
-            keys.visitor_sessions(site, vid) if vid else "",
-            sid,
-            keys.erased(site, subject_digest(site, sid)),
-            keys.erased(site, subject_digest(site, vid)) if vid else "",
-            keys.subject_prefix("v", site),
-            keys.subject_prefix("vc", site),
-            via,
-            known.consent_policy if known is not None else "",
-            visitor_ttl(keep),
-        ]
+        return self._sessions.args(sid, site, known, consent, mode, token, vid, via, sealing)
 
     async def visitor_of(self, site: str, sid: str) -> str | None:
         """The visitor ``site``'s session ``sid`` belongs to, or None."""
@@ -511,8 +343,7 @@ class EventStore:
         One call for the whole round keeps the client-side cost at one command
         however many sessions took part (a pipeline of one call per session
         spent more time building and parsing commands than Redis spent running
-        them). Limit: all keys in one call, so not on Redis Cluster, where the
-        round would go as one call per node (README, "Which to choose").
+        them); on Redis Cluster, one call per node (:meth:`start_append`).
         """
         return await (await self.start_append(runs))
 
@@ -521,10 +352,72 @@ class EventStore:
 
         Redis runs calls in the order they were started, so a round can be
         on its way while the one before it runs: the runs of a session in
-        the later round start where the earlier round left its seq.
+        the later round start where the earlier round left its seq. On Redis
+        Cluster the round goes as one call per node, each with the runs whose
+        session lives there (a session's runs always go to one node, in order).
         """
-        reply = await self._append.start(self.append_arg(runs))
-        return self._outcome(reply)
+        nodes = self._nodes
+        if not nodes.cluster:
+            reply = await nodes.caller("").start(self.append_arg(runs))
+            return self._outcome(reply)
+        await nodes.ready()
+        dk = self.keys.script_prefixes()["dk"]
+        names = [nodes.node(self.keys.events(run.site, run.sid)) for run in runs]
+        started = []
+        remote: set[str] = set()
+        for name, idx in group(names).items():
+            part = [runs[i] for i in idx]
+            # A visitor's data key may live on another node than its session: the
+            # script leaves its TTL alone and _cluster_outcome refreshes it.
+            away = {r.ref for r in part if r.ref and nodes.node(dk + r.ref) != name}
+            remote |= away
+            reply = await nodes.caller(name).start(self.append_arg(part, away))
+            started.append((idx, self._outcome(reply)))
+        return self._cluster_outcome(runs, started, remote)
+
+    async def _cluster_outcome(
+        self,
+        runs: Sequence[Append],
+        started: list[tuple[list[int], Awaitable[list[tuple[int, bool]]]]],
+        remote: set[str],
+    ) -> list[tuple[int, bool]]:
+        """The outcomes of a round's per-node calls, in the round's order of runs.
+
+        Every call is awaited; a failed one fails the round (its clients resend,
+        and the seq check keeps what other nodes appended from being appended
+        twice). A run appended under a data key of another node refreshes that
+        key's TTL here, when the script would have.
+        """
+        replies = await asyncio.gather(*(outcome for _, outcome in started), return_exceptions=True)
+        results: list[tuple[int, bool]] = [(-1, False)] * len(runs)
+        failed: BaseException | None = None
+        for (idx, _), reply in zip(started, replies, strict=True):
+            if isinstance(reply, Unconfirmed):
+                failed = failed or reply
+                reply = reply.results
+            elif isinstance(reply, BaseException):
+                failed = reply
+                continue
+            for i, result in zip(idx, reply, strict=True):
+                results[i] = result
+        if failed is not None:
+            if self._nodes.moved(failed):
+                await self._nodes.refresh()
+            if isinstance(failed, Unconfirmed):
+                raise Unconfirmed(results, str(failed)) from None
+            raise failed
+        if remote:
+            dk = self.keys.script_prefixes()["dk"]
+            await asyncio.gather(
+                *(
+                    self.r.expire(dk + run.ref, data_key_ttl(self.retention(run.site)))
+                    for run, (_, appended) in zip(runs, results, strict=True)
+                    if appended
+                    and run.ref in remote
+                    and (run.first == 1 or run.last // 64 != (run.first - 1) // 64)
+                )
+            )
+        return results
 
     @staticmethod
     async def _outcome(reply: Awaitable[Any]) -> list[tuple[int, bool]]:
@@ -537,12 +430,13 @@ class EventStore:
             raise Unconfirmed(results, str(exc)) from None
         return [(int(flat[i]), bool(flat[i + 1])) for i in range(0, len(flat), 2)]
 
-    def append_arg(self, runs: Sequence[Append]) -> bytes:
-        """The append script's one argument for ``runs`` (see ``APPEND_LUA``)."""
+    def append_arg(self, runs: Sequence[Append], remote: set[str] | None = None) -> bytes:
+        """The append script's one argument for ``runs`` (see ``APPEND_LUA``); ``remote``:
+        the subject references whose data key is on another node than the call's."""
         p = self.keys.script_prefixes()
         ttls: list[list[int]] = []
         index: dict[str, int] = {}  # site -> its row of ttls (1-based, as Lua counts)
-        arg: list[Any] = [ttls, p["ev"], p["s"], p["dk"]]
+        arg: list[Any] = [ttls, p["ev"], p["s"], p["dk"], dict.fromkeys(remote or (), 1)]
         for site, sid, first, last, payload, ev_first, ev_last, sealed, ref, existing in runs:
             i = index.get(site)
             if i is None:
@@ -565,7 +459,7 @@ class EventStore:
 
     def close(self) -> None:
         """Close the append connection (the redis-py client is its owner's to close)."""
-        self._append.close()
+        self._nodes.close()
 
     async def read_events(
         self, site: str, sid: str, limit: int | None = None

@@ -1,0 +1,104 @@
+"""Redis Cluster: the ``redis+cluster://`` URL and its clients.
+
+As with Sentinel (cluster/sentinel.py), a Redis Cluster is a kind of URL,
+passed as is to every process::
+
+    redis+cluster://[[user]:password@]host:port[,host:port...][/][?options]
+    rediss+cluster://...   (TLS to every node)
+
+e.g. ``redis+cluster://:pw@r1:6379,r2:6379,r3:6379``. The hosts are startup
+nodes: any one that answers tells the client the whole slot map. The
+password (and user) and the query options (redis-py's URL options:
+``socket_timeout``, ``ssl_*``...) apply to every node. A cluster has one
+database, so the URL names none.
+
+Lifeline's keys carry hash tags (cluster/keys.py), so the keys of one
+session, one visitor or one control-plane group share a slot. Work that
+spans subjects is routed per node: the gateway's append round goes as one
+script call per node (serve/edge/store.py), and a hello whose session and
+visitor live on different nodes runs as one script on each
+(serve/edge/hello.py).
+
+Limits: redis-py's cluster client follows ``MOVED``/``ASK`` redirects and
+refreshes its slot map on them; the gateway's own append connections
+(serve/edge/resp.py) follow the map redis-py holds, and a round that meets
+a moved slot fails unacknowledged (its clients resend) after asking redis-py
+to refresh it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+DEFAULT_PORT = 6379
+
+
+class BadClusterURL(ValueError):
+    """A ``redis+cluster://`` URL that cannot be understood; the message says why."""
+
+
+def is_cluster(url: str) -> bool:
+    """True if ``url`` names a Redis Cluster."""
+    return url.split("://", 1)[0].lower() in SCHEMES
+
+
+def parse(url: str) -> tuple[list[tuple[str, int]], str]:
+    """The startup nodes of ``url`` and the same URL for one plain node (redis-py's options).
+
+    Raises :class:`BadClusterURL`.
+    """
+    scheme, sep, rest = url.partition("://")
+    plain = SCHEMES.get(scheme.lower())
+    if not sep or plain is None:
+        raise BadClusterURL("not a redis+cluster:// URL")
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if path.strip("/") not in ("", "0"):
+        raise BadClusterURL("a Redis Cluster has one database: the URL names none (or /0)")
+    nodes = []
+    for hp in hosts.split(","):
+        host, colon, port = hp.strip().rpartition(":")
+        if not colon:
+            host, port = port, str(DEFAULT_PORT)
+        if not host or not port.isdigit():
+            raise BadClusterURL("cluster node addresses are host:port,host:port")
+        nodes.append((host.strip("[]"), int(port)))
+    first = f"{nodes[0][0]}:{nodes[0][1]}"
+    return nodes, f"{plain}://{userinfo}{at}{first}/0{'?' if query else ''}{query}"
+
+
+def client(url: str, *, aio: bool = False, max_connections: int | None = None, **options: Any):
+    """A cluster client for ``url``: ``aio`` for ``redis.asyncio``.
+
+    As :func:`cluster.redis_client.redis_client` (which calls this for a
+    cluster URL, after checking the plain-node form of the URL):
+    ``max_connections`` bounds the connections to each node; ``options`` go to
+    the connections and win over the URL's.
+    """
+    from redis.connection import parse_url
+
+    nodes, single = parse(url)
+    node = {**parse_url(single), **options}
+    for k in ("host", "port", "db", "connection_class"):
+        node.pop(k, None)
+    if single.startswith("rediss:"):
+        node["ssl"] = True
+    extra = {} if max_connections is None else {"max_connections": max_connections}
+    if aio:
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], **extra, **node)
+    from redis.cluster import ClusterNode as SyncNode
+    from redis.cluster import RedisCluster as SyncCluster
+
+    return SyncCluster(startup_nodes=[SyncNode(h, p) for h, p in nodes], **extra, **node)
+
+
+def is_cluster_client(r: Any) -> bool:
+    """True if ``r`` is a redis-py cluster client (sync or asyncio)."""
+    from redis.asyncio.cluster import RedisCluster
+    from redis.cluster import RedisCluster as SyncCluster
+
+    return isinstance(r, (RedisCluster, SyncCluster))

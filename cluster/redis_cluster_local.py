@@ -1,0 +1,92 @@
+"""A local Redis Cluster of several primaries on free ports: for tests and benchmarks.
+
+Real Debian ``redis-server`` processes with ``cluster-enabled yes`` in a
+temporary directory, loopback only, no password, joined with ``redis-cli
+--cluster create`` so the 16,384 slots are spread evenly over the primaries.
+Each primary may have replicas (``replicas`` per primary).
+
+Limits: one machine; no persistence (``--save ''``, no AOF): this proves
+that Lifeline's keys, scripts and transactions are routed to the right node,
+not what a node's crash keeps (Sentinel's tests measure that).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+import redis
+
+from cluster.sentinel_local import SERVER, _free_port, _wait_until
+
+CLI = "/usr/bin/redis-cli" if Path("/usr/bin/redis-cli").exists() else "redis-cli"
+
+
+class RedisClusterSet:
+    """``primaries`` x (1 + ``replicas``) cluster-mode servers; :meth:`stop` ends them all."""
+
+    def __init__(self, primaries: int = 3, replicas: int = 0) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="lifeline-rcluster-")
+        self.dir = Path(self._tmp.name)
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.ports: list[int] = []
+        try:
+            for _ in range(primaries * (1 + replicas)):
+                self._server(_free_port())
+            subprocess.run(
+                [CLI, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports)]
+                + ["--cluster-replicas", str(replicas), "--cluster-yes"],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            _wait_until(self._ready, 30, "cluster_state:ok on every node")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _server(self, port: int) -> None:
+        work = self.dir / f"redis-{port}"
+        work.mkdir()
+        self.procs[port] = subprocess.Popen(
+            [SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(work)]
+            + ["--cluster-enabled", "yes", "--cluster-config-file", str(work / "nodes.conf")]
+            # The bus port is given: the default (port + 10000) overflows for a high free port.
+            + ["--cluster-port", str(_free_port()), "--cluster-node-timeout", "2000"]
+            + ["--appendonly", "no", "--save", ""]
+            + ["--logfile", str(work / "redis.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.ports.append(port)
+        _wait_until(lambda: self.client(port).ping(), 20, f"redis on {port}")
+
+    def _ready(self) -> bool:
+        for port in self.ports:
+            node = self.client(port)
+            info = node.execute_command("CLUSTER", "INFO").decode()
+            # Every node knows every other one, so a redirect can never name a stranger.
+            known = node.execute_command("CLUSTER", "NODES").decode().strip().splitlines()
+            if "cluster_state:ok" not in info or len(known) != len(self.ports):
+                return False
+        return True
+
+    @staticmethod
+    def client(port: int) -> redis.Redis:
+        """A plain client of one node (cluster commands, inspection)."""
+        return redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2)
+
+    @property
+    def url(self) -> str:
+        """The ``redis+cluster://`` URL Lifeline is given (cluster/redis_client.py)."""
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        return f"redis+cluster://{hosts}"
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self.procs.values():
+            proc.wait(timeout=5)
+        self._tmp.cleanup()
