@@ -52,6 +52,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from cluster.keys import Keys
+from cluster.redis_cluster import mget, mget_sync
 
 WRAP_VERSION = b"\x01"
 KEY_ID_BYTES = 4
@@ -256,13 +257,13 @@ class Opener:
         """Fetch the keys of ``refs`` not loaded yet, with a synchronous redis client."""
         need = self.missing(refs)
         if need:
-            self.learn(need, r.mget(self._names(need)))
+            self.learn(need, mget_sync(r, self._names(need)))
 
     async def aload(self, r: Any, refs: Iterable[str | bytes | None]) -> None:
         """Fetch the keys of ``refs`` not loaded yet, with a ``redis.asyncio`` client."""
         need = self.missing(refs)
         if need:
-            self.learn(need, await r.mget(self._names(need)))
+            self.learn(need, await mget(r, self._names(need)))
 
     def open(self, ref: str | bytes | None, blob: bytes) -> bytes | None:
         """The msgpack payload of an entry (``ref`` None: plaintext); None if unreadable."""

@@ -25,6 +25,24 @@ def redis_url() -> Iterator[str]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A local Redis Cluster of three primaries (cluster/redis_cluster_local.py), for the run."""
+    from cluster.redis_cluster_local import RedisClusterSet
+
+    c = RedisClusterSet(primaries=3)
+    yield c.url
+    c.stop()
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def store_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """Each Redis Lifeline runs on: the standalone one, then a Redis Cluster (the same test twice)."""
+    if request.param == "standalone":
+        return redis_url
+    return request.getfixturevalue("redis_cluster_url")
+
+
 @pytest.fixture
 def prefix(redis_url: str) -> Iterator[str]:
     """A Redis key prefix of this test's own; its keys are deleted afterwards."""
@@ -77,6 +95,33 @@ async def lifeline_stack(ray_cluster: None, redis_url: str):
     yield stack
     await stack.stop()
     delete_prefix(redis_url, prefix)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def cluster_stack(ray_cluster: None, redis_cluster_url: str):
+    """The whole service as ``lifeline_stack``, on a local Redis Cluster of three primaries."""
+    from cluster.config import Settings
+    from cluster.stack import Stack
+
+    stack = Stack(
+        Settings(
+            redis_url=redis_cluster_url,
+            prefix=f"lltest-rc-{uuid.uuid4().hex[:8]}:",
+            ws_port=0,
+            http_port=0,
+            console_port=0,
+        )
+    )
+    await stack.start(shard_name_suffix=f"-{uuid.uuid4().hex[:6]}")
+    yield stack
+    await stack.stop()
+
+
+@pytest.fixture(scope="module", params=["standalone", "cluster"])
+def any_stack(request: pytest.FixtureRequest):
+    """The stack on each Redis Lifeline runs on: ``lifeline_stack``, then ``cluster_stack``."""
+    name = "lifeline_stack" if request.param == "standalone" else "cluster_stack"
+    return request.getfixturevalue(name)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -25,11 +25,10 @@ def jar(stack) -> aiohttp.CookieJar:
 
 
 def accounts(stack) -> Accounts:
-    import redis.asyncio as aioredis
-
     from cluster.keys import Keys
+    from cluster.redis_client import redis_client
 
-    return Accounts(aioredis.Redis.from_url(stack.redis_url), Keys(stack.prefix))
+    return Accounts(redis_client(stack.redis_url, aio=True), Keys(stack.prefix))
 
 
 async def new_operator(stack, role: str) -> str:

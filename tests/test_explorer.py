@@ -311,12 +311,14 @@ async def test_api_routes_are_for_analysts_and_refuse_bad_input(lifeline_stack):
     await client.close()
 
 
-async def test_ties_page_without_loss_and_old_entries_are_trimmed(redis_url, prefix):
+async def test_ties_page_without_loss_and_old_entries_are_trimmed(store_url, prefix):
     """The index alone, on a bare Redis: equal last-seen times, paging, trimming by age."""
     from actors.core.sites import Site
     from cluster.config import Settings
+    from cluster.redis_client import redis_client
 
-    r = aioredis.from_url(redis_url)
+    redis_url = store_url
+    r = redis_client(redis_url, aio=True)
     keys = Keys(prefix)
     index = SessionIndex(r, keys, ["s1"])
     now = int(time.time() * 1000)
@@ -349,8 +351,10 @@ async def test_ties_page_without_loss_and_old_entries_are_trimmed(redis_url, pre
     await r.aclose()
 
 
-async def test_a_long_log_is_read_a_page_at_a_time_up_to_the_limit(redis_url, prefix):
-    r = aioredis.from_url(redis_url)
+async def test_a_long_log_is_read_a_page_at_a_time_up_to_the_limit(store_url, prefix):
+    from cluster.redis_client import redis_client
+
+    r = redis_client(store_url, aio=True)
     store = EventStore(r, Keys(prefix))
     now = int(time.time() * 1000)
     await store.claim("long", "s1", ["analytics"], token=False)

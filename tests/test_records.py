@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import redis.asyncio as aioredis
 
 from actors.core.policy import Decision, Reason
 from actors.shard.records import ShardRecords
 from cluster.keys import Keys
+from cluster.redis_client import redis_client
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -32,9 +32,9 @@ def fields(d: Decision) -> dict:
 
 
 async def test_decisions_and_outcomes_are_recorded_and_a_withdrawal_erases_only_its_session(
-    redis_url, prefix
+    store_url, prefix
 ):
-    r = aioredis.Redis.from_url(redis_url)
+    r = redis_client(store_url, aio=True)
     keys = Keys(prefix)
     records = ShardRecords(r, keys)
     try:
@@ -86,8 +86,8 @@ async def test_decisions_and_outcomes_are_recorded_and_a_withdrawal_erases_only_
         await r.aclose()
 
 
-async def test_a_conversion_marks_the_decisions_it_came_after_once(redis_url, prefix):
-    r = aioredis.Redis.from_url(redis_url)
+async def test_a_conversion_marks_the_decisions_it_came_after_once(store_url, prefix):
+    r = redis_client(store_url, aio=True)
     keys = Keys(prefix)
     records = ShardRecords(r, keys)
     conv = ("converted", "converted_seq", "goal")
@@ -125,8 +125,8 @@ async def test_a_conversion_marks_the_decisions_it_came_after_once(redis_url, pr
         await r.aclose()
 
 
-async def test_snapshots_are_written_in_one_call_and_expire(redis_url, prefix):
-    r = aioredis.Redis.from_url(redis_url)
+async def test_snapshots_are_written_in_one_call_and_expire(store_url, prefix):
+    r = redis_client(store_url, aio=True)
     keys = Keys(prefix)
     try:
         states = [("s1", "demo", b"\x93\xa2s1\x00\xff"), ("s2", "demo", bytes(range(256)))]

@@ -10,14 +10,12 @@ the same scenario runs on the standalone Redis and the results are compared.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from redis.crc import key_slot
 
 from cluster.keys import Keys, subject_digest
 from cluster.redis_client import RedisConfigError, redis_client
-from cluster.redis_cluster_local import RedisClusterSet
 from cluster.sealing import MasterKeys
 from serve.edge.store import Append, EventStore
 
@@ -26,21 +24,12 @@ asyncio = pytest.mark.asyncio(loop_scope="session")
 MASTER = MasterKeys("test-master-key-" + "c" * 20)
 
 
-@pytest.fixture(scope="module")
-def rcluster() -> Iterator[RedisClusterSet]:
-    c = RedisClusterSet(primaries=3)
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
 def events(first: int, last: int) -> list[dict]:
     return [{"type": "click", "seq": s, "ts": 1000 + s} for s in range(first, last + 1)]
 
 
-def test_a_cluster_url_gives_a_cluster_client_and_a_bad_one_a_clear_error(rcluster):
-    r = redis_client(rcluster.url)
+def test_a_cluster_url_gives_a_cluster_client_and_a_bad_one_a_clear_error(redis_cluster_url):
+    r = redis_client(redis_cluster_url)
     try:
         r.set("ll-test:{x}", 1)
         owners = {r.get_node_from_key(f"k{{{i}}}").name for i in range(50)}
@@ -69,8 +58,8 @@ def _spread(r, n: int, site: str = "demo") -> list[str]:
 
 
 @asyncio
-async def test_one_append_round_spans_every_node_and_a_resend_is_not_stored_twice(rcluster):
-    r = redis_client(rcluster.url, aio=True)
+async def test_one_append_round_spans_every_node_and_a_resend_is_not_stored_twice(redis_cluster_url):
+    r = redis_client(redis_cluster_url, aio=True)
     await r.initialize()
     keys = Keys(f"t{uuid.uuid4().hex[:6]}:")
     store = EventStore(r, keys, master=MASTER)
@@ -160,14 +149,14 @@ async def _scenario(store: EventStore, r, keys: Keys, sid: str, other: str, vid:
 
 @asyncio
 async def test_hellos_across_nodes_leave_what_one_script_leaves_on_a_standalone_redis(
-    rcluster, redis_url
+    redis_cluster_url, redis_url
 ):
     results = []
-    c = redis_client(rcluster.url, aio=True)
+    c = redis_client(redis_cluster_url, aio=True)
     await c.initialize()
     ids = _apart(c, 3)  # the session, the visitor and the visitor's second session: 3 nodes
     await c.aclose()
-    for url in (rcluster.url, redis_url):
+    for url in (redis_cluster_url, redis_url):
         r = redis_client(url, aio=True)
         keys = Keys(f"h{uuid.uuid4().hex[:6]}:")
         store = EventStore(r, keys)

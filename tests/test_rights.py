@@ -88,9 +88,9 @@ async def post(stack, path: str, body: dict[str, Any]) -> tuple[int, dict[str, A
 
 
 @pytest.fixture(scope="module")
-async def population(lifeline_stack) -> dict[str, Visitor]:
+async def population(any_stack) -> dict[str, Visitor]:
     """Three visitors: A (three sessions, one left connected), B and C (two each)."""
-    stack = lifeline_stack
+    stack = any_stack
     people = {name: Visitor(new_vid()) for name in "ABC"}
     for name, visitor in people.items():
         n = 3 if name == "A" else 2
@@ -115,9 +115,9 @@ async def access(stack, visitor: Visitor) -> dict[str, Any]:
 
 
 async def test_access_document_holds_every_kind_of_record_and_only_the_visitors(
-    lifeline_stack, population
+    any_stack, population
 ) -> None:
-    stack = lifeline_stack
+    stack = any_stack
     keys, r = stack.gateway.keys, stack.gateway.redis
     c, b = population["C"], population["B"]
     # The profile is the visitor-profile feature's to write; one in its format stands in here.
@@ -185,9 +185,9 @@ async def scan_for(r, prefix: str, needles: list[str]) -> list[str]:
 
 
 async def test_erasure_reaches_every_key_and_entry_and_refuses_the_visitor_after(
-    lifeline_stack, population
+    any_stack, population
 ) -> None:
-    stack = lifeline_stack
+    stack = any_stack
     keys, r = stack.gateway.keys, stack.gateway.redis
     a = population["A"]
     others = [population["B"], population["C"]]
@@ -271,8 +271,8 @@ async def test_erasure_reaches_every_key_and_entry_and_refuses_the_visitor_after
     await a.live.close()
 
 
-async def test_withdrawing_analytics_erases_the_whole_visitor(lifeline_stack) -> None:
-    stack = lifeline_stack
+async def test_withdrawing_analytics_erases_the_whole_visitor(any_stack) -> None:
+    stack = any_stack
     keys, r = stack.gateway.keys, stack.gateway.redis
     v = Visitor(new_vid())
     await visit(stack, v, accept=True)
@@ -291,8 +291,8 @@ async def test_withdrawing_analytics_erases_the_whole_visitor(lifeline_stack) ->
     await v.live.close()
 
 
-async def test_consent_records_are_the_visitors_with_source_and_policy(lifeline_stack) -> None:
-    stack = lifeline_stack
+async def test_consent_records_are_the_visitors_with_source_and_policy(any_stack) -> None:
+    stack = any_stack
     keys, r = stack.gateway.keys, stack.gateway.redis
     vid = new_vid()
     sid = treated_sid("consent")
@@ -330,11 +330,11 @@ async def test_consent_records_are_the_visitors_with_source_and_policy(lifeline_
 
 
 async def test_an_admin_looks_up_downloads_and_erases_a_visitor_audited_by_digest(
-    lifeline_stack,
+    any_stack,
 ) -> None:
     from tests.test_console_auth import csrf_of, new_operator, sign_in
 
-    stack = lifeline_stack
+    stack = any_stack
     keys, r = stack.gateway.keys, stack.gateway.redis
     v = Visitor(new_vid())
     await visit(stack, v, accept=True)
@@ -401,11 +401,11 @@ def test_every_key_family_names_its_keys_as_the_keys_methods_do() -> None:
 
 
 async def test_a_session_without_a_visitor_is_its_own_subject_and_requests_are_rate_limited(
-    lifeline_stack,
+    any_stack,
 ) -> None:
     from serve.edge.rights_http import RIGHTS_PER_SESSION
 
-    stack = lifeline_stack
+    stack = any_stack
     keys, r = stack.gateway.keys, stack.gateway.redis
     anon = Visitor("")
     for _ in range(2):
@@ -478,8 +478,8 @@ async def test_a_sessions_own_consent_records_move_to_its_visitor_when_it_names_
     await r.aclose()
 
 
-async def test_bad_data_requests_get_a_code_and_touch_nothing(lifeline_stack) -> None:
-    stack = lifeline_stack
+async def test_bad_data_requests_get_a_code_and_touch_nothing(any_stack) -> None:
+    stack = any_stack
     bodies = [
         b"nope",
         b"[]",
@@ -541,9 +541,9 @@ async def test_two_erasures_of_a_many_session_visitor_at_once_erase_it_once(
 
 
 async def test_a_withdrawal_on_a_connection_that_did_not_name_the_visitor_still_erases_it(
-    lifeline_stack,
+    any_stack,
 ) -> None:
-    stack = lifeline_stack
+    stack = any_stack
     keys, r = stack.gateway.keys, stack.gateway.redis
     v = Visitor(new_vid())
     await visit(stack, v, accept=True)

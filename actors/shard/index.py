@@ -32,14 +32,15 @@ than their site's sessions retention (actors/core/sites.py) are trimmed every
 ``TRIM_EVERY_S`` by each shard, at most ``TRIM_MAX`` per site and call; an
 entry can outlive its event log by the log's TTL refresh step (the append
 script refreshes it every 64 events), and the explorer then shows an empty
-timeline. The scripts name their keys themselves (standalone Redis).
+timeline. The scripts name their keys themselves; on Redis Cluster a write goes
+in two steps (the session nodes' half, then the site nodes'), not atomically:
+a withdrawal between them can leave an entry that the next erase or trim removes.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
 import msgpack
 import redis.asyncio as aioredis
@@ -48,6 +49,7 @@ from actors.core.host import SessionHost
 from actors.core.retention import Retention
 from cluster.config import Settings
 from cluster.keys import Keys
+from cluster.redis_cluster import by_node, is_cluster_client
 from cluster.redis_server import script_arg
 from cluster.sealing import MasterKeys, Opener, master_keys
 
@@ -58,48 +60,78 @@ TRIM_MAX = 10_000  # entries trimmed per site and call: a call never blocks Redi
 # decision-recording script. Reads the session hash: no analytics consent (withdrawn, or
 # the hash expired), no entry. Scores only move forward (GT); ``ids`` is written once (NX).
 # A session whose latest decision moved it to another segment leaves the old set.
+# Two halves, so that on Redis Cluster each runs on its own node: ix_plan reads (and
+# marks) the session hash, in the session's slot; ix_put writes the site's sets, in the
+# site's slot (its plan: 1 if the session got a decision, its segment, the segment it
+# was indexed under, '' for none).
 IX_ADD_LUA = """
-local function ix_add(p, site, sid, ts)
+local function ix_plan(p, site, sid)
   local h = p.s .. site .. ':{' .. sid .. '}'
   local st = redis.call('HMGET', h, 'consent', 'iv_count', 'seg', 'ix_seg')
   if not st[1] or not string.find(st[1], '"analytics"', 1, true) then
-    return 0
+    return nil
   end
+  local seg, old = st[3] or '', st[4] or ''
+  if seg ~= '' and old ~= seg then
+    redis.call('HSET', h, 'ix_seg', seg)
+  end
+  return {(st[2] and tonumber(st[2]) > 0) and 1 or 0, seg, old}
+end
+
+local function ix_put(p, site, sid, ts, plan)
   local ix = p.ix .. '{' .. site .. '}:'
   redis.call('ZADD', ix .. 'seen', 'GT', ts, sid)
   redis.call('ZADD', ix .. 'ids', 'NX', 0, sid)
-  if st[2] and tonumber(st[2]) > 0 then
+  if plan[1] == 1 then
     redis.call('ZADD', ix .. 'iv', 'GT', ts, sid)
   end
-  local seg = st[3]
-  if seg and seg ~= '' then
-    if st[4] ~= seg then
-      if st[4] then
-        redis.call('ZREM', ix .. 'seg:' .. st[4], sid)
+  local seg, old = plan[2], plan[3]
+  if seg ~= '' then
+    if old ~= seg then
+      if old ~= '' then
+        redis.call('ZREM', ix .. 'seg:' .. old, sid)
       end
-      redis.call('HSET', h, 'ix_seg', seg)
       redis.call('SADD', ix .. 'segs', seg)
     end
     redis.call('ZADD', ix .. 'seg:' .. seg, 'GT', ts, sid)
   end
+end
+
+local function ix_add(p, site, sid, ts)
+  local plan = ix_plan(p, site, sid)
+  if not plan then
+    return 0
+  end
+  ix_put(p, site, sid, ts, plan)
   return 1
 end
 """
 
-# Lua: remove one session (a scoped id, Keys.session_id) from the index; used by the erase script.
+# Lua: remove one session (a scoped id, Keys.session_id) from the index; used by the erase
+# script. In halves as IX_ADD_LUA: ix_unmark in the session's slot returns what
+# ix_drop (the site's slot) needs: site, sid, and the segment set it is in ('' none).
 IX_REMOVE_LUA = """
-local function ix_remove(p, scoped)
+local function ix_unmark(p, scoped)
   local site, sid = string.match(scoped, '^(.*):{([^:]*)}$')
   local h = p.s .. scoped
+  local seg = redis.call('HGET', h, 'ix_seg') or ''
+  redis.call('HDEL', h, 'seg', 'ix_seg')
+  return {site, sid, seg}
+end
+
+local function ix_drop(p, site, sid, seg)
   local ix = p.ix .. '{' .. site .. '}:'
-  local seg = redis.call('HGET', h, 'ix_seg')
-  if seg then
+  if seg ~= '' then
     redis.call('ZREM', ix .. 'seg:' .. seg, sid)
   end
   redis.call('ZREM', ix .. 'seen', sid)
   redis.call('ZREM', ix .. 'ids', sid)
   redis.call('ZREM', ix .. 'iv', sid)
-  redis.call('HDEL', h, 'seg', 'ix_seg')
+end
+
+local function ix_remove(p, scoped)
+  local u = ix_unmark(p, scoped)
+  ix_drop(p, u[1], u[2], u[3])
 end
 """
 
@@ -114,6 +146,34 @@ for _, e in ipairs(a.s) do
   n = n + ix_add(a.p, e[1], e[2], e[3])
 end
 return n
+"""
+)
+
+# Redis Cluster's two steps of INDEX_LUA: IX_PLAN_LUA on each session node returns
+# (msgpack) [site, sid, ts, plan...] per session to index; IX_PUT_LUA on each site's
+# node ({p, s: those rows}) writes them.
+IX_PLAN_LUA = (
+    IX_ADD_LUA
+    + """
+local a = cmsgpack.unpack(ARGV[1])
+local out = {}
+for _, e in ipairs(a.s) do
+  local plan = ix_plan(a.p, e[1], e[2])
+  if plan then
+    out[#out + 1] = {e[1], e[2], e[3], plan[1], plan[2], plan[3]}
+  end
+end
+return cmsgpack.pack(out)
+"""
+)
+IX_PUT_LUA = (
+    IX_ADD_LUA
+    + """
+local a = cmsgpack.unpack(ARGV[1])
+for _, e in ipairs(a.s) do
+  ix_put(a.p, e[1], e[2], e[3], {e[4], e[5], e[6]})
+end
+return #a.s
 """
 )
 
@@ -181,7 +241,12 @@ class SessionIndex:
         retention: Callable[[str], Retention] | None = None,
     ) -> None:
         self.retention = retention or (lambda site: Retention())
+        self._r = r
+        self._keys = keys
+        self._cluster = is_cluster_client(r)
         self._write = r.register_script(INDEX_LUA)
+        self._plan = r.register_script(IX_PLAN_LUA)
+        self._put = r.register_script(IX_PUT_LUA)
         self._trim = r.register_script(TRIM_LUA)
         self._p = keys.script_prefixes()
         self.sites = set(sites)  # trimmed: the configured ones and every one seen here
@@ -198,12 +263,33 @@ class SessionIndex:
         if entries:
             for site, _sid, _ts in entries:
                 self.sites.add(site)
-            self.indexed += int(
-                await self._write(args=[script_arg({"p": self._p, "s": list(entries)})])
-            )
+            self.indexed += await self._index(list(entries))
         if time.monotonic() - self._last_trim >= TRIM_EVERY_S:
             self._last_trim = time.monotonic()
             await self.trim()
+
+    async def _index(self, entries: list[Entry]) -> int:
+        """Index ``entries``: one script call, or on Redis Cluster the session nodes'
+        halves then the site nodes' (IX_PLAN_LUA, IX_PUT_LUA); how many were indexed."""
+        p, keys = self._p, self._keys
+        if not self._cluster:
+            return int(await self._write(args=[script_arg({"p": p, "s": entries})]))
+        plans = await by_node(
+            self._r,
+            self._plan,
+            entries,
+            lambda e: keys.session(e[0], e[1]),
+            lambda group: script_arg({"p": p, "s": group}),
+        )
+        rows = [row for reply in plans for row in msgpack.unpackb(reply)]
+        await by_node(
+            self._r,
+            self._put,
+            rows,
+            lambda row: keys.session_index(row[0], "seen"),
+            lambda group: script_arg({"p": p, "s": group}),
+        )
+        return len(rows)
 
     async def trim(self, cut_ms: int | None = None) -> int:
         """Remove the entries of sessions last seen before ``cut_ms`` (default: each site's
@@ -213,8 +299,15 @@ class SessionIndex:
             [site, cut_ms if cut_ms is not None else now - self.retention(site).sessions * 1000]
             for site in sorted(self.sites)
         ]
-        arg: dict[str, Any] = {"p": self._p, "max": TRIM_MAX, "sites": cuts}
-        n = int(await self._trim(args=[script_arg(arg)]))
+        p, keys = self._p, self._keys
+        replies = await by_node(
+            self._r,
+            self._trim,
+            cuts,
+            lambda cut: keys.session_index(cut[0], "seen"),
+            lambda group: script_arg({"p": p, "max": TRIM_MAX, "sites": group}),
+        )
+        n = sum(int(x) for x in replies)
         self.trimmed += n
         return n
 

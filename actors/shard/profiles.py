@@ -20,6 +20,7 @@ which prevents it for the sessions it knows.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,6 +33,7 @@ from actors.core.profile import SessionSummary, history_of, pack, summary_of, un
 from actors.core.retention import Retention
 from actors.core.session import Session, SnapshotMismatch
 from cluster.keys import Keys, subject_digest
+from cluster.redis_cluster import is_cluster_client, mget
 
 log = logging.getLogger("lifeline.shard")
 
@@ -82,8 +84,8 @@ class ShardProfiles:
         """The history (:func:`~actors.core.profile.history_of`) of each (sid, site, vid), by sid."""
         if not visits:
             return {}
-        data = await self.redis.mget(
-            [self.keys.visitor_profile(site, vid) for _, site, vid in visits]
+        data = await mget(
+            self.redis, [self.keys.visitor_profile(site, vid) for _, site, vid in visits]
         )
         return {
             sid: history_of(unpack(d), now_ms) for (sid, _, _), d in zip(visits, data, strict=True)
@@ -97,10 +99,46 @@ class ShardProfiles:
             by_key.setdefault(key, (site, vid, []))[2].append(summary)
         keys = list(by_key)
         written = 0
+        if is_cluster_client(self.redis):
+            # Each profile has its visitor's slot and its erasure marker another one:
+            # one transaction per profile (a WATCH spans one slot on Redis Cluster).
+            done = await asyncio.gather(*(self._merge_one(k, *by_key[k]) for k in keys))
+            written = sum(done)
+            self.written += written
+            return written
         for i in range(0, len(keys), WRITE_CHUNK):
             written += await self._merge({k: by_key[k] for k in keys[i : i + WRITE_CHUNK]})
         self.written += written
         return written
+
+    async def _merge_one(
+        self, key: str, site: str, vid: str, summaries: list[SessionSummary]
+    ) -> int:
+        """Merge one profile (Redis Cluster): WATCH it, then read the erasure marker.
+
+        The marker is read after the WATCH: an erasure sets it before it deletes
+        the profile, so either the marker is seen here, or the deletion comes
+        after the WATCH and fails the transaction (a retry then sees the marker).
+        """
+        erased = self.keys.erased(site, subject_digest(site, vid))
+        for _ in range(WRITE_TRIES):
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    await pipe.watch(key)
+                    if await self.redis.exists(erased):
+                        return 0
+                    profile = unpack(await pipe.get(key))
+                    for summary in sorted(summaries, key=lambda s: s.end_ts):
+                        profile = update(profile, summary)
+                    pipe.multi()
+                    pipe.set(key, pack(profile), ex=max(1, int(self.retention(site).profiles)))
+                    await pipe.execute()
+                return 1
+            except redis.WatchError:
+                continue
+        self.given_up += 1
+        log.warning("visitor profiles: gave up merging a profile after conflicts")
+        return 0
 
     async def _merge(self, by_key: dict[str, tuple[str, str, list[SessionSummary]]]) -> int:
         keys = list(by_key)

@@ -15,8 +15,11 @@ One script writes all of these atomically,
 one writes a tick's session snapshots, and one erases a session's records
 with its event log and snapshot.
 
-The scripts name their keys themselves from the prefixes they are given, so
-they need a standalone Redis (as the append script does).
+The scripts name their keys themselves from the prefixes they are given. On
+a standalone Redis (or Sentinel) each write is one atomic script; on Redis
+Cluster the same Lua functions run as a few steps, each on the node of its
+keys (``PARTS_LUA``; :meth:`ShardRecords._record_cluster` says what a crash
+between steps can leave).
 
 Limits: a conversion in a later batch than the decision finds the
 decision's record only if that was written first. The shard starts its
@@ -38,6 +41,7 @@ from actors.core.policy import Decision
 from actors.core.retention import Retention
 from actors.shard.index import IX_ADD_LUA, IX_REMOVE_LUA
 from cluster.keys import Keys
+from cluster.redis_cluster import by_node, is_cluster_client, run_parts
 from cluster.redis_server import script_arg
 
 INTERVENTION_LOG_MAXLEN = 100_000
@@ -57,51 +61,154 @@ DEFAULT_RETENTION = Retention()
 # Each decision also indexes its session for the explorer at once (with its segment,
 # kept in the session hash): actors/shard/index.py.
 # Returns {decisions written, outcomes refused}.
-RECORD_LUA = (
-    IX_ADD_LUA
-    + """
-local a = cmsgpack.unpack(ARGV[1])
-local p = a.p
-for _, d in ipairs(a.d) do
-  local sid, iid, fields = d[1], d[2], d[3]
-  local key = p.iv .. iid
-  redis.call('HSET', key, unpack(fields))
-  local entry = {p.log, 'MAXLEN', '~', a.maxlen, '*', 'iid', iid}
+# The parts of a decision's record, one Lua function per slot it writes, so that on
+# Redis Cluster each part runs on the node of its key (ShardRecords._record_cluster):
+# log_decision the intervention log, write_record the decision's hash (by iid),
+# session_record its session's set and hash, record_outcome and convert a record.
+RECORD_FNS = """
+local function log_decision(p, d, maxlen)
+  local fields = d[3]
+  local entry = {p.log, 'MAXLEN', '~', maxlen, '*', 'iid', d[2]}
   for i = 1, #fields do entry[#entry + 1] = fields[i] end
-  local id = redis.call('XADD', unpack(entry))
+  return redis.call('XADD', unpack(entry))
+end
+
+local function write_record(p, d, id)
+  local key = p.iv .. d[2]
+  redis.call('HSET', key, unpack(d[3]))
   redis.call('HSET', key, 'log_id', id)
   redis.call('EXPIRE', key, d[9])
-  redis.call('SADD', p.ivs .. sid, iid)
+end
+
+local function session_record(p, d)
+  local sid = d[1]
+  redis.call('SADD', p.ivs .. sid, d[2])
   redis.call('EXPIRE', p.ivs .. sid, d[9])
   -- The running count, so a session activated elsewhere keeps its cap and cooldown.
   redis.call('HSET', p.s .. sid, 'iv_count', d[4], 'iv_last', d[5])
   if d[8] ~= '' then
     redis.call('HSET', p.s .. sid, 'seg', d[8])
   end
-  ix_add(p, d[6], d[7], d[5])
 end
-local refused = 0
-for _, o in ipairs(a.o) do
+
+local function record_outcome(p, o)
   local key = p.iv .. o[1]
   local owner = redis.call('HMGET', key, 'sid', 'site')
   if owner[1] then
     if owner[1] == o[4] and (not owner[2] or owner[2] == o[5]) then
       redis.call('HSET', key, o[2], o[3], 'outcome', o[2])
     else
-      refused = refused + 1
+      return 1
     end
   end
+  return 0
+end
+
+local function forget_record(p, iid)
+  local key = p.iv .. iid
+  local id = redis.call('HGET', key, 'log_id') or ''
+  return {id, redis.call('DEL', key)}
+end
+
+local function convert(p, c, iid)
+  local key = p.iv .. iid
+  local f = redis.call('HMGET', key, 'seq', 'converted')
+  if f[1] and not f[2] and tonumber(f[1]) < c[3] then
+    redis.call('HSET', key, 'converted', c[4], 'converted_seq', c[3], 'goal', c[2])
+  end
+end
+"""
+
+RECORD_LUA = (
+    IX_ADD_LUA
+    + RECORD_FNS
+    + """
+local a = cmsgpack.unpack(ARGV[1])
+local p = a.p
+for _, d in ipairs(a.d) do
+  write_record(p, d, log_decision(p, d, a.maxlen))
+  session_record(p, d)
+  ix_add(p, d[6], d[7], d[5])
+end
+local refused = 0
+for _, o in ipairs(a.o) do
+  refused = refused + record_outcome(p, o)
 end
 for _, c in ipairs(a.c) do
   for _, iid in ipairs(redis.call('SMEMBERS', p.ivs .. c[1])) do
-    local key = p.iv .. iid
-    local f = redis.call('HMGET', key, 'seq', 'converted')
-    if f[1] and not f[2] and tonumber(f[1]) < c[3] then
-      redis.call('HSET', key, 'converted', c[4], 'converted_seq', c[3], 'goal', c[2])
-    end
+    convert(p, c, iid)
   end
 end
 return {#a.d, refused}
+"""
+)
+
+# The session's own part of a withdrawal (a scoped session id): its index row
+# (ix_unmark), its decision ids, and its log, snapshot and data key gone; the
+# decision set stays until its records are gone (ERASE_LUA, ShardRecords.erase).
+WITHDRAW_FN = """
+local function withdraw(p, scoped)
+  local row = ix_unmark(p, scoped)
+  local iids = redis.call('SMEMBERS', p.ivs .. scoped)
+  redis.call('DEL', p.ev .. scoped, p.snap .. scoped, p.dk .. scoped)
+  redis.call('HDEL', p.s .. scoped, 'iv_count', 'iv_last', 'log_ttl')
+  return {row, iids}
+end
+"""
+
+# Redis Cluster's steps of RECORD_LUA and ERASE_LUA: ARGV[1] a msgpack map: p
+# (prefixes), maxlen, ops (each [kind, ...], run in order). Kinds: 'log' (a
+# decision: its log entry; returns the entry id), 'rec' (a decision and its
+# log id), 'ses' (a decision's session part), 'plan' and 'put' (the index's
+# halves, actors/shard/index.py), 'out' (an outcome: returns 1 if refused),
+# 'ivs' (a session's decision ids), 'conv' (a conversion and one iid), and for
+# erasure 'withdraw' (the session part: returns the index row and its iids),
+# 'drop' (the index), 'forget' (a record: returns its log id, '' none),
+# 'xdel' (log ids: returns how many went) and 'delset' (a session's set).
+# Returns the results, one per op, as msgpack.
+PARTS_LUA = (
+    IX_ADD_LUA
+    + IX_REMOVE_LUA
+    + RECORD_FNS
+    + WITHDRAW_FN
+    + """
+local a = cmsgpack.unpack(ARGV[1])
+local p = a.p
+local out = {}
+for i, op in ipairs(a.ops) do
+  local kind, r = op[1], 0
+  if kind == 'log' then
+    r = log_decision(p, op[2], a.maxlen)
+  elseif kind == 'rec' then
+    write_record(p, op[2], op[3])
+  elseif kind == 'ses' then
+    session_record(p, op[2])
+  elseif kind == 'plan' then
+    local plan = ix_plan(p, op[2], op[3])
+    r = plan and {op[2], op[3], op[4], plan[1], plan[2], plan[3]} or 0
+  elseif kind == 'put' then
+    local e = op[2]
+    ix_put(p, e[1], e[2], e[3], {e[4], e[5], e[6]})
+  elseif kind == 'out' then
+    r = record_outcome(p, op[2])
+  elseif kind == 'ivs' then
+    r = redis.call('SMEMBERS', p.ivs .. op[2])
+  elseif kind == 'conv' then
+    convert(p, op[2], op[3])
+  elseif kind == 'withdraw' then
+    r = withdraw(p, op[2])
+  elseif kind == 'drop' then
+    ix_drop(p, op[2], op[3], op[4])
+  elseif kind == 'forget' then
+    r = forget_record(p, op[2])[1]
+  elseif kind == 'xdel' then
+    r = redis.call('XDEL', p.log, unpack(op[2]))
+  elseif kind == 'delset' then
+    redis.call('DEL', p.ivs .. op[2])
+  end
+  out[i] = r
+end
+return cmsgpack.pack(out)
 """
 )
 
@@ -114,23 +221,22 @@ return {#a.d, refused}
 # the erase would otherwise never expire.
 ERASE_LUA = (
     IX_REMOVE_LUA
+    + RECORD_FNS
+    + WITHDRAW_FN
     + """
 local a = cmsgpack.unpack(ARGV[1])
 local p = a.p
 local n = 0
 for _, sid in ipairs(a.sids) do
-  ix_remove(p, sid)
-  local set = p.ivs .. sid
-  for _, iid in ipairs(redis.call('SMEMBERS', set)) do
-    local key = p.iv .. iid
-    local id = redis.call('HGET', key, 'log_id')
-    if id then
-      n = n + redis.call('XDEL', p.log, id)
+  local w = withdraw(p, sid)
+  ix_drop(p, w[1][1], w[1][2], w[1][3])
+  for _, iid in ipairs(w[2]) do
+    local f = forget_record(p, iid)
+    if f[1] ~= '' then
+      n = n + redis.call('XDEL', p.log, f[1])
     end
-    redis.call('DEL', key)
   end
-  redis.call('DEL', set, p.ev .. sid, p.snap .. sid, p.dk .. sid)
-  redis.call('HDEL', p.s .. sid, 'iv_count', 'iv_last', 'log_ttl')
+  redis.call('DEL', p.ivs .. sid)
 end
 return n
 """
@@ -184,7 +290,11 @@ class ShardRecords:
     ) -> None:
         # A site's retention (actors/core/sites.py): the TTLs of what is written for it.
         self.retention = retention or (lambda site: DEFAULT_RETENTION)
+        self._r = r
+        self._keys = keys
+        self._cluster = is_cluster_client(r)
         self._record = r.register_script(RECORD_LUA)
+        self._parts = r.register_script(PARTS_LUA)
         self._snapshots = r.register_script(SNAPSHOT_LUA)
         self._erase = r.register_script(ERASE_LUA)
         self._trim_log = r.register_script(TRIM_LOG_LUA)
@@ -237,17 +347,58 @@ class ShardRecords:
                 [self._scoped(site, sid), goal, seq, ts] for sid, site, goal, seq, ts in conversions
             ],
         }
+        if self._cluster:
+            return await self._record_cluster(arg)
         _written, refused = await self._record(args=[script_arg(arg)])
         return int(refused)
 
+    async def _record_cluster(self, arg: dict[str, Any]) -> int:
+        """``RECORD_LUA``'s work on Redis Cluster, as PARTS_LUA calls on the nodes of its keys.
+
+        Three steps: the log entries (one node); then each decision's record,
+        its session's part and index plan, the outcomes and the sessions'
+        decision ids for conversions; then the conversions and the index.
+        Each step is atomic per node, not the whole: a shard that dies between
+        steps can leave a log entry without its record (the log's retention
+        trims it) or a record without its index entry.
+        """
+        p, keys = self._p, self._keys
+        decisions, outcomes, conversions = arg["d"], arg["o"], arg["c"]
+        ids = await self._run_parts([(p["log"], ["log", d]) for d in decisions])
+        ops: list[tuple[str, list[Any]]] = []
+        for d, log_id in zip(decisions, ids, strict=True):
+            ops.append((p["iv"] + d[1], ["rec", d, log_id]))
+            ops.append((p["s"] + d[0], ["ses", d]))
+            ops.append((p["s"] + d[0], ["plan", d[5], d[6], d[4]]))
+        ops += [(p["iv"] + o[0], ["out", o]) for o in outcomes]
+        ops += [(p["ivs"] + c[0], ["ivs", c[0]]) for c in conversions]
+        got = await self._run_parts(ops)
+        n = 3 * len(decisions)
+        plans = [row for row in got[2:n:3] if row]
+        refused = sum(int(x) for x in got[n : n + len(outcomes)])
+        last: list[tuple[str, list[Any]]] = [
+            (keys.session_index(row[0], "seen"), ["put", row]) for row in plans
+        ]
+        for c, iids in zip(conversions, got[n + len(outcomes) :], strict=True):
+            last += [(p["iv"] + _text(iid), ["conv", c, _text(iid)]) for iid in iids]
+        await self._run_parts(last)
+        return refused
+
+    async def _run_parts(self, ops: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+        """Run (key, op) ``ops`` of PARTS_LUA, one call per node, in order; their results."""
+        return await run_parts(self._r, self._parts, ops, p=self._p, maxlen=INTERVENTION_LOG_MAXLEN)
+
     async def snapshots(self, states: Sequence[tuple[str, str, bytes]]) -> None:
         """Write (sid, site, packed state) snapshots, each expiring with the session's other keys."""
-        scoped, keep = self._scoped, self.retention
-        arg = {
-            "p": self._p["snap"],
-            "s": [[scoped(site, sid), state, keep(site).sessions] for sid, site, state in states],
-        }
-        await self._snapshots(args=[script_arg(arg)])
+        scoped, keep, p = self._scoped, self.retention, self._p["snap"]
+        rows = [[scoped(site, sid), state, keep(site).sessions] for sid, site, state in states]
+        await by_node(
+            self._r,
+            self._snapshots,
+            rows,
+            lambda s: p + s[0],
+            lambda g: script_arg({"p": p, "s": g}),
+        )
 
     async def trim_log(self, sites: Sequence[str], now_ms: int) -> int:
         """Delete intervention-log entries past their site's decisions retention; how many went.
@@ -272,4 +423,25 @@ class ShardRecords:
         Returns how many intervention-log entries were removed.
         """
         arg = {"p": self._p, "sids": [self._scoped(site, sid) for site, sid in sessions]}
-        return int(await self._erase(args=[script_arg(arg)]))
+        if not self._cluster:
+            return int(await self._erase(args=[script_arg(arg)]))
+        # On Redis Cluster: the sessions' parts (each returns its index row and decision
+        # ids), then the records and index entries, then the log entries and the sets.
+        p = self._p
+        scoped = arg["sids"]
+        got = await self._run_parts([(p["s"] + sid, ["withdraw", sid]) for sid in scoped])
+        ops: list[tuple[str, list[Any]]] = []
+        for (site, sid, seg), _iids in got:
+            ops.append((self._keys.session_index(_text(site), "seen"), ["drop", site, sid, seg]))
+        iids = [_text(iid) for _row, members in got for iid in members]
+        ops += [(p["iv"] + iid, ["forget", iid]) for iid in iids]
+        ids = [x for x in (await self._run_parts(ops))[len(got) :] if x]
+        last: list[tuple[str, list[Any]]] = [(p["ivs"] + sid, ["delset", sid]) for sid in scoped]
+        if ids:
+            last.append((p["log"], ["xdel", ids]))
+        done = await self._run_parts(last)
+        return int(done[-1]) if ids else 0
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)

@@ -6,7 +6,8 @@ memory. :meth:`ShardTallies.flush` runs on the shard's I/O loop every
 ``FLUSH_EVERY_S``: it swaps the counters out and writes them in one
 script call (one round trip): an HINCRBY per field into
 ``{p}tally:d:{site}:{day}`` (kept ``TALLY_DAY_TTL_S``) and
-``{p}tally:m:{site}:{minute}`` (kept ``TALLY_MINUTE_TTL_S``).
+``{p}tally:m:{site}:{minute}`` (kept ``TALLY_MINUTE_TTL_S``); on Redis Cluster,
+one call per node (cluster/redis_cluster.py ``by_node``).
 
 Losses: a clean stop flushes (:meth:`ShardCore.stop`); a crash loses at most
 the last ``FLUSH_EVERY_S`` of counts (plus a write under way). A write that
@@ -33,6 +34,7 @@ from actors.core.session import Session
 from actors.core.sites import Site
 from actors.core.tally import GoalFn, Tally, day_text
 from cluster.keys import TALLY_DAY_TTL_S, TALLY_MINUTE_TTL_S, Keys
+from cluster.redis_cluster import by_node_groups
 from cluster.redis_server import script_arg
 
 log = logging.getLogger("lifeline.shard")
@@ -71,6 +73,7 @@ class ShardTallies:
         self.tally = Tally()
         self._site_rules: dict[str, tuple[float, GoalFn | None]] = {}
         self._swap = threading.Lock()  # between batch (batch thread) and flush (I/O loop)
+        self._r = r
         self._flush = r.register_script(FLUSH_LUA)
         self.flushes = 0
         self.failures = 0
@@ -124,13 +127,29 @@ class ShardTallies:
         tally = self._take()
         if not tally:
             return 0
-        try:
-            await self._flush(args=[script_arg({"h": hashes(self.keys, tally)})])
-        except (redis.RedisError, OSError) as exc:
+        # Each hash with where its counts came from, so a node that fails gets only its own back.
+        origins = [("days", k) for k in tally.days] + [("minutes", k) for k in tally.minutes]
+        rows = list(zip(hashes(self.keys, tally), origins, strict=True))
+        done = await by_node_groups(
+            self._r,
+            self._flush,
+            rows,
+            lambda row: row[0][0],
+            lambda group: script_arg({"h": [h for h, _origin in group]}),
+        )
+        failed = [(group, exc) for group, exc in done if isinstance(exc, BaseException)]
+        for _group, exc in failed:
+            if not isinstance(exc, (redis.RedisError, OSError)):
+                raise exc
+        if failed:
             self.failures += 1
-            log.error("tallies: write failed, kept for the next flush: %s", exc)
+            log.error("tallies: write failed, kept for the next flush: %s", failed[0][1])
+            back = Tally()
+            for group, _exc in failed:
+                for _h, (which, key) in group:
+                    getattr(back, which)[key] = getattr(tally, which)[key]
             with self._swap:
-                self.tally.merge(tally)
+                self.tally.merge(back)
             return 0
         self.flushes += 1
         return len(tally.days) + len(tally.minutes)

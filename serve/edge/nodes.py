@@ -16,9 +16,8 @@ round unacknowledged, so clients resend and the seq check dedupes).
 from __future__ import annotations
 
 import redis.asyncio as aioredis
-from redis.crc import key_slot
 
-from cluster.redis_cluster import is_cluster_client
+from cluster.redis_cluster import is_cluster_client, node_of
 from serve.edge.resp import ScriptCaller
 
 # Redis's reply when a script on a cluster node touched a key it does not serve.
@@ -43,10 +42,7 @@ class Nodes:
 
     def node(self, key: str | bytes) -> str:
         """The name (``host:port``) of the primary serving ``key``; '' on a standalone Redis."""
-        if not self.cluster:
-            return ""
-        slot = key_slot(key.encode() if isinstance(key, str) else key)
-        return self.r.nodes_manager.get_node_from_slot(slot).name
+        return node_of(self.r, key) if self.cluster else ""
 
     def caller(self, name: str) -> ScriptCaller:
         """The script's caller for node ``name`` (from :meth:`node`)."""

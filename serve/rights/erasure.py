@@ -48,7 +48,9 @@ import redis.asyncio as aioredis
 
 from actors.core.retention import Retention
 from actors.shard.index import IX_REMOVE_LUA
+from actors.shard.records import RECORD_FNS
 from cluster.keys import SUBJECT_FAMILIES, Keys, subject_digest
+from cluster.redis_cluster import is_cluster_client, run_parts
 from cluster.redis_server import script_arg
 
 PAGE = 50  # sessions per erase script call: a call never blocks Redis long
@@ -60,63 +62,125 @@ PAGE = 50  # sessions per erase script call: a call never blocks Redis long
 # now, proof (the proof hash to add counts to, '' for none), one (1: a session without a
 # visitor, counted when its hash is there). Returns {sessions taken off the visitor's set
 # (or, with one, session hashes found), keys deleted, ivlog entries deleted}.
-ERASE_SESSIONS_LUA = (
-    IX_REMOVE_LUA
-    + """
-local a = cmsgpack.unpack(ARGV[1])
-local p = a.p
-local sessions, keys, entries = 0, 0, 0
-for _, s in ipairs(a.s) do
-  local sid = s[1]
+ERASE_FNS = """
+local function erase_part(p, a, sid)
   local tag = '{' .. sid .. '}'
   local scoped = a.site .. ':' .. tag
-  if a.one == 1 then
-    sessions = sessions + redis.call('EXISTS', p.s .. scoped)
-  end
-  ix_remove(p, scoped)
-  local set = p.ivs .. scoped
-  for _, iid in ipairs(redis.call('SMEMBERS', set)) do
-    local key = p.iv .. iid
-    local id = redis.call('HGET', key, 'log_id')
-    if id then
-      entries = entries + redis.call('XDEL', p.log, id)
-    end
-    keys = keys + redis.call('DEL', key)
-  end
+  local found = redis.call('EXISTS', p.s .. scoped)
+  local row = ix_unmark(p, scoped)
+  local iids = redis.call('SMEMBERS', p.ivs .. scoped)
+  local keys = 0
   for _, prefix in ipairs(a.fam) do
     keys = keys + redis.call('DEL', prefix .. tag)
   end
   if redis.call('GET', p.owner .. tag) == a.site then
     keys = keys + redis.call('DEL', p.owner .. tag)
   end
-  if a.vs ~= '' then
-    sessions = sessions + redis.call('ZREM', a.vs, sid)
-  end
-  local marker = a.mark .. s[2]
+  return {found, row, iids, keys}
+end
+
+local function mark_session(a, digest)
+  local marker = a.mark .. digest
   redis.call('HSETNX', marker, 'ts', a.now)
   redis.call('HSETNX', marker, 'kind', 'session')
   if redis.call('TTL', marker) < a.mttl then
     redis.call('EXPIRE', marker, a.mttl)
   end
 end
+
+local function add_to_proof(proof, sessions, keys, entries)
+  redis.call('HINCRBY', proof, 'sessions', sessions)
+  redis.call('HINCRBY', proof, 'keys', keys)
+  redis.call('HINCRBY', proof, 'entries', entries)
+end
+"""
+
+# The erasure's functions in one script: a session's own keys (erase_part, its slot),
+# its decision records (forget_record, each its own slot), its index entries (ix_drop,
+# the site's slot), its place in the visitor's set, its refusal marker and the proof.
+ERASE_SESSIONS_LUA = (
+    IX_REMOVE_LUA
+    + RECORD_FNS
+    + ERASE_FNS
+    + """
+local a = cmsgpack.unpack(ARGV[1])
+local p = a.p
+local sessions, keys, entries = 0, 0, 0
+for _, s in ipairs(a.s) do
+  local e = erase_part(p, a, s[1])
+  if a.one == 1 then
+    sessions = sessions + e[1]
+  end
+  ix_drop(p, e[2][1], e[2][2], e[2][3])
+  for _, iid in ipairs(e[3]) do
+    local f = forget_record(p, iid)
+    if f[1] ~= '' then
+      entries = entries + redis.call('XDEL', p.log, f[1])
+    end
+    keys = keys + f[2]
+  end
+  keys = keys + e[4]
+  if a.vs ~= '' then
+    sessions = sessions + redis.call('ZREM', a.vs, s[1])
+  end
+  mark_session(a, s[2])
+end
 if a.proof ~= '' then
-  redis.call('HINCRBY', a.proof, 'sessions', sessions)
-  redis.call('HINCRBY', a.proof, 'keys', keys)
-  redis.call('HINCRBY', a.proof, 'entries', entries)
+  add_to_proof(a.proof, sessions, keys, entries)
 end
 return {sessions, keys, entries}
 """
 )
 
+# Redis Cluster's steps of ERASE_SESSIONS_LUA (Eraser._erase_sessions_cluster):
+# ARGV[1] as ERASE_SESSIONS_LUA's, with ops (each [kind, ...], run in order):
+# 'part' (a sid), 'mark' (a digest), 'drop' (an index row), 'forget' (an iid),
+# 'zrem' (visitor set, sid), 'xdel' (log ids), 'proof' (proof, sessions, keys,
+# entries). Returns each op's result (msgpack).
+ERASE_PARTS_LUA = (
+    IX_REMOVE_LUA
+    + RECORD_FNS
+    + ERASE_FNS
+    + """
+local a = cmsgpack.unpack(ARGV[1])
+local p = a.p
+local out = {}
+for i, op in ipairs(a.ops) do
+  local kind, r = op[1], 0
+  if kind == 'part' then
+    r = erase_part(p, a, op[2])
+  elseif kind == 'mark' then
+    mark_session(a, op[2])
+  elseif kind == 'drop' then
+    ix_drop(p, op[2][1], op[2][2], op[2][3])
+  elseif kind == 'forget' then
+    r = forget_record(p, op[2])
+  elseif kind == 'zrem' then
+    r = redis.call('ZREM', op[2], op[3])
+  elseif kind == 'xdel' then
+    r = redis.call('XDEL', p.log, unpack(op[2]))
+  elseif kind == 'proof' then
+    add_to_proof(op[2], op[3], op[4], op[5])
+  end
+  out[i] = r
+end
+return cmsgpack.pack(out)
+"""
+)
+
 # ARGV[1]: a msgpack map: keys (the visitor's keys of every visitor family, the session
-# set last), proof. Deletes them, adds the count to the proof. Returns the count.
+# set last), proof ('' : none). Deletes them, adds the count to the proof. Returns the
+# count. The keys share the visitor's slot; the proof has its own (on Redis Cluster
+# it is counted apart).
 ERASE_VISITOR_LUA = """
 local a = cmsgpack.unpack(ARGV[1])
 local n = 0
 for _, key in ipairs(a.keys) do
   n = n + redis.call('DEL', key)
 end
-redis.call('HINCRBY', a.proof, 'keys', n)
+if a.proof ~= '' then
+  redis.call('HINCRBY', a.proof, 'keys', n)
+end
 return n
 """
 
@@ -141,7 +205,9 @@ class Eraser:
         self.r = r
         self.keys = keys
         self.forget = forget or self._announce
+        self.cluster = is_cluster_client(r)
         self._sessions = r.register_script(ERASE_SESSIONS_LUA)
+        self._parts = r.register_script(ERASE_PARTS_LUA)
         self._visitor = r.register_script(ERASE_VISITOR_LUA)
         p = dict(keys.script_prefixes())
         p["owner"] = f"{keys.prefix}owner:"
@@ -167,11 +233,12 @@ class Eraser:
             await self.forget(site, sids)
             await self._erase_sessions(site, sids, "", proof, retention)
         fams = [f for f in SUBJECT_FAMILIES if f.scope == "visitor"]
-        await self._visitor(
-            args=[
-                script_arg({"keys": [self.keys.family(f, site, vid) for f in fams], "proof": proof})
-            ]
-        )
+        names = [self.keys.family(f, site, vid) for f in fams]
+        if not self.cluster:
+            await self._visitor(args=[script_arg({"keys": names, "proof": proof})])
+        else:  # the visitor's keys share a slot, the proof has its own
+            n = await self._visitor(keys=names[:1], args=[script_arg({"keys": names, "proof": ""})])
+            await self.r.hincrby(proof, "keys", int(n))
         return await self.proof(site, digest)
 
     async def erase_session(
@@ -226,7 +293,45 @@ class Eraser:
             "proof": proof,
             "one": int(one),
         }
+        if self.cluster:
+            return await self._erase_sessions_cluster(arg)
         return [int(x) for x in await self._sessions(args=[script_arg(arg)])]
+
+    async def _erase_sessions_cluster(self, arg: dict[str, Any]) -> list[int]:
+        """``ERASE_SESSIONS_LUA``'s work on Redis Cluster: its functions, by node, in steps.
+
+        First the refusal markers and each session's own keys (which give its
+        index entry and decision ids); then the index entries, the decision
+        records and the visitor's set; then the log entries; then the proof.
+        Each step is atomic per node. A run that stops between steps leaves
+        what a second run (the erasure runs each page twice, and is safe to
+        repeat) or the keys' own expiry takes.
+        """
+        site, p = arg["site"], self._p
+        pairs, vs, proof = arg["s"], arg["vs"], arg["proof"]
+        common = {k: arg[k] for k in ("p", "site", "fam", "mark", "mttl", "now")}
+        first = [(self.keys.erased(site, digest), ["mark", digest]) for _sid, digest in pairs]
+        first += [(self.keys.session(site, sid), ["part", sid]) for sid, _digest in pairs]
+        parts = (await run_parts(self.r, self._parts, first, **common))[len(pairs) :]
+        sessions = sum(int(part[0]) for part in parts) if arg["one"] else 0
+        keys = sum(int(part[3]) for part in parts)
+        iids = [_text(iid) for part in parts for iid in part[2]]
+        second = [(self.keys.session_index(site, "seen"), ["drop", part[1]]) for part in parts]
+        second += [(p["iv"] + iid, ["forget", iid]) for iid in iids]
+        if vs:
+            second += [(vs, ["zrem", vs, sid]) for sid, _digest in pairs]
+        done = (await run_parts(self.r, self._parts, second, **common))[len(parts) :]
+        forgot, removed = done[: len(iids)], done[len(iids) :]
+        keys += sum(int(f[1]) for f in forgot)
+        sessions += sum(int(x) for x in removed)
+        ids = [f[0] for f in forgot if f[0]]
+        entries = 0
+        if ids:
+            (entries,) = await run_parts(self.r, self._parts, [(p["log"], ["xdel", ids])], **common)
+        if proof:
+            op = ["proof", proof, sessions, keys, int(entries)]
+            await run_parts(self.r, self._parts, [(proof, op)], **common)
+        return [sessions, keys, int(entries)]
 
 
 async def announce(r: aioredis.Redis, keys: Keys, origin: str, site: str, sids: list[str]) -> None:
@@ -244,3 +349,7 @@ def parse_announcement(data: bytes) -> tuple[str, str, list[str]] | None:
     if not (isinstance(site, str) and isinstance(sids, list) and isinstance(origin, str)):
         return None
     return origin, site, [s for s in sids if isinstance(s, str)]
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
