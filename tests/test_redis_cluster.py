@@ -58,7 +58,9 @@ def _spread(r, n: int, site: str = "demo") -> list[str]:
 
 
 @asyncio
-async def test_one_append_round_spans_every_node_and_a_resend_is_not_stored_twice(redis_cluster_url):
+async def test_one_append_round_spans_every_node_and_a_resend_is_not_stored_twice(
+    redis_cluster_url,
+):
     r = redis_client(redis_cluster_url, aio=True)
     await r.initialize()
     keys = Keys(f"t{uuid.uuid4().hex[:6]}:")
