@@ -125,7 +125,7 @@ def any_stack(request: pytest.FixtureRequest):
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def chat(lifeline_stack, redis_url):
+async def chat(any_stack):
     """The stack with a ChatAssistant (stand-in model) behind its gateway's chat.
 
     The shared stack runs without a model; this deploys an assistant whose model is the
@@ -138,14 +138,14 @@ async def chat(lifeline_stack, redis_url):
     from serve.apps import assistant as A
     from serve.dev.llm_stub import StubLLM
 
-    stack = lifeline_stack
+    stack = any_stack
     stub = StubLLM(api_key="test-key", first_token_s=0.05, tokens_per_s=400)
     await stub.start()
     name = f"assistant-{uuid.uuid4().hex[:6]}"
     handle = await asyncio.to_thread(
         A.deploy_assistant,
         Settings(anthropic_api_key="test-key", anthropic_base_url=stub.url),
-        redis_url,
+        stack.redis_url,
         stack.prefix,
         overrides={"first_token_s": 3.0},
         name=name,

@@ -16,9 +16,9 @@ import uuid
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
 
 from actors.core.retention import Retention
+from cluster.redis_client import redis_client
 from serve.apps.chat_answer import PERSON_WILL_ANSWER
 from serve.console import audit
 from serve.console.accounts import Accounts
@@ -55,7 +55,7 @@ async def opened(c: LifelineClient, iid: str | None = None) -> dict:
 async def operator(stack, role: str) -> aiohttp.ClientSession:
     """A console client signed in through the form with a new account of ``role``."""
     name = f"{role}-{uuid.uuid4().hex[:6]}"
-    await Accounts(aioredis.Redis.from_url(stack.redis_url), stack.gateway.keys).add(
+    await Accounts(redis_client(stack.redis_url, aio=True), stack.gateway.keys).add(
         name, role, PASSWORD
     )
     jar = aiohttp.CookieJar(unsafe=True, treat_as_secure_origin=stack.console_url)

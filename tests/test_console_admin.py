@@ -25,6 +25,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from actors.core.sites import load_sites
 from cluster.config import PACKAGE_ROOT, Settings
 from cluster.keys import Keys, subject_digest
+from cluster.redis_client import redis_client
 from serve.console import audit, models, sites, views
 from serve.console.accounts import Operator
 from serve.console.context import ConsoleContext
@@ -176,10 +177,10 @@ async def test_a_versions_training_plots_are_served(redis_url, prefix):
     assert reg.plot(version, "roc.png") is None
 
 
-async def test_a_promotion_through_the_route_reaches_the_shards_and_the_audit_log(lifeline_stack):
-    stack = lifeline_stack
+async def test_a_promotion_through_the_route_reaches_the_shards_and_the_audit_log(any_stack):
+    stack = any_stack
     raw, meta = bundled()
-    reg = ModelRegistry(redis.Redis.from_url(stack.redis_url), stack.prefix)
+    reg = ModelRegistry(redis_client(stack.redis_url), stack.prefix)
     before = reg.live()
     reg.r.delete(reg.k_live)  # no live model: the guard has nothing to compare with
     version = reg.save(raw, meta)
@@ -268,8 +269,8 @@ async def hello(stack, site: str, origin: str) -> str:
     return welcome["t"]
 
 
-async def test_an_origin_edit_is_honoured_by_the_running_gateway(lifeline_stack):
-    stack = lifeline_stack
+async def test_an_origin_edit_is_honoured_by_the_running_gateway(any_stack):
+    stack = any_stack
     key = f"adm-{uuid.uuid4().hex[:8]}"  # a site of its own: the stack is shared
     a, b = "https://a.admin-test.example", "https://b.admin-test.example"
     async with console(stack.redis_url, stack.prefix) as (http, ctx):
@@ -290,8 +291,8 @@ async def test_an_origin_edit_is_honoured_by_the_running_gateway(lifeline_stack)
         assert await hello(stack, key, b) == "refused"
 
 
-async def test_a_policy_edit_reaches_the_shards(lifeline_stack):
-    stack = lifeline_stack
+async def test_a_policy_edit_reaches_the_shards(any_stack):
+    stack = any_stack
     key = f"adm-{uuid.uuid4().hex[:8]}"
     async with console(stack.redis_url, stack.prefix) as (http, _ctx):
         try:

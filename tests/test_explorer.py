@@ -15,13 +15,13 @@ import uuid
 import aiohttp
 import msgpack
 import pytest
-import redis.asyncio as aioredis
 
 from actors.core.events import FIELDS
 from actors.core.host import EVENTS, pack_batch
 from actors.core.policy import in_holdout
 from actors.shard.index import SessionIndex, reindex
 from cluster.keys import Keys
+from cluster.redis_client import redis_client
 from serve.console.accounts import Accounts
 from serve.console.context import ConsoleContext
 from serve.console.explorer import ExplorerError, search, timeline
@@ -92,8 +92,8 @@ async def every(ctx: ConsoleContext, **criteria) -> list[str]:
             return out
 
 
-async def test_search_finds_each_session_by_each_criterion_and_not_the_others(lifeline_stack):
-    stack, ctx = lifeline_stack, console_ctx(lifeline_stack)
+async def test_search_finds_each_session_by_each_criterion_and_not_the_others(any_stack):
+    stack, ctx = any_stack, console_ctx(any_stack)
     t0 = int(time.time() * 1000) - 300_000  # before the journeys' first events
     tag = uuid.uuid4().hex[:8]
     helped, calm = treated_sid(f"h{tag}"), new_sid(f"c{tag}")
@@ -155,8 +155,8 @@ async def test_search_finds_each_session_by_each_criterion_and_not_the_others(li
     assert iv is not None
 
 
-async def test_timeline_risk_is_what_the_shard_scored_with_decisions_and_reasons(lifeline_stack):
-    stack, ctx = lifeline_stack, console_ctx(lifeline_stack)
+async def test_timeline_risk_is_what_the_shard_scored_with_decisions_and_reasons(any_stack):
+    stack, ctx = any_stack, console_ctx(any_stack)
     # 1. Through a shard's own batch call, whose reply carries every event's score.
     sid = treated_sid("direct")
     events = journey("struggling")
@@ -213,8 +213,8 @@ async def test_timeline_risk_is_what_the_shard_scored_with_decisions_and_reasons
     await client.close()
 
 
-async def test_an_erased_session_leaves_the_index(lifeline_stack):
-    stack, ctx = lifeline_stack, console_ctx(lifeline_stack)
+async def test_an_erased_session_leaves_the_index(any_stack):
+    stack, ctx = any_stack, console_ctx(any_stack)
     keys = Keys(stack.prefix)
     tag = uuid.uuid4().hex[:8]
     sid = treated_sid(f"e{tag}")
@@ -230,7 +230,7 @@ async def test_an_erased_session_leaves_the_index(lifeline_stack):
     later, _, _ = await drive(stack, other, "calm")
     await flush(stack, sid)  # a tick after the erase writes nothing back
     assert found(await search(ctx, site="demo", sid_prefix=f"x-e{tag}")) == set()
-    r = aioredis.from_url(stack.redis_url)
+    r = redis_client(stack.redis_url, aio=True)
     for part in ("seen", "ids", "iv"):
         assert await r.zscore(keys.session_index("demo", part), sid) is None, part
     segs = await r.smembers(keys.session_index("demo", "segs"))
@@ -241,8 +241,8 @@ async def test_an_erased_session_leaves_the_index(lifeline_stack):
     await later.close()
 
 
-async def test_reindex_puts_sessions_stored_before_the_index_back(lifeline_stack):
-    stack, ctx = lifeline_stack, console_ctx(lifeline_stack)
+async def test_reindex_puts_sessions_stored_before_the_index_back(any_stack):
+    stack, ctx = any_stack, console_ctx(any_stack)
     keys = Keys(stack.prefix)
     tag = uuid.uuid4().hex[:8]
     sid = treated_sid(f"r{tag}")
@@ -250,7 +250,7 @@ async def test_reindex_puts_sessions_stored_before_the_index_back(lifeline_stack
     await flush(stack, sid)
     before = (await search(ctx, site="demo", sid_prefix=f"x-r{tag}"))["sessions"]
     # As a release before the index left it: no entries, no segment in the session hash.
-    r = aioredis.from_url(stack.redis_url)
+    r = redis_client(stack.redis_url, aio=True)
     seg = before[0]["segment"]
     for part in ("seen", "ids", "iv", f"seg:{seg}"):
         await r.zrem(keys.session_index("demo", part), sid)
@@ -266,9 +266,9 @@ async def test_reindex_puts_sessions_stored_before_the_index_back(lifeline_stack
     await client.close()
 
 
-async def test_api_routes_are_for_analysts_and_refuse_bad_input(lifeline_stack):
-    stack = lifeline_stack
-    acc = Accounts(aioredis.from_url(stack.redis_url), Keys(stack.prefix))
+async def test_api_routes_are_for_analysts_and_refuse_bad_input(any_stack):
+    stack = any_stack
+    acc = Accounts(redis_client(stack.redis_url, aio=True), Keys(stack.prefix))
     tag = uuid.uuid4().hex[:6]
     await acc.add(f"analyst-{tag}", "analyst", "correct horse battery")
     await acc.add(f"viewer-{tag}", "viewer", "correct horse battery")
@@ -315,7 +315,6 @@ async def test_ties_page_without_loss_and_old_entries_are_trimmed(store_url, pre
     """The index alone, on a bare Redis: equal last-seen times, paging, trimming by age."""
     from actors.core.sites import Site
     from cluster.config import Settings
-    from cluster.redis_client import redis_client
 
     redis_url = store_url
     r = redis_client(redis_url, aio=True)
@@ -352,7 +351,6 @@ async def test_ties_page_without_loss_and_old_entries_are_trimmed(store_url, pre
 
 
 async def test_a_long_log_is_read_a_page_at_a_time_up_to_the_limit(store_url, prefix):
-    from cluster.redis_client import redis_client
 
     r = redis_client(store_url, aio=True)
     store = EventStore(r, Keys(prefix))

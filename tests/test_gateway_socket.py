@@ -43,9 +43,9 @@ def side_gateway(stack, **options) -> Gateway:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def quick_gateway(lifeline_stack):
+async def quick_gateway(any_stack):
     """A gateway whose hello timeout is 0.3 s and keepalive interval 0.2 s."""
-    gw = side_gateway(lifeline_stack, limits=Limits(hello_timeout_s=0.3), ping_interval_s=0.2)
+    gw = side_gateway(any_stack, limits=Limits(hello_timeout_s=0.3), ping_interval_s=0.2)
     port = await gw.start("127.0.0.1", 0)
     yield gw, f"ws://127.0.0.1:{port}/ws"
     await gw.stop()
@@ -85,8 +85,8 @@ async def http_get(url: str, path: str, headers: str = "") -> bytes:
     return data
 
 
-async def test_plain_http_and_wrong_paths_get_http_errors(lifeline_stack):
-    url = lifeline_stack.ws_url
+async def test_plain_http_and_wrong_paths_get_http_errors(any_stack):
+    url = any_stack.ws_url
     not_upgrade = await http_get(url, "/ws?site=demo", f"Origin: {ORIGIN}\r\n")
     assert not_upgrade.startswith(b"HTTP/1.1 426") or not_upgrade.startswith(b"HTTP/1.1 400")
     wrong_path = await http_get(url, "/other?site=demo", f"Origin: {ORIGIN}\r\n")
@@ -95,9 +95,9 @@ async def test_plain_http_and_wrong_paths_get_http_errors(lifeline_stack):
     assert not garbage.startswith(b"HTTP/1.1 101")
 
 
-async def test_fragmented_and_text_messages_are_assembled(lifeline_stack):
+async def test_fragmented_and_text_messages_are_assembled(any_stack):
     sid = f"t-frag-{uuid.uuid4().hex[:12]}"
-    url = lifeline_stack.ws_url + "?site=demo"
+    url = any_stack.ws_url + "?site=demo"
     async with websockets.connect(url, origin=ORIGIN, compression=None) as ws:
         whole = hello(sid)
         # An iterable is sent as one message in several frames.
@@ -170,11 +170,11 @@ async def test_a_socket_that_answers_no_ping_is_dropped(quick_gateway):
     assert gw.stats.connections == sockets - 1
 
 
-async def test_a_client_that_does_not_read_is_disconnected(lifeline_stack):
+async def test_a_client_that_does_not_read_is_disconnected(any_stack):
     """Frames pile up for a client that never reads; past the outbox limit the socket is cut."""
     # Every frame costs against the rate limit: lift it, so the outbox limit is what cuts.
     unlimited = Limits(events_per_s=1e9, burst=1e9)
-    gw = side_gateway(lifeline_stack, outbox_bytes=16 * 1024, limits=unlimited)
+    gw = side_gateway(any_stack, outbox_bytes=16 * 1024, limits=unlimited)
     port = await gw.start("127.0.0.1", 0)
     try:
         url = f"ws://127.0.0.1:{port}/ws"
@@ -204,10 +204,10 @@ async def test_a_client_that_does_not_read_is_disconnected(lifeline_stack):
         await gw.stop()
 
 
-async def test_pings_fragments_and_close_between_plain_frames(lifeline_stack):
+async def test_pings_fragments_and_close_between_plain_frames(any_stack):
     """Plain frames are parsed by the gateway itself; the first other frame hands the socket
     to websockets mid-stream, and nothing before or after it is lost or reordered."""
-    url = lifeline_stack.ws_url
+    url = any_stack.ws_url
     parts = urlsplit(url)
     proto, reader, writer = await raw_client(url, (parts.hostname, parts.port))
     sid = f"t-mixed-{uuid.uuid4().hex[:12]}"
@@ -231,7 +231,7 @@ async def test_pings_fragments_and_close_between_plain_frames(lifeline_stack):
     proto.send_binary(hello(sid))
     writer.write(b"".join(proto.data_to_send()))
     await read_until(lambda: any(m[1].get("t") == "welcome" for m in got if isinstance(m[1], dict)))
-    peer = lifeline_stack.gateway.peers_by_sid[sid]
+    peer = any_stack.gateway.peers_by_sid[sid]
     assert peer.rx is not None  # the gateway parses this socket's frames itself
     # One write: a plain frame, a ping, a plain frame, a message in three fragments.
     proto.send_binary(events(1))
@@ -251,7 +251,7 @@ async def test_pings_fragments_and_close_between_plain_frames(lifeline_stack):
     proto.send_binary(events(4))
     writer.write(b"".join(proto.data_to_send()))
     await read_until(lambda: 4 in acks())
-    stored = await lifeline_stack.gateway.store.read_events("demo", sid)
+    stored = await any_stack.gateway.store.read_events("demo", sid)
     assert [(e["seq"], e["path"]) for e in stored] == [(n, f"/p{n}") for n in (1, 2, 3, 4)]
     proto.send_close(1000, "done")
     writer.write(b"".join(proto.data_to_send()))
@@ -260,8 +260,8 @@ async def test_pings_fragments_and_close_between_plain_frames(lifeline_stack):
     writer.close()
 
 
-async def test_an_unmasked_client_frame_is_a_protocol_error(lifeline_stack):
-    url = lifeline_stack.ws_url
+async def test_an_unmasked_client_frame_is_a_protocol_error(any_stack):
+    url = any_stack.ws_url
     parts = urlsplit(url)
     proto, reader, writer = await raw_client(url, (parts.hostname, parts.port))
     writer.write(wire.frame(wire.BINARY, hello(f"t-unmasked-{uuid.uuid4().hex[:12]}")))
@@ -275,9 +275,9 @@ async def test_an_unmasked_client_frame_is_a_protocol_error(lifeline_stack):
 
 
 @pytest.mark.parametrize("window_ms", [0, 400])
-async def test_an_append_window_gathers_frames_into_one_round(lifeline_stack, window_ms):
+async def test_an_append_window_gathers_frames_into_one_round(any_stack, window_ms):
     """With an append window, a frame that arrives while a round gathers goes in that round."""
-    gw = side_gateway(lifeline_stack, append_window_ms=window_ms)
+    gw = side_gateway(any_stack, append_window_ms=window_ms)
     port = await gw.start("127.0.0.1", 0)
     url = f"ws://127.0.0.1:{port}/ws?site=demo"
     sids = [f"t-window-{uuid.uuid4().hex[:12]}" for _ in range(2)]

@@ -17,9 +17,9 @@ import zlib
 from pathlib import Path
 
 import pytest
-import redis
 
 from actors.model.scoring import BUNDLED_META, BUNDLED_MODEL
+from cluster.redis_client import redis_client
 from serve.dev.pyclient import LifelineClient
 from training.cli import EXIT_REFUSED, main
 from training.dataset import export_redis, rows_frame
@@ -76,7 +76,7 @@ async def _visit(stack, sid: str, journey: list[dict]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-async def visits(lifeline_stack) -> dict[str, dict[str, str]]:
+async def visits(any_stack) -> dict[str, dict[str, str]]:
     """sid -> its answers to help, of simulated visitors of five hours ago sent through the stack.
 
     Five hours ago: their sessions are over, so the label knows how each ended.
@@ -88,7 +88,7 @@ async def visits(lifeline_stack) -> dict[str, dict[str, str]]:
     async def one(j) -> tuple[str, dict[str, str]]:
         sid = f"lt-{tag}-{j.sid}"
         async with gate:
-            return sid, await _visit(lifeline_stack, sid, j.events)
+            return sid, await _visit(any_stack, sid, j.events)
 
     return dict(await asyncio.gather(*(one(j) for j in journeys)))
 
@@ -100,15 +100,13 @@ async def _cli(stack, *argv: str) -> int:
     )
 
 
-async def test_train_on_the_live_log_with_its_outcomes(
-    lifeline_stack, visits, tmp_path: Path, capsys
-):
-    stack = lifeline_stack
+async def test_train_on_the_live_log_with_its_outcomes(any_stack, visits, tmp_path: Path, capsys):
+    stack = any_stack
     answers = [v for a in visits.values() for v in a.values()]
     assert "accepted" in answers and "dismissed" in answers, "the visitors got help and answered"
 
     # The log holds what the visitors did, answers included, exactly as sent.
-    r = redis.Redis.from_url(stack.redis_url)
+    r = redis_client(stack.redis_url)
     logged = {s.sid: s for s in export_redis(r, stack.prefix) if s.sid in visits}
     assert set(logged) == set(visits)
     for sid, got in visits.items():
@@ -150,10 +148,10 @@ async def test_train_on_the_live_log_with_its_outcomes(
 
 
 async def test_promotion_guard_refuses_a_worse_model_until_forced(
-    lifeline_stack, visits, tmp_path: Path, capsys
+    any_stack, visits, tmp_path: Path, capsys
 ):
-    stack = lifeline_stack
-    r = redis.Redis.from_url(stack.redis_url)
+    stack = any_stack
+    r = redis_client(stack.redis_url)
     reg = ModelRegistry(r, stack.prefix)
     train = ("train", "--source", "live", "--engine", "local", "--rounds", "40")
     try:

@@ -9,11 +9,11 @@ import uuid
 from dataclasses import dataclass
 
 import pytest
-import redis
 import redis.asyncio as aioredis
 
 from actors.core.policy import in_holdout
 from cluster.keys import Keys
+from cluster.redis_client import redis_client
 from serve.dev.pyclient import LifelineClient
 from training.cli import main as cli_main
 from training.outcome_records import read_records
@@ -98,8 +98,8 @@ async def decisions_logged(r: aioredis.Redis, log: str, sids: set[str]) -> None:
                 seen.add(fields[b"sid"].decode())
 
 
-async def test_conversions_join_the_decisions_and_the_report_counts_them(lifeline_stack, tmp_path):
-    stack = lifeline_stack
+async def test_conversions_join_the_decisions_and_the_report_counts_them(any_stack, tmp_path):
+    stack = any_stack
     visits = [
         Visit("buy", reactions=(SHOWN, ACCEPTED), after=(PURCHASE,)),
         Visit("lead", reactions=(SHOWN, DISMISSED), after=(LEAD,)),
@@ -110,7 +110,7 @@ async def test_conversions_join_the_decisions_and_the_report_counts_them(lifelin
         Visit("hnone", holdout=True),
         Visit("calm", journey="calm", after=(PURCHASE,)),  # no decision: not in the report
     ]
-    r = aioredis.from_url(stack.redis_url)
+    r = redis_client(stack.redis_url, aio=True)
     keys = Keys(stack.prefix)
     try:
         started = await asyncio.gather(*(first_part(stack, v) for v in visits))
@@ -132,7 +132,7 @@ async def test_conversions_join_the_decisions_and_the_report_counts_them(lifelin
     finally:
         await r.aclose()
 
-    sync = redis.Redis.from_url(stack.redis_url)
+    sync = redis_client(stack.redis_url)
     records, _ = await asyncio.to_thread(read_records, sync, keys, None, "demo")
     mine = {v.sid: v for v in visits}
     rows, expired = join(rec for rec in records if rec.sid in mine)

@@ -59,8 +59,8 @@ def test_bad_retention_or_policy_is_refused_with_where(table: dict) -> None:
 
 
 @pytest.mark.asyncio(loop_scope="session")
-async def test_short_retention_sets_every_ttl_and_the_keys_expire(lifeline_stack) -> None:
-    stack = lifeline_stack
+async def test_short_retention_sets_every_ttl_and_the_keys_expire(any_stack) -> None:
+    stack = any_stack
     keys, r = stack.gateway.keys, stack.gateway.redis
     key = f"ret-{uuid.uuid4().hex[:8]}"
     seconds = {"events": 3, "sessions": 4, "decisions": 3, "profiles": 4, "consent": 5}

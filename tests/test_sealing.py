@@ -287,14 +287,14 @@ async def test_an_export_is_unreadable_after_its_visitor_is_erased(
 
 @aio
 async def test_the_gateway_seals_socket_and_beacon_events_under_the_visitor_key(
-    lifeline_stack,
+    any_stack,
 ) -> None:
     import aiohttp
 
     from serve.dev.pyclient import LifelineClient
     from tests.test_spine import ORIGIN, new_sid
 
-    stack = lifeline_stack
+    stack = any_stack
     keys, r = stack.gateway.keys, stack.gateway.redis
     sid, vid = new_sid("sealed"), "v-" + uuid.uuid4().hex[:16]
     evs = [

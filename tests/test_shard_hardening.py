@@ -59,8 +59,8 @@ def side_gateway(stack) -> Gateway:
 
 
 @aio
-async def test_a_resume_while_the_old_round_is_in_flight_erases_nothing(lifeline_stack):
-    stack = lifeline_stack
+async def test_a_resume_while_the_old_round_is_in_flight_erases_nothing(any_stack):
+    stack = any_stack
     gw = side_gateway(stack)
     port = await gw.start("127.0.0.1", 0)
     url = f"ws://127.0.0.1:{port}/ws"

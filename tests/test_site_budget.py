@@ -37,8 +37,8 @@ async def _reply(ws) -> dict:
             return frame
 
 
-async def test_a_site_over_its_budget_is_refused_and_others_are_not(lifeline_stack) -> None:
-    gw = lifeline_stack.side_gateway(site_events_per_s=5.0)
+async def test_a_site_over_its_budget_is_refused_and_others_are_not(any_stack) -> None:
+    gw = any_stack.side_gateway(site_events_per_s=5.0)
     port = await gw.start("127.0.0.1", 0)
     base = f"ws://127.0.0.1:{port}/ws"
     demo, other = f"d-{uuid.uuid4().hex[:12]}", f"l-{uuid.uuid4().hex[:12]}"

@@ -17,6 +17,7 @@ from actors.core.events import validate_event
 from actors.core.kinds import KINDS
 from actors.core.policy import in_holdout
 from actors.core.session import replay
+from cluster.redis_client import redis_client
 from serve.dev.pyclient import LifelineClient
 from training.simulator import scripted
 
@@ -54,10 +55,10 @@ def journey(kind: str, sid: str) -> list[dict]:
     return scripted(kind, sid, int(time.time() * 1000) - 120_000)
 
 
-async def test_struggling_journey_gets_help_pushed(lifeline_stack):
+async def test_struggling_journey_gets_help_pushed(any_stack):
     sid = treated_sid("struggle")
     events = journey("struggling", sid)
-    client = await connect(lifeline_stack, sid)
+    client = await connect(any_stack, sid)
     await send_all(client, events)
     iv = await client.wait_for(lambda f: f["t"] == "intervention", timeout=15)
     await client.wait_acked(len(events))
@@ -65,38 +66,37 @@ async def test_struggling_journey_gets_help_pushed(lifeline_stack):
     assert iv["text"], "the templated text goes out at once"
     # Every decision carries why: the score, and any strong signals; one of the
     # site's two rules must hold.
-    policy = lifeline_stack.sites["demo"].policy
+    policy = any_stack.sites["demo"].policy
     strong = [r for r in iv["reasons"] if r["signal"] != "exit_risk"]
     assert iv["reasons"][-1] == {"signal": "exit_risk", "strength": round(iv["score"], 3)}
     assert iv["score"] >= policy.risk_threshold or len(strong) >= policy.min_signals, iv["reasons"]
     assert all(r["strength"] >= policy.signal_strength for r in strong)
     assert 1 <= iv["seq"] <= len(events)
-    assert await lifeline_stack.event_count(sid) == len(events)
+    assert await any_stack.event_count(sid) == len(events)
     await client.close()
 
 
-async def test_holdout_session_gets_decision_recorded_but_not_shown(lifeline_stack):
-    import redis.asyncio as aioredis
+async def test_holdout_session_gets_decision_recorded_but_not_shown(any_stack):
 
     while True:
         sid = new_sid("holdout")
         if in_holdout(sid, 0.10):
             break
     events = journey("struggling", sid)
-    client = await connect(lifeline_stack, sid)
+    client = await connect(any_stack, sid)
     await send_all(client, events)
     await client.wait_acked(len(events))
-    await lifeline_stack.gateway.wait_scored(sid, len(events))
+    await any_stack.gateway.wait_scored(sid, len(events))
     await client.roundtrip()
     assert client.of_type("intervention") == []
-    r = aioredis.from_url(lifeline_stack.redis_url)
-    log = await r.xrange(f"{lifeline_stack.prefix}ivlog")
+    r = redis_client(any_stack.redis_url, aio=True)
+    log = await r.xrange(f"{any_stack.prefix}ivlog")
     mine = [fields for _, fields in log if fields[b"sid"] == sid.encode()]
     # Recorded asynchronously after the reply: the decision may still be on its way.
     if not mine:
         last = log[-1][0] if log else b"0-0"
         for _ in range(20):
-            got = await r.xread({f"{lifeline_stack.prefix}ivlog": last}, block=500)
+            got = await r.xread({f"{any_stack.prefix}ivlog": last}, block=500)
             for _, entries in got:
                 for eid, fields in entries:
                     last = eid
@@ -109,22 +109,22 @@ async def test_holdout_session_gets_decision_recorded_but_not_shown(lifeline_sta
     await client.close()
 
 
-async def test_calm_journey_gets_no_intervention(lifeline_stack):
+async def test_calm_journey_gets_no_intervention(any_stack):
     sid = treated_sid("calm")  # a holdout session would get none whatever the journey
     events = journey("calm", sid)
-    client = await connect(lifeline_stack, sid)
+    client = await connect(any_stack, sid)
     await send_all(client, events)
     await client.wait_acked(len(events))
-    await lifeline_stack.gateway.wait_scored(sid, len(events))
+    await any_stack.gateway.wait_scored(sid, len(events))
     await client.roundtrip()  # anything queued for this socket has now arrived
     assert client.of_type("intervention") == []
-    row = await lifeline_stack.shard_for(sid).session_row.remote(sid)
+    row = await any_stack.shard_for(sid).session_row.remote(sid)
     assert row is not None and row[0] == len(events), "every event was applied to the session"
     await client.close()
 
 
-async def test_withdrawn_consent_erases_the_session_from_its_shard_and_log(lifeline_stack):
-    stack = lifeline_stack
+async def test_withdrawn_consent_erases_the_session_from_its_shard_and_log(any_stack):
+    stack = any_stack
     keys = stack.gateway.keys
     r = stack.gateway.redis
     sid = treated_sid("withdraw")
@@ -184,10 +184,10 @@ async def test_withdrawn_consent_erases_the_session_from_its_shard_and_log(lifel
     await later.close()
 
 
-async def test_bad_input_gets_errors_and_loses_nothing_else(lifeline_stack):
+async def test_bad_input_gets_errors_and_loses_nothing_else(any_stack):
     sid = new_sid("bad")
     good = journey("calm", sid)[:6]
-    client = await connect(lifeline_stack, sid, binary=False)
+    client = await connect(any_stack, sid, binary=False)
     now = int(time.time() * 1000)
     await client.send_raw("{not json")
     await client.send_raw(json.dumps([1, 2, 3]))
@@ -213,27 +213,27 @@ async def test_bad_input_gets_errors_and_loses_nothing_else(lifeline_stack):
     assert codes[8] == "sequence_gap"
     by_seq = {f["seq"]: f for f in client.of_type("error") if "seq" in f}
     assert by_seq[4]["field"] == "selector" and by_seq[5]["field"] == "depth"
-    stored = await lifeline_stack.gateway.store.read_events("demo", sid)
+    stored = await any_stack.gateway.store.read_events("demo", sid)
     assert [e["seq"] for e in stored] == [1, 2, *range(8, last + 1)]
     assert client.closed is None, "bad input never closes the connection"
-    await lifeline_stack.gateway.wait_scored(sid, last)
-    row = await lifeline_stack.shard_for(sid).session_row.remote(sid)
+    await any_stack.gateway.wait_scored(sid, last)
+    row = await any_stack.shard_for(sid).session_row.remote(sid)
     assert row[0] == 2 + len(rest)
     await client.close()
 
 
-async def test_resume_after_drop_neither_loses_nor_duplicates(lifeline_stack):
+async def test_resume_after_drop_neither_loses_nor_duplicates(any_stack):
     sid = new_sid("resume")
     events = journey("struggling", sid)
     n = len(events)
-    client = await connect(lifeline_stack, sid)
+    client = await connect(any_stack, sid)
     await send_all(client, events[: n // 2])
     await client.wait_acked(n // 2)
     await client.send_events(events[n // 2 : n // 2 + 4])
     await client.abort()  # cut mid-stream: these four may or may not have been stored
     assert client.acked < n
 
-    resumed = LifelineClient(lifeline_stack.ws_url, "demo", sid, ORIGIN)
+    resumed = LifelineClient(any_stack.ws_url, "demo", sid, ORIGIN)
     resumed.token = client.token
     resumed.unacked = dict(client.unacked)
     welcome = await resumed.connect()
@@ -242,21 +242,21 @@ async def test_resume_after_drop_neither_loses_nor_duplicates(lifeline_stack):
     await resumed.send_events(events[:10])
     await send_all(resumed, events[10:])
     await resumed.wait_acked(n)
-    stored = await lifeline_stack.gateway.store.read_events("demo", sid)
+    stored = await any_stack.gateway.store.read_events("demo", sid)
     assert [e["seq"] for e in stored] == list(range(1, n + 1))
-    await lifeline_stack.gateway.wait_scored(sid, n)
-    row = await lifeline_stack.shard_for(sid).session_row.remote(sid)
+    await any_stack.gateway.wait_scored(sid, n)
+    row = await any_stack.shard_for(sid).session_row.remote(sid)
     assert row[0] == n, "each event applied exactly once"
     await resumed.close()
 
 
-async def test_resume_needs_the_token(lifeline_stack):
+async def test_resume_needs_the_token(any_stack):
     sid = new_sid("token")
-    client = await connect(lifeline_stack, sid)
+    client = await connect(any_stack, sid)
     await client.send_events(journey("calm", sid)[:2])
     await client.wait_acked(2)
     await client.close()
-    thief = LifelineClient(lifeline_stack.ws_url, "demo", sid, ORIGIN)
+    thief = LifelineClient(any_stack.ws_url, "demo", sid, ORIGIN)
     reply = await thief.connect()
     assert reply["t"] == "error" and reply["code"] == "bad_token"
     thief.token = "0" * 32
@@ -266,27 +266,27 @@ async def test_resume_needs_the_token(lifeline_stack):
     await thief.close()
 
 
-async def test_handshake_refuses_unknown_site_and_origin(lifeline_stack):
+async def test_handshake_refuses_unknown_site_and_origin(any_stack):
     with pytest.raises(websockets.InvalidStatus) as bad_origin:
-        await websockets.connect(lifeline_stack.ws_url + "?site=demo", origin="http://evil.example")
+        await websockets.connect(any_stack.ws_url + "?site=demo", origin="http://evil.example")
     assert bad_origin.value.response.status_code == 403
     with pytest.raises(websockets.InvalidStatus) as bad_site:
-        await websockets.connect(lifeline_stack.ws_url + "?site=nope", origin=ORIGIN)
+        await websockets.connect(any_stack.ws_url + "?site=nope", origin=ORIGIN)
     assert bad_site.value.response.status_code == 403
 
 
-async def test_hello_without_analytics_consent_is_refused(lifeline_stack):
+async def test_hello_without_analytics_consent_is_refused(any_stack):
     client = LifelineClient(
-        lifeline_stack.ws_url, "demo", new_sid("noconsent"), ORIGIN, consent=("necessary",)
+        any_stack.ws_url, "demo", new_sid("noconsent"), ORIGIN, consent=("necessary",)
     )
     reply = await client.connect()
     assert reply["code"] == "consent_required"
     await client.close()
 
 
-async def test_oversized_frames(lifeline_stack):
+async def test_oversized_frames(any_stack):
     sid = new_sid("big")
-    client = await connect(lifeline_stack, sid)
+    client = await connect(any_stack, sid)
     await client.send_raw(
         msgpack.packb({"t": "events", "sid": sid, "events": [], "pad": "x" * 70_000})
     )
@@ -300,13 +300,13 @@ async def test_oversized_frames(lifeline_stack):
     assert client.closed[0] == 1009
 
 
-async def test_beacon_flush_is_validated_and_stored(lifeline_stack):
+async def test_beacon_flush_is_validated_and_stored(any_stack):
     sid = new_sid("beacon")
     events = journey("calm", sid)
-    client = await connect(lifeline_stack, sid)
+    client = await connect(any_stack, sid)
     await client.send_events(events[:3])
     await client.wait_acked(3)
-    url = f"{lifeline_stack.http_url}/beacon?site=demo"
+    url = f"{any_stack.http_url}/beacon?site=demo"
     body = {
         "sid": sid,
         "token": client.token,
@@ -325,14 +325,14 @@ async def test_beacon_flush_is_validated_and_stored(lifeline_stack):
             assert resp.status == 403
     assert reply["acked"] == 7
     assert [e["code"] for e in reply["errors"]] == ["unknown_type"]
-    stored = await lifeline_stack.gateway.store.read_events("demo", sid)
+    stored = await any_stack.gateway.store.read_events("demo", sid)
     assert [e["seq"] for e in stored] == [1, 2, 3, 4, 5, 6]
     await client.close()
 
 
-async def test_shard_crash_recovery_keeps_exact_features(lifeline_stack):
+async def test_shard_crash_recovery_keeps_exact_features(any_stack):
     """Kill the shard mid-journey; its sessions continue exactly as if nothing happened."""
-    stack = lifeline_stack
+    stack = any_stack
     shard = stack.shards[0]
     sids = []
     while len(sids) < 3:  # sessions that all live on shard 0
@@ -388,14 +388,14 @@ async def test_shard_crash_recovery_keeps_exact_features(lifeline_stack):
 
 
 async def test_activation_reads_the_log_tail_after_the_snapshot_or_else_the_whole_log(
-    lifeline_stack,
+    any_stack,
 ):
     """A session comes back from its snapshot plus only its log's newest entries when they
     reach back to the snapshot; from its whole log when they do not (an old snapshot)."""
     from actors.shard.actor import TAIL_ENTRIES
     from tests.multinode_scenario import journey as long_journey  # ~74 events, numbered 1..
 
-    stack = lifeline_stack
+    stack = any_stack
     shard, me = stack.shards[0], stack.gateway.ring.names[0]
     keys, r = stack.gateway.keys, stack.gateway.redis
     sids = []
@@ -435,15 +435,14 @@ async def test_activation_reads_the_log_tail_after_the_snapshot_or_else_the_whol
         await clients[sid].close()
 
 
-async def test_model_hot_reload_and_refusal(lifeline_stack):
+async def test_model_hot_reload_and_refusal(any_stack):
     """A promoted model is picked up between batches; a mismatched one is refused."""
-    import redis
 
     from actors.model.scoring import BUNDLED_META, BUNDLED_MODEL
     from training.registry import ModelRegistry
 
-    stack = lifeline_stack
-    reg = ModelRegistry(redis.Redis.from_url(stack.redis_url), stack.prefix)
+    stack = any_stack
+    reg = ModelRegistry(redis_client(stack.redis_url), stack.prefix)
     meta = json.loads(BUNDLED_META.read_text())
     good = reg.save(BUNDLED_MODEL.read_bytes(), {**meta, "note": "hot-reload test"})
     bad = reg.save(BUNDLED_MODEL.read_bytes(), {**meta, "feature_schema": "0000000000000000"})
@@ -468,17 +467,16 @@ async def test_model_hot_reload_and_refusal(lifeline_stack):
 
 
 async def test_a_challenger_scores_its_share_of_sessions_and_decisions_name_their_model(
-    lifeline_stack,
+    any_stack,
 ):
     """Champion/challenger: sessions in the challenger's share are decided by it, and recorded so."""
-    import redis
 
     from actors.core.policy import in_challenger
     from actors.model.scoring import BUNDLED_META, BUNDLED_MODEL
     from training.registry import ModelRegistry
 
-    stack = lifeline_stack
-    r = redis.Redis.from_url(stack.redis_url)
+    stack = any_stack
+    r = redis_client(stack.redis_url)
     reg = ModelRegistry(r, stack.prefix)
     meta = json.loads(BUNDLED_META.read_text())
     challenger = reg.save(BUNDLED_MODEL.read_bytes(), {**meta, "note": "challenger test"})
@@ -510,14 +508,14 @@ async def test_a_challenger_scores_its_share_of_sessions_and_decisions_name_thei
         reg.clear_challenger()
 
 
-async def test_racing_beacons_store_everything_once(lifeline_stack):
+async def test_racing_beacons_store_everything_once(any_stack):
     """A page-hide beacon racing another (or the socket) loses and duplicates nothing."""
     sid = new_sid("beaconrace")
     events = journey("calm", sid)
-    client = await connect(lifeline_stack, sid)
+    client = await connect(any_stack, sid)
     await client.send_events(events[:2])
     await client.wait_acked(2)
-    url = f"{lifeline_stack.http_url}/beacon?site=demo"
+    url = f"{any_stack.http_url}/beacon?site=demo"
     now = int(time.time() * 1000)
     bodies = [
         {"sid": sid, "token": client.token, "now": now, "events": events[2:8]},
@@ -532,6 +530,6 @@ async def test_racing_beacons_store_everything_once(lifeline_stack):
         replies = await asyncio.gather(*(post(b) for b in bodies))
     assert [status for status, _ in replies] == [200, 200], replies
     assert max(r["acked"] for _, r in replies) == 10
-    stored = await lifeline_stack.gateway.store.read_events("demo", sid)
+    stored = await any_stack.gateway.store.read_events("demo", sid)
     assert [e["seq"] for e in stored] == list(range(1, 11))
     await client.close()

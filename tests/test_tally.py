@@ -290,8 +290,8 @@ async def _views(ctx: ConsoleContext) -> tuple[dict, dict]:
     )["data"]
 
 
-async def test_shards_tally_real_sessions_and_the_pages_read_them(lifeline_stack):
-    stack = lifeline_stack
+async def test_shards_tally_real_sessions_and_the_pages_read_them(any_stack):
+    stack = any_stack
     ctx = ConsoleContext(
         Settings(),
         stack.redis_url,

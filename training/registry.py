@@ -166,8 +166,10 @@ class ModelRegistry:
         pipe.set(self.k_live, version)
         pipe.lpush(self.k_history, json.dumps(entry))
         pipe.ltrim(self.k_history, 0, HISTORY_MAX - 1)
-        pipe.publish(self.channel, version)
         pipe.execute()
+        # Told after the write (a channel is no key: Redis Cluster refuses it in a
+        # transaction); a shard that misses it finds the live pointer on its poll.
+        self.r.publish(self.channel, version)
 
     def record_refusal(self, version: str, check: dict[str, Any]) -> None:
         """Keep a refused promotion of ``version`` in the history (``"refused": true``).

@@ -25,7 +25,7 @@ from actors.core.retention import Retention
 from cluster.keys import CHAT_BYTES_MAX, CHAT_TURNS_MAX, Keys
 
 # KEYS[1] the list; ARGV: ttl, max turns, max bytes, turn JSON...
-_APPEND = """
+APPEND_TURNS_LUA = """
 for i = 4, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
@@ -60,7 +60,7 @@ class ChatMemory:
         self.keys = Keys(prefix)
         self.ttl_s, self.max_turns, self.max_bytes = ttl_s, max_turns, max_bytes
         self.retention = retention
-        self._append = redis.register_script(_APPEND)
+        self._append = redis.register_script(APPEND_TURNS_LUA)
 
     def ttl(self, site: str) -> int:
         """Seconds ``site``'s chat memory is kept after its last turn."""

@@ -46,7 +46,7 @@ from actors.core.chat import (
     Turn,
 )
 from cluster.keys import SESSION_TTL_S, Keys
-from serve.apps.chat_memory import ChatMemory
+from serve.apps.chat_memory import APPEND_TURNS_LUA, ChatMemory
 
 T = TypeVar("T")
 MIDS_KEPT = 64  # client message ids remembered per chat, to refuse a resend twice
@@ -160,16 +160,25 @@ class ChatStore:
                     pipe.expire(hkey, ttl)
                     if turns:
                         raw = [json.dumps(t, ensure_ascii=False) for t in turns]
-                        await self.memory._append(
-                            keys=[lkey],
-                            args=[ttl, self.memory.max_turns, self.memory.max_bytes, *raw],
-                            client=pipe,
+                        # EVAL, not the registered script's EVALSHA: a transaction on
+                        # Redis Cluster does not load scripts first (NOSCRIPT).
+                        pipe.eval(
+                            APPEND_TURNS_LUA,
+                            1,
+                            lkey,
+                            ttl,
+                            self.memory.max_turns,
+                            self.memory.max_bytes,
+                            *raw,
                         )
-                    if chat.state == WAITING and before != WAITING:
-                        pipe.zadd(queue, {sid: int((now or time.time()) * 1000)})
-                    elif chat.state != WAITING and before == WAITING:
-                        pipe.zrem(queue, sid)
                     await pipe.execute()
+                    # The site's queue is another slot than the chat's (Redis Cluster):
+                    # updated just after, so a gateway that dies between the two leaves
+                    # a waiting chat off the queue until its next change.
+                    if chat.state == WAITING and before != WAITING:
+                        await self.redis.zadd(queue, {sid: int((now or time.time()) * 1000)})
+                    elif chat.state != WAITING and before == WAITING:
+                        await self.redis.zrem(queue, sid)
                     return Change(chat, result, turns, before)
                 except WatchError:
                     continue
