@@ -28,13 +28,11 @@ to refresh it.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from redis.crc import key_slot
 
-T = TypeVar("T")
 SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 DEFAULT_PORT = 6379
 
@@ -127,92 +125,3 @@ def node_of(r: Any, key: str | bytes) -> str:
     """The name (``host:port``) of the primary serving ``key`` in cluster client ``r``'s slot map."""
     slot = key_slot(key.encode() if isinstance(key, str) else key)
     return r.nodes_manager.get_node_from_slot(slot).name
-
-
-async def by_node(
-    r: Any,
-    script: Any,
-    items: Sequence[T],
-    key_of: Callable[[T], str],
-    arg_of: Callable[[list[T]], Any],
-) -> list[Any]:
-    """Run ``script`` (a redis-py ``Script`` of ``r``) over ``items``; its replies, one per call.
-
-    On a standalone Redis (or Sentinel), one call with every item. On Redis
-    Cluster, one call per node, with the items whose key (``key_of``) lives
-    there; the first item's key goes as ``KEYS[1]``, so redis-py sends the
-    call to that node and Redis checks it serves the key. The script must
-    touch only keys of its items' slots (keys sharing a node with them work,
-    as Redis allows a script without flags to reach any key its node serves).
-    ``arg_of``: a group of items -> the script's one argument. Raises the
-    first call's error when one fails (the others ran).
-    """
-    out = []
-    for _group, reply in await by_node_groups(r, script, items, key_of, arg_of):
-        if isinstance(reply, BaseException):
-            raise reply
-        out.append(reply)
-    return out
-
-
-async def by_node_groups(
-    r: Any,
-    script: Any,
-    items: Sequence[T],
-    key_of: Callable[[T], str],
-    arg_of: Callable[[list[T]], Any],
-) -> list[tuple[list[T], Any]]:
-    """:func:`by_node`, keeping each call's items with its reply or its exception.
-
-    For a caller that must know which items a failed call held (to retry
-    only those).
-    """
-    if not items:
-        return []
-    if not is_cluster_client(r):
-        group = list(items)
-        try:
-            return [(group, await script(args=[arg_of(group)]))]
-        except Exception as exc:  # noqa: BLE001 - handed back with its items
-            return [(group, exc)]
-    if not r.nodes_manager.slots_cache:
-        await r.initialize()
-    groups: dict[str, list[T]] = {}
-    for item in items:
-        groups.setdefault(node_of(r, key_of(item)), []).append(item)
-    replies = await asyncio.gather(
-        *(script(keys=[key_of(g[0])], args=[arg_of(g)]) for g in groups.values()),
-        return_exceptions=True,
-    )
-    return list(zip(groups.values(), replies, strict=True))
-
-
-async def run_parts(
-    r: Any, script: Any, ops: Sequence[tuple[str, list[Any]]], **arg: Any
-) -> list[Any]:
-    """Run ``ops`` ((key, op) pairs) of an "ops" script by node; each op's result, in order.
-
-    The script reads ``cmsgpack.unpack(ARGV[1])``: ``arg`` and ``ops`` (the
-    ops of one node, in their order), and returns its results, one per op,
-    packed with ``cmsgpack.pack``. Each op runs on the node of its key, so
-    a write spanning slots goes as one call per node (:func:`by_node`).
-    Raises the first call's error (the other calls ran).
-    """
-    import msgpack
-
-    from cluster.redis_server import script_arg
-
-    items = list(enumerate(ops))
-    out: list[Any] = [None] * len(items)
-    for group, reply in await by_node_groups(
-        r,
-        script,
-        items,
-        lambda item: item[1][0],
-        lambda g: script_arg({**arg, "ops": [op for _, (_, op) in g]}),
-    ):
-        if isinstance(reply, BaseException):
-            raise reply
-        for (i, _), result in zip(group, msgpack.unpackb(reply), strict=True):
-            out[i] = result
-    return out

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import redis
 
+from cluster.redis_client import redis_client
 from cluster.sentinel_local import SERVER, _free_port, _wait_until
 
 CLI = "/usr/bin/redis-cli" if Path("/usr/bin/redis-cli").exists() else "redis-cli"
@@ -75,7 +76,9 @@ class RedisClusterSet:
     @staticmethod
     def client(port: int) -> redis.Redis:
         """A plain client of one node (cluster commands, inspection)."""
-        return redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2)
+        return redis_client(
+            f"redis://127.0.0.1:{port}/0", socket_timeout=2, socket_connect_timeout=2
+        )
 
     @property
     def url(self) -> str:

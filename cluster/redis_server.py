@@ -29,14 +29,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import msgpack
 import psutil
 import redis
+from redis.exceptions import RedisClusterException
 
 from cluster.config import redact_url
 from cluster.redis_client import RedisConfigError, redis_client
+from cluster.redis_cluster import is_cluster
 
 DEFAULT_LOCAL = "redis://127.0.0.1:6379/0"
 log = logging.getLogger("lifeline")
@@ -81,16 +81,6 @@ class RedisServer:
             self._tmp = None
 
 
-def script_arg(value: Any) -> bytes:
-    """``value`` packed for a Lua script that reads it with ``cmsgpack.unpack(ARGV[1])``.
-
-    One packed argument instead of many: redis-py builds and encodes every
-    argument in Python. Bytes go as msgpack strings, because Redis's Lua
-    cmsgpack predates msgpack's bin types.
-    """
-    return msgpack.packb(value, use_bin_type=False)
-
-
 def delete_prefix(url: str, prefix: str, batch: int = 5000) -> int:
     """Delete every key under ``prefix`` (tests and benchmarks clean up their own); returns how many."""
     r = redis_client(url)
@@ -120,8 +110,17 @@ def refusal(url: str, timeout: float = 2.0) -> str | None:
         r = redis_client(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     except RedisConfigError as exc:
         return str(exc)
+    except RedisClusterException as exc:  # a cluster client reads the slot map at once
+        return f"no Redis Cluster answers there: {exc}"
+    except (redis.RedisError, OSError) as exc:
+        return f"does not answer: {exc}"
     try:
         r.ping()
+        if not is_cluster(url) and r.info("cluster").get("cluster_enabled"):
+            return (
+                "this Redis is a node of a Redis Cluster: name it (and its peers) with "
+                "redis+cluster://host:port[,host:port...] so each key goes to its node"
+            )
         return None
     except redis.AuthenticationError as exc:  # also AUTH of an unknown ACL user
         return f"Redis refused the user or password: {exc}"

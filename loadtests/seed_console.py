@@ -55,8 +55,8 @@ from actors.core.tally import MINUTE_MS, Tally  # noqa: E402
 from actors.shard.tallies import FLUSH_LUA  # noqa: E402
 from actors.shard.tallies import hashes as tally_hashes  # noqa: E402
 from cluster.keys import SESSION_TTL_S, TALLY_MINUTE_TTL_S, Keys  # noqa: E402
+from cluster.lua import script_arg  # noqa: E402
 from cluster.redis_client import redis_client  # noqa: E402
-from cluster.redis_server import script_arg  # noqa: E402
 
 SITES = ("demo", "loadtest")
 SEGMENTS = ("browsers", "deal seekers", "hesitant buyers", "form fillers")

@@ -110,6 +110,7 @@ async def cluster_stack(ray_cluster: None, redis_cluster_url: str):
             ws_port=0,
             http_port=0,
             console_port=0,
+            shards=1,  # one shard: what is under test is Redis (two stacks share two cores)
         )
     )
     await stack.start(shard_name_suffix=f"-{uuid.uuid4().hex[:6]}")

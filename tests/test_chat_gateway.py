@@ -18,7 +18,6 @@ import aiohttp
 import pytest
 
 from actors.core.retention import Retention
-from cluster.redis_client import redis_client
 from serve.apps.chat_answer import PERSON_WILL_ANSWER
 from serve.console import audit
 from serve.console.accounts import Accounts
@@ -55,9 +54,7 @@ async def opened(c: LifelineClient, iid: str | None = None) -> dict:
 async def operator(stack, role: str) -> aiohttp.ClientSession:
     """A console client signed in through the form with a new account of ``role``."""
     name = f"{role}-{uuid.uuid4().hex[:6]}"
-    await Accounts(redis_client(stack.redis_url, aio=True), stack.gateway.keys).add(
-        name, role, PASSWORD
-    )
+    await Accounts(stack.gateway.redis, stack.gateway.keys).add(name, role, PASSWORD)
     jar = aiohttp.CookieJar(unsafe=True, treat_as_secure_origin=stack.console_url)
     http = aiohttp.ClientSession(base_url=stack.console_url, cookie_jar=jar)
     page = await (await http.get("/login")).text()

@@ -26,9 +26,8 @@ def jar(stack) -> aiohttp.CookieJar:
 
 def accounts(stack) -> Accounts:
     from cluster.keys import Keys
-    from cluster.redis_client import redis_client
 
-    return Accounts(redis_client(stack.redis_url, aio=True), Keys(stack.prefix))
+    return Accounts(stack.gateway.redis, Keys(stack.prefix))
 
 
 async def new_operator(stack, role: str) -> str:

@@ -230,13 +230,12 @@ async def test_an_erased_session_leaves_the_index(any_stack):
     later, _, _ = await drive(stack, other, "calm")
     await flush(stack, sid)  # a tick after the erase writes nothing back
     assert found(await search(ctx, site="demo", sid_prefix=f"x-e{tag}")) == set()
-    r = redis_client(stack.redis_url, aio=True)
+    r = stack.gateway.redis
     for part in ("seen", "ids", "iv"):
         assert await r.zscore(keys.session_index("demo", part), sid) is None, part
     segs = await r.smembers(keys.session_index("demo", "segs"))
     for seg in segs:
         assert await r.zscore(keys.session_index("demo", f"seg:{seg.decode()}"), sid) is None
-    await r.aclose()
     await client.close()
     await later.close()
 
@@ -250,7 +249,7 @@ async def test_reindex_puts_sessions_stored_before_the_index_back(any_stack):
     await flush(stack, sid)
     before = (await search(ctx, site="demo", sid_prefix=f"x-r{tag}"))["sessions"]
     # As a release before the index left it: no entries, no segment in the session hash.
-    r = redis_client(stack.redis_url, aio=True)
+    r = stack.gateway.redis
     seg = before[0]["segment"]
     for part in ("seen", "ids", "iv", f"seg:{seg}"):
         await r.zrem(keys.session_index("demo", part), sid)
@@ -262,13 +261,12 @@ async def test_reindex_puts_sessions_stored_before_the_index_back(any_stack):
     assert again["sessions"] == before
     logged = await stack.gateway.store.read_events("demo", sid)
     assert before[0]["last_seen_ms"] == logged[-1]["ts"]  # the last event logged, answers included
-    await r.aclose()
     await client.close()
 
 
 async def test_api_routes_are_for_analysts_and_refuse_bad_input(any_stack):
     stack = any_stack
-    acc = Accounts(redis_client(stack.redis_url, aio=True), Keys(stack.prefix))
+    acc = Accounts(stack.gateway.redis, Keys(stack.prefix))
     tag = uuid.uuid4().hex[:6]
     await acc.add(f"analyst-{tag}", "analyst", "correct horse battery")
     await acc.add(f"viewer-{tag}", "viewer", "correct horse battery")

@@ -110,27 +110,20 @@ async def test_conversions_join_the_decisions_and_the_report_counts_them(any_sta
         Visit("hnone", holdout=True),
         Visit("calm", journey="calm", after=(PURCHASE,)),  # no decision: not in the report
     ]
-    r = redis_client(stack.redis_url, aio=True)
+    r = stack.gateway.redis
     keys = Keys(stack.prefix)
-    try:
-        started = await asyncio.gather(*(first_part(stack, v) for v in visits))
-        # Conversions mark records that exist: the decisions are logged before they are sent.
-        await asyncio.wait_for(
-            decisions_logged(r, keys.intervention_log, {v.sid for v in visits[:-1]}), 20
-        )
-        await asyncio.gather(
-            *(second_part(stack, v, *s) for v, s in zip(visits, started, strict=True))
-        )
-        await asyncio.gather(*(sh.flush.remote() for sh in stack.shards))  # records written
-        # The log entry names the decision's segment (index and name).
-        logged = [
-            f
-            for _, f in await r.xrange(keys.intervention_log)
-            if f[b"sid"] == visits[0].sid.encode()
-        ]
-        assert logged and b"segment" in logged[0] and logged[0][b"segment_name"]
-    finally:
-        await r.aclose()
+    started = await asyncio.gather(*(first_part(stack, v) for v in visits))
+    # Conversions mark records that exist: the decisions are logged before they are sent.
+    await asyncio.wait_for(
+        decisions_logged(r, keys.intervention_log, {v.sid for v in visits[:-1]}), 20
+    )
+    await asyncio.gather(*(second_part(stack, v, *s) for v, s in zip(visits, started, strict=True)))
+    await asyncio.gather(*(sh.flush.remote() for sh in stack.shards))  # records written
+    # The log entry names the decision's segment (index and name).
+    logged = [
+        f for _, f in await r.xrange(keys.intervention_log) if f[b"sid"] == visits[0].sid.encode()
+    ]
+    assert logged and b"segment" in logged[0] and logged[0][b"segment_name"]
 
     sync = redis_client(stack.redis_url)
     records, _ = await asyncio.to_thread(read_records, sync, keys, None, "demo")

@@ -45,6 +45,17 @@ def test_a_cluster_url_gives_a_cluster_client_and_a_bad_one_a_clear_error(redis_
             redis_client(bad)
 
 
+def test_a_cluster_that_does_not_answer_or_a_node_named_as_one_redis_is_refused_in_words(
+    redis_cluster_url,
+):
+    from cluster.redis_server import refusal
+
+    assert refusal(redis_cluster_url) is None
+    one = redis_cluster_url.removeprefix("redis+cluster://").split(",")[0]
+    assert "redis+cluster://" in (refusal(f"redis://{one}/0") or "")
+    assert "no Redis Cluster answers" in (refusal("redis+cluster://127.0.0.1:1", timeout=0.5) or "")
+
+
 def _spread(r, n: int, site: str = "demo") -> list[str]:
     """``n`` sids, with at least one on each primary."""
     keys = Keys("x:")

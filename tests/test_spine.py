@@ -89,7 +89,7 @@ async def test_holdout_session_gets_decision_recorded_but_not_shown(any_stack):
     await any_stack.gateway.wait_scored(sid, len(events))
     await client.roundtrip()
     assert client.of_type("intervention") == []
-    r = redis_client(any_stack.redis_url, aio=True)
+    r = any_stack.gateway.redis
     log = await r.xrange(f"{any_stack.prefix}ivlog")
     mine = [fields for _, fields in log if fields[b"sid"] == sid.encode()]
     # Recorded asynchronously after the reply: the decision may still be on its way.
@@ -104,7 +104,6 @@ async def test_holdout_session_gets_decision_recorded_but_not_shown(any_stack):
                         mine.append(fields)
             if mine:
                 break
-    await r.aclose()
     assert mine and mine[0][b"holdout"] == b"1"
     await client.close()
 

@@ -49,8 +49,8 @@ from actors.core.host import SessionHost
 from actors.core.retention import Retention
 from cluster.config import Settings
 from cluster.keys import Keys
-from cluster.redis_cluster import by_node, is_cluster_client
-from cluster.redis_server import script_arg
+from cluster.lua import by_node, script_arg
+from cluster.redis_cluster import is_cluster_client
 from cluster.sealing import MasterKeys, Opener, master_keys
 
 TRIM_EVERY_S = 60.0

@@ -41,8 +41,8 @@ from actors.core.policy import Decision
 from actors.core.retention import Retention
 from actors.shard.index import IX_ADD_LUA, IX_REMOVE_LUA
 from cluster.keys import Keys
-from cluster.redis_cluster import by_node, is_cluster_client, run_parts
-from cluster.redis_server import script_arg
+from cluster.lua import by_node, run_parts, script_arg
+from cluster.redis_cluster import is_cluster_client
 
 INTERVENTION_LOG_MAXLEN = 100_000
 DEFAULT_RETENTION = Retention()

@@ -34,8 +34,7 @@ from actors.core.session import Session
 from actors.core.sites import Site
 from actors.core.tally import GoalFn, Tally, day_text
 from cluster.keys import TALLY_DAY_TTL_S, TALLY_MINUTE_TTL_S, Keys
-from cluster.redis_cluster import by_node_groups
-from cluster.redis_server import script_arg
+from cluster.lua import by_node_groups, script_arg
 
 log = logging.getLogger("lifeline.shard")
 

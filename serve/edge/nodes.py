@@ -15,10 +15,14 @@ round unacknowledged, so clients resend and the seq check dedupes).
 
 from __future__ import annotations
 
+import logging
+
 import redis.asyncio as aioredis
 
 from cluster.redis_cluster import is_cluster_client, node_of
 from serve.edge.resp import ScriptCaller
+
+log = logging.getLogger("lifeline.store")
 
 # Redis's reply when a script on a cluster node touched a key it does not serve.
 NOT_LOCAL = ("non local key", "MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
@@ -57,9 +61,14 @@ class Nodes:
         return caller
 
     async def refresh(self) -> None:
-        """Re-read the slot map (after a script met a key its node does not serve)."""
-        if self.cluster:
+        """Re-read the slot map (after a script met a key its node does not serve, or a
+        node failed). Best effort: when no node answers, the next failure asks again."""
+        if not self.cluster:
+            return
+        try:
             await self.r.nodes_manager.initialize()
+        except Exception as exc:  # noqa: BLE001 - the round has failed already; try next time
+            log.warning("Redis Cluster slot map not refreshed: %s", exc)
 
     @staticmethod
     def moved(exc: BaseException) -> bool:

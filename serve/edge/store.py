@@ -31,11 +31,12 @@ from typing import Any, NamedTuple
 
 import msgpack
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from actors.core.retention import Retention
 from actors.core.sites import Site
 from cluster.keys import DATA_KEY_TTL_S, SESSION_TTL_S, Keys, subject_digest
-from cluster.redis_server import script_arg
+from cluster.lua import script_arg
 from cluster.sealing import KeyUnavailable, MasterKeys, Opener, Sealer
 from serve.edge.hello import DEFAULT_RETENTION, SessionScripts
 from serve.edge.nodes import Nodes, group
@@ -120,6 +121,10 @@ for i = 6, #arg, 8 do
 end
 return out
 """
+
+
+async def _raise(exc: BaseException) -> Any:
+    raise exc
 
 
 class Unconfirmed(Exception):
@@ -371,7 +376,11 @@ class EventStore:
             # script leaves its TTL alone and _cluster_outcome refreshes it.
             away = {r.ref for r in part if r.ref and nodes.node(dk + r.ref) != name}
             remote |= away
-            reply = await nodes.caller(name).start(self.append_arg(part, away))
+            try:
+                reply = await nodes.caller(name).start(self.append_arg(part, away))
+            except RedisConnectionError as exc:  # the node is gone (a failover): fail its runs
+                started.append((idx, _raise(exc)))
+                continue
             started.append((idx, self._outcome(reply)))
         return self._cluster_outcome(runs, started, remote)
 
@@ -401,8 +410,8 @@ class EventStore:
             for i, result in zip(idx, reply, strict=True):
                 results[i] = result
         if failed is not None:
-            if self._nodes.moved(failed):
-                await self._nodes.refresh()
+            if self._nodes.moved(failed) or isinstance(failed, RedisConnectionError):
+                await self._nodes.refresh()  # a slot moved, or a node failed over
             if isinstance(failed, Unconfirmed):
                 raise Unconfirmed(results, str(failed)) from None
             raise failed

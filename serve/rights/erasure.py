@@ -50,8 +50,8 @@ from actors.core.retention import Retention
 from actors.shard.index import IX_REMOVE_LUA
 from actors.shard.records import RECORD_FNS
 from cluster.keys import SUBJECT_FAMILIES, Keys, subject_digest
-from cluster.redis_cluster import is_cluster_client, run_parts
-from cluster.redis_server import script_arg
+from cluster.lua import run_parts, script_arg
+from cluster.redis_cluster import is_cluster_client
 
 PAGE = 50  # sessions per erase script call: a call never blocks Redis long
 

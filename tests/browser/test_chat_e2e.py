@@ -22,6 +22,15 @@ from test_e2e import consent, new_visitor, shown_sid, struggle
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.browser]
 
 PANEL = "#lifeline-chat .p"
+
+
+@pytest.fixture(scope="module")
+def any_stack(lifeline_stack):
+    """The standalone stack only: the browser adds nothing Redis-specific to the chat
+    (tests/test_chat_gateway.py runs it on Redis Cluster too)."""
+    return lifeline_stack
+
+
 QUESTION = "The form says invalid value for my amount, what should I type?"
 GUIDE_URL = "/help/calculator-errors"  # the demo KB's article on that error
 
