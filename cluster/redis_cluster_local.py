@@ -5,13 +5,14 @@ temporary directory, loopback only, no password, joined with ``redis-cli
 --cluster create`` so the 16,384 slots are spread evenly over the primaries.
 Each primary may have replicas (``replicas`` per primary).
 
-Limits: one machine; no persistence (``--save ''``, no AOF): this proves
-that Lifeline's keys, scripts and transactions are routed to the right node,
-not what a node's crash keeps (Sentinel's tests measure that).
+Limits: one machine; no persistence (``--save ''``, no AOF): a killed
+primary's data lives on only in its replicas, which is what the failover
+test relies on (tests/test_redis_cluster_failover.py, with ``WAIT 1``).
 """
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -73,6 +74,45 @@ class RedisClusterSet:
                 return False
         return True
 
+    def _nodes(self, port: int) -> list[list[str]]:
+        """``CLUSTER NODES`` as seen by the node on ``port``: one split line per node."""
+        raw = self.client(port).execute_command("CLUSTER", "NODES").decode()
+        return [line.split() for line in raw.strip().splitlines()]
+
+    def primaries(self) -> list[int]:
+        """The ports of the primaries serving slots, as a live node sees them."""
+        live = next(p for p in self.ports if self.procs[p].poll() is None)
+        return sorted(
+            int(n[1].split(":")[1].split("@")[0])
+            for n in self._nodes(live)
+            if "master" in n[2] and "fail" not in n[2] and len(n) > 8
+        )
+
+    def kill_primary(self) -> int:
+        """SIGKILL one primary (the first serving slots); returns its port."""
+        port = self.primaries()[0]
+        proc = self.procs[port]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return port
+
+    def wait_failover(self, old: int, timeout: float = 30.0) -> int:
+        """Wait until a replica of ``old`` serves its slots and every live node says
+        ``cluster_state:ok``; returns the new primary's port."""
+        live = [p for p in self.ports if self.procs[p].poll() is None]
+        before = set(self.primaries()) - {old}
+
+        def switched() -> bool:
+            if set(self.primaries()) - before - {old} == set():
+                return False
+            return all(
+                "cluster_state:ok" in self.client(p).execute_command("CLUSTER", "INFO").decode()
+                for p in live
+            )
+
+        _wait_until(switched, timeout, "Redis Cluster failover")
+        return (set(self.primaries()) - before - {old}).pop()
+
     @staticmethod
     def client(port: int) -> redis.Redis:
         """A plain client of one node (cluster commands, inspection)."""
@@ -93,3 +133,24 @@ class RedisClusterSet:
         for proc in self.procs.values():
             proc.wait(timeout=5)
         self._tmp.cleanup()
+
+
+def main() -> None:
+    """``python -m cluster.redis_cluster_local [primaries] [replicas]``: start one, print its
+    URL, run until interrupted (to try Lifeline or a benchmark on Redis Cluster)."""
+    import sys
+
+    primaries = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    replicas = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    stop = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # taken by sigwait below, not the default
+    c = RedisClusterSet(primaries=primaries, replicas=replicas)
+    print(c.url, flush=True)
+    try:
+        signal.sigwait(stop)
+    finally:
+        c.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -588,10 +588,27 @@ def server_processes(server: subprocess.Popen) -> dict[str, psutil.Process]:
             procs[f"shard-{len([k for k in procs if k.startswith('shard')])}"] = p
         elif "raylet" in cmd or "gcs_server" in cmd:
             procs[p.name()[:20]] = p
+    ports = redis_ports(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
     for p in psutil.process_iter(["name"]):
-        if p.info["name"] == "redis-server":
-            procs["redis"] = p
+        if p.info["name"] != "redis-server":
+            continue
+        with contextlib.suppress(psutil.Error):
+            listening = {c.laddr.port for c in p.net_connections("inet") if c.status == "LISTEN"}
+            if listening & ports:  # Redis Cluster: one entry per node, redis, redis-2, ...
+                n = len([k for k in procs if k.startswith("redis")])
+                procs["redis" if n == 0 else f"redis-{n + 1}"] = p
     return procs
+
+
+def redis_ports(url: str) -> set[int]:
+    """The ports of the Redis servers ``url`` names (every node of a Redis Cluster)."""
+    from urllib.parse import urlsplit
+
+    from cluster.redis_cluster import is_cluster, parse
+
+    if is_cluster(url):
+        return {port for _host, port in parse(url)[0]}
+    return {urlsplit(url).port or 6379}
 
 
 def measure_procs(procs: dict[str, psutil.Process], seconds: float) -> dict[str, dict[str, float]]:

@@ -15,6 +15,7 @@ import uuid
 import aiohttp
 import msgpack
 import pytest
+import pytest_asyncio
 
 from actors.core.events import FIELDS
 from actors.core.host import EVENTS, pack_batch
@@ -49,8 +50,13 @@ def journey(kind: str) -> list[dict]:
     return scripted(kind, "", int(time.time() * 1000) - 120_000)
 
 
-def console_ctx(stack) -> ConsoleContext:
-    return ConsoleContext(stack.settings, stack.redis_url, Keys(stack.prefix), sites=stack.sites)
+@pytest_asyncio.fixture(loop_scope="session")
+async def ctx(any_stack):
+    """The console's context for the stack under test; its client closed after the test."""
+    stack = any_stack
+    c = ConsoleContext(stack.settings, stack.redis_url, Keys(stack.prefix), sites=stack.sites)
+    yield c
+    await c.redis.aclose()
 
 
 async def drive(stack, sid: str, kind: str) -> tuple[LifelineClient, list[dict], dict | None]:
@@ -92,8 +98,8 @@ async def every(ctx: ConsoleContext, **criteria) -> list[str]:
             return out
 
 
-async def test_search_finds_each_session_by_each_criterion_and_not_the_others(any_stack):
-    stack, ctx = any_stack, console_ctx(any_stack)
+async def test_search_finds_each_session_by_each_criterion_and_not_the_others(any_stack, ctx):
+    stack = any_stack
     t0 = int(time.time() * 1000) - 300_000  # before the journeys' first events
     tag = uuid.uuid4().hex[:8]
     helped, calm = treated_sid(f"h{tag}"), new_sid(f"c{tag}")
@@ -155,8 +161,8 @@ async def test_search_finds_each_session_by_each_criterion_and_not_the_others(an
     assert iv is not None
 
 
-async def test_timeline_risk_is_what_the_shard_scored_with_decisions_and_reasons(any_stack):
-    stack, ctx = any_stack, console_ctx(any_stack)
+async def test_timeline_risk_is_what_the_shard_scored_with_decisions_and_reasons(any_stack, ctx):
+    stack = any_stack
     # 1. Through a shard's own batch call, whose reply carries every event's score.
     sid = treated_sid("direct")
     events = journey("struggling")
@@ -213,8 +219,8 @@ async def test_timeline_risk_is_what_the_shard_scored_with_decisions_and_reasons
     await client.close()
 
 
-async def test_an_erased_session_leaves_the_index(any_stack):
-    stack, ctx = any_stack, console_ctx(any_stack)
+async def test_an_erased_session_leaves_the_index(any_stack, ctx):
+    stack = any_stack
     keys = Keys(stack.prefix)
     tag = uuid.uuid4().hex[:8]
     sid = treated_sid(f"e{tag}")
@@ -240,8 +246,8 @@ async def test_an_erased_session_leaves_the_index(any_stack):
     await later.close()
 
 
-async def test_reindex_puts_sessions_stored_before_the_index_back(any_stack):
-    stack, ctx = any_stack, console_ctx(any_stack)
+async def test_reindex_puts_sessions_stored_before_the_index_back(any_stack, ctx):
+    stack = any_stack
     keys = Keys(stack.prefix)
     tag = uuid.uuid4().hex[:8]
     sid = treated_sid(f"r{tag}")
@@ -264,7 +270,7 @@ async def test_reindex_puts_sessions_stored_before_the_index_back(any_stack):
     await client.close()
 
 
-async def test_api_routes_are_for_analysts_and_refuse_bad_input(any_stack):
+async def test_api_routes_are_for_analysts_and_refuse_bad_input(any_stack, ctx):
     stack = any_stack
     acc = Accounts(stack.gateway.redis, Keys(stack.prefix))
     tag = uuid.uuid4().hex[:6]
@@ -345,6 +351,7 @@ async def test_ties_page_without_loss_and_old_entries_are_trimmed(store_url, pre
     assert found(await search(ctx, site="s1", sid_prefix="old")) == set()
     assert found(await search(ctx, site="s1", intervened=True)) == set()
     assert found(await search(ctx, site="s1", segment="quick_visits")) == set()
+    await ctx.redis.aclose()
     await r.aclose()
 
 

@@ -147,6 +147,9 @@ async def test_train_on_the_live_log_with_its_outcomes(any_stack, visits, tmp_pa
     assert report.index("## Drift") < report.index("## Plots")
 
 
+# On one Redis only: the promotion path it drives (registry transaction, publish) runs
+# on Redis Cluster in test_spine's hot reload and test_console_admin's promotion.
+@pytest.mark.parametrize("any_stack", ["standalone"], indirect=True)
 async def test_promotion_guard_refuses_a_worse_model_until_forced(
     any_stack, visits, tmp_path: Path, capsys
 ):
