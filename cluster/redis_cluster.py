@@ -76,9 +76,14 @@ def client(url: str, *, aio: bool = False, max_connections: int | None = None, *
     """A cluster client for ``url``: ``aio`` for ``redis.asyncio``.
 
     As :func:`cluster.redis_client.redis_client` (which calls this for a
-    cluster URL, after checking the plain-node form of the URL):
-    ``max_connections`` bounds the connections to each node; ``options`` go to
-    the connections and win over the URL's.
+    cluster URL, after checking the plain-node form of the URL); ``options``
+    go to the connections and win over the URL's. ``max_connections`` bounds
+    the connections to each node of a synchronous client only: redis-py's
+    asyncio cluster client cannot wait for a free connection (past its limit
+    a command fails at once, as a connection error that makes it re-read the
+    slot map and retry: a burst of hellos turned into a storm), so an
+    asyncio client opens as many as it has commands in flight, as many as
+    the gateway has hellos under way at most.
     """
     from redis.connection import parse_url
 
@@ -88,11 +93,14 @@ def client(url: str, *, aio: bool = False, max_connections: int | None = None, *
         node.pop(k, None)
     if single.startswith("rediss:"):
         node["ssl"] = True
-    extra = {} if max_connections is None else {"max_connections": max_connections}
     if aio:
         from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], **extra, **node)
+        # ClusterNode's own default (100) would bound the connections, failing past it.
+        return RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in nodes], max_connections=2**31, **node
+        )
+    extra = {} if max_connections is None else {"max_connections": max_connections}
     from redis.cluster import ClusterNode as SyncNode
     from redis.cluster import RedisCluster as SyncCluster
 

@@ -10,6 +10,7 @@ the same scenario runs on the standalone Redis and the results are compared.
 from __future__ import annotations
 
 import uuid
+from asyncio import gather as asyncio_gather
 
 import pytest
 from redis.crc import key_slot
@@ -120,6 +121,30 @@ def _apart(r, n: int) -> list[str]:
             out.append(i)
             nodes.add(node)
     return out
+
+
+@asyncio
+async def test_a_burst_of_hellos_past_the_pool_size_waits_for_connections_instead_of_failing(
+    redis_cluster_url,
+):
+    # The gateway's client (max_connections=64); 600 hellos at once put far more than 64
+    # commands in flight on each node, as 2,000 visitors arriving together do.
+    r = redis_client(redis_cluster_url, aio=True, max_connections=64)
+    store = EventStore(r, Keys(f"b{uuid.uuid4().hex[:6]}:"))
+    try:
+        await r.initialize()
+        # Every node holds its clients for half a second, as a busy Redis does: the hellos
+        # pile up with their commands in flight instead of finishing one by one.
+        for node in r.get_primaries():
+            await r.execute_command("CLIENT", "PAUSE", 500, "ALL", target_nodes=node)
+        sids = [uuid.uuid4().hex for _ in range(600)]
+        got = await asyncio_gather(
+            *(store.claim(s, "demo", ["analytics"], True, uuid.uuid4().hex) for s in sids)
+        )
+        assert got == [("ok", 0)] * len(sids)
+    finally:
+        store.close()
+        await r.aclose()
 
 
 async def _scenario(store: EventStore, r, keys: Keys, sid: str, other: str, vid: str) -> dict:

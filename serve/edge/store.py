@@ -6,7 +6,8 @@ appends a run of events and advances ``seq`` atomically, and only if the run
 starts right after ``seq``: two connections racing for one session, or a
 retry after a lost reply, can never append the same events twice or leave a
 hole. Appends from every connection that arrive together go to Redis in one
-script call (one round trip).
+script call (one round trip); on Redis Cluster, one call per primary, each
+with the runs of the sessions it serves (serve/edge/nodes.py).
 
 Durability is Redis's: run it with AOF (``appendfsync everysec`` or
 ``always``) where losing the last second of acknowledged events matters,
@@ -15,7 +16,7 @@ acknowledged only once that many replicas have it (README, "Redis: what an
 acknowledgement promises").
 
 Encryption at rest (cluster/sealing.py): a gateway that seals gets each
-session's data key on its hello, in the session script's round trip, and
+session's data key on its hello, with the session script (serve/edge/hello.py), and
 appends each run sealed under it with the subject's reference (field ``k``);
 the shard gets the plaintext payload over its link. Readers open entries
 with the keys Redis holds when they read.
