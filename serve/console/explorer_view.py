@@ -67,7 +67,9 @@ async def sessions_view(request: web.Request) -> View:
                 col("site", "Site"),
                 col("last_seen", "Last seen"),
                 col("started", "Started"),
-                col("last_seq", "Events", num=True),
+                # The last seq: every event the page numbered, refused ones included
+                # (the Session page counts the events logged).
+                col("last_seq", "Events sent", num=True),
                 col("interventions", "Decisions", num=True),
                 col("segment", "Segment"),
             ],
@@ -150,7 +152,7 @@ async def timeline_view(ctx: Any, site: str, sid: str) -> View:
     decisions = tl["decisions"]
     info = tl["session"]
     kpis = [
-        {"label": "Events", "value": len(events)},
+        {"label": "Events logged", "value": f"{len(events)}+" if tl["cut"] else len(events)},
         {"label": "Decisions", "value": len(decisions)},
         {"label": "Peak exit risk", "value": round(max((e["risk"] for e in events), default=0), 3)},
         {"label": "Segment", "value": info["segment"] or "none"},

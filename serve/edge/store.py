@@ -222,6 +222,7 @@ class EventStore:
         self.sealing = master if seal else None  # writers seal iff set
         # The hot path's one call, on a connection of its own (serve/edge/resp.py says why).
         self._nodes = Nodes(r, APPEND_LUA, wait=wait)
+        self._refreshing: set[asyncio.Task] = set()  # data-key TTL refreshes under way
         self._sessions = SessionScripts(r, keys)
         self.unreadable = 0  # entries read_events could not open (their data key is gone)
 
@@ -417,17 +418,37 @@ class EventStore:
                 raise Unconfirmed(results, str(failed)) from None
             raise failed
         if remote:
-            dk = self.keys.script_prefixes()["dk"]
+            due = [
+                run
+                for run, (_, appended) in zip(runs, results, strict=True)
+                if appended
+                and run.ref in remote
+                and (run.first == 1 or run.last // 64 != (run.first - 1) // 64)
+            ]
+            if due:
+                # Off the ack's path: the key is there (its TTL is days); a refresh that
+                # fails is logged, and the subject's next hello or 64 events refresh it.
+                task = asyncio.create_task(self._refresh_data_keys(due))
+                self._refreshing.add(task)
+                task.add_done_callback(self._refreshing.discard)
+        return results
+
+    async def refreshes_done(self) -> None:
+        """Wait for the data-key TTL refreshes under way (tests; a stop that wants them)."""
+        await asyncio.gather(*self._refreshing)
+
+    async def _refresh_data_keys(self, runs: list[Append]) -> None:
+        """Refresh the TTL of the data keys of ``runs`` (on other nodes than their sessions)."""
+        dk = self.keys.script_prefixes()["dk"]
+        try:
             await asyncio.gather(
                 *(
                     self.r.expire(dk + run.ref, data_key_ttl(self.retention(run.site)))
-                    for run, (_, appended) in zip(runs, results, strict=True)
-                    if appended
-                    and run.ref in remote
-                    and (run.first == 1 or run.last // 64 != (run.first - 1) // 64)
+                    for run in runs
                 )
             )
-        return results
+        except Exception as exc:  # noqa: BLE001 - logged; the next refresh comes soon
+            log.warning("data-key TTL refresh failed: %s", type(exc).__name__)
 
     @staticmethod
     async def _outcome(reply: Awaitable[Any]) -> list[tuple[int, bool]]:
