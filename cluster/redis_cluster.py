@@ -33,6 +33,8 @@ from typing import Any
 
 from redis.crc import key_slot
 
+from cluster.sentinel import host_ports
+
 SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 DEFAULT_PORT = 6379
 
@@ -60,14 +62,9 @@ def parse(url: str) -> tuple[list[tuple[str, int]], str]:
     userinfo, at, hosts = netloc.rpartition("@")
     if path.strip("/") not in ("", "0"):
         raise BadClusterURL("a Redis Cluster has one database: the URL names none (or /0)")
-    nodes = []
-    for hp in hosts.split(","):
-        host, colon, port = hp.strip().rpartition(":")
-        if not colon:
-            host, port = port, str(DEFAULT_PORT)
-        if not host or not port.isdigit():
-            raise BadClusterURL("cluster node addresses are host:port,host:port")
-        nodes.append((host.strip("[]"), int(port)))
+    nodes = host_ports(hosts, DEFAULT_PORT)
+    if nodes is None:
+        raise BadClusterURL("cluster node addresses are host:port,host:port")
     first = f"{nodes[0][0]}:{nodes[0][1]}"
     return nodes, f"{plain}://{userinfo}{at}{first}/0{'?' if query else ''}{query}"
 

@@ -82,20 +82,29 @@ def parse(url: str) -> SentinelURL:
         raise BadSentinelURL("redis+sentinel:// URL names no master (…/<master name>[/db])")
     if len(parts) > 2:
         raise BadSentinelURL("redis+sentinel:// URL path is /<master name>[/db]")
-    sentinels = []
-    for hp in hosts.split(","):
-        host, colon, port = hp.strip().rpartition(":")
-        if not colon:
-            host, port = port, str(DEFAULT_SENTINEL_PORT)
-        if not host or not port.isdigit():
-            raise BadSentinelURL("sentinel addresses are host:port,host:port")
-        sentinels.append((host.strip("[]"), int(port)))
+    sentinels = host_ports(hosts, DEFAULT_SENTINEL_PORT)
+    if sentinels is None:
+        raise BadSentinelURL("sentinel addresses are host:port,host:port")
     # redis-py parses the rest (auth, db, options) as it would for one plain node.
     db = parts[1] if len(parts) == 2 else "0"
     node = parse_url(f"{plain}://{userinfo}{at}sentinel.invalid/{db}{'?' if query else ''}{query}")
     for k in ("host", "port", "connection_class"):
         node.pop(k, None)
     return SentinelURL(tuple(sentinels), unquote(parts[0]), node, plain == "rediss")
+
+
+def host_ports(hosts: str, default_port: int) -> list[tuple[str, int]] | None:
+    """``host:port,host:port`` (a port may be left out: ``default_port``) as pairs; None if
+    one is not an address. For the URLs that name several servers (Sentinel, Cluster)."""
+    out = []
+    for hp in hosts.split(","):
+        host, colon, port = hp.strip().rpartition(":")
+        if not colon:
+            host, port = port, str(default_port)
+        if not host or not port.isdigit():
+            return None
+        out.append((host.strip("[]"), int(port)))
+    return out
 
 
 class BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):

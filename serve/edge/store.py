@@ -263,9 +263,10 @@ class EventStore:
         that no master key opens refuses the hello with ("key_unavailable", seq).
         """
         sealing = self.sealing
-        args = self._session_args(
+        args = self._sessions.args(
             sid,
             site,
+            self.sites.get(site),
             consent,
             "hello",
             token,
@@ -313,22 +314,9 @@ class EventStore:
         one, to the visitor's own capped stream (the session's, for a session
         without a visitor): one visitor's traffic can never evict another's proof.
         """
-        await self._sessions.run(self._session_args(sid, site, consent, "change", True, None, via))
-
-    def _session_args(
-        self,
-        sid: str,
-        site: str,
-        consent: list[str],
-        mode: str,
-        token: bool,
-        vid: str | None,
-        via: str,
-        sealing: tuple[str, bytes, int] | None = None,
-    ) -> list[Any]:
-        """The session scripts' arguments (serve/edge/hello.py lists them)."""
         known = self.sites.get(site)
-        return self._sessions.args(sid, site, known, consent, mode, token, vid, via, sealing)
+        args = self._sessions.args(sid, site, known, consent, "change", True, None, via)
+        await self._sessions.run(args)
 
     async def visitor_of(self, site: str, sid: str) -> str | None:
         """The visitor ``site``'s session ``sid`` belongs to, or None."""
