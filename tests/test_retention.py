@@ -112,15 +112,14 @@ async def test_short_retention_sets_every_ttl_and_the_keys_expire(any_stack) -> 
 
 @pytest.mark.asyncio(loop_scope="session")
 async def test_the_shared_intervention_log_is_trimmed_by_each_sites_decisions_retention(
-    redis_url: str, prefix: str
+    store_url: str, prefix: str
 ) -> None:
-    import redis.asyncio as aioredis
-
     from actors.shard.records import ShardRecords
     from cluster.keys import Keys
+    from cluster.redis_client import redis_client
 
     keys = Keys(prefix)
-    r = aioredis.Redis.from_url(redis_url)
+    r = redis_client(store_url, aio=True)
     keep = {"short": Retention(decisions=60), "long": Retention(decisions=3600)}
     records = ShardRecords(r, keys, lambda site: keep.get(site, Retention()))
     now = int(time.time() * 1000)

@@ -415,7 +415,8 @@ class ShardRecords:
             "upto": max([default, *cuts.values()]),
             "max": TRIM_LOG_MAX,
         }
-        return int(await self._trim_log(args=[script_arg(arg)]))
+        # KEYS names the log, so that on Redis Cluster the call goes to its node.
+        return int(await self._trim_log(keys=[self._log], args=[script_arg(arg)]))
 
     async def erase(self, sessions: Sequence[tuple[str, str]]) -> int:
         """Delete all that the (site, sid) ``sessions`` left but their consent records.
