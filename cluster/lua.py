@@ -39,6 +39,31 @@ def script_arg(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=False)
 
 
+def ops_script(functions: str, kinds: dict[str, str]) -> str:
+    """An "ops" script for :func:`run_parts`: the Lua ``functions``, then the loop that runs
+    each op (``[kind, ...]``) by its kind and returns the results packed.
+
+    ``kinds``: kind -> Lua statements, which read ``op``, ``p`` (``a.p``) and ``a``
+    (the argument), and may set ``r``, the op's result (0 if they do not).
+    """
+    branches = "\n  else".join(f"if kind == '{k}' then\n    {body}" for k, body in kinds.items())
+    return (
+        functions
+        + f"""
+local a = cmsgpack.unpack(ARGV[1])
+local p = a.p
+local out = {{}}
+for i, op in ipairs(a.ops) do
+  local kind, r = op[1], 0
+  {branches}
+  end
+  out[i] = r
+end
+return cmsgpack.pack(out)
+"""
+    )
+
+
 async def by_node(
     r: Any,
     script: Any,

@@ -123,6 +123,22 @@ async def _load_and_kill(stack, sset) -> dict:
     )
 
 
+async def _every_ack_logged_once(stack, run: dict) -> None:
+    """After a failover: every visitor's unacknowledged events are resent until acked, then
+    each acked event is in the log once, in order, the session went on, and it was scored."""
+    from loadtests.bench_spine import drain
+
+    visitors = run["visitors"]
+    await drain(visitors, 20)
+    assert not any(v.unacked for v in visitors)
+    logged = await _logged(stack, visitors)
+    for v in visitors:
+        seqs = logged[v.sid]
+        assert seqs == list(range(1, v.acked + 1)), f"{v.sid}: every acked event once, in order"
+        assert v.acked > run["acked_before"][v.sid], "the session went on after the failover"
+        await stack.gateway.wait_scored(v.sid, v.acked, timeout=10)
+
+
 async def _logged(stack, visitors) -> dict[str, list[int]]:
     """Each visitor's logged seqs, read through Sentinel (the new primary)."""
     store = stack.gateway.store
@@ -130,7 +146,6 @@ async def _logged(stack, visitors) -> dict[str, list[int]]:
 
 
 async def test_with_replica_acks_a_primary_kill_loses_and_repeats_nothing(ray_cluster, sentinels):
-    from loadtests.bench_spine import drain
 
     sset = sentinels(2)  # one replica is left to WAIT for once the other is promoted
     stack = await _stack(sset.url, wait_replicas=1)
@@ -144,15 +159,7 @@ async def test_with_replica_acks_a_primary_kill_loses_and_repeats_nothing(ray_cl
         info = await stack.gateway.redis.info("server")
         assert int(info["tcp_port"]) == run["new"]
         assert max(run["rescored_s"]) < RESCORED_WITHIN_S, run["rescored_s"]
-        # Whatever is still unacknowledged is resent until it is acked.
-        await drain(visitors, 20)
-        assert not any(v.unacked for v in visitors)
-        logged = await _logged(stack, visitors)
-        for v in visitors:
-            seqs = logged[v.sid]
-            assert seqs == list(range(1, v.acked + 1)), f"{v.sid}: every acked event once, in order"
-            assert v.acked > run["acked_before"][v.sid], "the session went on after the failover"
-            await stack.gateway.wait_scored(v.sid, v.acked, timeout=10)
+        await _every_ack_logged_once(stack, run)
         print(
             f"\nWAIT 1: failover {run['failover_s']:.2f} s, rescored max "
             f"{max(run['rescored_s']):.2f} s, acked {sum(v.acked for v in visitors)}, lost 0, "

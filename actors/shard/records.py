@@ -41,7 +41,7 @@ from actors.core.policy import Decision
 from actors.core.retention import Retention
 from actors.shard.index import IX_ADD_LUA, IX_REMOVE_LUA
 from cluster.keys import Keys
-from cluster.lua import by_node, run_parts, script_arg
+from cluster.lua import by_node, ops_script, run_parts, script_arg
 from cluster.redis_cluster import is_cluster_client
 
 INTERVENTION_LOG_MAXLEN = 100_000
@@ -110,6 +110,19 @@ local function forget_record(p, iid)
   return {id, redis.call('DEL', key)}
 end
 
+-- Forget the records of ``iids`` and delete their log entries: {entries, keys} deleted.
+local function forget_logged(p, iids)
+  local entries, keys = 0, 0
+  for _, iid in ipairs(iids) do
+    local f = forget_record(p, iid)
+    if f[1] ~= '' then
+      entries = entries + redis.call('XDEL', p.log, f[1])
+    end
+    keys = keys + f[2]
+  end
+  return {entries, keys}
+end
+
 local function convert(p, c, iid)
   local key = p.iv .. iid
   local f = redis.call('HMGET', key, 'seq', 'converted')
@@ -163,53 +176,33 @@ end
 # halves, actors/shard/index.py), 'out' (an outcome: returns 1 if refused),
 # 'ivs' (a session's decision ids), 'conv' (a conversion and one iid), and for
 # erasure 'withdraw' (the session part: returns the index row and its iids),
-# 'drop' (the index), 'forget' (a record: returns its log id, '' none),
+# 'drop' (an index row), 'forget' (a record: returns its log id and 1 if it was there),
 # 'xdel' (log ids: returns how many went) and 'delset' (a session's set).
 # Returns the results, one per op, as msgpack.
-PARTS_LUA = (
-    IX_ADD_LUA
-    + IX_REMOVE_LUA
-    + RECORD_FNS
-    + WITHDRAW_FN
-    + """
-local a = cmsgpack.unpack(ARGV[1])
-local p = a.p
-local out = {}
-for i, op in ipairs(a.ops) do
-  local kind, r = op[1], 0
-  if kind == 'log' then
-    r = log_decision(p, op[2], a.maxlen)
-  elseif kind == 'rec' then
-    write_record(p, op[2], op[3])
-  elseif kind == 'ses' then
-    session_record(p, op[2])
-  elseif kind == 'plan' then
-    local plan = ix_plan(p, op[2], op[3])
-    r = plan and {op[2], op[3], op[4], plan[1], plan[2], plan[3]} or 0
-  elseif kind == 'put' then
-    local e = op[2]
-    ix_put(p, e[1], e[2], e[3], {e[4], e[5], e[6]})
-  elseif kind == 'out' then
-    r = record_outcome(p, op[2])
-  elseif kind == 'ivs' then
-    r = redis.call('SMEMBERS', p.ivs .. op[2])
-  elseif kind == 'conv' then
-    convert(p, op[2], op[3])
-  elseif kind == 'withdraw' then
-    r = withdraw(p, op[2])
-  elseif kind == 'drop' then
-    ix_drop(p, op[2], op[3], op[4])
-  elseif kind == 'forget' then
-    r = forget_record(p, op[2])[1]
-  elseif kind == 'xdel' then
-    r = redis.call('XDEL', p.log, unpack(op[2]))
-  elseif kind == 'delset' then
-    redis.call('DEL', p.ivs .. op[2])
-  end
-  out[i] = r
-end
-return cmsgpack.pack(out)
-"""
+# Op kinds of the intervention records and index shared with the rights erasure
+# (serve/rights/erasure.py): an index row dropped, a record forgotten (returns its
+# log id, '' none, and 1 if it was there), log entries deleted (returns how many).
+FORGET_OPS = {
+    "drop": "ix_drop(p, op[2][1], op[2][2], op[2][3])",
+    "forget": "r = forget_record(p, op[2])",
+    "xdel": "r = redis.call('XDEL', p.log, unpack(op[2]))",
+}
+PARTS_LUA = ops_script(
+    IX_ADD_LUA + IX_REMOVE_LUA + RECORD_FNS + WITHDRAW_FN,
+    {
+        "log": "r = log_decision(p, op[2], a.maxlen)",
+        "rec": "write_record(p, op[2], op[3])",
+        "ses": "session_record(p, op[2])",
+        "plan": "local plan = ix_plan(p, op[2], op[3])\n"
+        "    r = plan and {op[2], op[3], op[4], plan[1], plan[2], plan[3]} or 0",
+        "put": "local e = op[2]\n    ix_put(p, e[1], e[2], e[3], {e[4], e[5], e[6]})",
+        "out": "r = record_outcome(p, op[2])",
+        "ivs": "r = redis.call('SMEMBERS', p.ivs .. op[2])",
+        "conv": "convert(p, op[2], op[3])",
+        "withdraw": "r = withdraw(p, op[2])",
+        **FORGET_OPS,
+        "delset": "redis.call('DEL', p.ivs .. op[2])",
+    },
 )
 
 # ARGV[1]: a msgpack map: p (prefixes), sids (session ids, Keys.session_id).
@@ -230,12 +223,7 @@ local n = 0
 for _, sid in ipairs(a.sids) do
   local w = withdraw(p, sid)
   ix_drop(p, w[1][1], w[1][2], w[1][3])
-  for _, iid in ipairs(w[2]) do
-    local f = forget_record(p, iid)
-    if f[1] ~= '' then
-      n = n + redis.call('XDEL', p.log, f[1])
-    end
-  end
+  n = n + forget_logged(p, w[2])[1]
   redis.call('DEL', p.ivs .. sid)
 end
 return n
@@ -432,11 +420,11 @@ class ShardRecords:
         scoped = arg["sids"]
         got = await self._run_parts([(p["s"] + sid, ["withdraw", sid]) for sid in scoped])
         ops: list[tuple[str, list[Any]]] = []
-        for (site, sid, seg), _iids in got:
-            ops.append((self._keys.session_index(_text(site), "seen"), ["drop", site, sid, seg]))
+        for row, _iids in got:
+            ops.append((self._keys.session_index(_text(row[0]), "seen"), ["drop", row]))
         iids = [_text(iid) for _row, members in got for iid in members]
         ops += [(p["iv"] + iid, ["forget", iid]) for iid in iids]
-        ids = [x for x in (await self._run_parts(ops))[len(got) :] if x]
+        ids = [f[0] for f in (await self._run_parts(ops))[len(got) :] if f[0]]
         last: list[tuple[str, list[Any]]] = [(p["ivs"] + sid, ["delset", sid]) for sid in scoped]
         if ids:
             last.append((p["log"], ["xdel", ids]))

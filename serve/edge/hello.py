@@ -296,7 +296,7 @@ class SessionScripts:
             return await self._one(keys=[session_key], args=args)
         if args[8] == "hello":
             markers = [m for m in (args[14], args[15]) if m]
-            if any(await _exists_each(self.r, markers)):
+            if await self.r.exists(*markers):  # on Cluster, split by slot (redis-py)
                 return [b"erased", 0]
         reply = await self._session(keys=[session_key], args=args)
         if _text(reply[0]) != "visitor":
@@ -320,8 +320,3 @@ class SessionScripts:
             keys=[self.keys.script_prefixes()["dk"] + ref], args=[candidate, ttl]
         )
         return ref, wrapped
-
-
-async def _exists_each(r: aioredis.Redis, keys: list[str]) -> list[bool]:
-    """EXISTS of each key on its own (on Cluster they may be on different nodes)."""
-    return [bool(await r.exists(k)) for k in keys]

@@ -48,9 +48,9 @@ import redis.asyncio as aioredis
 
 from actors.core.retention import Retention
 from actors.shard.index import IX_REMOVE_LUA
-from actors.shard.records import RECORD_FNS
+from actors.shard.records import FORGET_OPS, RECORD_FNS
 from cluster.keys import SUBJECT_FAMILIES, Keys, subject_digest
-from cluster.lua import run_parts, script_arg
+from cluster.lua import ops_script, run_parts, script_arg
 from cluster.redis_cluster import is_cluster_client
 
 PAGE = 50  # sessions per erase script call: a call never blocks Redis long
@@ -112,14 +112,8 @@ for _, s in ipairs(a.s) do
     sessions = sessions + e[1]
   end
   ix_drop(p, e[2][1], e[2][2], e[2][3])
-  for _, iid in ipairs(e[3]) do
-    local f = forget_record(p, iid)
-    if f[1] ~= '' then
-      entries = entries + redis.call('XDEL', p.log, f[1])
-    end
-    keys = keys + f[2]
-  end
-  keys = keys + e[4]
+  local f = forget_logged(p, e[3])
+  entries, keys = entries + f[1], keys + f[2] + e[4]
   if a.vs ~= '' then
     sessions = sessions + redis.call('ZREM', a.vs, s[1])
   end
@@ -137,35 +131,15 @@ return {sessions, keys, entries}
 # 'part' (a sid), 'mark' (a digest), 'drop' (an index row), 'forget' (an iid),
 # 'zrem' (visitor set, sid), 'xdel' (log ids), 'proof' (proof, sessions, keys,
 # entries). Returns each op's result (msgpack).
-ERASE_PARTS_LUA = (
-    IX_REMOVE_LUA
-    + RECORD_FNS
-    + ERASE_FNS
-    + """
-local a = cmsgpack.unpack(ARGV[1])
-local p = a.p
-local out = {}
-for i, op in ipairs(a.ops) do
-  local kind, r = op[1], 0
-  if kind == 'part' then
-    r = erase_part(p, a, op[2])
-  elseif kind == 'mark' then
-    mark_session(a, op[2])
-  elseif kind == 'drop' then
-    ix_drop(p, op[2][1], op[2][2], op[2][3])
-  elseif kind == 'forget' then
-    r = forget_record(p, op[2])
-  elseif kind == 'zrem' then
-    r = redis.call('ZREM', op[2], op[3])
-  elseif kind == 'xdel' then
-    r = redis.call('XDEL', p.log, unpack(op[2]))
-  elseif kind == 'proof' then
-    add_to_proof(op[2], op[3], op[4], op[5])
-  end
-  out[i] = r
-end
-return cmsgpack.pack(out)
-"""
+ERASE_PARTS_LUA = ops_script(
+    IX_REMOVE_LUA + RECORD_FNS + ERASE_FNS,
+    {
+        "part": "r = erase_part(p, a, op[2])",
+        "mark": "mark_session(a, op[2])",
+        "zrem": "r = redis.call('ZREM', op[2], op[3])",
+        "proof": "add_to_proof(op[2], op[3], op[4], op[5])",
+        **FORGET_OPS,
+    },
 )
 
 # ARGV[1]: a msgpack map: keys (the visitor's keys of every visitor family, the session
